@@ -1,0 +1,78 @@
+"""Split the math into a per-call scalar prologue and a per-element body.
+
+Uniform subexpressions (parameters and constants only, e.g. ``1 - beta1`` or
+``clip_gradient > 0``) and temporaries assigned only uniform values move to the
+prologue, so kernels compute them once per call instead of once per element.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from opgen.expr.tree import (
+    Assign, Binary, Call, Cond, Const, Expr, Program, Ref, RefKind, Unary, refs,
+)
+
+
+@dataclass(frozen=True)
+class KernelProgram:
+    prologue: tuple[Assign, ...]  # scalar statements: uniform temporaries and hoisted values
+    body: tuple[Assign, ...]  # element statements
+    loads: tuple[str, ...]  # tensors the body reads, in first-read order
+    stores: tuple[str, ...]  # tensors the body writes, in first-write order
+
+    def scalar_names(self, kind: RefKind) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for s in self.prologue:
+            if s.kind is kind:
+                seen[s.target] = None
+        return tuple(seen)
+
+
+def hoist(program: Program) -> KernelProgram:
+    temps: dict[str, bool] = {}
+    for s in program.statements:
+        if s.kind is RefKind.TEMP:
+            temps[s.target] = temps.get(s.target, True) and s.expr.uniform
+    uniform_temps = {name for name, uniform in temps.items() if uniform}
+
+    prologue: list[Assign] = []
+    body: list[Assign] = []
+    hoisted: dict[Expr, Ref] = {}
+
+    def rewrite(e: Expr, where: Assign) -> Expr:
+        if isinstance(e, (Const, Ref)):
+            return e
+        if e.uniform:
+            ref = hoisted.get(e)
+            if ref is None:
+                ref = Ref(e.vtype, True, str(len([s for s in prologue if s.kind is RefKind.HOISTED])),
+                          RefKind.HOISTED)
+                hoisted[e] = ref
+                prologue.append(Assign(ref.name, RefKind.HOISTED, e, where.source, where.location))
+            return ref
+        if isinstance(e, Unary):
+            return replace(e, operand=rewrite(e.operand, where))
+        if isinstance(e, Binary):
+            return replace(e, left=rewrite(e.left, where), right=rewrite(e.right, where))
+        if isinstance(e, Call):
+            return replace(e, args=tuple(rewrite(a, where) for a in e.args))
+        if isinstance(e, Cond):
+            return replace(e, test=rewrite(e.test, where), then=rewrite(e.then, where),
+                           orelse=rewrite(e.orelse, where))
+        raise TypeError(f"unknown expression node {type(e).__name__}")
+
+    for s in program.statements:
+        if s.kind is RefKind.TEMP and s.target in uniform_temps:
+            # a uniform temporary changes value: hoisted values computed from it are stale
+            hoisted.clear()
+            prologue.append(s)
+        else:
+            body.append(replace(s, expr=rewrite(s.expr, s)))
+
+    loads: dict[str, None] = {}
+    for s in body:
+        for r in refs(s.expr):
+            if r.kind is RefKind.TENSOR:
+                loads[r.name] = None
+    return KernelProgram(tuple(prologue), tuple(body), tuple(loads), program.tensors_written())

@@ -1,0 +1,1 @@
+"""One printer per target, all reading the same expression tree."""

@@ -1,0 +1,75 @@
+"""C printer: the math as C expressions over one accumulator type (float or double).
+
+Also serves CUDA C++, whose arithmetic syntax is the same.
+"""
+
+from __future__ import annotations
+
+from opgen.expr.printers.infix import ATOM, InfixPrinter
+from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKind, VType
+
+# Local names never collide with each other, with C keywords or with the kernel's own
+# variables: each kind of name has its own prefix.
+_PREFIX = {RefKind.TENSOR: "v_", RefKind.PARAM: "s_", RefKind.TEMP: "t_", RefKind.HOISTED: "h_"}
+_LIBM = {"sqrt": "sqrt", "abs": "fabs", "exp": "exp", "log": "log"}
+_HELPERS = {"sign": "opgen_sign", "min": "opgen_min", "max": "opgen_max", "clip": "opgen_clip",
+            "square": "opgen_square", "pow": "opgen_pow"}
+
+
+def c_name(kind: RefKind, name: str) -> str:
+    return _PREFIX[kind] + name
+
+
+class CPrinter(InfixPrinter):
+    def __init__(self, acc_type: str) -> None:
+        if acc_type not in ("float", "double"):
+            raise ValueError(acc_type)
+        self.acc = acc_type
+        self.suffix = "f" if acc_type == "float" else ""
+
+    def c_type(self, vtype: VType) -> str:
+        return {VType.REAL: self.acc, VType.INT: "int64_t", VType.BOOL: "int"}[vtype]
+
+    def const(self, e: Const) -> str:
+        if e.vtype is VType.BOOL:
+            return "1" if e.text == "True" else "0"
+        if e.vtype is VType.INT:
+            return e.text
+        text = e.text if any(c in e.text for c in ".eE") else e.text + ".0"
+        return text + self.suffix
+
+    def const_zero(self) -> str:
+        return self.const(Const(VType.REAL, True, "0"))
+
+    def ref(self, e: Ref) -> str:
+        return c_name(e.kind, e.name)
+
+    def widen(self, text: str, e: Expr) -> str:
+        if isinstance(e, Const):
+            return self.const(Const(VType.REAL, True, e.text))
+        return f"({self.acc}){text}"
+
+    def call(self, e: Call, args: list[str]) -> str:
+        if e.func in _LIBM:
+            return f"{_LIBM[e.func]}{self.suffix}({', '.join(args)})"
+        return f"{_HELPERS[e.func]}{self.suffix}({', '.join(args)})"
+
+    def power(self, e: Binary, base, exponent):
+        return f"{_HELPERS['pow']}{self.suffix}({base[0]}, {exponent[0]})", ATOM
+
+    def cond(self, e: Cond, test: str, then: str, orelse: str):
+        return f"{test} ? {then} : {orelse}", 1
+
+    def logical(self, e: Binary, left, right):
+        return self._infix(e, "&&" if e.op == "and" else "||", left, right)
+
+    def logical_not(self, operand):
+        return f"!{self._paren(operand, ATOM - 1, strict=False)}", 8
+
+    def statement(self, s: Assign, declare: bool) -> str:
+        """``type name = expr;`` on a name's first assignment, ``name = expr;`` after."""
+        lhs = c_name(s.kind, s.target)
+        rhs = self.expr(s.expr)
+        if s.expr.vtype is VType.INT and s.kind is RefKind.TENSOR:
+            rhs = f"({self.acc})({rhs})"
+        return f"{self.c_type(s.expr.vtype) + ' ' if declare else ''}{lhs} = {rhs};"

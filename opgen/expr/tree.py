@@ -1,0 +1,147 @@
+"""A typed expression tree for the element-wise math of an optimizer.
+
+Every node knows its value type and whether it is *uniform*: computed from scalar
+parameters and constants alone, hence the same for every element (and hoistable).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+from opgen.errors import Location
+
+
+class VType(enum.Enum):
+    REAL = "real"
+    INT = "int"
+    BOOL = "bool"
+
+
+class RefKind(enum.Enum):
+    TENSOR = "tensor"  # the current value of an input tensor (weight, grad, a state)
+    PARAM = "param"  # a scalar parameter
+    TEMP = "temp"  # a temporary assigned earlier in the math
+    HOISTED = "hoisted"  # a uniform subexpression computed once per call
+
+
+@dataclass(frozen=True)
+class Function:
+    """A math function of the spec language, with its arity."""
+
+    name: str
+    arity: int
+    doc: str
+
+
+FUNCTIONS: dict[str, Function] = {
+    f.name: f
+    for f in (
+        Function("sqrt", 1, "square root"),
+        Function("abs", 1, "absolute value"),
+        Function("sign", 1, "-1, 0 or 1; sign(NaN) is 0"),
+        Function("exp", 1, "e to the power x"),
+        Function("log", 1, "natural logarithm"),
+        Function("square", 1, "x * x"),
+        Function("min", 2, "the smaller of two values; NaN if either is NaN"),
+        Function("max", 2, "the larger of two values; NaN if either is NaN"),
+        Function("clip", 2, "clip(x, b): x limited to [-b, b]; NaN passes through"),
+    )
+}
+
+ARITHMETIC_OPS = ("+", "-", "*", "/", "**")
+COMPARISON_OPS = ("<", "<=", ">", ">=", "==", "!=")
+LOGICAL_OPS = ("and", "or")
+
+
+@dataclass(frozen=True)
+class Expr:
+    vtype: VType
+    uniform: bool
+
+
+@dataclass(frozen=True)
+class Const(Expr):
+    text: str  # the literal as written: printers keep it (1e-8 stays 1e-8)
+
+
+@dataclass(frozen=True)
+class Ref(Expr):
+    name: str
+    kind: RefKind
+
+
+@dataclass(frozen=True)
+class Unary(Expr):
+    op: str  # "-" or "not"
+    operand: Expr
+
+
+@dataclass(frozen=True)
+class Binary(Expr):
+    op: str  # one of ARITHMETIC_OPS, COMPARISON_OPS or LOGICAL_OPS
+    left: Expr
+    right: Expr
+
+
+@dataclass(frozen=True)
+class Call(Expr):
+    func: str  # a key of FUNCTIONS
+    args: tuple[Expr, ...]
+
+
+@dataclass(frozen=True)
+class Cond(Expr):
+    """``then if test else orelse``."""
+
+    test: Expr
+    then: Expr
+    orelse: Expr
+
+
+@dataclass(frozen=True)
+class Assign:
+    target: str
+    kind: RefKind  # TENSOR (a writable tensor) or TEMP
+    expr: Expr
+    source: str  # the statement as written in the spec
+    location: Location
+
+
+def children(expr: Expr) -> tuple[Expr, ...]:
+    if isinstance(expr, Unary):
+        return (expr.operand,)
+    if isinstance(expr, Binary):
+        return (expr.left, expr.right)
+    if isinstance(expr, Call):
+        return expr.args
+    if isinstance(expr, Cond):
+        return (expr.test, expr.then, expr.orelse)
+    return ()
+
+
+def refs(expr: Expr) -> list[Ref]:
+    """Every reference in ``expr``, depth first, left to right."""
+    if isinstance(expr, Ref):
+        return [expr]
+    out: list[Ref] = []
+    for child in children(expr):
+        out.extend(refs(child))
+    return out
+
+
+@dataclass(frozen=True)
+class Program:
+    """The math: assignments executed in order, per element."""
+
+    statements: tuple[Assign, ...]
+
+    def names_read(self) -> frozenset[str]:
+        return frozenset(r.name for s in self.statements for r in refs(s.expr))
+
+    def tensors_written(self) -> tuple[str, ...]:
+        seen: dict[str, None] = {}
+        for s in self.statements:
+            if s.kind is RefKind.TENSOR:
+                seen[s.target] = None
+        return tuple(seen)

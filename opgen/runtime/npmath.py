@@ -1,0 +1,19 @@
+"""NumPy versions of the spec language's functions whose semantics NumPy lacks."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def sign(x):
+    """-1, 0 or 1, and 0 for NaN (NumPy's sign gives NaN)."""
+    return np.where(x != x, 0, np.sign(x))
+
+
+def clip(x, bound):
+    """MXNet's clip::Map: ``x > b ? b : (x < -b ? -b : x)``; NaN passes through."""
+    return np.where(x > bound, bound, np.where(x < -bound, -bound, x))
+
+
+def power(base, exponent):
+    return np.power(base, exponent)

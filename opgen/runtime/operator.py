@@ -1,0 +1,258 @@
+"""What every generated function calls: validate the arguments, then run a kernel.
+
+All checks happen before anything is written, so a bad call raises ``TypeError`` or
+``ValueError`` naming the argument and leaves every array as it was.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from opgen.runtime import backends, cbuild
+from opgen.runtime.rowsparse import RowSparseArray
+
+FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+_ACC = {np.dtype(np.float16): np.float32, np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
+_REAL = (int, float, np.integer, np.floating)
+
+
+@dataclass(frozen=True)
+class TensorArg:
+    name: str
+    role: str  # "weight", "grad" or "state"
+
+
+@dataclass(frozen=True)
+class ParamArg:
+    name: str
+    type: str  # "float", "int" or "bool"
+    in_kernel: bool  # read by the math (passed to the kernels)
+
+
+class Operator:
+    """One generated op: its argument table, NumPy kernel and C source."""
+
+    def __init__(self, *, name: str, spec: str, tensors: Sequence[TensorArg], params: Sequence[ParamArg],
+                 lazy_param: str | None, always_lazy: bool, kernels: Sequence[str],
+                 numpy_kernel: Callable, c_source: Path, c_cdef: Path) -> None:
+        self.name = name
+        self.spec = spec
+        self.tensors = tuple(tensors)
+        self.params = tuple(params)
+        self.kernels = tuple(kernels)
+        self.always_lazy = always_lazy
+        self.lazy_index = next((k for k, p in enumerate(params) if p.name == lazy_param), None)
+        self.weight_index = next(k for k, t in enumerate(tensors) if t.role == "weight")
+        self.grad_index = next(k for k, t in enumerate(tensors) if t.role == "grad")
+        self.kernel_params = tuple(k for k, p in enumerate(params) if p.in_kernel)
+        self.numpy_kernel = numpy_kernel
+        self.c_source = c_source
+        self.c_cdef = c_cdef
+        self._c_functions: dict[tuple[str, str], Callable] = {}
+        self._c_module = None
+
+    # -- the call ---------------------------------------------------------------
+    def __call__(self, tensors: tuple, params: tuple, out):
+        values = tuple(self._check_param(p, v) for p, v in zip(self.params, params))
+        weight, grad, states = self._check_tensors(tensors)
+        target = self._check_out(out, weight, grad, states)
+        if isinstance(grad, RowSparseArray):
+            lazy = self.always_lazy or (self.lazy_index is not None and values[self.lazy_index])
+            mode = "lazy" if lazy else "standard"
+        else:
+            mode = "dense"
+        kernel_values = tuple(values[k] for k in self.kernel_params)
+
+        # Validation is over: from here on, arrays are written.
+        if target is None:
+            target = weight.copy(order="C")
+        elif target is not weight:
+            np.copyto(target, weight)
+        work = [_contiguous(target)] + [_contiguous(s) for s in states]
+        self._run(mode, weight.dtype, work[0], grad, work[1:], kernel_values)
+        for original, used in zip([target, *states], work):
+            if used is not original:
+                original[...] = used
+        return target
+
+    # -- checks -----------------------------------------------------------------
+    def _fail(self, exc: type[Exception], name: str, message: str) -> Exception:
+        return exc(f"{self.name}(): argument '{name}' {message}")
+
+    def _check_param(self, p: ParamArg, value):
+        if p.type == "float":
+            if isinstance(value, _REAL) and not isinstance(value, (bool, np.bool_)):
+                return float(value)
+            raise self._fail(TypeError, p.name, f"must be a real number, got {type(value).__name__}")
+        if p.type == "int":
+            if isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_)):
+                return int(value)
+            raise self._fail(TypeError, p.name, f"must be an integer, got {type(value).__name__}")
+        if isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
+            return bool(value)
+        raise self._fail(TypeError, p.name, f"must be a bool, got {value!r}")
+
+    def _check_tensors(self, tensors: tuple):
+        weight = tensors[self.weight_index]
+        w_name = self.tensors[self.weight_index].name
+        self._check_array(w_name, weight)
+        states = []
+        for spec, value in zip(self.tensors, tensors):
+            if spec.role == "weight":
+                continue
+            if spec.role == "grad" and isinstance(value, RowSparseArray):
+                self._check_row_sparse(spec.name, value, weight, w_name)
+                continue
+            self._check_array(spec.name, value, row_sparse_ok=spec.role == "grad")
+            if value.dtype != weight.dtype:
+                raise self._fail(TypeError, spec.name, f"has dtype {value.dtype} but '{w_name}' has "
+                                                       f"{weight.dtype}; all tensors must share one dtype")
+            if value.shape != weight.shape:
+                raise self._fail(ValueError, spec.name, f"has shape {value.shape} but '{w_name}' has "
+                                                        f"shape {weight.shape}; shapes must match")
+            if spec.role == "state":
+                if not value.flags.writeable:
+                    raise self._fail(ValueError, spec.name, "is read-only; states are updated in place")
+                states.append(value)
+        grad = tensors[self.grad_index]
+        g_name = self.tensors[self.grad_index].name
+        grad_memory = grad.data if isinstance(grad, RowSparseArray) else grad
+        state_names = [t.name for t in self.tensors if t.role == "state"]
+        for k, (name, s) in enumerate(zip(state_names, states)):
+            for other_name, other in [(g_name, grad_memory), (w_name, weight)] + list(zip(state_names[:k], states[:k])):
+                if np.may_share_memory(s, other):
+                    raise self._fail(ValueError, name, f"shares memory with '{other_name}'")
+        return weight, grad, states
+
+    def _check_array(self, name: str, value, row_sparse_ok: bool = False) -> None:
+        if not isinstance(value, np.ndarray):
+            kinds = "a numpy.ndarray or a RowSparseArray" if row_sparse_ok else "a numpy.ndarray"
+            raise self._fail(TypeError, name, f"must be {kinds}, got {type(value).__name__}")
+        if value.dtype not in FLOAT_DTYPES:
+            raise self._fail(TypeError, name, f"has dtype {value.dtype}; expected float16, float32 or float64")
+
+    def _check_row_sparse(self, name: str, grad: RowSparseArray, weight: np.ndarray, w_name: str) -> None:
+        if "lazy" not in self.kernels and "standard" not in self.kernels:
+            raise self._fail(TypeError, name, "must be dense: this op has no row-sparse update")
+        if grad.data.dtype != weight.dtype:
+            raise self._fail(TypeError, name, f"has dtype {grad.data.dtype} but '{w_name}' has {weight.dtype}; "
+                                              "all tensors must share one dtype")
+        if grad.shape != weight.shape:
+            raise self._fail(ValueError, name, f"has shape {grad.shape} but '{w_name}' has shape {weight.shape}; "
+                                               "shapes must match")
+
+    def _check_out(self, out, weight: np.ndarray, grad, states: list[np.ndarray]):
+        w_name = self.tensors[self.weight_index].name
+        if out is None:
+            return None
+        if not isinstance(out, np.ndarray):
+            raise self._fail(TypeError, "out", f"must be a numpy.ndarray or None, got {type(out).__name__}")
+        if out.dtype != weight.dtype:
+            raise self._fail(TypeError, "out", f"has dtype {out.dtype} but '{w_name}' has {weight.dtype}")
+        if out.shape != weight.shape:
+            raise self._fail(ValueError, "out", f"has shape {out.shape} but '{w_name}' has shape {weight.shape}")
+        if not out.flags.writeable:
+            name = w_name if _same_view(out, weight) else "out"
+            raise self._fail(ValueError, name, "is read-only; the new weight is written into out")
+        grad_memory = grad.data if isinstance(grad, RowSparseArray) else grad
+        g_name = self.tensors[self.grad_index].name
+        state_names = [t.name for t in self.tensors if t.role == "state"]
+        for other_name, other in [(g_name, grad_memory)] + list(zip(state_names, states)):
+            if np.may_share_memory(out, other):
+                raise self._fail(ValueError, "out", f"shares memory with '{other_name}'")
+        if _same_view(out, weight):
+            return weight
+        if np.may_share_memory(out, weight):
+            raise self._fail(ValueError, "out", f"overlaps '{w_name}' without being the same array")
+        return out
+
+    # -- execution --------------------------------------------------------------
+    def _run(self, mode: str, dtype: np.dtype, target, grad, states, kernel_values) -> None:
+        backend = backends.current_backend()
+        if backend != "numpy":
+            module = self._c(strict=backend == "c")
+            if module is not None:
+                self._run_c(module, mode, dtype, target, grad, states, kernel_values)
+                return
+        self._run_numpy(mode, dtype, target, grad, states, kernel_values)
+
+    def _c(self, strict: bool):
+        if self._c_module is None:
+            try:
+                self._c_module = cbuild.load(self.name, self.c_source, self.c_cdef)
+            except (cbuild.CompilerUnavailable, cbuild.CompileError) as exc:
+                if strict:
+                    raise
+                warnings.warn(f"{self.name}: C backend unavailable, using the NumPy backend ({exc})",
+                              RuntimeWarning, stacklevel=4)
+                self._c_module = False
+        return self._c_module or None
+
+    def _run_c(self, module, mode, dtype, target, grad, states, kernel_values) -> None:
+        key = (mode, dtype.name)
+        function = self._c_functions.get(key)
+        if function is None:
+            function = getattr(module.lib, f"opgen_{self.name}_{mode}_{dtype.name}")
+            self._c_functions[key] = function
+        ffi = module.ffi
+        grad_array = grad.data if isinstance(grad, RowSparseArray) else grad
+        grad_array = np.ascontiguousarray(grad_array)
+        pointers = []
+        state_iter = iter(states)
+        for t in self.tensors:
+            array = target if t.role == "weight" else grad_array if t.role == "grad" else next(state_iter)
+            pointers.append(ffi.from_buffer(array))
+        if mode == "dense":
+            function(target.size, *pointers, *kernel_values)
+            return
+        rows = target.shape[0]
+        row_len = target.size // rows if rows else 0
+        indices = ffi.from_buffer("int64_t[]", grad.indices)
+        if mode == "lazy":
+            function(len(grad.indices), row_len, indices, *pointers, *kernel_values)
+        else:
+            function(rows, row_len, len(grad.indices), indices, *pointers, *kernel_values)
+
+    def _run_numpy(self, mode, dtype, target, grad, states, kernel_values) -> None:
+        acc = _ACC[dtype]
+        scalars = tuple(acc(v) if self.params[k].type == "float" else v
+                        for k, v in zip(self.kernel_params, kernel_values))
+        writable = [target, *states]  # the kernel returns new values in this order
+        if mode == "lazy":
+            rows = grad.indices
+            views = [w.reshape(w.shape[0], -1) for w in writable]
+            inputs = self._inputs([v[rows] for v in views], grad.data.reshape(len(rows), -1), acc)
+            with np.errstate(all="ignore"):
+                results = self.numpy_kernel(acc, *inputs, *scalars)
+            for view, result in zip(views, results):
+                view[rows] = result
+            return
+        dense_grad = grad.todense() if isinstance(grad, RowSparseArray) else grad
+        inputs = self._inputs(writable, dense_grad, acc)
+        with np.errstate(all="ignore"):
+            results = self.numpy_kernel(acc, *inputs, *scalars)
+        for array, result in zip(writable, results):
+            np.copyto(array, result, casting="unsafe")
+
+    def _inputs(self, writable, grad, acc) -> list:
+        """The kernel's tensor arguments in declaration order, converted to the math dtype."""
+        it = iter(writable[1:])
+        ordered = [writable[0] if t.role == "weight" else grad if t.role == "grad" else next(it)
+                   for t in self.tensors]
+        return [a.astype(acc, copy=False) for a in ordered]
+
+
+def _contiguous(array: np.ndarray) -> np.ndarray:
+    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+
+
+def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
+    if a is b:
+        return True
+    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
+            and a.shape == b.shape and a.strides == b.strides)

@@ -1,0 +1,206 @@
+"""YAML spec -> frozen OpSpec. Every check of a spec happens here, with its location."""
+
+from __future__ import annotations
+
+import keyword
+import re
+from pathlib import Path
+
+import yaml
+
+from opgen.errors import Location, SpecError
+from opgen.expr.latex import default_symbol
+from opgen.expr.parser import Statement, parse_program
+from opgen.expr.tree import FUNCTIONS, RefKind, VType
+from opgen.spec import yaml_nodes as y
+from opgen.spec.model import OpSpec, ParamSpec, ParamType, RowSparseSpec, TensorRole, TensorSpec
+
+_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
+_FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z")
+_INT = re.compile(r"[-+]?\d+\Z")
+_BOOL = {"true": "True", "false": "False", "True": "True", "False": "False"}
+_RESERVED = {"out"}  # added to every signature by the generator
+_PARAM_VTYPES = {ParamType.FLOAT: VType.REAL, ParamType.INT: VType.INT, ParamType.BOOL: VType.BOOL}
+
+
+def load_specs(spec_dir: Path) -> list[OpSpec]:
+    """Every ``*.yaml`` in ``spec_dir``, sorted by name so builds are deterministic."""
+    return [load_spec(p) for p in sorted(spec_dir.glob("*.yaml"))]
+
+
+def load_spec(path: Path) -> OpSpec:
+    """Errors name ``path`` as given; generated files name the spec as ``FOLDER/NAME.yaml``,
+    the same from any working directory."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise SpecError(Location(str(path), 1, 1), f"the spec is not UTF-8 text ({exc.reason})") from None
+    source = f"{path.resolve().parent.name}/{path.name}"
+    return parse_spec(text, str(path), expected_name=path.stem, source=source)
+
+
+def parse_spec(text: str, path: str, expected_name: str | None = None, source: str | None = None) -> OpSpec:
+    root = y.Mapping(path, y.compose(path, text), "the spec",
+                     required=("name", "summary", "tensors", "math"),
+                     optional=("description", "params", "row_sparse", "deviations"))
+    name = _identifier(root, "name", "the op's name")
+    if expected_name is not None and name != expected_name:
+        raise SpecError(root.location("name"),
+                        f"the op is named '{name}' but its file is '{expected_name}.yaml'; they must match")
+
+    tensors = _tensors(root)
+    params = _params(root) if "params" in root else ()
+    _check_unique([(t.name, t.location) for t in tensors] + [(p.name, p.location) for p in params])
+    row_sparse = _row_sparse(root, params)
+    math = _math(root, tensors, params)
+    _check_usage(root, tensors, params, math, row_sparse)
+    deviations = tuple(y.scalar_text(path, n, "each deviation") for n in root.sequence("deviations")) \
+        if "deviations" in root else ()
+    return OpSpec(
+        name=name,
+        path=source or path,
+        summary=root.string("summary").strip(),
+        description=root.string("description", "").strip(),
+        tensors=tensors,
+        params=params,
+        math=math,
+        row_sparse=row_sparse,
+        deviations=deviations,
+    )
+
+
+def _identifier(m: y.Mapping, key: str, what: str) -> str:
+    value = m.string(key)
+    if not _NAME.match(value) or keyword.iskeyword(value):
+        raise SpecError(m.location(key), f"{what} '{value}' is not a valid name (letters, digits and '_', "
+                                         "starting with a letter; not a Python keyword)")
+    if value in FUNCTIONS or value in _RESERVED:
+        raise SpecError(m.location(key), f"{what} '{value}' is reserved")
+    return value
+
+
+def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
+    items = root.sequence("tensors")
+    out = []
+    for node in items:
+        m = y.Mapping(root.path, node, "a tensor", required=("name", "role", "doc"), optional=("symbol",))
+        name = _identifier(m, "name", "tensor name")
+        role_text = m.string("role")
+        try:
+            role = TensorRole(role_text)
+        except ValueError:
+            roles = ", ".join(r.value for r in TensorRole)
+            raise SpecError(m.location("role"), f"unknown role '{role_text}' for tensor '{name}' (roles: {roles})") from None
+        symbol = m.string("symbol") if "symbol" in m else default_symbol(name)
+        out.append(TensorSpec(name, role, m.string("doc").strip(), symbol, y.where(root.path, node)))
+    for role in (TensorRole.WEIGHT, TensorRole.GRAD):
+        count = sum(t.role is role for t in out)
+        if count != 1:
+            raise SpecError(root.location("tensors"),
+                            f"an op needs exactly one tensor with role '{role.value}', found {count}")
+    return tuple(out)
+
+
+def _params(root: y.Mapping) -> tuple[ParamSpec, ...]:
+    out = []
+    for node in root.sequence("params"):
+        m = y.Mapping(root.path, node, "a parameter", required=("name", "type", "doc"),
+                      optional=("default", "required", "symbol"))
+        name = _identifier(m, "name", "parameter name")
+        type_text = m.string("type")
+        try:
+            ptype = ParamType(type_text)
+        except ValueError:
+            types = ", ".join(t.value for t in ParamType)
+            raise SpecError(m.location("type"), f"unknown type '{type_text}' for parameter '{name}' (types: {types})") from None
+        required = _bool(m, "required") if "required" in m else False
+        if required and "default" in m:
+            raise SpecError(m.key_location("default"), f"parameter '{name}' is required and so cannot have a default")
+        if not required and "default" not in m:
+            raise SpecError(y.where(root.path, node), f"parameter '{name}' needs a default or 'required: true'")
+        default = _default(m, ptype, name) if "default" in m else None
+        symbol = m.string("symbol") if "symbol" in m else default_symbol(name)
+        out.append(ParamSpec(name, ptype, m.string("doc").strip(), symbol, default, y.where(root.path, node)))
+    return tuple(out)
+
+
+def _bool(m: y.Mapping, key: str) -> bool:
+    node = m.node(key)
+    if not y.is_plain(node) or node.value not in _BOOL:
+        raise SpecError(m.location(key), f"'{key}' must be true or false, got {y.describe(node)}")
+    return _BOOL[node.value] == "True"
+
+
+def _default(m: y.Mapping, ptype: ParamType, name: str) -> str:
+    node = m.node("default")
+    text = node.value if isinstance(node, yaml.ScalarNode) else ""
+    ok = y.is_plain(node) and {
+        ParamType.FLOAT: _FLOAT.match(text) is not None,
+        ParamType.INT: _INT.match(text) is not None,
+        ParamType.BOOL: text in _BOOL,
+    }[ptype]
+    if not ok:
+        raise SpecError(m.location("default"),
+                        f"default of {ptype.value} parameter '{name}' must be a {ptype.value} literal, got {y.describe(node)}")
+    return text
+
+
+def _row_sparse(root: y.Mapping, params: tuple[ParamSpec, ...]) -> RowSparseSpec:
+    if "row_sparse" not in root:
+        return RowSparseSpec()
+    m = y.Mapping(root.path, root.node("row_sparse"), "row_sparse", required=("lazy",), optional=())
+    node = m.node("lazy")
+    if y.is_plain(node) and node.value in _BOOL:
+        return RowSparseSpec(always_lazy=_BOOL[node.value] == "True")
+    name = m.string("lazy")
+    param = next((p for p in params if p.name == name), None)
+    if param is None or param.type is not ParamType.BOOL:
+        raise SpecError(m.location("lazy"),
+                        f"row_sparse.lazy must be true, false or the name of a bool parameter, got '{name}'")
+    return RowSparseSpec(lazy_param=name)
+
+
+def _math(root: y.Mapping, tensors: tuple[TensorSpec, ...], params: tuple[ParamSpec, ...]):
+    statements = []
+    for node in root.sequence("math"):
+        text = y.scalar_text(root.path, node, "each math entry")
+        statements.append(Statement(text, _locator(root.path, node)))
+    if not statements:
+        raise SpecError(root.location("math"), "the math is empty")
+    readonly = frozenset(t.name for t in tensors if t.role is TensorRole.GRAD)
+    writable = frozenset(t.name for t in tensors if t.role is not TensorRole.GRAD)
+    return parse_program(statements, readonly, writable, {p.name: _PARAM_VTYPES[p.type] for p in params})
+
+
+def _locator(path: str, node: yaml.ScalarNode):
+    quote = 1 if node.style in ("'", '"') else 0
+    line0, col0 = node.start_mark.line + 1, node.start_mark.column + 1 + quote
+
+    def locate(line: int, col: int) -> Location:
+        return Location(path, line0 + line - 1, (col0 if line == 1 else 1) + col)
+
+    return locate
+
+
+def _check_unique(names: list[tuple[str, Location]]) -> None:
+    seen: dict[str, Location] = {}
+    for name, loc in names:
+        if name in seen:
+            raise SpecError(loc, f"'{name}' is declared twice (first at line {seen[name].line})")
+        seen[name] = loc
+
+
+def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSpec) -> None:
+    written = set(math.tensors_written())
+    read = math.names_read()
+    for t in tensors:
+        if t.role is not TensorRole.GRAD and t.name not in written:
+            raise SpecError(t.location, f"{t.role.value} '{t.name}' is never written by the math")
+        if t.role is TensorRole.GRAD and t.name not in read:
+            raise SpecError(t.location, f"gradient '{t.name}' is never read by the math")
+    for p in params:
+        if p.name not in read and p.name != row_sparse.lazy_param:
+            raise SpecError(p.location, f"parameter '{p.name}' is never used by the math")
+    for s in math.statements:
+        if s.kind is RefKind.TEMP and s.target not in read:
+            raise SpecError(s.location, f"temporary '{s.target}' is assigned but never used")

@@ -1,0 +1,108 @@
+"""Reading YAML as located nodes: every value keeps its line and column.
+
+PyYAML's composer gives nodes with marks; these helpers check shapes (mapping, list,
+string), refuse unknown and duplicate keys (PyYAML itself accepts duplicates
+silently) and turn every problem into a SpecError at the right place.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import yaml
+
+from opgen.errors import Location, SpecError, did_you_mean
+
+_KIND_NAMES = {
+    yaml.MappingNode: "a mapping",
+    yaml.SequenceNode: "a list",
+    yaml.ScalarNode: "a scalar",
+}
+
+
+def where(path: str, node: yaml.Node) -> Location:
+    return Location(path, node.start_mark.line + 1, node.start_mark.column + 1)
+
+
+def compose(path: str, text: str) -> yaml.Node:
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        raise SpecError(Location(path, line, col), f"invalid YAML: {exc.problem or exc.context}") from None
+    except yaml.YAMLError as exc:  # errors without a mark
+        raise SpecError(Location(path, 1, 1), f"invalid YAML: {exc}") from None
+    if node is None:
+        raise SpecError(Location(path, 1, 1), "the spec is empty")
+    return node
+
+
+def describe(node: yaml.Node) -> str:
+    if isinstance(node, yaml.ScalarNode):
+        return f"'{node.value}'" if node.value else "an empty value"
+    return _KIND_NAMES.get(type(node), "a value")
+
+
+class Mapping:
+    """A YAML mapping whose keys were checked against the allowed ones."""
+
+    def __init__(self, path: str, node: yaml.Node, what: str, required: Iterable[str], optional: Iterable[str]):
+        if not isinstance(node, yaml.MappingNode):
+            raise SpecError(where(path, node), f"{what} must be a mapping, got {describe(node)}")
+        self.path, self.yaml_node, self.what = path, node, what
+        required, optional = tuple(required), tuple(optional)
+        allowed = required + optional
+        self._items: dict[str, tuple[yaml.Node, yaml.Node]] = {}
+        for key_node, value_node in node.value:
+            if not isinstance(key_node, yaml.ScalarNode):
+                raise SpecError(where(path, key_node), f"keys of {what} must be plain names")
+            key = key_node.value
+            if key in self._items:
+                first = where(path, self._items[key][0])
+                raise SpecError(where(path, key_node), f"duplicate key '{key}' in {what} (first at line {first.line})")
+            if key not in allowed:
+                hint = did_you_mean(key, allowed) or f"; allowed keys: {', '.join(allowed)}"
+                raise SpecError(where(path, key_node), f"unknown key '{key}' in {what}{hint}")
+            self._items[key] = (key_node, value_node)
+        for key in required:
+            if key not in self._items:
+                raise SpecError(where(path, node), f"{what} is missing the required key '{key}'")
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._items
+
+    def node(self, key: str) -> yaml.Node:
+        return self._items[key][1]
+
+    def key_location(self, key: str) -> Location:
+        return where(self.path, self._items[key][0])
+
+    def location(self, key: str) -> Location:
+        return where(self.path, self._items[key][1])
+
+    def string(self, key: str, default: str | None = None) -> str:
+        if key not in self._items:
+            assert default is not None, key
+            return default
+        return scalar_text(self.path, self.node(key), f"'{key}' in {self.what}")
+
+    def sequence(self, key: str) -> list[yaml.Node]:
+        return sequence(self.path, self.node(key), f"'{key}' in {self.what}")
+
+
+def scalar_text(path: str, node: yaml.Node, what: str) -> str:
+    if not isinstance(node, yaml.ScalarNode):
+        raise SpecError(where(path, node), f"{what} must be text, got {describe(node)}")
+    return node.value
+
+
+def sequence(path: str, node: yaml.Node, what: str) -> list[yaml.Node]:
+    if not isinstance(node, yaml.SequenceNode):
+        raise SpecError(where(path, node), f"{what} must be a list, got {describe(node)}")
+    return list(node.value)
+
+
+def is_plain(node: yaml.Node) -> bool:
+    """True for an unquoted scalar (whose text YAML would read as a number or bool)."""
+    return isinstance(node, yaml.ScalarNode) and node.style is None

@@ -1,0 +1,68 @@
+"""OpSpec -> context of the documentation templates (op.md.j2, index.md.j2)."""
+
+from __future__ import annotations
+
+from opgen.expr.latex import LatexPrinter
+from opgen.expr.printers.pseudo import PseudoPrinter
+from opgen.spec.model import OpSpec, ParamType, TensorRole
+from opgen.targets.python_api import signature, tensor_doc
+
+_DOC_TYPES = {ParamType.FLOAT: "float", ParamType.INT: "int", ParamType.BOOL: "boolean"}
+
+
+def _row_sparse_text(op: OpSpec) -> list[str]:
+    grad, rs = op.grad.name, op.row_sparse
+    standard = (f"every row is updated as in the dense update, rows absent from `{grad}.indices` "
+                "with a zero gradient (MXNet's standard update)")
+    if rs.always_lazy:
+        return [f"With a row-sparse `{grad}`, only the rows whose indices appear in `{grad}.indices` are "
+                "updated, weight and states alike; all other rows are left bit-identical."]
+    if rs.lazy_param:
+        return [
+            f"With a row-sparse `{grad}` and `{rs.lazy_param}` true, only the rows whose indices appear in "
+            f"`{grad}.indices` are updated, weight and states alike; all other rows are left bit-identical.",
+            f"With `{rs.lazy_param}` false, {standard}.",
+        ]
+    return [f"A row-sparse `{grad}` is accepted: {standard}."]
+
+
+def context(op: OpSpec) -> dict:
+    symbols = {t.name: t.symbol for t in op.tensors} | {p.name: p.symbol for p in op.params}
+    latex = LatexPrinter(symbols)
+    dense = PseudoPrinter()
+    rows = PseudoPrinter("[row]")
+    arguments = [
+        f"**{t.name}** (ndarray{' or RowSparseArray' if t.role is TensorRole.GRAD else ''}) – "
+        f"{t.doc.rstrip('.')}. {tensor_doc(op, t.role)}"
+        for t in op.tensors
+    ]
+    for p in op.params:
+        kind = "required" if p.required else f"optional, default={p.default}"
+        arguments.append(f"**{p.name}** ({_DOC_TYPES[p.type]}, {kind}) – {' '.join(p.doc.split())}")
+    arguments.append(f"**out** (ndarray, optional) – The array that receives the new {op.weight.name}; "
+                     f"`out={op.weight.name}` updates in place. By default a new array.")
+    lazy = op.row_sparse.always_lazy or op.row_sparse.lazy_param is not None
+    return {
+        "op": op.name,
+        "spec": op.path,
+        "signature": f"{op.name}({signature(op)})",
+        "summary": op.summary,
+        "description": op.description,
+        "latex": [latex.statement(s) + (r" \\" if k + 1 < len(op.math.statements) else "")
+                  for k, s in enumerate(op.math.statements)],
+        "dense_code": [dense.statement(s) for s in op.math.statements],
+        "lazy_code": [rows.statement(s) for s in op.math.statements] if lazy else [],
+        "grad": op.grad.name,
+        "row_sparse": _row_sparse_text(op),
+        "arguments": arguments,
+        "returns": f"ndarray – `out`, holding the new {op.weight.name}. "
+                   + " ".join(f"`{s.name}` is updated in place." for s in op.states),
+        "deviations": list(op.deviations),
+        "dtypes": "float16 (math in float32, rounded once on store), float32, float64; "
+                  "every tensor of a call shares one dtype.",
+    }
+
+
+def index_context(ops: list[OpSpec]) -> dict:
+    return {"ops": [{"name": op.name, "summary": op.summary, "signature": f"{op.name}({signature(op)})"}
+                    for op in ops]}
