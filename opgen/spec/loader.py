@@ -139,6 +139,9 @@ def _default(m: y.Mapping, ptype: ParamType, name: str) -> str:
         ParamType.INT: _INT.match(text) is not None,
         ParamType.BOOL: text in _BOOL,
     }[ptype]
+    if not ok and isinstance(node, yaml.ScalarNode) and not y.is_plain(node):
+        raise SpecError(m.location("default"), f"default of {ptype.value} parameter '{name}' is the quoted "
+                                               f"string {node.value!r}; write it without quotes")
     if not ok:
         raise SpecError(m.location("default"),
                         f"default of {ptype.value} parameter '{name}' must be a {ptype.value} literal, got {y.describe(node)}")

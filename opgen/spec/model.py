@@ -61,7 +61,7 @@ class RowSparseSpec:
 @dataclass(frozen=True)
 class OpSpec:
     name: str
-    path: str  # the spec file as named to the user, e.g. specs/adam_update.yaml
+    path: str  # the spec as generated files name it: FOLDER/NAME.yaml
     summary: str
     description: str
     tensors: tuple[TensorSpec, ...]

@@ -1,0 +1,133 @@
+"""Broken specs: exact `file:line:col: message`, exit status 2, output folder untouched."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from opgen.errors import SpecError
+from opgen.spec.loader import parse_spec
+
+BASE = """\
+name: toy_update
+summary: A toy update.
+tensors:
+  - {name: weight, role: weight, doc: Weight}
+  - {name: grad, role: grad, doc: Gradient}
+  - {name: mom, role: state, doc: Momentum}
+params:
+  - {name: lr, type: float, required: true, doc: Learning rate}
+  - {name: momentum, type: float, default: 0.9, doc: Momentum}
+math:
+  - mom = momentum * mom - lr * grad
+  - weight = weight + mom
+"""
+
+P = "specs/toy_update.yaml"
+
+# (name, (old, new) edit of BASE, expected error)
+CASES = [
+    ("unknown key", ("summary:", "sumary: x\nsummary:"),
+     f"{P}:2:1: unknown key 'sumary' in the spec; did you mean 'summary'?"),
+    ("duplicate key", ("summary: A toy update.", "summary: A toy update.\nsummary: again"),
+     f"{P}:3:1: duplicate key 'summary' in the spec (first at line 2)"),
+    ("missing key", ("summary: A toy update.\n", ""),
+     f"{P}:1:1: the spec is missing the required key 'summary'"),
+    ("wrong type of value", (BASE[BASE.index("tensors:"):BASE.index("params:")], "tensors: 3\n"),
+     f"{P}:3:10: 'tensors' in the spec must be a list, got '3'"),
+    ("unknown param type", ("type: float, default: 0.9", "type: floot, default: 0.9"),
+     f"{P}:9:28: unknown type 'floot' for parameter 'momentum' (types: float, int, bool)"),
+    ("unknown role", ("role: state", "role: stat"),
+     f"{P}:6:23: unknown role 'stat' for tensor 'mom' (roles: weight, grad, state)"),
+    ("quoted default", ("default: 0.9", 'default: "0.9"'),
+     f"{P}:9:44: default of float parameter 'momentum' is the quoted string '0.9'; write it without quotes"),
+    ("bad default", ("default: 0.9", "default: fast"),
+     f"{P}:9:44: default of float parameter 'momentum' must be a float literal, got 'fast'"),
+    ("required with default", ("required: true", "required: true, default: 1"),
+     f"{P}:8:45: parameter 'lr' is required and so cannot have a default"),
+    ("no default", ("required: true, ", ""),
+     f"{P}:8:5: parameter 'lr' needs a default or 'required: true'"),
+    ("declared twice", ("{name: momentum,", "{name: lr,"),
+     f"{P}:9:5: 'lr' is declared twice (first at line 8)"),
+    ("undefined name", ("- lr * grad", "- lr * gard"),
+     f"{P}:11:33: undefined name 'gard'; did you mean 'grad'?"),
+    ("unknown function", ("weight + mom", "weight + sqr(mom)"),
+     f"{P}:12:23: unknown function 'sqr'; did you mean 'sqrt'?"),
+    ("wrong arity", ("weight + mom", "weight + sqrt(mom, 2)"),
+     f"{P}:12:23: sqrt() takes 1 argument, got 2"),
+    ("assign to gradient", ("  - weight = weight + mom", "  - grad = grad * 2\n  - weight = weight + mom"),
+     f"{P}:12:5: cannot assign to 'grad': it is a read-only input"),
+    ("assign to parameter", ("  - weight = weight + mom", "  - lr = 2 * lr\n  - weight = weight + mom"),
+     f"{P}:12:5: cannot assign to 'lr': it is a parameter"),
+    ("state never written", ("  - mom = momentum * mom - lr * grad\n  - weight = weight + mom",
+                             "  - step = momentum * mom - lr * grad\n  - weight = weight + step"),
+     f"{P}:6:5: state 'mom' is never written by the math"),
+    ("parameter never used", ("doc: Momentum}\nmath", "doc: Momentum}\n  - {name: beta, type: float, default: 1, doc: x}\nmath"),
+     f"{P}:10:5: parameter 'beta' is never used by the math"),
+    ("math syntax", ("weight + mom", "weight + * mom"), f"{P}:12:23: invalid math syntax: invalid syntax"),
+    ("YAML syntax", ("doc: Momentum}", "doc: Momentum"), f"{P}:7:7: invalid YAML: expected ',' or '}}', but got ':'"),
+    ("no eval of spec text", ("weight + mom", '__import__("os").system("x")'),
+     f"{P}:12:14: only the spec language's functions can be called"),
+    ("attribute access", ("weight + mom", "weight + mom.real"), f"{P}:12:23: unsupported syntax in math: Attribute"),
+    ("condition in arithmetic", ("weight + mom", "weight + (mom > 0)"),
+     f"{P}:12:14: '+' needs a number, got a condition"),
+    ("number as condition", ("weight + mom", "weight + (mom if lr else 0)"),
+     f"{P}:12:31: a condition ('x if condition else y') needs a condition (a comparison or a bool parameter), got a number"),
+    ("two weights", ("role: state", "role: weight"),
+     f"{P}:4:3: an op needs exactly one tensor with role 'weight', found 2"),
+    ("name and file differ", ("name: toy_update", "name: other_update"),
+     f"{P}:1:7: the op is named 'other_update' but its file is 'toy_update.yaml'; they must match"),
+    ("reserved name", ("{name: momentum,", "{name: out,"), f"{P}:9:12: parameter name 'out' is reserved"),
+    ("unused temporary", ("  - weight = weight + mom", "  - spare = 2 * mom\n  - weight = weight + mom"),
+     f"{P}:12:5: temporary 'spare' is assigned but never used"),
+    ("bad lazy switch", ("math:", "row_sparse: {lazy: momentum}\nmath:"),
+     f"{P}:10:20: row_sparse.lazy must be true, false or the name of a bool parameter, got 'momentum'"),
+]
+
+
+def _edit(edit: tuple[str, str]) -> str:
+    old, new = edit
+    assert old in BASE, old
+    return BASE.replace(old, new, 1)
+
+
+def test_base_spec_is_valid():
+    op = parse_spec(BASE, P, expected_name="toy_update")
+    assert [t.name for t in op.tensors] == ["weight", "grad", "mom"]
+    assert [p.default for p in op.params] == [None, "0.9"]
+
+
+@pytest.mark.parametrize("edit, message", [c[1:] for c in CASES], ids=[c[0] for c in CASES])
+def test_error_message(edit, message):
+    with pytest.raises(SpecError) as info:
+        parse_spec(_edit(edit), P, expected_name="toy_update")
+    assert str(info.value) == message
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+@pytest.mark.parametrize("case", [CASES[0], CASES[11], CASES[16]], ids=lambda c: c[0])
+def test_cli_reports_error_and_leaves_output_untouched(tmp_path, case):
+    specs, out = tmp_path / "specs", tmp_path / "out"
+    specs.mkdir()
+    (specs / "toy_update.yaml").write_text(BASE)
+    ok = subprocess.run([sys.executable, "-m", "opgen", "build", "--no-compile", "--out", "out"],
+                        cwd=tmp_path, capture_output=True, text=True)
+    assert ok.returncode == 0, ok.stderr
+    (out / "toy_update.py").write_text("# a hand edit that a failed build must not touch\n")
+    before = _snapshot(out)
+
+    # a second, valid spec sorts first: a build that wrote specs one by one would touch it
+    (specs / "aaa_update.yaml").write_text(BASE.replace("toy_update", "aaa_update"))
+    (specs / "toy_update.yaml").write_text(_edit(case[1]))
+    bad = subprocess.run([sys.executable, "-m", "opgen", "build", "--no-compile", "--out", "out"],
+                         cwd=tmp_path, capture_output=True, text=True)
+    assert bad.returncode == 2
+    assert bad.stderr.strip() == case[2]
+    assert "Traceback" not in bad.stderr and bad.stdout == ""
+    assert _snapshot(out) == before
