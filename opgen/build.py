@@ -23,6 +23,7 @@ PER_OP: tuple[tuple[str, str, Callable[[OpSpec], dict]], ...] = (
 )
 PER_PACKAGE: tuple[tuple[str, str, Callable[[list[OpSpec]], dict]], ...] = (
     ("package_init.py.j2", "__init__.py", python_api.package_context),
+    ("package_main.py.j2", "__main__.py", python_api.package_context),
     ("kernel_common.h.j2", "csrc/opgen_kernel.h", lambda ops: c_kernels.common_context()),
     ("index.md.j2", "docs/index.md", docs.index_context),
 )

@@ -97,4 +97,4 @@ def context(op: OpSpec) -> dict:
 
 
 def package_context(ops: list[OpSpec]) -> dict:
-    return {"ops": [op.name for op in ops]}
+    return {"ops": [op.name for op in ops], "package": "generated"}
