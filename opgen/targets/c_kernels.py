@@ -8,17 +8,14 @@ Three kernels per op and dtype, all in place on the weight buffer:
 
 from __future__ import annotations
 
-from opgen.expr.hoist import KernelProgram, hoist
-from opgen.expr.printers.c import CPrinter, c_name
-from opgen.expr.tree import RefKind
 from opgen.spec.model import OpSpec, ParamType, TensorRole
 from opgen.targets.dtypes import DTYPES, DType
+from opgen.targets.element import ElementCode
 
 # Below this many elements per thread, a parallel region costs more than it saves.
 MIN_ELEMENTS_PER_THREAD = 1 << 15
 # Thread ranges start on multiples of this many elements (64-byte cache lines of float32).
 CHUNK_ALIGN = 16
-
 # Kernel arguments are prefixed so no spec name can collide with n, row_len, indices...
 ARG = "arg_"
 _ARG_TYPES = {ParamType.FLOAT: "double", ParamType.INT: "int64_t", ParamType.BOOL: "int"}
@@ -43,75 +40,37 @@ def kernel_args(op: OpSpec) -> list[str]:
     return tensors + params
 
 
-def _variant(op: OpSpec, program: KernelProgram, dtype: DType) -> dict:
-    printer = CPrinter(dtype.c_acc)
+def _variant(op: OpSpec, dtype: DType) -> dict:
+    code = ElementCode.of(op, dtype)
     grad = op.grad.name
-    order = {t.name: k for k, t in enumerate(op.tensors)}
-    loads = sorted(program.loads, key=order.__getitem__)
 
-    def load(name: str, index: str) -> str:
-        value = f"p_{name}[{index}]"
-        return f"OPGEN_HALF_TO_FLOAT({value})" if dtype.half else value
+    def pointer(t) -> str:
+        const = "const " if t.role is TensorRole.GRAD else ""
+        return f"{const}{dtype.c_storage} *restrict p_{t.name} = ({const}{dtype.c_storage} *){ARG}{t.name};"
 
-    def load_line(name: str, zero_grad: bool) -> str:
-        if name == grad:
-            value = printer.const_zero() if zero_grad else load(name, "gi")
-            return f"const {dtype.c_acc} {c_name(RefKind.TENSOR, name)} = {value};"
-        return f"{dtype.c_acc} {c_name(RefKind.TENSOR, name)} = {load(name, 'i')};"
-
-    declared = set(loads)
-    body = []
-    for s in program.body:
-        first = s.target not in declared
-        declared.add(s.target)
-        body.append(printer.statement(s, declare=first))
-    prologue_declared: set[str] = set()
-    prologue = []
-    for s in program.prologue:
-        first = (s.kind, s.target) not in prologue_declared
-        prologue_declared.add((s.kind, s.target))
-        line = printer.statement(s, declare=first)
-        prologue.append(f"const {line}" if s.kind is RefKind.HOISTED else line)
-
-    def store(name: str) -> str:
-        value = c_name(RefKind.TENSOR, name)
-        return f"p_{name}[i] = OPGEN_FLOAT_TO_HALF({value});" if dtype.half else f"p_{name}[i] = {value};"
+    def memory(name: str) -> str:
+        return f"p_{name}[{'gi' if name == grad else 'i'}]"
 
     return {
         "dtype": dtype.name,
         "acc": dtype.c_acc,
         "functions": {k: function_name(op, k, dtype) for k in kernels(op)},
-        "pointers": [
-            f"{'const ' if t.role is TensorRole.GRAD else ''}{dtype.c_storage} *restrict p_{t.name} = "
-            f"({'const ' if t.role is TensorRole.GRAD else ''}{dtype.c_storage} *){ARG}{t.name};"
-            for t in op.tensors
-        ],
-        "params": [
-            f"const {printer.c_type(_vtype(p.type))} {c_name(RefKind.PARAM, p.name)} = "
-            f"({printer.c_type(_vtype(p.type))}){ARG}{p.name};"
-            for p in op.math_params
-        ],
-        "prologue": prologue,
-        "loads": [load_line(n, zero_grad=False) for n in loads],
-        "loads_zero_grad": [load_line(n, zero_grad=True) for n in loads],
-        "body": body,
-        "stores": [store(n) for n in program.stores],
+        "pointers": [pointer(t) for t in op.tensors],
+        "params": code.param_lines(lambda name: ARG + name),
+        "prologue": code.prologue_lines(),
+        "loads": code.load_lines(memory),
+        "loads_zero_grad": code.load_lines(memory, zero_grad=True),
+        "body": code.body_lines(),
+        "stores": code.store_lines(memory),
     }
 
 
-def _vtype(ptype: ParamType):
-    from opgen.expr.tree import VType
-
-    return {ParamType.FLOAT: VType.REAL, ParamType.INT: VType.INT, ParamType.BOOL: VType.BOOL}[ptype]
-
-
 def context(op: OpSpec) -> dict:
-    program = hoist(op.math)
     return {
         "op": op.name,
         "args": ", ".join(kernel_args(op)),
         "kernels": kernels(op),
-        "variants": [_variant(op, program, d) for d in DTYPES],
+        "variants": [_variant(op, d) for d in DTYPES],
         **common_context(),
     }
 
