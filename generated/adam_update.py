@@ -27,7 +27,7 @@ def _numpy_kernel(_T, weight, grad, mean, var, lr, beta1, beta2, epsilon, wd, re
     mean = beta1 * mean + _h1 * gr
     var = beta2 * var + _h2 * gr * gr
     weight = weight - lr * mean / (_np.sqrt(var) + epsilon)
-    return weight, mean, var
+    return (weight, mean, var,)
 
 
 _OP = _Operator(
@@ -55,6 +55,7 @@ _OP = _Operator(
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "adam_update.c",
     c_cdef=_HERE / "csrc" / "adam_update.cdef",
+    cuda_source=_HERE / "cuda" / "adam_update.cu",
 )
 
 

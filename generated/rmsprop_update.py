@@ -27,7 +27,7 @@ def _numpy_kernel(_T, weight, grad, n, lr, gamma1, epsilon, wd, rescale_grad, cl
     n = _h1 * (gr * gr) + gamma1 * n
     weight = weight - lr * (gr / _np.sqrt(n + epsilon))
     weight = _m.clip(weight, clip_weights) if _h2 else weight
-    return weight, n
+    return (weight, n,)
 
 
 _OP = _Operator(
@@ -53,6 +53,7 @@ _OP = _Operator(
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "rmsprop_update.c",
     c_cdef=_HERE / "csrc" / "rmsprop_update.cdef",
+    cuda_source=_HERE / "cuda" / "rmsprop_update.cu",
 )
 
 

@@ -25,7 +25,7 @@ def _numpy_kernel(_T, weight, grad, mom, lr, momentum, wd, rescale_grad, clip_gr
     step = lr * _m.clip(rescale_grad * grad, clip_gradient) if _h0 else _h1 * grad
     mom = momentum * mom - _h2 * weight - step
     weight = weight + mom
-    return weight, mom
+    return (weight, mom,)
 
 
 _OP = _Operator(
@@ -50,6 +50,7 @@ _OP = _Operator(
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "sgd_mom_update.c",
     c_cdef=_HERE / "csrc" / "sgd_mom_update.cdef",
+    cuda_source=_HERE / "cuda" / "sgd_mom_update.cu",
 )
 
 

@@ -24,7 +24,7 @@ def _numpy_kernel(_T, weight, grad, lr, wd, rescale_grad, clip_gradient):
     _h2 = _T(1) - lr * wd
     step = lr * _m.clip(rescale_grad * grad, clip_gradient) if _h0 else _h1 * grad
     weight = _h2 * weight - step
-    return weight
+    return (weight,)
 
 
 _OP = _Operator(
@@ -47,6 +47,7 @@ _OP = _Operator(
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "sgd_update.c",
     c_cdef=_HERE / "csrc" / "sgd_update.cdef",
+    cuda_source=_HERE / "cuda" / "sgd_update.cu",
 )
 
 

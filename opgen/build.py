@@ -11,7 +11,7 @@ from pathlib import Path
 import jinja2
 
 from opgen.spec import OpSpec, load_specs
-from opgen.targets import c_kernels, docs, python_api
+from opgen.targets import c_kernels, cuda_kernels, docs, python_api
 from opgen.writer import Outputs, SyncReport, sync
 
 # (template, output path, context) for each op, then for the whole package.
@@ -19,15 +19,17 @@ PER_OP: tuple[tuple[str, str, Callable[[OpSpec], dict]], ...] = (
     ("op.py.j2", "{op}.py", python_api.context),
     ("op.c.j2", "csrc/{op}.c", c_kernels.context),
     ("op.cdef.j2", "csrc/{op}.cdef", c_kernels.context),
+    ("op.cu.j2", "cuda/{op}.cu", cuda_kernels.context),
     ("op.md.j2", "docs/{op}.md", docs.context),
 )
 PER_PACKAGE: tuple[tuple[str, str, Callable[[list[OpSpec]], dict]], ...] = (
     ("package_init.py.j2", "__init__.py", python_api.package_context),
     ("package_main.py.j2", "__main__.py", python_api.package_context),
     ("kernel_common.h.j2", "csrc/opgen_kernel.h", lambda ops: c_kernels.common_context()),
+    ("kernel_common.cuh.j2", "cuda/opgen_kernel.cuh", lambda ops: cuda_kernels.common_context()),
     ("index.md.j2", "docs/index.md", docs.index_context),
 )
-TARGETS = ("python", "c", "docs")
+TARGETS = ("python", "c", "cuda", "docs")
 DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
 
 

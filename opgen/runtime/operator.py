@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from opgen.runtime import backends, cbuild
-from opgen.runtime.rowsparse import RowSparseArray
+from opgen.runtime import backends, cbuild, cuda
+from opgen.runtime.rowsparse import RowSparseArray, array_module
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _ACC = {np.dtype(np.float16): np.float32, np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
@@ -39,7 +39,7 @@ class Operator:
 
     def __init__(self, *, name: str, spec: str, tensors: Sequence[TensorArg], params: Sequence[ParamArg],
                  lazy_param: str | None, always_lazy: bool, kernels: Sequence[str],
-                 numpy_kernel: Callable, c_source: Path, c_cdef: Path) -> None:
+                 numpy_kernel: Callable, c_source: Path, c_cdef: Path, cuda_source: Path) -> None:
         self.name = name
         self.spec = spec
         self.tensors = tuple(tensors)
@@ -55,6 +55,7 @@ class Operator:
         self.c_cdef = c_cdef
         self._c_functions: dict[tuple[str, str], Callable] = {}
         self._c_module = None
+        self.cuda = cuda.CudaKernels(spec, cuda_source)
 
     # -- the call ---------------------------------------------------------------
     def __call__(self, tensors: tuple, params: tuple, out):
@@ -69,12 +70,16 @@ class Operator:
         kernel_values = tuple(values[k] for k in self.kernel_params)
 
         # Validation is over: from here on, arrays are written.
+        xp = array_module(weight)
         if target is None:
             target = weight.copy(order="C")
         elif target is not weight:
-            np.copyto(target, weight)
-        work = [_contiguous(target)] + [_contiguous(s) for s in states]
-        self._run(mode, weight.dtype, work[0], grad, work[1:], kernel_values)
+            xp.copyto(target, weight)
+        work = [_contiguous(xp, target)] + [_contiguous(xp, s) for s in states]
+        if xp is np:
+            self._run(mode, weight.dtype, work[0], grad, work[1:], kernel_values)
+        else:
+            self._run_cuda(mode, weight.dtype, work[0], grad, work[1:], kernel_values)
         for original, used in zip([target, *states], work):
             if used is not original:
                 original[...] = used
@@ -101,6 +106,7 @@ class Operator:
         weight = tensors[self.weight_index]
         w_name = self.tensors[self.weight_index].name
         self._check_array(w_name, weight)
+        xp = array_module(weight)
         states = []
         for spec, value in zip(self.tensors, tensors):
             if spec.role == "weight":
@@ -109,6 +115,7 @@ class Operator:
                 self._check_row_sparse(spec.name, value, weight, w_name)
                 continue
             self._check_array(spec.name, value, row_sparse_ok=spec.role == "grad")
+            self._check_same_side(spec.name, value, weight, w_name)
             if value.dtype != weight.dtype:
                 raise self._fail(TypeError, spec.name, f"has dtype {value.dtype} but '{w_name}' has "
                                                        f"{weight.dtype}; all tensors must share one dtype")
@@ -116,7 +123,7 @@ class Operator:
                 raise self._fail(ValueError, spec.name, f"has shape {value.shape} but '{w_name}' has "
                                                         f"shape {weight.shape}; shapes must match")
             if spec.role == "state":
-                if not value.flags.writeable:
+                if xp is np and not value.flags.writeable:
                     raise self._fail(ValueError, spec.name, "is read-only; states are updated in place")
                 states.append(value)
         grad = tensors[self.grad_index]
@@ -125,13 +132,23 @@ class Operator:
         state_names = [t.name for t in self.tensors if t.role == "state"]
         for k, (name, s) in enumerate(zip(state_names, states)):
             for other_name, other in [(g_name, grad_memory), (w_name, weight)] + list(zip(state_names[:k], states[:k])):
-                if np.may_share_memory(s, other):
+                if xp.may_share_memory(s, other):
                     raise self._fail(ValueError, name, f"shares memory with '{other_name}'")
         return weight, grad, states
 
+    def _check_same_side(self, name: str, value, weight, w_name: str) -> None:
+        """Host and device arrays never mix in a call; device arrays share one device."""
+        if cuda.is_device_array(value) != cuda.is_device_array(weight):
+            raise self._fail(TypeError, name, f"is a {_kind(value)} array but '{w_name}' is a {_kind(weight)} "
+                                              "array: host (NumPy) and device (CuPy) arrays cannot be mixed")
+        if array_module(weight) is not np and value.device.id != weight.device.id:
+            raise self._fail(ValueError, name, f"is on device {value.device.id} but '{w_name}' is on "
+                                               f"device {weight.device.id}")
+
     def _check_array(self, name: str, value, row_sparse_ok: bool = False) -> None:
-        if not isinstance(value, np.ndarray):
-            kinds = "a numpy.ndarray or a RowSparseArray" if row_sparse_ok else "a numpy.ndarray"
+        if not (isinstance(value, np.ndarray) or (cuda.is_device_array(value) and hasattr(value, "dtype"))):
+            kinds = "a numpy.ndarray, cupy.ndarray or RowSparseArray" if row_sparse_ok \
+                else "a numpy.ndarray or cupy.ndarray"
             raise self._fail(TypeError, name, f"must be {kinds}, got {type(value).__name__}")
         if value.dtype not in FLOAT_DTYPES:
             raise self._fail(TypeError, name, f"has dtype {value.dtype}; expected float16, float32 or float64")
@@ -139,6 +156,7 @@ class Operator:
     def _check_row_sparse(self, name: str, grad: RowSparseArray, weight: np.ndarray, w_name: str) -> None:
         if "lazy" not in self.kernels and "standard" not in self.kernels:
             raise self._fail(TypeError, name, "must be dense: this op has no row-sparse update")
+        self._check_same_side(name, grad.data, weight, w_name)
         if grad.data.dtype != weight.dtype:
             raise self._fail(TypeError, name, f"has dtype {grad.data.dtype} but '{w_name}' has {weight.dtype}; "
                                               "all tensors must share one dtype")
@@ -150,24 +168,30 @@ class Operator:
         w_name = self.tensors[self.weight_index].name
         if out is None:
             return None
-        if not isinstance(out, np.ndarray):
-            raise self._fail(TypeError, "out", f"must be a numpy.ndarray or None, got {type(out).__name__}")
+        is_array = isinstance(out, np.ndarray) or (cuda.is_device_array(out) and hasattr(out, "dtype"))
+        if not is_array or cuda.is_device_array(out) != cuda.is_device_array(weight):
+            raise self._fail(TypeError, "out", f"must be None or a {_kind(weight)} array like '{w_name}', "
+                                               f"got {type(out).__name__}")
+        xp = array_module(weight)
         if out.dtype != weight.dtype:
             raise self._fail(TypeError, "out", f"has dtype {out.dtype} but '{w_name}' has {weight.dtype}")
         if out.shape != weight.shape:
             raise self._fail(ValueError, "out", f"has shape {out.shape} but '{w_name}' has shape {weight.shape}")
-        if not out.flags.writeable:
+        if xp is not np and out.device.id != weight.device.id:
+            raise self._fail(ValueError, "out", f"is on device {out.device.id} but '{w_name}' is on "
+                                                f"device {weight.device.id}")
+        if xp is np and not out.flags.writeable:
             name = w_name if _same_view(out, weight) else "out"
             raise self._fail(ValueError, name, "is read-only; the new weight is written into out")
         grad_memory = grad.data if isinstance(grad, RowSparseArray) else grad
         g_name = self.tensors[self.grad_index].name
         state_names = [t.name for t in self.tensors if t.role == "state"]
         for other_name, other in [(g_name, grad_memory)] + list(zip(state_names, states)):
-            if np.may_share_memory(out, other):
+            if xp.may_share_memory(out, other):
                 raise self._fail(ValueError, "out", f"shares memory with '{other_name}'")
         if _same_view(out, weight):
             return weight
-        if np.may_share_memory(out, weight):
+        if xp.may_share_memory(out, weight):
             raise self._fail(ValueError, "out", f"overlaps '{w_name}' without being the same array")
         return out
 
@@ -218,6 +242,22 @@ class Operator:
         else:
             function(rows, row_len, len(grad.indices), indices, *pointers, *kernel_values)
 
+    def _run_cuda(self, mode, dtype, target, grad, states, kernel_values) -> None:
+        import cupy
+
+        grad_array = cupy.ascontiguousarray(grad.data if isinstance(grad, RowSparseArray) else grad)
+        state_iter = iter(states)
+        arrays = [target if t.role == "weight" else grad_array if t.role == "grad" else next(state_iter)
+                  for t in self.tensors]
+        real = np.float64 if dtype == np.float64 else np.float32  # no double arguments for float math
+        types = {"float": real, "int": np.int64, "bool": np.int32}
+        scalars = [types[self.params[k].type](v) for k, v in zip(self.kernel_params, kernel_values)]
+        rows = target.shape[0] if target.ndim else 1
+        row_len = target.size // rows if rows else 0
+        indices = grad.indices if isinstance(grad, RowSparseArray) else None
+        cuda.launch(self.cuda, f"opgen_{self.name}_{mode}_{dtype.name}", mode, arrays, scalars, target.size, rows,
+                    row_len, indices, 0 if indices is None else len(indices))
+
     def _run_numpy(self, mode, dtype, target, grad, states, kernel_values) -> None:
         acc = _ACC[dtype]
         scalars = tuple(acc(v) if self.params[k].type == "float" else v
@@ -247,12 +287,20 @@ class Operator:
         return [a.astype(acc, copy=False) for a in ordered]
 
 
-def _contiguous(array: np.ndarray) -> np.ndarray:
-    return array if array.flags.c_contiguous else np.ascontiguousarray(array)
+def _contiguous(xp, array):
+    return array if array.flags.c_contiguous else xp.ascontiguousarray(array)
 
 
-def _same_view(a: np.ndarray, b: np.ndarray) -> bool:
+def _kind(value) -> str:
+    return "CuPy (device)" if cuda.is_device_array(value) else "NumPy (host)" \
+        if isinstance(value, np.ndarray) else type(value).__name__
+
+
+def _pointer(array) -> int:
+    return array.__array_interface__["data"][0] if isinstance(array, np.ndarray) else array.data.ptr
+
+
+def _same_view(a, b) -> bool:
     if a is b:
         return True
-    return (a.__array_interface__["data"][0] == b.__array_interface__["data"][0]
-            and a.shape == b.shape and a.strides == b.strides)
+    return _pointer(a) == _pointer(b) and a.shape == b.shape and a.strides == b.strides

@@ -5,21 +5,33 @@ from __future__ import annotations
 import numpy as np
 
 
+def array_module(array):
+    """numpy for host arrays, cupy for device arrays (imported only when one is seen)."""
+    if type(array).__module__.split(".")[0] == "cupy":
+        import cupy
+
+        return cupy
+    return np
+
+
 class RowSparseArray:
     """A row-sparse array: ``data[k]`` is row ``indices[k]``; every other row is zero.
 
     ``indices`` must be integers, one-dimensional, sorted, unique and within
     ``[0, shape[0])``; ``data.shape`` must be ``(len(indices),) + shape[1:]``. Both are
     checked here, once, so an update never applies a row to the wrong place or twice.
+    ``data`` may be a NumPy or a CuPy array; ``indices`` are kept beside it (int64).
     """
 
     __slots__ = ("data", "indices", "shape")
 
     def __init__(self, data, indices, shape) -> None:
-        if not isinstance(data, np.ndarray):
-            raise TypeError(f"RowSparseArray: argument 'data' must be a numpy.ndarray, got {type(data).__name__}")
+        xp = array_module(data)
+        if not hasattr(data, "dtype") or not hasattr(data, "shape"):
+            raise TypeError(f"RowSparseArray: argument 'data' must be a numpy.ndarray or cupy.ndarray, "
+                            f"got {type(data).__name__}")
         shape = _as_shape(shape)
-        indices = np.asarray(indices)
+        indices = xp.asarray(indices)
         if indices.dtype.kind not in "iu":
             raise TypeError(f"RowSparseArray: argument 'indices' must hold integers, got dtype {indices.dtype}")
         if indices.ndim != 1:
@@ -31,17 +43,17 @@ class RowSparseArray:
             raise ValueError(f"RowSparseArray: argument 'data' has shape {data.shape}; expected {expected} "
                              f"(one row of shape {shape[1:]} per index)")
         if len(indices):
-            if indices.min() < 0 or indices.max() >= shape[0]:
-                bad = indices[(indices < 0) | (indices >= shape[0])][0]
+            if int(indices.min()) < 0 or int(indices.max()) >= shape[0]:
+                bad = int(indices[(indices < 0) | (indices >= shape[0])][0])
                 raise ValueError(f"RowSparseArray: argument 'indices' holds {bad}, outside [0, {shape[0]})")
-            steps = np.diff(indices)
-            if len(steps) and steps.min() <= 0:
-                k = int(np.argmax(steps <= 0))
-                what = "a duplicate" if steps[k] == 0 else "out of order"
+            steps = xp.diff(indices)
+            if len(steps) and int(steps.min()) <= 0:
+                k = int(xp.argmax(steps <= 0))
+                what = "a duplicate" if int(steps[k]) == 0 else "out of order"
                 raise ValueError(f"RowSparseArray: argument 'indices' must be sorted and unique; "
-                                 f"indices[{k + 1}] = {indices[k + 1]} is {what}")
+                                 f"indices[{k + 1}] = {int(indices[k + 1])} is {what}")
         self.data = data
-        self.indices = np.ascontiguousarray(indices, dtype=np.int64)
+        self.indices = xp.ascontiguousarray(indices, dtype=xp.int64)
         self.shape = shape
 
     @property
@@ -52,8 +64,8 @@ class RowSparseArray:
     def row_length(self) -> int:
         return int(np.prod(self.shape[1:], dtype=np.int64))
 
-    def todense(self) -> np.ndarray:
-        dense = np.zeros(self.shape, dtype=self.data.dtype)
+    def todense(self):
+        dense = array_module(self.data).zeros(self.shape, dtype=self.data.dtype)
         dense[self.indices] = self.data
         return dense
 

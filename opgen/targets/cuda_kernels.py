@@ -1,0 +1,85 @@
+"""OpSpec -> context of the CUDA templates (op.cu.j2, kernel_common.cuh.j2).
+
+The same three kernels as the C target, with the same element code (printed from the
+same tree by the same printer); only the schedule differs:
+- ``dense``: a grid-stride loop over 16-byte vectors when every pointer is aligned,
+  then a scalar tail;
+- ``lazy`` and ``standard``: a warp per row, lanes striding along the row with vector
+  loads when the row length and pointers allow, no per-element division.
+Scalar arguments have the math type (float for float16/float32): no double in float math.
+"""
+
+from __future__ import annotations
+
+from opgen.spec.model import OpSpec, ParamType, TensorRole
+from opgen.targets.c_kernels import ARG, function_name, kernels
+from opgen.targets.dtypes import DTYPES, DType
+from opgen.targets.element import ElementCode
+
+BLOCK = 512  # threads per block of the dense kernel
+ROWS_PER_BLOCK = 8  # warps (rows in flight) per block of the row kernels
+_STORAGE = {"float16": "opgen_half", "float32": "float", "float64": "double"}
+
+
+def _arg_type(ptype: ParamType, dtype: DType) -> str:
+    return {ParamType.FLOAT: dtype.c_acc, ParamType.INT: "long long", ParamType.BOOL: "int"}[ptype]
+
+
+def _variant(op: OpSpec, dtype: DType) -> dict:
+    code = ElementCode.of(op, dtype)
+    storage = _STORAGE[dtype.name]
+    grad = op.grad.name
+    used = [t.name for t in op.tensors if t.name in set(code.loads) | set(code.stores)]
+
+    def const(name: str) -> str:
+        return "const " if code.is_const(name) else ""
+
+    def scalar(name: str) -> str:
+        return f"p_{name}[{'gi' if name == grad else 'i'}]"
+
+    def lane(name: str) -> str:
+        return f"x_{name}.v[k]"
+
+    def vector_in(name: str) -> str:
+        index = "gvi" if name == grad else "vi"
+        if name in code.loads:
+            return (f"opgen_vec<{storage}> x_{name} = "
+                    f"reinterpret_cast<const opgen_vec<{storage}> *>(p_{name})[{index}];")
+        return f"opgen_vec<{storage}> x_{name};"
+
+    args = [f"{const(t.name)}{storage} *{ARG}{t.name}" for t in op.tensors]
+    args += [f"{_arg_type(p.type, dtype)} {ARG}{p.name}" for p in op.math_params]
+    return {
+        "dtype": dtype.name,
+        "storage": storage,
+        "functions": {k: function_name(op, k, dtype) for k in kernels(op)},
+        "args": ", ".join(args),
+        "pointers": [f"{const(t.name)}{storage} *__restrict__ p_{t.name} = {ARG}{t.name};" for t in op.tensors],
+        "aligned": " && ".join(f"opgen_aligned16(p_{name})" for name in used),
+        "params": code.param_lines(lambda name: ARG + name),
+        "prologue": code.prologue_lines(),
+        "body": code.body_lines(),
+        "scalar_loads": code.load_lines(scalar),
+        "scalar_loads_zero_grad": code.load_lines(scalar, zero_grad=True),
+        "scalar_stores": code.store_lines(scalar),
+        "vector_in": [vector_in(n) for n in used if n != grad],
+        "vector_in_grad": [vector_in(grad)] if grad in used else [],
+        "lane_loads": code.load_lines(lane),
+        "lane_loads_zero_grad": code.load_lines(lane, zero_grad=True),
+        "lane_stores": code.store_lines(lane),
+        "vector_out": [f"reinterpret_cast<opgen_vec<{storage}> *>(p_{n})[vi] = x_{n};" for n in code.stores],
+    }
+
+
+def context(op: OpSpec) -> dict:
+    return {
+        "op": op.name,
+        "kernels": kernels(op),
+        "variants": [_variant(op, d) for d in DTYPES],
+        "block": BLOCK,
+        "rows_per_block": ROWS_PER_BLOCK,
+    }
+
+
+def common_context() -> dict:
+    return {}
