@@ -163,3 +163,20 @@ def test_gpu_refuses_mixed_host_and_device_arrays():
     w = cupy.ones(8, cupy.float32)
     with pytest.raises(TypeError, match="'grad'.*cannot be mixed"):
         adam_update(w, np.ones(8, np.float32), cupy.zeros(8, cupy.float32), cupy.zeros(8, cupy.float32), lr=0.1)
+
+
+def test_compile_error_names_the_spec_and_shows_the_source_lines():
+    source = "\n".join(f"line {k}" for k in range(1, 21))
+    log = 'kern.cu(12): error: identifier "v_foo" is undefined\n1 error detected'
+    text = __import__("opgen.runtime.cuda", fromlist=["x"]).explain_compile_error("specs/x_update.yaml", source, log)
+    assert text.startswith("specs/x_update.yaml: the generated CUDA source did not compile:")
+    assert 'identifier "v_foo" is undefined' in text
+    assert "    12> line 12" in text and "     9  line 9" in text and "    15  line 15" in text
+
+
+@needs_nvrtc
+def test_nvrtc_reports_errors():
+    from opgen.runtime.cuda import CudaCompileError
+
+    with pytest.raises(CudaCompileError, match="undefined"):
+        nvrtc_check('extern "C" __global__ void k(float *x) { x[0] = v_foo; }', CHECK_ARCHES[0])
