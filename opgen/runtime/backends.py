@@ -16,6 +16,9 @@ def current_backend() -> str:
     return _current.get()
 
 
+current_backend_fast = _current.get  # the same, without a Python frame (per-call hot path)
+
+
 @contextlib.contextmanager
 def use_backend(name: str) -> Iterator[None]:
     """Run the updates inside the block on one backend: "c", "numpy" or "auto".

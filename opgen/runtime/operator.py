@@ -16,9 +16,12 @@ import numpy as np
 from opgen.runtime import backends, cbuild, cuda
 from opgen.runtime.rowsparse import RowSparseArray, array_module
 
+_backend = backends.current_backend_fast
+
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _ACC = {np.dtype(np.float16): np.float32, np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
 _REAL = (int, float, np.integer, np.floating)
+_PLAIN = {"float": (float, int), "int": (int,), "bool": (bool,)}  # accepted as they are by the fast path
 
 
 @dataclass(frozen=True)
@@ -55,10 +58,47 @@ class Operator:
         self.c_cdef = c_cdef
         self._c_functions: dict[tuple[str, str], Callable] = {}
         self._c_module = None
+        # dtype -> dense C kernel, for the fast path; filled once the C module is loaded
+        self._fast_functions: dict[np.dtype, Callable] = {}
+        self._from_buffer = None  # the C module's ffi.from_buffer, once loaded
+        self._fast_types = tuple(_PLAIN[p.type] for p in params)
         self.cuda = cuda.CudaKernels(spec, cuda_source)
 
     # -- the call ---------------------------------------------------------------
     def __call__(self, tensors: tuple, params: tuple, out):
+        """The common call in a few attribute reads, else the general path.
+
+        The fast path applies to NumPy arrays that own their memory (so distinct arrays
+        cannot overlap), are C-contiguous and writable, and share one dtype and shape; a
+        dense gradient; ``out`` None or the weight; plain Python numbers; the C backend.
+        Everything else, errors included, goes through the full checks.
+        """
+        weight = tensors[self.weight_index]
+        if type(weight) is np.ndarray and (out is None or out is weight):
+            function = self._fast_functions.get(weight.dtype)
+            if function is not None and _backend() != "numpy":
+                dtype, shape = weight.dtype, weight.shape
+                for t in tensors:
+                    if type(t) is not np.ndarray or t.dtype is not dtype or t.shape != shape \
+                            or t.base is not None:
+                        break
+                    flags = t.flags
+                    if not (flags.c_contiguous and flags.writeable):
+                        break
+                else:
+                    for value, allowed in zip(params, self._fast_types):
+                        if type(value) not in allowed:
+                            break
+                    else:
+                        if len(set(map(id, tensors))) == len(tensors):
+                            target = weight if out is not None else weight.copy()
+                            from_buffer = self._from_buffer
+                            function(weight.size, *[from_buffer(target if t is weight else t) for t in tensors],
+                                     *[params[k] for k in self.kernel_params])
+                            return target
+        return self._checked_call(tensors, params, out)
+
+    def _checked_call(self, tensors: tuple, params: tuple, out):
         values = tuple(self._check_param(p, v) for p, v in zip(self.params, params))
         weight, grad, states = self._check_tensors(tensors)
         target = self._check_out(out, weight, grad, states)
@@ -223,6 +263,9 @@ class Operator:
         if function is None:
             function = getattr(module.lib, f"opgen_{self.name}_{mode}_{dtype.name}")
             self._c_functions[key] = function
+            if mode == "dense":
+                self._from_buffer = module.ffi.from_buffer
+                self._fast_functions[dtype] = function
         ffi = module.ffi
         grad_array = grad.data if isinstance(grad, RowSparseArray) else grad
         grad_array = np.ascontiguousarray(grad_array)
