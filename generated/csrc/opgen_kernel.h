@@ -84,6 +84,18 @@ static inline int opgen_threads_for(int64_t work) {
 #endif
 }
 
+/* Threads for row kernels: scattered rows are latency-bound, so split sooner. */
+static inline int opgen_row_threads_for(int64_t work) {
+#ifdef _OPENMP
+    int64_t wanted = work / 4096;
+    int most = omp_get_max_threads();
+    return wanted < 1 ? 1 : (wanted > most ? most : (int)wanted);
+#else
+    (void)work;
+    return 1;
+#endif
+}
+
 /* This thread's contiguous share [lo, hi) of n items, starting on multiples of align. */
 static inline void opgen_thread_range(int64_t n, int64_t align, int64_t *lo, int64_t *hi) {
 #ifdef _OPENMP

@@ -49,9 +49,16 @@ void opgen_sgd_mom_update_lazy_float16(int64_t nnz, int64_t row_len, const int64
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nnz * row_len);
+    const int nthreads = opgen_row_threads_for(nnz * row_len);
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t r = 0; r < nnz; ++r) {
+        if (r + 8 < nnz) { /* scattered rows: fetch ahead what the next rows update */
+            const int64_t ahead = indices[r + 8] * row_len;
+            for (int64_t j = 0; j < row_len; j += 32) {
+                __builtin_prefetch(p_weight + ahead + j, 1);
+                __builtin_prefetch(p_mom + ahead + j, 1);
+            }
+        }
         const int64_t base = indices[r] * row_len, gbase = r * row_len;
 #pragma omp simd
         for (int64_t j = 0; j < row_len; ++j) {
@@ -167,9 +174,16 @@ void opgen_sgd_mom_update_lazy_float32(int64_t nnz, int64_t row_len, const int64
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nnz * row_len);
+    const int nthreads = opgen_row_threads_for(nnz * row_len);
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t r = 0; r < nnz; ++r) {
+        if (r + 8 < nnz) { /* scattered rows: fetch ahead what the next rows update */
+            const int64_t ahead = indices[r + 8] * row_len;
+            for (int64_t j = 0; j < row_len; j += 16) {
+                __builtin_prefetch(p_weight + ahead + j, 1);
+                __builtin_prefetch(p_mom + ahead + j, 1);
+            }
+        }
         const int64_t base = indices[r] * row_len, gbase = r * row_len;
 #pragma omp simd
         for (int64_t j = 0; j < row_len; ++j) {
@@ -285,9 +299,16 @@ void opgen_sgd_mom_update_lazy_float64(int64_t nnz, int64_t row_len, const int64
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nnz * row_len);
+    const int nthreads = opgen_row_threads_for(nnz * row_len);
 #pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
     for (int64_t r = 0; r < nnz; ++r) {
+        if (r + 8 < nnz) { /* scattered rows: fetch ahead what the next rows update */
+            const int64_t ahead = indices[r + 8] * row_len;
+            for (int64_t j = 0; j < row_len; j += 8) {
+                __builtin_prefetch(p_weight + ahead + j, 1);
+                __builtin_prefetch(p_mom + ahead + j, 1);
+            }
+        }
         const int64_t base = indices[r] * row_len, gbase = r * row_len;
 #pragma omp simd
         for (int64_t j = 0; j < row_len; ++j) {

@@ -14,6 +14,10 @@ from opgen.targets.element import ElementCode
 
 # Below this many elements per thread, a parallel region costs more than it saves.
 MIN_ELEMENTS_PER_THREAD = 1 << 15
+# Row kernels touch scattered rows: latency-bound, so they go parallel much sooner.
+MIN_ROW_ELEMENTS_PER_THREAD = 1 << 12
+# Rows prefetched ahead of the one being updated, by the row kernels.
+PREFETCH_ROWS = 8
 # Thread ranges start on multiples of this many elements (64-byte cache lines of float32).
 CHUNK_ALIGN = 16
 # Kernel arguments are prefixed so no spec name can collide with n, row_len, indices...
@@ -62,6 +66,9 @@ def _variant(op: OpSpec, dtype: DType) -> dict:
         "loads_zero_grad": code.load_lines(memory, zero_grad=True),
         "body": code.body_lines(),
         "stores": code.store_lines(memory),
+        "line_elements": 64 // (2 if dtype.half else 4 if dtype.c_acc == "float" else 8),
+        "prefetch": [f"__builtin_prefetch(p_{name} + ahead + j, 1);"
+                     for name in dict.fromkeys(code.loads + code.stores) if name != grad],
     }
 
 
@@ -76,4 +83,5 @@ def context(op: OpSpec) -> dict:
 
 
 def common_context() -> dict:
-    return {"min_elements_per_thread": MIN_ELEMENTS_PER_THREAD, "chunk_align": CHUNK_ALIGN}
+    return {"min_elements_per_thread": MIN_ELEMENTS_PER_THREAD, "chunk_align": CHUNK_ALIGN,
+            "min_row_elements_per_thread": MIN_ROW_ELEMENTS_PER_THREAD, "prefetch_rows": PREFETCH_ROWS}
