@@ -3,17 +3,21 @@
 
 from opgen.runtime import RowSparseArray, available_backends, use_backend
 
-from .adam_update import adam_update
-from .rmsprop_update import rmsprop_update
-from .sgd_mom_update import sgd_mom_update
-from .sgd_update import sgd_update
+from .adam_update import adam_update, adam_update_multi
+from .rmsprop_update import rmsprop_update, rmsprop_update_multi
+from .sgd_mom_update import sgd_mom_update, sgd_mom_update_multi
+from .sgd_update import sgd_update, sgd_update_multi
 
 __all__ = [
     "RowSparseArray",
     "available_backends",
     "use_backend",
     "adam_update",
+    "adam_update_multi",
     "rmsprop_update",
+    "rmsprop_update_multi",
     "sgd_mom_update",
+    "sgd_mom_update_multi",
     "sgd_update",
+    "sgd_update_multi",
 ]

@@ -44,6 +44,56 @@ void opgen_adam_update_dense_float16(int64_t n, void *arg_weight, const void *ar
     }
 }
 
+
+/* Many tensors, one parallel region: each thread takes a contiguous share of all the
+ * tensors' elements, in order, and updates the part of each tensor that falls in it. */
+void opgen_adam_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    const int nthreads = opgen_threads_for(total);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t lo, hi;
+        opgen_thread_range(total, 16, &lo, &hi);
+        int64_t start = 0;
+        for (int64_t t = 0; t < count && start < hi; start += sizes[t], ++t) {
+            const int64_t first = lo > start ? lo - start : 0;
+            const int64_t last = hi - start < sizes[t] ? hi - start : sizes[t];
+            if (first >= last) continue;
+            opgen_half *restrict p_weight = (opgen_half *)arg_weight[t];
+            const opgen_half *restrict p_grad = (const opgen_half *)arg_grad[t];
+            opgen_half *restrict p_mean = (opgen_half *)arg_mean[t];
+            opgen_half *restrict p_var = (opgen_half *)arg_var[t];
+            const float s_lr = (float)arg_lr[t];
+            const float s_beta1 = (float)arg_beta1[t];
+            const float s_beta2 = (float)arg_beta2[t];
+            const float s_epsilon = (float)arg_epsilon[t];
+            const float s_wd = (float)arg_wd[t];
+            const float s_rescale_grad = (float)arg_rescale_grad[t];
+            const float s_clip_gradient = (float)arg_clip_gradient[t];
+            const int h_0 = s_clip_gradient > 0;
+            const float h_1 = 1.0f - s_beta1;
+            const float h_2 = 1.0f - s_beta2;
+#pragma omp simd
+            for (int64_t i = first; i < last; ++i) {
+                const int64_t gi = i;
+                float v_weight = OPGEN_HALF_TO_FLOAT(p_weight[i]);
+                const float v_grad = OPGEN_HALF_TO_FLOAT(p_grad[gi]);
+                float v_mean = OPGEN_HALF_TO_FLOAT(p_mean[i]);
+                float v_var = OPGEN_HALF_TO_FLOAT(p_var[i]);
+                float t_gr = v_grad * s_rescale_grad + v_weight * s_wd;
+                t_gr = h_0 ? opgen_clipf(t_gr, s_clip_gradient) : t_gr;
+                v_mean = s_beta1 * v_mean + h_1 * t_gr;
+                v_var = s_beta2 * v_var + h_2 * t_gr * t_gr;
+                v_weight = v_weight - s_lr * v_mean / (sqrtf(v_var) + s_epsilon);
+                p_mean[i] = OPGEN_FLOAT_TO_HALF(v_mean);
+                p_var[i] = OPGEN_FLOAT_TO_HALF(v_var);
+                p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
+            }
+        }
+    }
+}
+
 void opgen_adam_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
@@ -195,6 +245,56 @@ void opgen_adam_update_dense_float32(int64_t n, void *arg_weight, const void *ar
     }
 }
 
+
+/* Many tensors, one parallel region: each thread takes a contiguous share of all the
+ * tensors' elements, in order, and updates the part of each tensor that falls in it. */
+void opgen_adam_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    const int nthreads = opgen_threads_for(total);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t lo, hi;
+        opgen_thread_range(total, 16, &lo, &hi);
+        int64_t start = 0;
+        for (int64_t t = 0; t < count && start < hi; start += sizes[t], ++t) {
+            const int64_t first = lo > start ? lo - start : 0;
+            const int64_t last = hi - start < sizes[t] ? hi - start : sizes[t];
+            if (first >= last) continue;
+            float *restrict p_weight = (float *)arg_weight[t];
+            const float *restrict p_grad = (const float *)arg_grad[t];
+            float *restrict p_mean = (float *)arg_mean[t];
+            float *restrict p_var = (float *)arg_var[t];
+            const float s_lr = (float)arg_lr[t];
+            const float s_beta1 = (float)arg_beta1[t];
+            const float s_beta2 = (float)arg_beta2[t];
+            const float s_epsilon = (float)arg_epsilon[t];
+            const float s_wd = (float)arg_wd[t];
+            const float s_rescale_grad = (float)arg_rescale_grad[t];
+            const float s_clip_gradient = (float)arg_clip_gradient[t];
+            const int h_0 = s_clip_gradient > 0;
+            const float h_1 = 1.0f - s_beta1;
+            const float h_2 = 1.0f - s_beta2;
+#pragma omp simd
+            for (int64_t i = first; i < last; ++i) {
+                const int64_t gi = i;
+                float v_weight = p_weight[i];
+                const float v_grad = p_grad[gi];
+                float v_mean = p_mean[i];
+                float v_var = p_var[i];
+                float t_gr = v_grad * s_rescale_grad + v_weight * s_wd;
+                t_gr = h_0 ? opgen_clipf(t_gr, s_clip_gradient) : t_gr;
+                v_mean = s_beta1 * v_mean + h_1 * t_gr;
+                v_var = s_beta2 * v_var + h_2 * t_gr * t_gr;
+                v_weight = v_weight - s_lr * v_mean / (sqrtf(v_var) + s_epsilon);
+                p_mean[i] = v_mean;
+                p_var[i] = v_var;
+                p_weight[i] = v_weight;
+            }
+        }
+    }
+}
+
 void opgen_adam_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
@@ -342,6 +442,56 @@ void opgen_adam_update_dense_float64(int64_t n, void *arg_weight, const void *ar
             p_mean[i] = v_mean;
             p_var[i] = v_var;
             p_weight[i] = v_weight;
+        }
+    }
+}
+
+
+/* Many tensors, one parallel region: each thread takes a contiguous share of all the
+ * tensors' elements, in order, and updates the part of each tensor that falls in it. */
+void opgen_adam_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    const int nthreads = opgen_threads_for(total);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t lo, hi;
+        opgen_thread_range(total, 16, &lo, &hi);
+        int64_t start = 0;
+        for (int64_t t = 0; t < count && start < hi; start += sizes[t], ++t) {
+            const int64_t first = lo > start ? lo - start : 0;
+            const int64_t last = hi - start < sizes[t] ? hi - start : sizes[t];
+            if (first >= last) continue;
+            double *restrict p_weight = (double *)arg_weight[t];
+            const double *restrict p_grad = (const double *)arg_grad[t];
+            double *restrict p_mean = (double *)arg_mean[t];
+            double *restrict p_var = (double *)arg_var[t];
+            const double s_lr = (double)arg_lr[t];
+            const double s_beta1 = (double)arg_beta1[t];
+            const double s_beta2 = (double)arg_beta2[t];
+            const double s_epsilon = (double)arg_epsilon[t];
+            const double s_wd = (double)arg_wd[t];
+            const double s_rescale_grad = (double)arg_rescale_grad[t];
+            const double s_clip_gradient = (double)arg_clip_gradient[t];
+            const int h_0 = s_clip_gradient > 0;
+            const double h_1 = 1.0 - s_beta1;
+            const double h_2 = 1.0 - s_beta2;
+#pragma omp simd
+            for (int64_t i = first; i < last; ++i) {
+                const int64_t gi = i;
+                double v_weight = p_weight[i];
+                const double v_grad = p_grad[gi];
+                double v_mean = p_mean[i];
+                double v_var = p_var[i];
+                double t_gr = v_grad * s_rescale_grad + v_weight * s_wd;
+                t_gr = h_0 ? opgen_clip(t_gr, s_clip_gradient) : t_gr;
+                v_mean = s_beta1 * v_mean + h_1 * t_gr;
+                v_var = s_beta2 * v_var + h_2 * t_gr * t_gr;
+                v_weight = v_weight - s_lr * v_mean / (sqrt(v_var) + s_epsilon);
+                p_mean[i] = v_mean;
+                p_var[i] = v_var;
+                p_weight[i] = v_weight;
+            }
         }
     }
 }

@@ -41,6 +41,53 @@ void opgen_rmsprop_update_dense_float16(int64_t n, void *arg_weight, const void 
     }
 }
 
+
+/* Many tensors, one parallel region: each thread takes a contiguous share of all the
+ * tensors' elements, in order, and updates the part of each tensor that falls in it. */
+void opgen_rmsprop_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    const int nthreads = opgen_threads_for(total);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t lo, hi;
+        opgen_thread_range(total, 16, &lo, &hi);
+        int64_t start = 0;
+        for (int64_t t = 0; t < count && start < hi; start += sizes[t], ++t) {
+            const int64_t first = lo > start ? lo - start : 0;
+            const int64_t last = hi - start < sizes[t] ? hi - start : sizes[t];
+            if (first >= last) continue;
+            opgen_half *restrict p_weight = (opgen_half *)arg_weight[t];
+            const opgen_half *restrict p_grad = (const opgen_half *)arg_grad[t];
+            opgen_half *restrict p_n = (opgen_half *)arg_n[t];
+            const float s_lr = (float)arg_lr[t];
+            const float s_gamma1 = (float)arg_gamma1[t];
+            const float s_epsilon = (float)arg_epsilon[t];
+            const float s_wd = (float)arg_wd[t];
+            const float s_rescale_grad = (float)arg_rescale_grad[t];
+            const float s_clip_gradient = (float)arg_clip_gradient[t];
+            const float s_clip_weights = (float)arg_clip_weights[t];
+            const int h_0 = s_clip_gradient > 0;
+            const float h_1 = 1.0f - s_gamma1;
+            const int h_2 = s_clip_weights > 0;
+#pragma omp simd
+            for (int64_t i = first; i < last; ++i) {
+                const int64_t gi = i;
+                float v_weight = OPGEN_HALF_TO_FLOAT(p_weight[i]);
+                const float v_grad = OPGEN_HALF_TO_FLOAT(p_grad[gi]);
+                float v_n = OPGEN_HALF_TO_FLOAT(p_n[i]);
+                float t_gr = s_rescale_grad * v_grad + s_wd * v_weight;
+                t_gr = h_0 ? opgen_clipf(t_gr, s_clip_gradient) : t_gr;
+                v_n = h_1 * (t_gr * t_gr) + s_gamma1 * v_n;
+                v_weight = v_weight - s_lr * (t_gr / sqrtf(v_n + s_epsilon));
+                v_weight = h_2 ? opgen_clipf(v_weight, s_clip_weights) : v_weight;
+                p_n[i] = OPGEN_FLOAT_TO_HALF(v_n);
+                p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
+            }
+        }
+    }
+}
+
 void opgen_rmsprop_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
@@ -138,6 +185,53 @@ void opgen_rmsprop_update_dense_float32(int64_t n, void *arg_weight, const void 
     }
 }
 
+
+/* Many tensors, one parallel region: each thread takes a contiguous share of all the
+ * tensors' elements, in order, and updates the part of each tensor that falls in it. */
+void opgen_rmsprop_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    const int nthreads = opgen_threads_for(total);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t lo, hi;
+        opgen_thread_range(total, 16, &lo, &hi);
+        int64_t start = 0;
+        for (int64_t t = 0; t < count && start < hi; start += sizes[t], ++t) {
+            const int64_t first = lo > start ? lo - start : 0;
+            const int64_t last = hi - start < sizes[t] ? hi - start : sizes[t];
+            if (first >= last) continue;
+            float *restrict p_weight = (float *)arg_weight[t];
+            const float *restrict p_grad = (const float *)arg_grad[t];
+            float *restrict p_n = (float *)arg_n[t];
+            const float s_lr = (float)arg_lr[t];
+            const float s_gamma1 = (float)arg_gamma1[t];
+            const float s_epsilon = (float)arg_epsilon[t];
+            const float s_wd = (float)arg_wd[t];
+            const float s_rescale_grad = (float)arg_rescale_grad[t];
+            const float s_clip_gradient = (float)arg_clip_gradient[t];
+            const float s_clip_weights = (float)arg_clip_weights[t];
+            const int h_0 = s_clip_gradient > 0;
+            const float h_1 = 1.0f - s_gamma1;
+            const int h_2 = s_clip_weights > 0;
+#pragma omp simd
+            for (int64_t i = first; i < last; ++i) {
+                const int64_t gi = i;
+                float v_weight = p_weight[i];
+                const float v_grad = p_grad[gi];
+                float v_n = p_n[i];
+                float t_gr = s_rescale_grad * v_grad + s_wd * v_weight;
+                t_gr = h_0 ? opgen_clipf(t_gr, s_clip_gradient) : t_gr;
+                v_n = h_1 * (t_gr * t_gr) + s_gamma1 * v_n;
+                v_weight = v_weight - s_lr * (t_gr / sqrtf(v_n + s_epsilon));
+                v_weight = h_2 ? opgen_clipf(v_weight, s_clip_weights) : v_weight;
+                p_n[i] = v_n;
+                p_weight[i] = v_weight;
+            }
+        }
+    }
+}
+
 void opgen_rmsprop_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
@@ -231,6 +325,53 @@ void opgen_rmsprop_update_dense_float64(int64_t n, void *arg_weight, const void 
             v_weight = h_2 ? opgen_clip(v_weight, s_clip_weights) : v_weight;
             p_n[i] = v_n;
             p_weight[i] = v_weight;
+        }
+    }
+}
+
+
+/* Many tensors, one parallel region: each thread takes a contiguous share of all the
+ * tensors' elements, in order, and updates the part of each tensor that falls in it. */
+void opgen_rmsprop_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    const int nthreads = opgen_threads_for(total);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t lo, hi;
+        opgen_thread_range(total, 16, &lo, &hi);
+        int64_t start = 0;
+        for (int64_t t = 0; t < count && start < hi; start += sizes[t], ++t) {
+            const int64_t first = lo > start ? lo - start : 0;
+            const int64_t last = hi - start < sizes[t] ? hi - start : sizes[t];
+            if (first >= last) continue;
+            double *restrict p_weight = (double *)arg_weight[t];
+            const double *restrict p_grad = (const double *)arg_grad[t];
+            double *restrict p_n = (double *)arg_n[t];
+            const double s_lr = (double)arg_lr[t];
+            const double s_gamma1 = (double)arg_gamma1[t];
+            const double s_epsilon = (double)arg_epsilon[t];
+            const double s_wd = (double)arg_wd[t];
+            const double s_rescale_grad = (double)arg_rescale_grad[t];
+            const double s_clip_gradient = (double)arg_clip_gradient[t];
+            const double s_clip_weights = (double)arg_clip_weights[t];
+            const int h_0 = s_clip_gradient > 0;
+            const double h_1 = 1.0 - s_gamma1;
+            const int h_2 = s_clip_weights > 0;
+#pragma omp simd
+            for (int64_t i = first; i < last; ++i) {
+                const int64_t gi = i;
+                double v_weight = p_weight[i];
+                const double v_grad = p_grad[gi];
+                double v_n = p_n[i];
+                double t_gr = s_rescale_grad * v_grad + s_wd * v_weight;
+                t_gr = h_0 ? opgen_clip(t_gr, s_clip_gradient) : t_gr;
+                v_n = h_1 * (t_gr * t_gr) + s_gamma1 * v_n;
+                v_weight = v_weight - s_lr * (t_gr / sqrt(v_n + s_epsilon));
+                v_weight = h_2 ? opgen_clip(v_weight, s_clip_weights) : v_weight;
+                p_n[i] = v_n;
+                p_weight[i] = v_weight;
+            }
         }
     }
 }

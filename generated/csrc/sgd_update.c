@@ -32,6 +32,44 @@ void opgen_sgd_update_dense_float16(int64_t n, void *arg_weight, const void *arg
     }
 }
 
+
+/* Many tensors, one parallel region: each thread takes a contiguous share of all the
+ * tensors' elements, in order, and updates the part of each tensor that falls in it. */
+void opgen_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    const int nthreads = opgen_threads_for(total);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t lo, hi;
+        opgen_thread_range(total, 16, &lo, &hi);
+        int64_t start = 0;
+        for (int64_t t = 0; t < count && start < hi; start += sizes[t], ++t) {
+            const int64_t first = lo > start ? lo - start : 0;
+            const int64_t last = hi - start < sizes[t] ? hi - start : sizes[t];
+            if (first >= last) continue;
+            opgen_half *restrict p_weight = (opgen_half *)arg_weight[t];
+            const opgen_half *restrict p_grad = (const opgen_half *)arg_grad[t];
+            const float s_lr = (float)arg_lr[t];
+            const float s_wd = (float)arg_wd[t];
+            const float s_rescale_grad = (float)arg_rescale_grad[t];
+            const float s_clip_gradient = (float)arg_clip_gradient[t];
+            const int h_0 = s_clip_gradient > 0;
+            const float h_1 = s_lr * s_rescale_grad;
+            const float h_2 = 1.0f - s_lr * s_wd;
+#pragma omp simd
+            for (int64_t i = first; i < last; ++i) {
+                const int64_t gi = i;
+                float v_weight = OPGEN_HALF_TO_FLOAT(p_weight[i]);
+                const float v_grad = OPGEN_HALF_TO_FLOAT(p_grad[gi]);
+                float t_step = h_0 ? s_lr * opgen_clipf(s_rescale_grad * v_grad, s_clip_gradient) : h_1 * v_grad;
+                v_weight = h_2 * v_weight - t_step;
+                p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
+            }
+        }
+    }
+}
+
 void opgen_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
@@ -138,6 +176,44 @@ void opgen_sgd_update_dense_float32(int64_t n, void *arg_weight, const void *arg
     }
 }
 
+
+/* Many tensors, one parallel region: each thread takes a contiguous share of all the
+ * tensors' elements, in order, and updates the part of each tensor that falls in it. */
+void opgen_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    const int nthreads = opgen_threads_for(total);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t lo, hi;
+        opgen_thread_range(total, 16, &lo, &hi);
+        int64_t start = 0;
+        for (int64_t t = 0; t < count && start < hi; start += sizes[t], ++t) {
+            const int64_t first = lo > start ? lo - start : 0;
+            const int64_t last = hi - start < sizes[t] ? hi - start : sizes[t];
+            if (first >= last) continue;
+            float *restrict p_weight = (float *)arg_weight[t];
+            const float *restrict p_grad = (const float *)arg_grad[t];
+            const float s_lr = (float)arg_lr[t];
+            const float s_wd = (float)arg_wd[t];
+            const float s_rescale_grad = (float)arg_rescale_grad[t];
+            const float s_clip_gradient = (float)arg_clip_gradient[t];
+            const int h_0 = s_clip_gradient > 0;
+            const float h_1 = s_lr * s_rescale_grad;
+            const float h_2 = 1.0f - s_lr * s_wd;
+#pragma omp simd
+            for (int64_t i = first; i < last; ++i) {
+                const int64_t gi = i;
+                float v_weight = p_weight[i];
+                const float v_grad = p_grad[gi];
+                float t_step = h_0 ? s_lr * opgen_clipf(s_rescale_grad * v_grad, s_clip_gradient) : h_1 * v_grad;
+                v_weight = h_2 * v_weight - t_step;
+                p_weight[i] = v_weight;
+            }
+        }
+    }
+}
+
 void opgen_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
@@ -240,6 +316,44 @@ void opgen_sgd_update_dense_float64(int64_t n, void *arg_weight, const void *arg
             double t_step = h_0 ? s_lr * opgen_clip(s_rescale_grad * v_grad, s_clip_gradient) : h_1 * v_grad;
             v_weight = h_2 * v_weight - t_step;
             p_weight[i] = v_weight;
+        }
+    }
+}
+
+
+/* Many tensors, one parallel region: each thread takes a contiguous share of all the
+ * tensors' elements, in order, and updates the part of each tensor that falls in it. */
+void opgen_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+    int64_t total = 0;
+    for (int64_t t = 0; t < count; ++t) total += sizes[t];
+    const int nthreads = opgen_threads_for(total);
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+        int64_t lo, hi;
+        opgen_thread_range(total, 16, &lo, &hi);
+        int64_t start = 0;
+        for (int64_t t = 0; t < count && start < hi; start += sizes[t], ++t) {
+            const int64_t first = lo > start ? lo - start : 0;
+            const int64_t last = hi - start < sizes[t] ? hi - start : sizes[t];
+            if (first >= last) continue;
+            double *restrict p_weight = (double *)arg_weight[t];
+            const double *restrict p_grad = (const double *)arg_grad[t];
+            const double s_lr = (double)arg_lr[t];
+            const double s_wd = (double)arg_wd[t];
+            const double s_rescale_grad = (double)arg_rescale_grad[t];
+            const double s_clip_gradient = (double)arg_clip_gradient[t];
+            const int h_0 = s_clip_gradient > 0;
+            const double h_1 = s_lr * s_rescale_grad;
+            const double h_2 = 1.0 - s_lr * s_wd;
+#pragma omp simd
+            for (int64_t i = first; i < last; ++i) {
+                const int64_t gi = i;
+                double v_weight = p_weight[i];
+                const double v_grad = p_grad[gi];
+                double t_step = h_0 ? s_lr * opgen_clip(s_rescale_grad * v_grad, s_clip_gradient) : h_1 * v_grad;
+                v_weight = h_2 * v_weight - t_step;
+                p_weight[i] = v_weight;
+            }
         }
     }
 }

@@ -1,10 +1,12 @@
 """What the generated package imports at run time: validation, dispatch, kernels' loader."""
 
 from opgen.runtime.backends import available_backends, current_backend, use_backend
+from opgen.runtime.multi import MultiOperator
 from opgen.runtime.operator import Operator, ParamArg, TensorArg
 from opgen.runtime.rowsparse import RowSparseArray
 
 __all__ = [
+    "MultiOperator",
     "Operator",
     "ParamArg",
     "RowSparseArray",

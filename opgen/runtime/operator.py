@@ -46,6 +46,7 @@ class Operator:
         self.name = name
         self.spec = spec
         self.tensors = tuple(tensors)
+        self.names = tuple(t.name for t in tensors)
         self.params = tuple(params)
         self.kernels = tuple(kernels)
         self.always_lazy = always_lazy
@@ -98,10 +99,11 @@ class Operator:
                             return target
         return self._checked_call(tensors, params, out)
 
-    def _checked_call(self, tensors: tuple, params: tuple, out):
+    def _checked_call(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
+                      out_name: str = "out"):
         values = tuple(self._check_param(p, v) for p, v in zip(self.params, params))
-        weight, grad, states = self._check_tensors(tensors)
-        target = self._check_out(out, weight, grad, states)
+        weight, grad, states = self._check_tensors(tensors, names)
+        target = self._check_out(out, weight, grad, states, names, out_name)
         if isinstance(grad, RowSparseArray):
             lazy = self.always_lazy or (self.lazy_index is not None and values[self.lazy_index])
             mode = "lazy" if lazy else "standard"
@@ -142,34 +144,36 @@ class Operator:
             return bool(value)
         raise self._fail(TypeError, p.name, f"must be a bool, got {value!r}")
 
-    def _check_tensors(self, tensors: tuple):
+    def _check_tensors(self, tensors: tuple, names: tuple[str, ...] | None = None):
+        """``names``: how errors call each tensor (default: the spec's names)."""
+        names = names or self.names
         weight = tensors[self.weight_index]
-        w_name = self.tensors[self.weight_index].name
+        w_name = names[self.weight_index]
         self._check_array(w_name, weight)
         xp = array_module(weight)
-        states = []
-        for spec, value in zip(self.tensors, tensors):
+        states, state_names = [], []
+        for spec, name, value in zip(self.tensors, names, tensors):
             if spec.role == "weight":
                 continue
             if spec.role == "grad" and isinstance(value, RowSparseArray):
-                self._check_row_sparse(spec.name, value, weight, w_name)
+                self._check_row_sparse(name, value, weight, w_name)
                 continue
-            self._check_array(spec.name, value, row_sparse_ok=spec.role == "grad")
-            self._check_same_side(spec.name, value, weight, w_name)
+            self._check_array(name, value, row_sparse_ok=spec.role == "grad")
+            self._check_same_side(name, value, weight, w_name)
             if value.dtype != weight.dtype:
-                raise self._fail(TypeError, spec.name, f"has dtype {value.dtype} but '{w_name}' has "
-                                                       f"{weight.dtype}; all tensors must share one dtype")
+                raise self._fail(TypeError, name, f"has dtype {value.dtype} but '{w_name}' has "
+                                                  f"{weight.dtype}; all tensors must share one dtype")
             if value.shape != weight.shape:
-                raise self._fail(ValueError, spec.name, f"has shape {value.shape} but '{w_name}' has "
-                                                        f"shape {weight.shape}; shapes must match")
+                raise self._fail(ValueError, name, f"has shape {value.shape} but '{w_name}' has "
+                                                   f"shape {weight.shape}; shapes must match")
             if spec.role == "state":
                 if xp is np and not value.flags.writeable:
-                    raise self._fail(ValueError, spec.name, "is read-only; states are updated in place")
+                    raise self._fail(ValueError, name, "is read-only; states are updated in place")
                 states.append(value)
+                state_names.append(name)
         grad = tensors[self.grad_index]
-        g_name = self.tensors[self.grad_index].name
+        g_name = names[self.grad_index]
         grad_memory = grad.data if isinstance(grad, RowSparseArray) else grad
-        state_names = [t.name for t in self.tensors if t.role == "state"]
         for k, (name, s) in enumerate(zip(state_names, states)):
             for other_name, other in [(g_name, grad_memory), (w_name, weight)] + list(zip(state_names[:k], states[:k])):
                 if xp.may_share_memory(s, other):
@@ -204,35 +208,37 @@ class Operator:
             raise self._fail(ValueError, name, f"has shape {grad.shape} but '{w_name}' has shape {weight.shape}; "
                                                "shapes must match")
 
-    def _check_out(self, out, weight: np.ndarray, grad, states: list[np.ndarray]):
-        w_name = self.tensors[self.weight_index].name
+    def _check_out(self, out, weight: np.ndarray, grad, states: list[np.ndarray],
+                   names: tuple[str, ...] | None = None, out_name: str = "out"):
+        names = names or self.names
+        w_name = names[self.weight_index]
         if out is None:
             return None
         is_array = isinstance(out, np.ndarray) or (cuda.is_device_array(out) and hasattr(out, "dtype"))
         if not is_array or cuda.is_device_array(out) != cuda.is_device_array(weight):
-            raise self._fail(TypeError, "out", f"must be None or a {_kind(weight)} array like '{w_name}', "
+            raise self._fail(TypeError, out_name, f"must be None or a {_kind(weight)} array like '{w_name}', "
                                                f"got {type(out).__name__}")
         xp = array_module(weight)
         if out.dtype != weight.dtype:
-            raise self._fail(TypeError, "out", f"has dtype {out.dtype} but '{w_name}' has {weight.dtype}")
+            raise self._fail(TypeError, out_name, f"has dtype {out.dtype} but '{w_name}' has {weight.dtype}")
         if out.shape != weight.shape:
-            raise self._fail(ValueError, "out", f"has shape {out.shape} but '{w_name}' has shape {weight.shape}")
+            raise self._fail(ValueError, out_name, f"has shape {out.shape} but '{w_name}' has shape {weight.shape}")
         if xp is not np and out.device.id != weight.device.id:
-            raise self._fail(ValueError, "out", f"is on device {out.device.id} but '{w_name}' is on "
+            raise self._fail(ValueError, out_name, f"is on device {out.device.id} but '{w_name}' is on "
                                                 f"device {weight.device.id}")
         if xp is np and not out.flags.writeable:
-            name = w_name if _same_view(out, weight) else "out"
+            name = w_name if _same_view(out, weight) else out_name
             raise self._fail(ValueError, name, "is read-only; the new weight is written into out")
         grad_memory = grad.data if isinstance(grad, RowSparseArray) else grad
-        g_name = self.tensors[self.grad_index].name
-        state_names = [t.name for t in self.tensors if t.role == "state"]
+        g_name = names[self.grad_index]
+        state_names = [n for t, n in zip(self.tensors, names) if t.role == "state"]
         for other_name, other in [(g_name, grad_memory)] + list(zip(state_names, states)):
             if xp.may_share_memory(out, other):
-                raise self._fail(ValueError, "out", f"shares memory with '{other_name}'")
+                raise self._fail(ValueError, out_name, f"shares memory with '{other_name}'")
         if _same_view(out, weight):
             return weight
         if xp.may_share_memory(out, weight):
-            raise self._fail(ValueError, "out", f"overlaps '{w_name}' without being the same array")
+            raise self._fail(ValueError, out_name, f"overlaps '{w_name}' without being the same array")
         return out
 
     # -- execution --------------------------------------------------------------
@@ -244,6 +250,11 @@ class Operator:
                 self._run_c(module, mode, dtype, target, grad, states, kernel_values)
                 return
         self._run_numpy(mode, dtype, target, grad, states, kernel_values)
+
+    def c_module(self):
+        """The compiled C module for the current backend, or None (NumPy backend)."""
+        backend = backends.current_backend()
+        return None if backend == "numpy" else self._c(strict=backend == "c")
 
     def _c(self, strict: bool):
         if self._c_module is None:

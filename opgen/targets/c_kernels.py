@@ -37,6 +37,14 @@ def kernels(op: OpSpec) -> tuple[str, ...]:
     return ("dense",) + (("lazy",) if lazy else ()) + (("standard",) if standard else ())
 
 
+def multi_kernel_args(op: OpSpec) -> list[str]:
+    """The multi-tensor kernel's arguments: a pointer per tensor and a value per tensor."""
+    tensors = [f"{'const void *const' if t.role is TensorRole.GRAD else 'void *const'} *{ARG}{t.name}"
+               for t in op.tensors]
+    params = [f"const {_ARG_TYPES[p.type]} *{ARG}{p.name}" for p in op.math_params]
+    return tensors + params
+
+
 def kernel_args(op: OpSpec) -> list[str]:
     """The C arguments after the size arguments: tensor pointers, then math parameters."""
     tensors = [f"{'const ' if t.role is TensorRole.GRAD else ''}void *{ARG}{t.name}" for t in op.tensors]
@@ -48,9 +56,9 @@ def _variant(op: OpSpec, dtype: DType) -> dict:
     code = ElementCode.of(op, dtype)
     grad = op.grad.name
 
-    def pointer(t) -> str:
+    def pointer(t, index: str = "") -> str:
         const = "const " if t.role is TensorRole.GRAD else ""
-        return f"{const}{dtype.c_storage} *restrict p_{t.name} = ({const}{dtype.c_storage} *){ARG}{t.name};"
+        return f"{const}{dtype.c_storage} *restrict p_{t.name} = ({const}{dtype.c_storage} *){ARG}{t.name}{index};"
 
     def memory(name: str) -> str:
         return f"p_{name}[{'gi' if name == grad else 'i'}]"
@@ -61,6 +69,9 @@ def _variant(op: OpSpec, dtype: DType) -> dict:
         "functions": {k: function_name(op, k, dtype) for k in kernels(op)},
         "pointers": [pointer(t) for t in op.tensors],
         "params": code.param_lines(lambda name: ARG + name),
+        "multi_function": function_name(op, "multi", dtype),
+        "multi_pointers": [pointer(t, "[t]") for t in op.tensors],
+        "multi_params": code.param_lines(lambda name: f"{ARG}{name}[t]"),
         "prologue": code.prologue_lines(),
         "loads": code.load_lines(memory),
         "loads_zero_grad": code.load_lines(memory, zero_grad=True),
@@ -76,6 +87,7 @@ def context(op: OpSpec) -> dict:
     return {
         "op": op.name,
         "args": ", ".join(kernel_args(op)),
+        "multi_args": ", ".join(multi_kernel_args(op)),
         "kernels": kernels(op),
         "variants": [_variant(op, d) for d in DTYPES],
         **common_context(),

@@ -31,6 +31,38 @@ def signature(op: OpSpec) -> str:
     return ", ".join(parts + ["out=None"])
 
 
+def group_name(tensor_name: str) -> str:
+    """The multi-tensor entry point's argument for a tensor: weight -> weights."""
+    return tensor_name + "s"
+
+
+def multi_signature(op: OpSpec) -> str:
+    parts = [group_name(t.name) for t in op.tensors]
+    parts += [p.name if p.required else f"{p.name}={python_default(p)}" for p in op.math_params]
+    return ", ".join(parts + ["out=None"])
+
+
+def multi_docstring(op: OpSpec) -> list[str]:
+    weights = group_name(op.weight.name)
+    lines = [f"{op.name} on many tensors in one call: one C kernel, one parallel region.", "",
+             f"Tensor ``i`` is ({', '.join(f'{group_name(t.name)}[i]' for t in op.tensors)}); each list",
+             "holds one array per tensor, and shapes may differ between tensors. Every parameter",
+             "is one value for all tensors or a sequence with one value per tensor. Semantics",
+             f"and defaults are those of `{op.name}`, applied to each tensor.", "",
+             "Parameters", "----------"]
+    for t in op.tensors:
+        lines += [f"{group_name(t.name)} : sequence of numpy.ndarray",
+                  f"    {t.doc.rstrip('.')}, one per tensor. {tensor_doc(op, t.role).replace('RowSparseArray', 'dense')}"]
+    for p in op.math_params:
+        optional = "" if p.required else ", optional"
+        lines.append(f"{p.name} : {_PY_TYPES[p.type]} or sequence of {_PY_TYPES[p.type]}{optional}")
+        lines += ["    " + line for line in _wrap(p.doc + ("" if p.required else f" Default: {python_default(p)}."))]
+    lines += ["out : sequence of numpy.ndarray, optional",
+              f"    Arrays that receive the new {op.weight.name}s; `out={weights}` updates in place.",
+              "", "Returns", "-------", "list of numpy.ndarray", f"    The new {op.weight.name}s."]
+    return [f"    {line}" if line else "" for line in lines]
+
+
 def tensor_doc(op: OpSpec, role: TensorRole) -> str:
     return {
         TensorRole.WEIGHT: "Its new value is written into `out`.",
@@ -93,6 +125,11 @@ def context(op: OpSpec) -> dict:
         "docstring": docstring(op),
         "tensor_names": ", ".join(t.name for t in op.tensors),
         "param_names": ", ".join(p.name for p in op.params),
+        "multi_signature": multi_signature(op),
+        "multi_docstring": multi_docstring(op),
+        "group_names": ", ".join(group_name(t.name) for t in op.tensors),
+        "group_name_strings": ", ".join(f'"{group_name(t.name)}"' for t in op.tensors),
+        "multi_param_names": ", ".join(p.name for p in op.math_params),
     }
 
 

@@ -1,0 +1,158 @@
+"""Many tensors in one call: ``OP_multi(weights, grads, <states>..., <params>..., out=None)``.
+
+The C kernel updates every tensor in one parallel region. Each parameter is one value
+for all tensors or a sequence with a value per tensor (e.g. per-layer ``lr``/``wd``).
+Every list is checked in full on its first use; a later call with the very same array
+objects (the usual optimizer loop) reuses those checks and the kernel's pointer tables.
+The cache holds references to the arrays, so they can be neither freed nor reused.
+"""
+
+from __future__ import annotations
+
+import operator
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from opgen.runtime.operator import Operator, _same_view
+from opgen.runtime.rowsparse import RowSparseArray
+
+_PARAM_DTYPES = {"float": (np.float64, "double"), "int": (np.int64, "int64_t"), "bool": (np.int32, "int")}
+
+
+@dataclass
+class _Plan:
+    arrays: tuple  # every array of the call, out included: the cache key, compared by identity
+    function: object
+    count: int
+    sizes: object  # cdata int64_t[]
+    tables: tuple  # cdata void *[] per tensor
+    keep_alive: tuple  # the from_buffer objects the tables point into
+    targets: list
+
+
+class MultiOperator:
+    def __init__(self, op: Operator, group_names: Sequence[str]) -> None:
+        self.op = op
+        self.name = f"{op.name}_multi"
+        self.group_names = tuple(group_names)
+        self.kernel_params = tuple(op.params[k] for k in op.kernel_params)
+        self._plan: _Plan | None = None
+
+    def _fail(self, exc: type[Exception], name: str, message: str) -> Exception:
+        return exc(f"{self.name}(): argument '{name}' {message}")
+
+    def __call__(self, groups: tuple, params: tuple, out):
+        lists = []
+        for name, group in zip(self.group_names, groups):
+            if not isinstance(group, (list, tuple)):
+                raise self._fail(TypeError, name, f"must be a list or tuple of arrays, got {type(group).__name__}")
+            lists.append(group)
+        count = len(lists[0])
+        for name, group in zip(self.group_names[1:], lists[1:]):
+            if len(group) != count:
+                raise self._fail(ValueError, name, f"holds {len(group)} arrays but '{self.group_names[0]}' "
+                                                   f"holds {count}; give one per tensor")
+        if out is not None:
+            if not isinstance(out, (list, tuple)):
+                raise self._fail(TypeError, "out", f"must be None or a list of arrays, got {type(out).__name__}")
+            if len(out) != count:
+                raise self._fail(ValueError, "out", f"holds {len(out)} arrays but '{self.group_names[0]}' "
+                                                    f"holds {count}")
+        columns = [self._param_column(p, v, count) for p, v in zip(self.kernel_params, params)]
+        if count == 0:
+            return []
+        weights = lists[0]
+        module = self.op.c_module() if all(type(a) is np.ndarray for a in weights) else None
+        if module is not None:
+            plan = self._plan_for(lists, out, module, count)
+            if plan is not None:
+                kept = []
+                for p, column in zip(self.kernel_params, columns):
+                    dtype, c_type = _PARAM_DTYPES[p.type]
+                    array = np.ascontiguousarray(np.broadcast_to(column, (count,)), dtype=dtype)
+                    kept.append(module.ffi.from_buffer(f"{c_type}[]", array))
+                plan.function(count, plan.sizes, *plan.tables, *kept)
+                return list(plan.targets)
+        return self._one_by_one(lists, columns, out, count)
+
+    def _param_column(self, p, value, count: int):
+        """A scalar (one value for all) or an array of one value per tensor."""
+        if isinstance(value, (list, tuple, np.ndarray)):
+            array = np.asarray(value)
+            if array.shape != (count,):
+                raise self._fail(ValueError, p.name, f"has {array.shape[0] if array.ndim == 1 else array.shape} "
+                                                     f"values for {count} tensors")
+            if array.dtype.kind not in ("f", "i", "u") or (p.type != "float" and array.dtype.kind == "f"):
+                raise self._fail(TypeError, p.name, f"must hold {p.type} values, got dtype {array.dtype}")
+            return array
+        return self.op._check_param(p, value)
+
+    def _names(self, i: int) -> tuple[str, ...]:
+        return tuple(f"{name}[{i}]" for name in self.group_names)
+
+    def _plan_for(self, lists, out, module, count: int) -> _Plan | None:
+        """Pointer tables for the C kernel, or None when these arrays need the general path."""
+        arrays = tuple(a for group in lists for a in group) + (tuple(out) if out is not None else ())
+        plan = self._plan
+        if plan is not None and out is not None and len(plan.arrays) == len(arrays) \
+                and all(map(operator.is_, arrays, plan.arrays)):
+            return plan
+        op = self.op
+        dtype = lists[0][0].dtype
+        checked = []
+        for i in range(count):
+            names = self._names(i)
+            group = tuple(lst[i] for lst in lists)
+            weight, grad, states = op._check_tensors(group, names)
+            if isinstance(grad, RowSparseArray):
+                raise self._fail(TypeError, names[op.grad_index], "is row-sparse: multi-tensor updates take "
+                                                                  "dense gradients")
+            if weight.dtype != dtype:
+                raise self._fail(TypeError, names[op.weight_index], f"has dtype {weight.dtype} but the first "
+                                                                    f"tensor has {dtype}; one dtype per call")
+            target = op._check_out(None if out is None else out[i], weight, grad, states, names, f"out[{i}]")
+            checked.append((group, target))
+        if any(not a.flags.c_contiguous for group, _ in checked for a in group) or \
+                any(t is not None and not t.flags.c_contiguous for _, t in checked):
+            return None
+        # Validation is over: from here on, arrays are written.
+        targets = []
+        for (group, target) in checked:
+            weight = group[op.weight_index]
+            if target is None:
+                target = weight.copy()
+            elif not _same_view(target, weight):
+                np.copyto(target, weight)
+            targets.append(target)
+        ffi = module.ffi
+        keep, tables = [], []
+        for k, spec in enumerate(op.tensors):
+            buffers = [ffi.from_buffer(targets[i] if spec.role == "weight" else checked[i][0][k])
+                       for i in range(count)]
+            keep.append(buffers)
+            tables.append(ffi.new("void *[]", buffers))
+        sizes = ffi.new("int64_t[]", [t.size for t in targets])
+        function = getattr(module.lib, f"opgen_{op.name}_multi_{dtype.name}")
+        plan = _Plan(arrays, function, count, sizes, tuple(tables), tuple(keep), targets)
+        if out is not None and all(t is w for t, w in zip(targets, lists[op.weight_index])):
+            self._plan = plan  # in place, as optimizers call it: the same pointers next time
+        return plan
+
+    def _one_by_one(self, lists, columns, out, count: int) -> list:
+        """The general path (NumPy backend, CuPy arrays, non-contiguous arrays): op by op."""
+        op = self.op
+        results = []
+        for i in range(count):
+            # parameters outside the math (such as lazy_update) play no part in a dense update
+            values = [_NEUTRAL[p.type] for p in op.params]
+            for position, column in zip(op.kernel_params, columns):
+                values[position] = column[i].item() if isinstance(column, np.ndarray) else column
+            group = tuple(lst[i] for lst in lists)
+            results.append(op._checked_call(group, tuple(values), None if out is None else out[i],
+                                            self._names(i), f"out[{i}]"))
+        return results
+
+
+_NEUTRAL = {"float": 0.0, "int": 0, "bool": True}

@@ -1,0 +1,98 @@
+"""OP_multi: many tensors in one call, against the independent reference applied per tensor."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+import generated
+import reference
+
+SHAPES = [(3,), (5, 4), (0,), (1000,), (2, 3, 4), (1,)]
+
+
+def make_lists(op: str, dtype, seed: int = 3):
+    weights, grads, states = [], [], []
+    for k, shape in enumerate(SHAPES):
+        w, g, s = reference.make_inputs(op, seed + k, shape, dtype)
+        weights.append(w)
+        grads.append(g)
+        states.append(s)
+    return weights, grads, [list(col) for col in zip(*states)] if states[0] else []
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("op", sorted(reference.OPS))
+def test_multi_matches_reference_per_tensor(backend, op, dtype):
+    state_names, ref = reference.OPS[op]
+    weights, grads, states = make_lists(op, dtype)
+    lrs = [0.01 * (k + 1) for k in range(len(SHAPES))]
+    wds = np.linspace(0.0, 0.1, len(SHAPES))
+    expected = []
+    for k in range(len(SHAPES)):
+        own = [s[k].copy() for s in states]
+        expected.append(reference.as_tuple(ref(weights[k], grads[k], *own, lr=lrs[k], wd=wds[k],
+                                               clip_gradient=0.5)))
+    originals = [w.copy() for w in weights]
+    for step in range(2):  # the second call reuses the first call's checks
+        outs = getattr(generated, f"{op}_multi")(weights, grads, *states, lr=lrs, wd=wds, clip_gradient=0.5,
+                                                 out=weights)
+        assert all(o is w for o, w in zip(outs, weights))
+        if step == 0:
+            for k in range(len(SHAPES)):
+                reference.assert_close(weights[k], expected[k][0], f"{op} weights[{k}]")
+                for j, name in enumerate(state_names):
+                    reference.assert_close(states[j][k], expected[k][j + 1], f"{op} {name}s[{k}]")
+    assert not all(np.array_equal(a, b) for a, b in zip(weights, originals) if a.size)
+
+
+def test_multi_out_none_returns_new_arrays_and_keeps_weights(backend):
+    weights, grads, (means, variances) = make_lists("adam_update", np.float32)
+    before = [w.copy() for w in weights]
+    states_before = [(m.copy(), v.copy()) for m, v in zip(means, variances)]
+    outs = generated.adam_update_multi(weights, grads, means, variances, lr=0.1)
+    for k, (o, w) in enumerate(zip(outs, weights)):
+        assert o is not w
+        np.testing.assert_array_equal(w, before[k])
+        want = reference.adam_update(before[k], grads[k], *states_before[k], lr=0.1)[0]
+        reference.assert_close(o, want, f"out[{k}]")
+
+
+def test_multi_sees_a_changed_list():
+    weights, grads, (moms,) = make_lists("sgd_mom_update", np.float32)
+    generated.sgd_mom_update_multi(weights, grads, moms, lr=0.1, out=weights)
+    fresh = [np.ones_like(g) for g in grads]
+    w0 = [w.copy() for w in weights]
+    m0 = [m.copy() for m in moms]
+    generated.sgd_mom_update_multi(weights, fresh, moms, lr=0.1, momentum=0.5, out=weights)
+    for k in range(len(SHAPES)):
+        want_w, want_m = reference.sgd_mom_update(w0[k], fresh[k], m0[k], lr=0.1, momentum=0.5)
+        reference.assert_close(weights[k], want_w, f"weights[{k}]")
+        reference.assert_close(moms[k], want_m, f"moms[{k}]")
+
+
+def test_multi_has_no_tensor_cap():
+    ws = [np.full(4, 1.0, np.float32) for _ in range(300)]
+    gs = [np.full(4, 2.0, np.float32) for _ in range(300)]
+    generated.sgd_update_multi(ws, gs, lr=0.25, out=ws)
+    assert all(np.array_equal(w, np.full(4, 0.5, np.float32)) for w in ws)
+
+
+@pytest.mark.parametrize("call, exc, match", [
+    (lambda w, g, m, v: generated.adam_update_multi(w, g[:2], m, v, lr=0.1), ValueError, "'grads' holds 2"),
+    (lambda w, g, m, v: generated.adam_update_multi(w, g, m, v, lr=[0.1, 0.2]), ValueError, "'lr' has 2 values"),
+    (lambda w, g, m, v: generated.adam_update_multi(w, g, m, v, lr="fast"), TypeError, "'lr'"),
+    (lambda w, g, m, v: generated.adam_update_multi(w, g, m, v[:-1] + [np.zeros(7, np.float32)], lr=0.1),
+     ValueError, r"'vars\[5\]' has shape \(7,\)"),
+    (lambda w, g, m, v: generated.adam_update_multi(w, g[:-1] + [g[-1].astype(np.float64)], m, v, lr=0.1),
+     TypeError, r"'grads\[5\]' has dtype float64"),
+    (lambda w, g, m, v: generated.adam_update_multi(w[0], g, m, v, lr=0.1), TypeError, "'weights' must be a list"),
+    (lambda w, g, m, v: generated.adam_update_multi(w, g, m, v, lr=0.1, out=w[:1]), ValueError, "'out' holds 1"),
+])
+def test_multi_bad_calls_change_nothing(call, exc, match):
+    weights, grads, (means, variances) = make_lists("adam_update", np.float32)
+    snapshot = [a.copy() for a in weights + grads + means + variances]
+    with pytest.raises(exc, match=match):
+        call(weights, grads, means, variances)
+    for a, b in zip(weights + grads + means + variances, snapshot):
+        np.testing.assert_array_equal(a, b)
