@@ -5,7 +5,7 @@
 
 /* ---- float16 (math in float) ---- */
 
-void opgen_adam_update_dense_float16(int64_t n, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_adam_update_dense_float16(int64_t n, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
     opgen_half *restrict p_mean = (opgen_half *)arg_mean;
@@ -23,6 +23,7 @@ void opgen_adam_update_dense_float16(int64_t n, void *arg_weight, const void *ar
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(n, 16, &lo, &hi);
 #pragma omp simd
@@ -41,18 +42,20 @@ void opgen_adam_update_dense_float16(int64_t n, void *arg_weight, const void *ar
             p_var[i] = OPGEN_FLOAT_TO_HALF(v_var);
             p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 
 /* Many tensors, one parallel region: each thread takes a contiguous share of all the
  * tensors' elements, in order, and updates the part of each tensor that falls in it. */
-void opgen_adam_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+void opgen_adam_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     const int nthreads = opgen_threads_for(total);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(total, 16, &lo, &hi);
         int64_t start = 0;
@@ -91,10 +94,11 @@ void opgen_adam_update_multi_float16(int64_t count, const int64_t *sizes, void *
                 p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
-void opgen_adam_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_adam_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
     opgen_half *restrict p_mean = (opgen_half *)arg_mean;
@@ -110,7 +114,10 @@ void opgen_adam_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t 
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
     const int nthreads = opgen_row_threads_for(nnz * row_len);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+    const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < nnz; ++r) {
         if (r + 8 < nnz) { /* scattered rows: fetch ahead what the next rows update */
             const int64_t ahead = indices[r + 8] * row_len;
@@ -138,9 +145,11 @@ void opgen_adam_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t 
             p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
         }
     }
+    opgen_flush_denormal_exit(saved_csr, flush_denormal);
+    }
 }
 
-void opgen_adam_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_adam_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
     opgen_half *restrict p_mean = (opgen_half *)arg_mean;
@@ -158,6 +167,7 @@ void opgen_adam_update_standard_float16(int64_t nrows, int64_t row_len, int64_t 
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t r0, r1;
         opgen_thread_range(nrows, 1, &r0, &r1);
         int64_t k = opgen_lower_bound(indices, nnz, r0);
@@ -201,12 +211,13 @@ void opgen_adam_update_standard_float16(int64_t nrows, int64_t row_len, int64_t 
                 }
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 /* ---- float32 (math in float) ---- */
 
-void opgen_adam_update_dense_float32(int64_t n, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_adam_update_dense_float32(int64_t n, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
     float *restrict p_mean = (float *)arg_mean;
@@ -224,6 +235,7 @@ void opgen_adam_update_dense_float32(int64_t n, void *arg_weight, const void *ar
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(n, 16, &lo, &hi);
 #pragma omp simd
@@ -242,18 +254,20 @@ void opgen_adam_update_dense_float32(int64_t n, void *arg_weight, const void *ar
             p_var[i] = v_var;
             p_weight[i] = v_weight;
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 
 /* Many tensors, one parallel region: each thread takes a contiguous share of all the
  * tensors' elements, in order, and updates the part of each tensor that falls in it. */
-void opgen_adam_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+void opgen_adam_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     const int nthreads = opgen_threads_for(total);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(total, 16, &lo, &hi);
         int64_t start = 0;
@@ -292,10 +306,11 @@ void opgen_adam_update_multi_float32(int64_t count, const int64_t *sizes, void *
                 p_weight[i] = v_weight;
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
-void opgen_adam_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_adam_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
     float *restrict p_mean = (float *)arg_mean;
@@ -311,7 +326,10 @@ void opgen_adam_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t 
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
     const int nthreads = opgen_row_threads_for(nnz * row_len);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+    const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < nnz; ++r) {
         if (r + 8 < nnz) { /* scattered rows: fetch ahead what the next rows update */
             const int64_t ahead = indices[r + 8] * row_len;
@@ -339,9 +357,11 @@ void opgen_adam_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t 
             p_weight[i] = v_weight;
         }
     }
+    opgen_flush_denormal_exit(saved_csr, flush_denormal);
+    }
 }
 
-void opgen_adam_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_adam_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
     float *restrict p_mean = (float *)arg_mean;
@@ -359,6 +379,7 @@ void opgen_adam_update_standard_float32(int64_t nrows, int64_t row_len, int64_t 
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t r0, r1;
         opgen_thread_range(nrows, 1, &r0, &r1);
         int64_t k = opgen_lower_bound(indices, nnz, r0);
@@ -402,12 +423,13 @@ void opgen_adam_update_standard_float32(int64_t nrows, int64_t row_len, int64_t 
                 }
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 /* ---- float64 (math in double) ---- */
 
-void opgen_adam_update_dense_float64(int64_t n, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_adam_update_dense_float64(int64_t n, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     double *restrict p_weight = (double *)arg_weight;
     const double *restrict p_grad = (const double *)arg_grad;
     double *restrict p_mean = (double *)arg_mean;
@@ -425,6 +447,7 @@ void opgen_adam_update_dense_float64(int64_t n, void *arg_weight, const void *ar
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(n, 16, &lo, &hi);
 #pragma omp simd
@@ -443,18 +466,20 @@ void opgen_adam_update_dense_float64(int64_t n, void *arg_weight, const void *ar
             p_var[i] = v_var;
             p_weight[i] = v_weight;
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 
 /* Many tensors, one parallel region: each thread takes a contiguous share of all the
  * tensors' elements, in order, and updates the part of each tensor that falls in it. */
-void opgen_adam_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+void opgen_adam_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     const int nthreads = opgen_threads_for(total);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(total, 16, &lo, &hi);
         int64_t start = 0;
@@ -493,10 +518,11 @@ void opgen_adam_update_multi_float64(int64_t count, const int64_t *sizes, void *
                 p_weight[i] = v_weight;
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
-void opgen_adam_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_adam_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     double *restrict p_weight = (double *)arg_weight;
     const double *restrict p_grad = (const double *)arg_grad;
     double *restrict p_mean = (double *)arg_mean;
@@ -512,7 +538,10 @@ void opgen_adam_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t 
     const double h_1 = 1.0 - s_beta1;
     const double h_2 = 1.0 - s_beta2;
     const int nthreads = opgen_row_threads_for(nnz * row_len);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+    const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < nnz; ++r) {
         if (r + 8 < nnz) { /* scattered rows: fetch ahead what the next rows update */
             const int64_t ahead = indices[r + 8] * row_len;
@@ -540,9 +569,11 @@ void opgen_adam_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t 
             p_weight[i] = v_weight;
         }
     }
+    opgen_flush_denormal_exit(saved_csr, flush_denormal);
+    }
 }
 
-void opgen_adam_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_adam_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     double *restrict p_weight = (double *)arg_weight;
     const double *restrict p_grad = (const double *)arg_grad;
     double *restrict p_mean = (double *)arg_mean;
@@ -560,6 +591,7 @@ void opgen_adam_update_standard_float64(int64_t nrows, int64_t row_len, int64_t 
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t r0, r1;
         opgen_thread_range(nrows, 1, &r0, &r1);
         int64_t k = opgen_lower_bound(indices, nnz, r0);
@@ -603,5 +635,6 @@ void opgen_adam_update_standard_float64(int64_t nrows, int64_t row_len, int64_t 
                 }
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }

@@ -5,7 +5,7 @@
 
 /* ---- float16 (math in float) ---- */
 
-void opgen_rmsprop_update_dense_float16(int64_t n, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
+void opgen_rmsprop_update_dense_float16(int64_t n, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
     opgen_half *restrict p_n = (opgen_half *)arg_n;
@@ -22,6 +22,7 @@ void opgen_rmsprop_update_dense_float16(int64_t n, void *arg_weight, const void 
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(n, 16, &lo, &hi);
 #pragma omp simd
@@ -38,18 +39,20 @@ void opgen_rmsprop_update_dense_float16(int64_t n, void *arg_weight, const void 
             p_n[i] = OPGEN_FLOAT_TO_HALF(v_n);
             p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 
 /* Many tensors, one parallel region: each thread takes a contiguous share of all the
  * tensors' elements, in order, and updates the part of each tensor that falls in it. */
-void opgen_rmsprop_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights) {
+void opgen_rmsprop_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     const int nthreads = opgen_threads_for(total);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(total, 16, &lo, &hi);
         int64_t start = 0;
@@ -85,10 +88,11 @@ void opgen_rmsprop_update_multi_float16(int64_t count, const int64_t *sizes, voi
                 p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
-void opgen_rmsprop_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
+void opgen_rmsprop_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
     opgen_half *restrict p_n = (opgen_half *)arg_n;
@@ -105,6 +109,7 @@ void opgen_rmsprop_update_standard_float16(int64_t nrows, int64_t row_len, int64
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t r0, r1;
         opgen_thread_range(nrows, 1, &r0, &r1);
         int64_t k = opgen_lower_bound(indices, nnz, r0);
@@ -144,12 +149,13 @@ void opgen_rmsprop_update_standard_float16(int64_t nrows, int64_t row_len, int64
                 }
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 /* ---- float32 (math in float) ---- */
 
-void opgen_rmsprop_update_dense_float32(int64_t n, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
+void opgen_rmsprop_update_dense_float32(int64_t n, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
     float *restrict p_n = (float *)arg_n;
@@ -166,6 +172,7 @@ void opgen_rmsprop_update_dense_float32(int64_t n, void *arg_weight, const void 
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(n, 16, &lo, &hi);
 #pragma omp simd
@@ -182,18 +189,20 @@ void opgen_rmsprop_update_dense_float32(int64_t n, void *arg_weight, const void 
             p_n[i] = v_n;
             p_weight[i] = v_weight;
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 
 /* Many tensors, one parallel region: each thread takes a contiguous share of all the
  * tensors' elements, in order, and updates the part of each tensor that falls in it. */
-void opgen_rmsprop_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights) {
+void opgen_rmsprop_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     const int nthreads = opgen_threads_for(total);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(total, 16, &lo, &hi);
         int64_t start = 0;
@@ -229,10 +238,11 @@ void opgen_rmsprop_update_multi_float32(int64_t count, const int64_t *sizes, voi
                 p_weight[i] = v_weight;
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
-void opgen_rmsprop_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
+void opgen_rmsprop_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
     float *restrict p_n = (float *)arg_n;
@@ -249,6 +259,7 @@ void opgen_rmsprop_update_standard_float32(int64_t nrows, int64_t row_len, int64
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t r0, r1;
         opgen_thread_range(nrows, 1, &r0, &r1);
         int64_t k = opgen_lower_bound(indices, nnz, r0);
@@ -288,12 +299,13 @@ void opgen_rmsprop_update_standard_float32(int64_t nrows, int64_t row_len, int64
                 }
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 /* ---- float64 (math in double) ---- */
 
-void opgen_rmsprop_update_dense_float64(int64_t n, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
+void opgen_rmsprop_update_dense_float64(int64_t n, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
     double *restrict p_weight = (double *)arg_weight;
     const double *restrict p_grad = (const double *)arg_grad;
     double *restrict p_n = (double *)arg_n;
@@ -310,6 +322,7 @@ void opgen_rmsprop_update_dense_float64(int64_t n, void *arg_weight, const void 
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(n, 16, &lo, &hi);
 #pragma omp simd
@@ -326,18 +339,20 @@ void opgen_rmsprop_update_dense_float64(int64_t n, void *arg_weight, const void 
             p_n[i] = v_n;
             p_weight[i] = v_weight;
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 
 /* Many tensors, one parallel region: each thread takes a contiguous share of all the
  * tensors' elements, in order, and updates the part of each tensor that falls in it. */
-void opgen_rmsprop_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights) {
+void opgen_rmsprop_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     const int nthreads = opgen_threads_for(total);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(total, 16, &lo, &hi);
         int64_t start = 0;
@@ -373,10 +388,11 @@ void opgen_rmsprop_update_multi_float64(int64_t count, const int64_t *sizes, voi
                 p_weight[i] = v_weight;
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
-void opgen_rmsprop_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
+void opgen_rmsprop_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
     double *restrict p_weight = (double *)arg_weight;
     const double *restrict p_grad = (const double *)arg_grad;
     double *restrict p_n = (double *)arg_n;
@@ -393,6 +409,7 @@ void opgen_rmsprop_update_standard_float64(int64_t nrows, int64_t row_len, int64
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t r0, r1;
         opgen_thread_range(nrows, 1, &r0, &r1);
         int64_t k = opgen_lower_bound(indices, nnz, r0);
@@ -432,5 +449,6 @@ void opgen_rmsprop_update_standard_float64(int64_t nrows, int64_t row_len, int64
                 }
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }

@@ -5,7 +5,7 @@
 
 /* ---- float16 (math in float) ---- */
 
-void opgen_sgd_mom_update_dense_float16(int64_t n, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_mom_update_dense_float16(int64_t n, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
     opgen_half *restrict p_mom = (opgen_half *)arg_mom;
@@ -20,6 +20,7 @@ void opgen_sgd_mom_update_dense_float16(int64_t n, void *arg_weight, const void 
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(n, 16, &lo, &hi);
 #pragma omp simd
@@ -34,18 +35,20 @@ void opgen_sgd_mom_update_dense_float16(int64_t n, void *arg_weight, const void 
             p_mom[i] = OPGEN_FLOAT_TO_HALF(v_mom);
             p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 
 /* Many tensors, one parallel region: each thread takes a contiguous share of all the
  * tensors' elements, in order, and updates the part of each tensor that falls in it. */
-void opgen_sgd_mom_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+void opgen_sgd_mom_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     const int nthreads = opgen_threads_for(total);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(total, 16, &lo, &hi);
         int64_t start = 0;
@@ -77,10 +80,11 @@ void opgen_sgd_mom_update_multi_float16(int64_t count, const int64_t *sizes, voi
                 p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
-void opgen_sgd_mom_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_mom_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
     opgen_half *restrict p_mom = (opgen_half *)arg_mom;
@@ -93,7 +97,10 @@ void opgen_sgd_mom_update_lazy_float16(int64_t nnz, int64_t row_len, const int64
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
     const int nthreads = opgen_row_threads_for(nnz * row_len);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+    const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < nnz; ++r) {
         if (r + 8 < nnz) { /* scattered rows: fetch ahead what the next rows update */
             const int64_t ahead = indices[r + 8] * row_len;
@@ -116,9 +123,11 @@ void opgen_sgd_mom_update_lazy_float16(int64_t nnz, int64_t row_len, const int64
             p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
         }
     }
+    opgen_flush_denormal_exit(saved_csr, flush_denormal);
+    }
 }
 
-void opgen_sgd_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
     opgen_half *restrict p_mom = (opgen_half *)arg_mom;
@@ -133,6 +142,7 @@ void opgen_sgd_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t r0, r1;
         opgen_thread_range(nrows, 1, &r0, &r1);
         int64_t k = opgen_lower_bound(indices, nnz, r0);
@@ -168,12 +178,13 @@ void opgen_sgd_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64
                 }
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 /* ---- float32 (math in float) ---- */
 
-void opgen_sgd_mom_update_dense_float32(int64_t n, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_mom_update_dense_float32(int64_t n, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
     float *restrict p_mom = (float *)arg_mom;
@@ -188,6 +199,7 @@ void opgen_sgd_mom_update_dense_float32(int64_t n, void *arg_weight, const void 
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(n, 16, &lo, &hi);
 #pragma omp simd
@@ -202,18 +214,20 @@ void opgen_sgd_mom_update_dense_float32(int64_t n, void *arg_weight, const void 
             p_mom[i] = v_mom;
             p_weight[i] = v_weight;
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 
 /* Many tensors, one parallel region: each thread takes a contiguous share of all the
  * tensors' elements, in order, and updates the part of each tensor that falls in it. */
-void opgen_sgd_mom_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+void opgen_sgd_mom_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     const int nthreads = opgen_threads_for(total);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(total, 16, &lo, &hi);
         int64_t start = 0;
@@ -245,10 +259,11 @@ void opgen_sgd_mom_update_multi_float32(int64_t count, const int64_t *sizes, voi
                 p_weight[i] = v_weight;
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
-void opgen_sgd_mom_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_mom_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
     float *restrict p_mom = (float *)arg_mom;
@@ -261,7 +276,10 @@ void opgen_sgd_mom_update_lazy_float32(int64_t nnz, int64_t row_len, const int64
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
     const int nthreads = opgen_row_threads_for(nnz * row_len);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+    const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < nnz; ++r) {
         if (r + 8 < nnz) { /* scattered rows: fetch ahead what the next rows update */
             const int64_t ahead = indices[r + 8] * row_len;
@@ -284,9 +302,11 @@ void opgen_sgd_mom_update_lazy_float32(int64_t nnz, int64_t row_len, const int64
             p_weight[i] = v_weight;
         }
     }
+    opgen_flush_denormal_exit(saved_csr, flush_denormal);
+    }
 }
 
-void opgen_sgd_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
     float *restrict p_mom = (float *)arg_mom;
@@ -301,6 +321,7 @@ void opgen_sgd_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t r0, r1;
         opgen_thread_range(nrows, 1, &r0, &r1);
         int64_t k = opgen_lower_bound(indices, nnz, r0);
@@ -336,12 +357,13 @@ void opgen_sgd_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64
                 }
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 /* ---- float64 (math in double) ---- */
 
-void opgen_sgd_mom_update_dense_float64(int64_t n, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_mom_update_dense_float64(int64_t n, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     double *restrict p_weight = (double *)arg_weight;
     const double *restrict p_grad = (const double *)arg_grad;
     double *restrict p_mom = (double *)arg_mom;
@@ -356,6 +378,7 @@ void opgen_sgd_mom_update_dense_float64(int64_t n, void *arg_weight, const void 
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(n, 16, &lo, &hi);
 #pragma omp simd
@@ -370,18 +393,20 @@ void opgen_sgd_mom_update_dense_float64(int64_t n, void *arg_weight, const void 
             p_mom[i] = v_mom;
             p_weight[i] = v_weight;
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 
 /* Many tensors, one parallel region: each thread takes a contiguous share of all the
  * tensors' elements, in order, and updates the part of each tensor that falls in it. */
-void opgen_sgd_mom_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+void opgen_sgd_mom_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     const int nthreads = opgen_threads_for(total);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(total, 16, &lo, &hi);
         int64_t start = 0;
@@ -413,10 +438,11 @@ void opgen_sgd_mom_update_multi_float64(int64_t count, const int64_t *sizes, voi
                 p_weight[i] = v_weight;
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
-void opgen_sgd_mom_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_mom_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     double *restrict p_weight = (double *)arg_weight;
     const double *restrict p_grad = (const double *)arg_grad;
     double *restrict p_mom = (double *)arg_mom;
@@ -429,7 +455,10 @@ void opgen_sgd_mom_update_lazy_float64(int64_t nnz, int64_t row_len, const int64
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = s_lr * s_wd;
     const int nthreads = opgen_row_threads_for(nnz * row_len);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+    const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < nnz; ++r) {
         if (r + 8 < nnz) { /* scattered rows: fetch ahead what the next rows update */
             const int64_t ahead = indices[r + 8] * row_len;
@@ -452,9 +481,11 @@ void opgen_sgd_mom_update_lazy_float64(int64_t nnz, int64_t row_len, const int64
             p_weight[i] = v_weight;
         }
     }
+    opgen_flush_denormal_exit(saved_csr, flush_denormal);
+    }
 }
 
-void opgen_sgd_mom_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_mom_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     double *restrict p_weight = (double *)arg_weight;
     const double *restrict p_grad = (const double *)arg_grad;
     double *restrict p_mom = (double *)arg_mom;
@@ -469,6 +500,7 @@ void opgen_sgd_mom_update_standard_float64(int64_t nrows, int64_t row_len, int64
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t r0, r1;
         opgen_thread_range(nrows, 1, &r0, &r1);
         int64_t k = opgen_lower_bound(indices, nnz, r0);
@@ -504,5 +536,6 @@ void opgen_sgd_mom_update_standard_float64(int64_t nrows, int64_t row_len, int64
                 }
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }

@@ -5,7 +5,7 @@
 
 /* ---- float16 (math in float) ---- */
 
-void opgen_sgd_update_dense_float16(int64_t n, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_update_dense_float16(int64_t n, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
     const float s_lr = (float)arg_lr;
@@ -18,6 +18,7 @@ void opgen_sgd_update_dense_float16(int64_t n, void *arg_weight, const void *arg
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(n, 16, &lo, &hi);
 #pragma omp simd
@@ -29,18 +30,20 @@ void opgen_sgd_update_dense_float16(int64_t n, void *arg_weight, const void *arg
             v_weight = h_2 * v_weight - t_step;
             p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 
 /* Many tensors, one parallel region: each thread takes a contiguous share of all the
  * tensors' elements, in order, and updates the part of each tensor that falls in it. */
-void opgen_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+void opgen_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     const int nthreads = opgen_threads_for(total);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(total, 16, &lo, &hi);
         int64_t start = 0;
@@ -67,10 +70,11 @@ void opgen_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *c
                 p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
-void opgen_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
     const float s_lr = (float)arg_lr;
@@ -81,7 +85,10 @@ void opgen_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
     const int nthreads = opgen_row_threads_for(nnz * row_len);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+    const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < nnz; ++r) {
         if (r + 8 < nnz) { /* scattered rows: fetch ahead what the next rows update */
             const int64_t ahead = indices[r + 8] * row_len;
@@ -100,9 +107,11 @@ void opgen_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *
             p_weight[i] = OPGEN_FLOAT_TO_HALF(v_weight);
         }
     }
+    opgen_flush_denormal_exit(saved_csr, flush_denormal);
+    }
 }
 
-void opgen_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     opgen_half *restrict p_weight = (opgen_half *)arg_weight;
     const opgen_half *restrict p_grad = (const opgen_half *)arg_grad;
     const float s_lr = (float)arg_lr;
@@ -115,6 +124,7 @@ void opgen_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t n
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t r0, r1;
         opgen_thread_range(nrows, 1, &r0, &r1);
         int64_t k = opgen_lower_bound(indices, nnz, r0);
@@ -144,12 +154,13 @@ void opgen_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t n
                 }
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 /* ---- float32 (math in float) ---- */
 
-void opgen_sgd_update_dense_float32(int64_t n, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_update_dense_float32(int64_t n, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
     const float s_lr = (float)arg_lr;
@@ -162,6 +173,7 @@ void opgen_sgd_update_dense_float32(int64_t n, void *arg_weight, const void *arg
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(n, 16, &lo, &hi);
 #pragma omp simd
@@ -173,18 +185,20 @@ void opgen_sgd_update_dense_float32(int64_t n, void *arg_weight, const void *arg
             v_weight = h_2 * v_weight - t_step;
             p_weight[i] = v_weight;
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 
 /* Many tensors, one parallel region: each thread takes a contiguous share of all the
  * tensors' elements, in order, and updates the part of each tensor that falls in it. */
-void opgen_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+void opgen_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     const int nthreads = opgen_threads_for(total);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(total, 16, &lo, &hi);
         int64_t start = 0;
@@ -211,10 +225,11 @@ void opgen_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *c
                 p_weight[i] = v_weight;
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
-void opgen_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
     const float s_lr = (float)arg_lr;
@@ -225,7 +240,10 @@ void opgen_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
     const int nthreads = opgen_row_threads_for(nnz * row_len);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+    const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < nnz; ++r) {
         if (r + 8 < nnz) { /* scattered rows: fetch ahead what the next rows update */
             const int64_t ahead = indices[r + 8] * row_len;
@@ -244,9 +262,11 @@ void opgen_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *
             p_weight[i] = v_weight;
         }
     }
+    opgen_flush_denormal_exit(saved_csr, flush_denormal);
+    }
 }
 
-void opgen_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     float *restrict p_weight = (float *)arg_weight;
     const float *restrict p_grad = (const float *)arg_grad;
     const float s_lr = (float)arg_lr;
@@ -259,6 +279,7 @@ void opgen_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t n
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t r0, r1;
         opgen_thread_range(nrows, 1, &r0, &r1);
         int64_t k = opgen_lower_bound(indices, nnz, r0);
@@ -288,12 +309,13 @@ void opgen_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t n
                 }
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 /* ---- float64 (math in double) ---- */
 
-void opgen_sgd_update_dense_float64(int64_t n, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_update_dense_float64(int64_t n, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     double *restrict p_weight = (double *)arg_weight;
     const double *restrict p_grad = (const double *)arg_grad;
     const double s_lr = (double)arg_lr;
@@ -306,6 +328,7 @@ void opgen_sgd_update_dense_float64(int64_t n, void *arg_weight, const void *arg
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(n, 16, &lo, &hi);
 #pragma omp simd
@@ -317,18 +340,20 @@ void opgen_sgd_update_dense_float64(int64_t n, void *arg_weight, const void *arg
             v_weight = h_2 * v_weight - t_step;
             p_weight[i] = v_weight;
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
 
 /* Many tensors, one parallel region: each thread takes a contiguous share of all the
  * tensors' elements, in order, and updates the part of each tensor that falls in it. */
-void opgen_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient) {
+void opgen_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
     const int nthreads = opgen_threads_for(total);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t lo, hi;
         opgen_thread_range(total, 16, &lo, &hi);
         int64_t start = 0;
@@ -355,10 +380,11 @@ void opgen_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *c
                 p_weight[i] = v_weight;
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }
 
-void opgen_sgd_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     double *restrict p_weight = (double *)arg_weight;
     const double *restrict p_grad = (const double *)arg_grad;
     const double s_lr = (double)arg_lr;
@@ -369,7 +395,10 @@ void opgen_sgd_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = 1.0 - s_lr * s_wd;
     const int nthreads = opgen_row_threads_for(nnz * row_len);
-#pragma omp parallel for schedule(static) num_threads(nthreads) if (nthreads > 1)
+#pragma omp parallel num_threads(nthreads) if (nthreads > 1)
+    {
+    const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
+#pragma omp for schedule(static)
     for (int64_t r = 0; r < nnz; ++r) {
         if (r + 8 < nnz) { /* scattered rows: fetch ahead what the next rows update */
             const int64_t ahead = indices[r + 8] * row_len;
@@ -388,9 +417,11 @@ void opgen_sgd_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *
             p_weight[i] = v_weight;
         }
     }
+    opgen_flush_denormal_exit(saved_csr, flush_denormal);
+    }
 }
 
-void opgen_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+void opgen_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     double *restrict p_weight = (double *)arg_weight;
     const double *restrict p_grad = (const double *)arg_grad;
     const double s_lr = (double)arg_lr;
@@ -403,6 +434,7 @@ void opgen_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t n
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
+        const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
         int64_t r0, r1;
         opgen_thread_range(nrows, 1, &r0, &r1);
         int64_t k = opgen_lower_bound(indices, nnz, r0);
@@ -432,5 +464,6 @@ void opgen_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t n
                 }
             }
         }
+        opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
 }

@@ -1,6 +1,12 @@
 """What the generated package imports at run time: validation, dispatch, kernels' loader."""
 
-from opgen.runtime.backends import available_backends, current_backend, use_backend
+from opgen.runtime.backends import (
+    available_backends,
+    current_backend,
+    flush_denormal,
+    set_flush_denormal,
+    use_backend,
+)
 from opgen.runtime.multi import MultiOperator
 from opgen.runtime.operator import Operator, ParamArg, TensorArg
 from opgen.runtime.rowsparse import RowSparseArray
@@ -13,5 +19,7 @@ __all__ = [
     "TensorArg",
     "available_backends",
     "current_backend",
+    "flush_denormal",
+    "set_flush_denormal",
     "use_backend",
 ]

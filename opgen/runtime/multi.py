@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from opgen.runtime import backends
 from opgen.runtime.operator import Operator, _same_view
 from opgen.runtime.rowsparse import RowSparseArray
 
@@ -73,7 +74,7 @@ class MultiOperator:
                     dtype, c_type = _PARAM_DTYPES[p.type]
                     array = np.ascontiguousarray(np.broadcast_to(column, (count,)), dtype=dtype)
                     kept.append(module.ffi.from_buffer(f"{c_type}[]", array))
-                plan.function(count, plan.sizes, *plan.tables, *kept)
+                plan.function(count, plan.sizes, *plan.tables, *kept, backends._flush_denormal[0])
                 return list(plan.targets)
         return self._one_by_one(lists, columns, out, count)
 

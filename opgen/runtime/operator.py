@@ -17,6 +17,7 @@ from opgen.runtime import backends, cbuild, cuda
 from opgen.runtime.rowsparse import RowSparseArray, array_module
 
 _backend = backends.current_backend_fast
+_ftz = backends._flush_denormal
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _ACC = {np.dtype(np.float16): np.float32, np.dtype(np.float32): np.float32, np.dtype(np.float64): np.float64}
@@ -95,7 +96,7 @@ class Operator:
                             target = weight if out is not None else weight.copy()
                             from_buffer = self._from_buffer
                             function(weight.size, *[from_buffer(target if t is weight else t) for t in tensors],
-                                     *[params[k] for k in self.kernel_params])
+                                     *[params[k] for k in self.kernel_params], _ftz[0])
                             return target
         return self._checked_call(tensors, params, out)
 
@@ -285,16 +286,17 @@ class Operator:
         for t in self.tensors:
             array = target if t.role == "weight" else grad_array if t.role == "grad" else next(state_iter)
             pointers.append(ffi.from_buffer(array))
+        ftz = _ftz[0]
         if mode == "dense":
-            function(target.size, *pointers, *kernel_values)
+            function(target.size, *pointers, *kernel_values, ftz)
             return
         rows = target.shape[0]
         row_len = target.size // rows if rows else 0
         indices = ffi.from_buffer("int64_t[]", grad.indices)
         if mode == "lazy":
-            function(len(grad.indices), row_len, indices, *pointers, *kernel_values)
+            function(len(grad.indices), row_len, indices, *pointers, *kernel_values, ftz)
         else:
-            function(rows, row_len, len(grad.indices), indices, *pointers, *kernel_values)
+            function(rows, row_len, len(grad.indices), indices, *pointers, *kernel_values, ftz)
 
     def _run_cuda(self, mode, dtype, target, grad, states, kernel_values) -> None:
         import cupy
