@@ -147,3 +147,66 @@ def rmsprop_update(weight, grad, n, lr, gamma1=0.95, epsilon=1e-8, wd=0.0, resca
         if clip_weights > 0:
             out = _clip(out, clipw_)
     return _finish(storage, [weight, n], [out, s], rows)
+
+
+# =====================================================================================
+# Helpers shared by the test modules (comparison tolerances, input generation).
+# =====================================================================================
+
+#: (rtol, atol) per storage dtype. float32: a few ulps; float16: about one half ulp;
+#: float64: the reference follows the same operand order in double.
+TOLERANCES = {
+    np.dtype(np.float16): (1e-3, 1e-6),
+    np.dtype(np.float32): (1e-6, 1e-7),
+    np.dtype(np.float64): (1e-12, 1e-15),
+}
+
+#: op name -> (state names, reference function)
+OPS = {
+    "sgd_update": ((), sgd_update),
+    "sgd_mom_update": (("mom",), sgd_mom_update),
+    "adam_update": (("mean", "var"), adam_update),
+    "rmsprop_update": (("n",), rmsprop_update),
+}
+
+#: ops with a ``lazy_update`` parameter
+LAZY_OPS = ("sgd_update", "sgd_mom_update", "adam_update")
+
+
+def assert_close(actual, expected, what: str = "") -> None:
+    """Same dtype and shape, values within the dtype's tolerance, NaN where expected."""
+    actual = np.asarray(actual)
+    expected = np.asarray(expected)
+    assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
+    assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
+    rtol, atol = TOLERANCES[expected.dtype]
+    np.testing.assert_allclose(actual.astype(np.float64), expected.astype(np.float64),
+                               rtol=rtol, atol=atol, equal_nan=True, err_msg=what)
+
+
+def make_state(op: str, name: str, rng, shape, dtype) -> np.ndarray:
+    """A plausible optimizer state: signed for mean/mom, non-negative for var/n."""
+    if name == "mean":
+        x = rng.normal(0.0, 0.1, size=shape)
+    elif name == "mom":
+        x = rng.normal(0.0, 0.05, size=shape)
+    elif name == "var":
+        x = rng.uniform(0.0, 0.01, size=shape)
+    elif name == "n":
+        x = rng.uniform(0.0, 0.1, size=shape)
+    else:  # pragma: no cover - table is closed
+        raise KeyError(name)
+    return np.asarray(x).astype(dtype)
+
+
+def make_inputs(op: str, seed: int, shape, dtype):
+    """(weight, grad, [states...]) with deterministic values."""
+    rng = np.random.default_rng(seed)
+    weight = rng.normal(0.0, 1.0, size=shape).astype(dtype)
+    grad = rng.normal(0.0, 1.0, size=shape).astype(dtype)
+    states = [make_state(op, s, rng, shape, dtype) for s in OPS[op][0]]
+    return weight, grad, states
+
+
+def as_tuple(result):
+    return result if isinstance(result, tuple) else (result,)
