@@ -89,11 +89,11 @@ static inline unsigned opgen_flush_denormal_enter(int on) { (void)on; return 0; 
 static inline void opgen_flush_denormal_exit(unsigned saved, int on) { (void)saved; (void)on; }
 #endif
 
-/* Threads for `work` elements: one per 32768 elements at least,
+/* Threads for `work` elements: one per 8192 elements at least,
  * so small arrays never pay for a parallel region. */
 static inline int opgen_threads_for(int64_t work) {
 #ifdef _OPENMP
-    int64_t wanted = work / 32768;
+    int64_t wanted = work / 8192;
     int most = omp_get_max_threads();
     return wanted < 1 ? 1 : (wanted > most ? most : (int)wanted);
 #else

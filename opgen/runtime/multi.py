@@ -9,6 +9,7 @@ The cache holds references to the arrays, so they can be neither freed nor reuse
 
 from __future__ import annotations
 
+import itertools
 import operator
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,6 +32,7 @@ class _Plan:
     tables: tuple  # cdata void *[] per tensor
     keep_alive: tuple  # the from_buffer objects the tables point into
     targets: list
+    from_buffer: object
 
 
 class MultiOperator:
@@ -64,19 +66,23 @@ class MultiOperator:
         columns = [self._param_column(p, v, count) for p, v in zip(self.kernel_params, params)]
         if count == 0:
             return []
-        weights = lists[0]
-        module = self.op.c_module() if all(type(a) is np.ndarray for a in weights) else None
-        if module is not None:
-            plan = self._plan_for(lists, out, module, count)
-            if plan is not None:
-                kept = []
-                for p, column in zip(self.kernel_params, columns):
-                    dtype, c_type = _PARAM_DTYPES[p.type]
-                    array = np.ascontiguousarray(np.broadcast_to(column, (count,)), dtype=dtype)
-                    kept.append(module.ffi.from_buffer(f"{c_type}[]", array))
-                plan.function(count, plan.sizes, *plan.tables, *kept, backends._flush_denormal[0])
-                return list(plan.targets)
-        return self._one_by_one(lists, columns, out, count)
+        arrays = tuple(itertools.chain(*lists, out if out is not None else ()))
+        plan = self._plan
+        if plan is None or out is None or len(plan.arrays) != len(arrays) \
+                or not all(map(operator.is_, arrays, plan.arrays)) or backends.current_backend() == "numpy":
+            module = self.op.c_module() if all(type(a) is np.ndarray for a in lists[0]) else None
+            plan = None if module is None else self._plan_for(lists, out, arrays, module, count)
+        if plan is None:
+            return self._one_by_one(lists, columns, out, count)
+        from_buffer = plan.from_buffer
+        values = []
+        for p, column in zip(self.kernel_params, columns):
+            dtype, c_type = _PARAM_DTYPES[p.type]
+            array = np.full(count, column, dtype) if not isinstance(column, np.ndarray) \
+                else np.ascontiguousarray(column, dtype)
+            values.append(from_buffer(f"{c_type}[]", array))
+        plan.function(count, plan.sizes, *plan.tables, *values, backends._flush_denormal[0])
+        return list(plan.targets)
 
     def _param_column(self, p, value, count: int):
         """A scalar (one value for all) or an array of one value per tensor."""
@@ -93,13 +99,9 @@ class MultiOperator:
     def _names(self, i: int) -> tuple[str, ...]:
         return tuple(f"{name}[{i}]" for name in self.group_names)
 
-    def _plan_for(self, lists, out, module, count: int) -> _Plan | None:
-        """Pointer tables for the C kernel, or None when these arrays need the general path."""
-        arrays = tuple(a for group in lists for a in group) + (tuple(out) if out is not None else ())
-        plan = self._plan
-        if plan is not None and out is not None and len(plan.arrays) == len(arrays) \
-                and all(map(operator.is_, arrays, plan.arrays)):
-            return plan
+    def _plan_for(self, lists, out, arrays: tuple, module, count: int) -> _Plan | None:
+        """Check every tensor and build the C kernel's pointer tables; None when these
+        arrays need the general path (non-contiguous)."""
         op = self.op
         dtype = lists[0][0].dtype
         checked = []
@@ -136,7 +138,7 @@ class MultiOperator:
             tables.append(ffi.new("void *[]", buffers))
         sizes = ffi.new("int64_t[]", [t.size for t in targets])
         function = getattr(module.lib, f"opgen_{op.name}_multi_{dtype.name}")
-        plan = _Plan(arrays, function, count, sizes, tuple(tables), tuple(keep), targets)
+        plan = _Plan(arrays, function, count, sizes, tuple(tables), tuple(keep), targets, ffi.from_buffer)
         if out is not None and all(t is w for t, w in zip(targets, lists[op.weight_index])):
             self._plan = plan  # in place, as optimizers call it: the same pointers next time
         return plan

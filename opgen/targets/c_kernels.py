@@ -13,7 +13,7 @@ from opgen.targets.dtypes import DTYPES, DType
 from opgen.targets.element import ElementCode
 
 # Below this many elements per thread, a parallel region costs more than it saves.
-MIN_ELEMENTS_PER_THREAD = 1 << 15
+MIN_ELEMENTS_PER_THREAD = 1 << 13
 # Row kernels touch scattered rows: latency-bound, so they go parallel much sooner.
 MIN_ROW_ELEMENTS_PER_THREAD = 1 << 12
 # Rows prefetched ahead of the one being updated, by the row kernels.
