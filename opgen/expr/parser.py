@@ -239,3 +239,19 @@ def _need_number(e: Expr, what: str, where: Location) -> None:
 def _need_bool(e: Expr, what: str, where: Location) -> None:
     if e.vtype is not VType.BOOL:
         raise SpecError(where, f"{what} needs a condition (a comparison or a bool parameter), got a number")
+
+
+def parse_condition(stmt: Statement, params: Mapping[str, VType], tensors: frozenset[str]) -> Expr:
+    """A condition on parameters alone (e.g. a spec's ``skip_if``)."""
+    try:
+        node = ast.parse(stmt.text.strip(), mode="eval").body
+    except SyntaxError as exc:
+        line, col = exc.lineno or 1, max((exc.offset or 1) - 1, 0)
+        raise SpecError(stmt.locate(line, col), f"invalid condition syntax: {exc.msg}") from None
+    at = lambda n: stmt.locate(n.lineno, n.col_offset)  # noqa: E731
+    expr = _expr(node, _Scope(frozenset(), tensors, params), at)
+    if expr.vtype is not VType.BOOL:
+        raise SpecError(at(node), "this must be a condition (a comparison), got a number")
+    if not expr.uniform:
+        raise SpecError(at(node), "this condition may read parameters and scalar inputs only, not tensors")
+    return expr

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import yaml
 
-from opgen.errors import Location, SpecError
+from opgen.errors import Location, SpecError, did_you_mean
 from opgen.expr.latex import default_symbol
-from opgen.expr.parser import Statement, parse_program
-from opgen.expr.tree import FUNCTIONS, RefKind, VType
+from opgen.expr.parser import Statement, parse_condition, parse_program
+from opgen.expr.tree import FUNCTIONS, RefKind, VType, refs
 from opgen.spec import yaml_nodes as y
 from opgen.spec.model import OpSpec, ParamSpec, ParamType, RowSparseSpec, TensorRole, TensorSpec
 
@@ -19,7 +19,8 @@ _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z")
 _INT = re.compile(r"[-+]?\d+\Z")
 _BOOL = {"true": "True", "false": "False", "True": "True", "False": "False"}
-_RESERVED = {"out"}  # added to every signature by the generator
+_RESERVED = {"out"}
+_DTYPES = ("float16", "float32", "float64")  # added to every signature by the generator
 _PARAM_VTYPES = {ParamType.FLOAT: VType.REAL, ParamType.INT: VType.INT, ParamType.BOOL: VType.BOOL}
 
 
@@ -42,7 +43,7 @@ def load_spec(path: Path) -> OpSpec:
 def parse_spec(text: str, path: str, expected_name: str | None = None, source: str | None = None) -> OpSpec:
     root = y.Mapping(path, y.compose(path, text), "the spec",
                      required=("name", "summary", "tensors", "math"),
-                     optional=("description", "params", "row_sparse", "deviations"))
+                     optional=("description", "params", "row_sparse", "skip_if", "output", "deviations"))
     name = _identifier(root, "name", "the op's name")
     if expected_name is not None and name != expected_name:
         raise SpecError(root.location("name"),
@@ -53,7 +54,9 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     _check_unique([(t.name, t.location) for t in tensors] + [(p.name, p.location) for p in params])
     row_sparse = _row_sparse(root, params)
     math = _math(root, tensors, params)
-    _check_usage(root, tensors, params, math, row_sparse)
+    skip_if = _skip_if(root, tensors, params) if "skip_if" in root else None
+    output = _output(root, math) if "output" in root else None
+    _check_usage(root, tensors, params, math, row_sparse, skip_if, output)
     deviations = tuple(y.scalar_text(path, n, "each deviation") for n in root.sequence("deviations")) \
         if "deviations" in root else ()
     return OpSpec(
@@ -66,6 +69,9 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         math=math,
         row_sparse=row_sparse,
         deviations=deviations,
+        skip_if=skip_if,
+        skip_if_text=root.string("skip_if").strip() if skip_if is not None else "",
+        output=output,
     )
 
 
@@ -83,7 +89,7 @@ def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
     items = root.sequence("tensors")
     out = []
     for node in items:
-        m = y.Mapping(root.path, node, "a tensor", required=("name", "role", "doc"), optional=("symbol",))
+        m = y.Mapping(root.path, node, "a tensor", required=("name", "role", "doc"), optional=("symbol", "dtype"))
         name = _identifier(m, "name", "tensor name")
         role_text = m.string("role")
         try:
@@ -92,7 +98,14 @@ def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
             roles = ", ".join(r.value for r in TensorRole)
             raise SpecError(m.location("role"), f"unknown role '{role_text}' for tensor '{name}' (roles: {roles})") from None
         symbol = m.string("symbol") if "symbol" in m else default_symbol(name)
-        out.append(TensorSpec(name, role, m.string("doc").strip(), symbol, y.where(root.path, node)))
+        dtype = m.string("dtype") if "dtype" in m else None
+        if dtype is not None and dtype not in _DTYPES:
+            raise SpecError(m.location("dtype"), f"unknown dtype '{dtype}' for tensor '{name}' "
+                                                 f"(dtypes: {', '.join(_DTYPES)})")
+        if dtype is not None and role in (TensorRole.WEIGHT, TensorRole.SCALAR):
+            raise SpecError(m.location("dtype"), f"the {role.value} '{name}' takes the call's dtype; "
+                                                 "only gradients and states can fix theirs")
+        out.append(TensorSpec(name, role, m.string("doc").strip(), symbol, y.where(root.path, node), dtype))
     for role in (TensorRole.WEIGHT, TensorRole.GRAD):
         count = sum(t.role is role for t in out)
         if count != 1:
@@ -105,7 +118,7 @@ def _params(root: y.Mapping) -> tuple[ParamSpec, ...]:
     out = []
     for node in root.sequence("params"):
         m = y.Mapping(root.path, node, "a parameter", required=("name", "type", "doc"),
-                      optional=("default", "required", "symbol"))
+                      optional=("default", "required", "symbol", "ignored", "range"))
         name = _identifier(m, "name", "parameter name")
         type_text = m.string("type")
         try:
@@ -120,7 +133,10 @@ def _params(root: y.Mapping) -> tuple[ParamSpec, ...]:
             raise SpecError(y.where(root.path, node), f"parameter '{name}' needs a default or 'required: true'")
         default = _default(m, ptype, name) if "default" in m else None
         symbol = m.string("symbol") if "symbol" in m else default_symbol(name)
-        out.append(ParamSpec(name, ptype, m.string("doc").strip(), symbol, default, y.where(root.path, node)))
+        ignored = _bool(m, "ignored") if "ignored" in m else False
+        bounds, bounds_text = _range(m, ptype, name) if "range" in m else (None, None)
+        out.append(ParamSpec(name, ptype, m.string("doc").strip(), symbol, default, y.where(root.path, node),
+                             ignored, bounds, bounds_text))
     return tuple(out)
 
 
@@ -148,19 +164,36 @@ def _default(m: y.Mapping, ptype: ParamType, name: str) -> str:
     return text
 
 
+def _range(m: y.Mapping, ptype: ParamType, name: str):
+    items = m.sequence("range")
+    texts = [y.scalar_text(m.path, n, "a bound") for n in items]
+    if ptype is ParamType.BOOL or len(items) != 2 or not all(y.is_plain(n) and _FLOAT.match(t)
+                                                             for n, t in zip(items, texts)):
+        raise SpecError(m.location("range"), f"range of parameter '{name}' must be [low, high], two numbers")
+    low, high = float(texts[0]), float(texts[1])
+    if low > high:
+        raise SpecError(m.location("range"), f"range of parameter '{name}' is empty: {texts[0]} > {texts[1]}")
+    return (low, high), (texts[0], texts[1])
+
+
 def _row_sparse(root: y.Mapping, params: tuple[ParamSpec, ...]) -> RowSparseSpec:
     if "row_sparse" not in root:
         return RowSparseSpec()
-    m = y.Mapping(root.path, root.node("row_sparse"), "row_sparse", required=("lazy",), optional=())
+    m = y.Mapping(root.path, root.node("row_sparse"), "row_sparse", required=("lazy",), optional=("dense",))
+    dense = _bool(m, "dense") if "dense" in m else True
     node = m.node("lazy")
     if y.is_plain(node) and node.value in _BOOL:
-        return RowSparseSpec(always_lazy=_BOOL[node.value] == "True")
+        always_lazy = _BOOL[node.value] == "True"
+        if not dense and not always_lazy:
+            raise SpecError(m.location("dense"), "an op without a dense update needs 'lazy: true' "
+                                                 "(or a lazy switch parameter)")
+        return RowSparseSpec(always_lazy=always_lazy, dense=dense)
     name = m.string("lazy")
     param = next((p for p in params if p.name == name), None)
     if param is None or param.type is not ParamType.BOOL:
         raise SpecError(m.location("lazy"),
                         f"row_sparse.lazy must be true, false or the name of a bool parameter, got '{name}'")
-    return RowSparseSpec(lazy_param=name)
+    return RowSparseSpec(lazy_param=name, dense=dense)
 
 
 def _math(root: y.Mapping, tensors: tuple[TensorSpec, ...], params: tuple[ParamSpec, ...]):
@@ -171,8 +204,31 @@ def _math(root: y.Mapping, tensors: tuple[TensorSpec, ...], params: tuple[ParamS
     if not statements:
         raise SpecError(root.location("math"), "the math is empty")
     readonly = frozenset(t.name for t in tensors if t.role is TensorRole.GRAD)
-    writable = frozenset(t.name for t in tensors if t.role is not TensorRole.GRAD)
-    return parse_program(statements, readonly, writable, {p.name: _PARAM_VTYPES[p.type] for p in params})
+    writable = frozenset(t.name for t in tensors if t.role in (TensorRole.WEIGHT, TensorRole.STATE))
+    return parse_program(statements, readonly, writable, _uniform_names(tensors, params))
+
+
+def _uniform_names(tensors, params) -> dict:
+    """Names whose value is the same for every element: parameters and scalar inputs."""
+    names = {p.name: _PARAM_VTYPES[p.type] for p in params}
+    names.update({t.name: VType.REAL for t in tensors if t.role is TensorRole.SCALAR})
+    return names
+
+
+def _skip_if(root: y.Mapping, tensors, params):
+    node = root.node("skip_if")
+    text = y.scalar_text(root.path, node, "skip_if")
+    arrays = frozenset(t.name for t in tensors if t.role is not TensorRole.SCALAR)
+    return parse_condition(Statement(text, _locator(root.path, node)), _uniform_names(tensors, params), arrays)
+
+
+def _output(root: y.Mapping, math) -> str:
+    name = root.string("output")
+    temps = [s.target for s in math.statements if s.kind is RefKind.TEMP]
+    if name not in temps:
+        raise SpecError(root.location("output"), f"output '{name}' must be a temporary assigned by the math"
+                                                 f"{did_you_mean(name, temps)}")
+    return name
 
 
 def _locator(path: str, node: yaml.ScalarNode):
@@ -193,17 +249,24 @@ def _check_unique(names: list[tuple[str, Location]]) -> None:
         seen[name] = loc
 
 
-def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSpec) -> None:
+def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSpec, skip_if, output) -> None:
     written = set(math.tensors_written())
-    read = math.names_read()
+    read = math.names_read() | (frozenset(r.name for r in refs(skip_if)) if skip_if is not None else frozenset())
     for t in tensors:
-        if t.role is not TensorRole.GRAD and t.name not in written:
+        if t.role is TensorRole.WEIGHT and output is not None:
+            if t.name in written:
+                raise SpecError(t.location, f"weight '{t.name}' is read-only when the op has an output "
+                                            f"('{output}'); it must not be assigned")
+        elif t.role in (TensorRole.WEIGHT, TensorRole.STATE) and t.name not in written:
             raise SpecError(t.location, f"{t.role.value} '{t.name}' is never written by the math")
-        if t.role is TensorRole.GRAD and t.name not in read:
-            raise SpecError(t.location, f"gradient '{t.name}' is never read by the math")
+        if t.role in (TensorRole.GRAD, TensorRole.SCALAR) and t.name not in read:
+            raise SpecError(t.location, f"{t.role.value} '{t.name}' is never read by the math")
     for p in params:
-        if p.name not in read and p.name != row_sparse.lazy_param:
-            raise SpecError(p.location, f"parameter '{p.name}' is never used by the math")
+        if p.ignored and p.name in read:
+            raise SpecError(p.location, f"parameter '{p.name}' is marked ignored but the math uses it")
+        if not p.ignored and p.name not in read and p.name != row_sparse.lazy_param:
+            raise SpecError(p.location, f"parameter '{p.name}' is never used by the math "
+                                        "(mark it 'ignored: true' if it is accepted only for compatibility)")
     for s in math.statements:
-        if s.kind is RefKind.TEMP and s.target not in read:
+        if s.kind is RefKind.TEMP and s.target not in read and s.target != output:
             raise SpecError(s.location, f"temporary '{s.target}' is assigned but never used")

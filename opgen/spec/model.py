@@ -6,13 +6,14 @@ import enum
 from dataclasses import dataclass
 
 from opgen.errors import Location
-from opgen.expr.tree import Program
+from opgen.expr.tree import Expr, Program
 
 
 class TensorRole(enum.Enum):
     WEIGHT = "weight"  # the weight being updated; its new value goes to `out`
     GRAD = "grad"  # the gradient: read-only, dense or row-sparse
     STATE = "state"  # optimizer state, updated in place
+    SCALAR = "scalar"  # a one-element input (array or number), read once per call
 
 
 class ParamType(enum.Enum):
@@ -28,6 +29,7 @@ class TensorSpec:
     doc: str
     symbol: str  # LaTeX symbol
     location: Location
+    dtype: str | None = None  # a fixed storage dtype (e.g. float32 master weights); None: the call's dtype
 
 
 @dataclass(frozen=True)
@@ -38,6 +40,9 @@ class ParamSpec:
     symbol: str  # LaTeX symbol
     default: str | None  # the default's literal text, exactly as written in the spec
     location: Location
+    ignored: bool = False  # accepted and checked for compatibility, but the math never reads it
+    bounds: tuple[float, float] | None = None  # inclusive range the value must lie in
+    bounds_text: tuple[str, str] | None = None  # the bounds as written, for messages and docs
 
     @property
     def required(self) -> bool:
@@ -56,6 +61,7 @@ class RowSparseSpec:
 
     lazy_param: str | None = None
     always_lazy: bool = False
+    dense: bool = True  # False: the gradient must be row-sparse
 
 
 @dataclass(frozen=True)
@@ -69,6 +75,9 @@ class OpSpec:
     math: Program
     row_sparse: RowSparseSpec
     deviations: tuple[str, ...]
+    skip_if: Expr | None = None  # a condition on the parameters: when true the call changes nothing
+    skip_if_text: str = ""
+    output: str | None = None  # a temporary written to `out` instead of a new weight (weight read-only)
 
     @property
     def weight(self) -> TensorSpec:
@@ -83,7 +92,26 @@ class OpSpec:
         return tuple(t for t in self.tensors if t.role is TensorRole.STATE)
 
     @property
+    def arrays(self) -> tuple[TensorSpec, ...]:
+        """The element-wise tensors (everything but one-element scalar inputs)."""
+        return tuple(t for t in self.tensors if t.role is not TensorRole.SCALAR)
+
+    @property
+    def scalars(self) -> tuple[TensorSpec, ...]:
+        return tuple(t for t in self.tensors if t.role is TensorRole.SCALAR)
+
+    @property
     def math_params(self) -> tuple[ParamSpec, ...]:
-        """The parameters the math reads, in declaration order: the kernels' arguments."""
-        used = self.math.names_read()
+        """The parameters the math reads, in declaration order."""
+        used = self.math.names_read() | (self.skip_if_names())
         return tuple(p for p in self.params if p.name in used)
+
+    def skip_if_names(self) -> frozenset[str]:
+        from opgen.expr.tree import refs
+
+        return frozenset(r.name for r in refs(self.skip_if)) if self.skip_if is not None else frozenset()
+
+    @property
+    def kernel_scalars(self) -> tuple[str, ...]:
+        """The kernels' scalar arguments, in order: scalar inputs, then the math's parameters."""
+        return tuple(t.name for t in self.scalars) + tuple(p.name for p in self.math_params)
