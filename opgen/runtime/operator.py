@@ -321,8 +321,9 @@ class Operator:
         writable = [target, *states]  # the kernel returns new values in this order
         if mode == "lazy":
             rows = grad.indices
-            views = [w.reshape(w.shape[0], -1) for w in writable]
-            inputs = self._inputs([v[rows] for v in views], grad.data.reshape(len(rows), -1), acc)
+            row_len = grad.row_length
+            views = [w.reshape(w.shape[0], row_len) for w in writable]
+            inputs = self._inputs([v[rows] for v in views], grad.data.reshape(len(rows), row_len), acc)
             with np.errstate(all="ignore"):
                 results = self.numpy_kernel(acc, *inputs, *scalars)
             for view, result in zip(views, results):
