@@ -20,16 +20,16 @@ extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float1
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    constexpr int W = 16 / sizeof(opgen_half);
+    constexpr int W = 8;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long nvec = (opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mean) && opgen_aligned16(p_var)) ? n / W : 0;
+    const long long nvec = (opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mean, 16) && opgen_aligned(p_var, 16)) ? n / W : 0;
     for (long long vi = first; vi < nvec; vi += stride) {
         const long long gvi = vi;
-        opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-        opgen_vec<opgen_half> x_mean = reinterpret_cast<const opgen_vec<opgen_half> *>(p_mean)[vi];
-        opgen_vec<opgen_half> x_var = reinterpret_cast<const opgen_vec<opgen_half> *>(p_var)[vi];
-        opgen_vec<opgen_half> x_grad = reinterpret_cast<const opgen_vec<opgen_half> *>(p_grad)[gvi];
+        opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+        opgen_vec<opgen_half, 8> x_mean = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_mean)[vi];
+        opgen_vec<opgen_half, 8> x_var = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_var)[vi];
+        opgen_vec<opgen_half, 8> x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -45,9 +45,9 @@ extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float1
             x_var.v[k] = OPGEN_FLOAT_TO_HALF(v_var);
             x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
         }
-        reinterpret_cast<opgen_vec<opgen_half> *>(p_mean)[vi] = x_mean;
-        reinterpret_cast<opgen_vec<opgen_half> *>(p_var)[vi] = x_var;
-        reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+        reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_mean)[vi] = x_mean;
+        reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_var)[vi] = x_var;
+        reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
@@ -81,17 +81,17 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float16
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    constexpr int W = 16 / sizeof(opgen_half);
+    constexpr int W = 8;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nnz; r += (long long)gridDim.x * blockDim.y) {
         const long long base = indices[r] * row_len, gbase = r * row_len;
-        if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mean) && opgen_aligned16(p_var)) {
+        if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mean, 16) && opgen_aligned(p_var, 16)) {
             for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                 const long long vi = base / W + vj;
                 const long long gvi = gbase / W + vj;
-                opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-                opgen_vec<opgen_half> x_mean = reinterpret_cast<const opgen_vec<opgen_half> *>(p_mean)[vi];
-                opgen_vec<opgen_half> x_var = reinterpret_cast<const opgen_vec<opgen_half> *>(p_var)[vi];
-                opgen_vec<opgen_half> x_grad = reinterpret_cast<const opgen_vec<opgen_half> *>(p_grad)[gvi];
+                opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+                opgen_vec<opgen_half, 8> x_mean = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_mean)[vi];
+                opgen_vec<opgen_half, 8> x_var = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_var)[vi];
+                opgen_vec<opgen_half, 8> x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
 #pragma unroll
                 for (int k = 0; k < W; ++k) {
                     float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -107,9 +107,9 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float16
                     x_var.v[k] = OPGEN_FLOAT_TO_HALF(v_var);
                     x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
                 }
-                reinterpret_cast<opgen_vec<opgen_half> *>(p_mean)[vi] = x_mean;
-                reinterpret_cast<opgen_vec<opgen_half> *>(p_var)[vi] = x_var;
-                reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+                reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_mean)[vi] = x_mean;
+                reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_var)[vi] = x_var;
+                reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
             }
         } else {
             for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -146,20 +146,20 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    constexpr int W = 16 / sizeof(opgen_half);
+    constexpr int W = 8;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
         const long long k_row = opgen_lower_bound(indices, nnz, r);
         if (k_row < nnz && indices[k_row] == r) {
             const long long gbase = k_row * row_len;
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mean) && opgen_aligned16(p_var)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mean, 16) && opgen_aligned(p_var, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
                     const long long gvi = gbase / W + vj;
-                    opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-                    opgen_vec<opgen_half> x_mean = reinterpret_cast<const opgen_vec<opgen_half> *>(p_mean)[vi];
-                    opgen_vec<opgen_half> x_var = reinterpret_cast<const opgen_vec<opgen_half> *>(p_var)[vi];
-                    opgen_vec<opgen_half> x_grad = reinterpret_cast<const opgen_vec<opgen_half> *>(p_grad)[gvi];
+                    opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+                    opgen_vec<opgen_half, 8> x_mean = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_mean)[vi];
+                    opgen_vec<opgen_half, 8> x_var = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_var)[vi];
+                    opgen_vec<opgen_half, 8> x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -175,9 +175,9 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
                         x_var.v[k] = OPGEN_FLOAT_TO_HALF(v_var);
                         x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
                     }
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_mean)[vi] = x_mean;
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_var)[vi] = x_var;
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_mean)[vi] = x_mean;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_var)[vi] = x_var;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -197,12 +197,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
                 }
             }
         } else {
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mean) && opgen_aligned16(p_var)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mean, 16) && opgen_aligned(p_var, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
-                    opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-                    opgen_vec<opgen_half> x_mean = reinterpret_cast<const opgen_vec<opgen_half> *>(p_mean)[vi];
-                    opgen_vec<opgen_half> x_var = reinterpret_cast<const opgen_vec<opgen_half> *>(p_var)[vi];
+                    opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+                    opgen_vec<opgen_half, 8> x_mean = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_mean)[vi];
+                    opgen_vec<opgen_half, 8> x_var = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_var)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -218,9 +218,9 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
                         x_var.v[k] = OPGEN_FLOAT_TO_HALF(v_var);
                         x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
                     }
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_mean)[vi] = x_mean;
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_var)[vi] = x_var;
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_mean)[vi] = x_mean;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_var)[vi] = x_var;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -260,16 +260,16 @@ extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float3
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    constexpr int W = 16 / sizeof(float);
+    constexpr int W = 4;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long nvec = (opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mean) && opgen_aligned16(p_var)) ? n / W : 0;
+    const long long nvec = (opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mean, 16) && opgen_aligned(p_var, 16)) ? n / W : 0;
     for (long long vi = first; vi < nvec; vi += stride) {
         const long long gvi = vi;
-        opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-        opgen_vec<float> x_mean = reinterpret_cast<const opgen_vec<float> *>(p_mean)[vi];
-        opgen_vec<float> x_var = reinterpret_cast<const opgen_vec<float> *>(p_var)[vi];
-        opgen_vec<float> x_grad = reinterpret_cast<const opgen_vec<float> *>(p_grad)[gvi];
+        opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+        opgen_vec<float, 4> x_mean = reinterpret_cast<const opgen_vec<float, 4> *>(p_mean)[vi];
+        opgen_vec<float, 4> x_var = reinterpret_cast<const opgen_vec<float, 4> *>(p_var)[vi];
+        opgen_vec<float, 4> x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             float v_weight = x_weight.v[k];
@@ -285,9 +285,9 @@ extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float3
             x_var.v[k] = v_var;
             x_weight.v[k] = v_weight;
         }
-        reinterpret_cast<opgen_vec<float> *>(p_mean)[vi] = x_mean;
-        reinterpret_cast<opgen_vec<float> *>(p_var)[vi] = x_var;
-        reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+        reinterpret_cast<opgen_vec<float, 4> *>(p_mean)[vi] = x_mean;
+        reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
+        reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
@@ -321,17 +321,17 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float32
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    constexpr int W = 16 / sizeof(float);
+    constexpr int W = 4;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nnz; r += (long long)gridDim.x * blockDim.y) {
         const long long base = indices[r] * row_len, gbase = r * row_len;
-        if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mean) && opgen_aligned16(p_var)) {
+        if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mean, 16) && opgen_aligned(p_var, 16)) {
             for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                 const long long vi = base / W + vj;
                 const long long gvi = gbase / W + vj;
-                opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-                opgen_vec<float> x_mean = reinterpret_cast<const opgen_vec<float> *>(p_mean)[vi];
-                opgen_vec<float> x_var = reinterpret_cast<const opgen_vec<float> *>(p_var)[vi];
-                opgen_vec<float> x_grad = reinterpret_cast<const opgen_vec<float> *>(p_grad)[gvi];
+                opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+                opgen_vec<float, 4> x_mean = reinterpret_cast<const opgen_vec<float, 4> *>(p_mean)[vi];
+                opgen_vec<float, 4> x_var = reinterpret_cast<const opgen_vec<float, 4> *>(p_var)[vi];
+                opgen_vec<float, 4> x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
 #pragma unroll
                 for (int k = 0; k < W; ++k) {
                     float v_weight = x_weight.v[k];
@@ -347,9 +347,9 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float32
                     x_var.v[k] = v_var;
                     x_weight.v[k] = v_weight;
                 }
-                reinterpret_cast<opgen_vec<float> *>(p_mean)[vi] = x_mean;
-                reinterpret_cast<opgen_vec<float> *>(p_var)[vi] = x_var;
-                reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+                reinterpret_cast<opgen_vec<float, 4> *>(p_mean)[vi] = x_mean;
+                reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
+                reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
             }
         } else {
             for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -386,20 +386,20 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    constexpr int W = 16 / sizeof(float);
+    constexpr int W = 4;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
         const long long k_row = opgen_lower_bound(indices, nnz, r);
         if (k_row < nnz && indices[k_row] == r) {
             const long long gbase = k_row * row_len;
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mean) && opgen_aligned16(p_var)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mean, 16) && opgen_aligned(p_var, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
                     const long long gvi = gbase / W + vj;
-                    opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-                    opgen_vec<float> x_mean = reinterpret_cast<const opgen_vec<float> *>(p_mean)[vi];
-                    opgen_vec<float> x_var = reinterpret_cast<const opgen_vec<float> *>(p_var)[vi];
-                    opgen_vec<float> x_grad = reinterpret_cast<const opgen_vec<float> *>(p_grad)[gvi];
+                    opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+                    opgen_vec<float, 4> x_mean = reinterpret_cast<const opgen_vec<float, 4> *>(p_mean)[vi];
+                    opgen_vec<float, 4> x_var = reinterpret_cast<const opgen_vec<float, 4> *>(p_var)[vi];
+                    opgen_vec<float, 4> x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = x_weight.v[k];
@@ -415,9 +415,9 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
                         x_var.v[k] = v_var;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<float> *>(p_mean)[vi] = x_mean;
-                    reinterpret_cast<opgen_vec<float> *>(p_var)[vi] = x_var;
-                    reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_mean)[vi] = x_mean;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -437,12 +437,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
                 }
             }
         } else {
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mean) && opgen_aligned16(p_var)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mean, 16) && opgen_aligned(p_var, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
-                    opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-                    opgen_vec<float> x_mean = reinterpret_cast<const opgen_vec<float> *>(p_mean)[vi];
-                    opgen_vec<float> x_var = reinterpret_cast<const opgen_vec<float> *>(p_var)[vi];
+                    opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+                    opgen_vec<float, 4> x_mean = reinterpret_cast<const opgen_vec<float, 4> *>(p_mean)[vi];
+                    opgen_vec<float, 4> x_var = reinterpret_cast<const opgen_vec<float, 4> *>(p_var)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = x_weight.v[k];
@@ -458,9 +458,9 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
                         x_var.v[k] = v_var;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<float> *>(p_mean)[vi] = x_mean;
-                    reinterpret_cast<opgen_vec<float> *>(p_var)[vi] = x_var;
-                    reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_mean)[vi] = x_mean;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -500,16 +500,16 @@ extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float6
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_beta1;
     const double h_2 = 1.0 - s_beta2;
-    constexpr int W = 16 / sizeof(double);
+    constexpr int W = 2;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long nvec = (opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mean) && opgen_aligned16(p_var)) ? n / W : 0;
+    const long long nvec = (opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mean, 16) && opgen_aligned(p_var, 16)) ? n / W : 0;
     for (long long vi = first; vi < nvec; vi += stride) {
         const long long gvi = vi;
-        opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-        opgen_vec<double> x_mean = reinterpret_cast<const opgen_vec<double> *>(p_mean)[vi];
-        opgen_vec<double> x_var = reinterpret_cast<const opgen_vec<double> *>(p_var)[vi];
-        opgen_vec<double> x_grad = reinterpret_cast<const opgen_vec<double> *>(p_grad)[gvi];
+        opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+        opgen_vec<double, 2> x_mean = reinterpret_cast<const opgen_vec<double, 2> *>(p_mean)[vi];
+        opgen_vec<double, 2> x_var = reinterpret_cast<const opgen_vec<double, 2> *>(p_var)[vi];
+        opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             double v_weight = x_weight.v[k];
@@ -525,9 +525,9 @@ extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float6
             x_var.v[k] = v_var;
             x_weight.v[k] = v_weight;
         }
-        reinterpret_cast<opgen_vec<double> *>(p_mean)[vi] = x_mean;
-        reinterpret_cast<opgen_vec<double> *>(p_var)[vi] = x_var;
-        reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+        reinterpret_cast<opgen_vec<double, 2> *>(p_mean)[vi] = x_mean;
+        reinterpret_cast<opgen_vec<double, 2> *>(p_var)[vi] = x_var;
+        reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
@@ -561,17 +561,17 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float64
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_beta1;
     const double h_2 = 1.0 - s_beta2;
-    constexpr int W = 16 / sizeof(double);
+    constexpr int W = 2;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nnz; r += (long long)gridDim.x * blockDim.y) {
         const long long base = indices[r] * row_len, gbase = r * row_len;
-        if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mean) && opgen_aligned16(p_var)) {
+        if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mean, 16) && opgen_aligned(p_var, 16)) {
             for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                 const long long vi = base / W + vj;
                 const long long gvi = gbase / W + vj;
-                opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-                opgen_vec<double> x_mean = reinterpret_cast<const opgen_vec<double> *>(p_mean)[vi];
-                opgen_vec<double> x_var = reinterpret_cast<const opgen_vec<double> *>(p_var)[vi];
-                opgen_vec<double> x_grad = reinterpret_cast<const opgen_vec<double> *>(p_grad)[gvi];
+                opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+                opgen_vec<double, 2> x_mean = reinterpret_cast<const opgen_vec<double, 2> *>(p_mean)[vi];
+                opgen_vec<double, 2> x_var = reinterpret_cast<const opgen_vec<double, 2> *>(p_var)[vi];
+                opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
 #pragma unroll
                 for (int k = 0; k < W; ++k) {
                     double v_weight = x_weight.v[k];
@@ -587,9 +587,9 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float64
                     x_var.v[k] = v_var;
                     x_weight.v[k] = v_weight;
                 }
-                reinterpret_cast<opgen_vec<double> *>(p_mean)[vi] = x_mean;
-                reinterpret_cast<opgen_vec<double> *>(p_var)[vi] = x_var;
-                reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+                reinterpret_cast<opgen_vec<double, 2> *>(p_mean)[vi] = x_mean;
+                reinterpret_cast<opgen_vec<double, 2> *>(p_var)[vi] = x_var;
+                reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
             }
         } else {
             for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -626,20 +626,20 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_beta1;
     const double h_2 = 1.0 - s_beta2;
-    constexpr int W = 16 / sizeof(double);
+    constexpr int W = 2;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
         const long long k_row = opgen_lower_bound(indices, nnz, r);
         if (k_row < nnz && indices[k_row] == r) {
             const long long gbase = k_row * row_len;
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mean) && opgen_aligned16(p_var)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mean, 16) && opgen_aligned(p_var, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
                     const long long gvi = gbase / W + vj;
-                    opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-                    opgen_vec<double> x_mean = reinterpret_cast<const opgen_vec<double> *>(p_mean)[vi];
-                    opgen_vec<double> x_var = reinterpret_cast<const opgen_vec<double> *>(p_var)[vi];
-                    opgen_vec<double> x_grad = reinterpret_cast<const opgen_vec<double> *>(p_grad)[gvi];
+                    opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+                    opgen_vec<double, 2> x_mean = reinterpret_cast<const opgen_vec<double, 2> *>(p_mean)[vi];
+                    opgen_vec<double, 2> x_var = reinterpret_cast<const opgen_vec<double, 2> *>(p_var)[vi];
+                    opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         double v_weight = x_weight.v[k];
@@ -655,9 +655,9 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
                         x_var.v[k] = v_var;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<double> *>(p_mean)[vi] = x_mean;
-                    reinterpret_cast<opgen_vec<double> *>(p_var)[vi] = x_var;
-                    reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_mean)[vi] = x_mean;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_var)[vi] = x_var;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -677,12 +677,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
                 }
             }
         } else {
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mean) && opgen_aligned16(p_var)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mean, 16) && opgen_aligned(p_var, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
-                    opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-                    opgen_vec<double> x_mean = reinterpret_cast<const opgen_vec<double> *>(p_mean)[vi];
-                    opgen_vec<double> x_var = reinterpret_cast<const opgen_vec<double> *>(p_var)[vi];
+                    opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+                    opgen_vec<double, 2> x_mean = reinterpret_cast<const opgen_vec<double, 2> *>(p_mean)[vi];
+                    opgen_vec<double, 2> x_var = reinterpret_cast<const opgen_vec<double, 2> *>(p_var)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         double v_weight = x_weight.v[k];
@@ -698,9 +698,9 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
                         x_var.v[k] = v_var;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<double> *>(p_mean)[vi] = x_mean;
-                    reinterpret_cast<opgen_vec<double> *>(p_var)[vi] = x_var;
-                    reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_mean)[vi] = x_mean;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_var)[vi] = x_var;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {

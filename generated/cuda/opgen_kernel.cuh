@@ -31,14 +31,14 @@ OPGEN_DEFINE_HELPERS(double, )
 __device__ __forceinline__ float opgen_powf(float a, float b) { return powf(a, b); }
 __device__ __forceinline__ double opgen_pow(double a, double b) { return pow(a, b); }
 
-/* 16 bytes of T: the unit of vector loads and stores. */
-template <typename T>
-struct alignas(16) opgen_vec {
-    T v[16 / sizeof(T)];
+/* N elements of T loaded or stored at once (16 bytes of the widest type in a kernel). */
+template <typename T, int N>
+struct alignas(sizeof(T) * N) opgen_vec {
+    T v[N];
 };
 
-__device__ __forceinline__ bool opgen_aligned16(const void *p) {
-    return (reinterpret_cast<unsigned long long>(p) & 15ull) == 0;
+__device__ __forceinline__ bool opgen_aligned(const void *p, unsigned long long bytes) {
+    return (reinterpret_cast<unsigned long long>(p) & (bytes - 1)) == 0;
 }
 
 /* First position in sorted indices[0:n] whose value is >= row. */

@@ -19,15 +19,15 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmsprop_update_dense_flo
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    constexpr int W = 16 / sizeof(opgen_half);
+    constexpr int W = 8;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long nvec = (opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_n)) ? n / W : 0;
+    const long long nvec = (opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_n, 16)) ? n / W : 0;
     for (long long vi = first; vi < nvec; vi += stride) {
         const long long gvi = vi;
-        opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-        opgen_vec<opgen_half> x_n = reinterpret_cast<const opgen_vec<opgen_half> *>(p_n)[vi];
-        opgen_vec<opgen_half> x_grad = reinterpret_cast<const opgen_vec<opgen_half> *>(p_grad)[gvi];
+        opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+        opgen_vec<opgen_half, 8> x_n = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_n)[vi];
+        opgen_vec<opgen_half, 8> x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -41,8 +41,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmsprop_update_dense_flo
             x_n.v[k] = OPGEN_FLOAT_TO_HALF(v_n);
             x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
         }
-        reinterpret_cast<opgen_vec<opgen_half> *>(p_n)[vi] = x_n;
-        reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+        reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_n)[vi] = x_n;
+        reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
@@ -73,19 +73,19 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    constexpr int W = 16 / sizeof(opgen_half);
+    constexpr int W = 8;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
         const long long k_row = opgen_lower_bound(indices, nnz, r);
         if (k_row < nnz && indices[k_row] == r) {
             const long long gbase = k_row * row_len;
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_n)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_n, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
                     const long long gvi = gbase / W + vj;
-                    opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-                    opgen_vec<opgen_half> x_n = reinterpret_cast<const opgen_vec<opgen_half> *>(p_n)[vi];
-                    opgen_vec<opgen_half> x_grad = reinterpret_cast<const opgen_vec<opgen_half> *>(p_grad)[gvi];
+                    opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+                    opgen_vec<opgen_half, 8> x_n = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_n)[vi];
+                    opgen_vec<opgen_half, 8> x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -99,8 +99,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_
                         x_n.v[k] = OPGEN_FLOAT_TO_HALF(v_n);
                         x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
                     }
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_n)[vi] = x_n;
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_n)[vi] = x_n;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -118,11 +118,11 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_
                 }
             }
         } else {
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_n)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_n, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
-                    opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-                    opgen_vec<opgen_half> x_n = reinterpret_cast<const opgen_vec<opgen_half> *>(p_n)[vi];
+                    opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+                    opgen_vec<opgen_half, 8> x_n = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_n)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -136,8 +136,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_
                         x_n.v[k] = OPGEN_FLOAT_TO_HALF(v_n);
                         x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
                     }
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_n)[vi] = x_n;
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_n)[vi] = x_n;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -174,15 +174,15 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmsprop_update_dense_flo
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    constexpr int W = 16 / sizeof(float);
+    constexpr int W = 4;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long nvec = (opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_n)) ? n / W : 0;
+    const long long nvec = (opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_n, 16)) ? n / W : 0;
     for (long long vi = first; vi < nvec; vi += stride) {
         const long long gvi = vi;
-        opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-        opgen_vec<float> x_n = reinterpret_cast<const opgen_vec<float> *>(p_n)[vi];
-        opgen_vec<float> x_grad = reinterpret_cast<const opgen_vec<float> *>(p_grad)[gvi];
+        opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+        opgen_vec<float, 4> x_n = reinterpret_cast<const opgen_vec<float, 4> *>(p_n)[vi];
+        opgen_vec<float, 4> x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             float v_weight = x_weight.v[k];
@@ -196,8 +196,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmsprop_update_dense_flo
             x_n.v[k] = v_n;
             x_weight.v[k] = v_weight;
         }
-        reinterpret_cast<opgen_vec<float> *>(p_n)[vi] = x_n;
-        reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+        reinterpret_cast<opgen_vec<float, 4> *>(p_n)[vi] = x_n;
+        reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
@@ -228,19 +228,19 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    constexpr int W = 16 / sizeof(float);
+    constexpr int W = 4;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
         const long long k_row = opgen_lower_bound(indices, nnz, r);
         if (k_row < nnz && indices[k_row] == r) {
             const long long gbase = k_row * row_len;
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_n)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_n, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
                     const long long gvi = gbase / W + vj;
-                    opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-                    opgen_vec<float> x_n = reinterpret_cast<const opgen_vec<float> *>(p_n)[vi];
-                    opgen_vec<float> x_grad = reinterpret_cast<const opgen_vec<float> *>(p_grad)[gvi];
+                    opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+                    opgen_vec<float, 4> x_n = reinterpret_cast<const opgen_vec<float, 4> *>(p_n)[vi];
+                    opgen_vec<float, 4> x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = x_weight.v[k];
@@ -254,8 +254,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_
                         x_n.v[k] = v_n;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<float> *>(p_n)[vi] = x_n;
-                    reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_n)[vi] = x_n;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -273,11 +273,11 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_
                 }
             }
         } else {
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_n)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_n, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
-                    opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-                    opgen_vec<float> x_n = reinterpret_cast<const opgen_vec<float> *>(p_n)[vi];
+                    opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+                    opgen_vec<float, 4> x_n = reinterpret_cast<const opgen_vec<float, 4> *>(p_n)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = x_weight.v[k];
@@ -291,8 +291,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_
                         x_n.v[k] = v_n;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<float> *>(p_n)[vi] = x_n;
-                    reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_n)[vi] = x_n;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -329,15 +329,15 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmsprop_update_dense_flo
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    constexpr int W = 16 / sizeof(double);
+    constexpr int W = 2;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long nvec = (opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_n)) ? n / W : 0;
+    const long long nvec = (opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_n, 16)) ? n / W : 0;
     for (long long vi = first; vi < nvec; vi += stride) {
         const long long gvi = vi;
-        opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-        opgen_vec<double> x_n = reinterpret_cast<const opgen_vec<double> *>(p_n)[vi];
-        opgen_vec<double> x_grad = reinterpret_cast<const opgen_vec<double> *>(p_grad)[gvi];
+        opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+        opgen_vec<double, 2> x_n = reinterpret_cast<const opgen_vec<double, 2> *>(p_n)[vi];
+        opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             double v_weight = x_weight.v[k];
@@ -351,8 +351,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmsprop_update_dense_flo
             x_n.v[k] = v_n;
             x_weight.v[k] = v_weight;
         }
-        reinterpret_cast<opgen_vec<double> *>(p_n)[vi] = x_n;
-        reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+        reinterpret_cast<opgen_vec<double, 2> *>(p_n)[vi] = x_n;
+        reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
@@ -383,19 +383,19 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    constexpr int W = 16 / sizeof(double);
+    constexpr int W = 2;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
         const long long k_row = opgen_lower_bound(indices, nnz, r);
         if (k_row < nnz && indices[k_row] == r) {
             const long long gbase = k_row * row_len;
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_n)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_n, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
                     const long long gvi = gbase / W + vj;
-                    opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-                    opgen_vec<double> x_n = reinterpret_cast<const opgen_vec<double> *>(p_n)[vi];
-                    opgen_vec<double> x_grad = reinterpret_cast<const opgen_vec<double> *>(p_grad)[gvi];
+                    opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+                    opgen_vec<double, 2> x_n = reinterpret_cast<const opgen_vec<double, 2> *>(p_n)[vi];
+                    opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         double v_weight = x_weight.v[k];
@@ -409,8 +409,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_
                         x_n.v[k] = v_n;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<double> *>(p_n)[vi] = x_n;
-                    reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_n)[vi] = x_n;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -428,11 +428,11 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_
                 }
             }
         } else {
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_n)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_n, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
-                    opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-                    opgen_vec<double> x_n = reinterpret_cast<const opgen_vec<double> *>(p_n)[vi];
+                    opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+                    opgen_vec<double, 2> x_n = reinterpret_cast<const opgen_vec<double, 2> *>(p_n)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         double v_weight = x_weight.v[k];
@@ -446,8 +446,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_
                         x_n.v[k] = v_n;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<double> *>(p_n)[vi] = x_n;
-                    reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_n)[vi] = x_n;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {

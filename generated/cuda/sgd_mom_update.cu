@@ -17,15 +17,15 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_mom_update_dense_flo
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    constexpr int W = 16 / sizeof(opgen_half);
+    constexpr int W = 8;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long nvec = (opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mom)) ? n / W : 0;
+    const long long nvec = (opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mom, 16)) ? n / W : 0;
     for (long long vi = first; vi < nvec; vi += stride) {
         const long long gvi = vi;
-        opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-        opgen_vec<opgen_half> x_mom = reinterpret_cast<const opgen_vec<opgen_half> *>(p_mom)[vi];
-        opgen_vec<opgen_half> x_grad = reinterpret_cast<const opgen_vec<opgen_half> *>(p_grad)[gvi];
+        opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+        opgen_vec<opgen_half, 8> x_mom = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_mom)[vi];
+        opgen_vec<opgen_half, 8> x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -37,8 +37,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_mom_update_dense_flo
             x_mom.v[k] = OPGEN_FLOAT_TO_HALF(v_mom);
             x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
         }
-        reinterpret_cast<opgen_vec<opgen_half> *>(p_mom)[vi] = x_mom;
-        reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+        reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_mom)[vi] = x_mom;
+        reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
@@ -65,16 +65,16 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_lazy_floa
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    constexpr int W = 16 / sizeof(opgen_half);
+    constexpr int W = 8;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nnz; r += (long long)gridDim.x * blockDim.y) {
         const long long base = indices[r] * row_len, gbase = r * row_len;
-        if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mom)) {
+        if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mom, 16)) {
             for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                 const long long vi = base / W + vj;
                 const long long gvi = gbase / W + vj;
-                opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-                opgen_vec<opgen_half> x_mom = reinterpret_cast<const opgen_vec<opgen_half> *>(p_mom)[vi];
-                opgen_vec<opgen_half> x_grad = reinterpret_cast<const opgen_vec<opgen_half> *>(p_grad)[gvi];
+                opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+                opgen_vec<opgen_half, 8> x_mom = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_mom)[vi];
+                opgen_vec<opgen_half, 8> x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
 #pragma unroll
                 for (int k = 0; k < W; ++k) {
                     float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -86,8 +86,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_lazy_floa
                     x_mom.v[k] = OPGEN_FLOAT_TO_HALF(v_mom);
                     x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
                 }
-                reinterpret_cast<opgen_vec<opgen_half> *>(p_mom)[vi] = x_mom;
-                reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+                reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_mom)[vi] = x_mom;
+                reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
             }
         } else {
             for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -117,19 +117,19 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_standard_
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    constexpr int W = 16 / sizeof(opgen_half);
+    constexpr int W = 8;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
         const long long k_row = opgen_lower_bound(indices, nnz, r);
         if (k_row < nnz && indices[k_row] == r) {
             const long long gbase = k_row * row_len;
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mom)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mom, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
                     const long long gvi = gbase / W + vj;
-                    opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-                    opgen_vec<opgen_half> x_mom = reinterpret_cast<const opgen_vec<opgen_half> *>(p_mom)[vi];
-                    opgen_vec<opgen_half> x_grad = reinterpret_cast<const opgen_vec<opgen_half> *>(p_grad)[gvi];
+                    opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+                    opgen_vec<opgen_half, 8> x_mom = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_mom)[vi];
+                    opgen_vec<opgen_half, 8> x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -141,8 +141,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_standard_
                         x_mom.v[k] = OPGEN_FLOAT_TO_HALF(v_mom);
                         x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
                     }
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_mom)[vi] = x_mom;
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_mom)[vi] = x_mom;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -158,11 +158,11 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_standard_
                 }
             }
         } else {
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mom)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mom, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
-                    opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-                    opgen_vec<opgen_half> x_mom = reinterpret_cast<const opgen_vec<opgen_half> *>(p_mom)[vi];
+                    opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+                    opgen_vec<opgen_half, 8> x_mom = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_mom)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -174,8 +174,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_standard_
                         x_mom.v[k] = OPGEN_FLOAT_TO_HALF(v_mom);
                         x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
                     }
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_mom)[vi] = x_mom;
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_mom)[vi] = x_mom;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -208,15 +208,15 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_mom_update_dense_flo
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    constexpr int W = 16 / sizeof(float);
+    constexpr int W = 4;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long nvec = (opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mom)) ? n / W : 0;
+    const long long nvec = (opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mom, 16)) ? n / W : 0;
     for (long long vi = first; vi < nvec; vi += stride) {
         const long long gvi = vi;
-        opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-        opgen_vec<float> x_mom = reinterpret_cast<const opgen_vec<float> *>(p_mom)[vi];
-        opgen_vec<float> x_grad = reinterpret_cast<const opgen_vec<float> *>(p_grad)[gvi];
+        opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+        opgen_vec<float, 4> x_mom = reinterpret_cast<const opgen_vec<float, 4> *>(p_mom)[vi];
+        opgen_vec<float, 4> x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             float v_weight = x_weight.v[k];
@@ -228,8 +228,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_mom_update_dense_flo
             x_mom.v[k] = v_mom;
             x_weight.v[k] = v_weight;
         }
-        reinterpret_cast<opgen_vec<float> *>(p_mom)[vi] = x_mom;
-        reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+        reinterpret_cast<opgen_vec<float, 4> *>(p_mom)[vi] = x_mom;
+        reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
@@ -256,16 +256,16 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_lazy_floa
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    constexpr int W = 16 / sizeof(float);
+    constexpr int W = 4;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nnz; r += (long long)gridDim.x * blockDim.y) {
         const long long base = indices[r] * row_len, gbase = r * row_len;
-        if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mom)) {
+        if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mom, 16)) {
             for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                 const long long vi = base / W + vj;
                 const long long gvi = gbase / W + vj;
-                opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-                opgen_vec<float> x_mom = reinterpret_cast<const opgen_vec<float> *>(p_mom)[vi];
-                opgen_vec<float> x_grad = reinterpret_cast<const opgen_vec<float> *>(p_grad)[gvi];
+                opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+                opgen_vec<float, 4> x_mom = reinterpret_cast<const opgen_vec<float, 4> *>(p_mom)[vi];
+                opgen_vec<float, 4> x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
 #pragma unroll
                 for (int k = 0; k < W; ++k) {
                     float v_weight = x_weight.v[k];
@@ -277,8 +277,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_lazy_floa
                     x_mom.v[k] = v_mom;
                     x_weight.v[k] = v_weight;
                 }
-                reinterpret_cast<opgen_vec<float> *>(p_mom)[vi] = x_mom;
-                reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+                reinterpret_cast<opgen_vec<float, 4> *>(p_mom)[vi] = x_mom;
+                reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
             }
         } else {
             for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -308,19 +308,19 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_standard_
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    constexpr int W = 16 / sizeof(float);
+    constexpr int W = 4;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
         const long long k_row = opgen_lower_bound(indices, nnz, r);
         if (k_row < nnz && indices[k_row] == r) {
             const long long gbase = k_row * row_len;
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mom)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mom, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
                     const long long gvi = gbase / W + vj;
-                    opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-                    opgen_vec<float> x_mom = reinterpret_cast<const opgen_vec<float> *>(p_mom)[vi];
-                    opgen_vec<float> x_grad = reinterpret_cast<const opgen_vec<float> *>(p_grad)[gvi];
+                    opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+                    opgen_vec<float, 4> x_mom = reinterpret_cast<const opgen_vec<float, 4> *>(p_mom)[vi];
+                    opgen_vec<float, 4> x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = x_weight.v[k];
@@ -332,8 +332,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_standard_
                         x_mom.v[k] = v_mom;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<float> *>(p_mom)[vi] = x_mom;
-                    reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_mom)[vi] = x_mom;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -349,11 +349,11 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_standard_
                 }
             }
         } else {
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mom)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mom, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
-                    opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-                    opgen_vec<float> x_mom = reinterpret_cast<const opgen_vec<float> *>(p_mom)[vi];
+                    opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+                    opgen_vec<float, 4> x_mom = reinterpret_cast<const opgen_vec<float, 4> *>(p_mom)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = x_weight.v[k];
@@ -365,8 +365,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_standard_
                         x_mom.v[k] = v_mom;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<float> *>(p_mom)[vi] = x_mom;
-                    reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_mom)[vi] = x_mom;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -399,15 +399,15 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_mom_update_dense_flo
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = s_lr * s_wd;
-    constexpr int W = 16 / sizeof(double);
+    constexpr int W = 2;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long nvec = (opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mom)) ? n / W : 0;
+    const long long nvec = (opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mom, 16)) ? n / W : 0;
     for (long long vi = first; vi < nvec; vi += stride) {
         const long long gvi = vi;
-        opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-        opgen_vec<double> x_mom = reinterpret_cast<const opgen_vec<double> *>(p_mom)[vi];
-        opgen_vec<double> x_grad = reinterpret_cast<const opgen_vec<double> *>(p_grad)[gvi];
+        opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+        opgen_vec<double, 2> x_mom = reinterpret_cast<const opgen_vec<double, 2> *>(p_mom)[vi];
+        opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             double v_weight = x_weight.v[k];
@@ -419,8 +419,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_mom_update_dense_flo
             x_mom.v[k] = v_mom;
             x_weight.v[k] = v_weight;
         }
-        reinterpret_cast<opgen_vec<double> *>(p_mom)[vi] = x_mom;
-        reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+        reinterpret_cast<opgen_vec<double, 2> *>(p_mom)[vi] = x_mom;
+        reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
@@ -447,16 +447,16 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_lazy_floa
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = s_lr * s_wd;
-    constexpr int W = 16 / sizeof(double);
+    constexpr int W = 2;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nnz; r += (long long)gridDim.x * blockDim.y) {
         const long long base = indices[r] * row_len, gbase = r * row_len;
-        if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mom)) {
+        if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mom, 16)) {
             for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                 const long long vi = base / W + vj;
                 const long long gvi = gbase / W + vj;
-                opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-                opgen_vec<double> x_mom = reinterpret_cast<const opgen_vec<double> *>(p_mom)[vi];
-                opgen_vec<double> x_grad = reinterpret_cast<const opgen_vec<double> *>(p_grad)[gvi];
+                opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+                opgen_vec<double, 2> x_mom = reinterpret_cast<const opgen_vec<double, 2> *>(p_mom)[vi];
+                opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
 #pragma unroll
                 for (int k = 0; k < W; ++k) {
                     double v_weight = x_weight.v[k];
@@ -468,8 +468,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_lazy_floa
                     x_mom.v[k] = v_mom;
                     x_weight.v[k] = v_weight;
                 }
-                reinterpret_cast<opgen_vec<double> *>(p_mom)[vi] = x_mom;
-                reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+                reinterpret_cast<opgen_vec<double, 2> *>(p_mom)[vi] = x_mom;
+                reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
             }
         } else {
             for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -499,19 +499,19 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_standard_
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = s_lr * s_wd;
-    constexpr int W = 16 / sizeof(double);
+    constexpr int W = 2;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
         const long long k_row = opgen_lower_bound(indices, nnz, r);
         if (k_row < nnz && indices[k_row] == r) {
             const long long gbase = k_row * row_len;
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mom)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mom, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
                     const long long gvi = gbase / W + vj;
-                    opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-                    opgen_vec<double> x_mom = reinterpret_cast<const opgen_vec<double> *>(p_mom)[vi];
-                    opgen_vec<double> x_grad = reinterpret_cast<const opgen_vec<double> *>(p_grad)[gvi];
+                    opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+                    opgen_vec<double, 2> x_mom = reinterpret_cast<const opgen_vec<double, 2> *>(p_mom)[vi];
+                    opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         double v_weight = x_weight.v[k];
@@ -523,8 +523,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_standard_
                         x_mom.v[k] = v_mom;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<double> *>(p_mom)[vi] = x_mom;
-                    reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_mom)[vi] = x_mom;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -540,11 +540,11 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_standard_
                 }
             }
         } else {
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad) && opgen_aligned16(p_mom)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16) && opgen_aligned(p_mom, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
-                    opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-                    opgen_vec<double> x_mom = reinterpret_cast<const opgen_vec<double> *>(p_mom)[vi];
+                    opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+                    opgen_vec<double, 2> x_mom = reinterpret_cast<const opgen_vec<double, 2> *>(p_mom)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         double v_weight = x_weight.v[k];
@@ -556,8 +556,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_mom_update_standard_
                         x_mom.v[k] = v_mom;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<double> *>(p_mom)[vi] = x_mom;
-                    reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_mom)[vi] = x_mom;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {

@@ -15,14 +15,14 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float16
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    constexpr int W = 16 / sizeof(opgen_half);
+    constexpr int W = 8;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long nvec = (opgen_aligned16(p_weight) && opgen_aligned16(p_grad)) ? n / W : 0;
+    const long long nvec = (opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16)) ? n / W : 0;
     for (long long vi = first; vi < nvec; vi += stride) {
         const long long gvi = vi;
-        opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-        opgen_vec<opgen_half> x_grad = reinterpret_cast<const opgen_vec<opgen_half> *>(p_grad)[gvi];
+        opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+        opgen_vec<opgen_half, 8> x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -31,7 +31,7 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float16
             v_weight = h_2 * v_weight - t_step;
             x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
         }
-        reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+        reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
@@ -53,15 +53,15 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float16(
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    constexpr int W = 16 / sizeof(opgen_half);
+    constexpr int W = 8;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nnz; r += (long long)gridDim.x * blockDim.y) {
         const long long base = indices[r] * row_len, gbase = r * row_len;
-        if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad)) {
+        if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16)) {
             for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                 const long long vi = base / W + vj;
                 const long long gvi = gbase / W + vj;
-                opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-                opgen_vec<opgen_half> x_grad = reinterpret_cast<const opgen_vec<opgen_half> *>(p_grad)[gvi];
+                opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+                opgen_vec<opgen_half, 8> x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
 #pragma unroll
                 for (int k = 0; k < W; ++k) {
                     float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -70,7 +70,7 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float16(
                     v_weight = h_2 * v_weight - t_step;
                     x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
                 }
-                reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+                reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
             }
         } else {
             for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -95,18 +95,18 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_floa
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    constexpr int W = 16 / sizeof(opgen_half);
+    constexpr int W = 8;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
         const long long k_row = opgen_lower_bound(indices, nnz, r);
         if (k_row < nnz && indices[k_row] == r) {
             const long long gbase = k_row * row_len;
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
                     const long long gvi = gbase / W + vj;
-                    opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
-                    opgen_vec<opgen_half> x_grad = reinterpret_cast<const opgen_vec<opgen_half> *>(p_grad)[gvi];
+                    opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
+                    opgen_vec<opgen_half, 8> x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -115,7 +115,7 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_floa
                         v_weight = h_2 * v_weight - t_step;
                         x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
                     }
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -128,10 +128,10 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_floa
                 }
             }
         } else {
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
-                    opgen_vec<opgen_half> x_weight = reinterpret_cast<const opgen_vec<opgen_half> *>(p_weight)[vi];
+                    opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = OPGEN_HALF_TO_FLOAT(x_weight.v[k]);
@@ -140,7 +140,7 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_floa
                         v_weight = h_2 * v_weight - t_step;
                         x_weight.v[k] = OPGEN_FLOAT_TO_HALF(v_weight);
                     }
-                    reinterpret_cast<opgen_vec<opgen_half> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -168,14 +168,14 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float32
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    constexpr int W = 16 / sizeof(float);
+    constexpr int W = 4;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long nvec = (opgen_aligned16(p_weight) && opgen_aligned16(p_grad)) ? n / W : 0;
+    const long long nvec = (opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16)) ? n / W : 0;
     for (long long vi = first; vi < nvec; vi += stride) {
         const long long gvi = vi;
-        opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-        opgen_vec<float> x_grad = reinterpret_cast<const opgen_vec<float> *>(p_grad)[gvi];
+        opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+        opgen_vec<float, 4> x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             float v_weight = x_weight.v[k];
@@ -184,7 +184,7 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float32
             v_weight = h_2 * v_weight - t_step;
             x_weight.v[k] = v_weight;
         }
-        reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+        reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
@@ -206,15 +206,15 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float32(
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    constexpr int W = 16 / sizeof(float);
+    constexpr int W = 4;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nnz; r += (long long)gridDim.x * blockDim.y) {
         const long long base = indices[r] * row_len, gbase = r * row_len;
-        if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad)) {
+        if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16)) {
             for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                 const long long vi = base / W + vj;
                 const long long gvi = gbase / W + vj;
-                opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-                opgen_vec<float> x_grad = reinterpret_cast<const opgen_vec<float> *>(p_grad)[gvi];
+                opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+                opgen_vec<float, 4> x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
 #pragma unroll
                 for (int k = 0; k < W; ++k) {
                     float v_weight = x_weight.v[k];
@@ -223,7 +223,7 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float32(
                     v_weight = h_2 * v_weight - t_step;
                     x_weight.v[k] = v_weight;
                 }
-                reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+                reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
             }
         } else {
             for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -248,18 +248,18 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_floa
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    constexpr int W = 16 / sizeof(float);
+    constexpr int W = 4;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
         const long long k_row = opgen_lower_bound(indices, nnz, r);
         if (k_row < nnz && indices[k_row] == r) {
             const long long gbase = k_row * row_len;
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
                     const long long gvi = gbase / W + vj;
-                    opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
-                    opgen_vec<float> x_grad = reinterpret_cast<const opgen_vec<float> *>(p_grad)[gvi];
+                    opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+                    opgen_vec<float, 4> x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = x_weight.v[k];
@@ -268,7 +268,7 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_floa
                         v_weight = h_2 * v_weight - t_step;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -281,10 +281,10 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_floa
                 }
             }
         } else {
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
-                    opgen_vec<float> x_weight = reinterpret_cast<const opgen_vec<float> *>(p_weight)[vi];
+                    opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         float v_weight = x_weight.v[k];
@@ -293,7 +293,7 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_floa
                         v_weight = h_2 * v_weight - t_step;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<float> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -321,14 +321,14 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float64
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = 1.0 - s_lr * s_wd;
-    constexpr int W = 16 / sizeof(double);
+    constexpr int W = 2;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
-    const long long nvec = (opgen_aligned16(p_weight) && opgen_aligned16(p_grad)) ? n / W : 0;
+    const long long nvec = (opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16)) ? n / W : 0;
     for (long long vi = first; vi < nvec; vi += stride) {
         const long long gvi = vi;
-        opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-        opgen_vec<double> x_grad = reinterpret_cast<const opgen_vec<double> *>(p_grad)[gvi];
+        opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+        opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
             double v_weight = x_weight.v[k];
@@ -337,7 +337,7 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float64
             v_weight = h_2 * v_weight - t_step;
             x_weight.v[k] = v_weight;
         }
-        reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+        reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
@@ -359,15 +359,15 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float64(
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = 1.0 - s_lr * s_wd;
-    constexpr int W = 16 / sizeof(double);
+    constexpr int W = 2;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nnz; r += (long long)gridDim.x * blockDim.y) {
         const long long base = indices[r] * row_len, gbase = r * row_len;
-        if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad)) {
+        if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16)) {
             for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                 const long long vi = base / W + vj;
                 const long long gvi = gbase / W + vj;
-                opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-                opgen_vec<double> x_grad = reinterpret_cast<const opgen_vec<double> *>(p_grad)[gvi];
+                opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+                opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
 #pragma unroll
                 for (int k = 0; k < W; ++k) {
                     double v_weight = x_weight.v[k];
@@ -376,7 +376,7 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float64(
                     v_weight = h_2 * v_weight - t_step;
                     x_weight.v[k] = v_weight;
                 }
-                reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+                reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
             }
         } else {
             for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -401,18 +401,18 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_floa
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = 1.0 - s_lr * s_wd;
-    constexpr int W = 16 / sizeof(double);
+    constexpr int W = 2;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
         const long long k_row = opgen_lower_bound(indices, nnz, r);
         if (k_row < nnz && indices[k_row] == r) {
             const long long gbase = k_row * row_len;
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
                     const long long gvi = gbase / W + vj;
-                    opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
-                    opgen_vec<double> x_grad = reinterpret_cast<const opgen_vec<double> *>(p_grad)[gvi];
+                    opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
+                    opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         double v_weight = x_weight.v[k];
@@ -421,7 +421,7 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_floa
                         v_weight = h_2 * v_weight - t_step;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
@@ -434,10 +434,10 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_floa
                 }
             }
         } else {
-            if (row_len % W == 0 && opgen_aligned16(p_weight) && opgen_aligned16(p_grad)) {
+            if (row_len % W == 0 && opgen_aligned(p_weight, 16) && opgen_aligned(p_grad, 16)) {
                 for (long long vj = threadIdx.x; vj < row_len / W; vj += 32) {
                     const long long vi = base / W + vj;
-                    opgen_vec<double> x_weight = reinterpret_cast<const opgen_vec<double> *>(p_weight)[vi];
+                    opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
                         double v_weight = x_weight.v[k];
@@ -446,7 +446,7 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_floa
                         v_weight = h_2 * v_weight - t_step;
                         x_weight.v[k] = v_weight;
                     }
-                    reinterpret_cast<opgen_vec<double> *>(p_weight)[vi] = x_weight;
+                    reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
                 }
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {

@@ -34,52 +34,62 @@ def kernels(op: OpSpec) -> tuple[str, ...]:
     rs = op.row_sparse
     lazy = rs.always_lazy or rs.lazy_param is not None
     standard = not rs.always_lazy
-    return ("dense",) + (("lazy",) if lazy else ()) + (("standard",) if standard else ())
+    return (("dense",) if rs.dense else ()) + (("lazy",) if lazy else ()) + (("standard",) if standard else ())
+
+
+def has_multi(op: OpSpec) -> bool:
+    """A multi-tensor entry point: dense updates of weights, without per-call scalar inputs."""
+    return op.row_sparse.dense and op.output is None and not op.scalars
+
+
+def _scalar_args(op: OpSpec, array: bool) -> list[str]:
+    types = [("double", t.name) for t in op.scalars] + [(_ARG_TYPES[p.type], p.name) for p in op.math_params]
+    return [f"const {c_type} *{ARG}{name}" if array else f"{c_type} {ARG}{name}" for c_type, name in types]
 
 
 def multi_kernel_args(op: OpSpec) -> list[str]:
     """The multi-tensor kernel's arguments: a pointer per tensor and a value per tensor."""
-    tensors = [f"{'const void *const' if t.role is TensorRole.GRAD else 'void *const'} *{ARG}{t.name}"
-               for t in op.tensors]
-    params = [f"const {_ARG_TYPES[p.type]} *{ARG}{p.name}" for p in op.math_params]
-    return tensors + params
+    code = ElementCode.of(op, DTYPES[1])
+    tensors = [f"{'const void *const' if code.is_const(n) else 'void *const'} *{ARG}{n}" for n in code.pointer_names()]
+    return tensors + _scalar_args(op, array=True)
 
 
 def kernel_args(op: OpSpec) -> list[str]:
-    """The C arguments after the size arguments: tensor pointers, then math parameters."""
-    tensors = [f"{'const ' if t.role is TensorRole.GRAD else ''}void *{ARG}{t.name}" for t in op.tensors]
-    params = [f"{_ARG_TYPES[p.type]} {ARG}{p.name}" for p in op.math_params]
-    return tensors + params
+    """The C arguments after the size arguments: array pointers, then scalars and parameters."""
+    code = ElementCode.of(op, DTYPES[1])
+    tensors = [f"{'const ' if code.is_const(n) else ''}void *{ARG}{n}" for n in code.pointer_names()]
+    return tensors + _scalar_args(op, array=False)
 
 
 def _variant(op: OpSpec, dtype: DType) -> dict:
     code = ElementCode.of(op, dtype)
     grad = op.grad.name
 
-    def pointer(t, index: str = "") -> str:
-        const = "const " if t.role is TensorRole.GRAD else ""
-        return f"{const}{dtype.c_storage} *restrict p_{t.name} = ({const}{dtype.c_storage} *){ARG}{t.name}{index};"
+    def pointer(name: str, index: str = "") -> str:
+        const = "const " if code.is_const(name) else ""
+        c_type = code.storage(name).c_storage
+        return f"{const}{c_type} *restrict p_{name} = ({const}{c_type} *){ARG}{name}{index};"
 
     def memory(name: str) -> str:
         return f"p_{name}[{'gi' if name == grad else 'i'}]"
 
     return {
         "dtype": dtype.name,
-        "acc": dtype.c_acc,
+        "acc": code.printer.acc,
         "functions": {k: function_name(op, k, dtype) for k in kernels(op)},
-        "pointers": [pointer(t) for t in op.tensors],
+        "pointers": [pointer(n) for n in code.pointer_names()],
         "params": code.param_lines(lambda name: ARG + name),
         "multi_function": function_name(op, "multi", dtype),
-        "multi_pointers": [pointer(t, "[t]") for t in op.tensors],
+        "multi_pointers": [pointer(n, "[t]") for n in code.pointer_names()],
         "multi_params": code.param_lines(lambda name: f"{ARG}{name}[t]"),
         "prologue": code.prologue_lines(),
         "loads": code.load_lines(memory),
         "loads_zero_grad": code.load_lines(memory, zero_grad=True),
         "body": code.body_lines(),
         "stores": code.store_lines(memory),
-        "line_elements": 64 // (2 if dtype.half else 4 if dtype.c_acc == "float" else 8),
+        "line_elements": 64 // {"float16": 2, "float32": 4, "float64": 8}[dtype.name],
         "prefetch": [f"__builtin_prefetch(p_{name} + ahead + j, 1);"
-                     for name in dict.fromkeys(code.loads + code.stores) if name != grad],
+                     for name in dict.fromkeys(code.loads + [n for n, _ in code.stores]) if name != grad],
     }
 
 
@@ -87,7 +97,8 @@ def context(op: OpSpec) -> dict:
     return {
         "op": op.name,
         "args": ", ".join(kernel_args(op)),
-        "multi_args": ", ".join(multi_kernel_args(op)),
+        "multi_args": ", ".join(multi_kernel_args(op)) if has_multi(op) else "",
+        "has_multi": has_multi(op),
         "kernels": kernels(op),
         "variants": [_variant(op, d) for d in DTYPES],
         **common_context(),

@@ -21,15 +21,24 @@ ROWS_PER_BLOCK = 8  # warps (rows in flight) per block of the row kernels
 _STORAGE = {"float16": "opgen_half", "float32": "float", "float64": "double"}
 
 
-def _arg_type(ptype: ParamType, dtype: DType) -> str:
-    return {ParamType.FLOAT: dtype.c_acc, ParamType.INT: "long long", ParamType.BOOL: "int"}[ptype]
+def _arg_type(ptype: ParamType, acc: str) -> str:
+    return {ParamType.FLOAT: acc, ParamType.INT: "long long", ParamType.BOOL: "int"}[ptype]
 
 
 def _variant(op: OpSpec, dtype: DType) -> dict:
     code = ElementCode.of(op, dtype)
-    storage = _STORAGE[dtype.name]
+    acc = code.printer.acc
     grad = op.grad.name
-    used = [t.name for t in op.tensors if t.name in set(code.loads) | set(code.stores)]
+    names = code.pointer_names()
+    stored = {n for n, _ in code.stores}
+    used = [n for n in names if n in set(code.loads) | stored]
+    storage = {n: _STORAGE[code.storage(n).name] for n in names}
+    itemsize = {n: {"float16": 2, "float32": 4, "float64": 8}[code.storage(n).name] for n in names}
+    # Lanes per vector: 16 bytes of the widest element type among the tensors.
+    lanes = 16 // max(itemsize[n] for n in used)
+
+    def vec(name: str) -> str:
+        return f"opgen_vec<{storage[name]}, {lanes}>"
 
     def const(name: str) -> str:
         return "const " if code.is_const(name) else ""
@@ -43,19 +52,19 @@ def _variant(op: OpSpec, dtype: DType) -> dict:
     def vector_in(name: str) -> str:
         index = "gvi" if name == grad else "vi"
         if name in code.loads:
-            return (f"opgen_vec<{storage}> x_{name} = "
-                    f"reinterpret_cast<const opgen_vec<{storage}> *>(p_{name})[{index}];")
-        return f"opgen_vec<{storage}> x_{name};"
+            return f"{vec(name)} x_{name} = reinterpret_cast<const {vec(name)} *>(p_{name})[{index}];"
+        return f"{vec(name)} x_{name};"
 
-    args = [f"{const(t.name)}{storage} *{ARG}{t.name}" for t in op.tensors]
-    args += [f"{_arg_type(p.type, dtype)} {ARG}{p.name}" for p in op.math_params]
+    args = [f"{const(n)}{storage[n]} *{ARG}{n}" for n in names]
+    args += [f"{acc} {ARG}{t.name}" for t in op.scalars]
+    args += [f"{_arg_type(p.type, acc)} {ARG}{p.name}" for p in op.math_params]
     return {
         "dtype": dtype.name,
-        "storage": storage,
+        "lanes": lanes,
         "functions": {k: function_name(op, k, dtype) for k in kernels(op)},
         "args": ", ".join(args),
-        "pointers": [f"{const(t.name)}{storage} *__restrict__ p_{t.name} = {ARG}{t.name};" for t in op.tensors],
-        "aligned": " && ".join(f"opgen_aligned16(p_{name})" for name in used),
+        "pointers": [f"{const(n)}{storage[n]} *__restrict__ p_{n} = {ARG}{n};" for n in names],
+        "aligned": " && ".join(f"opgen_aligned(p_{n}, {lanes * itemsize[n]})" for n in used),
         "params": code.param_lines(lambda name: ARG + name),
         "prologue": code.prologue_lines(),
         "body": code.body_lines(),
@@ -67,7 +76,7 @@ def _variant(op: OpSpec, dtype: DType) -> dict:
         "lane_loads": code.load_lines(lane),
         "lane_loads_zero_grad": code.load_lines(lane, zero_grad=True),
         "lane_stores": code.store_lines(lane),
-        "vector_out": [f"reinterpret_cast<opgen_vec<{storage}> *>(p_{n})[vi] = x_{n};" for n in code.stores],
+        "vector_out": [f"reinterpret_cast<{vec(n)} *>(p_{n})[vi] = x_{n};" for n, _ in code.stores],
     }
 
 

@@ -18,3 +18,5 @@ DTYPES: tuple[DType, ...] = (
     DType("float32", "float", "float", False),
     DType("float64", "double", "double", False),
 )
+
+DTYPE_BY_NAME: dict[str, DType] = {d.name: d for d in DTYPES}

@@ -13,7 +13,9 @@ from opgen.expr.hoist import KernelProgram, hoist
 from opgen.expr.printers.c import CPrinter, c_name
 from opgen.expr.tree import RefKind, VType
 from opgen.spec.model import OpSpec, ParamType, TensorRole
-from opgen.targets.dtypes import DType
+from opgen.targets.dtypes import DTYPE_BY_NAME, DType
+
+OUT = "out"  # the destination of an op's output, when it has one
 
 PARAM_VTYPES = {ParamType.FLOAT: VType.REAL, ParamType.INT: VType.INT, ParamType.BOOL: VType.BOOL}
 
@@ -27,7 +29,12 @@ class ElementCode:
 
     @classmethod
     def of(cls, op: OpSpec, dtype: DType) -> "ElementCode":
-        return cls(op, hoist(op.math), dtype, CPrinter(dtype.c_acc))
+        return cls(op, hoist(op.math), dtype, CPrinter(math_type(op, dtype)))
+
+    def storage(self, tensor: str) -> DType:
+        """How a tensor is stored: its fixed dtype, or the call's."""
+        fixed = next((t.dtype for t in self.op.tensors if t.name == tensor), None)
+        return DTYPE_BY_NAME[fixed] if fixed else self.dtype
 
     @property
     def loads(self) -> list[str]:
@@ -36,12 +43,18 @@ class ElementCode:
         return sorted(self.program.loads, key=order.__getitem__)
 
     @property
-    def stores(self) -> list[str]:
-        return list(self.program.stores)
+    def stores(self) -> list[tuple[str, str]]:
+        """(destination, local) for every value the body writes to memory."""
+        stores = [(name, c_name(RefKind.TENSOR, name)) for name in self.program.stores]
+        if self.op.output is not None:
+            stores.append((OUT, c_name(RefKind.TEMP, self.op.output)))
+        return stores
 
     def param_lines(self, arg: Callable[[str], str]) -> list[str]:
-        """``const float s_lr = (float)arg_lr;``: parameters converted to the math type once."""
+        """``const float s_lr = (float)arg_lr;``: scalars converted to the math type once."""
         lines = []
+        for t in self.op.scalars:
+            lines.append(f"const {self.printer.acc} {c_name(RefKind.PARAM, t.name)} = ({self.printer.acc}){arg(t.name)};")
         for p in self.op.math_params:
             c_type = self.printer.c_type(PARAM_VTYPES[p.type])
             lines.append(f"const {c_type} {c_name(RefKind.PARAM, p.name)} = ({c_type}){arg(p.name)};")
@@ -67,12 +80,14 @@ class ElementCode:
 
     def load_lines(self, source: Callable[[str], str], zero_grad: bool = False) -> list[str]:
         """Each loaded tensor into its local; ``source(name)`` is the memory expression."""
-        acc, grad = self.dtype.c_acc, self.op.grad.name
+        acc, grad = self.printer.acc, self.op.grad.name
         lines = []
         for name in self.loads:
             value = source(name)
-            if self.dtype.half:
+            if self.storage(name).half:
                 value = f"OPGEN_HALF_TO_FLOAT({value})"
+            elif self.storage(name).c_acc != acc:
+                value = f"({acc}){value}"
             if name == grad:
                 value = self.printer.const_zero() if zero_grad else value
                 lines.append(f"const {acc} {c_name(RefKind.TENSOR, name)} = {value};")
@@ -82,12 +97,28 @@ class ElementCode:
 
     def store_lines(self, destination: Callable[[str], str]) -> list[str]:
         lines = []
-        for name in self.stores:
-            value = c_name(RefKind.TENSOR, name)
-            if self.dtype.half:
+        for name, value in self.stores:
+            storage = self.storage(name)
+            if storage.half:
                 value = f"OPGEN_FLOAT_TO_HALF({value})"
+            elif storage.c_acc != self.printer.acc:
+                value = f"({storage.c_storage}){value}"
             lines.append(f"{destination(name)} = {value};")
         return lines
 
     def is_const(self, tensor: str) -> bool:
-        return next(t for t in self.op.tensors if t.name == tensor).role is TensorRole.GRAD
+        """Read-only in the kernel: the gradient, and the weight of an op with an output."""
+        if tensor == OUT:
+            return False
+        role = next(t for t in self.op.tensors if t.name == tensor).role
+        return role is TensorRole.GRAD or (role is TensorRole.WEIGHT and self.op.output is not None)
+
+    def pointer_names(self) -> list[str]:
+        """The kernel's array arguments in order: the element-wise tensors, then ``out``."""
+        return [t.name for t in self.op.arrays] + ([OUT] if self.op.output is not None else [])
+
+
+def math_type(op: OpSpec, dtype: DType) -> str:
+    """The math runs in the widest float type of the call's tensors, float at least."""
+    fixed = [DTYPE_BY_NAME[t.dtype] for t in op.tensors if t.dtype]
+    return "double" if any(d.c_acc == "double" for d in [dtype, *fixed]) else "float"
