@@ -35,20 +35,20 @@ _OP = _Operator(
     name="adam_update",
     spec="specs/adam_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight"),
-        _TensorArg("grad", "grad"),
-        _TensorArg("mean", "state"),
-        _TensorArg("var", "state"),
+        _TensorArg("weight", "weight", dtype=None),
+        _TensorArg("grad", "grad", dtype=None),
+        _TensorArg("mean", "state", dtype=None),
+        _TensorArg("var", "state", dtype=None),
     ),
     params=(
-        _ParamArg("lr", "float", in_kernel=True),
-        _ParamArg("beta1", "float", in_kernel=True),
-        _ParamArg("beta2", "float", in_kernel=True),
-        _ParamArg("epsilon", "float", in_kernel=True),
-        _ParamArg("wd", "float", in_kernel=True),
-        _ParamArg("rescale_grad", "float", in_kernel=True),
-        _ParamArg("clip_gradient", "float", in_kernel=True),
-        _ParamArg("lazy_update", "bool", in_kernel=False),
+        _ParamArg("lr", "float", in_kernel=True, bounds=None),
+        _ParamArg("beta1", "float", in_kernel=True, bounds=None),
+        _ParamArg("beta2", "float", in_kernel=True, bounds=None),
+        _ParamArg("epsilon", "float", in_kernel=True, bounds=None),
+        _ParamArg("wd", "float", in_kernel=True, bounds=None),
+        _ParamArg("rescale_grad", "float", in_kernel=True, bounds=None),
+        _ParamArg("clip_gradient", "float", in_kernel=True, bounds=None),
+        _ParamArg("lazy_update", "bool", in_kernel=False, bounds=None),
     ),
     lazy_param='lazy_update',
     always_lazy=False,
@@ -57,6 +57,8 @@ _OP = _Operator(
     c_source=_HERE / "csrc" / "adam_update.c",
     c_cdef=_HERE / "csrc" / "adam_update.cdef",
     cuda_source=_HERE / "cuda" / "adam_update.cu",
+    output=False,
+    skip_if=None,
 )
 
 
@@ -135,6 +137,7 @@ def adam_update(weight, grad, mean, var, lr, beta1=0.9, beta2=0.999, epsilon=1e-
     return _OP((weight, grad, mean, var,), (lr, beta1, beta2, epsilon, wd, rescale_grad, clip_gradient, lazy_update,), out)
 
 
+
 _MULTI = _MultiOperator(_OP, ("weights", "grads", "means", "vars",))
 
 
@@ -152,7 +155,7 @@ def adam_update_multi(weights, grads, means, vars, lr, beta1=0.9, beta2=0.999, e
     weights : sequence of numpy.ndarray
         Weight, one per tensor. Its new value is written into `out`.
     grads : sequence of numpy.ndarray
-        Gradient, one per tensor. Dense, or a dense.
+        Gradient, one per tensor. Dense.
     means : sequence of numpy.ndarray
         Moving mean, one per tensor. Updated in place.
     vars : sequence of numpy.ndarray

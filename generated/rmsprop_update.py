@@ -35,18 +35,18 @@ _OP = _Operator(
     name="rmsprop_update",
     spec="specs/rmsprop_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight"),
-        _TensorArg("grad", "grad"),
-        _TensorArg("n", "state"),
+        _TensorArg("weight", "weight", dtype=None),
+        _TensorArg("grad", "grad", dtype=None),
+        _TensorArg("n", "state", dtype=None),
     ),
     params=(
-        _ParamArg("lr", "float", in_kernel=True),
-        _ParamArg("gamma1", "float", in_kernel=True),
-        _ParamArg("epsilon", "float", in_kernel=True),
-        _ParamArg("wd", "float", in_kernel=True),
-        _ParamArg("rescale_grad", "float", in_kernel=True),
-        _ParamArg("clip_gradient", "float", in_kernel=True),
-        _ParamArg("clip_weights", "float", in_kernel=True),
+        _ParamArg("lr", "float", in_kernel=True, bounds=None),
+        _ParamArg("gamma1", "float", in_kernel=True, bounds=None),
+        _ParamArg("epsilon", "float", in_kernel=True, bounds=None),
+        _ParamArg("wd", "float", in_kernel=True, bounds=None),
+        _ParamArg("rescale_grad", "float", in_kernel=True, bounds=None),
+        _ParamArg("clip_gradient", "float", in_kernel=True, bounds=None),
+        _ParamArg("clip_weights", "float", in_kernel=True, bounds=None),
     ),
     lazy_param=None,
     always_lazy=False,
@@ -55,6 +55,8 @@ _OP = _Operator(
     c_source=_HERE / "csrc" / "rmsprop_update.c",
     c_cdef=_HERE / "csrc" / "rmsprop_update.cdef",
     cuda_source=_HERE / "cuda" / "rmsprop_update.cu",
+    output=False,
+    skip_if=None,
 )
 
 
@@ -128,6 +130,7 @@ def rmsprop_update(weight, grad, n, lr, gamma1=0.95, epsilon=1e-8, wd=0.0, resca
     return _OP((weight, grad, n,), (lr, gamma1, epsilon, wd, rescale_grad, clip_gradient, clip_weights,), out)
 
 
+
 _MULTI = _MultiOperator(_OP, ("weights", "grads", "ns",))
 
 
@@ -145,7 +148,7 @@ def rmsprop_update_multi(weights, grads, ns, lr, gamma1=0.95, epsilon=1e-8, wd=0
     weights : sequence of numpy.ndarray
         Weight, one per tensor. Its new value is written into `out`.
     grads : sequence of numpy.ndarray
-        Gradient, one per tensor. Dense, or a dense.
+        Gradient, one per tensor. Dense.
     ns : sequence of numpy.ndarray
         Moving average of the squared gradient, E[g^2], one per tensor. Updated in place.
     lr : float or sequence of float

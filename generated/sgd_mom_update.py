@@ -33,17 +33,17 @@ _OP = _Operator(
     name="sgd_mom_update",
     spec="specs/sgd_mom_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight"),
-        _TensorArg("grad", "grad"),
-        _TensorArg("mom", "state"),
+        _TensorArg("weight", "weight", dtype=None),
+        _TensorArg("grad", "grad", dtype=None),
+        _TensorArg("mom", "state", dtype=None),
     ),
     params=(
-        _ParamArg("lr", "float", in_kernel=True),
-        _ParamArg("momentum", "float", in_kernel=True),
-        _ParamArg("wd", "float", in_kernel=True),
-        _ParamArg("rescale_grad", "float", in_kernel=True),
-        _ParamArg("clip_gradient", "float", in_kernel=True),
-        _ParamArg("lazy_update", "bool", in_kernel=False),
+        _ParamArg("lr", "float", in_kernel=True, bounds=None),
+        _ParamArg("momentum", "float", in_kernel=True, bounds=None),
+        _ParamArg("wd", "float", in_kernel=True, bounds=None),
+        _ParamArg("rescale_grad", "float", in_kernel=True, bounds=None),
+        _ParamArg("clip_gradient", "float", in_kernel=True, bounds=None),
+        _ParamArg("lazy_update", "bool", in_kernel=False, bounds=None),
     ),
     lazy_param='lazy_update',
     always_lazy=False,
@@ -52,6 +52,8 @@ _OP = _Operator(
     c_source=_HERE / "csrc" / "sgd_mom_update.c",
     c_cdef=_HERE / "csrc" / "sgd_mom_update.cdef",
     cuda_source=_HERE / "cuda" / "sgd_mom_update.cu",
+    output=False,
+    skip_if=None,
 )
 
 
@@ -121,6 +123,7 @@ def sgd_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0
     return _OP((weight, grad, mom,), (lr, momentum, wd, rescale_grad, clip_gradient, lazy_update,), out)
 
 
+
 _MULTI = _MultiOperator(_OP, ("weights", "grads", "moms",))
 
 
@@ -138,7 +141,7 @@ def sgd_mom_update_multi(weights, grads, moms, lr, momentum=0.0, wd=0.0, rescale
     weights : sequence of numpy.ndarray
         Weight, one per tensor. Its new value is written into `out`.
     grads : sequence of numpy.ndarray
-        Gradient, one per tensor. Dense, or a dense.
+        Gradient, one per tensor. Dense.
     moms : sequence of numpy.ndarray
         Momentum, one per tensor. Updated in place.
     lr : float or sequence of float

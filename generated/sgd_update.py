@@ -32,15 +32,15 @@ _OP = _Operator(
     name="sgd_update",
     spec="specs/sgd_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight"),
-        _TensorArg("grad", "grad"),
+        _TensorArg("weight", "weight", dtype=None),
+        _TensorArg("grad", "grad", dtype=None),
     ),
     params=(
-        _ParamArg("lr", "float", in_kernel=True),
-        _ParamArg("wd", "float", in_kernel=True),
-        _ParamArg("rescale_grad", "float", in_kernel=True),
-        _ParamArg("clip_gradient", "float", in_kernel=True),
-        _ParamArg("lazy_update", "bool", in_kernel=False),
+        _ParamArg("lr", "float", in_kernel=True, bounds=None),
+        _ParamArg("wd", "float", in_kernel=True, bounds=None),
+        _ParamArg("rescale_grad", "float", in_kernel=True, bounds=None),
+        _ParamArg("clip_gradient", "float", in_kernel=True, bounds=None),
+        _ParamArg("lazy_update", "bool", in_kernel=False, bounds=None),
     ),
     lazy_param='lazy_update',
     always_lazy=False,
@@ -49,6 +49,8 @@ _OP = _Operator(
     c_source=_HERE / "csrc" / "sgd_update.c",
     c_cdef=_HERE / "csrc" / "sgd_update.cdef",
     cuda_source=_HERE / "cuda" / "sgd_update.cu",
+    output=False,
+    skip_if=None,
 )
 
 
@@ -106,6 +108,7 @@ def sgd_update(weight, grad, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, l
     return _OP((weight, grad,), (lr, wd, rescale_grad, clip_gradient, lazy_update,), out)
 
 
+
 _MULTI = _MultiOperator(_OP, ("weights", "grads",))
 
 
@@ -123,7 +126,7 @@ def sgd_update_multi(weights, grads, lr, wd=0.0, rescale_grad=1.0, clip_gradient
     weights : sequence of numpy.ndarray
         Weight, one per tensor. Its new value is written into `out`.
     grads : sequence of numpy.ndarray
-        Gradient, one per tensor. Dense, or a dense.
+        Gradient, one per tensor. Dense.
     lr : float or sequence of float
         Learning rate
     wd : float or sequence of float, optional

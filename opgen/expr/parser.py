@@ -220,7 +220,8 @@ def _call(node: ast.Call, scope: _Scope, at: Callable[[ast.AST], Location]) -> C
     args = tuple(_expr(a, scope, at) for a in node.args)
     for a, raw in zip(args, node.args):
         _need_number(a, f"{name}()", at(raw))
-    return Call(VType.REAL, all(a.uniform for a in args), name, args)
+    vtype = VType.BOOL if func.returns == "bool" else VType.REAL
+    return Call(vtype, all(a.uniform for a in args), name, args)
 
 
 def _arith(op: str, left: Expr, right: Expr, where: Location) -> Binary:

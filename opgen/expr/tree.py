@@ -32,6 +32,7 @@ class Function:
     name: str
     arity: int
     doc: str
+    returns: "VType | None" = None  # None: a real number
 
 
 FUNCTIONS: dict[str, Function] = {
@@ -46,6 +47,9 @@ FUNCTIONS: dict[str, Function] = {
         Function("min", 2, "the smaller of two values; NaN if either is NaN"),
         Function("max", 2, "the larger of two values; NaN if either is NaN"),
         Function("clip", 2, "clip(x, b): x limited to [-b, b]; NaN passes through"),
+        Function("isnan", 1, "true for NaN", returns="bool"),
+        Function("isinf", 1, "true for +inf and -inf", returns="bool"),
+        Function("isfinite", 1, "true for anything but NaN and +-inf", returns="bool"),
     )
 }
 

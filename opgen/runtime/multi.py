@@ -108,7 +108,7 @@ class MultiOperator:
         for i in range(count):
             names = self._names(i)
             group = tuple(lst[i] for lst in lists)
-            weight, grad, states = op._check_tensors(group, names)
+            weight, grad, states, _ = op._check_tensors(group, names)
             if isinstance(grad, RowSparseArray):
                 raise self._fail(TypeError, names[op.grad_index], "is row-sparse: multi-tensor updates take "
                                                                   "dense gradients")

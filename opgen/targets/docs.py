@@ -5,13 +5,17 @@ from __future__ import annotations
 from opgen.expr.latex import LatexPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.spec.model import OpSpec, ParamType, TensorRole
-from opgen.targets.python_api import signature, tensor_doc
+from opgen.targets.python_api import out_doc, param_note, result_doc, signature, tensor_doc
 
 _DOC_TYPES = {ParamType.FLOAT: "float", ParamType.INT: "int", ParamType.BOOL: "boolean"}
 
 
 def _row_sparse_text(op: OpSpec) -> list[str]:
     grad, rs = op.grad.name, op.row_sparse
+    if not rs.dense:
+        return [f"`{grad}` must be row-sparse: only the rows whose indices appear in `{grad}.indices` are "
+                "updated, weight and states alike; all other rows are left bit-identical. A dense "
+                f"`{grad}` raises TypeError."]
     standard = (f"every row is updated as in the dense update, rows absent from `{grad}.indices` "
                 "with a zero gradient (MXNet's standard update)")
     if rs.always_lazy:
@@ -31,16 +35,15 @@ def context(op: OpSpec) -> dict:
     latex = LatexPrinter(symbols)
     dense = PseudoPrinter()
     rows = PseudoPrinter("[row]")
+    kinds = {TensorRole.GRAD: "ndarray or RowSparseArray", TensorRole.SCALAR: "float or one-element ndarray"}
     arguments = [
-        f"**{t.name}** (ndarray{' or RowSparseArray' if t.role is TensorRole.GRAD else ''}) – "
-        f"{t.doc.rstrip('.')}. {tensor_doc(op, t.role)}"
+        f"**{t.name}** ({kinds.get(t.role, 'ndarray')}) – {t.doc.rstrip('.')}. {tensor_doc(op, t)}"
         for t in op.tensors
     ]
     for p in op.params:
         kind = "required" if p.required else f"optional, default={p.default}"
-        arguments.append(f"**{p.name}** ({_DOC_TYPES[p.type]}, {kind}) – {' '.join(p.doc.split())}")
-    arguments.append(f"**out** (ndarray, optional) – The array that receives the new {op.weight.name}; "
-                     f"`out={op.weight.name}` updates in place. By default a new array.")
+        arguments.append(f"**{p.name}** ({_DOC_TYPES[p.type]}, {kind}) – {' '.join(p.doc.split())}{param_note(p)}")
+    arguments.append(f"**out** (ndarray, optional) – {out_doc(op)}")
     lazy = op.row_sparse.always_lazy or op.row_sparse.lazy_param is not None
     return {
         "op": op.name,
@@ -55,11 +58,14 @@ def context(op: OpSpec) -> dict:
         "grad": op.grad.name,
         "row_sparse": _row_sparse_text(op),
         "arguments": arguments,
-        "returns": f"ndarray – `out`, holding the new {op.weight.name}. "
+        "returns": f"ndarray – `out`, holding {result_doc(op)}. "
                    + " ".join(f"`{s.name}` is updated in place." for s in op.states),
+        "skip_if": op.skip_if_text,
         "deviations": list(op.deviations),
-        "dtypes": "float16 (math in float32, rounded once on store), float32, float64; "
-                  "every tensor of a call shares one dtype.",
+        "dtypes": "float16 (math in float32, rounded once on store), float32, float64; every tensor of a call "
+                  "shares one dtype" + "".join(f", except `{t.name}`, always {t.dtype}" for t in op.tensors if t.dtype)
+                  + (". The math runs in the widest float type among them, float32 at least." if any(
+                      t.dtype for t in op.tensors) else "."),
     }
 
 

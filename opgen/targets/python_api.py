@@ -8,7 +8,7 @@ from opgen.expr.hoist import hoist
 from opgen.expr.printers.numpy import NumpyPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.spec.model import OpSpec, ParamSpec, ParamType, TensorRole
-from opgen.targets.c_kernels import kernels
+from opgen.targets.c_kernels import has_multi, kernels
 
 _PY_TYPES = {ParamType.FLOAT: "float", ParamType.INT: "int", ParamType.BOOL: "bool"}
 _BOOL_TEXT = {"true": "True", "false": "False", "True": "True", "False": "False"}
@@ -25,10 +25,20 @@ def python_default(p: ParamSpec) -> str:
     return text
 
 
+def _param_list(params) -> list[str]:
+    """Parameters in spec order. Python forbids a required positional parameter after one
+    with a default: from the first default before a required parameter on, they become
+    keyword-only (MXNet's ftml_update declares ``t`` after ``epsilon=1e-8``)."""
+    parts = [p.name if p.required else f"{p.name}={python_default(p)}" for p in params]
+    last_required = max((k for k, p in enumerate(params) if p.required), default=-1)
+    first_default = next((k for k, p in enumerate(params) if not p.required), len(params))
+    if first_default < last_required:
+        parts.insert(first_default, "*")
+    return parts
+
+
 def signature(op: OpSpec) -> str:
-    parts = [t.name for t in op.tensors]
-    parts += [p.name if p.required else f"{p.name}={python_default(p)}" for p in op.params]
-    return ", ".join(parts + ["out=None"])
+    return ", ".join([t.name for t in op.tensors] + _param_list(op.params) + ["out=None"])
 
 
 def group_name(tensor_name: str) -> str:
@@ -37,9 +47,7 @@ def group_name(tensor_name: str) -> str:
 
 
 def multi_signature(op: OpSpec) -> str:
-    parts = [group_name(t.name) for t in op.tensors]
-    parts += [p.name if p.required else f"{p.name}={python_default(p)}" for p in op.math_params]
-    return ", ".join(parts + ["out=None"])
+    return ", ".join([group_name(t.name) for t in op.tensors] + _param_list(op.math_params) + ["out=None"])
 
 
 def multi_docstring(op: OpSpec) -> list[str]:
@@ -52,7 +60,7 @@ def multi_docstring(op: OpSpec) -> list[str]:
              "Parameters", "----------"]
     for t in op.tensors:
         lines += [f"{group_name(t.name)} : sequence of numpy.ndarray",
-                  f"    {t.doc.rstrip('.')}, one per tensor. {tensor_doc(op, t.role).replace('RowSparseArray', 'dense')}"]
+                  f"    {t.doc.rstrip('.')}, one per tensor. {tensor_doc(op, t).replace('Dense, or a RowSparseArray.', 'Dense.')}"]
     for p in op.math_params:
         optional = "" if p.required else ", optional"
         lines.append(f"{p.name} : {_PY_TYPES[p.type]} or sequence of {_PY_TYPES[p.type]}{optional}")
@@ -63,12 +71,40 @@ def multi_docstring(op: OpSpec) -> list[str]:
     return [f"    {line}" if line else "" for line in lines]
 
 
-def tensor_doc(op: OpSpec, role: TensorRole) -> str:
-    return {
-        TensorRole.WEIGHT: "Its new value is written into `out`.",
-        TensorRole.GRAD: "Dense, or a RowSparseArray." if kernels(op) != ("dense",) else "Dense.",
-        TensorRole.STATE: "Updated in place.",
-    }[role]
+def result_doc(op: OpSpec) -> str:
+    return f"the new `{op.output}`" if op.output else f"the new {op.weight.name}"
+
+
+def out_doc(op: OpSpec) -> str:
+    if op.output:
+        return (f"The array that receives `{op.output}`. By default a new array; the "
+                f"{op.weight.name} is never modified.")
+    return (f"The array that receives the new {op.weight.name}; pass `out={op.weight.name}` to update in place. "
+            f"By default a new array, leaving `{op.weight.name}` as it was.")
+
+
+def tensor_doc(op: OpSpec, t) -> str:
+    """What the API does with a tensor, for docstrings and docs pages."""
+    fixed = f" Always {t.dtype}." if t.dtype else ""
+    if t.role is TensorRole.WEIGHT:
+        return "Read only." if op.output else "Its new value is written into `out`."
+    if t.role is TensorRole.GRAD:
+        if not op.row_sparse.dense:
+            return "A RowSparseArray (this op has no dense update)." + fixed
+        return ("Dense, or a RowSparseArray." if kernels(op) != ("dense",) else "Dense.") + fixed
+    if t.role is TensorRole.SCALAR:
+        return "A number, or an array holding one element."
+    return "Updated in place." + fixed
+
+
+def param_note(p) -> str:
+    """Range and compatibility notes of a parameter."""
+    notes = []
+    if p.bounds_text:
+        notes.append(f"Must lie in [{p.bounds_text[0]}, {p.bounds_text[1]}].")
+    if p.ignored:
+        notes.append("Accepted for compatibility and ignored.")
+    return (" " + " ".join(notes)) if notes else ""
 
 
 def _wrap(text: str, indent: str = "    ") -> list[str]:
@@ -85,21 +121,21 @@ def docstring(op: OpSpec) -> list[str]:
         kind = "numpy.ndarray or RowSparseArray" if t.role is TensorRole.GRAD and kernels(op) != ("dense",) \
             else "numpy.ndarray"
         lines.append(f"{t.name} : {kind}")
-        lines += ["    " + line for line in _wrap(f"{t.doc.rstrip('.')}. {tensor_doc(op, t.role)}")]
+        lines += ["    " + line for line in _wrap(f"{t.doc.rstrip('.')}. {tensor_doc(op, t)}")]
     for p in op.params:
         optional = "" if p.required else ", optional"
         lines.append(f"{p.name} : {_PY_TYPES[p.type]}{optional}")
         default = "" if p.required else f" Default: {python_default(p)}."
-        lines += ["    " + line for line in _wrap(f"{p.doc}{default}")]
+        lines += ["    " + line for line in _wrap(f"{p.doc}{param_note(p)}{default}")]
     lines += ["out : numpy.ndarray, optional"]
-    lines += ["    " + line for line in _wrap(
-        f"The array that receives the new {op.weight.name}; pass `out={op.weight.name}` to update in place. "
-        f"By default a new array, leaving `{op.weight.name}` as it was.")]
-    lines += ["", "Returns", "-------", "numpy.ndarray",
-              f"    `out`, holding the new {op.weight.name}.", "", "Notes", "-----",
-              "The update, per element::", ""]
+    lines += ["    " + line for line in _wrap(out_doc(op))]
+    lines += ["", "Returns", "-------", "numpy.ndarray", f"    `out`, holding {result_doc(op)}.", "",
+              "Notes", "-----", "The update, per element::", ""]
     printer = PseudoPrinter()
     lines += ["    " + printer.statement(s) for s in op.math.statements]
+    if op.skip_if is not None:
+        lines += ["", f"When ``{op.skip_if_text}``, the call changes nothing: no state is updated and `out`"
+                      " is not written."]
     lines += ["", f"Generated by opgen from {op.path}."]
     return [f"    {line}" if line else "" for line in lines]
 
@@ -107,7 +143,7 @@ def docstring(op: OpSpec) -> list[str]:
 def context(op: OpSpec) -> dict:
     program = hoist(op.math)
     printer = NumpyPrinter()
-    writable = [op.weight] + list(op.states)
+    results = [op.output if op.output else op.weight.name] + [t.name for t in op.states]
     rs = op.row_sparse
     return {
         "op": op.name,
@@ -115,9 +151,14 @@ def context(op: OpSpec) -> dict:
         "summary": op.summary,
         "kernel_args": ", ".join([t.name for t in op.tensors] + [p.name for p in op.math_params]),
         "numpy_lines": [printer.statement(s) for s in program.prologue + program.body],
-        "numpy_return": ", ".join(t.name for t in writable),
-        "tensors": [{"name": t.name, "role": t.role.value} for t in op.tensors],
-        "params": [{"name": p.name, "type": p.type.value, "in_kernel": p in op.math_params} for p in op.params],
+        "numpy_return": ", ".join(results),
+        "tensors": [{"name": t.name, "role": t.role.value, "dtype": repr(t.dtype)} for t in op.tensors],
+        "params": [{"name": p.name, "type": p.type.value, "in_kernel": p in op.math_params,
+                    "bounds": repr(p.bounds)} for p in op.params],
+        "output": repr(op.output is not None),
+        "skip_if": printer.expr(op.skip_if) if op.skip_if is not None else None,
+        "skip_args": ", ".join(op.kernel_scalars),
+        "has_multi": has_multi(op),
         "lazy_param": repr(rs.lazy_param),
         "always_lazy": repr(rs.always_lazy),
         "kernels": repr(kernels(op)),
@@ -134,4 +175,5 @@ def context(op: OpSpec) -> dict:
 
 
 def package_context(ops: list[OpSpec]) -> dict:
-    return {"ops": [op.name for op in ops], "package": "generated"}
+    return {"ops": [op.name for op in ops], "multi_ops": [op.name for op in ops if has_multi(op)],
+            "package": "generated"}

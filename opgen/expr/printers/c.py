@@ -12,6 +12,7 @@ from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKin
 # variables: each kind of name has its own prefix.
 _PREFIX = {RefKind.TENSOR: "v_", RefKind.PARAM: "s_", RefKind.TEMP: "t_", RefKind.HOISTED: "h_"}
 _LIBM = {"sqrt": "sqrt", "abs": "fabs", "exp": "exp", "log": "log"}
+_CLASSIFY = {"isnan": "isnan", "isinf": "isinf", "isfinite": "isfinite"}  # type-generic C99 macros
 _HELPERS = {"sign": "opgen_sign", "min": "opgen_min", "max": "opgen_max", "clip": "opgen_clip",
             "square": "opgen_square", "pow": "opgen_pow"}
 
@@ -50,6 +51,8 @@ class CPrinter(InfixPrinter):
         return f"({self.acc}){text}"
 
     def call(self, e: Call, args: list[str]) -> str:
+        if e.func in _CLASSIFY:
+            return f"{_CLASSIFY[e.func]}({args[0]})"
         if e.func in _LIBM:
             return f"{_LIBM[e.func]}{self.suffix}({', '.join(args)})"
         return f"{_HELPERS[e.func]}{self.suffix}({', '.join(args)})"
