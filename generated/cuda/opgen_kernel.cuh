@@ -3,6 +3,8 @@
 #ifndef OPGEN_KERNEL_CUH
 #define OPGEN_KERNEL_CUH
 
+typedef long long int64_t; /* NVRTC has no <stdint.h>; the printer's integer type */
+
 /* float16 storage as raw bits; the math runs in float, rounding once (to nearest even). */
 typedef unsigned short opgen_half;
 __device__ __forceinline__ float opgen_half_to_float(opgen_half h) {
