@@ -68,7 +68,7 @@ def mp_nag_mom_update(weight, grad, mom, weight32, lr, momentum=0.0, wd=0.0, res
     as MXNet's kernel computes it.
 
     Multi-precision: `weight32` is the float32 master copy and the source of truth; the
-    math runs in float32 (float64 for a float64 weight) and the low-precision `weight`
+    math runs in float32, whatever the weight's dtype, and the low-precision `weight`
     input is never read: `out` receives `weight32` rounded to the weight's dtype.
 
     Parameters

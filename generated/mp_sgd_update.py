@@ -63,7 +63,7 @@ def mp_sgd_update(weight, grad, weight32, lr, wd=0.0, rescale_grad=1.0, clip_gra
     It updates the weights using `weight32 = (1 - lr*wd)*weight32 - lr*clip(rescale_grad*grad)`.
 
     Multi-precision: `weight32` is the float32 master copy and the source of truth; the
-    math runs in float32 (float64 for a float64 weight) and the low-precision `weight`
+    math runs in float32, whatever the weight's dtype, and the low-precision `weight`
     input is never read: `out` receives `weight32` rounded to the weight's dtype.
 
     Parameters

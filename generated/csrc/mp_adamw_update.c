@@ -243,7 +243,7 @@ void opgen_mp_adamw_update_standard_float32(int64_t nrows, int64_t row_len, int6
     }
 }
 
-/* ---- float64 (math in double) ---- */
+/* ---- float64 (math in float) ---- */
 
 void opgen_mp_adamw_update_dense_float64(int64_t n, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int flush_denormal) {
     double *restrict p_weight = (double *)arg_weight;
@@ -251,17 +251,17 @@ void opgen_mp_adamw_update_dense_float64(int64_t n, void *arg_weight, const void
     float *restrict p_mean = (float *)arg_mean;
     float *restrict p_var = (float *)arg_var;
     float *restrict p_weight32 = (float *)arg_weight32;
-    const double s_rescale_grad = (double)arg_rescale_grad;
-    const double s_lr = (double)arg_lr;
-    const double s_eta = (double)arg_eta;
-    const double s_beta1 = (double)arg_beta1;
-    const double s_beta2 = (double)arg_beta2;
-    const double s_epsilon = (double)arg_epsilon;
-    const double s_wd = (double)arg_wd;
-    const double s_clip_gradient = (double)arg_clip_gradient;
+    const float s_rescale_grad = (float)arg_rescale_grad;
+    const float s_lr = (float)arg_lr;
+    const float s_eta = (float)arg_eta;
+    const float s_beta1 = (float)arg_beta1;
+    const float s_beta2 = (float)arg_beta2;
+    const float s_epsilon = (float)arg_epsilon;
+    const float s_wd = (float)arg_wd;
+    const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const double h_1 = 1.0 - s_beta1;
-    const double h_2 = 1.0 - s_beta2;
+    const float h_1 = 1.0f - s_beta1;
+    const float h_2 = 1.0f - s_beta2;
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -271,20 +271,20 @@ void opgen_mp_adamw_update_dense_float64(int64_t n, void *arg_weight, const void
 #pragma omp simd
         for (int64_t i = lo; i < hi; ++i) {
             const int64_t gi = i;
-            const double v_grad = p_grad[gi];
-            double v_mean = (double)p_mean[i];
-            double v_var = (double)p_var[i];
-            double v_weight32 = (double)p_weight32[i];
-            double t_gr = s_rescale_grad * v_grad;
-            t_gr = h_0 ? opgen_clip(t_gr, s_clip_gradient) : t_gr;
+            const float v_grad = (float)p_grad[gi];
+            float v_mean = p_mean[i];
+            float v_var = p_var[i];
+            float v_weight32 = p_weight32[i];
+            float t_gr = s_rescale_grad * v_grad;
+            t_gr = h_0 ? opgen_clipf(t_gr, s_clip_gradient) : t_gr;
             v_mean = s_beta1 * v_mean + h_1 * t_gr;
-            v_var = s_beta2 * v_var + h_2 * opgen_square(t_gr);
-            v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrt(v_var) + s_epsilon) + s_wd * v_weight32);
-            double v_weight = v_weight32;
-            p_mean[i] = (float)v_mean;
-            p_var[i] = (float)v_var;
-            p_weight32[i] = (float)v_weight32;
-            p_weight[i] = v_weight;
+            v_var = s_beta2 * v_var + h_2 * opgen_squaref(t_gr);
+            v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrtf(v_var) + s_epsilon) + s_wd * v_weight32);
+            float v_weight = v_weight32;
+            p_mean[i] = v_mean;
+            p_var[i] = v_var;
+            p_weight32[i] = v_weight32;
+            p_weight[i] = (double)v_weight;
         }
         opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
@@ -297,17 +297,17 @@ void opgen_mp_adamw_update_standard_float64(int64_t nrows, int64_t row_len, int6
     float *restrict p_mean = (float *)arg_mean;
     float *restrict p_var = (float *)arg_var;
     float *restrict p_weight32 = (float *)arg_weight32;
-    const double s_rescale_grad = (double)arg_rescale_grad;
-    const double s_lr = (double)arg_lr;
-    const double s_eta = (double)arg_eta;
-    const double s_beta1 = (double)arg_beta1;
-    const double s_beta2 = (double)arg_beta2;
-    const double s_epsilon = (double)arg_epsilon;
-    const double s_wd = (double)arg_wd;
-    const double s_clip_gradient = (double)arg_clip_gradient;
+    const float s_rescale_grad = (float)arg_rescale_grad;
+    const float s_lr = (float)arg_lr;
+    const float s_eta = (float)arg_eta;
+    const float s_beta1 = (float)arg_beta1;
+    const float s_beta2 = (float)arg_beta2;
+    const float s_epsilon = (float)arg_epsilon;
+    const float s_wd = (float)arg_wd;
+    const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const double h_1 = 1.0 - s_beta1;
-    const double h_2 = 1.0 - s_beta2;
+    const float h_1 = 1.0f - s_beta1;
+    const float h_2 = 1.0f - s_beta2;
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -323,39 +323,39 @@ void opgen_mp_adamw_update_standard_float64(int64_t nrows, int64_t row_len, int6
 #pragma omp simd
                 for (int64_t j = 0; j < row_len; ++j) {
                     const int64_t i = base + j, gi = gbase + j;
-                    const double v_grad = p_grad[gi];
-                    double v_mean = (double)p_mean[i];
-                    double v_var = (double)p_var[i];
-                    double v_weight32 = (double)p_weight32[i];
-                    double t_gr = s_rescale_grad * v_grad;
-                    t_gr = h_0 ? opgen_clip(t_gr, s_clip_gradient) : t_gr;
+                    const float v_grad = (float)p_grad[gi];
+                    float v_mean = p_mean[i];
+                    float v_var = p_var[i];
+                    float v_weight32 = p_weight32[i];
+                    float t_gr = s_rescale_grad * v_grad;
+                    t_gr = h_0 ? opgen_clipf(t_gr, s_clip_gradient) : t_gr;
                     v_mean = s_beta1 * v_mean + h_1 * t_gr;
-                    v_var = s_beta2 * v_var + h_2 * opgen_square(t_gr);
-                    v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrt(v_var) + s_epsilon) + s_wd * v_weight32);
-                    double v_weight = v_weight32;
-                    p_mean[i] = (float)v_mean;
-                    p_var[i] = (float)v_var;
-                    p_weight32[i] = (float)v_weight32;
-                    p_weight[i] = v_weight;
+                    v_var = s_beta2 * v_var + h_2 * opgen_squaref(t_gr);
+                    v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrtf(v_var) + s_epsilon) + s_wd * v_weight32);
+                    float v_weight = v_weight32;
+                    p_mean[i] = v_mean;
+                    p_var[i] = v_var;
+                    p_weight32[i] = v_weight32;
+                    p_weight[i] = (double)v_weight;
                 }
             } else {
 #pragma omp simd
                 for (int64_t j = 0; j < row_len; ++j) {
                     const int64_t i = base + j;
-                    const double v_grad = 0.0;
-                    double v_mean = (double)p_mean[i];
-                    double v_var = (double)p_var[i];
-                    double v_weight32 = (double)p_weight32[i];
-                    double t_gr = s_rescale_grad * v_grad;
-                    t_gr = h_0 ? opgen_clip(t_gr, s_clip_gradient) : t_gr;
+                    const float v_grad = 0.0f;
+                    float v_mean = p_mean[i];
+                    float v_var = p_var[i];
+                    float v_weight32 = p_weight32[i];
+                    float t_gr = s_rescale_grad * v_grad;
+                    t_gr = h_0 ? opgen_clipf(t_gr, s_clip_gradient) : t_gr;
                     v_mean = s_beta1 * v_mean + h_1 * t_gr;
-                    v_var = s_beta2 * v_var + h_2 * opgen_square(t_gr);
-                    v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrt(v_var) + s_epsilon) + s_wd * v_weight32);
-                    double v_weight = v_weight32;
-                    p_mean[i] = (float)v_mean;
-                    p_var[i] = (float)v_var;
-                    p_weight32[i] = (float)v_weight32;
-                    p_weight[i] = v_weight;
+                    v_var = s_beta2 * v_var + h_2 * opgen_squaref(t_gr);
+                    v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrtf(v_var) + s_epsilon) + s_wd * v_weight32);
+                    float v_weight = v_weight32;
+                    p_mean[i] = v_mean;
+                    p_var[i] = v_var;
+                    p_weight32[i] = v_weight32;
+                    p_weight[i] = (double)v_weight;
                 }
             }
         }

@@ -261,19 +261,19 @@ void opgen_mp_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_
     }
 }
 
-/* ---- float64 (math in double) ---- */
+/* ---- float64 (math in float) ---- */
 
 void opgen_mp_sgd_update_dense_float64(int64_t n, void *arg_weight, const void *arg_grad, void *arg_weight32, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     double *restrict p_weight = (double *)arg_weight;
     const double *restrict p_grad = (const double *)arg_grad;
     float *restrict p_weight32 = (float *)arg_weight32;
-    const double s_lr = (double)arg_lr;
-    const double s_wd = (double)arg_wd;
-    const double s_rescale_grad = (double)arg_rescale_grad;
-    const double s_clip_gradient = (double)arg_clip_gradient;
+    const float s_lr = (float)arg_lr;
+    const float s_wd = (float)arg_wd;
+    const float s_rescale_grad = (float)arg_rescale_grad;
+    const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const double h_1 = s_lr * s_rescale_grad;
-    const double h_2 = 1.0 - s_lr * s_wd;
+    const float h_1 = s_lr * s_rescale_grad;
+    const float h_2 = 1.0f - s_lr * s_wd;
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -283,13 +283,13 @@ void opgen_mp_sgd_update_dense_float64(int64_t n, void *arg_weight, const void *
 #pragma omp simd
         for (int64_t i = lo; i < hi; ++i) {
             const int64_t gi = i;
-            const double v_grad = p_grad[gi];
-            double v_weight32 = (double)p_weight32[i];
-            double t_step = h_0 ? s_lr * opgen_clip(s_rescale_grad * v_grad, s_clip_gradient) : h_1 * v_grad;
+            const float v_grad = (float)p_grad[gi];
+            float v_weight32 = p_weight32[i];
+            float t_step = h_0 ? s_lr * opgen_clipf(s_rescale_grad * v_grad, s_clip_gradient) : h_1 * v_grad;
             v_weight32 = h_2 * v_weight32 - t_step;
-            double v_weight = v_weight32;
-            p_weight32[i] = (float)v_weight32;
-            p_weight[i] = v_weight;
+            float v_weight = v_weight32;
+            p_weight32[i] = v_weight32;
+            p_weight[i] = (double)v_weight;
         }
         opgen_flush_denormal_exit(saved_csr, flush_denormal);
     }
@@ -315,23 +315,23 @@ void opgen_mp_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void
             double *restrict p_weight = (double *)arg_weight[t];
             const double *restrict p_grad = (const double *)arg_grad[t];
             float *restrict p_weight32 = (float *)arg_weight32[t];
-            const double s_lr = (double)arg_lr[t];
-            const double s_wd = (double)arg_wd[t];
-            const double s_rescale_grad = (double)arg_rescale_grad[t];
-            const double s_clip_gradient = (double)arg_clip_gradient[t];
+            const float s_lr = (float)arg_lr[t];
+            const float s_wd = (float)arg_wd[t];
+            const float s_rescale_grad = (float)arg_rescale_grad[t];
+            const float s_clip_gradient = (float)arg_clip_gradient[t];
             const int h_0 = s_clip_gradient > 0;
-            const double h_1 = s_lr * s_rescale_grad;
-            const double h_2 = 1.0 - s_lr * s_wd;
+            const float h_1 = s_lr * s_rescale_grad;
+            const float h_2 = 1.0f - s_lr * s_wd;
 #pragma omp simd
             for (int64_t i = first; i < last; ++i) {
                 const int64_t gi = i;
-                const double v_grad = p_grad[gi];
-                double v_weight32 = (double)p_weight32[i];
-                double t_step = h_0 ? s_lr * opgen_clip(s_rescale_grad * v_grad, s_clip_gradient) : h_1 * v_grad;
+                const float v_grad = (float)p_grad[gi];
+                float v_weight32 = p_weight32[i];
+                float t_step = h_0 ? s_lr * opgen_clipf(s_rescale_grad * v_grad, s_clip_gradient) : h_1 * v_grad;
                 v_weight32 = h_2 * v_weight32 - t_step;
-                double v_weight = v_weight32;
-                p_weight32[i] = (float)v_weight32;
-                p_weight[i] = v_weight;
+                float v_weight = v_weight32;
+                p_weight32[i] = v_weight32;
+                p_weight[i] = (double)v_weight;
             }
         }
         opgen_flush_denormal_exit(saved_csr, flush_denormal);
@@ -342,13 +342,13 @@ void opgen_mp_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_
     double *restrict p_weight = (double *)arg_weight;
     const double *restrict p_grad = (const double *)arg_grad;
     float *restrict p_weight32 = (float *)arg_weight32;
-    const double s_lr = (double)arg_lr;
-    const double s_wd = (double)arg_wd;
-    const double s_rescale_grad = (double)arg_rescale_grad;
-    const double s_clip_gradient = (double)arg_clip_gradient;
+    const float s_lr = (float)arg_lr;
+    const float s_wd = (float)arg_wd;
+    const float s_rescale_grad = (float)arg_rescale_grad;
+    const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const double h_1 = s_lr * s_rescale_grad;
-    const double h_2 = 1.0 - s_lr * s_wd;
+    const float h_1 = s_lr * s_rescale_grad;
+    const float h_2 = 1.0f - s_lr * s_wd;
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -364,25 +364,25 @@ void opgen_mp_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_
 #pragma omp simd
                 for (int64_t j = 0; j < row_len; ++j) {
                     const int64_t i = base + j, gi = gbase + j;
-                    const double v_grad = p_grad[gi];
-                    double v_weight32 = (double)p_weight32[i];
-                    double t_step = h_0 ? s_lr * opgen_clip(s_rescale_grad * v_grad, s_clip_gradient) : h_1 * v_grad;
+                    const float v_grad = (float)p_grad[gi];
+                    float v_weight32 = p_weight32[i];
+                    float t_step = h_0 ? s_lr * opgen_clipf(s_rescale_grad * v_grad, s_clip_gradient) : h_1 * v_grad;
                     v_weight32 = h_2 * v_weight32 - t_step;
-                    double v_weight = v_weight32;
-                    p_weight32[i] = (float)v_weight32;
-                    p_weight[i] = v_weight;
+                    float v_weight = v_weight32;
+                    p_weight32[i] = v_weight32;
+                    p_weight[i] = (double)v_weight;
                 }
             } else {
 #pragma omp simd
                 for (int64_t j = 0; j < row_len; ++j) {
                     const int64_t i = base + j;
-                    const double v_grad = 0.0;
-                    double v_weight32 = (double)p_weight32[i];
-                    double t_step = h_0 ? s_lr * opgen_clip(s_rescale_grad * v_grad, s_clip_gradient) : h_1 * v_grad;
+                    const float v_grad = 0.0f;
+                    float v_weight32 = p_weight32[i];
+                    float t_step = h_0 ? s_lr * opgen_clipf(s_rescale_grad * v_grad, s_clip_gradient) : h_1 * v_grad;
                     v_weight32 = h_2 * v_weight32 - t_step;
-                    double v_weight = v_weight32;
-                    p_weight32[i] = (float)v_weight32;
-                    p_weight[i] = v_weight;
+                    float v_weight = v_weight32;
+                    p_weight32[i] = v_weight32;
+                    p_weight[i] = (double)v_weight;
                 }
             }
         }

@@ -399,23 +399,23 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_adamw_update_standard
 
 /* ---- float64 ---- */
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_adamw_update_dense_float64(long long n, double *arg_weight, const double *arg_grad, float *arg_mean, float *arg_var, float *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient) {
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_adamw_update_dense_float64(long long n, double *arg_weight, const double *arg_grad, float *arg_mean, float *arg_var, float *arg_weight32, float arg_rescale_grad, float arg_lr, float arg_eta, float arg_beta1, float arg_beta2, float arg_epsilon, float arg_wd, float arg_clip_gradient) {
     double *__restrict__ p_weight = arg_weight;
     const double *__restrict__ p_grad = arg_grad;
     float *__restrict__ p_mean = arg_mean;
     float *__restrict__ p_var = arg_var;
     float *__restrict__ p_weight32 = arg_weight32;
-    const double s_rescale_grad = (double)arg_rescale_grad;
-    const double s_lr = (double)arg_lr;
-    const double s_eta = (double)arg_eta;
-    const double s_beta1 = (double)arg_beta1;
-    const double s_beta2 = (double)arg_beta2;
-    const double s_epsilon = (double)arg_epsilon;
-    const double s_wd = (double)arg_wd;
-    const double s_clip_gradient = (double)arg_clip_gradient;
+    const float s_rescale_grad = (float)arg_rescale_grad;
+    const float s_lr = (float)arg_lr;
+    const float s_eta = (float)arg_eta;
+    const float s_beta1 = (float)arg_beta1;
+    const float s_beta2 = (float)arg_beta2;
+    const float s_epsilon = (float)arg_epsilon;
+    const float s_wd = (float)arg_wd;
+    const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const double h_1 = 1.0 - s_beta1;
-    const double h_2 = 1.0 - s_beta2;
+    const float h_1 = 1.0f - s_beta1;
+    const float h_2 = 1.0f - s_beta2;
     constexpr int W = 2;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -429,20 +429,20 @@ extern "C" __global__ void __launch_bounds__(512) opgen_mp_adamw_update_dense_fl
         opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
-            const double v_grad = x_grad.v[k];
-            double v_mean = (double)x_mean.v[k];
-            double v_var = (double)x_var.v[k];
-            double v_weight32 = (double)x_weight32.v[k];
-            double t_gr = s_rescale_grad * v_grad;
-            t_gr = h_0 ? opgen_clip(t_gr, s_clip_gradient) : t_gr;
+            const float v_grad = (float)x_grad.v[k];
+            float v_mean = x_mean.v[k];
+            float v_var = x_var.v[k];
+            float v_weight32 = x_weight32.v[k];
+            float t_gr = s_rescale_grad * v_grad;
+            t_gr = h_0 ? opgen_clipf(t_gr, s_clip_gradient) : t_gr;
             v_mean = s_beta1 * v_mean + h_1 * t_gr;
-            v_var = s_beta2 * v_var + h_2 * opgen_square(t_gr);
-            v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrt(v_var) + s_epsilon) + s_wd * v_weight32);
-            double v_weight = v_weight32;
-            x_mean.v[k] = (float)v_mean;
-            x_var.v[k] = (float)v_var;
-            x_weight32.v[k] = (float)v_weight32;
-            x_weight.v[k] = v_weight;
+            v_var = s_beta2 * v_var + h_2 * opgen_squaref(t_gr);
+            v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrtf(v_var) + s_epsilon) + s_wd * v_weight32);
+            float v_weight = v_weight32;
+            x_mean.v[k] = v_mean;
+            x_var.v[k] = v_var;
+            x_weight32.v[k] = v_weight32;
+            x_weight.v[k] = (double)v_weight;
         }
         reinterpret_cast<opgen_vec<float, 2> *>(p_mean)[vi] = x_mean;
         reinterpret_cast<opgen_vec<float, 2> *>(p_var)[vi] = x_var;
@@ -451,40 +451,40 @@ extern "C" __global__ void __launch_bounds__(512) opgen_mp_adamw_update_dense_fl
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
-        const double v_grad = p_grad[gi];
-        double v_mean = (double)p_mean[i];
-        double v_var = (double)p_var[i];
-        double v_weight32 = (double)p_weight32[i];
-        double t_gr = s_rescale_grad * v_grad;
-        t_gr = h_0 ? opgen_clip(t_gr, s_clip_gradient) : t_gr;
+        const float v_grad = (float)p_grad[gi];
+        float v_mean = p_mean[i];
+        float v_var = p_var[i];
+        float v_weight32 = p_weight32[i];
+        float t_gr = s_rescale_grad * v_grad;
+        t_gr = h_0 ? opgen_clipf(t_gr, s_clip_gradient) : t_gr;
         v_mean = s_beta1 * v_mean + h_1 * t_gr;
-        v_var = s_beta2 * v_var + h_2 * opgen_square(t_gr);
-        v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrt(v_var) + s_epsilon) + s_wd * v_weight32);
-        double v_weight = v_weight32;
-        p_mean[i] = (float)v_mean;
-        p_var[i] = (float)v_var;
-        p_weight32[i] = (float)v_weight32;
-        p_weight[i] = v_weight;
+        v_var = s_beta2 * v_var + h_2 * opgen_squaref(t_gr);
+        v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrtf(v_var) + s_epsilon) + s_wd * v_weight32);
+        float v_weight = v_weight32;
+        p_mean[i] = v_mean;
+        p_var[i] = v_var;
+        p_weight32[i] = v_weight32;
+        p_weight[i] = (double)v_weight;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_mp_adamw_update_standard_float64(long long nrows, long long row_len, long long nnz, const long long *__restrict__ indices, double *arg_weight, const double *arg_grad, float *arg_mean, float *arg_var, float *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient) {
+extern "C" __global__ void __launch_bounds__(256) opgen_mp_adamw_update_standard_float64(long long nrows, long long row_len, long long nnz, const long long *__restrict__ indices, double *arg_weight, const double *arg_grad, float *arg_mean, float *arg_var, float *arg_weight32, float arg_rescale_grad, float arg_lr, float arg_eta, float arg_beta1, float arg_beta2, float arg_epsilon, float arg_wd, float arg_clip_gradient) {
     double *__restrict__ p_weight = arg_weight;
     const double *__restrict__ p_grad = arg_grad;
     float *__restrict__ p_mean = arg_mean;
     float *__restrict__ p_var = arg_var;
     float *__restrict__ p_weight32 = arg_weight32;
-    const double s_rescale_grad = (double)arg_rescale_grad;
-    const double s_lr = (double)arg_lr;
-    const double s_eta = (double)arg_eta;
-    const double s_beta1 = (double)arg_beta1;
-    const double s_beta2 = (double)arg_beta2;
-    const double s_epsilon = (double)arg_epsilon;
-    const double s_wd = (double)arg_wd;
-    const double s_clip_gradient = (double)arg_clip_gradient;
+    const float s_rescale_grad = (float)arg_rescale_grad;
+    const float s_lr = (float)arg_lr;
+    const float s_eta = (float)arg_eta;
+    const float s_beta1 = (float)arg_beta1;
+    const float s_beta2 = (float)arg_beta2;
+    const float s_epsilon = (float)arg_epsilon;
+    const float s_wd = (float)arg_wd;
+    const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const double h_1 = 1.0 - s_beta1;
-    const double h_2 = 1.0 - s_beta2;
+    const float h_1 = 1.0f - s_beta1;
+    const float h_2 = 1.0f - s_beta2;
     constexpr int W = 2;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
@@ -502,20 +502,20 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_adamw_update_standard
                     opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
-                        const double v_grad = x_grad.v[k];
-                        double v_mean = (double)x_mean.v[k];
-                        double v_var = (double)x_var.v[k];
-                        double v_weight32 = (double)x_weight32.v[k];
-                        double t_gr = s_rescale_grad * v_grad;
-                        t_gr = h_0 ? opgen_clip(t_gr, s_clip_gradient) : t_gr;
+                        const float v_grad = (float)x_grad.v[k];
+                        float v_mean = x_mean.v[k];
+                        float v_var = x_var.v[k];
+                        float v_weight32 = x_weight32.v[k];
+                        float t_gr = s_rescale_grad * v_grad;
+                        t_gr = h_0 ? opgen_clipf(t_gr, s_clip_gradient) : t_gr;
                         v_mean = s_beta1 * v_mean + h_1 * t_gr;
-                        v_var = s_beta2 * v_var + h_2 * opgen_square(t_gr);
-                        v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrt(v_var) + s_epsilon) + s_wd * v_weight32);
-                        double v_weight = v_weight32;
-                        x_mean.v[k] = (float)v_mean;
-                        x_var.v[k] = (float)v_var;
-                        x_weight32.v[k] = (float)v_weight32;
-                        x_weight.v[k] = v_weight;
+                        v_var = s_beta2 * v_var + h_2 * opgen_squaref(t_gr);
+                        v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrtf(v_var) + s_epsilon) + s_wd * v_weight32);
+                        float v_weight = v_weight32;
+                        x_mean.v[k] = v_mean;
+                        x_var.v[k] = v_var;
+                        x_weight32.v[k] = v_weight32;
+                        x_weight.v[k] = (double)v_weight;
                     }
                     reinterpret_cast<opgen_vec<float, 2> *>(p_mean)[vi] = x_mean;
                     reinterpret_cast<opgen_vec<float, 2> *>(p_var)[vi] = x_var;
@@ -525,20 +525,20 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_adamw_update_standard
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
                     const long long i = base + j, gi = gbase + j;
-                    const double v_grad = p_grad[gi];
-                    double v_mean = (double)p_mean[i];
-                    double v_var = (double)p_var[i];
-                    double v_weight32 = (double)p_weight32[i];
-                    double t_gr = s_rescale_grad * v_grad;
-                    t_gr = h_0 ? opgen_clip(t_gr, s_clip_gradient) : t_gr;
+                    const float v_grad = (float)p_grad[gi];
+                    float v_mean = p_mean[i];
+                    float v_var = p_var[i];
+                    float v_weight32 = p_weight32[i];
+                    float t_gr = s_rescale_grad * v_grad;
+                    t_gr = h_0 ? opgen_clipf(t_gr, s_clip_gradient) : t_gr;
                     v_mean = s_beta1 * v_mean + h_1 * t_gr;
-                    v_var = s_beta2 * v_var + h_2 * opgen_square(t_gr);
-                    v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrt(v_var) + s_epsilon) + s_wd * v_weight32);
-                    double v_weight = v_weight32;
-                    p_mean[i] = (float)v_mean;
-                    p_var[i] = (float)v_var;
-                    p_weight32[i] = (float)v_weight32;
-                    p_weight[i] = v_weight;
+                    v_var = s_beta2 * v_var + h_2 * opgen_squaref(t_gr);
+                    v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrtf(v_var) + s_epsilon) + s_wd * v_weight32);
+                    float v_weight = v_weight32;
+                    p_mean[i] = v_mean;
+                    p_var[i] = v_var;
+                    p_weight32[i] = v_weight32;
+                    p_weight[i] = (double)v_weight;
                 }
             }
         } else {
@@ -551,20 +551,20 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_adamw_update_standard
                     opgen_vec<float, 2> x_weight32 = reinterpret_cast<const opgen_vec<float, 2> *>(p_weight32)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
-                        const double v_grad = 0.0;
-                        double v_mean = (double)x_mean.v[k];
-                        double v_var = (double)x_var.v[k];
-                        double v_weight32 = (double)x_weight32.v[k];
-                        double t_gr = s_rescale_grad * v_grad;
-                        t_gr = h_0 ? opgen_clip(t_gr, s_clip_gradient) : t_gr;
+                        const float v_grad = 0.0f;
+                        float v_mean = x_mean.v[k];
+                        float v_var = x_var.v[k];
+                        float v_weight32 = x_weight32.v[k];
+                        float t_gr = s_rescale_grad * v_grad;
+                        t_gr = h_0 ? opgen_clipf(t_gr, s_clip_gradient) : t_gr;
                         v_mean = s_beta1 * v_mean + h_1 * t_gr;
-                        v_var = s_beta2 * v_var + h_2 * opgen_square(t_gr);
-                        v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrt(v_var) + s_epsilon) + s_wd * v_weight32);
-                        double v_weight = v_weight32;
-                        x_mean.v[k] = (float)v_mean;
-                        x_var.v[k] = (float)v_var;
-                        x_weight32.v[k] = (float)v_weight32;
-                        x_weight.v[k] = v_weight;
+                        v_var = s_beta2 * v_var + h_2 * opgen_squaref(t_gr);
+                        v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrtf(v_var) + s_epsilon) + s_wd * v_weight32);
+                        float v_weight = v_weight32;
+                        x_mean.v[k] = v_mean;
+                        x_var.v[k] = v_var;
+                        x_weight32.v[k] = v_weight32;
+                        x_weight.v[k] = (double)v_weight;
                     }
                     reinterpret_cast<opgen_vec<float, 2> *>(p_mean)[vi] = x_mean;
                     reinterpret_cast<opgen_vec<float, 2> *>(p_var)[vi] = x_var;
@@ -574,20 +574,20 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_adamw_update_standard
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
                     const long long i = base + j;
-                    const double v_grad = 0.0;
-                    double v_mean = (double)p_mean[i];
-                    double v_var = (double)p_var[i];
-                    double v_weight32 = (double)p_weight32[i];
-                    double t_gr = s_rescale_grad * v_grad;
-                    t_gr = h_0 ? opgen_clip(t_gr, s_clip_gradient) : t_gr;
+                    const float v_grad = 0.0f;
+                    float v_mean = p_mean[i];
+                    float v_var = p_var[i];
+                    float v_weight32 = p_weight32[i];
+                    float t_gr = s_rescale_grad * v_grad;
+                    t_gr = h_0 ? opgen_clipf(t_gr, s_clip_gradient) : t_gr;
                     v_mean = s_beta1 * v_mean + h_1 * t_gr;
-                    v_var = s_beta2 * v_var + h_2 * opgen_square(t_gr);
-                    v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrt(v_var) + s_epsilon) + s_wd * v_weight32);
-                    double v_weight = v_weight32;
-                    p_mean[i] = (float)v_mean;
-                    p_var[i] = (float)v_var;
-                    p_weight32[i] = (float)v_weight32;
-                    p_weight[i] = v_weight;
+                    v_var = s_beta2 * v_var + h_2 * opgen_squaref(t_gr);
+                    v_weight32 = v_weight32 - s_eta * (s_lr * v_mean / (sqrtf(v_var) + s_epsilon) + s_wd * v_weight32);
+                    float v_weight = v_weight32;
+                    p_mean[i] = v_mean;
+                    p_var[i] = v_var;
+                    p_weight32[i] = v_weight32;
+                    p_weight[i] = (double)v_weight;
                 }
             }
         }

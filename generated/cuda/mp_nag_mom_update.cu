@@ -331,18 +331,18 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standa
 
 /* ---- float64 ---- */
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_float64(long long n, double *arg_weight, const double *arg_grad, float *arg_mom, float *arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_float64(long long n, double *arg_weight, const double *arg_grad, float *arg_mom, float *arg_weight32, float arg_lr, float arg_momentum, float arg_wd, float arg_rescale_grad, float arg_clip_gradient) {
     double *__restrict__ p_weight = arg_weight;
     const double *__restrict__ p_grad = arg_grad;
     float *__restrict__ p_mom = arg_mom;
     float *__restrict__ p_weight32 = arg_weight32;
-    const double s_lr = (double)arg_lr;
-    const double s_momentum = (double)arg_momentum;
-    const double s_wd = (double)arg_wd;
-    const double s_rescale_grad = (double)arg_rescale_grad;
-    const double s_clip_gradient = (double)arg_clip_gradient;
+    const float s_lr = (float)arg_lr;
+    const float s_momentum = (float)arg_momentum;
+    const float s_wd = (float)arg_wd;
+    const float s_rescale_grad = (float)arg_rescale_grad;
+    const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const double h_1 = s_momentum + 1.0;
+    const float h_1 = s_momentum + 1.0f;
     constexpr int W = 2;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -355,17 +355,17 @@ extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_
         opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
 #pragma unroll
         for (int k = 0; k < W; ++k) {
-            const double v_grad = x_grad.v[k];
-            double v_mom = (double)x_mom.v[k];
-            double v_weight32 = (double)x_weight32.v[k];
-            double t_gr = h_0 ? opgen_clip(s_rescale_grad * v_grad, s_clip_gradient) : s_rescale_grad * v_grad;
+            const float v_grad = (float)x_grad.v[k];
+            float v_mom = x_mom.v[k];
+            float v_weight32 = x_weight32.v[k];
+            float t_gr = h_0 ? opgen_clipf(s_rescale_grad * v_grad, s_clip_gradient) : s_rescale_grad * v_grad;
             v_mom = s_momentum * v_mom;
             v_weight32 = v_weight32 - v_mom + h_1 * (v_mom - s_lr * (t_gr + s_wd * v_weight32));
             v_mom = v_mom - s_lr * (t_gr + s_wd * v_weight32);
-            double v_weight = v_weight32;
-            x_mom.v[k] = (float)v_mom;
-            x_weight32.v[k] = (float)v_weight32;
-            x_weight.v[k] = v_weight;
+            float v_weight = v_weight32;
+            x_mom.v[k] = v_mom;
+            x_weight32.v[k] = v_weight32;
+            x_weight.v[k] = (double)v_weight;
         }
         reinterpret_cast<opgen_vec<float, 2> *>(p_mom)[vi] = x_mom;
         reinterpret_cast<opgen_vec<float, 2> *>(p_weight32)[vi] = x_weight32;
@@ -373,32 +373,32 @@ extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_
     }
     for (long long i = nvec * W + first; i < n; i += stride) {
         const long long gi = i;
-        const double v_grad = p_grad[gi];
-        double v_mom = (double)p_mom[i];
-        double v_weight32 = (double)p_weight32[i];
-        double t_gr = h_0 ? opgen_clip(s_rescale_grad * v_grad, s_clip_gradient) : s_rescale_grad * v_grad;
+        const float v_grad = (float)p_grad[gi];
+        float v_mom = p_mom[i];
+        float v_weight32 = p_weight32[i];
+        float t_gr = h_0 ? opgen_clipf(s_rescale_grad * v_grad, s_clip_gradient) : s_rescale_grad * v_grad;
         v_mom = s_momentum * v_mom;
         v_weight32 = v_weight32 - v_mom + h_1 * (v_mom - s_lr * (t_gr + s_wd * v_weight32));
         v_mom = v_mom - s_lr * (t_gr + s_wd * v_weight32);
-        double v_weight = v_weight32;
-        p_mom[i] = (float)v_mom;
-        p_weight32[i] = (float)v_weight32;
-        p_weight[i] = v_weight;
+        float v_weight = v_weight32;
+        p_mom[i] = v_mom;
+        p_weight32[i] = v_weight32;
+        p_weight[i] = (double)v_weight;
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standard_float64(long long nrows, long long row_len, long long nnz, const long long *__restrict__ indices, double *arg_weight, const double *arg_grad, float *arg_mom, float *arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standard_float64(long long nrows, long long row_len, long long nnz, const long long *__restrict__ indices, double *arg_weight, const double *arg_grad, float *arg_mom, float *arg_weight32, float arg_lr, float arg_momentum, float arg_wd, float arg_rescale_grad, float arg_clip_gradient) {
     double *__restrict__ p_weight = arg_weight;
     const double *__restrict__ p_grad = arg_grad;
     float *__restrict__ p_mom = arg_mom;
     float *__restrict__ p_weight32 = arg_weight32;
-    const double s_lr = (double)arg_lr;
-    const double s_momentum = (double)arg_momentum;
-    const double s_wd = (double)arg_wd;
-    const double s_rescale_grad = (double)arg_rescale_grad;
-    const double s_clip_gradient = (double)arg_clip_gradient;
+    const float s_lr = (float)arg_lr;
+    const float s_momentum = (float)arg_momentum;
+    const float s_wd = (float)arg_wd;
+    const float s_rescale_grad = (float)arg_rescale_grad;
+    const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const double h_1 = s_momentum + 1.0;
+    const float h_1 = s_momentum + 1.0f;
     constexpr int W = 2;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
@@ -415,17 +415,17 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standa
                     opgen_vec<double, 2> x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
-                        const double v_grad = x_grad.v[k];
-                        double v_mom = (double)x_mom.v[k];
-                        double v_weight32 = (double)x_weight32.v[k];
-                        double t_gr = h_0 ? opgen_clip(s_rescale_grad * v_grad, s_clip_gradient) : s_rescale_grad * v_grad;
+                        const float v_grad = (float)x_grad.v[k];
+                        float v_mom = x_mom.v[k];
+                        float v_weight32 = x_weight32.v[k];
+                        float t_gr = h_0 ? opgen_clipf(s_rescale_grad * v_grad, s_clip_gradient) : s_rescale_grad * v_grad;
                         v_mom = s_momentum * v_mom;
                         v_weight32 = v_weight32 - v_mom + h_1 * (v_mom - s_lr * (t_gr + s_wd * v_weight32));
                         v_mom = v_mom - s_lr * (t_gr + s_wd * v_weight32);
-                        double v_weight = v_weight32;
-                        x_mom.v[k] = (float)v_mom;
-                        x_weight32.v[k] = (float)v_weight32;
-                        x_weight.v[k] = v_weight;
+                        float v_weight = v_weight32;
+                        x_mom.v[k] = v_mom;
+                        x_weight32.v[k] = v_weight32;
+                        x_weight.v[k] = (double)v_weight;
                     }
                     reinterpret_cast<opgen_vec<float, 2> *>(p_mom)[vi] = x_mom;
                     reinterpret_cast<opgen_vec<float, 2> *>(p_weight32)[vi] = x_weight32;
@@ -434,17 +434,17 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standa
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
                     const long long i = base + j, gi = gbase + j;
-                    const double v_grad = p_grad[gi];
-                    double v_mom = (double)p_mom[i];
-                    double v_weight32 = (double)p_weight32[i];
-                    double t_gr = h_0 ? opgen_clip(s_rescale_grad * v_grad, s_clip_gradient) : s_rescale_grad * v_grad;
+                    const float v_grad = (float)p_grad[gi];
+                    float v_mom = p_mom[i];
+                    float v_weight32 = p_weight32[i];
+                    float t_gr = h_0 ? opgen_clipf(s_rescale_grad * v_grad, s_clip_gradient) : s_rescale_grad * v_grad;
                     v_mom = s_momentum * v_mom;
                     v_weight32 = v_weight32 - v_mom + h_1 * (v_mom - s_lr * (t_gr + s_wd * v_weight32));
                     v_mom = v_mom - s_lr * (t_gr + s_wd * v_weight32);
-                    double v_weight = v_weight32;
-                    p_mom[i] = (float)v_mom;
-                    p_weight32[i] = (float)v_weight32;
-                    p_weight[i] = v_weight;
+                    float v_weight = v_weight32;
+                    p_mom[i] = v_mom;
+                    p_weight32[i] = v_weight32;
+                    p_weight[i] = (double)v_weight;
                 }
             }
         } else {
@@ -456,17 +456,17 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standa
                     opgen_vec<float, 2> x_weight32 = reinterpret_cast<const opgen_vec<float, 2> *>(p_weight32)[vi];
     #pragma unroll
                     for (int k = 0; k < W; ++k) {
-                        const double v_grad = 0.0;
-                        double v_mom = (double)x_mom.v[k];
-                        double v_weight32 = (double)x_weight32.v[k];
-                        double t_gr = h_0 ? opgen_clip(s_rescale_grad * v_grad, s_clip_gradient) : s_rescale_grad * v_grad;
+                        const float v_grad = 0.0f;
+                        float v_mom = x_mom.v[k];
+                        float v_weight32 = x_weight32.v[k];
+                        float t_gr = h_0 ? opgen_clipf(s_rescale_grad * v_grad, s_clip_gradient) : s_rescale_grad * v_grad;
                         v_mom = s_momentum * v_mom;
                         v_weight32 = v_weight32 - v_mom + h_1 * (v_mom - s_lr * (t_gr + s_wd * v_weight32));
                         v_mom = v_mom - s_lr * (t_gr + s_wd * v_weight32);
-                        double v_weight = v_weight32;
-                        x_mom.v[k] = (float)v_mom;
-                        x_weight32.v[k] = (float)v_weight32;
-                        x_weight.v[k] = v_weight;
+                        float v_weight = v_weight32;
+                        x_mom.v[k] = v_mom;
+                        x_weight32.v[k] = v_weight32;
+                        x_weight.v[k] = (double)v_weight;
                     }
                     reinterpret_cast<opgen_vec<float, 2> *>(p_mom)[vi] = x_mom;
                     reinterpret_cast<opgen_vec<float, 2> *>(p_weight32)[vi] = x_weight32;
@@ -475,17 +475,17 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standa
             } else {
                 for (long long j = threadIdx.x; j < row_len; j += 32) {
                     const long long i = base + j;
-                    const double v_grad = 0.0;
-                    double v_mom = (double)p_mom[i];
-                    double v_weight32 = (double)p_weight32[i];
-                    double t_gr = h_0 ? opgen_clip(s_rescale_grad * v_grad, s_clip_gradient) : s_rescale_grad * v_grad;
+                    const float v_grad = 0.0f;
+                    float v_mom = p_mom[i];
+                    float v_weight32 = p_weight32[i];
+                    float t_gr = h_0 ? opgen_clipf(s_rescale_grad * v_grad, s_clip_gradient) : s_rescale_grad * v_grad;
                     v_mom = s_momentum * v_mom;
                     v_weight32 = v_weight32 - v_mom + h_1 * (v_mom - s_lr * (t_gr + s_wd * v_weight32));
                     v_mom = v_mom - s_lr * (t_gr + s_wd * v_weight32);
-                    double v_weight = v_weight32;
-                    p_mom[i] = (float)v_mom;
-                    p_weight32[i] = (float)v_weight32;
-                    p_weight[i] = v_weight;
+                    float v_weight = v_weight32;
+                    p_mom[i] = v_mom;
+                    p_weight32[i] = v_weight32;
+                    p_weight[i] = (double)v_weight;
                 }
             }
         }

@@ -87,9 +87,10 @@ class Operator:
         self._from_buffer = None
 
     def math_dtype(self, dtype: np.dtype) -> type:
-        """The math runs in the widest float of the call's tensors, float32 at least."""
-        wide = dtype == np.float64 or any(d == np.float64 for d in self.fixed_dtypes.values())
-        return np.float64 if wide else np.float32
+        """As the kernels: the widest fixed dtype of a mixed-precision op, else the call's
+        dtype (float32 for float16)."""
+        dtypes = list(self.fixed_dtypes.values()) or [dtype]
+        return np.float64 if any(d == np.float64 for d in dtypes) else np.float32
 
     # -- the call ---------------------------------------------------------------
     def __call__(self, tensors: tuple, params: tuple, out):

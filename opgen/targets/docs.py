@@ -64,7 +64,7 @@ def context(op: OpSpec) -> dict:
         "deviations": list(op.deviations),
         "dtypes": "float16 (math in float32, rounded once on store), float32, float64; every tensor of a call "
                   "shares one dtype" + "".join(f", except `{t.name}`, always {t.dtype}" for t in op.tensors if t.dtype)
-                  + (". The math runs in the widest float type among them, float32 at least." if any(
+                  + (". The math runs in the widest of the fixed dtypes, whatever the weight's." if any(
                       t.dtype for t in op.tensors) else "."),
     }
 

@@ -119,6 +119,7 @@ class ElementCode:
 
 
 def math_type(op: OpSpec, dtype: DType) -> str:
-    """The math runs in the widest float type of the call's tensors, float at least."""
+    """The math's type: an op that fixes some tensors' dtypes (mixed precision) computes in
+    the widest of those; any other op in the call's dtype (float for float16)."""
     fixed = [DTYPE_BY_NAME[t.dtype] for t in op.tensors if t.dtype]
-    return "double" if any(d.c_acc == "double" for d in [dtype, *fixed]) else "float"
+    return "double" if any(d.c_acc == "double" for d in (fixed or [dtype])) else "float"

@@ -28,7 +28,7 @@ def python_default(p: ParamSpec) -> str:
 def _param_list(params) -> list[str]:
     """Parameters in spec order. Python forbids a required positional parameter after one
     with a default: from the first default before a required parameter on, they become
-    keyword-only (MXNet's ftml_update declares ``t`` after ``epsilon=1e-8``)."""
+    keyword-only (an optimizer may declare a required step count after ``epsilon=1e-8``)."""
     parts = [p.name if p.required else f"{p.name}={python_default(p)}" for p in params]
     last_required = max((k for k, p in enumerate(params) if p.required), default=-1)
     first_default = next((k for k, p in enumerate(params) if not p.required), len(params))
