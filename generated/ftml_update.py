@@ -39,11 +39,11 @@ _OP = _Operator(
     name="ftml_update",
     spec="specs/ftml_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None),
-        _TensorArg("grad", "grad", dtype=None),
-        _TensorArg("d", "state", dtype=None),
-        _TensorArg("v", "state", dtype=None),
-        _TensorArg("z", "state", dtype=None),
+        _TensorArg("weight", "weight", dtype=None, per_row=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False),
+        _TensorArg("d", "state", dtype=None, per_row=False),
+        _TensorArg("v", "state", dtype=None, per_row=False),
+        _TensorArg("z", "state", dtype=None, per_row=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None),

@@ -32,8 +32,8 @@ _OP = _Operator(
     name="sgd_update",
     spec="specs/sgd_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None),
-        _TensorArg("grad", "grad", dtype=None),
+        _TensorArg("weight", "weight", dtype=None, per_row=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None),

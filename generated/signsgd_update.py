@@ -29,8 +29,8 @@ _OP = _Operator(
     name="signsgd_update",
     spec="specs/signsgd_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None),
-        _TensorArg("grad", "grad", dtype=None),
+        _TensorArg("weight", "weight", dtype=None, per_row=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None),

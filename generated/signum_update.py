@@ -35,9 +35,9 @@ _OP = _Operator(
     name="signum_update",
     spec="specs/signum_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None),
-        _TensorArg("grad", "grad", dtype=None),
-        _TensorArg("mom", "state", dtype=None),
+        _TensorArg("weight", "weight", dtype=None, per_row=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False),
+        _TensorArg("mom", "state", dtype=None, per_row=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None),

@@ -23,6 +23,7 @@ class RefKind(enum.Enum):
     PARAM = "param"  # a scalar parameter
     TEMP = "temp"  # a temporary assigned earlier in the math
     HOISTED = "hoisted"  # a uniform subexpression computed once per call
+    REDUCED = "reduced"  # a row_mean(...) of the current row, computed once per row
 
 
 @dataclass(frozen=True)
@@ -47,6 +48,7 @@ FUNCTIONS: dict[str, Function] = {
         Function("min", 2, "the smaller of two values; NaN if either is NaN"),
         Function("max", 2, "the larger of two values; NaN if either is NaN"),
         Function("clip", 2, "clip(x, b): x limited to [-b, b]; NaN passes through"),
+        Function("row_mean", 1, "the mean of x over the current row (for per-row states)"),
         Function("isnan", 1, "true for NaN", returns="bool"),
         Function("isinf", 1, "true for +inf and -inf", returns="bool"),
         Function("isfinite", 1, "true for anything but NaN and +-inf", returns="bool"),

@@ -17,3 +17,8 @@ def clip(x, bound):
 
 def power(base, exponent):
     return np.power(base, exponent)
+
+
+def row_mean(x):
+    """The mean over each row (the last axis) of a (rows, row_length) array, kept 2-D."""
+    return x.sum(axis=-1, keepdims=True) / x.shape[-1]

@@ -29,6 +29,7 @@ class TensorArg:
     name: str
     role: str  # "weight", "grad", "state" or "scalar"
     dtype: str | None = None  # a fixed dtype (e.g. float32 master weights); None: the call's
+    per_row: bool = False  # one value per row of the weight: shape (rows,) or (rows, 1)
 
 
 @dataclass(frozen=True)
@@ -225,7 +226,12 @@ class Operator:
             self._check_array(name, value, row_sparse_ok=spec.role == "grad")
             self._check_same_side(name, value, weight, w_name)
             self._check_dtype(spec, name, value, weight, w_name)
-            if value.shape != weight.shape:
+            if spec.per_row:
+                rows = weight.shape[0] if weight.ndim else 1
+                if value.shape not in ((rows,), (rows, 1)):
+                    raise self._fail(ValueError, name, f"has shape {value.shape}; it holds one value per row of "
+                                                       f"'{w_name}': shape ({rows},) or ({rows}, 1)")
+            elif value.shape != weight.shape:
                 raise self._fail(ValueError, name, f"has shape {value.shape} but '{w_name}' has "
                                                    f"shape {weight.shape}; shapes must match")
             if spec.role == "state":
@@ -413,7 +419,8 @@ class Operator:
         if mode == "lazy":
             rows = grad.indices
             row_len = grad.row_length
-            views = [w.reshape(w.shape[0], row_len) for w in writable]
+            widths = [row_len] + [1 if t.per_row else row_len for t in self.tensors if t.role == "state"]
+            views = [w.reshape(w.shape[0] if w.ndim else 1, width) for w, width in zip(writable, widths)]
             weight_rows = source.reshape(source.shape[0], row_len)[rows]
             inputs = self._inputs(weight_rows, [v[rows] for v in views[1:]],
                                   grad.data.reshape(len(rows), row_len), scalar_inputs, acc)

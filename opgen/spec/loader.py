@@ -10,7 +10,9 @@ import yaml
 
 from opgen.errors import Location, SpecError, did_you_mean
 from opgen.expr.latex import default_symbol
+from opgen.expr.hoist import hoist
 from opgen.expr.parser import Statement, parse_condition, parse_program
+from opgen.expr.rows import has_reductions, split_rows
 from opgen.expr.tree import FUNCTIONS, RefKind, VType, refs
 from opgen.spec import yaml_nodes as y
 from opgen.spec.model import OpSpec, ParamSpec, ParamType, RowSparseSpec, TensorRole, TensorSpec
@@ -57,6 +59,7 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     skip_if = _skip_if(root, tensors, params) if "skip_if" in root else None
     output = _output(root, math) if "output" in root else None
     _check_usage(root, tensors, params, math, row_sparse, skip_if, output)
+    _check_rows(root, tensors, math, row_sparse)
     deviations = tuple(y.scalar_text(path, n, "each deviation") for n in root.sequence("deviations")) \
         if "deviations" in root else ()
     return OpSpec(
@@ -89,7 +92,8 @@ def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
     items = root.sequence("tensors")
     out = []
     for node in items:
-        m = y.Mapping(root.path, node, "a tensor", required=("name", "role", "doc"), optional=("symbol", "dtype"))
+        m = y.Mapping(root.path, node, "a tensor", required=("name", "role", "doc"),
+                      optional=("symbol", "dtype", "per_row"))
         name = _identifier(m, "name", "tensor name")
         role_text = m.string("role")
         try:
@@ -105,7 +109,10 @@ def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
         if dtype is not None and role in (TensorRole.WEIGHT, TensorRole.SCALAR):
             raise SpecError(m.location("dtype"), f"the {role.value} '{name}' takes the call's dtype; "
                                                  "only gradients and states can fix theirs")
-        out.append(TensorSpec(name, role, m.string("doc").strip(), symbol, y.where(root.path, node), dtype))
+        per_row = _bool(m, "per_row") if "per_row" in m else False
+        if per_row and role is not TensorRole.STATE:
+            raise SpecError(m.location("per_row"), f"only states can hold one value per row, not the {role.value} '{name}'")
+        out.append(TensorSpec(name, role, m.string("doc").strip(), symbol, y.where(root.path, node), dtype, per_row))
     for role in (TensorRole.WEIGHT, TensorRole.GRAD):
         count = sum(t.role is role for t in out)
         if count != 1:
@@ -247,6 +254,18 @@ def _check_unique(names: list[tuple[str, Location]]) -> None:
         if name in seen:
             raise SpecError(loc, f"'{name}' is declared twice (first at line {seen[name].line})")
         seen[name] = loc
+
+
+def _check_rows(root: y.Mapping, tensors, math, row_sparse: RowSparseSpec) -> None:
+    """Per-row states and row_mean(): checked by splitting the math as the row kernels will."""
+    program = hoist(math)
+    rows = frozenset(t.name for t in tensors if t.per_row)
+    if not rows and not has_reductions(program):
+        return
+    if row_sparse.dense or not row_sparse.always_lazy:
+        raise SpecError(root.key_location("math"), "per-row math (per_row states, row_mean) is supported for "
+                                                   "row-sparse-only ops: set row_sparse: {lazy: true, dense: false}")
+    split_rows(program, rows)
 
 
 def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSpec, skip_if, output) -> None:

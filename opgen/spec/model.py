@@ -30,6 +30,7 @@ class TensorSpec:
     symbol: str  # LaTeX symbol
     location: Location
     dtype: str | None = None  # a fixed storage dtype (e.g. float32 master weights); None: the call's dtype
+    per_row: bool = False  # one value per row of the weight (shape (rows,) or (rows, 1))
 
 
 @dataclass(frozen=True)
@@ -90,6 +91,10 @@ class OpSpec:
     @property
     def states(self) -> tuple[TensorSpec, ...]:
         return tuple(t for t in self.tensors if t.role is TensorRole.STATE)
+
+    @property
+    def row_tensors(self) -> frozenset[str]:
+        return frozenset(t.name for t in self.tensors if t.per_row)
 
     @property
     def arrays(self) -> tuple[TensorSpec, ...]:

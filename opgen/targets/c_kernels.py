@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from opgen.spec.model import OpSpec, ParamType, TensorRole
 from opgen.targets.dtypes import DTYPES, DType
-from opgen.targets.element import ElementCode
+from opgen.targets.element import ElementCode, row_code
 
 # Below this many elements per thread, a parallel region costs more than it saves.
 MIN_ELEMENTS_PER_THREAD = 1 << 13
@@ -73,7 +73,9 @@ def _variant(op: OpSpec, dtype: DType) -> dict:
     def memory(name: str) -> str:
         return f"p_{name}[{'gi' if name == grad else 'i'}]"
 
+    rows = row_code(code, memory, lambda name: f"p_{name}[row]")
     return {
+        "rows": rows,
         "dtype": dtype.name,
         "acc": code.printer.acc,
         "functions": {k: function_name(op, k, dtype) for k in kernels(op)},
@@ -83,10 +85,11 @@ def _variant(op: OpSpec, dtype: DType) -> dict:
         "multi_pointers": [pointer(n, "[t]") for n in code.pointer_names()],
         "multi_params": code.param_lines(lambda name: f"{ARG}{name}[t]"),
         "prologue": code.prologue_lines(),
-        "loads": code.load_lines(memory),
-        "loads_zero_grad": code.load_lines(memory, zero_grad=True),
-        "body": code.body_lines(),
-        "stores": code.store_lines(memory),
+        # per-row ops have only the two-pass row kernel: no flat element body
+        "loads": code.load_lines(memory) if rows is None else [],
+        "loads_zero_grad": code.load_lines(memory, zero_grad=True) if rows is None else [],
+        "body": code.body_lines() if rows is None else [],
+        "stores": code.store_lines(memory) if rows is None else [],
         "line_elements": 64 // {"float16": 2, "float32": 4, "float64": 8}[dtype.name],
         "prefetch": [f"__builtin_prefetch(p_{name} + ahead + j, 1);"
                      for name in dict.fromkeys(code.loads + [n for n, _ in code.stores]) if name != grad],

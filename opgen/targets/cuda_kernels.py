@@ -14,7 +14,7 @@ from __future__ import annotations
 from opgen.spec.model import OpSpec, ParamType, TensorRole
 from opgen.targets.c_kernels import ARG, function_name, kernels
 from opgen.targets.dtypes import DTYPES, DType
-from opgen.targets.element import ElementCode
+from opgen.targets.element import ElementCode, row_code
 
 BLOCK = 512  # threads per block of the dense kernel
 ROWS_PER_BLOCK = 8  # warps (rows in flight) per block of the row kernels
@@ -55,10 +55,13 @@ def _variant(op: OpSpec, dtype: DType) -> dict:
             return f"{vec(name)} x_{name} = reinterpret_cast<const {vec(name)} *>(p_{name})[{index}];"
         return f"{vec(name)} x_{name};"
 
+    rows = row_code(code, scalar, lambda name: f"p_{name}[row]")
+    flat = rows is None  # per-row ops have only the two-pass row kernel
     args = [f"{const(n)}{storage[n]} *{ARG}{n}" for n in names]
     args += [f"{acc} {ARG}{t.name}" for t in op.scalars]
     args += [f"{_arg_type(p.type, acc)} {ARG}{p.name}" for p in op.math_params]
     return {
+        "rows": rows,
         "dtype": dtype.name,
         "lanes": lanes,
         "functions": {k: function_name(op, k, dtype) for k in kernels(op)},
@@ -67,15 +70,15 @@ def _variant(op: OpSpec, dtype: DType) -> dict:
         "aligned": " && ".join(f"opgen_aligned(p_{n}, {lanes * itemsize[n]})" for n in used),
         "params": code.param_lines(lambda name: ARG + name),
         "prologue": code.prologue_lines(),
-        "body": code.body_lines(),
-        "scalar_loads": code.load_lines(scalar),
-        "scalar_loads_zero_grad": code.load_lines(scalar, zero_grad=True),
-        "scalar_stores": code.store_lines(scalar),
+        "body": code.body_lines() if flat else [],
+        "scalar_loads": code.load_lines(scalar) if flat else [],
+        "scalar_loads_zero_grad": code.load_lines(scalar, zero_grad=True) if flat else [],
+        "scalar_stores": code.store_lines(scalar) if flat else [],
         "vector_in": [vector_in(n) for n in used if n != grad],
         "vector_in_grad": [vector_in(grad)] if grad in used else [],
-        "lane_loads": code.load_lines(lane),
-        "lane_loads_zero_grad": code.load_lines(lane, zero_grad=True),
-        "lane_stores": code.store_lines(lane),
+        "lane_loads": code.load_lines(lane) if flat else [],
+        "lane_loads_zero_grad": code.load_lines(lane, zero_grad=True) if flat else [],
+        "lane_stores": code.store_lines(lane) if flat else [],
         "vector_out": [f"reinterpret_cast<{vec(n)} *>(p_{n})[vi] = x_{n};" for n, _ in code.stores],
     }
 

@@ -123,3 +123,107 @@ def math_type(op: OpSpec, dtype: DType) -> str:
     the widest of those; any other op in the call's dtype (float for float16)."""
     fixed = [DTYPE_BY_NAME[t.dtype] for t in op.tensors if t.dtype]
     return "double" if any(d.c_acc == "double" for d in (fixed or [dtype])) else "float"
+
+
+@dataclass(frozen=True)
+class RowCode:
+    """The lines of a two-pass row kernel (see opgen.expr.rows)."""
+
+    pass1_loads: list[str]
+    pre: list[str]
+    reductions: list[tuple[str, str, str]]  # (accumulator, initial line, accumulate line)
+    finals: list[str]  # the reductions' means, once the row is summed
+    row_loads: list[str]
+    row_body: list[str]
+    row_stores: list[str]
+    pass2_loads: list[str]
+    pass2_body: list[str]
+    pass2_stores: list[str]
+    pass1_indices: list[str]  # the element indices pass 1 reads through (i, gi), declared only if used
+    pass2_indices: list[str]
+
+
+def row_code(code: ElementCode, element: Callable[[str], str], per_row: Callable[[str], str]) -> RowCode | None:
+    """``element(name)``/``per_row(name)``: memory expressions of element and per-row tensors."""
+    from opgen.expr.rows import has_reductions, split_rows
+    from opgen.expr.tree import refs
+
+    rows = code.op.row_tensors
+    if not rows and not has_reductions(code.program):
+        return None
+    split = split_rows(code.program, rows)
+    printer, acc = code.printer, code.printer.acc
+    order = [t.name for t in code.op.tensors]
+
+    def tensors_read(statements, extra=()) -> list[str]:
+        names = {r.name for s in statements for r in refs(s.expr) if r.kind is RefKind.TENSOR}
+        names |= {r.name for e in extra for r in refs(e) if r.kind is RefKind.TENSOR}
+        return [n for n in order if n in names and n not in rows]
+
+    def loads(names: list[str]) -> list[str]:
+        lines = []
+        for name in names:
+            value = element(name)
+            if code.storage(name).half:
+                value = f"OPGEN_HALF_TO_FLOAT({value})"
+            elif code.storage(name).c_acc != acc:
+                value = f"({acc}){value}"
+            const = "const " if name == code.op.grad.name else ""
+            lines.append(f"{const}{acc} {c_name(RefKind.TENSOR, name)} = {value};")
+        return lines
+
+    def statements(items, declared: set[str]) -> list[str]:
+        lines = []
+        for s in items:
+            lines.append(printer.statement(s, declare=s.target not in declared))
+            declared.add(s.target)
+        return lines
+
+    def store(name: str, destination: str) -> str:
+        value = c_name(RefKind.TENSOR, name)
+        storage = code.storage(name)
+        if storage.half:
+            value = f"OPGEN_FLOAT_TO_HALF({value})"
+        elif storage.c_acc != acc:
+            value = f"({storage.c_storage}){value}"
+        return f"{destination} = {value};"
+
+    pass1 = tensors_read(split.pre, split.reductions)
+    reductions = [(f"sum_{k}", f"{acc} sum_{k} = 0;", f"sum_{k} += {printer.expr(arg)};")
+                  for k, arg in enumerate(split.reductions)]
+    finals = [f"const {acc} {c_name(RefKind.REDUCED, str(k))} = sum_{k} / ({acc})row_len;"
+              for k in range(len(split.reductions))]
+    row_names = [n for n in order if n in rows]
+    row_loads = []
+    for name in row_names:
+        value = per_row(name)
+        if code.storage(name).half:
+            value = f"OPGEN_HALF_TO_FLOAT({value})"
+        row_loads.append(f"{acc} {c_name(RefKind.TENSOR, name)} = {value};")
+    written_rows = [n for n in row_names if any(s.target == n for s in split.row)]
+    pass2 = tensors_read(split.pre + split.post)
+    element_stores = [n for n in code.program.stores if n not in rows]
+    grad = code.op.grad.name
+
+    def indices(names: list[str]) -> list[str]:
+        out = []
+        if any(n != grad for n in names):
+            out.append("const int64_t i = base + j;")
+        if grad in names:
+            out.append("const int64_t gi = gbase + j;")
+        return out
+
+    return RowCode(
+        pass1_loads=loads(pass1),
+        pre=statements(split.pre, set(pass1)),
+        reductions=reductions,
+        finals=finals,
+        row_loads=row_loads,
+        row_body=statements(split.row, set(row_names)),
+        row_stores=[store(n, per_row(n)) for n in written_rows],
+        pass2_loads=loads(pass2),
+        pass2_body=statements(split.pre + split.post, set(pass2) | set(row_names)),
+        pass2_stores=[store(n, element(n)) for n in element_stores],
+        pass1_indices=indices(pass1),
+        pass2_indices=indices(pass2 + element_stores),
+    )

@@ -94,7 +94,8 @@ def tensor_doc(op: OpSpec, t) -> str:
         return ("Dense, or a RowSparseArray." if kernels(op) != ("dense",) else "Dense.") + fixed
     if t.role is TensorRole.SCALAR:
         return "A number, or an array holding one element."
-    return "Updated in place." + fixed
+    per_row = " One value per row (shape (rows,) or (rows, 1))." if t.per_row else ""
+    return "Updated in place." + per_row + fixed
 
 
 def param_note(p) -> str:
@@ -152,7 +153,8 @@ def context(op: OpSpec) -> dict:
         "kernel_args": ", ".join([t.name for t in op.tensors] + [p.name for p in op.math_params]),
         "numpy_lines": [printer.statement(s) for s in program.prologue + program.body],
         "numpy_return": ", ".join(results),
-        "tensors": [{"name": t.name, "role": t.role.value, "dtype": repr(t.dtype)} for t in op.tensors],
+        "tensors": [{"name": t.name, "role": t.role.value, "dtype": repr(t.dtype), "per_row": t.per_row}
+                    for t in op.tensors],
         "params": [{"name": p.name, "type": p.type.value, "in_kernel": p in op.math_params,
                     "bounds": repr(p.bounds)} for p in op.params],
         "output": repr(op.output is not None),

@@ -12,7 +12,7 @@ from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKin
 _FUNCS = {
     "sqrt": "_np.sqrt", "abs": "_np.abs", "exp": "_np.exp", "log": "_np.log", "square": "_np.square",
     "isnan": "_np.isnan", "isinf": "_np.isinf", "isfinite": "_np.isfinite",
-    "min": "_np.minimum", "max": "_np.maximum", "sign": "_m.sign", "clip": "_m.clip",
+    "row_mean": "_m.row_mean", "min": "_np.minimum", "max": "_np.maximum", "sign": "_m.sign", "clip": "_m.clip",
 }
 
 

@@ -1,0 +1,106 @@
+"""Per-row math: split an element program around its per-row statements.
+
+An op with a per-row state (one value per row of the weight, an accumulator say) reads
+``row_mean(x)``: the mean over the row of an element expression. A row kernel then runs in
+three steps per row: the element statements before the first per-row one, accumulating
+every ``row_mean`` argument (pass 1); the per-row statements, once; and the element
+statements again with the per-row values known (pass 2).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from opgen.errors import SpecError
+from opgen.expr.hoist import KernelProgram
+from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKind, Unary, refs
+
+
+@dataclass(frozen=True)
+class RowProgram:
+    pre: tuple[Assign, ...]  # element statements that feed the reductions (temporaries only)
+    reductions: tuple[Expr, ...]  # the row_mean arguments; reduction k is Ref(name=str(k), REDUCED)
+    row: tuple[Assign, ...]  # per-row statements, with row_mean(...) replaced by its reduction
+    post: tuple[Assign, ...]  # the remaining element statements
+
+
+def has_reductions(program: KernelProgram) -> bool:
+    return any(_calls_row_mean(s.expr) for s in program.body)
+
+
+def _calls_row_mean(e: Expr) -> bool:
+    if isinstance(e, Call) and e.func == "row_mean":
+        return True
+    return any(_calls_row_mean(c) for c in _children(e))
+
+
+def _children(e: Expr) -> tuple[Expr, ...]:
+    if isinstance(e, Unary):
+        return (e.operand,)
+    if isinstance(e, Binary):
+        return (e.left, e.right)
+    if isinstance(e, Call):
+        return e.args
+    if isinstance(e, Cond):
+        return (e.test, e.then, e.orelse)
+    return ()
+
+
+def split_rows(program: KernelProgram, row_tensors: frozenset[str]) -> RowProgram:
+    pre: list[Assign] = []
+    row: list[Assign] = []
+    post: list[Assign] = []
+    reductions: list[Expr] = []
+    row_temps: set[str] = set()
+    pre_temps: set[str] = set()
+
+    def rowwise(e: Expr) -> bool:
+        """Constant along a row: parameters, per-row tensors and temporaries, reductions."""
+        if isinstance(e, Call) and e.func == "row_mean":
+            return True
+        if isinstance(e, Ref):
+            return e.kind in (RefKind.PARAM, RefKind.HOISTED) or e.name in row_tensors or e.name in row_temps
+        return isinstance(e, Const) or all(rowwise(c) for c in _children(e))
+
+    def reduce(e: Expr, s: Assign) -> Expr:
+        if isinstance(e, Call) and e.func == "row_mean":
+            arg = e.args[0]
+            for r in refs(arg):
+                if r.name in row_tensors or r.name in row_temps or (r.kind is RefKind.TEMP and r.name not in pre_temps):
+                    raise SpecError(s.location, f"row_mean() may read element values computed before the first "
+                                                f"per-row statement only, not '{r.name}'")
+            reductions.append(arg)
+            return Ref(e.vtype, False, str(len(reductions) - 1), RefKind.REDUCED)
+        if isinstance(e, Unary):
+            return replace(e, operand=reduce(e.operand, s))
+        if isinstance(e, Binary):
+            return replace(e, left=reduce(e.left, s), right=reduce(e.right, s))
+        if isinstance(e, Call):
+            return replace(e, args=tuple(reduce(a, s) for a in e.args))
+        if isinstance(e, Cond):
+            return replace(e, test=reduce(e.test, s), then=reduce(e.then, s), orelse=reduce(e.orelse, s))
+        return e
+
+    for s in program.body:
+        per_row = s.target in row_tensors or (_calls_row_mean(s.expr) and s.kind is RefKind.TEMP)
+        if per_row:
+            if post:
+                raise SpecError(s.location, "per-row statements must come before the element statements that "
+                                            "follow them: pre-row element math, per-row math, then element math")
+            if not rowwise(s.expr):
+                raise SpecError(s.location, f"'{s.target}' holds one value per row: its expression may read "
+                                            "parameters, per-row values and row_mean(...) only")
+            if s.kind is RefKind.TEMP:
+                row_temps.add(s.target)
+            row.append(replace(s, expr=reduce(s.expr, s)))
+        elif _calls_row_mean(s.expr):
+            raise SpecError(s.location, "row_mean() may appear only in per-row statements")
+        elif not row:
+            if s.kind is not RefKind.TEMP:
+                raise SpecError(s.location, f"'{s.target}' is written before the per-row statements; "
+                                            "only temporaries may be computed there (they run twice)")
+            pre_temps.add(s.target)
+            pre.append(s)
+        else:
+            post.append(s)
+    return RowProgram(tuple(pre), tuple(reductions), tuple(row), tuple(post))
