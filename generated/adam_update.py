@@ -137,7 +137,6 @@ def adam_update(weight, grad, mean, var, lr, beta1=0.9, beta2=0.999, epsilon=1e-
     return _OP((weight, grad, mean, var,), (lr, beta1, beta2, epsilon, wd, rescale_grad, clip_gradient, lazy_update,), out)
 
 
-
 _MULTI = _MultiOperator(_OP, ("weights", "grads", "means", "vars",))
 
 

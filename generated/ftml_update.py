@@ -142,7 +142,6 @@ def ftml_update(weight, grad, d, v, z, lr, *, beta1=0.6, beta2=0.999, epsilon=1e
     return _OP((weight, grad, d, v, z,), (lr, beta1, beta2, epsilon, t, wd, rescale_grad, clip_grad,), out)
 
 
-
 _MULTI = _MultiOperator(_OP, ("weights", "grads", "ds", "vs", "zs",))
 
 

@@ -130,7 +130,6 @@ def ftrl_update(weight, grad, z, n, lr, lamda1=0.01, beta=1.0, wd=0.0, rescale_g
     return _OP((weight, grad, z, n,), (lr, lamda1, beta, wd, rescale_grad, clip_gradient,), out)
 
 
-
 _MULTI = _MultiOperator(_OP, ("weights", "grads", "zs", "ns",))
 
 

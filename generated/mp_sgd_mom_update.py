@@ -121,7 +121,6 @@ def mp_sgd_mom_update(weight, grad, mom, weight32, lr, momentum=0.0, wd=0.0, res
     return _OP((weight, grad, mom, weight32,), (lr, momentum, wd, rescale_grad, clip_gradient, lazy_update,), out)
 
 
-
 _MULTI = _MultiOperator(_OP, ("weights", "grads", "moms", "weight32s",))
 
 

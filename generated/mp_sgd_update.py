@@ -112,7 +112,6 @@ def mp_sgd_update(weight, grad, weight32, lr, wd=0.0, rescale_grad=1.0, clip_gra
     return _OP((weight, grad, weight32,), (lr, wd, rescale_grad, clip_gradient, lazy_update,), out)
 
 
-
 _MULTI = _MultiOperator(_OP, ("weights", "grads", "weight32s",))
 
 

@@ -118,7 +118,6 @@ def nag_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0
     return _OP((weight, grad, mom,), (lr, momentum, wd, rescale_grad, clip_gradient,), out)
 
 
-
 _MULTI = _MultiOperator(_OP, ("weights", "grads", "moms",))
 
 

@@ -130,7 +130,6 @@ def rmsprop_update(weight, grad, n, lr, gamma1=0.95, epsilon=1e-8, wd=0.0, resca
     return _OP((weight, grad, n,), (lr, gamma1, epsilon, wd, rescale_grad, clip_gradient, clip_weights,), out)
 
 
-
 _MULTI = _MultiOperator(_OP, ("weights", "grads", "ns",))
 
 

@@ -142,7 +142,6 @@ def rmspropalex_update(weight, grad, n, g, delta, lr, gamma1=0.95, gamma2=0.9, e
     return _OP((weight, grad, n, g, delta,), (lr, gamma1, gamma2, epsilon, wd, rescale_grad, clip_gradient, clip_weights,), out)
 
 
-
 _MULTI = _MultiOperator(_OP, ("weights", "grads", "ns", "gs", "deltas",))
 
 

@@ -108,7 +108,6 @@ def sgd_update(weight, grad, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, l
     return _OP((weight, grad,), (lr, wd, rescale_grad, clip_gradient, lazy_update,), out)
 
 
-
 _MULTI = _MultiOperator(_OP, ("weights", "grads",))
 
 

@@ -103,7 +103,6 @@ def signsgd_update(weight, grad, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.
     return _OP((weight, grad,), (lr, wd, rescale_grad, clip_gradient,), out)
 
 
-
 _MULTI = _MultiOperator(_OP, ("weights", "grads",))
 
 

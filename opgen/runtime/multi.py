@@ -42,9 +42,34 @@ class MultiOperator:
         self.group_names = tuple(group_names)
         self.kernel_params = tuple(op.params[k] for k in op.kernel_params)
         self._plan: _Plan | None = None
+        self._flat = False  # errors name tensors as data[k] (MXNet's flat convention)
+        self._labels = {p.name: p.name for p in self.kernel_params}
+
+    def interleaved(self, data: tuple, params: tuple, count, count_name: str, out,
+                    labels: Sequence[tuple[str, str]] = ()):
+        """MXNet's convention: ``data`` is (weight, grad, states...) for tensor 0, then tensor
+        1, ...; ``count`` says how many tensors; ``labels`` gives per-tensor lists' names."""
+        if len(data) == 1 and isinstance(data[0], (list, tuple)):
+            data = tuple(data[0])
+        if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 0:
+            raise TypeError(f"{self.op.name}(): argument '{count_name}' must be a non-negative integer, "
+                            f"got {count!r}")
+        size = len(self.group_names)
+        if len(data) != count * size:
+            parts = ", ".join(t.name for t in self.op.tensors)
+            raise ValueError(f"{self.op.name}(): argument 'data' holds {len(data)} arrays but {count_name}={count} "
+                             f"needs {count * size} ({parts} for each tensor)")
+        groups = tuple(list(data[k::size]) for k in range(size))
+        flat, names = self._flat, self._labels
+        self._flat, self._labels = True, {**names, **dict(labels)}
+        try:
+            return self(groups, params, out)
+        finally:
+            self._flat, self._labels = flat, names
 
     def _fail(self, exc: type[Exception], name: str, message: str) -> Exception:
-        return exc(f"{self.name}(): argument '{name}' {message}")
+        caller = self.op.name if self._flat else self.name
+        return exc(f"{caller}(): argument '{name}' {message}")
 
     def __call__(self, groups: tuple, params: tuple, out):
         lists = []
@@ -86,17 +111,24 @@ class MultiOperator:
 
     def _param_column(self, p, value, count: int):
         """A scalar (one value for all) or an array of one value per tensor."""
+        label = self._labels.get(p.name, p.name)
         if isinstance(value, (list, tuple, np.ndarray)):
             array = np.asarray(value)
             if array.shape != (count,):
-                raise self._fail(ValueError, p.name, f"has {array.shape[0] if array.ndim == 1 else array.shape} "
-                                                     f"values for {count} tensors")
+                raise self._fail(ValueError, label, f"has {array.shape[0] if array.ndim == 1 else array.shape} "
+                                                    f"values for {count} tensors")
             if array.dtype.kind not in ("f", "i", "u") or (p.type != "float" and array.dtype.kind == "f"):
-                raise self._fail(TypeError, p.name, f"must hold {p.type} values, got dtype {array.dtype}")
+                raise self._fail(TypeError, label, f"must hold {p.type} values, got dtype {array.dtype}")
             return array
+        if label != p.name:
+            raise self._fail(TypeError, label, f"must be a sequence of one {p.type} per tensor, "
+                                               f"got {type(value).__name__}")
         return self.op._check_param(p, value)
 
     def _names(self, i: int) -> tuple[str, ...]:
+        if self._flat:
+            size = len(self.group_names)
+            return tuple(f"data[{i * size + k}]" for k in range(size))
         return tuple(f"{name}[{i}]" for name in self.group_names)
 
     def _plan_for(self, lists, out, arrays: tuple, module, count: int) -> _Plan | None:

@@ -15,7 +15,7 @@ from opgen.expr.parser import Statement, parse_condition, parse_program
 from opgen.expr.rows import has_reductions, split_rows
 from opgen.expr.tree import FUNCTIONS, RefKind, VType, refs
 from opgen.spec import yaml_nodes as y
-from opgen.spec.model import OpSpec, ParamSpec, ParamType, RowSparseSpec, TensorRole, TensorSpec
+from opgen.spec.model import MultiSpec, OpSpec, ParamSpec, ParamType, RowSparseSpec, TensorRole, TensorSpec
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z")
@@ -45,7 +45,7 @@ def load_spec(path: Path) -> OpSpec:
 def parse_spec(text: str, path: str, expected_name: str | None = None, source: str | None = None) -> OpSpec:
     root = y.Mapping(path, y.compose(path, text), "the spec",
                      required=("name", "summary", "tensors", "math"),
-                     optional=("description", "params", "row_sparse", "skip_if", "output", "deviations"))
+                     optional=("description", "params", "row_sparse", "skip_if", "output", "multi", "deviations"))
     name = _identifier(root, "name", "the op's name")
     if expected_name is not None and name != expected_name:
         raise SpecError(root.location("name"),
@@ -58,7 +58,8 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     math = _math(root, tensors, params)
     skip_if = _skip_if(root, tensors, params) if "skip_if" in root else None
     output = _output(root, math) if "output" in root else None
-    _check_usage(root, tensors, params, math, row_sparse, skip_if, output)
+    multi = _multi(root, tensors, params, row_sparse, output) if "multi" in root else None
+    _check_usage(root, tensors, params, math, row_sparse, skip_if, output, multi)
     _check_rows(root, tensors, math, row_sparse)
     deviations = tuple(y.scalar_text(path, n, "each deviation") for n in root.sequence("deviations")) \
         if "deviations" in root else ()
@@ -75,6 +76,7 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         skip_if=skip_if,
         skip_if_text=root.string("skip_if").strip() if skip_if is not None else "",
         output=output,
+        multi=multi,
     )
 
 
@@ -256,6 +258,29 @@ def _check_unique(names: list[tuple[str, Location]]) -> None:
         seen[name] = loc
 
 
+def _multi(root: y.Mapping, tensors, params, row_sparse: RowSparseSpec, output) -> MultiSpec:
+    m = y.Mapping(root.path, root.node("multi"), "multi", required=("count", "per_tensor"), optional=())
+    by_name = {p.name: p for p in params}
+    count = m.string("count")
+    if count not in by_name or by_name[count].type is not ParamType.INT or by_name[count].required:
+        raise SpecError(m.location("count"), f"multi.count must name an int parameter with a default, got '{count}'")
+    per = y.Mapping(root.path, m.node("per_tensor"), "multi.per_tensor", required=(),
+                    optional=tuple(p.name for p in params if p.type is ParamType.FLOAT))
+    pairs = []
+    for key_node, value_node in per.yaml_node.value:
+        public = y.scalar_text(root.path, value_node, f"the list name of '{key_node.value}'")
+        if not _NAME.match(public) or public in by_name or public in {t.name for t in tensors}:
+            raise SpecError(y.where(root.path, value_node), f"'{public}' is not a free name for a per-tensor list")
+        if not by_name[key_node.value].required:
+            raise SpecError(y.where(root.path, key_node), f"per-tensor parameter '{key_node.value}' must be "
+                                                          "required (each call gives one value per tensor)")
+        pairs.append((key_node.value, public))
+    if output is not None or any(t.role is TensorRole.SCALAR for t in tensors) or not row_sparse.dense:
+        raise SpecError(root.key_location("multi"), "the multi-tensor convention needs dense updates of weights, "
+                                                    "without outputs or scalar inputs")
+    return MultiSpec(count, tuple(pairs))
+
+
 def _check_rows(root: y.Mapping, tensors, math, row_sparse: RowSparseSpec) -> None:
     """Per-row states and row_mean(): checked by splitting the math as the row kernels will."""
     program = hoist(math)
@@ -268,7 +293,8 @@ def _check_rows(root: y.Mapping, tensors, math, row_sparse: RowSparseSpec) -> No
     split_rows(program, rows)
 
 
-def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSpec, skip_if, output) -> None:
+def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSpec, skip_if, output,
+                 multi=None) -> None:
     written = set(math.tensors_written())
     read = math.names_read() | (frozenset(r.name for r in refs(skip_if)) if skip_if is not None else frozenset())
     for t in tensors:
@@ -283,7 +309,8 @@ def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSp
     for p in params:
         if p.ignored and p.name in read:
             raise SpecError(p.location, f"parameter '{p.name}' is marked ignored but the math uses it")
-        if not p.ignored and p.name not in read and p.name != row_sparse.lazy_param:
+        if not p.ignored and p.name not in read and p.name != row_sparse.lazy_param \
+                and (multi is None or p.name != multi.count):
             raise SpecError(p.location, f"parameter '{p.name}' is never used by the math "
                                         "(mark it 'ignored: true' if it is accepted only for compatibility)")
     for s in math.statements:

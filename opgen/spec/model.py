@@ -66,6 +66,19 @@ class RowSparseSpec:
 
 
 @dataclass(frozen=True)
+class MultiSpec:
+    """MXNet's multi-tensor calling convention: ``OP(*data, <per-tensor lists>, ..., count=1)``.
+
+    ``data`` is one flat list of groups (weight, grad, states... per tensor, in tensor
+    order); ``count`` names the int parameter that says how many groups there are;
+    ``per_tensor`` maps a parameter to the public name of its one-value-per-tensor list.
+    """
+
+    count: str
+    per_tensor: tuple[tuple[str, str], ...]  # (parameter, public list name)
+
+
+@dataclass(frozen=True)
 class OpSpec:
     name: str
     path: str  # the spec as generated files name it: FOLDER/NAME.yaml
@@ -79,6 +92,7 @@ class OpSpec:
     skip_if: Expr | None = None  # a condition on the parameters: when true the call changes nothing
     skip_if_text: str = ""
     output: str | None = None  # a temporary written to `out` instead of a new weight (weight read-only)
+    multi: MultiSpec | None = None  # the public function takes MXNet's multi-tensor convention
 
     @property
     def weight(self) -> TensorSpec:
