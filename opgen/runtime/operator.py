@@ -21,7 +21,7 @@ _ftz = backends._flush_denormal
 
 FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
 _REAL = (int, float, np.integer, np.floating)
-_PLAIN = {"float": (float, int), "int": (int,), "bool": (bool,)}  # accepted as they are by the fast path
+_PLAIN = {"float": frozenset((float, int)), "int": frozenset((int,)), "bool": frozenset((bool,))}  # taken as they are by the fast path
 
 
 @dataclass(frozen=True)
@@ -85,7 +85,11 @@ class Operator:
                              or any(t.role == "scalar" for t in tensors))
         self._fast_functions: dict[np.dtype, Callable] = {}  # dtype -> dense C kernel, once loaded
         self._fast_types = tuple(_PLAIN[p.type] for p in params)
+        # the kernel parameters as a slice of the call's, when they come first
+        prefix = len(self.kernel_params)
+        self._kernel_prefix = prefix if self.kernel_params == tuple(range(prefix)) else None
         self._from_buffer = None
+        self._distinct = _DISTINCT.get(len(self.tensors), _distinct_any)
 
     def math_dtype(self, dtype: np.dtype) -> type:
         """As the kernels: the widest fixed dtype of a mixed-precision op, else the call's
@@ -119,11 +123,15 @@ class Operator:
                         if type(value) not in allowed:
                             break
                     else:
-                        if len(set(map(id, tensors))) == len(tensors):
-                            target = weight if out is not None else weight.copy()
-                            from_buffer = self._from_buffer
-                            function(weight.size, *[from_buffer(target if t is weight else t) for t in tensors],
-                                     *[params[k] for k in self.kernel_params], _ftz[0])
+                        if self._distinct(tensors):
+                            kernel_params = params[:self._kernel_prefix] if self._kernel_prefix is not None \
+                                else [params[k] for k in self.kernel_params]
+                            if out is not None:  # in place: the weight's own buffer
+                                function(weight.size, *map(self._from_buffer, tensors), *kernel_params, _ftz[0])
+                                return weight
+                            target = weight.copy()
+                            function(weight.size, *[self._from_buffer(target if t is weight else t) for t in tensors],
+                                     *kernel_params, _ftz[0])
                             return target
         return self._checked_call(tensors, params, out)
 
@@ -447,6 +455,20 @@ class Operator:
                 array = weight if t.role == "weight" else grad if t.role == "grad" else next(state_iter)
                 ordered.append(array.astype(acc, copy=False))
         return ordered
+
+
+# Whether the call's arrays are distinct objects: spelled out for the usual counts, as the
+# fast path runs per call (a set of ids costs 3-4 times as much).
+def _distinct_any(t) -> bool:
+    return len(set(map(id, t))) == len(t)
+
+
+_DISTINCT = {
+    2: lambda t: t[0] is not t[1],
+    3: lambda t: t[0] is not t[1] and t[0] is not t[2] and t[1] is not t[2],
+    4: lambda t: (t[0] is not t[1] and t[0] is not t[2] and t[0] is not t[3] and t[1] is not t[2]
+                  and t[1] is not t[3] and t[2] is not t[3]),
+}
 
 
 def _contiguous(xp, array):
