@@ -9,9 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
-from opgen.expr.tree import (
-    Assign, Binary, Call, Cond, Const, Expr, Program, Ref, RefKind, Unary, refs,
-)
+from opgen.expr.tree import Assign, Const, Expr, Program, Ref, RefKind, map_children, refs
 
 
 @dataclass(frozen=True)
@@ -51,16 +49,7 @@ def hoist(program: Program) -> KernelProgram:
                 hoisted[e] = ref
                 prologue.append(Assign(ref.name, RefKind.HOISTED, e, where.source, where.location))
             return ref
-        if isinstance(e, Unary):
-            return replace(e, operand=rewrite(e.operand, where))
-        if isinstance(e, Binary):
-            return replace(e, left=rewrite(e.left, where), right=rewrite(e.right, where))
-        if isinstance(e, Call):
-            return replace(e, args=tuple(rewrite(a, where) for a in e.args))
-        if isinstance(e, Cond):
-            return replace(e, test=rewrite(e.test, where), then=rewrite(e.then, where),
-                           orelse=rewrite(e.orelse, where))
-        raise TypeError(f"unknown expression node {type(e).__name__}")
+        return map_children(e, lambda child: rewrite(child, where))
 
     for s in program.statements:
         if s.kind is RefKind.TEMP and s.target in uniform_temps:

@@ -13,7 +13,7 @@ from dataclasses import dataclass, replace
 
 from opgen.errors import SpecError
 from opgen.expr.hoist import KernelProgram
-from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKind, Unary, refs
+from opgen.expr.tree import Assign, Call, Const, Expr, Ref, RefKind, children, map_children, refs
 
 
 @dataclass(frozen=True)
@@ -31,19 +31,7 @@ def has_reductions(program: KernelProgram) -> bool:
 def _calls_row_mean(e: Expr) -> bool:
     if isinstance(e, Call) and e.func == "row_mean":
         return True
-    return any(_calls_row_mean(c) for c in _children(e))
-
-
-def _children(e: Expr) -> tuple[Expr, ...]:
-    if isinstance(e, Unary):
-        return (e.operand,)
-    if isinstance(e, Binary):
-        return (e.left, e.right)
-    if isinstance(e, Call):
-        return e.args
-    if isinstance(e, Cond):
-        return (e.test, e.then, e.orelse)
-    return ()
+    return any(_calls_row_mean(c) for c in children(e))
 
 
 def split_rows(program: KernelProgram, row_tensors: frozenset[str]) -> RowProgram:
@@ -60,7 +48,7 @@ def split_rows(program: KernelProgram, row_tensors: frozenset[str]) -> RowProgra
             return True
         if isinstance(e, Ref):
             return e.kind in (RefKind.PARAM, RefKind.HOISTED) or e.name in row_tensors or e.name in row_temps
-        return isinstance(e, Const) or all(rowwise(c) for c in _children(e))
+        return isinstance(e, Const) or all(rowwise(c) for c in children(e))
 
     def reduce(e: Expr, s: Assign) -> Expr:
         if isinstance(e, Call) and e.func == "row_mean":
@@ -71,15 +59,7 @@ def split_rows(program: KernelProgram, row_tensors: frozenset[str]) -> RowProgra
                                                 f"per-row statement only, not '{r.name}'")
             reductions.append(arg)
             return Ref(e.vtype, False, str(len(reductions) - 1), RefKind.REDUCED)
-        if isinstance(e, Unary):
-            return replace(e, operand=reduce(e.operand, s))
-        if isinstance(e, Binary):
-            return replace(e, left=reduce(e.left, s), right=reduce(e.right, s))
-        if isinstance(e, Call):
-            return replace(e, args=tuple(reduce(a, s) for a in e.args))
-        if isinstance(e, Cond):
-            return replace(e, test=reduce(e.test, s), then=reduce(e.then, s), orelse=reduce(e.orelse, s))
-        return e
+        return map_children(e, lambda child: reduce(child, s))
 
     for s in program.body:
         per_row = s.target in row_tensors or (_calls_row_mean(s.expr) and s.kind is RefKind.TEMP)

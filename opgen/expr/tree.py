@@ -7,7 +7,7 @@ parameters and constants alone, hence the same for every element (and hoistable)
 from __future__ import annotations
 
 import enum
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from opgen.errors import Location
 
@@ -124,6 +124,19 @@ def children(expr: Expr) -> tuple[Expr, ...]:
     if isinstance(expr, Cond):
         return (expr.test, expr.then, expr.orelse)
     return ()
+
+
+def map_children(expr: Expr, f) -> Expr:
+    """``expr`` with every direct child replaced by ``f(child)``; leaves unchanged."""
+    if isinstance(expr, Unary):
+        return replace(expr, operand=f(expr.operand))
+    if isinstance(expr, Binary):
+        return replace(expr, left=f(expr.left), right=f(expr.right))
+    if isinstance(expr, Call):
+        return replace(expr, args=tuple(f(a) for a in expr.args))
+    if isinstance(expr, Cond):
+        return replace(expr, test=f(expr.test), then=f(expr.then), orelse=f(expr.orelse))
+    return expr
 
 
 def refs(expr: Expr) -> list[Ref]:

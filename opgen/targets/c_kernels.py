@@ -8,7 +8,7 @@ Three kernels per op and dtype, all in place on the weight buffer:
 
 from __future__ import annotations
 
-from opgen.spec.model import OpSpec, ParamType, TensorRole
+from opgen.spec.model import OpSpec, ParamType
 from opgen.targets.dtypes import DTYPES, DType
 from opgen.targets.element import ElementCode, row_code
 

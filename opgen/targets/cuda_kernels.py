@@ -11,7 +11,7 @@ Scalar arguments have the math type (float for float16/float32): no double in fl
 
 from __future__ import annotations
 
-from opgen.spec.model import OpSpec, ParamType, TensorRole
+from opgen.spec.model import OpSpec, ParamType
 from opgen.targets.c_kernels import ARG, function_name, kernels
 from opgen.targets.dtypes import DTYPES, DType
 from opgen.targets.element import ElementCode, row_code

@@ -7,7 +7,7 @@ literals stay weak (NEP 50), so float32 math stays float32.
 from __future__ import annotations
 
 from opgen.expr.printers.infix import ATOM, InfixPrinter
-from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKind, VType
+from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKind
 
 _FUNCS = {
     "sqrt": "_np.sqrt", "abs": "_np.abs", "exp": "_np.exp", "log": "_np.log", "square": "_np.square",
