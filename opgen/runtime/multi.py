@@ -23,6 +23,18 @@ from opgen.runtime.rowsparse import RowSparseArray
 _PARAM_DTYPES = {"float": (np.float64, "double"), "int": (np.int64, "int64_t"), "bool": (np.int32, "int")}
 
 
+@dataclass(frozen=True)
+class _Naming:
+    """How errors name things: the function, and tensors as lists[i] or as data[k]."""
+
+    caller: str
+    flat: bool  # MXNet's convention: tensors are data[k] of one flat list
+    labels: tuple[tuple[str, str], ...] = ()  # parameter -> public per-tensor list name
+
+    def label(self, param: str) -> str:
+        return dict(self.labels).get(param, param)
+
+
 @dataclass
 class _Plan:
     arrays: tuple  # every array of the call, out included: the cache key, compared by identity
@@ -42,8 +54,7 @@ class MultiOperator:
         self.group_names = tuple(group_names)
         self.kernel_params = tuple(op.params[k] for k in op.kernel_params)
         self._plan: _Plan | None = None
-        self._flat = False  # errors name tensors as data[k] (MXNet's flat convention)
-        self._labels = {p.name: p.name for p in self.kernel_params}
+        self._naming = _Naming(self.name, flat=False)
 
     def interleaved(self, data: tuple, params: tuple, count, count_name: str, out,
                     labels: Sequence[tuple[str, str]] = ()):
@@ -60,35 +71,33 @@ class MultiOperator:
             raise ValueError(f"{self.op.name}(): argument 'data' holds {len(data)} arrays but {count_name}={count} "
                              f"needs {count * size} ({parts} for each tensor)")
         groups = tuple(list(data[k::size]) for k in range(size))
-        flat, names = self._flat, self._labels
-        self._flat, self._labels = True, {**names, **dict(labels)}
-        try:
-            return self(groups, params, out)
-        finally:
-            self._flat, self._labels = flat, names
+        return self._call(groups, params, out, _Naming(self.op.name, flat=True, labels=tuple(labels)))
 
-    def _fail(self, exc: type[Exception], name: str, message: str) -> Exception:
-        caller = self.op.name if self._flat else self.name
-        return exc(f"{caller}(): argument '{name}' {message}")
+    @staticmethod
+    def _fail(naming: _Naming, exc: type[Exception], name: str, message: str) -> Exception:
+        return exc(f"{naming.caller}(): argument '{name}' {message}")
 
     def __call__(self, groups: tuple, params: tuple, out):
+        return self._call(groups, params, out, self._naming)
+
+    def _call(self, groups: tuple, params: tuple, out, naming: _Naming):
         lists = []
         for name, group in zip(self.group_names, groups):
             if not isinstance(group, (list, tuple)):
-                raise self._fail(TypeError, name, f"must be a list or tuple of arrays, got {type(group).__name__}")
+                raise self._fail(naming, TypeError, name, f"must be a list or tuple of arrays, got {type(group).__name__}")
             lists.append(group)
         count = len(lists[0])
         for name, group in zip(self.group_names[1:], lists[1:]):
             if len(group) != count:
-                raise self._fail(ValueError, name, f"holds {len(group)} arrays but '{self.group_names[0]}' "
+                raise self._fail(naming, ValueError, name, f"holds {len(group)} arrays but '{self.group_names[0]}' "
                                                    f"holds {count}; give one per tensor")
         if out is not None:
             if not isinstance(out, (list, tuple)):
-                raise self._fail(TypeError, "out", f"must be None or a list of arrays, got {type(out).__name__}")
+                raise self._fail(naming, TypeError, "out", f"must be None or a list of arrays, got {type(out).__name__}")
             if len(out) != count:
-                raise self._fail(ValueError, "out", f"holds {len(out)} arrays but '{self.group_names[0]}' "
+                raise self._fail(naming, ValueError, "out", f"holds {len(out)} arrays but '{self.group_names[0]}' "
                                                     f"holds {count}")
-        columns = [self._param_column(p, v, count) for p, v in zip(self.kernel_params, params)]
+        columns = [self._param_column(naming, p, v, count) for p, v in zip(self.kernel_params, params)]
         if count == 0:
             return []
         arrays = tuple(itertools.chain(*lists, out if out is not None else ()))
@@ -96,9 +105,9 @@ class MultiOperator:
         if plan is None or out is None or len(plan.arrays) != len(arrays) \
                 or not all(map(operator.is_, arrays, plan.arrays)) or backends.current_backend() == "numpy":
             module = self.op.c_module() if all(type(a) is np.ndarray for a in lists[0]) else None
-            plan = None if module is None else self._plan_for(lists, out, arrays, module, count)
+            plan = None if module is None else self._plan_for(naming, lists, out, arrays, module, count)
         if plan is None:
-            return self._one_by_one(lists, columns, out, count)
+            return self._one_by_one(naming, lists, columns, out, count)
         from_buffer = plan.from_buffer
         values = []
         for p, column in zip(self.kernel_params, columns):
@@ -109,43 +118,43 @@ class MultiOperator:
         plan.function(count, plan.sizes, *plan.tables, *values, backends._flush_denormal[0])
         return list(plan.targets)
 
-    def _param_column(self, p, value, count: int):
+    def _param_column(self, naming: _Naming, p, value, count: int):
         """A scalar (one value for all) or an array of one value per tensor."""
-        label = self._labels.get(p.name, p.name)
+        label = naming.label(p.name)
         if isinstance(value, (list, tuple, np.ndarray)):
             array = np.asarray(value)
             if array.shape != (count,):
-                raise self._fail(ValueError, label, f"has {array.shape[0] if array.ndim == 1 else array.shape} "
+                raise self._fail(naming, ValueError, label, f"has {array.shape[0] if array.ndim == 1 else array.shape} "
                                                     f"values for {count} tensors")
             if array.dtype.kind not in ("f", "i", "u") or (p.type != "float" and array.dtype.kind == "f"):
-                raise self._fail(TypeError, label, f"must hold {p.type} values, got dtype {array.dtype}")
+                raise self._fail(naming, TypeError, label, f"must hold {p.type} values, got dtype {array.dtype}")
             return array
         if label != p.name:
-            raise self._fail(TypeError, label, f"must be a sequence of one {p.type} per tensor, "
+            raise self._fail(naming, TypeError, label, f"must be a sequence of one {p.type} per tensor, "
                                                f"got {type(value).__name__}")
         return self.op._check_param(p, value)
 
-    def _names(self, i: int) -> tuple[str, ...]:
-        if self._flat:
+    def _names(self, naming: _Naming, i: int) -> tuple[str, ...]:
+        if naming.flat:
             size = len(self.group_names)
             return tuple(f"data[{i * size + k}]" for k in range(size))
         return tuple(f"{name}[{i}]" for name in self.group_names)
 
-    def _plan_for(self, lists, out, arrays: tuple, module, count: int) -> _Plan | None:
+    def _plan_for(self, naming: _Naming, lists, out, arrays: tuple, module, count: int) -> _Plan | None:
         """Check every tensor and build the C kernel's pointer tables; None when these
         arrays need the general path (non-contiguous)."""
         op = self.op
         dtype = lists[0][0].dtype
         checked = []
         for i in range(count):
-            names = self._names(i)
+            names = self._names(naming, i)
             group = tuple(lst[i] for lst in lists)
             weight, grad, states, _ = op._check_tensors(group, names)
             if isinstance(grad, RowSparseArray):
-                raise self._fail(TypeError, names[op.grad_index], "is row-sparse: multi-tensor updates take "
+                raise self._fail(naming, TypeError, names[op.grad_index], "is row-sparse: multi-tensor updates take "
                                                                   "dense gradients")
             if weight.dtype != dtype:
-                raise self._fail(TypeError, names[op.weight_index], f"has dtype {weight.dtype} but the first "
+                raise self._fail(naming, TypeError, names[op.weight_index], f"has dtype {weight.dtype} but the first "
                                                                     f"tensor has {dtype}; one dtype per call")
             target = op._check_out(None if out is None else out[i], weight, grad, states, names, f"out[{i}]")
             checked.append((group, target))
@@ -175,7 +184,7 @@ class MultiOperator:
             self._plan = plan  # in place, as optimizers call it: the same pointers next time
         return plan
 
-    def _one_by_one(self, lists, columns, out, count: int) -> list:
+    def _one_by_one(self, naming: _Naming, lists, columns, out, count: int) -> list:
         """The general path (NumPy backend, CuPy arrays, non-contiguous arrays): op by op."""
         op = self.op
         results = []
@@ -186,7 +195,7 @@ class MultiOperator:
                 values[position] = column[i].item() if isinstance(column, np.ndarray) else column
             group = tuple(lst[i] for lst in lists)
             results.append(op._checked_call(group, tuple(values), None if out is None else out[i],
-                                            self._names(i), f"out[{i}]"))
+                                            self._names(naming, i), f"out[{i}]"))
         return results
 
 
