@@ -21,8 +21,8 @@ _HERE = _Path(__file__).resolve().parent
 def _numpy_kernel(_T, weight, g, r1, r2, lr, lower_bound, upper_bound):
     """The math in NumPy (the reference backend): returns the new weight."""
     r1b = _np.maximum(r1, lower_bound) if lower_bound >= 0 else r1
-    r1b = _np.minimum(r1b, upper_bound) if upper_bound >= 0 else r1b
-    step = lr if _np.logical_or(r1b == 0, r2 == 0) else lr * r1b / r2
+    _2r1b = _np.minimum(r1b, upper_bound) if upper_bound >= 0 else r1b
+    step = lr if _np.logical_or(_2r1b == 0, r2 == 0) else lr * _2r1b / r2
     weight = weight - step * g
     return (weight,)
 

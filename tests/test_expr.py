@@ -18,7 +18,7 @@ from opgen.expr.tree import RefKind, VType
 
 def program(*lines: str, params=("p", "q")):
     at = lambda line, col: Location("t.yaml", line, col + 1)  # noqa: E731
-    return parse_program([Statement(text, at) for text in lines], frozenset({"g"}), frozenset({"w"}),
+    return parse_program([Statement(text, at) for text in lines], frozenset({"g"}), frozenset({"w", "m"}),
                          {name: VType.REAL for name in params})
 
 
@@ -74,3 +74,15 @@ def test_uniform_subexpressions_are_hoisted_once():
     assert kinds == [(RefKind.HOISTED, "0"), (RefKind.TEMP, "u"), (RefKind.HOISTED, "1")]
     assert [s.target for s in k.body] == ["t", "w"]
     assert k.loads == ("g", "w") and k.stores == ("w",)
+
+
+def test_a_reassigned_uniform_temporary_is_read_in_program_order():
+    """s = lr; weight -= s*grad; s = 100*lr; mom -= s*grad: weight uses lr, mom uses 100*lr."""
+    prog = program("s = lr", "w = w - s * g", "s = 100 * lr", "m = m - s * g", params=("lr",))
+    kernel = hoist(prog)
+    printer = NumpyPrinter()
+    namespace = {"np": np, "_np": np, "_T": np.float64, "lr": 0.1, "w": 1.0, "g": 1.0, "m": 0.0}
+    for statement in kernel.prologue + kernel.body:
+        exec(printer.statement(statement), namespace)  # the printer's own output, on fixed numbers
+    assert namespace["w"] == pytest.approx(1.0 - 0.1 * 1.0)
+    assert namespace["m"] == pytest.approx(0.0 - 10.0 * 1.0)

@@ -14,8 +14,8 @@ void opgen_lamb_update_phase2_dense_float16(int64_t n, void *arg_weight, const v
     const float s_lower_bound = (float)arg_lower_bound;
     const float s_upper_bound = (float)arg_upper_bound;
     float t_r1b = s_lower_bound >= 0 ? opgen_maxf(s_r1, s_lower_bound) : s_r1;
-    t_r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
-    float t_step = t_r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t_r1b / s_r2;
+    float t__2r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
+    float t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -44,8 +44,8 @@ void opgen_lamb_update_phase2_standard_float16(int64_t nrows, int64_t row_len, i
     const float s_lower_bound = (float)arg_lower_bound;
     const float s_upper_bound = (float)arg_upper_bound;
     float t_r1b = s_lower_bound >= 0 ? opgen_maxf(s_r1, s_lower_bound) : s_r1;
-    t_r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
-    float t_step = t_r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t_r1b / s_r2;
+    float t__2r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
+    float t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -92,8 +92,8 @@ void opgen_lamb_update_phase2_dense_float32(int64_t n, void *arg_weight, const v
     const float s_lower_bound = (float)arg_lower_bound;
     const float s_upper_bound = (float)arg_upper_bound;
     float t_r1b = s_lower_bound >= 0 ? opgen_maxf(s_r1, s_lower_bound) : s_r1;
-    t_r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
-    float t_step = t_r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t_r1b / s_r2;
+    float t__2r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
+    float t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -122,8 +122,8 @@ void opgen_lamb_update_phase2_standard_float32(int64_t nrows, int64_t row_len, i
     const float s_lower_bound = (float)arg_lower_bound;
     const float s_upper_bound = (float)arg_upper_bound;
     float t_r1b = s_lower_bound >= 0 ? opgen_maxf(s_r1, s_lower_bound) : s_r1;
-    t_r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
-    float t_step = t_r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t_r1b / s_r2;
+    float t__2r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
+    float t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -170,8 +170,8 @@ void opgen_lamb_update_phase2_dense_float64(int64_t n, void *arg_weight, const v
     const double s_lower_bound = (double)arg_lower_bound;
     const double s_upper_bound = (double)arg_upper_bound;
     double t_r1b = s_lower_bound >= 0 ? opgen_max(s_r1, s_lower_bound) : s_r1;
-    t_r1b = s_upper_bound >= 0 ? opgen_min(t_r1b, s_upper_bound) : t_r1b;
-    double t_step = t_r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t_r1b / s_r2;
+    double t__2r1b = s_upper_bound >= 0 ? opgen_min(t_r1b, s_upper_bound) : t_r1b;
+    double t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
     const int nthreads = opgen_threads_for(n);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
@@ -200,8 +200,8 @@ void opgen_lamb_update_phase2_standard_float64(int64_t nrows, int64_t row_len, i
     const double s_lower_bound = (double)arg_lower_bound;
     const double s_upper_bound = (double)arg_upper_bound;
     double t_r1b = s_lower_bound >= 0 ? opgen_max(s_r1, s_lower_bound) : s_r1;
-    t_r1b = s_upper_bound >= 0 ? opgen_min(t_r1b, s_upper_bound) : t_r1b;
-    double t_step = t_r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t_r1b / s_r2;
+    double t__2r1b = s_upper_bound >= 0 ? opgen_min(t_r1b, s_upper_bound) : t_r1b;
+    double t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
     const int nthreads = opgen_threads_for(nrows * row_len);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {

@@ -14,8 +14,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense
     const float s_lower_bound = (float)arg_lower_bound;
     const float s_upper_bound = (float)arg_upper_bound;
     float t_r1b = s_lower_bound >= 0 ? opgen_maxf(s_r1, s_lower_bound) : s_r1;
-    t_r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
-    float t_step = t_r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t_r1b / s_r2;
+    float t__2r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
+    float t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
     constexpr int W = 8;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -51,8 +51,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_stand
     const float s_lower_bound = (float)arg_lower_bound;
     const float s_upper_bound = (float)arg_upper_bound;
     float t_r1b = s_lower_bound >= 0 ? opgen_maxf(s_r1, s_lower_bound) : s_r1;
-    t_r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
-    float t_step = t_r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t_r1b / s_r2;
+    float t__2r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
+    float t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
     constexpr int W = 8;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
@@ -121,8 +121,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense
     const float s_lower_bound = (float)arg_lower_bound;
     const float s_upper_bound = (float)arg_upper_bound;
     float t_r1b = s_lower_bound >= 0 ? opgen_maxf(s_r1, s_lower_bound) : s_r1;
-    t_r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
-    float t_step = t_r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t_r1b / s_r2;
+    float t__2r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
+    float t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
     constexpr int W = 4;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -158,8 +158,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_stand
     const float s_lower_bound = (float)arg_lower_bound;
     const float s_upper_bound = (float)arg_upper_bound;
     float t_r1b = s_lower_bound >= 0 ? opgen_maxf(s_r1, s_lower_bound) : s_r1;
-    t_r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
-    float t_step = t_r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t_r1b / s_r2;
+    float t__2r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
+    float t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
     constexpr int W = 4;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;
@@ -228,8 +228,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense
     const double s_lower_bound = (double)arg_lower_bound;
     const double s_upper_bound = (double)arg_upper_bound;
     double t_r1b = s_lower_bound >= 0 ? opgen_max(s_r1, s_lower_bound) : s_r1;
-    t_r1b = s_upper_bound >= 0 ? opgen_min(t_r1b, s_upper_bound) : t_r1b;
-    double t_step = t_r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t_r1b / s_r2;
+    double t__2r1b = s_upper_bound >= 0 ? opgen_min(t_r1b, s_upper_bound) : t_r1b;
+    double t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
     constexpr int W = 2;
     const long long stride = (long long)gridDim.x * blockDim.x;
     const long long first = (long long)blockIdx.x * blockDim.x + threadIdx.x;
@@ -265,8 +265,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_stand
     const double s_lower_bound = (double)arg_lower_bound;
     const double s_upper_bound = (double)arg_upper_bound;
     double t_r1b = s_lower_bound >= 0 ? opgen_max(s_r1, s_lower_bound) : s_r1;
-    t_r1b = s_upper_bound >= 0 ? opgen_min(t_r1b, s_upper_bound) : t_r1b;
-    double t_step = t_r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t_r1b / s_r2;
+    double t__2r1b = s_upper_bound >= 0 ? opgen_min(t_r1b, s_upper_bound) : t_r1b;
+    double t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
     constexpr int W = 2;
     for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < nrows; r += (long long)gridDim.x * blockDim.y) {
         const long long base = r * row_len;

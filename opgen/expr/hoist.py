@@ -19,12 +19,6 @@ class KernelProgram:
     loads: tuple[str, ...]  # tensors the body reads, in first-read order
     stores: tuple[str, ...]  # tensors the body writes, in first-write order
 
-    def scalar_names(self, kind: RefKind) -> tuple[str, ...]:
-        seen: dict[str, None] = {}
-        for s in self.prologue:
-            if s.kind is kind:
-                seen[s.target] = None
-        return tuple(seen)
 
 
 def hoist(program: Program) -> KernelProgram:
@@ -51,13 +45,24 @@ def hoist(program: Program) -> KernelProgram:
             return ref
         return map_children(e, lambda child: rewrite(child, where))
 
+    # Each assignment of a uniform temporary gets its own name (_2s, _3s... after s), so
+    # a body statement reads the value current at its place in the math, not the last one.
+    current: dict[str, str] = {}
+    assignments: dict[str, int] = {}
+
+    def versioned(e: Expr) -> Expr:
+        if isinstance(e, Ref) and e.kind is RefKind.TEMP and e.name in current:
+            return replace(e, name=current[e.name])
+        return map_children(e, versioned)
+
     for s in program.statements:
+        expr = versioned(s.expr)
         if s.kind is RefKind.TEMP and s.target in uniform_temps:
-            # a uniform temporary changes value: hoisted values computed from it are stale
-            hoisted.clear()
-            prologue.append(s)
+            count = assignments[s.target] = assignments.get(s.target, 0) + 1
+            current[s.target] = s.target if count == 1 else f"_{count}{s.target}"
+            prologue.append(replace(s, target=current[s.target], expr=expr))
         else:
-            body.append(replace(s, expr=rewrite(s.expr, s)))
+            body.append(replace(s, expr=rewrite(expr, s)))
 
     loads: dict[str, None] = {}
     for s in body:
