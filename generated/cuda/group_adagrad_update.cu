@@ -34,6 +34,7 @@ extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_laz
         const float r_0 = sum_0 / (float)row_len;
         float v_history = OPGEN_HALF_TO_FLOAT(p_history[row]);
         v_history = v_history + r_0;
+        __syncwarp(); /* every lane has read the per-row values before lane 0 stores them */
         if (threadIdx.x == 0) {
             p_history[row] = OPGEN_FLOAT_TO_HALF(v_history);
         }
@@ -81,6 +82,7 @@ extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_laz
         const float r_0 = sum_0 / (float)row_len;
         float v_history = p_history[row];
         v_history = v_history + r_0;
+        __syncwarp(); /* every lane has read the per-row values before lane 0 stores them */
         if (threadIdx.x == 0) {
             p_history[row] = v_history;
         }
@@ -128,6 +130,7 @@ extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_laz
         const double r_0 = sum_0 / (double)row_len;
         double v_history = p_history[row];
         v_history = v_history + r_0;
+        __syncwarp(); /* every lane has read the per-row values before lane 0 stores them */
         if (threadIdx.x == 0) {
             p_history[row] = v_history;
         }

@@ -76,6 +76,9 @@ def split_rows(program: KernelProgram, row_tensors: frozenset[str]) -> RowProgra
         elif _calls_row_mean(s.expr):
             raise SpecError(s.location, "row_mean() may appear only in per-row statements")
         elif not row:
+            if any(r.name in row_tensors for r in refs(s.expr)):
+                raise SpecError(s.location, "element statements before the per-row ones may not read per-row "
+                                            "values: move this statement after them")
             if s.kind is not RefKind.TEMP:
                 raise SpecError(s.location, f"'{s.target}' is written before the per-row statements; "
                                             "only temporaries may be computed there (they run twice)")

@@ -19,8 +19,10 @@ HEADER = "opgen_kernel.cuh"
 # NumPy reference bit for bit where the math is + - * / sqrt.
 NVRTC_OPTIONS = ("--std=c++14", "--fmad=false")
 CHECK_ARCHES = ("compute_80", "compute_90")
-DENSE_BLOCK = 512
-ROW_BLOCK = (32, 8)
+from opgen.targets.cuda_kernels import BLOCK as DENSE_BLOCK  # noqa: E402  (the kernels' launch bounds)
+from opgen.targets.cuda_kernels import ROWS_PER_BLOCK  # noqa: E402
+
+ROW_BLOCK = (32, ROWS_PER_BLOCK)
 
 
 class CudaCompileError(RuntimeError):

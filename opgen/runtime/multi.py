@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
+from numpy.lib.array_utils import byte_bounds
 
 from opgen.runtime import backends
 from opgen.runtime.operator import Operator, _same_view
@@ -97,6 +98,11 @@ class MultiOperator:
             if len(out) != count:
                 raise self._fail(naming, ValueError, "out", f"holds {len(out)} arrays but '{self.group_names[0]}' "
                                                     f"holds {count}")
+        grads = lists[self.op.grad_index]
+        for i, grad in enumerate(grads):
+            if isinstance(grad, RowSparseArray):
+                raise self._fail(naming, TypeError, self._names(naming, i)[self.op.grad_index],
+                                 "is row-sparse: multi-tensor updates take dense gradients")
         columns = [self._param_column(naming, p, v, count) for p, v in zip(self.kernel_params, params)]
         if count == 0:
             return []
@@ -128,6 +134,12 @@ class MultiOperator:
                                                     f"values for {count} tensors")
             if array.dtype.kind not in ("f", "i", "u") or (p.type != "float" and array.dtype.kind == "f"):
                 raise self._fail(naming, TypeError, label, f"must hold {p.type} values, got dtype {array.dtype}")
+            if p.bounds is not None:
+                inside = (array >= p.bounds[0]) & (array <= p.bounds[1])
+                if not inside.all():
+                    k = int(np.argmin(inside))
+                    low, high = (f"{b:g}" for b in p.bounds)
+                    raise self._fail(naming, ValueError, label, f"holds {array[k]} at {k}, outside [{low}, {high}]")
             return array
         if label != p.name:
             raise self._fail(naming, TypeError, label, f"must be a sequence of one {p.type} per tensor, "
@@ -150,14 +162,12 @@ class MultiOperator:
             names = self._names(naming, i)
             group = tuple(lst[i] for lst in lists)
             weight, grad, states, _ = op._check_tensors(group, names)
-            if isinstance(grad, RowSparseArray):
-                raise self._fail(naming, TypeError, names[op.grad_index], "is row-sparse: multi-tensor updates take "
-                                                                  "dense gradients")
             if weight.dtype != dtype:
                 raise self._fail(naming, TypeError, names[op.weight_index], f"has dtype {weight.dtype} but the first "
                                                                     f"tensor has {dtype}; one dtype per call")
             target = op._check_out(None if out is None else out[i], weight, grad, states, names, f"out[{i}]")
             checked.append((group, target))
+        self._check_no_overlap(naming, [(group, target) for group, target in checked])
         if any(not a.flags.c_contiguous for group, _ in checked for a in group) or \
                 any(t is not None and not t.flags.c_contiguous for _, t in checked):
             return None
@@ -185,18 +195,51 @@ class MultiOperator:
         return plan
 
     def _one_by_one(self, naming: _Naming, lists, columns, out, count: int) -> list:
-        """The general path (NumPy backend, CuPy arrays, non-contiguous arrays): op by op."""
+        """The general path (NumPy backend, CuPy arrays, non-contiguous arrays): every
+        tensor is checked first, then each is updated by the single-tensor op."""
         op = self.op
-        results = []
+        calls = []
         for i in range(count):
             # parameters outside the math (such as lazy_update) play no part in a dense update
             values = [_NEUTRAL[p.type] for p in op.params]
             for position, column in zip(op.kernel_params, columns):
                 values[position] = column[i].item() if isinstance(column, np.ndarray) else column
             group = tuple(lst[i] for lst in lists)
-            results.append(op._checked_call(group, tuple(values), None if out is None else out[i],
-                                            self._names(naming, i), f"out[{i}]"))
-        return results
+            calls.append(op.check(group, tuple(values), None if out is None else out[i], self._names(naming, i),
+                                  f"out[{i}]"))
+        self._check_no_overlap(naming, [(tuple(lst[i] for lst in lists), call.target)
+                                        for i, call in enumerate(calls)])
+        return [op.execute(call) for call in calls]
+
+    def _check_no_overlap(self, naming: _Naming, groups: list) -> None:
+        """No array written by one tensor may share memory with any array of another
+        (each tensor's own arrays were checked by the single-tensor op)."""
+        op = self.op
+        spans = []  # (start, end, tensor, label, written)
+        for i, (group, target) in enumerate(groups):
+            names = self._names(naming, i)
+            for k, (spec, array) in enumerate(zip(op.tensors, group)):
+                written = spec.role == "state" or (spec.role == "weight" and target is None)
+                spans.append((*_bounds(array), i, names[k], written))
+            if target is not None:
+                spans.append((*_bounds(target), i, f"out[{i}]", True))
+        spans.sort()
+        active: list = []
+        for span in spans:
+            active = [a for a in active if a[1] > span[0]]
+            for other in active:
+                if other[2] != span[2] and (other[4] or span[4]) and span[0] < span[1] and other[0] < other[1]:
+                    raise self._fail(naming, ValueError, span[3], f"shares memory with '{other[3]}' of another "
+                                                                  "tensor")
+            active.append(span)
+
+
+def _bounds(array) -> tuple[int, int]:
+    """The byte range an array spans (host or device)."""
+    if isinstance(array, np.ndarray):
+        return byte_bounds(array)
+    start = array.data.ptr
+    return start, start + max(array.nbytes, 1) if array.size else start
 
 
 _NEUTRAL = {"float": 0.0, "int": 0, "bool": True}

@@ -112,11 +112,10 @@ class Operator:
             if function is not None and _backend() != "numpy":
                 dtype, shape = weight.dtype, weight.shape
                 for t in tensors:
-                    if type(t) is not np.ndarray or t.dtype is not dtype or t.shape != shape \
-                            or t.base is not None:
+                    if type(t) is not np.ndarray or t.dtype is not dtype or t.shape != shape:
                         break
                     flags = t.flags
-                    if not (flags.c_contiguous and flags.writeable):
+                    if not (flags.owndata and flags.c_contiguous and flags.writeable):
                         break
                 else:
                     for value, allowed in zip(params, self._fast_types):
@@ -167,7 +166,7 @@ class Operator:
         # An output op reads the weight while it writes `out`: never through the same buffer.
         result = xp.empty_like(weight, order="C") if self.output and target is weight else target
         work = [_contiguous(xp, result)] + [_contiguous(xp, s) for s in call.states]
-        source = weight if self.output else work[0]
+        source = _contiguous(xp, weight) if self.output else work[0]
         if xp is np:
             self._run(call.mode, weight.dtype, work[0], source, call.grad, work[1:], call.scalars)
         else:
@@ -198,11 +197,16 @@ class Operator:
         if p.type == "float":
             if not isinstance(value, _REAL) or isinstance(value, (bool, np.bool_)):
                 raise self._fail(TypeError, p.name, f"must be a real number, got {type(value).__name__}")
-            value = float(value)
+            try:
+                value = float(value)
+            except OverflowError:
+                raise self._fail(ValueError, p.name, "is too large for a float") from None
         elif p.type == "int":
             if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
                 raise self._fail(TypeError, p.name, f"must be an integer, got {type(value).__name__}")
             value = int(value)
+            if not -(2 ** 63) <= value < 2 ** 63:
+                raise self._fail(ValueError, p.name, f"is {value}, outside the 64-bit integer range")
         elif isinstance(value, (bool, np.bool_)) or (isinstance(value, (int, np.integer)) and value in (0, 1)):
             value = bool(value)
         else:
@@ -304,6 +308,9 @@ class Operator:
         if grad.shape != weight.shape:
             raise self._fail(ValueError, name, f"has shape {grad.shape} but '{w_name}' has shape {weight.shape}; "
                                                "shapes must match")
+        expected = (len(grad.indices),) + tuple(grad.shape[1:])
+        if grad.data.shape != expected:  # the data array was reshaped since the RowSparseArray was made
+            raise self._fail(ValueError, name, f"data has shape {grad.data.shape}; expected {expected}")
 
     def _check_out(self, out, weight, grad, states: list, names: tuple[str, ...] | None = None,
                    out_name: str = "out"):
@@ -415,8 +422,9 @@ class Operator:
         rows = target.shape[0] if target.ndim else 1
         row_len = target.size // rows if rows else 0
         indices = grad.indices if isinstance(grad, RowSparseArray) else None
-        cuda.launch(self.cuda, f"opgen_{self.name}_{mode}_{dtype.name}", mode, arrays, typed, target.size, rows,
-                    row_len, indices, 0 if indices is None else len(indices))
+        with target.device:  # the arrays' device, which may not be the current one
+            cuda.launch(self.cuda, f"opgen_{self.name}_{mode}_{dtype.name}", mode, arrays, typed, target.size,
+                        rows, row_len, indices, 0 if indices is None else len(indices))
 
     def _run_numpy(self, mode, dtype, target, source, grad, states, scalars) -> None:
         acc = self.math_dtype(dtype)

@@ -23,7 +23,7 @@ class RowSparseArray:
     ``data`` may be a NumPy or a CuPy array; ``indices`` are kept beside it (int64).
     """
 
-    __slots__ = ("data", "indices", "shape")
+    __slots__ = ("_data", "_indices", "_shape")
 
     def __init__(self, data, indices, shape) -> None:
         xp = array_module(data)
@@ -52,9 +52,24 @@ class RowSparseArray:
                 what = "a duplicate" if int(steps[k]) == 0 else "out of order"
                 raise ValueError(f"RowSparseArray: argument 'indices' must be sorted and unique; "
                                  f"indices[{k + 1}] = {int(indices[k + 1])} is {what}")
-        self.data = data
-        self.indices = xp.ascontiguousarray(indices, dtype=xp.int64)
-        self.shape = shape
+        self._data = data
+        # A private, read-only copy: indices checked here cannot be changed behind our back.
+        self._indices = xp.array(indices, dtype=xp.int64, copy=True)
+        if xp is np:
+            self._indices.flags.writeable = False
+        self._shape = shape
+
+    @property
+    def data(self):
+        return self._data
+
+    @property
+    def indices(self):
+        return self._indices
+
+    @property
+    def shape(self) -> tuple[int, ...]:
+        return self._shape
 
     @property
     def dtype(self) -> np.dtype:

@@ -58,6 +58,9 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     math = _math(root, tensors, params)
     skip_if = _skip_if(root, tensors, params) if "skip_if" in root else None
     output = _output(root, math) if "output" in root else None
+    if output is not None and skip_if is not None:
+        raise SpecError(root.key_location("skip_if"), "an op with an output cannot have skip_if: a skipped call "
+                                                      "would have no output to return")
     multi = _multi(root, tensors, params, row_sparse, output) if "multi" in root else None
     _check_usage(root, tensors, params, math, row_sparse, skip_if, output, multi)
     _check_rows(root, tensors, math, row_sparse)

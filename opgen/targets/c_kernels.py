@@ -38,8 +38,9 @@ def kernels(op: OpSpec) -> tuple[str, ...]:
 
 
 def has_multi(op: OpSpec) -> bool:
-    """A multi-tensor entry point: dense updates of weights, without per-call scalar inputs."""
-    return op.row_sparse.dense and op.output is None and not op.scalars
+    """A multi-tensor entry point: dense updates of weights, without per-call scalar inputs
+    or a skip condition (the multi kernel has no per-tensor skip)."""
+    return op.row_sparse.dense and op.output is None and not op.scalars and op.skip_if is None
 
 
 def _scalar_args(op: OpSpec, array: bool) -> list[str]:

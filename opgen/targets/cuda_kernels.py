@@ -90,6 +90,7 @@ def context(op: OpSpec) -> dict:
         "variants": [_variant(op, d) for d in DTYPES],
         "block": BLOCK,
         "rows_per_block": ROWS_PER_BLOCK,
+        "row_block_threads": 32 * ROWS_PER_BLOCK,
     }
 
 
