@@ -39,11 +39,16 @@ _OP = _Operator(
         _TensorArg("weight32", "state", dtype='float32', per_row=False),
     ),
     params=(
-        _ParamArg("lr", "float", in_kernel=True, bounds=None),
-        _ParamArg("wd", "float", in_kernel=True, bounds=None),
-        _ParamArg("rescale_grad", "float", in_kernel=True, bounds=None),
-        _ParamArg("clip_gradient", "float", in_kernel=True, bounds=None),
-        _ParamArg("num_weights", "int", in_kernel=False, bounds=None),
+        _ParamArg("lr", "float", in_kernel=True, bounds=None,
+                  required=True),
+        _ParamArg("wd", "float", in_kernel=True, bounds=None,
+                  required=True),
+        _ParamArg("rescale_grad", "float", in_kernel=True, bounds=None,
+                  required=False),
+        _ParamArg("clip_gradient", "float", in_kernel=True, bounds=None,
+                  required=False),
+        _ParamArg("num_weights", "int", in_kernel=False, bounds=None,
+                  required=False),
     ),
     lazy_param=None,
     always_lazy=False,
@@ -58,6 +63,7 @@ _OP = _Operator(
 
 
 _MULTI = _MultiOperator(_OP, ("weights", "grads", "weight32s",))
+_PER_TENSOR = (('lr', 'lrs'), ('wd', 'wds'))  # (parameter, its per-tensor list's name)
 
 
 def multi_mp_sgd_update(*data, lrs, wds, rescale_grad=1.0, clip_gradient=-1.0, num_weights=1, out=None):

@@ -38,12 +38,18 @@ _OP = _Operator(
         _TensorArg("mom", "state", dtype=None, per_row=False),
     ),
     params=(
-        _ParamArg("lr", "float", in_kernel=True, bounds=None),
-        _ParamArg("wd", "float", in_kernel=True, bounds=None),
-        _ParamArg("momentum", "float", in_kernel=True, bounds=None),
-        _ParamArg("rescale_grad", "float", in_kernel=True, bounds=None),
-        _ParamArg("clip_gradient", "float", in_kernel=True, bounds=None),
-        _ParamArg("num_weights", "int", in_kernel=False, bounds=None),
+        _ParamArg("lr", "float", in_kernel=True, bounds=None,
+                  required=True),
+        _ParamArg("wd", "float", in_kernel=True, bounds=None,
+                  required=True),
+        _ParamArg("momentum", "float", in_kernel=True, bounds=None,
+                  required=False),
+        _ParamArg("rescale_grad", "float", in_kernel=True, bounds=None,
+                  required=False),
+        _ParamArg("clip_gradient", "float", in_kernel=True, bounds=None,
+                  required=False),
+        _ParamArg("num_weights", "int", in_kernel=False, bounds=None,
+                  required=False),
     ),
     lazy_param=None,
     always_lazy=False,
@@ -58,6 +64,7 @@ _OP = _Operator(
 
 
 _MULTI = _MultiOperator(_OP, ("weights", "grads", "moms",))
+_PER_TENSOR = (('lr', 'lrs'), ('wd', 'wds'))  # (parameter, its per-tensor list's name)
 
 
 def multi_sgd_mom_update(*data, lrs, wds, momentum=0.0, rescale_grad=1.0, clip_gradient=-1.0, num_weights=1, out=None):

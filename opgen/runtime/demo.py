@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import inspect
 import sys
 from collections.abc import Callable
 
 import numpy as np
 
 from opgen.runtime.backends import available_backends, use_backend
+from opgen.runtime.rowsparse import RowSparseArray
 
 # Demo inputs: the weight, the gradient, then each state's starting value.
 _WEIGHT = [1.0, -0.5, 2.0, 0.25]
@@ -17,51 +17,70 @@ _STATE = [0.0, 0.0, 0.0, 0.0]
 _REQUIRED = {"float": 0.1, "int": 1, "bool": True}
 
 
-def main(ops: dict[str, Callable], argv: list[str] | None = None) -> int:
+def _inputs(operator) -> tuple[list, dict, list[str]]:
+    """Arrays and required parameters for one step, built from the tensors' roles."""
+    arrays, shown = [], []
+    for t in operator.tensors:
+        dtype = np.dtype(t.dtype) if t.dtype else np.float32
+        if t.role == "scalar":
+            arrays.append(1.0)
+        elif t.role == "weight":
+            arrays.append(np.array(_WEIGHT, dtype))
+        elif t.role == "grad":
+            grad = np.array(_GRAD, dtype)
+            # an op without a dense update gets every row as a row-sparse gradient
+            arrays.append(grad if "dense" in operator.kernels else RowSparseArray(grad, np.arange(4), (4,)))
+        else:
+            arrays.append(np.array(_STATE, dtype))
+        shown.append(t.name)
+    params = {p.name: _REQUIRED[p.type] for p in operator.params if p.required}
+    return arrays, params, shown
+
+
+def _run(op: Callable, operator, interleaved, arrays: list, params: dict):
+    if interleaved is None:
+        return op(*arrays, **params)
+    per_tensor = {public: [params.pop(name)] for name, public in interleaved}
+    return op(*arrays, **params, **per_tensor)[0]
+
+
+def main(ops: dict[str, tuple[Callable, object, object]], argv: list[str] | None = None) -> int:
+    """``ops``: name -> (function, its Operator, its per-tensor list names or None)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in ops:
         print(f"usage: python -m generated OP   (OP: {', '.join(ops)})", file=sys.stderr)
         return 2
-    op = ops[args[0]]
-    signature = inspect.signature(op)
-    tensors, params = [], {}
-    for name, p in signature.parameters.items():
-        if name == "out":
-            continue
-        if p.default is inspect.Parameter.empty and not params and len(tensors) < _count_tensors(op):
-            tensors.append(name)
-        elif p.default is inspect.Parameter.empty:
-            params[name] = _REQUIRED[_param_type(op, name)]
-    values = [_WEIGHT, _GRAD] + [_STATE] * (len(tensors) - 2)
+    op, operator, interleaved = ops[args[0]]
     results = {}
     for backend in available_backends():
-        arrays = [np.array(v, np.float32) for v in values]
+        arrays, params, names = _inputs(operator)
         with use_backend(backend):
-            new_weight = op(*arrays, **params)
-        results[backend] = (new_weight, arrays)
-    shown = ", ".join(tensors + [f"{k}={v}" for k, v in params.items()])
-    print(f"{args[0]}({shown}), float32, one step, other parameters at their defaults")
-    new_weight, arrays = results[available_backends()[0]]
-    print(f"  {tensors[0]:>10} {_fmt(values[0])}  ->  {_fmt(new_weight)}")
-    print(f"  {tensors[1]:>10} {_fmt(values[1])}")
-    for name, before, after in zip(tensors[2:], values[2:], arrays[2:]):
-        print(f"  {name:>10} {_fmt(before)}  ->  {_fmt(after)}")
+            result = _run(op, operator, interleaved, arrays, dict(params))
+        results[backend] = (result, arrays)
+    arrays, params, names = _inputs(operator)
+    shown = ", ".join(names + [f"{k}={v}" for k, v in params.items()])
+    print(f"{args[0]}({shown}), one step, other parameters at their defaults")
+    result, after = results[available_backends()[0]]
+    if operator.output:
+        print(f"  {'result':>10} {_fmt(result)}")
+    else:
+        weight = names[operator.weight_index]
+        print(f"  {weight:>10} {_fmt(arrays[operator.weight_index])}  ->  {_fmt(result)}")
+    for t, before, now in zip(operator.tensors, arrays, after):
+        if t.role == "state":
+            print(f"  {t.name:>10} {_fmt(before)}  ->  {_fmt(now)}")
     if "c" in results:
-        same = all(np.array_equal(a, b) for a, b in zip([results["c"][0], *results["c"][1]],
-                                                        [results["numpy"][0], *results["numpy"][1]]))
+        same = all(np.array_equal(_dense(a), _dense(b)) for a, b in
+                   zip([results["c"][0], *results["c"][1]], [results["numpy"][0], *results["numpy"][1]]))
         print(f"C kernel and NumPy reference agree bit for bit: {'yes' if same else 'NO'}")
     else:
         print("no C compiler: ran the NumPy reference backend")
     return 0
 
 
-def _count_tensors(op: Callable) -> int:
-    return len(op.__globals__["_OP"].tensors)
-
-
-def _param_type(op: Callable, name: str) -> str:
-    return next(p.type for p in op.__globals__["_OP"].params if p.name == name)
+def _dense(value):
+    return value.todense() if isinstance(value, RowSparseArray) else np.asarray(value)
 
 
 def _fmt(values) -> str:
-    return "[" + ", ".join(f"{float(v): .6f}" for v in values) + "]"
+    return "[" + ", ".join(f"{float(v): .6f}" for v in np.asarray(values).reshape(-1)) + "]"

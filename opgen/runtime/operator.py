@@ -38,6 +38,7 @@ class ParamArg:
     type: str  # "float", "int" or "bool"
     in_kernel: bool  # read by the math (passed to the kernels)
     bounds: tuple[float, float] | None = None  # inclusive range the value must lie in
+    required: bool = False
 
 
 @dataclass

@@ -158,7 +158,7 @@ def context(op: OpSpec) -> dict:
         "tensors": [{"name": t.name, "role": t.role.value, "dtype": repr(t.dtype), "per_row": t.per_row}
                     for t in op.tensors],
         "params": [{"name": p.name, "type": p.type.value, "in_kernel": p in op.math_params,
-                    "bounds": repr(p.bounds)} for p in op.params],
+                    "bounds": repr(p.bounds), "required": p.required} for p in op.params],
         "output": repr(op.output is not None),
         "skip_if": printer.expr(op.skip_if) if op.skip_if is not None else None,
         "skip_args": ", ".join(op.kernel_scalars),
@@ -168,6 +168,7 @@ def context(op: OpSpec) -> dict:
         "interleaved_args": ", ".join(_public(op, p) for p in op.math_params),
         "count": op.multi.count if op.multi else "",
         "labels": ", ".join(f'("{a}", "{b}")' for a, b in op.multi.per_tensor) if op.multi else "",
+        "per_tensor": repr(op.multi.per_tensor) if op.multi else "None",
         "lazy_param": repr(rs.lazy_param),
         "always_lazy": repr(rs.always_lazy),
         "kernels": repr(kernels(op)),
