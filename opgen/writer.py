@@ -79,12 +79,21 @@ def _atomic_write(path: Path, data: bytes) -> None:
         raise
 
 
+# Where a build puts files: the package's own top level and these folders, no deeper. Stale
+# files are looked for there only, so `--out .` can never reach into other folders.
+OWNED_FOLDERS = ("csrc", "cuda", "docs")
+
+
 def _generated_files(out_dir: Path) -> list[str]:
     if not out_dir.is_dir():
         return []
+    candidates = [p for p in out_dir.iterdir() if p.is_file()]
+    for folder in OWNED_FOLDERS:
+        if (out_dir / folder).is_dir():
+            candidates += [p for p in (out_dir / folder).iterdir() if p.is_file()]
     found = []
-    for path in sorted(out_dir.rglob("*")):
-        if path.suffix not in _COMMENTS or not path.is_file() or "__pycache__" in path.parts:
+    for path in sorted(candidates):
+        if path.suffix not in _COMMENTS:
             continue
         with path.open("rb") as f:
             first = f.readline(400)

@@ -19,8 +19,7 @@ def default_symbol(name: str) -> str:
     """beta1 -> \\beta_{1}, epsilon -> \\epsilon, rescale_grad -> \\mathrm{rescale\\_grad}."""
     m = re.fullmatch(r"([a-z]+?)_?(\d+)", name)
     stem, sub = (m.group(1), m.group(2)) if m else (name, "")
-    # MXNet spells lambda "lamda"
-    stem_tex = "\\lambda" if stem == "lamda" else (f"\\{stem}" if stem in _GREEK else None)
+    stem_tex = f"\\{stem}" if stem in _GREEK else None
     if stem_tex is None:
         if len(name) == 1:
             return name

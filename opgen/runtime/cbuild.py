@@ -23,6 +23,7 @@ import sys
 import sysconfig
 import tempfile
 import threading
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -87,7 +88,8 @@ def cache_dir() -> Path:
 
 
 _loaded: dict[str, ModuleType] = {}
-_lock = threading.Lock()
+_locks: dict[str, threading.Lock] = {}  # one per module, so different ops compile in parallel
+_locks_guard = threading.Lock()
 
 
 def load(op_name: str, source: Path, cdef: Path) -> ModuleType:
@@ -101,7 +103,9 @@ def load(op_name: str, source: Path, cdef: Path) -> ModuleType:
         sys.version, cffi.__version__, platform.machine(), platform.processor(), _cpu_model(),
     ]).encode()).hexdigest()[:20]
     module_name = f"_opgen_{op_name}_{key}"
-    with _lock:
+    with _locks_guard:
+        lock = _locks.setdefault(module_name, threading.Lock())
+    with lock:
         module = _loaded.get(module_name)
         if module is None:
             module = _load_or_build(module_name, c_text, cdef_text, source.parent, tc)
@@ -139,6 +143,9 @@ def _build(module_name: str, c_text: str, cdef_text: str, include: Path, tc: Too
             run = subprocess.run([*tc.command, *flags, *includes, str(c_file), "-o", str(built), *link],
                                  capture_output=True, text=True)
             if run.returncode == 0:
+                if flags is tc.fallback_flags:
+                    warnings.warn(f"{module_name}: compiled without OpenMP and -march=native, which the "
+                                  f"compiler refused (single-threaded kernels):\n{errors[-800:]}", RuntimeWarning)
                 os.replace(built, target)
                 return
             errors = errors or run.stderr
