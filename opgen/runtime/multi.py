@@ -3,8 +3,10 @@
 The C kernel updates every tensor in one parallel region. Each parameter is one value
 for all tensors or a sequence with a value per tensor (e.g. per-layer ``lr``/``wd``).
 Every list is checked in full on its first use; a later call with the very same array
-objects (the usual optimizer loop) reuses those checks and the kernel's pointer tables.
-The cache holds references to the arrays, so they can be neither freed nor reused.
+objects, in place (the usual optimizer loop), reuses those checks and the kernel's pointer
+tables. The cache holds references to the arrays, so they cannot be freed while cached;
+what it does not see is an array changed in place between calls by an operation that
+bypasses NumPy's own protection (``resize(refcheck=False)``) or made read-only later.
 """
 
 from __future__ import annotations
@@ -40,7 +42,6 @@ class _Naming:
 class _Plan:
     arrays: tuple  # every array of the call, out included: the cache key, compared by identity
     function: object
-    count: int
     sizes: object  # cdata int64_t[]
     tables: tuple  # cdata void *[] per tensor
     keep_alive: tuple  # the from_buffer objects the tables point into
@@ -189,7 +190,7 @@ class MultiOperator:
             tables.append(ffi.new("void *[]", buffers))
         sizes = ffi.new("int64_t[]", [t.size for t in targets])
         function = getattr(module.lib, f"opgen_{op.name}_multi_{dtype.name}")
-        plan = _Plan(arrays, function, count, sizes, tuple(tables), tuple(keep), targets, ffi.from_buffer)
+        plan = _Plan(arrays, function, sizes, tuple(tables), tuple(keep), targets, ffi.from_buffer)
         if out is not None and all(t is w for t, w in zip(targets, lists[op.weight_index])):
             self._plan = plan  # in place, as optimizers call it: the same pointers next time
         return plan

@@ -18,7 +18,8 @@ MIN_ELEMENTS_PER_THREAD = 1 << 13
 MIN_ROW_ELEMENTS_PER_THREAD = 1 << 12
 # Rows prefetched ahead of the one being updated, by the row kernels.
 PREFETCH_ROWS = 8
-# Thread ranges start on multiples of this many elements (64-byte cache lines of float32).
+# Thread ranges start on multiples of this many elements (a 64-byte cache line of float32,
+# whole lines of float16 and float64 too).
 CHUNK_ALIGN = 16
 # Kernel arguments are prefixed so no spec name can collide with n, row_len, indices...
 ARG = "arg_"
