@@ -74,6 +74,9 @@ class Operator:
         self.grad_index = next(k for k, t in enumerate(tensors) if t.role == "grad")
         self.kernel_params = tuple(k for k, p in enumerate(params) if p.in_kernel)
         self.fixed_dtypes = {t.name: np.dtype(t.dtype) for t in tensors if t.dtype}
+        # The kernels' scalar arguments: scalar inputs (floats), then the math's parameters.
+        self.scalar_inputs = sum(t.role == "scalar" for t in tensors)
+        self.scalar_kinds = ("float",) * self.scalar_inputs + tuple(params[k].type for k in self.kernel_params)
         self.numpy_kernel = numpy_kernel
         self.c_source = c_source
         self.c_cdef = c_cdef
@@ -186,9 +189,7 @@ class Operator:
 
     def _typed(self, scalars: tuple, acc) -> tuple:
         """Kernel scalars in the math's type: scalar inputs and float parameters as acc."""
-        count = sum(t.role == "scalar" for t in self.tensors)
-        kinds = ["float"] * count + [self.params[k].type for k in self.kernel_params]
-        return tuple(acc(v) if kind == "float" else v for kind, v in zip(kinds, scalars))
+        return tuple(acc(v) if kind == "float" else v for kind, v in zip(self.scalar_kinds, scalars))
 
     # -- checks -----------------------------------------------------------------
     def _fail(self, exc: type[Exception], name: str, message: str) -> Exception:
@@ -416,10 +417,8 @@ class Operator:
         grad_array = cupy.ascontiguousarray(grad.data if isinstance(grad, RowSparseArray) else grad)
         arrays = self._arrays(target, source, grad_array, states)
         acc = self.math_dtype(dtype)  # float math takes float arguments: no double in it
-        count = sum(t.role == "scalar" for t in self.tensors)
-        kinds = ["float"] * count + [self.params[k].type for k in self.kernel_params]
         types = {"float": acc, "int": np.int64, "bool": np.int32}
-        typed = [types[kind](v) for kind, v in zip(kinds, scalars)]
+        typed = [types[kind](v) for kind, v in zip(self.scalar_kinds, scalars)]
         rows = target.shape[0] if target.ndim else 1
         row_len = target.size // rows if rows else 0
         indices = grad.indices if isinstance(grad, RowSparseArray) else None
@@ -430,8 +429,7 @@ class Operator:
     def _run_numpy(self, mode, dtype, target, source, grad, states, scalars) -> None:
         acc = self.math_dtype(dtype)
         typed = self._typed(scalars, acc)
-        count = sum(t.role == "scalar" for t in self.tensors)
-        scalar_inputs, params = typed[:count], typed[count:]
+        scalar_inputs, params = typed[:self.scalar_inputs], typed[self.scalar_inputs:]
         writable = [target, *states]  # the kernel returns new values in this order
         if mode == "lazy":
             rows = grad.indices

@@ -15,7 +15,7 @@ from opgen.expr.parser import Statement, parse_condition, parse_program
 from opgen.expr.rows import has_reductions, split_rows
 from opgen.expr.tree import FUNCTIONS, RefKind, VType, refs
 from opgen.spec import yaml_nodes as y
-from opgen.spec.model import MultiSpec, OpSpec, ParamSpec, ParamType, RowSparseSpec, TensorRole, TensorSpec
+from opgen.spec.model import PARAM_VTYPES, MultiSpec, OpSpec, ParamSpec, ParamType, RowSparseSpec, TensorRole, TensorSpec
 
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z")
@@ -23,7 +23,6 @@ _INT = re.compile(r"[-+]?\d+\Z")
 _BOOL = {"true": "True", "false": "False", "True": "True", "False": "False"}
 _RESERVED = {"out"}
 _DTYPES = ("float16", "float32", "float64")  # added to every signature by the generator
-_PARAM_VTYPES = {ParamType.FLOAT: VType.REAL, ParamType.INT: VType.INT, ParamType.BOOL: VType.BOOL}
 
 
 def load_specs(spec_dir: Path) -> list[OpSpec]:
@@ -222,7 +221,7 @@ def _math(root: y.Mapping, tensors: tuple[TensorSpec, ...], params: tuple[ParamS
 
 def _uniform_names(tensors, params) -> dict:
     """Names whose value is the same for every element: parameters and scalar inputs."""
-    names = {p.name: _PARAM_VTYPES[p.type] for p in params}
+    names = {p.name: PARAM_VTYPES[p.type] for p in params}
     names.update({t.name: VType.REAL for t in tensors if t.role is TensorRole.SCALAR})
     return names
 

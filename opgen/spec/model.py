@@ -6,7 +6,7 @@ import enum
 from dataclasses import dataclass
 
 from opgen.errors import Location
-from opgen.expr.tree import Expr, Program
+from opgen.expr.tree import Expr, Program, VType
 
 
 class TensorRole(enum.Enum):
@@ -20,6 +20,10 @@ class ParamType(enum.Enum):
     FLOAT = "float"
     INT = "int"
     BOOL = "bool"
+
+
+# How each parameter type enters the math.
+PARAM_VTYPES = {ParamType.FLOAT: VType.REAL, ParamType.INT: VType.INT, ParamType.BOOL: VType.BOOL}
 
 
 @dataclass(frozen=True)

@@ -92,7 +92,7 @@ def _variant(op: OpSpec, dtype: DType) -> dict:
         "loads_zero_grad": code.load_lines(memory, zero_grad=True) if rows is None else [],
         "body": code.body_lines() if rows is None else [],
         "stores": code.store_lines(memory) if rows is None else [],
-        "line_elements": 64 // {"float16": 2, "float32": 4, "float64": 8}[dtype.name],
+        "line_elements": 64 // dtype.itemsize,
         "prefetch": [f"__builtin_prefetch(p_{name} + ahead + j, 1);"
                      for name in dict.fromkeys(code.loads + [n for n, _ in code.stores]) if name != grad],
     }

@@ -18,7 +18,6 @@ from opgen.targets.element import ElementCode, row_code
 
 BLOCK = 512  # threads per block of the dense kernel
 ROWS_PER_BLOCK = 8  # warps (rows in flight) per block of the row kernels
-_STORAGE = {"float16": "opgen_half", "float32": "float", "float64": "double"}
 
 
 def _arg_type(ptype: ParamType, acc: str) -> str:
@@ -32,8 +31,8 @@ def _variant(op: OpSpec, dtype: DType) -> dict:
     names = code.pointer_names()
     stored = {n for n, _ in code.stores}
     used = [n for n in names if n in set(code.loads) | stored]
-    storage = {n: _STORAGE[code.storage(n).name] for n in names}
-    itemsize = {n: {"float16": 2, "float32": 4, "float64": 8}[code.storage(n).name] for n in names}
+    storage = {n: code.storage(n).cuda_storage for n in names}
+    itemsize = {n: code.storage(n).itemsize for n in names}
     # Lanes per vector: 16 bytes of the widest element type among the tensors.
     lanes = 16 // max(itemsize[n] for n in used)
 

@@ -11,13 +11,12 @@ from dataclasses import dataclass
 
 from opgen.expr.hoist import KernelProgram, hoist
 from opgen.expr.printers.c import CPrinter, c_name
-from opgen.expr.tree import RefKind, VType
-from opgen.spec.model import OpSpec, ParamType, TensorRole
+from opgen.expr.tree import RefKind
+from opgen.spec.model import PARAM_VTYPES, OpSpec, TensorRole
 from opgen.targets.dtypes import DTYPE_BY_NAME, DType
 
 OUT = "out"  # the destination of an op's output, when it has one
 
-PARAM_VTYPES = {ParamType.FLOAT: VType.REAL, ParamType.INT: VType.INT, ParamType.BOOL: VType.BOOL}
 
 
 @dataclass(frozen=True)
@@ -83,11 +82,7 @@ class ElementCode:
         acc, grad = self.printer.acc, self.op.grad.name
         lines = []
         for name in self.loads:
-            value = source(name)
-            if self.storage(name).half:
-                value = f"OPGEN_HALF_TO_FLOAT({value})"
-            elif self.storage(name).c_acc != acc:
-                value = f"({acc}){value}"
+            value = self.loaded(name, source(name))
             if name == grad:
                 value = self.printer.const_zero() if zero_grad else value
                 lines.append(f"const {acc} {c_name(RefKind.TENSOR, name)} = {value};")
@@ -95,16 +90,25 @@ class ElementCode:
                 lines.append(f"{acc} {c_name(RefKind.TENSOR, name)} = {value};")
         return lines
 
+    def loaded(self, name: str, memory: str) -> str:
+        """A tensor's memory expression converted to the math type."""
+        if self.storage(name).half:
+            return f"OPGEN_HALF_TO_FLOAT({memory})"
+        if self.storage(name).c_acc != self.printer.acc:
+            return f"({self.printer.acc}){memory}"
+        return memory
+
+    def stored(self, name: str, value: str) -> str:
+        """A math-type value converted to a tensor's storage type."""
+        storage = self.storage(name)
+        if storage.half:
+            return f"OPGEN_FLOAT_TO_HALF({value})"
+        if storage.c_acc != self.printer.acc:
+            return f"({storage.c_storage}){value}"
+        return value
+
     def store_lines(self, destination: Callable[[str], str]) -> list[str]:
-        lines = []
-        for name, value in self.stores:
-            storage = self.storage(name)
-            if storage.half:
-                value = f"OPGEN_FLOAT_TO_HALF({value})"
-            elif storage.c_acc != self.printer.acc:
-                value = f"({storage.c_storage}){value}"
-            lines.append(f"{destination(name)} = {value};")
-        return lines
+        return [f"{destination(name)} = {self.stored(name, value)};" for name, value in self.stores]
 
     def is_const(self, tensor: str) -> bool:
         """Read-only in the kernel: the gradient, and the weight of an op with an output."""
@@ -161,16 +165,8 @@ def row_code(code: ElementCode, element: Callable[[str], str], per_row: Callable
         return [n for n in order if n in names and n not in rows]
 
     def loads(names: list[str]) -> list[str]:
-        lines = []
-        for name in names:
-            value = element(name)
-            if code.storage(name).half:
-                value = f"OPGEN_HALF_TO_FLOAT({value})"
-            elif code.storage(name).c_acc != acc:
-                value = f"({acc}){value}"
-            const = "const " if name == code.op.grad.name else ""
-            lines.append(f"{const}{acc} {c_name(RefKind.TENSOR, name)} = {value};")
-        return lines
+        return [f"{'const ' if name == code.op.grad.name else ''}{acc} {c_name(RefKind.TENSOR, name)} = "
+                f"{code.loaded(name, element(name))};" for name in names]
 
     def statements(items, declared: set[str]) -> list[str]:
         lines = []
@@ -180,13 +176,7 @@ def row_code(code: ElementCode, element: Callable[[str], str], per_row: Callable
         return lines
 
     def store(name: str, destination: str) -> str:
-        value = c_name(RefKind.TENSOR, name)
-        storage = code.storage(name)
-        if storage.half:
-            value = f"OPGEN_FLOAT_TO_HALF({value})"
-        elif storage.c_acc != acc:
-            value = f"({storage.c_storage}){value}"
-        return f"{destination} = {value};"
+        return f"{destination} = {code.stored(name, c_name(RefKind.TENSOR, name))};"
 
     pass1 = tensors_read(split.pre, split.reductions)
     reductions = [(f"sum_{k}", f"{acc} sum_{k} = 0;", f"sum_{k} += {printer.expr(arg)};")
@@ -194,12 +184,8 @@ def row_code(code: ElementCode, element: Callable[[str], str], per_row: Callable
     finals = [f"const {acc} {c_name(RefKind.REDUCED, str(k))} = sum_{k} / ({acc})row_len;"
               for k in range(len(split.reductions))]
     row_names = [n for n in order if n in rows]
-    row_loads = []
-    for name in row_names:
-        value = per_row(name)
-        if code.storage(name).half:
-            value = f"OPGEN_HALF_TO_FLOAT({value})"
-        row_loads.append(f"{acc} {c_name(RefKind.TENSOR, name)} = {value};")
+    row_loads = [f"{acc} {c_name(RefKind.TENSOR, name)} = {code.loaded(name, per_row(name))};"
+                 for name in row_names]
     written_rows = [n for n in row_names if any(s.target == n for s in split.row)]
     pass2 = tensors_read(split.pre + split.post)
     element_stores = [n for n in code.program.stores if n not in rows]
