@@ -1,6 +1,7 @@
 """opgen's CPU benchmark suite: one command, a table of medians and ratios, two plots.
 
     pip install -e '.[bench]' && python benchmarks/run.py [--quick] [--plot-dir benchmarks]
+    (torch, when installed, is measured as a peer: pip install -e '.[peers]')
 
 Every figure is a median of several runs, measured in one process next to its peers
 (the NumPy reference backend, torch when installed, memory copies), so the ratios hold
