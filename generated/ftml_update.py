@@ -177,9 +177,9 @@ def ftml_update_multi(weights, grads, ds, vs, zs, lr, *, beta1=0.6, beta2=0.999,
     lr : float or sequence of float
         Learning rate.
     beta1 : float or sequence of float, optional
-        Generally close to 0.5. Default: 0.6.
+        Generally close to 0.5. Must lie in [0, 1]. Default: 0.6.
     beta2 : float or sequence of float, optional
-        Generally close to 1. Default: 0.999.
+        Generally close to 1. Must lie in [0, 1]. Default: 0.999.
     epsilon : float or sequence of float, optional
         Epsilon to prevent div 0. Default: 1e-8.
     t : int or sequence of int

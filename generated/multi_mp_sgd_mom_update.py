@@ -86,9 +86,9 @@ def multi_mp_sgd_mom_update(*data, lrs, wds, momentum=0.0, rescale_grad=1.0, cli
     *data : numpy.ndarray
         One flat sequence of groups (weight_i, grad_i, mom_i, weight32_i) for i = 0 ..
         num_weights - 1; each tensor is updated as in the per-element math below.
-        `weight_i`: Weight. Its new value is written into `out`. `grad_i`: Gradient. Dense,
-        or a RowSparseArray. `mom_i`: Momentum. Updated in place. Always float32.
-        `weight32_i`: Weight32. Updated in place. Always float32.
+        `weight_i`: Weight. Its new value is written into `out`. `grad_i`: Gradient. Dense.
+        `mom_i`: Momentum. Updated in place. Always float32. `weight32_i`: Weight32. Updated
+        in place. Always float32.
     lrs : sequence of float
         One `lr` per tensor: Learning rate of the tensor.
     wds : sequence of float

@@ -82,8 +82,8 @@ def multi_mp_sgd_update(*data, lrs, wds, rescale_grad=1.0, clip_gradient=-1.0, n
     *data : numpy.ndarray
         One flat sequence of groups (weight_i, grad_i, weight32_i) for i = 0 .. num_weights
         - 1; each tensor is updated as in the per-element math below. `weight_i`: Weight.
-        Its new value is written into `out`. `grad_i`: Gradient. Dense, or a RowSparseArray.
-        `weight32_i`: Weight32. Updated in place. Always float32.
+        Its new value is written into `out`. `grad_i`: Gradient. Dense. `weight32_i`:
+        Weight32. Updated in place. Always float32.
     lrs : sequence of float
         One `lr` per tensor: Learning rate of the tensor.
     wds : sequence of float

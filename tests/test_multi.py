@@ -33,17 +33,20 @@ def test_multi_matches_reference_per_tensor(backend, op, dtype):
         own = [s[k].copy() for s in states]
         expected.append(reference.as_tuple(ref(weights[k], grads[k], *own, lr=lrs[k], wd=wds[k],
                                                clip_gradient=0.5)))
-    originals = [w.copy() for w in weights]
-    for step in range(2):  # the second call reuses the first call's checks
+    for step in range(2):  # the second call reuses the first call's checks and pointer tables
+        if step == 1:
+            expected = []
+            for k in range(len(SHAPES)):
+                own = [s[k].copy() for s in states]
+                expected.append(reference.as_tuple(ref(weights[k].copy(), grads[k], *own, lr=lrs[k], wd=wds[k],
+                                                       clip_gradient=0.5)))
         outs = getattr(generated, f"{op}_multi")(weights, grads, *states, lr=lrs, wd=wds, clip_gradient=0.5,
                                                  out=weights)
         assert all(o is w for o, w in zip(outs, weights))
-        if step == 0:
-            for k in range(len(SHAPES)):
-                reference.assert_close(weights[k], expected[k][0], f"{op} weights[{k}]")
-                for j, name in enumerate(state_names):
-                    reference.assert_close(states[j][k], expected[k][j + 1], f"{op} {name}s[{k}]")
-    assert not all(np.array_equal(a, b) for a, b in zip(weights, originals) if a.size)
+        for k in range(len(SHAPES)):
+            reference.assert_close(weights[k], expected[k][0], f"{op} step {step} weights[{k}]")
+            for j, name in enumerate(state_names):
+                reference.assert_close(states[j][k], expected[k][j + 1], f"{op} step {step} {name}s[{k}]")
 
 
 def test_multi_out_none_returns_new_arrays_and_keeps_weights(backend):

@@ -15,7 +15,7 @@ void opgen_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64
     const float s_rescale_grad = (float)arg_rescale_grad;
     const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -59,7 +59,7 @@ void opgen_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64
     const float s_rescale_grad = (float)arg_rescale_grad;
     const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -103,7 +103,7 @@ void opgen_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64
     const double s_rescale_grad = (double)arg_rescale_grad;
     const double s_clip_gradient = (double)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

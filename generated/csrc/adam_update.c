@@ -20,7 +20,7 @@ void opgen_adam_update_dense_float16(int64_t n, void *arg_weight, const void *ar
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -52,7 +52,7 @@ void opgen_adam_update_dense_float16(int64_t n, void *arg_weight, const void *ar
 void opgen_adam_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -113,7 +113,7 @@ void opgen_adam_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t 
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -164,7 +164,7 @@ void opgen_adam_update_standard_float16(int64_t nrows, int64_t row_len, int64_t 
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -232,7 +232,7 @@ void opgen_adam_update_dense_float32(int64_t n, void *arg_weight, const void *ar
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -264,7 +264,7 @@ void opgen_adam_update_dense_float32(int64_t n, void *arg_weight, const void *ar
 void opgen_adam_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -325,7 +325,7 @@ void opgen_adam_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t 
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -376,7 +376,7 @@ void opgen_adam_update_standard_float32(int64_t nrows, int64_t row_len, int64_t 
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -444,7 +444,7 @@ void opgen_adam_update_dense_float64(int64_t n, void *arg_weight, const void *ar
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_beta1;
     const double h_2 = 1.0 - s_beta2;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -476,7 +476,7 @@ void opgen_adam_update_dense_float64(int64_t n, void *arg_weight, const void *ar
 void opgen_adam_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -537,7 +537,7 @@ void opgen_adam_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t 
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_beta1;
     const double h_2 = 1.0 - s_beta2;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -588,7 +588,7 @@ void opgen_adam_update_standard_float64(int64_t nrows, int64_t row_len, int64_t 
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_beta1;
     const double h_2 = 1.0 - s_beta2;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

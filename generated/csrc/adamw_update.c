@@ -21,7 +21,7 @@ void opgen_adamw_update_dense_float16(int64_t n, void *arg_weight, const void *a
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -64,7 +64,7 @@ void opgen_adamw_update_standard_float16(int64_t nrows, int64_t row_len, int64_t
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -133,7 +133,7 @@ void opgen_adamw_update_dense_float32(int64_t n, void *arg_weight, const void *a
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -176,7 +176,7 @@ void opgen_adamw_update_standard_float32(int64_t nrows, int64_t row_len, int64_t
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -245,7 +245,7 @@ void opgen_adamw_update_dense_float64(int64_t n, void *arg_weight, const void *a
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_beta1;
     const double h_2 = 1.0 - s_beta2;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -288,7 +288,7 @@ void opgen_adamw_update_standard_float64(int64_t nrows, int64_t row_len, int64_t
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_beta1;
     const double h_2 = 1.0 - s_beta2;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

@@ -24,7 +24,7 @@ void opgen_ftml_update_dense_float16(int64_t n, void *arg_weight, const void *ar
     const float h_2 = (1.0f - opgen_powf(s_beta1, (float)s_t)) / s_lr;
     const float h_3 = 1.0f - opgen_powf(s_beta2, (float)s_t);
     const float h_4 = 1.0f - s_beta1;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -60,7 +60,7 @@ void opgen_ftml_update_dense_float16(int64_t n, void *arg_weight, const void *ar
 void opgen_ftml_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -133,7 +133,7 @@ void opgen_ftml_update_standard_float16(int64_t nrows, int64_t row_len, int64_t 
     const float h_2 = (1.0f - opgen_powf(s_beta1, (float)s_t)) / s_lr;
     const float h_3 = 1.0f - opgen_powf(s_beta2, (float)s_t);
     const float h_4 = 1.0f - s_beta1;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -213,7 +213,7 @@ void opgen_ftml_update_dense_float32(int64_t n, void *arg_weight, const void *ar
     const float h_2 = (1.0f - opgen_powf(s_beta1, (float)s_t)) / s_lr;
     const float h_3 = 1.0f - opgen_powf(s_beta2, (float)s_t);
     const float h_4 = 1.0f - s_beta1;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -249,7 +249,7 @@ void opgen_ftml_update_dense_float32(int64_t n, void *arg_weight, const void *ar
 void opgen_ftml_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -322,7 +322,7 @@ void opgen_ftml_update_standard_float32(int64_t nrows, int64_t row_len, int64_t 
     const float h_2 = (1.0f - opgen_powf(s_beta1, (float)s_t)) / s_lr;
     const float h_3 = 1.0f - opgen_powf(s_beta2, (float)s_t);
     const float h_4 = 1.0f - s_beta1;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -402,7 +402,7 @@ void opgen_ftml_update_dense_float64(int64_t n, void *arg_weight, const void *ar
     const double h_2 = (1.0 - opgen_pow(s_beta1, (double)s_t)) / s_lr;
     const double h_3 = 1.0 - opgen_pow(s_beta2, (double)s_t);
     const double h_4 = 1.0 - s_beta1;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -438,7 +438,7 @@ void opgen_ftml_update_dense_float64(int64_t n, void *arg_weight, const void *ar
 void opgen_ftml_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -511,7 +511,7 @@ void opgen_ftml_update_standard_float64(int64_t nrows, int64_t row_len, int64_t 
     const double h_2 = (1.0 - opgen_pow(s_beta1, (double)s_t)) / s_lr;
     const double h_3 = 1.0 - opgen_pow(s_beta2, (double)s_t);
     const double h_4 = 1.0 - s_beta1;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

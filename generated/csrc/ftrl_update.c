@@ -17,7 +17,7 @@ void opgen_ftrl_update_dense_float16(int64_t n, void *arg_weight, const void *ar
     const float s_rescale_grad = (float)arg_rescale_grad;
     const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -50,7 +50,7 @@ void opgen_ftrl_update_dense_float16(int64_t n, void *arg_weight, const void *ar
 void opgen_ftrl_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_z, void *const *arg_n, const double *arg_lr, const double *arg_lamda1, const double *arg_beta, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -106,7 +106,7 @@ void opgen_ftrl_update_standard_float16(int64_t nrows, int64_t row_len, int64_t 
     const float s_rescale_grad = (float)arg_rescale_grad;
     const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -173,7 +173,7 @@ void opgen_ftrl_update_dense_float32(int64_t n, void *arg_weight, const void *ar
     const float s_rescale_grad = (float)arg_rescale_grad;
     const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -206,7 +206,7 @@ void opgen_ftrl_update_dense_float32(int64_t n, void *arg_weight, const void *ar
 void opgen_ftrl_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_z, void *const *arg_n, const double *arg_lr, const double *arg_lamda1, const double *arg_beta, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -262,7 +262,7 @@ void opgen_ftrl_update_standard_float32(int64_t nrows, int64_t row_len, int64_t 
     const float s_rescale_grad = (float)arg_rescale_grad;
     const float s_clip_gradient = (float)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -329,7 +329,7 @@ void opgen_ftrl_update_dense_float64(int64_t n, void *arg_weight, const void *ar
     const double s_rescale_grad = (double)arg_rescale_grad;
     const double s_clip_gradient = (double)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -362,7 +362,7 @@ void opgen_ftrl_update_dense_float64(int64_t n, void *arg_weight, const void *ar
 void opgen_ftrl_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_z, void *const *arg_n, const double *arg_lr, const double *arg_lamda1, const double *arg_beta, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -418,7 +418,7 @@ void opgen_ftrl_update_standard_float64(int64_t nrows, int64_t row_len, int64_t 
     const double s_rescale_grad = (double)arg_rescale_grad;
     const double s_clip_gradient = (double)arg_clip_gradient;
     const int h_0 = s_clip_gradient > 0;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

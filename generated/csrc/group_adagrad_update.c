@@ -17,7 +17,7 @@ void opgen_group_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const
     const float s_clip_gradient = (float)arg_clip_gradient;
     const float s_epsilon = (float)arg_epsilon;
     const int h_0 = s_clip_gradient > 0;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -66,7 +66,7 @@ void opgen_group_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const
     const float s_clip_gradient = (float)arg_clip_gradient;
     const float s_epsilon = (float)arg_epsilon;
     const int h_0 = s_clip_gradient > 0;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -115,7 +115,7 @@ void opgen_group_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const
     const double s_clip_gradient = (double)arg_clip_gradient;
     const double s_epsilon = (double)arg_epsilon;
     const int h_0 = s_clip_gradient > 0;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

@@ -24,7 +24,7 @@ void opgen_lamb_update_phase1_dense_float16(int64_t n, const void *arg_weight, c
     const float h_2 = 1.0f - s_beta2;
     const float h_3 = 1.0f - opgen_powf(s_beta1, (float)s_t);
     const float h_4 = 1.0f - opgen_powf(s_beta2, (float)s_t);
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -70,7 +70,7 @@ void opgen_lamb_update_phase1_standard_float16(int64_t nrows, int64_t row_len, i
     const float h_2 = 1.0f - s_beta2;
     const float h_3 = 1.0f - opgen_powf(s_beta1, (float)s_t);
     const float h_4 = 1.0f - opgen_powf(s_beta2, (float)s_t);
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -142,7 +142,7 @@ void opgen_lamb_update_phase1_dense_float32(int64_t n, const void *arg_weight, c
     const float h_2 = 1.0f - s_beta2;
     const float h_3 = 1.0f - opgen_powf(s_beta1, (float)s_t);
     const float h_4 = 1.0f - opgen_powf(s_beta2, (float)s_t);
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -188,7 +188,7 @@ void opgen_lamb_update_phase1_standard_float32(int64_t nrows, int64_t row_len, i
     const float h_2 = 1.0f - s_beta2;
     const float h_3 = 1.0f - opgen_powf(s_beta1, (float)s_t);
     const float h_4 = 1.0f - opgen_powf(s_beta2, (float)s_t);
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -260,7 +260,7 @@ void opgen_lamb_update_phase1_dense_float64(int64_t n, const void *arg_weight, c
     const double h_2 = 1.0 - s_beta2;
     const double h_3 = 1.0 - opgen_pow(s_beta1, (double)s_t);
     const double h_4 = 1.0 - opgen_pow(s_beta2, (double)s_t);
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -306,7 +306,7 @@ void opgen_lamb_update_phase1_standard_float64(int64_t nrows, int64_t row_len, i
     const double h_2 = 1.0 - s_beta2;
     const double h_3 = 1.0 - opgen_pow(s_beta1, (double)s_t);
     const double h_4 = 1.0 - opgen_pow(s_beta2, (double)s_t);
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

@@ -16,7 +16,7 @@ void opgen_lamb_update_phase2_dense_float16(int64_t n, void *arg_weight, const v
     float t_r1b = s_lower_bound >= 0 ? opgen_maxf(s_r1, s_lower_bound) : s_r1;
     float t__2r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
     float t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -46,7 +46,7 @@ void opgen_lamb_update_phase2_standard_float16(int64_t nrows, int64_t row_len, i
     float t_r1b = s_lower_bound >= 0 ? opgen_maxf(s_r1, s_lower_bound) : s_r1;
     float t__2r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
     float t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -94,7 +94,7 @@ void opgen_lamb_update_phase2_dense_float32(int64_t n, void *arg_weight, const v
     float t_r1b = s_lower_bound >= 0 ? opgen_maxf(s_r1, s_lower_bound) : s_r1;
     float t__2r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
     float t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -124,7 +124,7 @@ void opgen_lamb_update_phase2_standard_float32(int64_t nrows, int64_t row_len, i
     float t_r1b = s_lower_bound >= 0 ? opgen_maxf(s_r1, s_lower_bound) : s_r1;
     float t__2r1b = s_upper_bound >= 0 ? opgen_minf(t_r1b, s_upper_bound) : t_r1b;
     float t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -172,7 +172,7 @@ void opgen_lamb_update_phase2_dense_float64(int64_t n, void *arg_weight, const v
     double t_r1b = s_lower_bound >= 0 ? opgen_max(s_r1, s_lower_bound) : s_r1;
     double t__2r1b = s_upper_bound >= 0 ? opgen_min(t_r1b, s_upper_bound) : t_r1b;
     double t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -202,7 +202,7 @@ void opgen_lamb_update_phase2_standard_float64(int64_t nrows, int64_t row_len, i
     double t_r1b = s_lower_bound >= 0 ? opgen_max(s_r1, s_lower_bound) : s_r1;
     double t__2r1b = s_upper_bound >= 0 ? opgen_min(t_r1b, s_upper_bound) : t_r1b;
     double t_step = t__2r1b == 0 || s_r2 == 0 ? s_lr : s_lr * t__2r1b / s_r2;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

@@ -22,7 +22,7 @@ void opgen_mp_adamw_update_dense_float16(int64_t n, void *arg_weight, const void
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -68,7 +68,7 @@ void opgen_mp_adamw_update_standard_float16(int64_t nrows, int64_t row_len, int6
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -142,7 +142,7 @@ void opgen_mp_adamw_update_dense_float32(int64_t n, void *arg_weight, const void
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -188,7 +188,7 @@ void opgen_mp_adamw_update_standard_float32(int64_t nrows, int64_t row_len, int6
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -262,7 +262,7 @@ void opgen_mp_adamw_update_dense_float64(int64_t n, void *arg_weight, const void
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -308,7 +308,7 @@ void opgen_mp_adamw_update_standard_float64(int64_t nrows, int64_t row_len, int6
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_beta1;
     const float h_2 = 1.0f - s_beta2;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

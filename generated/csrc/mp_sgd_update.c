@@ -16,7 +16,7 @@ void opgen_mp_sgd_update_dense_float16(int64_t n, void *arg_weight, const void *
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -43,7 +43,7 @@ void opgen_mp_sgd_update_dense_float16(int64_t n, void *arg_weight, const void *
 void opgen_mp_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -91,7 +91,7 @@ void opgen_mp_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -145,7 +145,7 @@ void opgen_mp_sgd_update_dense_float32(int64_t n, void *arg_weight, const void *
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -172,7 +172,7 @@ void opgen_mp_sgd_update_dense_float32(int64_t n, void *arg_weight, const void *
 void opgen_mp_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -220,7 +220,7 @@ void opgen_mp_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -274,7 +274,7 @@ void opgen_mp_sgd_update_dense_float64(int64_t n, void *arg_weight, const void *
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -301,7 +301,7 @@ void opgen_mp_sgd_update_dense_float64(int64_t n, void *arg_weight, const void *
 void opgen_mp_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -349,7 +349,7 @@ void opgen_mp_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

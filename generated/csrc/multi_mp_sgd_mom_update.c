@@ -18,7 +18,7 @@ void opgen_multi_mp_sgd_mom_update_dense_float16(int64_t n, void *arg_weight, co
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -48,7 +48,7 @@ void opgen_multi_mp_sgd_mom_update_dense_float16(int64_t n, void *arg_weight, co
 void opgen_multi_mp_sgd_mom_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_momentum, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -103,7 +103,7 @@ void opgen_multi_mp_sgd_mom_update_standard_float16(int64_t nrows, int64_t row_l
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -165,7 +165,7 @@ void opgen_multi_mp_sgd_mom_update_dense_float32(int64_t n, void *arg_weight, co
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -195,7 +195,7 @@ void opgen_multi_mp_sgd_mom_update_dense_float32(int64_t n, void *arg_weight, co
 void opgen_multi_mp_sgd_mom_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_momentum, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -250,7 +250,7 @@ void opgen_multi_mp_sgd_mom_update_standard_float32(int64_t nrows, int64_t row_l
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -312,7 +312,7 @@ void opgen_multi_mp_sgd_mom_update_dense_float64(int64_t n, void *arg_weight, co
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -342,7 +342,7 @@ void opgen_multi_mp_sgd_mom_update_dense_float64(int64_t n, void *arg_weight, co
 void opgen_multi_mp_sgd_mom_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_momentum, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -397,7 +397,7 @@ void opgen_multi_mp_sgd_mom_update_standard_float64(int64_t nrows, int64_t row_l
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

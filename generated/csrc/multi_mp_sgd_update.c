@@ -17,7 +17,7 @@ void opgen_multi_mp_sgd_update_dense_float16(int64_t n, void *arg_weight, const 
     const float h_1 = s_lr * s_rescale_grad;
     const int64_t h_2 = 0 * 0;
     const float h_3 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -44,7 +44,7 @@ void opgen_multi_mp_sgd_update_dense_float16(int64_t n, void *arg_weight, const 
 void opgen_multi_mp_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -94,7 +94,7 @@ void opgen_multi_mp_sgd_update_standard_float16(int64_t nrows, int64_t row_len, 
     const float h_1 = s_lr * s_rescale_grad;
     const int64_t h_2 = 0 * 0;
     const float h_3 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -149,7 +149,7 @@ void opgen_multi_mp_sgd_update_dense_float32(int64_t n, void *arg_weight, const 
     const float h_1 = s_lr * s_rescale_grad;
     const int64_t h_2 = 0 * 0;
     const float h_3 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -176,7 +176,7 @@ void opgen_multi_mp_sgd_update_dense_float32(int64_t n, void *arg_weight, const 
 void opgen_multi_mp_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -226,7 +226,7 @@ void opgen_multi_mp_sgd_update_standard_float32(int64_t nrows, int64_t row_len, 
     const float h_1 = s_lr * s_rescale_grad;
     const int64_t h_2 = 0 * 0;
     const float h_3 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -281,7 +281,7 @@ void opgen_multi_mp_sgd_update_dense_float64(int64_t n, void *arg_weight, const 
     const float h_1 = s_lr * s_rescale_grad;
     const int64_t h_2 = 0 * 0;
     const float h_3 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -308,7 +308,7 @@ void opgen_multi_mp_sgd_update_dense_float64(int64_t n, void *arg_weight, const 
 void opgen_multi_mp_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -358,7 +358,7 @@ void opgen_multi_mp_sgd_update_standard_float64(int64_t nrows, int64_t row_len, 
     const float h_1 = s_lr * s_rescale_grad;
     const int64_t h_2 = 0 * 0;
     const float h_3 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

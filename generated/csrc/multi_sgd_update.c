@@ -16,7 +16,7 @@ void opgen_multi_sgd_update_dense_float16(int64_t n, void *arg_weight, const voi
     const float h_1 = s_lr * s_rescale_grad;
     const int64_t h_2 = 0 * 0;
     const float h_3 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -41,7 +41,7 @@ void opgen_multi_sgd_update_dense_float16(int64_t n, void *arg_weight, const voi
 void opgen_multi_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -87,7 +87,7 @@ void opgen_multi_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int
     const float h_1 = s_lr * s_rescale_grad;
     const int64_t h_2 = 0 * 0;
     const float h_3 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -137,7 +137,7 @@ void opgen_multi_sgd_update_dense_float32(int64_t n, void *arg_weight, const voi
     const float h_1 = s_lr * s_rescale_grad;
     const int64_t h_2 = 0 * 0;
     const float h_3 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -162,7 +162,7 @@ void opgen_multi_sgd_update_dense_float32(int64_t n, void *arg_weight, const voi
 void opgen_multi_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -208,7 +208,7 @@ void opgen_multi_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int
     const float h_1 = s_lr * s_rescale_grad;
     const int64_t h_2 = 0 * 0;
     const float h_3 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -258,7 +258,7 @@ void opgen_multi_sgd_update_dense_float64(int64_t n, void *arg_weight, const voi
     const double h_1 = s_lr * s_rescale_grad;
     const int64_t h_2 = 0 * 0;
     const double h_3 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -283,7 +283,7 @@ void opgen_multi_sgd_update_dense_float64(int64_t n, void *arg_weight, const voi
 void opgen_multi_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -329,7 +329,7 @@ void opgen_multi_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int
     const double h_1 = s_lr * s_rescale_grad;
     const int64_t h_2 = 0 * 0;
     const double h_3 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

@@ -89,27 +89,20 @@ static inline unsigned opgen_flush_denormal_enter(int on) { (void)on; return 0; 
 static inline void opgen_flush_denormal_exit(unsigned saved, int on) { (void)saved; (void)on; }
 #endif
 
-/* Threads for `work` elements: one per 8192 elements at least,
- * so small arrays never pay for a parallel region. */
-static inline int opgen_threads_for(int64_t work) {
-#ifdef _OPENMP
-    int64_t wanted = work / 8192;
-    int most = omp_get_max_threads();
-    return wanted < 1 ? 1 : (wanted > most ? most : (int)wanted);
-#else
-    (void)work;
-    return 1;
-#endif
-}
+/* Minimum elements per thread: below this a parallel region costs more than it saves.
+ * Row kernels touch scattered rows, which are latency-bound, so they split sooner. */
+#define OPGEN_MIN_ELEMENTS_PER_THREAD 8192
+#define OPGEN_MIN_ROW_ELEMENTS_PER_THREAD 4096
 
-/* Threads for row kernels: scattered rows are latency-bound, so split sooner. */
-static inline int opgen_row_threads_for(int64_t work) {
+/* Threads for `work` elements, at least `min_per_thread` each. */
+static inline int opgen_threads_for(int64_t work, int64_t min_per_thread) {
 #ifdef _OPENMP
-    int64_t wanted = work / 4096;
+    int64_t wanted = work / min_per_thread;
     int most = omp_get_max_threads();
     return wanted < 1 ? 1 : (wanted > most ? most : (int)wanted);
 #else
     (void)work;
+    (void)min_per_thread;
     return 1;
 #endif
 }

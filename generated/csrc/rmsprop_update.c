@@ -19,7 +19,7 @@ void opgen_rmsprop_update_dense_float16(int64_t n, void *arg_weight, const void 
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -49,7 +49,7 @@ void opgen_rmsprop_update_dense_float16(int64_t n, void *arg_weight, const void 
 void opgen_rmsprop_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -106,7 +106,7 @@ void opgen_rmsprop_update_standard_float16(int64_t nrows, int64_t row_len, int64
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -169,7 +169,7 @@ void opgen_rmsprop_update_dense_float32(int64_t n, void *arg_weight, const void 
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -199,7 +199,7 @@ void opgen_rmsprop_update_dense_float32(int64_t n, void *arg_weight, const void 
 void opgen_rmsprop_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -256,7 +256,7 @@ void opgen_rmsprop_update_standard_float32(int64_t nrows, int64_t row_len, int64
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -319,7 +319,7 @@ void opgen_rmsprop_update_dense_float64(int64_t n, void *arg_weight, const void 
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -349,7 +349,7 @@ void opgen_rmsprop_update_dense_float64(int64_t n, void *arg_weight, const void 
 void opgen_rmsprop_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -406,7 +406,7 @@ void opgen_rmsprop_update_standard_float64(int64_t nrows, int64_t row_len, int64
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

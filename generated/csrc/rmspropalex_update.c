@@ -22,7 +22,7 @@ void opgen_rmspropalex_update_dense_float16(int64_t n, void *arg_weight, const v
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -58,7 +58,7 @@ void opgen_rmspropalex_update_dense_float16(int64_t n, void *arg_weight, const v
 void opgen_rmspropalex_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -127,7 +127,7 @@ void opgen_rmspropalex_update_standard_float16(int64_t nrows, int64_t row_len, i
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -205,7 +205,7 @@ void opgen_rmspropalex_update_dense_float32(int64_t n, void *arg_weight, const v
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -241,7 +241,7 @@ void opgen_rmspropalex_update_dense_float32(int64_t n, void *arg_weight, const v
 void opgen_rmspropalex_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -310,7 +310,7 @@ void opgen_rmspropalex_update_standard_float32(int64_t nrows, int64_t row_len, i
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = 1.0f - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -388,7 +388,7 @@ void opgen_rmspropalex_update_dense_float64(int64_t n, void *arg_weight, const v
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -424,7 +424,7 @@ void opgen_rmspropalex_update_dense_float64(int64_t n, void *arg_weight, const v
 void opgen_rmspropalex_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -493,7 +493,7 @@ void opgen_rmspropalex_update_standard_float64(int64_t nrows, int64_t row_len, i
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = 1.0 - s_gamma1;
     const int h_2 = s_clip_weights > 0;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

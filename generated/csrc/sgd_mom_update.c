@@ -17,7 +17,7 @@ void opgen_sgd_mom_update_dense_float16(int64_t n, void *arg_weight, const void 
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -45,7 +45,7 @@ void opgen_sgd_mom_update_dense_float16(int64_t n, void *arg_weight, const void 
 void opgen_sgd_mom_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -96,7 +96,7 @@ void opgen_sgd_mom_update_lazy_float16(int64_t nnz, int64_t row_len, const int64
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -139,7 +139,7 @@ void opgen_sgd_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -196,7 +196,7 @@ void opgen_sgd_mom_update_dense_float32(int64_t n, void *arg_weight, const void 
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -224,7 +224,7 @@ void opgen_sgd_mom_update_dense_float32(int64_t n, void *arg_weight, const void 
 void opgen_sgd_mom_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -275,7 +275,7 @@ void opgen_sgd_mom_update_lazy_float32(int64_t nnz, int64_t row_len, const int64
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -318,7 +318,7 @@ void opgen_sgd_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -375,7 +375,7 @@ void opgen_sgd_mom_update_dense_float64(int64_t n, void *arg_weight, const void 
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -403,7 +403,7 @@ void opgen_sgd_mom_update_dense_float64(int64_t n, void *arg_weight, const void 
 void opgen_sgd_mom_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -454,7 +454,7 @@ void opgen_sgd_mom_update_lazy_float64(int64_t nnz, int64_t row_len, const int64
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = s_lr * s_wd;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -497,7 +497,7 @@ void opgen_sgd_mom_update_standard_float64(int64_t nrows, int64_t row_len, int64
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

@@ -15,7 +15,7 @@ void opgen_sgd_update_dense_float16(int64_t n, void *arg_weight, const void *arg
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -40,7 +40,7 @@ void opgen_sgd_update_dense_float16(int64_t n, void *arg_weight, const void *arg
 void opgen_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -84,7 +84,7 @@ void opgen_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -121,7 +121,7 @@ void opgen_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t n
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -170,7 +170,7 @@ void opgen_sgd_update_dense_float32(int64_t n, void *arg_weight, const void *arg
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -195,7 +195,7 @@ void opgen_sgd_update_dense_float32(int64_t n, void *arg_weight, const void *arg
 void opgen_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -239,7 +239,7 @@ void opgen_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -276,7 +276,7 @@ void opgen_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t n
     const int h_0 = s_clip_gradient > 0;
     const float h_1 = s_lr * s_rescale_grad;
     const float h_2 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -325,7 +325,7 @@ void opgen_sgd_update_dense_float64(int64_t n, void *arg_weight, const void *arg
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = 1.0 - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -350,7 +350,7 @@ void opgen_sgd_update_dense_float64(int64_t n, void *arg_weight, const void *arg
 void opgen_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -394,7 +394,7 @@ void opgen_sgd_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = 1.0 - s_lr * s_wd;
-    const int nthreads = opgen_row_threads_for(nnz * row_len);
+    const int nthreads = opgen_threads_for(nnz * row_len, OPGEN_MIN_ROW_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
     const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -431,7 +431,7 @@ void opgen_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t n
     const int h_0 = s_clip_gradient > 0;
     const double h_1 = s_lr * s_rescale_grad;
     const double h_2 = 1.0 - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

@@ -11,7 +11,7 @@ void opgen_signsgd_update_dense_float16(int64_t n, void *arg_weight, const void 
     const float s_lr = (float)arg_lr;
     const float s_wd = (float)arg_wd;
     const float h_0 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -35,7 +35,7 @@ void opgen_signsgd_update_dense_float16(int64_t n, void *arg_weight, const void 
 void opgen_signsgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -70,7 +70,7 @@ void opgen_signsgd_update_standard_float16(int64_t nrows, int64_t row_len, int64
     const float s_lr = (float)arg_lr;
     const float s_wd = (float)arg_wd;
     const float h_0 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -113,7 +113,7 @@ void opgen_signsgd_update_dense_float32(int64_t n, void *arg_weight, const void 
     const float s_lr = (float)arg_lr;
     const float s_wd = (float)arg_wd;
     const float h_0 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -137,7 +137,7 @@ void opgen_signsgd_update_dense_float32(int64_t n, void *arg_weight, const void 
 void opgen_signsgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -172,7 +172,7 @@ void opgen_signsgd_update_standard_float32(int64_t nrows, int64_t row_len, int64
     const float s_lr = (float)arg_lr;
     const float s_wd = (float)arg_wd;
     const float h_0 = 1.0f - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -215,7 +215,7 @@ void opgen_signsgd_update_dense_float64(int64_t n, void *arg_weight, const void 
     const double s_lr = (double)arg_lr;
     const double s_wd = (double)arg_wd;
     const double h_0 = 1.0 - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -239,7 +239,7 @@ void opgen_signsgd_update_dense_float64(int64_t n, void *arg_weight, const void 
 void opgen_signsgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -274,7 +274,7 @@ void opgen_signsgd_update_standard_float64(int64_t nrows, int64_t row_len, int64
     const double s_lr = (double)arg_lr;
     const double s_wd = (double)arg_wd;
     const double h_0 = 1.0 - s_lr * s_wd;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

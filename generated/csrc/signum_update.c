@@ -20,7 +20,7 @@ void opgen_signum_update_dense_float16(int64_t n, void *arg_weight, const void *
     const float h_2 = (1.0f - s_momentum) * s_rescale_grad;
     const float h_3 = (1.0f - s_momentum) * s_wd;
     const float h_4 = 1.0f - s_lr * s_wd_lh;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -48,7 +48,7 @@ void opgen_signum_update_dense_float16(int64_t n, void *arg_weight, const void *
 void opgen_signum_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_wd_lh, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -105,7 +105,7 @@ void opgen_signum_update_standard_float16(int64_t nrows, int64_t row_len, int64_
     const float h_2 = (1.0f - s_momentum) * s_rescale_grad;
     const float h_3 = (1.0f - s_momentum) * s_wd;
     const float h_4 = 1.0f - s_lr * s_wd_lh;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -165,7 +165,7 @@ void opgen_signum_update_dense_float32(int64_t n, void *arg_weight, const void *
     const float h_2 = (1.0f - s_momentum) * s_rescale_grad;
     const float h_3 = (1.0f - s_momentum) * s_wd;
     const float h_4 = 1.0f - s_lr * s_wd_lh;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -193,7 +193,7 @@ void opgen_signum_update_dense_float32(int64_t n, void *arg_weight, const void *
 void opgen_signum_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_wd_lh, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -250,7 +250,7 @@ void opgen_signum_update_standard_float32(int64_t nrows, int64_t row_len, int64_
     const float h_2 = (1.0f - s_momentum) * s_rescale_grad;
     const float h_3 = (1.0f - s_momentum) * s_wd;
     const float h_4 = 1.0f - s_lr * s_wd_lh;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -310,7 +310,7 @@ void opgen_signum_update_dense_float64(int64_t n, void *arg_weight, const void *
     const double h_2 = (1.0 - s_momentum) * s_rescale_grad;
     const double h_3 = (1.0 - s_momentum) * s_wd;
     const double h_4 = 1.0 - s_lr * s_wd_lh;
-    const int nthreads = opgen_threads_for(n);
+    const int nthreads = opgen_threads_for(n, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -338,7 +338,7 @@ void opgen_signum_update_dense_float64(int64_t n, void *arg_weight, const void *
 void opgen_signum_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_wd_lh, int flush_denormal) {
     int64_t total = 0;
     for (int64_t t = 0; t < count; ++t) total += sizes[t];
-    const int nthreads = opgen_threads_for(total);
+    const int nthreads = opgen_threads_for(total, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);
@@ -395,7 +395,7 @@ void opgen_signum_update_standard_float64(int64_t nrows, int64_t row_len, int64_
     const double h_2 = (1.0 - s_momentum) * s_rescale_grad;
     const double h_3 = (1.0 - s_momentum) * s_wd;
     const double h_4 = 1.0 - s_lr * s_wd_lh;
-    const int nthreads = opgen_threads_for(nrows * row_len);
+    const int nthreads = opgen_threads_for(nrows * row_len, OPGEN_MIN_ELEMENTS_PER_THREAD);
 #pragma omp parallel num_threads(nthreads) if (nthreads > 1)
     {
         const unsigned saved_csr = opgen_flush_denormal_enter(flush_denormal);

@@ -19,9 +19,9 @@ HEADER = "opgen_kernel.cuh"
 # NumPy reference bit for bit where the math is + - * / sqrt.
 NVRTC_OPTIONS = ("--std=c++14", "--fmad=false")
 CHECK_ARCHES = ("compute_80", "compute_90")
-from opgen.targets.cuda_kernels import BLOCK as DENSE_BLOCK  # noqa: E402  (the kernels' launch bounds)
-from opgen.targets.cuda_kernels import ROWS_PER_BLOCK  # noqa: E402
-
+# Launch shapes; the CUDA target prints them as the kernels' __launch_bounds__.
+DENSE_BLOCK = 512  # threads per block of the dense kernels
+ROWS_PER_BLOCK = 8  # warps (rows in flight) per block of the row kernels
 ROW_BLOCK = (32, ROWS_PER_BLOCK)
 
 

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import numpy as np
 
+from opgen.runtime.cuda import is_device_array
+
 
 def array_module(array):
     """numpy for host arrays, cupy for device arrays (imported only when one is seen)."""
-    if type(array).__module__.split(".")[0] == "cupy":
+    if is_device_array(array):
         import cupy
 
         return cupy

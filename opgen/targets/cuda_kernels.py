@@ -11,13 +11,13 @@ Scalar arguments have the math type (float for float16/float32): no double in fl
 
 from __future__ import annotations
 
+from opgen.runtime.cuda import DENSE_BLOCK as BLOCK
+from opgen.runtime.cuda import ROWS_PER_BLOCK
 from opgen.spec.model import OpSpec, ParamType
 from opgen.targets.c_kernels import ARG, function_name, kernels
 from opgen.targets.dtypes import DTYPES, DType
 from opgen.targets.element import ElementCode, row_code
 
-BLOCK = 512  # threads per block of the dense kernel
-ROWS_PER_BLOCK = 8  # warps (rows in flight) per block of the row kernels
 
 
 def _arg_type(ptype: ParamType, acc: str) -> str:

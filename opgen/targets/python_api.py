@@ -62,11 +62,9 @@ def multi_docstring(op: OpSpec) -> list[str]:
              "Parameters", "----------"]
     for t in op.tensors:
         lines += [f"{group_name(t.name)} : sequence of numpy.ndarray",
-                  f"    {t.doc.rstrip('.')}, one per tensor. {tensor_doc(op, t).replace('Dense, or a RowSparseArray.', 'Dense.')}"]
+                  f"    {t.doc.rstrip('.')}, one per tensor. {tensor_doc(op, t, dense_only=True)}"]
     for p in op.math_params:
-        optional = "" if p.required else ", optional"
-        lines.append(f"{p.name} : {_PY_TYPES[p.type]} or sequence of {_PY_TYPES[p.type]}{optional}")
-        lines += ["    " + line for line in _wrap(p.doc + ("" if p.required else f" Default: {python_default(p)}."))]
+        lines += _param_doc(p, f"{_PY_TYPES[p.type]} or sequence of {_PY_TYPES[p.type]}")
     lines += ["out : sequence of numpy.ndarray, optional",
               f"    Arrays that receive the new {op.weight.name}s; `out={weights}` updates in place.",
               "", "Returns", "-------", "list of numpy.ndarray", f"    The new {op.weight.name}s."]
@@ -85,15 +83,17 @@ def out_doc(op: OpSpec) -> str:
             f"By default a new array, leaving `{op.weight.name}` as it was.")
 
 
-def tensor_doc(op: OpSpec, t) -> str:
-    """What the API does with a tensor, for docstrings and docs pages."""
+def tensor_doc(op: OpSpec, t, dense_only: bool = False) -> str:
+    """What the API does with a tensor, for docstrings and docs pages (``dense_only``: in a
+    multi-tensor call, which takes dense gradients only)."""
     fixed = f" Always {t.dtype}." if t.dtype else ""
     if t.role is TensorRole.WEIGHT:
         return "Read only." if op.output else "Its new value is written into `out`."
     if t.role is TensorRole.GRAD:
         if not op.row_sparse.dense:
             return "A RowSparseArray (this op has no dense update)." + fixed
-        return ("Dense, or a RowSparseArray." if kernels(op) != ("dense",) else "Dense.") + fixed
+        sparse = kernels(op) != ("dense",) and not dense_only
+        return ("Dense, or a RowSparseArray." if sparse else "Dense.") + fixed
     if t.role is TensorRole.SCALAR:
         return "A number, or an array holding one element."
     per_row = " One value per row (shape (rows,) or (rows, 1))." if t.per_row else ""
@@ -108,6 +108,14 @@ def param_note(p) -> str:
     if p.ignored:
         notes.append("Accepted for compatibility and ignored.")
     return (" " + " ".join(notes)) if notes else ""
+
+
+def _param_doc(p, type_text: str, note: str = "") -> list[str]:
+    """A numpydoc entry for a parameter: name, type, optional, wrapped description."""
+    optional = "" if p.required else ", optional"
+    default = "" if p.required else f" Default: {python_default(p)}."
+    return [f"{p.name} : {type_text}{optional}"] + \
+        ["    " + line for line in _wrap(f"{p.doc}{note}{param_note(p)}{default}")]
 
 
 def _wrap(text: str, indent: str = "    ") -> list[str]:
@@ -126,10 +134,7 @@ def docstring(op: OpSpec) -> list[str]:
         lines.append(f"{t.name} : {kind}")
         lines += ["    " + line for line in _wrap(f"{t.doc.rstrip('.')}. {tensor_doc(op, t)}")]
     for p in op.params:
-        optional = "" if p.required else ", optional"
-        lines.append(f"{p.name} : {_PY_TYPES[p.type]}{optional}")
-        default = "" if p.required else f" Default: {python_default(p)}."
-        lines += ["    " + line for line in _wrap(f"{p.doc}{param_note(p)}{default}")]
+        lines += _param_doc(p, _PY_TYPES[p.type])
     lines += ["out : numpy.ndarray, optional"]
     lines += ["    " + line for line in _wrap(out_doc(op))]
     lines += ["", "Returns", "-------", "numpy.ndarray", f"    `out`, holding {result_doc(op)}.", "",
@@ -210,17 +215,14 @@ def interleaved_docstring(op: OpSpec) -> list[str]:
     lines += ["    " + line for line in _wrap(
         f"One flat sequence of groups ({group}) for i = 0 .. {op.multi.count} - 1; each tensor is "
         "updated as in the per-element math below. " + " ".join(
-            f"`{t.name}_i`: {t.doc.rstrip('.')}. {tensor_doc(op, t)}" for t in op.tensors))]
+            f"`{t.name}_i`: {t.doc.rstrip('.')}. {tensor_doc(op, t, dense_only=True)}" for t in op.tensors))]
     for p in op.params:
         public = _public(op, p)
         if public != p.name:
             lines += [f"{public} : sequence of float", f"    One `{p.name}` per tensor: {p.doc}"]
             continue
-        optional = "" if p.required else ", optional"
-        default = "" if p.required else f" Default: {python_default(p)}."
         note = " The number of tensors in `data`." if p.name == op.multi.count else ""
-        lines.append(f"{p.name} : {_PY_TYPES[p.type]}{optional}")
-        lines += ["    " + line for line in _wrap(f"{p.doc}{note}{param_note(p)}{default}")]
+        lines += _param_doc(p, _PY_TYPES[p.type], note)
     lines += ["out : list of numpy.ndarray, optional",
               f"    Arrays that receive the new {op.weight.name}s; pass the weights to update in place.",
               "", "Returns", "-------", "list of numpy.ndarray", f"    The new {op.weight.name}s.", "",
