@@ -7,20 +7,27 @@ from pathlib import Path as _Path
 
 import numpy as _np
 
+from opgen.kinds import ArgRole as _R
+from opgen.kinds import Schedule as _S
 from opgen.runtime import MultiOperator as _MultiOperator
 from opgen.runtime import Operator as _Operator
 from opgen.runtime import ParamArg as _ParamArg
 from opgen.runtime import TensorArg as _TensorArg
 from opgen.runtime import npmath as _m
+from opgen.targets.abi import Arg as _Arg
+from opgen.targets.abi import KernelABI as _Kernel
+from opgen.targets.abi import Launch as _Launch
 
 __all__ = ["ftrl_update", "ftrl_update_multi"]
 
 _HERE = _Path(__file__).resolve().parent
+_D = _np.float64  # the per-call values are computed in double
 
 
 def _numpy_kernel(_T, weight, grad, z, n, lr, lamda1, beta, wd, rescale_grad, clip_gradient):
     """The math in NumPy (the reference backend): returns the new weight, z, n."""
     _h0 = clip_gradient > 0
+    lr, lamda1, beta, wd, rescale_grad, clip_gradient = _T(lr), _T(lamda1), _T(beta), _T(wd), _T(rescale_grad), _T(clip_gradient)
     gr = grad * rescale_grad
     gr = _m.clip(gr, clip_gradient) if _h0 else gr
     z = z + (gr - (_np.sqrt(n + gr * gr) - _np.sqrt(n)) * weight / lr)
@@ -29,6 +36,22 @@ def _numpy_kernel(_T, weight, grad, z, n, lr, lamda1, beta, wd, rescale_grad, cl
     weight = _np.where(_np.abs(z) > lamda1, w, w * _T(0))
     return (weight, z, n,)
 
+
+# The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='z'), _Arg(_R.TENSOR, 'void *', source='n'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='lamda1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='z', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='n', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lamda1', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='z'), _Arg(_R.TENSOR, 'void *', source='n'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='lamda1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_KERNELS = (
+    _Kernel('ftrl_update', _S.DENSE, 'float16', 'float32', 'opgen_ftrl_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
+    _Kernel('ftrl_update', _S.MULTI, 'float16', 'float32', 'opgen_ftrl_update_multi_float16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('ftrl_update', _S.STANDARD, 'float16', 'float32', 'opgen_ftrl_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('ftrl_update', _S.DENSE, 'float32', 'float32', 'opgen_ftrl_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('ftrl_update', _S.MULTI, 'float32', 'float32', 'opgen_ftrl_update_multi_float32', _ARGS_MULTI, None, lanes=4),
+    _Kernel('ftrl_update', _S.STANDARD, 'float32', 'float32', 'opgen_ftrl_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('ftrl_update', _S.DENSE, 'float64', 'float64', 'opgen_ftrl_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
+    _Kernel('ftrl_update', _S.MULTI, 'float64', 'float64', 'opgen_ftrl_update_multi_float64', _ARGS_MULTI, None, lanes=2),
+    _Kernel('ftrl_update', _S.STANDARD, 'float64', 'float64', 'opgen_ftrl_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
+)
 
 _OP = _Operator(
     name="ftrl_update",
@@ -55,7 +78,8 @@ _OP = _Operator(
     ),
     lazy_param=None,
     always_lazy=False,
-    kernels=('dense', 'standard'),
+    kernels=_KERNELS,
+    math_types={'float16': 'float32', 'float32': 'float32', 'float64': 'float64'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "ftrl_update.c",
     c_cdef=_HERE / "csrc" / "ftrl_update.cdef",

@@ -7,26 +7,41 @@ from pathlib import Path as _Path
 
 import numpy as _np
 
+from opgen.kinds import ArgRole as _R
+from opgen.kinds import Schedule as _S
 from opgen.runtime import MultiOperator as _MultiOperator
 from opgen.runtime import Operator as _Operator
 from opgen.runtime import ParamArg as _ParamArg
 from opgen.runtime import TensorArg as _TensorArg
 from opgen.runtime import npmath as _m
+from opgen.targets.abi import Arg as _Arg
+from opgen.targets.abi import KernelABI as _Kernel
+from opgen.targets.abi import Launch as _Launch
 
 __all__ = ["group_adagrad_update"]
 
 _HERE = _Path(__file__).resolve().parent
+_D = _np.float64  # the per-call values are computed in double
 
 
 def _numpy_kernel(_T, weight, grad, history, lr, rescale_grad, clip_gradient, epsilon):
     """The math in NumPy (the reference backend): returns the new weight, history."""
     _h0 = clip_gradient > 0
+    lr, rescale_grad, clip_gradient, epsilon = _T(lr), _T(rescale_grad), _T(clip_gradient), _T(epsilon)
     gr = grad * rescale_grad
     gr = _m.clip(gr, clip_gradient) if _h0 else gr
     history = history + _m.row_mean(gr * gr)
     weight = weight - lr * gr / _np.sqrt(history + epsilon)
     return (weight, history,)
 
+
+# The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
+_ARGS_LAZY = (_Arg(_R.NNZ, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='history'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_KERNELS = (
+    _Kernel('group_adagrad_update', _S.LAZY, 'float16', 'float32', 'opgen_group_adagrad_update_lazy_float16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
+    _Kernel('group_adagrad_update', _S.LAZY, 'float32', 'float32', 'opgen_group_adagrad_update_lazy_float32', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
+    _Kernel('group_adagrad_update', _S.LAZY, 'float64', 'float64', 'opgen_group_adagrad_update_lazy_float64', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=2),
+)
 
 _OP = _Operator(
     name="group_adagrad_update",
@@ -48,7 +63,8 @@ _OP = _Operator(
     ),
     lazy_param=None,
     always_lazy=True,
-    kernels=('lazy',),
+    kernels=_KERNELS,
+    math_types={'float16': 'float32', 'float32': 'float32', 'float64': 'float64'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "group_adagrad_update.c",
     c_cdef=_HERE / "csrc" / "group_adagrad_update.cdef",

@@ -7,24 +7,31 @@ from pathlib import Path as _Path
 
 import numpy as _np
 
+from opgen.kinds import ArgRole as _R
+from opgen.kinds import Schedule as _S
 from opgen.runtime import MultiOperator as _MultiOperator
 from opgen.runtime import Operator as _Operator
 from opgen.runtime import ParamArg as _ParamArg
 from opgen.runtime import TensorArg as _TensorArg
 from opgen.runtime import npmath as _m
+from opgen.targets.abi import Arg as _Arg
+from opgen.targets.abi import KernelABI as _Kernel
+from opgen.targets.abi import Launch as _Launch
 
 __all__ = ["lamb_update_phase1"]
 
 _HERE = _Path(__file__).resolve().parent
+_D = _np.float64  # the per-call values are computed in double
 
 
 def _numpy_kernel(_T, weight, grad, mean, var, beta1, beta2, epsilon, t, bias_correction, wd, rescale_grad, clip_gradient):
     """The math in NumPy (the reference backend): returns the new g, mean, var."""
     _h0 = clip_gradient > 0
-    _h1 = _T(1) - beta1
-    _h2 = _T(1) - beta2
-    _h3 = _T(1) - _m.power(beta1, _T(t))
-    _h4 = _T(1) - _m.power(beta2, _T(t))
+    _h1 = _D(1) - beta1
+    _h2 = _D(1) - beta2
+    _h3 = _D(1) - _m.power(beta1, _D(t))
+    _h4 = _D(1) - _m.power(beta2, _D(t))
+    beta1, beta2, epsilon, wd, rescale_grad, clip_gradient, _h1, _h2, _h3, _h4 = _T(beta1), _T(beta2), _T(epsilon), _T(wd), _T(rescale_grad), _T(clip_gradient), _T(_h1), _T(_h2), _T(_h3), _T(_h4)
     gr = grad * rescale_grad
     gr = _m.clip(gr, clip_gradient) if _h0 else gr
     mean = beta1 * mean + _h1 * gr
@@ -32,6 +39,18 @@ def _numpy_kernel(_T, weight, grad, mean, var, beta1, beta2, epsilon, t, bias_co
     g = mean / _h3 / (_np.sqrt(var / _h4) + epsilon) + wd * weight if bias_correction else mean / (_np.sqrt(var) + epsilon) + wd * weight
     return (g, mean, var,)
 
+
+# The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'const void *', source='weight', const=True), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.TENSOR, 'void *', source='out'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'int', source='bias_correction', numpy='int32'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'const void *', source='weight', const=True), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.TENSOR, 'void *', source='out'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'int', source='bias_correction', numpy='int32'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_KERNELS = (
+    _Kernel('lamb_update_phase1', _S.DENSE, 'float16', 'float32', 'opgen_lamb_update_phase1_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
+    _Kernel('lamb_update_phase1', _S.STANDARD, 'float16', 'float32', 'opgen_lamb_update_phase1_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('lamb_update_phase1', _S.DENSE, 'float32', 'float32', 'opgen_lamb_update_phase1_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('lamb_update_phase1', _S.STANDARD, 'float32', 'float32', 'opgen_lamb_update_phase1_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('lamb_update_phase1', _S.DENSE, 'float64', 'float64', 'opgen_lamb_update_phase1_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
+    _Kernel('lamb_update_phase1', _S.STANDARD, 'float64', 'float64', 'opgen_lamb_update_phase1_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
+)
 
 _OP = _Operator(
     name="lamb_update_phase1",
@@ -62,7 +81,8 @@ _OP = _Operator(
     ),
     lazy_param=None,
     always_lazy=False,
-    kernels=('dense', 'standard'),
+    kernels=_KERNELS,
+    math_types={'float16': 'float32', 'float32': 'float32', 'float64': 'float64'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "lamb_update_phase1.c",
     c_cdef=_HERE / "csrc" / "lamb_update_phase1.cdef",

@@ -7,15 +7,21 @@ from pathlib import Path as _Path
 
 import numpy as _np
 
+from opgen.kinds import ArgRole as _R
+from opgen.kinds import Schedule as _S
 from opgen.runtime import MultiOperator as _MultiOperator
 from opgen.runtime import Operator as _Operator
 from opgen.runtime import ParamArg as _ParamArg
 from opgen.runtime import TensorArg as _TensorArg
 from opgen.runtime import npmath as _m
+from opgen.targets.abi import Arg as _Arg
+from opgen.targets.abi import KernelABI as _Kernel
+from opgen.targets.abi import Launch as _Launch
 
 __all__ = ["lamb_update_phase2"]
 
 _HERE = _Path(__file__).resolve().parent
+_D = _np.float64  # the per-call values are computed in double
 
 
 def _numpy_kernel(_T, weight, g, r1, r2, lr, lower_bound, upper_bound):
@@ -23,9 +29,22 @@ def _numpy_kernel(_T, weight, g, r1, r2, lr, lower_bound, upper_bound):
     r1b = _np.maximum(r1, lower_bound) if lower_bound >= 0 else r1
     _2r1b = _np.minimum(r1b, upper_bound) if upper_bound >= 0 else r1b
     step = lr if _np.logical_or(_2r1b == 0, r2 == 0) else lr * _2r1b / r2
+    r1, r2, lr, lower_bound, upper_bound, r1b, _2r1b, step = _T(r1), _T(r2), _T(lr), _T(lower_bound), _T(upper_bound), _T(r1b), _T(_2r1b), _T(step)
     weight = weight - step * g
     return (weight,)
 
+
+# The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='g', const=True), _Arg(_R.SCALAR, 'double', source='r1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='r2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='lower_bound', numpy='float64'), _Arg(_R.SCALAR, 'double', source='upper_bound', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='g', const=True), _Arg(_R.SCALAR, 'double', source='r1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='r2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='lower_bound', numpy='float64'), _Arg(_R.SCALAR, 'double', source='upper_bound', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_KERNELS = (
+    _Kernel('lamb_update_phase2', _S.DENSE, 'float16', 'float32', 'opgen_lamb_update_phase2_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
+    _Kernel('lamb_update_phase2', _S.STANDARD, 'float16', 'float32', 'opgen_lamb_update_phase2_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('lamb_update_phase2', _S.DENSE, 'float32', 'float32', 'opgen_lamb_update_phase2_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('lamb_update_phase2', _S.STANDARD, 'float32', 'float32', 'opgen_lamb_update_phase2_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('lamb_update_phase2', _S.DENSE, 'float64', 'float64', 'opgen_lamb_update_phase2_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
+    _Kernel('lamb_update_phase2', _S.STANDARD, 'float64', 'float64', 'opgen_lamb_update_phase2_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
+)
 
 _OP = _Operator(
     name="lamb_update_phase2",
@@ -46,7 +65,8 @@ _OP = _Operator(
     ),
     lazy_param=None,
     always_lazy=False,
-    kernels=('dense', 'standard'),
+    kernels=_KERNELS,
+    math_types={'float16': 'float32', 'float32': 'float32', 'float64': 'float64'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "lamb_update_phase2.c",
     c_cdef=_HERE / "csrc" / "lamb_update_phase2.cdef",

@@ -7,22 +7,29 @@ from pathlib import Path as _Path
 
 import numpy as _np
 
+from opgen.kinds import ArgRole as _R
+from opgen.kinds import Schedule as _S
 from opgen.runtime import MultiOperator as _MultiOperator
 from opgen.runtime import Operator as _Operator
 from opgen.runtime import ParamArg as _ParamArg
 from opgen.runtime import TensorArg as _TensorArg
 from opgen.runtime import npmath as _m
+from opgen.targets.abi import Arg as _Arg
+from opgen.targets.abi import KernelABI as _Kernel
+from opgen.targets.abi import Launch as _Launch
 
 __all__ = ["mp_adamw_update"]
 
 _HERE = _Path(__file__).resolve().parent
+_D = _np.float64  # the per-call values are computed in double
 
 
 def _numpy_kernel(_T, weight, grad, mean, var, weight32, rescale_grad, lr, eta, beta1, beta2, epsilon, wd, clip_gradient):
     """The math in NumPy (the reference backend): returns the new weight, mean, var, weight32."""
     _h0 = clip_gradient > 0
-    _h1 = _T(1) - beta1
-    _h2 = _T(1) - beta2
+    _h1 = _D(1) - beta1
+    _h2 = _D(1) - beta2
+    rescale_grad, lr, eta, beta1, beta2, epsilon, wd, clip_gradient, _h1, _h2 = _T(rescale_grad), _T(lr), _T(eta), _T(beta1), _T(beta2), _T(epsilon), _T(wd), _T(clip_gradient), _T(_h1), _T(_h2)
     gr = rescale_grad * grad
     gr = _m.clip(gr, clip_gradient) if _h0 else gr
     mean = beta1 * mean + _h1 * gr
@@ -36,6 +43,18 @@ def _skip_if(_T, rescale_grad, lr, eta, beta1, beta2, epsilon, wd, clip_gradient
     """True when the call must change nothing, printed from the spec's skip_if."""
     return _np.logical_or(rescale_grad == 0, _np.logical_not(_np.isfinite(rescale_grad)))
 
+
+# The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='eta', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='eta', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_KERNELS = (
+    _Kernel('mp_adamw_update', _S.DENSE, 'float16', 'float32', 'opgen_mp_adamw_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('mp_adamw_update', _S.STANDARD, 'float16', 'float32', 'opgen_mp_adamw_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('mp_adamw_update', _S.DENSE, 'float32', 'float32', 'opgen_mp_adamw_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('mp_adamw_update', _S.STANDARD, 'float32', 'float32', 'opgen_mp_adamw_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('mp_adamw_update', _S.DENSE, 'float64', 'float32', 'opgen_mp_adamw_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
+    _Kernel('mp_adamw_update', _S.STANDARD, 'float64', 'float32', 'opgen_mp_adamw_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
+)
 
 _OP = _Operator(
     name="mp_adamw_update",
@@ -66,7 +85,8 @@ _OP = _Operator(
     ),
     lazy_param=None,
     always_lazy=False,
-    kernels=('dense', 'standard'),
+    kernels=_KERNELS,
+    math_types={'float16': 'float32', 'float32': 'float32', 'float64': 'float32'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "mp_adamw_update.c",
     c_cdef=_HERE / "csrc" / "mp_adamw_update.cdef",

@@ -7,27 +7,50 @@ from pathlib import Path as _Path
 
 import numpy as _np
 
+from opgen.kinds import ArgRole as _R
+from opgen.kinds import Schedule as _S
 from opgen.runtime import MultiOperator as _MultiOperator
 from opgen.runtime import Operator as _Operator
 from opgen.runtime import ParamArg as _ParamArg
 from opgen.runtime import TensorArg as _TensorArg
 from opgen.runtime import npmath as _m
+from opgen.targets.abi import Arg as _Arg
+from opgen.targets.abi import KernelABI as _Kernel
+from opgen.targets.abi import Launch as _Launch
 
 __all__ = ["mp_sgd_update", "mp_sgd_update_multi"]
 
 _HERE = _Path(__file__).resolve().parent
+_D = _np.float64  # the per-call values are computed in double
 
 
 def _numpy_kernel(_T, weight, grad, weight32, lr, wd, rescale_grad, clip_gradient):
     """The math in NumPy (the reference backend): returns the new weight, weight32."""
     _h0 = clip_gradient > 0
     _h1 = lr * rescale_grad
-    _h2 = _T(1) - lr * wd
+    _h2 = _D(1) - lr * wd
+    lr, wd, rescale_grad, clip_gradient, _h1, _h2 = _T(lr), _T(wd), _T(rescale_grad), _T(clip_gradient), _T(_h1), _T(_h2)
     step = lr * _m.clip(rescale_grad * grad, clip_gradient) if _h0 else _h1 * grad
     weight32 = _h2 * weight32 - step
     weight = weight32
     return (weight, weight32,)
 
+
+# The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_KERNELS = (
+    _Kernel('mp_sgd_update', _S.DENSE, 'float16', 'float32', 'opgen_mp_sgd_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('mp_sgd_update', _S.MULTI, 'float16', 'float32', 'opgen_mp_sgd_update_multi_float16', _ARGS_MULTI, None, lanes=4),
+    _Kernel('mp_sgd_update', _S.STANDARD, 'float16', 'float32', 'opgen_mp_sgd_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('mp_sgd_update', _S.DENSE, 'float32', 'float32', 'opgen_mp_sgd_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('mp_sgd_update', _S.MULTI, 'float32', 'float32', 'opgen_mp_sgd_update_multi_float32', _ARGS_MULTI, None, lanes=4),
+    _Kernel('mp_sgd_update', _S.STANDARD, 'float32', 'float32', 'opgen_mp_sgd_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('mp_sgd_update', _S.DENSE, 'float64', 'float32', 'opgen_mp_sgd_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
+    _Kernel('mp_sgd_update', _S.MULTI, 'float64', 'float32', 'opgen_mp_sgd_update_multi_float64', _ARGS_MULTI, None, lanes=2),
+    _Kernel('mp_sgd_update', _S.STANDARD, 'float64', 'float32', 'opgen_mp_sgd_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
+)
 
 _OP = _Operator(
     name="mp_sgd_update",
@@ -51,7 +74,8 @@ _OP = _Operator(
     ),
     lazy_param=None,
     always_lazy=False,
-    kernels=('dense', 'standard'),
+    kernels=_KERNELS,
+    math_types={'float16': 'float32', 'float32': 'float32', 'float64': 'float32'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "mp_sgd_update.c",
     c_cdef=_HERE / "csrc" / "mp_sgd_update.cdef",

@@ -7,27 +7,50 @@ from pathlib import Path as _Path
 
 import numpy as _np
 
+from opgen.kinds import ArgRole as _R
+from opgen.kinds import Schedule as _S
 from opgen.runtime import MultiOperator as _MultiOperator
 from opgen.runtime import Operator as _Operator
 from opgen.runtime import ParamArg as _ParamArg
 from opgen.runtime import TensorArg as _TensorArg
 from opgen.runtime import npmath as _m
+from opgen.targets.abi import Arg as _Arg
+from opgen.targets.abi import KernelABI as _Kernel
+from opgen.targets.abi import Launch as _Launch
 
 __all__ = ["nag_mom_update", "nag_mom_update_multi"]
 
 _HERE = _Path(__file__).resolve().parent
+_D = _np.float64  # the per-call values are computed in double
 
 
 def _numpy_kernel(_T, weight, grad, mom, lr, momentum, wd, rescale_grad, clip_gradient):
     """The math in NumPy (the reference backend): returns the new weight, mom."""
     _h0 = clip_gradient > 0
-    _h1 = momentum + _T(1)
+    _h1 = momentum + _D(1)
+    lr, momentum, wd, rescale_grad, clip_gradient, _h1 = _T(lr), _T(momentum), _T(wd), _T(rescale_grad), _T(clip_gradient), _T(_h1)
     gg = _m.clip(rescale_grad * grad, clip_gradient) + wd * weight if _h0 else rescale_grad * grad + wd * weight
     mom = momentum * mom
     weight = weight - mom + _h1 * (mom - lr * gg)
     mom = mom - lr * gg
     return (weight, mom,)
 
+
+# The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mom', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='momentum', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_KERNELS = (
+    _Kernel('nag_mom_update', _S.DENSE, 'float16', 'float32', 'opgen_nag_mom_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
+    _Kernel('nag_mom_update', _S.MULTI, 'float16', 'float32', 'opgen_nag_mom_update_multi_float16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('nag_mom_update', _S.STANDARD, 'float16', 'float32', 'opgen_nag_mom_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('nag_mom_update', _S.DENSE, 'float32', 'float32', 'opgen_nag_mom_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('nag_mom_update', _S.MULTI, 'float32', 'float32', 'opgen_nag_mom_update_multi_float32', _ARGS_MULTI, None, lanes=4),
+    _Kernel('nag_mom_update', _S.STANDARD, 'float32', 'float32', 'opgen_nag_mom_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('nag_mom_update', _S.DENSE, 'float64', 'float64', 'opgen_nag_mom_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
+    _Kernel('nag_mom_update', _S.MULTI, 'float64', 'float64', 'opgen_nag_mom_update_multi_float64', _ARGS_MULTI, None, lanes=2),
+    _Kernel('nag_mom_update', _S.STANDARD, 'float64', 'float64', 'opgen_nag_mom_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
+)
 
 _OP = _Operator(
     name="nag_mom_update",
@@ -51,7 +74,8 @@ _OP = _Operator(
     ),
     lazy_param=None,
     always_lazy=False,
-    kernels=('dense', 'standard'),
+    kernels=_KERNELS,
+    math_types={'float16': 'float32', 'float32': 'float32', 'float64': 'float64'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "nag_mom_update.c",
     c_cdef=_HERE / "csrc" / "nag_mom_update.cdef",

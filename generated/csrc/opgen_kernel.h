@@ -58,6 +58,18 @@ static inline uint16_t opgen_float_to_half_bits(float f) {
 #define OPGEN_FLOAT_TO_HALF(f) opgen_float_to_half_bits(f)
 #endif
 
+/* Storage <-> math type, one pair per storage dtype of opgen/dtypes.py. */
+#define OPGEN_LOAD_float16(x) OPGEN_HALF_TO_FLOAT(x)
+#define OPGEN_STORE_float16(x) OPGEN_FLOAT_TO_HALF(x)
+#define OPGEN_LOAD_float32(x) (x)
+#define OPGEN_STORE_float32(x) ((float)(x))
+#define OPGEN_LOAD_float64(x) (x)
+#define OPGEN_STORE_float64(x) ((double)(x))
+
+/* The generated element and step functions are shared word for word with the CUDA file. */
+#define OPGEN_INLINE static inline
+#define OPGEN_RESTRICT restrict
+
 /* The spec language's functions. min/max propagate NaN (as NumPy's minimum/maximum);
  * clip(x, b) is MXNet's clip::Map: NaN passes through; sign(NaN) is 0. */
 #define OPGEN_DEFINE_HELPERS(T, S)                                                     \
@@ -129,5 +141,155 @@ static inline int64_t opgen_lower_bound(const int64_t *indices, int64_t n, int64
     }
     return lo;
 }
+
+
+/* Rows prefetched ahead of the one being updated, by the lazy row kernels. */
+#define OPGEN_PREFETCH_ROWS 8
+/* Thread ranges start on multiples of this many elements (whole cache lines). */
+#define OPGEN_CHUNK_ALIGN 16
+
+/* Ask for the `count` elements of `itemsize` bytes at p + first, one cache line at a time. */
+static inline void opgen_prefetch_row(const void *p, int64_t first, int64_t count, int64_t itemsize) {
+    const char *start = (const char *)p + first * itemsize;
+    for (int64_t b = 0; b < count * itemsize; b += 64) __builtin_prefetch(start + b, 1);
+}
+
+/* ---- The schedules: each loop is written once, here, for every op. ----
+ * A generated kernel computes its scalar struct `s`, then runs one of these with its
+ * op's step function: STEP is an expression over i (the element) and gi (the gradient's
+ * element); in the multi schedule SETUP declares `s` for tensor t. */
+
+/* Every element of one tensor: contiguous thread shares, vectorized. */
+#define OPGEN_DENSE(n, flush_denormal, STEP)                                               \
+    do {                                                                                   \
+        const int opgen_nt = opgen_threads_for((n), OPGEN_MIN_ELEMENTS_PER_THREAD);        \
+        _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
+        {                                                                                  \
+            const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
+            int64_t opgen_lo, opgen_hi;                                                    \
+            opgen_thread_range((n), OPGEN_CHUNK_ALIGN, &opgen_lo, &opgen_hi);              \
+            _Pragma("omp simd")                                                            \
+            for (int64_t i = opgen_lo; i < opgen_hi; ++i) {                                \
+                const int64_t gi = i;                                                      \
+                STEP;                                                                      \
+            }                                                                              \
+            opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
+        }                                                                                  \
+    } while (0)
+
+/* Many tensors, one parallel region: each thread takes a contiguous share of all the
+ * tensors' elements, in order, and updates the part of each tensor that falls in it. */
+#define OPGEN_MULTI(count, sizes, flush_denormal, SETUP, STEP)                             \
+    do {                                                                                   \
+        int64_t opgen_total = 0;                                                           \
+        for (int64_t t = 0; t < (count); ++t) opgen_total += (sizes)[t];                   \
+        const int opgen_nt = opgen_threads_for(opgen_total, OPGEN_MIN_ELEMENTS_PER_THREAD); \
+        _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
+        {                                                                                  \
+            const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
+            int64_t opgen_lo, opgen_hi, opgen_start = 0;                                   \
+            opgen_thread_range(opgen_total, OPGEN_CHUNK_ALIGN, &opgen_lo, &opgen_hi);      \
+            for (int64_t t = 0; t < (count) && opgen_start < opgen_hi; opgen_start += (sizes)[t], ++t) { \
+                const int64_t opgen_first = opgen_lo > opgen_start ? opgen_lo - opgen_start : 0; \
+                const int64_t opgen_last = opgen_hi - opgen_start < (sizes)[t] ? opgen_hi - opgen_start : (sizes)[t]; \
+                if (opgen_first >= opgen_last) continue;                                   \
+                SETUP;                                                                     \
+                _Pragma("omp simd")                                                        \
+                for (int64_t i = opgen_first; i < opgen_last; ++i) {                       \
+                    const int64_t gi = i;                                                  \
+                    STEP;                                                                  \
+                }                                                                          \
+            }                                                                              \
+            opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
+        }                                                                                  \
+    } while (0)
+
+/* Only the rows a row-sparse gradient lists (row indices[r] takes gradient row r);
+ * scattered rows, so PREFETCH asks for the row OPGEN_PREFETCH_ROWS ahead (at `ahead`). */
+#define OPGEN_LAZY(nnz, row_len, indices, flush_denormal, PREFETCH, STEP)                  \
+    do {                                                                                   \
+        const int opgen_nt = opgen_threads_for((nnz) * (row_len), OPGEN_MIN_ROW_ELEMENTS_PER_THREAD); \
+        _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
+        {                                                                                  \
+            const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
+            _Pragma("omp for schedule(static)")                                            \
+            for (int64_t r = 0; r < (nnz); ++r) {                                          \
+                if (r + OPGEN_PREFETCH_ROWS < (nnz)) {                                     \
+                    const int64_t ahead = (indices)[r + OPGEN_PREFETCH_ROWS] * (row_len);  \
+                    PREFETCH;                                                              \
+                }                                                                          \
+                const int64_t opgen_base = (indices)[r] * (row_len), opgen_gbase = r * (row_len); \
+                _Pragma("omp simd")                                                        \
+                for (int64_t j = 0; j < (row_len); ++j) {                                  \
+                    const int64_t i = opgen_base + j, gi = opgen_gbase + j;                \
+                    STEP;                                                                  \
+                }                                                                          \
+            }                                                                              \
+            opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
+        }                                                                                  \
+    } while (0)
+
+/* Every row; rows the gradient lacks with a zero gradient (STEP_ZERO_GRAD reads none). */
+#define OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, STEP, STEP_ZERO_GRAD) \
+    do {                                                                                   \
+        const int opgen_nt = opgen_threads_for((nrows) * (row_len), OPGEN_MIN_ELEMENTS_PER_THREAD); \
+        _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
+        {                                                                                  \
+            const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
+            int64_t opgen_r0, opgen_r1;                                                    \
+            opgen_thread_range((nrows), 1, &opgen_r0, &opgen_r1);                          \
+            int64_t opgen_k = opgen_lower_bound((indices), (nnz), opgen_r0);               \
+            for (int64_t r = opgen_r0; r < opgen_r1; ++r) {                                \
+                const int64_t opgen_base = r * (row_len);                                  \
+                if (opgen_k < (nnz) && (indices)[opgen_k] == r) {                          \
+                    const int64_t opgen_gbase = opgen_k * (row_len);                       \
+                    ++opgen_k;                                                             \
+                    _Pragma("omp simd")                                                    \
+                    for (int64_t j = 0; j < (row_len); ++j) {                              \
+                        const int64_t i = opgen_base + j, gi = opgen_gbase + j;            \
+                        STEP;                                                              \
+                    }                                                                      \
+                } else {                                                                   \
+                    _Pragma("omp simd")                                                    \
+                    for (int64_t j = 0; j < (row_len); ++j) {                              \
+                        const int64_t i = opgen_base + j, gi = i;                          \
+                        STEP_ZERO_GRAD;                                                    \
+                    }                                                                      \
+                }                                                                          \
+            }                                                                              \
+            opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
+        }                                                                                  \
+    } while (0)
+
+/* Per-row math over the listed rows, in two passes per row: PASS1 adds each row_mean
+ * argument into opgen_sums (NSUMS of them, in T), ROW computes the per-row values once
+ * into opgen_values (NVALUES), ROW_STORE stores the per-row states, PASS2 updates the
+ * row's elements. The arrays get one spare slot, so a count may be zero. */
+#define OPGEN_LAZY_ROWS(T, NSUMS, NVALUES, nnz, row_len, indices, flush_denormal, PASS1, ROW, ROW_STORE, PASS2) \
+    do {                                                                                   \
+        const int opgen_nt = opgen_threads_for((nnz) * (row_len), OPGEN_MIN_ROW_ELEMENTS_PER_THREAD); \
+        _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
+        {                                                                                  \
+            const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
+            _Pragma("omp for schedule(static)")                                            \
+            for (int64_t r = 0; r < (nnz); ++r) {                                          \
+                const int64_t row = (indices)[r], opgen_base = row * (row_len), opgen_gbase = r * (row_len); \
+                T opgen_sums[(NSUMS) + 1] = {0};                                           \
+                for (int64_t j = 0; j < (row_len); ++j) {                                  \
+                    const int64_t i = opgen_base + j, gi = opgen_gbase + j;                \
+                    PASS1;                                                                 \
+                }                                                                          \
+                T opgen_values[(NVALUES) + 1];                                             \
+                ROW;                                                                       \
+                ROW_STORE;                                                                 \
+                _Pragma("omp simd")                                                        \
+                for (int64_t j = 0; j < (row_len); ++j) {                                  \
+                    const int64_t i = opgen_base + j, gi = opgen_gbase + j;                \
+                    PASS2;                                                                 \
+                }                                                                          \
+            }                                                                              \
+            opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
+        }                                                                                  \
+    } while (0)
 
 #endif /* OPGEN_KERNEL_H */

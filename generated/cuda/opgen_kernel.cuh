@@ -20,6 +20,18 @@ __device__ __forceinline__ opgen_half opgen_float_to_half(float f) {
 #define OPGEN_HALF_TO_FLOAT(h) opgen_half_to_float(h)
 #define OPGEN_FLOAT_TO_HALF(f) opgen_float_to_half(f)
 
+/* Storage <-> math type, one pair per storage dtype of opgen/dtypes.py. */
+#define OPGEN_LOAD_float16(x) OPGEN_HALF_TO_FLOAT(x)
+#define OPGEN_STORE_float16(x) OPGEN_FLOAT_TO_HALF(x)
+#define OPGEN_LOAD_float32(x) (x)
+#define OPGEN_STORE_float32(x) ((float)(x))
+#define OPGEN_LOAD_float64(x) (x)
+#define OPGEN_STORE_float64(x) ((double)(x))
+
+/* The generated element and step functions are shared word for word with the C file. */
+#define OPGEN_INLINE __device__ __forceinline__
+#define OPGEN_RESTRICT __restrict__
+
 /* The spec language's functions, with the C kernels' semantics (NaN-propagating min/max,
  * MXNet's clip, sign(NaN) = 0). */
 #define OPGEN_DEFINE_HELPERS(T, S)                                                                   \
@@ -52,5 +64,92 @@ __device__ __forceinline__ long long opgen_lower_bound(const long long *indices,
     }
     return lo;
 }
+
+
+/* ---- The schedules: each loop is written once, here, for every op. ----
+ * A generated kernel computes its scalar struct `s`, then runs one of these with its
+ * op's step functions: STEP over element i (gradient element gi), VSTEP over the W-lane
+ * vector vi (gradient vector gvi), used where ALIGNED holds. */
+
+/* Every element: a grid-stride loop over vectors, then a scalar tail. */
+#define OPGEN_CUDA_DENSE(n, W, ALIGNED, VSTEP, STEP)                                       \
+    do {                                                                                   \
+        const long long opgen_stride = (long long)gridDim.x * blockDim.x;                 \
+        const long long opgen_first = (long long)blockIdx.x * blockDim.x + threadIdx.x;   \
+        const long long opgen_nvec = (ALIGNED) ? (n) / (W) : 0;                            \
+        for (long long vi = opgen_first; vi < opgen_nvec; vi += opgen_stride) {            \
+            const long long gvi = vi;                                                      \
+            VSTEP;                                                                         \
+        }                                                                                  \
+        for (long long i = opgen_nvec * (W) + opgen_first; i < (n); i += opgen_stride) {   \
+            const long long gi = i;                                                        \
+            STEP;                                                                          \
+        }                                                                                  \
+    } while (0)
+
+/* One row by one warp (32 lanes striding along it): vectors where the row allows. */
+#define OPGEN_CUDA_ROW(W, ALIGNED, row_len, base, gbase, VSTEP, STEP)                      \
+    if ((row_len) % (W) == 0 && (ALIGNED)) {                                               \
+        for (long long opgen_vj = threadIdx.x; opgen_vj < (row_len) / (W); opgen_vj += 32) { \
+            const long long vi = (base) / (W) + opgen_vj, gvi = (gbase) / (W) + opgen_vj;  \
+            VSTEP;                                                                         \
+        }                                                                                  \
+    } else {                                                                               \
+        for (long long opgen_j = threadIdx.x; opgen_j < (row_len); opgen_j += 32) { \
+            const long long i = (base) + opgen_j, gi = (gbase) + opgen_j;                  \
+            STEP;                                                                          \
+        }                                                                                  \
+    }
+
+/* The rows of warp threadIdx.y of each block, grid-stride. */
+#define OPGEN_CUDA_FOR_ROWS(r, count)                                                      \
+    for (long long r = (long long)blockIdx.x * blockDim.y + threadIdx.y; r < (count);      \
+         r += (long long)gridDim.x * blockDim.y)
+
+/* Only the rows a row-sparse gradient lists (row indices[r] takes gradient row r). */
+#define OPGEN_CUDA_LAZY(nnz, row_len, indices, W, ALIGNED, VSTEP, STEP)                    \
+    OPGEN_CUDA_FOR_ROWS(r, (nnz)) {                                                        \
+        const long long opgen_base = (indices)[r] * (row_len), opgen_gbase = r * (row_len); \
+        OPGEN_CUDA_ROW(W, ALIGNED, row_len, opgen_base, opgen_gbase, VSTEP, STEP)          \
+    }
+
+/* Every row; rows the gradient lacks with a zero gradient (the _ZERO steps read none). */
+#define OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, W, ALIGNED, VSTEP, STEP, VSTEP_ZERO, STEP_ZERO) \
+    OPGEN_CUDA_FOR_ROWS(r, (nrows)) {                                                      \
+        const long long opgen_base = r * (row_len);                                        \
+        const long long opgen_k = opgen_lower_bound((indices), (nnz), r);                  \
+        if (opgen_k < (nnz) && (indices)[opgen_k] == r) {                                  \
+            OPGEN_CUDA_ROW(W, ALIGNED, row_len, opgen_base, opgen_k * (row_len), VSTEP, STEP) \
+        } else {                                                                           \
+            OPGEN_CUDA_ROW(W, ALIGNED, row_len, opgen_base, opgen_base, VSTEP_ZERO, STEP_ZERO) \
+        }                                                                                  \
+    }
+
+/* Per-row math, a warp per row: the lanes add the row_mean arguments into opgen_sums
+ * (PASS1), the warp combines the sums, every lane computes the per-row values (ROW) and
+ * lane 0 stores the per-row states (ROW_STORE) once all lanes have read them, then the
+ * lanes update the row's elements (PASS2). The arrays get one spare slot. */
+#define OPGEN_CUDA_LAZY_ROWS(T, NSUMS, NVALUES, nnz, row_len, indices, PASS1, ROW, ROW_STORE, PASS2) \
+    OPGEN_CUDA_FOR_ROWS(r, (nnz)) {                                                        \
+        const long long row = (indices)[r], opgen_base = row * (row_len), opgen_gbase = r * (row_len); \
+        T opgen_sums[(NSUMS) + 1] = {0};                                                   \
+        for (long long opgen_j = threadIdx.x; opgen_j < (row_len); opgen_j += 32) { \
+            const long long i = opgen_base + opgen_j, gi = opgen_gbase + opgen_j;          \
+            PASS1;                                                                         \
+        }                                                                                  \
+        for (int opgen_offset = 32 / 2; opgen_offset > 0; opgen_offset >>= 1)      \
+            for (int opgen_k = 0; opgen_k < (NSUMS); ++opgen_k)                            \
+                opgen_sums[opgen_k] += __shfl_xor_sync(0xffffffffu, opgen_sums[opgen_k], opgen_offset); \
+        T opgen_values[(NVALUES) + 1];                                                     \
+        ROW;                                                                               \
+        __syncwarp();                                                                      \
+        if (threadIdx.x == 0) {                                                            \
+            ROW_STORE;                                                                     \
+        }                                                                                  \
+        for (long long opgen_j = threadIdx.x; opgen_j < (row_len); opgen_j += 32) { \
+            const long long i = opgen_base + opgen_j, gi = opgen_gbase + opgen_j;          \
+            PASS2;                                                                         \
+        }                                                                                  \
+    }
 
 #endif /* OPGEN_KERNEL_CUH */

@@ -49,6 +49,7 @@ class _Scope:
     readonly_tensors: frozenset[str]
     writable_tensors: frozenset[str]
     params: Mapping[str, VType]
+    scalar_inputs: frozenset[str] = frozenset()  # the uniform names that are one-element inputs
     temps: dict[str, tuple[VType, bool]] = field(default_factory=dict)  # name -> (type, uniform)
 
     def known_names(self) -> list[str]:
@@ -60,8 +61,9 @@ def parse_program(
     readonly_tensors: frozenset[str],
     writable_tensors: frozenset[str],
     params: Mapping[str, VType],
+    scalar_inputs: frozenset[str] = frozenset(),
 ) -> Program:
-    scope = _Scope(readonly_tensors, writable_tensors, params)
+    scope = _Scope(readonly_tensors, writable_tensors, params, scalar_inputs)
     return Program(tuple(_parse_statement(s, scope) for s in statements))
 
 
@@ -97,7 +99,8 @@ def _parse_statement(stmt: Statement, scope: _Scope) -> Assign:
     if name in scope.readonly_tensors:
         raise SpecError(where, f"cannot assign to '{name}': it is a read-only input")
     if name in scope.params:
-        raise SpecError(where, f"cannot assign to '{name}': it is a parameter")
+        what = "a scalar input" if name in scope.scalar_inputs else "a parameter"
+        raise SpecError(where, f"cannot assign to '{name}': it is {what}")
     if name.startswith("_"):
         raise SpecError(where, f"names may not start with '_': '{name}'")
     if name in FUNCTIONS:

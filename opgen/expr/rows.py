@@ -18,10 +18,33 @@ from opgen.expr.tree import Assign, Call, Const, Expr, Ref, RefKind, children, m
 
 @dataclass(frozen=True)
 class RowProgram:
-    pre: tuple[Assign, ...]  # element statements that feed the reductions (temporaries only)
+    pre: tuple[Assign, ...]  # element statements before the per-row ones (temporaries only)
     reductions: tuple[Expr, ...]  # the row_mean arguments; reduction k is Ref(name=str(k), REDUCED)
     row: tuple[Assign, ...]  # per-row statements, with row_mean(...) replaced by its reduction
     post: tuple[Assign, ...]  # the remaining element statements
+
+    @property
+    def pass1(self) -> tuple[Assign, ...]:
+        """The pre statements the reductions need: nothing else runs in the first pass."""
+        return live(self.pre, {r.name for e in self.reductions for r in refs(e)})
+
+    def pass2(self, keep: frozenset[str] = frozenset()) -> tuple[Assign, ...]:
+        """The element statements of the second pass: those that write tensors or ``keep``
+        (the output), and whatever they read."""
+        return live(self.pre + self.post, set(keep), keep_tensors=True)
+
+
+def live(statements: tuple[Assign, ...], needed: set[str], keep_tensors: bool = False) -> tuple[Assign, ...]:
+    """The statements whose results are read by ``needed`` (or that write a tensor, with
+    ``keep_tensors``), found walking backwards."""
+    kept: list[Assign] = []
+    needed = set(needed)
+    for s in reversed(statements):
+        if s.target in needed or (keep_tensors and s.kind is RefKind.TENSOR):
+            kept.append(s)
+            needed.discard(s.target)
+            needed |= {r.name for r in refs(s.expr)}
+    return tuple(reversed(kept))
 
 
 def has_reductions(program: KernelProgram) -> bool:
@@ -35,6 +58,7 @@ def _calls_row_mean(e: Expr) -> bool:
 
 
 def split_rows(program: KernelProgram, row_tensors: frozenset[str]) -> RowProgram:
+    uniform = {s.target for s in program.prologue}  # computed once per call: constant along a row
     pre: list[Assign] = []
     row: list[Assign] = []
     post: list[Assign] = []
@@ -47,14 +71,16 @@ def split_rows(program: KernelProgram, row_tensors: frozenset[str]) -> RowProgra
         if isinstance(e, Call) and e.func == "row_mean":
             return True
         if isinstance(e, Ref):
-            return e.kind in (RefKind.PARAM, RefKind.HOISTED) or e.name in row_tensors or e.name in row_temps
+            return e.kind in (RefKind.PARAM, RefKind.HOISTED) or e.name in row_tensors or e.name in row_temps \
+                or e.name in uniform
         return isinstance(e, Const) or all(rowwise(c) for c in children(e))
 
     def reduce(e: Expr, s: Assign) -> Expr:
         if isinstance(e, Call) and e.func == "row_mean":
             arg = e.args[0]
             for r in refs(arg):
-                if r.name in row_tensors or r.name in row_temps or (r.kind is RefKind.TEMP and r.name not in pre_temps):
+                if r.name in row_tensors or r.name in row_temps or (r.kind is RefKind.TEMP and r.name not in pre_temps
+                                                                  and r.name not in uniform):
                     raise SpecError(s.location, f"row_mean() may read element values computed before the first "
                                                 f"per-row statement only, not '{r.name}'")
             reductions.append(arg)

@@ -1,14 +1,28 @@
-"""Which backend runs an update: the C kernels, or the NumPy reference."""
+"""The backends that run a checked update: the NumPy reference, the C kernels, CUDA.
+
+Each backend runs one :class:`Work` (a checked call's arrays, contiguous and ready to be
+written) through its op's kernel ABI (opgen.targets.abi), which names the kernel and
+orders its arguments. Host arrays go to the backend that :func:`use_backend` chose ("c",
+"numpy", or "auto": C, or NumPy with a warning where no C compiler works); device arrays
+go to CUDA.
+"""
 
 from __future__ import annotations
 
 import contextlib
 import contextvars
+import warnings
 from collections.abc import Iterator
+from dataclasses import dataclass
 
+import numpy as np
+
+from opgen.kinds import ArgRole, Schedule
 from opgen.runtime import cbuild
+from opgen.runtime.arrays import ArrayAdapter
+from opgen.runtime.rowsparse import RowSparseArray
 
-BACKENDS = ("auto", "c", "numpy")
+PREFERENCES = ("auto", "c", "numpy")
 _current: contextvars.ContextVar[str] = contextvars.ContextVar("opgen_backend", default="auto")
 
 
@@ -25,8 +39,8 @@ def use_backend(name: str) -> Iterator[None]:
 
     "auto" (the default) uses C, or NumPy with a warning when no C compiler works.
     """
-    if name not in BACKENDS:
-        raise ValueError(f"use_backend: argument 'name' must be one of {', '.join(BACKENDS)}, got {name!r}")
+    if name not in PREFERENCES:
+        raise ValueError(f"use_backend: argument 'name' must be one of {', '.join(PREFERENCES)}, got {name!r}")
     token = _current.set(name)
     try:
         yield
@@ -35,7 +49,7 @@ def use_backend(name: str) -> Iterator[None]:
 
 
 def available_backends() -> tuple[str, ...]:
-    """The backends that can run here: ("c", "numpy") where a C compiler works."""
+    """The host backends that can run here: ("c", "numpy") where a C compiler works."""
     return ("c", "numpy") if cbuild.compiler_available() else ("numpy",)
 
 
@@ -60,3 +74,162 @@ def set_flush_denormal(on: bool) -> bool:
 
 def flush_denormal() -> bool:
     return bool(_flush_denormal[0])
+
+
+@dataclass
+class Work:
+    """One checked call, ready to run: from here on, arrays are written."""
+
+    schedule: Schedule
+    dtype: np.dtype  # the call's dtype (the weight's)
+    target: object  # receives the new weight (or the output); contiguous
+    source: object  # the weight as read (the target itself, except for output ops)
+    grad: object  # dense array or RowSparseArray
+    states: list  # contiguous, updated in place
+    scalars: tuple  # the kernels' scalars: scalar inputs, then the math's parameters
+
+    @property
+    def grad_data(self):
+        return self.grad.data if isinstance(self.grad, RowSparseArray) else self.grad
+
+    def arrays(self, op, grad_array) -> dict:
+        """Each kernel array by name: the weight (as read), the gradient, states, ``out``."""
+        states = iter(self.states)
+        out = {}
+        for t in op.tensors:
+            if t.role == "weight":
+                out[t.name] = self.source
+            elif t.role == "grad":
+                out[t.name] = grad_array
+            elif t.role == "state":
+                out[t.name] = next(states)
+        out["out"] = self.target
+        return out
+
+    def sizes(self) -> dict:
+        rows = self.target.shape[0] if self.target.ndim else 1
+        values = {ArgRole.SIZE: self.target.size, ArgRole.NROWS: rows,
+                  ArgRole.ROW_LEN: self.target.size // rows if rows else 0,
+                  ArgRole.NNZ: len(self.grad.indices) if isinstance(self.grad, RowSparseArray) else 0}
+        return values
+
+
+class Backend:
+    name = ""
+
+    def run(self, op, work: Work) -> None:
+        raise NotImplementedError
+
+
+class NumpyBackend(Backend):
+    """The reference: the math printed as NumPy, in the math dtype."""
+
+    name = "numpy"
+
+    def run(self, op, work: Work) -> None:
+        acc = op.math_dtype(work.dtype)
+        typed = op.typed_for_numpy(work.scalars)
+        scalar_inputs, params = typed[:op.scalar_inputs], typed[op.scalar_inputs:]
+        writable = [work.target, *work.states]  # the kernel returns new values in this order
+        grad, source = work.grad, work.source
+        if work.schedule is Schedule.LAZY:
+            rows, row_len = grad.indices, grad.row_length
+            widths = [row_len] + [1 if t.per_row else row_len for t in op.tensors if t.role == "state"]
+            views = [w.reshape(w.shape[0] if w.ndim else 1, width) for w, width in zip(writable, widths)]
+            weight_rows = source.reshape(source.shape[0], row_len)[rows]
+            inputs = op.numpy_inputs(weight_rows, [v[rows] for v in views[1:]],
+                                     grad.data.reshape(len(rows), row_len), scalar_inputs, acc)
+            with np.errstate(all="ignore"):
+                results = op.numpy_kernel(acc, *inputs, *params)
+            for view, result in zip(views, results):
+                view[rows] = result
+            return
+        dense_grad = grad.todense() if isinstance(grad, RowSparseArray) else grad
+        inputs = op.numpy_inputs(source, work.states, dense_grad, scalar_inputs, acc)
+        with np.errstate(all="ignore"):
+            results = op.numpy_kernel(acc, *inputs, *params)
+        for array, result in zip(writable, results):
+            np.copyto(array, result, casting="unsafe")
+
+
+class CBackend(Backend):
+    """The compiled C kernels, called through cffi in the ABI's argument order."""
+
+    name = "c"
+
+    def run(self, op, work: Work) -> None:
+        module = op.c_module()
+        kernel = op.kernel(work.schedule, work.dtype)
+        function = op.c_function(module, kernel)
+        ffi = module.ffi
+        grad_array = np.ascontiguousarray(work.grad_data)
+        arrays, sizes = work.arrays(op, grad_array), work.sizes()
+        scalars = dict(zip(op.kernel_scalar_names, work.scalars))
+        args = []
+        for a in kernel.args:
+            if a.role is ArgRole.TENSOR:
+                args.append(ffi.from_buffer(arrays[a.source]))
+            elif a.role is ArgRole.SCALAR:
+                args.append(scalars[a.source])
+            elif a.role is ArgRole.INDICES:
+                args.append(ffi.from_buffer("int64_t[]", work.grad.indices))
+            elif a.role is ArgRole.FLUSH:
+                args.append(_flush_denormal[0])
+            else:
+                args.append(sizes[a.role])
+        function(*args)
+
+
+class CudaBackend(Backend):
+    """The CUDA kernels through CuPy, on the arrays' device, in the ABI's argument order and
+    launch shape."""
+
+    name = "cuda"
+
+    def run(self, op, work: Work) -> None:
+        import cupy
+
+        from opgen.runtime import cuda
+
+        kernel = op.kernel(work.schedule, work.dtype)
+        sizes = work.sizes()
+        if sizes[ArgRole.SIZE] == 0 or sizes[kernel.launch.work] == 0:
+            return
+        arrays = work.arrays(op, cupy.ascontiguousarray(work.grad_data))
+        scalars = dict(zip(op.kernel_scalar_names, work.scalars))
+        args = []
+        for a in kernel.cuda_args:
+            if a.role is ArgRole.TENSOR:
+                args.append(arrays[a.source])
+            elif a.role is ArgRole.SCALAR:
+                args.append(np.dtype(a.numpy).type(scalars[a.source]))
+            elif a.role is ArgRole.INDICES:
+                args.append(work.grad.indices)
+            else:
+                args.append(np.int64(sizes[a.role]))
+        with work.target.device:  # the arrays' device, which may not be the current one
+            cuda.launch(op.cuda, kernel, sizes[kernel.launch.work], args)
+
+
+NUMPY, C, CUDA = NumpyBackend(), CBackend(), CudaBackend()
+REGISTRY: dict[str, Backend] = {b.name: b for b in (NUMPY, C, CUDA)}
+
+
+def backend_for(op, adapter: ArrayAdapter) -> Backend:
+    """The backend a call on these arrays runs on."""
+    if adapter.device:
+        return CUDA
+    preference = _current.get()
+    if preference == "numpy":
+        return NUMPY
+    try:
+        op.c_module()
+    except (cbuild.CompilerUnavailable, cbuild.CompileError) as exc:
+        if preference == "c":
+            raise
+        if not op.warned_c_unavailable:
+            op.warned_c_unavailable = True
+            warnings.warn(f"{op.name}: C backend unavailable, using the NumPy backend ({exc})",
+                          RuntimeWarning, stacklevel=5)
+        return NUMPY
+    return C

@@ -2,35 +2,25 @@
 
 CuPy is optional: nothing here imports it until a CuPy array arrives. Modules are
 compiled once per device in a process (CuPy's own disk cache keeps them across runs);
-kernels run on CuPy's current stream, on the current device.
+kernels run on CuPy's current stream. Names, arguments and launch shapes come from the
+kernel ABI (opgen.targets.abi), as the generated module carries it.
 """
 
 from __future__ import annotations
 
-import math
 import re
 import threading
 from pathlib import Path
-
-import numpy as np
 
 HEADER = "opgen_kernel.cuh"
 # --fmad=false: no multiply-add contraction, so results match the C kernels and the
 # NumPy reference bit for bit where the math is + - * / sqrt.
 NVRTC_OPTIONS = ("--std=c++14", "--fmad=false")
 CHECK_ARCHES = ("compute_80", "compute_90")
-# Launch shapes; the CUDA target prints them as the kernels' __launch_bounds__.
-DENSE_BLOCK = 512  # threads per block of the dense kernels
-ROWS_PER_BLOCK = 8  # warps (rows in flight) per block of the row kernels
-ROW_BLOCK = (32, ROWS_PER_BLOCK)
 
 
 class CudaCompileError(RuntimeError):
     pass
-
-
-def is_device_array(value) -> bool:
-    return type(value).__module__.split(".")[0] == "cupy"
 
 
 def cuda_source(path: Path) -> str:
@@ -115,23 +105,9 @@ def _sm_count() -> int:
     return count
 
 
-def launch(kernels: CudaKernels, name: str, mode: str, arrays: list, scalars: list,
-           size: int, rows: int, row_len: int, indices=None, nnz: int = 0) -> None:
-    """Run one kernel; ``arrays`` in declaration order, ``scalars`` already typed."""
-    if size == 0:
-        return
-    function = kernels.function(name)
-    if mode == "dense":
-        width = 16 // arrays[0].itemsize
-        blocks = max(1, min(math.ceil(math.ceil(size / width) / DENSE_BLOCK), 8 * _sm_count()))
-        function((blocks,), (DENSE_BLOCK,), (np.int64(size), *arrays, *scalars))
-        return
-    work_rows = nnz if mode == "lazy" else rows
-    if work_rows == 0:
-        return
-    blocks = max(1, min(math.ceil(work_rows / ROW_BLOCK[1]), 32 * _sm_count()))
-    if mode == "lazy":
-        head = (np.int64(nnz), np.int64(row_len), indices)
-    else:
-        head = (np.int64(rows), np.int64(row_len), np.int64(nnz), indices)
-    function((blocks,), ROW_BLOCK, (*head, *arrays, *scalars))
+def launch(kernels: CudaKernels, kernel, work: int, args: list) -> None:
+    """Run one kernel: ``kernel`` is its ABI record, ``work`` the value of its launch's work
+    argument, ``args`` the kernel's CUDA arguments in order, already typed."""
+    launch = kernel.launch
+    blocks = launch.grid(work, _sm_count())
+    kernels.function(kernel.name)((blocks,), launch.block, tuple(args))

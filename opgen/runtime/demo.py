@@ -29,7 +29,7 @@ def _inputs(operator) -> tuple[list, dict, list[str]]:
         elif t.role == "grad":
             grad = np.array(_GRAD, dtype)
             # an op without a dense update gets every row as a row-sparse gradient
-            arrays.append(grad if "dense" in operator.kernels else RowSparseArray(grad, np.arange(4), (4,)))
+            arrays.append(grad if "dense" in operator.schedules else RowSparseArray(grad, np.arange(4), (4,)))
         else:
             arrays.append(np.array(_STATE, dtype))
         shown.append(t.name)

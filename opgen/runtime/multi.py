@@ -17,13 +17,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
-from numpy.lib.array_utils import byte_bounds
 
-from opgen.runtime import backends
-from opgen.runtime.operator import Operator, _same_view
+from opgen.dtypes import PARAM_KINDS, ParamType
+from opgen.kinds import Schedule, TensorRole
+from opgen.runtime import backends, cbuild
+from opgen.runtime.arrays import adapter_for, same_view
+from opgen.runtime.operator import Operator
 from opgen.runtime.rowsparse import RowSparseArray
 
-_PARAM_DTYPES = {"float": (np.float64, "double"), "int": (np.int64, "int64_t"), "bool": (np.int32, "int")}
+# per-tensor parameter lists, packed as the multi kernel's tables take them
+_PARAM_DTYPES = {t: (np.dtype(k.numpy_arg).type, k.c_arg) for t, k in PARAM_KINDS.items()}
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,17 @@ class MultiOperator:
         groups = tuple(list(data[k::size]) for k in range(size))
         return self._call(groups, params, out, _Naming(self.op.name, flat=True, labels=tuple(labels)))
 
+    def _c_module(self):
+        """The op's C module where the C backend serves this call, else None."""
+        if backends.current_backend() == "numpy":
+            return None
+        try:
+            return self.op.c_module()
+        except (cbuild.CompilerUnavailable, cbuild.CompileError):
+            if backends.current_backend() == "c":
+                raise
+            return None  # the single-tensor path warns and falls back
+
     @staticmethod
     def _fail(naming: _Naming, exc: type[Exception], name: str, message: str) -> Exception:
         return exc(f"{naming.caller}(): argument '{name}' {message}")
@@ -111,7 +125,7 @@ class MultiOperator:
         plan = self._plan
         if plan is None or out is None or len(plan.arrays) != len(arrays) \
                 or not all(map(operator.is_, arrays, plan.arrays)) or backends.current_backend() == "numpy":
-            module = self.op.c_module() if all(type(a) is np.ndarray for a in lists[0]) else None
+            module = self._c_module() if all(type(a) is np.ndarray for a in lists[0]) else None
             plan = None if module is None else self._plan_for(naming, lists, out, arrays, module, count)
         if plan is None:
             return self._one_by_one(naming, lists, columns, out, count)
@@ -133,8 +147,8 @@ class MultiOperator:
             if array.shape != (count,):
                 raise self._fail(naming, ValueError, label, f"has {array.shape[0] if array.ndim == 1 else array.shape} "
                                                     f"values for {count} tensors")
-            if array.dtype.kind not in ("f", "i", "u") or (p.type != "float" and array.dtype.kind == "f"):
-                raise self._fail(naming, TypeError, label, f"must hold {p.type} values, got dtype {array.dtype}")
+            if array.dtype.kind not in ("f", "i", "u") or (p.type is not ParamType.FLOAT and array.dtype.kind == "f"):
+                raise self._fail(naming, TypeError, label, f"must hold {p.type.value} values, got dtype {array.dtype}")
             if p.bounds is not None:
                 inside = (array >= p.bounds[0]) & (array <= p.bounds[1])
                 if not inside.all():
@@ -143,9 +157,9 @@ class MultiOperator:
                     raise self._fail(naming, ValueError, label, f"holds {array[k]} at {k}, outside [{low}, {high}]")
             return array
         if label != p.name:
-            raise self._fail(naming, TypeError, label, f"must be a sequence of one {p.type} per tensor, "
+            raise self._fail(naming, TypeError, label, f"must be a sequence of one {p.type.value} per tensor, "
                                                f"got {type(value).__name__}")
-        return self.op._check_param(p, value)
+        return self.op.check_param(p, value)
 
     def _names(self, naming: _Naming, i: int) -> tuple[str, ...]:
         if naming.flat:
@@ -162,11 +176,11 @@ class MultiOperator:
         for i in range(count):
             names = self._names(naming, i)
             group = tuple(lst[i] for lst in lists)
-            weight, grad, states, _ = op._check_tensors(group, names)
+            weight, grad, states, _ = op.check_tensors(group, names)
             if weight.dtype != dtype:
                 raise self._fail(naming, TypeError, names[op.weight_index], f"has dtype {weight.dtype} but the first "
                                                                     f"tensor has {dtype}; one dtype per call")
-            target = op._check_out(None if out is None else out[i], weight, grad, states, names, f"out[{i}]")
+            target = op.check_out(None if out is None else out[i], weight, grad, states, names, f"out[{i}]")
             checked.append((group, target))
         self._check_no_overlap(naming, [(group, target) for group, target in checked])
         if any(not a.flags.c_contiguous for group, _ in checked for a in group) or \
@@ -178,18 +192,18 @@ class MultiOperator:
             weight = group[op.weight_index]
             if target is None:
                 target = weight.copy()
-            elif not _same_view(target, weight):
+            elif not same_view(target, weight):
                 np.copyto(target, weight)
             targets.append(target)
         ffi = module.ffi
         keep, tables = [], []
         for k, spec in enumerate(op.tensors):
-            buffers = [ffi.from_buffer(targets[i] if spec.role == "weight" else checked[i][0][k])
+            buffers = [ffi.from_buffer(targets[i] if spec.role is TensorRole.WEIGHT else checked[i][0][k])
                        for i in range(count)]
             keep.append(buffers)
             tables.append(ffi.new("void *[]", buffers))
         sizes = ffi.new("int64_t[]", [t.size for t in targets])
-        function = getattr(module.lib, f"opgen_{op.name}_multi_{dtype.name}")
+        function = op.c_function(module, op.kernel(Schedule.MULTI, dtype))
         plan = _Plan(arrays, function, sizes, tuple(tables), tuple(keep), targets, ffi.from_buffer)
         if out is not None and all(t is w for t, w in zip(targets, lists[op.weight_index])):
             self._plan = plan  # in place, as optimizers call it: the same pointers next time
@@ -220,7 +234,7 @@ class MultiOperator:
         for i, (group, target) in enumerate(groups):
             names = self._names(naming, i)
             for k, (spec, array) in enumerate(zip(op.tensors, group)):
-                written = spec.role == "state" or (spec.role == "weight" and target is None)
+                written = spec.role is TensorRole.STATE or (spec.role is TensorRole.WEIGHT and target is None)
                 spans.append((*_bounds(array), i, names[k], written))
             if target is not None:
                 spans.append((*_bounds(target), i, f"out[{i}]", True))
@@ -237,10 +251,7 @@ class MultiOperator:
 
 def _bounds(array) -> tuple[int, int]:
     """The byte range an array spans (host or device)."""
-    if isinstance(array, np.ndarray):
-        return byte_bounds(array)
-    start = array.data.ptr
-    return start, start + max(array.nbytes, 1) if array.size else start
+    return adapter_for(array).byte_bounds(array)
 
 
-_NEUTRAL = {"float": 0.0, "int": 0, "bool": True}
+_NEUTRAL = {ParamType.FLOAT: 0.0, ParamType.INT: 0, ParamType.BOOL: True}

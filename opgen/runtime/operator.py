@@ -1,48 +1,65 @@
 """What every generated function calls: validate the arguments, then run a kernel.
 
 All checks happen before anything is written, so a bad call raises ``TypeError`` or
-``ValueError`` naming the argument and leaves every array as it was.
+``ValueError`` naming the argument and leaves every array as it was. The checks are a
+public API (:meth:`Operator.check`, :meth:`Operator.check_tensors`, :meth:`Operator.check_out`,
+:meth:`Operator.check_param`) that the multi-tensor path uses too; arrays are seen through
+their adapters (opgen.runtime.arrays) and run on a backend (opgen.runtime.backends) through
+the kernel ABI the generated module carries.
 """
 
 from __future__ import annotations
 
-import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
+from opgen.dtypes import DTYPE_NAMES, ParamType, dtype_list
+from opgen.kinds import Schedule, TensorRole
 from opgen.runtime import backends, cbuild, cuda
-from opgen.runtime.rowsparse import RowSparseArray, array_module
+from opgen.runtime.arrays import adapter_for, accepted_types, array_module, is_device_array, kind, same_view
+from opgen.runtime.backends import Work
+from opgen.runtime.rowsparse import RowSparseArray
+from opgen.targets.abi import KernelABI
 
 _backend = backends.current_backend_fast
 _ftz = backends._flush_denormal
 
-FLOAT_DTYPES = (np.dtype(np.float16), np.dtype(np.float32), np.dtype(np.float64))
+FLOAT_DTYPES = tuple(np.dtype(name) for name in DTYPE_NAMES)
+_DTYPE_TEXT = dtype_list()
 _REAL = (int, float, np.integer, np.floating)
-_PLAIN = {"float": frozenset((float, int)), "int": frozenset((int,)), "bool": frozenset((bool,))}  # taken as they are by the fast path
+# taken as they are by the fast path
+_PLAIN = {ParamType.FLOAT: frozenset((float, int)), ParamType.INT: frozenset((int,)),
+          ParamType.BOOL: frozenset((bool,))}
 
 
 @dataclass(frozen=True)
 class TensorArg:
     name: str
-    role: str  # "weight", "grad", "state" or "scalar"
+    role: TensorRole
     dtype: str | None = None  # a fixed dtype (e.g. float32 master weights); None: the call's
     per_row: bool = False  # one value per row of the weight: shape (rows,) or (rows, 1)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "role", TensorRole(self.role))
 
 
 @dataclass(frozen=True)
 class ParamArg:
     name: str
-    type: str  # "float", "int" or "bool"
+    type: ParamType
     in_kernel: bool  # read by the math (passed to the kernels)
     bounds: tuple[float, float] | None = None  # inclusive range the value must lie in
     required: bool = False
 
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "type", ParamType(self.type))
+
 
 @dataclass
-class _Call:
+class Call:
     """A checked call: what the kernels need, nothing written yet."""
 
     weight: object
@@ -50,45 +67,52 @@ class _Call:
     states: list
     scalars: tuple  # kernel scalars: scalar inputs, then the math's parameters
     target: object  # where the result goes (None: a new array)
-    mode: str  # "dense", "lazy" or "standard"
+    schedule: Schedule
 
 
 class Operator:
     """One generated op: its argument table, NumPy kernel, C and CUDA sources."""
 
     def __init__(self, *, name: str, spec: str, tensors: Sequence[TensorArg], params: Sequence[ParamArg],
-                 lazy_param: str | None, always_lazy: bool, kernels: Sequence[str], numpy_kernel: Callable,
-                 c_source: Path, c_cdef: Path, cuda_source: Path, output: bool = False,
-                 skip_if: Callable | None = None) -> None:
+                 lazy_param: str | None, always_lazy: bool, kernels: Sequence[KernelABI],
+                 math_types: dict[str, str], numpy_kernel: Callable, c_source: Path, c_cdef: Path,
+                 cuda_source: Path, output: bool = False, skip_if: Callable | None = None) -> None:
         self.name = name
         self.spec = spec
         self.tensors = tuple(tensors)
         self.names = tuple(t.name for t in tensors)
         self.params = tuple(params)
-        self.kernels = tuple(kernels)
+        self.kernel_abis = {(k.schedule, k.dtype): k for k in kernels}
+        self.schedules = frozenset(k.schedule for k in kernels)
+        self._math_types = {np.dtype(d): np.dtype(m).type for d, m in math_types.items()}
         self.always_lazy = always_lazy
         self.output = output  # the kernels write `out` and leave the weight alone
         self.skip_if = skip_if
         self.lazy_index = next((k for k, p in enumerate(params) if p.name == lazy_param), None)
-        self.weight_index = next(k for k, t in enumerate(tensors) if t.role == "weight")
-        self.grad_index = next(k for k, t in enumerate(tensors) if t.role == "grad")
+        self.weight_index = next(k for k, t in enumerate(self.tensors) if t.role is TensorRole.WEIGHT)
+        self.grad_index = next(k for k, t in enumerate(self.tensors) if t.role is TensorRole.GRAD)
         self.kernel_params = tuple(k for k, p in enumerate(params) if p.in_kernel)
         self.fixed_dtypes = {t.name: np.dtype(t.dtype) for t in tensors if t.dtype}
         # The kernels' scalar arguments: scalar inputs (floats), then the math's parameters.
-        self.scalar_inputs = sum(t.role == "scalar" for t in tensors)
-        self.scalar_kinds = ("float",) * self.scalar_inputs + tuple(params[k].type for k in self.kernel_params)
+        self.scalar_inputs = sum(t.role is TensorRole.SCALAR for t in self.tensors)
+        self.scalar_kinds = (ParamType.FLOAT,) * self.scalar_inputs + tuple(self.params[k].type
+                                                                             for k in self.kernel_params)
+        self.kernel_scalar_names = tuple(t.name for t in self.tensors if t.role is TensorRole.SCALAR) + \
+            tuple(self.params[k].name for k in self.kernel_params)
         self.numpy_kernel = numpy_kernel
         self.c_source = c_source
         self.c_cdef = c_cdef
         self.cuda = cuda.CudaKernels(spec, cuda_source)
-        self._c_functions: dict[tuple[str, str], Callable] = {}
+        self._c_functions: dict[str, Callable] = {}
         self._c_module = None
+        self._c_error: Exception | None = None
+        self.warned_c_unavailable = False
         # The fast path covers plain ops: every tensor of the call's dtype, no scalar
         # inputs, outputs, skip conditions or ranged parameters.
         self._fast_ok = not (output or skip_if or self.fixed_dtypes or any(p.bounds for p in params)
-                             or any(t.role == "scalar" for t in tensors))
+                             or any(t.role is TensorRole.SCALAR for t in self.tensors))
         self._fast_functions: dict[np.dtype, Callable] = {}  # dtype -> dense C kernel, once loaded
-        self._fast_types = tuple(_PLAIN[p.type] for p in params)
+        self._fast_types = tuple(_PLAIN[p.type] for p in self.params)
         # the kernel parameters as a slice of the call's, when they come first
         prefix = len(self.kernel_params)
         self._kernel_prefix = prefix if self.kernel_params == tuple(range(prefix)) else None
@@ -96,10 +120,11 @@ class Operator:
         self._distinct = _DISTINCT.get(len(self.tensors), _distinct_any)
 
     def math_dtype(self, dtype: np.dtype) -> type:
-        """As the kernels: the widest fixed dtype of a mixed-precision op, else the call's
-        dtype (float32 for float16)."""
-        dtypes = list(self.fixed_dtypes.values()) or [dtype]
-        return np.float64 if any(d == np.float64 for d in dtypes) else np.float32
+        """The math type of a call of this dtype, as the generator derived it."""
+        return self._math_types[np.dtype(dtype)]
+
+    def kernel(self, schedule: Schedule, dtype: np.dtype) -> KernelABI:
+        return self.kernel_abis[(schedule, np.dtype(dtype).name)]
 
     # -- the call ---------------------------------------------------------------
     def __call__(self, tensors: tuple, params: tuple, out):
@@ -144,20 +169,20 @@ class Operator:
         return self.execute(call)
 
     def check(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
-              out_name: str = "out") -> _Call:
+              out_name: str = "out") -> Call:
         """Every check of a call; raises before anything is written."""
-        values = tuple(self._check_param(p, v) for p, v in zip(self.params, params))
-        weight, grad, states, scalars = self._check_tensors(tensors, names)
-        target = self._check_out(out, weight, grad, states, names, out_name)
+        values = tuple(self.check_param(p, v) for p, v in zip(self.params, params))
+        weight, grad, states, scalars = self.check_tensors(tensors, names)
+        target = self.check_out(out, weight, grad, states, names, out_name)
         if isinstance(grad, RowSparseArray):
             lazy = self.always_lazy or (self.lazy_index is not None and values[self.lazy_index])
-            mode = "lazy" if lazy else "standard"
+            schedule = Schedule.LAZY if lazy else Schedule.STANDARD
         else:
-            mode = "dense"
-        return _Call(weight, grad, states, tuple(scalars) + tuple(values[k] for k in self.kernel_params),
-                     target, mode)
+            schedule = Schedule.DENSE
+        return Call(weight, grad, states, tuple(scalars) + tuple(values[k] for k in self.kernel_params),
+                    target, schedule)
 
-    def execute(self, call: _Call):
+    def execute(self, call: Call):
         """Run a checked call: from here on, arrays are written."""
         weight, target = call.weight, call.target
         xp = array_module(weight)
@@ -171,10 +196,10 @@ class Operator:
         result = xp.empty_like(weight, order="C") if self.output and target is weight else target
         work = [_contiguous(xp, result)] + [_contiguous(xp, s) for s in call.states]
         source = _contiguous(xp, weight) if self.output else work[0]
-        if xp is np:
-            self._run(call.mode, weight.dtype, work[0], source, call.grad, work[1:], call.scalars)
-        else:
-            self._run_cuda(call.mode, weight.dtype, work[0], source, call.grad, work[1:], call.scalars)
+        backend = backends.backend_for(self, adapter_for(weight))
+        backend.run(self, Work(call.schedule, weight.dtype, work[0], source, call.grad, work[1:], call.scalars))
+        if backend is backends.C:
+            self._enable_fast_path(call.schedule, weight.dtype)
         for original, used in zip([result, *call.states], work):
             if used is not original:
                 original[...] = used
@@ -189,21 +214,27 @@ class Operator:
 
     def _typed(self, scalars: tuple, acc) -> tuple:
         """Kernel scalars in the math's type: scalar inputs and float parameters as acc."""
-        return tuple(acc(v) if kind == "float" else v for kind, v in zip(self.scalar_kinds, scalars))
+        return tuple(acc(v) if kind is ParamType.FLOAT else v for kind, v in zip(self.scalar_kinds, scalars))
+
+    def typed_for_numpy(self, scalars: tuple) -> tuple:
+        """Kernel scalars as the NumPy kernel takes them: floats in double (its prologue
+        computes the per-call values in double and rounds them, as the C kernels do)."""
+        return tuple(np.float64(v) if kind is ParamType.FLOAT else v for kind, v in zip(self.scalar_kinds, scalars))
 
     # -- checks -----------------------------------------------------------------
     def _fail(self, exc: type[Exception], name: str, message: str) -> Exception:
         return exc(f"{self.name}(): argument '{name}' {message}")
 
-    def _check_param(self, p: ParamArg, value):
-        if p.type == "float":
+    def check_param(self, p: ParamArg, value):
+        """One parameter's value, converted (float, int or bool); raises naming it."""
+        if p.type is ParamType.FLOAT:
             if not isinstance(value, _REAL) or isinstance(value, (bool, np.bool_)):
                 raise self._fail(TypeError, p.name, f"must be a real number, got {type(value).__name__}")
             try:
                 value = float(value)
             except OverflowError:
                 raise self._fail(ValueError, p.name, "is too large for a float") from None
-        elif p.type == "int":
+        elif p.type is ParamType.INT:
             if not isinstance(value, (int, np.integer)) or isinstance(value, (bool, np.bool_)):
                 raise self._fail(TypeError, p.name, f"must be an integer, got {type(value).__name__}")
             value = int(value)
@@ -218,8 +249,9 @@ class Operator:
             raise self._fail(ValueError, p.name, f"is {value}, outside its range [{low}, {high}]")
         return value
 
-    def _check_tensors(self, tensors: tuple, names: tuple[str, ...] | None = None):
-        """``names``: how errors call each tensor (default: the spec's names)."""
+    def check_tensors(self, tensors: tuple, names: tuple[str, ...] | None = None):
+        """Every tensor of a call: (weight, grad, states, scalar values); ``names``: how
+        errors call each tensor (default: the spec's names)."""
         names = names or self.names
         weight = tensors[self.weight_index]
         w_name = names[self.weight_index]
@@ -227,17 +259,17 @@ class Operator:
         xp = array_module(weight)
         states, state_names, scalars = [], [], []
         for spec, name, value in zip(self.tensors, names, tensors):
-            if spec.role == "weight":
+            if spec.role is TensorRole.WEIGHT:
                 continue
-            if spec.role == "scalar":
+            if spec.role is TensorRole.SCALAR:
                 scalars.append(self._check_scalar(name, value, weight, w_name))
                 continue
-            if spec.role == "grad" and isinstance(value, RowSparseArray):
+            if spec.role is TensorRole.GRAD and isinstance(value, RowSparseArray):
                 self._check_row_sparse(name, value, weight, w_name)
                 continue
-            if spec.role == "grad" and "dense" not in self.kernels:
+            if spec.role is TensorRole.GRAD and Schedule.DENSE not in self.schedules:
                 raise self._fail(TypeError, name, "must be a RowSparseArray: this op has no dense update")
-            self._check_array(name, value, row_sparse_ok=spec.role == "grad")
+            self._check_array(name, value, row_sparse_ok=spec.role is TensorRole.GRAD)
             self._check_same_side(name, value, weight, w_name)
             self._check_dtype(spec, name, value, weight, w_name)
             if spec.per_row:
@@ -248,8 +280,8 @@ class Operator:
             elif value.shape != weight.shape:
                 raise self._fail(ValueError, name, f"has shape {value.shape} but '{w_name}' has "
                                                    f"shape {weight.shape}; shapes must match")
-            if spec.role == "state":
-                if xp is np and not value.flags.writeable:
+            if spec.role is TensorRole.STATE:
+                if not adapter_for(value).writeable(value):
                     raise self._fail(ValueError, name, "is read-only; states are updated in place")
                 states.append(value)
                 state_names.append(name)
@@ -279,30 +311,30 @@ class Operator:
             raise self._fail(TypeError, name, f"must be a number or a one-element array, got {type(value).__name__}")
         self._check_same_side(name, value, weight, w_name)
         if value.dtype not in FLOAT_DTYPES:
-            raise self._fail(TypeError, name, f"has dtype {value.dtype}; expected float16, float32 or float64")
+            raise self._fail(TypeError, name, f"has dtype {value.dtype}; expected {_DTYPE_TEXT}")
         if value.size != 1:
             raise self._fail(ValueError, name, f"must hold exactly one element, got shape {value.shape}")
         return float(value.reshape(-1)[0])  # a device array is read back here, once per call
 
     def _check_same_side(self, name: str, value, weight, w_name: str) -> None:
         """Host and device arrays never mix in a call; device arrays share one device."""
-        if cuda.is_device_array(value) != cuda.is_device_array(weight):
-            raise self._fail(TypeError, name, f"is a {_kind(value)} array but '{w_name}' is a {_kind(weight)} "
+        if is_device_array(value) != is_device_array(weight):
+            raise self._fail(TypeError, name, f"is a {kind(value)} array but '{w_name}' is a {kind(weight)} "
                                               "array: host (NumPy) and device (CuPy) arrays cannot be mixed")
-        if array_module(weight) is not np and value.device.id != weight.device.id:
-            raise self._fail(ValueError, name, f"is on device {value.device.id} but '{w_name}' is on "
-                                               f"device {weight.device.id}")
+        adapter = adapter_for(weight)
+        if adapter.device and adapter_for(value).device_id(value) != adapter.device_id(weight):
+            raise self._fail(ValueError, name, f"is on device {adapter_for(value).device_id(value)} but "
+                                               f"'{w_name}' is on device {adapter.device_id(weight)}")
 
     def _check_array(self, name: str, value, row_sparse_ok: bool = False) -> None:
-        if not (isinstance(value, np.ndarray) or (cuda.is_device_array(value) and hasattr(value, "dtype"))):
-            kinds = "a numpy.ndarray, cupy.ndarray or RowSparseArray" if row_sparse_ok \
-                else "a numpy.ndarray or cupy.ndarray"
-            raise self._fail(TypeError, name, f"must be {kinds}, got {type(value).__name__}")
+        if adapter_for(value) is None:
+            kinds = accepted_types("RowSparseArray") if row_sparse_ok else accepted_types()
+            raise self._fail(TypeError, name, f"must be a {kinds}, got {type(value).__name__}")
         if value.dtype not in FLOAT_DTYPES:
-            raise self._fail(TypeError, name, f"has dtype {value.dtype}; expected float16, float32 or float64")
+            raise self._fail(TypeError, name, f"has dtype {value.dtype}; expected {_DTYPE_TEXT}")
 
     def _check_row_sparse(self, name: str, grad: RowSparseArray, weight, w_name: str) -> None:
-        if "lazy" not in self.kernels and "standard" not in self.kernels:
+        if Schedule.LAZY not in self.schedules and Schedule.STANDARD not in self.schedules:
             raise self._fail(TypeError, name, "must be dense: this op has no row-sparse update")
         self._check_same_side(name, grad.data, weight, w_name)
         spec = self.tensors[self.grad_index]
@@ -314,152 +346,86 @@ class Operator:
         if grad.data.shape != expected:  # the data array was reshaped since the RowSparseArray was made
             raise self._fail(ValueError, name, f"data has shape {grad.data.shape}; expected {expected}")
 
-    def _check_out(self, out, weight, grad, states: list, names: tuple[str, ...] | None = None,
-                   out_name: str = "out"):
+    def check_out(self, out, weight, grad, states: list, names: tuple[str, ...] | None = None,
+                  out_name: str = "out"):
+        """Where the result goes: None (a new array), the weight itself, or another array."""
         names = names or self.names
         w_name = names[self.weight_index]
         if out is None:
             return None
-        is_array = isinstance(out, np.ndarray) or (cuda.is_device_array(out) and hasattr(out, "dtype"))
-        if not is_array or cuda.is_device_array(out) != cuda.is_device_array(weight):
-            raise self._fail(TypeError, out_name, f"must be None or a {_kind(weight)} array like '{w_name}', "
+        adapter = adapter_for(weight)
+        if adapter_for(out) is not adapter:
+            raise self._fail(TypeError, out_name, f"must be None or a {kind(weight)} array like '{w_name}', "
                                                   f"got {type(out).__name__}")
         xp = array_module(weight)
         if out.dtype != weight.dtype:
             raise self._fail(TypeError, out_name, f"has dtype {out.dtype} but '{w_name}' has {weight.dtype}")
         if out.shape != weight.shape:
             raise self._fail(ValueError, out_name, f"has shape {out.shape} but '{w_name}' has shape {weight.shape}")
-        if xp is not np and out.device.id != weight.device.id:
-            raise self._fail(ValueError, out_name, f"is on device {out.device.id} but '{w_name}' is on "
-                                                   f"device {weight.device.id}")
-        if xp is np and not out.flags.writeable:
-            name = w_name if _same_view(out, weight) else out_name
+        if adapter.device_id(out) != adapter.device_id(weight):
+            raise self._fail(ValueError, out_name, f"is on device {adapter.device_id(out)} but '{w_name}' is on "
+                                                   f"device {adapter.device_id(weight)}")
+        if not adapter.writeable(out):
+            name = w_name if same_view(out, weight) else out_name
             raise self._fail(ValueError, name, "is read-only; the result is written into out")
         grad_memory = grad.data if isinstance(grad, RowSparseArray) else grad
         g_name = names[self.grad_index]
-        state_names = [n for t, n in zip(self.tensors, names) if t.role == "state"]
+        state_names = [n for t, n in zip(self.tensors, names) if t.role is TensorRole.STATE]
         for other_name, other in [(g_name, grad_memory)] + list(zip(state_names, states)):
             if xp.may_share_memory(out, other):
                 raise self._fail(ValueError, out_name, f"shares memory with '{other_name}'")
-        if _same_view(out, weight):
+        if same_view(out, weight):
             return weight
         if xp.may_share_memory(out, weight):
             raise self._fail(ValueError, out_name, f"overlaps '{w_name}' without being the same array")
         return out
 
     # -- execution --------------------------------------------------------------
-    def _run(self, mode: str, dtype: np.dtype, target, source, grad, states, scalars) -> None:
-        backend = backends.current_backend()
-        if backend != "numpy":
-            module = self._c(strict=backend == "c")
-            if module is not None:
-                self._run_c(module, mode, dtype, target, source, grad, states, scalars)
-                return
-        self._run_numpy(mode, dtype, target, source, grad, states, scalars)
-
     def c_module(self):
-        """The compiled C module for the current backend, or None (NumPy backend)."""
-        backend = backends.current_backend()
-        return None if backend == "numpy" else self._c(strict=backend == "c")
-
-    def _c(self, strict: bool):
+        """The compiled C module (compiled, or found in the cache, once); raises
+        CompilerUnavailable or CompileError, every time, once that failed."""
         if self._c_module is None:
             try:
                 self._c_module = cbuild.load(self.name, self.c_source, self.c_cdef)
             except (cbuild.CompilerUnavailable, cbuild.CompileError) as exc:
-                if strict:
-                    raise
-                warnings.warn(f"{self.name}: C backend unavailable, using the NumPy backend ({exc})",
-                              RuntimeWarning, stacklevel=4)
-                self._c_module = False
-        return self._c_module or None
+                self._c_module, self._c_error = False, exc
+        if self._c_module is False:
+            raise self._c_error
+        return self._c_module
 
-    def _arrays(self, target, source, grad_array, states) -> list:
-        """The kernels' array arguments: the element-wise tensors in order, then ``out``."""
-        state_iter = iter(states)
-        arrays = []
-        for t in self.tensors:
-            if t.role == "weight":
-                arrays.append(source)
-            elif t.role == "grad":
-                arrays.append(grad_array)
-            elif t.role == "state":
-                arrays.append(next(state_iter))
-        return arrays + ([target] if self.output else [])
-
-    def _run_c(self, module, mode, dtype, target, source, grad, states, scalars) -> None:
-        key = (mode, dtype.name)
-        function = self._c_functions.get(key)
+    def c_function(self, module, kernel: KernelABI):
+        function = self._c_functions.get(kernel.name)
         if function is None:
-            function = getattr(module.lib, f"opgen_{self.name}_{mode}_{dtype.name}")
-            self._c_functions[key] = function
-            if mode == "dense" and self._fast_ok:
-                self._from_buffer = module.ffi.from_buffer
-                self._fast_functions[dtype] = function
-        ffi = module.ffi
-        grad_array = np.ascontiguousarray(grad.data if isinstance(grad, RowSparseArray) else grad)
-        pointers = [ffi.from_buffer(a) for a in self._arrays(target, source, grad_array, states)]
-        ftz = _ftz[0]
-        if mode == "dense":
-            function(target.size, *pointers, *scalars, ftz)
+            function = self._c_functions[kernel.name] = getattr(module.lib, kernel.name)
+        return function
+
+    def _enable_fast_path(self, schedule: Schedule, dtype: np.dtype) -> None:
+        """Once a dense C kernel is loaded: the plain-call path, when its ABI is the plain
+        layout (size, the tensors in order, the kernel parameters, the flag)."""
+        if schedule is not Schedule.DENSE or not self._fast_ok or dtype in self._fast_functions:
             return
-        rows = target.shape[0]
-        row_len = target.size // rows if rows else 0
-        indices = ffi.from_buffer("int64_t[]", grad.indices)
-        if mode == "lazy":
-            function(len(grad.indices), row_len, indices, *pointers, *scalars, ftz)
-        else:
-            function(rows, row_len, len(grad.indices), indices, *pointers, *scalars, ftz)
+        kernel = self.kernel(schedule, dtype)
+        layout = tuple((a.role.value, a.source) for a in kernel.args)
+        plain = (("size", ""), *(("tensor", n) for n in self.names), *(("scalar", n) for n in self.kernel_scalar_names),
+                 ("flush_denormal", ""))
+        if layout == plain:
+            module = self.c_module()
+            self._from_buffer = module.ffi.from_buffer
+            self._fast_functions[dtype] = self.c_function(module, kernel)
 
-    def _run_cuda(self, mode, dtype, target, source, grad, states, scalars) -> None:
-        import cupy
-
-        grad_array = cupy.ascontiguousarray(grad.data if isinstance(grad, RowSparseArray) else grad)
-        arrays = self._arrays(target, source, grad_array, states)
-        acc = self.math_dtype(dtype)  # float math takes float arguments: no double in it
-        types = {"float": acc, "int": np.int64, "bool": np.int32}
-        typed = [types[kind](v) for kind, v in zip(self.scalar_kinds, scalars)]
-        rows = target.shape[0] if target.ndim else 1
-        row_len = target.size // rows if rows else 0
-        indices = grad.indices if isinstance(grad, RowSparseArray) else None
-        with target.device:  # the arrays' device, which may not be the current one
-            cuda.launch(self.cuda, f"opgen_{self.name}_{mode}_{dtype.name}", mode, arrays, typed, target.size,
-                        rows, row_len, indices, 0 if indices is None else len(indices))
-
-    def _run_numpy(self, mode, dtype, target, source, grad, states, scalars) -> None:
-        acc = self.math_dtype(dtype)
-        typed = self._typed(scalars, acc)
-        scalar_inputs, params = typed[:self.scalar_inputs], typed[self.scalar_inputs:]
-        writable = [target, *states]  # the kernel returns new values in this order
-        if mode == "lazy":
-            rows = grad.indices
-            row_len = grad.row_length
-            widths = [row_len] + [1 if t.per_row else row_len for t in self.tensors if t.role == "state"]
-            views = [w.reshape(w.shape[0] if w.ndim else 1, width) for w, width in zip(writable, widths)]
-            weight_rows = source.reshape(source.shape[0], row_len)[rows]
-            inputs = self._inputs(weight_rows, [v[rows] for v in views[1:]],
-                                  grad.data.reshape(len(rows), row_len), scalar_inputs, acc)
-            with np.errstate(all="ignore"):
-                results = self.numpy_kernel(acc, *inputs, *params)
-            for view, result in zip(views, results):
-                view[rows] = result
-            return
-        dense_grad = grad.todense() if isinstance(grad, RowSparseArray) else grad
-        inputs = self._inputs(source, states, dense_grad, scalar_inputs, acc)
-        with np.errstate(all="ignore"):
-            results = self.numpy_kernel(acc, *inputs, *params)
-        for array, result in zip(writable, results):
-            np.copyto(array, result, casting="unsafe")
+    def numpy_inputs(self, weight, states, grad, scalar_inputs, acc) -> list:
+        return self._inputs(weight, states, grad, scalar_inputs, acc)
 
     def _inputs(self, weight, states, grad, scalar_inputs, acc) -> list:
         """The NumPy kernel's tensor arguments in declaration order, in the math dtype."""
         state_iter, scalar_iter = iter(states), iter(scalar_inputs)
         ordered = []
         for t in self.tensors:
-            if t.role == "scalar":
+            if t.role is TensorRole.SCALAR:
                 ordered.append(next(scalar_iter))
             else:
-                array = weight if t.role == "weight" else grad if t.role == "grad" else next(state_iter)
+                array = weight if t.role is TensorRole.WEIGHT else grad if t.role is TensorRole.GRAD \
+                    else next(state_iter)
                 ordered.append(array.astype(acc, copy=False))
         return ordered
 
@@ -482,16 +448,3 @@ def _contiguous(xp, array):
     return array if array.flags.c_contiguous else xp.ascontiguousarray(array)
 
 
-def _kind(value) -> str:
-    return "CuPy (device)" if cuda.is_device_array(value) else "NumPy (host)" \
-        if isinstance(value, np.ndarray) else type(value).__name__
-
-
-def _pointer(array) -> int:
-    return array.__array_interface__["data"][0] if isinstance(array, np.ndarray) else array.data.ptr
-
-
-def _same_view(a, b) -> bool:
-    if a is b:
-        return True
-    return _pointer(a) == _pointer(b) and a.shape == b.shape and a.strides == b.strides

@@ -4,16 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from opgen.runtime.cuda import is_device_array
-
-
-def array_module(array):
-    """numpy for host arrays, cupy for device arrays (imported only when one is seen)."""
-    if is_device_array(array):
-        import cupy
-
-        return cupy
-    return np
+from opgen.runtime.arrays import array_module
 
 
 class RowSparseArray:

@@ -8,11 +8,12 @@ from pathlib import Path
 
 import yaml
 
+from opgen.dtypes import DTYPE_NAMES
 from opgen.errors import Location, SpecError, did_you_mean
 from opgen.expr.latex import default_symbol
 from opgen.expr.hoist import hoist
 from opgen.expr.parser import Statement, parse_condition, parse_program
-from opgen.expr.rows import has_reductions, split_rows
+from opgen.expr.rows import RowProgram, has_reductions, split_rows
 from opgen.expr.tree import FUNCTIONS, RefKind, VType, refs
 from opgen.spec import yaml_nodes as y
 from opgen.spec.model import PARAM_VTYPES, MultiSpec, OpSpec, ParamSpec, ParamType, RowSparseSpec, TensorRole, TensorSpec
@@ -22,7 +23,6 @@ _FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z")
 _INT = re.compile(r"[-+]?\d+\Z")
 _BOOL = {"true": "True", "false": "False", "True": "True", "False": "False"}
 _RESERVED = {"out"}
-_DTYPES = ("float16", "float32", "float64")  # added to every signature by the generator
 
 
 def load_specs(spec_dir: Path) -> list[OpSpec]:
@@ -60,9 +60,10 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     if output is not None and skip_if is not None:
         raise SpecError(root.key_location("skip_if"), "an op with an output cannot have skip_if: a skipped call "
                                                       "would have no output to return")
-    multi = _multi(root, tensors, params, row_sparse, output) if "multi" in root else None
+    multi = _multi(root, tensors, params, row_sparse, output, skip_if) if "multi" in root else None
     _check_usage(root, tensors, params, math, row_sparse, skip_if, output, multi)
-    _check_rows(root, tensors, math, row_sparse)
+    program = hoist(math)
+    rows = _rows(root, tensors, program, row_sparse)
     deviations = tuple(y.scalar_text(path, n, "each deviation") for n in root.sequence("deviations")) \
         if "deviations" in root else ()
     return OpSpec(
@@ -73,6 +74,8 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         tensors=tensors,
         params=params,
         math=math,
+        program=program,
+        rows=rows,
         row_sparse=row_sparse,
         deviations=deviations,
         skip_if=skip_if,
@@ -107,9 +110,9 @@ def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
             raise SpecError(m.location("role"), f"unknown role '{role_text}' for tensor '{name}' (roles: {roles})") from None
         symbol = m.string("symbol") if "symbol" in m else default_symbol(name)
         dtype = m.string("dtype") if "dtype" in m else None
-        if dtype is not None and dtype not in _DTYPES:
+        if dtype is not None and dtype not in DTYPE_NAMES:
             raise SpecError(m.location("dtype"), f"unknown dtype '{dtype}' for tensor '{name}' "
-                                                 f"(dtypes: {', '.join(_DTYPES)})")
+                                                 f"(dtypes: {', '.join(DTYPE_NAMES)})")
         if dtype is not None and role in (TensorRole.WEIGHT, TensorRole.SCALAR):
             raise SpecError(m.location("dtype"), f"the {role.value} '{name}' takes the call's dtype; "
                                                  "only gradients and states can fix theirs")
@@ -216,7 +219,8 @@ def _math(root: y.Mapping, tensors: tuple[TensorSpec, ...], params: tuple[ParamS
         raise SpecError(root.location("math"), "the math is empty")
     readonly = frozenset(t.name for t in tensors if t.role is TensorRole.GRAD)
     writable = frozenset(t.name for t in tensors if t.role in (TensorRole.WEIGHT, TensorRole.STATE))
-    return parse_program(statements, readonly, writable, _uniform_names(tensors, params))
+    scalar_inputs = frozenset(t.name for t in tensors if t.role is TensorRole.SCALAR)
+    return parse_program(statements, readonly, writable, _uniform_names(tensors, params), scalar_inputs)
 
 
 def _uniform_names(tensors, params) -> dict:
@@ -260,7 +264,7 @@ def _check_unique(names: list[tuple[str, Location]]) -> None:
         seen[name] = loc
 
 
-def _multi(root: y.Mapping, tensors, params, row_sparse: RowSparseSpec, output) -> MultiSpec:
+def _multi(root: y.Mapping, tensors, params, row_sparse: RowSparseSpec, output, skip_if) -> MultiSpec:
     m = y.Mapping(root.path, root.node("multi"), "multi", required=("count", "per_tensor"), optional=())
     by_name = {p.name: p for p in params}
     count = m.string("count")
@@ -277,22 +281,22 @@ def _multi(root: y.Mapping, tensors, params, row_sparse: RowSparseSpec, output) 
             raise SpecError(y.where(root.path, key_node), f"per-tensor parameter '{key_node.value}' must be "
                                                           "required (each call gives one value per tensor)")
         pairs.append((key_node.value, public))
-    if output is not None or any(t.role is TensorRole.SCALAR for t in tensors) or not row_sparse.dense:
+    if output is not None or any(t.role is TensorRole.SCALAR for t in tensors) or not row_sparse.dense \
+            or skip_if is not None:
         raise SpecError(root.key_location("multi"), "the multi-tensor convention needs dense updates of weights, "
-                                                    "without outputs or scalar inputs")
+                                                    "without outputs, scalar inputs or skip_if")
     return MultiSpec(count, tuple(pairs))
 
 
-def _check_rows(root: y.Mapping, tensors, math, row_sparse: RowSparseSpec) -> None:
-    """Per-row states and row_mean(): checked by splitting the math as the row kernels will."""
-    program = hoist(math)
+def _rows(root: y.Mapping, tensors, program, row_sparse: RowSparseSpec) -> RowProgram | None:
+    """Per-row states and row_mean(): the math split as the row kernels run it."""
     rows = frozenset(t.name for t in tensors if t.per_row)
     if not rows and not has_reductions(program):
-        return
+        return None
     if row_sparse.dense or not row_sparse.always_lazy:
         raise SpecError(root.key_location("math"), "per-row math (per_row states, row_mean) is supported for "
                                                    "row-sparse-only ops: set row_sparse: {lazy: true, dense: false}")
-    split_rows(program, rows)
+    return split_rows(program, rows)
 
 
 def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSpec, skip_if, output,

@@ -1,29 +1,27 @@
-"""Frozen, typed models of an optimizer spec. Nothing past the loader touches YAML."""
+"""Frozen, typed models of an optimizer spec. Nothing past the loader touches YAML.
+
+The models own every derived fact (the schedules an op has, its math type per dtype,
+its hoisted program and per-row split): the loader computes them once, and every target
+and the runtime read the same answer.
+"""
 
 from __future__ import annotations
 
-import enum
 from dataclasses import dataclass
 
+from opgen.dtypes import DTYPE_BY_NAME, DTYPES, DType, MathType, ParamType, widest_math
 from opgen.errors import Location
-from opgen.expr.tree import Expr, Program, VType
+from opgen.expr.hoist import KernelProgram
+from opgen.expr.rows import RowProgram
+from opgen.expr.tree import Expr, Program, VType, refs
+from opgen.kinds import Schedule, TensorRole
 
-
-class TensorRole(enum.Enum):
-    WEIGHT = "weight"  # the weight being updated; its new value goes to `out`
-    GRAD = "grad"  # the gradient: read-only, dense or row-sparse
-    STATE = "state"  # optimizer state, updated in place
-    SCALAR = "scalar"  # a one-element input (array or number), read once per call
-
-
-class ParamType(enum.Enum):
-    FLOAT = "float"
-    INT = "int"
-    BOOL = "bool"
-
+__all__ = ["MultiSpec", "OpSpec", "PARAM_VTYPES", "ParamSpec", "ParamType", "RowSparseSpec", "TensorRole",
+           "TensorSpec", "OUT"]
 
 # How each parameter type enters the math.
 PARAM_VTYPES = {ParamType.FLOAT: VType.REAL, ParamType.INT: VType.INT, ParamType.BOOL: VType.BOOL}
+OUT = "out"  # the destination of an op's output, when it has one
 
 
 @dataclass(frozen=True)
@@ -93,10 +91,75 @@ class OpSpec:
     math: Program
     row_sparse: RowSparseSpec
     deviations: tuple[str, ...]
+    program: KernelProgram  # the math split into a per-call prologue and a per-element body
+    rows: RowProgram | None = None  # the body split around its per-row statements (per-row ops)
     skip_if: Expr | None = None  # a condition on the parameters: when true the call changes nothing
     skip_if_text: str = ""
     output: str | None = None  # a temporary written to `out` instead of a new weight (weight read-only)
     multi: MultiSpec | None = None  # the public function takes MXNet's multi-tensor convention
+
+    # -- derived facts ---------------------------------------------------------------
+    @property
+    def has_multi(self) -> bool:
+        """A multi-tensor kernel: dense updates of weights, without per-call scalar inputs, an
+        output or a skip condition (the multi kernel has no per-tensor skip)."""
+        return self.row_sparse.dense and self.output is None and not self.scalars and self.skip_if is None
+
+    @property
+    def schedules(self) -> tuple[Schedule, ...]:
+        """The kernels the op gets, from its row-sparse behaviour."""
+        rs = self.row_sparse
+        lazy = rs.always_lazy or rs.lazy_param is not None
+        return ((Schedule.DENSE,) if rs.dense else ()) + ((Schedule.MULTI,) if self.has_multi else ()) \
+            + ((Schedule.LAZY,) if lazy else ()) + ((Schedule.STANDARD,) if not rs.always_lazy else ())
+
+    @property
+    def row_sparse_schedules(self) -> tuple[Schedule, ...]:
+        return tuple(s for s in self.schedules if s in (Schedule.LAZY, Schedule.STANDARD))
+
+    @property
+    def dtypes(self) -> tuple[DType, ...]:
+        """The call dtypes (the weight's) the op is generated for."""
+        return DTYPES
+
+    def storage(self, tensor: str, dtype: DType) -> DType:
+        """How a tensor is stored in a call of dtype ``dtype``: its fixed dtype, or the call's."""
+        fixed = next((t.dtype for t in self.tensors if t.name == tensor), None)
+        return DTYPE_BY_NAME[fixed] if fixed else dtype
+
+    def math_type(self, dtype: DType) -> MathType:
+        """An op that fixes some tensors' dtypes (mixed precision) computes in the widest of
+        those; any other op in the call's dtype's math type (float for float16)."""
+        fixed = [DTYPE_BY_NAME[t.dtype] for t in self.tensors if t.dtype]
+        return widest_math(fixed or [dtype])
+
+    @property
+    def math_types(self) -> tuple[MathType, ...]:
+        """Every math type some call dtype uses, narrowest first: one element function each."""
+        found = {self.math_type(d).name: self.math_type(d) for d in self.dtypes}
+        return tuple(sorted(found.values(), key=lambda m: m.itemsize))
+
+    @property
+    def kernel_arrays(self) -> tuple[str, ...]:
+        """The kernels' array arguments in order: the element-wise tensors, then ``out``."""
+        return tuple(t.name for t in self.arrays) + ((OUT,) if self.output is not None else ())
+
+    def is_const(self, name: str) -> bool:
+        """Read-only in the kernels: the gradient, and the weight of an op with an output."""
+        if name == OUT:
+            return False
+        role = self.tensor(name).role
+        return role is TensorRole.GRAD or (role is TensorRole.WEIGHT and self.output is not None)
+
+    def tensor(self, name: str) -> TensorSpec:
+        return next(t for t in self.tensors if t.name == name)
+
+    @property
+    def stores(self) -> tuple[tuple[str, str | None], ...]:
+        """(destination, temporary) for each value the element math writes to memory: the
+        tensors it assigns (temporary None), then ``out`` with the output temporary."""
+        out = ((OUT, self.output),) if self.output is not None else ()
+        return tuple((name, None) for name in self.program.stores) + out
 
     @property
     def weight(self) -> TensorSpec:
@@ -130,8 +193,6 @@ class OpSpec:
         return tuple(p for p in self.params if p.name in used)
 
     def skip_if_names(self) -> frozenset[str]:
-        from opgen.expr.tree import refs
-
         return frozenset(r.name for r in refs(self.skip_if)) if self.skip_if is not None else frozenset()
 
     @property

@@ -1,97 +1,70 @@
 """OpSpec -> context of the CUDA templates (op.cu.j2, kernel_common.cuh.j2).
 
-The same three kernels as the C target, with the same element code (printed from the
-same tree by the same printer); only the schedule differs:
+The same element and step functions as the C target (the very same lines), the same
+kernel ABI (opgen.targets.abi: names, argument order, launch shapes), and one schedule
+macro of the shared header per kernel:
 - ``dense``: a grid-stride loop over 16-byte vectors when every pointer is aligned,
   then a scalar tail;
 - ``lazy`` and ``standard``: a warp per row, lanes striding along the row with vector
-  loads when the row length and pointers allow, no per-element division.
-Scalar arguments have the math type (float for float16/float32): no double in float math.
+  accesses when the row length and pointers allow, no per-element division;
+- per-row ops: the two passes of a row by one warp, sums combined with warp shuffles.
+Scalar arguments arrive in double (ints as long long, bools as int), as in C: the per-call
+values are computed in double once per thread and rounded once to the math type.
 """
 
 from __future__ import annotations
 
-from opgen.runtime.cuda import DENSE_BLOCK as BLOCK
-from opgen.runtime.cuda import ROWS_PER_BLOCK
-from opgen.spec.model import OpSpec, ParamType
-from opgen.targets.c_kernels import ARG, function_name, kernels
-from opgen.targets.dtypes import DTYPES, DType
-from opgen.targets.element import ElementCode, row_code
+from opgen.kinds import ArgRole, Schedule
+from opgen.spec.model import OpSpec
+from opgen.targets import abi
+from opgen.targets.element import OpCode, RowCode, StepCode, shared_lines
 
 
+def _parameters(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> str:
+    """The ABI's CUDA arguments, with tensors typed by their storage and restrict."""
+    parts = []
+    for a in kernel.cuda_args:
+        if a.role is ArgRole.TENSOR:
+            parts.append(f"{'const ' if a.const else ''}{step.storage(a.source).cuda_storage} *__restrict__ {a.name}")
+        elif a.role is ArgRole.INDICES:
+            parts.append(f"const int64_t *__restrict__ {a.name}")
+        else:
+            parts.append(a.declaration())
+    return ", ".join(parts)
 
-def _arg_type(ptype: ParamType, acc: str) -> str:
-    return {ParamType.FLOAT: acc, ParamType.INT: "long long", ParamType.BOOL: "int"}[ptype]
 
-
-def _variant(op: OpSpec, dtype: DType) -> dict:
-    code = ElementCode.of(op, dtype)
-    acc = code.printer.acc
-    grad = op.grad.name
-    names = code.pointer_names()
-    stored = {n for n, _ in code.stores}
-    used = [n for n in names if n in set(code.loads) | stored]
-    storage = {n: code.storage(n).cuda_storage for n in names}
-    itemsize = {n: code.storage(n).itemsize for n in names}
-    # Lanes per vector: 16 bytes of the widest element type among the tensors.
-    lanes = 16 // max(itemsize[n] for n in used)
-
-    def vec(name: str) -> str:
-        return f"opgen_vec<{storage[name]}, {lanes}>"
-
-    def const(name: str) -> str:
-        return "const " if code.is_const(name) else ""
-
-    def scalar(name: str) -> str:
-        return f"p_{name}[{'gi' if name == grad else 'i'}]"
-
-    def lane(name: str) -> str:
-        return f"x_{name}.v[k]"
-
-    def vector_in(name: str) -> str:
-        index = "gvi" if name == grad else "vi"
-        if name in code.loads:
-            return f"{vec(name)} x_{name} = reinterpret_cast<const {vec(name)} *>(p_{name})[{index}];"
-        return f"{vec(name)} x_{name};"
-
-    rows = row_code(code, scalar, lambda name: f"p_{name}[row]")
-    flat = rows is None  # per-row ops have only the two-pass row kernel
-    args = [f"{const(n)}{storage[n]} *{ARG}{n}" for n in names]
-    args += [f"{acc} {ARG}{t.name}" for t in op.scalars]
-    args += [f"{_arg_type(p.type, acc)} {ARG}{p.name}" for p in op.math_params]
-    return {
-        "rows": rows,
-        "dtype": dtype.name,
-        "lanes": lanes,
-        "functions": {k: function_name(op, k, dtype) for k in kernels(op)},
-        "args": ", ".join(args),
-        "pointers": [f"{const(n)}{storage[n]} *__restrict__ p_{n} = {ARG}{n};" for n in names],
-        "aligned": " && ".join(f"opgen_aligned(p_{n}, {lanes * itemsize[n]})" for n in used),
-        "params": code.param_lines(lambda name: ARG + name),
-        "prologue": code.prologue_lines(),
-        "body": code.body_lines() if flat else [],
-        "scalar_loads": code.load_lines(scalar) if flat else [],
-        "scalar_loads_zero_grad": code.load_lines(scalar, zero_grad=True) if flat else [],
-        "scalar_stores": code.store_lines(scalar) if flat else [],
-        "vector_in": [vector_in(n) for n in used if n != grad],
-        "vector_in_grad": [vector_in(grad)] if grad in used else [],
-        "lane_loads": code.load_lines(lane) if flat else [],
-        "lane_loads_zero_grad": code.load_lines(lane, zero_grad=True) if flat else [],
-        "lane_stores": code.store_lines(lane) if flat else [],
-        "vector_out": [f"reinterpret_cast<{vec(n)} *>(p_{n})[vi] = x_{n};" for n, _ in code.stores],
-    }
+def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str]:
+    code = step.code
+    n = {a.role: a.name for a in kernel.cuda_args if not a.source}
+    head = f"const {code.struct(step.math.math)} s = {code.init(step.math.math)}({code.init_call()});"
+    rows = f"{n.get(ArgRole.NNZ)}, {n.get(ArgRole.ROW_LEN)}, {n.get(ArgRole.INDICES)}"
+    vector = f"{step.lanes}, {step.aligned()}"
+    if op.rows is not None:
+        args = RowCode(step.math).schedule_args(step)
+        return [head, f"OPGEN_CUDA_LAZY_ROWS({args[0]}, {args[1]}, {args[2]}, {rows}, {', '.join(args[3:])});"]
+    steps = f"{step.step_call('vstep', 'vi, gvi', 0)}, {step.step_call('step', 'i, gi', 0)}"
+    if kernel.schedule is Schedule.DENSE:
+        return [head, f"OPGEN_CUDA_DENSE({n[ArgRole.SIZE]}, {vector}, {steps});"]
+    if kernel.schedule is Schedule.LAZY:
+        return [head, f"OPGEN_CUDA_LAZY({rows}, {vector}, {steps});"]
+    zero = f"{step.step_call('vstep', 'vi, gvi', 1)}, {step.step_call('step', 'i, gi', 1)}"
+    return [head, f"OPGEN_CUDA_STANDARD({n[ArgRole.NROWS]}, {rows}, {vector}, {steps}, {zero});"]
 
 
 def context(op: OpSpec) -> dict:
-    return {
-        "op": op.name,
-        "kernels": kernels(op),
-        "variants": [_variant(op, d) for d in DTYPES],
-        "block": BLOCK,
-        "rows_per_block": ROWS_PER_BLOCK,
-        "row_block_threads": 32 * ROWS_PER_BLOCK,
-    }
+    code = OpCode(op)
+    steps = {d.name: StepCode(code, d) for d in op.dtypes}
+    kernels = []
+    for kernel in abi.kernels(op):
+        if kernel.launch is None:
+            continue
+        step = steps[kernel.dtype]
+        kernels.append({"name": kernel.name, "parameters": _parameters(op, kernel, step),
+                        "threads": kernel.launch.block[0] * kernel.launch.block[1],
+                        "body": schedule_call(op, kernel, step)})
+    vector_steps = [line for step in steps.values() for line in step.vector_step_lines()]
+    return {"op": op.name, "shared": shared_lines(op), "vector_steps": vector_steps, "kernels": kernels}
 
 
 def common_context() -> dict:
-    return {}
+    return {"warp": abi.WARP}

@@ -1,215 +1,359 @@
-"""The per-element code shared by the C and CUDA kernels, printed once from the tree.
+"""The element math once per op and math type, and the per-dtype glue around it.
 
-Only the memory accesses differ between the targets (pointer indexing, vector lanes);
-the parameters, the hoisted prologue and the element body are the same lines.
+Printed once and shared word for word by the C and the CUDA file (their shared headers
+define ``OPGEN_INLINE``, ``OPGEN_RESTRICT`` and the ``OPGEN_LOAD_<dtype>``/``OPGEN_STORE_<dtype>``
+conversions):
+
+- per math type, a struct of the per-call scalars and its init function, which computes
+  the hoisted per-call values in double and rounds each once to the math type;
+- per math type, the element function: one element's update over locals, each statement
+  followed by its spec line as a comment;
+- per storage dtype, a step function: load one element of each tensor, call the element
+  function, store the results. CUDA adds a vector step over 16-byte vectors.
+
+Per-row ops (per-row states, ``row_mean``) get the two-pass row functions instead of the
+element function. The schedule loops that call the steps live in the shared headers.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 
-from opgen.expr.hoist import KernelProgram, hoist
+from opgen.dtypes import DOUBLE, PARAM_KINDS, SCALAR_INPUT_KIND, DType, MathType
 from opgen.expr.printers.c import CPrinter, c_name
-from opgen.expr.tree import RefKind
-from opgen.spec.model import PARAM_VTYPES, OpSpec, TensorRole
-from opgen.targets.dtypes import DTYPE_BY_NAME, DType
-
-OUT = "out"  # the destination of an op's output, when it has one
+from opgen.expr.tree import Assign, Expr, Ref, RefKind, VType, refs
+from opgen.spec.model import OUT, OpSpec
+from opgen.targets.abi import ARG, lanes
 
 
+def c_comment(text: str) -> str:
+    """Spec text as the inside of a C comment: one line, never closing the comment."""
+    return " ".join(text.split()).replace("*/", "* /")
 
-@dataclass(frozen=True)
-class ElementCode:
-    op: OpSpec
-    program: KernelProgram
-    dtype: DType
-    printer: CPrinter
 
-    @classmethod
-    def of(cls, op: OpSpec, dtype: DType) -> "ElementCode":
-        return cls(op, hoist(op.math), dtype, CPrinter(math_type(op, dtype)))
+def _value_type(vtype: VType, math: MathType) -> str:
+    return {VType.REAL: math.c_type, VType.INT: "int64_t", VType.BOOL: "int"}[vtype]
 
-    def storage(self, tensor: str) -> DType:
-        """How a tensor is stored: its fixed dtype, or the call's."""
-        fixed = next((t.dtype for t in self.op.tensors if t.name == tensor), None)
-        return DTYPE_BY_NAME[fixed] if fixed else self.dtype
+
+class OpCode:
+    """Names and shared facts of one op's generated functions."""
+
+    def __init__(self, op: OpSpec) -> None:
+        self.op = op
+        self.prefix = f"opgen_{op.name}"
+        self.uniform = {s.target for s in op.program.prologue}  # values of the scalar struct
+        self.written = [name for name, _ in op.stores]
+        self.reads = set(op.program.loads)
+
+    def struct(self, math: MathType) -> str:
+        return f"{self.prefix}_scalars_{math.c_type}"
+
+    def init(self, math: MathType) -> str:
+        return f"{self.prefix}_scalars_{math.c_type}_init"
+
+    def function(self, what: str, suffix: str) -> str:
+        return f"{self.prefix}_{what}_{suffix}"
+
+    def touched(self, names) -> list[str]:
+        """``names`` in kernel-argument order."""
+        names = set(names)
+        return [n for n in self.op.kernel_arrays if n in names]
 
     @property
-    def loads(self) -> list[str]:
-        """Tensors the body reads, in declaration order."""
-        order = {t.name: k for k, t in enumerate(self.op.tensors)}
-        return sorted(self.program.loads, key=order.__getitem__)
+    def element_arrays(self) -> list[str]:
+        return self.touched(self.reads | set(self.written))
 
-    @property
-    def stores(self) -> list[tuple[str, str]]:
-        """(destination, local) for every value the body writes to memory."""
-        stores = [(name, c_name(RefKind.TENSOR, name)) for name in self.program.stores]
-        if self.op.output is not None:
-            stores.append((OUT, c_name(RefKind.TEMP, self.op.output)))
-        return stores
+    def init_call(self, index: str = "") -> str:
+        return ", ".join(f"{ARG}{name}{index}" for name in self.op.kernel_scalars)
 
-    def param_lines(self, arg: Callable[[str], str]) -> list[str]:
-        """``const float s_lr = (float)arg_lr;``: scalars converted to the math type once."""
-        lines = []
-        for t in self.op.scalars:
-            lines.append(f"const {self.printer.acc} {c_name(RefKind.PARAM, t.name)} = ({self.printer.acc}){arg(t.name)};")
-        for p in self.op.math_params:
-            c_type = self.printer.c_type(PARAM_VTYPES[p.type])
-            lines.append(f"const {c_type} {c_name(RefKind.PARAM, p.name)} = ({c_type}){arg(p.name)};")
-        return lines
-
-    def prologue_lines(self) -> list[str]:
-        declared: set[tuple[RefKind, str]] = set()
-        lines = []
-        for s in self.program.prologue:
-            first = (s.kind, s.target) not in declared
-            declared.add((s.kind, s.target))
-            line = self.printer.statement(s, declare=first)
-            lines.append(f"const {line}" if s.kind is RefKind.HOISTED else line)
-        return lines
-
-    def body_lines(self) -> list[str]:
-        declared = set(self.loads)
-        lines = []
-        for s in self.program.body:
-            lines.append(self.printer.statement(s, declare=s.target not in declared))
-            declared.add(s.target)
-        return lines
-
-    def load_lines(self, source: Callable[[str], str], zero_grad: bool = False) -> list[str]:
-        """Each loaded tensor into its local; ``source(name)`` is the memory expression."""
-        acc, grad = self.printer.acc, self.op.grad.name
-        lines = []
-        for name in self.loads:
-            value = self.loaded(name, source(name))
-            if name == grad:
-                value = self.printer.const_zero() if zero_grad else value
-                lines.append(f"const {acc} {c_name(RefKind.TENSOR, name)} = {value};")
-            else:
-                lines.append(f"{acc} {c_name(RefKind.TENSOR, name)} = {value};")
-        return lines
-
-    def loaded(self, name: str, memory: str) -> str:
-        """A tensor's memory expression converted to the math type."""
-        if self.storage(name).half:
-            return f"OPGEN_HALF_TO_FLOAT({memory})"
-        if self.storage(name).c_acc != self.printer.acc:
-            return f"({self.printer.acc}){memory}"
-        return memory
-
-    def stored(self, name: str, value: str) -> str:
-        """A math-type value converted to a tensor's storage type."""
-        storage = self.storage(name)
-        if storage.half:
-            return f"OPGEN_FLOAT_TO_HALF({value})"
-        if storage.c_acc != self.printer.acc:
-            return f"({storage.c_storage}){value}"
-        return value
-
-    def store_lines(self, destination: Callable[[str], str]) -> list[str]:
-        return [f"{destination(name)} = {self.stored(name, value)};" for name, value in self.stores]
-
-    def is_const(self, tensor: str) -> bool:
-        """Read-only in the kernel: the gradient, and the weight of an op with an output."""
-        if tensor == OUT:
-            return False
-        role = next(t for t in self.op.tensors if t.name == tensor).role
-        return role is TensorRole.GRAD or (role is TensorRole.WEIGHT and self.op.output is not None)
-
-    def pointer_names(self) -> list[str]:
-        """The kernel's array arguments in order: the element-wise tensors, then ``out``."""
-        return [t.name for t in self.op.arrays] + ([OUT] if self.op.output is not None else [])
+    def pointer_args(self, names: list[str], index: str = "") -> str:
+        return ", ".join(f"{ARG}{name}{index}" for name in names)
 
 
-def math_type(op: OpSpec, dtype: DType) -> str:
-    """The math's type: an op that fixes some tensors' dtypes (mixed precision) computes in
-    the widest of those; any other op in the call's dtype (float for float16)."""
-    fixed = [DTYPE_BY_NAME[t.dtype] for t in op.tensors if t.dtype]
-    return "double" if any(d.c_acc == "double" for d in (fixed or [dtype])) else "float"
+class MathCode:
+    """One op's functions in one math type: the scalar struct, its init, the element math."""
 
+    def __init__(self, code: OpCode, math: MathType) -> None:
+        self.code, self.op, self.math = code, code.op, math
+        self.printer = CPrinter(math.c_type, self._body_ref)
 
-@dataclass(frozen=True)
-class RowCode:
-    """The lines of a two-pass row kernel (see opgen.expr.rows)."""
+    def _body_ref(self, e: Ref) -> str:
+        """In element functions, per-call values come from the scalar struct ``s``."""
+        if e.kind in (RefKind.PARAM, RefKind.HOISTED) or (e.kind is RefKind.TEMP and e.name in self.code.uniform):
+            return f"s->{c_name(e.kind, e.name)}"
+        return c_name(e.kind, e.name)
 
-    pass1_loads: list[str]
-    pre: list[str]
-    reductions: list[tuple[str, str, str]]  # (accumulator, initial line, accumulate line)
-    finals: list[str]  # the reductions' means, once the row is summed
-    row_loads: list[str]
-    row_body: list[str]
-    row_stores: list[str]
-    pass2_loads: list[str]
-    pass2_body: list[str]
-    pass2_stores: list[str]
-    pass1_indices: list[str]  # the element indices pass 1 reads through (i, gi), declared only if used
-    pass2_indices: list[str]
-
-
-def row_code(code: ElementCode, element: Callable[[str], str], per_row: Callable[[str], str]) -> RowCode | None:
-    """``element(name)``/``per_row(name)``: memory expressions of element and per-row tensors."""
-    from opgen.expr.rows import has_reductions, split_rows
-    from opgen.expr.tree import refs
-
-    rows = code.op.row_tensors
-    if not rows and not has_reductions(code.program):
-        return None
-    split = split_rows(code.program, rows)
-    printer, acc = code.printer, code.printer.acc
-    order = [t.name for t in code.op.tensors]
-
-    def tensors_read(statements, extra=()) -> list[str]:
-        names = {r.name for s in statements for r in refs(s.expr) if r.kind is RefKind.TENSOR}
-        names |= {r.name for e in extra for r in refs(e) if r.kind is RefKind.TENSOR}
-        return [n for n in order if n in names and n not in rows]
-
-    def loads(names: list[str]) -> list[str]:
-        return [f"{'const ' if name == code.op.grad.name else ''}{acc} {c_name(RefKind.TENSOR, name)} = "
-                f"{code.loaded(name, element(name))};" for name in names]
-
-    def statements(items, declared: set[str]) -> list[str]:
-        lines = []
-        for s in items:
-            lines.append(printer.statement(s, declare=s.target not in declared))
-            declared.add(s.target)
-        return lines
-
-    def store(name: str, destination: str) -> str:
-        return f"{destination} = {code.stored(name, c_name(RefKind.TENSOR, name))};"
-
-    pass1 = tensors_read(split.pre, split.reductions)
-    reductions = [(f"sum_{k}", f"{acc} sum_{k} = 0;", f"sum_{k} += {printer.expr(arg)};")
-                  for k, arg in enumerate(split.reductions)]
-    finals = [f"const {acc} {c_name(RefKind.REDUCED, str(k))} = sum_{k} / ({acc})row_len;"
-              for k in range(len(split.reductions))]
-    row_names = [n for n in order if n in rows]
-    row_loads = [f"{acc} {c_name(RefKind.TENSOR, name)} = {code.loaded(name, per_row(name))};"
-                 for name in row_names]
-    written_rows = [n for n in row_names if any(s.target == n for s in split.row)]
-    pass2 = tensors_read(split.pre + split.post)
-    element_stores = [n for n in code.program.stores if n not in rows]
-    grad = code.op.grad.name
-
-    def indices(names: list[str]) -> list[str]:
+    # -- the scalar struct and its init --------------------------------------------------
+    def fields(self) -> list[tuple[str, str, str]]:
+        """(name, type, initialiser) of each per-call value."""
         out = []
-        if any(n != grad for n in names):
-            out.append("const int64_t i = base + j;")
-        if grad in names:
-            out.append("const int64_t gi = gbase + j;")
+        kinds = [SCALAR_INPUT_KIND] * len(self.op.scalars) + [PARAM_KINDS[p.type] for p in self.op.math_params]
+        for name, kind in zip(self.op.kernel_scalars, kinds):
+            c_type = kind.c_value or self.math.c_type
+            out.append((c_name(RefKind.PARAM, name), c_type, f"({c_type}){ARG}{name}"))
+        for s in self.op.program.prologue:
+            c_type = _value_type(s.expr.vtype, self.math)
+            name = c_name(s.kind, s.target)
+            out.append((name, c_type, name if s.expr.vtype is not VType.REAL else f"({c_type}){name}"))
         return out
 
-    return RowCode(
-        pass1_loads=loads(pass1),
-        pre=statements(split.pre, set(pass1)),
-        reductions=reductions,
-        finals=finals,
-        row_loads=row_loads,
-        row_body=statements(split.row, set(row_names)),
-        row_stores=[store(n, per_row(n)) for n in written_rows],
-        pass2_loads=loads(pass2),
-        pass2_body=statements(split.pre + split.post, set(pass2) | set(row_names)),
-        pass2_stores=[store(n, element(n)) for n in element_stores],
-        pass1_indices=indices(pass1),
-        pass2_indices=indices(pass2 + element_stores),
-    )
+    def struct_lines(self) -> list[str]:
+        runs: list[tuple[str, list[str]]] = []  # consecutive fields of one type: the initialiser's order
+        for name, c_type, _ in self.fields():
+            if runs and runs[-1][0] == c_type:
+                runs[-1][1].append(name)
+            else:
+                runs.append((c_type, [name]))
+        members = [f"    {c_type} {', '.join(names)};" for c_type, names in runs]
+        return ["typedef struct {", *(members or ["    int unused;"]), f"}} {self.code.struct(self.math)};"]
+
+    def init_lines(self) -> list[str]:
+        """Per-call values in double (ints and bools as they are), each rounded once."""
+        kinds = [SCALAR_INPUT_KIND] * len(self.op.scalars) + [PARAM_KINDS[p.type] for p in self.op.math_params]
+        params = ", ".join(f"{k.c_arg} {ARG}{n}" for n, k in zip(self.op.kernel_scalars, kinds)) or "void"
+        struct = self.code.struct(self.math)
+        prologue = CPrinter(DOUBLE.c_type, lambda e: ARG + e.name if e.kind is RefKind.PARAM else c_name(e.kind, e.name))
+        lines = [f"OPGEN_INLINE {struct} {self.code.init(self.math)}({params}) {{"]
+        for s in self.op.program.prologue:
+            lines.append(f"    const {prologue.statement(s, declare=True)} /* {c_comment(s.source)} */")
+        values = ", ".join(value for _, _, value in self.fields()) or "0"
+        lines += [f"    const {struct} s = {{{values}}};", "    return s;", "}"]
+        return lines
+
+    # -- the element function ------------------------------------------------------------
+    def element_params(self, names: list[str], written: set[str]) -> list[str]:
+        m = self.math.c_type
+        return [f"{m} *io_{n}" if n in written else f"{m} {c_name(RefKind.TENSOR, n)}" for n in names]
+
+    def statements(self, statements, declared: set[str]) -> list[str]:
+        lines = []
+        for s in statements:
+            text = self.printer.statement(s, declare=s.target not in declared)
+            lines.append(f"    {text} /* {c_comment(s.source)} */")
+            declared.add(s.target)
+        return lines
+
+    def io_lines(self, names: list[str], written: set[str], reads: set[str]) -> tuple[list[str], list[str]]:
+        """Locals of the written tensors read from and stored back through ``io_`` pointers."""
+        m = self.math.c_type
+        before = [f"    {m} {c_name(RefKind.TENSOR, n)} = *io_{n};" for n in names if n in written and n in reads]
+        after = [f"    *io_{n} = {c_name(RefKind.TENSOR, n)};" for n in names if n in written and n != OUT]
+        if OUT in names:
+            after.append(f"    *io_{OUT} = {c_name(RefKind.TEMP, self.op.output)};")
+        return before, after
+
+    def element_lines(self) -> list[str]:
+        names, written = self.code.element_arrays, set(self.code.written)
+        params = ", ".join([f"const {self.code.struct(self.math)} *s", *self.element_params(names, written)])
+        before, after = self.io_lines(names, written, self.code.reads)
+        body = self.statements(self.op.program.body, set(self.code.reads))
+        return [f"OPGEN_INLINE void {self.code.function('element', self.math.c_type)}({params}) {{",
+                *before, *body, *after, "}"]
+
+    def lines(self) -> list[str]:
+        shared = self.struct_lines() + self.init_lines()
+        if self.op.rows is not None:
+            return shared + RowCode(self).math_lines()
+        return shared + self.element_lines()
+
+
+@dataclass(frozen=True)
+class Memory:
+    """How a step addresses one element of each tensor."""
+
+    element: str  # "p_{name}[{index}]" or "x_{name}.v[k]"
+    index: dict  # tensor -> index expression ("i" or "gi")
+
+    def of(self, name: str) -> str:
+        return self.element.format(name=name, index=self.index.get(name, "i"))
+
+
+class StepCode:
+    """One op's per-dtype glue: steps that load, call the element function and store."""
+
+    def __init__(self, code: OpCode, dtype: DType) -> None:
+        self.code, self.op, self.dtype = code, code.op, dtype
+        self.math = MathCode(code, self.op.math_type(dtype))
+        self.grad = self.op.grad.name
+
+    def storage(self, name: str) -> DType:
+        return self.op.storage(name, self.dtype)
+
+    def pointer_params(self, names: list[str]) -> list[str]:
+        return [f"{'const ' if self.op.is_const(n) else ''}{self.storage(n).c_storage} *OPGEN_RESTRICT p_{n}"
+                for n in names]
+
+    def load(self, name: str, memory: Memory) -> str:
+        return f"{self.storage(name).load}({memory.of(name)})"
+
+    def call_lines(self, memory: Memory, indent: str, zero_grad: bool = True) -> list[str]:
+        """Load, call the element function, store: one element at ``memory``."""
+        m = self.math.math.c_type
+        names, written, reads = self.code.element_arrays, set(self.code.written), self.code.reads
+        lines = [f"{indent}{m} v_{n} = {self.load(n, memory)};" for n in names if n in written and n in reads]
+        lines += [f"{indent}{m} v_{n};" for n in names if n in written and n not in reads]
+        args = []
+        for n in names:
+            if n in written:
+                args.append(f"&v_{n}")
+            elif n == self.grad and zero_grad:
+                args.append(f"zero_grad ? {self.math.printer.const_zero()} : {self.load(n, memory)}")
+            else:
+                args.append(self.load(n, memory))
+        lines.append(f"{indent}{self.code.function('element', m)}(s, {', '.join(args)});")
+        lines += [f"{indent}{memory.of(n)} = {self.storage(n).store}(v_{n});" for n in names if n in written]
+        return lines
+
+    def head(self, what: str, index: str) -> str:
+        params = [f"const {self.code.struct(self.math.math)} *s", index, "int zero_grad",
+                  *self.pointer_params(self.code.element_arrays)]
+        return f"OPGEN_INLINE void {self.code.function(what, self.dtype.name)}({', '.join(params)}) {{"
+
+    def step_lines(self) -> list[str]:
+        if self.op.rows is not None:
+            return RowCode(self.math).step_lines(self)
+        memory = Memory("p_{name}[{index}]", {self.grad: "gi"})
+        return [self.head("step", "int64_t i, int64_t gi"), *self.call_lines(memory, "    "), "}"]
+
+    # -- CUDA: 16-byte vectors -------------------------------------------------------------
+    @property
+    def lanes(self) -> int:
+        return lanes(self.op, self.dtype)
+
+    def vec(self, name: str) -> str:
+        return f"opgen_vec<{self.storage(name).cuda_storage}, {self.lanes}>"
+
+    def vector_step_lines(self) -> list[str]:
+        if self.op.rows is not None:
+            return []
+        names, written, reads = self.code.element_arrays, set(self.code.written), self.code.reads
+        lines = [self.head("vstep", "int64_t vi, int64_t gvi")]
+        for n in names:
+            source = f"reinterpret_cast<const {self.vec(n)} *>(p_{n})"
+            if n == self.grad:
+                lines.append(f"    {self.vec(n)} x_{n};")
+                lines.append(f"    if (!zero_grad) x_{n} = {source}[gvi];")
+            elif n in reads:
+                lines.append(f"    {'' if n in written else 'const '}{self.vec(n)} x_{n} = {source}[vi];")
+            else:
+                lines.append(f"    {self.vec(n)} x_{n};")
+        lines += ["#pragma unroll", f"    for (int k = 0; k < {self.lanes}; ++k) {{",
+                  *self.call_lines(Memory("x_{name}.v[k]", {}), "        "), "    }"]
+        lines += [f"    reinterpret_cast<{self.vec(n)} *>(p_{n})[vi] = x_{n};" for n in names if n in written]
+        return lines + ["}"]
+
+    def aligned(self) -> str:
+        """CUDA: whether every touched pointer allows the vector accesses."""
+        return " && ".join(f"opgen_aligned({ARG}{n}, {self.lanes * self.storage(n).itemsize})"
+                           for n in self.code.element_arrays) or "1"
+
+    def step_call(self, what: str, index: str, zero_grad: int, table: str = "") -> str:
+        return f"{self.code.function(what, self.dtype.name)}(&s, {index}, {zero_grad}, " \
+               f"{self.code.pointer_args(self.code.element_arrays, table)})"
+
+
+class RowCode:
+    """The two-pass row functions of a per-row op (see opgen.expr.rows): pass 1 sums the
+    row_mean arguments, the row function computes the per-row values once, pass 2 updates
+    the row's elements with them. ``values`` carries the per-row tensors' new values, then
+    the per-row temporaries, from the row function to the store and to pass 2."""
+
+    def __init__(self, math: MathCode) -> None:
+        self.math, self.code, self.op = math, math.code, math.op
+        rows = self.op.rows
+        self.row_tensors = [t.name for t in self.op.tensors if t.per_row]
+        temps = [s.target for s in rows.row if s.kind is RefKind.TEMP]
+        self.values = self.row_tensors + list(dict.fromkeys(temps))
+        self.row_written = [n for n in self.row_tensors if any(s.target == n for s in rows.row)]
+        self.pass1 = rows.pass1
+        self.pass2 = rows.pass2(frozenset({self.op.output}) if self.op.output else frozenset())
+        row_names = set(self.row_tensors)
+        self.pass1_arrays = self.code.touched(_tensors(self.pass1, rows.reductions) - row_names)
+        pass2_names = _tensors(self.pass2) | {s.target for s in self.pass2 if s.kind is RefKind.TENSOR}
+        self.pass2_arrays = self.code.touched(pass2_names - row_names)
+        self.pass2_written = {s.target for s in self.pass2 if s.kind is RefKind.TENSOR}
+        self.pass2_reads = _tensors(self.pass2)
+
+    def value_local(self, name: str) -> str:
+        return c_name(RefKind.TENSOR if name in self.row_tensors else RefKind.TEMP, name)
+
+    def math_lines(self) -> list[str]:
+        m, struct, rows = self.math.math.c_type, self.code.struct(self.math.math), self.op.rows
+        printer = self.math.printer
+        fn = lambda what: self.code.function(what, m)  # noqa: E731
+        params1 = ", ".join([f"const {struct} *s", f"{m} *sums", *self.math.element_params(self.pass1_arrays, set())])
+        lines = [f"OPGEN_INLINE void {fn('pass1')}({params1}) {{",
+                 *self.math.statements(self.pass1, set(self.pass1_arrays)),
+                 *(f"    sums[{k}] += {printer.expr(e)};" for k, e in enumerate(rows.reductions)), "}"]
+        row_params = ", ".join([f"const {struct} *s", f"const {m} *sums", "int64_t row_len", f"{m} *values",
+                                *(f"{m} {c_name(RefKind.TENSOR, n)}" for n in self.row_tensors)])
+        lines += [f"OPGEN_INLINE void {fn('row')}({row_params}) {{",
+                  *(f"    const {m} {c_name(RefKind.REDUCED, str(k))} = sums[{k}] / ({m})row_len;"
+                    for k in range(len(rows.reductions))),
+                  *self.math.statements(rows.row, set(self.row_tensors)),
+                  *(f"    values[{k}] = {self.value_local(n)};" for k, n in enumerate(self.values)), "}"]
+        names = self.pass2_arrays
+        params2 = ", ".join([f"const {struct} *s", f"const {m} *values",
+                             *self.math.element_params(names, self.pass2_written)])
+        read_values = {r.name for s in self.pass2 for r in refs(s.expr)}
+        before, after = self.math.io_lines(names, self.pass2_written, self.pass2_reads)
+        lines += [f"OPGEN_INLINE void {fn('pass2')}({params2}) {{",
+                  *(f"    const {m} {self.value_local(n)} = values[{k}];" for k, n in enumerate(self.values)
+                    if n in read_values),
+                  *before, *self.math.statements(self.pass2, set(self.pass2_reads) | set(self.values)), *after, "}"]
+        return lines
+
+    def step_lines(self, step: StepCode) -> list[str]:
+        m, struct, d = self.math.math.c_type, self.code.struct(self.math.math), step.dtype.name
+        memory = Memory("p_{name}[{index}]", {step.grad: "gi", **{n: "row" for n in self.row_tensors}})
+        fn = lambda what: self.code.function(what, d)  # noqa: E731
+        scalars = f"const {struct} *s"
+        lines = [f"OPGEN_INLINE void {fn('pass1')}({', '.join([scalars, 'int64_t i', 'int64_t gi', f'{m} *sums', *step.pointer_params(self.pass1_arrays)])}) {{",
+                 f"    {self.code.function('pass1', m)}(s, sums{''.join(', ' + step.load(n, memory) for n in self.pass1_arrays)});",
+                 "}"]
+        lines += [f"OPGEN_INLINE void {fn('row')}({', '.join([scalars, f'const {m} *sums', 'int64_t row_len', f'{m} *values', 'int64_t row', *step.pointer_params(self.row_tensors)])}) {{",
+                  f"    {self.code.function('row', m)}(s, sums, row_len, values{''.join(', ' + step.load(n, memory) for n in self.row_tensors)});",
+                  "}"]
+        lines += [f"OPGEN_INLINE void {fn('row_store')}({', '.join([f'const {m} *values', 'int64_t row', *step.pointer_params(self.row_written)])}) {{",
+                  *(f"    p_{n}[row] = {step.storage(n).store}(values[{self.values.index(n)}]);" for n in self.row_written),
+                  "}"]
+        names = self.pass2_arrays
+        loads = [f"    {m} v_{n} = {step.load(n, memory)};" for n in names if n in self.pass2_written and n in self.pass2_reads]
+        loads += [f"    {m} v_{n};" for n in names if n in self.pass2_written and n not in self.pass2_reads]
+        args = [f"&v_{n}" if n in self.pass2_written else step.load(n, memory) for n in names]
+        lines += [f"OPGEN_INLINE void {fn('pass2')}({', '.join([scalars, f'const {m} *values', 'int64_t i', 'int64_t gi', *step.pointer_params(names)])}) {{",
+                  *loads, f"    {self.code.function('pass2', m)}(s, values, {', '.join(args)});",
+                  *(f"    {memory.of(n)} = {step.storage(n).store}(v_{n});" for n in names if n in self.pass2_written),
+                  "}"]
+        return lines
+
+    def schedule_args(self, step: StepCode) -> list[str]:
+        """The row schedule's arguments after the sizes: counts and the four step calls."""
+        d = step.dtype.name
+        fn = lambda what: self.code.function(what, d)  # noqa: E731
+        args = self.code.pointer_args
+        return [self.math.math.c_type, str(len(self.op.rows.reductions)), str(len(self.values)),
+                f"{fn('pass1')}(&s, i, gi, opgen_sums{_more(args(self.pass1_arrays))})",
+                f"{fn('row')}(&s, opgen_sums, row_len, opgen_values, row{_more(args(self.row_tensors))})",
+                f"{fn('row_store')}(opgen_values, row{_more(args(self.row_written))})",
+                f"{fn('pass2')}(&s, opgen_values, i, gi{_more(args(self.pass2_arrays))})"]
+
+
+def _more(text: str) -> str:
+    return f", {text}" if text else ""
+
+
+def _tensors(statements, extra: tuple[Expr, ...] = ()) -> set[str]:
+    exprs = [s.expr for s in statements] + list(extra)
+    return {r.name for e in exprs for r in refs(e) if r.kind is RefKind.TENSOR}
+
+
+def shared_lines(op: OpSpec) -> list[str]:
+    """Every line the C and the CUDA file share: per math type, then per dtype."""
+    code = OpCode(op)
+    lines: list[str] = []
+    for math in op.math_types:
+        lines += MathCode(code, math).lines()
+    for dtype in op.dtypes:
+        lines += StepCode(code, dtype).step_lines()
+    return lines

@@ -2,15 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import enum
 import textwrap
 
-from opgen.expr.hoist import hoist
+from opgen.dtypes import PARAM_KINDS
 from opgen.expr.printers.numpy import NumpyPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
+from opgen.kinds import ArgRole, Schedule
 from opgen.spec.model import OpSpec, ParamSpec, ParamType, TensorRole
-from opgen.targets.c_kernels import has_multi, kernels
+from opgen.targets import abi
 
-_PY_TYPES = {ParamType.FLOAT: "float", ParamType.INT: "int", ParamType.BOOL: "bool"}
+_PY_TYPES = {t: k.python for t, k in PARAM_KINDS.items()}
+# How the generated module spells the ABI's classes and enums (its imports say the same).
+_ALIASES = {abi.Arg: "_Arg", abi.Launch: "_Launch", abi.KernelABI: "_Kernel", ArgRole: "_R", Schedule: "_S"}
 _BOOL_TEXT = {"true": "True", "false": "False", "True": "True", "False": "False"}
 
 
@@ -92,7 +97,7 @@ def tensor_doc(op: OpSpec, t, dense_only: bool = False) -> str:
     if t.role is TensorRole.GRAD:
         if not op.row_sparse.dense:
             return "A RowSparseArray (this op has no dense update)." + fixed
-        sparse = kernels(op) != ("dense",) and not dense_only
+        sparse = bool(op.row_sparse_schedules) and not dense_only
         return ("Dense, or a RowSparseArray." if sparse else "Dense.") + fixed
     if t.role is TensorRole.SCALAR:
         return "A number, or an array holding one element."
@@ -129,7 +134,7 @@ def docstring(op: OpSpec) -> list[str]:
         lines += [""] + op.description.replace('"""', "'''").splitlines()
     lines += ["", "Parameters", "----------"]
     for t in op.tensors:
-        kind = "numpy.ndarray or RowSparseArray" if t.role is TensorRole.GRAD and kernels(op) != ("dense",) \
+        kind = "numpy.ndarray or RowSparseArray" if t.role is TensorRole.GRAD and op.row_sparse_schedules \
             else "numpy.ndarray"
         lines.append(f"{t.name} : {kind}")
         lines += ["    " + line for line in _wrap(f"{t.doc.rstrip('.')}. {tensor_doc(op, t)}")]
@@ -148,17 +153,73 @@ def docstring(op: OpSpec) -> list[str]:
     return [f"    {line}" if line else "" for line in lines]
 
 
+def numpy_lines(op: OpSpec) -> list[str]:
+    """The NumPy kernel's body. As in the C and CUDA kernels, the per-call values are
+    computed in double, then each (and each float parameter the body reads) is rounded once
+    to the math type ``_T``; the element math follows."""
+    from opgen.expr.tree import VType
+
+    program = op.program
+    lines = [NumpyPrinter("_D").statement(s) for s in program.prologue]
+    real = [name for name, kind in zip(op.kernel_scalars, [ParamType.FLOAT] * len(op.scalars)
+                                       + [p.type for p in op.math_params]) if kind is ParamType.FLOAT]
+    real += [NumpyPrinter().statement(s).split(" = ")[0] for s in program.prologue if s.expr.vtype is VType.REAL]
+    real = list(dict.fromkeys(real))
+    if real:
+        lines.append(f"{', '.join(real)}{',' if len(real) == 1 else ''} = {', '.join(f'_T({n})' for n in real)}"
+                     f"{',' if len(real) == 1 else ''}")
+    printer = NumpyPrinter()
+    return lines + [printer.statement(s) for s in program.body]
+
+
+def py_literal(value, shared: dict | None = None) -> str:
+    """Python source for the ABI's frozen records: constructor calls of the aliases the
+    generated module imports, fields that differ from their defaults as keywords; a value
+    in ``shared`` is spelt by its name there."""
+    if shared and isinstance(value, tuple) and value in shared:
+        return shared[value]
+    if dataclasses.is_dataclass(value):
+        parts = []
+        for f in dataclasses.fields(value):
+            v = getattr(value, f.name)
+            if f.default is not dataclasses.MISSING:
+                if v == f.default:
+                    continue
+                parts.append(f"{f.name}={py_literal(v, shared)}")
+            else:
+                parts.append(py_literal(v, shared))
+        return f"{_ALIASES[type(value)]}({', '.join(parts)})"
+    if isinstance(value, enum.Enum):
+        return f"{_ALIASES[type(value)]}.{value.name}"
+    if isinstance(value, tuple):
+        return "(" + ", ".join(py_literal(v, shared) for v in value) + ("," if len(value) == 1 else "") + ")"
+    if isinstance(value, (str, int, bool)) or value is None:
+        return repr(value)
+    raise TypeError(f"no literal for {type(value).__name__}")
+
+
+def kernel_table(op: OpSpec) -> tuple[list[tuple[str, str]], list[str]]:
+    """The kernel ABIs as module data: each schedule's argument tuple once, then one
+    record per kernel that refers to it."""
+    kernels = abi.kernels(op)
+    arg_sets: dict[tuple, str] = {}
+    for k in kernels:
+        arg_sets.setdefault(k.args, f"_ARGS_{k.schedule.name}")
+    records = [py_literal(k, arg_sets) for k in kernels]
+    return [(name, py_literal(a)) for a, name in arg_sets.items()], records
+
+
 def context(op: OpSpec) -> dict:
-    program = hoist(op.math)
     printer = NumpyPrinter()
     results = [op.output if op.output else op.weight.name] + [t.name for t in op.states]
     rs = op.row_sparse
+    arg_sets, records = kernel_table(op)
     return {
         "op": op.name,
         "spec": op.path,
         "summary": op.summary,
         "kernel_args": ", ".join([t.name for t in op.tensors] + [p.name for p in op.math_params]),
-        "numpy_lines": [printer.statement(s) for s in program.prologue + program.body],
+        "numpy_lines": numpy_lines(op),
         "numpy_return": ", ".join(results),
         "tensors": [{"name": t.name, "role": t.role.value, "dtype": repr(t.dtype), "per_row": t.per_row}
                     for t in op.tensors],
@@ -167,7 +228,7 @@ def context(op: OpSpec) -> dict:
         "output": repr(op.output is not None),
         "skip_if": printer.expr(op.skip_if) if op.skip_if is not None else None,
         "skip_args": ", ".join(op.kernel_scalars),
-        "has_multi": has_multi(op) and op.multi is None,
+        "has_multi": op.has_multi and op.multi is None,
         "interleaved": op.multi is not None,
         "interleaved_docstring": interleaved_docstring(op) if op.multi else [],
         "interleaved_args": ", ".join(_public(op, p) for p in op.math_params),
@@ -176,7 +237,9 @@ def context(op: OpSpec) -> dict:
         "per_tensor": repr(op.multi.per_tensor) if op.multi else "None",
         "lazy_param": repr(rs.lazy_param),
         "always_lazy": repr(rs.always_lazy),
-        "kernels": repr(kernels(op)),
+        "math_types": repr({d.name: op.math_type(d).name for d in op.dtypes}),
+        "arg_sets": arg_sets,
+        "kernel_records": records,
         "signature": signature(op),
         "docstring": docstring(op),
         "tensor_names": ", ".join(t.name for t in op.tensors),
@@ -191,7 +254,7 @@ def context(op: OpSpec) -> dict:
 
 def package_context(ops: list[OpSpec]) -> dict:
     return {"ops": [op.name for op in ops],
-            "multi_ops": [op.name for op in ops if has_multi(op) and op.multi is None],
+            "multi_ops": [op.name for op in ops if op.has_multi and op.multi is None],
             "package": "generated"}
 
 

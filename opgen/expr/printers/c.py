@@ -5,6 +5,8 @@ Also serves CUDA C++, whose arithmetic syntax is the same.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from opgen.expr.printers.infix import ATOM, InfixPrinter
 from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKind, VType
 
@@ -23,11 +25,15 @@ def c_name(kind: RefKind, name: str) -> str:
 
 
 class CPrinter(InfixPrinter):
-    def __init__(self, acc_type: str) -> None:
+    """``resolve`` spells a reference (default: its local, ``c_name``): the element functions
+    read per-call values from their scalar struct, the prologue reads kernel arguments."""
+
+    def __init__(self, acc_type: str, resolve: Callable[[Ref], str] | None = None) -> None:
         if acc_type not in ("float", "double"):
             raise ValueError(acc_type)
         self.acc = acc_type
         self.suffix = "f" if acc_type == "float" else ""
+        self.resolve = resolve
 
     def c_type(self, vtype: VType) -> str:
         return {VType.REAL: self.acc, VType.INT: "int64_t", VType.BOOL: "int"}[vtype]
@@ -44,7 +50,7 @@ class CPrinter(InfixPrinter):
         return self.const(Const(VType.REAL, True, "0"))
 
     def ref(self, e: Ref) -> str:
-        return c_name(e.kind, e.name)
+        return self.resolve(e) if self.resolve is not None else c_name(e.kind, e.name)
 
     def widen(self, text: str, e: Expr) -> str:
         if isinstance(e, Const):

@@ -21,6 +21,12 @@ def py_name(kind: RefKind, name: str) -> str:
 
 
 class NumpyPrinter(InfixPrinter):
+    """``real`` names the real type integers widen to: the math type ``_T`` in the element
+    math, float64 ``_D`` in the per-call prologue (computed in double, as the kernels)."""
+
+    def __init__(self, real: str = "_T") -> None:
+        self.real = real
+
     def const(self, e: Const) -> str:
         return e.text
 
@@ -28,7 +34,7 @@ class NumpyPrinter(InfixPrinter):
         return py_name(e.kind, e.name)
 
     def widen(self, text: str, e: Expr) -> str:
-        return f"_T({text})"
+        return f"{self.real}({text})"
 
     def call(self, e: Call, args: list[str]) -> str:
         return f"{_FUNCS[e.func]}({', '.join(args)})"

@@ -1,0 +1,100 @@
+"""The one table of storage dtypes and the one table of parameter types.
+
+Imported by the spec loader, every target and the runtime; it imports nothing of opgen.
+Adding a storage dtype is one row here plus its ``OPGEN_LOAD_<name>``/``OPGEN_STORE_<name>``
+conversions in the shared C and CUDA headers (templates/kernel_common.*.j2).
+"""
+
+from __future__ import annotations
+
+import enum
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class MathType:
+    """A type the element math is computed in."""
+
+    name: str  # NumPy's name of it
+    c_type: str  # C and CUDA spelling
+    suffix: str  # libm suffix: sqrtf for float, sqrt for double
+    itemsize: int
+
+
+FLOAT = MathType("float32", "float", "f", 4)
+DOUBLE = MathType("float64", "double", "", 8)
+MATH_TYPES: tuple[MathType, ...] = (FLOAT, DOUBLE)
+
+
+@dataclass(frozen=True)
+class DType:
+    """A storage dtype: how a tensor's elements sit in memory."""
+
+    name: str  # NumPy's name; also the suffix of kernel names
+    c_storage: str  # element type in memory as the C kernels see it
+    cuda_storage: str  # the same in CUDA
+    math: MathType  # the narrowest type its math is computed in
+    itemsize: int  # bytes per element
+
+    @property
+    def load(self) -> str:
+        """The shared headers' macro converting a stored element to the math type."""
+        return f"OPGEN_LOAD_{self.name}"
+
+    @property
+    def store(self) -> str:
+        """The shared headers' macro converting a math-type value to storage."""
+        return f"OPGEN_STORE_{self.name}"
+
+
+DTYPES: tuple[DType, ...] = (
+    DType("float16", "opgen_half", "opgen_half", FLOAT, 2),
+    DType("float32", "float", "float", FLOAT, 4),
+    DType("float64", "double", "double", DOUBLE, 8),
+)
+DTYPE_BY_NAME: dict[str, DType] = {d.name: d for d in DTYPES}
+DTYPE_NAMES: tuple[str, ...] = tuple(d.name for d in DTYPES)
+
+
+def dtype_list(names: tuple[str, ...] = DTYPE_NAMES) -> str:
+    """'float16, float32 or float64': for messages and docs."""
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def widest_math(dtypes) -> MathType:
+    """The math type of a call whose tensors have these storage dtypes."""
+    return max((d.math for d in dtypes), key=lambda m: m.itemsize)
+
+
+class ParamType(str, enum.Enum):
+    """A scalar parameter's type, as the spec names it."""
+
+    FLOAT = "float"
+    INT = "int"
+    BOOL = "bool"
+
+
+@dataclass(frozen=True)
+class ParamKind:
+    """How one parameter type crosses every boundary."""
+
+    type: ParamType
+    python: str  # the Python type in signatures and docstrings
+    doc: str  # the type as documentation pages name it
+    c_arg: str  # the kernels' argument type (C and CUDA): floats arrive in double
+    numpy_arg: str  # NumPy's name of c_arg, for packed per-tensor lists and device launches
+    c_value: str | None  # the type inside the kernels; None: the math type (floats)
+
+
+PARAM_KINDS: dict[ParamType, ParamKind] = {
+    k.type: k
+    for k in (
+        ParamKind(ParamType.FLOAT, "float", "float", "double", "float64", None),
+        ParamKind(ParamType.INT, "int", "int", "int64_t", "int64", "int64_t"),
+        ParamKind(ParamType.BOOL, "bool", "boolean", "int", "int32", "int"),
+    )
+}
+# Scalar inputs (role: scalar) cross the ABI as floats.
+SCALAR_INPUT_KIND = PARAM_KINDS[ParamType.FLOAT]
+# The kernels' size and index arguments.
+C_INDEX = "int64_t"

@@ -1,0 +1,51 @@
+"""The enumerations shared by the compiler and the runtime (it imports nothing of opgen).
+
+Each is a ``str`` enum: a member equals its spec spelling (``TensorRole.STATE == "state"``),
+so generated modules, messages and docs use the plain words.
+"""
+
+from __future__ import annotations
+
+import enum
+
+
+class TensorRole(str, enum.Enum):
+    WEIGHT = "weight"  # the weight being updated; its new value goes to `out`
+    GRAD = "grad"  # the gradient: read-only, dense or row-sparse
+    STATE = "state"  # optimizer state, updated in place
+    SCALAR = "scalar"  # a one-element input (array or number), read once per call
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class Schedule(str, enum.Enum):
+    """How a kernel walks memory; each schedule is one loop in the shared headers."""
+
+    DENSE = "dense"  # every element of one tensor
+    MULTI = "multi"  # every element of many tensors, one parallel region (C only)
+    LAZY = "lazy"  # only the rows a row-sparse gradient lists
+    STANDARD = "standard"  # every row; rows the gradient lacks with a zero gradient
+
+    def __str__(self) -> str:
+        return self.value
+
+
+class ArgRole(str, enum.Enum):
+    """What a kernel argument carries: the runtime fills each from the call."""
+
+    SIZE = "size"  # elements of the tensor
+    NROWS = "nrows"  # rows of the weight
+    ROW_LEN = "row_len"  # elements per row
+    NNZ = "nnz"  # rows of the row-sparse gradient
+    INDICES = "indices"  # its row indices (int64)
+    COUNT = "count"  # tensors of a multi-tensor call
+    SIZES = "sizes"  # their element counts (int64[count])
+    TENSOR = "tensor"  # a tensor's data (`source` names it; `out` is the output)
+    TENSOR_TABLE = "tensor_table"  # one data pointer per tensor of a multi-tensor call
+    SCALAR = "scalar"  # a scalar input or a parameter the math reads (`source` names it)
+    SCALAR_TABLE = "scalar_table"  # one value per tensor of a multi-tensor call
+    FLUSH = "flush_denormal"  # the C kernels' flush-to-zero flag
+
+    def __str__(self) -> str:
+        return self.value

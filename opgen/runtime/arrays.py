@@ -1,0 +1,144 @@
+"""Array adapters: everything the runtime asks of an array type, in one interface.
+
+Each adapter says whether it owns a value, where the value lives (host or a device) and
+how to read its pointer, byte range, writeability and device; the checks and backends ask
+only these questions. A new array type (torch tensors, say) is one new adapter module that
+calls :func:`register` with an instance; nothing else changes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numpy.lib.array_utils import byte_bounds as _np_byte_bounds
+
+
+class ArrayAdapter:
+    """One array type. ``device`` is False for host memory (C and NumPy backends), True for
+    device memory (the CUDA backend)."""
+
+    name = "array"  # how messages name the type: "NumPy (host)"
+    type_names = "array"  # how messages name what it accepts: "numpy.ndarray"
+    device = False
+
+    def owns(self, value) -> bool:
+        raise NotImplementedError
+
+    def module(self, value):
+        """The array namespace (numpy, cupy) that creates and copies such arrays."""
+        raise NotImplementedError
+
+    def pointer(self, value) -> int:
+        raise NotImplementedError
+
+    def byte_bounds(self, value) -> tuple[int, int]:
+        raise NotImplementedError
+
+    def writeable(self, value) -> bool:
+        return True
+
+    def device_id(self, value) -> int | None:
+        return None
+
+    def may_share_memory(self, a, b) -> bool:
+        lo_a, hi_a = self.byte_bounds(a)
+        lo_b, hi_b = self.byte_bounds(b)
+        return lo_a < hi_b and lo_b < hi_a and hi_a > lo_a and hi_b > lo_b
+
+
+class NumpyArrays(ArrayAdapter):
+    name = "NumPy (host)"
+    type_names = "numpy.ndarray"
+
+    def owns(self, value) -> bool:
+        return isinstance(value, np.ndarray)
+
+    def module(self, value):
+        return np
+
+    def pointer(self, value) -> int:
+        return value.__array_interface__["data"][0]
+
+    def byte_bounds(self, value) -> tuple[int, int]:
+        return _np_byte_bounds(value)
+
+    def writeable(self, value) -> bool:
+        return bool(value.flags.writeable)
+
+    def may_share_memory(self, a, b) -> bool:
+        return bool(np.may_share_memory(a, b))
+
+
+class CupyArrays(ArrayAdapter):
+    """CuPy arrays; CuPy is imported only once such an array arrives."""
+
+    name = "CuPy (device)"
+    type_names = "cupy.ndarray"
+    device = True
+
+    def owns(self, value) -> bool:
+        return type(value).__module__.split(".")[0] == "cupy" and hasattr(value, "dtype")
+
+    def module(self, value):
+        import cupy
+
+        return cupy
+
+    def pointer(self, value) -> int:
+        return value.data.ptr
+
+    def byte_bounds(self, value) -> tuple[int, int]:
+        start = value.data.ptr
+        return (start, start + max(value.nbytes, 1)) if value.size else (start, start)
+
+    def device_id(self, value) -> int | None:
+        return value.device.id
+
+    def may_share_memory(self, a, b) -> bool:
+        return bool(self.module(a).may_share_memory(a, b))
+
+
+_ADAPTERS: list[ArrayAdapter] = [NumpyArrays(), CupyArrays()]
+
+
+def register(adapter: ArrayAdapter) -> None:
+    """Make the runtime accept a new array type."""
+    _ADAPTERS.append(adapter)
+
+
+def adapter_for(value) -> ArrayAdapter | None:
+    """The adapter that owns ``value``, or None for anything that is not an array."""
+    for adapter in _ADAPTERS:
+        if adapter.owns(value):
+            return adapter
+    return None
+
+
+def accepted_types(*extra: str) -> str:
+    """'numpy.ndarray or cupy.ndarray': what the runtime takes, for messages."""
+    names = [a.type_names for a in _ADAPTERS] + list(extra)
+    return ", ".join(names[:-1]) + f" or {names[-1]}" if len(names) > 1 else names[0]
+
+
+def kind(value) -> str:
+    adapter = adapter_for(value)
+    return adapter.name if adapter is not None else type(value).__name__
+
+
+def same_view(a, b) -> bool:
+    """The same memory seen the same way (a view of the whole weight counts as the weight)."""
+    if a is b:
+        return True
+    adapter = adapter_for(a)
+    return adapter is not None and adapter is adapter_for(b) and adapter.pointer(a) == adapter.pointer(b) \
+        and a.shape == b.shape and a.strides == b.strides
+
+
+def array_module(value):
+    """numpy for host arrays, cupy for device arrays (imported only when one is seen)."""
+    adapter = adapter_for(value)
+    return adapter.module(value) if adapter is not None else np
+
+
+def is_device_array(value) -> bool:
+    adapter = adapter_for(value)
+    return adapter is not None and adapter.device

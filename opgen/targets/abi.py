@@ -1,0 +1,147 @@
+"""One kernel-ABI description per (op, schedule, dtype): the kernel's name, its ordered
+arguments with their C types, and its CUDA launch shape.
+
+The C definitions, the cffi cdef, the CUDA definitions and the runtime's calls all come
+from these objects: the targets render the signatures from them, and the generated module
+carries them as data that the runtime reads. The runtime never re-derives a kernel name,
+an argument order or a launch shape. This module imports nothing but the neutral tables,
+so the runtime can load it without the compiler.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from opgen.dtypes import C_INDEX, PARAM_KINDS, SCALAR_INPUT_KIND, DType
+from opgen.kinds import ArgRole, Schedule
+
+if TYPE_CHECKING:
+    from opgen.spec.model import OpSpec
+
+# Spec-derived argument names are prefixed, so no spec name can collide with n, row_len...
+ARG = "arg_"
+# CUDA launch shapes: threads per block of the dense kernels, warps (rows in flight) per
+# block of the row kernels, and the grid caps (blocks per multiprocessor).
+DENSE_BLOCK = 512
+ROWS_PER_BLOCK = 8
+WARP = 32
+DENSE_BLOCKS_PER_SM = 8
+ROW_BLOCKS_PER_SM = 32
+VECTOR_BYTES = 16  # CUDA vector loads and stores
+
+
+@dataclass(frozen=True)
+class Arg:
+    """One kernel argument: its role, C type, and the tensor or scalar it carries."""
+
+    role: ArgRole
+    c_type: str  # as written in the C signature and the cdef (CUDA spells tensors typed)
+    source: str = ""  # the tensor ("out" for the output) or scalar it carries
+    numpy: str = ""  # NumPy's name of a scalar's type, for device launches and packed lists
+    const: bool = False  # the kernel only reads the data
+    cuda: bool = True  # the CUDA kernel takes it too
+
+    @property
+    def name(self) -> str:
+        return ARG + self.source if self.source else self.role.value
+
+    def declaration(self, c_type: str | None = None) -> str:
+        c_type = c_type or self.c_type
+        return f"{c_type}{'' if c_type.endswith('*') else ' '}{self.name}"
+
+
+@dataclass(frozen=True)
+class Launch:
+    """A CUDA launch: ``min(ceil(work / per_block), blocks_per_sm * SMs)`` blocks of ``block``
+    threads, where ``work`` is the value of the argument with role ``work``."""
+
+    block: tuple[int, int]
+    work: ArgRole
+    per_block: int  # work items one block covers in one pass
+    blocks_per_sm: int
+
+    def grid(self, work: int, sm_count: int) -> int:
+        return max(1, min(math.ceil(work / self.per_block), self.blocks_per_sm * sm_count))
+
+
+@dataclass(frozen=True)
+class KernelABI:
+    op: str
+    schedule: Schedule
+    dtype: str  # the call's dtype (the weight's)
+    math: str  # NumPy's name of the math type
+    name: str
+    args: tuple[Arg, ...]
+    launch: Launch | None  # None: the kernel has no CUDA version (multi)
+    lanes: int = 1  # CUDA elements per vector access
+
+    @property
+    def c_parameters(self) -> str:
+        return ", ".join(a.declaration() for a in self.args)
+
+    @property
+    def cuda_args(self) -> tuple[Arg, ...]:
+        return tuple(a for a in self.args if a.cuda)
+
+
+def _head(schedule: Schedule) -> tuple[Arg, ...]:
+    index = C_INDEX
+    if schedule is Schedule.DENSE:
+        return (Arg(ArgRole.SIZE, index),)
+    if schedule is Schedule.MULTI:
+        return (Arg(ArgRole.COUNT, index), Arg(ArgRole.SIZES, f"const {index} *"))
+    rows = (Arg(ArgRole.NNZ, index),) if schedule is Schedule.LAZY else (Arg(ArgRole.NROWS, index),)
+    middle = () if schedule is Schedule.LAZY else (Arg(ArgRole.NNZ, index),)
+    return rows + (Arg(ArgRole.ROW_LEN, index),) + middle + (Arg(ArgRole.INDICES, f"const {index} *"),)
+
+
+def _arguments(op: "OpSpec", schedule: Schedule) -> tuple[Arg, ...]:
+    table = schedule is Schedule.MULTI
+    args = list(_head(schedule))
+    for name in op.kernel_arrays:
+        const = op.is_const(name)
+        if table:
+            c_type = f"{'const ' if const else ''}void *const *"
+            args.append(Arg(ArgRole.TENSOR_TABLE, c_type, name, const=const, cuda=False))
+        else:
+            args.append(Arg(ArgRole.TENSOR, f"{'const ' if const else ''}void *", name, const=const))
+    kinds = [SCALAR_INPUT_KIND] * len(op.scalars) + [PARAM_KINDS[p.type] for p in op.math_params]
+    for name, kind in zip(op.kernel_scalars, kinds):
+        if table:
+            args.append(Arg(ArgRole.SCALAR_TABLE, f"const {kind.c_arg} *", name, kind.numpy_arg, cuda=False))
+        else:
+            args.append(Arg(ArgRole.SCALAR, kind.c_arg, name, kind.numpy_arg))
+    args.append(Arg(ArgRole.FLUSH, "int", cuda=False))
+    return tuple(args)
+
+
+def lanes(op: "OpSpec", dtype: DType) -> int:
+    """CUDA elements per vector: 16 bytes of the widest element type the math touches."""
+    touched = set(op.program.loads) | {name for name, _ in op.stores}
+    widest = max(op.storage(name, dtype).itemsize for name in op.kernel_arrays if name in touched)
+    return VECTOR_BYTES // widest
+
+
+def _launch(op: "OpSpec", schedule: Schedule, dtype: DType) -> Launch | None:
+    if schedule is Schedule.MULTI:
+        return None
+    if schedule is Schedule.DENSE:
+        return Launch((DENSE_BLOCK, 1), ArgRole.SIZE, DENSE_BLOCK * lanes(op, dtype), DENSE_BLOCKS_PER_SM)
+    work = ArgRole.NNZ if schedule is Schedule.LAZY else ArgRole.NROWS
+    return Launch((WARP, ROWS_PER_BLOCK), work, ROWS_PER_BLOCK, ROW_BLOCKS_PER_SM)
+
+
+def kernel_name(op: "OpSpec", schedule: Schedule, dtype: DType) -> str:
+    return f"opgen_{op.name}_{schedule.value}_{dtype.name}"
+
+
+def kernel(op: "OpSpec", schedule: Schedule, dtype: DType) -> KernelABI:
+    return KernelABI(op.name, schedule, dtype.name, op.math_type(dtype).name, kernel_name(op, schedule, dtype),
+                     _arguments(op, schedule), _launch(op, schedule, dtype), lanes(op, dtype))
+
+
+def kernels(op: "OpSpec") -> tuple[KernelABI, ...]:
+    """Every kernel of the op: each dtype, each schedule."""
+    return tuple(kernel(op, s, d) for d in op.dtypes for s in op.schedules)
