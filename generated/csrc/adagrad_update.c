@@ -10,16 +10,16 @@ typedef struct {
 } opgen_adagrad_update_scalars_float;
 OPGEN_INLINE opgen_adagrad_update_scalars_float opgen_adagrad_update_scalars_float_init(double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_adagrad_update_scalars_float s = {(float)arg_lr, (float)arg_epsilon, (float)arg_rescale_grad, (float)arg_clip_gradient, h_0};
+    const opgen_adagrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0)};
     return s;
 }
-OPGEN_INLINE void opgen_adagrad_update_element_float(const opgen_adagrad_update_scalars_float *s, float *io_weight, float v_grad, float *io_history) {
+OPGEN_INLINE void opgen_adagrad_update_element_float(const opgen_adagrad_update_scalars_float s, float *io_weight, float v_grad, float *io_history) {
     float v_weight = *io_weight;
     float v_history = *io_history;
-    float t_gr = v_grad * s->s_rescale_grad; /* gr = grad * rescale_grad */
-    t_gr = s->h_0 ? opgen_clipf(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    float t_gr = v_grad * s.s_rescale_grad; /* gr = grad * rescale_grad */
+    t_gr = s.h_0 ? opgen_clipf(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     v_history = v_history + t_gr * t_gr; /* history += gr * gr */
-    v_weight = v_weight - t_gr / sqrtf(v_history + s->s_epsilon) * s->s_lr; /* weight = weight - gr / sqrt(history + epsilon) * lr */
+    v_weight = v_weight - t_gr / sqrtf(v_history + s.s_epsilon) * s.s_lr; /* weight = weight - gr / sqrt(history + epsilon) * lr */
     *io_weight = v_weight;
     *io_history = v_history;
 }
@@ -29,34 +29,34 @@ typedef struct {
 } opgen_adagrad_update_scalars_double;
 OPGEN_INLINE opgen_adagrad_update_scalars_double opgen_adagrad_update_scalars_double_init(double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_adagrad_update_scalars_double s = {(double)arg_lr, (double)arg_epsilon, (double)arg_rescale_grad, (double)arg_clip_gradient, h_0};
+    const opgen_adagrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0)};
     return s;
 }
-OPGEN_INLINE void opgen_adagrad_update_element_double(const opgen_adagrad_update_scalars_double *s, double *io_weight, double v_grad, double *io_history) {
+OPGEN_INLINE void opgen_adagrad_update_element_double(const opgen_adagrad_update_scalars_double s, double *io_weight, double v_grad, double *io_history) {
     double v_weight = *io_weight;
     double v_history = *io_history;
-    double t_gr = v_grad * s->s_rescale_grad; /* gr = grad * rescale_grad */
-    t_gr = s->h_0 ? opgen_clip(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    double t_gr = v_grad * s.s_rescale_grad; /* gr = grad * rescale_grad */
+    t_gr = s.h_0 ? opgen_clip(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     v_history = v_history + t_gr * t_gr; /* history += gr * gr */
-    v_weight = v_weight - t_gr / sqrt(v_history + s->s_epsilon) * s->s_lr; /* weight = weight - gr / sqrt(history + epsilon) * lr */
+    v_weight = v_weight - t_gr / sqrt(v_history + s.s_epsilon) * s.s_lr; /* weight = weight - gr / sqrt(history + epsilon) * lr */
     *io_weight = v_weight;
     *io_history = v_history;
 }
-OPGEN_INLINE void opgen_adagrad_update_step_float16(const opgen_adagrad_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_step_float16(const opgen_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_history) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_history = OPGEN_LOAD_float16(p_history[i]);
     opgen_adagrad_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_history);
     p_weight[i] = OPGEN_STORE_float16(v_weight);
     p_history[i] = OPGEN_STORE_float16(v_history);
 }
-OPGEN_INLINE void opgen_adagrad_update_step_float32(const opgen_adagrad_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_step_float32(const opgen_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_history) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_history = OPGEN_LOAD_float32(p_history[i]);
     opgen_adagrad_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_history);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_history[i] = OPGEN_STORE_float32(v_history);
 }
-OPGEN_INLINE void opgen_adagrad_update_step_float64(const opgen_adagrad_update_scalars_double *s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_step_float64(const opgen_adagrad_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_history) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_history = OPGEN_LOAD_float64(p_history[i]);
     opgen_adagrad_update_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_history);
@@ -66,15 +66,15 @@ OPGEN_INLINE void opgen_adagrad_update_step_float64(const opgen_adagrad_update_s
 
 void opgen_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_adagrad_update_scalars_float s = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, opgen_prefetch_row(arg_weight, ahead, row_len, 2); opgen_prefetch_row(arg_history, ahead, row_len, 2);, opgen_adagrad_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_history));
+    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, opgen_prefetch_row(arg_weight, ahead, row_len, 2); opgen_prefetch_row(arg_history, ahead, row_len, 2);, opgen_adagrad_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_history));
 }
 
 void opgen_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_adagrad_update_scalars_float s = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, opgen_prefetch_row(arg_weight, ahead, row_len, 4); opgen_prefetch_row(arg_history, ahead, row_len, 4);, opgen_adagrad_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_history));
+    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, opgen_prefetch_row(arg_weight, ahead, row_len, 4); opgen_prefetch_row(arg_history, ahead, row_len, 4);, opgen_adagrad_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_history));
 }
 
 void opgen_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_adagrad_update_scalars_double s = opgen_adagrad_update_scalars_double_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, opgen_prefetch_row(arg_weight, ahead, row_len, 8); opgen_prefetch_row(arg_history, ahead, row_len, 8);, opgen_adagrad_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_history));
+    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, opgen_prefetch_row(arg_weight, ahead, row_len, 8); opgen_prefetch_row(arg_history, ahead, row_len, 8);, opgen_adagrad_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_history));
 }

@@ -18,17 +18,17 @@ OPGEN_INLINE opgen_lamb_update_phase1_scalars_float opgen_lamb_update_phase1_sca
     const double h_2 = 1.0 - arg_beta2; /* var = beta2 * var + (1 - beta2) * gr * gr */
     const double h_3 = 1.0 - opgen_pow(arg_beta1, (double)arg_t); /* g = mean / (1 - beta1 ** t) / (sqrt(var / (1 - beta2 ** t)) + epsilon) + wd * weight if bias_correction else mean / (sqrt(var) + epsilon) + wd * weight */
     const double h_4 = 1.0 - opgen_pow(arg_beta2, (double)arg_t); /* g = mean / (1 - beta1 ** t) / (sqrt(var / (1 - beta2 ** t)) + epsilon) + wd * weight if bias_correction else mean / (sqrt(var) + epsilon) + wd * weight */
-    const opgen_lamb_update_phase1_scalars_float s = {(float)arg_beta1, (float)arg_beta2, (float)arg_epsilon, (int64_t)arg_t, (int)arg_bias_correction, (float)arg_wd, (float)arg_rescale_grad, (float)arg_clip_gradient, h_0, (float)h_1, (float)h_2, (float)h_3, (float)h_4};
+    const opgen_lamb_update_phase1_scalars_float s = {OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_bias_correction), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)h_4)};
     return s;
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_element_float(const opgen_lamb_update_phase1_scalars_float *s, float v_weight, float v_grad, float *io_mean, float *io_var, float *io_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_element_float(const opgen_lamb_update_phase1_scalars_float s, float v_weight, float v_grad, float *io_mean, float *io_var, float *io_out) {
     float v_mean = *io_mean;
     float v_var = *io_var;
-    float t_gr = v_grad * s->s_rescale_grad; /* gr = grad * rescale_grad */
-    t_gr = s->h_0 ? opgen_clipf(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    v_mean = s->s_beta1 * v_mean + s->h_1 * t_gr; /* mean = beta1 * mean + (1 - beta1) * gr */
-    v_var = s->s_beta2 * v_var + s->h_2 * t_gr * t_gr; /* var = beta2 * var + (1 - beta2) * gr * gr */
-    float t_g = s->s_bias_correction ? v_mean / s->h_3 / (sqrtf(v_var / s->h_4) + s->s_epsilon) + s->s_wd * v_weight : v_mean / (sqrtf(v_var) + s->s_epsilon) + s->s_wd * v_weight; /* g = mean / (1 - beta1 ** t) / (sqrt(var / (1 - beta2 ** t)) + epsilon) + wd * weight if bias_correction else mean / (sqrt(var) + epsilon) + wd * weight */
+    float t_gr = v_grad * s.s_rescale_grad; /* gr = grad * rescale_grad */
+    t_gr = s.h_0 ? opgen_clipf(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    v_mean = s.s_beta1 * v_mean + s.h_1 * t_gr; /* mean = beta1 * mean + (1 - beta1) * gr */
+    v_var = s.s_beta2 * v_var + s.h_2 * t_gr * t_gr; /* var = beta2 * var + (1 - beta2) * gr * gr */
+    float t_g = s.s_bias_correction ? v_mean / s.h_3 / (sqrtf(v_var / s.h_4) + s.s_epsilon) + s.s_wd * v_weight : v_mean / (sqrtf(v_var) + s.s_epsilon) + s.s_wd * v_weight; /* g = mean / (1 - beta1 ** t) / (sqrt(var / (1 - beta2 ** t)) + epsilon) + wd * weight if bias_correction else mean / (sqrt(var) + epsilon) + wd * weight */
     *io_mean = v_mean;
     *io_var = v_var;
     *io_out = t_g;
@@ -47,22 +47,22 @@ OPGEN_INLINE opgen_lamb_update_phase1_scalars_double opgen_lamb_update_phase1_sc
     const double h_2 = 1.0 - arg_beta2; /* var = beta2 * var + (1 - beta2) * gr * gr */
     const double h_3 = 1.0 - opgen_pow(arg_beta1, (double)arg_t); /* g = mean / (1 - beta1 ** t) / (sqrt(var / (1 - beta2 ** t)) + epsilon) + wd * weight if bias_correction else mean / (sqrt(var) + epsilon) + wd * weight */
     const double h_4 = 1.0 - opgen_pow(arg_beta2, (double)arg_t); /* g = mean / (1 - beta1 ** t) / (sqrt(var / (1 - beta2 ** t)) + epsilon) + wd * weight if bias_correction else mean / (sqrt(var) + epsilon) + wd * weight */
-    const opgen_lamb_update_phase1_scalars_double s = {(double)arg_beta1, (double)arg_beta2, (double)arg_epsilon, (int64_t)arg_t, (int)arg_bias_correction, (double)arg_wd, (double)arg_rescale_grad, (double)arg_clip_gradient, h_0, (double)h_1, (double)h_2, (double)h_3, (double)h_4};
+    const opgen_lamb_update_phase1_scalars_double s = {OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_bias_correction), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), OPGEN_PER_CALL((double)h_3), OPGEN_PER_CALL((double)h_4)};
     return s;
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_element_double(const opgen_lamb_update_phase1_scalars_double *s, double v_weight, double v_grad, double *io_mean, double *io_var, double *io_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_element_double(const opgen_lamb_update_phase1_scalars_double s, double v_weight, double v_grad, double *io_mean, double *io_var, double *io_out) {
     double v_mean = *io_mean;
     double v_var = *io_var;
-    double t_gr = v_grad * s->s_rescale_grad; /* gr = grad * rescale_grad */
-    t_gr = s->h_0 ? opgen_clip(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    v_mean = s->s_beta1 * v_mean + s->h_1 * t_gr; /* mean = beta1 * mean + (1 - beta1) * gr */
-    v_var = s->s_beta2 * v_var + s->h_2 * t_gr * t_gr; /* var = beta2 * var + (1 - beta2) * gr * gr */
-    double t_g = s->s_bias_correction ? v_mean / s->h_3 / (sqrt(v_var / s->h_4) + s->s_epsilon) + s->s_wd * v_weight : v_mean / (sqrt(v_var) + s->s_epsilon) + s->s_wd * v_weight; /* g = mean / (1 - beta1 ** t) / (sqrt(var / (1 - beta2 ** t)) + epsilon) + wd * weight if bias_correction else mean / (sqrt(var) + epsilon) + wd * weight */
+    double t_gr = v_grad * s.s_rescale_grad; /* gr = grad * rescale_grad */
+    t_gr = s.h_0 ? opgen_clip(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    v_mean = s.s_beta1 * v_mean + s.h_1 * t_gr; /* mean = beta1 * mean + (1 - beta1) * gr */
+    v_var = s.s_beta2 * v_var + s.h_2 * t_gr * t_gr; /* var = beta2 * var + (1 - beta2) * gr * gr */
+    double t_g = s.s_bias_correction ? v_mean / s.h_3 / (sqrt(v_var / s.h_4) + s.s_epsilon) + s.s_wd * v_weight : v_mean / (sqrt(v_var) + s.s_epsilon) + s.s_wd * v_weight; /* g = mean / (1 - beta1 ** t) / (sqrt(var / (1 - beta2 ** t)) + epsilon) + wd * weight if bias_correction else mean / (sqrt(var) + epsilon) + wd * weight */
     *io_mean = v_mean;
     *io_var = v_var;
     *io_out = t_g;
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_step_float16(const opgen_lamb_update_phase1_scalars_float *s, int64_t i, int64_t gi, int zero_grad, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_step_float16(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out) {
     float v_mean = OPGEN_LOAD_float16(p_mean[i]);
     float v_var = OPGEN_LOAD_float16(p_var[i]);
     float v_out;
@@ -71,7 +71,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_step_float16(const opgen_lamb_update_
     p_var[i] = OPGEN_STORE_float16(v_var);
     p_out[i] = OPGEN_STORE_float16(v_out);
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_step_float32(const opgen_lamb_update_phase1_scalars_float *s, int64_t i, int64_t gi, int zero_grad, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_step_float32(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_out;
@@ -80,7 +80,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_step_float32(const opgen_lamb_update_
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_out[i] = OPGEN_STORE_float32(v_out);
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_step_float64(const opgen_lamb_update_phase1_scalars_double *s, int64_t i, int64_t gi, int zero_grad, const double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var, double *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_step_float64(const opgen_lamb_update_phase1_scalars_double s, int64_t i, int64_t gi, int zero_grad, const double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var, double *OPGEN_RESTRICT p_out) {
     double v_mean = OPGEN_LOAD_float64(p_mean[i]);
     double v_var = OPGEN_LOAD_float64(p_var[i]);
     double v_out;
@@ -92,30 +92,30 @@ OPGEN_INLINE void opgen_lamb_update_phase1_step_float64(const opgen_lamb_update_
 
 void opgen_lamb_update_phase1_dense_float16(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }
 
 void opgen_lamb_update_phase1_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(&s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }
 
 void opgen_lamb_update_phase1_dense_float32(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }
 
 void opgen_lamb_update_phase1_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(&s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }
 
 void opgen_lamb_update_phase1_dense_float64(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_double s = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }
 
 void opgen_lamb_update_phase1_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_double s = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(&s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }

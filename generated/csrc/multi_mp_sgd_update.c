@@ -16,32 +16,32 @@ OPGEN_INLINE opgen_multi_mp_sgd_update_scalars_float opgen_multi_mp_sgd_update_s
     const double h_1 = arg_lr * arg_rescale_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const int64_t h_2 = 0 * 0; /* weight32 = weight32 + (0 * 0 - lr * wd * weight32 - step) */
     const double h_3 = arg_lr * arg_wd; /* weight32 = weight32 + (0 * 0 - lr * wd * weight32 - step) */
-    const opgen_multi_mp_sgd_update_scalars_float s = {(float)arg_lr, (float)arg_wd, (float)arg_rescale_grad, (float)arg_clip_gradient, h_0, (float)h_1, h_2, (float)h_3};
+    const opgen_multi_mp_sgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL(h_2), OPGEN_PER_CALL((float)h_3)};
     return s;
 }
-OPGEN_INLINE void opgen_multi_mp_sgd_update_element_float(const opgen_multi_mp_sgd_update_scalars_float *s, float *io_weight, float v_grad, float *io_weight32) {
+OPGEN_INLINE void opgen_multi_mp_sgd_update_element_float(const opgen_multi_mp_sgd_update_scalars_float s, float *io_weight, float v_grad, float *io_weight32) {
     float v_weight32 = *io_weight32;
-    float t_step = s->h_0 ? s->s_lr * opgen_clipf(s->s_rescale_grad * v_grad, s->s_clip_gradient) : s->h_1 * v_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
-    v_weight32 = v_weight32 + ((float)s->h_2 - s->h_3 * v_weight32 - t_step); /* weight32 = weight32 + (0 * 0 - lr * wd * weight32 - step) */
+    float t_step = s.h_0 ? s.s_lr * opgen_clipf(s.s_rescale_grad * v_grad, s.s_clip_gradient) : s.h_1 * v_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
+    v_weight32 = v_weight32 + ((float)s.h_2 - s.h_3 * v_weight32 - t_step); /* weight32 = weight32 + (0 * 0 - lr * wd * weight32 - step) */
     float v_weight = v_weight32; /* weight = weight32 */
     *io_weight = v_weight;
     *io_weight32 = v_weight32;
 }
-OPGEN_INLINE void opgen_multi_mp_sgd_update_step_float16(const opgen_multi_mp_sgd_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_multi_mp_sgd_update_step_float16(const opgen_multi_mp_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_weight32) {
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
     opgen_multi_mp_sgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_weight32);
     p_weight[i] = OPGEN_STORE_float16(v_weight);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
-OPGEN_INLINE void opgen_multi_mp_sgd_update_step_float32(const opgen_multi_mp_sgd_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_multi_mp_sgd_update_step_float32(const opgen_multi_mp_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_weight32) {
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
     opgen_multi_mp_sgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_weight32);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
-OPGEN_INLINE void opgen_multi_mp_sgd_update_step_float64(const opgen_multi_mp_sgd_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_multi_mp_sgd_update_step_float64(const opgen_multi_mp_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_weight32) {
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
     opgen_multi_mp_sgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float64(p_grad[gi]), &v_weight32);
@@ -51,42 +51,42 @@ OPGEN_INLINE void opgen_multi_mp_sgd_update_step_float64(const opgen_multi_mp_sg
 
 void opgen_multi_mp_sgd_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_weight32, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_multi_mp_sgd_update_scalars_float s = opgen_multi_mp_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_sgd_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_weight32));
+    OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_sgd_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_weight32));
 }
 
 void opgen_multi_mp_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_mp_sgd_update_scalars_float s = opgen_multi_mp_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t]), opgen_multi_mp_sgd_update_step_float16(&s, i, gi, 0, arg_weight[t], arg_grad[t], arg_weight32[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_mp_sgd_update_scalars_float s = opgen_multi_mp_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t]), opgen_multi_mp_sgd_update_step_float16(s, i, gi, 0, arg_weight[t], arg_grad[t], arg_weight32[t]));
 }
 
 void opgen_multi_mp_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_weight32, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_multi_mp_sgd_update_scalars_float s = opgen_multi_mp_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_multi_mp_sgd_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_weight32), opgen_multi_mp_sgd_update_step_float16(&s, i, gi, 1, arg_weight, arg_grad, arg_weight32));
+    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_multi_mp_sgd_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_weight32), opgen_multi_mp_sgd_update_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_weight32));
 }
 
 void opgen_multi_mp_sgd_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_weight32, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_multi_mp_sgd_update_scalars_float s = opgen_multi_mp_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_sgd_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_weight32));
+    OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_sgd_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_weight32));
 }
 
 void opgen_multi_mp_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_mp_sgd_update_scalars_float s = opgen_multi_mp_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t]), opgen_multi_mp_sgd_update_step_float32(&s, i, gi, 0, arg_weight[t], arg_grad[t], arg_weight32[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_mp_sgd_update_scalars_float s = opgen_multi_mp_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t]), opgen_multi_mp_sgd_update_step_float32(s, i, gi, 0, arg_weight[t], arg_grad[t], arg_weight32[t]));
 }
 
 void opgen_multi_mp_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_weight32, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_multi_mp_sgd_update_scalars_float s = opgen_multi_mp_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_multi_mp_sgd_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_weight32), opgen_multi_mp_sgd_update_step_float32(&s, i, gi, 1, arg_weight, arg_grad, arg_weight32));
+    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_multi_mp_sgd_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_weight32), opgen_multi_mp_sgd_update_step_float32(s, i, gi, 1, arg_weight, arg_grad, arg_weight32));
 }
 
 void opgen_multi_mp_sgd_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_weight32, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_multi_mp_sgd_update_scalars_float s = opgen_multi_mp_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_sgd_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_weight32));
+    OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_sgd_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_weight32));
 }
 
 void opgen_multi_mp_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_mp_sgd_update_scalars_float s = opgen_multi_mp_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t]), opgen_multi_mp_sgd_update_step_float64(&s, i, gi, 0, arg_weight[t], arg_grad[t], arg_weight32[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_mp_sgd_update_scalars_float s = opgen_multi_mp_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t]), opgen_multi_mp_sgd_update_step_float64(s, i, gi, 0, arg_weight[t], arg_grad[t], arg_weight32[t]));
 }
 
 void opgen_multi_mp_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_weight32, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_multi_mp_sgd_update_scalars_float s = opgen_multi_mp_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_multi_mp_sgd_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_weight32), opgen_multi_mp_sgd_update_step_float64(&s, i, gi, 1, arg_weight, arg_grad, arg_weight32));
+    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_multi_mp_sgd_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_weight32), opgen_multi_mp_sgd_update_step_float64(s, i, gi, 1, arg_weight, arg_grad, arg_weight32));
 }

@@ -69,6 +69,8 @@ static inline uint16_t opgen_float_to_half_bits(float f) {
 /* The generated element and step functions are shared word for word with the CUDA file. */
 #define OPGEN_INLINE static inline
 #define OPGEN_RESTRICT restrict
+/* A per-call value, computed once (CUDA pins it in a register; C needs nothing). */
+#define OPGEN_PER_CALL(x) (x)
 
 /* The spec language's functions. min/max propagate NaN (as NumPy's minimum/maximum);
  * clip(x, b) is MXNet's clip::Map: NaN passes through; sign(NaN) is 0. */

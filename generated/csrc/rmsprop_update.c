@@ -14,17 +14,17 @@ OPGEN_INLINE opgen_rmsprop_update_scalars_float opgen_rmsprop_update_scalars_flo
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_gamma1; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
     const int h_2 = arg_clip_weights > 0; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
-    const opgen_rmsprop_update_scalars_float s = {(float)arg_lr, (float)arg_gamma1, (float)arg_epsilon, (float)arg_wd, (float)arg_rescale_grad, (float)arg_clip_gradient, (float)arg_clip_weights, h_0, (float)h_1, h_2};
+    const opgen_rmsprop_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_gamma1), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL(h_2)};
     return s;
 }
-OPGEN_INLINE void opgen_rmsprop_update_element_float(const opgen_rmsprop_update_scalars_float *s, float *io_weight, float v_grad, float *io_n) {
+OPGEN_INLINE void opgen_rmsprop_update_element_float(const opgen_rmsprop_update_scalars_float s, float *io_weight, float v_grad, float *io_n) {
     float v_weight = *io_weight;
     float v_n = *io_n;
-    float t_gr = s->s_rescale_grad * v_grad + s->s_wd * v_weight; /* gr = rescale_grad * grad + wd * weight */
-    t_gr = s->h_0 ? opgen_clipf(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    v_n = s->h_1 * (t_gr * t_gr) + s->s_gamma1 * v_n; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
-    v_weight = v_weight - s->s_lr * (t_gr / sqrtf(v_n + s->s_epsilon)); /* weight = weight - lr * (gr / sqrt(n + epsilon)) */
-    v_weight = s->h_2 ? opgen_clipf(v_weight, s->s_clip_weights) : v_weight; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
+    float t_gr = s.s_rescale_grad * v_grad + s.s_wd * v_weight; /* gr = rescale_grad * grad + wd * weight */
+    t_gr = s.h_0 ? opgen_clipf(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    v_n = s.h_1 * (t_gr * t_gr) + s.s_gamma1 * v_n; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
+    v_weight = v_weight - s.s_lr * (t_gr / sqrtf(v_n + s.s_epsilon)); /* weight = weight - lr * (gr / sqrt(n + epsilon)) */
+    v_weight = s.h_2 ? opgen_clipf(v_weight, s.s_clip_weights) : v_weight; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
     *io_weight = v_weight;
     *io_n = v_n;
 }
@@ -38,35 +38,35 @@ OPGEN_INLINE opgen_rmsprop_update_scalars_double opgen_rmsprop_update_scalars_do
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_gamma1; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
     const int h_2 = arg_clip_weights > 0; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
-    const opgen_rmsprop_update_scalars_double s = {(double)arg_lr, (double)arg_gamma1, (double)arg_epsilon, (double)arg_wd, (double)arg_rescale_grad, (double)arg_clip_gradient, (double)arg_clip_weights, h_0, (double)h_1, h_2};
+    const opgen_rmsprop_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_gamma1), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL(h_2)};
     return s;
 }
-OPGEN_INLINE void opgen_rmsprop_update_element_double(const opgen_rmsprop_update_scalars_double *s, double *io_weight, double v_grad, double *io_n) {
+OPGEN_INLINE void opgen_rmsprop_update_element_double(const opgen_rmsprop_update_scalars_double s, double *io_weight, double v_grad, double *io_n) {
     double v_weight = *io_weight;
     double v_n = *io_n;
-    double t_gr = s->s_rescale_grad * v_grad + s->s_wd * v_weight; /* gr = rescale_grad * grad + wd * weight */
-    t_gr = s->h_0 ? opgen_clip(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    v_n = s->h_1 * (t_gr * t_gr) + s->s_gamma1 * v_n; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
-    v_weight = v_weight - s->s_lr * (t_gr / sqrt(v_n + s->s_epsilon)); /* weight = weight - lr * (gr / sqrt(n + epsilon)) */
-    v_weight = s->h_2 ? opgen_clip(v_weight, s->s_clip_weights) : v_weight; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
+    double t_gr = s.s_rescale_grad * v_grad + s.s_wd * v_weight; /* gr = rescale_grad * grad + wd * weight */
+    t_gr = s.h_0 ? opgen_clip(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    v_n = s.h_1 * (t_gr * t_gr) + s.s_gamma1 * v_n; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
+    v_weight = v_weight - s.s_lr * (t_gr / sqrt(v_n + s.s_epsilon)); /* weight = weight - lr * (gr / sqrt(n + epsilon)) */
+    v_weight = s.h_2 ? opgen_clip(v_weight, s.s_clip_weights) : v_weight; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
     *io_weight = v_weight;
     *io_n = v_n;
 }
-OPGEN_INLINE void opgen_rmsprop_update_step_float16(const opgen_rmsprop_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_rmsprop_update_step_float16(const opgen_rmsprop_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_n) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_n = OPGEN_LOAD_float16(p_n[i]);
     opgen_rmsprop_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_n);
     p_weight[i] = OPGEN_STORE_float16(v_weight);
     p_n[i] = OPGEN_STORE_float16(v_n);
 }
-OPGEN_INLINE void opgen_rmsprop_update_step_float32(const opgen_rmsprop_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_rmsprop_update_step_float32(const opgen_rmsprop_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_n) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
     opgen_rmsprop_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_n);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_n[i] = OPGEN_STORE_float32(v_n);
 }
-OPGEN_INLINE void opgen_rmsprop_update_step_float64(const opgen_rmsprop_update_scalars_double *s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_rmsprop_update_step_float64(const opgen_rmsprop_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_n) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_n = OPGEN_LOAD_float64(p_n[i]);
     opgen_rmsprop_update_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_n);
@@ -76,42 +76,42 @@ OPGEN_INLINE void opgen_rmsprop_update_step_float64(const opgen_rmsprop_update_s
 
 void opgen_rmsprop_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
     const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
-    OPGEN_DENSE(size, flush_denormal, opgen_rmsprop_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_n));
+    OPGEN_DENSE(size, flush_denormal, opgen_rmsprop_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_n));
 }
 
 void opgen_rmsprop_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t]), opgen_rmsprop_update_step_float16(&s, i, gi, 0, arg_weight[t], arg_grad[t], arg_n[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t]), opgen_rmsprop_update_step_float16(s, i, gi, 0, arg_weight[t], arg_grad[t], arg_n[t]));
 }
 
 void opgen_rmsprop_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
     const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_rmsprop_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float16(&s, i, gi, 1, arg_weight, arg_grad, arg_n));
+    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_rmsprop_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_n));
 }
 
 void opgen_rmsprop_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
     const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
-    OPGEN_DENSE(size, flush_denormal, opgen_rmsprop_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_n));
+    OPGEN_DENSE(size, flush_denormal, opgen_rmsprop_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_n));
 }
 
 void opgen_rmsprop_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t]), opgen_rmsprop_update_step_float32(&s, i, gi, 0, arg_weight[t], arg_grad[t], arg_n[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t]), opgen_rmsprop_update_step_float32(s, i, gi, 0, arg_weight[t], arg_grad[t], arg_n[t]));
 }
 
 void opgen_rmsprop_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
     const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_rmsprop_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float32(&s, i, gi, 1, arg_weight, arg_grad, arg_n));
+    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_rmsprop_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float32(s, i, gi, 1, arg_weight, arg_grad, arg_n));
 }
 
 void opgen_rmsprop_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
     const opgen_rmsprop_update_scalars_double s = opgen_rmsprop_update_scalars_double_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
-    OPGEN_DENSE(size, flush_denormal, opgen_rmsprop_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_n));
+    OPGEN_DENSE(size, flush_denormal, opgen_rmsprop_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_n));
 }
 
 void opgen_rmsprop_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, const double *arg_lr, const double *arg_gamma1, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmsprop_update_scalars_double s = opgen_rmsprop_update_scalars_double_init(arg_lr[t], arg_gamma1[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t]), opgen_rmsprop_update_step_float64(&s, i, gi, 0, arg_weight[t], arg_grad[t], arg_n[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmsprop_update_scalars_double s = opgen_rmsprop_update_scalars_double_init(arg_lr[t], arg_gamma1[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t]), opgen_rmsprop_update_step_float64(s, i, gi, 0, arg_weight[t], arg_grad[t], arg_n[t]));
 }
 
 void opgen_rmsprop_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
     const opgen_rmsprop_update_scalars_double s = opgen_rmsprop_update_scalars_double_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_rmsprop_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float64(&s, i, gi, 1, arg_weight, arg_grad, arg_n));
+    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_rmsprop_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float64(s, i, gi, 1, arg_weight, arg_grad, arg_n));
 }

@@ -9,12 +9,12 @@ typedef struct {
 } opgen_signsgd_update_scalars_float;
 OPGEN_INLINE opgen_signsgd_update_scalars_float opgen_signsgd_update_scalars_float_init(double arg_lr, double arg_wd) {
     const double h_0 = 1.0 - arg_lr * arg_wd; /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
-    const opgen_signsgd_update_scalars_float s = {(float)arg_lr, (float)arg_wd, (float)h_0};
+    const opgen_signsgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)h_0)};
     return s;
 }
-OPGEN_INLINE void opgen_signsgd_update_element_float(const opgen_signsgd_update_scalars_float *s, float *io_weight, float v_grad) {
+OPGEN_INLINE void opgen_signsgd_update_element_float(const opgen_signsgd_update_scalars_float s, float *io_weight, float v_grad) {
     float v_weight = *io_weight;
-    v_weight = s->h_0 * v_weight - s->s_lr * opgen_signf(v_grad); /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
+    v_weight = s.h_0 * v_weight - s.s_lr * opgen_signf(v_grad); /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
     *io_weight = v_weight;
 }
 typedef struct {
@@ -22,25 +22,25 @@ typedef struct {
 } opgen_signsgd_update_scalars_double;
 OPGEN_INLINE opgen_signsgd_update_scalars_double opgen_signsgd_update_scalars_double_init(double arg_lr, double arg_wd) {
     const double h_0 = 1.0 - arg_lr * arg_wd; /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
-    const opgen_signsgd_update_scalars_double s = {(double)arg_lr, (double)arg_wd, (double)h_0};
+    const opgen_signsgd_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)h_0)};
     return s;
 }
-OPGEN_INLINE void opgen_signsgd_update_element_double(const opgen_signsgd_update_scalars_double *s, double *io_weight, double v_grad) {
+OPGEN_INLINE void opgen_signsgd_update_element_double(const opgen_signsgd_update_scalars_double s, double *io_weight, double v_grad) {
     double v_weight = *io_weight;
-    v_weight = s->h_0 * v_weight - s->s_lr * opgen_sign(v_grad); /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
+    v_weight = s.h_0 * v_weight - s.s_lr * opgen_sign(v_grad); /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
     *io_weight = v_weight;
 }
-OPGEN_INLINE void opgen_signsgd_update_step_float16(const opgen_signsgd_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_signsgd_update_step_float16(const opgen_signsgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float16(v_weight);
 }
-OPGEN_INLINE void opgen_signsgd_update_step_float32(const opgen_signsgd_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_signsgd_update_step_float32(const opgen_signsgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
-OPGEN_INLINE void opgen_signsgd_update_step_float64(const opgen_signsgd_update_scalars_double *s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_signsgd_update_step_float64(const opgen_signsgd_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     opgen_signsgd_update_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float64(v_weight);
@@ -48,42 +48,42 @@ OPGEN_INLINE void opgen_signsgd_update_step_float64(const opgen_signsgd_update_s
 
 void opgen_signsgd_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int flush_denormal) {
     const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
-    OPGEN_DENSE(size, flush_denormal, opgen_signsgd_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad));
+    OPGEN_DENSE(size, flush_denormal, opgen_signsgd_update_step_float16(s, i, gi, 0, arg_weight, arg_grad));
 }
 
 void opgen_signsgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t]), opgen_signsgd_update_step_float16(&s, i, gi, 0, arg_weight[t], arg_grad[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t]), opgen_signsgd_update_step_float16(s, i, gi, 0, arg_weight[t], arg_grad[t]));
 }
 
 void opgen_signsgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int flush_denormal) {
     const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_signsgd_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float16(&s, i, gi, 1, arg_weight, arg_grad));
+    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_signsgd_update_step_float16(s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float16(s, i, gi, 1, arg_weight, arg_grad));
 }
 
 void opgen_signsgd_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int flush_denormal) {
     const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
-    OPGEN_DENSE(size, flush_denormal, opgen_signsgd_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad));
+    OPGEN_DENSE(size, flush_denormal, opgen_signsgd_update_step_float32(s, i, gi, 0, arg_weight, arg_grad));
 }
 
 void opgen_signsgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t]), opgen_signsgd_update_step_float32(&s, i, gi, 0, arg_weight[t], arg_grad[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t]), opgen_signsgd_update_step_float32(s, i, gi, 0, arg_weight[t], arg_grad[t]));
 }
 
 void opgen_signsgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int flush_denormal) {
     const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_signsgd_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float32(&s, i, gi, 1, arg_weight, arg_grad));
+    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_signsgd_update_step_float32(s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float32(s, i, gi, 1, arg_weight, arg_grad));
 }
 
 void opgen_signsgd_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int flush_denormal) {
     const opgen_signsgd_update_scalars_double s = opgen_signsgd_update_scalars_double_init(arg_lr, arg_wd);
-    OPGEN_DENSE(size, flush_denormal, opgen_signsgd_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad));
+    OPGEN_DENSE(size, flush_denormal, opgen_signsgd_update_step_float64(s, i, gi, 0, arg_weight, arg_grad));
 }
 
 void opgen_signsgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_double s = opgen_signsgd_update_scalars_double_init(arg_lr[t], arg_wd[t]), opgen_signsgd_update_step_float64(&s, i, gi, 0, arg_weight[t], arg_grad[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_double s = opgen_signsgd_update_scalars_double_init(arg_lr[t], arg_wd[t]), opgen_signsgd_update_step_float64(s, i, gi, 0, arg_weight[t], arg_grad[t]));
 }
 
 void opgen_signsgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int flush_denormal) {
     const opgen_signsgd_update_scalars_double s = opgen_signsgd_update_scalars_double_init(arg_lr, arg_wd);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_signsgd_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float64(&s, i, gi, 1, arg_weight, arg_grad));
+    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_signsgd_update_step_float64(s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float64(s, i, gi, 1, arg_weight, arg_grad));
 }

@@ -13,18 +13,18 @@ OPGEN_INLINE opgen_adam_update_scalars_float opgen_adam_update_scalars_float_ini
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_beta1; /* mean = beta1 * mean + (1 - beta1) * gr */
     const double h_2 = 1.0 - arg_beta2; /* var = beta2 * var + (1 - beta2) * gr * gr */
-    const opgen_adam_update_scalars_float s = {(float)arg_lr, (float)arg_beta1, (float)arg_beta2, (float)arg_epsilon, (float)arg_wd, (float)arg_rescale_grad, (float)arg_clip_gradient, h_0, (float)h_1, (float)h_2};
+    const opgen_adam_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2)};
     return s;
 }
-OPGEN_INLINE void opgen_adam_update_element_float(const opgen_adam_update_scalars_float *s, float *io_weight, float v_grad, float *io_mean, float *io_var) {
+OPGEN_INLINE void opgen_adam_update_element_float(const opgen_adam_update_scalars_float s, float *io_weight, float v_grad, float *io_mean, float *io_var) {
     float v_weight = *io_weight;
     float v_mean = *io_mean;
     float v_var = *io_var;
-    float t_gr = v_grad * s->s_rescale_grad + v_weight * s->s_wd; /* gr = grad * rescale_grad + weight * wd */
-    t_gr = s->h_0 ? opgen_clipf(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    v_mean = s->s_beta1 * v_mean + s->h_1 * t_gr; /* mean = beta1 * mean + (1 - beta1) * gr */
-    v_var = s->s_beta2 * v_var + s->h_2 * t_gr * t_gr; /* var = beta2 * var + (1 - beta2) * gr * gr */
-    v_weight = v_weight - s->s_lr * v_mean / (sqrtf(v_var) + s->s_epsilon); /* weight = weight - lr * mean / (sqrt(var) + epsilon) */
+    float t_gr = v_grad * s.s_rescale_grad + v_weight * s.s_wd; /* gr = grad * rescale_grad + weight * wd */
+    t_gr = s.h_0 ? opgen_clipf(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    v_mean = s.s_beta1 * v_mean + s.h_1 * t_gr; /* mean = beta1 * mean + (1 - beta1) * gr */
+    v_var = s.s_beta2 * v_var + s.h_2 * t_gr * t_gr; /* var = beta2 * var + (1 - beta2) * gr * gr */
+    v_weight = v_weight - s.s_lr * v_mean / (sqrtf(v_var) + s.s_epsilon); /* weight = weight - lr * mean / (sqrt(var) + epsilon) */
     *io_weight = v_weight;
     *io_mean = v_mean;
     *io_var = v_var;
@@ -38,23 +38,23 @@ OPGEN_INLINE opgen_adam_update_scalars_double opgen_adam_update_scalars_double_i
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_beta1; /* mean = beta1 * mean + (1 - beta1) * gr */
     const double h_2 = 1.0 - arg_beta2; /* var = beta2 * var + (1 - beta2) * gr * gr */
-    const opgen_adam_update_scalars_double s = {(double)arg_lr, (double)arg_beta1, (double)arg_beta2, (double)arg_epsilon, (double)arg_wd, (double)arg_rescale_grad, (double)arg_clip_gradient, h_0, (double)h_1, (double)h_2};
+    const opgen_adam_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2)};
     return s;
 }
-OPGEN_INLINE void opgen_adam_update_element_double(const opgen_adam_update_scalars_double *s, double *io_weight, double v_grad, double *io_mean, double *io_var) {
+OPGEN_INLINE void opgen_adam_update_element_double(const opgen_adam_update_scalars_double s, double *io_weight, double v_grad, double *io_mean, double *io_var) {
     double v_weight = *io_weight;
     double v_mean = *io_mean;
     double v_var = *io_var;
-    double t_gr = v_grad * s->s_rescale_grad + v_weight * s->s_wd; /* gr = grad * rescale_grad + weight * wd */
-    t_gr = s->h_0 ? opgen_clip(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    v_mean = s->s_beta1 * v_mean + s->h_1 * t_gr; /* mean = beta1 * mean + (1 - beta1) * gr */
-    v_var = s->s_beta2 * v_var + s->h_2 * t_gr * t_gr; /* var = beta2 * var + (1 - beta2) * gr * gr */
-    v_weight = v_weight - s->s_lr * v_mean / (sqrt(v_var) + s->s_epsilon); /* weight = weight - lr * mean / (sqrt(var) + epsilon) */
+    double t_gr = v_grad * s.s_rescale_grad + v_weight * s.s_wd; /* gr = grad * rescale_grad + weight * wd */
+    t_gr = s.h_0 ? opgen_clip(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    v_mean = s.s_beta1 * v_mean + s.h_1 * t_gr; /* mean = beta1 * mean + (1 - beta1) * gr */
+    v_var = s.s_beta2 * v_var + s.h_2 * t_gr * t_gr; /* var = beta2 * var + (1 - beta2) * gr * gr */
+    v_weight = v_weight - s.s_lr * v_mean / (sqrt(v_var) + s.s_epsilon); /* weight = weight - lr * mean / (sqrt(var) + epsilon) */
     *io_weight = v_weight;
     *io_mean = v_mean;
     *io_var = v_var;
 }
-OPGEN_INLINE void opgen_adam_update_step_float16(const opgen_adam_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var) {
+OPGEN_INLINE void opgen_adam_update_step_float16(const opgen_adam_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mean = OPGEN_LOAD_float16(p_mean[i]);
     float v_var = OPGEN_LOAD_float16(p_var[i]);
@@ -63,7 +63,7 @@ OPGEN_INLINE void opgen_adam_update_step_float16(const opgen_adam_update_scalars
     p_mean[i] = OPGEN_STORE_float16(v_mean);
     p_var[i] = OPGEN_STORE_float16(v_var);
 }
-OPGEN_INLINE void opgen_adam_update_step_float32(const opgen_adam_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
+OPGEN_INLINE void opgen_adam_update_step_float32(const opgen_adam_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
@@ -72,7 +72,7 @@ OPGEN_INLINE void opgen_adam_update_step_float32(const opgen_adam_update_scalars
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
 }
-OPGEN_INLINE void opgen_adam_update_step_float64(const opgen_adam_update_scalars_double *s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var) {
+OPGEN_INLINE void opgen_adam_update_step_float64(const opgen_adam_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_mean = OPGEN_LOAD_float64(p_mean[i]);
     double v_var = OPGEN_LOAD_float64(p_var[i]);
@@ -81,7 +81,7 @@ OPGEN_INLINE void opgen_adam_update_step_float64(const opgen_adam_update_scalars
     p_mean[i] = OPGEN_STORE_float64(v_mean);
     p_var[i] = OPGEN_STORE_float64(v_var);
 }
-OPGEN_INLINE void opgen_adam_update_vstep_float16(const opgen_adam_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var) {
+OPGEN_INLINE void opgen_adam_update_vstep_float16(const opgen_adam_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var) {
     opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
     opgen_vec<opgen_half, 8> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
@@ -101,7 +101,7 @@ OPGEN_INLINE void opgen_adam_update_vstep_float16(const opgen_adam_update_scalar
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_mean)[vi] = x_mean;
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_var)[vi] = x_var;
 }
-OPGEN_INLINE void opgen_adam_update_vstep_float32(const opgen_adam_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
+OPGEN_INLINE void opgen_adam_update_vstep_float32(const opgen_adam_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
     opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
@@ -121,7 +121,7 @@ OPGEN_INLINE void opgen_adam_update_vstep_float32(const opgen_adam_update_scalar
     reinterpret_cast<opgen_vec<float, 4> *>(p_mean)[vi] = x_mean;
     reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
 }
-OPGEN_INLINE void opgen_adam_update_vstep_float64(const opgen_adam_update_scalars_double *s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var) {
+OPGEN_INLINE void opgen_adam_update_vstep_float64(const opgen_adam_update_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var) {
     opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
     opgen_vec<double, 2> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
@@ -144,45 +144,45 @@ OPGEN_INLINE void opgen_adam_update_vstep_float64(const opgen_adam_update_scalar
 
 extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_vstep_float16(&s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16(&s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_vstep_float16(s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_vstep_float32(&s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(&s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_vstep_float32(s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_adam_update_scalars_double s = opgen_adam_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_adam_update_scalars_double s = opgen_adam_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_LAZY(nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    OPGEN_CUDA_LAZY(nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_adam_update_scalars_double s = opgen_adam_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_vstep_float64(&s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float64(&s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_vstep_float64(s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float64(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var));
 }

@@ -17,19 +17,19 @@ OPGEN_INLINE opgen_ftml_update_scalars_float opgen_ftml_update_scalars_float_ini
     const double h_2 = (1.0 - opgen_pow(arg_beta1, (double)arg_t)) / arg_lr; /* d_t = (1 - beta1 ** t) / lr * (sqrt(v / (1 - beta2 ** t)) + epsilon) */
     const double h_3 = 1.0 - opgen_pow(arg_beta2, (double)arg_t); /* d_t = (1 - beta1 ** t) / lr * (sqrt(v / (1 - beta2 ** t)) + epsilon) */
     const double h_4 = 1.0 - arg_beta1; /* z = beta1 * z + (1 - beta1) * gr - (d_t - beta1 * d) * weight */
-    const opgen_ftml_update_scalars_float s = {(float)arg_lr, (float)arg_beta1, (float)arg_beta2, (float)arg_epsilon, (int64_t)arg_t, (float)arg_wd, (float)arg_rescale_grad, (float)arg_clip_grad, h_0, (float)h_1, (float)h_2, (float)h_3, (float)h_4};
+    const opgen_ftml_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_grad), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)h_4)};
     return s;
 }
-OPGEN_INLINE void opgen_ftml_update_element_float(const opgen_ftml_update_scalars_float *s, float *io_weight, float v_grad, float *io_d, float *io_v, float *io_z) {
+OPGEN_INLINE void opgen_ftml_update_element_float(const opgen_ftml_update_scalars_float s, float *io_weight, float v_grad, float *io_d, float *io_v, float *io_z) {
     float v_weight = *io_weight;
     float v_d = *io_d;
     float v_v = *io_v;
     float v_z = *io_z;
-    float t_gr = s->s_rescale_grad * v_grad + s->s_wd * v_weight; /* gr = rescale_grad * grad + wd * weight */
-    t_gr = s->h_0 ? opgen_clipf(t_gr, s->s_clip_grad) : t_gr; /* gr = clip(gr, clip_grad) if clip_grad > 0 else gr */
-    v_v = s->s_beta2 * v_v + s->h_1 * opgen_squaref(t_gr); /* v = beta2 * v + (1 - beta2) * square(gr) */
-    float t_d_t = s->h_2 * (sqrtf(v_v / s->h_3) + s->s_epsilon); /* d_t = (1 - beta1 ** t) / lr * (sqrt(v / (1 - beta2 ** t)) + epsilon) */
-    v_z = s->s_beta1 * v_z + s->h_4 * t_gr - (t_d_t - s->s_beta1 * v_d) * v_weight; /* z = beta1 * z + (1 - beta1) * gr - (d_t - beta1 * d) * weight */
+    float t_gr = s.s_rescale_grad * v_grad + s.s_wd * v_weight; /* gr = rescale_grad * grad + wd * weight */
+    t_gr = s.h_0 ? opgen_clipf(t_gr, s.s_clip_grad) : t_gr; /* gr = clip(gr, clip_grad) if clip_grad > 0 else gr */
+    v_v = s.s_beta2 * v_v + s.h_1 * opgen_squaref(t_gr); /* v = beta2 * v + (1 - beta2) * square(gr) */
+    float t_d_t = s.h_2 * (sqrtf(v_v / s.h_3) + s.s_epsilon); /* d_t = (1 - beta1 ** t) / lr * (sqrt(v / (1 - beta2 ** t)) + epsilon) */
+    v_z = s.s_beta1 * v_z + s.h_4 * t_gr - (t_d_t - s.s_beta1 * v_d) * v_weight; /* z = beta1 * z + (1 - beta1) * gr - (d_t - beta1 * d) * weight */
     v_d = t_d_t; /* d = d_t */
     v_weight = -v_z / t_d_t; /* weight = -z / d_t */
     *io_weight = v_weight;
@@ -50,19 +50,19 @@ OPGEN_INLINE opgen_ftml_update_scalars_double opgen_ftml_update_scalars_double_i
     const double h_2 = (1.0 - opgen_pow(arg_beta1, (double)arg_t)) / arg_lr; /* d_t = (1 - beta1 ** t) / lr * (sqrt(v / (1 - beta2 ** t)) + epsilon) */
     const double h_3 = 1.0 - opgen_pow(arg_beta2, (double)arg_t); /* d_t = (1 - beta1 ** t) / lr * (sqrt(v / (1 - beta2 ** t)) + epsilon) */
     const double h_4 = 1.0 - arg_beta1; /* z = beta1 * z + (1 - beta1) * gr - (d_t - beta1 * d) * weight */
-    const opgen_ftml_update_scalars_double s = {(double)arg_lr, (double)arg_beta1, (double)arg_beta2, (double)arg_epsilon, (int64_t)arg_t, (double)arg_wd, (double)arg_rescale_grad, (double)arg_clip_grad, h_0, (double)h_1, (double)h_2, (double)h_3, (double)h_4};
+    const opgen_ftml_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_grad), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), OPGEN_PER_CALL((double)h_3), OPGEN_PER_CALL((double)h_4)};
     return s;
 }
-OPGEN_INLINE void opgen_ftml_update_element_double(const opgen_ftml_update_scalars_double *s, double *io_weight, double v_grad, double *io_d, double *io_v, double *io_z) {
+OPGEN_INLINE void opgen_ftml_update_element_double(const opgen_ftml_update_scalars_double s, double *io_weight, double v_grad, double *io_d, double *io_v, double *io_z) {
     double v_weight = *io_weight;
     double v_d = *io_d;
     double v_v = *io_v;
     double v_z = *io_z;
-    double t_gr = s->s_rescale_grad * v_grad + s->s_wd * v_weight; /* gr = rescale_grad * grad + wd * weight */
-    t_gr = s->h_0 ? opgen_clip(t_gr, s->s_clip_grad) : t_gr; /* gr = clip(gr, clip_grad) if clip_grad > 0 else gr */
-    v_v = s->s_beta2 * v_v + s->h_1 * opgen_square(t_gr); /* v = beta2 * v + (1 - beta2) * square(gr) */
-    double t_d_t = s->h_2 * (sqrt(v_v / s->h_3) + s->s_epsilon); /* d_t = (1 - beta1 ** t) / lr * (sqrt(v / (1 - beta2 ** t)) + epsilon) */
-    v_z = s->s_beta1 * v_z + s->h_4 * t_gr - (t_d_t - s->s_beta1 * v_d) * v_weight; /* z = beta1 * z + (1 - beta1) * gr - (d_t - beta1 * d) * weight */
+    double t_gr = s.s_rescale_grad * v_grad + s.s_wd * v_weight; /* gr = rescale_grad * grad + wd * weight */
+    t_gr = s.h_0 ? opgen_clip(t_gr, s.s_clip_grad) : t_gr; /* gr = clip(gr, clip_grad) if clip_grad > 0 else gr */
+    v_v = s.s_beta2 * v_v + s.h_1 * opgen_square(t_gr); /* v = beta2 * v + (1 - beta2) * square(gr) */
+    double t_d_t = s.h_2 * (sqrt(v_v / s.h_3) + s.s_epsilon); /* d_t = (1 - beta1 ** t) / lr * (sqrt(v / (1 - beta2 ** t)) + epsilon) */
+    v_z = s.s_beta1 * v_z + s.h_4 * t_gr - (t_d_t - s.s_beta1 * v_d) * v_weight; /* z = beta1 * z + (1 - beta1) * gr - (d_t - beta1 * d) * weight */
     v_d = t_d_t; /* d = d_t */
     v_weight = -v_z / t_d_t; /* weight = -z / d_t */
     *io_weight = v_weight;
@@ -70,7 +70,7 @@ OPGEN_INLINE void opgen_ftml_update_element_double(const opgen_ftml_update_scala
     *io_v = v_v;
     *io_z = v_z;
 }
-OPGEN_INLINE void opgen_ftml_update_step_float16(const opgen_ftml_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_d, opgen_half *OPGEN_RESTRICT p_v, opgen_half *OPGEN_RESTRICT p_z) {
+OPGEN_INLINE void opgen_ftml_update_step_float16(const opgen_ftml_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_d, opgen_half *OPGEN_RESTRICT p_v, opgen_half *OPGEN_RESTRICT p_z) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_d = OPGEN_LOAD_float16(p_d[i]);
     float v_v = OPGEN_LOAD_float16(p_v[i]);
@@ -81,7 +81,7 @@ OPGEN_INLINE void opgen_ftml_update_step_float16(const opgen_ftml_update_scalars
     p_v[i] = OPGEN_STORE_float16(v_v);
     p_z[i] = OPGEN_STORE_float16(v_z);
 }
-OPGEN_INLINE void opgen_ftml_update_step_float32(const opgen_ftml_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_d, float *OPGEN_RESTRICT p_v, float *OPGEN_RESTRICT p_z) {
+OPGEN_INLINE void opgen_ftml_update_step_float32(const opgen_ftml_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_d, float *OPGEN_RESTRICT p_v, float *OPGEN_RESTRICT p_z) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_d = OPGEN_LOAD_float32(p_d[i]);
     float v_v = OPGEN_LOAD_float32(p_v[i]);
@@ -92,7 +92,7 @@ OPGEN_INLINE void opgen_ftml_update_step_float32(const opgen_ftml_update_scalars
     p_v[i] = OPGEN_STORE_float32(v_v);
     p_z[i] = OPGEN_STORE_float32(v_z);
 }
-OPGEN_INLINE void opgen_ftml_update_step_float64(const opgen_ftml_update_scalars_double *s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_d, double *OPGEN_RESTRICT p_v, double *OPGEN_RESTRICT p_z) {
+OPGEN_INLINE void opgen_ftml_update_step_float64(const opgen_ftml_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_d, double *OPGEN_RESTRICT p_v, double *OPGEN_RESTRICT p_z) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_d = OPGEN_LOAD_float64(p_d[i]);
     double v_v = OPGEN_LOAD_float64(p_v[i]);
@@ -103,7 +103,7 @@ OPGEN_INLINE void opgen_ftml_update_step_float64(const opgen_ftml_update_scalars
     p_v[i] = OPGEN_STORE_float64(v_v);
     p_z[i] = OPGEN_STORE_float64(v_z);
 }
-OPGEN_INLINE void opgen_ftml_update_vstep_float16(const opgen_ftml_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_d, opgen_half *OPGEN_RESTRICT p_v, opgen_half *OPGEN_RESTRICT p_z) {
+OPGEN_INLINE void opgen_ftml_update_vstep_float16(const opgen_ftml_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_d, opgen_half *OPGEN_RESTRICT p_v, opgen_half *OPGEN_RESTRICT p_z) {
     opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
     opgen_vec<opgen_half, 8> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
@@ -127,7 +127,7 @@ OPGEN_INLINE void opgen_ftml_update_vstep_float16(const opgen_ftml_update_scalar
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_v)[vi] = x_v;
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_z)[vi] = x_z;
 }
-OPGEN_INLINE void opgen_ftml_update_vstep_float32(const opgen_ftml_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_d, float *OPGEN_RESTRICT p_v, float *OPGEN_RESTRICT p_z) {
+OPGEN_INLINE void opgen_ftml_update_vstep_float32(const opgen_ftml_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_d, float *OPGEN_RESTRICT p_v, float *OPGEN_RESTRICT p_z) {
     opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
@@ -151,7 +151,7 @@ OPGEN_INLINE void opgen_ftml_update_vstep_float32(const opgen_ftml_update_scalar
     reinterpret_cast<opgen_vec<float, 4> *>(p_v)[vi] = x_v;
     reinterpret_cast<opgen_vec<float, 4> *>(p_z)[vi] = x_z;
 }
-OPGEN_INLINE void opgen_ftml_update_vstep_float64(const opgen_ftml_update_scalars_double *s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_d, double *OPGEN_RESTRICT p_v, double *OPGEN_RESTRICT p_z) {
+OPGEN_INLINE void opgen_ftml_update_vstep_float64(const opgen_ftml_update_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_d, double *OPGEN_RESTRICT p_v, double *OPGEN_RESTRICT p_z) {
     opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
     opgen_vec<double, 2> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
@@ -178,30 +178,30 @@ OPGEN_INLINE void opgen_ftml_update_vstep_float64(const opgen_ftml_update_scalar
 
 extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_d, opgen_half *__restrict__ arg_v, opgen_half *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad) {
     const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
-    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_d, opgen_half *__restrict__ arg_v, opgen_half *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad) {
     const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_vstep_float16(&s, vi, gvi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(&s, i, gi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_vstep_float16(s, vi, gvi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad) {
     const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad) {
     const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_vstep_float32(&s, vi, gvi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(&s, i, gi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_vstep_float32(s, vi, gvi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(s, i, gi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_d, double *__restrict__ arg_v, double *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad) {
     const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
-    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_d, double *__restrict__ arg_v, double *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad) {
     const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_vstep_float64(&s, vi, gvi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(&s, i, gi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_vstep_float64(s, vi, gvi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(s, i, gi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }

@@ -10,19 +10,19 @@ typedef struct {
 } opgen_ftrl_update_scalars_float;
 OPGEN_INLINE opgen_ftrl_update_scalars_float opgen_ftrl_update_scalars_float_init(double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_ftrl_update_scalars_float s = {(float)arg_lr, (float)arg_lamda1, (float)arg_beta, (float)arg_wd, (float)arg_rescale_grad, (float)arg_clip_gradient, h_0};
+    const opgen_ftrl_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_lamda1), OPGEN_PER_CALL((float)arg_beta), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0)};
     return s;
 }
-OPGEN_INLINE void opgen_ftrl_update_element_float(const opgen_ftrl_update_scalars_float *s, float *io_weight, float v_grad, float *io_z, float *io_n) {
+OPGEN_INLINE void opgen_ftrl_update_element_float(const opgen_ftrl_update_scalars_float s, float *io_weight, float v_grad, float *io_z, float *io_n) {
     float v_weight = *io_weight;
     float v_z = *io_z;
     float v_n = *io_n;
-    float t_gr = v_grad * s->s_rescale_grad; /* gr = grad * rescale_grad */
-    t_gr = s->h_0 ? opgen_clipf(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    v_z = v_z + (t_gr - (sqrtf(v_n + t_gr * t_gr) - sqrtf(v_n)) * v_weight / s->s_lr); /* z += gr - (sqrt(n + gr * gr) - sqrt(n)) * weight / lr */
+    float t_gr = v_grad * s.s_rescale_grad; /* gr = grad * rescale_grad */
+    t_gr = s.h_0 ? opgen_clipf(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    v_z = v_z + (t_gr - (sqrtf(v_n + t_gr * t_gr) - sqrtf(v_n)) * v_weight / s.s_lr); /* z += gr - (sqrt(n + gr * gr) - sqrt(n)) * weight / lr */
     v_n = v_n + t_gr * t_gr; /* n += gr * gr */
-    float t_w = (opgen_signf(v_z) * s->s_lamda1 - v_z) / ((s->s_beta + sqrtf(v_n)) / s->s_lr + s->s_wd); /* w = (sign(z) * lamda1 - z) / ((beta + sqrt(n)) / lr + wd) */
-    v_weight = fabsf(v_z) > s->s_lamda1 ? t_w : t_w * 0.0f; /* weight = w if abs(z) > lamda1 else w * 0 */
+    float t_w = (opgen_signf(v_z) * s.s_lamda1 - v_z) / ((s.s_beta + sqrtf(v_n)) / s.s_lr + s.s_wd); /* w = (sign(z) * lamda1 - z) / ((beta + sqrt(n)) / lr + wd) */
+    v_weight = fabsf(v_z) > s.s_lamda1 ? t_w : t_w * 0.0f; /* weight = w if abs(z) > lamda1 else w * 0 */
     *io_weight = v_weight;
     *io_z = v_z;
     *io_n = v_n;
@@ -33,24 +33,24 @@ typedef struct {
 } opgen_ftrl_update_scalars_double;
 OPGEN_INLINE opgen_ftrl_update_scalars_double opgen_ftrl_update_scalars_double_init(double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_ftrl_update_scalars_double s = {(double)arg_lr, (double)arg_lamda1, (double)arg_beta, (double)arg_wd, (double)arg_rescale_grad, (double)arg_clip_gradient, h_0};
+    const opgen_ftrl_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_lamda1), OPGEN_PER_CALL((double)arg_beta), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0)};
     return s;
 }
-OPGEN_INLINE void opgen_ftrl_update_element_double(const opgen_ftrl_update_scalars_double *s, double *io_weight, double v_grad, double *io_z, double *io_n) {
+OPGEN_INLINE void opgen_ftrl_update_element_double(const opgen_ftrl_update_scalars_double s, double *io_weight, double v_grad, double *io_z, double *io_n) {
     double v_weight = *io_weight;
     double v_z = *io_z;
     double v_n = *io_n;
-    double t_gr = v_grad * s->s_rescale_grad; /* gr = grad * rescale_grad */
-    t_gr = s->h_0 ? opgen_clip(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    v_z = v_z + (t_gr - (sqrt(v_n + t_gr * t_gr) - sqrt(v_n)) * v_weight / s->s_lr); /* z += gr - (sqrt(n + gr * gr) - sqrt(n)) * weight / lr */
+    double t_gr = v_grad * s.s_rescale_grad; /* gr = grad * rescale_grad */
+    t_gr = s.h_0 ? opgen_clip(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    v_z = v_z + (t_gr - (sqrt(v_n + t_gr * t_gr) - sqrt(v_n)) * v_weight / s.s_lr); /* z += gr - (sqrt(n + gr * gr) - sqrt(n)) * weight / lr */
     v_n = v_n + t_gr * t_gr; /* n += gr * gr */
-    double t_w = (opgen_sign(v_z) * s->s_lamda1 - v_z) / ((s->s_beta + sqrt(v_n)) / s->s_lr + s->s_wd); /* w = (sign(z) * lamda1 - z) / ((beta + sqrt(n)) / lr + wd) */
-    v_weight = fabs(v_z) > s->s_lamda1 ? t_w : t_w * 0.0; /* weight = w if abs(z) > lamda1 else w * 0 */
+    double t_w = (opgen_sign(v_z) * s.s_lamda1 - v_z) / ((s.s_beta + sqrt(v_n)) / s.s_lr + s.s_wd); /* w = (sign(z) * lamda1 - z) / ((beta + sqrt(n)) / lr + wd) */
+    v_weight = fabs(v_z) > s.s_lamda1 ? t_w : t_w * 0.0; /* weight = w if abs(z) > lamda1 else w * 0 */
     *io_weight = v_weight;
     *io_z = v_z;
     *io_n = v_n;
 }
-OPGEN_INLINE void opgen_ftrl_update_step_float16(const opgen_ftrl_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_z, opgen_half *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_float16(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_z, opgen_half *OPGEN_RESTRICT p_n) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_z = OPGEN_LOAD_float16(p_z[i]);
     float v_n = OPGEN_LOAD_float16(p_n[i]);
@@ -59,7 +59,7 @@ OPGEN_INLINE void opgen_ftrl_update_step_float16(const opgen_ftrl_update_scalars
     p_z[i] = OPGEN_STORE_float16(v_z);
     p_n[i] = OPGEN_STORE_float16(v_n);
 }
-OPGEN_INLINE void opgen_ftrl_update_step_float32(const opgen_ftrl_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_float32(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
@@ -68,7 +68,7 @@ OPGEN_INLINE void opgen_ftrl_update_step_float32(const opgen_ftrl_update_scalars
     p_z[i] = OPGEN_STORE_float32(v_z);
     p_n[i] = OPGEN_STORE_float32(v_n);
 }
-OPGEN_INLINE void opgen_ftrl_update_step_float64(const opgen_ftrl_update_scalars_double *s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_z, double *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_float64(const opgen_ftrl_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_z, double *OPGEN_RESTRICT p_n) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_z = OPGEN_LOAD_float64(p_z[i]);
     double v_n = OPGEN_LOAD_float64(p_n[i]);
@@ -77,7 +77,7 @@ OPGEN_INLINE void opgen_ftrl_update_step_float64(const opgen_ftrl_update_scalars
     p_z[i] = OPGEN_STORE_float64(v_z);
     p_n[i] = OPGEN_STORE_float64(v_n);
 }
-OPGEN_INLINE void opgen_ftrl_update_vstep_float16(const opgen_ftrl_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_z, opgen_half *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_vstep_float16(const opgen_ftrl_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_z, opgen_half *OPGEN_RESTRICT p_n) {
     opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
     opgen_vec<opgen_half, 8> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
@@ -97,7 +97,7 @@ OPGEN_INLINE void opgen_ftrl_update_vstep_float16(const opgen_ftrl_update_scalar
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_z)[vi] = x_z;
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_n)[vi] = x_n;
 }
-OPGEN_INLINE void opgen_ftrl_update_vstep_float32(const opgen_ftrl_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_vstep_float32(const opgen_ftrl_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
     opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
@@ -117,7 +117,7 @@ OPGEN_INLINE void opgen_ftrl_update_vstep_float32(const opgen_ftrl_update_scalar
     reinterpret_cast<opgen_vec<float, 4> *>(p_z)[vi] = x_z;
     reinterpret_cast<opgen_vec<float, 4> *>(p_n)[vi] = x_n;
 }
-OPGEN_INLINE void opgen_ftrl_update_vstep_float64(const opgen_ftrl_update_scalars_double *s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_z, double *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_vstep_float64(const opgen_ftrl_update_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_z, double *OPGEN_RESTRICT p_n) {
     opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
     opgen_vec<double, 2> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
@@ -140,30 +140,30 @@ OPGEN_INLINE void opgen_ftrl_update_vstep_float64(const opgen_ftrl_update_scalar
 
 extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_z, opgen_half *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n));
+    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_z, opgen_half *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_vstep_float16(&s, vi, gvi, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(&s, i, gi, 1, arg_weight, arg_grad, arg_z, arg_n));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_vstep_float16(s, vi, gvi, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_z, arg_n));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n));
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_vstep_float32(&s, vi, gvi, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32(&s, i, gi, 1, arg_weight, arg_grad, arg_z, arg_n));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_vstep_float32(s, vi, gvi, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32(s, i, gi, 1, arg_weight, arg_grad, arg_z, arg_n));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_z, double *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_ftrl_update_scalars_double s = opgen_ftrl_update_scalars_double_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n));
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_z, double *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_ftrl_update_scalars_double s = opgen_ftrl_update_scalars_double_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_vstep_float64(&s, vi, gvi, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float64(&s, i, gi, 1, arg_weight, arg_grad, arg_z, arg_n));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_vstep_float64(s, vi, gvi, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float64(s, i, gi, 1, arg_weight, arg_grad, arg_z, arg_n));
 }

@@ -10,25 +10,25 @@ typedef struct {
 } opgen_group_adagrad_update_scalars_float;
 OPGEN_INLINE opgen_group_adagrad_update_scalars_float opgen_group_adagrad_update_scalars_float_init(double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_group_adagrad_update_scalars_float s = {(float)arg_lr, (float)arg_rescale_grad, (float)arg_clip_gradient, (float)arg_epsilon, h_0};
+    const opgen_group_adagrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL(h_0)};
     return s;
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass1_float(const opgen_group_adagrad_update_scalars_float *s, float *sums, float v_grad) {
-    float t_gr = v_grad * s->s_rescale_grad; /* gr = grad * rescale_grad */
-    t_gr = s->h_0 ? opgen_clipf(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+OPGEN_INLINE void opgen_group_adagrad_update_pass1_float(const opgen_group_adagrad_update_scalars_float s, float *sums, float v_grad) {
+    float t_gr = v_grad * s.s_rescale_grad; /* gr = grad * rescale_grad */
+    t_gr = s.h_0 ? opgen_clipf(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     sums[0] += t_gr * t_gr;
 }
-OPGEN_INLINE void opgen_group_adagrad_update_row_float(const opgen_group_adagrad_update_scalars_float *s, const float *sums, int64_t row_len, float *values, float v_history) {
+OPGEN_INLINE void opgen_group_adagrad_update_row_float(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, float v_history) {
     const float r_0 = sums[0] / (float)row_len;
     v_history = v_history + r_0; /* history += row_mean(gr * gr) */
     values[0] = v_history;
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass2_float(const opgen_group_adagrad_update_scalars_float *s, const float *values, float *io_weight, float v_grad) {
+OPGEN_INLINE void opgen_group_adagrad_update_pass2_float(const opgen_group_adagrad_update_scalars_float s, const float *values, float *io_weight, float v_grad) {
     const float v_history = values[0];
     float v_weight = *io_weight;
-    float t_gr = v_grad * s->s_rescale_grad; /* gr = grad * rescale_grad */
-    t_gr = s->h_0 ? opgen_clipf(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    v_weight = v_weight - s->s_lr * t_gr / sqrtf(v_history + s->s_epsilon); /* weight = weight - lr * gr / sqrt(history + epsilon) */
+    float t_gr = v_grad * s.s_rescale_grad; /* gr = grad * rescale_grad */
+    t_gr = s.h_0 ? opgen_clipf(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    v_weight = v_weight - s.s_lr * t_gr / sqrtf(v_history + s.s_epsilon); /* weight = weight - lr * gr / sqrt(history + epsilon) */
     *io_weight = v_weight;
 }
 typedef struct {
@@ -37,65 +37,65 @@ typedef struct {
 } opgen_group_adagrad_update_scalars_double;
 OPGEN_INLINE opgen_group_adagrad_update_scalars_double opgen_group_adagrad_update_scalars_double_init(double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_group_adagrad_update_scalars_double s = {(double)arg_lr, (double)arg_rescale_grad, (double)arg_clip_gradient, (double)arg_epsilon, h_0};
+    const opgen_group_adagrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL(h_0)};
     return s;
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass1_double(const opgen_group_adagrad_update_scalars_double *s, double *sums, double v_grad) {
-    double t_gr = v_grad * s->s_rescale_grad; /* gr = grad * rescale_grad */
-    t_gr = s->h_0 ? opgen_clip(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+OPGEN_INLINE void opgen_group_adagrad_update_pass1_double(const opgen_group_adagrad_update_scalars_double s, double *sums, double v_grad) {
+    double t_gr = v_grad * s.s_rescale_grad; /* gr = grad * rescale_grad */
+    t_gr = s.h_0 ? opgen_clip(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     sums[0] += t_gr * t_gr;
 }
-OPGEN_INLINE void opgen_group_adagrad_update_row_double(const opgen_group_adagrad_update_scalars_double *s, const double *sums, int64_t row_len, double *values, double v_history) {
+OPGEN_INLINE void opgen_group_adagrad_update_row_double(const opgen_group_adagrad_update_scalars_double s, const double *sums, int64_t row_len, double *values, double v_history) {
     const double r_0 = sums[0] / (double)row_len;
     v_history = v_history + r_0; /* history += row_mean(gr * gr) */
     values[0] = v_history;
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass2_double(const opgen_group_adagrad_update_scalars_double *s, const double *values, double *io_weight, double v_grad) {
+OPGEN_INLINE void opgen_group_adagrad_update_pass2_double(const opgen_group_adagrad_update_scalars_double s, const double *values, double *io_weight, double v_grad) {
     const double v_history = values[0];
     double v_weight = *io_weight;
-    double t_gr = v_grad * s->s_rescale_grad; /* gr = grad * rescale_grad */
-    t_gr = s->h_0 ? opgen_clip(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    v_weight = v_weight - s->s_lr * t_gr / sqrt(v_history + s->s_epsilon); /* weight = weight - lr * gr / sqrt(history + epsilon) */
+    double t_gr = v_grad * s.s_rescale_grad; /* gr = grad * rescale_grad */
+    t_gr = s.h_0 ? opgen_clip(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    v_weight = v_weight - s.s_lr * t_gr / sqrt(v_history + s.s_epsilon); /* weight = weight - lr * gr / sqrt(history + epsilon) */
     *io_weight = v_weight;
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass1_float16(const opgen_group_adagrad_update_scalars_float *s, int64_t i, int64_t gi, float *sums, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_group_adagrad_update_pass1_float16(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const opgen_half *OPGEN_RESTRICT p_grad) {
     opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_float16(p_grad[gi]));
 }
-OPGEN_INLINE void opgen_group_adagrad_update_row_float16(const opgen_group_adagrad_update_scalars_float *s, const float *sums, int64_t row_len, float *values, int64_t row, opgen_half *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_group_adagrad_update_row_float16(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, opgen_half *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_float16(p_history[row]));
 }
 OPGEN_INLINE void opgen_group_adagrad_update_row_store_float16(const float *values, int64_t row, opgen_half *OPGEN_RESTRICT p_history) {
     p_history[row] = OPGEN_STORE_float16(values[0]);
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass2_float16(const opgen_group_adagrad_update_scalars_float *s, const float *values, int64_t i, int64_t gi, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_group_adagrad_update_pass2_float16(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_float16(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float16(v_weight);
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass1_float32(const opgen_group_adagrad_update_scalars_float *s, int64_t i, int64_t gi, float *sums, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_group_adagrad_update_pass1_float32(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const float *OPGEN_RESTRICT p_grad) {
     opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_float32(p_grad[gi]));
 }
-OPGEN_INLINE void opgen_group_adagrad_update_row_float32(const opgen_group_adagrad_update_scalars_float *s, const float *sums, int64_t row_len, float *values, int64_t row, float *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_group_adagrad_update_row_float32(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, float *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_float32(p_history[row]));
 }
 OPGEN_INLINE void opgen_group_adagrad_update_row_store_float32(const float *values, int64_t row, float *OPGEN_RESTRICT p_history) {
     p_history[row] = OPGEN_STORE_float32(values[0]);
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass2_float32(const opgen_group_adagrad_update_scalars_float *s, const float *values, int64_t i, int64_t gi, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_group_adagrad_update_pass2_float32(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_float32(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass1_float64(const opgen_group_adagrad_update_scalars_double *s, int64_t i, int64_t gi, double *sums, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_group_adagrad_update_pass1_float64(const opgen_group_adagrad_update_scalars_double s, int64_t i, int64_t gi, double *sums, const double *OPGEN_RESTRICT p_grad) {
     opgen_group_adagrad_update_pass1_double(s, sums, OPGEN_LOAD_float64(p_grad[gi]));
 }
-OPGEN_INLINE void opgen_group_adagrad_update_row_float64(const opgen_group_adagrad_update_scalars_double *s, const double *sums, int64_t row_len, double *values, int64_t row, double *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_group_adagrad_update_row_float64(const opgen_group_adagrad_update_scalars_double s, const double *sums, int64_t row_len, double *values, int64_t row, double *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_double(s, sums, row_len, values, OPGEN_LOAD_float64(p_history[row]));
 }
 OPGEN_INLINE void opgen_group_adagrad_update_row_store_float64(const double *values, int64_t row, double *OPGEN_RESTRICT p_history) {
     p_history[row] = OPGEN_STORE_float64(values[0]);
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass2_float64(const opgen_group_adagrad_update_scalars_double *s, const double *values, int64_t i, int64_t gi, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_group_adagrad_update_pass2_float64(const opgen_group_adagrad_update_scalars_double s, const double *values, int64_t i, int64_t gi, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     opgen_group_adagrad_update_pass2_double(s, values, &v_weight, OPGEN_LOAD_float64(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float64(v_weight);
@@ -103,15 +103,15 @@ OPGEN_INLINE void opgen_group_adagrad_update_pass2_float64(const opgen_group_ada
 
 extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon) {
     const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon);
-    OPGEN_CUDA_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, opgen_group_adagrad_update_pass1_float16(&s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float16(&s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float16(opgen_values, row, arg_history), opgen_group_adagrad_update_pass2_float16(&s, opgen_values, i, gi, arg_weight, arg_grad));
+    OPGEN_CUDA_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, opgen_group_adagrad_update_pass1_float16(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float16(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float16(opgen_values, row, arg_history), opgen_group_adagrad_update_pass2_float16(s, opgen_values, i, gi, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon) {
     const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon);
-    OPGEN_CUDA_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, opgen_group_adagrad_update_pass1_float32(&s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float32(&s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float32(opgen_values, row, arg_history), opgen_group_adagrad_update_pass2_float32(&s, opgen_values, i, gi, arg_weight, arg_grad));
+    OPGEN_CUDA_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, opgen_group_adagrad_update_pass1_float32(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float32(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float32(opgen_values, row, arg_history), opgen_group_adagrad_update_pass2_float32(s, opgen_values, i, gi, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon) {
     const opgen_group_adagrad_update_scalars_double s = opgen_group_adagrad_update_scalars_double_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon);
-    OPGEN_CUDA_LAZY_ROWS(double, 1, 1, nnz, row_len, indices, opgen_group_adagrad_update_pass1_float64(&s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float64(&s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float64(opgen_values, row, arg_history), opgen_group_adagrad_update_pass2_float64(&s, opgen_values, i, gi, arg_weight, arg_grad));
+    OPGEN_CUDA_LAZY_ROWS(double, 1, 1, nnz, row_len, indices, opgen_group_adagrad_update_pass1_float64(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float64(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float64(opgen_values, row, arg_history), opgen_group_adagrad_update_pass2_float64(s, opgen_values, i, gi, arg_weight, arg_grad));
 }

@@ -11,12 +11,12 @@ OPGEN_INLINE opgen_lamb_update_phase2_scalars_float opgen_lamb_update_phase2_sca
     const double t_r1b = arg_lower_bound >= 0 ? opgen_max(arg_r1, arg_lower_bound) : arg_r1; /* r1b = max(r1, lower_bound) if lower_bound >= 0 else r1 */
     const double t__2r1b = arg_upper_bound >= 0 ? opgen_min(t_r1b, arg_upper_bound) : t_r1b; /* r1b = min(r1b, upper_bound) if upper_bound >= 0 else r1b */
     const double t_step = t__2r1b == 0 || arg_r2 == 0 ? arg_lr : arg_lr * t__2r1b / arg_r2; /* step = lr if r1b == 0 or r2 == 0 else lr * r1b / r2 */
-    const opgen_lamb_update_phase2_scalars_float s = {(float)arg_r1, (float)arg_r2, (float)arg_lr, (float)arg_lower_bound, (float)arg_upper_bound, (float)t_r1b, (float)t__2r1b, (float)t_step};
+    const opgen_lamb_update_phase2_scalars_float s = {OPGEN_PER_CALL((float)arg_r1), OPGEN_PER_CALL((float)arg_r2), OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_lower_bound), OPGEN_PER_CALL((float)arg_upper_bound), OPGEN_PER_CALL((float)t_r1b), OPGEN_PER_CALL((float)t__2r1b), OPGEN_PER_CALL((float)t_step)};
     return s;
 }
-OPGEN_INLINE void opgen_lamb_update_phase2_element_float(const opgen_lamb_update_phase2_scalars_float *s, float *io_weight, float v_g) {
+OPGEN_INLINE void opgen_lamb_update_phase2_element_float(const opgen_lamb_update_phase2_scalars_float s, float *io_weight, float v_g) {
     float v_weight = *io_weight;
-    v_weight = v_weight - s->t_step * v_g; /* weight = weight - step * g */
+    v_weight = v_weight - s.t_step * v_g; /* weight = weight - step * g */
     *io_weight = v_weight;
 }
 typedef struct {
@@ -26,30 +26,30 @@ OPGEN_INLINE opgen_lamb_update_phase2_scalars_double opgen_lamb_update_phase2_sc
     const double t_r1b = arg_lower_bound >= 0 ? opgen_max(arg_r1, arg_lower_bound) : arg_r1; /* r1b = max(r1, lower_bound) if lower_bound >= 0 else r1 */
     const double t__2r1b = arg_upper_bound >= 0 ? opgen_min(t_r1b, arg_upper_bound) : t_r1b; /* r1b = min(r1b, upper_bound) if upper_bound >= 0 else r1b */
     const double t_step = t__2r1b == 0 || arg_r2 == 0 ? arg_lr : arg_lr * t__2r1b / arg_r2; /* step = lr if r1b == 0 or r2 == 0 else lr * r1b / r2 */
-    const opgen_lamb_update_phase2_scalars_double s = {(double)arg_r1, (double)arg_r2, (double)arg_lr, (double)arg_lower_bound, (double)arg_upper_bound, (double)t_r1b, (double)t__2r1b, (double)t_step};
+    const opgen_lamb_update_phase2_scalars_double s = {OPGEN_PER_CALL((double)arg_r1), OPGEN_PER_CALL((double)arg_r2), OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_lower_bound), OPGEN_PER_CALL((double)arg_upper_bound), OPGEN_PER_CALL((double)t_r1b), OPGEN_PER_CALL((double)t__2r1b), OPGEN_PER_CALL((double)t_step)};
     return s;
 }
-OPGEN_INLINE void opgen_lamb_update_phase2_element_double(const opgen_lamb_update_phase2_scalars_double *s, double *io_weight, double v_g) {
+OPGEN_INLINE void opgen_lamb_update_phase2_element_double(const opgen_lamb_update_phase2_scalars_double s, double *io_weight, double v_g) {
     double v_weight = *io_weight;
-    v_weight = v_weight - s->t_step * v_g; /* weight = weight - step * g */
+    v_weight = v_weight - s.t_step * v_g; /* weight = weight - step * g */
     *io_weight = v_weight;
 }
-OPGEN_INLINE void opgen_lamb_update_phase2_step_float16(const opgen_lamb_update_phase2_scalars_float *s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_g) {
+OPGEN_INLINE void opgen_lamb_update_phase2_step_float16(const opgen_lamb_update_phase2_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_g) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_g[gi]));
     p_weight[i] = OPGEN_STORE_float16(v_weight);
 }
-OPGEN_INLINE void opgen_lamb_update_phase2_step_float32(const opgen_lamb_update_phase2_scalars_float *s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_g) {
+OPGEN_INLINE void opgen_lamb_update_phase2_step_float32(const opgen_lamb_update_phase2_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_g) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_g[gi]));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
-OPGEN_INLINE void opgen_lamb_update_phase2_step_float64(const opgen_lamb_update_phase2_scalars_double *s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_g) {
+OPGEN_INLINE void opgen_lamb_update_phase2_step_float64(const opgen_lamb_update_phase2_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_g) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     opgen_lamb_update_phase2_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_g[gi]));
     p_weight[i] = OPGEN_STORE_float64(v_weight);
 }
-OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float16(const opgen_lamb_update_phase2_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_g) {
+OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float16(const opgen_lamb_update_phase2_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_g) {
     opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
     opgen_vec<opgen_half, 8> x_g;
     if (!zero_grad) x_g = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_g)[gvi];
@@ -61,7 +61,7 @@ OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float16(const opgen_lamb_update
     }
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
 }
-OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float32(const opgen_lamb_update_phase2_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_g) {
+OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float32(const opgen_lamb_update_phase2_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_g) {
     opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_g;
     if (!zero_grad) x_g = reinterpret_cast<const opgen_vec<float, 4> *>(p_g)[gvi];
@@ -73,7 +73,7 @@ OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float32(const opgen_lamb_update
     }
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
 }
-OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float64(const opgen_lamb_update_phase2_scalars_double *s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_g) {
+OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float64(const opgen_lamb_update_phase2_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_g) {
     opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
     opgen_vec<double, 2> x_g;
     if (!zero_grad) x_g = reinterpret_cast<const opgen_vec<double, 2> *>(p_g)[gvi];
@@ -88,30 +88,30 @@ OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float64(const opgen_lamb_update
 
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
     const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(&s, i, gi, 0, arg_weight, arg_g));
+    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float16(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(s, i, gi, 0, arg_weight, arg_g));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
     const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(&s, i, gi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_float16(&s, vi, gvi, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(&s, i, gi, 1, arg_weight, arg_g));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float16(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(s, i, gi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_float16(s, vi, gvi, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(s, i, gi, 1, arg_weight, arg_g));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
     const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float32(&s, i, gi, 0, arg_weight, arg_g));
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float32(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float32(s, i, gi, 0, arg_weight, arg_g));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
     const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float32(&s, i, gi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_float32(&s, vi, gvi, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_float32(&s, i, gi, 1, arg_weight, arg_g));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float32(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float32(s, i, gi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_float32(s, vi, gvi, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_float32(s, i, gi, 1, arg_weight, arg_g));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
     const opgen_lamb_update_phase2_scalars_double s = opgen_lamb_update_phase2_scalars_double_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(&s, i, gi, 0, arg_weight, arg_g));
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float64(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(s, i, gi, 0, arg_weight, arg_g));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
     const opgen_lamb_update_phase2_scalars_double s = opgen_lamb_update_phase2_scalars_double_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(&s, i, gi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_float64(&s, vi, gvi, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(&s, i, gi, 1, arg_weight, arg_g));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float64(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(s, i, gi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_float64(s, vi, gvi, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(s, i, gi, 1, arg_weight, arg_g));
 }

@@ -13,25 +13,25 @@ OPGEN_INLINE opgen_mp_adamw_update_scalars_float opgen_mp_adamw_update_scalars_f
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_beta1; /* mean = beta1 * mean + (1 - beta1) * gr */
     const double h_2 = 1.0 - arg_beta2; /* var = beta2 * var + (1 - beta2) * square(gr) */
-    const opgen_mp_adamw_update_scalars_float s = {(float)arg_rescale_grad, (float)arg_lr, (float)arg_eta, (float)arg_beta1, (float)arg_beta2, (float)arg_epsilon, (float)arg_wd, (float)arg_clip_gradient, h_0, (float)h_1, (float)h_2};
+    const opgen_mp_adamw_update_scalars_float s = {OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_eta), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2)};
     return s;
 }
-OPGEN_INLINE void opgen_mp_adamw_update_element_float(const opgen_mp_adamw_update_scalars_float *s, float *io_weight, float v_grad, float *io_mean, float *io_var, float *io_weight32) {
+OPGEN_INLINE void opgen_mp_adamw_update_element_float(const opgen_mp_adamw_update_scalars_float s, float *io_weight, float v_grad, float *io_mean, float *io_var, float *io_weight32) {
     float v_mean = *io_mean;
     float v_var = *io_var;
     float v_weight32 = *io_weight32;
-    float t_gr = s->s_rescale_grad * v_grad; /* gr = rescale_grad * grad */
-    t_gr = s->h_0 ? opgen_clipf(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    v_mean = s->s_beta1 * v_mean + s->h_1 * t_gr; /* mean = beta1 * mean + (1 - beta1) * gr */
-    v_var = s->s_beta2 * v_var + s->h_2 * opgen_squaref(t_gr); /* var = beta2 * var + (1 - beta2) * square(gr) */
-    v_weight32 = v_weight32 - s->s_eta * (s->s_lr * v_mean / (sqrtf(v_var) + s->s_epsilon) + s->s_wd * v_weight32); /* weight32 = weight32 - eta * (lr * mean / (sqrt(var) + epsilon) + wd * weight32) */
+    float t_gr = s.s_rescale_grad * v_grad; /* gr = rescale_grad * grad */
+    t_gr = s.h_0 ? opgen_clipf(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    v_mean = s.s_beta1 * v_mean + s.h_1 * t_gr; /* mean = beta1 * mean + (1 - beta1) * gr */
+    v_var = s.s_beta2 * v_var + s.h_2 * opgen_squaref(t_gr); /* var = beta2 * var + (1 - beta2) * square(gr) */
+    v_weight32 = v_weight32 - s.s_eta * (s.s_lr * v_mean / (sqrtf(v_var) + s.s_epsilon) + s.s_wd * v_weight32); /* weight32 = weight32 - eta * (lr * mean / (sqrt(var) + epsilon) + wd * weight32) */
     float v_weight = v_weight32; /* weight = weight32 */
     *io_weight = v_weight;
     *io_mean = v_mean;
     *io_var = v_var;
     *io_weight32 = v_weight32;
 }
-OPGEN_INLINE void opgen_mp_adamw_update_step_float16(const opgen_mp_adamw_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_mp_adamw_update_step_float16(const opgen_mp_adamw_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
@@ -42,7 +42,7 @@ OPGEN_INLINE void opgen_mp_adamw_update_step_float16(const opgen_mp_adamw_update
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
-OPGEN_INLINE void opgen_mp_adamw_update_step_float32(const opgen_mp_adamw_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_mp_adamw_update_step_float32(const opgen_mp_adamw_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
@@ -53,7 +53,7 @@ OPGEN_INLINE void opgen_mp_adamw_update_step_float32(const opgen_mp_adamw_update
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
-OPGEN_INLINE void opgen_mp_adamw_update_step_float64(const opgen_mp_adamw_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_mp_adamw_update_step_float64(const opgen_mp_adamw_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
@@ -64,7 +64,7 @@ OPGEN_INLINE void opgen_mp_adamw_update_step_float64(const opgen_mp_adamw_update
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
-OPGEN_INLINE void opgen_mp_adamw_update_vstep_float16(const opgen_mp_adamw_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_mp_adamw_update_vstep_float16(const opgen_mp_adamw_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     opgen_vec<opgen_half, 4> x_weight;
     opgen_vec<opgen_half, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 4> *>(p_grad)[gvi];
@@ -88,7 +88,7 @@ OPGEN_INLINE void opgen_mp_adamw_update_vstep_float16(const opgen_mp_adamw_updat
     reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight32)[vi] = x_weight32;
 }
-OPGEN_INLINE void opgen_mp_adamw_update_vstep_float32(const opgen_mp_adamw_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_mp_adamw_update_vstep_float32(const opgen_mp_adamw_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     opgen_vec<float, 4> x_weight;
     opgen_vec<float, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
@@ -112,7 +112,7 @@ OPGEN_INLINE void opgen_mp_adamw_update_vstep_float32(const opgen_mp_adamw_updat
     reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight32)[vi] = x_weight32;
 }
-OPGEN_INLINE void opgen_mp_adamw_update_vstep_float64(const opgen_mp_adamw_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_mp_adamw_update_vstep_float64(const opgen_mp_adamw_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     opgen_vec<double, 2> x_weight;
     opgen_vec<double, 2> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
@@ -139,30 +139,30 @@ OPGEN_INLINE void opgen_mp_adamw_update_vstep_float64(const opgen_mp_adamw_updat
 
 extern "C" __global__ void __launch_bounds__(512) opgen_mp_adamw_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient) {
     const opgen_mp_adamw_update_scalars_float s = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_adamw_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_adamw_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_mp_adamw_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient) {
     const opgen_mp_adamw_update_scalars_float s = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_adamw_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_vstep_float16(&s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float16(&s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_adamw_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_vstep_float16(s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_mp_adamw_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient) {
     const opgen_mp_adamw_update_scalars_float s = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_adamw_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_adamw_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_mp_adamw_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient) {
     const opgen_mp_adamw_update_scalars_float s = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_adamw_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_vstep_float32(&s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float32(&s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_adamw_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_vstep_float32(s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float32(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_mp_adamw_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient) {
     const opgen_mp_adamw_update_scalars_float s = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_weight32, 8), opgen_mp_adamw_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_weight32, 8), opgen_mp_adamw_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_mp_adamw_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient) {
     const opgen_mp_adamw_update_scalars_float s = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_weight32, 8), opgen_mp_adamw_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_vstep_float64(&s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float64(&s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_weight32, 8), opgen_mp_adamw_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_vstep_float64(s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float64(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
 }

@@ -13,21 +13,21 @@ OPGEN_INLINE opgen_mp_sgd_mom_update_scalars_float opgen_mp_sgd_mom_update_scala
     const int h_0 = arg_clip_gradient > 0; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_1 = arg_lr * arg_rescale_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_2 = arg_lr * arg_wd; /* mom = momentum * mom - lr * wd * weight32 - step */
-    const opgen_mp_sgd_mom_update_scalars_float s = {(float)arg_lr, (float)arg_momentum, (float)arg_wd, (float)arg_rescale_grad, (float)arg_clip_gradient, h_0, (float)h_1, (float)h_2};
+    const opgen_mp_sgd_mom_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2)};
     return s;
 }
-OPGEN_INLINE void opgen_mp_sgd_mom_update_element_float(const opgen_mp_sgd_mom_update_scalars_float *s, float *io_weight, float v_grad, float *io_mom, float *io_weight32) {
+OPGEN_INLINE void opgen_mp_sgd_mom_update_element_float(const opgen_mp_sgd_mom_update_scalars_float s, float *io_weight, float v_grad, float *io_mom, float *io_weight32) {
     float v_mom = *io_mom;
     float v_weight32 = *io_weight32;
-    float t_step = s->h_0 ? s->s_lr * opgen_clipf(s->s_rescale_grad * v_grad, s->s_clip_gradient) : s->h_1 * v_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
-    v_mom = s->s_momentum * v_mom - s->h_2 * v_weight32 - t_step; /* mom = momentum * mom - lr * wd * weight32 - step */
+    float t_step = s.h_0 ? s.s_lr * opgen_clipf(s.s_rescale_grad * v_grad, s.s_clip_gradient) : s.h_1 * v_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
+    v_mom = s.s_momentum * v_mom - s.h_2 * v_weight32 - t_step; /* mom = momentum * mom - lr * wd * weight32 - step */
     v_weight32 = v_weight32 + v_mom; /* weight32 = weight32 + mom */
     float v_weight = v_weight32; /* weight = weight32 */
     *io_weight = v_weight;
     *io_mom = v_mom;
     *io_weight32 = v_weight32;
 }
-OPGEN_INLINE void opgen_mp_sgd_mom_update_step_float16(const opgen_mp_sgd_mom_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_mp_sgd_mom_update_step_float16(const opgen_mp_sgd_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32) {
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
@@ -36,7 +36,7 @@ OPGEN_INLINE void opgen_mp_sgd_mom_update_step_float16(const opgen_mp_sgd_mom_up
     p_mom[i] = OPGEN_STORE_float32(v_mom);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
-OPGEN_INLINE void opgen_mp_sgd_mom_update_step_float32(const opgen_mp_sgd_mom_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_mp_sgd_mom_update_step_float32(const opgen_mp_sgd_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32) {
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
@@ -45,7 +45,7 @@ OPGEN_INLINE void opgen_mp_sgd_mom_update_step_float32(const opgen_mp_sgd_mom_up
     p_mom[i] = OPGEN_STORE_float32(v_mom);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
-OPGEN_INLINE void opgen_mp_sgd_mom_update_step_float64(const opgen_mp_sgd_mom_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_mp_sgd_mom_update_step_float64(const opgen_mp_sgd_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32) {
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
@@ -54,7 +54,7 @@ OPGEN_INLINE void opgen_mp_sgd_mom_update_step_float64(const opgen_mp_sgd_mom_up
     p_mom[i] = OPGEN_STORE_float32(v_mom);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
-OPGEN_INLINE void opgen_mp_sgd_mom_update_vstep_float16(const opgen_mp_sgd_mom_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_mp_sgd_mom_update_vstep_float16(const opgen_mp_sgd_mom_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32) {
     opgen_vec<opgen_half, 4> x_weight;
     opgen_vec<opgen_half, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 4> *>(p_grad)[gvi];
@@ -74,7 +74,7 @@ OPGEN_INLINE void opgen_mp_sgd_mom_update_vstep_float16(const opgen_mp_sgd_mom_u
     reinterpret_cast<opgen_vec<float, 4> *>(p_mom)[vi] = x_mom;
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight32)[vi] = x_weight32;
 }
-OPGEN_INLINE void opgen_mp_sgd_mom_update_vstep_float32(const opgen_mp_sgd_mom_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_mp_sgd_mom_update_vstep_float32(const opgen_mp_sgd_mom_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32) {
     opgen_vec<float, 4> x_weight;
     opgen_vec<float, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
@@ -94,7 +94,7 @@ OPGEN_INLINE void opgen_mp_sgd_mom_update_vstep_float32(const opgen_mp_sgd_mom_u
     reinterpret_cast<opgen_vec<float, 4> *>(p_mom)[vi] = x_mom;
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight32)[vi] = x_weight32;
 }
-OPGEN_INLINE void opgen_mp_sgd_mom_update_vstep_float64(const opgen_mp_sgd_mom_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_mp_sgd_mom_update_vstep_float64(const opgen_mp_sgd_mom_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32) {
     opgen_vec<double, 2> x_weight;
     opgen_vec<double, 2> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
@@ -117,30 +117,30 @@ OPGEN_INLINE void opgen_mp_sgd_mom_update_vstep_float64(const opgen_mp_sgd_mom_u
 
 extern "C" __global__ void __launch_bounds__(512) opgen_mp_sgd_mom_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_mp_sgd_mom_update_scalars_float s = opgen_mp_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_sgd_mom_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_mom, arg_weight32));
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_sgd_mom_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mom, arg_weight32));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_mp_sgd_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_mp_sgd_mom_update_scalars_float s = opgen_mp_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_sgd_mom_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_vstep_float16(&s, vi, gvi, 1, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float16(&s, i, gi, 1, arg_weight, arg_grad, arg_mom, arg_weight32));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_sgd_mom_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_vstep_float16(s, vi, gvi, 1, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_mom, arg_weight32));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_mp_sgd_mom_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_mp_sgd_mom_update_scalars_float s = opgen_mp_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_sgd_mom_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_mom, arg_weight32));
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_sgd_mom_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mom, arg_weight32));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_mp_sgd_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_mp_sgd_mom_update_scalars_float s = opgen_mp_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_sgd_mom_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_vstep_float32(&s, vi, gvi, 1, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float32(&s, i, gi, 1, arg_weight, arg_grad, arg_mom, arg_weight32));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_sgd_mom_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_vstep_float32(s, vi, gvi, 1, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float32(s, i, gi, 1, arg_weight, arg_grad, arg_mom, arg_weight32));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_mp_sgd_mom_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_mp_sgd_mom_update_scalars_float s = opgen_mp_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 8) && opgen_aligned(arg_weight32, 8), opgen_mp_sgd_mom_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_mom, arg_weight32));
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 8) && opgen_aligned(arg_weight32, 8), opgen_mp_sgd_mom_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_mom, arg_weight32));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_mp_sgd_mom_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_mp_sgd_mom_update_scalars_float s = opgen_mp_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 8) && opgen_aligned(arg_weight32, 8), opgen_mp_sgd_mom_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_vstep_float64(&s, vi, gvi, 1, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float64(&s, i, gi, 1, arg_weight, arg_grad, arg_mom, arg_weight32));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 8) && opgen_aligned(arg_weight32, 8), opgen_mp_sgd_mom_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_vstep_float64(s, vi, gvi, 1, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_sgd_mom_update_step_float64(s, i, gi, 1, arg_weight, arg_grad, arg_mom, arg_weight32));
 }

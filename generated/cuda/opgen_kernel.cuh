@@ -31,6 +31,13 @@ __device__ __forceinline__ opgen_half opgen_float_to_half(float f) {
 /* The generated element and step functions are shared word for word with the C file. */
 #define OPGEN_INLINE __device__ __forceinline__
 #define OPGEN_RESTRICT __restrict__
+/* A per-call value, computed once: the empty asm makes it opaque, so NVRTC cannot redo its
+ * double-precision math inside the element loops (it would, to save registers). */
+__device__ __forceinline__ float opgen_per_call(float x) { asm volatile("" : "+f"(x)); return x; }
+__device__ __forceinline__ double opgen_per_call(double x) { asm volatile("" : "+d"(x)); return x; }
+__device__ __forceinline__ int opgen_per_call(int x) { asm volatile("" : "+r"(x)); return x; }
+__device__ __forceinline__ long long opgen_per_call(long long x) { asm volatile("" : "+l"(x)); return x; }
+#define OPGEN_PER_CALL(x) opgen_per_call(x)
 
 /* The spec language's functions, with the C kernels' semantics (NaN-propagating min/max,
  * MXNet's clip, sign(NaN) = 0). */

@@ -14,17 +14,17 @@ OPGEN_INLINE opgen_rmsprop_update_scalars_float opgen_rmsprop_update_scalars_flo
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_gamma1; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
     const int h_2 = arg_clip_weights > 0; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
-    const opgen_rmsprop_update_scalars_float s = {(float)arg_lr, (float)arg_gamma1, (float)arg_epsilon, (float)arg_wd, (float)arg_rescale_grad, (float)arg_clip_gradient, (float)arg_clip_weights, h_0, (float)h_1, h_2};
+    const opgen_rmsprop_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_gamma1), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL(h_2)};
     return s;
 }
-OPGEN_INLINE void opgen_rmsprop_update_element_float(const opgen_rmsprop_update_scalars_float *s, float *io_weight, float v_grad, float *io_n) {
+OPGEN_INLINE void opgen_rmsprop_update_element_float(const opgen_rmsprop_update_scalars_float s, float *io_weight, float v_grad, float *io_n) {
     float v_weight = *io_weight;
     float v_n = *io_n;
-    float t_gr = s->s_rescale_grad * v_grad + s->s_wd * v_weight; /* gr = rescale_grad * grad + wd * weight */
-    t_gr = s->h_0 ? opgen_clipf(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    v_n = s->h_1 * (t_gr * t_gr) + s->s_gamma1 * v_n; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
-    v_weight = v_weight - s->s_lr * (t_gr / sqrtf(v_n + s->s_epsilon)); /* weight = weight - lr * (gr / sqrt(n + epsilon)) */
-    v_weight = s->h_2 ? opgen_clipf(v_weight, s->s_clip_weights) : v_weight; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
+    float t_gr = s.s_rescale_grad * v_grad + s.s_wd * v_weight; /* gr = rescale_grad * grad + wd * weight */
+    t_gr = s.h_0 ? opgen_clipf(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    v_n = s.h_1 * (t_gr * t_gr) + s.s_gamma1 * v_n; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
+    v_weight = v_weight - s.s_lr * (t_gr / sqrtf(v_n + s.s_epsilon)); /* weight = weight - lr * (gr / sqrt(n + epsilon)) */
+    v_weight = s.h_2 ? opgen_clipf(v_weight, s.s_clip_weights) : v_weight; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
     *io_weight = v_weight;
     *io_n = v_n;
 }
@@ -38,42 +38,42 @@ OPGEN_INLINE opgen_rmsprop_update_scalars_double opgen_rmsprop_update_scalars_do
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_gamma1; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
     const int h_2 = arg_clip_weights > 0; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
-    const opgen_rmsprop_update_scalars_double s = {(double)arg_lr, (double)arg_gamma1, (double)arg_epsilon, (double)arg_wd, (double)arg_rescale_grad, (double)arg_clip_gradient, (double)arg_clip_weights, h_0, (double)h_1, h_2};
+    const opgen_rmsprop_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_gamma1), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL(h_2)};
     return s;
 }
-OPGEN_INLINE void opgen_rmsprop_update_element_double(const opgen_rmsprop_update_scalars_double *s, double *io_weight, double v_grad, double *io_n) {
+OPGEN_INLINE void opgen_rmsprop_update_element_double(const opgen_rmsprop_update_scalars_double s, double *io_weight, double v_grad, double *io_n) {
     double v_weight = *io_weight;
     double v_n = *io_n;
-    double t_gr = s->s_rescale_grad * v_grad + s->s_wd * v_weight; /* gr = rescale_grad * grad + wd * weight */
-    t_gr = s->h_0 ? opgen_clip(t_gr, s->s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    v_n = s->h_1 * (t_gr * t_gr) + s->s_gamma1 * v_n; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
-    v_weight = v_weight - s->s_lr * (t_gr / sqrt(v_n + s->s_epsilon)); /* weight = weight - lr * (gr / sqrt(n + epsilon)) */
-    v_weight = s->h_2 ? opgen_clip(v_weight, s->s_clip_weights) : v_weight; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
+    double t_gr = s.s_rescale_grad * v_grad + s.s_wd * v_weight; /* gr = rescale_grad * grad + wd * weight */
+    t_gr = s.h_0 ? opgen_clip(t_gr, s.s_clip_gradient) : t_gr; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
+    v_n = s.h_1 * (t_gr * t_gr) + s.s_gamma1 * v_n; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
+    v_weight = v_weight - s.s_lr * (t_gr / sqrt(v_n + s.s_epsilon)); /* weight = weight - lr * (gr / sqrt(n + epsilon)) */
+    v_weight = s.h_2 ? opgen_clip(v_weight, s.s_clip_weights) : v_weight; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
     *io_weight = v_weight;
     *io_n = v_n;
 }
-OPGEN_INLINE void opgen_rmsprop_update_step_float16(const opgen_rmsprop_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_rmsprop_update_step_float16(const opgen_rmsprop_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_n) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_n = OPGEN_LOAD_float16(p_n[i]);
     opgen_rmsprop_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_n);
     p_weight[i] = OPGEN_STORE_float16(v_weight);
     p_n[i] = OPGEN_STORE_float16(v_n);
 }
-OPGEN_INLINE void opgen_rmsprop_update_step_float32(const opgen_rmsprop_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_rmsprop_update_step_float32(const opgen_rmsprop_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_n) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
     opgen_rmsprop_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_n);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_n[i] = OPGEN_STORE_float32(v_n);
 }
-OPGEN_INLINE void opgen_rmsprop_update_step_float64(const opgen_rmsprop_update_scalars_double *s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_rmsprop_update_step_float64(const opgen_rmsprop_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_n) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_n = OPGEN_LOAD_float64(p_n[i]);
     opgen_rmsprop_update_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_n);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_n[i] = OPGEN_STORE_float64(v_n);
 }
-OPGEN_INLINE void opgen_rmsprop_update_vstep_float16(const opgen_rmsprop_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_rmsprop_update_vstep_float16(const opgen_rmsprop_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_n) {
     opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
     opgen_vec<opgen_half, 8> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
@@ -89,7 +89,7 @@ OPGEN_INLINE void opgen_rmsprop_update_vstep_float16(const opgen_rmsprop_update_
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_n)[vi] = x_n;
 }
-OPGEN_INLINE void opgen_rmsprop_update_vstep_float32(const opgen_rmsprop_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_rmsprop_update_vstep_float32(const opgen_rmsprop_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_n) {
     opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
@@ -105,7 +105,7 @@ OPGEN_INLINE void opgen_rmsprop_update_vstep_float32(const opgen_rmsprop_update_
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
     reinterpret_cast<opgen_vec<float, 4> *>(p_n)[vi] = x_n;
 }
-OPGEN_INLINE void opgen_rmsprop_update_vstep_float64(const opgen_rmsprop_update_scalars_double *s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_rmsprop_update_vstep_float64(const opgen_rmsprop_update_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_n) {
     opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
     opgen_vec<double, 2> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
@@ -124,30 +124,30 @@ OPGEN_INLINE void opgen_rmsprop_update_vstep_float64(const opgen_rmsprop_update_
 
 extern "C" __global__ void __launch_bounds__(512) opgen_rmsprop_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
     const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
-    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16), opgen_rmsprop_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_n));
+    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16), opgen_rmsprop_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_n));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
     const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16), opgen_rmsprop_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_vstep_float16(&s, vi, gvi, 1, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float16(&s, i, gi, 1, arg_weight, arg_grad, arg_n));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16), opgen_rmsprop_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_vstep_float16(s, vi, gvi, 1, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_n));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_rmsprop_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
     const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16), opgen_rmsprop_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_n));
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16), opgen_rmsprop_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_n));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
     const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16), opgen_rmsprop_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_vstep_float32(&s, vi, gvi, 1, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float32(&s, i, gi, 1, arg_weight, arg_grad, arg_n));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16), opgen_rmsprop_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_vstep_float32(s, vi, gvi, 1, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float32(s, i, gi, 1, arg_weight, arg_grad, arg_n));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_rmsprop_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
     const opgen_rmsprop_update_scalars_double s = opgen_rmsprop_update_scalars_double_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
-    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16), opgen_rmsprop_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_n));
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16), opgen_rmsprop_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_n));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_rmsprop_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
     const opgen_rmsprop_update_scalars_double s = opgen_rmsprop_update_scalars_double_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16), opgen_rmsprop_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_vstep_float64(&s, vi, gvi, 1, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float64(&s, i, gi, 1, arg_weight, arg_grad, arg_n));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16), opgen_rmsprop_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_vstep_float64(s, vi, gvi, 1, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float64(s, i, gi, 1, arg_weight, arg_grad, arg_n));
 }

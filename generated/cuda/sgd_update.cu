@@ -13,13 +13,13 @@ OPGEN_INLINE opgen_sgd_update_scalars_float opgen_sgd_update_scalars_float_init(
     const int h_0 = arg_clip_gradient > 0; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_1 = arg_lr * arg_rescale_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_2 = 1.0 - arg_lr * arg_wd; /* weight = (1 - lr * wd) * weight - step */
-    const opgen_sgd_update_scalars_float s = {(float)arg_lr, (float)arg_wd, (float)arg_rescale_grad, (float)arg_clip_gradient, h_0, (float)h_1, (float)h_2};
+    const opgen_sgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2)};
     return s;
 }
-OPGEN_INLINE void opgen_sgd_update_element_float(const opgen_sgd_update_scalars_float *s, float *io_weight, float v_grad) {
+OPGEN_INLINE void opgen_sgd_update_element_float(const opgen_sgd_update_scalars_float s, float *io_weight, float v_grad) {
     float v_weight = *io_weight;
-    float t_step = s->h_0 ? s->s_lr * opgen_clipf(s->s_rescale_grad * v_grad, s->s_clip_gradient) : s->h_1 * v_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
-    v_weight = s->h_2 * v_weight - t_step; /* weight = (1 - lr * wd) * weight - step */
+    float t_step = s.h_0 ? s.s_lr * opgen_clipf(s.s_rescale_grad * v_grad, s.s_clip_gradient) : s.h_1 * v_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
+    v_weight = s.h_2 * v_weight - t_step; /* weight = (1 - lr * wd) * weight - step */
     *io_weight = v_weight;
 }
 typedef struct {
@@ -31,31 +31,31 @@ OPGEN_INLINE opgen_sgd_update_scalars_double opgen_sgd_update_scalars_double_ini
     const int h_0 = arg_clip_gradient > 0; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_1 = arg_lr * arg_rescale_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_2 = 1.0 - arg_lr * arg_wd; /* weight = (1 - lr * wd) * weight - step */
-    const opgen_sgd_update_scalars_double s = {(double)arg_lr, (double)arg_wd, (double)arg_rescale_grad, (double)arg_clip_gradient, h_0, (double)h_1, (double)h_2};
+    const opgen_sgd_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2)};
     return s;
 }
-OPGEN_INLINE void opgen_sgd_update_element_double(const opgen_sgd_update_scalars_double *s, double *io_weight, double v_grad) {
+OPGEN_INLINE void opgen_sgd_update_element_double(const opgen_sgd_update_scalars_double s, double *io_weight, double v_grad) {
     double v_weight = *io_weight;
-    double t_step = s->h_0 ? s->s_lr * opgen_clip(s->s_rescale_grad * v_grad, s->s_clip_gradient) : s->h_1 * v_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
-    v_weight = s->h_2 * v_weight - t_step; /* weight = (1 - lr * wd) * weight - step */
+    double t_step = s.h_0 ? s.s_lr * opgen_clip(s.s_rescale_grad * v_grad, s.s_clip_gradient) : s.h_1 * v_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
+    v_weight = s.h_2 * v_weight - t_step; /* weight = (1 - lr * wd) * weight - step */
     *io_weight = v_weight;
 }
-OPGEN_INLINE void opgen_sgd_update_step_float16(const opgen_sgd_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_sgd_update_step_float16(const opgen_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     opgen_sgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float16(v_weight);
 }
-OPGEN_INLINE void opgen_sgd_update_step_float32(const opgen_sgd_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_sgd_update_step_float32(const opgen_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     opgen_sgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
-OPGEN_INLINE void opgen_sgd_update_step_float64(const opgen_sgd_update_scalars_double *s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_sgd_update_step_float64(const opgen_sgd_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     opgen_sgd_update_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float64(v_weight);
 }
-OPGEN_INLINE void opgen_sgd_update_vstep_float16(const opgen_sgd_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_sgd_update_vstep_float16(const opgen_sgd_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
     opgen_vec<opgen_half, 8> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
@@ -67,7 +67,7 @@ OPGEN_INLINE void opgen_sgd_update_vstep_float16(const opgen_sgd_update_scalars_
     }
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
 }
-OPGEN_INLINE void opgen_sgd_update_vstep_float32(const opgen_sgd_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_sgd_update_vstep_float32(const opgen_sgd_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
@@ -79,7 +79,7 @@ OPGEN_INLINE void opgen_sgd_update_vstep_float32(const opgen_sgd_update_scalars_
     }
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
 }
-OPGEN_INLINE void opgen_sgd_update_vstep_float64(const opgen_sgd_update_scalars_double *s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_sgd_update_vstep_float64(const opgen_sgd_update_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
     opgen_vec<double, 2> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
@@ -94,45 +94,45 @@ OPGEN_INLINE void opgen_sgd_update_vstep_float64(const opgen_sgd_update_scalars_
 
 extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad));
+    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 0, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad));
+    OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 0, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad), opgen_sgd_update_vstep_float16(&s, vi, gvi, 1, arg_weight, arg_grad), opgen_sgd_update_step_float16(&s, i, gi, 1, arg_weight, arg_grad));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 0, arg_weight, arg_grad), opgen_sgd_update_vstep_float16(s, vi, gvi, 1, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 1, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad));
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float32(s, i, gi, 0, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad));
+    OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float32(s, i, gi, 0, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad), opgen_sgd_update_vstep_float32(&s, vi, gvi, 1, arg_weight, arg_grad), opgen_sgd_update_step_float32(&s, i, gi, 1, arg_weight, arg_grad));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float32(s, i, gi, 0, arg_weight, arg_grad), opgen_sgd_update_vstep_float32(s, vi, gvi, 1, arg_weight, arg_grad), opgen_sgd_update_step_float32(s, i, gi, 1, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_sgd_update_scalars_double s = opgen_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad));
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float64(s, i, gi, 0, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_sgd_update_scalars_double s = opgen_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_LAZY(nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad));
+    OPGEN_CUDA_LAZY(nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float64(s, i, gi, 0, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_sgd_update_scalars_double s = opgen_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad), opgen_sgd_update_vstep_float64(&s, vi, gvi, 1, arg_weight, arg_grad), opgen_sgd_update_step_float64(&s, i, gi, 1, arg_weight, arg_grad));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad), opgen_sgd_update_step_float64(s, i, gi, 0, arg_weight, arg_grad), opgen_sgd_update_vstep_float64(s, vi, gvi, 1, arg_weight, arg_grad), opgen_sgd_update_step_float64(s, i, gi, 1, arg_weight, arg_grad));
 }

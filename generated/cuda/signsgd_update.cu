@@ -9,12 +9,12 @@ typedef struct {
 } opgen_signsgd_update_scalars_float;
 OPGEN_INLINE opgen_signsgd_update_scalars_float opgen_signsgd_update_scalars_float_init(double arg_lr, double arg_wd) {
     const double h_0 = 1.0 - arg_lr * arg_wd; /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
-    const opgen_signsgd_update_scalars_float s = {(float)arg_lr, (float)arg_wd, (float)h_0};
+    const opgen_signsgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)h_0)};
     return s;
 }
-OPGEN_INLINE void opgen_signsgd_update_element_float(const opgen_signsgd_update_scalars_float *s, float *io_weight, float v_grad) {
+OPGEN_INLINE void opgen_signsgd_update_element_float(const opgen_signsgd_update_scalars_float s, float *io_weight, float v_grad) {
     float v_weight = *io_weight;
-    v_weight = s->h_0 * v_weight - s->s_lr * opgen_signf(v_grad); /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
+    v_weight = s.h_0 * v_weight - s.s_lr * opgen_signf(v_grad); /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
     *io_weight = v_weight;
 }
 typedef struct {
@@ -22,30 +22,30 @@ typedef struct {
 } opgen_signsgd_update_scalars_double;
 OPGEN_INLINE opgen_signsgd_update_scalars_double opgen_signsgd_update_scalars_double_init(double arg_lr, double arg_wd) {
     const double h_0 = 1.0 - arg_lr * arg_wd; /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
-    const opgen_signsgd_update_scalars_double s = {(double)arg_lr, (double)arg_wd, (double)h_0};
+    const opgen_signsgd_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)h_0)};
     return s;
 }
-OPGEN_INLINE void opgen_signsgd_update_element_double(const opgen_signsgd_update_scalars_double *s, double *io_weight, double v_grad) {
+OPGEN_INLINE void opgen_signsgd_update_element_double(const opgen_signsgd_update_scalars_double s, double *io_weight, double v_grad) {
     double v_weight = *io_weight;
-    v_weight = s->h_0 * v_weight - s->s_lr * opgen_sign(v_grad); /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
+    v_weight = s.h_0 * v_weight - s.s_lr * opgen_sign(v_grad); /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
     *io_weight = v_weight;
 }
-OPGEN_INLINE void opgen_signsgd_update_step_float16(const opgen_signsgd_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_signsgd_update_step_float16(const opgen_signsgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float16(v_weight);
 }
-OPGEN_INLINE void opgen_signsgd_update_step_float32(const opgen_signsgd_update_scalars_float *s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_signsgd_update_step_float32(const opgen_signsgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
-OPGEN_INLINE void opgen_signsgd_update_step_float64(const opgen_signsgd_update_scalars_double *s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_signsgd_update_step_float64(const opgen_signsgd_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     opgen_signsgd_update_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float64(v_weight);
 }
-OPGEN_INLINE void opgen_signsgd_update_vstep_float16(const opgen_signsgd_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_signsgd_update_vstep_float16(const opgen_signsgd_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
     opgen_vec<opgen_half, 8> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
@@ -57,7 +57,7 @@ OPGEN_INLINE void opgen_signsgd_update_vstep_float16(const opgen_signsgd_update_
     }
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
 }
-OPGEN_INLINE void opgen_signsgd_update_vstep_float32(const opgen_signsgd_update_scalars_float *s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_signsgd_update_vstep_float32(const opgen_signsgd_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
@@ -69,7 +69,7 @@ OPGEN_INLINE void opgen_signsgd_update_vstep_float32(const opgen_signsgd_update_
     }
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
 }
-OPGEN_INLINE void opgen_signsgd_update_vstep_float64(const opgen_signsgd_update_scalars_double *s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_signsgd_update_vstep_float64(const opgen_signsgd_update_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
     opgen_vec<double, 2> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
@@ -84,30 +84,30 @@ OPGEN_INLINE void opgen_signsgd_update_vstep_float64(const opgen_signsgd_update_
 
 extern "C" __global__ void __launch_bounds__(512) opgen_signsgd_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd) {
     const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
-    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_signsgd_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad));
+    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_signsgd_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float16(s, i, gi, 0, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_signsgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd) {
     const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_signsgd_update_vstep_float16(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float16(&s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_vstep_float16(&s, vi, gvi, 1, arg_weight, arg_grad), opgen_signsgd_update_step_float16(&s, i, gi, 1, arg_weight, arg_grad));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_signsgd_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float16(s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_vstep_float16(s, vi, gvi, 1, arg_weight, arg_grad), opgen_signsgd_update_step_float16(s, i, gi, 1, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_signsgd_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd) {
     const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_signsgd_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad));
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_signsgd_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float32(s, i, gi, 0, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_signsgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd) {
     const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_signsgd_update_vstep_float32(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float32(&s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_vstep_float32(&s, vi, gvi, 1, arg_weight, arg_grad), opgen_signsgd_update_step_float32(&s, i, gi, 1, arg_weight, arg_grad));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_signsgd_update_vstep_float32(s, vi, gvi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float32(s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_vstep_float32(s, vi, gvi, 1, arg_weight, arg_grad), opgen_signsgd_update_step_float32(s, i, gi, 1, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_signsgd_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double arg_lr, double arg_wd) {
     const opgen_signsgd_update_scalars_double s = opgen_signsgd_update_scalars_double_init(arg_lr, arg_wd);
-    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_signsgd_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad));
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_signsgd_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float64(s, i, gi, 0, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_signsgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double arg_lr, double arg_wd) {
     const opgen_signsgd_update_scalars_double s = opgen_signsgd_update_scalars_double_init(arg_lr, arg_wd);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_signsgd_update_vstep_float64(&s, vi, gvi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float64(&s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_vstep_float64(&s, vi, gvi, 1, arg_weight, arg_grad), opgen_signsgd_update_step_float64(&s, i, gi, 1, arg_weight, arg_grad));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_signsgd_update_vstep_float64(s, vi, gvi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float64(s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_vstep_float64(s, vi, gvi, 1, arg_weight, arg_grad), opgen_signsgd_update_step_float64(s, i, gi, 1, arg_weight, arg_grad));
 }

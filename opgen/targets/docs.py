@@ -2,12 +2,39 @@
 
 from __future__ import annotations
 
+from opgen.dtypes import PARAM_KINDS, dtype_list
 from opgen.expr.latex import LatexPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
-from opgen.spec.model import OpSpec, ParamType, TensorRole
+from opgen.expr.tree import RefKind
+from opgen.spec.model import OpSpec, TensorRole
 from opgen.targets.python_api import out_doc, param_note, result_doc, signature, tensor_doc
 
-_DOC_TYPES = {ParamType.FLOAT: "float", ParamType.INT: "int", ParamType.BOOL: "boolean"}
+_DOC_TYPES = {t: k.doc for t, k in PARAM_KINDS.items()}
+
+
+def _dtypes_text(op: OpSpec) -> str:
+
+    half = [f"{d.name} (math in {d.math.name}, rounded once on store)" for d in op.dtypes
+            if d.math.itemsize > d.itemsize]
+    plain = [d.name for d in op.dtypes if d.math.itemsize <= d.itemsize]
+    text = (", ".join(half + plain) + "; every tensor of a call shares one dtype"
+            + "".join(f", except `{t.name}`, always {t.dtype}" for t in op.tensors if t.dtype)
+            + (". The math runs in the widest of the fixed dtypes, whatever the weight's." if any(
+                t.dtype for t in op.tensors) else "."))
+    return text
+
+
+def _per_call_text(op: OpSpec) -> str:
+    """The deviation of computing per-call values in double, naming this op's."""
+    printer = PseudoPrinter()
+    values = [f"`{printer.expr(s.expr)}`" for s in op.program.prologue if s.kind is RefKind.HOISTED
+              and s.expr.vtype.value == "real"] + [f"`{s.target}`" for s in op.program.prologue
+                                                   if s.kind is RefKind.TEMP and s.expr.vtype.value == "real"]
+    if not values:
+        return ""
+    return (f"Values computed from parameters alone ({', '.join(values)}) are computed once per call in "
+            "double and rounded once to the math type; MXNet rounds each parameter to float32 and computes "
+            "them in float32, so float32 results can differ from MXNet's in the last bit or two.")
 
 
 def _row_sparse_text(op: OpSpec) -> list[str]:
@@ -61,14 +88,11 @@ def context(op: OpSpec) -> dict:
         "returns": f"ndarray – `out`, holding {result_doc(op)}. "
                    + " ".join(f"`{s.name}` is updated in place." for s in op.states),
         "skip_if": op.skip_if_text,
-        "deviations": list(op.deviations),
-        "dtypes": "float16 (math in float32, rounded once on store), float32, float64; every tensor of a call "
-                  "shares one dtype" + "".join(f", except `{t.name}`, always {t.dtype}" for t in op.tensors if t.dtype)
-                  + (". The math runs in the widest of the fixed dtypes, whatever the weight's." if any(
-                      t.dtype for t in op.tensors) else "."),
+        "deviations": list(op.deviations) + ([_per_call_text(op)] if _per_call_text(op) else []),
+        "dtypes": _dtypes_text(op),
     }
 
 
 def index_context(ops: list[OpSpec]) -> dict:
-    return {"ops": [{"name": op.name, "summary": op.summary, "signature": f"{op.name}({signature(op)})"}
+    return {"dtypes": dtype_list(), "ops": [{"name": op.name, "summary": op.summary, "signature": f"{op.name}({signature(op)})"}
                     for op in ops]}

@@ -78,9 +78,11 @@ class MathCode:
         self.printer = CPrinter(math.c_type, self._body_ref)
 
     def _body_ref(self, e: Ref) -> str:
-        """In element functions, per-call values come from the scalar struct ``s``."""
+        """In element functions, per-call values come from the scalar struct ``s``, passed by
+        value: once inlined, its members are loop-invariant locals (a pointer's loads under a
+        condition would keep the loop from vectorizing)."""
         if e.kind in (RefKind.PARAM, RefKind.HOISTED) or (e.kind is RefKind.TEMP and e.name in self.code.uniform):
-            return f"s->{c_name(e.kind, e.name)}"
+            return f"s.{c_name(e.kind, e.name)}"
         return c_name(e.kind, e.name)
 
     # -- the scalar struct and its init --------------------------------------------------
@@ -90,11 +92,12 @@ class MathCode:
         kinds = [SCALAR_INPUT_KIND] * len(self.op.scalars) + [PARAM_KINDS[p.type] for p in self.op.math_params]
         for name, kind in zip(self.op.kernel_scalars, kinds):
             c_type = kind.c_value or self.math.c_type
-            out.append((c_name(RefKind.PARAM, name), c_type, f"({c_type}){ARG}{name}"))
+            out.append((c_name(RefKind.PARAM, name), c_type, f"OPGEN_PER_CALL(({c_type}){ARG}{name})"))
         for s in self.op.program.prologue:
             c_type = _value_type(s.expr.vtype, self.math)
             name = c_name(s.kind, s.target)
-            out.append((name, c_type, name if s.expr.vtype is not VType.REAL else f"({c_type}){name}"))
+            value = name if s.expr.vtype is not VType.REAL else f"({c_type}){name}"
+            out.append((name, c_type, f"OPGEN_PER_CALL({value})"))
         return out
 
     def struct_lines(self) -> list[str]:
@@ -144,7 +147,7 @@ class MathCode:
 
     def element_lines(self) -> list[str]:
         names, written = self.code.element_arrays, set(self.code.written)
-        params = ", ".join([f"const {self.code.struct(self.math)} *s", *self.element_params(names, written)])
+        params = ", ".join([f"const {self.code.struct(self.math)} s", *self.element_params(names, written)])
         before, after = self.io_lines(names, written, self.code.reads)
         body = self.statements(self.op.program.body, set(self.code.reads))
         return [f"OPGEN_INLINE void {self.code.function('element', self.math.c_type)}({params}) {{",
@@ -205,7 +208,7 @@ class StepCode:
         return lines
 
     def head(self, what: str, index: str) -> str:
-        params = [f"const {self.code.struct(self.math.math)} *s", index, "int zero_grad",
+        params = [f"const {self.code.struct(self.math.math)} s", index, "int zero_grad",
                   *self.pointer_params(self.code.element_arrays)]
         return f"OPGEN_INLINE void {self.code.function(what, self.dtype.name)}({', '.join(params)}) {{"
 
@@ -248,7 +251,7 @@ class StepCode:
                            for n in self.code.element_arrays) or "1"
 
     def step_call(self, what: str, index: str, zero_grad: int, table: str = "") -> str:
-        return f"{self.code.function(what, self.dtype.name)}(&s, {index}, {zero_grad}, " \
+        return f"{self.code.function(what, self.dtype.name)}(s, {index}, {zero_grad}, " \
                f"{self.code.pointer_args(self.code.element_arrays, table)})"
 
 
@@ -281,11 +284,11 @@ class RowCode:
         m, struct, rows = self.math.math.c_type, self.code.struct(self.math.math), self.op.rows
         printer = self.math.printer
         fn = lambda what: self.code.function(what, m)  # noqa: E731
-        params1 = ", ".join([f"const {struct} *s", f"{m} *sums", *self.math.element_params(self.pass1_arrays, set())])
+        params1 = ", ".join([f"const {struct} s", f"{m} *sums", *self.math.element_params(self.pass1_arrays, set())])
         lines = [f"OPGEN_INLINE void {fn('pass1')}({params1}) {{",
                  *self.math.statements(self.pass1, set(self.pass1_arrays)),
                  *(f"    sums[{k}] += {printer.expr(e)};" for k, e in enumerate(rows.reductions)), "}"]
-        row_params = ", ".join([f"const {struct} *s", f"const {m} *sums", "int64_t row_len", f"{m} *values",
+        row_params = ", ".join([f"const {struct} s", f"const {m} *sums", "int64_t row_len", f"{m} *values",
                                 *(f"{m} {c_name(RefKind.TENSOR, n)}" for n in self.row_tensors)])
         lines += [f"OPGEN_INLINE void {fn('row')}({row_params}) {{",
                   *(f"    const {m} {c_name(RefKind.REDUCED, str(k))} = sums[{k}] / ({m})row_len;"
@@ -293,7 +296,7 @@ class RowCode:
                   *self.math.statements(rows.row, set(self.row_tensors)),
                   *(f"    values[{k}] = {self.value_local(n)};" for k, n in enumerate(self.values)), "}"]
         names = self.pass2_arrays
-        params2 = ", ".join([f"const {struct} *s", f"const {m} *values",
+        params2 = ", ".join([f"const {struct} s", f"const {m} *values",
                              *self.math.element_params(names, self.pass2_written)])
         read_values = {r.name for s in self.pass2 for r in refs(s.expr)}
         before, after = self.math.io_lines(names, self.pass2_written, self.pass2_reads)
@@ -307,7 +310,7 @@ class RowCode:
         m, struct, d = self.math.math.c_type, self.code.struct(self.math.math), step.dtype.name
         memory = Memory("p_{name}[{index}]", {step.grad: "gi", **{n: "row" for n in self.row_tensors}})
         fn = lambda what: self.code.function(what, d)  # noqa: E731
-        scalars = f"const {struct} *s"
+        scalars = f"const {struct} s"
         lines = [f"OPGEN_INLINE void {fn('pass1')}({', '.join([scalars, 'int64_t i', 'int64_t gi', f'{m} *sums', *step.pointer_params(self.pass1_arrays)])}) {{",
                  f"    {self.code.function('pass1', m)}(s, sums{''.join(', ' + step.load(n, memory) for n in self.pass1_arrays)});",
                  "}"]
@@ -333,10 +336,10 @@ class RowCode:
         fn = lambda what: self.code.function(what, d)  # noqa: E731
         args = self.code.pointer_args
         return [self.math.math.c_type, str(len(self.op.rows.reductions)), str(len(self.values)),
-                f"{fn('pass1')}(&s, i, gi, opgen_sums{_more(args(self.pass1_arrays))})",
-                f"{fn('row')}(&s, opgen_sums, row_len, opgen_values, row{_more(args(self.row_tensors))})",
+                f"{fn('pass1')}(s, i, gi, opgen_sums{_more(args(self.pass1_arrays))})",
+                f"{fn('row')}(s, opgen_sums, row_len, opgen_values, row{_more(args(self.row_tensors))})",
                 f"{fn('row_store')}(opgen_values, row{_more(args(self.row_written))})",
-                f"{fn('pass2')}(&s, opgen_values, i, gi{_more(args(self.pass2_arrays))})"]
+                f"{fn('pass2')}(s, opgen_values, i, gi{_more(args(self.pass2_arrays))})"]
 
 
 def _more(text: str) -> str:
