@@ -83,7 +83,7 @@ OPGEN_INLINE void opgen_adam_update_step_float64(const opgen_adam_update_scalars
 }
 
 void opgen_adam_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    const opgen_adam_update_scalars_float scalars = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_DENSE(size, flush_denormal, opgen_adam_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
@@ -92,17 +92,17 @@ void opgen_adam_update_multi_float16(int64_t count, const int64_t *sizes, void *
 }
 
 void opgen_adam_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, opgen_prefetch_row(arg_weight, ahead, row_len, 2); opgen_prefetch_row(arg_mean, ahead, row_len, 2); opgen_prefetch_row(arg_var, ahead, row_len, 2);, opgen_adam_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    const opgen_adam_update_scalars_float scalars = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2); opgen_prefetch_line(arg_mean, ahead, line, row_len, 2); opgen_prefetch_line(arg_var, ahead, line, row_len, 2);, opgen_adam_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
 void opgen_adam_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    const opgen_adam_update_scalars_float scalars = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_adam_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
 void opgen_adam_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    const opgen_adam_update_scalars_float scalars = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_DENSE(size, flush_denormal, opgen_adam_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
@@ -111,17 +111,17 @@ void opgen_adam_update_multi_float32(int64_t count, const int64_t *sizes, void *
 }
 
 void opgen_adam_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, opgen_prefetch_row(arg_weight, ahead, row_len, 4); opgen_prefetch_row(arg_mean, ahead, row_len, 4); opgen_prefetch_row(arg_var, ahead, row_len, 4);, opgen_adam_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    const opgen_adam_update_scalars_float scalars = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_weight, ahead, line, row_len, 4); opgen_prefetch_line(arg_mean, ahead, line, row_len, 4); opgen_prefetch_line(arg_var, ahead, line, row_len, 4);, opgen_adam_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
 void opgen_adam_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    const opgen_adam_update_scalars_float scalars = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_adam_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
 void opgen_adam_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_adam_update_scalars_double s = opgen_adam_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    const opgen_adam_update_scalars_double scalars = opgen_adam_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_DENSE(size, flush_denormal, opgen_adam_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
@@ -130,11 +130,11 @@ void opgen_adam_update_multi_float64(int64_t count, const int64_t *sizes, void *
 }
 
 void opgen_adam_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_adam_update_scalars_double s = opgen_adam_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
-    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, opgen_prefetch_row(arg_weight, ahead, row_len, 8); opgen_prefetch_row(arg_mean, ahead, row_len, 8); opgen_prefetch_row(arg_var, ahead, row_len, 8);, opgen_adam_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    const opgen_adam_update_scalars_double scalars = opgen_adam_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_weight, ahead, line, row_len, 8); opgen_prefetch_line(arg_mean, ahead, line, row_len, 8); opgen_prefetch_line(arg_var, ahead, line, row_len, 8);, opgen_adam_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
 void opgen_adam_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_adam_update_scalars_double s = opgen_adam_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    const opgen_adam_update_scalars_double scalars = opgen_adam_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_adam_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float64(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var));
 }

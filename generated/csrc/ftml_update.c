@@ -105,7 +105,7 @@ OPGEN_INLINE void opgen_ftml_update_step_float64(const opgen_ftml_update_scalars
 }
 
 void opgen_ftml_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int flush_denormal) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
     OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }
 
@@ -114,12 +114,12 @@ void opgen_ftml_update_multi_float16(int64_t count, const int64_t *sizes, void *
 }
 
 void opgen_ftml_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int flush_denormal) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }
 
 void opgen_ftml_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int flush_denormal) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
     OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }
 
@@ -128,12 +128,12 @@ void opgen_ftml_update_multi_float32(int64_t count, const int64_t *sizes, void *
 }
 
 void opgen_ftml_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int flush_denormal) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(s, i, gi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }
 
 void opgen_ftml_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int flush_denormal) {
-    const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
+    const opgen_ftml_update_scalars_double scalars = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
     OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }
 
@@ -142,6 +142,6 @@ void opgen_ftml_update_multi_float64(int64_t count, const int64_t *sizes, void *
 }
 
 void opgen_ftml_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int flush_denormal) {
-    const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
+    const opgen_ftml_update_scalars_double scalars = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(s, i, gi, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }

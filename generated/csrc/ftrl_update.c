@@ -79,7 +79,7 @@ OPGEN_INLINE void opgen_ftrl_update_step_float64(const opgen_ftrl_update_scalars
 }
 
 void opgen_ftrl_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n));
 }
 
@@ -88,12 +88,12 @@ void opgen_ftrl_update_multi_float16(int64_t count, const int64_t *sizes, void *
 }
 
 void opgen_ftrl_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_z, arg_n));
 }
 
 void opgen_ftrl_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n));
 }
 
@@ -102,12 +102,12 @@ void opgen_ftrl_update_multi_float32(int64_t count, const int64_t *sizes, void *
 }
 
 void opgen_ftrl_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32(s, i, gi, 1, arg_weight, arg_grad, arg_z, arg_n));
 }
 
 void opgen_ftrl_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_ftrl_update_scalars_double s = opgen_ftrl_update_scalars_double_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    const opgen_ftrl_update_scalars_double scalars = opgen_ftrl_update_scalars_double_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n));
 }
 
@@ -116,6 +116,6 @@ void opgen_ftrl_update_multi_float64(int64_t count, const int64_t *sizes, void *
 }
 
 void opgen_ftrl_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
-    const opgen_ftrl_update_scalars_double s = opgen_ftrl_update_scalars_double_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    const opgen_ftrl_update_scalars_double scalars = opgen_ftrl_update_scalars_double_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float64(s, i, gi, 1, arg_weight, arg_grad, arg_z, arg_n));
 }

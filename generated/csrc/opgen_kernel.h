@@ -150,16 +150,18 @@ static inline int64_t opgen_lower_bound(const int64_t *indices, int64_t n, int64
 /* Thread ranges start on multiples of this many elements (whole cache lines). */
 #define OPGEN_CHUNK_ALIGN 16
 
-/* Ask for the `count` elements of `itemsize` bytes at p + first, one cache line at a time. */
-static inline void opgen_prefetch_row(const void *p, int64_t first, int64_t count, int64_t itemsize) {
-    const char *start = (const char *)p + first * itemsize;
-    for (int64_t b = 0; b < count * itemsize; b += 64) __builtin_prefetch(start + b, 1);
+/* Ask for cache line `line` of the `count` elements of `itemsize` bytes at p + first. */
+static inline void opgen_prefetch_line(const void *p, int64_t first, int64_t line, int64_t count, int64_t itemsize) {
+    if (line * 64 < count * itemsize) __builtin_prefetch((const char *)p + first * itemsize + line * 64, 1);
 }
 
 /* ---- The schedules: each loop is written once, here, for every op. ----
- * A generated kernel computes its scalar struct `s`, then runs one of these with its
- * op's step function: STEP is an expression over i (the element) and gi (the gradient's
- * element); in the multi schedule SETUP declares `s` for tensor t. */
+ * A generated kernel computes its per-call struct `scalars`, then runs one of these with
+ * its op's step function: STEP is an expression over i (the element), gi (the gradient's
+ * element) and s, each thread's private copy of `scalars` (a shared one would be read
+ * back from memory in every row: 1.7x the instructions of a lazy update); in the multi
+ * schedule SETUP declares `s` for tensor t. */
+#define OPGEN_PRIVATE_SCALARS const __typeof__(scalars) s = scalars
 
 /* Every element of one tensor: contiguous thread shares, vectorized. */
 #define OPGEN_DENSE(n, flush_denormal, STEP)                                               \
@@ -168,6 +170,7 @@ static inline void opgen_prefetch_row(const void *p, int64_t first, int64_t coun
         _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
         {                                                                                  \
             const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
+            OPGEN_PRIVATE_SCALARS;                                                         \
             int64_t opgen_lo, opgen_hi;                                                    \
             opgen_thread_range((n), OPGEN_CHUNK_ALIGN, &opgen_lo, &opgen_hi);              \
             _Pragma("omp simd")                                                            \
@@ -207,18 +210,22 @@ static inline void opgen_prefetch_row(const void *p, int64_t first, int64_t coun
     } while (0)
 
 /* Only the rows a row-sparse gradient lists (row indices[r] takes gradient row r);
- * scattered rows, so PREFETCH asks for the row OPGEN_PREFETCH_ROWS ahead (at `ahead`). */
-#define OPGEN_LAZY(nnz, row_len, indices, flush_denormal, PREFETCH, STEP)                  \
+ * scattered rows, so PREFETCH asks for cache line `line` of the row OPGEN_PREFETCH_ROWS
+ * ahead (at element `ahead`) of every tensor, whose widest element has WIDEST bytes. */
+#define OPGEN_LAZY(nnz, row_len, indices, flush_denormal, WIDEST, PREFETCH, STEP)          \
     do {                                                                                   \
         const int opgen_nt = opgen_threads_for((nnz) * (row_len), OPGEN_MIN_ROW_ELEMENTS_PER_THREAD); \
         _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
         {                                                                                  \
             const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
+            OPGEN_PRIVATE_SCALARS;                                                         \
             _Pragma("omp for schedule(static)")                                            \
             for (int64_t r = 0; r < (nnz); ++r) {                                          \
                 if (r + OPGEN_PREFETCH_ROWS < (nnz)) {                                     \
                     const int64_t ahead = (indices)[r + OPGEN_PREFETCH_ROWS] * (row_len);  \
-                    PREFETCH;                                                              \
+                    for (int64_t line = 0; line * 64 < (row_len) * (WIDEST); ++line) {     \
+                        PREFETCH;                                                          \
+                    }                                                                      \
                 }                                                                          \
                 const int64_t opgen_base = (indices)[r] * (row_len), opgen_gbase = r * (row_len); \
                 _Pragma("omp simd")                                                        \
@@ -238,6 +245,7 @@ static inline void opgen_prefetch_row(const void *p, int64_t first, int64_t coun
         _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
         {                                                                                  \
             const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
+            OPGEN_PRIVATE_SCALARS;                                                         \
             int64_t opgen_r0, opgen_r1;                                                    \
             opgen_thread_range((nrows), 1, &opgen_r0, &opgen_r1);                          \
             int64_t opgen_k = opgen_lower_bound((indices), (nnz), opgen_r0);               \
@@ -273,6 +281,7 @@ static inline void opgen_prefetch_row(const void *p, int64_t first, int64_t coun
         _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
         {                                                                                  \
             const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
+            OPGEN_PRIVATE_SCALARS;                                                         \
             _Pragma("omp for schedule(static)")                                            \
             for (int64_t r = 0; r < (nnz); ++r) {                                          \
                 const int64_t row = (indices)[r], opgen_base = row * (row_len), opgen_gbase = r * (row_len); \

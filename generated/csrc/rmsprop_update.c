@@ -75,7 +75,7 @@ OPGEN_INLINE void opgen_rmsprop_update_step_float64(const opgen_rmsprop_update_s
 }
 
 void opgen_rmsprop_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
-    const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
+    const opgen_rmsprop_update_scalars_float scalars = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
     OPGEN_DENSE(size, flush_denormal, opgen_rmsprop_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_n));
 }
 
@@ -84,12 +84,12 @@ void opgen_rmsprop_update_multi_float16(int64_t count, const int64_t *sizes, voi
 }
 
 void opgen_rmsprop_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
-    const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
+    const opgen_rmsprop_update_scalars_float scalars = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_rmsprop_update_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_n));
 }
 
 void opgen_rmsprop_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
-    const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
+    const opgen_rmsprop_update_scalars_float scalars = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
     OPGEN_DENSE(size, flush_denormal, opgen_rmsprop_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_n));
 }
 
@@ -98,12 +98,12 @@ void opgen_rmsprop_update_multi_float32(int64_t count, const int64_t *sizes, voi
 }
 
 void opgen_rmsprop_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
-    const opgen_rmsprop_update_scalars_float s = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
+    const opgen_rmsprop_update_scalars_float scalars = opgen_rmsprop_update_scalars_float_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_rmsprop_update_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float32(s, i, gi, 1, arg_weight, arg_grad, arg_n));
 }
 
 void opgen_rmsprop_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
-    const opgen_rmsprop_update_scalars_double s = opgen_rmsprop_update_scalars_double_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
+    const opgen_rmsprop_update_scalars_double scalars = opgen_rmsprop_update_scalars_double_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
     OPGEN_DENSE(size, flush_denormal, opgen_rmsprop_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_n));
 }
 
@@ -112,6 +112,6 @@ void opgen_rmsprop_update_multi_float64(int64_t count, const int64_t *sizes, voi
 }
 
 void opgen_rmsprop_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int flush_denormal) {
-    const opgen_rmsprop_update_scalars_double s = opgen_rmsprop_update_scalars_double_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
+    const opgen_rmsprop_update_scalars_double scalars = opgen_rmsprop_update_scalars_double_init(arg_lr, arg_gamma1, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_rmsprop_update_step_float64(s, i, gi, 0, arg_weight, arg_grad, arg_n), opgen_rmsprop_update_step_float64(s, i, gi, 1, arg_weight, arg_grad, arg_n));
 }

@@ -47,7 +47,7 @@ OPGEN_INLINE void opgen_signsgd_update_step_float64(const opgen_signsgd_update_s
 }
 
 void opgen_signsgd_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int flush_denormal) {
-    const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
+    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
     OPGEN_DENSE(size, flush_denormal, opgen_signsgd_update_step_float16(s, i, gi, 0, arg_weight, arg_grad));
 }
 
@@ -56,12 +56,12 @@ void opgen_signsgd_update_multi_float16(int64_t count, const int64_t *sizes, voi
 }
 
 void opgen_signsgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int flush_denormal) {
-    const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
+    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_signsgd_update_step_float16(s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float16(s, i, gi, 1, arg_weight, arg_grad));
 }
 
 void opgen_signsgd_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int flush_denormal) {
-    const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
+    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
     OPGEN_DENSE(size, flush_denormal, opgen_signsgd_update_step_float32(s, i, gi, 0, arg_weight, arg_grad));
 }
 
@@ -70,12 +70,12 @@ void opgen_signsgd_update_multi_float32(int64_t count, const int64_t *sizes, voi
 }
 
 void opgen_signsgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int flush_denormal) {
-    const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
+    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_signsgd_update_step_float32(s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float32(s, i, gi, 1, arg_weight, arg_grad));
 }
 
 void opgen_signsgd_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int flush_denormal) {
-    const opgen_signsgd_update_scalars_double s = opgen_signsgd_update_scalars_double_init(arg_lr, arg_wd);
+    const opgen_signsgd_update_scalars_double scalars = opgen_signsgd_update_scalars_double_init(arg_lr, arg_wd);
     OPGEN_DENSE(size, flush_denormal, opgen_signsgd_update_step_float64(s, i, gi, 0, arg_weight, arg_grad));
 }
 
@@ -84,6 +84,6 @@ void opgen_signsgd_update_multi_float64(int64_t count, const int64_t *sizes, voi
 }
 
 void opgen_signsgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int flush_denormal) {
-    const opgen_signsgd_update_scalars_double s = opgen_signsgd_update_scalars_double_init(arg_lr, arg_wd);
+    const opgen_signsgd_update_scalars_double scalars = opgen_signsgd_update_scalars_double_init(arg_lr, arg_wd);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_signsgd_update_step_float64(s, i, gi, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float64(s, i, gi, 1, arg_weight, arg_grad));
 }

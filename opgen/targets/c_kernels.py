@@ -39,7 +39,7 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
     if kernel.schedule is Schedule.MULTI:
         return [f"OPGEN_MULTI({n[ArgRole.COUNT]}, {n[ArgRole.SIZES]}, {flush}, "
                 f"const {struct} s = {init}({code.init_call('[t]')}), {step.step_call('step', 'i, gi', 0, '[t]')});"]
-    head = f"const {struct} s = {init}({code.init_call()});"
+    head = f"const {struct} scalars = {init}({code.init_call()});"
     rows = f"{n.get(ArgRole.NNZ)}, {n.get(ArgRole.ROW_LEN)}, {n.get(ArgRole.INDICES)}"
     if kernel.schedule is Schedule.DENSE:
         return [head, f"OPGEN_DENSE({n[ArgRole.SIZE]}, {flush}, {step.step_call('step', 'i, gi', 0)});"]
@@ -47,10 +47,12 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
         args = RowCode(step.math).schedule_args(step)
         return [head, f"OPGEN_LAZY_ROWS({args[0]}, {args[1]}, {args[2]}, {rows}, {flush}, {', '.join(args[3:])});"]
     if kernel.schedule is Schedule.LAZY:
-        prefetch = " ".join(f"opgen_prefetch_row({abi.ARG}{name}, ahead, {n[ArgRole.ROW_LEN]}, "
-                            f"{step.storage(name).itemsize});"
-                            for name in code.element_arrays if name != op.grad.name)
-        return [head, f"OPGEN_LAZY({rows}, {flush}, {prefetch or '(void)0'}, {step.step_call('step', 'i, gi', 0)});"]
+        fetched = [name for name in code.element_arrays if name != op.grad.name]
+        prefetch = " ".join(f"opgen_prefetch_line({abi.ARG}{name}, ahead, line, {n[ArgRole.ROW_LEN]}, "
+                            f"{step.storage(name).itemsize});" for name in fetched)
+        widest = max((step.storage(name).itemsize for name in fetched), default=0)
+        return [head, f"OPGEN_LAZY({rows}, {flush}, {widest}, {prefetch or '(void)0'}, "
+                      f"{step.step_call('step', 'i, gi', 0)});"]
     return [head, f"OPGEN_STANDARD({n[ArgRole.NROWS]}, {rows}, {flush}, {step.step_call('step', 'i, gi', 0)}, "
                   f"{step.step_call('step', 'i, gi', 1)});"]
 
