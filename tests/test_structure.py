@@ -19,6 +19,7 @@ import generated
 from opgen.build import build
 from opgen.errors import SpecError
 from opgen.runtime import use_backend
+from opgen.runtime.arrays import ArrayAdapter
 from opgen.spec import load_spec
 from opgen.spec.loader import parse_spec
 
@@ -378,3 +379,66 @@ def test_float_kernels_do_no_double_math_in_their_element_loops(op):
         name = re.search(r"\.entry\s+(\w+)\(", kernel).group(1)
         if name.endswith(("_float16", "_float32")):
             assert not _element_loops_f64(kernel), name
+
+
+# ---- a new array type is one adapter ------------------------------------------------------
+
+class Boxed:
+    """An array type the runtime has never heard of: no buffer protocol, no NumPy API."""
+
+    def __init__(self, array: np.ndarray) -> None:
+        self._array = array
+
+
+class BoxedArrays(ArrayAdapter):
+    """The whole adapter: which values it owns, a NumPy view of one, a result as a Boxed."""
+
+    name, type_names, device, native = "Boxed (host)", "Boxed", False, False
+
+    def owns(self, value) -> bool:
+        return isinstance(value, Boxed)
+
+    def view(self, value):
+        return value._array
+
+    def wrap(self, array, like):
+        return Boxed(array)
+
+
+@pytest.fixture
+def boxed_arrays():
+    from opgen.runtime import arrays
+
+    adapter = BoxedArrays()
+    arrays.register(adapter)
+    yield adapter
+    arrays.unregister(adapter)
+
+
+def test_a_registered_adapter_runs_every_path_in_place(boxed_arrays, backend):
+    rng = np.random.default_rng(5)
+    w, g = rng.normal(size=(4, 3)).astype(np.float32), rng.normal(size=(4, 3)).astype(np.float32)
+    m, v = np.zeros_like(w), np.zeros_like(w)
+    expected = generated.adam_update(w.copy(), g, m.copy(), v.copy(), lr=0.1)  # NumPy arrays
+    weight, mean, var = Boxed(w.copy()), Boxed(m.copy()), Boxed(v.copy())
+    result = generated.adam_update(weight, Boxed(g), mean, var, lr=0.1, out=weight)
+    assert result is weight  # in place: the caller's own object comes back
+    np.testing.assert_array_equal(weight._array, expected)
+    fresh = generated.adam_update(weight, Boxed(g), Boxed(m.copy()), Boxed(v.copy()), lr=0.1)
+    assert isinstance(fresh, Boxed) and fresh._array is not weight._array
+    # many tensors in one call
+    weights = [Boxed(w.copy()), Boxed(w.copy())]
+    out = generated.adam_update_multi(weights, [Boxed(g), Boxed(g)], [Boxed(m.copy()), Boxed(m.copy())],
+                                      [Boxed(v.copy()), Boxed(v.copy())], lr=0.1, out=weights)
+    assert out[0] is weights[0] and out[1] is weights[1]
+    np.testing.assert_array_equal(weights[1]._array, expected)
+
+
+def test_an_unregistered_type_is_named_in_the_error(boxed_arrays):
+    from opgen.runtime import arrays
+
+    arrays.unregister(boxed_arrays)
+    with pytest.raises(TypeError, match=r"adam_update\(\): argument 'weight' must be a numpy.ndarray or "
+                                        r"cupy.ndarray, got Boxed"):
+        generated.adam_update(Boxed(np.zeros(2, np.float32)), np.zeros(2, np.float32), np.zeros(2, np.float32),
+                              np.zeros(2, np.float32), lr=0.1)

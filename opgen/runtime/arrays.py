@@ -1,9 +1,13 @@
 """Array adapters: everything the runtime asks of an array type, in one interface.
 
-Each adapter says whether it owns a value, where the value lives (host or a device) and
-how to read its pointer, byte range, writeability and device; the checks and backends ask
-only these questions. A new array type (torch tensors, say) is one new adapter module that
-calls :func:`register` with an instance; nothing else changes.
+The runtime works on two native kinds, NumPy arrays (host: the C and NumPy backends) and
+CuPy arrays (device: CUDA); their adapters say where a value lives and how to read its
+pointer, byte range, writeability and device, and the checks and backends ask only these.
+Any other array type is one new adapter module: it says which values it owns, presents
+each as a native array over the same memory (``view``: a NumPy view of host memory, or a
+CuPy array over device memory through DLPack, with no copy), and turns a new native
+result back into its own type (``wrap``); it calls :func:`register` with an instance.
+Nothing else changes.
 """
 
 from __future__ import annotations
@@ -19,9 +23,18 @@ class ArrayAdapter:
     name = "array"  # how messages name the type: "NumPy (host)"
     type_names = "array"  # how messages name what it accepts: "numpy.ndarray"
     device = False
+    native = True  # the runtime works on such arrays directly (NumPy, CuPy)
 
     def owns(self, value) -> bool:
         raise NotImplementedError
+
+    def view(self, value):
+        """A native array (NumPy or CuPy) over the same memory, zero-copy."""
+        return value
+
+    def wrap(self, array, like):
+        """A new native result as this adapter's type (``like`` is the call's weight)."""
+        return array
 
     def module(self, value):
         """The array namespace (numpy, cupy) that creates and copies such arrays."""
@@ -101,8 +114,49 @@ _ADAPTERS: list[ArrayAdapter] = [NumpyArrays(), CupyArrays()]
 
 
 def register(adapter: ArrayAdapter) -> None:
-    """Make the runtime accept a new array type."""
-    _ADAPTERS.append(adapter)
+    """Make the runtime accept a new array type (``adapter.native`` must be False)."""
+    if adapter.native:
+        raise ValueError("register: argument 'adapter' must present its arrays as NumPy or CuPy views "
+                         "(native = False)")
+    if adapter not in _ADAPTERS:
+        _ADAPTERS.append(adapter)
+
+
+def unregister(adapter: ArrayAdapter) -> None:
+    if adapter in _ADAPTERS and not adapter.native:
+        _ADAPTERS.remove(adapter)
+
+
+class Presented:
+    """A call's arrays as native views, and how to hand a result back in the caller's type."""
+
+    __slots__ = ("originals", "views", "adapter")
+
+    def __init__(self, values, adapter: ArrayAdapter | None) -> None:
+        self.originals, self.views, self.adapter = values, values, adapter
+
+    def result(self, value):
+        """``value`` as the caller sees it: the object it passed, or a new one of its type."""
+        for original, view in zip(self.originals, self.views):
+            if value is view:
+                return original
+        if self.adapter is None or isinstance(value, list):
+            return value
+        return self.adapter.wrap(value, None)
+
+
+def present(values: tuple) -> tuple[tuple, Presented]:
+    """Foreign arrays among ``values`` replaced by native views (others unchanged)."""
+    foreign = None
+    converted = list(values)
+    for k, value in enumerate(values):
+        adapter = adapter_for(value)
+        if adapter is not None and not adapter.native:
+            converted[k] = adapter.view(value)
+            foreign = foreign or adapter
+    presented = Presented(tuple(values), foreign)
+    presented.views = tuple(converted)
+    return presented.views, presented
 
 
 def adapter_for(value) -> ArrayAdapter | None:

@@ -21,7 +21,7 @@ import numpy as np
 from opgen.dtypes import PARAM_KINDS, ParamType
 from opgen.kinds import Schedule, TensorRole
 from opgen.runtime import backends, cbuild
-from opgen.runtime.arrays import adapter_for, same_view
+from opgen.runtime.arrays import adapter_for, present, same_view
 from opgen.runtime.operator import Operator
 from opgen.runtime.rowsparse import RowSparseArray
 
@@ -123,12 +123,20 @@ class MultiOperator:
             return []
         arrays = tuple(itertools.chain(*lists, out if out is not None else ()))
         plan = self._plan
-        if plan is None or out is None or len(plan.arrays) != len(arrays) \
-                or not all(map(operator.is_, arrays, plan.arrays)) or backends.current_backend() == "numpy":
-            module = self._c_module() if all(type(a) is np.ndarray for a in lists[0]) else None
-            plan = None if module is None else self._plan_for(naming, lists, out, arrays, module, count)
-        if plan is None:
-            return self._one_by_one(naming, lists, columns, out, count)
+        if plan is not None and out is not None and len(plan.arrays) == len(arrays) \
+                and all(map(operator.is_, arrays, plan.arrays)) and backends.current_backend() != "numpy":
+            return self._run_plan(plan, columns, count)  # the very same arrays as last time, in place
+        # arrays of other types as native views (the cached path above only ever holds native ones)
+        views, presented = present(arrays)
+        lists = [list(views[k * count:(k + 1) * count]) for k in range(len(lists))]
+        out = None if out is None else list(views[len(lists) * count:])
+        module = self._c_module() if all(type(a) is np.ndarray for a in lists[0]) else None
+        plan = None if module is None else self._plan_for(naming, lists, out, views, module, count)
+        targets = self._one_by_one(naming, lists, columns, out, count) if plan is None \
+            else self._run_plan(plan, columns, count)
+        return [presented.result(t) for t in targets]
+
+    def _run_plan(self, plan: _Plan, columns: list, count: int) -> list:
         from_buffer = plan.from_buffer
         values = []
         for p, column in zip(self.kernel_params, columns):

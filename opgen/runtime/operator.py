@@ -19,7 +19,8 @@ import numpy as np
 from opgen.dtypes import DTYPE_NAMES, ParamType, dtype_list
 from opgen.kinds import Schedule, TensorRole
 from opgen.runtime import backends, cbuild, cuda
-from opgen.runtime.arrays import adapter_for, accepted_types, array_module, is_device_array, kind, same_view
+from opgen.runtime.arrays import (accepted_types, adapter_for, array_module, is_device_array, kind, present,
+                                  same_view)
 from opgen.runtime.backends import Work
 from opgen.runtime.rowsparse import RowSparseArray
 from opgen.targets.abi import KernelABI
@@ -165,8 +166,10 @@ class Operator:
 
     def _checked_call(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
                       out_name: str = "out"):
-        call = self.check(tensors, params, out, names, out_name)
-        return self.execute(call)
+        """The general path: arrays of other types as native views, every check, the run."""
+        views, presented = present((*tensors, out))
+        call = self.check(views[:-1], params, views[-1], names, out_name)
+        return presented.result(self.execute(call))
 
     def check(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
               out_name: str = "out") -> Call:
