@@ -18,7 +18,6 @@ import pytest
 import generated
 from opgen.build import build
 from opgen.errors import SpecError
-from opgen.runtime import use_backend
 from opgen.runtime.arrays import ArrayAdapter
 from opgen.spec import load_spec
 from opgen.spec.loader import parse_spec
@@ -59,6 +58,23 @@ def test_abi_names_every_compiled_kernel_and_the_cdef_declares_it(op):
         # the argument names, in order, as the runtime will pass them
         names = [part.strip().split()[-1].lstrip("*") for part in line[line.index("(") + 1:-2].split(",")]
         assert names == [a.name for a in kernel.args]
+
+
+@pytest.mark.parametrize("op", SPECS)
+def test_cuda_kernels_take_the_abi_arguments_in_order(op):
+    """Every CUDA kernel the ABI launches is defined with the ABI's CUDA arguments, and its
+    __launch_bounds__ is the launch's block size."""
+    operator = module(op)._OP
+    cu = (ROOT / "generated" / "cuda" / f"{op}.cu").read_text()
+    for kernel in operator.kernel_abis.values():
+        if kernel.launch is None:
+            assert f" {kernel.name}(" not in cu
+            continue
+        m = re.search(rf"__launch_bounds__\((\d+)\) {kernel.name}\((.*)\) {{", cu)
+        assert m, kernel.name
+        assert int(m.group(1)) == kernel.launch.block[0] * kernel.launch.block[1]
+        names = [part.strip().split()[-1] for part in m.group(2).split(",")]
+        assert names == [a.name for a in kernel.cuda_args]
 
 
 @pytest.mark.parametrize("op", SPECS)

@@ -32,7 +32,7 @@ def c_comment(text: str) -> str:
 
 
 def _value_type(vtype: VType, math: MathType) -> str:
-    return {VType.REAL: math.c_type, VType.INT: "int64_t", VType.BOOL: "int"}[vtype]
+    return CPrinter(math.c_type).c_type(vtype)
 
 
 class OpCode:

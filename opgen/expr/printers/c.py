@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from opgen.dtypes import PARAM_KINDS, ParamType
 from opgen.expr.printers.infix import ATOM, InfixPrinter
 from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKind, VType
 
@@ -36,7 +37,10 @@ class CPrinter(InfixPrinter):
         self.resolve = resolve
 
     def c_type(self, vtype: VType) -> str:
-        return {VType.REAL: self.acc, VType.INT: "int64_t", VType.BOOL: "int"}[vtype]
+        """Reals in the math type; ints and bools as the parameter table spells them."""
+        if vtype is VType.REAL:
+            return self.acc
+        return PARAM_KINDS[ParamType.INT if vtype is VType.INT else ParamType.BOOL].c_value
 
     def const(self, e: Const) -> str:
         if e.vtype is VType.BOOL:
