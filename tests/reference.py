@@ -1,40 +1,87 @@
-"""Independent NumPy reference for the four optimizer updates under test.
+"""Independent NumPy reference for every optimizer update in specs/.
 
-Written by hand from /work/shared/reference/mxnet-optimizers.md (sections 2.1, 2.2,
-2.5, 2.6: MXNet 1.9.1 CPU kernels, same statement and operand order) with the opgen
-deviations of section 7:
+Written by hand from /work/shared/reference/mxnet-optimizers.md: the MXNet 1.9.1 CPU kernels
+in their statement and operand order (sections 2.1-2.15), with the opgen deviations of
+section 7:
 
-* clipping (clip_gradient, clip_weights) happens only when the bound is > 0;
-* float16 storage: compute in float32, round once when storing;
-* float32: compute in float32, every scalar parameter first rounded to float32
-  (so ``1 - beta1`` is ``float32(1) - float32(beta1)``);
-* float64: compute in double with the parameters at double precision.
+* clipping (clip_gradient, clip_weights, clip_grad) happens only when the bound is > 0
+  (7.1); lamb's lower/upper bounds apply when they are >= 0, as in MXNet (2.13);
+* float16 storage: compute in float32, round once when storing (7.2);
+* float32: compute in float32, every scalar parameter rounded to float32, except that a
+  value computed from parameters alone (``1 - beta1``, ``lr * wd``, ``1 - beta1 ** t``) is
+  computed in double and rounded once (opgen's per-call rule; MXNet computes it in float32
+  from rounded parameters): see :func:`_per_call`;
+* float64: compute in double with the parameters at double precision (7.3);
+* nag_mom_update: the new momentum always uses the OLD weight (7.5);
+* adamw_update never writes its grad input (7.6).
+
+Multi-precision (mp_*, multi_mp_*) ops compute in float32 from ``weight32`` (sections 2.4,
+2.12, 2.15) and never read the low-precision weight; ``out`` is ``weight32``'s new value cast
+to the weight's dtype. (For a float64 weight an implementation may compute in double; such
+arrays are compared with a float32-level tolerance, see :func:`tolerance`.)
+
+The multi_* ops (2.15) take MXNet's flat list of (weight, grad, states...) groups; their
+reference here is the update of ONE group, with that group's ``lr`` and ``wd``
+(``lrs[i]``, ``wds[i]``): MultiSGDKernel, which is the momentum form even without momentum,
+``w + (mu*mom - (lr*wd)*w - lr*clip(rg*g))``, and so rounds differently from sgd_update.
 
 Nothing here imports ``opgen`` or ``generated``.
 
-Every function is pure: it returns ``(new_weight, *new_states)`` as fresh arrays of the
-storage dtype and never writes its inputs. ``grad`` is always dense. ``rows`` selects
-the row-sparse "lazy" update: ``None`` means the dense update over every element; an
-index array (or boolean mask over dimension 0) means only those rows change and every
-other row of the weight and of the states is returned bit-identical. The "standard"
-row-sparse update is the dense update with a gradient that is zero on missing rows;
-build that gradient with :func:`densify`.
+Every function is pure: it returns a tuple ``(new_weight_or_out, *new_states)`` of fresh
+arrays (states in the order they appear in the op's signature, each in its storage dtype)
+and never writes its inputs. ``grad`` is always a dense array. ``rows`` (where an op has a
+lazy row-sparse update) selects it: ``None`` means the dense update over every element; an
+index array (or a boolean mask over dimension 0) means only those rows change and every other
+row of the weight and of the states is returned bit-identical. The "standard" row-sparse
+update is the dense update with a gradient that is zero on missing rows; build that gradient
+with :func:`densify`.
+
+The comparison tolerances of the suites (:data:`TOLERANCES`, :func:`tolerance`,
+:func:`assert_close`) live here too: they say how close an implementation must be to this
+reference.
 """
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 
 __all__ = [
+    "TOLERANCES",
+    "adagrad_update",
     "adam_update",
+    "adamw_update",
+    "assert_close",
     "compute_dtype",
     "densify",
+    "ftml_update",
+    "ftrl_update",
+    "group_adagrad_update",
+    "lamb_update_phase1",
+    "lamb_update_phase2",
+    "mp_adamw_update",
+    "mp_nag_mom_update",
+    "mp_sgd_mom_update",
+    "mp_sgd_update",
+    "multi_mp_sgd_mom_update",
+    "multi_mp_sgd_update",
+    "multi_sgd_mom_update",
+    "multi_sgd_update",
+    "nag_mom_update",
     "rmsprop_update",
+    "rmspropalex_update",
     "sgd_mom_update",
     "sgd_update",
+    "signsgd_update",
+    "signum_update",
+    "tolerance",
 ]
 
 
+# =====================================================================================
+# Helpers
+# =====================================================================================
 def compute_dtype(dtype) -> type:
     """float64 for float64 storage; float32 for float16 and float32 storage."""
     dtype = np.dtype(dtype)
@@ -59,100 +106,86 @@ def _clip(x, bound):
     return np.where(x > bound, bound, np.where(x < -bound, -bound, x))
 
 
-def _prepare(arrays, params):
-    """Convert tensors and scalar parameters to the compute dtype of the first array."""
-    storage = arrays[0].dtype
-    for a in arrays:
-        assert a.dtype == storage, "reference: all tensors must share one dtype"
-    ct = compute_dtype(storage)
-    tensors = [np.array(a, dtype=ct, copy=True) for a in arrays]
-    scalars = [ct(p) for p in params]
-    return storage, ct, tensors, scalars
+def _sign(x, ct):
+    """``(x > 0) - (x < 0)``: sign(0) = sign(NaN) = 0 (mshadow_op::sign)."""
+    return (x > 0).astype(ct) - (x < 0).astype(ct)
 
 
-def _finish(storage, originals, results, rows):
-    """Round the results to the storage dtype; under ``rows`` keep the other rows bit-identical."""
-    stored = [np.asarray(r).astype(storage) for r in results]
+def _to(ct, *arrays):
+    """Fresh copies of the tensors in the compute dtype."""
+    return [np.array(a, dtype=ct, copy=True) for a in arrays]
+
+
+def _scalars(ct, *params):
+    """The scalar parameters rounded to the compute dtype."""
+    return [ct(p) for p in params]
+
+
+def _per_call(ct, value):
+    """A value of parameters alone, as opgen computes it once per call: in double (``value``
+    is computed from float64 parameters), rounded once to the compute dtype."""
+    return ct(value)
+
+
+def _d(*params):
+    """Parameters as float64, for :func:`_per_call` values (no Python float errors: lr=0)."""
+    return [np.float64(p) for p in params]
+
+
+def _keep_rows(original, new, rows):
+    """``new`` on ``rows`` (indices or a boolean mask), ``original`` (bit-identical) elsewhere."""
     if rows is None:
-        return tuple(stored)
-    final = []
-    for orig, new in zip(originals, stored):
-        keep = np.array(orig, copy=True)
-        if keep.ndim == 0:
-            raise ValueError("reference: row-sparse update needs at least one dimension")
-        sel = np.asarray(rows)
-        if sel.dtype == bool:
-            keep[sel] = new[sel]
-        elif sel.size:
-            keep[sel.astype(np.int64)] = new[sel.astype(np.int64)]
-        final.append(keep)
-    return tuple(final)
+        return new
+    keep = np.array(original, copy=True)
+    if keep.ndim == 0:
+        raise ValueError("reference: row-sparse update needs at least one dimension")
+    sel = np.asarray(rows)
+    if sel.dtype == bool:
+        keep[sel] = new[sel]
+    elif sel.size:
+        idx = sel.astype(np.int64)
+        keep[idx] = new[idx]
+    return keep
 
 
-# -- sgd_update (section 2.1, SGDKernel) ------------------------------------------------
-def sgd_update(weight, grad, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, rows=None):
-    storage, ct, (w, g), (lr_, wd_, rg_, clip_) = _prepare(
-        [weight, grad], [lr, wd, rescale_grad, clip_gradient])
-    one = ct(1)
-    with np.errstate(all="ignore"):
-        if clip_gradient > 0:
-            out = (one - lr_ * wd_) * w - lr_ * _clip(rg_ * g, clip_)
-        else:
-            out = (one - lr_ * wd_) * w - (lr_ * rg_) * g
-    return _finish(storage, [weight], [out], rows)[0]
+def _store(results, dtypes, originals=None, rows=None):
+    """Round each result to its storage dtype (once); apply the lazy row selection."""
+    out = []
+    for k, (r, dt) in enumerate(zip(results, dtypes)):
+        stored = np.asarray(r).astype(dt)
+        if rows is not None:
+            stored = _keep_rows(originals[k], stored, rows)
+        out.append(stored)
+    return tuple(out)
 
 
-# -- sgd_mom_update (section 2.2, SGDMomKernel) -----------------------------------------
-def sgd_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0,
-                   clip_gradient=-1.0, rows=None):
-    storage, ct, (w, g, m), (lr_, mu_, wd_, rg_, clip_) = _prepare(
-        [weight, grad, mom], [lr, momentum, wd, rescale_grad, clip_gradient])
-    with np.errstate(all="ignore"):
-        if clip_gradient > 0:
-            m = mu_ * m - (lr_ * wd_) * w - lr_ * _clip(rg_ * g, clip_)
-        else:
-            m = mu_ * m - (lr_ * wd_) * w - (lr_ * rg_) * g
-        out = w + m
-    return _finish(storage, [weight, mom], [out, m], rows)
+def _same_dtype(*arrays):
+    dt = arrays[0].dtype
+    for a in arrays:
+        assert a.dtype == dt, "reference: all tensors of a single-precision op share one dtype"
+    return dt
 
 
-# -- adam_update (section 2.5, AdamUpdateKernel) ----------------------------------------
-def adam_update(weight, grad, mean, var, lr, beta1=0.9, beta2=0.999, epsilon=1e-8, wd=0.0,
-                rescale_grad=1.0, clip_gradient=-1.0, rows=None):
-    storage, ct, (w, g, m, v), (lr_, b1_, b2_, eps_, wd_, rg_, clip_) = _prepare(
-        [weight, grad, mean, var], [lr, beta1, beta2, epsilon, wd, rescale_grad, clip_gradient])
-    one = ct(1)
-    with np.errstate(all="ignore"):
-        gr = g * rg_ + w * wd_
-        if clip_gradient > 0:
-            gr = _clip(gr, clip_)
-        m = b1_ * m + (one - b1_) * gr
-        v = b2_ * v + ((one - b2_) * gr) * gr
-        out = w - (lr_ * m) / (np.sqrt(v) + eps_)
-    return _finish(storage, [weight, mean, var], [out, m, v], rows)
+def _check_mp(weight, grad, *fp32):
+    assert weight.dtype == grad.dtype, "reference: mp weight and grad share one dtype"
+    for a in fp32:
+        assert a.dtype == np.float32, "reference: mp states and weight32 are float32"
 
 
-# -- rmsprop_update (section 2.6, RMSPropUpdateKernel) ----------------------------------
-def rmsprop_update(weight, grad, n, lr, gamma1=0.95, epsilon=1e-8, wd=0.0, rescale_grad=1.0,
-                   clip_gradient=-1.0, clip_weights=-1.0, rows=None):
-    storage, ct, (w, g, s), (lr_, g1_, eps_, wd_, rg_, clip_, clipw_) = _prepare(
-        [weight, grad, n], [lr, gamma1, epsilon, wd, rescale_grad, clip_gradient, clip_weights])
-    one = ct(1)
-    with np.errstate(all="ignore"):
-        gr = rg_ * g + wd_ * w
-        if clip_gradient > 0:
-            gr = _clip(gr, clip_)
-        s = (one - g1_) * (gr * gr) + g1_ * s
-        out = w - lr_ * (gr / np.sqrt(s + eps_))
-        if clip_weights > 0:
-            out = _clip(out, clipw_)
-    return _finish(storage, [weight, n], [out, s], rows)
+def _rescale_value(rescale_grad) -> float:
+    """adamw's rescale_grad: a Python float or a one-element array."""
+    return float(np.asarray(rescale_grad).reshape(-1)[0])
+
+
+def _adamw_skips(rescale_grad) -> bool:
+    """Section 2.12 skip rule: rescale_grad 0, NaN or +-Inf skips the whole update."""
+    r = _rescale_value(rescale_grad)
+    return r == 0.0 or not math.isfinite(r)
 
 
 # =====================================================================================
-# Helpers shared by the test modules (comparison tolerances, input generation).
+# Comparison tolerances
 # =====================================================================================
-
 #: (rtol, atol) per storage dtype. float32: a few ulps; float16: about one half ulp;
 #: float64: the reference follows the same operand order in double.
 TOLERANCES = {
@@ -161,52 +194,500 @@ TOLERANCES = {
     np.dtype(np.float64): (1e-12, 1e-15),
 }
 
-#: op name -> (state names, reference function)
-OPS = {
-    "sgd_update": ((), sgd_update),
-    "sgd_mom_update": (("mom",), sgd_mom_update),
-    "adam_update": (("mean", "var"), adam_update),
-    "rmsprop_update": (("n",), rmsprop_update),
-}
 
-#: ops with a ``lazy_update`` parameter
-LAZY_OPS = ("sgd_update", "sgd_mom_update", "adam_update")
+def tolerance(weight_dtype, array_dtype=None, *, mixed_precision: bool = False):
+    """(rtol, atol) for comparing an array stored as ``array_dtype`` (default: the weight's).
+
+    The per-dtype :data:`TOLERANCES`. Exception: a multi-precision op with a float64 weight
+    may compute in float64 or in float32 (the brief allows both), so all its arrays get a
+    float32-level tolerance (1e-5, 1e-6).
+    """
+    weight_dtype = np.dtype(weight_dtype)
+    array_dtype = weight_dtype if array_dtype is None else np.dtype(array_dtype)
+    if mixed_precision and weight_dtype == np.float64:
+        return (1e-5, 1e-6)
+    return TOLERANCES[array_dtype]
 
 
-def assert_close(actual, expected, what: str = "") -> None:
-    """Same dtype and shape, values within the dtype's tolerance, NaN where expected."""
+def assert_close(actual, expected, what: str = "", *, weight_dtype=None,
+                 mixed_precision: bool = False) -> None:
+    """Same dtype and shape, values within the tolerance, NaN where expected.
+
+    The tolerance is that of the expected array's dtype; for a multi-precision op pass
+    ``mixed_precision=True`` and the call's ``weight_dtype`` (see :func:`tolerance`).
+    """
     actual = np.asarray(actual)
     expected = np.asarray(expected)
     assert actual.dtype == expected.dtype, f"{what}: dtype {actual.dtype} != {expected.dtype}"
     assert actual.shape == expected.shape, f"{what}: shape {actual.shape} != {expected.shape}"
-    rtol, atol = TOLERANCES[expected.dtype]
-    np.testing.assert_allclose(actual.astype(np.float64), expected.astype(np.float64),
-                               rtol=rtol, atol=atol, equal_nan=True, err_msg=what)
+    if weight_dtype is None:
+        weight_dtype = expected.dtype
+    rtol, atol = tolerance(weight_dtype, expected.dtype, mixed_precision=mixed_precision)
+    a, e = actual.astype(np.float64), expected.astype(np.float64)
+    # numpy.testing.assert_allclose's test (equal_nan: NaN where NaN; infinities equal), done
+    # directly because the suites call this some 100,000 times; assert_allclose reports.
+    with np.errstate(invalid="ignore"):
+        ok = (np.abs(a - e) <= atol + rtol * np.abs(e)) | (a == e) | (np.isnan(a) & np.isnan(e))
+    if not ok.all():
+        np.testing.assert_allclose(a, e, rtol=rtol, atol=atol, equal_nan=True, err_msg=what)
+        raise AssertionError(f"{what}: not within rtol={rtol}, atol={atol}")
 
 
-def make_state(op: str, name: str, rng, shape, dtype) -> np.ndarray:
-    """A plausible optimizer state: signed for mean/mom, non-negative for var/n."""
-    if name == "mean":
-        x = rng.normal(0.0, 0.1, size=shape)
-    elif name == "mom":
-        x = rng.normal(0.0, 0.05, size=shape)
-    elif name == "var":
-        x = rng.uniform(0.0, 0.01, size=shape)
-    elif name == "n":
-        x = rng.uniform(0.0, 0.1, size=shape)
-    else:  # pragma: no cover - table is closed
-        raise KeyError(name)
-    return np.asarray(x).astype(dtype)
+# =====================================================================================
+# The ops, in the order of the reference doc's section 2
+# =====================================================================================
+# -- sgd_update (2.1, SGDKernel) --------------------------------------------------------
+def sgd_update(weight, grad, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, rows=None):
+    storage = _same_dtype(weight, grad)
+    ct = compute_dtype(storage)
+    w, g = _to(ct, weight, grad)
+    lr_, wd_, rg_, clip_ = _scalars(ct, lr, wd, rescale_grad, clip_gradient)
+    with np.errstate(all="ignore"):
+        lr_d, wd_d, rg_d = _d(lr, wd, rescale_grad)
+        decay, lr_rg = _per_call(ct, 1 - lr_d * wd_d), _per_call(ct, lr_d * rg_d)
+        if clip_gradient > 0:
+            out = decay * w - lr_ * _clip(rg_ * g, clip_)
+        else:
+            out = decay * w - lr_rg * g
+    return _store([out], [storage], [weight], rows)
 
 
-def make_inputs(op: str, seed: int, shape, dtype):
-    """(weight, grad, [states...]) with deterministic values."""
-    rng = np.random.default_rng(seed)
-    weight = rng.normal(0.0, 1.0, size=shape).astype(dtype)
-    grad = rng.normal(0.0, 1.0, size=shape).astype(dtype)
-    states = [make_state(op, s, rng, shape, dtype) for s in OPS[op][0]]
-    return weight, grad, states
+# -- sgd_mom_update (2.2, SGDMomKernel) -------------------------------------------------
+def sgd_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0,
+                   clip_gradient=-1.0, rows=None):
+    """``mom`` stores the negative velocity: after one step from 0 it is ``-lr*g``."""
+    storage = _same_dtype(weight, grad, mom)
+    ct = compute_dtype(storage)
+    w, g, m = _to(ct, weight, grad, mom)
+    lr_, mu_, wd_, rg_, clip_ = _scalars(ct, lr, momentum, wd, rescale_grad, clip_gradient)
+    with np.errstate(all="ignore"):
+        lr_d, wd_d, rg_d = _d(lr, wd, rescale_grad)
+        lr_wd, lr_rg = _per_call(ct, lr_d * wd_d), _per_call(ct, lr_d * rg_d)
+        if clip_gradient > 0:
+            m = mu_ * m - lr_wd * w - lr_ * _clip(rg_ * g, clip_)
+        else:
+            m = mu_ * m - lr_wd * w - lr_rg * g
+        out = w + m
+    return _store([out, m], [storage] * 2, [weight, mom], rows)
 
 
-def as_tuple(result):
-    return result if isinstance(result, tuple) else (result,)
+# -- nag_mom_update (2.3 NAGMomKernel, deviation 7.5) ------------------------------------
+def nag_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0,
+                   clip_gradient=-1.0):
+    """The new momentum's wd term uses the old weight, whatever ``out`` is (7.5)."""
+    storage = _same_dtype(weight, grad, mom)
+    ct = compute_dtype(storage)
+    w, g, m = _to(ct, weight, grad, mom)
+    lr_, mu_, wd_, rg_, clip_ = _scalars(ct, lr, momentum, wd, rescale_grad, clip_gradient)
+    one = ct(1)
+    with np.errstate(all="ignore"):
+        m = mu_ * m
+        if clip_gradient > 0:
+            gg = _clip(rg_ * g, clip_) + wd_ * w
+        else:
+            gg = rg_ * g + wd_ * w
+        out = w - m + _per_call(ct, _d(momentum)[0] + 1) * (m - lr_ * gg)
+        m = m - lr_ * gg  # old weight, whatever out is (7.5)
+    return _store([out, m], [storage, storage])
+
+
+# -- multi-precision sgd family (2.4): fp32 math from weight32, weight never read ---------
+def mp_sgd_update(weight, grad, weight32, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0,
+                  rows=None):
+    """MP_SGDKernel. The op accepts ``lazy_update`` and ignores it (2.4): a row-sparse gradient
+    gets the standard update. ``rows`` gives the lazy reading, which the op does not have."""
+    _check_mp(weight, grad, weight32)
+    ct = np.float32
+    g, w = _to(ct, grad, weight32)
+    lr_, wd_, rg_, clip_ = _scalars(ct, lr, wd, rescale_grad, clip_gradient)
+    one = ct(1)
+    with np.errstate(all="ignore"):
+        lr_d, wd_d, rg_d = _d(lr, wd, rescale_grad)
+        decay, lr_rg = _per_call(ct, 1 - lr_d * wd_d), _per_call(ct, lr_d * rg_d)
+        if clip_gradient > 0:
+            w = decay * w - lr_ * _clip(rg_ * g, clip_)
+        else:
+            w = decay * w - lr_rg * g
+    (w32,) = _store([w], [np.float32], [weight32], rows)
+    return (w32.astype(weight.dtype), w32)
+
+
+def mp_sgd_mom_update(weight, grad, mom, weight32, lr, momentum=0.0, wd=0.0, rescale_grad=1.0,
+                      clip_gradient=-1.0, rows=None):
+    """MP_SGDMomKernel (``lazy_update`` ignored, as for mp_sgd_update)."""
+    _check_mp(weight, grad, mom, weight32)
+    ct = np.float32
+    g, m, w = _to(ct, grad, mom, weight32)
+    lr_, mu_, wd_, rg_, clip_ = _scalars(ct, lr, momentum, wd, rescale_grad, clip_gradient)
+    with np.errstate(all="ignore"):
+        lr_d, wd_d, rg_d = _d(lr, wd, rescale_grad)
+        lr_wd, lr_rg = _per_call(ct, lr_d * wd_d), _per_call(ct, lr_d * rg_d)
+        if clip_gradient > 0:
+            m = mu_ * m - lr_wd * w - lr_ * _clip(rg_ * g, clip_)
+        else:
+            m = mu_ * m - lr_wd * w - lr_rg * g
+        w = w + m
+    m, w32 = _store([m, w], [np.float32] * 2, [mom, weight32], rows)
+    return (w32.astype(weight.dtype), m, w32)
+
+
+def mp_nag_mom_update(weight, grad, mom, weight32, lr, momentum=0.0, wd=0.0, rescale_grad=1.0,
+                      clip_gradient=-1.0):
+    """MP_NAGMomKernel: the new momentum's wd term uses the UPDATED fp32 weight (2.4, 5.10).
+
+    Section 7.5 (old weight) is about nag_mom_update's dependence on aliasing; the mp kernel
+    does not depend on aliasing and section 7 lists no deviation for it.
+    """
+    _check_mp(weight, grad, mom, weight32)
+    ct = np.float32
+    g, m, w = _to(ct, grad, mom, weight32)
+    lr_, mu_, wd_, rg_, clip_ = _scalars(ct, lr, momentum, wd, rescale_grad, clip_gradient)
+    one = ct(1)
+    with np.errstate(all="ignore"):
+        sg = _clip(rg_ * g, clip_) if clip_gradient > 0 else rg_ * g
+        m = mu_ * m
+        w = w - m + _per_call(ct, _d(momentum)[0] + 1) * (m - lr_ * (sg + wd_ * w))
+        m = m - lr_ * (sg + wd_ * w)  # w is the updated weight here
+    m, w32 = _store([m, w], [np.float32] * 2)
+    return (w32.astype(weight.dtype), m, w32)
+
+
+def mp_nag_mom_update_old_weight(weight, grad, mom, weight32, lr, momentum=0.0, wd=0.0,
+                                 rescale_grad=1.0, clip_gradient=-1.0):
+    """The alternative reading (momentum from the old fp32 weight), for diagnostics only."""
+    _check_mp(weight, grad, mom, weight32)
+    ct = np.float32
+    g, m, w = _to(ct, grad, mom, weight32)
+    lr_, mu_, wd_, rg_, clip_ = _scalars(ct, lr, momentum, wd, rescale_grad, clip_gradient)
+    one = ct(1)
+    with np.errstate(all="ignore"):
+        sg = _clip(rg_ * g, clip_) if clip_gradient > 0 else rg_ * g
+        m = mu_ * m
+        gg = sg + wd_ * w
+        w = w - m + _per_call(ct, _d(momentum)[0] + 1) * (m - lr_ * gg)
+        m = m - lr_ * gg
+    m, w32 = _store([m, w], [np.float32] * 2)
+    return (w32.astype(weight.dtype), m, w32)
+
+
+# -- adam_update (2.5, AdamUpdateKernel) ------------------------------------------------
+def adam_update(weight, grad, mean, var, lr, beta1=0.9, beta2=0.999, epsilon=1e-8, wd=0.0,
+                rescale_grad=1.0, clip_gradient=-1.0, rows=None):
+    """No bias correction; wd inside the clip and the moments; epsilon outside the sqrt."""
+    storage = _same_dtype(weight, grad, mean, var)
+    ct = compute_dtype(storage)
+    w, g, m, v = _to(ct, weight, grad, mean, var)
+    lr_, b1_, b2_, eps_, wd_, rg_, clip_ = _scalars(ct, lr, beta1, beta2, epsilon, wd,
+                                                    rescale_grad, clip_gradient)
+    one = ct(1)
+    with np.errstate(all="ignore"):
+        gr = g * rg_ + w * wd_
+        if clip_gradient > 0:
+            gr = _clip(gr, clip_)
+        m = b1_ * m + _per_call(ct, 1 - _d(beta1)[0]) * gr
+        v = b2_ * v + (_per_call(ct, 1 - _d(beta2)[0]) * gr) * gr
+        out = w - (lr_ * m) / (np.sqrt(v) + eps_)
+    return _store([out, m, v], [storage] * 3, [weight, mean, var], rows)
+
+
+# -- rmsprop_update (2.6, RMSPropUpdateKernel) ------------------------------------------
+def rmsprop_update(weight, grad, n, lr, gamma1=0.95, epsilon=1e-8, wd=0.0, rescale_grad=1.0,
+                   clip_gradient=-1.0, clip_weights=-1.0, rows=None):
+    """Epsilon inside the sqrt; the new weight is clipped to +-clip_weights when that is > 0."""
+    storage = _same_dtype(weight, grad, n)
+    ct = compute_dtype(storage)
+    w, g, s = _to(ct, weight, grad, n)
+    lr_, g1_, eps_, wd_, rg_, clip_, clipw_ = _scalars(ct, lr, gamma1, epsilon, wd, rescale_grad,
+                                                       clip_gradient, clip_weights)
+    one = ct(1)
+    with np.errstate(all="ignore"):
+        gr = rg_ * g + wd_ * w
+        if clip_gradient > 0:
+            gr = _clip(gr, clip_)
+        s = _per_call(ct, 1 - _d(gamma1)[0]) * (gr * gr) + g1_ * s
+        out = w - lr_ * (gr / np.sqrt(s + eps_))
+        if clip_weights > 0:
+            out = _clip(out, clipw_)
+    return _store([out, s], [storage] * 2, [weight, n], rows)
+
+
+# -- rmspropalex_update (2.7 RMSPropAlexUpdateKernel) -----------------------------------
+def rmspropalex_update(weight, grad, n, g, delta, lr, gamma1=0.95, gamma2=0.9, epsilon=1e-8,
+                       wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, clip_weights=-1.0):
+    storage = _same_dtype(weight, grad, n, g, delta)
+    ct = compute_dtype(storage)
+    w, gd, n_, g_, d_ = _to(ct, weight, grad, n, g, delta)
+    lr_, g1, g2, eps, wd_, rg_, clip_, clipw = _scalars(
+        ct, lr, gamma1, gamma2, epsilon, wd, rescale_grad, clip_gradient, clip_weights)
+    one = ct(1)
+    with np.errstate(all="ignore"):
+        gr = rg_ * gd + wd_ * w
+        if clip_gradient > 0:
+            gr = _clip(gr, clip_)
+        n_ = (_per_call(ct, 1 - _d(gamma1)[0]) * gr) * gr + g1 * n_
+        g_ = _per_call(ct, 1 - _d(gamma1)[0]) * gr + g1 * g_
+        d_ = g2 * d_ - (lr_ * gr) / np.sqrt(n_ - g_ * g_ + eps)
+        out = w + d_
+        if clip_weights > 0:
+            out = _clip(out, clipw)
+    return _store([out, n_, g_, d_], [storage] * 4)
+
+
+# -- ftrl_update (2.8 FtrlUpdateKernel) --------------------------------------------------
+def ftrl_update(weight, grad, z, n, lr, lamda1=0.01, beta=1.0, wd=0.0, rescale_grad=1.0,
+                clip_gradient=-1.0):
+    """z uses the OLD weight and 1/lr; the weight is recomputed from z and n."""
+    storage = _same_dtype(weight, grad, z, n)
+    ct = compute_dtype(storage)
+    w, g, z_, n_ = _to(ct, weight, grad, z, n)
+    lr_, l1, beta_, wd_, rg_, clip_ = _scalars(ct, lr, lamda1, beta, wd, rescale_grad,
+                                               clip_gradient)
+    with np.errstate(all="ignore"):
+        gr = g * rg_
+        if clip_gradient > 0:
+            gr = _clip(gr, clip_)
+        z_ = z_ + (gr - ((np.sqrt(n_ + gr * gr) - np.sqrt(n_)) * w) / lr_)  # old weight
+        n_ = n_ + gr * gr
+        active = (np.abs(z_) > l1).astype(ct)
+        out = (_sign(z_, ct) * l1 - z_) / ((beta_ + np.sqrt(n_)) / lr_ + wd_) * active
+    return _store([out, z_, n_], [storage] * 3)
+
+
+# -- ftml_update (2.9 FTMLKernel) --------------------------------------------------------
+def ftml_update(weight, grad, d, v, z, lr, *, beta1=0.6, beta2=0.999, epsilon=1e-8, t,
+                wd=0.0, rescale_grad=1.0, clip_grad=-1.0):
+    """``(1-beta1)*g`` in z (not ``(1-beta1^t)``); the clip parameter is ``clip_grad``."""
+    storage = _same_dtype(weight, grad, d, v, z)
+    ct = compute_dtype(storage)
+    w, g, d_, v_, z_ = _to(ct, weight, grad, d, v, z)
+    lr_, b1, b2, eps, wd_, rg_, clip_ = _scalars(ct, lr, beta1, beta2, epsilon, wd,
+                                                 rescale_grad, clip_grad)
+    with np.errstate(all="ignore"):
+        lr_d, b1_d, b2_d = _d(lr, beta1, beta2)
+        gr = rg_ * g + wd_ * w
+        if clip_grad > 0:
+            gr = _clip(gr, clip_)
+        v_ = b2 * v_ + _per_call(ct, 1 - b2_d) * (gr * gr)
+        d_t = _per_call(ct, (1 - b1_d ** int(t)) / lr_d) * (np.sqrt(v_ / _per_call(ct, 1 - b2_d ** int(t))) + eps)
+        z_ = b1 * z_ + _per_call(ct, 1 - b1_d) * gr - (d_t - b1 * d_) * w
+        d_ = d_t
+        out = -z_ / d_t
+    return _store([out, d_, v_, z_], [storage] * 4)
+
+
+# -- signsgd_update (2.10 SignSGDKernel): rescale_grad and clip_gradient ignored -----------
+def signsgd_update(weight, grad, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0):
+    storage = _same_dtype(weight, grad)
+    ct = compute_dtype(storage)
+    w, g = _to(ct, weight, grad)
+    lr_, wd_ = _scalars(ct, lr, wd)
+    one = ct(1)
+    with np.errstate(all="ignore"):
+        out = _per_call(ct, 1 - _d(lr)[0] * _d(wd)[0]) * w - lr_ * _sign(g, ct)
+    return _store([out], [storage])
+
+
+# -- signum_update (2.10 SignumKernel) ---------------------------------------------------
+def signum_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0,
+                  clip_gradient=-1.0, wd_lh=0.0):
+    """wd inside the momentum, scaled by (1-mu); wd_lh a decoupled ``(1 - lr*wd_lh)*w``."""
+    storage = _same_dtype(weight, grad, mom)
+    ct = compute_dtype(storage)
+    w, g, m = _to(ct, weight, grad, mom)
+    lr_, mu_, wd_, rg_, clip_, wdlh = _scalars(ct, lr, momentum, wd, rescale_grad,
+                                               clip_gradient, wd_lh)
+    lr_d, mu_d, wd_d, rg_d, wdlh_d = _d(lr, momentum, wd, rescale_grad, wd_lh)
+    with np.errstate(all="ignore"):
+        if clip_gradient > 0:
+            m = mu_ * m - _per_call(ct, (1 - mu_d) * wd_d) * w - _per_call(ct, 1 - mu_d) * _clip(rg_ * g, clip_)
+        else:
+            m = mu_ * m - _per_call(ct, (1 - mu_d) * wd_d) * w - _per_call(ct, (1 - mu_d) * rg_d) * g
+        out = _per_call(ct, 1 - lr_d * wdlh_d) * w + lr_ * _sign(m, ct)
+    return _store([out, m], [storage, storage])
+
+
+# -- adagrad_update (2.11 AdagradDnsRspDnsKernel; lazy, wd must be 0) --------------------
+def adagrad_update(weight, grad, history, lr, epsilon=1e-7, wd=0.0, rescale_grad=1.0,
+                   clip_gradient=-1.0, rows=None):
+    """Sparse only in MXNet (always lazy); epsilon inside the sqrt."""
+    assert wd == 0.0, "reference: adagrad has no weight decay"
+    storage = _same_dtype(weight, grad, history)
+    ct = compute_dtype(storage)
+    w, g, h = _to(ct, weight, grad, history)
+    lr_, eps, rg_, clip_ = _scalars(ct, lr, epsilon, rescale_grad, clip_gradient)
+    with np.errstate(all="ignore"):
+        gr = g * rg_
+        if clip_gradient > 0:
+            gr = _clip(gr, clip_)
+        h = h + gr * gr
+        out = w - (gr / np.sqrt(h + eps)) * lr_
+    return _store([out, h], [storage] * 2, [weight, history], rows)
+
+
+# -- adamw_update, mp_adamw_update (2.12 AdamWUpdate::Forward, deviation 7.6) ------------
+def _adamw_math(w, g, m, v, rg, lr, eta, beta1, beta2, epsilon, wd, clip_gradient, ct):
+    lr_, eta_, b1, b2, eps, wd_, clip_ = _scalars(ct, lr, eta, beta1, beta2, epsilon, wd,
+                                                  clip_gradient)
+    rg_ = ct(rg)
+    one = ct(1)
+    with np.errstate(all="ignore"):
+        sg = rg_ * g
+        if clip_gradient > 0:
+            sg = _clip(sg, clip_)
+        m = b1 * m + _per_call(ct, 1 - _d(beta1)[0]) * sg
+        v = b2 * v + _per_call(ct, 1 - _d(beta2)[0]) * (sg * sg)
+        out = w - eta_ * ((lr_ * m) / (np.sqrt(v) + eps) + wd_ * w)
+    return out, m, v
+
+
+def adamw_update(weight, grad, mean, var, rescale_grad, lr, eta, beta1=0.9, beta2=0.999,
+                 epsilon=1e-8, wd=0.0, clip_gradient=-1.0):
+    """Decoupled wd scaled by eta (not lr); rescale_grad 0, NaN or +-Inf skips the update."""
+    storage = _same_dtype(weight, grad, mean, var)
+    if _adamw_skips(rescale_grad):
+        return (weight.copy(), mean.copy(), var.copy())
+    ct = compute_dtype(storage)
+    w, g, m, v = _to(ct, weight, grad, mean, var)
+    out, m, v = _adamw_math(w, g, m, v, _rescale_value(rescale_grad), lr, eta, beta1, beta2,
+                            epsilon, wd, clip_gradient, ct)
+    return _store([out, m, v], [storage] * 3)
+
+
+def mp_adamw_update(weight, grad, mean, var, weight32, rescale_grad, lr, eta, beta1=0.9,
+                    beta2=0.999, epsilon=1e-8, wd=0.0, clip_gradient=-1.0):
+    """MPAdamWKernel: the adamw math in fp32 from weight32 (the weight is never read)."""
+    _check_mp(weight, grad, mean, var, weight32)
+    if _adamw_skips(rescale_grad):
+        return (weight.copy(), mean.copy(), var.copy(), weight32.copy())
+    ct = np.float32
+    g, m, v, w = _to(ct, grad, mean, var, weight32)
+    out, m, v = _adamw_math(w, g, m, v, np.float32(_rescale_value(rescale_grad)), lr, eta,
+                            beta1, beta2, epsilon, wd, clip_gradient, ct)
+    m, v, w32 = _store([m, v, out], [np.float32] * 3)
+    return (w32.astype(weight.dtype), m, v, w32)
+
+
+# -- lamb (2.13) -------------------------------------------------------------------------
+def lamb_update_phase1(weight, grad, mean, var, *, beta1=0.9, beta2=0.999, epsilon=1e-6, t,
+                       bias_correction=True, wd, rescale_grad=1.0, clip_gradient=-1.0):
+    """Returns ``(g, mean, var)``: g is the update direction (dtype of the weight)."""
+    storage = _same_dtype(weight, grad, mean, var)
+    ct = compute_dtype(storage)
+    w, gd, m, v = _to(ct, weight, grad, mean, var)
+    b1, b2, eps, wd_, rg_, clip_ = _scalars(ct, beta1, beta2, epsilon, wd, rescale_grad,
+                                            clip_gradient)
+    one = ct(1)
+    with np.errstate(all="ignore"):
+        gr = gd * rg_
+        if clip_gradient > 0:
+            gr = _clip(gr, clip_)
+        b1_d, b2_d = _d(beta1, beta2)
+        m = b1 * m + _per_call(ct, 1 - b1_d) * gr
+        v = b2 * v + _per_call(ct, 1 - b2_d) * gr * gr
+        if bias_correction:
+            g = (m / _per_call(ct, 1 - b1_d ** int(t))) / (np.sqrt(v / _per_call(ct, 1 - b2_d ** int(t))) + eps) \
+                + wd_ * w
+        else:
+            g = m / (np.sqrt(v) + eps) + wd_ * w
+    return _store([g, m, v], [storage] * 3)
+
+
+def lamb_update_phase2(weight, g, r1, r2, lr, lower_bound=-1.0, upper_bound=-1.0):
+    """``w - lr' * g``; a bound applies when it is >= 0 (MXNet's kernel, 2.13: 7.1 covers
+    clip_gradient, clip_weights and clip_grad only); r1' or r2 == 0: lr unscaled."""
+    storage = _same_dtype(weight, g, r1, r2)
+    ct = compute_dtype(storage)
+    w, gg = _to(ct, weight, g)
+    # r1, r2, lr and the bounds enter only the per-call step: computed in double, rounded once
+    r1_, r2_ = _d(np.asarray(r1).reshape(-1)[0], np.asarray(r2).reshape(-1)[0])
+    lr_, lb, ub = _d(lr, lower_bound, upper_bound)
+    with np.errstate(all="ignore"):
+        if lower_bound >= 0:
+            r1_ = max(r1_, lb)
+        if upper_bound >= 0:
+            r1_ = min(r1_, ub)
+        if r1_ == 0 or r2_ == 0:
+            lr_eff = _per_call(ct, lr_)
+        else:
+            lr_eff = _per_call(ct, (lr_ * r1_) / r2_)
+        out = w - lr_eff * gg
+    return _store([out], [storage])
+
+
+# -- group_adagrad_update (2.14 GroupAdagradDnsRspKernel; lazy) --------------------------
+def group_adagrad_update(weight, grad, history, lr, rescale_grad=1.0, clip_gradient=-1.0,
+                         epsilon=1e-5, rows=None):
+    """history: one value per row, shape (N,) or (N, 1); the result keeps its shape."""
+    storage = _same_dtype(weight, grad, history)
+    ct = compute_dtype(storage)
+    n_rows = weight.shape[0]
+    assert history.shape in ((n_rows,), (n_rows, 1)), "reference: history is one value per row"
+    w, g = _to(ct, weight, grad)
+    h = np.array(history, dtype=ct).reshape(n_rows)
+    lr_, rg_, clip_, eps = _scalars(ct, lr, rescale_grad, clip_gradient, epsilon)
+    row_length = int(np.prod(weight.shape[1:], dtype=np.int64))
+    with np.errstate(all="ignore"):
+        gr = g * rg_
+        if clip_gradient > 0:
+            gr = _clip(gr, clip_)
+        gr2 = gr.reshape(n_rows, row_length)
+        h = h + (gr2 * gr2).sum(axis=1, dtype=ct) / ct(row_length)
+        hb = h.reshape((n_rows,) + (1,) * (weight.ndim - 1))
+        out = w - (lr_ * gr) / np.sqrt(hb + eps)
+    return _store([out, h.reshape(history.shape)], [storage] * 2, [weight, history], rows)
+
+
+# -- multi-tensor ops (2.15 MultiSGDKernel): the update of one group ---------------------
+def _multi_sgd_kernel(w, g, mom, lr, wd, rescale_grad, clip_gradient, momentum, ct):
+    """``mom = mu*mom - (lr*wd)*w - lr*clip(rg*g)`` (no clip: ``(lr*rg)*g``); ``w = w + mom``;
+    ``lr*wd`` and ``lr*rg`` computed once per call (:func:`_per_call`)."""
+    lr_, wd_, rg_, clip_, mu_ = _scalars(ct, lr, wd, rescale_grad, clip_gradient, momentum)
+    lr_d, wd_d, rg_d = _d(lr, wd, rescale_grad)
+    with np.errstate(all="ignore"):
+        if clip_gradient > 0:
+            step = lr_ * _clip(rg_ * g, clip_)
+        else:
+            step = _per_call(ct, lr_d * rg_d) * g
+        mom = mu_ * mom - _per_call(ct, lr_d * wd_d) * w - step
+        w = w + mom
+    return w, mom
+
+
+def multi_sgd_update(weight, grad, lr, wd, rescale_grad=1.0, clip_gradient=-1.0):
+    """One group of multi_sgd_update: ``w + (0*0 - (lr*wd)*w - (lr*rg)*g)`` (2.15, 5.5)."""
+    storage = _same_dtype(weight, grad)
+    ct = compute_dtype(storage)
+    w, g = _to(ct, weight, grad)
+    w, _ = _multi_sgd_kernel(w, g, np.zeros_like(w), lr, wd, rescale_grad, clip_gradient, 0.0, ct)
+    return _store([w], [storage])
+
+
+def multi_sgd_mom_update(weight, grad, mom, lr, wd, momentum=0.0, rescale_grad=1.0,
+                         clip_gradient=-1.0):
+    """One group of multi_sgd_mom_update."""
+    storage = _same_dtype(weight, grad, mom)
+    ct = compute_dtype(storage)
+    w, g, m = _to(ct, weight, grad, mom)
+    w, m = _multi_sgd_kernel(w, g, m, lr, wd, rescale_grad, clip_gradient, momentum, ct)
+    return _store([w, m], [storage] * 2)
+
+
+def multi_mp_sgd_update(weight, grad, weight32, lr, wd, rescale_grad=1.0, clip_gradient=-1.0):
+    """One group of multi_mp_sgd_update: fp32 math from weight32 (the weight is not read)."""
+    _check_mp(weight, grad, weight32)
+    ct = np.float32
+    g, w = _to(ct, grad, weight32)
+    w, _ = _multi_sgd_kernel(w, g, np.zeros_like(w), lr, wd, rescale_grad, clip_gradient, 0.0, ct)
+    (w32,) = _store([w], [np.float32])
+    return (w32.astype(weight.dtype), w32)
+
+
+def multi_mp_sgd_mom_update(weight, grad, mom, weight32, lr, wd, momentum=0.0, rescale_grad=1.0,
+                            clip_gradient=-1.0):
+    """One group of multi_mp_sgd_mom_update: fp32 math from weight32 (the weight is not read)."""
+    _check_mp(weight, grad, mom, weight32)
+    ct = np.float32
+    g, m, w = _to(ct, grad, mom, weight32)
+    w, m = _multi_sgd_kernel(w, g, m, lr, wd, rescale_grad, clip_gradient, momentum, ct)
+    m, w32 = _store([m, w], [np.float32] * 2)
+    return (w32.astype(weight.dtype), m, w32)

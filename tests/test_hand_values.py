@@ -1,9 +1,10 @@
 """One step of each op on a few elements, expected values worked out by hand.
 
-The expected numbers are written as the seed / reference-doc formulas with literal
-numbers (MXNet kernel operand order, reference doc sections 2.1, 2.2, 2.5, 2.6), plus
-the decimal value they evaluate to. Both tests/reference.py and the generated ops are
-checked against them, so the reference itself is checked too.
+The expected numbers are written as the seed / reference-doc formulas with literal numbers
+(MXNet kernel operand order, reference doc sections 2.1-2.14), plus the decimal value they
+evaluate to. Both tests/reference.py and the generated ops are checked against them, so the
+reference itself is checked too. Tensors are listed in signature order (weight, grad,
+states...), as the op's metadata orders them.
 """
 
 from __future__ import annotations
@@ -13,12 +14,15 @@ from math import sqrt
 import numpy as np
 import pytest
 
+import cases
 import generated
 import reference as ref
+from cases import DTYPE_IDS as ALL_DTYPE_IDS
+from cases import DTYPES as ALL_DTYPES
 
 # float64 computes in double with double parameters (deviation 7.3), so the hand values
 # (computed in Python double) must match closely. In float32 the parameters are rounded
-# to float32 first, so e.g. 1 - beta2 is 0.0010000467 rather than 0.001 (a 5e-5 relative
+# to float32 first, so e.g. 1 - beta2 is 0.0009999871 rather than 0.001 (a 1.3e-5 relative
 # change that reaches the weight through sqrt(var)); the hand values, written with
 # the exact decimals, therefore get rtol 1e-4 in float32. The exact float32 parameter
 # rounding is checked on its own by test_float32_rounds_parameters_first.
@@ -28,7 +32,7 @@ DTYPE_IDS = ["float64", "float32"]
 
 
 def check(actual, expected, dtype, what):
-    assert actual.dtype == np.dtype(dtype), what
+    assert np.asarray(actual).dtype == np.dtype(dtype), what
     np.testing.assert_allclose(np.asarray(actual, dtype=np.float64), expected, err_msg=what, **TOL[dtype])
 
 
@@ -36,6 +40,9 @@ def arr(values, dtype):
     return np.array(values, dtype=dtype)
 
 
+# =============================================================================================
+# The cases: op -> {case: () -> (tensors, params, expected (out, states...))}
+# =============================================================================================
 # -- adam (seed: m = b1*m + (1-b1)*g ; v = b2*v + (1-b2)*g^2 ; w -= lr*m/(sqrt(v)+eps)) ----------
 def _adam_case_plain():
     w, g, m, v = [1.0, -2.0, 0.5], [0.1, -0.2, 0.3], [0.5, 0.0, -0.1], [0.01, 0.0, 0.04]
@@ -81,64 +88,28 @@ def _adam_case_eps_outside_sqrt():
     return (w, g, m, v), params, (w_exp, m_exp, v_exp)
 
 
-ADAM_CASES = {"plain": _adam_case_plain, "wd_rescale_clip": _adam_case_wd_rescale_clip,
-              "eps_outside_sqrt": _adam_case_eps_outside_sqrt}
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("case", list(ADAM_CASES))
-def test_adam_hand_values_reference(case, dtype):
-    (w, g, m, v), params, (w_exp, m_exp, v_exp) = ADAM_CASES[case]()
-    out, m_new, v_new = ref.adam_update(arr(w, dtype), arr(g, dtype), arr(m, dtype), arr(v, dtype), **params)
-    check(m_new, m_exp, dtype, "mean")
-    check(v_new, v_exp, dtype, "var")
-    check(out, w_exp, dtype, "weight")
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("case", list(ADAM_CASES))
-def test_adam_hand_values_op(backend, case, dtype):
-    (w, g, m, v), params, (w_exp, m_exp, v_exp) = ADAM_CASES[case]()
-    weight, grad, mean, var = arr(w, dtype), arr(g, dtype), arr(m, dtype), arr(v, dtype)
-    out = generated.adam_update(weight, grad, mean, var, **params, out=weight)
-    assert out is weight
-    check(mean, m_exp, dtype, "mean")
-    check(var, v_exp, dtype, "var")
-    check(weight, w_exp, dtype, "weight")
-
-
 # -- sgd: out = (1 - lr*wd)*w - (lr*rg)*g, or - lr*clip(rg*g) ----------------------------------
-def _sgd_cases():
+def _sgd_case(name):
     w, g = [1.0, -0.5, 2.0], [0.5, 1.0, -4.0]
-    return {
-        "wd_rescale": (w, g, dict(lr=0.1, wd=0.01, rescale_grad=0.5),
+    cases_ = {
+        "wd_rescale": (dict(lr=0.1, wd=0.01, rescale_grad=0.5),
                        [(1 - 0.1 * 0.01) * 1.0 - (0.1 * 0.5) * 0.5,     # 0.974
                         (1 - 0.1 * 0.01) * -0.5 - (0.1 * 0.5) * 1.0,    # -0.5495
                         (1 - 0.1 * 0.01) * 2.0 - (0.1 * 0.5) * -4.0],   # 2.198
                        [0.974, -0.5495, 2.198]),
-        "clip": (w, g, dict(lr=0.1, wd=0.01, rescale_grad=0.5, clip_gradient=1.5),
+        "clip": (dict(lr=0.1, wd=0.01, rescale_grad=0.5, clip_gradient=1.5),
                  [0.999 * 1.0 - 0.1 * 0.25,       # 0.974 (0.25 not clipped)
                   0.999 * -0.5 - 0.1 * 0.5,       # -0.5495
                   0.999 * 2.0 - 0.1 * -1.5],      # -2.0 clipped to -1.5 -> 2.148
                  [0.974, -0.5495, 2.148]),
     }
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("case", ["wd_rescale", "clip"])
-def test_sgd_hand_values(backend, case, dtype):
-    w, g, params, w_exp, decimal = _sgd_cases()[case]
+    params, w_exp, decimal = cases_[name]
     assert w_exp == pytest.approx(decimal, rel=1e-12)
-    check(ref.sgd_update(arr(w, dtype), arr(g, dtype), **params), w_exp, dtype, "reference")
-    weight = arr(w, dtype)
-    out = generated.sgd_update(weight, arr(g, dtype), **params)
-    check(out, w_exp, dtype, "op")
-    assert weight.tolist() == arr(w, dtype).tolist()
+    return (w, g), params, (w_exp,)
 
 
 # -- sgd_mom: mom = mu*mom - (lr*wd)*w - (lr*rg)*g ; out = w + mom ------------------------------
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_sgd_mom_hand_values(backend, dtype):
+def _sgd_mom_case():
     w, g, mom = [1.0, -1.0, 3.0], [0.2, -0.4, 1.0], [0.1, 0.0, 0.0]
     params = dict(lr=0.1, momentum=0.9, wd=0.01)
     mom_exp = [0.9 * 0.1 - (0.1 * 0.01) * 1.0 - 0.1 * 0.2,      # 0.069
@@ -147,26 +118,11 @@ def test_sgd_mom_hand_values(backend, dtype):
     w_exp = [1.0 + mom_exp[0], -1.0 + mom_exp[1], 3.0 + mom_exp[2]]  # 1.069, -0.959, 2.897
     assert mom_exp == pytest.approx([0.069, 0.041, -0.103], rel=1e-12)
     assert w_exp == pytest.approx([1.069, -0.959, 2.897], rel=1e-12)
-    r_w, r_mom = ref.sgd_mom_update(arr(w, dtype), arr(g, dtype), arr(mom, dtype), **params)
-    check(r_mom, mom_exp, dtype, "reference mom")
-    check(r_w, w_exp, dtype, "reference weight")
-    weight, momentum_state = arr(w, dtype), arr(mom, dtype)
-    generated.sgd_mom_update(weight, arr(g, dtype), momentum_state, **params, out=weight)
-    check(momentum_state, mom_exp, dtype, "op mom")
-    check(weight, w_exp, dtype, "op weight")
-
-
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-def test_sgd_mom_stores_negative_velocity(backend, dtype):
-    """Reference doc 2.2: after the first step from mom=0, mom = -lr*g."""
-    mom = np.zeros(3, dtype=dtype)
-    weight = arr([1.0, 2.0, 3.0], dtype)
-    generated.sgd_mom_update(weight, arr([1.0, -2.0, 0.5], dtype), mom, lr=0.5, momentum=0.9)
-    check(mom, [-0.5, 1.0, -0.25], dtype, "mom")
+    return (w, g, mom), params, (w_exp, mom_exp)
 
 
 # -- rmsprop: n = (1-g1)*(gr*gr) + g1*n ; out = w - lr*(gr/sqrt(n+eps)) -------------------------
-def _rmsprop_cases():
+def _rmsprop_case(name):
     w, g, n = [1.0, -2.0], [0.5, 0.1], [0.0, 1.0]
     n_exp = [0.1 * (0.5 * 0.5) + 0.9 * 0.0,    # 0.025
              0.1 * (0.1 * 0.1) + 0.9 * 1.0]    # 0.901
@@ -186,40 +142,315 @@ def _rmsprop_cases():
         "wd_rescale_clip": (([1.0], [0.25], [0.0]),
                             dict(lr=0.1, gamma1=0.5, wd=0.5, rescale_grad=2.0, clip_gradient=0.8),
                             ([1.0 - 0.1 * (0.8 / sqrt(0.5 * 0.64 + 1e-8))], [0.5 * 0.64])),
-    }
+    }[name]
 
 
-RMSPROP_IDS = ["plain", "clip_weights", "eps_inside_sqrt", "wd_rescale_clip"]
+def _literal(tensors, params, expected):
+    return lambda: (tensors, params, expected)
+
+
+HAND = {
+    "adam_update": {"plain": _adam_case_plain, "wd_rescale_clip": _adam_case_wd_rescale_clip,
+                    "eps_outside_sqrt": _adam_case_eps_outside_sqrt},
+    "sgd_update": {name: (lambda name=name: _sgd_case(name)) for name in ("wd_rescale", "clip")},
+    "sgd_mom_update": {"plain": _sgd_mom_case},
+    "rmsprop_update": {name: (lambda name=name: _rmsprop_case(name))
+                       for name in ("plain", "clip_weights", "eps_inside_sqrt", "wd_rescale_clip")},
+    # 2.3: mom_s = mu*mom ; gg = clip(rg*g) + wd*w ; out = w - mom_s + (mu+1)*(mom_s - lr*gg)
+    #      mom' = mom_s - lr*gg (old w)
+    # e0: rg*g = 0.8 (no clip), gg = 0.81, mom_s = 0.09, out = 0.91 + 1.9*0.009 = 0.9271, mom' = 0.009
+    # e1: rg*g = -4 -> -1.5, gg = -1.505, mom_s = 0, out = -0.5 + 1.9*0.1505 = -0.21405, mom' = 0.1505
+    "nag_mom_update": {"step": _literal(
+        [[1.0, -0.5], [0.4, -2.0], [0.1, 0.0]],
+        dict(lr=0.1, momentum=0.9, wd=0.01, rescale_grad=2.0, clip_gradient=1.5),
+        [[0.9271, -0.21405], [0.009, 0.1505]])},
+    # 2.7: gr = rg*g + wd*w (clip 1.0); n = 0.1*gr*gr + 0.9*n ; g = 0.1*gr + 0.9*g
+    #      delta = 0.8*delta - lr*gr/sqrt(n - g*g + 1e-4) ; out = w + delta (clip to +-1.5)
+    # e0: gr = 0.4+0.2 = 0.6, n = 0.036+0.09 = 0.126, g = 0.06+0.045 = 0.105,
+    #     delta = 0.008 - 0.06/sqrt(0.126-0.011025+0.0001) = -0.16887268091227597
+    # e1: gr = 6-0.4 -> 1.0, n = 0.1, g = 0.1, delta = -0.1/sqrt(0.0901) = -0.33314830232638476,
+    #     out = -2.3331... -> clipped to -1.5
+    "rmspropalex_update": {"step": _literal(
+        [[1.0, -2.0], [0.2, 3.0], [0.1, 0.0], [0.05, 0.0], [0.01, 0.0]],
+        dict(lr=0.1, gamma1=0.9, gamma2=0.8, epsilon=1e-4, wd=0.2, rescale_grad=2.0,
+             clip_gradient=1.0, clip_weights=1.5),
+        [[0.831127319087724, -1.5], [0.126, 0.1], [0.105, 0.1],
+         [-0.16887268091227597, -0.33314830232638476]])},
+    # 2.8: gr = clip(rg*g) ; z += gr - (sqrt(n+gr^2) - sqrt(n))*w/lr ; n += gr^2
+    #      out = (sign(z)*l1 - z)/((beta + sqrt(n))/lr + wd) if |z| > l1 else 0
+    # e0: gr = 0.2, z = 0.3 - (sqrt(0.29)-0.5)*0.5/0.1 = 0.10741759643274817, n = 0.29,
+    #     out = (0.05 - z)/((1+sqrt(0.29))/0.1 + 0.1) = -0.003707909934952328
+    # e1: gr = -1.5 -> -1, z = -1.2 - (1-0)*(-0.3)/0.1 = 1.8, n = 1, out = -1.75/20.1
+    # e2: gr = 0, z = 0.001 (|z| <= 0.05 -> out 0), n = 0.04
+    "ftrl_update": {"step": _literal(
+        [[0.5, -0.3, 0.2], [0.4, -3.0, 0.0], [0.1, -0.2, 0.001], [0.25, 0.0, 0.04]],
+        dict(lr=0.1, lamda1=0.05, beta=1.0, wd=0.1, rescale_grad=0.5, clip_gradient=1.0),
+        [[-0.003707909934952328, -1.75 / 20.1, 0.0], [0.10741759643274817, 1.8, 0.001],
+         [0.29, 1.0, 0.04]])},
+    # 2.9 (t = 2): gr = g + 0.1*w (clip 1); v = 0.9*v + 0.1*gr^2 ;
+    #      d_t = (1-0.6^2)/0.1*(sqrt(v/(1-0.9^2)) + 1e-3) ; z = 0.6*z + 0.4*gr - (d_t - 0.6*d)*w
+    #      out = -z/d_t
+    # e0: gr = 0.4, v = 0.052, d_t = 6.4*(sqrt(0.052/0.19)+0.001) = 3.354549528195821,
+    #     z = 0.34 - d_t = -3.014549528195821, out = 0.898645109531931
+    # e1: gr = 1.95 -> 1, v = 0.1, d_t = 6.4*(sqrt(0.1/0.19)+0.001) = 4.6494480007040755,
+    #     z = 0.4 + 0.5*d_t = 2.7247240003520377, out = -0.5860317181608283
+    "ftml_update": {"step": _literal(
+        [[1.0, -0.5], [0.3, 2.0], [0.5, 0.0], [0.04, 0.0], [-0.2, 0.0]],
+        dict(lr=0.1, beta1=0.6, beta2=0.9, epsilon=1e-3, t=2, wd=0.1, rescale_grad=1.0,
+             clip_grad=1.0),
+        [[0.898645109531931, -0.5860317181608283], [3.354549528195821, 4.6494480007040755],
+         [0.052, 0.1], [-3.014549528195821, 2.7247240003520377]])},
+    # 2.10: out = (1 - lr*wd)*w - lr*sign(g) = 0.95*w - 0.1*sign(g); rescale/clip ignored
+    "signsgd_update": {"step": _literal(
+        [[1.0, -2.0, 0.5], [0.3, -0.1, 0.0]],
+        dict(lr=0.1, wd=0.5, rescale_grad=-4.0, clip_gradient=0.01),
+        [[0.85, -1.8, 0.475]])},
+    # 2.10: mom = 0.9*mom - 0.1*0.1*w - 0.1*clip(0.5*g, 1) ; out = (1 - 0.1*0.2)*w + 0.1*sign(mom)
+    # e0: mom = 0.18 - 0.01 - 0.025 = 0.145, out = 0.98 + 0.1 = 1.08
+    # e1: mom = -0.009 + 0.01 - 0.1 = -0.099, out = -0.98 - 0.1 = -1.08
+    "signum_update": {"step": _literal(
+        [[1.0, -1.0], [0.5, 4.0], [0.2, -0.01]],
+        dict(lr=0.1, momentum=0.9, wd=0.1, rescale_grad=0.5, clip_gradient=1.0, wd_lh=0.2),
+        [[1.08, -1.08], [0.145, -0.099]])},
+    # 2.12: sg = clip(0.5*g, 1) ; m = 0.9*m + 0.1*sg ; v = 0.99*v + 0.01*sg^2 ;
+    #       out = w - 0.5*(0.1*m/(sqrt(v) + 1e-3) + 0.1*w)
+    # e0: sg = 0.1, m = 0.1, v = 0.01, out = 1 - 0.5*(0.01/0.101 + 0.1) = 0.9004950495049505
+    # e1: sg = -1.5 -> -1, m = -0.1, v = 0.01, out = -2 - 0.5*(-0.01/0.101 - 0.2) = -1.8504950495049504
+    "adamw_update": {"step": _literal(
+        [[1.0, -2.0], [0.2, -3.0], [0.1, 0.0], [0.01, 0.0]],
+        dict(rescale_grad=0.5, lr=0.1, eta=0.5, beta1=0.9, beta2=0.99, epsilon=1e-3, wd=0.1,
+             clip_gradient=1.0),
+        [[0.9004950495049505, -1.8504950495049504], [0.1, -0.1], [0.01, 0.01]])},
+    # 2.13 (t = 2): gr = clip(0.5*g, 1) ; m = 0.9*m + 0.1*gr ; v = 0.99*v + 0.01*gr^2 ;
+    #      g = (m/(1-0.81))/(sqrt(v/(1-0.9801)) + 1e-3) + 0.1*w
+    # e0: gr = 0.1, m = 0.1, v = 0.01, g = (0.1/0.19)/(sqrt(0.01/0.0199)+0.001) + 0.1
+    # e1: gr = -2 -> -1, m = -0.1, v = 0.01, g = (-0.1/0.19)/(sqrt(0.01/0.0199)+0.001) - 0.05
+    "lamb_update_phase1": {"step": _literal(
+        [[1.0, -0.5], [0.2, -4.0], [0.1, 0.0], [0.01, 0.0]],
+        dict(beta1=0.9, beta2=0.99, epsilon=1e-3, t=2, bias_correction=True, wd=0.1,
+             rescale_grad=0.5, clip_gradient=1.0),
+        [[0.8414138953960676, -0.7914138953960669], [0.1, -0.1], [0.01, 0.01]])},
+}
+HAND_CASES = [(op, name) for op in HAND for name in HAND[op]]
+HAND_IDS = [f"{op}-{name}" for op, name in HAND_CASES]
+
+
+def test_hand_cases_are_for_ops():
+    assert set(HAND) <= set(cases.OPS)
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("case", RMSPROP_IDS)
-def test_rmsprop_hand_values(backend, case, dtype):
-    (w, g, n), params, (w_exp, n_exp) = _rmsprop_cases()[case]
-    r_w, r_n = ref.rmsprop_update(arr(w, dtype), arr(g, dtype), arr(n, dtype), **params)
-    check(r_n, n_exp, dtype, "reference n")
-    check(r_w, w_exp, dtype, "reference weight")
-    weight, state = arr(w, dtype), arr(n, dtype)
-    out = generated.rmsprop_update(weight, arr(g, dtype), state, **params)
-    check(state, n_exp, dtype, "op n")
-    check(out, w_exp, dtype, "op weight")
+@pytest.mark.parametrize("op,case", HAND_CASES, ids=HAND_IDS)
+def test_hand_values_reference(op, case, dtype):
+    tensors, params, expected = HAND[op][case]()
+    outs = cases.op(op).ref(*[arr(t, dtype) for t in tensors], **params)
+    assert len(outs) == len(expected)
+    for k, (a, e) in enumerate(zip(outs, expected)):
+        check(a, e, dtype, f"{op} reference output {k}")
 
 
-# -- dtype rules (deviations 7.2, 7.3 and the float32 parameter rounding) ----------------------
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("op,case", HAND_CASES, ids=HAND_IDS)
+def test_hand_values(backend, op, case, dtype):
+    """out=weight updates the weight in place (an output op: returns g, the weight only read);
+    out=None returns the new weight and leaves the weight alone; states in place either way."""
+    info = cases.op(op)
+    tensors, params, expected = HAND[op][case]()
+    for mode in ("weight", "none"):
+        arrays = [arr(t, dtype) for t in tensors]
+        weight, states = arrays[0], arrays[len(arrays) - len(info.states):]
+        if mode == "weight" and not info.output:
+            out = info.fn(*arrays, **params, out=weight)
+            assert out is weight
+        else:
+            out = info.fn(*arrays, **params)
+            assert out is not weight
+            assert weight.tolist() == arr(tensors[0], dtype).tolist(), f"out={mode} leaves the weight unchanged"
+        assert len(expected) == 1 + len(states)
+        check(out, expected[0], dtype, f"{op} out (out={mode})")
+        for k, (a, e) in enumerate(zip(states, expected[1:])):
+            check(a, e, dtype, f"{op} {info.states[k]} (out={mode})")
+
+
+def test_lamb_phase1_no_bias_correction_hand(backend):
+    # g = m/(sqrt(v) + eps) + wd*w with m = [0.1, -0.1], v = [0.01, 0.01] (the case above):
+    # [0.1/0.101 + 0.1, -0.1/0.101 - 0.05] = [1.0900990099009902, -1.0400990099009901]
+    tensors, params, _ = HAND["lamb_update_phase1"]["step"]()
+    arrays = [np.array(t, dtype=np.float64) for t in tensors]
+    params = dict(params, bias_correction=False)
+    g = generated.lamb_update_phase1(*arrays, **params)
+    check(g, [1.0900990099009902, -1.0400990099009901], np.float64, "g")
+    check(arrays[0], [1.0, -0.5], np.float64, "weight untouched")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_sgd_mom_stores_negative_velocity(backend, dtype):
+    """Reference doc 2.2: after the first step from mom=0, mom = -lr*g."""
+    mom = np.zeros(3, dtype=dtype)
+    weight = arr([1.0, 2.0, 3.0], dtype)
+    generated.sgd_mom_update(weight, arr([1.0, -2.0, 0.5], dtype), mom, lr=0.5, momentum=0.9)
+    check(mom, [-0.5, 1.0, -0.25], dtype, "mom")
+
+
+# =============================================================================================
+# Mixed precision: the weight is NaN (never read), states in their fixed dtype
+# =============================================================================================
+# tensors (grad, states...); expected (states'...), the last being weight32'
+MP_HAND = {
+    # 2.4: w32 = (1 - 0.1*0.1)*w32 - 0.1*clip(2*g, 3): 0.99*1 - 0.1 = 0.89 ; 1.98 + 0.3 = 2.28
+    "mp_sgd_update": (
+        [[0.5, -4.0], [1.0, 2.0]],
+        dict(lr=0.1, wd=0.1, rescale_grad=2.0, clip_gradient=3.0),
+        [[0.89, 2.28]]),
+    # 2.4: mom = 0.9*mom - 0.1*0.1*w32 - 0.1*clip(2*g, 3) ; w32 += mom
+    # e0: mom = 0.09 - 0.01 - 0.1 = -0.02, w32 = 0.98 ; e1: mom = -0.18 - 0.02 + 0.3 = 0.1, w32 = 2.1
+    "mp_sgd_mom_update": (
+        [[0.5, -4.0], [0.1, -0.2], [1.0, 2.0]],
+        dict(lr=0.1, momentum=0.9, wd=0.1, rescale_grad=2.0, clip_gradient=3.0),
+        [[-0.02, 0.1], [0.98, 2.1]]),
+    # 2.4 MP_NAGMomKernel: m = 0.9*mom ; w = w - m + 1.9*(m - 0.1*(2*g + 0.1*w)) ;
+    #     mom = m - 0.1*(2*g + 0.1*w_NEW)
+    # (grads are exact in float16)
+    # e0: m = 0.09, w = 0.91 + 1.9*(0.09 - 0.1*(0.75 + 0.1)) = 0.9195,
+    #     mom = 0.09 - 0.1*(0.75 + 0.1*0.9195) = 0.005805   (the old weight would give 0.005)
+    # e1: m = 0, w = -1 + 1.9*0.11 = -0.791, mom = -0.1*(-1 - 0.0791) = 0.10791
+    "mp_nag_mom_update": (
+        [[0.375, -0.5], [0.1, 0.0], [1.0, -1.0]],
+        dict(lr=0.1, momentum=0.9, wd=0.1, rescale_grad=2.0),
+        [[0.005805, 0.10791], [0.9195, -0.791]]),
+    # 2.12 MPAdamWKernel, in fp32 from weight32: sg = clip(0.5*g, 1) ; m = 0.9*m + 0.1*sg ;
+    #      v = 0.99*v + 0.01*sg^2 ; w32 = w32 - 0.5*(0.1*m/(sqrt(v) + 1e-3) + 0.1*w32)
+    # e0: sg = 0.125, m = 0.1025, v = 0.01005625,
+    #     w32 = 1 - 0.5*(0.01025/(sqrt(0.01005625) + 0.001) + 0.1) = 0.8993981367988492
+    # e1: sg = -1.5 -> -1, m = -0.1, v = 0.01, w32 = -2 - 0.5*(-0.01/0.101 - 0.2) = -1.8504950495049504
+    "mp_adamw_update": (
+        [[0.25, -3.0], [0.1, 0.0], [0.01, 0.0], [1.0, -2.0]],
+        dict(rescale_grad=0.5, lr=0.1, eta=0.5, beta1=0.9, beta2=0.99, epsilon=1e-3, wd=0.1,
+             clip_gradient=1.0),
+        [[0.1025, -0.1], [0.01005625, 0.01], [0.8993981367988492, -1.8504950495049504]]),
+}
+
+
+def _mp_hand_run(fn, op, wdtype, is_ref):
+    info = cases.op(op)
+    tensors, params, expected = MP_HAND[op]
+    grad = np.array(tensors[0], dtype=wdtype)
+    states = [np.array(t, dtype=info.dtype_of(name, wdtype)) for name, t in zip(info.states, tensors[1:], strict=True)]
+    weight = np.full(grad.shape, np.nan, dtype=wdtype)
+    if is_ref:
+        out, *new_states = fn(weight, grad, *states, **params)
+    else:
+        out = fn(weight, grad, *states, **params, out=weight)
+        new_states = states
+    for k, (a, e) in enumerate(zip(new_states, expected, strict=True)):
+        assert a.dtype == np.float32
+        np.testing.assert_allclose(a.astype(np.float64), e, rtol=1e-5, atol=1e-7,
+                                   err_msg=f"{op} state {k}")
+    w32 = np.array(expected[-1], dtype=np.float32)
+    np.testing.assert_allclose(np.asarray(out).astype(np.float64),
+                               w32.astype(wdtype).astype(np.float64),
+                               rtol=1e-3 if wdtype == np.float16 else 1e-5, atol=1e-7,
+                               err_msg=f"{op} out")
+    assert np.asarray(out).dtype == np.dtype(wdtype)
+
+
+def test_mp_hand_cases_are_the_mixed_precision_ops():
+    assert sorted(MP_HAND) == cases.MIXED_PRECISION
+
+
+@pytest.mark.parametrize("wdtype", ALL_DTYPES, ids=ALL_DTYPE_IDS)
+@pytest.mark.parametrize("op", list(MP_HAND))
+def test_mp_hand_values_reference(op, wdtype):
+    _mp_hand_run(cases.op(op).ref, op, wdtype, True)
+
+
+@pytest.mark.parametrize("wdtype", ALL_DTYPES, ids=ALL_DTYPE_IDS)
+@pytest.mark.parametrize("op", list(MP_HAND))
+def test_mp_hand_values(backend, op, wdtype):
+    _mp_hand_run(cases.op(op).fn, op, wdtype, False)
+
+
+# =============================================================================================
+# Row-sparse only: adagrad and group_adagrad by hand
+# =============================================================================================
+W32 = [[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]]
+
+
+def _adagrad_hand(fn, dtype, is_ref):
+    # 2.11: gr = clip(2*g, 3) ; h += gr^2 ; out = w - (gr/sqrt(h + 0.01))*0.1, rows 0 and 2 only
+    # row0: gr = [1, -2], h = [1.25, 4.0], out = [1 - 0.1/sqrt(1.26), 2 + 0.2/sqrt(4.01)]
+    # row2: gr = [4 -> 3, 0], h = [9.5, 0.1], out = [5 - 0.3/sqrt(9.51), 6]
+    weight = np.array(W32, dtype=dtype)
+    history = np.array([[0.25, 0.0], [1.0, 1.0], [0.5, 0.1]], dtype=dtype)
+    rows = np.array([0, 2])
+    data = np.array([[0.5, -1.0], [2.0, 0.0]], dtype=dtype)
+    params = dict(lr=0.1, epsilon=0.01, rescale_grad=2.0, clip_gradient=3.0)
+    if is_ref:
+        weight, history = fn(weight, ref.densify(data, rows, (3, 2)), history, **params, rows=rows)
+    else:
+        fn(weight, cases.rsp(data, rows, (3, 2)), history, **params, out=weight)
+    check(weight, [[1 - 0.1 / sqrt(1.26), 2 + 0.2 / sqrt(4.01)], [3.0, 4.0],
+                   [5 - 0.3 / sqrt(9.51), 6.0]], dtype, "adagrad weight")
+    check(weight, [[0.9109129193625252, 2.0998752338877846], [3.0, 4.0],
+                   [4.902718334731172, 6.0]], dtype, "adagrad weight (decimals)")
+    check(history, [[1.25, 4.0], [1.0, 1.0], [9.5, 0.1]], dtype, "adagrad history")
+
+
+def _group_adagrad_hand(fn, dtype, is_ref, hshape):
+    # 2.14: row 1 only: gr = clip(2*[0.5, -3], 2) = [1, -2] ; h1 = 0.2 + (1 + 4)/2 = 2.7
+    #       out row1 = w - (0.1*gr)/sqrt(2.7 + 0.01) = [3 - 0.1/sqrt(2.71), 4 + 0.2/sqrt(2.71)]
+    weight = np.array(W32, dtype=dtype)
+    history = np.array([0.1, 0.2, 0.3], dtype=dtype).reshape(hshape)
+    rows = np.array([1])
+    data = np.array([[0.5, -3.0]], dtype=dtype)
+    params = dict(lr=0.1, rescale_grad=2.0, clip_gradient=2.0, epsilon=0.01)
+    if is_ref:
+        weight, history = fn(weight, ref.densify(data, rows, (3, 2)), history, **params, rows=rows)
+    else:
+        fn(weight, cases.rsp(data, rows, (3, 2)), history, **params, out=weight)
+    check(weight, [[1.0, 2.0], [2.9392543260769215, 4.121491347846157], [5.0, 6.0]],
+          dtype, "group_adagrad weight")
+    assert history.shape == hshape
+    check(history.reshape(3), [0.1, 2.7, 0.3], dtype, "group_adagrad history")
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_hand_adagrad_reference(dtype):
+    _adagrad_hand(ref.adagrad_update, dtype, True)
+    _group_adagrad_hand(ref.group_adagrad_update, dtype, True, (3,))
+    _group_adagrad_hand(ref.group_adagrad_update, dtype, True, (3, 1))
+
+
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_hand_adagrad(backend, dtype):
+    _adagrad_hand(generated.adagrad_update, dtype, False)
+
+
+@pytest.mark.parametrize("hshape", [(3,), (3, 1)], ids=["N", "Nx1"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+def test_hand_group_adagrad(backend, dtype, hshape):
+    _group_adagrad_hand(generated.group_adagrad_update, dtype, False, hshape)
+
+
+# =============================================================================================
+# dtype rules (deviations 7.2, 7.3 and the float32 parameter rounding)
+# =============================================================================================
 def test_float64_uses_double_parameters(backend):
     """Deviation 7.3: lr=0.1 acts as the double 0.1, not float32(0.1) = 0.100000001490116."""
     out = generated.sgd_update(arr([1.0], np.float64), arr([1.0], np.float64), lr=0.1)
     assert out[0] == 1.0 - 0.1  # 0.9
     assert out[0] != 1.0 - float(np.float32(0.1))
-    assert ref.sgd_update(arr([1.0], np.float64), arr([1.0], np.float64), lr=0.1)[0] == 1.0 - 0.1
+    (r,) = ref.sgd_update(arr([1.0], np.float64), arr([1.0], np.float64), lr=0.1)
+    assert r[0] == 1.0 - 0.1
 
 
-def test_float32_rounds_parameters_first(backend):
-    """In float32, ``1 - beta1`` is float32(1) - float32(beta1) = 0.100000024, not float32(0.1)."""
-    one = np.float32(1)
-    m_exp = one - np.float32(0.9)      # 0.10000002384185791
-    v_exp = one - np.float32(0.999)    # 0.0010000467300415039
-    assert m_exp != np.float32(0.1)
+def test_float32_per_call_values_are_computed_in_double(backend):
+    """In float32, ``1 - beta1`` is computed once per call in double and rounded once:
+    float32(0.1) = 0.10000000149, not float32(1) - float32(0.9) = 0.10000002384 (MXNet's)."""
+    m_exp = np.float32(0.1)            # 0.10000000149011612 = float32(1 - 0.9)
+    v_exp = np.float32(0.001)          # 0.0010000000474974513 = float32(1 - 0.999)
+    assert m_exp != np.float32(1) - np.float32(0.9)
+    assert v_exp != np.float32(1) - np.float32(0.999)
     for impl in ("ref", "op"):
         weight, grad = arr([0.0], np.float32), arr([1.0], np.float32)
         mean, var = arr([0.0], np.float32), arr([0.0], np.float32)
@@ -234,14 +465,15 @@ def test_float32_rounds_parameters_first(backend):
 @pytest.mark.parametrize("op", ["adam_update", "rmsprop_update"])
 def test_float16_zero_grad_zero_state_is_not_nan(backend, op):
     """Deviation 7.2: float16 computes in float32, so epsilon=1e-8 does not vanish (MXNet: NaN)."""
+    info = cases.op(op)
     weight = arr([1.0, -0.5, 0.25], np.float16)
     grad = np.zeros(3, np.float16)
-    states = [np.zeros(3, np.float16) for _ in ref.OPS[op][0]]
-    out = getattr(generated, op)(weight, grad, *states, lr=0.01)
+    states = [np.zeros(3, np.float16) for _ in info.states]
+    out = info.fn(weight, grad, *states, lr=0.01)
     assert out.dtype == np.float16
     assert out.tobytes() == weight.tobytes()
     assert all(not np.isnan(s).any() for s in states)
-    r = ref.as_tuple(ref.OPS[op][1](weight, grad, *[np.zeros(3, np.float16) for _ in states], lr=0.01))
+    r = info.ref(weight, grad, *[np.zeros(3, np.float16) for _ in states], lr=0.01)
     assert r[0].tobytes() == weight.tobytes()
 
 
@@ -259,4 +491,5 @@ def test_float16_rounds_once_on_store(backend):
     out = generated.sgd_update(w, g, lr=0.01, wd=0.1)
     assert out.dtype == np.float16
     assert float(out[0]) == 0.6484375
-    assert float(ref.sgd_update(w, g, lr=0.01, wd=0.1)[0]) == 0.6484375
+    (r,) = ref.sgd_update(w, g, lr=0.01, wd=0.1)
+    assert float(r[0]) == 0.6484375

@@ -1,52 +1,75 @@
-"""OP_multi: many tensors in one call, against the independent reference applied per tensor."""
+"""OP_multi: many tensors in one call, against the independent reference applied per tensor,
+for every op that has one (README: "exists for every op with a dense update of its weight and
+no scalar input or skip condition")."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+import cases
 import generated
 import reference
+from cases import PARAMS
 
 SHAPES = [(3,), (5, 4), (0,), (1000,), (2, 3, 4), (1,)]
+MULTI = cases.ops(lambda o: o.has_multi_variant)
+
+
+def test_multi_exists_where_the_readme_says():
+    expected = cases.ops(lambda o: o.dense and not o.multi and not o.output and not o.scalars
+                         and o.skip_if is None)
+    assert MULTI == expected
+
+
+def make_cases(op: str, dtype, seed: int = 3, params=None) -> list:
+    return [cases.make_case(op, seed + k, shape, dtype, params) for k, shape in enumerate(SHAPES)]
+
+
+def lists(made):
+    """weights, grads, one list per state."""
+    info = made[0].op
+    return ([c.weight for c in made], [c.grad for c in made],
+            [[c.arrays[name] for c in made] for name in info.states])
 
 
 def make_lists(op: str, dtype, seed: int = 3):
-    weights, grads, states = [], [], []
-    for k, shape in enumerate(SHAPES):
-        w, g, s = reference.make_inputs(op, seed + k, shape, dtype)
-        weights.append(w)
-        grads.append(g)
-        states.append(s)
-    return weights, grads, [list(col) for col in zip(*states)] if states[0] else []
+    return lists(make_cases(op, dtype, seed))
 
 
-@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: d.__name__)
-@pytest.mark.parametrize("op", sorted(reference.OPS))
+def _per_tensor(op):
+    """Per-tensor lr and wd, clipping at 0.5, the op's other required parameters."""
+    info = cases.op(op)
+    n = len(SHAPES)
+    per = {}
+    if "lr" in info.params:
+        per["lr"] = [0.01 * (k + 1) for k in range(n)]
+    if "wd" in info.params and "wd" not in info.bounds:
+        per["wd"] = np.linspace(0.0, 0.1, n)
+    clip = next((k for k in info.clip_params if k != "clip_weights"), None)
+    fixed = cases.step_params(op, {k: v for k, v in PARAMS[op]["defaults"].items() if k not in per})
+    if clip is not None:
+        fixed[clip] = 0.5
+    return per, fixed
+
+
+@pytest.mark.parametrize("dtype", cases.DTYPES, ids=cases.DTYPE_IDS)
+@pytest.mark.parametrize("op", MULTI)
 def test_multi_matches_reference_per_tensor(backend, op, dtype):
-    state_names, ref = reference.OPS[op]
-    weights, grads, states = make_lists(op, dtype)
-    lrs = [0.01 * (k + 1) for k in range(len(SHAPES))]
-    wds = np.linspace(0.0, 0.1, len(SHAPES))
-    expected = []
-    for k in range(len(SHAPES)):
-        own = [s[k].copy() for s in states]
-        expected.append(reference.as_tuple(ref(weights[k], grads[k], *own, lr=lrs[k], wd=wds[k],
-                                               clip_gradient=0.5)))
+    info = cases.op(op)
+    per, fixed = _per_tensor(op)
+    made = make_cases(op, dtype)
+    for k, case in enumerate(made):
+        case.params = dict(fixed, **{name: values[k] for name, values in per.items()})
+    weights, grads, states = lists(made)
     for step in range(2):  # the second call reuses the first call's checks and pointer tables
-        if step == 1:
-            expected = []
-            for k in range(len(SHAPES)):
-                own = [s[k].copy() for s in states]
-                expected.append(reference.as_tuple(ref(weights[k].copy(), grads[k], *own, lr=lrs[k], wd=wds[k],
-                                                       clip_gradient=0.5)))
-        outs = getattr(generated, f"{op}_multi")(weights, grads, *states, lr=lrs, wd=wds, clip_gradient=0.5,
-                                                 out=weights)
+        expected = [case.expected() for case in made]  # the reference is pure: from the inputs
+        outs = getattr(generated, f"{op}_multi")(weights, grads, *states, **per, **fixed, out=weights)
         assert all(o is w for o, w in zip(outs, weights))
-        for k in range(len(SHAPES)):
-            reference.assert_close(weights[k], expected[k][0], f"{op} step {step} weights[{k}]")
-            for j, name in enumerate(state_names):
-                reference.assert_close(states[j][k], expected[k][j + 1], f"{op} step {step} {name}s[{k}]")
+        for k, case in enumerate(made):
+            case.check(weights[k], expected[k][0], f"step {step} weights[{k}]")
+            for j, name in enumerate(info.states):
+                case.check(states[j][k], expected[k][j + 1], f"step {step} {name}s[{k}]")
 
 
 def test_multi_out_none_returns_new_arrays_and_keeps_weights(backend):

@@ -1,250 +1,318 @@
-"""Dense updates against the hand-written reference (tests/reference.py).
+"""Every op against the independent reference (tests/reference.py), and the contracts all ops
+share: clipping bounds <= 0 meaning "off", the out= contract, NaN propagation.
 
-Every op x backend x dtype x shape x parameter set, three consecutive steps with the
-states carried, plus the out= contract and NaN propagation.
+Reference doc: /work/shared/reference/mxnet-optimizers.md, sections 1, 2, 4 and 7. The ops,
+their tensors and parameters come from the generated metadata (tests/cases.py); only the
+parameter values (cases.PARAMS) are written by hand. A row-sparse-only op (adagrad,
+group_adagrad) gets a row-sparse gradient wherever the others get a dense one.
 """
 
 from __future__ import annotations
 
-import zlib
+import inspect
+import sys
 
 import numpy as np
 import pytest
 
+import cases
 import generated
-import reference as ref
-from reference import OPS, assert_close, make_inputs
+from cases import DTYPE_IDS, DTYPES, OPS, PARAMS, RowSparseArray
 
-DTYPES = [np.float16, np.float32, np.float64]
-DTYPE_IDS = ["float16", "float32", "float64"]
-SHAPES = [(0,), (1,), (7,), (1000,), (3, 4, 5), (257, 33)]
-SHAPE_IDS = ["shape=" + "x".join(map(str, s)) for s in SHAPES]
-
-# Parameter sets. "clip" sets use bounds small enough that N(0,1) gradients get clipped
-# (checked by test_clip_parameter_sets_are_meaningful).
-PARAMS = {
-    "sgd_update": {
-        "defaults": dict(lr=0.1),
-        "wd": dict(lr=0.1, wd=0.01),
-        "rescale": dict(lr=0.1, rescale_grad=0.5),
-        "clip": dict(lr=0.1, rescale_grad=2.0, clip_gradient=0.7),
-        "clip0_off": dict(lr=0.1, clip_gradient=0.0),
-        "clipneg_off": dict(lr=0.1, clip_gradient=-0.5),
-        "all": dict(lr=0.05, wd=0.1, rescale_grad=1.5, clip_gradient=1.0),
-    },
-    "sgd_mom_update": {
-        "defaults": dict(lr=0.1),
-        "momentum": dict(lr=0.1, momentum=0.9),
-        "wd": dict(lr=0.1, momentum=0.9, wd=0.01),
-        "rescale": dict(lr=0.1, momentum=0.5, rescale_grad=0.25),
-        "clip": dict(lr=0.1, momentum=0.9, clip_gradient=0.5),
-        "clip0_off": dict(lr=0.1, momentum=0.9, clip_gradient=0.0),
-        "all": dict(lr=0.05, momentum=0.8, wd=0.1, rescale_grad=2.0, clip_gradient=1.0),
-    },
-    "adam_update": {
-        "defaults": dict(lr=0.01),
-        "wd": dict(lr=0.01, wd=0.1),
-        "betas_eps": dict(lr=0.02, beta1=0.8, beta2=0.99, epsilon=0.5),
-        "rescale": dict(lr=0.01, rescale_grad=0.125),
-        "clip": dict(lr=0.01, clip_gradient=0.5),
-        "clip0_off": dict(lr=0.01, clip_gradient=0.0),
-        "all": dict(lr=0.03, beta1=0.85, beta2=0.995, epsilon=1e-6, wd=0.05, rescale_grad=3.0,
-                    clip_gradient=1.2),
-    },
-    "rmsprop_update": {
-        "defaults": dict(lr=0.01),
-        "wd": dict(lr=0.01, wd=0.1),
-        "gamma_eps": dict(lr=0.01, gamma1=0.9, epsilon=1e-3),
-        "rescale": dict(lr=0.01, rescale_grad=0.5),
-        "clip": dict(lr=0.01, clip_gradient=0.5),
-        "clip0_off": dict(lr=0.01, clip_gradient=0.0),
-        "clip_weights": dict(lr=0.5, clip_weights=0.8),
-        "clip_weights0_off": dict(lr=0.5, clip_weights=0.0),
-        "all": dict(lr=0.05, gamma1=0.9, epsilon=1e-4, wd=0.05, rescale_grad=2.0,
-                    clip_gradient=1.0, clip_weights=1.5),
-    },
-}
-
-CASES = [(op, name) for op in OPS for name in PARAMS[op]]
-CASE_IDS = [f"{op}-{name}" for op, name in CASES]
+SHAPES = [(0,), (1,), (7,), (1000,), (3, 4, 5), (65, 33), (257, 33)]
 
 
-def _impl(op):
-    return getattr(generated, op)
+# -- the tables cover every op ------------------------------------------------------------------
+def test_the_ops_are_the_specs_and_the_generated_functions():
+    functions = sorted(n for n in generated.__all__ if hasattr(sys.modules.get(f"generated.{n}"), "_OP"))
+    assert OPS == functions
+    assert sorted(PARAMS) == OPS
 
 
-def _seed(*parts) -> int:
-    """A deterministic seed per test case (hash() of str is salted per process)."""
-    return zlib.crc32("|".join(map(str, parts)).encode())
+@pytest.mark.parametrize("op", OPS)
+def test_parameter_values_fit_the_metadata(op):
+    """Every parameter set names only the op's parameters (or scalar inputs) and gives every
+    required one but the step counter, which the tests set per step."""
+    info = cases.op(op)
+    allowed = set(info.params) | set(info.scalars)
+    for pset, params in PARAMS[op].items():
+        assert set(params) <= allowed, (pset, set(params) - allowed)
+        missing = set(info.required) - set(params) - {info.step_param}
+        assert not missing, (pset, missing)
+        for name in info.scalars:
+            assert name in params or name in cases.SCALAR_VALUES, (pset, name)
+    for state in info.states:
+        assert state in cases.STATE_VALUES, state
+    assert {"defaults", "mixed"} <= set(PARAMS[op])
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
+@pytest.mark.parametrize("op", OPS)
+def test_reference_signature_fits_the_metadata(op):
+    """The reference takes the op's tensors in signature order, then every parameter but the
+    ones that only choose a kernel or count groups (lazy_update, num_weights)."""
+    info = cases.op(op)
+    signature = list(inspect.signature(info.ref).parameters)
+    assert signature[:len(info.tensor_names)] == list(info.tensor_names)
+    count = info.multi["count"] if info.multi else None
+    wanted = {p.name for p in info.meta_params if (p.in_kernel or p.type != "bool") and p.name != count}
+    assert set(signature[len(info.tensor_names):]) - {"rows"} == wanted
+    if "lazy" in info.sparse_modes:
+        assert "rows" in signature
+
+
+# -- three steps against the reference ----------------------------------------------------------
+GRID = [(op, pset) for op in OPS for pset in PARAMS[op]]
+GRID_IDS = [f"{op}-{pset}" for op, pset in GRID]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("op,pset", CASES, ids=CASE_IDS)
-def test_dense_three_steps_match_reference(backend, op, pset, dtype, shape):
-    params = PARAMS[op][pset]
-    state_names, ref_fn = OPS[op]
-    fn = _impl(op)
-    seed = _seed(op, pset, np.dtype(dtype).name, shape)
-    weight, _, states = make_inputs(op, seed, shape, dtype)
-    ref_weight, ref_states = weight.copy(), [s.copy() for s in states]
+@pytest.mark.parametrize("op,pset", GRID, ids=GRID_IDS)
+def test_three_steps_match_reference(backend, op, pset, dtype):
+    """Three consecutive steps, the states carried, out=weight (an output op: out=None), for
+    every shape of SHAPES.
+
+    After every step each output and state is compared with the reference fed (a) the arrays
+    as they were before the step, so that a 1-ulp difference cannot snowball through the
+    carried state, and (b) its own arrays carried from the start, so that differences do not
+    accumulate either.
+    """
+    for shape in SHAPES:
+        _three_steps(op, pset, dtype, shape)
+
+
+def _three_steps(op, pset, dtype, shape):
+    info = cases.op(op)
+    seed = cases.seed(op, pset, np.dtype(dtype).name, shape)
+    # the mixed sets take a per-row state in its (rows, 1) form
+    case = cases.make_case(op, seed, shape, dtype, cases.step_params(op, PARAMS[op][pset]),
+                           per_row_column=pset == "mixed")
+    carried = case.copy()
     rng = np.random.default_rng(seed + 1)
     for step in range(3):
-        grad = rng.normal(0.0, 1.0, size=shape).astype(dtype)
-        grad_before = grad.copy()
-        expected = ref.as_tuple(ref_fn(ref_weight, grad, *ref_states, **params))
-        ref_weight, ref_states = expected[0], list(expected[1:])
+        where = f"[{pset}] {cases.shape_id(shape)} step {step}"
+        case.params = carried.params = cases.step_params(op, PARAMS[op][pset], step)
+        case.new_grad(rng)
+        carried.grad = case.grad
+        for name in info.scalars:
+            if name in case.arrays:  # generated per step (lamb's r1, r2), not a parameter
+                carried.arrays[name] = case.arrays[name]
+        expected = case.expected()  # the reference is pure: these are still the inputs
+        own = carried.expected()
+        read_only = [case.grad] + [case.arrays[n] for n in info.scalars if n in case.arrays]
+        read_only_before = cases.snapshot(read_only)
+        state_objects = case.states
 
-        state_objs = list(states)
-        result = fn(weight, grad, *states, **params, out=weight)
-        assert result is weight
-        assert_close(weight, ref_weight, f"{op} step {step} weight")
-        for name, s, obj, e in zip(state_names, states, state_objs, ref_states):
-            assert s is obj
-            assert_close(s, e, f"{op} step {step} {name}")
-        assert grad.tobytes() == grad_before.tobytes(), "grad must not be modified"
+        if info.output:
+            w0 = case.weight.copy()
+            result = case()
+            assert isinstance(result, np.ndarray) and result is not case.weight, where
+            assert case.weight.tobytes() == w0.tobytes(), f"{where}: an output op must not write the weight"
+        else:
+            result = case(out=case.weight)
+            assert result is case.weight, where
+        for exp, label in ((expected, "from the step's inputs"), (own, "carried")):
+            case.check(result, exp[0], f"{where} out ({label})")
+            case.check_states(exp[1:], f"{where} ({label})")
+        assert all(a is b for a, b in zip(case.states, state_objects, strict=True)), where
+        cases.assert_unchanged(read_only, read_only_before, f"{op} {where}: the grad and scalar inputs")
+
+        if not info.output:
+            carried.weight = own[0]
+        carried.states = list(own[1:])
 
 
-@pytest.mark.parametrize("op,pset", [c for c in CASES if "clip" in c[1] or c[1] == "all"],
-                         ids=[i for c, i in zip(CASES, CASE_IDS) if "clip" in c[1] or c[1] == "all"])
-def test_clip_parameter_sets_are_meaningful(op, pset):
-    """Reference-only sanity: 'clip' sets really clip; 'clip0_off' equals no clipping."""
-    params = dict(PARAMS[op][pset])
-    _, ref_fn = OPS[op]
-    weight, grad, states = make_inputs(op, 11, (1000,), np.float64)
-    got = ref.as_tuple(ref_fn(weight, grad, *states, **params))
-    unclipped = dict(params)
-    key = "clip_weights" if pset.startswith("clip_weights") else "clip_gradient"
-    unclipped[key] = -1.0
-    if pset == "all":  # turn every clip off
-        unclipped["clip_gradient"] = -1.0
-        unclipped.pop("clip_weights", None)
-    plain = ref.as_tuple(ref_fn(weight, grad, *states, **unclipped))
-    same = all(np.array_equal(a, b) for a, b in zip(got, plain))
-    if pset.endswith("_off"):
-        assert same
-    else:
-        assert not same
+# -- the parameter sets and the reference themselves ------------------------------------------
+CLIP_CASES = [(op, pset, key) for op in OPS for pset in PARAMS[op]
+              for key in cases.op(op).clip_params if key in PARAMS[op][pset]]
+
+
+@pytest.mark.parametrize("op,pset,key", CLIP_CASES, ids=[f"{o}-{p}-{k}" for o, p, k in CLIP_CASES])
+def test_parameter_sets_that_clip_really_clip(op, pset, key):
+    """Reference-only sanity: a bound > 0 in a set clips some N(0,1) gradients (or weights:
+    turning that one bound off changes the result); a bound <= 0 ('_off' sets) is no bound."""
+    params = cases.step_params(op, PARAMS[op][pset])
+    case = cases.make_case(op, 11, (1000,), np.float64, params)
+    got = case.expected()
+    case.params = dict(params, **{key: -1.0})
+    plain = case.expected()
+    same = all(np.array_equal(a, b, equal_nan=True) for a, b in zip(got, plain, strict=True))
+    assert same == (params[key] <= 0), (op, pset, key)
+
+
+@pytest.mark.parametrize("op", OPS)
+def test_reference_float32_tracks_float64(op):
+    """Reference-only sanity: the float32 path agrees with the float64 path loosely."""
+    info = cases.op(op)
+    for pset in PARAMS[op]:
+        params = cases.step_params(op, PARAMS[op][pset])
+        case64 = cases.make_case(op, 3, (50,), np.float64, params)
+        case32 = case64.copy()
+        case32.dtype = np.dtype(np.float32)
+        for name, a in case64.arrays.items():
+            if name in info.fixed:
+                continue
+            if isinstance(a, RowSparseArray):
+                case32.arrays[name] = cases.rsp(a.data.astype(np.float32), a.indices, a.shape)
+            else:
+                case32.arrays[name] = a.astype(np.float32)
+        for a, b in zip(case32.expected(), case64.expected(), strict=True):
+            np.testing.assert_allclose(a.astype(np.float64), b.astype(np.float64),
+                                       rtol=1e-4, atol=1e-5, err_msg=f"{op}[{pset}]")
+
+
+# -- clipping bounds <= 0 are off (deviation 7.1) ---------------------------------------------
+CLIP_KEYS = [(op, key) for op in OPS for key in cases.op(op).clip_params]
 
 
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("op", list(OPS))
-def test_clip_zero_and_negative_mean_off(backend, op, dtype):
-    """Deviation 7.1: clip_gradient <= 0 turns clipping off (MXNet clips to 0 at exactly 0)."""
-    fn = _impl(op)
-    params = dict(PARAMS[op]["defaults"])
+@pytest.mark.parametrize("op,key", CLIP_KEYS, ids=[f"{o}-{k}" for o, k in CLIP_KEYS])
+def test_clip_zero_and_negative_mean_off(backend, op, key, dtype):
+    """Deviation 7.1: a clip bound <= 0 turns clipping off (MXNet clips to 0 at exactly 0):
+    no bound, -1, 0 and -0.5 give the same bits."""
     outs = []
-    for clip in (-1.0, 0.0, -0.5):
-        weight, grad, states = make_inputs(op, 5, (4, 6), dtype)
-        grad *= 3
-        outs.append([fn(weight, grad, *states, **params, clip_gradient=clip), *states])
+    for clip in (None, -1.0, 0.0, -0.5):
+        params = cases.step_params(op, PARAMS[op]["defaults"], 1)
+        if clip is not None:
+            params[key] = clip
+        case = cases.make_case(op, 5, (4, 6), dtype, params)
+        case.scale_grad(3)
+        w0 = case.weight.copy()
+        r = case()
+        outs.append([r.tobytes()] + [s.tobytes() for s in case.states])
+        if clip == 0.0:
+            # clipping at 0 would have left adam's or rmsprop's weight unchanged: it moved
+            assert not np.array_equal(r, w0)
     for other in outs[1:]:
-        for a, b in zip(outs[0], other):
-            assert a.tobytes() == b.tobytes()
-    # and clipping at 0 would have left the weight unchanged for adam/rmsprop; check it moved
-    weight, grad, states = make_inputs(op, 5, (4, 6), dtype)
-    assert not np.array_equal(outs[1][0], weight)
+        assert other == outs[0]
 
 
-# -- the out= contract --------------------------------------------------------------------
-OUT_DTYPES = [np.float16, np.float32, np.float64]
+# -- the out= contract -------------------------------------------------------------------------
+def _out_case(op, seed, dtype, shape=(3, 4, 5)):
+    return cases.make_case(op, seed, shape, dtype, cases.step_params(op, PARAMS[op]["mixed"]))
 
 
-@pytest.mark.parametrize("dtype", OUT_DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("op", OPS)
 def test_out_none_returns_new_array(backend, op, dtype):
-    params = PARAMS[op]["all"]
-    _, ref_fn = OPS[op]
-    weight, grad, states = make_inputs(op, 21, (3, 4, 5), dtype)
-    w0 = weight.copy()
-    expected = ref.as_tuple(ref_fn(weight, grad, *states, **params))
-    result = _impl(op)(weight, grad, *states, **params)
+    case = _out_case(op, 21, dtype)
+    w0 = case.weight.copy()
+    expected = case.expected()
+    result = case(out=None)
     assert isinstance(result, np.ndarray)
-    assert result is not weight
-    assert not np.shares_memory(result, weight)
-    assert weight.tobytes() == w0.tobytes(), "out=None must leave weight unchanged"
-    assert_close(result, expected[0], "out")
-    for s, e in zip(states, expected[1:]):
-        assert_close(s, e, "state")  # states are still updated in place
+    assert result is not case.weight
+    assert not np.shares_memory(result, case.weight)
+    assert case.weight.tobytes() == w0.tobytes(), "out=None must leave weight unchanged"
+    case.check(result, expected[0], "out")
+    case.check_states(expected[1:], "out=None")  # states are still updated in place
 
 
-@pytest.mark.parametrize("dtype", OUT_DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("op", cases.ops(lambda o: not o.output))
 def test_out_is_weight_updates_in_place(backend, op, dtype):
-    params = PARAMS[op]["all"]
-    _, ref_fn = OPS[op]
-    weight, grad, states = make_inputs(op, 22, (3, 4, 5), dtype)
-    expected = ref.as_tuple(ref_fn(weight, grad, *states, **params))
-    result = _impl(op)(weight, grad, *states, **params, out=weight)
-    assert result is weight
-    assert_close(weight, expected[0], "weight")
-    for s, e in zip(states, expected[1:]):
-        assert_close(s, e, "state")
+    case = _out_case(op, 22, dtype)
+    expected = case.expected()
+    result = case(out=case.weight)
+    assert result is case.weight
+    case.check(case.weight, expected[0], "weight")
+    case.check_states(expected[1:], "out=weight")
 
 
-@pytest.mark.parametrize("dtype", OUT_DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("op", OPS)
 def test_out_separate_array(backend, op, dtype):
-    params = PARAMS[op]["all"]
-    _, ref_fn = OPS[op]
-    weight, grad, states = make_inputs(op, 23, (3, 4, 5), dtype)
-    w0 = weight.copy()
-    out = np.full_like(weight, 123.0)
-    expected = ref.as_tuple(ref_fn(weight, grad, *states, **params))
-    result = _impl(op)(weight, grad, *states, **params, out=out)
+    case = _out_case(op, 23, dtype)
+    w0 = case.weight.copy()
+    out = np.full_like(case.weight, 123.0)
+    expected = case.expected()
+    result = case(out=out)
     assert result is out
-    assert weight.tobytes() == w0.tobytes(), "a separate out must leave weight unchanged"
-    assert_close(out, expected[0], "out")
-    for s, e in zip(states, expected[1:]):
-        assert_close(s, e, "state")
+    assert case.weight.tobytes() == w0.tobytes(), "a separate out must leave weight unchanged"
+    case.check(out, expected[0], "out")
+    case.check_states(expected[1:], "separate out")
 
 
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("op", OPS)
 def test_out_modes_agree_bitwise(backend, op):
-    """out=None, out=weight and a separate out give the same bits."""
-    params = PARAMS[op]["all"]
-    fn = _impl(op)
+    """out=None (weight untouched), out=weight and a separate out give the same bits (an
+    output op, which only reads the weight: out=None and a separate out)."""
+    info = cases.op(op)
+    modes = ("none", "separate") if info.output else ("none", "weight", "separate")
     results = []
-    for mode in ("none", "weight", "separate"):
-        weight, grad, states = make_inputs(op, 24, (5, 7), np.float32)
-        out = {"none": None, "weight": weight, "separate": np.empty_like(weight)}[mode]
-        r = fn(weight, grad, *states, **params, out=out)
-        results.append([r.tobytes()] + [s.tobytes() for s in states])
-    assert results[0] == results[1] == results[2]
+    for mode in modes:
+        case = _out_case(op, 24, np.float32, (5, 7))
+        w0 = case.weight.copy()
+        out = {"none": None, "weight": case.weight, "separate": np.full_like(case.weight, 5.0)}[mode]
+        r = case(out=out)
+        if mode == "none":
+            assert isinstance(r, np.ndarray) and r is not case.weight
+            assert not np.shares_memory(r, case.weight)
+        else:
+            assert r is out
+        if mode != "weight":
+            assert case.weight.tobytes() == w0.tobytes(), f"out={mode} must leave weight unchanged"
+        results.append([r.tobytes()] + [s.tobytes() for s in case.states])
+    assert all(x == results[0] for x in results)
 
 
-@pytest.mark.parametrize("op", ["sgd_update", "sgd_mom_update", "adam_update"])
-def test_lazy_update_flag_irrelevant_for_dense_grad(backend, op):
-    params = PARAMS[op]["all"]
-    fn = _impl(op)
+LAZY_FLAGS = [(op, p.name) for op in cases.SINGLE for p in cases.op(op).meta_params
+              if p.type == "bool" and not p.in_kernel]
+
+
+@pytest.mark.parametrize("op,flag", LAZY_FLAGS, ids=[f"{o}-{f}" for o, f in LAZY_FLAGS])
+def test_lazy_update_flag_irrelevant_for_dense_grad(backend, op, flag):
     got = []
     for lazy in (True, False):
-        weight, grad, states = make_inputs(op, 25, (6, 5), np.float32)
-        r = fn(weight, grad, *states, **params, lazy_update=lazy)
-        got.append([r.tobytes()] + [s.tobytes() for s in states])
+        case = _out_case(op, 25, np.float32, (6, 5))
+        r = case(**{flag: lazy})
+        got.append([r.tobytes()] + [s.tobytes() for s in case.states])
     assert got[0] == got[1]
 
 
-# -- NaN propagation -----------------------------------------------------------------------
-@pytest.mark.parametrize("clip", [-1.0, 0.5], ids=["noclip", "clip"])
+# -- NaN propagation (section 4) -----------------------------------------------------------------
+#: the ops whose new weight stays finite where the gradient is NaN (section 4): signsgd
+#: (sign(NaN) = 0, so w*(1 - lr*wd)) and signum (its mom becomes NaN, w = (1 - lr*wd_lh)*w)
+FINITE_WEIGHT_ON_NAN = ("signsgd_update", "signum_update")
+
+
+def _grad_clip_key(info):
+    return next((k for k in info.clip_params if k != "clip_weights"), None)
+
+
+NAN_CASES = [(op, clip) for op in OPS for clip in (-1.0, 0.5)
+             if clip < 0 or _grad_clip_key(cases.op(op)) is not None]
+
+
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("op,clip", NAN_CASES,
+                         ids=[f"{o}-{'clip' if c > 0 else 'noclip'}" for o, c in NAN_CASES])
 def test_nan_in_grad_propagates(backend, op, dtype, clip):
-    """A NaN gradient element makes that element's weight and states NaN (clip keeps NaN)."""
-    state_names, ref_fn = OPS[op]
-    params = dict(PARAMS[op]["defaults"], wd=0.01, clip_gradient=clip)
-    if op == "sgd_mom_update":
+    """A NaN gradient element makes that element's weight and states NaN (clip keeps NaN),
+    and nothing else; everything matches the reference."""
+    info = cases.op(op)
+    params = dict(PARAMS[op]["defaults"])
+    if "wd" in info.params and "wd" not in info.bounds:
+        params["wd"] = 0.01
+    key = _grad_clip_key(info)
+    if key is not None:
+        params[key] = clip
+    if "momentum" in info.params:
         params["momentum"] = 0.9
-    weight, grad, states = make_inputs(op, 31, (9,), dtype)
-    grad[[2, 7]] = np.nan
-    expected = ref.as_tuple(ref_fn(weight, grad, *states, **params))
-    result = _impl(op)(weight, grad, *states, **params)
+    params = cases.step_params(op, params)
+    rows = np.arange(9)
+    case = cases.make_case(op, 31, (9,), dtype, params, grad_rows=rows)  # every row, if row-sparse
+    g = case.grad.data if isinstance(case.grad, RowSparseArray) else case.grad
+    g[[2, 7]] = np.nan
+    expected = case.expected()
+    result = case()
     nan = np.zeros(9, dtype=bool)
     nan[[2, 7]] = True
-    assert np.isnan(result[nan]).all()
-    assert np.isfinite(result[~nan]).all()
-    assert_close(result, expected[0], "weight")
-    for name, s, e in zip(state_names, states, expected[1:]):
+    if op in FINITE_WEIGHT_ON_NAN:
+        assert np.isfinite(result).all()
+    else:
+        assert np.isnan(result[nan]).all()
+        assert np.isfinite(result[~nan]).all()
+    case.check(result, expected[0], "weight")
+    for name, s, e in zip(info.states, case.states, expected[1:], strict=True):
         assert np.isnan(s[nan]).all(), name
         assert np.isfinite(s[~nan]).all(), name
-        assert_close(s, e, name)
+        case.check(s, e, name)

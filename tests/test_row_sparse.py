@@ -1,7 +1,13 @@
-"""Row-sparse gradients: lazy and standard updates, empty gradients, out=, validation.
+"""Row-sparse gradients, for every op that takes one: lazy and standard updates, empty
+gradients, out=, validation; and the RowSparseArray class.
 
-Reference doc sections 2.1, 2.2, 2.5 (sparse storage paths), 3.2, 3.4, and section 7
-deviations 4 (indices validated) and 7 (any out accepted for row-sparse updates).
+Reference doc sections 2.1, 2.2, 2.4, 2.5, 2.11, 2.14 (sparse storage paths), 3.1-3.4, and
+section 7 deviations 4 (indices validated) and 7 (any out accepted for row-sparse updates).
+Which ops have which modes comes from their specs (``row_sparse``): a lazy_update parameter
+(lazy and standard), always lazy (adagrad, group_adagrad, which take only row-sparse
+gradients) or, for the others, the standard update. MXNet's multi_* ops take dense
+gradients only. Parameters: each op's "mixed" set (wd != 0, so lazy and standard differ on
+the missing rows).
 """
 
 from __future__ import annotations
@@ -9,39 +15,40 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-import generated
-import reference as ref
-from generated import RowSparseArray
-from reference import LAZY_OPS, OPS, assert_close, densify, make_inputs
+import cases
+import reference
+from cases import DTYPE_IDS, DTYPES, PARAMS, ROW_SPARSE, RowSparseArray
 
-DTYPES = [np.float16, np.float32, np.float64]
-DTYPE_IDS = ["float16", "float32", "float64"]
 # 1-D weight (row length 1), 2-D, 3-D
-SHAPES = [(10,), (8, 3), (6, 2, 3)]
-SHAPE_IDS = ["1d", "2d", "3d"]
+SHAPES = [(8,), (10,), (6, 3), (8, 3), (5, 2, 3), (6, 2, 3)]
 
-# wd != 0 everywhere so that lazy and standard differ on the missing rows.
-PARAMS = {
-    "sgd_update": dict(lr=0.1, wd=0.05, rescale_grad=1.5, clip_gradient=1.0),
-    "sgd_mom_update": dict(lr=0.1, momentum=0.9, wd=0.05, rescale_grad=1.5, clip_gradient=1.0),
-    "adam_update": dict(lr=0.01, wd=0.05, rescale_grad=1.5, clip_gradient=1.0),
-    "rmsprop_update": dict(lr=0.01, wd=0.05, rescale_grad=1.5, clip_gradient=1.0, clip_weights=2.0),
-}
-
-
-def _rows_for(shape):
-    n = shape[0]
-    return np.array(sorted({1, n // 2, n - 1}), dtype=np.int64)
+LAZY = cases.ops(lambda o: "lazy" in o.sparse_modes)
+STANDARD = cases.ops(lambda o: "standard" in o.sparse_modes)
+MODES = [(op, mode) for op in ROW_SPARSE for mode in cases.op(op).sparse_modes]
+MODE_IDS = [f"{op}-{mode}" for op, mode in MODES]
+#: the ops that accept a lazy_update flag and ignore it (MXNet's mp_sgd, mp_sgd_mom: 2.4, 3.1)
+IGNORED_FLAGS = [(op, p.name) for op in ROW_SPARSE for p in cases.op(op).meta_params
+                 if p.type == "bool" and p.name in cases.op(op).ignored]
 
 
-def _rsp(seed, shape, dtype, rows):
-    rng = np.random.default_rng(seed)
+def _case(op, seed, shape, dtype, rows, data_seed=None):
+    """The op's "mixed" parameters and a row-sparse grad on ``rows``."""
+    case = cases.make_case(op, seed, shape, dtype, cases.step_params(op, PARAMS[op]["mixed"]))
+    rng = np.random.default_rng(seed + 1 if data_seed is None else data_seed)
     data = rng.normal(0.0, 1.0, size=(len(rows),) + tuple(shape[1:])).astype(dtype)
-    return RowSparseArray(data, rows, shape)
+    case.grad = cases.rsp(data, rows, shape)
+    case.new_scalars()
+    return case
 
 
-def _fn(op):
-    return getattr(generated, op)
+def _extra(op, mode):
+    """The keyword arguments that select ``mode`` (a lazy flag the op ignores: False;
+    test_ignored_lazy_flag_gives_the_standard_update tries every value)."""
+    extra = dict(cases.op(op).sparse_modes[mode])
+    for o, flag in IGNORED_FLAGS:
+        if o == op:
+            extra[flag] = False
+    return extra
 
 
 def _mask(shape, rows):
@@ -50,192 +57,240 @@ def _mask(shape, rows):
     return m
 
 
+def _moves_every_row(case):
+    """With wd != 0 every row changes under the standard update."""
+    return case.params.get("wd", 0.0) != 0.0
+
+
 # -- lazy --------------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("op", LAZY_OPS)
-def test_lazy_updates_only_grad_rows(backend, op, dtype, shape):
-    params = PARAMS[op]
-    state_names, ref_fn = OPS[op]
-    weight, _, states = make_inputs(op, 100, shape, dtype)
-    rows = _rows_for(shape)
-    grad = _rsp(101, shape, dtype, rows)
-    w0, s0 = weight.copy(), [s.copy() for s in states]
-    expected = ref.as_tuple(ref_fn(w0, densify(grad.data, grad.indices, shape), *s0, **params, rows=rows))
+@pytest.mark.parametrize("op", LAZY)
+def test_lazy_updates_only_grad_rows(backend, op, dtype):
+    """Rows not in the gradient are bit-identical in the weight (or, with a separate out,
+    copied into it, 7.7) and in every state; the others match the reference. Every shape."""
+    for shape in SHAPES:
+        _lazy_updates_only_grad_rows(op, dtype, shape)
 
-    result = _fn(op)(weight, grad, *states, **params, lazy_update=True, out=weight)
-    assert result is weight
+
+def _lazy_updates_only_grad_rows(op, dtype, shape):
+    extra = cases.op(op).sparse_modes["lazy"]
+    rows = cases.rows_for(shape)
     other = ~_mask(shape, rows)
-    assert weight[other].tobytes() == w0[other].tobytes(), "rows not in grad must be bit-identical"
-    for name, s, before in zip(state_names, states, s0):
-        assert s[other].tobytes() == before[other].tobytes(), f"{name}: rows not in grad must be bit-identical"
-    assert_close(weight, expected[0], "weight")
-    for name, s, e in zip(state_names, states, expected[1:]):
-        assert_close(s, e, name)
-    # the updated rows really changed
-    assert not np.array_equal(weight[rows], w0[rows])
+    for mode in ("weight", "separate"):
+        case = _case(op, cases.seed("lazy", op, np.dtype(dtype).name, shape), shape, dtype, rows)
+        w0, s0 = case.weight.copy(), [s.copy() for s in case.states]
+        expected = case.expected(extra)
+        out = case.weight if mode == "weight" else np.full_like(case.weight, 7.0)
+        result = case(out=out, **extra)
+        where = f"{case.where()} out={mode}"
+        assert result is out, where
+        if mode == "separate":
+            assert case.weight.tobytes() == w0.tobytes(), f"{where}: a separate out leaves the weight unchanged"
+        assert out[other].tobytes() == w0[other].tobytes(), f"{where}: rows not in grad must be bit-identical"
+        for name, s, before in zip(case.op.states, case.states, s0, strict=True):
+            assert s[other].tobytes() == before[other].tobytes(), f"{where} {name}: rows not in grad must be bit-identical"
+        case.check(out, expected[0], f"out={mode} weight")
+        case.check_states(expected[1:], f"out={mode}")
+        # the updated rows really changed
+        assert not np.array_equal(out[rows], w0[rows]), where
 
 
-@pytest.mark.parametrize("op", LAZY_OPS)
+@pytest.mark.parametrize("op", cases.ops(lambda o: o.lazy_param is not None))
 def test_lazy_is_the_default(backend, op):
-    params = PARAMS[op]
     shape = (8, 3)
-    rows = _rows_for(shape)
+    rows = cases.rows_for(shape)
     results = []
-    for kwargs in ({}, {"lazy_update": True}):
-        weight, _, states = make_inputs(op, 102, shape, np.float32)
-        r = _fn(op)(weight, _rsp(103, shape, np.float32, rows), *states, **params, **kwargs)
-        results.append([r.tobytes()] + [s.tobytes() for s in states])
+    for kwargs in ({}, {cases.op(op).lazy_param: True}):
+        case = _case(op, 102, shape, np.float32, rows)
+        w0 = case.weight.copy()
+        r = case(**kwargs)
+        results.append([r.tobytes()] + [s.tobytes() for s in case.states])
     assert results[0] == results[1]
-    weight, _, _ = make_inputs(op, 102, shape, np.float32)
     other = ~_mask(shape, rows)
     r = np.frombuffer(results[0][0], dtype=np.float32).reshape(shape)
-    assert r[other].tobytes() == weight[other].tobytes()
+    assert r[other].tobytes() == w0[other].tobytes()
 
 
 # -- standard ----------------------------------------------------------------------------------
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("op", list(OPS))
-def test_standard_equals_dense_with_zero_rows(backend, op, dtype, shape):
-    """lazy_update=False (rmsprop: always) = dense update with zero gradient on missing rows."""
-    params = PARAMS[op]
-    state_names, ref_fn = OPS[op]
-    rows = _rows_for(shape)
-    grad = _rsp(104, shape, dtype, rows)
-    dense_grad = densify(grad.data, grad.indices, shape)
-    kwargs = {} if op == "rmsprop_update" else {"lazy_update": False}
-
-    weight, _, states = make_inputs(op, 105, shape, dtype)
-    expected = ref.as_tuple(ref_fn(weight, dense_grad, *states, **params))
-    result = _fn(op)(weight, grad, *states, **params, **kwargs, out=weight)
-    assert result is weight
-    assert_close(weight, expected[0], "weight")
-    for name, s, e in zip(state_names, states, expected[1:]):
-        assert_close(s, e, name)
-
-    # the same op with the densified gradient
-    w2, _, s2 = make_inputs(op, 105, shape, dtype)
-    _fn(op)(w2, dense_grad, *s2, **params, out=w2)
-    assert_close(weight, w2, "weight vs dense op")
-    for name, a, b in zip(state_names, states, s2):
-        assert_close(a, b, f"{name} vs dense op")
-
-    # with wd != 0 every row moves, including rows not in the gradient
-    w0, _, _ = make_inputs(op, 105, shape, dtype)
-    other = ~_mask(shape, rows)
-    assert (weight[other] != w0[other]).any()
+@pytest.mark.parametrize("op", STANDARD)
+def test_standard_equals_dense_with_zero_rows(backend, op, dtype):
+    """The standard update (lazy_update=False; most ops: always) = the dense update with a zero
+    gradient on the missing rows (sections 3.1, 3.2): against the reference and against the
+    op's own dense result. Every shape."""
+    for shape in SHAPES:
+        _standard_equals_dense_with_zero_rows(op, dtype, shape)
 
 
-@pytest.mark.parametrize("op", ["sgd_update"])
-def test_sgd_lazy_equals_standard_without_wd(backend, op):
+def _standard_equals_dense_with_zero_rows(op, dtype, shape):
+    info = cases.op(op)
+    extra = _extra(op, "standard")
+    rows = cases.rows_for(shape)
+    case = _case(op, cases.seed("rsp", op, np.dtype(dtype).name, shape), shape, dtype, rows)
+    w0 = case.weight.copy()
+    expected = case.expected(extra)
+    assert case.lazy_rows(extra) is None
+
+    dense = case.copy()  # the op with the densified gradient
+    dense.grad = reference.densify(case.grad.data, case.grad.indices, shape)
+    dense_result = dense(out=None if info.output else dense.weight)
+
+    data0 = case.grad.data.copy()
+    result = case(out=None if info.output else case.weight, **extra)
+    if not info.output:
+        assert result is case.weight, case.where()
+    case.check(result, expected[0], "out")
+    case.check(result, dense_result, "out vs dense grad")
+    case.check_states(expected[1:], "standard")
+    for name, a, b in zip(info.states, case.states, dense.states, strict=True):
+        case.check(a, b, f"{name} vs dense grad")
+    assert case.grad.data.tobytes() == data0.tobytes(), f"{case.where()}: grad data must not be modified"
+    if _moves_every_row(case):  # every row moves, including rows not in the gradient
+        other = ~_mask(shape, rows)
+        assert (result[other] != w0[other]).any(), case.where()
+
+
+def test_sgd_lazy_equals_standard_without_wd(backend):
     """Reference doc 2.1: with wd=0, lazy and standard sgd are identical."""
     shape = (9, 2)
-    rows = _rows_for(shape)
+    rows = cases.rows_for(shape)
     got = []
     for lazy in (True, False):
-        weight, _, _ = make_inputs(op, 106, shape, np.float32)
-        got.append(_fn(op)(weight, _rsp(107, shape, np.float32, rows), lr=0.1, lazy_update=lazy).tobytes())
+        case = _case("sgd_update", 106, shape, np.float32, rows)
+        case.params = dict(lr=0.1)
+        got.append(case(lazy_update=lazy).tobytes())
     assert got[0] == got[1]
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
-@pytest.mark.parametrize("lazy", [True, False], ids=["lazy", "standard"])
-@pytest.mark.parametrize("op", LAZY_OPS)
-def test_all_rows_present_equals_dense(backend, op, lazy, dtype):
-    params = PARAMS[op]
+@pytest.mark.parametrize("op,mode", [m for m in MODES if cases.op(m[0]).dense],
+                         ids=[i for m, i in zip(MODES, MODE_IDS) if cases.op(m[0]).dense])
+def test_all_rows_present_equals_dense(backend, op, mode, dtype):
+    info = cases.op(op)
     shape = (5, 4)
-    grad = _rsp(108, shape, dtype, np.arange(5))
-    weight, _, states = make_inputs(op, 109, shape, dtype)
-    r = _fn(op)(weight, grad, *states, **params, lazy_update=lazy)
-    w2, _, s2 = make_inputs(op, 109, shape, dtype)
-    d = _fn(op)(w2, grad.data.copy(), *s2, **params)
-    assert_close(r, d, "weight")
-    for a, b in zip(states, s2):
-        assert_close(a, b, "state")
+    case = _case(op, 109, shape, dtype, np.arange(5))
+    dense = case.copy()
+    dense.grad = case.grad.data.copy()
+    dense.new_scalars()
+    r = case(**_extra(op, mode))
+    d = dense()
+    case.check(r, d, "weight")
+    for name, a, b in zip(info.states, case.states, dense.states, strict=True):
+        case.check(a, b, name)
 
 
 # -- empty gradient ------------------------------------------------------------------------------
-def _empty(shape, dtype):
-    return RowSparseArray(np.zeros((0,) + tuple(shape[1:]), dtype=dtype), np.array([], dtype=np.int64), shape)
+@pytest.mark.parametrize("op", LAZY)
+def test_empty_grad_lazy_is_noop(backend, op):
+    for shape in SHAPES + [(5, 4)]:
+        _empty_grad_lazy_is_noop(op, shape)
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("op", LAZY_OPS)
-def test_empty_grad_lazy_is_noop(backend, op, shape):
-    params = PARAMS[op]
-    weight, _, states = make_inputs(op, 110, shape, np.float32)
-    w0, s0 = weight.copy(), [s.copy() for s in states]
-    out = _fn(op)(weight, _empty(shape, np.float32), *states, **params, lazy_update=True)
-    assert out is not weight
-    assert out.tobytes() == w0.tobytes()
-    assert weight.tobytes() == w0.tobytes()
-    for s, b in zip(states, s0):
-        assert s.tobytes() == b.tobytes()
+def _empty_grad_lazy_is_noop(op, shape):
+    extra = cases.op(op).sparse_modes["lazy"]
+    case = _case(op, 110, shape, np.float32, np.zeros(0, np.int64))
+    before = case.snapshot()
+    w0 = case.weight.copy()
+    out = case(**extra)
+    assert out is not case.weight, case.where()
+    assert out.tobytes() == w0.tobytes(), case.where()
+    case.assert_unchanged(before, f"{case.where()} empty grad, out=None")
     # out=weight: still nothing changes
-    res = _fn(op)(weight, _empty(shape, np.float32), *states, **params, lazy_update=True, out=weight)
-    assert res is weight
-    assert weight.tobytes() == w0.tobytes()
+    res = case(out=case.weight, **extra)
+    assert res is case.weight, case.where()
+    case.assert_unchanged(before, f"{case.where()} empty grad, out=weight")
 
 
-@pytest.mark.parametrize("shape", SHAPES, ids=SHAPE_IDS)
-@pytest.mark.parametrize("op", list(OPS))
-def test_empty_grad_standard_is_full_zero_grad_step(backend, op, shape):
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("op", STANDARD)
+def test_empty_grad_standard_is_full_zero_grad_step(backend, op, dtype):
     """Reference doc 3.4: the standard path runs the full zero-gradient update (sgd: decay)."""
-    params = PARAMS[op]
-    state_names, ref_fn = OPS[op]
-    kwargs = {} if op == "rmsprop_update" else {"lazy_update": False}
-    weight, _, states = make_inputs(op, 111, shape, np.float32)
-    w0 = weight.copy()
-    expected = ref.as_tuple(ref_fn(weight, np.zeros(shape, np.float32), *states, **params))
-    out = _fn(op)(weight, _empty(shape, np.float32), *states, **params, **kwargs)
-    assert weight.tobytes() == w0.tobytes()
-    assert_close(out, expected[0], "weight")
-    for name, s, e in zip(state_names, states, expected[1:]):
-        assert_close(s, e, name)
-    assert (out != w0).all() if op == "sgd_update" else (out != w0).any()
+    for shape in SHAPES:
+        _empty_grad_standard_is_full_zero_grad_step(op, dtype, shape)
+
+
+def _empty_grad_standard_is_full_zero_grad_step(op, dtype, shape):
+    extra = _extra(op, "standard")
+    case = _case(op, 111, shape, dtype, np.zeros(0, np.int64))
+    w0 = case.weight.copy()
+    s0 = [s.copy() for s in case.states]
+    expected = case.expected(extra)
+    out = case(**extra)
+    where = case.where()
+    assert case.weight.tobytes() == w0.tobytes(), where
+    case.check(out, expected[0], "weight")
+    case.check_states(expected[1:], "empty grad")
+    if op == "sgd_update":
+        assert (out != w0).all(), where
+    elif _moves_every_row(case):
+        assert (out != w0).any(), where
+        if "weight32" in case.op.states:  # wd moves every row of the master weight
+            assert not np.array_equal(case.arrays["weight32"], s0[case.op.states.index("weight32")]), where
 
 
 def test_sgd_standard_empty_grad_decays_every_row(backend):
     weight = np.array([[1.0, -2.0], [4.0, 0.5], [-8.0, 3.0]], dtype=np.float64)
-    out = generated.sgd_update(weight, _empty(weight.shape, np.float64), lr=0.1, wd=0.5, lazy_update=False)
+    from generated import sgd_update
+    out = sgd_update(weight, cases.empty_rsp(weight.shape, np.float64), lr=0.1, wd=0.5, lazy_update=False)
     np.testing.assert_allclose(out, (1 - 0.1 * 0.5) * weight, rtol=1e-15)
 
 
+# -- a lazy_update flag that the op ignores ------------------------------------------------------
+@pytest.mark.parametrize("grad", ["rows", "empty"])
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("op,flag", IGNORED_FLAGS, ids=[f"{o}-{f}" for o, f in IGNORED_FLAGS])
+def test_ignored_lazy_flag_gives_the_standard_update(backend, op, flag, dtype, grad):
+    """mp_sgd / mp_sgd_mom accept lazy_update and ignore it, as MXNet does (2.4, 3.1): a
+    row-sparse grad always gets the standard update, every row moving; an empty grad is the
+    standard update with a zero gradient (3.4), lazy_update or not. Every shape."""
+    for shape in SHAPES:
+        _ignored_lazy_flag(op, flag, dtype, shape, grad)
+
+
+def _ignored_lazy_flag(op, flag, dtype, shape, grad):
+    rows = cases.rows_for(shape) if grad == "rows" else np.zeros(0, np.int64)
+    seed = cases.seed("mplazy", op, np.dtype(dtype).name, shape, grad)
+    for lazy in (None, True, False):
+        case = _case(op, seed, shape, dtype, rows)
+        s0 = [s.copy() for s in case.states]
+        expected = case.reference(rows=None)
+        extra = {} if lazy is None else {flag: lazy}
+        out = case(out=case.weight, **extra)
+        case.check(out, expected[0], f"out ({flag}={lazy})")
+        case.check_states(expected[1:], f"({flag}={lazy})")
+        k = case.op.states.index("weight32")
+        assert not np.array_equal(case.states[k], s0[k]), f"{case.where()} {grad} grad: wd must move every row"
+
+
 # -- out -------------------------------------------------------------------------------------------
-OUT_CASES = [(op, lazy) for op in OPS for lazy in (True, False) if op in LAZY_OPS or not lazy]
-
-
-@pytest.mark.parametrize("op,lazy", OUT_CASES,
-                         ids=[f"{op}-{'lazy' if lazy else 'standard'}" for op, lazy in OUT_CASES])
-def test_out_separate_gets_whole_new_weight(backend, op, lazy):
+@pytest.mark.parametrize("op,mode", MODES, ids=MODE_IDS)
+def test_out_separate_gets_whole_new_weight(backend, op, mode):
     """Deviation 7.7: any out is accepted and receives the whole new weight."""
-    params = PARAMS[op]
+    info = cases.op(op)
+    extra = _extra(op, mode)
     shape = (8, 3)
-    rows = _rows_for(shape)
-    kwargs = {} if op == "rmsprop_update" else {"lazy_update": lazy}
-    grad = _rsp(112, shape, np.float32, rows)
+    rows = cases.rows_for(shape)
 
-    wa, _, sa = make_inputs(op, 113, shape, np.float32)
-    expected = _fn(op)(wa, grad, *sa, **params, **kwargs, out=wa)
+    first = _case(op, 113, shape, np.float32, rows, data_seed=112)
+    expected = first(out=None if info.output else first.weight, **extra)
 
-    weight, _, states = make_inputs(op, 113, shape, np.float32)
-    w0 = weight.copy()
-    out = np.full_like(weight, np.nan)
-    res = _fn(op)(weight, grad, *states, **params, **kwargs, out=out)
+    case = _case(op, 113, shape, np.float32, rows, data_seed=112)
+    w0 = case.weight.copy()
+    out = np.full_like(case.weight, np.nan)
+    res = case(out=out, **extra)
     assert res is out
-    assert weight.tobytes() == w0.tobytes()
+    assert case.weight.tobytes() == w0.tobytes()
     assert out.tobytes() == expected.tobytes()
-    for a, b in zip(states, sa):
+    for a, b in zip(case.states, first.states, strict=True):
         assert a.tobytes() == b.tobytes()
-    if lazy:
+    if mode == "lazy":
         other = ~_mask(shape, rows)
         assert out[other].tobytes() == w0[other].tobytes()
 
-    weight, _, states = make_inputs(op, 113, shape, np.float32)
-    res = _fn(op)(weight, grad, *states, **params, **kwargs)
-    assert res is not weight
-    assert weight.tobytes() == w0.tobytes()
+    case = _case(op, 113, shape, np.float32, rows, data_seed=112)
+    res = case(**extra)
+    assert res is not case.weight
+    assert case.weight.tobytes() == w0.tobytes()
     assert res.tobytes() == expected.tobytes()
 
 
@@ -292,36 +347,43 @@ def test_rowsparse_1d_data_shape():
         RowSparseArray(np.ones((2, 1), np.float64), np.array([3, 7]), (10,))
 
 
-# -- grad / weight mismatch -------------------------------------------------------------------------
-@pytest.mark.parametrize("op", list(OPS))
+# -- a row-sparse grad that does not fit the weight, a dense grad for a sparse-only op ------------
+@pytest.mark.parametrize("op", ROW_SPARSE)
 def test_rsp_grad_shape_mismatch(backend, op):
-    params = PARAMS[op]
-    weight, _, states = make_inputs(op, 120, (6, 3), np.float32)
-    before = [weight.tobytes()] + [s.tobytes() for s in states]
+    case = _case(op, 120, (6, 3), np.float32, np.array([0, 2, 5]))
+    arrays = [case.weight, *case.states]
+    before = cases.snapshot(arrays)
     for shape in [(7, 3), (6, 4), (18,)]:
-        rows = np.array([0, 2, 5])
-        grad = RowSparseArray(np.ones((3,) + shape[1:], np.float32), rows, shape)
-        with pytest.raises(ValueError, match="grad"):
-            _fn(op)(weight, grad, *states, **params, out=weight)
-    assert [weight.tobytes()] + [s.tobytes() for s in states] == before
+        case.grad = RowSparseArray(np.ones((3,) + shape[1:], np.float32), np.array([0, 2, 5]), shape)
+        with pytest.raises(ValueError, match=rf"\b{case.op.grad}\b"):
+            case(out=None if case.op.output else case.weight)
+    cases.assert_unchanged(arrays, before, op)
 
 
-@pytest.mark.parametrize("op", list(OPS))
+@pytest.mark.parametrize("op", ROW_SPARSE)
 def test_rsp_grad_dtype_mismatch(backend, op):
-    params = PARAMS[op]
-    weight, _, states = make_inputs(op, 121, (6, 3), np.float32)
-    before = [weight.tobytes()] + [s.tobytes() for s in states]
-    grad = RowSparseArray(np.ones((2, 3), np.float64), np.array([1, 3]), (6, 3))
-    with pytest.raises(TypeError, match="grad"):
-        _fn(op)(weight, grad, *states, **params, out=weight)
-    assert [weight.tobytes()] + [s.tobytes() for s in states] == before
+    case = _case(op, 121, (6, 3), np.float32, np.array([1, 3]))
+    case.grad = RowSparseArray(np.ones((2, 3), np.float64), np.array([1, 3]), (6, 3))
+    before = case.snapshot()
+    with pytest.raises(TypeError, match=rf"\b{case.op.grad}\b"):
+        case(out=None if case.op.output else case.weight)
+    case.assert_unchanged(before)
 
 
 @pytest.mark.parametrize("shape", [(0,), (0, 3)], ids=["0", "0x3"])
-@pytest.mark.parametrize("lazy", [True, False], ids=["lazy", "standard"])
-@pytest.mark.parametrize("op", LAZY_OPS)
-def test_zero_row_weight_with_empty_grad(backend, op, lazy, shape):
-    params = PARAMS[op]
-    weight, _, states = make_inputs(op, 122, shape, np.float32)
-    out = _fn(op)(weight, _empty(shape, np.float32), *states, **params, lazy_update=lazy)
+@pytest.mark.parametrize("op,mode", MODES, ids=MODE_IDS)
+def test_zero_row_weight_with_empty_grad(backend, op, mode, shape):
+    case = _case(op, 122, shape, np.float32, np.zeros(0, np.int64))
+    out = case(**_extra(op, mode))
     assert out.shape == shape and out.dtype == np.float32
+
+
+@pytest.mark.parametrize("op", cases.ops(lambda o: not o.dense))
+def test_sparse_only_dense_grad_is_type_error(backend, op):
+    """adagrad and group_adagrad have no dense kernel (2.11, 2.14): a dense grad is refused."""
+    case = _case(op, 51, (4, 3), np.float32, np.array([0, 2]))
+    case.grad = np.ones((4, 3), dtype=np.float32)
+    before = case.snapshot()
+    with pytest.raises(TypeError, match="grad"):
+        case(out=case.weight)
+    case.assert_unchanged(before)

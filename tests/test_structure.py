@@ -361,42 +361,6 @@ def test_float_element_and_step_functions_have_no_double(op):
                 assert "double" not in body, (path.name, head)
 
 
-def _element_loops_f64(kernel_ptx: str) -> list[str]:
-    """f64 instructions inside a loop that reads or writes global memory (an element loop):
-    between a label and a later branch back to it."""
-    lines = kernel_ptx.splitlines()
-    labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\$L__BB\d+_\d+):", line))}
-    found = []
-    for j, line in enumerate(lines):
-        m = re.search(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);", line)
-        if m and labels.get(m.group(1), j + 1) < j:
-            body = lines[labels[m.group(1)]:j]
-            if any("ld.global" in x or "st.global" in x for x in body):
-                found += [x.strip() for x in body if ".f64" in x]
-    return found
-
-
-@pytest.mark.parametrize("op", [op for op in SPECS if "**" not in (ROOT / "specs" / f"{op}.yaml").read_text()])
-def test_float_kernels_do_no_double_math_in_their_element_loops(op):
-    """NVRTC would redo the per-call double math inside the loops to save registers;
-    OPGEN_PER_CALL pins each value. (Ops with ``**`` call double pow once per call, whose
-    out-of-line slow paths PTX lays out after the loops, which this loop finder cannot tell
-    apart; the source-level test above covers them.)"""
-    pytest.importorskip("cupy")
-    from opgen.runtime.cuda import CHECK_ARCHES, cuda_source, nvrtc_check
-
-    path = ROOT / "generated" / "cuda" / f"{op}.cu"
-    try:
-        _, ptx = nvrtc_check(cuda_source(path), CHECK_ARCHES[-1], name=path.name)
-    except (ImportError, OSError) as exc:
-        pytest.skip(f"NVRTC unavailable: {exc}")
-    text = ptx.decode() if isinstance(ptx, bytes) else ptx
-    for kernel in re.split(r"(?=\.visible \.entry)", text)[1:]:
-        name = re.search(r"\.entry\s+(\w+)\(", kernel).group(1)
-        if name.endswith(("_float16", "_float32")):
-            assert not _element_loops_f64(kernel), name
-
-
 # ---- a new array type is one adapter ------------------------------------------------------
 
 class Boxed:

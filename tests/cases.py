@@ -1,0 +1,558 @@
+"""What the suites know about each op, and the inputs and parameter values they use.
+
+Nothing about an op's arguments is restated here. Its tensors (names, roles, fixed dtypes,
+per-row states) and parameters (names, types, required, bounds) come from the generated
+metadata, ``generated.<op>._OP``. What that metadata does not say (row-sparse support,
+``output``, ``skip_if``, ``multi``, ignored parameters) comes from the op's spec in
+specs/, whose file names are the list of ops. Only the parameter VALUES chosen for the tests
+(:data:`PARAMS`) and the way plausible inputs are drawn (:data:`STATE_VALUES`,
+:data:`SCALAR_VALUES`, :data:`GRAD_SCALE`) are written by hand.
+
+:class:`Case` holds one call's arrays and parameters; it calls the generated op (MXNet's
+multi_* ops through their flat calling convention, with one group) and the independent
+reference (tests/reference.py) the same way for every op.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib
+import zlib
+from pathlib import Path
+
+import numpy as np
+import yaml
+
+import generated
+import reference
+from generated import RowSparseArray
+
+ROOT = Path(__file__).resolve().parent.parent
+
+#: every op, one per spec
+OPS = sorted(p.stem for p in (ROOT / "specs").glob("*.yaml"))
+
+DTYPES = [np.float16, np.float32, np.float64]
+DTYPE_IDS = ["float16", "float32", "float64"]
+_DTYPE_NAMES = ("float16", "float32", "float64")
+
+
+def shape_id(shape) -> str:
+    return "shape=" + "x".join(map(str, shape))
+
+
+def seed(*parts) -> int:
+    """A deterministic seed per test case (hash() of str is salted per process)."""
+    return zlib.crc32("|".join(map(str, parts)).encode())
+
+
+# =============================================================================================
+# The ops, from their metadata and specs
+# =============================================================================================
+def _fixed_dtype(value):
+    if value is None:
+        return None
+    for name in _DTYPE_NAMES:
+        if value == name:
+            return np.dtype(name)
+    raise AssertionError(f"unknown fixed dtype {value!r}")
+
+
+class Op:
+    """One op: its generated function, its reference function and its argument table."""
+
+    def __init__(self, name: str) -> None:
+        meta = importlib.import_module(f"generated.{name}")._OP
+        spec = yaml.safe_load((ROOT / "specs" / f"{name}.yaml").read_text())
+        self.name = name
+        self.fn = getattr(generated, name)
+        self.ref = getattr(reference, name)
+        self.meta_tensors = tuple(meta.tensors)
+        self.meta_params = tuple(meta.params)
+
+        tensors = self.meta_tensors
+        #: every tensor's name, in signature order
+        self.tensor_names = tuple(t.name for t in tensors)
+        self.weight = next(t.name for t in tensors if t.role == "weight")
+        self.grad = next(t.name for t in tensors if t.role == "grad")
+        self.states = tuple(t.name for t in tensors if t.role == "state")
+        #: numbers or one-element arrays read once per call (adamw's rescale_grad, lamb's r1, r2)
+        self.scalars = tuple(t.name for t in tensors if t.role == "scalar")
+        #: tensor name -> its fixed dtype (mixed-precision master weights and states)
+        self.fixed = {t.name: _fixed_dtype(t.dtype) for t in tensors if t.dtype is not None}
+        self.per_row = frozenset(t.name for t in tensors if t.per_row)
+        self.mixed_precision = bool(self.fixed)
+
+        params = self.meta_params
+        self.params = tuple(p.name for p in params)
+        self.param = {p.name: p for p in params}
+        self.required = tuple(p.name for p in params if p.required)
+        self.bounds = {p.name: tuple(p.bounds) for p in params if p.bounds is not None}
+        #: the clipping bounds the math reads (clip_gradient, clip_grad, clip_weights)
+        self.clip_params = tuple(p.name for p in params if p.name.startswith("clip") and p.in_kernel)
+        #: the step counter (ftml, lamb phase 1): a required int parameter ``t``
+        self.step_param = next((p.name for p in params if p.name == "t" and p.type == "int"), None)
+
+        row_sparse = spec.get("row_sparse") or {}
+        lazy = row_sparse.get("lazy")
+        #: the bool parameter that chooses lazy or standard row-sparse updates
+        self.lazy_param = lazy if isinstance(lazy, str) else None
+        self.lazy_default = next((p.get("default") for p in spec.get("params", [])
+                                  if p["name"] == self.lazy_param), None)
+        self.always_lazy = lazy is True
+        #: False for the sparse-only ops (adagrad, group_adagrad)
+        self.dense = row_sparse.get("dense", True) is not False
+        #: the op writes a temporary (lamb phase 1's g) to out and only reads the weight
+        self.output = spec.get("output") is not None
+        self.skip_if = spec.get("skip_if")
+        #: MXNet's flat multi-tensor convention: {count: PARAM, per_tensor: {lr: lrs, ...}}
+        self.multi = spec.get("multi")
+        self.ignored = frozenset(p["name"] for p in spec.get("params", []) if p.get("ignored"))
+        self.has_multi_variant = hasattr(generated, f"{name}_multi")
+
+    def __repr__(self) -> str:
+        return f"Op({self.name!r})"
+
+    @property
+    def sparse_modes(self) -> dict:
+        """Row-sparse modes: name -> extra keyword arguments ({} for none at all)."""
+        if self.multi:
+            return {}
+        if self.lazy_param:
+            return {"lazy": {self.lazy_param: True}, "standard": {self.lazy_param: False}}
+        if self.always_lazy:
+            return {"lazy": {}}
+        return {"standard": {}}
+
+    def dtype_of(self, name: str, dtype) -> np.dtype:
+        """The dtype of tensor ``name`` in a call whose weight is ``dtype``."""
+        return self.fixed.get(name, np.dtype(dtype))
+
+
+@functools.lru_cache(maxsize=None)
+def op(name: str) -> Op:
+    return Op(name)
+
+
+def ops(where=lambda o: True) -> list[str]:
+    """The ops (names) for which ``where(Op)`` holds."""
+    return [name for name in OPS if where(op(name))]
+
+
+#: the ops with the usual call (not MXNet's flat multi-tensor convention)
+SINGLE = ops(lambda o: not o.multi)
+#: the ops that take a row-sparse gradient
+ROW_SPARSE = ops(lambda o: bool(o.sparse_modes))
+#: the ops with fixed-dtype (float32) tensors
+MIXED_PRECISION = ops(lambda o: o.mixed_precision and not o.multi)
+
+
+def check(actual, expected, name: str, weight_dtype, what: str = "") -> None:
+    """reference.assert_close with the op's tolerance (float32-level for mp ops' float64 weights)."""
+    reference.assert_close(actual, expected, f"{name}: {what}", weight_dtype=weight_dtype,
+                           mixed_precision=op(name).mixed_precision)
+
+
+# =============================================================================================
+# Parameter values (by hand)
+# =============================================================================================
+# "defaults": the required parameters only; "mixed": wd, rescale_grad and clipping together
+# (bounds small enough that N(0,1) gradients get clipped, checked by
+# test_numerics.test_parameter_sets_that_clip_really_clip). The first four ops have more sets,
+# one per parameter. Each op's step counter `t` is set per step (step_params), not here.
+PARAMS = {
+    "sgd_update": {
+        "defaults": dict(lr=0.1),
+        "wd": dict(lr=0.1, wd=0.01),
+        "rescale": dict(lr=0.1, rescale_grad=0.5),
+        "clip": dict(lr=0.1, rescale_grad=2.0, clip_gradient=0.7),
+        "clip0_off": dict(lr=0.1, clip_gradient=0.0),
+        "clipneg_off": dict(lr=0.1, clip_gradient=-0.5),
+        "mixed": dict(lr=0.05, wd=0.1, rescale_grad=1.5, clip_gradient=1.0),
+    },
+    "sgd_mom_update": {
+        "defaults": dict(lr=0.1),
+        "momentum": dict(lr=0.1, momentum=0.9),
+        "wd": dict(lr=0.1, momentum=0.9, wd=0.01),
+        "rescale": dict(lr=0.1, momentum=0.5, rescale_grad=0.25),
+        "clip": dict(lr=0.1, momentum=0.9, clip_gradient=0.5),
+        "clip0_off": dict(lr=0.1, momentum=0.9, clip_gradient=0.0),
+        "mixed": dict(lr=0.05, momentum=0.8, wd=0.1, rescale_grad=2.0, clip_gradient=1.0),
+    },
+    "adam_update": {
+        "defaults": dict(lr=0.01),
+        "wd": dict(lr=0.01, wd=0.1),
+        "betas_eps": dict(lr=0.02, beta1=0.8, beta2=0.99, epsilon=0.5),
+        "rescale": dict(lr=0.01, rescale_grad=0.125),
+        "clip": dict(lr=0.01, clip_gradient=0.5),
+        "clip0_off": dict(lr=0.01, clip_gradient=0.0),
+        "mixed": dict(lr=0.03, beta1=0.85, beta2=0.995, epsilon=1e-6, wd=0.05, rescale_grad=3.0,
+                      clip_gradient=1.2),
+    },
+    "rmsprop_update": {
+        "defaults": dict(lr=0.01),
+        "wd": dict(lr=0.01, wd=0.1),
+        "gamma_eps": dict(lr=0.01, gamma1=0.9, epsilon=1e-3),
+        "rescale": dict(lr=0.01, rescale_grad=0.5),
+        "clip": dict(lr=0.01, clip_gradient=0.5),
+        "clip0_off": dict(lr=0.01, clip_gradient=0.0),
+        "clip_weights": dict(lr=0.5, clip_weights=0.8),
+        "clip_weights0_off": dict(lr=0.5, clip_weights=0.0),
+        "mixed": dict(lr=0.05, gamma1=0.9, epsilon=1e-4, wd=0.05, rescale_grad=2.0,
+                      clip_gradient=1.0, clip_weights=1.5),
+    },
+    "nag_mom_update": {
+        "defaults": dict(lr=0.1),
+        "mixed": dict(lr=0.05, momentum=0.9, wd=0.02, rescale_grad=1.5, clip_gradient=0.8),
+    },
+    "rmspropalex_update": {
+        "defaults": dict(lr=0.01),
+        "mixed": dict(lr=0.05, gamma1=0.9, gamma2=0.8, epsilon=1e-4, wd=0.05, rescale_grad=2.0,
+                      clip_gradient=1.0, clip_weights=1.2),
+    },
+    "ftrl_update": {
+        "defaults": dict(lr=0.1),
+        "mixed": dict(lr=0.2, lamda1=0.05, beta=0.5, wd=0.1, rescale_grad=0.5, clip_gradient=0.4),
+    },
+    "ftml_update": {
+        "defaults": dict(lr=0.01),
+        "mixed": dict(lr=0.02, beta1=0.7, beta2=0.99, epsilon=1e-4, wd=0.05, rescale_grad=2.0,
+                      clip_grad=1.0),
+    },
+    "signsgd_update": {
+        "defaults": dict(lr=0.1),
+        "mixed": dict(lr=0.05, wd=0.1, rescale_grad=-2.0, clip_gradient=0.1),
+    },
+    "signum_update": {
+        "defaults": dict(lr=0.1),
+        "mixed": dict(lr=0.05, momentum=0.9, wd=0.05, rescale_grad=1.5, clip_gradient=0.5,
+                      wd_lh=0.02),
+    },
+    "adagrad_update": {
+        "defaults": dict(lr=0.1),
+        "mixed": dict(lr=0.05, epsilon=1e-3, rescale_grad=2.0, clip_gradient=1.0),
+    },
+    "adamw_update": {
+        "defaults": dict(rescale_grad=1.0, lr=0.01, eta=1.0),
+        "mixed": dict(rescale_grad=1.5, lr=0.02, eta=0.5, beta1=0.8, beta2=0.99, epsilon=1e-6,
+                      wd=0.1, clip_gradient=1.0),
+    },
+    "mp_sgd_update": {
+        "defaults": dict(lr=0.1),
+        "mixed": dict(lr=0.05, wd=0.1, rescale_grad=1.5, clip_gradient=1.0),
+    },
+    "mp_sgd_mom_update": {
+        "defaults": dict(lr=0.1),
+        "mixed": dict(lr=0.05, momentum=0.9, wd=0.05, rescale_grad=1.5, clip_gradient=1.0),
+    },
+    "mp_nag_mom_update": {
+        "defaults": dict(lr=0.1),
+        "mixed": dict(lr=0.05, momentum=0.9, wd=0.02, rescale_grad=1.5, clip_gradient=0.8),
+    },
+    "mp_adamw_update": {
+        "defaults": dict(rescale_grad=1.0, lr=0.01, eta=1.0),
+        "mixed": dict(rescale_grad=1.5, lr=0.02, eta=0.5, beta1=0.8, beta2=0.99, epsilon=1e-6,
+                      wd=0.1, clip_gradient=1.0),
+    },
+    "lamb_update_phase1": {
+        "defaults": dict(wd=0.0),
+        "mixed": dict(beta1=0.8, beta2=0.99, epsilon=1e-4, bias_correction=False, wd=0.05,
+                      rescale_grad=2.0, clip_gradient=1.0),
+    },
+    "lamb_update_phase2": {
+        "defaults": dict(lr=0.01),
+        "mixed": dict(lr=0.05, lower_bound=0.5, upper_bound=3.0),
+    },
+    "group_adagrad_update": {
+        "defaults": dict(lr=0.1),
+        "mixed": dict(lr=0.05, rescale_grad=2.0, clip_gradient=0.5, epsilon=1e-3),
+    },
+    # MXNet's multi-tensor ops: the values of one group (lrs=[lr], wds=[wd])
+    "multi_sgd_update": {
+        "defaults": dict(lr=0.1, wd=0.01),
+        "mixed": dict(lr=0.05, wd=0.1, rescale_grad=1.5, clip_gradient=1.0),
+    },
+    "multi_sgd_mom_update": {
+        "defaults": dict(lr=0.1, wd=0.01),
+        "mixed": dict(lr=0.05, wd=0.05, momentum=0.9, rescale_grad=1.5, clip_gradient=1.0),
+    },
+    "multi_mp_sgd_update": {
+        "defaults": dict(lr=0.1, wd=0.01),
+        "mixed": dict(lr=0.05, wd=0.1, rescale_grad=1.5, clip_gradient=1.0),
+    },
+    "multi_mp_sgd_mom_update": {
+        "defaults": dict(lr=0.1, wd=0.01),
+        "mixed": dict(lr=0.05, wd=0.05, momentum=0.9, rescale_grad=1.5, clip_gradient=1.0),
+    },
+}
+
+
+def step_params(name: str, params: dict, step: int = 0) -> dict:
+    """``params`` plus the op's step counter ``t`` = step + 1 (ftml, lamb phase 1)."""
+    params = dict(params)
+    counter = op(name).step_param
+    if counter is not None and counter not in params:
+        params[counter] = step + 1
+    return params
+
+
+# =============================================================================================
+# Inputs
+# =============================================================================================
+#: how a plausible value of a state is drawn, by state name: ("normal", sd) or
+#: ("uniform", low, high). weight32 (the float32 master weight) is drawn like a weight; the
+#: mp ops' weight is then weight32 cast to the weight's dtype.
+STATE_VALUES = {
+    "mom": ("normal", 0.05),
+    "mean": ("normal", 0.1),
+    "var": ("uniform", 0.0, 0.01),
+    "n": ("uniform", 0.0, 0.1),
+    "history": ("uniform", 0.0, 0.1),
+    "d": ("uniform", 0.0, 1.0),
+    "v": ("uniform", 0.0, 0.01),
+    "z": ("normal", 0.1),
+    "g": ("normal", 0.05),
+    "delta": ("normal", 0.01),
+    "weight32": ("normal", 1.0),
+}
+
+#: the gradient's scale, where N(0, 1) does not fit (lamb phase 2's g is a direction)
+GRAD_SCALE = {"lamb_update_phase2": 0.1}
+
+
+def _norm(a, dtype):
+    a = a.data if isinstance(a, RowSparseArray) else a  # a row-sparse array's zero rows add nothing
+    return np.array([np.linalg.norm(np.asarray(a).astype(np.float64))], dtype=dtype)
+
+
+#: values for the scalar inputs that a parameter set does not give, by name: lamb phase 2's
+#: r1 and r2 are the norms of the weight and of g
+SCALAR_VALUES = {
+    "r1": lambda case: _norm(case.weight, case.dtype),
+    "r2": lambda case: _norm(case.grad, case.dtype),
+}
+
+
+def _draw(rng, how, shape):
+    if how[0] == "normal":
+        return rng.normal(0.0, how[1], size=shape)
+    return rng.uniform(how[1], how[2], size=shape)
+
+
+def rows_for(shape) -> np.ndarray:
+    """Rows 1, n//2 and n-1 (sorted, unique)."""
+    n = shape[0]
+    return np.array(sorted({1, n // 2, n - 1}), dtype=np.int64)
+
+
+def random_rows(rng, n: int) -> np.ndarray:
+    """A random half of the rows (at least one), sorted."""
+    if n == 0:
+        return np.zeros(0, dtype=np.int64)
+    k = max(1, (n + 1) // 2)
+    return np.sort(rng.choice(n, size=k, replace=False)).astype(np.int64)
+
+
+def rsp(data, rows, shape) -> RowSparseArray:
+    return RowSparseArray(data, np.asarray(rows, dtype=np.int64), shape)
+
+
+def empty_rsp(shape, dtype) -> RowSparseArray:
+    return RowSparseArray(np.zeros((0,) + tuple(shape[1:]), dtype=dtype), np.array([], dtype=np.int64), shape)
+
+
+def _dense(a):
+    return reference.densify(a.data, a.indices, a.shape) if isinstance(a, RowSparseArray) else a
+
+
+def _copy(a):
+    if isinstance(a, RowSparseArray):
+        return RowSparseArray(a.data.copy(), a.indices, a.shape)
+    return a.copy() if isinstance(a, np.ndarray) else a
+
+
+def buffers(values) -> list:
+    """The ndarrays among ``values`` (a row-sparse array's data and indices included)."""
+    found = []
+    for v in values:
+        if isinstance(v, RowSparseArray):
+            found.extend([v.data, v.indices])
+        elif isinstance(v, np.ndarray):
+            found.append(v)
+    return found
+
+
+def snapshot(arrays) -> list:
+    return [np.array(a, copy=True) for a in buffers(arrays)]
+
+
+def assert_unchanged(arrays, before, what: str = "bad call") -> None:
+    """Every ndarray among ``arrays`` holds the bytes (and dtype) of its ``snapshot``."""
+    now = buffers(arrays)
+    assert len(now) == len(before)
+    for k, (a, b) in enumerate(zip(now, before)):
+        assert a.dtype == b.dtype and a.tobytes() == b.tobytes(), f"{what}: array {k} was modified"
+
+
+class Case:
+    """One call: the op's tensors (signature order) and its parameters.
+
+    ``params`` may hold scalar inputs (adamw's rescale_grad), which are then passed in their
+    place in the signature. ``case(out=...)`` calls the generated op, ``case.expected()`` the
+    reference on the same inputs (a row-sparse grad densified).
+    """
+
+    def __init__(self, name: str, arrays: dict, params: dict, dtype) -> None:
+        self.op = op(name)
+        self.name = name
+        self.arrays = dict(arrays)
+        self.params = dict(params)
+        self.dtype = np.dtype(dtype)
+
+    # -- the tensors ------------------------------------------------------------------------
+    @property
+    def weight(self):
+        return self.arrays[self.op.weight]
+
+    @weight.setter
+    def weight(self, value):
+        self.arrays[self.op.weight] = value
+
+    @property
+    def grad(self):
+        return self.arrays[self.op.grad]
+
+    @grad.setter
+    def grad(self, value):
+        self.arrays[self.op.grad] = value
+
+    @property
+    def states(self) -> list:
+        return [self.arrays[n] for n in self.op.states]
+
+    @states.setter
+    def states(self, values):
+        for n, v in zip(self.op.states, values, strict=True):
+            self.arrays[n] = v
+
+    def inputs(self) -> list:
+        """The tensors in signature order (scalar inputs from ``params`` where given there)."""
+        return [self.params[n] if n in self.params else self.arrays[n] for n in self.op.tensor_names]
+
+    def kwargs(self) -> dict:
+        return {k: v for k, v in self.params.items() if k not in self.op.tensor_names}
+
+    def all_arrays(self) -> list:
+        """Everything the call can see (for snapshots)."""
+        return self.inputs()
+
+    # -- calls ----------------------------------------------------------------------------
+    def __call__(self, out=None, **extra):
+        return call(self.name, self.inputs(), {**self.kwargs(), **extra}, out)
+
+    def lazy_rows(self, extra=None):
+        """The rows a call with the keyword arguments ``extra`` changes, if it is a lazy
+        row-sparse update (the grad's indices); None for a dense or standard update."""
+        if not isinstance(self.grad, RowSparseArray):
+            return None
+        lazy = self.op.always_lazy
+        if self.op.lazy_param:
+            lazy = bool((extra or {}).get(self.op.lazy_param, self.op.lazy_default))
+        return self.grad.indices if lazy else None
+
+    def expected(self, extra=None) -> tuple:
+        """The reference's ``(out, *states)`` for a call with the keyword arguments ``extra``."""
+        return self.reference(self.lazy_rows(extra))
+
+    def reference(self, rows=None) -> tuple:
+        """The reference on these inputs (a row-sparse grad densified); ``rows``: lazy update."""
+        kwargs = self.kwargs()
+        if rows is not None:
+            kwargs["rows"] = rows
+        return self.op.ref(*[_dense(a) for a in self.inputs()], **kwargs)
+
+    def scale_grad(self, factor) -> None:
+        """Multiply the gradient (a row-sparse one's data) by ``factor``, in place."""
+        g = self.grad.data if isinstance(self.grad, RowSparseArray) else self.grad
+        g *= factor
+        self.new_scalars()
+
+    def copy(self) -> Case:
+        new = Case(self.name, {k: _copy(v) for k, v in self.arrays.items()}, self.params, self.dtype)
+        new.params = {k: _copy(v) for k, v in self.params.items()}
+        return new
+
+    def snapshot(self) -> list:
+        return snapshot(self.all_arrays())
+
+    def assert_unchanged(self, before, what: str = "bad call") -> None:
+        assert_unchanged(self.all_arrays(), before, f"{self.name}: {what}")
+
+    def check(self, actual, expected, what: str = "") -> None:
+        """cases.check, the message naming the call's dtype and shape."""
+        check(actual, expected, self.name, self.dtype, f"{self.where()} {what}")
+
+    def where(self) -> str:
+        return f"{self.dtype.name} {shape_id(np.shape(self.weight))}"
+
+    def check_states(self, expected_states, what: str = "") -> None:
+        for name, s, e in zip(self.op.states, self.states, expected_states, strict=True):
+            self.check(s, e, f"{what} {name}")
+
+    # -- new inputs -----------------------------------------------------------------------
+    def new_grad(self, rng, rows=None) -> None:
+        """A new N(0, 1) gradient: row-sparse on a random half of the rows (or ``rows``) for
+        the sparse-only ops, dense otherwise; then new values for the generated scalar inputs."""
+        shape = self.weight.shape
+        dense = (rng.normal(0.0, 1.0, size=shape) * GRAD_SCALE.get(self.name, 1.0)).astype(self.dtype)
+        if not self.op.dense:
+            rows = random_rows(rng, shape[0]) if rows is None else rows
+            self.grad = rsp(dense[rows].copy(), rows, shape)
+        else:
+            self.grad = dense
+        self.new_scalars()
+
+    def new_scalars(self) -> None:
+        for name in self.op.scalars:
+            if name not in self.params:
+                self.arrays[name] = SCALAR_VALUES[name](self)
+
+
+def make_case(name: str, seed_: int, shape, dtype, params: dict | None = None, *,
+              per_row_column: bool = False, grad_rows=None) -> Case:
+    """Deterministic inputs: a N(0, 1) weight, plausible states (STATE_VALUES; per-row states
+    of shape (rows,), or (rows, 1) with ``per_row_column``), a gradient (Case.new_grad) and the
+    scalar inputs. An mp op's weight is its weight32 cast to the weight's dtype."""
+    info = op(name)
+    rng = np.random.default_rng(seed_)
+    weight = rng.normal(0.0, 1.0, size=shape).astype(dtype)
+    values = {}
+    for state in info.states:
+        if state in info.per_row:
+            sshape = (shape[0], 1) if per_row_column else (shape[0],)
+        else:
+            sshape = shape
+        values[state] = _draw(rng, STATE_VALUES[state], sshape)
+    if name == "rmspropalex_update":  # n >= g*g: a variance estimate
+        values["n"] = values["g"] * values["g"] + rng.uniform(0.01, 0.1, size=shape)
+    arrays = {info.weight: weight}
+    for state in info.states:
+        arrays[state] = np.asarray(values[state]).astype(info.dtype_of(state, dtype))
+    if "weight32" in info.states:
+        arrays[info.weight] = arrays["weight32"].astype(dtype)
+    case = Case(name, arrays, params or {}, dtype)
+    case.new_grad(rng, rows=grad_rows)  # the grad, then the scalar inputs
+    return case
+
+
+def call(name: str, args, kwargs: dict, out=None):
+    """Call the generated op; MXNet's multi_* ops with one group (``lrs=[lr]``, ...)."""
+    info = op(name)
+    if info.multi:
+        per_tensor = info.multi["per_tensor"]
+        kw = {per_tensor.get(k, k): ([v] if k in per_tensor else v) for k, v in kwargs.items()}
+        kw[info.multi["count"]] = 1
+        result = info.fn(*args, **kw, out=None if out is None else [out])
+        assert isinstance(result, list) and len(result) == 1, result
+        return result[0]
+    return info.fn(*args, **kwargs, out=out)
