@@ -307,28 +307,35 @@ class RowCode:
         return lines
 
     def step_lines(self, step: StepCode) -> list[str]:
-        m, struct, d = self.math.math.c_type, self.code.struct(self.math.math), step.dtype.name
+        """Per dtype: load what each row function reads, call it, store what it wrote."""
+        m, d = self.math.math.c_type, step.dtype.name
         memory = Memory("p_{name}[{index}]", {step.grad: "gi", **{n: "row" for n in self.row_tensors}})
-        fn = lambda what: self.code.function(what, d)  # noqa: E731
-        scalars = f"const {struct} s"
-        lines = [f"OPGEN_INLINE void {fn('pass1')}({', '.join([scalars, 'int64_t i', 'int64_t gi', f'{m} *sums', *step.pointer_params(self.pass1_arrays)])}) {{",
-                 f"    {self.code.function('pass1', m)}(s, sums{''.join(', ' + step.load(n, memory) for n in self.pass1_arrays)});",
-                 "}"]
-        lines += [f"OPGEN_INLINE void {fn('row')}({', '.join([scalars, f'const {m} *sums', 'int64_t row_len', f'{m} *values', 'int64_t row', *step.pointer_params(self.row_tensors)])}) {{",
-                  f"    {self.code.function('row', m)}(s, sums, row_len, values{''.join(', ' + step.load(n, memory) for n in self.row_tensors)});",
-                  "}"]
-        lines += [f"OPGEN_INLINE void {fn('row_store')}({', '.join([f'const {m} *values', 'int64_t row', *step.pointer_params(self.row_written)])}) {{",
-                  *(f"    p_{n}[row] = {step.storage(n).store}(values[{self.values.index(n)}]);" for n in self.row_written),
-                  "}"]
-        names = self.pass2_arrays
-        loads = [f"    {m} v_{n} = {step.load(n, memory)};" for n in names if n in self.pass2_written and n in self.pass2_reads]
-        loads += [f"    {m} v_{n};" for n in names if n in self.pass2_written and n not in self.pass2_reads]
-        args = [f"&v_{n}" if n in self.pass2_written else step.load(n, memory) for n in names]
-        lines += [f"OPGEN_INLINE void {fn('pass2')}({', '.join([scalars, f'const {m} *values', 'int64_t i', 'int64_t gi', *step.pointer_params(names)])}) {{",
-                  *loads, f"    {self.code.function('pass2', m)}(s, values, {', '.join(args)});",
-                  *(f"    {memory.of(n)} = {step.storage(n).store}(v_{n});" for n in names if n in self.pass2_written),
-                  "}"]
-        return lines
+        scalars = f"const {self.code.struct(self.math.math)} s"
+
+        def function(what: str, params: list[str], pointers: list[str], body: list[str]) -> list[str]:
+            signature = ", ".join(params + step.pointer_params(pointers))
+            return [f"OPGEN_INLINE void {self.code.function(what, d)}({signature}) {{", *body, "}"]
+
+        def call(what: str, head: str, names: list[str]) -> str:
+            return f"    {self.code.function(what, m)}({head}{_more(', '.join(names))});"
+
+        loads = lambda names: [step.load(n, memory) for n in names]  # noqa: E731
+        names, written, reads = self.pass2_arrays, self.pass2_written, self.pass2_reads
+        locals_ = [f"    {m} v_{n} = {step.load(n, memory)};" for n in names if n in written and n in reads]
+        locals_ += [f"    {m} v_{n};" for n in names if n in written and n not in reads]
+        pass2_args = [f"&v_{n}" if n in written else step.load(n, memory) for n in names]
+        return [
+            *function("pass1", [scalars, "int64_t i", "int64_t gi", f"{m} *sums"], self.pass1_arrays,
+                      [call("pass1", "s, sums", loads(self.pass1_arrays))]),
+            *function("row", [scalars, f"const {m} *sums", "int64_t row_len", f"{m} *values", "int64_t row"],
+                      self.row_tensors, [call("row", "s, sums, row_len, values", loads(self.row_tensors))]),
+            *function("row_store", [f"const {m} *values", "int64_t row"], self.row_written,
+                      [f"    p_{n}[row] = {step.storage(n).store}(values[{self.values.index(n)}]);"
+                       for n in self.row_written]),
+            *function("pass2", [scalars, f"const {m} *values", "int64_t i", "int64_t gi"], names,
+                      [*locals_, call("pass2", "s, values", pass2_args),
+                       *(f"    {memory.of(n)} = {step.storage(n).store}(v_{n});" for n in names if n in written)]),
+        ]
 
     def schedule_args(self, step: StepCode) -> list[str]:
         """The row schedule's arguments after the sizes: counts and the four step calls."""
