@@ -110,7 +110,8 @@ class CupyArrays(ArrayAdapter):
         return bool(self.module(a).may_share_memory(a, b))
 
 
-_ADAPTERS: list[ArrayAdapter] = [NumpyArrays(), CupyArrays()]
+NUMPY = NumpyArrays()
+_ADAPTERS: list[ArrayAdapter] = [NUMPY, CupyArrays()]
 
 
 def register(adapter: ArrayAdapter) -> None:
@@ -147,20 +148,25 @@ class Presented:
 
 def present(values: tuple) -> tuple[tuple, Presented]:
     """Foreign arrays among ``values`` replaced by native views (others unchanged)."""
-    foreign = None
-    converted = list(values)
+    foreign, converted = None, None
     for k, value in enumerate(values):
+        if type(value) is np.ndarray or value is None:
+            continue
         adapter = adapter_for(value)
         if adapter is not None and not adapter.native:
+            converted = converted or list(values)
             converted[k] = adapter.view(value)
             foreign = foreign or adapter
     presented = Presented(tuple(values), foreign)
-    presented.views = tuple(converted)
+    if converted is not None:
+        presented.views = tuple(converted)
     return presented.views, presented
 
 
 def adapter_for(value) -> ArrayAdapter | None:
     """The adapter that owns ``value``, or None for anything that is not an array."""
+    if type(value) is np.ndarray:  # the common case, asked many times per call
+        return NUMPY
     for adapter in _ADAPTERS:
         if adapter.owns(value):
             return adapter

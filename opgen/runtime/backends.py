@@ -161,22 +161,28 @@ class CBackend(Backend):
         module = op.c_module()
         kernel = op.kernel(work.schedule, work.dtype)
         function = op.c_function(module, kernel)
-        ffi = module.ffi
-        grad_array = np.ascontiguousarray(work.grad_data)
-        arrays, sizes = work.arrays(op, grad_array), work.sizes()
-        scalars = dict(zip(op.kernel_scalar_names, work.scalars))
+        from_buffer = module.ffi.from_buffer
+        arrays = work.arrays(op, np.ascontiguousarray(work.grad_data))
+        sizes = work.sizes() if kernel.schedule is not Schedule.DENSE else {ArgRole.SIZE: work.target.size}
+        layout = op.plain_layout(kernel)
+        if layout is not None:  # sizes, the tensors, the scalars in call order, the flag: the usual
+            head, tensors = layout
+            function(*[from_buffer("int64_t[]", work.grad.indices) if role is ArgRole.INDICES else sizes[role]
+                       for role in head], *[from_buffer(arrays[name]) for name in tensors], *work.scalars,
+                     _flush_denormal[0])
+            return
         args = []
-        for a in kernel.args:
-            if a.role is ArgRole.TENSOR:
-                args.append(ffi.from_buffer(arrays[a.source]))
-            elif a.role is ArgRole.SCALAR:
-                args.append(scalars[a.source])
-            elif a.role is ArgRole.INDICES:
-                args.append(ffi.from_buffer("int64_t[]", work.grad.indices))
-            elif a.role is ArgRole.FLUSH:
+        for role, key in op.call_recipe(kernel):
+            if role is ArgRole.TENSOR:
+                args.append(from_buffer(arrays[key]))
+            elif role is ArgRole.SCALAR:
+                args.append(work.scalars[key])
+            elif role is ArgRole.INDICES:
+                args.append(from_buffer("int64_t[]", work.grad.indices))
+            elif role is ArgRole.FLUSH:
                 args.append(_flush_denormal[0])
             else:
-                args.append(sizes[a.role])
+                args.append(sizes[role])
         function(*args)
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from opgen.dtypes import DTYPE_NAMES, ParamType, dtype_list
-from opgen.kinds import Schedule, TensorRole
+from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen.runtime import backends, cbuild, cuda
 from opgen.runtime.arrays import (accepted_types, adapter_for, array_module, is_device_array, kind, present,
                                   same_view)
@@ -84,6 +84,7 @@ class Operator:
         self.names = tuple(t.name for t in tensors)
         self.params = tuple(params)
         self.kernel_abis = {(k.schedule, k.dtype): k for k in kernels}
+        self._kernels_by_dtype = {(k.schedule, np.dtype(k.dtype)): k for k in kernels}  # the per-call lookup
         self.schedules = frozenset(k.schedule for k in kernels)
         self._math_types = {np.dtype(d): np.dtype(m).type for d, m in math_types.items()}
         self.always_lazy = always_lazy
@@ -105,6 +106,8 @@ class Operator:
         self.c_cdef = c_cdef
         self.cuda = cuda.CudaKernels(spec, cuda_source)
         self._c_functions: dict[str, Callable] = {}
+        self._recipes: dict[str, tuple] = {}
+        self._layouts: dict[str, tuple | None] = {}
         self._c_module = None
         self._c_error: Exception | None = None
         self.warned_c_unavailable = False
@@ -125,7 +128,7 @@ class Operator:
         return self._math_types[np.dtype(dtype)]
 
     def kernel(self, schedule: Schedule, dtype: np.dtype) -> KernelABI:
-        return self.kernel_abis[(schedule, np.dtype(dtype).name)]
+        return self._kernels_by_dtype[(schedule, np.dtype(dtype))]
 
     # -- the call ---------------------------------------------------------------
     def __call__(self, tensors: tuple, params: tuple, out):
@@ -321,12 +324,12 @@ class Operator:
 
     def _check_same_side(self, name: str, value, weight, w_name: str) -> None:
         """Host and device arrays never mix in a call; device arrays share one device."""
-        if is_device_array(value) != is_device_array(weight):
+        adapter, other = adapter_for(weight), adapter_for(value)
+        if (other is not None and other.device) != adapter.device:
             raise self._fail(TypeError, name, f"is a {kind(value)} array but '{w_name}' is a {kind(weight)} "
                                               "array: host (NumPy) and device (CuPy) arrays cannot be mixed")
-        adapter = adapter_for(weight)
-        if adapter.device and adapter_for(value).device_id(value) != adapter.device_id(weight):
-            raise self._fail(ValueError, name, f"is on device {adapter_for(value).device_id(value)} but "
+        if adapter.device and other.device_id(value) != adapter.device_id(weight):
+            raise self._fail(ValueError, name, f"is on device {other.device_id(value)} but "
                                                f"'{w_name}' is on device {adapter.device_id(weight)}")
 
     def _check_array(self, name: str, value, row_sparse_ok: bool = False) -> None:
@@ -395,6 +398,28 @@ class Operator:
         if self._c_module is False:
             raise self._c_error
         return self._c_module
+
+    def call_recipe(self, kernel: KernelABI) -> tuple:
+        """(role, key) per argument, worked out once per kernel: a tensor's name, a scalar's
+        position among the call's kernel scalars, or nothing."""
+        recipe = self._recipes.get(kernel.name)
+        if recipe is None:
+            position = {name: k for k, name in enumerate(self.kernel_scalar_names)}
+            recipe = self._recipes[kernel.name] = tuple(
+                (a.role, a.source if a.role is ArgRole.TENSOR else position.get(a.source)) for a in kernel.args)
+        return recipe
+
+    def plain_layout(self, kernel: KernelABI) -> tuple | None:
+        """(head roles, tensor names) when the kernel takes its size arguments, then tensors,
+        then every kernel scalar in call order, then the flag; else None (use the recipe)."""
+        if kernel.name not in self._layouts:
+            recipe = self.call_recipe(kernel)
+            head = [role for role, _ in recipe if role not in (ArgRole.TENSOR, ArgRole.SCALAR, ArgRole.FLUSH)]
+            tensors = [key for role, key in recipe if role is ArgRole.TENSOR]
+            expected = [(role, None) for role in head] + [(ArgRole.TENSOR, n) for n in tensors] \
+                + [(ArgRole.SCALAR, k) for k in range(len(self.kernel_scalar_names))] + [(ArgRole.FLUSH, None)]
+            self._layouts[kernel.name] = (tuple(head), tuple(tensors)) if list(recipe) == expected else None
+        return self._layouts[kernel.name]
 
     def c_function(self, module, kernel: KernelABI):
         function = self._c_functions.get(kernel.name)
