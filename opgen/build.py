@@ -17,6 +17,7 @@ from opgen.writer import Outputs, SyncReport, sync
 # (template, output path, context) for each op, then for the whole package.
 PER_OP: tuple[tuple[str, str, Callable[[OpSpec], dict]], ...] = (
     ("op.py.j2", "{op}.py", python_api.context),
+    ("op_math.h.j2", "csrc/{op}_math.h", c_kernels.math_context),
     ("op.c.j2", "csrc/{op}.c", c_kernels.context),
     ("op.cdef.j2", "csrc/{op}.cdef", c_kernels.context),
     ("op.cu.j2", "cuda/{op}.cu", cuda_kernels.context),

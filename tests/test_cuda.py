@@ -117,7 +117,11 @@ def _kernel_sources(math: str, tmp_path: Path) -> dict[str, str]:
     (tmp_path / "probe_update.yaml").write_text(SPEC.replace("MATH", math))
     op = parse_spec(SPEC.replace("MATH", math), "specs/probe_update.yaml", "probe_update")
     files = render([op], DEFAULT_TEMPLATES).files
-    return {"c": files["csrc/probe_update.c"], "cuda": files["cuda/probe_update.cu"]}
+    # the element math lives in one header that the C and the CUDA file both include
+    assert '#include "probe_update_math.h"' in files["csrc/probe_update.c"]
+    assert '#include "../csrc/probe_update_math.h"' in files["cuda/probe_update.cu"]
+    header = files["csrc/probe_update_math.h"]
+    return {"c": header + files["csrc/probe_update.c"], "cuda": header + files["cuda/probe_update.cu"]}
 
 
 def test_c_and_cuda_bodies_come_from_one_tree(tmp_path):

@@ -116,10 +116,10 @@ def test_the_runtime_never_derives_a_kernel_name():
 # ---- the element math once per math type ---------------------------------------------------
 
 @pytest.mark.parametrize("op", SPECS)
-@pytest.mark.parametrize("suffix", ["csrc/{op}.c", "cuda/{op}.cu"])
-def test_each_statement_is_printed_once_per_math_type(op, suffix):
+def test_each_statement_is_printed_once_per_math_type(op):
+    """In the op's one element-math header, which the C and the CUDA file both include."""
     spec = load_spec(ROOT / "specs" / f"{op}.yaml")
-    text = (ROOT / "generated" / suffix.format(op=op)).read_text()
+    text = (ROOT / "generated" / "csrc" / f"{op}_math.h").read_text()
     functions = text.split("OPGEN_INLINE ")
     elements = "".join(f for f in functions if re.match(r"void opgen_\w+_element_\w+\(", f))
     element_statements = spec.program.body if spec.rows is None else ()
@@ -134,10 +134,18 @@ def test_each_statement_is_printed_once_per_math_type(op, suffix):
 
 @pytest.mark.parametrize("op", SPECS)
 def test_generated_c_and_cuda_share_their_element_and_step_functions(op):
+    """Both include the one header; neither defines an element or scalar step itself, and
+    the CUDA file's source, as NVRTC gets it, holds the header's lines."""
+    from opgen.runtime.cuda import cuda_source
+
     c = (ROOT / "generated" / "csrc" / f"{op}.c").read_text()
     cu = (ROOT / "generated" / "cuda" / f"{op}.cu").read_text()
-    shared = [line for line in c.splitlines() if line.startswith("OPGEN_INLINE")]
-    assert shared and all(line in cu for line in shared)
+    header = (ROOT / "generated" / "csrc" / f"{op}_math.h").read_text()
+    assert f'#include "{op}_math.h"' in c and f'#include "../csrc/{op}_math.h"' in cu
+    defined = re.compile(r"^OPGEN_INLINE void (opgen_\w+_(element|step|pass1|row|row_store|pass2)_\w+)\(", re.M)
+    assert defined.findall(header) and not defined.findall(c) and not defined.findall(cu)
+    inlined = cuda_source(ROOT / "generated" / "cuda" / f"{op}.cu")
+    assert all(line in inlined for line in header.splitlines()[1:] if line.startswith("OPGEN_INLINE"))
 
 
 def _gcc():
@@ -157,14 +165,16 @@ def test_every_schedule_loop_is_vectorized(op, tmp_path):
     run = subprocess.run([*tc.command, *tc.flags, "-fopt-info-vec-optimized", "-c", str(source),
                           "-o", str(tmp_path / "k.o")], capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
-    vectorized = {int(m) for m in re.findall(rf"{op}\.c:(\d+):\d+: optimized: loop vectorized", run.stderr)}
+    vectorized = {(m.group(1), int(m.group(2))) for m in
+                  re.finditer(rf"({op}\.c|{op}_math\.h):(\d+):\d+: optimized: loop vectorized", run.stderr)}
     lines = source.read_text().splitlines()
-    starts = {m.group(1): k + 1 for k, line in enumerate(lines) if (m := re.match(r"OPGEN_INLINE void (\w+)\(", line))}
+    header = (source.parent / f"{op}_math.h").read_text().splitlines()
+    starts = {m.group(1): k + 1 for k, line in enumerate(header) if (m := re.match(r"OPGEN_INLINE void (\w+)\(", line))}
 
-    def function_lines(name: str) -> set[int]:
+    def function_lines(name: str) -> set:
         first = starts[name]
-        last = next(k for k in range(first, len(lines) + 1) if lines[k - 1] == "}")
-        return set(range(first, last + 1))
+        last = next(k for k in range(first, len(header) + 1) if header[k - 1] == "}")
+        return {(f"{op}_math.h", k) for k in range(first, last + 1)}
 
     schedule_lines = [k + 1 for k, line in enumerate(lines) if re.match(r"\s+OPGEN_(DENSE|MULTI|LAZY|STANDARD|LAZY_ROWS)\(", line)]
     assert schedule_lines
@@ -174,7 +184,7 @@ def test_every_schedule_loop_is_vectorized(op, tmp_path):
         steps = [n for n in re.findall(r"(opgen_\w+_(?:step|pass2)_float\d+)\(", lines[k - 1])]
         if any(n.endswith("_float16") for n in steps):
             continue
-        where = {k}.union(*(function_lines(n) for n in steps))
+        where = {(f"{op}.c", k)}.union(*(function_lines(n) for n in steps))
         if not where & vectorized:
             missing.append(lines[k - 1].strip()[:70])
     assert not missing, missing
@@ -309,7 +319,7 @@ def test_per_row_statement_reads_a_temporary_of_parameters(tmp_path, backend):
 
 def test_first_row_pass_computes_only_what_the_sums_need(tmp_path):
     build_package(tmp_path, {"rowdecay_update": ROW_DECAY}, "pkg_rowdecay_src")
-    c = (tmp_path / "pkg_rowdecay_src" / "csrc" / "rowdecay_update.c").read_text()
+    c = (tmp_path / "pkg_rowdecay_src" / "csrc" / "rowdecay_update_math.h").read_text()
     pass1 = c[c.index("void opgen_rowdecay_update_pass1_float("):]
     pass1 = pass1[:pass1.index("}")]
     assert "t_unused_in_rows" not in pass1 and "sums[0] +=" in pass1
@@ -351,7 +361,7 @@ math:
 def test_float_element_and_step_functions_have_no_double(op):
     """Per-call values are computed in double once; the per-element code of a float kernel
     (element, step and vector-step functions, in C and CUDA) never touches a double."""
-    for path in (ROOT / "generated" / "csrc" / f"{op}.c", ROOT / "generated" / "cuda" / f"{op}.cu"):
+    for path in (ROOT / "generated" / "csrc" / f"{op}_math.h", ROOT / "generated" / "cuda" / f"{op}.cu"):
         for function in path.read_text().split("OPGEN_INLINE ")[1:]:
             head = function.split("(", 1)[0]
             per_element = re.search(r"_(element|pass1|row|pass2)_float$|_(v?step|pass1|row|row_store|pass2)_float(16|32)$",

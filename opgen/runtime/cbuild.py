@@ -16,6 +16,7 @@ import hashlib
 import importlib.util
 import os
 import platform
+import re
 import shlex
 import shutil
 import subprocess
@@ -30,7 +31,6 @@ from types import ModuleType
 
 import cffi
 
-HEADER = "opgen_kernel.h"
 
 
 class CompilerUnavailable(RuntimeError):
@@ -96,10 +96,9 @@ def load(op_name: str, source: Path, cdef: Path) -> ModuleType:
     """The compiled extension of one op (``.lib`` holds the kernels, ``.ffi`` the FFI)."""
     tc = toolchain()
     c_text = source.read_text()
-    header = (source.parent / HEADER).read_text()
     cdef_text = cdef.read_text()
-    key = hashlib.sha256("\0".join([
-        c_text, header, cdef_text, " ".join(tc.command), tc.version, " ".join(tc.flags),
+    key = hashlib.sha256("\0".join([  # the source with every header it includes, as compiled
+        inline_includes(source), cdef_text, " ".join(tc.command), tc.version, " ".join(tc.flags),
         sys.version, cffi.__version__, platform.machine(), platform.processor(), _cpu_model(),
     ]).encode()).hexdigest()[:20]
     module_name = f"_opgen_{op_name}_{key}"
@@ -111,6 +110,19 @@ def load(op_name: str, source: Path, cdef: Path) -> ModuleType:
             module = _load_or_build(module_name, c_text, cdef_text, source.parent, tc)
             _loaded[module_name] = module
     return module
+
+
+_INCLUDE = re.compile(r'^#include "([^"]+)"\s*$', re.M)
+
+
+def inline_includes(path: Path, seen: frozenset[Path] = frozenset()) -> str:
+    """``path``'s text with each ``#include "FILE"`` (relative to it) replaced by FILE's
+    text, recursively; a file already inlined on the way is dropped (include guards)."""
+    def include(match: re.Match) -> str:
+        target = (path.parent / match.group(1)).resolve()
+        return "" if target in seen else inline_includes(target, seen | {target})
+
+    return _INCLUDE.sub(include, path.read_text())
 
 
 def _load_or_build(module_name: str, c_text: str, cdef_text: str, include: Path, tc: Toolchain) -> ModuleType:

@@ -12,7 +12,8 @@ import re
 import threading
 from pathlib import Path
 
-HEADER = "opgen_kernel.cuh"
+from opgen.runtime import cbuild
+
 # --fmad=false: no multiply-add contraction, so results match the C kernels and the
 # NumPy reference bit for bit where the math is + - * / sqrt.
 NVRTC_OPTIONS = ("--std=c++14", "--fmad=false")
@@ -24,9 +25,9 @@ class CudaCompileError(RuntimeError):
 
 
 def cuda_source(path: Path) -> str:
-    """The kernel source with the shared header inlined: one self-contained translation unit."""
-    header = (path.parent / HEADER).read_text()
-    return path.read_text().replace(f'#include "{HEADER}"', header, 1)
+    """The kernel source with its headers (the shared one, the op's element math) inlined:
+    one self-contained translation unit, as NVRTC needs."""
+    return cbuild.inline_includes(path)
 
 
 def explain_compile_error(spec: str, source: str, log: str, context: int = 3) -> str:

@@ -14,7 +14,7 @@ from __future__ import annotations
 from opgen.kinds import ArgRole, Schedule
 from opgen.spec.model import OpSpec
 from opgen.targets import abi
-from opgen.targets.element import OpCode, RowCode, StepCode, shared_lines
+from opgen.targets.element import OpCode, RowCode, StepCode, math_header, shared_lines
 
 # Below this many elements per thread, a parallel region costs more than it saves.
 MIN_ELEMENTS_PER_THREAD = 1 << 13
@@ -64,7 +64,12 @@ def context(op: OpSpec) -> dict:
         step = StepCode(code, next(d for d in op.dtypes if d.name == kernel.dtype))
         kernels.append({"name": kernel.name, "parameters": kernel.c_parameters, "math": kernel.math,
                         "body": schedule_call(op, kernel, step)})
-    return {"op": op.name, "shared": shared_lines(op), "kernels": kernels}
+    return {"op": op.name, "math_header": math_header(op), "kernels": kernels}
+
+
+def math_context(op: OpSpec) -> dict:
+    """The shared header: element functions per math type, step functions per dtype."""
+    return {"op": op.name, "guard": f"OPGEN_{op.name.upper()}_MATH_H", "shared": shared_lines(op)}
 
 
 def common_context() -> dict:

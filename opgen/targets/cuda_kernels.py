@@ -17,7 +17,7 @@ from __future__ import annotations
 from opgen.kinds import ArgRole, Schedule
 from opgen.spec.model import OpSpec
 from opgen.targets import abi
-from opgen.targets.element import OpCode, RowCode, StepCode, shared_lines
+from opgen.targets.element import OpCode, RowCode, StepCode, math_header
 
 
 def _parameters(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> str:
@@ -63,7 +63,8 @@ def context(op: OpSpec) -> dict:
                         "threads": kernel.launch.block[0] * kernel.launch.block[1],
                         "body": schedule_call(op, kernel, step)})
     vector_steps = [line for step in steps.values() for line in step.vector_step_lines()]
-    return {"op": op.name, "shared": shared_lines(op), "vector_steps": vector_steps, "kernels": kernels}
+    return {"op": op.name, "math_header": math_header(op, "cuda"), "vector_steps": vector_steps,
+            "kernels": kernels}
 
 
 def common_context() -> dict:

@@ -358,6 +358,13 @@ def _tensors(statements, extra: tuple[Expr, ...] = ()) -> set[str]:
     return {r.name for e in exprs for r in refs(e) if r.kind is RefKind.TENSOR}
 
 
+def math_header(op: OpSpec, relative_to: str = "csrc") -> str:
+    """The op's shared header of these lines (csrc/OP_math.h), as the C file (in csrc/) or
+    the CUDA file (in cuda/) includes it."""
+    name = f"{op.name}_math.h"
+    return name if relative_to == "csrc" else f"../csrc/{name}"
+
+
 def shared_lines(op: OpSpec) -> list[str]:
     """Every line the C and the CUDA file share: per math type, then per dtype."""
     code = OpCode(op)
