@@ -432,3 +432,19 @@ def test_an_unregistered_type_is_named_in_the_error(boxed_arrays):
                                         r"cupy.ndarray, got Boxed"):
         generated.adam_update(Boxed(np.zeros(2, np.float32)), np.zeros(2, np.float32), np.zeros(2, np.float32),
                               np.zeros(2, np.float32), lr=0.1)
+
+
+def test_included_headers_are_inlined_once_and_reach_the_cache_key(tmp_path):
+    """The C cache key and the NVRTC source both read a kernel with its headers inlined, so
+    an edit of the element-math header alone rebuilds the kernels."""
+    from opgen.runtime.cbuild import inline_includes
+
+    (tmp_path / "a.h").write_text('#include "a.h"\nint a;\n')  # includes itself: inlined once
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "k.c").write_text('#include "../a.h"\n#include "../a.h"\nint k;\n')
+    text = inline_includes(tmp_path / "sub" / "k.c")
+    assert text.count("int a;") == 2 and "int k;" in text and "#include" not in text
+    source = ROOT / "generated" / "csrc" / "adam_update.c"
+    inlined = inline_includes(source)
+    header = (ROOT / "generated" / "csrc" / "adam_update_math.h").read_text()
+    assert header.splitlines()[-1] in inlined and "OPGEN_DENSE(" in inlined
