@@ -82,7 +82,7 @@ def build(specs: Path, out: Path, templates: Path = DEFAULT_TEMPLATES, check: bo
 
 def compile_kernels(out: Path, names: list[str]) -> tuple[str, ...]:
     """Compile (or find in the cache) every op's C extension, in parallel."""
-    from opgen.runtime import cbuild
+    from opgen import cbuild
 
     cbuild.toolchain()  # CompilerUnavailable before starting threads
 

@@ -39,7 +39,7 @@ def main(argv: list[str] | None = None) -> int:
         print(exc, file=sys.stderr)
         return 2
     except Exception as exc:  # a compiler that fails is reported, not dumped
-        from opgen.runtime.cbuild import CompileError, CompilerUnavailable
+        from opgen.cbuild import CompileError, CompilerUnavailable
 
         if isinstance(exc, CompilerUnavailable):
             print(f"opgen: warning: {exc}; the NumPy backend will be used", file=sys.stderr)

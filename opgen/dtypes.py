@@ -84,16 +84,20 @@ class ParamKind:
     c_arg: str  # the kernels' argument type (C and CUDA): floats arrive in double
     numpy_arg: str  # NumPy's name of c_arg, for packed per-tensor lists and device launches
     c_value: str | None  # the type inside the kernels; None: the math type (floats)
+    plain: frozenset  # Python types a call passes as they are (the runtime's fast path)
+    neutral: object  # a value that means nothing where the math does not read the parameter
 
 
 PARAM_KINDS: dict[ParamType, ParamKind] = {
     k.type: k
     for k in (
-        ParamKind(ParamType.FLOAT, "float", "float", "double", "float64", None),
-        ParamKind(ParamType.INT, "int", "int", "int64_t", "int64", "int64_t"),
-        ParamKind(ParamType.BOOL, "bool", "boolean", "int", "int32", "int"),
+        ParamKind(ParamType.FLOAT, "float", "float", "double", "float64", None, frozenset((float, int)), 0.0),
+        ParamKind(ParamType.INT, "int", "int", "int64_t", "int64", "int64_t", frozenset((int,)), 0),
+        ParamKind(ParamType.BOOL, "bool", "boolean", "int", "int32", "int", frozenset((bool,)), True),
     )
 }
+# How a spec writes a bool (a default, a switch), as Python spells it.
+BOOL_LITERALS = {"true": "True", "false": "False", "True": "True", "False": "False"}
 # Scalar inputs (role: scalar) cross the ABI as floats.
 SCALAR_INPUT_KIND = PARAM_KINDS[ParamType.FLOAT]
 # The kernels' size and index arguments.

@@ -9,6 +9,9 @@ from __future__ import annotations
 import enum
 
 
+OUT = "out"  # the name of the array that receives an op's result (`out=`), and its kernel argument
+
+
 class TensorRole(str, enum.Enum):
     WEIGHT = "weight"  # the weight being updated; its new value goes to `out`
     GRAD = "grad"  # the gradient: read-only, dense or row-sparse

@@ -18,6 +18,7 @@ import pytest
 import generated
 from opgen.build import build
 from opgen.errors import SpecError
+from opgen.runtime import use_backend
 from opgen.runtime.arrays import ArrayAdapter
 from opgen.spec import load_spec
 from opgen.spec.loader import parse_spec
@@ -159,7 +160,7 @@ def test_every_schedule_loop_is_vectorized(op, tmp_path):
     (float16 kernels convert through _Float16 scalars; gcc 12 vectorizes them on no x86
     without AVX512-FP16, before or after the element math moved into functions.)"""
     source = ROOT / "generated" / "csrc" / f"{op}.c"
-    from opgen.runtime.cbuild import toolchain
+    from opgen.cbuild import toolchain
 
     tc = toolchain()  # the flags the kernels are built with
     run = subprocess.run([*tc.command, *tc.flags, "-fopt-info-vec-optimized", "-c", str(source),
@@ -437,7 +438,7 @@ def test_an_unregistered_type_is_named_in_the_error(boxed_arrays):
 def test_included_headers_are_inlined_once_and_reach_the_cache_key(tmp_path):
     """The C cache key and the NVRTC source both read a kernel with its headers inlined, so
     an edit of the element-math header alone rebuilds the kernels."""
-    from opgen.runtime.cbuild import inline_includes
+    from opgen.cbuild import inline_includes
 
     (tmp_path / "a.h").write_text('#include "a.h"\nint a;\n')  # includes itself: inlined once
     (tmp_path / "sub").mkdir()
@@ -448,3 +449,76 @@ def test_included_headers_are_inlined_once_and_reach_the_cache_key(tmp_path):
     inlined = inline_includes(source)
     header = (ROOT / "generated" / "csrc" / "adam_update_math.h").read_text()
     assert header.splitlines()[-1] in inlined and "OPGEN_DENSE(" in inlined
+
+
+def test_the_fast_path_names_a_number_too_large_for_its_kernel():
+    """After a first call has loaded the kernel, a plain call takes the fast path; a number
+    too large for its C type must still be a ValueError naming it, with nothing written."""
+    w, g = np.ones(8, np.float32), np.ones(8, np.float32)
+    with use_backend("c"):
+        generated.sgd_update(w, g, lr=0.1, out=w)
+        before = w.copy()
+        with pytest.raises(ValueError, match="argument 'lr' is too large for a float"):
+            generated.sgd_update(w, g, lr=10 ** 400, out=w)
+        np.testing.assert_array_equal(w, before)
+
+
+def test_multi_takes_the_dtype_from_the_weight_and_accepts_ranged_unused_params(tmp_path, backend):
+    """A multi-tensor op whose first tensor is a float32 master state and whose weight is
+    float16; and an ignored parameter with a range: both work on every backend."""
+    spec = """\
+        name: mpfirst_update
+        summary: s
+        tensors:
+          - {name: master, role: state, dtype: float32, doc: m}
+          - {name: weight, role: weight, doc: w}
+          - {name: grad, role: grad, doc: g}
+        params:
+          - {name: lr, type: float, required: true, doc: l}
+          - {name: beta, type: float, default: 1.5, range: [1, 2], ignored: true, doc: b}
+        math:
+          - master = master - lr * grad
+          - weight = master
+        """
+    pkg = build_package(tmp_path, {"mpfirst_update": spec}, f"pkg_mpfirst_{backend}")
+    with use_backend(backend):
+        masters = [np.ones(4, np.float32), np.full(3, 2.0, np.float32)]
+        weights = [m.astype(np.float16) for m in masters]
+        grads = [np.ones(4, np.float16), np.ones(3, np.float16)]
+        out = pkg.mpfirst_update_multi(masters, weights, grads, lr=0.25, out=weights)
+    np.testing.assert_array_equal(masters[0], np.full(4, 0.75, np.float32))
+    np.testing.assert_array_equal(out[1], np.full(3, 1.75, np.float16))
+
+
+BASE = """\
+name: {name}
+summary: s
+tensors:
+  - {{name: weight, role: weight, doc: w}}
+  - {{name: grad, role: grad, doc: g}}
+{extra}"""
+
+
+@pytest.mark.parametrize("extra, where, message", [
+    # an output with lazy rows: the rows the gradient lacks would have no output
+    ("params:\n  - {name: lazy_update, type: bool, default: true, doc: l}\nrow_sparse: {lazy: lazy_update}\n"
+     "output: upd\nmath:\n  - upd = weight - grad\n", "9:1", "an op with an output cannot have lazy row-sparse updates"),
+    # a per-row temporary is constant along a row
+    ("  - {name: h, role: state, per_row: true, doc: h}\nrow_sparse: {lazy: true, dense: false}\nmath:\n"
+     "  - d = row_mean(grad * grad)\n  - h = h + d\n  - d = d * 2\n  - weight = weight - d * grad\n", "11:5",
+     "'d' holds one value per row: an element statement cannot assign it"),
+])
+def test_specs_the_kernels_could_not_run_are_refused(extra, where, message):
+    with pytest.raises(SpecError) as err:
+        parse_spec(BASE.format(name="x_update", extra=extra), "specs/x_update.yaml")
+    assert str(err.value).startswith(f"specs/x_update.yaml:{where}: {message}"), str(err.value)
+
+
+def test_an_op_without_parameters_builds_and_runs(tmp_path, backend):
+    spec = BASE.format(name="plain_update", extra="math:\n  - weight = weight - grad\n")
+    pkg = build_package(tmp_path, {"plain_update": spec}, f"pkg_plain_{backend}")
+    w = np.full(5, 3.0, np.float32)
+    np.testing.assert_array_equal(pkg.plain_update(w, np.ones(5, np.float32)), np.full(5, 2.0, np.float32))
+    ws = [np.full(2, 3.0), np.full(3, 1.0)]
+    out = pkg.plain_update_multi(ws, [np.ones(2), np.ones(3)], out=ws)
+    np.testing.assert_array_equal(out[1], np.zeros(3))

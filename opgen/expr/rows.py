@@ -111,5 +111,8 @@ def split_rows(program: KernelProgram, row_tensors: frozenset[str]) -> RowProgra
             pre_temps.add(s.target)
             pre.append(s)
         else:
+            if s.target in row_temps:
+                raise SpecError(s.location, f"'{s.target}' holds one value per row: an element statement cannot "
+                                            "assign it (use a new temporary)")
             post.append(s)
     return RowProgram(tuple(pre), tuple(reductions), tuple(row), tuple(post))

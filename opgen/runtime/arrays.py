@@ -12,6 +12,8 @@ Nothing else changes.
 
 from __future__ import annotations
 
+import contextlib
+
 import numpy as np
 from numpy.lib.array_utils import byte_bounds as _np_byte_bounds
 
@@ -51,6 +53,10 @@ class ArrayAdapter:
 
     def device_id(self, value) -> int | None:
         return None
+
+    def on_device(self, value):
+        """A context in which new arrays, copies and launches go to ``value``'s device."""
+        return contextlib.nullcontext()
 
     def may_share_memory(self, a, b) -> bool:
         lo_a, hi_a = self.byte_bounds(a)
@@ -105,6 +111,9 @@ class CupyArrays(ArrayAdapter):
 
     def device_id(self, value) -> int | None:
         return value.device.id
+
+    def on_device(self, value):
+        return value.device
 
     def may_share_memory(self, a, b) -> bool:
         return bool(self.module(a).may_share_memory(a, b))

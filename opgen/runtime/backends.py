@@ -17,8 +17,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from opgen.kinds import ArgRole, Schedule
-from opgen.runtime import cbuild
+from opgen.kinds import OUT, ArgRole, Schedule, TensorRole
+from opgen import cbuild
 from opgen.runtime.arrays import ArrayAdapter
 from opgen.runtime.rowsparse import RowSparseArray
 
@@ -76,6 +76,11 @@ def flush_denormal() -> bool:
     return bool(_flush_denormal[0])
 
 
+def flush_denormal_flag() -> int:
+    """The flag as the C kernels take it."""
+    return _flush_denormal[0]
+
+
 @dataclass
 class Work:
     """One checked call, ready to run: from here on, arrays are written."""
@@ -97,13 +102,13 @@ class Work:
         states = iter(self.states)
         out = {}
         for t in op.tensors:
-            if t.role == "weight":
+            if t.role is TensorRole.WEIGHT:
                 out[t.name] = self.source
-            elif t.role == "grad":
+            elif t.role is TensorRole.GRAD:
                 out[t.name] = grad_array
-            elif t.role == "state":
+            elif t.role is TensorRole.STATE:
                 out[t.name] = next(states)
-        out["out"] = self.target
+        out[OUT] = self.target
         return out
 
     def sizes(self) -> dict:
@@ -134,7 +139,7 @@ class NumpyBackend(Backend):
         grad, source = work.grad, work.source
         if work.schedule is Schedule.LAZY:
             rows, row_len = grad.indices, grad.row_length
-            widths = [row_len] + [1 if t.per_row else row_len for t in op.tensors if t.role == "state"]
+            widths = [row_len] + [1 if t.per_row else row_len for t in op.tensors if t.role is TensorRole.STATE]
             views = [w.reshape(w.shape[0] if w.ndim else 1, width) for w, width in zip(writable, widths)]
             weight_rows = source.reshape(source.shape[0], row_len)[rows]
             inputs = op.numpy_inputs(weight_rows, [v[rows] for v in views[1:]],
@@ -213,8 +218,7 @@ class CudaBackend(Backend):
                 args.append(work.grad.indices)
             else:
                 args.append(np.int64(sizes[a.role]))
-        with work.target.device:  # the arrays' device, which may not be the current one
-            cuda.launch(op.cuda, kernel, sizes[kernel.launch.work], args)
+        cuda.launch(op.cuda, kernel, sizes[kernel.launch.work], args)  # on the arrays' device: see execute
 
 
 NUMPY, C, CUDA = NumpyBackend(), CBackend(), CudaBackend()

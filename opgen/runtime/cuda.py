@@ -12,7 +12,7 @@ import re
 import threading
 from pathlib import Path
 
-from opgen.runtime import cbuild
+from opgen import cbuild
 
 # --fmad=false: no multiply-add contraction, so results match the C kernels and the
 # NumPy reference bit for bit where the math is + - * / sqrt.

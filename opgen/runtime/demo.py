@@ -7,6 +7,8 @@ from collections.abc import Callable
 
 import numpy as np
 
+from opgen.dtypes import ParamType
+from opgen.kinds import TensorRole
 from opgen.runtime.backends import available_backends, use_backend
 from opgen.runtime.rowsparse import RowSparseArray
 
@@ -14,7 +16,7 @@ from opgen.runtime.rowsparse import RowSparseArray
 _WEIGHT = [1.0, -0.5, 2.0, 0.25]
 _GRAD = [1.0, -1.0, 0.5, 0.0]
 _STATE = [0.0, 0.0, 0.0, 0.0]
-_REQUIRED = {"float": 0.1, "int": 1, "bool": True}
+_REQUIRED = {ParamType.FLOAT: 0.1, ParamType.INT: 1, ParamType.BOOL: True}
 
 
 def _inputs(operator) -> tuple[list, dict, list[str]]:
@@ -22,11 +24,11 @@ def _inputs(operator) -> tuple[list, dict, list[str]]:
     arrays, shown = [], []
     for t in operator.tensors:
         dtype = np.dtype(t.dtype) if t.dtype else np.float32
-        if t.role == "scalar":
+        if t.role is TensorRole.SCALAR:
             arrays.append(1.0)
-        elif t.role == "weight":
+        elif t.role is TensorRole.WEIGHT:
             arrays.append(np.array(_WEIGHT, dtype))
-        elif t.role == "grad":
+        elif t.role is TensorRole.GRAD:
             grad = np.array(_GRAD, dtype)
             # an op without a dense update gets every row as a row-sparse gradient
             arrays.append(grad if "dense" in operator.schedules else RowSparseArray(grad, np.arange(4), (4,)))
@@ -67,7 +69,7 @@ def main(ops: dict[str, tuple[Callable, object, object]], argv: list[str] | None
         weight = names[operator.weight_index]
         print(f"  {weight:>10} {_fmt(arrays[operator.weight_index])}  ->  {_fmt(result)}")
     for t, before, now in zip(operator.tensors, arrays, after):
-        if t.role == "state":
+        if t.role is TensorRole.STATE:
             print(f"  {t.name:>10} {_fmt(before)}  ->  {_fmt(now)}")
     if "c" in results:
         same = all(np.array_equal(_dense(a), _dense(b)) for a, b in

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from opgen.dtypes import PARAM_KINDS, ParamType
-from opgen.kinds import Schedule, TensorRole
-from opgen.runtime import backends, cbuild
+from opgen.kinds import ArgRole, Schedule, TensorRole
+from opgen import cbuild
+from opgen.runtime import backends
 from opgen.runtime.arrays import adapter_for, present, same_view
 from opgen.runtime.operator import Operator
 from opgen.runtime.rowsparse import RowSparseArray
 
 # per-tensor parameter lists, packed as the multi kernel's tables take them
-_PARAM_DTYPES = {t: (np.dtype(k.numpy_arg).type, k.c_arg) for t, k in PARAM_KINDS.items()}
 
 
 @dataclass(frozen=True)
@@ -45,6 +45,7 @@ class _Naming:
 class _Plan:
     arrays: tuple  # every array of the call, out included: the cache key, compared by identity
     function: object
+    kernel: object  # its KernelABI: the argument order
     sizes: object  # cdata int64_t[]
     tables: tuple  # cdata void *[] per tensor
     keep_alive: tuple  # the from_buffer objects the tables point into
@@ -58,6 +59,7 @@ class MultiOperator:
         self.name = f"{op.name}_multi"
         self.group_names = tuple(group_names)
         self.kernel_params = tuple(op.params[k] for k in op.kernel_params)
+        self._kernel_param_names = tuple(p.name for p in self.kernel_params)
         self._plan: _Plan | None = None
         self._naming = _Naming(self.name, flat=False)
 
@@ -137,14 +139,26 @@ class MultiOperator:
         return [presented.result(t) for t in targets]
 
     def _run_plan(self, plan: _Plan, columns: list, count: int) -> list:
+        """One call of the multi kernel, its arguments in the ABI's order."""
         from_buffer = plan.from_buffer
-        values = []
-        for p, column in zip(self.kernel_params, columns):
-            dtype, c_type = _PARAM_DTYPES[p.type]
-            array = np.full(count, column, dtype) if not isinstance(column, np.ndarray) \
-                else np.ascontiguousarray(column, dtype)
-            values.append(from_buffer(f"{c_type}[]", array))
-        plan.function(count, plan.sizes, *plan.tables, *values, backends._flush_denormal[0])
+        column_of = dict(zip(self._kernel_param_names, columns))
+        tables = iter(plan.tables)
+        args = []
+        for a in plan.kernel.args:
+            if a.role is ArgRole.COUNT:
+                args.append(count)
+            elif a.role is ArgRole.SIZES:
+                args.append(plan.sizes)
+            elif a.role is ArgRole.TENSOR_TABLE:
+                args.append(next(tables))
+            elif a.role is ArgRole.SCALAR_TABLE:  # one value per tensor, as the ABI types it
+                column, dtype = column_of[a.source], np.dtype(a.numpy)
+                array = np.full(count, column, dtype) if not isinstance(column, np.ndarray) \
+                    else np.ascontiguousarray(column, dtype)
+                args.append(from_buffer(f"{a.element_c_type}[]", array))
+            else:
+                args.append(backends.flush_denormal_flag())
+        plan.function(*args)
         return list(plan.targets)
 
     def _param_column(self, naming: _Naming, p, value, count: int):
@@ -179,7 +193,7 @@ class MultiOperator:
         """Check every tensor and build the C kernel's pointer tables; None when these
         arrays need the general path (non-contiguous)."""
         op = self.op
-        dtype = lists[0][0].dtype
+        dtype = lists[op.weight_index][0].dtype
         checked = []
         for i in range(count):
             names = self._names(naming, i)
@@ -187,7 +201,7 @@ class MultiOperator:
             weight, grad, states, _ = op.check_tensors(group, names)
             if weight.dtype != dtype:
                 raise self._fail(naming, TypeError, names[op.weight_index], f"has dtype {weight.dtype} but the first "
-                                                                    f"tensor has {dtype}; one dtype per call")
+                                                                    f"weight has {dtype}; one dtype per call")
             target = op.check_out(None if out is None else out[i], weight, grad, states, names, f"out[{i}]")
             checked.append((group, target))
         self._check_no_overlap(naming, [(group, target) for group, target in checked])
@@ -204,15 +218,18 @@ class MultiOperator:
                 np.copyto(target, weight)
             targets.append(target)
         ffi = module.ffi
+        kernel = op.kernel(Schedule.MULTI, dtype)
         keep, tables = [], []
-        for k, spec in enumerate(op.tensors):
-            buffers = [ffi.from_buffer(targets[i] if spec.role is TensorRole.WEIGHT else checked[i][0][k])
-                       for i in range(count)]
-            keep.append(buffers)
-            tables.append(ffi.new("void *[]", buffers))
+        for a in kernel.args:  # the pointer tables in the ABI's order
+            if a.role is ArgRole.TENSOR_TABLE:
+                k = op.names.index(a.source)
+                buffers = [ffi.from_buffer(targets[i] if k == op.weight_index else checked[i][0][k])
+                           for i in range(count)]
+                keep.append(buffers)
+                tables.append(ffi.new("void *[]", buffers))
         sizes = ffi.new("int64_t[]", [t.size for t in targets])
-        function = op.c_function(module, op.kernel(Schedule.MULTI, dtype))
-        plan = _Plan(arrays, function, sizes, tuple(tables), tuple(keep), targets, ffi.from_buffer)
+        plan = _Plan(arrays, op.c_function(module, kernel), kernel, sizes, tuple(tables), tuple(keep), targets,
+                     ffi.from_buffer)
         if out is not None and all(t is w for t, w in zip(targets, lists[op.weight_index])):
             self._plan = plan  # in place, as optimizers call it: the same pointers next time
         return plan
@@ -223,8 +240,9 @@ class MultiOperator:
         op = self.op
         calls = []
         for i in range(count):
-            # parameters outside the math (such as lazy_update) play no part in a dense update
-            values = [_NEUTRAL[p.type] for p in op.params]
+            # parameters outside the math (such as lazy_update) play no part in a dense update:
+            # any value they accept will do
+            values = [p.bounds[0] if p.bounds else PARAM_KINDS[p.type].neutral for p in op.params]
             for position, column in zip(op.kernel_params, columns):
                 values[position] = column[i].item() if isinstance(column, np.ndarray) else column
             group = tuple(lst[i] for lst in lists)
@@ -262,4 +280,3 @@ def _bounds(array) -> tuple[int, int]:
     return adapter_for(array).byte_bounds(array)
 
 
-_NEUTRAL = {ParamType.FLOAT: 0.0, ParamType.INT: 0, ParamType.BOOL: True}

@@ -16,9 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from opgen.dtypes import DTYPE_NAMES, ParamType, dtype_list
+from opgen.dtypes import DTYPE_NAMES, PARAM_KINDS, ParamType, dtype_list
 from opgen.kinds import ArgRole, Schedule, TensorRole
-from opgen.runtime import backends, cbuild, cuda
+from opgen import cbuild
+from opgen.runtime import backends, cuda
 from opgen.runtime.arrays import (accepted_types, adapter_for, array_module, is_device_array, kind, present,
                                   same_view)
 from opgen.runtime.backends import Work
@@ -31,9 +32,6 @@ _ftz = backends._flush_denormal
 FLOAT_DTYPES = tuple(np.dtype(name) for name in DTYPE_NAMES)
 _DTYPE_TEXT = dtype_list()
 _REAL = (int, float, np.integer, np.floating)
-# taken as they are by the fast path
-_PLAIN = {ParamType.FLOAT: frozenset((float, int)), ParamType.INT: frozenset((int,)),
-          ParamType.BOOL: frozenset((bool,))}
 
 
 @dataclass(frozen=True)
@@ -116,7 +114,7 @@ class Operator:
         self._fast_ok = not (output or skip_if or self.fixed_dtypes or any(p.bounds for p in params)
                              or any(t.role is TensorRole.SCALAR for t in self.tensors))
         self._fast_functions: dict[np.dtype, Callable] = {}  # dtype -> dense C kernel, once loaded
-        self._fast_types = tuple(_PLAIN[p.type] for p in self.params)
+        self._fast_types = tuple(PARAM_KINDS[p.type].plain for p in self.params)
         # the kernel parameters as a slice of the call's, when they come first
         prefix = len(self.kernel_params)
         self._kernel_prefix = prefix if self.kernel_params == tuple(range(prefix)) else None
@@ -158,13 +156,19 @@ class Operator:
                         if self._distinct(tensors):
                             kernel_params = params[:self._kernel_prefix] if self._kernel_prefix is not None \
                                 else [params[k] for k in self.kernel_params]
-                            if out is not None:  # in place: the weight's own buffer
-                                function(weight.size, *map(self._from_buffer, tensors), *kernel_params, _ftz[0])
-                                return weight
-                            target = weight.copy()
-                            function(weight.size, *[self._from_buffer(target if t is weight else t) for t in tensors],
-                                     *kernel_params, _ftz[0])
-                            return target
+                            # cffi converts every argument before the call: a number too large
+                            # for its C type raises here, with nothing written, and the checks
+                            # below name it
+                            try:
+                                if out is not None:  # in place: the weight's own buffer
+                                    function(weight.size, *map(self._from_buffer, tensors), *kernel_params, _ftz[0])
+                                    return weight
+                                target = weight.copy()
+                                function(weight.size, *[self._from_buffer(target if t is weight else t)
+                                                        for t in tensors], *kernel_params, _ftz[0])
+                                return target
+                            except OverflowError:
+                                pass
         return self._checked_call(tensors, params, out)
 
     def _checked_call(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
@@ -189,7 +193,11 @@ class Operator:
                     target, schedule)
 
     def execute(self, call: Call):
-        """Run a checked call: from here on, arrays are written."""
+        """Run a checked call: from here on, arrays are written (on the arrays' device)."""
+        with adapter_for(call.weight).on_device(call.weight):
+            return self._execute(call)
+
+    def _execute(self, call: Call):
         weight, target = call.weight, call.target
         xp = array_module(weight)
         if self.skip_if is not None and self._skipped(weight.dtype, call.scalars):
@@ -433,10 +441,7 @@ class Operator:
         if schedule is not Schedule.DENSE or not self._fast_ok or dtype in self._fast_functions:
             return
         kernel = self.kernel(schedule, dtype)
-        layout = tuple((a.role.value, a.source) for a in kernel.args)
-        plain = (("size", ""), *(("tensor", n) for n in self.names), *(("scalar", n) for n in self.kernel_scalar_names),
-                 ("flush_denormal", ""))
-        if layout == plain:
+        if self.plain_layout(kernel) == ((ArgRole.SIZE,), self.names):  # the call passes its own order
             module = self.c_module()
             self._from_buffer = module.ffi.from_buffer
             self._fast_functions[dtype] = self.c_function(module, kernel)

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import yaml
 
-from opgen.dtypes import DTYPE_NAMES
+from opgen.dtypes import BOOL_LITERALS, DTYPE_NAMES
 from opgen.errors import Location, SpecError, did_you_mean
 from opgen.expr.latex import default_symbol
 from opgen.expr.hoist import hoist
@@ -21,7 +21,6 @@ from opgen.spec.model import PARAM_VTYPES, MultiSpec, OpSpec, ParamSpec, ParamTy
 _NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z")
 _INT = re.compile(r"[-+]?\d+\Z")
-_BOOL = {"true": "True", "false": "False", "True": "True", "False": "False"}
 _RESERVED = {"out"}
 
 
@@ -60,13 +59,17 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     if output is not None and skip_if is not None:
         raise SpecError(root.key_location("skip_if"), "an op with an output cannot have skip_if: a skipped call "
                                                       "would have no output to return")
-    multi = _multi(root, tensors, params, row_sparse, output, skip_if) if "multi" in root else None
+    if output is not None and (row_sparse.always_lazy or row_sparse.lazy_param is not None):
+        raise SpecError(root.key_location("output"), "an op with an output cannot have lazy row-sparse updates: "
+                                                     "the rows a gradient lacks would have no output (use the "
+                                                     "standard update: omit row_sparse.lazy)")
+    multi = _multi(root, tensors, params) if "multi" in root else None
     _check_usage(root, tensors, params, math, row_sparse, skip_if, output, multi)
     program = hoist(math)
     rows = _rows(root, tensors, program, row_sparse)
     deviations = tuple(y.scalar_text(path, n, "each deviation") for n in root.sequence("deviations")) \
         if "deviations" in root else ()
-    return OpSpec(
+    op = OpSpec(
         name=name,
         path=source or path,
         summary=root.string("summary").strip(),
@@ -83,6 +86,10 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         output=output,
         multi=multi,
     )
+    if multi is not None and not op.has_multi:  # the model's one answer to "has a multi kernel"
+        raise SpecError(root.key_location("multi"), "the multi-tensor convention needs dense updates of weights, "
+                                                    "without outputs, scalar inputs or skip_if")
+    return op
 
 
 def _identifier(m: y.Mapping, key: str, what: str) -> str:
@@ -156,9 +163,9 @@ def _params(root: y.Mapping) -> tuple[ParamSpec, ...]:
 
 def _bool(m: y.Mapping, key: str) -> bool:
     node = m.node(key)
-    if not y.is_plain(node) or node.value not in _BOOL:
+    if not y.is_plain(node) or node.value not in BOOL_LITERALS:
         raise SpecError(m.location(key), f"'{key}' must be true or false, got {y.describe(node)}")
-    return _BOOL[node.value] == "True"
+    return BOOL_LITERALS[node.value] == "True"
 
 
 def _default(m: y.Mapping, ptype: ParamType, name: str) -> str:
@@ -167,7 +174,7 @@ def _default(m: y.Mapping, ptype: ParamType, name: str) -> str:
     ok = y.is_plain(node) and {
         ParamType.FLOAT: _FLOAT.match(text) is not None,
         ParamType.INT: _INT.match(text) is not None,
-        ParamType.BOOL: text in _BOOL,
+        ParamType.BOOL: text in BOOL_LITERALS,
     }[ptype]
     if not ok and isinstance(node, yaml.ScalarNode) and not y.is_plain(node):
         raise SpecError(m.location("default"), f"default of {ptype.value} parameter '{name}' is the quoted "
@@ -196,8 +203,8 @@ def _row_sparse(root: y.Mapping, params: tuple[ParamSpec, ...]) -> RowSparseSpec
     m = y.Mapping(root.path, root.node("row_sparse"), "row_sparse", required=("lazy",), optional=("dense",))
     dense = _bool(m, "dense") if "dense" in m else True
     node = m.node("lazy")
-    if y.is_plain(node) and node.value in _BOOL:
-        always_lazy = _BOOL[node.value] == "True"
+    if y.is_plain(node) and node.value in BOOL_LITERALS:
+        always_lazy = BOOL_LITERALS[node.value] == "True"
         if not dense and not always_lazy:
             raise SpecError(m.location("dense"), "an op without a dense update needs 'lazy: true' "
                                                  "(or a lazy switch parameter)")
@@ -264,7 +271,7 @@ def _check_unique(names: list[tuple[str, Location]]) -> None:
         seen[name] = loc
 
 
-def _multi(root: y.Mapping, tensors, params, row_sparse: RowSparseSpec, output, skip_if) -> MultiSpec:
+def _multi(root: y.Mapping, tensors, params) -> MultiSpec:
     m = y.Mapping(root.path, root.node("multi"), "multi", required=("count", "per_tensor"), optional=())
     by_name = {p.name: p for p in params}
     count = m.string("count")
@@ -281,10 +288,6 @@ def _multi(root: y.Mapping, tensors, params, row_sparse: RowSparseSpec, output, 
             raise SpecError(y.where(root.path, key_node), f"per-tensor parameter '{key_node.value}' must be "
                                                           "required (each call gives one value per tensor)")
         pairs.append((key_node.value, public))
-    if output is not None or any(t.role is TensorRole.SCALAR for t in tensors) or not row_sparse.dense \
-            or skip_if is not None:
-        raise SpecError(root.key_location("multi"), "the multi-tensor convention needs dense updates of weights, "
-                                                    "without outputs, scalar inputs or skip_if")
     return MultiSpec(count, tuple(pairs))
 
 

@@ -14,14 +14,13 @@ from opgen.errors import Location
 from opgen.expr.hoist import KernelProgram
 from opgen.expr.rows import RowProgram
 from opgen.expr.tree import Expr, Program, VType, refs
-from opgen.kinds import Schedule, TensorRole
+from opgen.kinds import OUT, Schedule, TensorRole
 
 __all__ = ["MultiSpec", "OpSpec", "PARAM_VTYPES", "ParamSpec", "ParamType", "RowSparseSpec", "TensorRole",
            "TensorSpec", "OUT"]
 
 # How each parameter type enters the math.
 PARAM_VTYPES = {ParamType.FLOAT: VType.REAL, ParamType.INT: VType.INT, ParamType.BOOL: VType.BOOL}
-OUT = "out"  # the destination of an op's output, when it has one
 
 
 @dataclass(frozen=True)

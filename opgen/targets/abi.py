@@ -47,6 +47,11 @@ class Arg:
     def name(self) -> str:
         return ARG + self.source if self.source else self.role.value
 
+    @property
+    def element_c_type(self) -> str:
+        """What a pointer argument points to: ``double`` for ``const double *``."""
+        return self.c_type.removeprefix("const ").removesuffix(" *").removesuffix("*").strip()
+
     def declaration(self, c_type: str | None = None) -> str:
         c_type = c_type or self.c_type
         return f"{c_type}{'' if c_type.endswith('*') else ' '}{self.name}"

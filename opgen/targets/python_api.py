@@ -6,7 +6,7 @@ import dataclasses
 import enum
 import textwrap
 
-from opgen.dtypes import PARAM_KINDS
+from opgen.dtypes import BOOL_LITERALS, PARAM_KINDS
 from opgen.expr.printers.numpy import NumpyPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.kinds import ArgRole, Schedule
@@ -16,14 +16,13 @@ from opgen.targets import abi
 _PY_TYPES = {t: k.python for t, k in PARAM_KINDS.items()}
 # How the generated module spells the ABI's classes and enums (its imports say the same).
 _ALIASES = {abi.Arg: "_Arg", abi.Launch: "_Launch", abi.KernelABI: "_Kernel", ArgRole: "_R", Schedule: "_S"}
-_BOOL_TEXT = {"true": "True", "false": "False", "True": "True", "False": "False"}
 
 
 def python_default(p: ParamSpec) -> str:
     """The default as Python source, from the spec's literal: 0 -> 0.0 for a float, 1e-8 stays."""
     assert p.default is not None
     if p.type is ParamType.BOOL:
-        return _BOOL_TEXT[p.default]
+        return BOOL_LITERALS[p.default]
     text = p.default.lstrip("+")
     if p.type is ParamType.FLOAT and not any(c in text for c in ".eE"):
         text += ".0"
@@ -240,9 +239,9 @@ def context(op: OpSpec) -> dict:
         "has_multi": op.has_multi and op.multi is None,
         "interleaved": op.multi is not None,
         "interleaved_docstring": interleaved_docstring(op) if op.multi else [],
-        "interleaved_args": ", ".join(_public(op, p) for p in op.math_params),
+        "interleaved_args": _tuple(_public(op, p) for p in op.math_params),
         "count": op.multi.count if op.multi else "",
-        "labels": ", ".join(f'("{a}", "{b}")' for a, b in op.multi.per_tensor) if op.multi else "",
+        "labels": repr(op.multi.per_tensor) if op.multi else "()",
         "per_tensor": repr(op.multi.per_tensor) if op.multi else "None",
         "lazy_param": repr(rs.lazy_param),
         "always_lazy": repr(rs.always_lazy),
@@ -251,14 +250,20 @@ def context(op: OpSpec) -> dict:
         "kernel_records": records,
         "signature": signature(op),
         "docstring": docstring(op),
-        "tensor_names": ", ".join(t.name for t in op.tensors),
-        "param_names": ", ".join(p.name for p in op.params),
+        "tensor_names": _tuple(t.name for t in op.tensors),
+        "param_names": _tuple(p.name for p in op.params),
         "multi_signature": multi_signature(op),
         "multi_docstring": multi_docstring(op),
-        "group_names": ", ".join(group_name(t.name) for t in op.tensors),
-        "group_name_strings": ", ".join(f'"{group_name(t.name)}"' for t in op.tensors),
-        "multi_param_names": ", ".join(p.name for p in op.math_params),
+        "group_names": _tuple(group_name(t.name) for t in op.tensors),
+        "group_name_strings": repr(tuple(group_name(t.name) for t in op.tensors)),
+        "multi_param_names": _tuple(p.name for p in op.math_params),
     }
+
+
+def _tuple(names) -> str:
+    """Python source of a tuple of the given names: (), (a,) or (a, b)."""
+    names = list(names)
+    return f"({names[0]},)" if len(names) == 1 else f"({', '.join(names)})"
 
 
 def package_context(ops: list[OpSpec]) -> dict:

@@ -1,5 +1,8 @@
 """Compile an op's generated C with cffi and load it, cached by content hash.
 
+The C toolchain, shared by the build (``opgen build`` compiles every op) and the runtime
+(a kernel is compiled, or found in the cache, on first use): it imports neither.
+
 cffi's out-of-line API mode writes the extension's C (our kernels plus its wrappers);
 we compile it with the platform's C compiler directly, so flags and errors stay ours.
 The cache key covers the sources, flags, compiler, Python and cffi versions and the
