@@ -14,7 +14,7 @@ from __future__ import annotations
 from opgen.kinds import ArgRole, Schedule
 from opgen.spec.model import OpSpec
 from opgen.targets import abi
-from opgen.targets.element import OpCode, RowCode, StepCode, math_header, shared_lines
+from opgen.targets.element import LOOP, OpCode, RowCode, StepCode, math_header, shared_lines
 
 # Below this many elements per thread, a parallel region costs more than it saves.
 MIN_ELEMENTS_PER_THREAD = 1 << 13
@@ -38,23 +38,24 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
     flush = n[ArgRole.FLUSH]
     if kernel.schedule is Schedule.MULTI:
         return [f"OPGEN_MULTI({n[ArgRole.COUNT]}, {n[ArgRole.SIZES]}, {flush}, "
-                f"const {struct} s = {init}({code.init_call('[t]')}), {step.step_call('step', 'i, gi', 0, '[t]')});"]
-    head = f"const {struct} scalars = {init}({code.init_call()});"
+                f"const {struct} {LOOP.s} = {init}({code.init_call(f'[{LOOP.t}]')}), "
+                f"{step.step_call('step', 0, f'[{LOOP.t}]')});"]
+    head = f"const {struct} {LOOP.scalars} = {init}({code.init_call()});"
     rows = f"{n.get(ArgRole.NNZ)}, {n.get(ArgRole.ROW_LEN)}, {n.get(ArgRole.INDICES)}"
     if kernel.schedule is Schedule.DENSE:
-        return [head, f"OPGEN_DENSE({n[ArgRole.SIZE]}, {flush}, {step.step_call('step', 'i, gi', 0)});"]
+        return [head, f"OPGEN_DENSE({n[ArgRole.SIZE]}, {flush}, {step.step_call('step', 0)});"]
     if op.rows is not None:
-        args = RowCode(step.math).schedule_args(step)
+        args = RowCode(step.math).schedule_args(step, n[ArgRole.ROW_LEN])
         return [head, f"OPGEN_LAZY_ROWS({args[0]}, {args[1]}, {args[2]}, {rows}, {flush}, {', '.join(args[3:])});"]
     if kernel.schedule is Schedule.LAZY:
         fetched = [name for name in code.element_arrays if name != op.grad.name]
-        prefetch = " ".join(f"opgen_prefetch_line({abi.ARG}{name}, ahead, line, {n[ArgRole.ROW_LEN]}, "
+        prefetch = " ".join(f"opgen_prefetch_line({abi.ARG}{name}, {LOOP.ahead}, {LOOP.line}, {n[ArgRole.ROW_LEN]}, "
                             f"{step.storage(name).itemsize});" for name in fetched)
         widest = max((step.storage(name).itemsize for name in fetched), default=0)
         return [head, f"OPGEN_LAZY({rows}, {flush}, {widest}, {prefetch or '(void)0'}, "
-                      f"{step.step_call('step', 'i, gi', 0)});"]
-    return [head, f"OPGEN_STANDARD({n[ArgRole.NROWS]}, {rows}, {flush}, {step.step_call('step', 'i, gi', 0)}, "
-                  f"{step.step_call('step', 'i, gi', 1)});"]
+                      f"{step.step_call('step', 0)});"]
+    return [head, f"OPGEN_STANDARD({n[ArgRole.NROWS]}, {rows}, {flush}, {step.step_call('step', 0)}, "
+                  f"{step.step_call('step', 1)});"]
 
 
 def context(op: OpSpec) -> dict:
@@ -73,5 +74,5 @@ def math_context(op: OpSpec) -> dict:
 
 
 def common_context() -> dict:
-    return {"min_elements_per_thread": MIN_ELEMENTS_PER_THREAD, "chunk_align": CHUNK_ALIGN,
+    return {"loop": LOOP, "min_elements_per_thread": MIN_ELEMENTS_PER_THREAD, "chunk_align": CHUNK_ALIGN,
             "min_row_elements_per_thread": MIN_ROW_ELEMENTS_PER_THREAD, "prefetch_rows": PREFETCH_ROWS}

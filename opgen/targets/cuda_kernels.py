@@ -17,7 +17,7 @@ from __future__ import annotations
 from opgen.kinds import ArgRole, Schedule
 from opgen.spec.model import OpSpec
 from opgen.targets import abi
-from opgen.targets.element import OpCode, RowCode, StepCode, math_header
+from opgen.targets.element import LOOP, OpCode, RowCode, StepCode, math_header
 
 
 def _parameters(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> str:
@@ -36,18 +36,18 @@ def _parameters(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> str:
 def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str]:
     code = step.code
     n = {a.role: a.name for a in kernel.cuda_args if not a.source}
-    head = f"const {code.struct(step.math.math)} s = {code.init(step.math.math)}({code.init_call()});"
+    head = f"const {code.struct(step.math.math)} {LOOP.s} = {code.init(step.math.math)}({code.init_call()});"
     rows = f"{n.get(ArgRole.NNZ)}, {n.get(ArgRole.ROW_LEN)}, {n.get(ArgRole.INDICES)}"
     vector = f"{step.lanes}, {step.aligned()}"
     if op.rows is not None:
-        args = RowCode(step.math).schedule_args(step)
+        args = RowCode(step.math).schedule_args(step, n[ArgRole.ROW_LEN])
         return [head, f"OPGEN_CUDA_LAZY_ROWS({args[0]}, {args[1]}, {args[2]}, {rows}, {', '.join(args[3:])});"]
-    steps = f"{step.step_call('vstep', 'vi, gvi', 0)}, {step.step_call('step', 'i, gi', 0)}"
+    steps = f"{step.step_call('vstep', 0)}, {step.step_call('step', 0)}"
     if kernel.schedule is Schedule.DENSE:
         return [head, f"OPGEN_CUDA_DENSE({n[ArgRole.SIZE]}, {vector}, {steps});"]
     if kernel.schedule is Schedule.LAZY:
         return [head, f"OPGEN_CUDA_LAZY({rows}, {vector}, {steps});"]
-    zero = f"{step.step_call('vstep', 'vi, gvi', 1)}, {step.step_call('step', 'i, gi', 1)}"
+    zero = f"{step.step_call('vstep', 1)}, {step.step_call('step', 1)}"
     return [head, f"OPGEN_CUDA_STANDARD({n[ArgRole.NROWS]}, {rows}, {vector}, {steps}, {zero});"]
 
 
@@ -68,4 +68,4 @@ def context(op: OpSpec) -> dict:
 
 
 def common_context() -> dict:
-    return {"warp": abi.WARP}
+    return {"warp": abi.WARP, "loop": LOOP}

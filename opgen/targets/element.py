@@ -26,6 +26,28 @@ from opgen.spec.model import OUT, OpSpec
 from opgen.targets.abi import ARG, lanes
 
 
+@dataclass(frozen=True)
+class LoopNames:
+    """The names the schedule macros of the shared headers declare and the kernels' step
+    calls read: one home for both (the header templates are rendered with these)."""
+
+    scalars: str = "scalars"  # the kernel's per-call struct
+    s: str = "s"  # each thread's copy of it
+    i: str = "i"  # the element
+    gi: str = "gi"  # the gradient's element
+    vi: str = "vi"  # CUDA: the vector
+    gvi: str = "gvi"  # CUDA: the gradient's vector
+    t: str = "t"  # multi: the tensor
+    row: str = "row"  # row kernels: the weight's row
+    ahead: str = "ahead"  # lazy: the first element of the row prefetched
+    line: str = "line"  # lazy: the cache line prefetched
+    sums: str = "opgen_sums"  # two-pass rows: the row_mean sums
+    values: str = "opgen_values"  # two-pass rows: the per-row values
+
+
+LOOP = LoopNames()
+
+
 def c_comment(text: str) -> str:
     """Spec text as the inside of a C comment: one line, never closing the comment."""
     return " ".join(text.split()).replace("*/", "* /")
@@ -250,8 +272,10 @@ class StepCode:
         return " && ".join(f"opgen_aligned({ARG}{n}, {self.lanes * self.storage(n).itemsize})"
                            for n in self.code.element_arrays) or "1"
 
-    def step_call(self, what: str, index: str, zero_grad: int, table: str = "") -> str:
-        return f"{self.code.function(what, self.dtype.name)}(s, {index}, {zero_grad}, " \
+    def step_call(self, what: str, zero_grad: int, table: str = "") -> str:
+        """A schedule's step: the scalar step over (i, gi), or CUDA's vector step over (vi, gvi)."""
+        index = f"{LOOP.vi}, {LOOP.gvi}" if what == "vstep" else f"{LOOP.i}, {LOOP.gi}"
+        return f"{self.code.function(what, self.dtype.name)}({LOOP.s}, {index}, {zero_grad}, " \
                f"{self.code.pointer_args(self.code.element_arrays, table)})"
 
 
@@ -337,16 +361,17 @@ class RowCode:
                        *(f"    {memory.of(n)} = {step.storage(n).store}(v_{n});" for n in names if n in written)]),
         ]
 
-    def schedule_args(self, step: StepCode) -> list[str]:
+    def schedule_args(self, step: StepCode, row_len: str) -> list[str]:
         """The row schedule's arguments after the sizes: counts and the four step calls."""
         d = step.dtype.name
         fn = lambda what: self.code.function(what, d)  # noqa: E731
         args = self.code.pointer_args
         return [self.math.math.c_type, str(len(self.op.rows.reductions)), str(len(self.values)),
-                f"{fn('pass1')}(s, i, gi, opgen_sums{_more(args(self.pass1_arrays))})",
-                f"{fn('row')}(s, opgen_sums, row_len, opgen_values, row{_more(args(self.row_tensors))})",
-                f"{fn('row_store')}(opgen_values, row{_more(args(self.row_written))})",
-                f"{fn('pass2')}(s, opgen_values, i, gi{_more(args(self.pass2_arrays))})"]
+                f"{fn('pass1')}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.sums}{_more(args(self.pass1_arrays))})",
+                f"{fn('row')}({LOOP.s}, {LOOP.sums}, {row_len}, {LOOP.values}, {LOOP.row}"
+                f"{_more(args(self.row_tensors))})",
+                f"{fn('row_store')}({LOOP.values}, {LOOP.row}{_more(args(self.row_written))})",
+                f"{fn('pass2')}({LOOP.s}, {LOOP.values}, {LOOP.i}, {LOOP.gi}{_more(args(self.pass2_arrays))})"]
 
 
 def _more(text: str) -> str:
