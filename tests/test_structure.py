@@ -522,3 +522,12 @@ def test_an_op_without_parameters_builds_and_runs(tmp_path, backend):
     ws = [np.full(2, 3.0), np.full(3, 1.0)]
     out = pkg.plain_update_multi(ws, [np.ones(2), np.ones(3)], out=ws)
     np.testing.assert_array_equal(out[1], np.zeros(3))
+
+
+def test_skip_if_reads_the_parameters_in_the_math_type(backend):
+    """adamw skips when rescale_grad is 0: 1e-50 is 0 in float32 (skipped), not in float64."""
+    for dtype, skipped in ((np.float32, True), (np.float64, False)):
+        w, g = np.ones(3, dtype), np.ones(3, dtype)
+        m, v = np.zeros(3, dtype), np.zeros(3, dtype)
+        generated.adamw_update(w, g, m, v, 1e-50, lr=0.1, eta=1.0, out=w)
+        assert (m == 0).all() == skipped, dtype
