@@ -155,8 +155,9 @@ class Presented:
         return self.adapter.wrap(value, None)
 
 
-def present(values: tuple) -> tuple[tuple, Presented]:
-    """Foreign arrays among ``values`` replaced by native views (others unchanged)."""
+def present(values: tuple) -> tuple[tuple, Presented | None]:
+    """Foreign arrays among ``values`` replaced by native views (others unchanged), and how
+    to hand a result back; None when every value is native already (the usual call)."""
     foreign, converted = None, None
     for k, value in enumerate(values):
         if type(value) is np.ndarray or value is None:
@@ -166,9 +167,10 @@ def present(values: tuple) -> tuple[tuple, Presented]:
             converted = converted or list(values)
             converted[k] = adapter.view(value)
             foreign = foreign or adapter
+    if converted is None:
+        return values, None
     presented = Presented(tuple(values), foreign)
-    if converted is not None:
-        presented.views = tuple(converted)
+    presented.views = tuple(converted)
     return presented.views, presented
 
 

@@ -136,7 +136,7 @@ class MultiOperator:
         plan = None if module is None else self._plan_for(naming, lists, out, views, module, count)
         targets = self._one_by_one(naming, lists, columns, out, count) if plan is None \
             else self._run_plan(plan, columns, count)
-        return [presented.result(t) for t in targets]
+        return targets if presented is None else [presented.result(t) for t in targets]
 
     def _run_plan(self, plan: _Plan, columns: list, count: int) -> list:
         """One call of the multi kernel, its arguments in the ABI's order."""

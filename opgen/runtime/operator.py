@@ -89,6 +89,7 @@ class Operator:
         self.output = output  # the kernels write `out` and leave the weight alone
         self.skip_if = skip_if
         self.lazy_index = next((k for k, p in enumerate(params) if p.name == lazy_param), None)
+        self._state_names = tuple(t.name for t in self.tensors if t.role is TensorRole.STATE)
         self.weight_index = next(k for k, t in enumerate(self.tensors) if t.role is TensorRole.WEIGHT)
         self.grad_index = next(k for k, t in enumerate(self.tensors) if t.role is TensorRole.GRAD)
         self.kernel_params = tuple(k for k, p in enumerate(params) if p.in_kernel)
@@ -176,7 +177,8 @@ class Operator:
         """The general path: arrays of other types as native views, every check, the run."""
         views, presented = present((*tensors, out))
         call = self.check(views[:-1], params, views[-1], names, out_name)
-        return presented.result(self.execute(call))
+        result = self.execute(call)
+        return result if presented is None else presented.result(result)
 
     def check(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
               out_name: str = "out") -> Call:
@@ -194,7 +196,10 @@ class Operator:
 
     def execute(self, call: Call):
         """Run a checked call: from here on, arrays are written (on the arrays' device)."""
-        with adapter_for(call.weight).on_device(call.weight):
+        adapter = adapter_for(call.weight)
+        if not adapter.device:
+            return self._execute(call)
+        with adapter.on_device(call.weight):
             return self._execute(call)
 
     def _execute(self, call: Call):
@@ -295,7 +300,7 @@ class Operator:
                 raise self._fail(ValueError, name, f"has shape {value.shape} but '{w_name}' has "
                                                    f"shape {weight.shape}; shapes must match")
             if spec.role is TensorRole.STATE:
-                if not adapter_for(value).writeable(value):
+                if not (value.flags.writeable if type(value) is np.ndarray else adapter_for(value).writeable(value)):
                     raise self._fail(ValueError, name, "is read-only; states are updated in place")
                 states.append(value)
                 state_names.append(name)
@@ -332,6 +337,8 @@ class Operator:
 
     def _check_same_side(self, name: str, value, weight, w_name: str) -> None:
         """Host and device arrays never mix in a call; device arrays share one device."""
+        if type(value) is np.ndarray and type(weight) is np.ndarray:  # the usual call: both host
+            return
         adapter, other = adapter_for(weight), adapter_for(value)
         if (other is not None and other.device) != adapter.device:
             raise self._fail(TypeError, name, f"is a {kind(value)} array but '{w_name}' is a {kind(weight)} "
@@ -376,7 +383,7 @@ class Operator:
             raise self._fail(TypeError, out_name, f"has dtype {out.dtype} but '{w_name}' has {weight.dtype}")
         if out.shape != weight.shape:
             raise self._fail(ValueError, out_name, f"has shape {out.shape} but '{w_name}' has shape {weight.shape}")
-        if adapter.device_id(out) != adapter.device_id(weight):
+        if adapter.device and adapter.device_id(out) != adapter.device_id(weight):
             raise self._fail(ValueError, out_name, f"is on device {adapter.device_id(out)} but '{w_name}' is on "
                                                    f"device {adapter.device_id(weight)}")
         if not adapter.writeable(out):
@@ -384,7 +391,8 @@ class Operator:
             raise self._fail(ValueError, name, "is read-only; the result is written into out")
         grad_memory = grad.data if isinstance(grad, RowSparseArray) else grad
         g_name = names[self.grad_index]
-        state_names = [n for t, n in zip(self.tensors, names) if t.role is TensorRole.STATE]
+        state_names = self._state_names if names is self.names else \
+            [n for t, n in zip(self.tensors, names) if t.role is TensorRole.STATE]
         for other_name, other in [(g_name, grad_memory)] + list(zip(state_names, states)):
             if xp.may_share_memory(out, other):
                 raise self._fail(ValueError, out_name, f"shares memory with '{other_name}'")
