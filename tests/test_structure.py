@@ -94,13 +94,33 @@ def test_cuda_launch_vectors_are_sized_by_the_widest_element(op):
             assert kernel.launch.per_block == kernel.launch.block[0] * kernel.lanes
 
 
+@pytest.mark.parametrize("op", SPECS)
+def test_the_runtime_passes_every_kernel_argument_once_in_order(op):
+    """The runtime's argument layouts (C and CUDA), laid back out in call order, are the
+    ABI's arguments: nothing dropped, repeated or reordered (the CUDA launch cannot run here)."""
+    from opgen.kinds import ArgRole
+
+    operator = module(op)._OP
+    for kernel in operator.kernel_abis.values():
+        if kernel.schedule == "multi":
+            continue
+        for cuda in (False, True):
+            head, tensors, positions, _ = operator.c_layout(kernel, cuda)
+            laid = [r.value for r in head] + [f"tensor:{t}" for t in tensors] + \
+                [f"scalar:{operator.kernel_scalar_names[k]}" for k in positions] + ([] if cuda else ["flush_denormal"])
+            args = kernel.cuda_args if cuda else kernel.args
+            assert laid == [f"{a.role.value}:{a.source}" if a.role in (ArgRole.TENSOR, ArgRole.SCALAR)
+                            else a.role.value for a in args]
+
+
 def test_mixed_precision_launch_covers_every_element():
     """The bug this fixes: mp ops sized their vectors by the float16 weight (8 lanes) while
     the kernel used 4 (float32 master weights): too few blocks."""
     kernel = module("mp_sgd_update")._OP.kernel("dense", np.float16)
-    assert kernel.lanes == 4
-    n = 10_000_000
-    assert kernel.launch.grid(n, sm_count=1000) * kernel.launch.per_block >= n
+    assert kernel.lanes == 4  # 16 bytes of float32
+    # 10M elements, 512 threads of 4 lanes a block: ceil(10e6 / 2048) blocks, by hand
+    assert kernel.launch.grid(10_000_000, sm_count=1000) == 4883
+    assert kernel.launch.grid(10_000_000, sm_count=100) == 800  # capped at 8 per multiprocessor
 
 
 def test_the_compiler_never_imports_the_runtime():

@@ -150,7 +150,7 @@ class Presented:
         for original, view in zip(self.originals, self.views):
             if value is view:
                 return original
-        if self.adapter is None or isinstance(value, list):
+        if self.adapter is None:
             return value
         return self.adapter.wrap(value, None)
 

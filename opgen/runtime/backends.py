@@ -169,26 +169,11 @@ class CBackend(Backend):
         from_buffer = module.ffi.from_buffer
         arrays = work.arrays(op, np.ascontiguousarray(work.grad_data))
         sizes = work.sizes() if kernel.schedule is not Schedule.DENSE else {ArgRole.SIZE: work.target.size}
-        layout = op.plain_layout(kernel)
-        if layout is not None:  # sizes, the tensors, the scalars in call order, the flag: the usual
-            head, tensors = layout
-            function(*[from_buffer("int64_t[]", work.grad.indices) if role is ArgRole.INDICES else sizes[role]
-                       for role in head], *[from_buffer(arrays[name]) for name in tensors], *work.scalars,
-                     _flush_denormal[0])
-            return
-        args = []
-        for role, key in op.call_recipe(kernel):
-            if role is ArgRole.TENSOR:
-                args.append(from_buffer(arrays[key]))
-            elif role is ArgRole.SCALAR:
-                args.append(work.scalars[key])
-            elif role is ArgRole.INDICES:
-                args.append(from_buffer("int64_t[]", work.grad.indices))
-            elif role is ArgRole.FLUSH:
-                args.append(_flush_denormal[0])
-            else:
-                args.append(sizes[role])
-        function(*args)
+        head, tensors, positions, _ = op.c_layout(kernel)
+        scalars = work.scalars
+        function(*[from_buffer("int64_t[]", work.grad.indices) if role is ArgRole.INDICES else sizes[role]
+                   for role in head], *[from_buffer(arrays[name]) for name in tensors],
+                 *[scalars[k] for k in positions], _flush_denormal[0])
 
 
 class CudaBackend(Backend):
@@ -207,17 +192,10 @@ class CudaBackend(Backend):
         if sizes[ArgRole.SIZE] == 0 or sizes[kernel.launch.work] == 0:
             return
         arrays = work.arrays(op, cupy.ascontiguousarray(work.grad_data))
-        scalars = dict(zip(op.kernel_scalar_names, work.scalars))
-        args = []
-        for a in kernel.cuda_args:
-            if a.role is ArgRole.TENSOR:
-                args.append(arrays[a.source])
-            elif a.role is ArgRole.SCALAR:
-                args.append(np.dtype(a.numpy).type(scalars[a.source]))
-            elif a.role is ArgRole.INDICES:
-                args.append(work.grad.indices)
-            else:
-                args.append(np.int64(sizes[a.role]))
+        head, tensors, positions, types = op.c_layout(kernel, cuda=True)
+        args = [work.grad.indices if role is ArgRole.INDICES else np.int64(sizes[role]) for role in head]
+        args += [arrays[name] for name in tensors]
+        args += [kind(work.scalars[k]) for k, kind in zip(positions, types)]
         cuda.launch(op.cuda, kernel, sizes[kernel.launch.work], args)  # on the arrays' device: see execute
 
 
@@ -228,10 +206,10 @@ REGISTRY: dict[str, Backend] = {b.name: b for b in (NUMPY, C, CUDA)}
 def backend_for(op, adapter: ArrayAdapter) -> Backend:
     """The backend a call on these arrays runs on."""
     if adapter.device:
-        return CUDA
+        return REGISTRY["cuda"]
     preference = _current.get()
     if preference == "numpy":
-        return NUMPY
+        return REGISTRY["numpy"]
     try:
         op.c_module()
     except (cbuild.CompilerUnavailable, cbuild.CompileError) as exc:
@@ -241,5 +219,5 @@ def backend_for(op, adapter: ArrayAdapter) -> Backend:
             op.warned_c_unavailable = True
             warnings.warn(f"{op.name}: C backend unavailable, using the NumPy backend ({exc})",
                           RuntimeWarning, stacklevel=5)
-        return NUMPY
-    return C
+        return REGISTRY["numpy"]
+    return REGISTRY["c"]

@@ -45,7 +45,7 @@ class _Naming:
 class _Plan:
     arrays: tuple  # every array of the call, out included: the cache key, compared by identity
     function: object
-    kernel: object  # its KernelABI: the argument order
+    columns: tuple  # per value table, in the ABI's order: (position among the columns, dtype, cdata type)
     sizes: object  # cdata int64_t[]
     tables: tuple  # cdata void *[] per tensor
     keep_alive: tuple  # the from_buffer objects the tables point into
@@ -139,26 +139,16 @@ class MultiOperator:
         return targets if presented is None else [presented.result(t) for t in targets]
 
     def _run_plan(self, plan: _Plan, columns: list, count: int) -> list:
-        """One call of the multi kernel, its arguments in the ABI's order."""
+        """One call of the multi kernel: count, sizes, the pointer tables, a value table per
+        kernel parameter (typed as the ABI says, worked out when the plan was made), the flag."""
         from_buffer = plan.from_buffer
-        column_of = dict(zip(self._kernel_param_names, columns))
-        tables = iter(plan.tables)
-        args = []
-        for a in plan.kernel.args:
-            if a.role is ArgRole.COUNT:
-                args.append(count)
-            elif a.role is ArgRole.SIZES:
-                args.append(plan.sizes)
-            elif a.role is ArgRole.TENSOR_TABLE:
-                args.append(next(tables))
-            elif a.role is ArgRole.SCALAR_TABLE:  # one value per tensor, as the ABI types it
-                column, dtype = column_of[a.source], np.dtype(a.numpy)
-                array = np.full(count, column, dtype) if not isinstance(column, np.ndarray) \
-                    else np.ascontiguousarray(column, dtype)
-                args.append(from_buffer(f"{a.element_c_type}[]", array))
-            else:
-                args.append(backends.flush_denormal_flag())
-        plan.function(*args)
+        values = []
+        for k, dtype, cdata in plan.columns:
+            column = columns[k]
+            array = np.full(count, column, dtype) if not isinstance(column, np.ndarray) \
+                else np.ascontiguousarray(column, dtype)
+            values.append(from_buffer(cdata, array))
+        plan.function(count, plan.sizes, *plan.tables, *values, backends.flush_denormal_flag())
         return list(plan.targets)
 
     def _param_column(self, naming: _Naming, p, value, count: int):
@@ -227,8 +217,15 @@ class MultiOperator:
                            for i in range(count)]
                 keep.append(buffers)
                 tables.append(ffi.new("void *[]", buffers))
+        roles = [a.role for a in kernel.args]
+        if roles[:2] != [ArgRole.COUNT, ArgRole.SIZES] or roles[-1] is not ArgRole.FLUSH or \
+                roles[2:-1] != sorted(roles[2:-1], key=[ArgRole.TENSOR_TABLE, ArgRole.SCALAR_TABLE].index):
+            raise RuntimeError(f"{kernel.name}: arguments not grouped as count, sizes, tables, values, flag")
+        position = {name: k for k, name in enumerate(self._kernel_param_names)}
+        columns = tuple((position[a.source], np.dtype(a.numpy), f"{a.element_c_type}[]")
+                        for a in kernel.args if a.role is ArgRole.SCALAR_TABLE)
         sizes = ffi.new("int64_t[]", [t.size for t in targets])
-        plan = _Plan(arrays, op.c_function(module, kernel), kernel, sizes, tuple(tables), tuple(keep), targets,
+        plan = _Plan(arrays, op.c_function(module, kernel), columns, sizes, tuple(tables), tuple(keep), targets,
                      ffi.from_buffer)
         if out is not None and all(t is w for t, w in zip(targets, lists[op.weight_index])):
             self._plan = plan  # in place, as optimizers call it: the same pointers next time

@@ -20,8 +20,7 @@ from opgen.dtypes import DTYPE_NAMES, PARAM_KINDS, ParamType, dtype_list
 from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen import cbuild
 from opgen.runtime import backends, cuda
-from opgen.runtime.arrays import (accepted_types, adapter_for, array_module, is_device_array, kind, present,
-                                  same_view)
+from opgen.runtime.arrays import accepted_types, adapter_for, array_module, kind, present, same_view
 from opgen.runtime.backends import Work
 from opgen.runtime.rowsparse import RowSparseArray
 from opgen.targets.abi import KernelABI
@@ -105,8 +104,7 @@ class Operator:
         self.c_cdef = c_cdef
         self.cuda = cuda.CudaKernels(spec, cuda_source)
         self._c_functions: dict[str, Callable] = {}
-        self._recipes: dict[str, tuple] = {}
-        self._layouts: dict[str, tuple | None] = {}
+        self._layouts: dict[tuple[str, bool], tuple] = {}
         self._c_module = None
         self._c_error: Exception | None = None
         self.warned_c_unavailable = False
@@ -415,27 +413,24 @@ class Operator:
             raise self._c_error
         return self._c_module
 
-    def call_recipe(self, kernel: KernelABI) -> tuple:
-        """(role, key) per argument, worked out once per kernel: a tensor's name, a scalar's
-        position among the call's kernel scalars, or nothing."""
-        recipe = self._recipes.get(kernel.name)
-        if recipe is None:
+    def c_layout(self, kernel: KernelABI, cuda: bool = False) -> tuple:
+        """(size roles, tensor names, positions of the kernel scalars among the call's, their
+        NumPy types), read once per kernel from its ABI (``cuda``: its CUDA arguments), whose
+        arguments come in that grouping (then, in C, the flag)."""
+        layout = self._layouts.get((kernel.name, cuda))
+        if layout is None:
+            args = kernel.cuda_args if cuda else kernel.args
+            groups = [ArgRole.TENSOR, ArgRole.SCALAR, ArgRole.FLUSH]
+            rank = [groups.index(a.role) + 1 if a.role in groups else 0 for a in args]
+            if rank != sorted(rank) or (args[-1].role is not ArgRole.FLUSH) != cuda:
+                raise RuntimeError(f"{kernel.name}: arguments not grouped as sizes, tensors, scalars, flag")
             position = {name: k for k, name in enumerate(self.kernel_scalar_names)}
-            recipe = self._recipes[kernel.name] = tuple(
-                (a.role, a.source if a.role is ArgRole.TENSOR else position.get(a.source)) for a in kernel.args)
-        return recipe
-
-    def plain_layout(self, kernel: KernelABI) -> tuple | None:
-        """(head roles, tensor names) when the kernel takes its size arguments, then tensors,
-        then every kernel scalar in call order, then the flag; else None (use the recipe)."""
-        if kernel.name not in self._layouts:
-            recipe = self.call_recipe(kernel)
-            head = [role for role, _ in recipe if role not in (ArgRole.TENSOR, ArgRole.SCALAR, ArgRole.FLUSH)]
-            tensors = [key for role, key in recipe if role is ArgRole.TENSOR]
-            expected = [(role, None) for role in head] + [(ArgRole.TENSOR, n) for n in tensors] \
-                + [(ArgRole.SCALAR, k) for k in range(len(self.kernel_scalar_names))] + [(ArgRole.FLUSH, None)]
-            self._layouts[kernel.name] = (tuple(head), tuple(tensors)) if list(recipe) == expected else None
-        return self._layouts[kernel.name]
+            scalars = [a for a in args if a.role is ArgRole.SCALAR]
+            layout = self._layouts[(kernel.name, cuda)] = (
+                tuple(a.role for a, r in zip(args, rank) if r == 0),
+                tuple(a.source for a in args if a.role is ArgRole.TENSOR),
+                tuple(position[a.source] for a in scalars), tuple(np.dtype(a.numpy).type for a in scalars))
+        return layout
 
     def c_function(self, module, kernel: KernelABI):
         function = self._c_functions.get(kernel.name)
@@ -449,7 +444,8 @@ class Operator:
         if schedule is not Schedule.DENSE or not self._fast_ok or dtype in self._fast_functions:
             return
         kernel = self.kernel(schedule, dtype)
-        if self.plain_layout(kernel) == ((ArgRole.SIZE,), self.names):  # the call passes its own order
+        plain = ((ArgRole.SIZE,), self.names, tuple(range(len(self.kernel_scalar_names))))
+        if self.c_layout(kernel)[:3] == plain:  # the call passes its arguments in the kernel's order
             module = self.c_module()
             self._from_buffer = module.ffi.from_buffer
             self._fast_functions[dtype] = self.c_function(module, kernel)

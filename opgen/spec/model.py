@@ -9,7 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opgen.dtypes import DTYPE_BY_NAME, DTYPES, DType, MathType, ParamType, widest_math
+from opgen.dtypes import (DTYPE_BY_NAME, DTYPES, PARAM_KINDS, SCALAR_INPUT_KIND, DType, MathType, ParamKind, ParamType,
+                          widest_math)
 from opgen.errors import Location
 from opgen.expr.hoist import KernelProgram
 from opgen.expr.rows import RowProgram
@@ -198,3 +199,8 @@ class OpSpec:
     def kernel_scalars(self) -> tuple[str, ...]:
         """The kernels' scalar arguments, in order: scalar inputs, then the math's parameters."""
         return tuple(t.name for t in self.scalars) + tuple(p.name for p in self.math_params)
+
+    @property
+    def kernel_scalar_kinds(self) -> tuple[ParamKind, ...]:
+        """How each kernel scalar crosses the ABI (scalar inputs as floats), in order."""
+        return (SCALAR_INPUT_KIND,) * len(self.scalars) + tuple(PARAM_KINDS[p.type] for p in self.math_params)

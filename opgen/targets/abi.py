@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from opgen.dtypes import C_INDEX, PARAM_KINDS, SCALAR_INPUT_KIND, DType
+from opgen.dtypes import C_INDEX, DType
 from opgen.kinds import ArgRole, Schedule
 
 if TYPE_CHECKING:
@@ -112,8 +112,7 @@ def _arguments(op: "OpSpec", schedule: Schedule) -> tuple[Arg, ...]:
             args.append(Arg(ArgRole.TENSOR_TABLE, c_type, name, const=const, cuda=False))
         else:
             args.append(Arg(ArgRole.TENSOR, f"{'const ' if const else ''}void *", name, const=const))
-    kinds = [SCALAR_INPUT_KIND] * len(op.scalars) + [PARAM_KINDS[p.type] for p in op.math_params]
-    for name, kind in zip(op.kernel_scalars, kinds):
+    for name, kind in zip(op.kernel_scalars, op.kernel_scalar_kinds):
         if table:
             args.append(Arg(ArgRole.SCALAR_TABLE, f"const {kind.c_arg} *", name, kind.numpy_arg, cuda=False))
         else:

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opgen.dtypes import DOUBLE, PARAM_KINDS, SCALAR_INPUT_KIND, DType, MathType
+from opgen.dtypes import DOUBLE, DType, MathType
 from opgen.expr.printers.c import CPrinter, c_name
 from opgen.expr.tree import Assign, Expr, Ref, RefKind, VType, refs
 from opgen.spec.model import OUT, OpSpec
@@ -111,8 +111,7 @@ class MathCode:
     def fields(self) -> list[tuple[str, str, str]]:
         """(name, type, initialiser) of each per-call value."""
         out = []
-        kinds = [SCALAR_INPUT_KIND] * len(self.op.scalars) + [PARAM_KINDS[p.type] for p in self.op.math_params]
-        for name, kind in zip(self.op.kernel_scalars, kinds):
+        for name, kind in zip(self.op.kernel_scalars, self.op.kernel_scalar_kinds):
             c_type = kind.c_value or self.math.c_type
             out.append((c_name(RefKind.PARAM, name), c_type, f"OPGEN_PER_CALL(({c_type}){ARG}{name})"))
         for s in self.op.program.prologue:
@@ -134,8 +133,8 @@ class MathCode:
 
     def init_lines(self) -> list[str]:
         """Per-call values in double (ints and bools as they are), each rounded once."""
-        kinds = [SCALAR_INPUT_KIND] * len(self.op.scalars) + [PARAM_KINDS[p.type] for p in self.op.math_params]
-        params = ", ".join(f"{k.c_arg} {ARG}{n}" for n, k in zip(self.op.kernel_scalars, kinds)) or "void"
+        params = ", ".join(f"{k.c_arg} {ARG}{n}" for n, k in zip(self.op.kernel_scalars, self.op.kernel_scalar_kinds)) \
+            or "void"
         struct = self.code.struct(self.math)
         prologue = CPrinter(DOUBLE.c_type, lambda e: ARG + e.name if e.kind is RefKind.PARAM else c_name(e.kind, e.name))
         lines = [f"OPGEN_INLINE {struct} {self.code.init(self.math)}({params}) {{"]
@@ -211,10 +210,17 @@ class StepCode:
     def load(self, name: str, memory: Memory) -> str:
         return f"{self.storage(name).load}({memory.of(name)})"
 
-    def call_lines(self, memory: Memory, indent: str, zero_grad: bool = True) -> list[str]:
+    def call_lines(self, memory: Memory, indent: str) -> list[str]:
         """Load, call the element function, store: one element at ``memory``."""
+        return self.load_call_store(self.code.function("element", self.math.math.c_type), "s", self.code.element_arrays,
+                                    set(self.code.written), self.code.reads, memory, indent, zero_grad=True)
+
+    def load_call_store(self, function: str, head: str, names: list[str], written: set[str], reads: set[str],
+                        memory: Memory, indent: str, zero_grad: bool) -> list[str]:
+        """The tensors ``names`` at ``memory`` into locals, ``function(head, ...)`` on them
+        (written ones by pointer; with ``zero_grad``, the gradient as the step's flag says),
+        the written ones stored back."""
         m = self.math.math.c_type
-        names, written, reads = self.code.element_arrays, set(self.code.written), self.code.reads
         lines = [f"{indent}{m} v_{n} = {self.load(n, memory)};" for n in names if n in written and n in reads]
         lines += [f"{indent}{m} v_{n};" for n in names if n in written and n not in reads]
         args = []
@@ -225,7 +231,7 @@ class StepCode:
                 args.append(f"zero_grad ? {self.math.printer.const_zero()} : {self.load(n, memory)}")
             else:
                 args.append(self.load(n, memory))
-        lines.append(f"{indent}{self.code.function('element', m)}(s, {', '.join(args)});")
+        lines.append(f"{indent}{function}({head}, {', '.join(args)});")
         lines += [f"{indent}{memory.of(n)} = {self.storage(n).store}(v_{n});" for n in names if n in written]
         return lines
 
@@ -344,10 +350,7 @@ class RowCode:
             return f"    {self.code.function(what, m)}({head}{_more(', '.join(names))});"
 
         loads = lambda names: [step.load(n, memory) for n in names]  # noqa: E731
-        names, written, reads = self.pass2_arrays, self.pass2_written, self.pass2_reads
-        locals_ = [f"    {m} v_{n} = {step.load(n, memory)};" for n in names if n in written and n in reads]
-        locals_ += [f"    {m} v_{n};" for n in names if n in written and n not in reads]
-        pass2_args = [f"&v_{n}" if n in written else step.load(n, memory) for n in names]
+        names = self.pass2_arrays
         return [
             *function("pass1", [scalars, "int64_t i", "int64_t gi", f"{m} *sums"], self.pass1_arrays,
                       [call("pass1", "s, sums", loads(self.pass1_arrays))]),
@@ -357,8 +360,8 @@ class RowCode:
                       [f"    p_{n}[row] = {step.storage(n).store}(values[{self.values.index(n)}]);"
                        for n in self.row_written]),
             *function("pass2", [scalars, f"const {m} *values", "int64_t i", "int64_t gi"], names,
-                      [*locals_, call("pass2", "s, values", pass2_args),
-                       *(f"    {memory.of(n)} = {step.storage(n).store}(v_{n});" for n in names if n in written)]),
+                      step.load_call_store(self.code.function("pass2", m), "s, values", names, self.pass2_written,
+                                           self.pass2_reads, memory, "    ", zero_grad=False)),
         ]
 
     def schedule_args(self, step: StepCode, row_len: str) -> list[str]:
