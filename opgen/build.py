@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
@@ -10,9 +11,11 @@ from pathlib import Path
 
 import jinja2
 
+from opgen.errors import Location, SpecError
 from opgen.spec import OpSpec, load_specs
+from opgen.spec import names
 from opgen.targets import c_kernels, cuda_kernels, docs, python_api
-from opgen.writer import Outputs, SyncReport, sync
+from opgen.writer import ForeignFiles, Outputs, SyncReport, sync
 
 # (template, output path, context) for each op, then for the whole package.
 PER_OP: tuple[tuple[str, str, Callable[[OpSpec], dict]], ...] = (
@@ -31,7 +34,17 @@ PER_PACKAGE: tuple[tuple[str, str, Callable[[list[OpSpec]], dict]], ...] = (
     ("index.md.j2", "docs/index.md", docs.index_context),
 )
 TARGETS = ("python", "c", "cuda", "docs")
-DEFAULT_TEMPLATES = Path(__file__).resolve().parent.parent / "templates"
+
+
+def _default_templates() -> Path:
+    """The templates: installed inside opgen (a wheel), or at the repository's top level
+    (a checkout, an editable install)."""
+    here = Path(__file__).resolve().parent
+    installed = here / "templates"
+    return installed if installed.is_dir() else here.parent / "templates"
+
+
+DEFAULT_TEMPLATES = _default_templates()
 
 
 @dataclass(frozen=True)
@@ -53,26 +66,64 @@ def environment(templates: Path) -> jinja2.Environment:
     )
 
 
-def render(ops: list[OpSpec], templates: Path) -> Outputs:
+# What a generated package imports: a package of that name would hide it.
+_IMPORTED = frozenset({"opgen", "numpy", "cffi", "jinja2", "yaml", "cupy", "torch", "ml_dtypes"})
+
+
+def package_name(out: Path) -> str:
+    """The import name of the package a build writes: its folder's name, which must be
+    one (docs show calls as ``PACKAGE.op(...)``)."""
+    name = out.resolve().name
+    problem = names.identifier_problem(name)
+    if problem is not None or name in sys.stdlib_module_names or name in _IMPORTED:
+        reason = problem or "is a name Python already uses"
+        raise OutputError(f"the output folder's name '{name}' is the package's import name, and it {reason}")
+    return name
+
+
+class OutputError(Exception):
+    """The output folder cannot hold a package (its name, or files opgen did not write)."""
+
+
+def render(ops: list[OpSpec], templates: Path, package: str = "generated") -> Outputs:
     env = environment(templates)
     shown = templates.name
     outputs = Outputs()
     for op in ops:
         for template, path, make_context in PER_OP:
-            body = env.get_template(template).render(make_context(op))
+            body = env.get_template(template).render(make_context(op) | {"package": package})
             outputs.add(path.format(op=op.name), f"{shown}/{template}", op.path, body)
     sources = ", ".join(op.path for op in ops) or "no specs"
     for template, path, make_context in PER_PACKAGE:
-        body = env.get_template(template).render(make_context(ops))
+        body = env.get_template(template).render(make_context(ops) | {"package": package})
         outputs.add(path, f"{shown}/{template}", sources if path.endswith((".py", ".md")) else "opgen", body)
+    for path, text in outputs.files.items():
+        if path.endswith(".py"):
+            _compiles(path, text, ops)
     return outputs
+
+
+def _compiles(path: str, text: str, ops: list[OpSpec]) -> None:
+    """A generated module is Python that compiles: anything else is a build error naming
+    its spec, never a surprise at import."""
+    try:
+        compile(text, path, "exec", dont_inherit=True)
+    except (SyntaxError, ValueError) as exc:
+        op = next((op for op in ops if path == f"{op.name}.py"), None)
+        where = op.location if op is not None and op.location else Location(path, 1, 1)
+        raise SpecError(where, f"the generated module {path} does not compile ({exc}); this is a bug in "
+                               "opgen, please report it with this spec") from None
 
 
 def build(specs: Path, out: Path, templates: Path = DEFAULT_TEMPLATES, check: bool = False,
           compile_c: bool = True) -> BuildResult:
+    package = package_name(out)
     ops = load_specs(specs)  # raises SpecError before anything is written
-    outputs = render(ops, templates)
-    report = sync(out, outputs, check=check)
+    outputs = render(ops, templates, package)
+    try:
+        report = sync(out, outputs, check=check)
+    except ForeignFiles as exc:
+        raise OutputError(str(exc)) from None
     compiled: tuple[str, ...] = ()
     started = time.perf_counter()
     if compile_c and not check:

@@ -7,12 +7,14 @@ import os
 import sys
 from pathlib import Path
 
-from opgen.build import DEFAULT_TEMPLATES, TARGETS, build
+from opgen import __version__
+from opgen.build import DEFAULT_TEMPLATES, TARGETS, OutputError, build
 from opgen.errors import SpecError
 
 
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="opgen", description="Optimizer update operators from YAML specs.")
+    parser.add_argument("--version", action="version", version=f"opgen {__version__}")
     sub = parser.add_subparsers(dest="command", required=True)
     b = sub.add_parser("build", help="render every spec into the output package and compile its C kernels")
     b.add_argument("--specs", type=Path, default=Path("specs"), help="folder of NAME.yaml specs (default: specs)")
@@ -38,6 +40,9 @@ def main(argv: list[str] | None = None) -> int:
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 2
+    except OutputError as exc:
+        print(f"opgen: error: {exc}", file=sys.stderr)
+        return 2
     except Exception as exc:  # a compiler that fails is reported, not dumped
         from opgen.cbuild import CompileError, CompilerUnavailable
 
@@ -55,13 +60,17 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"opgen: {args.out / rel} is out of date", file=sys.stderr)
             for rel in report.removed:
                 print(f"opgen: {args.out / rel} is no longer generated", file=sys.stderr)
+            for rel in report.leftovers:
+                print(f"opgen: {args.out / rel} is a temporary file left by an interrupted build", file=sys.stderr)
             print("opgen: run `opgen build` to regenerate", file=sys.stderr)
             return 1
         print(f"opgen: {args.out} is up to date ({len(report.unchanged)} files, {len(result.ops)} ops)")
         return 0
     print(f"opgen: {len(result.ops)} ops ({', '.join(result.ops)}); targets: {', '.join(TARGETS)}")
+    leftovers = f", {len(report.leftovers)} temporary files of an interrupted build removed" \
+        if report.leftovers else ""
     print(f"opgen: {len(report.written)} files written, {len(report.unchanged)} unchanged, "
-          f"{len(report.removed)} removed, in {args.out}")
+          f"{len(report.removed)} removed{leftovers}, in {args.out}")
     if result.compiled:
         print(f"opgen: C kernels of {len(result.compiled)} ops ready in {result.compile_seconds:.1f} s")
     return 0

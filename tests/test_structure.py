@@ -294,7 +294,7 @@ def test_triple_quotes_in_any_description_build_and_import(tmp_path):
     w = np.ones(3, np.float32)
     out = pkg.quoted_update(w, np.ones(3, np.float32), lr_list=[0.5], num_weights=1)
     np.testing.assert_array_equal(out[0], np.full(3, 0.5, np.float32))
-    assert "'''" in pkg.quoted_update.__doc__
+    assert 'A description with """ in it.' in pkg.quoted_update.__doc__  # the text exactly, as data
 
 
 # ---- spec-language gaps ----------------------------------------------------------------------

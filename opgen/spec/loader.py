@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import keyword
+import math
 import re
 from pathlib import Path
 
@@ -15,18 +15,25 @@ from opgen.expr.hoist import hoist
 from opgen.expr.parser import Statement, parse_condition, parse_program
 from opgen.expr.rows import RowProgram, has_reductions, split_rows
 from opgen.expr.tree import FUNCTIONS, RefKind, VType, refs
+from opgen.spec import names as n
 from opgen.spec import yaml_nodes as y
 from opgen.spec.model import PARAM_VTYPES, MultiSpec, OpSpec, ParamSpec, ParamType, RowSparseSpec, TensorRole, TensorSpec
 
-_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*\Z")
 _FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z")
 _INT = re.compile(r"[-+]?\d+\Z")
-_RESERVED = {"out"}
+_RESERVED = {n.OUT_ARGUMENT}
+_INT64 = (-2**63, 2**63 - 1)  # int parameters cross the kernel ABI as int64_t
+# A LaTeX symbol is data in a $$ block of the docs: letters, digits, commands, sub- and
+# superscripts, primes and spacing; no '$', markup characters or environments.
+_SYMBOL = re.compile(r"[A-Za-z0-9\\{}_^'., ]+\Z")
 
 
 def load_specs(spec_dir: Path) -> list[OpSpec]:
-    """Every ``*.yaml`` in ``spec_dir``, sorted by name so builds are deterministic."""
-    return [load_spec(p) for p in sorted(spec_dir.glob("*.yaml"))]
+    """Every ``*.yaml`` in ``spec_dir``, sorted by name so builds are deterministic; the
+    names the ops export must not collide in the package."""
+    ops = [load_spec(p) for p in sorted(spec_dir.glob("*.yaml"))]
+    n.check_package(ops)
+    return ops
 
 
 def load_spec(path: Path) -> OpSpec:
@@ -82,24 +89,57 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         row_sparse=row_sparse,
         deviations=deviations,
         skip_if=skip_if,
-        skip_if_text=root.string("skip_if").strip() if skip_if is not None else "",
         output=output,
         multi=multi,
+        location=root.location("name"),
     )
     if multi is not None and not op.has_multi:  # the model's one answer to "has a multi kernel"
         raise SpecError(root.key_location("multi"), "the multi-tensor convention needs dense updates of weights, "
                                                     "without outputs, scalar inputs or skip_if")
+    _check_entry_points(op)
     return op
+
+
+def _check_entry_points(op: OpSpec) -> None:
+    """Every generated function's arguments, derived ones included, are valid and distinct."""
+    where = op.location
+    out = (n.OUT_ARGUMENT, "the output argument", where)
+    params = [(p.name, f"parameter '{p.name}'", p.location) for p in op.params]
+    if op.multi is not None:
+        public = dict(op.multi.per_tensor)
+        n.check_arguments(op.name, [(n.DATA_ARGUMENT, "the array list", where)] + [
+            (public.get(p.name, p.name), f"parameter '{p.name}'", p.location) for p in op.params] + [out])
+        return
+    n.check_arguments(op.name, [(t.name, f"tensor '{t.name}'", t.location) for t in op.tensors] + params + [out])
+    if len(op.entry_points) > 1:
+        n.check_arguments(op.entry_points[1], [(n.group_name(t.name), f"tensor '{t.name}'", t.location)
+                                               for t in op.tensors] + [
+            (p.name, f"parameter '{p.name}'", p.location) for p in op.math_params] + [out])
 
 
 def _identifier(m: y.Mapping, key: str, what: str) -> str:
     value = m.string(key)
-    if not _NAME.match(value) or keyword.iskeyword(value):
-        raise SpecError(m.location(key), f"{what} '{value}' is not a valid name (letters, digits and '_', "
-                                         "starting with a letter; not a Python keyword)")
+    n.check_identifier(value, what, m.location(key))
     if value in FUNCTIONS or value in _RESERVED:
         raise SpecError(m.location(key), f"{what} '{value}' is reserved")
     return value
+
+
+def _symbol(m: y.Mapping, name: str) -> str:
+    """A LaTeX symbol, checked to be data in the docs' math blocks."""
+    if "symbol" not in m:
+        return default_symbol(name)
+    text = m.string("symbol")
+    depth = 0
+    for ch in text:
+        depth += {"{": 1, "}": -1}.get(ch, 0)
+        if depth < 0:
+            break
+    if not _SYMBOL.match(text) or depth != 0 or re.search(r"\\(begin|end)\b|\\\\", text):
+        raise SpecError(m.location("symbol"), f"symbol {text!r} of '{name}' is not a plain LaTeX symbol "
+                                              "(letters, digits, commands, _ ^ { } ' . , and spaces, braces "
+                                              "balanced, no environments or line breaks)")
+    return text
 
 
 def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
@@ -115,7 +155,7 @@ def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
         except ValueError:
             roles = ", ".join(r.value for r in TensorRole)
             raise SpecError(m.location("role"), f"unknown role '{role_text}' for tensor '{name}' (roles: {roles})") from None
-        symbol = m.string("symbol") if "symbol" in m else default_symbol(name)
+        symbol = _symbol(m, name)
         dtype = m.string("dtype") if "dtype" in m else None
         if dtype is not None and dtype not in DTYPE_NAMES:
             raise SpecError(m.location("dtype"), f"unknown dtype '{dtype}' for tensor '{name}' "
@@ -153,7 +193,7 @@ def _params(root: y.Mapping) -> tuple[ParamSpec, ...]:
         if not required and "default" not in m:
             raise SpecError(y.where(root.path, node), f"parameter '{name}' needs a default or 'required: true'")
         default = _default(m, ptype, name) if "default" in m else None
-        symbol = m.string("symbol") if "symbol" in m else default_symbol(name)
+        symbol = _symbol(m, name)
         ignored = _bool(m, "ignored") if "ignored" in m else False
         bounds, bounds_text = _range(m, ptype, name) if "range" in m else (None, None)
         out.append(ParamSpec(name, ptype, m.string("doc").strip(), symbol, default, y.where(root.path, node),
@@ -182,7 +222,23 @@ def _default(m: y.Mapping, ptype: ParamType, name: str) -> str:
     if not ok:
         raise SpecError(m.location("default"),
                         f"default of {ptype.value} parameter '{name}' must be a {ptype.value} literal, got {y.describe(node)}")
+    if ptype is ParamType.FLOAT:
+        _finite(text, m.location("default"), f"default of parameter '{name}'")
+    if ptype is ParamType.INT and not _INT64[0] <= int(text) <= _INT64[1]:
+        raise SpecError(m.location("default"), f"default of int parameter '{name}' is {text}, outside the "
+                                               "64-bit range the kernels take")
     return text
+
+
+def _finite(text: str, where, what: str) -> float:
+    """A float literal's value; one that overflows float64 (1e400) is refused, one that
+    underflows to zero (1e-400) is refused too: either would not mean what it says."""
+    value = float(text)
+    if math.isinf(value):
+        raise SpecError(where, f"{what} {text} overflows a float64")
+    if value == 0.0 and any(c in "123456789" for c in text.lower().split("e")[0]):
+        raise SpecError(where, f"{what} {text} underflows to 0 in a float64")
+    return value
 
 
 def _range(m: y.Mapping, ptype: ParamType, name: str):
@@ -191,7 +247,8 @@ def _range(m: y.Mapping, ptype: ParamType, name: str):
     if ptype is ParamType.BOOL or len(items) != 2 or not all(y.is_plain(n) and _FLOAT.match(t)
                                                              for n, t in zip(items, texts)):
         raise SpecError(m.location("range"), f"range of parameter '{name}' must be [low, high], two numbers")
-    low, high = float(texts[0]), float(texts[1])
+    low, high = (_finite(text, y.where(m.path, node), f"range bound of parameter '{name}'")
+                 for text, node in zip(texts, items))
     if low > high:
         raise SpecError(m.location("range"), f"range of parameter '{name}' is empty: {texts[0]} > {texts[1]}")
     return (low, high), (texts[0], texts[1])
@@ -282,7 +339,8 @@ def _multi(root: y.Mapping, tensors, params) -> MultiSpec:
     pairs = []
     for key_node, value_node in per.yaml_node.value:
         public = y.scalar_text(root.path, value_node, f"the list name of '{key_node.value}'")
-        if not _NAME.match(public) or public in by_name or public in {t.name for t in tensors}:
+        n.check_identifier(public, "the per-tensor list name", y.where(root.path, value_node))
+        if public in by_name or public in {t.name for t in tensors}:
             raise SpecError(y.where(root.path, value_node), f"'{public}' is not a free name for a per-tensor list")
         if not by_name[key_node.value].required:
             raise SpecError(y.where(root.path, key_node), f"per-tensor parameter '{key_node.value}' must be "
@@ -323,5 +381,7 @@ def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSp
             raise SpecError(p.location, f"parameter '{p.name}' is never used by the math "
                                         "(mark it 'ignored: true' if it is accepted only for compatibility)")
     for s in math.statements:
-        if s.kind is RefKind.TEMP and s.target not in read and s.target != output:
-            raise SpecError(s.location, f"temporary '{s.target}' is assigned but never used")
+        if s.kind is RefKind.TEMP:
+            n.check_identifier(s.target, "temporary", s.location)
+            if s.target not in read and s.target != output:
+                raise SpecError(s.location, f"temporary '{s.target}' is assigned but never used")

@@ -16,6 +16,7 @@ from opgen.expr.hoist import KernelProgram
 from opgen.expr.rows import RowProgram
 from opgen.expr.tree import Expr, Program, VType, refs
 from opgen.kinds import OUT, Schedule, TensorRole
+from opgen.spec.names import multi_name
 
 __all__ = ["MultiSpec", "OpSpec", "PARAM_VTYPES", "ParamSpec", "ParamType", "RowSparseSpec", "TensorRole",
            "TensorSpec", "OUT"]
@@ -94,9 +95,15 @@ class OpSpec:
     program: KernelProgram  # the math split into a per-call prologue and a per-element body
     rows: RowProgram | None = None  # the body split around its per-row statements (per-row ops)
     skip_if: Expr | None = None  # a condition on the parameters: when true the call changes nothing
-    skip_if_text: str = ""
     output: str | None = None  # a temporary written to `out` instead of a new weight (weight read-only)
     multi: MultiSpec | None = None  # the public function takes MXNet's multi-tensor convention
+    location: Location | None = None  # where the spec names the op
+
+    @property
+    def entry_points(self) -> tuple[str, ...]:
+        """The functions the op's module exports: the op, and its multi-tensor form where the
+        op has a multi kernel and keeps the one-tensor signature."""
+        return (self.name,) + ((multi_name(self.name),) if self.has_multi and self.multi is None else ())
 
     # -- derived facts ---------------------------------------------------------------
     @property

@@ -33,9 +33,52 @@ def compose(path: str, text: str) -> yaml.Node:
         raise SpecError(Location(path, line, col), f"invalid YAML: {exc.problem or exc.context}") from None
     except yaml.YAMLError as exc:  # errors without a mark
         raise SpecError(Location(path, 1, 1), f"invalid YAML: {exc}") from None
+    except RecursionError:  # PyYAML composes nested collections recursively
+        raise SpecError(Location(path, 1, 1), "invalid YAML: collections nested too deeply") from None
     if node is None:
         raise SpecError(Location(path, 1, 1), "the spec is empty")
+    _check_text(path, node)
     return node
+
+
+def _unwritable(ch: str) -> str | None:
+    """Why a character may not stand in spec text, or None. YAML's escapes ("\\0",
+    "\\ud800") can spell any code point; these no generated file can carry as plain text."""
+    code = ord(ch)
+    if code == 0:
+        return "a NUL character"
+    if 0xD800 <= code <= 0xDFFF:
+        return "a lone surrogate"
+    if 0x202A <= code <= 0x202E or 0x2066 <= code <= 0x2069 or code in (0x200E, 0x200F, 0x061C):
+        return "a bidirectional-text control character"  # can make code read differently than it runs
+    if (code < 0x20 and ch not in "\n\t") or 0x7F <= code <= 0x9F or code in (0x2028, 0x2029, 0xFEFF):
+        return "a control character"
+    return None
+
+
+def _check_text(path: str, root: yaml.Node) -> None:
+    """Every scalar (keys too) is text that generated files can hold."""
+    stack = [root]
+    while stack:
+        node = stack.pop()
+        if isinstance(node, yaml.ScalarNode):
+            for k, ch in enumerate(node.value):
+                problem = _unwritable(ch)
+                if problem is not None:
+                    raise SpecError(_char_location(path, node, k), f"the text holds {problem} "
+                                                                    f"(U+{ord(ch):04X}), which is not allowed")
+        elif isinstance(node, yaml.MappingNode):
+            stack.extend(item for pair in reversed(node.value) for item in reversed(pair))
+        elif isinstance(node, yaml.SequenceNode):
+            stack.extend(reversed(node.value))
+
+
+def _char_location(path: str, node: yaml.ScalarNode, index: int) -> Location:
+    """The place of character ``index`` of a one-line plain scalar; otherwise the scalar's."""
+    at = where(path, node)
+    if node.style is None and "\n" not in node.value[:index] and node.start_mark.line == node.end_mark.line:
+        return Location(path, at.line, at.col + index)
+    return at
 
 
 def describe(node: yaml.Node) -> str:

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from opgen.dtypes import PARAM_KINDS, dtype_list
+from opgen.escape import md_cell, md_code, md_inline, md_text
 from opgen.expr.latex import LatexPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.expr.tree import RefKind
 from opgen.spec.model import OpSpec, TensorRole
-from opgen.targets.python_api import out_doc, param_note, result_doc, signature, tensor_doc
+from opgen.targets.python_api import out_doc, param_note, result_doc, signature, skip_if_text, tensor_doc
 
 _DOC_TYPES = {t: k.doc for t, k in PARAM_KINDS.items()}
 
@@ -64,20 +65,20 @@ def context(op: OpSpec) -> dict:
     rows = PseudoPrinter("[row]")
     kinds = {TensorRole.GRAD: "ndarray or RowSparseArray", TensorRole.SCALAR: "float or one-element ndarray"}
     arguments = [
-        f"**{t.name}** ({kinds.get(t.role, 'ndarray')}) – {t.doc.rstrip('.')}. {tensor_doc(op, t)}"
+        f"**{t.name}** ({kinds.get(t.role, 'ndarray')}) – {md_inline(t.doc.rstrip('.'))}. {tensor_doc(op, t)}"
         for t in op.tensors
     ]
     for p in op.params:
         kind = "required" if p.required else f"optional, default={p.default}"
-        arguments.append(f"**{p.name}** ({_DOC_TYPES[p.type]}, {kind}) – {' '.join(p.doc.split())}{param_note(p)}")
+        arguments.append(f"**{p.name}** ({_DOC_TYPES[p.type]}, {kind}) – {md_inline(p.doc)}{param_note(p)}")
     arguments.append(f"**out** (ndarray, optional) – {out_doc(op)}")
     lazy = op.row_sparse.always_lazy or op.row_sparse.lazy_param is not None
     return {
         "op": op.name,
-        "spec": op.path,
+        "spec": md_code(op.path),
         "signature": f"{op.name}({signature(op)})",
-        "summary": op.summary,
-        "description": op.description,
+        "summary": md_inline(op.summary),
+        "description": md_text(op.description),
         "latex": [latex.statement(s) + (r" \\" if k + 1 < len(op.math.statements) else "")
                   for k, s in enumerate(op.math.statements)],
         "dense_code": [dense.statement(s) for s in op.math.statements],
@@ -87,12 +88,12 @@ def context(op: OpSpec) -> dict:
         "arguments": arguments,
         "returns": f"ndarray – `out`, holding {result_doc(op)}. "
                    + " ".join(f"`{s.name}` is updated in place." for s in op.states),
-        "skip_if": op.skip_if_text,
-        "deviations": list(op.deviations) + ([_per_call_text(op)] if _per_call_text(op) else []),
+        "skip_if": md_code(skip_if_text(op)) if op.skip_if is not None else "",
+        "deviations": [md_inline(d) for d in op.deviations] + ([_per_call_text(op)] if _per_call_text(op) else []),
         "dtypes": _dtypes_text(op),
     }
 
 
 def index_context(ops: list[OpSpec]) -> dict:
-    return {"dtypes": dtype_list(), "ops": [{"name": op.name, "summary": op.summary, "signature": f"{op.name}({signature(op)})"}
-                    for op in ops]}
+    return {"dtypes": dtype_list(), "ops": [{"name": op.name, "summary": md_cell(op.summary),
+                                             "signature": md_code(f"{op.name}({signature(op)})")} for op in ops]}
