@@ -20,6 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from opgen.dtypes import DOUBLE, DType, MathType
+from opgen.escape import c_comment
 from opgen.expr.printers.c import CPrinter, c_name
 from opgen.expr.tree import Assign, Expr, Ref, RefKind, VType, refs
 from opgen.spec.model import OUT, OpSpec
@@ -46,11 +47,6 @@ class LoopNames:
 
 
 LOOP = LoopNames()
-
-
-def c_comment(text: str) -> str:
-    """Spec text as the inside of a C comment: one line, never closing the comment."""
-    return " ".join(text.split()).replace("*/", "* /")
 
 
 def _value_type(vtype: VType, math: MathType) -> str:
