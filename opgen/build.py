@@ -53,6 +53,8 @@ class BuildResult:
     report: SyncReport
     compiled: tuple[str, ...]
     compile_seconds: float
+    compiler_missing: str | None = None  # why no C compiler works: the NumPy backend will be used
+    compile_failed: str | None = None  # the compiler rejected generated C (a bug in opgen)
 
 
 def environment(templates: Path) -> jinja2.Environment:
@@ -125,10 +127,19 @@ def build(specs: Path, out: Path, templates: Path = DEFAULT_TEMPLATES, check: bo
     except ForeignFiles as exc:
         raise OutputError(str(exc)) from None
     compiled: tuple[str, ...] = ()
+    missing = failed = None
     started = time.perf_counter()
     if compile_c and not check:
-        compiled = compile_kernels(out, [op.name for op in ops])
-    return BuildResult(tuple(op.name for op in ops), report, compiled, time.perf_counter() - started)
+        from opgen.cbuild import CompileError, CompilerUnavailable
+
+        try:
+            compiled = compile_kernels(out, [op.name for op in ops])
+        except CompilerUnavailable as exc:
+            missing = str(exc)
+        except CompileError as exc:
+            failed = str(exc)
+    return BuildResult(tuple(op.name for op in ops), report, compiled, time.perf_counter() - started,
+                       missing, failed)
 
 
 def compile_kernels(out: Path, names: list[str]) -> tuple[str, ...]:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import warnings
 from pathlib import Path
 
 from opgen import __version__
@@ -23,11 +24,29 @@ def _parser() -> argparse.ArgumentParser:
     b.add_argument("--check", action="store_true",
                    help="write nothing; exit 1 if the output folder differs from what the specs give")
     b.add_argument("--no-compile", action="store_true", help="do not compile the C kernels")
+    c = sub.add_parser("cache", help="show the compiled-kernel cache: its folder, kernels and size")
+    c.add_argument("--clear", action="store_true",
+                   help="remove the compiled kernels (and leftovers of killed builds) that opgen put there")
     return parser
+
+
+def _warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """Warnings as one line, without opgen's source location."""
+    print(f"opgen: warning: {str(message).removeprefix('opgen: ')}", file=sys.stderr)
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    shown, warnings.showwarning = warnings.showwarning, _warning
+    try:
+        return _run(args)
+    finally:
+        warnings.showwarning = shown
+
+
+def _run(args: argparse.Namespace) -> int:
+    if args.command == "cache":
+        return _cache(args.clear)
     if not args.specs.is_dir():
         print(f"opgen: error: spec folder '{args.specs}' does not exist", file=sys.stderr)
         return 2
@@ -43,16 +62,6 @@ def main(argv: list[str] | None = None) -> int:
     except OutputError as exc:
         print(f"opgen: error: {exc}", file=sys.stderr)
         return 2
-    except Exception as exc:  # a compiler that fails is reported, not dumped
-        from opgen.cbuild import CompileError, CompilerUnavailable
-
-        if isinstance(exc, CompilerUnavailable):
-            print(f"opgen: warning: {exc}; the NumPy backend will be used", file=sys.stderr)
-            return 0
-        if isinstance(exc, CompileError):
-            print(f"opgen: error: {exc}", file=sys.stderr)
-            return 1
-        raise
     report = result.report
     if args.check:
         if report.changed:
@@ -73,6 +82,29 @@ def main(argv: list[str] | None = None) -> int:
           f"{len(report.removed)} removed{leftovers}, in {args.out}")
     if result.compiled:
         print(f"opgen: C kernels of {len(result.compiled)} ops ready in {result.compile_seconds:.1f} s")
+    if result.compiler_missing:
+        print(f"opgen: warning: {result.compiler_missing}; the NumPy backend will be used", file=sys.stderr)
+    if result.compile_failed:
+        print(f"opgen: error: {result.compile_failed}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def _cache(clear: bool) -> int:
+    """``opgen cache``: where compiled kernels are kept, how many and how big; ``--clear``
+    removes them (only opgen's files: anything else in the folder stays)."""
+    from opgen import cbuild
+
+    if clear:
+        try:
+            removed = cbuild.clear_cache()
+        except OSError as exc:
+            print(f"opgen: error: {exc}", file=sys.stderr)
+            return 1
+        print(f"opgen: removed {removed} files from {cbuild.cache_dir()}")
+        return 0
+    info = cbuild.cache_info()
+    print(f"opgen: cache folder {info.path}: {info.entries} compiled kernels, {info.bytes / 1e6:.1f} MB")
     return 0
 
 

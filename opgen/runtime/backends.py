@@ -11,9 +11,13 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import os
+import sys
+import threading
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -203,6 +207,10 @@ NUMPY, C, CUDA = NumpyBackend(), CBackend(), CudaBackend()
 REGISTRY: dict[str, Backend] = {b.name: b for b in (NUMPY, C, CUDA)}
 
 
+_warned_no_compiler = [False]  # CompilerUnavailable is the same for every op: warned once per process
+_warn_lock = threading.Lock()
+
+
 def backend_for(op, adapter: ArrayAdapter) -> Backend:
     """The backend a call on these arrays runs on."""
     if adapter.device:
@@ -215,9 +223,34 @@ def backend_for(op, adapter: ArrayAdapter) -> Backend:
     except (cbuild.CompilerUnavailable, cbuild.CompileError) as exc:
         if preference == "c":
             raise
-        if not op.warned_c_unavailable:
-            op.warned_c_unavailable = True
-            warnings.warn(f"{op.name}: C backend unavailable, using the NumPy backend ({exc})",
-                          RuntimeWarning, stacklevel=5)
+        _warn_fallback(op, exc)
         return REGISTRY["numpy"]
     return REGISTRY["c"]
+
+
+def _warn_fallback(op, exc: Exception) -> None:
+    """One warning for a compiler that cannot work here (not one per op), one per op whose
+    own C failed to compile; either way the op runs on NumPy, with the same numbers."""
+    with _warn_lock:
+        if isinstance(exc, cbuild.CompilerUnavailable):
+            if _warned_no_compiler[0]:
+                return
+            _warned_no_compiler[0] = True
+            message = f"opgen: C backend unavailable, using the NumPy backend for every op ({exc})"
+        else:
+            if op.warned_c_unavailable:
+                return
+            op.warned_c_unavailable = True
+            message = f"{op.name}: C kernel failed to build, using the NumPy backend ({exc})"
+    warnings.warn(message, RuntimeWarning, stacklevel=_user_level(op))
+
+
+def _user_level(op) -> int:
+    """The warnings stacklevel of the user's line (from _warn_fallback): the first frame
+    outside opgen and the op's generated package, however deep the call path."""
+    inside = tuple(str(Path(folder).resolve().parent) + os.sep  # opgen/, and the package of csrc/OP.c
+                   for folder in (Path(__file__).parent, Path(op.c_source).parent))
+    frame, level = sys._getframe(2), 2  # backend_for's frame, level 2 from _warn_fallback
+    while frame is not None and frame.f_code.co_filename.startswith(inside):
+        frame, level = frame.f_back, level + 1
+    return level
