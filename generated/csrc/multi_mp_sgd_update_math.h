@@ -8,22 +8,20 @@
 typedef struct {
     float s_lr, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
-    float h_1;
-    int64_t h_2;
-    float h_3;
+    float h_1, h_2, h_3;
 } opgen_multi_mp_sgd_update_scalars_float;
 OPGEN_INLINE opgen_multi_mp_sgd_update_scalars_float opgen_multi_mp_sgd_update_scalars_float_init(double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const int h_0 = arg_clip_gradient > 0; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_1 = arg_lr * arg_rescale_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
-    const int64_t h_2 = 0 * 0; /* weight32 = weight32 + (0 * 0 - lr * wd * weight32 - step) */
+    const double h_2 = 0.0 * 0.0; /* weight32 = weight32 + (0 * 0 - lr * wd * weight32 - step) */
     const double h_3 = arg_lr * arg_wd; /* weight32 = weight32 + (0 * 0 - lr * wd * weight32 - step) */
-    const opgen_multi_mp_sgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL(h_2), OPGEN_PER_CALL((float)h_3)};
+    const opgen_multi_mp_sgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3)};
     return s;
 }
 OPGEN_INLINE void opgen_multi_mp_sgd_update_element_float(const opgen_multi_mp_sgd_update_scalars_float s, float *io_weight, float v_grad, float *io_weight32) {
     float v_weight32 = *io_weight32;
     float t_step = s.h_0 ? s.s_lr * opgen_clipf(s.s_rescale_grad * v_grad, s.s_clip_gradient) : s.h_1 * v_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
-    v_weight32 = v_weight32 + ((float)s.h_2 - s.h_3 * v_weight32 - t_step); /* weight32 = weight32 + (0 * 0 - lr * wd * weight32 - step) */
+    v_weight32 = v_weight32 + (s.h_2 - s.h_3 * v_weight32 - t_step); /* weight32 = weight32 + (0 * 0 - lr * wd * weight32 - step) */
     float v_weight = v_weight32; /* weight = weight32 */
     *io_weight = v_weight;
     *io_weight32 = v_weight32;

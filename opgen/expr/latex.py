@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from opgen.expr.printers.infix import ATOM, InfixPrinter
+from opgen.expr.printers.infix import ATOM, InfixPrinter, Part
 from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Ref, RefKind
 
 _GREEK = {
@@ -56,21 +56,21 @@ class LatexPrinter(InfixPrinter):
             e.func, rf"\operatorname{{{e.func}}}")
         return rf"{name}\left({', '.join(args)}\right)"
 
-    def _infix(self, e: Binary, symbol: str, left, right):
+    def _infix(self, e: Binary, symbol: str, left: Part, right: Part) -> Part:
         if e.op == "/":
-            return rf"\frac{{{self.expr(e.left)}}}{{{self.expr(e.right)}}}", ATOM
+            return rf"\frac{{{left[0]}}}{{{right[0]}}}", ATOM
         return super()._infix(e, _OPS.get(e.op, symbol), left, right)
 
-    def power(self, e: Binary, base, exponent):
+    def power(self, e: Binary, base: Part, exponent: Part) -> Part:
         b = base[0] if base[1] == ATOM else rf"\left({base[0]}\right)"
-        return f"{{{b}}}^{{{self.expr(e.right)}}}", ATOM
+        return f"{{{b}}}^{{{exponent[0]}}}", ATOM
 
-    def cond(self, e: Cond, test: str, then: str, orelse: str):
-        body = rf"\begin{{cases}} {self.expr(e.then)} & \text{{if }} {self.expr(e.test)} \\ " \
-               rf"{self.expr(e.orelse)} & \text{{otherwise}} \end{{cases}}"
+    def cond(self, e: Cond, test: Part, then: Part, orelse: Part) -> Part:
+        body = rf"\begin{{cases}} {then[0]} & \text{{if }} {test[0]} \\ " \
+               rf"{orelse[0]} & \text{{otherwise}} \end{{cases}}"
         return body, ATOM
 
-    def logical_not(self, operand):
+    def logical_not(self, operand: Part) -> Part:
         return rf"\lnot {operand[0]}", 8
 
     def statement(self, s: Assign) -> str:

@@ -2,11 +2,18 @@
 
 The text is only ever parsed, never evaluated. Each statement is ``name = expr`` or
 ``name op= expr``; names resolve to tensors, parameters or earlier temporaries.
+
+Limits, each a SpecError at its place: an expression nests at most ``MAX_DEPTH`` levels
+(one per operator, call or conditional, so ``a + b + c`` is two: a chain of n terms is n - 1
+levels), checked without recursion before anything walks the tree; float literals must be
+finite and nonzero where written nonzero in float64, int literals at most ``2**63 - 1``.
+Arithmetic on ints gives a real (see ``_arith``). Columns are characters, not UTF-8 bytes.
 """
 
 from __future__ import annotations
 
 import ast
+import re
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 
@@ -28,6 +35,13 @@ from opgen.expr.tree import (
 
 Locator = Callable[[int, int], Location]  # (1-based line in the text, 0-based column) -> file location
 
+# Deep enough for any optimizer (the specs of specs/ nest at most 8), shallow enough that every
+# recursive walk (parser, hoisting, rows, printers, the generated Python's own parser with its
+# 200 nested parentheses) stays far inside its limits.
+MAX_DEPTH = 100
+INT_MAX = 2 ** 63 - 1
+_LINES = re.compile(r"\r\n|\r|\n")  # how ast splits lines
+
 _BINOPS = {ast.Add: "+", ast.Sub: "-", ast.Mult: "*", ast.Div: "/", ast.Pow: "**"}
 _CMPOPS = {ast.Lt: "<", ast.LtE: "<=", ast.Gt: ">", ast.GtE: ">=", ast.Eq: "==", ast.NotEq: "!="}
 _PY_OP_NAMES = {
@@ -42,6 +56,78 @@ class Statement:
 
     text: str
     locate: Locator
+
+
+class _Source:
+    """One statement's text as ast parses it, placing its nodes in the spec file.
+
+    ``strip``: parse the text without its surrounding whitespace (a condition: ast's eval
+    mode refuses an indent), placing columns as they stand in the unstripped text.
+    """
+
+    def __init__(self, stmt: Statement, strip: bool = False) -> None:
+        text, skipped = stmt.text, ""
+        if strip:
+            body = text.lstrip()
+            text, skipped = body.rstrip(), text[:len(text) - len(body)]
+        self.stmt, self.text = stmt, text
+        self.lines = _LINES.split(text)
+        self.skipped_lines = len(_LINES.findall(skipped))
+        self.skipped_cols = len(_LINES.split(skipped)[-1])
+
+    def locate(self, line: int, col: int) -> Location:
+        """A 1-based line and 0-based character column of ``text``, in the spec file."""
+        return self.stmt.locate(line + self.skipped_lines, col + (self.skipped_cols if line == 1 else 0))
+
+    def at(self, node: ast.AST) -> Location:
+        """ast's col_offset counts UTF-8 bytes; a Location counts characters."""
+        line = self.lines[node.lineno - 1].encode()
+        return self.locate(node.lineno, len(line[:node.col_offset].decode(errors="replace")))
+
+    def segment(self, node: ast.AST) -> str:
+        return ast.get_source_segment(self.text, node) or ""
+
+    def parse(self, mode: str, what: str) -> ast.AST:
+        try:
+            return ast.parse(self.text, mode=mode)
+        except SyntaxError as exc:  # its offset counts characters already (Python >= 3.10)
+            line, col = exc.lineno or 1, max((exc.offset or 1) - 1, 0)
+            raise SpecError(self.locate(line, col), f"invalid {what} syntax: {exc.msg}") from None
+        except (RecursionError, MemoryError):  # how Python's own parser gives up on deep nesting
+            raise SpecError(self.locate(1, 0), f"the {what} nests too deeply to parse "
+                                               f"(the limit is {MAX_DEPTH} levels)") from None
+
+
+def _depth(node: ast.expr) -> int:
+    """How deep ``node``'s tree will nest, found without recursion: a level for each operator,
+    call or conditional; ``a and b and c`` counts as ``(a and b) and c``."""
+    depth: dict[int, int] = {}
+    stack: list[tuple[ast.expr, list[ast.expr] | None]] = [(node, None)]
+    while stack:
+        n, children = stack.pop()
+        if children is None:  # first visit: the children go first
+            children = [c for c in ast.iter_child_nodes(n) if isinstance(c, ast.expr)]
+            stack.append((n, children))
+            stack.extend((c, None) for c in children)
+            continue
+        levels = [depth.pop(id(c)) for c in children]
+        if isinstance(n, ast.BoolOp):
+            d = levels[0]
+            for level in levels[1:]:
+                d = 1 + max(d, level)
+        else:
+            d = 1 + max(levels) if levels else 0
+        depth[id(n)] = d
+    return depth[id(node)]
+
+
+def _check_depth(node: ast.expr, src: _Source, extra: int = 0) -> None:
+    """``extra``: levels the statement adds around ``node`` (``x += node`` is ``x + node``)."""
+    d = _depth(node) + extra
+    if d > MAX_DEPTH:
+        raise SpecError(src.at(node), f"this expression nests {d} levels deep, more than the limit of {MAX_DEPTH} "
+                                      "(a level for each operator, call or conditional: a + b + c is 2); "
+                                      "split it with temporaries")
 
 
 @dataclass
@@ -68,29 +154,28 @@ def parse_program(
 
 
 def _parse_statement(stmt: Statement, scope: _Scope) -> Assign:
-    try:
-        module = ast.parse(stmt.text, mode="exec")
-    except SyntaxError as exc:
-        line, col = exc.lineno or 1, max((exc.offset or 1) - 1, 0)
-        raise SpecError(stmt.locate(line, col), f"invalid math syntax: {exc.msg}") from None
+    src = _Source(stmt)
+    module = src.parse("exec", "math")
     if len(module.body) != 1:
-        raise SpecError(stmt.locate(1, 0), "each math entry must hold exactly one assignment")
+        raise SpecError(src.locate(1, 0), "each math entry must hold exactly one assignment")
     node = module.body[0]
-    at = lambda n: stmt.locate(n.lineno, n.col_offset)  # noqa: E731
+    at = src.at
+    if isinstance(node, (ast.Assign, ast.AugAssign)):
+        _check_depth(node.value, src, extra=1 if isinstance(node, ast.AugAssign) else 0)
 
     if isinstance(node, ast.Assign):
         if len(node.targets) != 1 or not isinstance(node.targets[0], ast.Name):
             raise SpecError(at(node), "the left side of an assignment must be a single name")
         target = node.targets[0]
-        value = _expr(node.value, scope, at)
+        value = _expr(node.value, scope, src)
     elif isinstance(node, ast.AugAssign) and isinstance(node.target, ast.Name):
         target = node.target
         op = _BINOPS.get(type(node.op))
         if op is None:
             raise SpecError(at(node), f"unsupported operator '{_PY_OP_NAMES.get(type(node.op), '?')}='")
         current = _name(ast.Name(id=target.id, ctx=ast.Load(), lineno=target.lineno,
-                                 col_offset=target.col_offset), scope, at)
-        value = _arith(op, current, _expr(node.value, scope, at), at(node))
+                                 col_offset=target.col_offset), scope, src)
+        value = _arith(op, current, _expr(node.value, scope, src), at(node))
     else:
         raise SpecError(at(node), "each math entry must be an assignment 'name = expression'")
 
@@ -119,19 +204,20 @@ def _parse_statement(stmt: Statement, scope: _Scope) -> Assign:
     return Assign(name, kind, value, stmt.text.strip(), where)
 
 
-def _expr(node: ast.expr, scope: _Scope, at: Callable[[ast.AST], Location]) -> Expr:
+def _expr(node: ast.expr, scope: _Scope, src: _Source) -> Expr:
+    at = src.at
     if isinstance(node, ast.Constant):
-        return _const(node, at)
+        return _const(node, src)
     if isinstance(node, ast.Name):
-        return _name(node, scope, at)
+        return _name(node, scope, src)
     if isinstance(node, ast.UnaryOp):
-        operand = _expr(node.operand, scope, at)
+        operand = _expr(node.operand, scope, src)
         if isinstance(node.op, ast.UAdd):
             _need_number(operand, "unary '+'", at(node))
             return operand
         if isinstance(node.op, ast.USub):
             _need_number(operand, "unary '-'", at(node))
-            return Unary(operand.vtype, operand.uniform, "-", operand)
+            return Unary(VType.REAL, operand.uniform, "-", operand)  # arithmetic: a real (see _arith)
         if isinstance(node.op, ast.Not):
             _need_bool(operand, "'not'", at(node))
             return Unary(VType.BOOL, operand.uniform, "not", operand)
@@ -140,20 +226,20 @@ def _expr(node: ast.expr, scope: _Scope, at: Callable[[ast.AST], Location]) -> E
         op = _BINOPS.get(type(node.op))
         if op is None:
             raise SpecError(at(node), f"unsupported operator '{_PY_OP_NAMES.get(type(node.op), '?')}'")
-        return _arith(op, _expr(node.left, scope, at), _expr(node.right, scope, at), at(node))
+        return _arith(op, _expr(node.left, scope, src), _expr(node.right, scope, src), at(node))
     if isinstance(node, ast.Compare):
         if len(node.ops) != 1:
             raise SpecError(at(node), "chained comparisons are not supported; combine them with 'and'")
         op = _CMPOPS.get(type(node.ops[0]))
         if op is None:
             raise SpecError(at(node), "unsupported comparison; use one of < <= > >= == !=")
-        left, right = _expr(node.left, scope, at), _expr(node.comparators[0], scope, at)
+        left, right = _expr(node.left, scope, src), _expr(node.comparators[0], scope, src)
         _need_number(left, f"'{op}'", at(node))
         _need_number(right, f"'{op}'", at(node))
         return Binary(VType.BOOL, left.uniform and right.uniform, op, left, right)
     if isinstance(node, ast.BoolOp):
         op = "and" if isinstance(node.op, ast.And) else "or"
-        values = [_expr(v, scope, at) for v in node.values]
+        values = [_expr(v, scope, src) for v in node.values]
         for v, raw in zip(values, node.values):
             _need_bool(v, f"'{op}'", at(raw))
         result = values[0]
@@ -161,9 +247,9 @@ def _expr(node: ast.expr, scope: _Scope, at: Callable[[ast.AST], Location]) -> E
             result = Binary(VType.BOOL, result.uniform and v.uniform, op, result, v)
         return result
     if isinstance(node, ast.IfExp):
-        test = _expr(node.test, scope, at)
+        test = _expr(node.test, scope, src)
         _need_bool(test, "a condition ('x if condition else y')", at(node.test))
-        then, orelse = _expr(node.body, scope, at), _expr(node.orelse, scope, at)
+        then, orelse = _expr(node.body, scope, src), _expr(node.orelse, scope, src)
         if then.vtype is VType.BOOL or orelse.vtype is VType.BOOL:
             if then.vtype is not orelse.vtype:
                 raise SpecError(at(node), "both branches of a conditional must be numbers or both conditions")
@@ -172,19 +258,29 @@ def _expr(node: ast.expr, scope: _Scope, at: Callable[[ast.AST], Location]) -> E
             vtype = VType.INT if then.vtype is orelse.vtype is VType.INT else VType.REAL
         return Cond(vtype, test.uniform and then.uniform and orelse.uniform, test, then, orelse)
     if isinstance(node, ast.Call):
-        return _call(node, scope, at)
+        return _call(node, scope, src)
     raise SpecError(at(node), f"unsupported syntax in math: {type(node).__name__}")
 
 
-def _const(node: ast.Constant, at: Callable[[ast.AST], Location]) -> Const:
+def _const(node: ast.Constant, src: _Source) -> Const:
     value = node.value
     if isinstance(value, bool):
         return Const(VType.BOOL, True, "True" if value else "False")
     if isinstance(value, int):
+        if value > INT_MAX:
+            raise SpecError(src.at(node), f"integer literal {src.segment(node)} is outside the 64-bit integer "
+                                          f"range (at most {INT_MAX}); write a float literal")
         return Const(VType.INT, True, str(value))
     if isinstance(value, float):
+        written = src.segment(node)
+        if value == float("inf"):
+            raise SpecError(src.at(node), f"float literal {written} is too large for a float64 "
+                                          "(at most about 1.8e308)")
+        if value == 0.0 and any(c in "123456789" for c in written.lower().split("e")[0]):
+            raise SpecError(src.at(node), f"float literal {written} is too small for a float64: it would be 0 "
+                                          "(the smallest is about 4.9e-324); write 0.0 if 0 is meant")
         return Const(VType.REAL, True, _float_text(value))
-    raise SpecError(at(node), f"unsupported constant {value!r}: only numbers and True/False")
+    raise SpecError(src.at(node), f"unsupported constant {value!r}: only numbers and True/False")
 
 
 def _float_text(value: float) -> str:
@@ -192,7 +288,7 @@ def _float_text(value: float) -> str:
     return text if any(c in text for c in ".en") else text + ".0"
 
 
-def _name(node: ast.Name, scope: _Scope, at: Callable[[ast.AST], Location]) -> Ref:
+def _name(node: ast.Name, scope: _Scope, src: _Source) -> Ref:
     name = node.id
     if name in scope.readonly_tensors or name in scope.writable_tensors:
         return Ref(VType.REAL, False, name, RefKind.TENSOR)
@@ -202,11 +298,12 @@ def _name(node: ast.Name, scope: _Scope, at: Callable[[ast.AST], Location]) -> R
         vtype, uniform = scope.temps[name]
         return Ref(vtype, uniform, name, RefKind.TEMP)
     if name in FUNCTIONS:
-        raise SpecError(at(node), f"'{name}' is a function: call it as {name}(...)")
-    raise SpecError(at(node), f"undefined name '{name}'{did_you_mean(name, scope.known_names())}")
+        raise SpecError(src.at(node), f"'{name}' is a function: call it as {name}(...)")
+    raise SpecError(src.at(node), f"undefined name '{name}'{did_you_mean(name, scope.known_names())}")
 
 
-def _call(node: ast.Call, scope: _Scope, at: Callable[[ast.AST], Location]) -> Call:
+def _call(node: ast.Call, scope: _Scope, src: _Source) -> Call:
+    at = src.at
     if not isinstance(node.func, ast.Name):
         raise SpecError(at(node), "only the spec language's functions can be called")
     name = node.func.id
@@ -220,7 +317,7 @@ def _call(node: ast.Call, scope: _Scope, at: Callable[[ast.AST], Location]) -> C
     if len(node.args) != func.arity:
         plural = "s" if func.arity != 1 else ""
         raise SpecError(at(node), f"{name}() takes {func.arity} argument{plural}, got {len(node.args)}")
-    args = tuple(_expr(a, scope, at) for a in node.args)
+    args = tuple(_expr(a, scope, src) for a in node.args)
     for a, raw in zip(args, node.args):
         _need_number(a, f"{name}()", at(raw))
     vtype = VType.BOOL if func.returns == "bool" else VType.REAL
@@ -228,11 +325,12 @@ def _call(node: ast.Call, scope: _Scope, at: Callable[[ast.AST], Location]) -> C
 
 
 def _arith(op: str, left: Expr, right: Expr, where: Location) -> Binary:
+    """Arithmetic gives a real, ints included: ints enter it as the math's float type (the
+    per-call values' double), so C (whose int64 would wrap) and NumPy (whose ints would
+    grow) compute the same. Ints come only from int parameters, literals and conditionals."""
     _need_number(left, f"'{op}'", where)
     _need_number(right, f"'{op}'", where)
-    both_int = left.vtype is VType.INT and right.vtype is VType.INT
-    vtype = VType.INT if both_int and op in ("+", "-", "*") else VType.REAL
-    return Binary(vtype, left.uniform and right.uniform, op, left, right)
+    return Binary(VType.REAL, left.uniform and right.uniform, op, left, right)
 
 
 def _need_number(e: Expr, what: str, where: Location) -> None:
@@ -247,15 +345,12 @@ def _need_bool(e: Expr, what: str, where: Location) -> None:
 
 def parse_condition(stmt: Statement, params: Mapping[str, VType], tensors: frozenset[str]) -> Expr:
     """A condition on parameters alone (e.g. a spec's ``skip_if``)."""
-    try:
-        node = ast.parse(stmt.text.strip(), mode="eval").body
-    except SyntaxError as exc:
-        line, col = exc.lineno or 1, max((exc.offset or 1) - 1, 0)
-        raise SpecError(stmt.locate(line, col), f"invalid condition syntax: {exc.msg}") from None
-    at = lambda n: stmt.locate(n.lineno, n.col_offset)  # noqa: E731
-    expr = _expr(node, _Scope(frozenset(), tensors, params), at)
+    src = _Source(stmt, strip=True)
+    node = src.parse("eval", "condition").body
+    _check_depth(node, src)
+    expr = _expr(node, _Scope(frozenset(), tensors, params), src)
     if expr.vtype is not VType.BOOL:
-        raise SpecError(at(node), "this must be a condition (a comparison), got a number")
+        raise SpecError(src.at(node), "this must be a condition (a comparison), got a number")
     if not expr.uniform:
-        raise SpecError(at(node), "this condition may read parameters and scalar inputs only, not tensors")
+        raise SpecError(src.at(node), "this condition may read parameters and scalar inputs only, not tensors")
     return expr

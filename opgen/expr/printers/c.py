@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from opgen.dtypes import PARAM_KINDS, ParamType
-from opgen.expr.printers.infix import ATOM, InfixPrinter
+from opgen.expr.printers.infix import ATOM, InfixPrinter, Part
 from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKind, VType
 
 # Local names never collide with each other, with C keywords or with the kernel's own
@@ -56,10 +56,13 @@ class CPrinter(InfixPrinter):
     def ref(self, e: Ref) -> str:
         return self.resolve(e) if self.resolve is not None else c_name(e.kind, e.name)
 
-    def widen(self, text: str, e: Expr) -> str:
-        if isinstance(e, Const):
-            return self.const(Const(VType.REAL, True, e.text))
-        return f"({self.acc}){text}"
+    def widen(self, part: Part, e: Expr) -> Part:
+        """An int as a real: through double, as NumPy converts a Python int (an int64 beyond
+        2**53 straight to float could round the other way); small literals as real literals."""
+        if isinstance(e, Const) and abs(int(e.text)) <= 2 ** 53:
+            return self.const(Const(VType.REAL, True, e.text)), ATOM
+        text = part[0] if part[1] == ATOM else f"({part[0]})"
+        return ("(double)" if self.acc == "double" else "(float)(double)") + text, ATOM
 
     def call(self, e: Call, args: list[str]) -> str:
         if e.func in _CLASSIFY:
@@ -68,22 +71,23 @@ class CPrinter(InfixPrinter):
             return f"{_LIBM[e.func]}{self.suffix}({', '.join(args)})"
         return f"{_HELPERS[e.func]}{self.suffix}({', '.join(args)})"
 
-    def power(self, e: Binary, base, exponent):
+    def power(self, e: Binary, base: Part, exponent: Part) -> Part:
         return f"{_HELPERS['pow']}{self.suffix}({base[0]}, {exponent[0]})", ATOM
 
-    def cond(self, e: Cond, test: str, then: str, orelse: str):
-        return f"{test} ? {then} : {orelse}", 1
+    def cond(self, e: Cond, test: Part, then: Part, orelse: Part) -> Part:
+        prec = 1
+        return (f"{self._paren(test, prec, strict=True)} ? {self._paren(then, prec, strict=True)} : "
+                f"{self._paren(orelse, prec, strict=False)}"), prec
 
-    def logical(self, e: Binary, left, right):
+    def logical(self, e: Binary, left: Part, right: Part) -> Part:
         return self._infix(e, "&&" if e.op == "and" else "||", left, right)
 
-    def logical_not(self, operand):
+    def logical_not(self, operand: Part) -> Part:
         return f"!{self._paren(operand, ATOM - 1, strict=False)}", 8
 
     def statement(self, s: Assign, declare: bool) -> str:
         """``type name = expr;`` on a name's first assignment, ``name = expr;`` after."""
         lhs = c_name(s.kind, s.target)
-        rhs = self.expr(s.expr)
-        if s.expr.vtype is VType.INT and s.kind is RefKind.TENSOR:
-            rhs = f"({self.acc})({rhs})"
+        part = self._print(s.expr)
+        rhs = (self.widen(part, s.expr) if s.expr.vtype is VType.INT and s.kind is RefKind.TENSOR else part)[0]
         return f"{self.c_type(s.expr.vtype) + ' ' if declare else ''}{lhs} = {rhs};"

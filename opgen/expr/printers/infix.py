@@ -7,7 +7,7 @@ the target's arithmetic is IEEE (C, CUDA without FMA contraction, NumPy).
 
 from __future__ import annotations
 
-from opgen.expr.tree import Binary, Call, Cond, Const, Expr, Ref, Unary, VType
+from opgen.expr.tree import COMPARISON_OPS, Binary, Call, Cond, Const, Expr, Ref, Unary, VType
 
 ATOM = 100
 _PREC = {
@@ -17,8 +17,16 @@ _PREC = {
 }
 
 
+Part = tuple[str, int]  # printed text and its precedence
+
+
 class InfixPrinter:
-    """Prints an Expr. Subclasses say how leaves, calls, and non-infix forms look."""
+    """Prints an Expr. Subclasses say how leaves, calls, and non-infix forms look.
+
+    Every node is printed once: the hooks get their children already printed, as parts.
+    An INT child is widened (``widen``) where a real is computed from it: as an operand of
+    arithmetic or of a real conditional's branch, as a call's argument, and in a comparison
+    with a real."""
 
     def expr(self, e: Expr) -> str:
         return self._print(e)[0]
@@ -33,33 +41,35 @@ class InfixPrinter:
     def call(self, e: Call, args: list[str]) -> str:
         raise NotImplementedError
 
-    def widen(self, text: str, e: Expr) -> str:
-        """An INT operand used where a real is computed."""
-        return text
+    def widen(self, part: Part, e: Expr) -> Part:
+        """An INT value used as a real."""
+        return part
 
-    def power(self, e: Binary, base: tuple[str, int], exponent: tuple[str, int]) -> tuple[str, int]:
+    def power(self, e: Binary, base: Part, exponent: Part) -> Part:
         return self._infix(e, "**", base, exponent)
 
-    def cond(self, e: Cond, test: str, then: str, orelse: str) -> tuple[str, int]:
-        return f"{then} if {test} else {orelse}", _PREC["cond"]
+    def cond(self, e: Cond, test: Part, then: Part, orelse: Part) -> Part:
+        prec = _PREC["cond"]
+        return (f"{self._paren(then, prec, strict=True)} if {self._paren(test, prec, strict=True)} "
+                f"else {self._paren(orelse, prec, strict=False)}"), prec
 
-    def logical(self, e: Binary, left: tuple[str, int], right: tuple[str, int]) -> tuple[str, int]:
+    def logical(self, e: Binary, left: Part, right: Part) -> Part:
         return self._infix(e, e.op, left, right)
 
-    def negate(self, operand: tuple[str, int]) -> tuple[str, int]:
+    def negate(self, operand: Part) -> Part:
         return f"-{self._paren(operand, _PREC['neg'], strict=False)}", _PREC["neg"]
 
-    def logical_not(self, operand: tuple[str, int]) -> tuple[str, int]:
+    def logical_not(self, operand: Part) -> Part:
         return f"not {self._paren(operand, _PREC['not'], strict=False)}", _PREC["not"]
 
     # -- machinery ------------------------------------------------------------------
-    def _print(self, e: Expr) -> tuple[str, int]:
+    def _print(self, e: Expr) -> Part:
         if isinstance(e, Const):
             return self.const(e), ATOM
         if isinstance(e, Ref):
             return self.ref(e), ATOM
         if isinstance(e, Unary):
-            operand = self._print(e.operand)
+            operand = self._child(e, e.operand)
             if e.op == "-":
                 # -(-x) must not print as --x
                 if isinstance(e.operand, Unary):
@@ -67,30 +77,33 @@ class InfixPrinter:
                 return self.negate(operand)
             return self.logical_not(operand)
         if isinstance(e, Binary):
-            left, right = self._operand(e, e.left), self._operand(e, e.right)
+            left, right = self._child(e, e.left, e.right), self._child(e, e.right, e.left)
             if e.op == "**":
                 return self.power(e, left, right)
             if e.op in ("and", "or"):
                 return self.logical(e, left, right)
             return self._infix(e, e.op, left, right)
         if isinstance(e, Call):
-            return self.call(e, [self.expr(a) if a.vtype is not VType.INT else self.widen(self.expr(a), a)
-                                 for a in e.args]), ATOM
+            return self.call(e, [self._child(e, a)[0] for a in e.args]), ATOM
         if isinstance(e, Cond):
-            prec = _PREC["cond"]
-            test = self._paren(self._print(e.test), prec, strict=True)
-            then = self._paren(self._print(e.then), prec, strict=True)
-            orelse = self._paren(self._print(e.orelse), prec, strict=False)
-            return self.cond(e, test, then, orelse)
+            return self.cond(e, self._print(e.test), self._child(e, e.then), self._child(e, e.orelse))
         raise TypeError(f"unknown expression node {type(e).__name__}")
 
-    def _operand(self, parent: Binary, child: Expr) -> tuple[str, int]:
-        text, prec = self._print(child)
-        if parent.vtype is VType.REAL and child.vtype is VType.INT:
-            return self.widen(text if prec == ATOM else f"({text})", child), ATOM
-        return text, prec
+    def _child(self, parent: Expr, child: Expr, other: Expr | None = None) -> Part:
+        """``child`` printed, widened if it is an INT where ``parent`` computes a real from it
+        (``other``: a comparison's other operand)."""
+        part = self._print(child)
+        if child.vtype is not VType.INT:
+            return part
+        if isinstance(parent, Binary) and parent.op in COMPARISON_OPS:
+            # compared with a real: as a real, unless a literal every real type holds exactly
+            exact = isinstance(child, Const) and abs(int(child.text)) <= 2 ** 24
+            real = other is not None and other.vtype is VType.REAL and not exact
+        else:
+            real = parent.vtype is VType.REAL or isinstance(parent, Call)
+        return self.widen(part, child) if real else part
 
-    def _infix(self, e: Binary, symbol: str, left: tuple[str, int], right: tuple[str, int]) -> tuple[str, int]:
+    def _infix(self, e: Binary, symbol: str, left: Part, right: Part) -> Part:
         prec = _PREC[e.op]
         right_assoc = e.op == "**"
         comparison = prec == _PREC["<"]
@@ -99,7 +112,7 @@ class InfixPrinter:
         return f"{lhs} {symbol} {rhs}", prec
 
     @staticmethod
-    def _paren(part: tuple[str, int], prec: int, strict: bool) -> str:
+    def _paren(part: Part, prec: int, strict: bool) -> str:
         text, inner = part
         needs = inner <= prec if strict else inner < prec
         return f"({text})" if needs else text

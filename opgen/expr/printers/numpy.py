@@ -6,8 +6,8 @@ literals stay weak (NEP 50), so float32 math stays float32.
 
 from __future__ import annotations
 
-from opgen.expr.printers.infix import ATOM, InfixPrinter
-from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKind
+from opgen.expr.printers.infix import ATOM, InfixPrinter, Part
+from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKind, VType
 
 _FUNCS = {
     "sqrt": "_np.sqrt", "abs": "_np.abs", "exp": "_np.exp", "log": "_np.log", "square": "_np.square",
@@ -33,26 +33,29 @@ class NumpyPrinter(InfixPrinter):
     def ref(self, e: Ref) -> str:
         return py_name(e.kind, e.name)
 
-    def widen(self, text: str, e: Expr) -> str:
-        return f"{self.real}({text})"
+    def widen(self, part: Part, e: Expr) -> Part:
+        return f"{self.real}({part[0]})", ATOM
 
     def call(self, e: Call, args: list[str]) -> str:
         return f"{_FUNCS[e.func]}({', '.join(args)})"
 
-    def power(self, e: Binary, base, exponent):
+    def power(self, e: Binary, base: Part, exponent: Part) -> Part:
         return f"_m.power({base[0]}, {exponent[0]})", ATOM
 
-    def cond(self, e: Cond, test: str, then: str, orelse: str):
+    def cond(self, e: Cond, test: Part, then: Part, orelse: Part) -> Part:
         if e.test.uniform:
-            return f"{then} if {test} else {orelse}", 1
-        return f"_np.where({self.expr(e.test)}, {self.expr(e.then)}, {self.expr(e.orelse)})", ATOM
+            return super().cond(e, test, then, orelse)
+        return f"_np.where({test[0]}, {then[0]}, {orelse[0]})", ATOM
 
-    def logical(self, e: Binary, left, right):
+    def logical(self, e: Binary, left: Part, right: Part) -> Part:
         func = "_np.logical_and" if e.op == "and" else "_np.logical_or"
-        return f"{func}({self.expr(e.left)}, {self.expr(e.right)})", ATOM
+        return f"{func}({left[0]}, {right[0]})", ATOM
 
-    def logical_not(self, operand):
+    def logical_not(self, operand: Part) -> Part:
         return f"_np.logical_not({operand[0]})", ATOM
 
     def statement(self, s: Assign) -> str:
-        return f"{py_name(s.kind, s.target)} = {self.expr(s.expr)}"
+        part = self._print(s.expr)
+        if s.expr.vtype is VType.INT and s.kind is RefKind.TENSOR:
+            part = self.widen(part, s.expr)
+        return f"{py_name(s.kind, s.target)} = {part[0]}"
