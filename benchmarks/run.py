@@ -112,6 +112,33 @@ def many_tensors(count: int, size: int, repeat: int, torch) -> dict[str, float]:
     return out
 
 
+def plan_recheck(count: int, size: int, repeat: int) -> tuple[float, float]:
+    """(seconds with, seconds without) the cached plan's per-call re-check of its arrays
+    (opgen.runtime.multi._RECHECK_PLAN): one adam_update_multi call on count tensors of size
+    float32 elements, in place, the plan cached. The two are timed alternately, one call at
+    a time, so drift on a noisy machine reaches both alike."""
+    from opgen.runtime import multi
+
+    lists = [adam_arrays(size, seed=k) for k in range(count)]
+    ws, gs, ms, vs = (list(col) for col in zip(*lists))
+    flag = multi._RECHECK_PLAN
+    saved = flag[0]
+    times: dict[bool, list[float]] = {True: [], False: []}
+    with use_backend("c"):
+        adam_update_multi(ws, gs, ms, vs, out=ws, **ADAM)  # plans and caches
+        try:
+            for k in range(2 * repeat + 4):
+                on = k % 2 == 0
+                flag[0] = on
+                start = time.perf_counter()
+                adam_update_multi(ws, gs, ms, vs, out=ws, **ADAM)
+                if k >= 4:  # the first round of each warms up
+                    times[on].append(time.perf_counter() - start)
+        finally:
+            flag[0] = saved
+    return statistics.median(times[True]), statistics.median(times[False])
+
+
 def call_overhead(repeat: int) -> tuple[float, float]:
     """(wrapper seconds, bare C call seconds) for one adam step on 1,000 float32 elements."""
     w, g, m, v = adam_arrays(1000)
@@ -215,6 +242,13 @@ def main() -> None:
     for name, seconds in mt.items():
         rows.append((f"{count} tensors x {size}, {name}", f"{seconds * 1e3:.3f} ms",
                      "" if name == "opgen multi" else f"opgen multi is {seconds / base:.1f}x faster"))
+
+    for size_ in (size, 10):
+        checked, unchecked = plan_recheck(count, size_, 20 * repeat)
+        rows.append((f"{count} tensors x {size_}, opgen multi (cached plan): re-check on vs off",
+                     f"{checked * 1e3:.3f} vs {unchecked * 1e3:.3f} ms",
+                     f"the re-check takes {checked / unchecked:.2f}x the time, "
+                     f"{(checked - unchecked) / (4 * count) * 1e9:.0f} ns per array"))
 
     wrapped, bare = call_overhead(repeat)
     rows.append(("per call, 1,000 elements: wrapper vs bare C call", f"{wrapped * 1e6:.2f} vs {bare * 1e6:.2f} µs",

@@ -64,12 +64,22 @@ class ArrayAdapter:
         return lo_a < hi_b and lo_b < hi_a and hi_a > lo_a and hi_b > lo_b
 
 
+# Which NumPy arrays the runtime takes: numpy.ndarray itself, and the subclasses known to
+# keep its element semantics (numpy.memmap: an ndarray over a mapped file, nothing more).
+# Any other subclass may change what its elements mean -- numpy.ma.MaskedArray hides some
+# behind a mask, numpy.matrix changes shapes and products -- which the kernels, reading the
+# raw memory, would silently ignore; so it is refused with a TypeError naming the argument
+# (numpy.asarray(x) passes its plain data, on purpose). A subclass joins this tuple only
+# when every element of its memory means what it means in a plain ndarray.
+SAFE_NDARRAY_SUBCLASSES: tuple[type, ...] = (np.memmap,)
+
+
 class NumpyArrays(ArrayAdapter):
     name = "NumPy (host)"
     type_names = "numpy.ndarray"
 
     def owns(self, value) -> bool:
-        return isinstance(value, np.ndarray)
+        return type(value) is np.ndarray or isinstance(value, SAFE_NDARRAY_SUBCLASSES)
 
     def module(self, value):
         return np
@@ -106,8 +116,18 @@ class CupyArrays(ArrayAdapter):
         return value.data.ptr
 
     def byte_bounds(self, value) -> tuple[int, int]:
+        # From the strides, not nbytes: a strided or reversed view spans more than its
+        # nbytes, and a reversed one starts below its pointer.
         start = value.data.ptr
-        return (start, start + max(value.nbytes, 1)) if value.size else (start, start)
+        if not value.size:
+            return start, start
+        low = high = start
+        for n, stride in zip(value.shape, value.strides):
+            if stride < 0:
+                low += stride * (n - 1)
+            else:
+                high += stride * (n - 1)
+        return low, high + value.itemsize
 
     def device_id(self, value) -> int | None:
         return value.device.id
@@ -182,6 +202,41 @@ def adapter_for(value) -> ArrayAdapter | None:
         if adapter.owns(value):
             return adapter
     return None
+
+
+def refused_subclass(value) -> str | None:
+    """For an ndarray subclass that the runtime refuses (see SAFE_NDARRAY_SUBCLASSES), the
+    end of the error message that says why; None for anything else."""
+    if not isinstance(value, np.ndarray) or NUMPY.owns(value):
+        return None
+    cls = type(value)
+    module = "numpy.ma" if cls.__module__ == "numpy.ma.core" else cls.__module__
+    return (f"is a {module}.{cls.__qualname__}: numpy.ndarray subclasses other than numpy.memmap are refused, "
+            "as they may change what elements mean (a mask, matrix semantics) and the kernels would "
+            "ignore that; pass numpy.asarray(...) to use the plain data")
+
+
+def may_overlap_itself(array) -> bool:
+    """Whether two elements of ``array`` (NumPy or CuPy) may share memory, as a zero stride
+    (np.broadcast_to) or overlapping strides (as_strided) make them; an array the kernels
+    write must not, or one element's update would overwrite another's.
+
+    Sound (never False for an array whose elements overlap) and cheap: contiguous arrays
+    answer from their flags; otherwise the axes of length > 1, sorted by |stride|, must each
+    step over everything the smaller ones span. That may refuse a few exotic interleaved
+    layouts that do not overlap, never accepts one that does.
+    """
+    flags = array.flags
+    if flags.c_contiguous or flags.f_contiguous:
+        return False
+    if array.size <= 1:
+        return False
+    extent = array.itemsize  # bytes spanned by the axes seen so far
+    for stride, n in sorted((abs(s), n) for s, n in zip(array.strides, array.shape) if n > 1):
+        if stride < extent:
+            return True
+        extent += stride * (n - 1)
+    return False
 
 
 def accepted_types(*extra: str) -> str:

@@ -4,15 +4,20 @@ The C kernel updates every tensor in one parallel region. Each parameter is one 
 for all tensors or a sequence with a value per tensor (e.g. per-layer ``lr``/``wd``).
 Every list is checked in full on its first use; a later call with the very same array
 objects, in place (the usual optimizer loop), reuses those checks and the kernel's pointer
-tables. The cache holds references to the arrays, so they cannot be freed while cached;
-what it does not see is an array changed in place between calls by an operation that
-bypasses NumPy's own protection (``resize(refcheck=False)``) or made read-only later.
+tables. What can change in such an array between calls is checked again on every call:
+its shape, strides and dtype (all of them), its writeable flag (every array the kernel
+writes); a change sends the call through the full checks, which refuse it as they would on
+a first call, or make a new plan. Its memory cannot change: the cache holds a reference to
+every array (it cannot be freed) and a weak reference to the array that owns its memory,
+which makes NumPy refuse to ``resize`` that one, even with ``refcheck=False``, while it is
+cached.
 """
 
 from __future__ import annotations
 
 import itertools
 import operator
+import weakref
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -22,11 +27,20 @@ from opgen.dtypes import PARAM_KINDS, ParamType
 from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen import cbuild
 from opgen.runtime import backends
-from opgen.runtime.arrays import adapter_for, present, same_view
+from opgen.runtime.arrays import adapter_for, present, refused_subclass, same_view
 from opgen.runtime.operator import Operator
 from opgen.runtime.rowsparse import RowSparseArray
 
 # per-tensor parameter lists, packed as the multi kernel's tables take them
+
+# Whether a cached plan re-checks its arrays on every call (see _Plan.unchanged). Private:
+# the benchmarks turn it off to measure what the re-check costs; nothing else should.
+_RECHECK_PLAN = [True]
+
+# An array's flags (a snapshot that compares by value): writeable, and C-contiguous, which
+# every array of a plan is and which a change of strides that matters (the deprecated
+# a.strides = ...) undoes. Comparing the flags objects is about twice as fast as flags.num.
+_SHAPE, _DTYPE, _FLAGS = operator.attrgetter("shape"), operator.attrgetter("dtype"), operator.attrgetter("flags")
 
 
 @dataclass(frozen=True)
@@ -51,6 +65,33 @@ class _Plan:
     keep_alive: tuple  # the from_buffer objects the tables point into
     targets: list
     from_buffer: object
+    # what the checks saw, compared on every cached call (set by _Plan.remember)
+    checked: tuple = ()  # the call's arrays without out (which is the weights when cached)
+    flags: list | None = None
+    shapes: list | None = None
+    dtypes: list | None = None
+    locks: tuple = ()  # weak references to the arrays that own the memory: no resize while cached
+
+    def remember(self, checked: tuple) -> None:
+        """Note what the full checks saw, and lock the memory in place."""
+        self.checked = checked
+        self.flags, self.shapes, self.dtypes = (list(map(_FLAGS, checked)), list(map(_SHAPE, checked)),
+                                                list(map(_DTYPE, checked)))
+        owners = {}
+        for array in checked:
+            while isinstance(array.base, np.ndarray):
+                array = array.base
+            owners[id(array)] = array
+        self.locks = tuple(weakref.ref(a) for a in owners.values())
+
+    def unchanged(self) -> bool:
+        """Whether the arrays are still as the checks saw them: none made read-only or
+        non-contiguous, no shape or dtype changed in place (a.flags.writeable = False,
+        a.strides = ..., a.shape = ..., a.dtype = ..., a.resize to the same size). About
+        150 ns an array (three attribute reads, in C loops), measured by benchmarks/run.py."""
+        checked = self.checked
+        return (list(map(_FLAGS, checked)) == self.flags and list(map(_SHAPE, checked)) == self.shapes
+                and list(map(_DTYPE, checked)) == self.dtypes)
 
 
 class MultiOperator:
@@ -127,7 +168,9 @@ class MultiOperator:
         plan = self._plan
         if plan is not None and out is not None and len(plan.arrays) == len(arrays) \
                 and all(map(operator.is_, arrays, plan.arrays)) and backends.current_backend() != "numpy":
-            return self._run_plan(plan, columns, count)  # the very same arrays as last time, in place
+            if not _RECHECK_PLAN[0] or plan.unchanged():
+                return self._run_plan(plan, columns, count)  # the very same arrays as last time, in place
+            self._plan = None  # changed since: the full checks below refuse it, or plan anew
         # arrays of other types as native views (the cached path above only ever holds native ones)
         views, presented = present(arrays)
         lists = [list(views[k * count:(k + 1) * count]) for k in range(len(lists))]
@@ -154,6 +197,9 @@ class MultiOperator:
     def _param_column(self, naming: _Naming, p, value, count: int):
         """A scalar (one value for all) or an array of one value per tensor."""
         label = naming.label(p.name)
+        refused = refused_subclass(value)
+        if refused is not None:
+            raise self._fail(naming, TypeError, label, refused)
         if isinstance(value, (list, tuple, np.ndarray)):
             array = np.asarray(value)
             if array.shape != (count,):
@@ -228,7 +274,9 @@ class MultiOperator:
         plan = _Plan(arrays, op.c_function(module, kernel), columns, sizes, tuple(tables), tuple(keep), targets,
                      ffi.from_buffer)
         if out is not None and all(t is w for t, w in zip(targets, lists[op.weight_index])):
-            self._plan = plan  # in place, as optimizers call it: the same pointers next time
+            # in place, as optimizers call it: the same pointers next time
+            plan.remember(tuple(itertools.chain(*lists)))
+            self._plan = plan
         return plan
 
     def _one_by_one(self, naming: _Naming, lists, columns, out, count: int) -> list:

@@ -1,7 +1,10 @@
 """What every generated function calls: validate the arguments, then run a kernel.
 
 All checks happen before anything is written, so a bad call raises ``TypeError`` or
-``ValueError`` naming the argument and leaves every array as it was. The checks are a
+``ValueError`` naming the argument and leaves every array as it was. Among them: ndarray
+subclasses that change what elements mean are refused (the rule is in opgen.runtime.arrays,
+SAFE_NDARRAY_SUBCLASSES), and no array the kernels write (states, ``out``, the weight as
+its own ``out``) may have elements that share memory (a zero or overlapping stride). The checks are a
 public API (:meth:`Operator.check`, :meth:`Operator.check_tensors`, :meth:`Operator.check_out`,
 :meth:`Operator.check_param`) that the multi-tensor path uses too; arrays are seen through
 their adapters (opgen.runtime.arrays) and run on a backend (opgen.runtime.backends) through
@@ -20,7 +23,8 @@ from opgen.dtypes import DTYPE_NAMES, PARAM_KINDS, ParamType, dtype_list
 from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen import cbuild
 from opgen.runtime import backends, cuda
-from opgen.runtime.arrays import accepted_types, adapter_for, array_module, kind, present, same_view
+from opgen.runtime.arrays import (accepted_types, adapter_for, array_module, kind, may_overlap_itself, present,
+                                  refused_subclass, same_view)
 from opgen.runtime.backends import Work
 from opgen.runtime.rowsparse import RowSparseArray
 from opgen.targets.abi import KernelABI
@@ -300,6 +304,7 @@ class Operator:
             if spec.role is TensorRole.STATE:
                 if not (value.flags.writeable if type(value) is np.ndarray else adapter_for(value).writeable(value)):
                     raise self._fail(ValueError, name, "is read-only; states are updated in place")
+                self._check_no_self_overlap(name, value, "states are updated in place")
                 states.append(value)
                 state_names.append(name)
         grad = tensors[self.grad_index]
@@ -324,7 +329,10 @@ class Operator:
         """A one-element input: a real number, or an array holding exactly one float."""
         if isinstance(value, _REAL) and not isinstance(value, (bool, np.bool_)):
             return float(value)
-        if not hasattr(value, "dtype") or not hasattr(value, "size"):
+        refused = refused_subclass(value)
+        if refused is not None:
+            raise self._fail(TypeError, name, refused)
+        if adapter_for(value) is None or not hasattr(value, "dtype") or not hasattr(value, "size"):
             raise self._fail(TypeError, name, f"must be a number or a one-element array, got {type(value).__name__}")
         self._check_same_side(name, value, weight, w_name)
         if value.dtype not in FLOAT_DTYPES:
@@ -347,10 +355,19 @@ class Operator:
 
     def _check_array(self, name: str, value, row_sparse_ok: bool = False) -> None:
         if adapter_for(value) is None:
+            refused = refused_subclass(value)
+            if refused is not None:
+                raise self._fail(TypeError, name, refused)
             kinds = accepted_types("RowSparseArray") if row_sparse_ok else accepted_types()
             raise self._fail(TypeError, name, f"must be a {kinds}, got {type(value).__name__}")
         if value.dtype not in FLOAT_DTYPES:
             raise self._fail(TypeError, name, f"has dtype {value.dtype}; expected {_DTYPE_TEXT}")
+
+    def _check_no_self_overlap(self, name: str, value, why: str) -> None:
+        """An array the kernels write: no two of its elements may share memory."""
+        if may_overlap_itself(value):
+            raise self._fail(ValueError, name, f"overlaps itself (shape {value.shape}, strides {value.strides}): "
+                                               f"some of its elements share memory, and {why}; pass a copy")
 
     def _check_row_sparse(self, name: str, grad: RowSparseArray, weight, w_name: str) -> None:
         if Schedule.LAZY not in self.schedules and Schedule.STANDARD not in self.schedules:
@@ -374,6 +391,9 @@ class Operator:
             return None
         adapter = adapter_for(weight)
         if adapter_for(out) is not adapter:
+            refused = refused_subclass(out)
+            if refused is not None:
+                raise self._fail(TypeError, out_name, refused)
             raise self._fail(TypeError, out_name, f"must be None or a {kind(weight)} array like '{w_name}', "
                                                   f"got {type(out).__name__}")
         xp = array_module(weight)
@@ -387,6 +407,8 @@ class Operator:
         if not adapter.writeable(out):
             name = w_name if same_view(out, weight) else out_name
             raise self._fail(ValueError, name, "is read-only; the result is written into out")
+        self._check_no_self_overlap(w_name if same_view(out, weight) else out_name, out,
+                                    "the result is written into out")
         grad_memory = grad.data if isinstance(grad, RowSparseArray) else grad
         g_name = names[self.grad_index]
         state_names = self._state_names if names is self.names else \
