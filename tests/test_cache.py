@@ -405,3 +405,24 @@ def test_clear_cache_removes_a_real_entry(tmp_path, built_cache, monkeypatch):
     [library] = libraries(cache)
     assert cbuild.cache_info() == (cache, 1, library.stat().st_size + 65)
     assert cbuild.clear_cache() == 2 and not any(cache.iterdir())
+
+
+@needs_cc
+def test_the_opgen_cache_command_shows_and_clears_only_opgens_files(tmp_path, built_cache):
+    cache = tmp_path / "cache"
+    shutil.copytree(built_cache, cache)
+    (cache / "notes.txt").write_text("mine")
+    [library] = libraries(cache)
+    size = library.stat().st_size + 65  # the library and its hash file
+    env = {**os.environ, "OPGEN_CACHE_DIR": str(cache)}
+
+    def cli(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, "-m", "opgen", "cache", *args], capture_output=True, text=True, env=env)
+
+    shown = cli()
+    assert shown.returncode == 0 and shown.stdout.strip() == (f"opgen: cache folder {cache}: 1 compiled kernels, "
+                                                              f"{size / 1e6:.1f} MB")
+    cleared = cli("--clear")
+    assert cleared.returncode == 0 and cleared.stdout.strip() == f"opgen: removed 2 files from {cache}"
+    assert sorted(p.name for p in cache.iterdir()) == ["notes.txt"]
+    assert cli().stdout.strip() == f"opgen: cache folder {cache}: 0 compiled kernels, 0.0 MB"

@@ -63,6 +63,7 @@ PAYLOADS = [
     "*/ int pwned = 1; /*",
     "--> <script>alert(1)</script> <!--",
     "x | y | z",
+    "line one\n| a | b |\n## heading",
     "{{ 7 * 7 }} {% raw %}",
     "??/ trigraph",
     "`back`ticks`` and ```fences",
@@ -71,7 +72,8 @@ PAYLOADS = [
 
 def hostile_spec(payload: str) -> str:
     """Every free-text field of a spec holds ``payload``; the math line carries it as a comment."""
-    quoted = '"' + payload.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    quoted = '"' + payload.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n") + '"'
+    comment = quoted.replace("\\n", " ")  # a newline would end a math line's comment
     return textwrap.dedent(f"""\
         name: hostile_update
         summary: {quoted}
@@ -83,11 +85,11 @@ def hostile_spec(payload: str) -> str:
         params:
           - {{name: lr, type: float, required: true, doc: {quoted}}}
           - {{name: rescale_grad, type: float, default: 1.0, doc: {quoted}}}
-        skip_if: {'"rescale_grad == 0  # ' + quoted[1:]}
+        skip_if: {'"rescale_grad == 0  # ' + comment[1:]}
         deviations:
           - {quoted}
         math:
-          - {'"mom = 0.5 * mom + grad * rescale_grad  # ' + quoted[1:]}
+          - {'"mom = 0.5 * mom + grad * rescale_grad  # ' + comment[1:]}
           - weight = weight - lr * mom
         """)
 
