@@ -19,25 +19,10 @@ from opgen.build import build, render, DEFAULT_TEMPLATES
 from opgen.errors import SpecError
 from opgen.spec import load_specs
 from opgen.spec.loader import parse_spec
+from packages import import_fresh
+from test_spec_errors import BASE, P
 
 ROOT = Path(__file__).resolve().parent.parent
-P = "specs/toy_update.yaml"
-
-BASE = """\
-name: toy_update
-summary: A toy update.
-tensors:
-  - {name: weight, role: weight, doc: Weight}
-  - {name: grad, role: grad, doc: Gradient}
-  - {name: mom, role: state, doc: Momentum}
-params:
-  - {name: lr, type: float, required: true, doc: Learning rate}
-  - {name: momentum, type: float, default: 0.9, doc: Momentum}
-math:
-  - mom = momentum * mom - lr * grad
-  - weight = weight + mom
-"""
-
 
 def spec_error(text: str) -> str:
     with pytest.raises(SpecError) as info:
@@ -101,16 +86,6 @@ def build_hostile(tmp_path: Path, payload: str, folder: str = "specs", package: 
     (spec_dir / "hostile_update.yaml").write_text(hostile_spec(payload), encoding="utf-8")
     build(spec_dir, tmp_path / package, compile_c=compile_c)
     return tmp_path / package
-
-
-def import_fresh(tmp_path: Path, package: str):
-    sys.path.insert(0, str(tmp_path))
-    try:
-        for name in [m for m in sys.modules if m == package or m.startswith(package + ".")]:
-            del sys.modules[name]
-        return importlib.import_module(package)
-    finally:
-        sys.path.remove(str(tmp_path))
 
 
 @pytest.mark.parametrize("payload", PAYLOADS)

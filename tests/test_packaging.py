@@ -18,22 +18,9 @@ import pytest
 import opgen
 from opgen import writer
 from opgen.build import build
+from test_build import USER_SPEC
 
 ROOT = Path(__file__).resolve().parent.parent
-
-USER_SPEC = textwrap.dedent("""\
-    name: decay_update
-    summary: Decay towards zero, then step against the gradient.
-    tensors:
-      - {name: weight, role: weight, doc: Weight}
-      - {name: grad, role: grad, doc: Gradient}
-    params:
-      - {name: lr, type: float, required: true, doc: Learning rate}
-      - {name: keep, type: float, default: 0.5, doc: Fraction of the weight kept}
-    math:
-      - weight = keep * weight - lr * grad
-    """)
-
 
 def opgen_cli(*args: str, cwd: Path, executable: str = sys.executable) -> subprocess.CompletedProcess:
     return subprocess.run([executable, "-m", "opgen", *args], cwd=cwd, capture_output=True, text=True)

@@ -3,16 +3,13 @@ and character columns. Every broken input is a SpecError at its place, never a t
 
 from __future__ import annotations
 
-import importlib
-import sys
 import textwrap
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from opgen.build import DEFAULT_TEMPLATES, build, render
+from opgen.build import DEFAULT_TEMPLATES, render
 from opgen.errors import Location, SpecError
 from opgen.expr.latex import LatexPrinter
 from opgen.expr.parser import MAX_DEPTH, Statement, parse_program
@@ -22,6 +19,7 @@ from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.expr.tree import VType
 from opgen.runtime import use_backend
 from opgen.spec.loader import parse_spec
+from packages import build_package
 
 P = "specs/toy_update.yaml"
 MATH_LINE = 10  # the line of the first math entry in spec()
@@ -212,18 +210,6 @@ def test_ints_widen_in_every_printer_of_the_per_call_math():
     assert PseudoPrinter().expr(a) == "t * t * t"
 
 
-def build_package(tmp_path: Path, text: str, package: str):
-    spec_dir = tmp_path / f"{package}_specs"
-    spec_dir.mkdir()
-    (spec_dir / f"{package.removesuffix('_pkg')}.yaml").write_text(text)
-    build(spec_dir, tmp_path / package)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        return importlib.import_module(package)
-    finally:
-        sys.path.remove(str(tmp_path))
-
-
 INT_SPEC = """\
 name: cube
 summary: Adds t cubed, scaled, and t.
@@ -239,7 +225,7 @@ math:
 
 @pytest.fixture(scope="module")
 def cube_package(tmp_path_factory):
-    return build_package(tmp_path_factory.mktemp("cube"), INT_SPEC, "cube_pkg")
+    return build_package(tmp_path_factory.mktemp("cube"), {"cube": INT_SPEC}, "cube_pkg")
 
 
 @pytest.mark.parametrize("t", [3_000_000, 2 ** 60 + 2 ** 36 + 1, -(2 ** 63)])
@@ -263,7 +249,7 @@ def test_the_deepest_math_builds_compiles_and_agrees_in_c_and_numpy(tmp_path):
     names = [f"x{i}" for i in range(len(SHAPES))]
     math = [f"{n} = {make(MAX_DEPTH)}" for n, make in zip(names, SHAPES.values())]
     text = spec(*math, "weight = " + " + ".join(names), skip_if=" or ".join(["lr < 0"] * MAX_DEPTH))
-    package = build_package(tmp_path, text.replace("name: toy_update", "name: deep"), "deep_pkg")
+    package = build_package(tmp_path, {"deep": text.replace("name: toy_update", "name: deep")}, "deep_pkg")
     for dtype in (np.float32, np.float64):
         weight, grad = np.linspace(0.5, 1.5, 9).astype(dtype), np.linspace(0.1, 0.9, 9).astype(dtype)
         with use_backend("c"):

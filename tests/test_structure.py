@@ -8,15 +8,13 @@ import importlib
 import re
 import shutil
 import subprocess
-import sys
-import textwrap
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 import generated
-from opgen.build import build
+from packages import build_package
 from opgen.errors import SpecError
 from opgen.runtime import use_backend
 from opgen.runtime.arrays import ArrayAdapter
@@ -29,20 +27,6 @@ SPECS = sorted(p.stem for p in (ROOT / "specs").glob("*.yaml"))
 
 def module(op: str):
     return importlib.import_module(f"generated.{op}")
-
-
-def build_package(tmp_path: Path, specs: dict[str, str], package: str):
-    """Build ``specs`` (name -> YAML) into tmp_path/package and import it."""
-    spec_dir = tmp_path / f"{package}_specs"
-    spec_dir.mkdir()
-    for name, text in specs.items():
-        (spec_dir / f"{name}.yaml").write_text(textwrap.dedent(text))
-    build(spec_dir, tmp_path / package)
-    sys.path.insert(0, str(tmp_path))
-    try:
-        return importlib.import_module(package)
-    finally:
-        sys.path.remove(str(tmp_path))
 
 
 # ---- the kernel ABI ------------------------------------------------------------------------
