@@ -12,6 +12,7 @@ from __future__ import annotations
 import re
 
 _ENTITY = re.compile(r"&(#?[A-Za-z0-9]+;)")
+_FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
 _HTML_OPEN = re.compile(r"<(?=[A-Za-z/!?])")
 _CODE_SPAN = re.compile(r"(?<!`)(`+)(?!`).*?(?<!`)\1(?!`)", re.S)
 
@@ -83,6 +84,25 @@ def md_text(text: str) -> str:
 
 def _prose(text: str) -> str:
     return _HTML_OPEN.sub("&lt;", _ENTITY.sub(r"&amp;\1", text))
+
+
+def md_block(text: str) -> str:
+    """Markdown prose of several lines, as md_text, and closed: a code fence or a ``$$`` math
+    block the text opens and never closes would swallow the rest of the page."""
+    lines = md_text(text).split("\n")
+    fence = None
+    math_open = False
+    for line in lines:
+        match = _FENCE.match(line)
+        if match and (fence is None or match.group(1)[0] == fence[0] and len(match.group(1)) >= len(fence)):
+            fence = match.group(1) if fence is None else None
+        elif fence is None and line.count("$$") % 2:
+            math_open = not math_open
+    if fence is not None:
+        lines.append(fence)
+    elif math_open:
+        lines.append("$$")
+    return "\n".join(lines)
 
 
 def md_inline(text: str) -> str:

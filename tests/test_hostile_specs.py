@@ -367,3 +367,83 @@ def test_a_module_that_would_not_compile_is_a_build_error_naming_the_spec(tmp_pa
         render(ops, DEFAULT_TEMPLATES)
     assert str(info.value).startswith(f"{tmp_path}/specs/toy_update.yaml:1:7: the generated module toy_update.py "
                                       "does not compile (")
+
+
+# ---- found in review: YAML features, sizes, defaults, constant conditions, Markdown blocks ----
+
+@pytest.mark.parametrize("text, expected", [
+    ("x: &a [*a]\n", "13:4: YAML anchors (&name) are not allowed in a spec"),  # a cycle: used to hang
+    ("x0: &a0 [lol, lol]\nx1: [*a0, *a0]\n", "13:5: YAML anchors (&name) are not allowed in a spec"),
+    ("y: !!python/object:os.system foo\n", "13:4: YAML tags (!tag) are not allowed in a spec"),
+])
+def test_yaml_anchors_aliases_and_tags_are_refused_at_their_place(text, expected):
+    assert spec_error(BASE + text) == f"{P}:{expected}"
+
+
+def test_a_tag_on_a_value_is_refused_not_ignored():
+    text = edit("default: 0.9", "default: !!str 0.9")
+    assert spec_error(text) == f"{P}:9:44: YAML tags (!tag) are not allowed in a spec"
+
+
+def test_a_billion_laughs_spec_is_refused_at_once(tmp_path):
+    lines = ["x0: &a0 [lol, lol, lol, lol, lol, lol, lol, lol, lol]"]
+    lines += [f"x{k}: &a{k} [{', '.join([f'*a{k - 1}'] * 9)}]" for k in range(1, 12)]
+    assert spec_error(BASE + "\n".join(lines) + "\n") == f"{P}:13:5: YAML anchors (&name) are not allowed in a spec"
+
+
+def test_names_have_a_length_limit():
+    long = "o" + "x" * 64
+    assert spec_error(edit("name: toy_update", f"name: {long}")) == (
+        f"{P}:1:7: the op's name '{long}' is 65 characters long, more than the 64 a name may have")
+    assert parse_spec(edit("name: toy_update", "name: o" + "x" * 63), P).name == "o" + "x" * 63
+
+
+def test_a_spec_file_has_a_size_limit(tmp_path):
+    path = tmp_path / "toy_update.yaml"
+    path.write_text(BASE + "description: " + "x" * (1 << 20) + "\n")
+    from opgen.spec import load_spec
+
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert str(info.value) == f"{path}:1:1: the spec is {path.stat().st_size} bytes, more than the 1048576 a spec may hold"
+
+
+@pytest.mark.parametrize("change, expected", [
+    (("default: 0.9", "default: 5, range: [0, 1]"), "9:44: default 5 of parameter 'momentum' lies outside its range [0, 1]"),
+    (("default: 0.9", "default: -1e-9, range: [0, 1]"),
+     "9:44: default -1e-9 of parameter 'momentum' lies outside its range [0, 1]"),
+])
+def test_a_default_must_lie_in_its_range(change, expected):
+    assert spec_error(edit(*change)) == f"{P}:{expected}"
+
+
+INT_PARAM = "  - {name: steps, type: int, default: 3, ignored: true, doc: n}\n  - {name: momentum, type: float"
+
+
+def test_int_ranges_take_int_bounds_and_int_defaults_no_leading_zeros():
+    text = edit("  - {name: momentum, type: float", INT_PARAM)
+    ranged = edit("default: 3,", "default: 3, range: [0.5, 9],", text)
+    assert spec_error(ranged) == f"{P}:9:49: range of int parameter 'steps' must be [low, high], two ints"
+    zeros = edit("default: 3,", "default: 0012,", text)
+    assert spec_error(zeros) == f"{P}:9:39: default of int parameter 'steps' must be an int literal, got '0012'"
+    assert parse_spec(edit("default: 3,", "default: 0,", text), P).params[1].default == "0"
+
+
+@pytest.mark.parametrize("condition", ["True", "1 > 2", "not False"])
+def test_a_constant_skip_condition_is_refused(condition):
+    text = edit("math:", f"skip_if: {condition}\nmath:")
+    assert spec_error(text) == (f"{P}:10:10: skip_if reads no parameter or scalar input: it would always hold, "
+                                "or never")
+
+
+@pytest.mark.parametrize("description", ["```\nunclosed code", "~~~~\ncode", "a $$ b \\\\alpha"])
+def test_an_unclosed_markdown_block_in_a_description_ends_with_it(tmp_path, description):
+    quoted = '"' + description.replace("\n", "\\n") + '"'
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    (specs / "toy_update.yaml").write_text(edit("summary: A toy update.", f"summary: A toy update.\ndescription: {quoted}"))
+    build(specs, tmp_path / "pkg", compile_c=False)
+    page = (tmp_path / "pkg" / "docs" / "toy_update.md").read_text()
+    before, after = page.split("## Update rule", 1)
+    fences = [line for line in before.splitlines() if line.startswith(("```", "~~~"))]
+    assert len(fences) % 2 == 0 and before.count("$$") % 2 == 0, before  # closed before the next heading

@@ -20,8 +20,10 @@ from opgen.spec import yaml_nodes as y
 from opgen.spec.model import PARAM_VTYPES, MultiSpec, OpSpec, ParamSpec, ParamType, RowSparseSpec, TensorRole, TensorSpec
 
 _FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z")
-_INT = re.compile(r"[-+]?\d+\Z")
+_INT = re.compile(r"[-+]?(0|[1-9]\d*)\Z")  # no leading zeros: 012 means 12 to some readers, 10 to others
 _RESERVED = {n.OUT_ARGUMENT}
+_ARTICLE = {ParamType.FLOAT: "a", ParamType.INT: "an", ParamType.BOOL: "a"}
+MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; a bigger file is a mistake (or an attack)
 _INT64 = (-2**63, 2**63 - 1)  # int parameters cross the kernel ABI as int64_t
 # A LaTeX symbol is data in a $$ block of the docs: letters, digits, commands, sub- and
 # superscripts, primes and spacing; no '$', markup characters or environments.
@@ -39,6 +41,9 @@ def load_specs(spec_dir: Path) -> list[OpSpec]:
 def load_spec(path: Path) -> OpSpec:
     """Errors name ``path`` as given; generated files name the spec as ``FOLDER/NAME.yaml``,
     the same from any working directory."""
+    if path.stat().st_size > MAX_SPEC_BYTES:
+        raise SpecError(Location(str(path), 1, 1), f"the spec is {path.stat().st_size} bytes, more than the "
+                                                    f"{MAX_SPEC_BYTES} a spec may hold")
     try:
         text = path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -196,6 +201,10 @@ def _params(root: y.Mapping) -> tuple[ParamSpec, ...]:
         symbol = _symbol(m, name)
         ignored = _bool(m, "ignored") if "ignored" in m else False
         bounds, bounds_text = _range(m, ptype, name) if "range" in m else (None, None)
+        if bounds is not None and default is not None and ptype is not ParamType.BOOL \
+                and not bounds[0] <= float(default) <= bounds[1]:
+            raise SpecError(m.location("default"), f"default {default} of parameter '{name}' lies outside its "
+                                                   f"range [{bounds_text[0]}, {bounds_text[1]}]")
         out.append(ParamSpec(name, ptype, m.string("doc").strip(), symbol, default, y.where(root.path, node),
                              ignored, bounds, bounds_text))
     return tuple(out)
@@ -221,7 +230,8 @@ def _default(m: y.Mapping, ptype: ParamType, name: str) -> str:
                                                f"string {node.value!r}; write it without quotes")
     if not ok:
         raise SpecError(m.location("default"),
-                        f"default of {ptype.value} parameter '{name}' must be a {ptype.value} literal, got {y.describe(node)}")
+                        f"default of {ptype.value} parameter '{name}' must be {_ARTICLE[ptype]} {ptype.value} literal, "
+                        f"got {y.describe(node)}")
     if ptype is ParamType.FLOAT:
         _finite(text, m.location("default"), f"default of parameter '{name}'")
     if ptype is ParamType.INT and not _INT64[0] <= int(text) <= _INT64[1]:
@@ -249,6 +259,8 @@ def _range(m: y.Mapping, ptype: ParamType, name: str):
         raise SpecError(m.location("range"), f"range of parameter '{name}' must be [low, high], two numbers")
     low, high = (_finite(text, y.where(m.path, node), f"range bound of parameter '{name}'")
                  for text, node in zip(texts, items))
+    if ptype is ParamType.INT and not all(_INT.match(text) for text in texts):
+        raise SpecError(m.location("range"), f"range of int parameter '{name}' must be [low, high], two ints")
     if low > high:
         raise SpecError(m.location("range"), f"range of parameter '{name}' is empty: {texts[0]} > {texts[1]}")
     return (low, high), (texts[0], texts[1])
@@ -298,7 +310,11 @@ def _skip_if(root: y.Mapping, tensors, params):
     node = root.node("skip_if")
     text = y.scalar_text(root.path, node, "skip_if")
     arrays = frozenset(t.name for t in tensors if t.role is not TensorRole.SCALAR)
-    return parse_condition(Statement(text, _locator(root.path, node)), _uniform_names(tensors, params), arrays)
+    condition = parse_condition(Statement(text, _locator(root.path, node)), _uniform_names(tensors, params), arrays)
+    if not refs(condition):  # True: an op that never acts; False: dead text
+        raise SpecError(root.location("skip_if"), "skip_if reads no parameter or scalar input: it would always "
+                                                  "hold, or never")
+    return condition
 
 
 def _output(root: y.Mapping, math) -> str:

@@ -56,10 +56,17 @@ def multi_name(op_name: str) -> str:
     return op_name + PUBLIC_SUFFIX_MULTI
 
 
+# Names become file names (the op's compiled library is ``_opgen_NAME_<key>.<suffix>``,
+# about 60 characters besides NAME, under the usual 255-byte limit) and C identifiers.
+MAX_NAME_LENGTH = 64
+
+
 def identifier_problem(name: str) -> str | None:
     """Why ``name`` cannot be a name in every target, or None."""
     if not _IDENTIFIER.match(name):
         return "is not a valid name (ASCII letters, digits and '_', starting with a letter)"
+    if len(name) > MAX_NAME_LENGTH:
+        return f"is {len(name)} characters long, more than the {MAX_NAME_LENGTH} a name may have"
     if name in KEYWORDS:
         lang = "Python" if keyword.iskeyword(name) else "C, C++ or CUDA"
         return f"is a keyword of {lang}"

@@ -24,8 +24,21 @@ def where(path: str, node: yaml.Node) -> Location:
     return Location(path, node.start_mark.line + 1, node.start_mark.column + 1)
 
 
+# YAML features a spec has no use for, refused before composing: an alias can make the node
+# graph cyclic or exponentially large ("billion laughs"), and a tag would give a value
+# another meaning than the one its text reads as.
+_REFUSED_TOKENS = {yaml.AnchorToken: "anchors (&name)", yaml.AliasToken: "aliases (*name)",
+                   yaml.TagToken: "tags (!tag)"}
+
+
 def compose(path: str, text: str) -> yaml.Node:
     try:
+        for token in yaml.scan(text, Loader=yaml.SafeLoader):
+            refused = _REFUSED_TOKENS.get(type(token))
+            if refused is not None:
+                mark = token.start_mark
+                raise SpecError(Location(path, mark.line + 1, mark.column + 1),
+                                f"YAML {refused} are not allowed in a spec")
         node = yaml.compose(text, Loader=yaml.SafeLoader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from opgen.dtypes import PARAM_KINDS, dtype_list
-from opgen.escape import md_cell, md_code, md_inline, md_text
+from opgen.escape import md_block, md_cell, md_code, md_inline
 from opgen.expr.latex import LatexPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.expr.tree import RefKind
@@ -78,7 +78,7 @@ def context(op: OpSpec) -> dict:
         "spec": md_code(op.path),
         "signature": f"{op.name}({signature(op)})",
         "summary": md_inline(op.summary),
-        "description": md_text(op.description),
+        "description": md_block(op.description),
         "latex": [latex.statement(s) + (r" \\" if k + 1 < len(op.math.statements) else "")
                   for k, s in enumerate(op.math.statements)],
         "dense_code": [dense.statement(s) for s in op.math.statements],
