@@ -38,4 +38,4 @@ def _entry(name: str):
     return getattr(module, name), module._OP, getattr(module, "_PER_TENSOR", None)
 
 
-sys.exit(main({name: _entry(name) for name in OPS}))
+sys.exit(main({name: _entry(name) for name in OPS}, package=__package__))

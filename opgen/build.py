@@ -15,7 +15,7 @@ from opgen.errors import Location, SpecError
 from opgen.spec import OpSpec, load_specs
 from opgen.spec import names
 from opgen.targets import c_kernels, cuda_kernels, docs, python_api
-from opgen.writer import ForeignFiles, Outputs, SyncReport, sync
+from opgen.writer import BlockedFolders, ForeignFiles, Outputs, SyncReport, sync
 
 # (template, output path, context) for each op, then for the whole package.
 PER_OP: tuple[tuple[str, str, Callable[[OpSpec], dict]], ...] = (
@@ -79,12 +79,14 @@ def package_name(out: Path) -> str:
     problem = names.identifier_problem(name)
     if problem is not None or name in sys.stdlib_module_names or name in _IMPORTED:
         reason = problem or "is a name Python already uses"
-        raise OutputError(f"the output folder's name '{name}' is the package's import name, and it {reason}")
+        raise BuildError(f"the output folder's name '{name}' is the package's import name, and it {reason}")
     return name
 
 
-class OutputError(Exception):
-    """The output folder cannot hold a package (its name, or files opgen did not write)."""
+class BuildError(Exception):
+    """A build that cannot be done as asked (no specs; an output folder that cannot hold the
+    package: its name, files opgen did not write, a file where a folder must be, no
+    permission). Nothing was written, except where writing itself failed."""
 
 
 def render(ops: list[OpSpec], templates: Path, package: str = "generated") -> Outputs:
@@ -120,12 +122,19 @@ def _compiles(path: str, text: str, ops: list[OpSpec]) -> None:
 def build(specs: Path, out: Path, templates: Path = DEFAULT_TEMPLATES, check: bool = False,
           compile_c: bool = True) -> BuildResult:
     package = package_name(out)
+    if out.resolve() == specs.resolve():
+        raise BuildError(f"the output folder {out} is the spec folder; choose another --out")
     ops = load_specs(specs)  # raises SpecError before anything is written
+    if not ops:
+        raise BuildError(f"no specs (NAME.yaml files) in {specs}")
     outputs = render(ops, templates, package)
     try:
         report = sync(out, outputs, check=check)
-    except ForeignFiles as exc:
-        raise OutputError(str(exc)) from None
+    except (ForeignFiles, BlockedFolders) as exc:
+        raise BuildError(str(exc)) from None
+    except OSError as exc:  # permissions, a full disk: the write order kept the package importable
+        raise BuildError(f"cannot write the package into {out}: {exc.strerror or exc} "
+                         f"({exc.filename or out})") from None
     compiled: tuple[str, ...] = ()
     missing = failed = None
     started = time.perf_counter()

@@ -9,7 +9,7 @@ import warnings
 from pathlib import Path
 
 from opgen import __version__
-from opgen.build import DEFAULT_TEMPLATES, TARGETS, OutputError, build
+from opgen.build import DEFAULT_TEMPLATES, TARGETS, BuildError, build
 from opgen.errors import SpecError
 
 
@@ -59,7 +59,7 @@ def _run(args: argparse.Namespace) -> int:
     except SpecError as exc:
         print(exc, file=sys.stderr)
         return 2
-    except OutputError as exc:
+    except BuildError as exc:
         print(f"opgen: error: {exc}", file=sys.stderr)
         return 2
     report = result.report

@@ -38,6 +38,31 @@ class ForeignFiles(Exception):
                          f"{shown}; move them away or choose another --out")
 
 
+class BlockedFolders(Exception):
+    """Something that is not a folder stands where the build needs one."""
+
+    def __init__(self, paths: list[Path]) -> None:
+        self.paths = paths
+        super().__init__(f"{', '.join(str(p) for p in paths)} {'is' if len(paths) == 1 else 'are'} not a folder, "
+                         "but the build needs a folder there")
+
+
+def _blocked_folders(out_dir: Path, written: list[str]) -> list[Path]:
+    """The places where a folder of the output must be (the output folder, its nearest
+    existing ancestor, the package's subfolders) but something else is."""
+    blocked = []
+    for folder in (out_dir, *out_dir.parents):
+        if folder.exists() or folder.is_symlink():
+            if not folder.is_dir():
+                blocked.append(folder)
+            break
+    for sub in sorted({Path(rel).parent for rel in written} - {Path(".")}):
+        folder = out_dir / sub
+        if (folder.exists() or folder.is_symlink()) and not folder.is_dir():
+            blocked.append(folder)
+    return blocked
+
+
 def header(path: str, template: str, source: str) -> str:
     start, end, inert = _COMMENTS[Path(path).suffix]
     return (f"{start}{inert(f'{MARKER} from {source} with {template}.')} Do not edit: change the spec or the "
@@ -89,6 +114,9 @@ def sync(out_dir: Path, outputs: Outputs, check: bool) -> SyncReport:
     foreign = [out_dir / rel for rel in written if (out_dir / rel).exists() and not _is_generated(out_dir / rel)]
     if foreign:
         raise ForeignFiles(foreign)
+    blocked = _blocked_folders(out_dir, written)
+    if blocked:
+        raise BlockedFolders(blocked)
     leftovers = _leftovers(out_dir)
     removed = [rel for rel in _generated_files(out_dir) if rel not in outputs.files]
     if not check:

@@ -214,3 +214,51 @@ def test_the_package_imports_at_every_instant_of_a_build(tmp_path, monkeypatch, 
         steps += 1
     after = sorted(import_check(tmp_path).stdout.split())
     assert before != after and steps >= 2
+
+
+@pytest.mark.parametrize("where", ["afile", "afile/pkg", "pkg_with_cuda_file", "pkg_with_docs_file"])
+def test_a_file_where_the_build_needs_a_folder_is_one_clean_error(tmp_path, where):
+    user_specs(tmp_path)
+    (tmp_path / "afile").write_text("mine")
+    for folder in ("pkg_with_cuda_file", "pkg_with_docs_file"):
+        (tmp_path / folder).mkdir()
+    (tmp_path / "pkg_with_cuda_file" / "cuda").write_text("mine")
+    (tmp_path / "pkg_with_docs_file" / "docs").write_text("mine")
+    before = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    result = opgen_cli("build", "--no-compile", "--specs", "myspecs", "--out", where, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    blocked = {"afile": "afile", "afile/pkg": "afile", "pkg_with_cuda_file": "pkg_with_cuda_file/cuda",
+               "pkg_with_docs_file": "pkg_with_docs_file/docs"}[where]
+    assert result.stderr.strip() == f"opgen: error: {blocked} is not a folder, but the build needs a folder there"
+    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == before  # nothing written
+
+
+def test_an_output_folder_that_cannot_be_written_is_one_clean_error(tmp_path):
+    if os.geteuid() == 0:
+        target = "/proc/opgen_pkg"  # root may write anywhere but there
+    else:
+        (tmp_path / "locked").mkdir(mode=0o500)
+        target = str(tmp_path / "locked" / "pkg")
+    user_specs(tmp_path)
+    result = opgen_cli("build", "--no-compile", "--specs", "myspecs", "--out", target, cwd=tmp_path)
+    assert result.returncode == 2 and "Traceback" not in result.stderr, result.stderr
+    assert result.stderr.startswith(f"opgen: error: cannot write the package into {target}: ")
+
+
+def test_no_specs_and_the_spec_folder_as_output_are_refused(tmp_path):
+    (tmp_path / "empty").mkdir()
+    result = opgen_cli("build", "--no-compile", "--specs", "empty", "--out", "pkg", cwd=tmp_path)
+    assert (result.returncode, result.stderr.strip()) == (2, "opgen: error: no specs (NAME.yaml files) in empty")
+    user_specs(tmp_path)
+    result = opgen_cli("build", "--no-compile", "--specs", "myspecs", "--out", "myspecs", cwd=tmp_path)
+    assert (result.returncode, result.stderr.strip()) == (
+        2, "opgen: error: the output folder myspecs is the spec folder; choose another --out")
+    assert sorted(p.name for p in (tmp_path / "myspecs").iterdir()) == ["decay_update.yaml"]
+    assert not (tmp_path / "pkg").exists()
+
+
+def test_the_demo_names_the_package_it_is_run_as(tmp_path):
+    user_specs(tmp_path)
+    assert opgen_cli("build", "--no-compile", "--specs", "myspecs", "--out", "myops", cwd=tmp_path).returncode == 0
+    run = subprocess.run([sys.executable, "-m", "myops"], cwd=tmp_path, capture_output=True, text=True)
+    assert run.returncode == 2 and run.stderr.strip() == "usage: python -m myops OP   (OP: decay_update)"

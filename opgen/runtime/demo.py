@@ -46,11 +46,12 @@ def _run(op: Callable, operator, interleaved, arrays: list, params: dict):
     return op(*arrays, **params, **per_tensor)[0]
 
 
-def main(ops: dict[str, tuple[Callable, object, object]], argv: list[str] | None = None) -> int:
+def main(ops: dict[str, tuple[Callable, object, object]], argv: list[str] | None = None,
+         package: str = "generated") -> int:
     """``ops``: name -> (function, its Operator, its per-tensor list names or None)."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in ops:
-        print(f"usage: python -m generated OP   (OP: {', '.join(ops)})", file=sys.stderr)
+        print(f"usage: python -m {package} OP   (OP: {', '.join(ops)})", file=sys.stderr)
         return 2
     op, operator, interleaved = ops[args[0]]
     results = {}
