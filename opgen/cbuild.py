@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import atexit
 import ctypes
+import errno
 import functools
 import hashlib
 import importlib.machinery
@@ -29,6 +30,7 @@ import platform
 import re
 import shlex
 import shutil
+import stat
 import subprocess
 import sys
 import sysconfig
@@ -211,8 +213,15 @@ def _cache_folder() -> Path:
 
 
 def _prepare(folder: Path) -> None:
-    """Make the folder, check that it takes a build, and clear builds left by killed ones."""
+    """Make the folder, check that it takes a build and that only its owner can put a
+    library there (this process loads what it finds, and the hash beside a library is only
+    as safe as the folder), and clear builds left by killed ones."""
     folder.mkdir(parents=True, exist_ok=True)
+    info = folder.stat()
+    # (group-writable is allowed: with user-private groups, umask 002 makes every folder so)
+    if hasattr(os, "getuid") and (info.st_uid != os.getuid() or info.st_mode & stat.S_IWOTH):
+        whose = "another user's" if info.st_uid != os.getuid() else "writable by every user"
+        raise PermissionError(errno.EPERM, f"the folder is {whose}, so a library there could be planted", str(folder))
     os.rmdir(tempfile.mkdtemp(prefix=_BUILD_PREFIX + "check-", dir=folder))  # os.access is wrong for root, ACLs
     for stale in _stale_builds(folder):
         shutil.rmtree(stale, ignore_errors=True)

@@ -99,11 +99,20 @@ def _read_only(tmp_path: Path) -> Path:
     pytest.skip("no folder here that this user cannot write in")
 
 
+def _world_writable(tmp_path: Path) -> Path:
+    """A shared folder anyone can write in: anyone could plant a library (and its hash)."""
+    folder = tmp_path / "shared"
+    folder.mkdir()
+    folder.chmod(0o777)
+    return folder
+
+
 @needs_cc
 @pytest.mark.parametrize("make, reasons", [(_a_file, ["File exists"]), (_under_a_file, ["Not a directory"]),
                                            (_read_only, ["Permission denied", "Operation not permitted",
-                                                         "Read-only file system"])],
-                         ids=["file", "under_a_file", "read_only"])
+                                                         "Read-only file system"]),
+                                           (_world_writable, ["the folder is writable by every user"])],
+                         ids=["file", "under_a_file", "read_only", "world_writable"])
 def test_an_unusable_cache_folder_falls_back_to_a_private_one_with_one_warning(tmp_path, make, reasons):
     cache = make(tmp_path)
     before = sorted(p.name for p in tmp_path.rglob("*"))

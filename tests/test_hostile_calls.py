@@ -684,3 +684,36 @@ def test_gpu_self_overlapping_state_and_unsigned_indices_are_refused():
                                                           cupy.array([3, 1], cupy.uint64), (5, 2)))
     refused(TypeError, "indices", lambda: RowSparseArray(np.ones((2, 2), np.float32),
                                                          cupy.array([1, 3]), (5, 2)))
+
+
+# -- found in review ------------------------------------------------------------------------------
+
+def test_checked_indices_cannot_be_made_writeable_again():
+    """The private copy of the indices once could be made writeable and pointed past the
+    weight: the C kernel then wrote out of bounds (a segmentation fault)."""
+    rsp = RowSparseArray(np.ones((2, 4), np.float32), [3, 17], (1000, 4))
+    with pytest.raises(ValueError, match="WRITEABLE"):
+        rsp.indices.flags.writeable = True
+    with pytest.raises(ValueError):
+        rsp.indices[1] = 10 ** 12
+    assert rsp.indices.tolist() == [3, 17]
+
+
+@pytest.mark.parametrize("shape", [(1000.7, 4), (True, 4), (5, 4.0), ("5", 4)])
+def test_a_row_sparse_shape_must_hold_ints(shape):
+    with pytest.raises(TypeError, match=r"RowSparseArray: argument 'shape' must be a tuple of ints"):
+        RowSparseArray(np.ones((2, 4), np.float32), [0, 1], shape)
+
+
+def test_multi_errors_name_the_multi_function(backend):
+    ws, gs = [np.ones(3, np.float32)], [np.ones(3, np.float32)]
+    ms, vs = [np.zeros(3, np.float32)], [np.zeros(3, np.float32)]
+    ms[0].flags.writeable = False
+    with pytest.raises(ValueError) as info:
+        generated.adam_update_multi(ws, gs, ms, vs, lr=0.1, out=ws)
+    assert str(info.value) == "adam_update_multi(): argument 'means[0]' is read-only; states are updated in place"
+    ms[0] = np.zeros(3, np.float32)
+    with pytest.raises(TypeError) as info:
+        generated.adam_update_multi(ws, gs, ms, vs, lr=(x for x in [0.1]), out=ws)
+    assert str(info.value).startswith("adam_update_multi(): argument 'lr' ")
+    assert ws[0].tolist() == [1.0, 1.0, 1.0] and vs[0].tolist() == [0.0, 0.0, 0.0]

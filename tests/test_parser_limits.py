@@ -281,3 +281,63 @@ def test_skip_if_columns_count_characters_and_leading_spaces():
                                                                                 "mean 'grad'?")
     e = error(spec("weight = grad", skip_if='"  lr > gard"'))  # a quoted scalar, parsed stripped
     assert (e.location.line, e.location.col) == (MATH_LINE + 2, 18)
+
+
+# ---- found in review: constants that divide by zero, powers -------------------------------------
+
+POWER_SPEC = """\
+name: powers
+summary: Powers and constant quotients.
+tensors:
+  - {name: weight, role: weight, doc: Weight}
+  - {name: grad, role: grad, doc: Gradient}
+params:
+  - {name: k, type: float, default: 0.37, doc: An exponent}
+math:
+  - weight = weight ** k + grad ** 3 + grad ** -2 + (1.0 / 0.0) * 0.0 + 0.0 / 0.0 * 0.0
+"""
+
+
+@pytest.fixture(scope="module")
+def power_package(tmp_path_factory):
+    return build_package(tmp_path_factory.mktemp("powers"), {"powers": POWER_SPEC}, "powers_pkg")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_powers_and_constant_quotients_agree_bit_for_bit_in_float_math(power_package, dtype):
+    """1.0 / 0.0 is inf in C and was a ZeroDivisionError in NumPy's per-call values; powers
+    in float math are computed in double then rounded once in both (powf and NumPy's float32
+    power differ by an ulp in about a fifth of cases). inf * 0 makes every result NaN, so
+    the check is on the NaN-free twin below and on the NaN pattern here."""
+    rng = np.random.default_rng(3)
+    weight = np.abs(rng.normal(size=4096)).astype(dtype)
+    grad = rng.normal(size=4096).astype(dtype)
+    results = {}
+    for backend in ("c", "numpy"):
+        with use_backend(backend):
+            results[backend] = power_package.powers(weight, grad)
+    assert np.isnan(results["c"]).all() and np.isnan(results["numpy"]).all()
+
+
+POWER_ONLY = POWER_SPEC.replace(" + (1.0 / 0.0) * 0.0 + 0.0 / 0.0 * 0.0", "").replace("name: powers", "name: powers2")
+
+
+@pytest.mark.parametrize("dtype", [np.float16, np.float32])
+def test_powers_in_float_math_give_the_same_bits_in_c_and_numpy(tmp_path, dtype):
+    package = build_package(tmp_path, {"powers2": POWER_ONLY}, "powers2_pkg")
+    rng = np.random.default_rng(4)
+    weight = np.abs(rng.normal(size=20000)).astype(dtype)
+    grad = rng.normal(size=20000).astype(dtype)
+    weight[:3] = [np.inf, 0.0, 1.0]
+    results = {}
+    for backend in ("c", "numpy"):
+        with use_backend(backend):
+            results[backend] = package.powers2(weight, grad, k=0.37)
+    np.testing.assert_array_equal(results["c"], results["numpy"])
+    w, g = weight.astype(np.float64), grad.astype(np.float64)
+    with np.errstate(all="ignore"):
+        terms = [w ** np.float64(np.float32(0.37)), g ** 3, g ** -2.0]  # the float64 reference
+    expected, scale = sum(terms), sum(np.abs(term) for term in terms)  # (the sum may cancel)
+    finite = np.isfinite(scale) & (scale < 1e4)
+    error = np.abs(results["c"][finite] - expected[finite])
+    assert (error <= (4e-3 if dtype == np.float16 else 1e-6) * scale[finite]).all()

@@ -148,17 +148,17 @@ class NumpyBackend(Backend):
             weight_rows = source.reshape(source.shape[0], row_len)[rows]
             inputs = op.numpy_inputs(weight_rows, [v[rows] for v in views[1:]],
                                      grad.data.reshape(len(rows), row_len), scalar_inputs, acc)
-            with np.errstate(all="ignore"):
+            with np.errstate(all="ignore"):  # IEEE results, as the kernels: inf and NaN, no warnings
                 results = op.numpy_kernel(acc, *inputs, *params)
-            for view, result in zip(views, results):
-                view[rows] = result
+                for view, result in zip(views, results):
+                    view[rows] = result
             return
         dense_grad = grad.todense() if isinstance(grad, RowSparseArray) else grad
         inputs = op.numpy_inputs(source, work.states, dense_grad, scalar_inputs, acc)
-        with np.errstate(all="ignore"):
+        with np.errstate(all="ignore"):  # (a float16 store that overflows to inf included)
             results = op.numpy_kernel(acc, *inputs, *params)
-        for array, result in zip(writable, results):
-            np.copyto(array, result, casting="unsafe")
+            for array, result in zip(writable, results):
+                np.copyto(array, result, casting="unsafe")
 
 
 class CBackend(Backend):

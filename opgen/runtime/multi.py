@@ -140,6 +140,15 @@ class MultiOperator:
         return self._call(groups, params, out, self._naming)
 
     def _call(self, groups: tuple, params: tuple, out, naming: _Naming):
+        try:
+            return self._checked_call(groups, params, out, naming)
+        except (TypeError, ValueError) as exc:  # the one-tensor checks name the op: name the caller
+            prefix = f"{self.op.name}(): "
+            if naming.caller == self.op.name or not str(exc).startswith(prefix):
+                raise
+            raise type(exc)(f"{naming.caller}(): {str(exc)[len(prefix):]}") from None
+
+    def _checked_call(self, groups: tuple, params: tuple, out, naming: _Naming):
         lists = []
         for name, group in zip(self.group_names, groups):
             if not isinstance(group, (list, tuple)):

@@ -16,7 +16,14 @@ def clip(x, bound):
 
 
 def power(base, exponent):
-    return np.power(base, exponent)
+    """``base ** exponent``; in float math computed in double and rounded once, as the C
+    kernels' opgen_powf does, so both give the same bits (each type's own power differs by
+    an ulp). Float64 math uses NumPy's power, which may differ from C's pow in the last bit."""
+    result = np.result_type(base, exponent)
+    if result.itemsize >= 8:
+        return np.power(base, exponent)
+    wide = np.power(np.asarray(base, np.float64), np.asarray(exponent, np.float64))
+    return wide.astype(result) if wide.ndim else result.type(wide)
 
 
 def row_mean(x):

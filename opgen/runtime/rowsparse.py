@@ -41,11 +41,14 @@ class RowSparseArray:
         if len(indices):
             _check_rows(indices, shape[0], xp)
         self._data = data
-        # A private, read-only copy: indices checked here cannot be changed behind our back.
+        # A private copy that cannot be changed behind our back: on the host, an array over
+        # an immutable bytes object, whose writeable flag cannot be turned back on. (On a
+        # device no memory is immutable: the copy is private, and not handed out writeable.)
         # Every index lies in [0, shape[0]) and shape[0] < 2**63, so int64 holds it exactly.
-        self._indices = xp.array(indices, dtype=xp.int64, copy=True)
         if xp is np:
-            self._indices.flags.writeable = False
+            self._indices = np.frombuffer(np.ascontiguousarray(indices, dtype=np.int64).tobytes(), np.int64)
+        else:
+            self._indices = xp.array(indices, dtype=xp.int64, copy=True)
         self._shape = shape
 
     @property
@@ -90,9 +93,12 @@ _INT64_MAX = 2 ** 63 - 1
 
 def _as_shape(shape) -> tuple[int, ...]:
     try:
-        out = tuple(int(s) for s in shape)
+        items = tuple(shape)
     except TypeError:
         raise TypeError(f"RowSparseArray: argument 'shape' must be a tuple of ints, got {shape!r}") from None
+    if not all(map(_is_integer, items)):  # 1000.7 would truncate, True would be 1
+        raise TypeError(f"RowSparseArray: argument 'shape' must be a tuple of ints, got {shape!r}")
+    out = tuple(int(s) for s in items)
     if any(s < 0 for s in out):
         raise ValueError(f"RowSparseArray: argument 'shape' must not be negative, got {out}")
     if any(s > _INT64_MAX for s in out):  # no array has such a dimension; indices fit in int64

@@ -28,6 +28,10 @@ class NumpyPrinter(InfixPrinter):
         self.real = real
 
     def const(self, e: Const) -> str:
+        """Literals stay weak Python numbers in the element math; the per-call values compute
+        in double throughout (``_D(1.0) / _D(0.0)`` is inf, as in C, where Python's floats raise)."""
+        if e.vtype is VType.REAL and self.real == "_D":
+            return f"_D({e.text})"
         return e.text
 
     def ref(self, e: Ref) -> str:
