@@ -39,6 +39,7 @@ def _numpy_kernel(_T, weight, grad, history, lr, epsilon, rescale_grad, clip_gra
 _ARGS_LAZY = (_Arg(_R.NNZ, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='history'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('adagrad_update', _S.LAZY, 'float16', 'float32', 'opgen_adagrad_update_lazy_float16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
+    _Kernel('adagrad_update', _S.LAZY, 'bfloat16', 'float32', 'opgen_adagrad_update_lazy_bfloat16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
     _Kernel('adagrad_update', _S.LAZY, 'float32', 'float32', 'opgen_adagrad_update_lazy_float32', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
     _Kernel('adagrad_update', _S.LAZY, 'float64', 'float64', 'opgen_adagrad_update_lazy_float64', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=2),
 )
@@ -66,7 +67,7 @@ _OP = _Operator(
     lazy_param=None,
     always_lazy=True,
     kernels=_KERNELS,
-    math_types={'float16': 'float32', 'float32': 'float32', 'float64': 'float64'},
+    math_types={'float16': 'float32', 'bfloat16': 'float32', 'float32': 'float32', 'float64': 'float64'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "adagrad_update.c",
     c_cdef=_HERE / "csrc" / "adagrad_update.cdef",

@@ -49,6 +49,7 @@ class DType:
 
 DTYPES: tuple[DType, ...] = (
     DType("float16", "opgen_half", "opgen_half", FLOAT, 2),
+    DType("bfloat16", "opgen_bf16", "opgen_bf16", FLOAT, 2),  # in NumPy: ml_dtypes.bfloat16
     DType("float32", "float", "float", FLOAT, 4),
     DType("float64", "double", "double", DOUBLE, 8),
 )

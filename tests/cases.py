@@ -23,6 +23,8 @@ from pathlib import Path
 import numpy as np
 import yaml
 
+import ml_dtypes
+
 import generated
 import reference
 from generated import RowSparseArray
@@ -32,9 +34,9 @@ ROOT = Path(__file__).resolve().parent.parent
 #: every op, one per spec
 OPS = sorted(p.stem for p in (ROOT / "specs").glob("*.yaml"))
 
-DTYPES = [np.float16, np.float32, np.float64]
-DTYPE_IDS = ["float16", "float32", "float64"]
-_DTYPE_NAMES = ("float16", "float32", "float64")
+DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
+DTYPE_IDS = ["float16", "bfloat16", "float32", "float64"]
+_DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
 
 
 def shape_id(shape) -> str:

@@ -45,6 +45,7 @@ from __future__ import annotations
 
 import math
 
+import ml_dtypes
 import numpy as np
 
 __all__ = [
@@ -83,11 +84,11 @@ __all__ = [
 # Helpers
 # =====================================================================================
 def compute_dtype(dtype) -> type:
-    """float64 for float64 storage; float32 for float16 and float32 storage."""
+    """float64 for float64 storage; float32 for float16, bfloat16 and float32 storage."""
     dtype = np.dtype(dtype)
     if dtype == np.float64:
         return np.float64
-    if dtype in (np.dtype(np.float16), np.dtype(np.float32)):
+    if dtype in (np.dtype(np.float16), np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32)):
         return np.float32
     raise TypeError(f"reference: unsupported dtype {dtype}")
 
@@ -190,6 +191,7 @@ def _adamw_skips(rescale_grad) -> bool:
 #: float64: the reference follows the same operand order in double.
 TOLERANCES = {
     np.dtype(np.float16): (1e-3, 1e-6),
+    np.dtype(ml_dtypes.bfloat16): (8e-3, 1e-6),  # about one half ulp (2**-8)
     np.dtype(np.float32): (1e-6, 1e-7),
     np.dtype(np.float64): (1e-12, 1e-15),
 }

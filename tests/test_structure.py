@@ -160,7 +160,7 @@ def _gcc():
 @pytest.mark.skipif(_gcc() is None, reason="no gcc (the report is gcc's)")
 @pytest.mark.parametrize("op", ["adam_update", "mp_adamw_update", "lamb_update_phase1", "group_adagrad_update"])
 def test_every_schedule_loop_is_vectorized(op, tmp_path):
-    """gcc's own report: each float32 and float64 kernel's schedule loop is vectorized.
+    """gcc's own report: each bfloat16, float32 and float64 kernel's schedule loop is vectorized.
     (float16 kernels convert through _Float16 scalars; gcc 12 vectorizes them on no x86
     without AVX512-FP16, before or after the element math moved into functions.)"""
     source = ROOT / "generated" / "csrc" / f"{op}.c"
@@ -186,7 +186,7 @@ def test_every_schedule_loop_is_vectorized(op, tmp_path):
     missing = []
     for k in schedule_lines:
         # gcc reports the loop at the macro's line, or inside the inlined step it calls
-        steps = [n for n in re.findall(r"(opgen_\w+_(?:step|pass2)_float\d+)\(", lines[k - 1])]
+        steps = [n for n in re.findall(r"(opgen_\w+_(?:step|pass2)_b?float\d+)\(", lines[k - 1])]
         if any(n.endswith("_float16") for n in steps):
             continue
         where = {(f"{op}.c", k)}.union(*(function_lines(n) for n in steps))

@@ -64,6 +64,15 @@ OPGEN_INLINE void opgen_adamw_update_step_float16(const opgen_adamw_update_scala
     p_mean[i] = OPGEN_STORE_float16(v_mean);
     p_var[i] = OPGEN_STORE_float16(v_var);
 }
+OPGEN_INLINE void opgen_adamw_update_step_bfloat16(const opgen_adamw_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var) {
+    float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
+    float v_mean = OPGEN_LOAD_bfloat16(p_mean[i]);
+    float v_var = OPGEN_LOAD_bfloat16(p_var[i]);
+    opgen_adamw_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var);
+    p_weight[i] = OPGEN_STORE_bfloat16(v_weight);
+    p_mean[i] = OPGEN_STORE_bfloat16(v_mean);
+    p_var[i] = OPGEN_STORE_bfloat16(v_var);
+}
 OPGEN_INLINE void opgen_adamw_update_step_float32(const opgen_adamw_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);

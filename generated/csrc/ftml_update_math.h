@@ -82,6 +82,17 @@ OPGEN_INLINE void opgen_ftml_update_step_float16(const opgen_ftml_update_scalars
     p_v[i] = OPGEN_STORE_float16(v_v);
     p_z[i] = OPGEN_STORE_float16(v_z);
 }
+OPGEN_INLINE void opgen_ftml_update_step_bfloat16(const opgen_ftml_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_d, opgen_bf16 *OPGEN_RESTRICT p_v, opgen_bf16 *OPGEN_RESTRICT p_z) {
+    float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
+    float v_d = OPGEN_LOAD_bfloat16(p_d[i]);
+    float v_v = OPGEN_LOAD_bfloat16(p_v[i]);
+    float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
+    opgen_ftml_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_d, &v_v, &v_z);
+    p_weight[i] = OPGEN_STORE_bfloat16(v_weight);
+    p_d[i] = OPGEN_STORE_bfloat16(v_d);
+    p_v[i] = OPGEN_STORE_bfloat16(v_v);
+    p_z[i] = OPGEN_STORE_bfloat16(v_z);
+}
 OPGEN_INLINE void opgen_ftml_update_step_float32(const opgen_ftml_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_d, float *OPGEN_RESTRICT p_v, float *OPGEN_RESTRICT p_z) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_d = OPGEN_LOAD_float32(p_d[i]);

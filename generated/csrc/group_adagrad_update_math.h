@@ -73,6 +73,20 @@ OPGEN_INLINE void opgen_group_adagrad_update_pass2_float16(const opgen_group_ada
     opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_float16(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float16(v_weight);
 }
+OPGEN_INLINE void opgen_group_adagrad_update_pass1_bfloat16(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+    opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_bfloat16(p_grad[gi]));
+}
+OPGEN_INLINE void opgen_group_adagrad_update_row_bfloat16(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, opgen_bf16 *OPGEN_RESTRICT p_history) {
+    opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_bfloat16(p_history[row]));
+}
+OPGEN_INLINE void opgen_group_adagrad_update_row_store_bfloat16(const float *values, int64_t row, opgen_bf16 *OPGEN_RESTRICT p_history) {
+    p_history[row] = OPGEN_STORE_bfloat16(values[0]);
+}
+OPGEN_INLINE void opgen_group_adagrad_update_pass2_bfloat16(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+    float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
+    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_bfloat16(p_grad[gi]));
+    p_weight[i] = OPGEN_STORE_bfloat16(v_weight);
+}
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_float32(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const float *OPGEN_RESTRICT p_grad) {
     opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_float32(p_grad[gi]));
 }

@@ -15,6 +15,16 @@ void opgen_lamb_update_phase1_standard_float16(int64_t nrows, int64_t row_len, i
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }
 
+void opgen_lamb_update_phase1_dense_bfloat16(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+}
+
+void opgen_lamb_update_phase1_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+}
+
 void opgen_lamb_update_phase1_dense_float32(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));

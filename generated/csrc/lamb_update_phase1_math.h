@@ -72,6 +72,15 @@ OPGEN_INLINE void opgen_lamb_update_phase1_step_float16(const opgen_lamb_update_
     p_var[i] = OPGEN_STORE_float16(v_var);
     p_out[i] = OPGEN_STORE_float16(v_out);
 }
+OPGEN_INLINE void opgen_lamb_update_phase1_step_bfloat16(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, const opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var, opgen_bf16 *OPGEN_RESTRICT p_out) {
+    float v_mean = OPGEN_LOAD_bfloat16(p_mean[i]);
+    float v_var = OPGEN_LOAD_bfloat16(p_var[i]);
+    float v_out;
+    opgen_lamb_update_phase1_element_float(s, OPGEN_LOAD_bfloat16(p_weight[i]), zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var, &v_out);
+    p_mean[i] = OPGEN_STORE_bfloat16(v_mean);
+    p_var[i] = OPGEN_STORE_bfloat16(v_var);
+    p_out[i] = OPGEN_STORE_bfloat16(v_out);
+}
 OPGEN_INLINE void opgen_lamb_update_phase1_step_float32(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);

@@ -33,6 +33,13 @@ OPGEN_INLINE void opgen_multi_mp_sgd_update_step_float16(const opgen_multi_mp_sg
     p_weight[i] = OPGEN_STORE_float16(v_weight);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
+OPGEN_INLINE void opgen_multi_mp_sgd_update_step_bfloat16(const opgen_multi_mp_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_weight32) {
+    float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
+    float v_weight;
+    opgen_multi_mp_sgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_weight32);
+    p_weight[i] = OPGEN_STORE_bfloat16(v_weight);
+    p_weight32[i] = OPGEN_STORE_float32(v_weight32);
+}
 OPGEN_INLINE void opgen_multi_mp_sgd_update_step_float32(const opgen_multi_mp_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_weight32) {
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;

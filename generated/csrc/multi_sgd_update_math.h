@@ -48,6 +48,11 @@ OPGEN_INLINE void opgen_multi_sgd_update_step_float16(const opgen_multi_sgd_upda
     opgen_multi_sgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float16(v_weight);
 }
+OPGEN_INLINE void opgen_multi_sgd_update_step_bfloat16(const opgen_multi_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+    float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
+    opgen_multi_sgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]));
+    p_weight[i] = OPGEN_STORE_bfloat16(v_weight);
+}
 OPGEN_INLINE void opgen_multi_sgd_update_step_float32(const opgen_multi_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     opgen_multi_sgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]));

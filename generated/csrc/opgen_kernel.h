@@ -58,9 +58,27 @@ static inline uint16_t opgen_float_to_half_bits(float f) {
 #define OPGEN_FLOAT_TO_HALF(f) opgen_float_to_half_bits(f)
 #endif
 
+/* bfloat16 storage as raw bits (the top half of a float): the math runs in float, rounding
+ * once to nearest even on store; a NaN stays a NaN (quiet, its sign kept, as ml_dtypes). */
+typedef uint16_t opgen_bf16;
+static inline float opgen_bf16_bits_to_float(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+static inline uint16_t opgen_float_to_bf16_bits(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    uint32_t rounded = (u + 0x7fffu + ((u >> 16) & 1u)) >> 16, nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded); /* a select: it vectorizes */
+}
+
 /* Storage <-> math type, one pair per storage dtype of opgen/dtypes.py. */
 #define OPGEN_LOAD_float16(x) OPGEN_HALF_TO_FLOAT(x)
 #define OPGEN_STORE_float16(x) OPGEN_FLOAT_TO_HALF(x)
+#define OPGEN_LOAD_bfloat16(x) opgen_bf16_bits_to_float(x)
+#define OPGEN_STORE_bfloat16(x) opgen_float_to_bf16_bits(x)
 #define OPGEN_LOAD_float32(x) (x)
 #define OPGEN_STORE_float32(x) ((float)(x))
 #define OPGEN_LOAD_float64(x) (x)

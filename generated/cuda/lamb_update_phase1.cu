@@ -26,6 +26,27 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float16(const opgen_lamb_update
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_var)[vi] = x_var;
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_out)[vi] = x_out;
 }
+OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, const opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var, opgen_bf16 *OPGEN_RESTRICT p_out) {
+    const opgen_vec<opgen_bf16, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_weight)[vi];
+    opgen_vec<opgen_bf16, 8> x_grad;
+    if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_grad)[gvi];
+    opgen_vec<opgen_bf16, 8> x_mean = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_mean)[vi];
+    opgen_vec<opgen_bf16, 8> x_var = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_var)[vi];
+    opgen_vec<opgen_bf16, 8> x_out;
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        float v_mean = OPGEN_LOAD_bfloat16(x_mean.v[k]);
+        float v_var = OPGEN_LOAD_bfloat16(x_var.v[k]);
+        float v_out;
+        opgen_lamb_update_phase1_element_float(s, OPGEN_LOAD_bfloat16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        x_mean.v[k] = OPGEN_STORE_bfloat16(v_mean);
+        x_var.v[k] = OPGEN_STORE_bfloat16(v_var);
+        x_out.v[k] = OPGEN_STORE_bfloat16(v_out);
+    }
+    reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_mean)[vi] = x_mean;
+    reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_var)[vi] = x_var;
+    reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_out)[vi] = x_out;
+}
 OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
     const opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
@@ -77,6 +98,16 @@ extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense
 extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_bfloat16(int64_t size, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float32(int64_t size, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {

@@ -17,6 +17,18 @@ OPGEN_INLINE void opgen_multi_sgd_update_vstep_float16(const opgen_multi_sgd_upd
     }
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
 }
+OPGEN_INLINE void opgen_multi_sgd_update_vstep_bfloat16(const opgen_multi_sgd_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+    opgen_vec<opgen_bf16, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_weight)[vi];
+    opgen_vec<opgen_bf16, 8> x_grad;
+    if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_grad)[gvi];
+#pragma unroll
+    for (int k = 0; k < 8; ++k) {
+        float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
+        opgen_multi_sgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]));
+        x_weight.v[k] = OPGEN_STORE_bfloat16(v_weight);
+    }
+    reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_weight)[vi] = x_weight;
+}
 OPGEN_INLINE void opgen_multi_sgd_update_vstep_float32(const opgen_multi_sgd_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
@@ -50,6 +62,16 @@ extern "C" __global__ void __launch_bounds__(512) opgen_multi_sgd_update_dense_f
 extern "C" __global__ void __launch_bounds__(256) opgen_multi_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
     const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 0, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 1, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 1, arg_weight, arg_grad));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_multi_sgd_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+    const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, arg_weight, arg_grad));
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_multi_sgd_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+    const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient);
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 1, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 1, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_multi_sgd_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {

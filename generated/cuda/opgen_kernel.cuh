@@ -20,9 +20,24 @@ __device__ __forceinline__ opgen_half opgen_float_to_half(float f) {
 #define OPGEN_HALF_TO_FLOAT(h) opgen_half_to_float(h)
 #define OPGEN_FLOAT_TO_HALF(f) opgen_float_to_half(f)
 
+/* bfloat16 storage as raw bits, converted with the C kernels' own integer code (PTX's
+ * cvt.rn.bf16.f32 makes every NaN 0x7fff; this keeps its sign, as C and ml_dtypes do). */
+typedef unsigned short opgen_bf16;
+__device__ __forceinline__ float opgen_bf16_bits_to_float(opgen_bf16 h) {
+    return __uint_as_float((unsigned int)h << 16);
+}
+__device__ __forceinline__ opgen_bf16 opgen_float_to_bf16_bits(float f) {
+    unsigned int u = __float_as_uint(f);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return (opgen_bf16)(((u >> 16) & 0x8000u) | 0x7fc0u);
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (opgen_bf16)(u >> 16);
+}
+
 /* Storage <-> math type, one pair per storage dtype of opgen/dtypes.py. */
 #define OPGEN_LOAD_float16(x) OPGEN_HALF_TO_FLOAT(x)
 #define OPGEN_STORE_float16(x) OPGEN_FLOAT_TO_HALF(x)
+#define OPGEN_LOAD_bfloat16(x) opgen_bf16_bits_to_float(x)
+#define OPGEN_STORE_bfloat16(x) opgen_float_to_bf16_bits(x)
 #define OPGEN_LOAD_float32(x) (x)
 #define OPGEN_STORE_float32(x) ((float)(x))
 #define OPGEN_LOAD_float64(x) (x)

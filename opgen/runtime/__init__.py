@@ -1,5 +1,7 @@
 """What the generated package imports at run time: validation, dispatch, kernels' loader."""
 
+import ml_dtypes  # noqa: F401  (registers bfloat16 with NumPy: np.dtype("bfloat16"))
+
 from opgen.runtime.backends import (
     available_backends,
     current_backend,
