@@ -76,6 +76,35 @@ def dense(n: int, repeat: int, torch, with_numpy: bool = True) -> dict[str, floa
     return out
 
 
+def dense_bf16(n: int, repeat: int, torch) -> dict[str, float]:
+    """Seconds per adam step on n elements: all-float32 and all-bfloat16 tensors, measured
+    alternately (the machine is noisy: the ratio is what counts), and torch's fused Adam on
+    bfloat16 parameters and states where torch is installed."""
+    import ml_dtypes
+
+    w, g, m, v = adam_arrays(n)
+    low = [a.astype(ml_dtypes.bfloat16) for a in (w, g, m, v)]
+    number = max(1, 2_000_000 // max(n, 1))
+    out = {"float32": [], "bfloat16": []}
+    with use_backend("c"):
+        for _ in range(repeat):  # alternate, so both see the same machine
+            out["float32"].append(median_seconds(lambda: adam_update(w, g, m, v, out=w, **ADAM), 1, number))
+            out["bfloat16"].append(median_seconds(lambda: adam_update(*low, out=low[0], **ADAM), 1, number))
+    result = {k: statistics.median(v) for k, v in out.items()}
+    if torch is not None:
+        tw, tg, tm, tv = (torch.from_numpy(a.copy()).to(torch.bfloat16) for a in (w, g, m, v))
+        step = torch.zeros((), dtype=torch.float32)
+
+        def fused():
+            torch._fused_adam_([tw], [tg], [tm], [tv], [], [step], lr=1e-3, beta1=0.9, beta2=0.999,
+                               weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+        try:
+            result["torch bfloat16"] = median_seconds(fused, repeat, number)
+        except RuntimeError:  # a torch without a CPU bfloat16 fused Adam
+            pass
+    return result
+
+
 def copies(nbytes: int, repeat: int, torch) -> dict[str, float]:
     """GB/s of copying nbytes (counted twice: read and write), one NumPy thread and torch's threads."""
     src = np.ones(nbytes // 8, np.float32)
@@ -235,6 +264,15 @@ def main() -> None:
     if "torch" in d:
         rows.append(("dense adam, torch._fused_adam_", f"{d['torch'] * 1e3:.2f} ms",
                      f"opgen is {d['torch'] / d['opgen']:.2f}x faster"))
+
+    b = dense_bf16(n, repeat, torch)
+    bf16_rate = 14 * n / b["bfloat16"]  # bytes per element: 2 read (grad) + 3 x (2 read + 2 written)
+    rows.append((f"dense adam, {n:,} bfloat16 (all tensors), opgen", f"{b['bfloat16'] * 1e3:.2f} ms, "
+                 f"{bf16_rate / 1e9:.1f} GB/s", f"{b['float32'] / b['bfloat16']:.2f}x faster than float32 "
+                 f"({b['float32'] * 1e3:.2f} ms, same run); {bf16_rate / best_copy:.0%} of the best copy"))
+    if "torch bfloat16" in b:
+        rows.append(("dense adam, bfloat16, torch._fused_adam_", f"{b['torch bfloat16'] * 1e3:.2f} ms",
+                     f"opgen is {b['torch bfloat16'] / b['bfloat16']:.2f}x faster"))
 
     count, size = (200, 1000) if args.quick else (1000, 1000)
     mt = many_tensors(count, size, repeat, torch)
