@@ -43,9 +43,9 @@ def _numpy_kernel(_T, weight, grad, d, v, z, lr, beta1, beta2, epsilon, t, wd, r
 
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
-_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='d'), _Arg(_R.TENSOR, 'void *', source='v'), _Arg(_R.TENSOR, 'void *', source='z'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_grad', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='d', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='v', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='z', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta1', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta2', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='epsilon', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int64_t *', source='t', numpy='int64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_grad', numpy='float64', cuda=False), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='d'), _Arg(_R.TENSOR, 'void *', source='v'), _Arg(_R.TENSOR, 'void *', source='z'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_grad', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='d'), _Arg(_R.TENSOR, 'void *', source='v'), _Arg(_R.TENSOR, 'void *', source='z'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_grad', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='d', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='v', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='z', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta1', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta2', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='epsilon', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int64_t *', source='t', numpy='int64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_grad', numpy='float64', cuda=False), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='d'), _Arg(_R.TENSOR, 'void *', source='v'), _Arg(_R.TENSOR, 'void *', source='z'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_grad', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('ftml_update', _S.DENSE, 'float16', 'float32', 'opgen_ftml_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
     _Kernel('ftml_update', _S.MULTI, 'float16', 'float32', 'opgen_ftml_update_multi_float16', _ARGS_MULTI, None, lanes=8),
@@ -99,10 +99,11 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "ftml_update.cu",
     output=False,
     skip_if=None,
+    store_slots=(3, 2, 0, 1),
 )
 
 
-def ftml_update(weight, grad, d, v, z, lr, *, beta1=0.6, beta2=0.999, epsilon=1e-8, t, wd=0.0, rescale_grad=1.0, clip_grad=-1.0, out=None):
+def ftml_update(weight, grad, d, v, z, lr, *, beta1=0.6, beta2=0.999, epsilon=1e-8, t, wd=0.0, rescale_grad=1.0, clip_grad=-1.0, out=None, rounding="nearest", seed=None):
     r"""
     The FTML optimizer described in FTML - Follow the Moving Leader in Deep Learning.
 
@@ -154,6 +155,15 @@ def ftml_update(weight, grad, d, v, z, lr, *, beta1=0.6, beta2=0.999, epsilon=1e
     out : numpy.ndarray, optional
         The array that receives the new weight; pass `out=weight` to update in place. By
         default a new array, leaving `weight` as it was.
+    rounding : {'nearest', 'stochastic'}, optional
+        How values are stored into float16 and bfloat16 tensors (weight, states, out): to
+        nearest even (the default), or stochastically, rounding up with probability equal to
+        the distance from the value below, in units of the gap (unbiased: updates smaller than
+        half an ulp are not lost). float32 and float64 stores are always exact roundings.
+    seed : int, optional
+        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
+        the same on every backend and thread count. Required with rounding='stochastic'; vary
+        it every step.
 
     Returns
     -------
@@ -174,13 +184,13 @@ def ftml_update(weight, grad, d, v, z, lr, *, beta1=0.6, beta2=0.999, epsilon=1e
 
     Generated by opgen from specs/ftml_update.yaml.
     """
-    return _OP((weight, grad, d, v, z), (lr, beta1, beta2, epsilon, t, wd, rescale_grad, clip_grad), out)
+    return _OP((weight, grad, d, v, z), (lr, beta1, beta2, epsilon, t, wd, rescale_grad, clip_grad), out, rounding, seed)
 
 
 _MULTI = _MultiOperator(_OP, ('weights', 'grads', 'ds', 'vs', 'zs'))
 
 
-def ftml_update_multi(weights, grads, ds, vs, zs, lr, *, beta1=0.6, beta2=0.999, epsilon=1e-8, t, wd=0.0, rescale_grad=1.0, clip_grad=-1.0, out=None):
+def ftml_update_multi(weights, grads, ds, vs, zs, lr, *, beta1=0.6, beta2=0.999, epsilon=1e-8, t, wd=0.0, rescale_grad=1.0, clip_grad=-1.0, out=None, rounding="nearest", seed=None):
     r"""
     ftml_update on many tensors in one call: one C kernel, one parallel region.
 
@@ -222,10 +232,19 @@ def ftml_update_multi(weights, grads, ds, vs, zs, lr, *, beta1=0.6, beta2=0.999,
         clipping is turned off. grad = max(min(grad, clip_grad), -clip_grad). Default: -1.0.
     out : sequence of numpy.ndarray, optional
         Arrays that receive the new weights; `out=weights` updates in place.
+    rounding : {'nearest', 'stochastic'}, optional
+        How values are stored into float16 and bfloat16 tensors (weight, states, out): to
+        nearest even (the default), or stochastically, rounding up with probability equal to
+        the distance from the value below, in units of the gap (unbiased: updates smaller than
+        half an ulp are not lost). float32 and float64 stores are always exact roundings.
+    seed : int, optional
+        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
+        the same on every backend and thread count. Required with rounding='stochastic'; vary
+        it every step.
 
     Returns
     -------
     list of numpy.ndarray
         The new weights.
     """
-    return _MULTI((weights, grads, ds, vs, zs), (lr, beta1, beta2, epsilon, t, wd, rescale_grad, clip_grad), out)
+    return _MULTI((weights, grads, ds, vs, zs), (lr, beta1, beta2, epsilon, t, wd, rescale_grad, clip_grad), out, rounding, seed)

@@ -41,8 +41,8 @@ def _numpy_kernel(_T, weight, grad, mean, var, beta1, beta2, epsilon, t, bias_co
 
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
-_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'const void *', source='weight', const=True), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.TENSOR, 'void *', source='out'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'int', source='bias_correction', numpy='int32'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'const void *', source='weight', const=True), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.TENSOR, 'void *', source='out'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'int', source='bias_correction', numpy='int32'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'const void *', source='weight', const=True), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.TENSOR, 'void *', source='out'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'int', source='bias_correction', numpy='int32'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'const void *', source='weight', const=True), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.TENSOR, 'void *', source='out'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'int', source='bias_correction', numpy='int32'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('lamb_update_phase1', _S.DENSE, 'float16', 'float32', 'opgen_lamb_update_phase1_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
     _Kernel('lamb_update_phase1', _S.STANDARD, 'float16', 'float32', 'opgen_lamb_update_phase1_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
@@ -91,10 +91,11 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "lamb_update_phase1.cu",
     output=True,
     skip_if=None,
+    store_slots=(2, 0, 1),
 )
 
 
-def lamb_update_phase1(weight, grad, mean, var, *, beta1=0.9, beta2=0.999, epsilon=1e-6, t, bias_correction=True, wd, rescale_grad=1.0, clip_gradient=-1.0, out=None):
+def lamb_update_phase1(weight, grad, mean, var, *, beta1=0.9, beta2=0.999, epsilon=1e-6, t, bias_correction=True, wd, rescale_grad=1.0, clip_gradient=-1.0, out=None, rounding="nearest", seed=None):
     r"""
     Phase I of lamb update it performs the following operations and returns g.
 
@@ -144,6 +145,15 @@ def lamb_update_phase1(weight, grad, mean, var, *, beta1=0.9, beta2=0.999, epsil
         -clip_gradient). Default: -1.0.
     out : numpy.ndarray, optional
         The array that receives `g`. By default a new array; the weight is never modified.
+    rounding : {'nearest', 'stochastic'}, optional
+        How values are stored into float16 and bfloat16 tensors (weight, states, out): to
+        nearest even (the default), or stochastically, rounding up with probability equal to
+        the distance from the value below, in units of the gap (unbiased: updates smaller than
+        half an ulp are not lost). float32 and float64 stores are always exact roundings.
+    seed : int, optional
+        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
+        the same on every backend and thread count. Required with rounding='stochastic'; vary
+        it every step.
 
     Returns
     -------
@@ -162,4 +172,4 @@ def lamb_update_phase1(weight, grad, mean, var, *, beta1=0.9, beta2=0.999, epsil
 
     Generated by opgen from specs/lamb_update_phase1.yaml.
     """
-    return _OP((weight, grad, mean, var), (beta1, beta2, epsilon, t, bias_correction, wd, rescale_grad, clip_gradient), out)
+    return _OP((weight, grad, mean, var), (beta1, beta2, epsilon, t, bias_correction, wd, rescale_grad, clip_gradient), out, rounding, seed)

@@ -37,9 +37,9 @@ def _numpy_kernel(_T, weight, grad, weight32, lr, wd, rescale_grad, clip_gradien
 
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
-_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('mp_sgd_update', _S.DENSE, 'float16', 'float32', 'opgen_mp_sgd_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
     _Kernel('mp_sgd_update', _S.MULTI, 'float16', 'float32', 'opgen_mp_sgd_update_multi_float16', _ARGS_MULTI, None, lanes=4),
@@ -85,10 +85,11 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "mp_sgd_update.cu",
     output=False,
     skip_if=None,
+    store_slots=(1, 0),
 )
 
 
-def mp_sgd_update(weight, grad, weight32, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, lazy_update=True, out=None):
+def mp_sgd_update(weight, grad, weight32, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, lazy_update=True, out=None, *, rounding="nearest", seed=None):
     r"""
     Updater function for multi-precision sgd optimizer.
 
@@ -125,6 +126,15 @@ def mp_sgd_update(weight, grad, weight32, lr, wd=0.0, rescale_grad=1.0, clip_gra
     out : numpy.ndarray, optional
         The array that receives the new weight; pass `out=weight` to update in place. By
         default a new array, leaving `weight` as it was.
+    rounding : {'nearest', 'stochastic'}, optional
+        How values are stored into float16 and bfloat16 tensors (weight, states, out): to
+        nearest even (the default), or stochastically, rounding up with probability equal to
+        the distance from the value below, in units of the gap (unbiased: updates smaller than
+        half an ulp are not lost). float32 and float64 stores are always exact roundings.
+    seed : int, optional
+        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
+        the same on every backend and thread count. Required with rounding='stochastic'; vary
+        it every step.
 
     Returns
     -------
@@ -141,13 +151,13 @@ def mp_sgd_update(weight, grad, weight32, lr, wd=0.0, rescale_grad=1.0, clip_gra
 
     Generated by opgen from specs/mp_sgd_update.yaml.
     """
-    return _OP((weight, grad, weight32), (lr, wd, rescale_grad, clip_gradient, lazy_update), out)
+    return _OP((weight, grad, weight32), (lr, wd, rescale_grad, clip_gradient, lazy_update), out, rounding, seed)
 
 
 _MULTI = _MultiOperator(_OP, ('weights', 'grads', 'weight32s'))
 
 
-def mp_sgd_update_multi(weights, grads, weight32s, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, out=None):
+def mp_sgd_update_multi(weights, grads, weight32s, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, out=None, *, rounding="nearest", seed=None):
     r"""
     mp_sgd_update on many tensors in one call: one C kernel, one parallel region.
 
@@ -178,10 +188,19 @@ def mp_sgd_update_multi(weights, grads, weight32s, lr, wd=0.0, rescale_grad=1.0,
         -clip_gradient). Default: -1.0.
     out : sequence of numpy.ndarray, optional
         Arrays that receive the new weights; `out=weights` updates in place.
+    rounding : {'nearest', 'stochastic'}, optional
+        How values are stored into float16 and bfloat16 tensors (weight, states, out): to
+        nearest even (the default), or stochastically, rounding up with probability equal to
+        the distance from the value below, in units of the gap (unbiased: updates smaller than
+        half an ulp are not lost). float32 and float64 stores are always exact roundings.
+    seed : int, optional
+        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
+        the same on every backend and thread count. Required with rounding='stochastic'; vary
+        it every step.
 
     Returns
     -------
     list of numpy.ndarray
         The new weights.
     """
-    return _MULTI((weights, grads, weight32s), (lr, wd, rescale_grad, clip_gradient), out)
+    return _MULTI((weights, grads, weight32s), (lr, wd, rescale_grad, clip_gradient), out, rounding, seed)

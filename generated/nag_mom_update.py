@@ -37,9 +37,9 @@ def _numpy_kernel(_T, weight, grad, mom, lr, momentum, wd, rescale_grad, clip_gr
 
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
-_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mom', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='momentum', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mom', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='momentum', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('nag_mom_update', _S.DENSE, 'float16', 'float32', 'opgen_nag_mom_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
     _Kernel('nag_mom_update', _S.MULTI, 'float16', 'float32', 'opgen_nag_mom_update_multi_float16', _ARGS_MULTI, None, lanes=8),
@@ -85,10 +85,11 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "nag_mom_update.cu",
     output=False,
     skip_if=None,
+    store_slots=(1, 0),
 )
 
 
-def nag_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, out=None):
+def nag_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, out=None, *, rounding="nearest", seed=None):
     r"""
     Update function for Nesterov Accelerated Gradient( NAG) optimizer.
 
@@ -130,6 +131,15 @@ def nag_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0
     out : numpy.ndarray, optional
         The array that receives the new weight; pass `out=weight` to update in place. By
         default a new array, leaving `weight` as it was.
+    rounding : {'nearest', 'stochastic'}, optional
+        How values are stored into float16 and bfloat16 tensors (weight, states, out): to
+        nearest even (the default), or stochastically, rounding up with probability equal to
+        the distance from the value below, in units of the gap (unbiased: updates smaller than
+        half an ulp are not lost). float32 and float64 stores are always exact roundings.
+    seed : int, optional
+        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
+        the same on every backend and thread count. Required with rounding='stochastic'; vary
+        it every step.
 
     Returns
     -------
@@ -147,13 +157,13 @@ def nag_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0
 
     Generated by opgen from specs/nag_mom_update.yaml.
     """
-    return _OP((weight, grad, mom), (lr, momentum, wd, rescale_grad, clip_gradient), out)
+    return _OP((weight, grad, mom), (lr, momentum, wd, rescale_grad, clip_gradient), out, rounding, seed)
 
 
 _MULTI = _MultiOperator(_OP, ('weights', 'grads', 'moms'))
 
 
-def nag_mom_update_multi(weights, grads, moms, lr, momentum=0.0, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, out=None):
+def nag_mom_update_multi(weights, grads, moms, lr, momentum=0.0, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, out=None, *, rounding="nearest", seed=None):
     r"""
     nag_mom_update on many tensors in one call: one C kernel, one parallel region.
 
@@ -186,10 +196,19 @@ def nag_mom_update_multi(weights, grads, moms, lr, momentum=0.0, wd=0.0, rescale
         -clip_gradient). Default: -1.0.
     out : sequence of numpy.ndarray, optional
         Arrays that receive the new weights; `out=weights` updates in place.
+    rounding : {'nearest', 'stochastic'}, optional
+        How values are stored into float16 and bfloat16 tensors (weight, states, out): to
+        nearest even (the default), or stochastically, rounding up with probability equal to
+        the distance from the value below, in units of the gap (unbiased: updates smaller than
+        half an ulp are not lost). float32 and float64 stores are always exact roundings.
+    seed : int, optional
+        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
+        the same on every backend and thread count. Required with rounding='stochastic'; vary
+        it every step.
 
     Returns
     -------
     list of numpy.ndarray
         The new weights.
     """
-    return _MULTI((weights, grads, moms), (lr, momentum, wd, rescale_grad, clip_gradient), out)
+    return _MULTI((weights, grads, moms), (lr, momentum, wd, rescale_grad, clip_gradient), out, rounding, seed)

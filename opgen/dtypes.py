@@ -46,6 +46,17 @@ class DType:
         """The shared headers' macro converting a math-type value to storage."""
         return f"OPGEN_STORE_{self.name}"
 
+    @property
+    def round(self) -> str:
+        """The shared headers' macro storing with the call's rounding: (value, stochastic?,
+        the stored tensor's key, the element's index); stochastic only into 16-bit types."""
+        return f"OPGEN_ROUND_{self.name}"
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether rounding="stochastic" changes a store into this type."""
+        return self.itemsize < self.math.itemsize
+
 
 DTYPES: tuple[DType, ...] = (
     DType("float16", "opgen_half", "opgen_half", FLOAT, 2),

@@ -48,6 +48,8 @@ class ArgRole(str, enum.Enum):
     TENSOR_TABLE = "tensor_table"  # one data pointer per tensor of a multi-tensor call
     SCALAR = "scalar"  # a scalar input or a parameter the math reads (`source` names it)
     SCALAR_TABLE = "scalar_table"  # one value per tensor of a multi-tensor call
+    ROUNDING = "rounding"  # 0: to nearest even; 1: stochastic (16-bit stores)
+    SEED = "seed"  # the stochastic rounding's seed (uint64)
     FLUSH = "flush_denormal"  # the C kernels' flush-to-zero flag
 
     def __str__(self) -> str:

@@ -103,7 +103,8 @@ def test_the_wheel_builds_a_users_specs_outside_the_repository(installed, tmp_pa
     got = [float(x) for x in run.stdout.strip().strip("[]").split(",")]
     assert got == pytest.approx([0.5 * 2.0 - 0.1 * 1.0, 0.5 * -4.0 - 0.1 * 0.5], rel=1e-6)
     page = (tmp_path / "myops" / "docs" / "decay_update.md").read_text()
-    assert "myops.decay_update(weight, grad, lr, keep=0.5, out=None)" in page and "generated." not in page
+    assert ("myops.decay_update(weight, grad, lr, keep=0.5, out=None, *, rounding=\"nearest\", seed=None)" in page
+            and "generated." not in page)
 
 
 # ---- the output package ---------------------------------------------------------------------

@@ -91,7 +91,8 @@ def test_the_runtime_passes_every_kernel_argument_once_in_order(op):
         for cuda in (False, True):
             head, tensors, positions, _ = operator.c_layout(kernel, cuda)
             laid = [r.value for r in head] + [f"tensor:{t}" for t in tensors] + \
-                [f"scalar:{operator.kernel_scalar_names[k]}" for k in positions] + ([] if cuda else ["flush_denormal"])
+                [f"scalar:{operator.kernel_scalar_names[k]}" for k in positions] + ["rounding", "seed"] + \
+                ([] if cuda else ["flush_denormal"])  # as backends.CBackend and CudaBackend pass them
             args = kernel.cuda_args if cuda else kernel.args
             assert laid == [f"{a.role.value}:{a.source}" if a.role in (ArgRole.TENSOR, ArgRole.SCALAR)
                             else a.role.value for a in args]

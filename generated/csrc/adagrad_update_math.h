@@ -8,10 +8,11 @@
 typedef struct {
     float s_lr, s_epsilon, s_rescale_grad, s_clip_gradient;
     int h_0;
+    uint64_t opgen_key;
 } opgen_adagrad_update_scalars_float;
-OPGEN_INLINE opgen_adagrad_update_scalars_float opgen_adagrad_update_scalars_float_init(double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient) {
+OPGEN_INLINE opgen_adagrad_update_scalars_float opgen_adagrad_update_scalars_float_init(double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_adagrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0)};
+    const opgen_adagrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_adagrad_update_element_float(const opgen_adagrad_update_scalars_float s, float *io_weight, float v_grad, float *io_history) {
@@ -27,10 +28,11 @@ OPGEN_INLINE void opgen_adagrad_update_element_float(const opgen_adagrad_update_
 typedef struct {
     double s_lr, s_epsilon, s_rescale_grad, s_clip_gradient;
     int h_0;
+    uint64_t opgen_key;
 } opgen_adagrad_update_scalars_double;
-OPGEN_INLINE opgen_adagrad_update_scalars_double opgen_adagrad_update_scalars_double_init(double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient) {
+OPGEN_INLINE opgen_adagrad_update_scalars_double opgen_adagrad_update_scalars_double_init(double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_adagrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0)};
+    const opgen_adagrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_adagrad_update_element_double(const opgen_adagrad_update_scalars_double s, double *io_weight, double v_grad, double *io_history) {
@@ -43,28 +45,28 @@ OPGEN_INLINE void opgen_adagrad_update_element_double(const opgen_adagrad_update
     *io_weight = v_weight;
     *io_history = v_history;
 }
-OPGEN_INLINE void opgen_adagrad_update_step_float16(const opgen_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_step_float16(const opgen_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_history) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_history = OPGEN_LOAD_float16(p_history[i]);
     opgen_adagrad_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_history);
-    p_weight[i] = OPGEN_STORE_float16(v_weight);
-    p_history[i] = OPGEN_STORE_float16(v_history);
+    p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
+    p_history[i] = OPGEN_ROUND_float16(v_history, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_adagrad_update_step_bfloat16(const opgen_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_step_bfloat16(const opgen_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_history) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_history = OPGEN_LOAD_bfloat16(p_history[i]);
     opgen_adagrad_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_history);
-    p_weight[i] = OPGEN_STORE_bfloat16(v_weight);
-    p_history[i] = OPGEN_STORE_bfloat16(v_history);
+    p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
+    p_history[i] = OPGEN_ROUND_bfloat16(v_history, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_adagrad_update_step_float32(const opgen_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_step_float32(const opgen_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_history) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_history = OPGEN_LOAD_float32(p_history[i]);
     opgen_adagrad_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_history);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_history[i] = OPGEN_STORE_float32(v_history);
 }
-OPGEN_INLINE void opgen_adagrad_update_step_float64(const opgen_adagrad_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_step_float64(const opgen_adagrad_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_history) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_history = OPGEN_LOAD_float64(p_history[i]);
     opgen_adagrad_update_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_history);

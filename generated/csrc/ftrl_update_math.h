@@ -8,10 +8,11 @@
 typedef struct {
     float s_lr, s_lamda1, s_beta, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
+    uint64_t opgen_key;
 } opgen_ftrl_update_scalars_float;
-OPGEN_INLINE opgen_ftrl_update_scalars_float opgen_ftrl_update_scalars_float_init(double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+OPGEN_INLINE opgen_ftrl_update_scalars_float opgen_ftrl_update_scalars_float_init(double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_ftrl_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_lamda1), OPGEN_PER_CALL((float)arg_beta), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0)};
+    const opgen_ftrl_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_lamda1), OPGEN_PER_CALL((float)arg_beta), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_ftrl_update_element_float(const opgen_ftrl_update_scalars_float s, float *io_weight, float v_grad, float *io_z, float *io_n) {
@@ -31,10 +32,11 @@ OPGEN_INLINE void opgen_ftrl_update_element_float(const opgen_ftrl_update_scalar
 typedef struct {
     double s_lr, s_lamda1, s_beta, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
+    uint64_t opgen_key;
 } opgen_ftrl_update_scalars_double;
-OPGEN_INLINE opgen_ftrl_update_scalars_double opgen_ftrl_update_scalars_double_init(double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+OPGEN_INLINE opgen_ftrl_update_scalars_double opgen_ftrl_update_scalars_double_init(double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_ftrl_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_lamda1), OPGEN_PER_CALL((double)arg_beta), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0)};
+    const opgen_ftrl_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_lamda1), OPGEN_PER_CALL((double)arg_beta), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_ftrl_update_element_double(const opgen_ftrl_update_scalars_double s, double *io_weight, double v_grad, double *io_z, double *io_n) {
@@ -51,25 +53,25 @@ OPGEN_INLINE void opgen_ftrl_update_element_double(const opgen_ftrl_update_scala
     *io_z = v_z;
     *io_n = v_n;
 }
-OPGEN_INLINE void opgen_ftrl_update_step_float16(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_z, opgen_half *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_float16(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_z, opgen_half *OPGEN_RESTRICT p_n) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_z = OPGEN_LOAD_float16(p_z[i]);
     float v_n = OPGEN_LOAD_float16(p_n[i]);
     opgen_ftrl_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_z, &v_n);
-    p_weight[i] = OPGEN_STORE_float16(v_weight);
-    p_z[i] = OPGEN_STORE_float16(v_z);
-    p_n[i] = OPGEN_STORE_float16(v_n);
+    p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
+    p_z[i] = OPGEN_ROUND_float16(v_z, sr, opgen_slot_key(s.opgen_key, 0), i);
+    p_n[i] = OPGEN_ROUND_float16(v_n, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
-OPGEN_INLINE void opgen_ftrl_update_step_bfloat16(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_z, opgen_bf16 *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_bfloat16(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_z, opgen_bf16 *OPGEN_RESTRICT p_n) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
     opgen_ftrl_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_z, &v_n);
-    p_weight[i] = OPGEN_STORE_bfloat16(v_weight);
-    p_z[i] = OPGEN_STORE_bfloat16(v_z);
-    p_n[i] = OPGEN_STORE_bfloat16(v_n);
+    p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
+    p_z[i] = OPGEN_ROUND_bfloat16(v_z, sr, opgen_slot_key(s.opgen_key, 0), i);
+    p_n[i] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
-OPGEN_INLINE void opgen_ftrl_update_step_float32(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_float32(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
@@ -78,7 +80,7 @@ OPGEN_INLINE void opgen_ftrl_update_step_float32(const opgen_ftrl_update_scalars
     p_z[i] = OPGEN_STORE_float32(v_z);
     p_n[i] = OPGEN_STORE_float32(v_n);
 }
-OPGEN_INLINE void opgen_ftrl_update_step_float64(const opgen_ftrl_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_z, double *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_float64(const opgen_ftrl_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_z, double *OPGEN_RESTRICT p_n) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_z = OPGEN_LOAD_float64(p_z[i]);
     double v_n = OPGEN_LOAD_float64(p_n[i]);

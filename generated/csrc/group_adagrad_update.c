@@ -5,22 +5,30 @@
 #include "opgen_kernel.h"
 #include "group_adagrad_update_math.h"
 
-void opgen_group_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int flush_denormal) {
-    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon);
-    OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float16(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float16(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float16(opgen_values, row, arg_history), opgen_group_adagrad_update_pass2_float16(s, opgen_values, i, gi, arg_weight, arg_grad));
+void opgen_group_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+    if (rounding) {
+        OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float16(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float16(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float16(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_float16(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
+    } else {
+        OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float16(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float16(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float16(s, opgen_values, row, 0, arg_history), opgen_group_adagrad_update_pass2_float16(s, opgen_values, i, gi, 0, arg_weight, arg_grad));
+    }
 }
 
-void opgen_group_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int flush_denormal) {
-    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon);
-    OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_bfloat16(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_bfloat16(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_bfloat16(opgen_values, row, arg_history), opgen_group_adagrad_update_pass2_bfloat16(s, opgen_values, i, gi, arg_weight, arg_grad));
+void opgen_group_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+    if (rounding) {
+        OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_bfloat16(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_bfloat16(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_bfloat16(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_bfloat16(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
+    } else {
+        OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_bfloat16(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_bfloat16(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_bfloat16(s, opgen_values, row, 0, arg_history), opgen_group_adagrad_update_pass2_bfloat16(s, opgen_values, i, gi, 0, arg_weight, arg_grad));
+    }
 }
 
-void opgen_group_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int flush_denormal) {
-    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon);
-    OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float32(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float32(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float32(opgen_values, row, arg_history), opgen_group_adagrad_update_pass2_float32(s, opgen_values, i, gi, arg_weight, arg_grad));
+void opgen_group_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+    OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float32(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float32(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float32(s, opgen_values, row, 0, arg_history), opgen_group_adagrad_update_pass2_float32(s, opgen_values, i, gi, 0, arg_weight, arg_grad));
 }
 
-void opgen_group_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int flush_denormal) {
-    const opgen_group_adagrad_update_scalars_double scalars = opgen_group_adagrad_update_scalars_double_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon);
-    OPGEN_LAZY_ROWS(double, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float64(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float64(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float64(opgen_values, row, arg_history), opgen_group_adagrad_update_pass2_float64(s, opgen_values, i, gi, arg_weight, arg_grad));
+void opgen_group_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_double scalars = opgen_group_adagrad_update_scalars_double_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+    OPGEN_LAZY_ROWS(double, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float64(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float64(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float64(s, opgen_values, row, 0, arg_history), opgen_group_adagrad_update_pass2_float64(s, opgen_values, i, gi, 0, arg_weight, arg_grad));
 }

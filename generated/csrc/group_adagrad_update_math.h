@@ -8,10 +8,11 @@
 typedef struct {
     float s_lr, s_rescale_grad, s_clip_gradient, s_epsilon;
     int h_0;
+    uint64_t opgen_key;
 } opgen_group_adagrad_update_scalars_float;
-OPGEN_INLINE opgen_group_adagrad_update_scalars_float opgen_group_adagrad_update_scalars_float_init(double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon) {
+OPGEN_INLINE opgen_group_adagrad_update_scalars_float opgen_group_adagrad_update_scalars_float_init(double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, uint64_t seed, int64_t tensor) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_group_adagrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL(h_0)};
+    const opgen_group_adagrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL(h_0), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_float(const opgen_group_adagrad_update_scalars_float s, float *sums, float v_grad) {
@@ -35,10 +36,11 @@ OPGEN_INLINE void opgen_group_adagrad_update_pass2_float(const opgen_group_adagr
 typedef struct {
     double s_lr, s_rescale_grad, s_clip_gradient, s_epsilon;
     int h_0;
+    uint64_t opgen_key;
 } opgen_group_adagrad_update_scalars_double;
-OPGEN_INLINE opgen_group_adagrad_update_scalars_double opgen_group_adagrad_update_scalars_double_init(double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon) {
+OPGEN_INLINE opgen_group_adagrad_update_scalars_double opgen_group_adagrad_update_scalars_double_init(double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, uint64_t seed, int64_t tensor) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_group_adagrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL(h_0)};
+    const opgen_group_adagrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL(h_0), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_double(const opgen_group_adagrad_update_scalars_double s, double *sums, double v_grad) {
@@ -65,13 +67,13 @@ OPGEN_INLINE void opgen_group_adagrad_update_pass1_float16(const opgen_group_ada
 OPGEN_INLINE void opgen_group_adagrad_update_row_float16(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, opgen_half *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_float16(p_history[row]));
 }
-OPGEN_INLINE void opgen_group_adagrad_update_row_store_float16(const float *values, int64_t row, opgen_half *OPGEN_RESTRICT p_history) {
-    p_history[row] = OPGEN_STORE_float16(values[0]);
+OPGEN_INLINE void opgen_group_adagrad_update_row_store_float16(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t row, int sr, opgen_half *OPGEN_RESTRICT p_history) {
+    p_history[row] = OPGEN_ROUND_float16(values[0], sr, opgen_slot_key(s.opgen_key, 0), row);
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass2_float16(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_group_adagrad_update_pass2_float16(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_float16(p_grad[gi]));
-    p_weight[i] = OPGEN_STORE_float16(v_weight);
+    p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_bfloat16(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_bfloat16(p_grad[gi]));
@@ -79,13 +81,13 @@ OPGEN_INLINE void opgen_group_adagrad_update_pass1_bfloat16(const opgen_group_ad
 OPGEN_INLINE void opgen_group_adagrad_update_row_bfloat16(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, opgen_bf16 *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_bfloat16(p_history[row]));
 }
-OPGEN_INLINE void opgen_group_adagrad_update_row_store_bfloat16(const float *values, int64_t row, opgen_bf16 *OPGEN_RESTRICT p_history) {
-    p_history[row] = OPGEN_STORE_bfloat16(values[0]);
+OPGEN_INLINE void opgen_group_adagrad_update_row_store_bfloat16(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t row, int sr, opgen_bf16 *OPGEN_RESTRICT p_history) {
+    p_history[row] = OPGEN_ROUND_bfloat16(values[0], sr, opgen_slot_key(s.opgen_key, 0), row);
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass2_bfloat16(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_group_adagrad_update_pass2_bfloat16(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_bfloat16(p_grad[gi]));
-    p_weight[i] = OPGEN_STORE_bfloat16(v_weight);
+    p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_float32(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const float *OPGEN_RESTRICT p_grad) {
     opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_float32(p_grad[gi]));
@@ -93,10 +95,10 @@ OPGEN_INLINE void opgen_group_adagrad_update_pass1_float32(const opgen_group_ada
 OPGEN_INLINE void opgen_group_adagrad_update_row_float32(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, float *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_float32(p_history[row]));
 }
-OPGEN_INLINE void opgen_group_adagrad_update_row_store_float32(const float *values, int64_t row, float *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_group_adagrad_update_row_store_float32(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t row, int sr, float *OPGEN_RESTRICT p_history) {
     p_history[row] = OPGEN_STORE_float32(values[0]);
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass2_float32(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_group_adagrad_update_pass2_float32(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_float32(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
@@ -107,10 +109,10 @@ OPGEN_INLINE void opgen_group_adagrad_update_pass1_float64(const opgen_group_ada
 OPGEN_INLINE void opgen_group_adagrad_update_row_float64(const opgen_group_adagrad_update_scalars_double s, const double *sums, int64_t row_len, double *values, int64_t row, double *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_double(s, sums, row_len, values, OPGEN_LOAD_float64(p_history[row]));
 }
-OPGEN_INLINE void opgen_group_adagrad_update_row_store_float64(const double *values, int64_t row, double *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_group_adagrad_update_row_store_float64(const opgen_group_adagrad_update_scalars_double s, const double *values, int64_t row, int sr, double *OPGEN_RESTRICT p_history) {
     p_history[row] = OPGEN_STORE_float64(values[0]);
 }
-OPGEN_INLINE void opgen_group_adagrad_update_pass2_float64(const opgen_group_adagrad_update_scalars_double s, const double *values, int64_t i, int64_t gi, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_group_adagrad_update_pass2_float64(const opgen_group_adagrad_update_scalars_double s, const double *values, int64_t i, int64_t gi, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     opgen_group_adagrad_update_pass2_double(s, values, &v_weight, OPGEN_LOAD_float64(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float64(v_weight);

@@ -9,11 +9,12 @@ typedef struct {
     float s_lr, s_momentum, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
     float h_1;
+    uint64_t opgen_key;
 } opgen_nag_mom_update_scalars_float;
-OPGEN_INLINE opgen_nag_mom_update_scalars_float opgen_nag_mom_update_scalars_float_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+OPGEN_INLINE opgen_nag_mom_update_scalars_float opgen_nag_mom_update_scalars_float_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
     const int h_0 = arg_clip_gradient > 0; /* gg = clip(rescale_grad * grad, clip_gradient) + wd * weight if clip_gradient > 0 else rescale_grad * grad + wd * weight */
     const double h_1 = arg_momentum + 1.0; /* weight = weight - mom + (momentum + 1) * (mom - lr * gg) */
-    const opgen_nag_mom_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1)};
+    const opgen_nag_mom_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_nag_mom_update_element_float(const opgen_nag_mom_update_scalars_float s, float *io_weight, float v_grad, float *io_mom) {
@@ -30,11 +31,12 @@ typedef struct {
     double s_lr, s_momentum, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
     double h_1;
+    uint64_t opgen_key;
 } opgen_nag_mom_update_scalars_double;
-OPGEN_INLINE opgen_nag_mom_update_scalars_double opgen_nag_mom_update_scalars_double_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient) {
+OPGEN_INLINE opgen_nag_mom_update_scalars_double opgen_nag_mom_update_scalars_double_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
     const int h_0 = arg_clip_gradient > 0; /* gg = clip(rescale_grad * grad, clip_gradient) + wd * weight if clip_gradient > 0 else rescale_grad * grad + wd * weight */
     const double h_1 = arg_momentum + 1.0; /* weight = weight - mom + (momentum + 1) * (mom - lr * gg) */
-    const opgen_nag_mom_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_momentum), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1)};
+    const opgen_nag_mom_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_momentum), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_nag_mom_update_element_double(const opgen_nag_mom_update_scalars_double s, double *io_weight, double v_grad, double *io_mom) {
@@ -47,28 +49,28 @@ OPGEN_INLINE void opgen_nag_mom_update_element_double(const opgen_nag_mom_update
     *io_weight = v_weight;
     *io_mom = v_mom;
 }
-OPGEN_INLINE void opgen_nag_mom_update_step_float16(const opgen_nag_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mom) {
+OPGEN_INLINE void opgen_nag_mom_update_step_float16(const opgen_nag_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mom) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float16(p_mom[i]);
     opgen_nag_mom_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mom);
-    p_weight[i] = OPGEN_STORE_float16(v_weight);
-    p_mom[i] = OPGEN_STORE_float16(v_mom);
+    p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
+    p_mom[i] = OPGEN_ROUND_float16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_nag_mom_update_step_bfloat16(const opgen_nag_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mom) {
+OPGEN_INLINE void opgen_nag_mom_update_step_bfloat16(const opgen_nag_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mom) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
     opgen_nag_mom_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
-    p_weight[i] = OPGEN_STORE_bfloat16(v_weight);
-    p_mom[i] = OPGEN_STORE_bfloat16(v_mom);
+    p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
+    p_mom[i] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_nag_mom_update_step_float32(const opgen_nag_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom) {
+OPGEN_INLINE void opgen_nag_mom_update_step_float32(const opgen_nag_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
     opgen_nag_mom_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
-OPGEN_INLINE void opgen_nag_mom_update_step_float64(const opgen_nag_mom_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mom) {
+OPGEN_INLINE void opgen_nag_mom_update_step_float64(const opgen_nag_mom_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mom) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_mom = OPGEN_LOAD_float64(p_mom[i]);
     opgen_nag_mom_update_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_mom);

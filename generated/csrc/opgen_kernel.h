@@ -84,6 +84,64 @@ static inline uint16_t opgen_float_to_bf16_bits(float f) {
 #define OPGEN_LOAD_float64(x) (x)
 #define OPGEN_STORE_float64(x) ((double)(x))
 
+static inline uint32_t opgen_float_bits(float f) { uint32_t u; memcpy(&u, &f, 4); return u; }
+static inline float opgen_bits_float(uint32_t u) { float f; memcpy(&f, &u, 4); return f; }
+#define OPGEN_FLOAT_BITS(f) opgen_float_bits(f)
+#define OPGEN_BITS_FLOAT(u) opgen_bits_float(u)
+#define OPGEN_SR_FN static inline
+#if defined(__FLT16_MAX__)
+static inline opgen_half opgen_half_from_bits(uint16_t h) { opgen_half x; memcpy(&x, &h, 2); return x; }
+#define OPGEN_HALF_FROM_BITS(h) opgen_half_from_bits(h)
+#else
+#define OPGEN_HALF_FROM_BITS(h) (h)
+#endif
+
+/* Stochastic rounding (rounding="stochastic"): a store into a 16-bit type rounds up with
+ * probability equal to the distance from the value below, in units of the gap. The random
+ * bits are a pure function of (seed, tensor, stored tensor, element index) through
+ * splitmix64's finalizer, so every backend and thread count gives the same bits
+ * (opgen/runtime/rounding.py is the same definition in NumPy). */
+#define OPGEN_GOLDEN 0x9E3779B97F4A7C15ull
+OPGEN_SR_FN uint64_t opgen_mix64(uint64_t z) {
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+}
+OPGEN_SR_FN uint64_t opgen_call_key(uint64_t seed, int64_t tensor) {
+    return opgen_mix64(seed + OPGEN_GOLDEN * (uint64_t)(tensor + 1));
+}
+OPGEN_SR_FN uint64_t opgen_slot_key(uint64_t key, int slot) {
+    return opgen_mix64(key + OPGEN_GOLDEN * (uint64_t)(slot + 1));
+}
+OPGEN_SR_FN uint32_t opgen_random_bits(uint64_t slot_key, int64_t i) {
+    return (uint32_t)(opgen_mix64(slot_key + OPGEN_GOLDEN * (uint64_t)(i + 1)) >> 32);
+}
+OPGEN_SR_FN uint16_t opgen_float_to_bf16_sr(float f, uint32_t r) {
+    uint32_t u = OPGEN_FLOAT_BITS(f);
+    uint32_t rounded = (u + (r >> 16)) >> 16, nan = ((u >> 16) & 0x8000u) | 0x7fc0u;
+    return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
+}
+OPGEN_SR_FN uint16_t opgen_float_to_half_sr(float f, uint32_t r) {
+    uint32_t u = OPGEN_FLOAT_BITS(f), sign = (u >> 16) & 0x8000u, ax = u & 0x7fffffffu;
+    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
+    if (ax < 0x38800000u) { /* below the smallest normal half: multiples of 2^-24 */
+        float scaled = OPGEN_BITS_FLOAT(ax) * 16777216.0f;
+        uint32_t m = (uint32_t)scaled;
+        float frac = scaled - (float)m;
+        if ((float)(r >> 8) * 5.9604644775390625e-8f < frac) m++;
+        return (uint16_t)(sign | m);
+    }
+    uint32_t t = (ax + (r & 0x1fffu)) & ~0x1fffu;
+    if (t >= 0x47800000u) return (uint16_t)(sign | 0x7c00u);
+    return (uint16_t)(sign | ((((t >> 23) - 112u) << 10) | ((t >> 13) & 0x3ffu)));
+}
+/* A store into storage type D: rounding to nearest, or stochastic (`sr`) with the stored
+ * tensor's key and the element's index. */
+#define OPGEN_ROUND_float16(x, sr, key, i) ((sr) ? OPGEN_HALF_FROM_BITS(opgen_float_to_half_sr((x), opgen_random_bits((key), (i)))) : OPGEN_STORE_float16(x))
+#define OPGEN_ROUND_bfloat16(x, sr, key, i) ((sr) ? opgen_float_to_bf16_sr((x), opgen_random_bits((key), (i))) : OPGEN_STORE_bfloat16(x))
+#define OPGEN_ROUND_float32(x, sr, key, i) OPGEN_STORE_float32(x)
+#define OPGEN_ROUND_float64(x, sr, key, i) OPGEN_STORE_float64(x)
+
 /* The generated element and step functions are shared word for word with the CUDA file. */
 #define OPGEN_INLINE static inline
 #define OPGEN_RESTRICT restrict

@@ -10,12 +10,13 @@ typedef struct {
     int h_0;
     float h_1;
     int h_2;
+    uint64_t opgen_key;
 } opgen_rmspropalex_update_scalars_float;
-OPGEN_INLINE opgen_rmspropalex_update_scalars_float opgen_rmspropalex_update_scalars_float_init(double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
+OPGEN_INLINE opgen_rmspropalex_update_scalars_float opgen_rmspropalex_update_scalars_float_init(double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, uint64_t seed, int64_t tensor) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_gamma1; /* n = (1 - gamma1) * gr * gr + gamma1 * n */
     const int h_2 = arg_clip_weights > 0; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
-    const opgen_rmspropalex_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_gamma1), OPGEN_PER_CALL((float)arg_gamma2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL(h_2)};
+    const opgen_rmspropalex_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_gamma1), OPGEN_PER_CALL((float)arg_gamma2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL(h_2), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_rmspropalex_update_element_float(const opgen_rmspropalex_update_scalars_float s, float *io_weight, float v_grad, float *io_n, float *io_g, float *io_delta) {
@@ -40,12 +41,13 @@ typedef struct {
     int h_0;
     double h_1;
     int h_2;
+    uint64_t opgen_key;
 } opgen_rmspropalex_update_scalars_double;
-OPGEN_INLINE opgen_rmspropalex_update_scalars_double opgen_rmspropalex_update_scalars_double_init(double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights) {
+OPGEN_INLINE opgen_rmspropalex_update_scalars_double opgen_rmspropalex_update_scalars_double_init(double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, uint64_t seed, int64_t tensor) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_gamma1; /* n = (1 - gamma1) * gr * gr + gamma1 * n */
     const int h_2 = arg_clip_weights > 0; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
-    const opgen_rmspropalex_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_gamma1), OPGEN_PER_CALL((double)arg_gamma2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL(h_2)};
+    const opgen_rmspropalex_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_gamma1), OPGEN_PER_CALL((double)arg_gamma2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL(h_2), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_rmspropalex_update_element_double(const opgen_rmspropalex_update_scalars_double s, double *io_weight, double v_grad, double *io_n, double *io_g, double *io_delta) {
@@ -65,29 +67,29 @@ OPGEN_INLINE void opgen_rmspropalex_update_element_double(const opgen_rmspropale
     *io_g = v_g;
     *io_delta = v_delta;
 }
-OPGEN_INLINE void opgen_rmspropalex_update_step_float16(const opgen_rmspropalex_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_n, opgen_half *OPGEN_RESTRICT p_g, opgen_half *OPGEN_RESTRICT p_delta) {
+OPGEN_INLINE void opgen_rmspropalex_update_step_float16(const opgen_rmspropalex_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_n, opgen_half *OPGEN_RESTRICT p_g, opgen_half *OPGEN_RESTRICT p_delta) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_n = OPGEN_LOAD_float16(p_n[i]);
     float v_g = OPGEN_LOAD_float16(p_g[i]);
     float v_delta = OPGEN_LOAD_float16(p_delta[i]);
     opgen_rmspropalex_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_n, &v_g, &v_delta);
-    p_weight[i] = OPGEN_STORE_float16(v_weight);
-    p_n[i] = OPGEN_STORE_float16(v_n);
-    p_g[i] = OPGEN_STORE_float16(v_g);
-    p_delta[i] = OPGEN_STORE_float16(v_delta);
+    p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
+    p_n[i] = OPGEN_ROUND_float16(v_n, sr, opgen_slot_key(s.opgen_key, 0), i);
+    p_g[i] = OPGEN_ROUND_float16(v_g, sr, opgen_slot_key(s.opgen_key, 1), i);
+    p_delta[i] = OPGEN_ROUND_float16(v_delta, sr, opgen_slot_key(s.opgen_key, 2), i);
 }
-OPGEN_INLINE void opgen_rmspropalex_update_step_bfloat16(const opgen_rmspropalex_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_n, opgen_bf16 *OPGEN_RESTRICT p_g, opgen_bf16 *OPGEN_RESTRICT p_delta) {
+OPGEN_INLINE void opgen_rmspropalex_update_step_bfloat16(const opgen_rmspropalex_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_n, opgen_bf16 *OPGEN_RESTRICT p_g, opgen_bf16 *OPGEN_RESTRICT p_delta) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
     float v_g = OPGEN_LOAD_bfloat16(p_g[i]);
     float v_delta = OPGEN_LOAD_bfloat16(p_delta[i]);
     opgen_rmspropalex_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_n, &v_g, &v_delta);
-    p_weight[i] = OPGEN_STORE_bfloat16(v_weight);
-    p_n[i] = OPGEN_STORE_bfloat16(v_n);
-    p_g[i] = OPGEN_STORE_bfloat16(v_g);
-    p_delta[i] = OPGEN_STORE_bfloat16(v_delta);
+    p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
+    p_n[i] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 0), i);
+    p_g[i] = OPGEN_ROUND_bfloat16(v_g, sr, opgen_slot_key(s.opgen_key, 1), i);
+    p_delta[i] = OPGEN_ROUND_bfloat16(v_delta, sr, opgen_slot_key(s.opgen_key, 2), i);
 }
-OPGEN_INLINE void opgen_rmspropalex_update_step_float32(const opgen_rmspropalex_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_n, float *OPGEN_RESTRICT p_g, float *OPGEN_RESTRICT p_delta) {
+OPGEN_INLINE void opgen_rmspropalex_update_step_float32(const opgen_rmspropalex_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_n, float *OPGEN_RESTRICT p_g, float *OPGEN_RESTRICT p_delta) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
     float v_g = OPGEN_LOAD_float32(p_g[i]);
@@ -98,7 +100,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_step_float32(const opgen_rmspropalex_
     p_g[i] = OPGEN_STORE_float32(v_g);
     p_delta[i] = OPGEN_STORE_float32(v_delta);
 }
-OPGEN_INLINE void opgen_rmspropalex_update_step_float64(const opgen_rmspropalex_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_n, double *OPGEN_RESTRICT p_g, double *OPGEN_RESTRICT p_delta) {
+OPGEN_INLINE void opgen_rmspropalex_update_step_float64(const opgen_rmspropalex_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_n, double *OPGEN_RESTRICT p_g, double *OPGEN_RESTRICT p_delta) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_n = OPGEN_LOAD_float64(p_n[i]);
     double v_g = OPGEN_LOAD_float64(p_g[i]);

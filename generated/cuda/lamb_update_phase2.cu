@@ -5,7 +5,7 @@
 #include "opgen_kernel.cuh"
 #include "../csrc/lamb_update_phase2_math.h"
 
-OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float16(const opgen_lamb_update_phase2_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_g) {
+OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float16(const opgen_lamb_update_phase2_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_g) {
     opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
     opgen_vec<opgen_half, 8> x_g;
     if (!zero_grad) x_g = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_g)[gvi];
@@ -13,11 +13,11 @@ OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float16(const opgen_lamb_update
     for (int k = 0; k < 8; ++k) {
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
         opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_g.v[k]));
-        x_weight.v[k] = OPGEN_STORE_float16(v_weight);
+        x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
 }
-OPGEN_INLINE void opgen_lamb_update_phase2_vstep_bfloat16(const opgen_lamb_update_phase2_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_g) {
+OPGEN_INLINE void opgen_lamb_update_phase2_vstep_bfloat16(const opgen_lamb_update_phase2_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_g) {
     opgen_vec<opgen_bf16, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_weight)[vi];
     opgen_vec<opgen_bf16, 8> x_g;
     if (!zero_grad) x_g = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_g)[gvi];
@@ -25,11 +25,11 @@ OPGEN_INLINE void opgen_lamb_update_phase2_vstep_bfloat16(const opgen_lamb_updat
     for (int k = 0; k < 8; ++k) {
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
         opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_g.v[k]));
-        x_weight.v[k] = OPGEN_STORE_bfloat16(v_weight);
+        x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
     reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_weight)[vi] = x_weight;
 }
-OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float32(const opgen_lamb_update_phase2_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_g) {
+OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float32(const opgen_lamb_update_phase2_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_g) {
     opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_g;
     if (!zero_grad) x_g = reinterpret_cast<const opgen_vec<float, 4> *>(p_g)[gvi];
@@ -41,7 +41,7 @@ OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float32(const opgen_lamb_update
     }
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
 }
-OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float64(const opgen_lamb_update_phase2_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_g) {
+OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float64(const opgen_lamb_update_phase2_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_g) {
     opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
     opgen_vec<double, 2> x_g;
     if (!zero_grad) x_g = reinterpret_cast<const opgen_vec<double, 2> *>(p_g)[gvi];
@@ -54,42 +54,58 @@ OPGEN_INLINE void opgen_lamb_update_phase2_vstep_float64(const opgen_lamb_update
     reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
-    const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float16(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(s, i, gi, 0, arg_weight, arg_g));
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float16(s, vi, gvi, 0, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(s, i, gi, 0, 1, arg_weight, arg_g));
+    } else {
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float16(s, vi, gvi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(s, i, gi, 0, 0, arg_weight, arg_g));
+    }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
-    const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float16(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(s, i, gi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_float16(s, vi, gvi, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(s, i, gi, 1, arg_weight, arg_g));
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float16(s, vi, gvi, 0, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(s, i, gi, 0, 1, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_float16(s, vi, gvi, 1, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(s, i, gi, 1, 1, arg_weight, arg_g));
+    } else {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float16(s, vi, gvi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(s, i, gi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_float16(s, vi, gvi, 1, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(s, i, gi, 1, 0, arg_weight, arg_g));
+    }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
-    const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_bfloat16(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_bfloat16(s, i, gi, 0, arg_weight, arg_g));
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_bfloat16(s, vi, gvi, 0, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_g));
+    } else {
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_bfloat16(s, vi, gvi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_g));
+    }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
-    const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_bfloat16(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_bfloat16(s, i, gi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_bfloat16(s, vi, gvi, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_bfloat16(s, i, gi, 1, arg_weight, arg_g));
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_bfloat16(s, vi, gvi, 0, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_bfloat16(s, vi, gvi, 1, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_bfloat16(s, i, gi, 1, 1, arg_weight, arg_g));
+    } else {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_bfloat16(s, vi, gvi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_bfloat16(s, vi, gvi, 1, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_bfloat16(s, i, gi, 1, 0, arg_weight, arg_g));
+    }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
-    const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float32(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float32(s, i, gi, 0, arg_weight, arg_g));
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float32(s, vi, gvi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float32(s, i, gi, 0, 0, arg_weight, arg_g));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
-    const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float32(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float32(s, i, gi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_float32(s, vi, gvi, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_float32(s, i, gi, 1, arg_weight, arg_g));
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase2_scalars_float s = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float32(s, vi, gvi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float32(s, i, gi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_float32(s, vi, gvi, 1, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float32(s, i, gi, 1, 0, arg_weight, arg_g));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
-    const opgen_lamb_update_phase2_scalars_double s = opgen_lamb_update_phase2_scalars_double_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float64(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(s, i, gi, 0, arg_weight, arg_g));
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase2_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase2_scalars_double s = opgen_lamb_update_phase2_scalars_double_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float64(s, vi, gvi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(s, i, gi, 0, 0, arg_weight, arg_g));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound) {
-    const opgen_lamb_update_phase2_scalars_double s = opgen_lamb_update_phase2_scalars_double_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float64(s, vi, gvi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(s, i, gi, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_float64(s, vi, gvi, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(s, i, gi, 1, arg_weight, arg_g));
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase2_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase2_scalars_double s = opgen_lamb_update_phase2_scalars_double_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16), opgen_lamb_update_phase2_vstep_float64(s, vi, gvi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(s, i, gi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_vstep_float64(s, vi, gvi, 1, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(s, i, gi, 1, 0, arg_weight, arg_g));
 }

@@ -28,7 +28,7 @@ from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen import cbuild
 from opgen.runtime import backends
 from opgen.runtime.arrays import adapter_for, present, refused_subclass, same_view
-from opgen.runtime.operator import Operator
+from opgen.runtime.operator import NEAREST, Operator, Rounding, check_rounding
 from opgen.runtime.rowsparse import RowSparseArray
 
 # per-tensor parameter lists, packed as the multi kernel's tables take them
@@ -105,7 +105,7 @@ class MultiOperator:
         self._naming = _Naming(self.name, flat=False)
 
     def interleaved(self, data: tuple, params: tuple, count, count_name: str, out,
-                    labels: Sequence[tuple[str, str]] = ()):
+                    labels: Sequence[tuple[str, str]] = (), rounding="nearest", seed=None):
         """MXNet's convention: ``data`` is (weight, grad, states...) for tensor 0, then tensor
         1, ...; ``count`` says how many tensors; ``labels`` gives per-tensor lists' names."""
         if len(data) == 1 and isinstance(data[0], (list, tuple)):
@@ -119,7 +119,8 @@ class MultiOperator:
             raise ValueError(f"{self.op.name}(): argument 'data' holds {len(data)} arrays but {count_name}={count} "
                              f"needs {count * size} ({parts} for each tensor)")
         groups = tuple(list(data[k::size]) for k in range(size))
-        return self._call(groups, params, out, _Naming(self.op.name, flat=True, labels=tuple(labels)))
+        return self._call(groups, params, out, _Naming(self.op.name, flat=True, labels=tuple(labels)),
+                          check_rounding(self.op.name, rounding, seed))
 
     def _c_module(self):
         """The op's C module where the C backend serves this call, else None."""
@@ -136,19 +137,19 @@ class MultiOperator:
     def _fail(naming: _Naming, exc: type[Exception], name: str, message: str) -> Exception:
         return exc(f"{naming.caller}(): argument '{name}' {message}")
 
-    def __call__(self, groups: tuple, params: tuple, out):
-        return self._call(groups, params, out, self._naming)
+    def __call__(self, groups: tuple, params: tuple, out, rounding="nearest", seed=None):
+        return self._call(groups, params, out, self._naming, check_rounding(self.name, rounding, seed))
 
-    def _call(self, groups: tuple, params: tuple, out, naming: _Naming):
+    def _call(self, groups: tuple, params: tuple, out, naming: _Naming, rounding: Rounding = NEAREST):
         try:
-            return self._checked_call(groups, params, out, naming)
+            return self._checked_call(groups, params, out, naming, rounding)
         except (TypeError, ValueError) as exc:  # the one-tensor checks name the op: name the caller
             prefix = f"{self.op.name}(): "
             if naming.caller == self.op.name or not str(exc).startswith(prefix):
                 raise
             raise type(exc)(f"{naming.caller}(): {str(exc)[len(prefix):]}") from None
 
-    def _checked_call(self, groups: tuple, params: tuple, out, naming: _Naming):
+    def _checked_call(self, groups: tuple, params: tuple, out, naming: _Naming, rounding: Rounding):
         lists = []
         for name, group in zip(self.group_names, groups):
             if not isinstance(group, (list, tuple)):
@@ -178,7 +179,7 @@ class MultiOperator:
         if plan is not None and out is not None and len(plan.arrays) == len(arrays) \
                 and all(map(operator.is_, arrays, plan.arrays)) and backends.current_backend() != "numpy":
             if not _RECHECK_PLAN[0] or plan.unchanged():
-                return self._run_plan(plan, columns, count)  # the very same arrays as last time, in place
+                return self._run_plan(plan, columns, count, rounding)  # the very same arrays, in place
             self._plan = None  # changed since: the full checks below refuse it, or plan anew
         # arrays of other types as native views (the cached path above only ever holds native ones)
         views, presented = present(arrays)
@@ -186,13 +187,14 @@ class MultiOperator:
         out = None if out is None else list(views[len(lists) * count:])
         module = self._c_module() if all(type(a) is np.ndarray for a in lists[0]) else None
         plan = None if module is None else self._plan_for(naming, lists, out, views, module, count)
-        targets = self._one_by_one(naming, lists, columns, out, count) if plan is None \
-            else self._run_plan(plan, columns, count)
+        targets = self._one_by_one(naming, lists, columns, out, count, rounding) if plan is None \
+            else self._run_plan(plan, columns, count, rounding)
         return targets if presented is None else [presented.result(t) for t in targets]
 
-    def _run_plan(self, plan: _Plan, columns: list, count: int) -> list:
+    def _run_plan(self, plan: _Plan, columns: list, count: int, rounding: Rounding) -> list:
         """One call of the multi kernel: count, sizes, the pointer tables, a value table per
-        kernel parameter (typed as the ABI says, worked out when the plan was made), the flag."""
+        kernel parameter (typed as the ABI says, worked out when the plan was made), the
+        rounding and its seed, the flag."""
         from_buffer = plan.from_buffer
         values = []
         for k, dtype, cdata in plan.columns:
@@ -200,7 +202,8 @@ class MultiOperator:
             array = np.full(count, column, dtype) if not isinstance(column, np.ndarray) \
                 else np.ascontiguousarray(column, dtype)
             values.append(from_buffer(cdata, array))
-        plan.function(count, plan.sizes, *plan.tables, *values, backends.flush_denormal_flag())
+        plan.function(count, plan.sizes, *plan.tables, *values, int(rounding.stochastic), rounding.seed,
+                      backends.flush_denormal_flag())
         return list(plan.targets)
 
     def _param_column(self, naming: _Naming, p, value, count: int):
@@ -273,9 +276,11 @@ class MultiOperator:
                 keep.append(buffers)
                 tables.append(ffi.new("void *[]", buffers))
         roles = [a.role for a in kernel.args]
-        if roles[:2] != [ArgRole.COUNT, ArgRole.SIZES] or roles[-1] is not ArgRole.FLUSH or \
-                roles[2:-1] != sorted(roles[2:-1], key=[ArgRole.TENSOR_TABLE, ArgRole.SCALAR_TABLE].index):
-            raise RuntimeError(f"{kernel.name}: arguments not grouped as count, sizes, tables, values, flag")
+        tail = [ArgRole.ROUNDING, ArgRole.SEED, ArgRole.FLUSH]
+        if roles[:2] != [ArgRole.COUNT, ArgRole.SIZES] or roles[-3:] != tail or \
+                roles[2:-3] != sorted(roles[2:-3], key=[ArgRole.TENSOR_TABLE, ArgRole.SCALAR_TABLE].index):
+            raise RuntimeError(f"{kernel.name}: arguments not grouped as count, sizes, tables, values, rounding, "
+                               "seed, flag")
         position = {name: k for k, name in enumerate(self._kernel_param_names)}
         columns = tuple((position[a.source], np.dtype(a.numpy), f"{a.element_c_type}[]")
                         for a in kernel.args if a.role is ArgRole.SCALAR_TABLE)
@@ -288,7 +293,7 @@ class MultiOperator:
             self._plan = plan
         return plan
 
-    def _one_by_one(self, naming: _Naming, lists, columns, out, count: int) -> list:
+    def _one_by_one(self, naming: _Naming, lists, columns, out, count: int, rounding: Rounding) -> list:
         """The general path (NumPy backend, CuPy arrays, non-contiguous arrays): every
         tensor is checked first, then each is updated by the single-tensor op."""
         op = self.op
@@ -301,7 +306,7 @@ class MultiOperator:
                 values[position] = column[i].item() if isinstance(column, np.ndarray) else column
             group = tuple(lst[i] for lst in lists)
             calls.append(op.check(group, tuple(values), None if out is None else out[i], self._names(naming, i),
-                                  f"out[{i}]"))
+                                  f"out[{i}]", rounding.for_tensor(i)))
         self._check_no_overlap(naming, [(tuple(lst[i] for lst in lists), call.target)
                                         for i, call in enumerate(calls)])
         return [op.execute(call) for call in calls]

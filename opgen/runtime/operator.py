@@ -60,6 +60,44 @@ class ParamArg:
         object.__setattr__(self, "type", ParamType(self.type))
 
 
+_GOLDEN = 0x9E3779B97F4A7C15  # the key derivation's step (opgen/runtime/rounding.py)
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """How a call stores into 16-bit types: to nearest even, or stochastically with the
+    random bits of ``seed``."""
+
+    stochastic: bool = False
+    seed: int = 0
+
+    def for_tensor(self, tensor: int) -> "Rounding":
+        """Tensor ``tensor`` of a multi-tensor call run as a call of its own: the seed whose
+        key, call_key(seed', 0), is the multi kernel's call_key(seed, tensor)."""
+        return Rounding(self.stochastic, (self.seed + _GOLDEN * tensor) % 2 ** 64) if self.stochastic else self
+
+
+NEAREST = Rounding()
+_ROUNDINGS = ("nearest", "stochastic")
+
+
+def check_rounding(caller: str, rounding, seed) -> Rounding:
+    """The ``rounding`` and ``seed`` arguments of every generated function."""
+    if rounding == "nearest" and seed is None:
+        return NEAREST
+    if not isinstance(rounding, str) or rounding not in _ROUNDINGS:
+        raise ValueError(f"{caller}(): argument 'rounding' must be 'nearest' or 'stochastic', got {rounding!r}")
+    if seed is not None and (not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_))):
+        raise TypeError(f"{caller}(): argument 'seed' must be None or an int, got {type(seed).__name__}")
+    if rounding == "nearest":
+        return NEAREST
+    if seed is None:
+        raise TypeError(f"{caller}(): argument 'seed' is required with rounding='stochastic' (vary it every step)")
+    if not 0 <= int(seed) < 2 ** 64:
+        raise ValueError(f"{caller}(): argument 'seed' must lie in [0, 2**64), got {int(seed)}")
+    return Rounding(True, int(seed))
+
+
 @dataclass
 class Call:
     """A checked call: what the kernels need, nothing written yet."""
@@ -70,6 +108,7 @@ class Call:
     scalars: tuple  # kernel scalars: scalar inputs, then the math's parameters
     target: object  # where the result goes (None: a new array)
     schedule: Schedule
+    rounding: Rounding = NEAREST
 
 
 class Operator:
@@ -78,7 +117,8 @@ class Operator:
     def __init__(self, *, name: str, spec: str, tensors: Sequence[TensorArg], params: Sequence[ParamArg],
                  lazy_param: str | None, always_lazy: bool, kernels: Sequence[KernelABI],
                  math_types: dict[str, str], numpy_kernel: Callable, c_source: Path, c_cdef: Path,
-                 cuda_source: Path, output: bool = False, skip_if: Callable | None = None) -> None:
+                 cuda_source: Path, output: bool = False, skip_if: Callable | None = None,
+                 store_slots: tuple[int, ...] = ()) -> None:
         self.name = name
         self.spec = spec
         self.tensors = tuple(tensors)
@@ -106,6 +146,7 @@ class Operator:
         self.numpy_kernel = numpy_kernel
         self.c_source = c_source
         self.c_cdef = c_cdef
+        self.store_slots = tuple(store_slots)  # per result of the NumPy kernel: its stochastic rounding slot
         self.cuda = cuda.CudaKernels(spec, cuda_source)
         self._c_functions: dict[str, Callable] = {}
         self._layouts: dict[tuple[str, bool], tuple] = {}
@@ -132,7 +173,7 @@ class Operator:
         return self._kernels_by_dtype[(schedule, np.dtype(dtype))]
 
     # -- the call ---------------------------------------------------------------
-    def __call__(self, tensors: tuple, params: tuple, out):
+    def __call__(self, tensors: tuple, params: tuple, out, rounding="nearest", seed=None):
         """The common call in a few attribute reads, else the general path.
 
         The fast path applies to NumPy arrays that own their memory (so distinct arrays
@@ -141,7 +182,7 @@ class Operator:
         Everything else, errors included, goes through the full checks.
         """
         weight = tensors[self.weight_index]
-        if type(weight) is np.ndarray and (out is None or out is weight):
+        if type(weight) is np.ndarray and (out is None or out is weight) and seed is None and rounding == "nearest":
             function = self._fast_functions.get(weight.dtype)
             if function is not None and _backend() != "numpy":
                 dtype, shape = weight.dtype, weight.shape
@@ -164,26 +205,27 @@ class Operator:
                             # below name it
                             try:
                                 if out is not None:  # in place: the weight's own buffer
-                                    function(weight.size, *map(self._from_buffer, tensors), *kernel_params, _ftz[0])
+                                    function(weight.size, *map(self._from_buffer, tensors), *kernel_params,
+                                             0, 0, _ftz[0])
                                     return weight
                                 target = weight.copy()
                                 function(weight.size, *[self._from_buffer(target if t is weight else t)
-                                                        for t in tensors], *kernel_params, _ftz[0])
+                                                        for t in tensors], *kernel_params, 0, 0, _ftz[0])
                                 return target
                             except OverflowError:
                                 pass
-        return self._checked_call(tensors, params, out)
+        return self._checked_call(tensors, params, out, rounding=check_rounding(self.name, rounding, seed))
 
     def _checked_call(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
-                      out_name: str = "out"):
+                      out_name: str = "out", rounding: Rounding = NEAREST):
         """The general path: arrays of other types as native views, every check, the run."""
         views, presented = present((*tensors, out))
-        call = self.check(views[:-1], params, views[-1], names, out_name)
+        call = self.check(views[:-1], params, views[-1], names, out_name, rounding)
         result = self.execute(call)
         return result if presented is None else presented.result(result)
 
     def check(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
-              out_name: str = "out") -> Call:
+              out_name: str = "out", rounding: Rounding = NEAREST) -> Call:
         """Every check of a call; raises before anything is written."""
         values = tuple(self.check_param(p, v) for p, v in zip(self.params, params))
         weight, grad, states, scalars = self.check_tensors(tensors, names)
@@ -194,7 +236,7 @@ class Operator:
         else:
             schedule = Schedule.DENSE
         return Call(weight, grad, states, tuple(scalars) + tuple(values[k] for k in self.kernel_params),
-                    target, schedule)
+                    target, schedule, rounding)
 
     def execute(self, call: Call):
         """Run a checked call: from here on, arrays are written (on the arrays' device)."""
@@ -218,7 +260,8 @@ class Operator:
         work = [_contiguous(xp, result)] + [_contiguous(xp, s) for s in call.states]
         source = _contiguous(xp, weight) if self.output else work[0]
         backend = backends.backend_for(self, adapter_for(weight))
-        backend.run(self, Work(call.schedule, weight.dtype, work[0], source, call.grad, work[1:], call.scalars))
+        backend.run(self, Work(call.schedule, weight.dtype, work[0], source, call.grad, work[1:], call.scalars,
+                               call.rounding))
         if backend is backends.C:
             self._enable_fast_path(call.schedule, weight.dtype)
         for original, used in zip([result, *call.states], work):
@@ -442,7 +485,7 @@ class Operator:
         layout = self._layouts.get((kernel.name, cuda))
         if layout is None:
             args = kernel.cuda_args if cuda else kernel.args
-            groups = [ArgRole.TENSOR, ArgRole.SCALAR, ArgRole.FLUSH]
+            groups = [ArgRole.TENSOR, ArgRole.SCALAR, ArgRole.ROUNDING, ArgRole.SEED, ArgRole.FLUSH]
             rank = [groups.index(a.role) + 1 if a.role in groups else 0 for a in args]
             if rank != sorted(rank) or (args[-1].role is not ArgRole.FLUSH) != cuda:
                 raise RuntimeError(f"{kernel.name}: arguments not grouped as sizes, tensors, scalars, flag")

@@ -43,6 +43,7 @@ PACKAGE_EXPORTS = ("RowSparseArray", "available_backends", "set_flush_denormal",
 # would write over them (docs/index.md) or be hidden by them (the folders).
 PACKAGE_FILES = ("index", "csrc", "cuda", "docs")
 OUT_ARGUMENT = "out"  # every entry point's output argument
+ROUNDING_ARGUMENTS = ("rounding", "seed")  # every entry point's keyword-only rounding arguments
 DATA_ARGUMENT = "data"  # the flat array list of MXNet's multi-tensor convention
 PUBLIC_SUFFIX_MULTI = "_multi"
 

@@ -117,6 +117,7 @@ def _arguments(op: "OpSpec", schedule: Schedule) -> tuple[Arg, ...]:
             args.append(Arg(ArgRole.SCALAR_TABLE, f"const {kind.c_arg} *", name, kind.numpy_arg, cuda=False))
         else:
             args.append(Arg(ArgRole.SCALAR, kind.c_arg, name, kind.numpy_arg))
+    args += [Arg(ArgRole.ROUNDING, "int", numpy="int32"), Arg(ArgRole.SEED, "uint64_t", numpy="uint64")]
     args.append(Arg(ArgRole.FLUSH, "int", cuda=False))
     return tuple(args)
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 from opgen.kinds import ArgRole, Schedule
 from opgen.spec.model import OpSpec
 from opgen.targets import abi
-from opgen.targets.element import LOOP, OpCode, RowCode, StepCode, math_header
+from opgen.targets.element import LOOP, OpCode, RowCode, StepCode, math_header, with_rounding
 
 
 def _parameters(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> str:
@@ -39,16 +39,20 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
     head = f"const {code.struct(step.math.math)} {LOOP.s} = {code.init(step.math.math)}({code.init_call()});"
     rows = f"{n.get(ArgRole.NNZ)}, {n.get(ArgRole.ROW_LEN)}, {n.get(ArgRole.INDICES)}"
     vector = f"{step.lanes}, {step.aligned()}"
-    if op.rows is not None:
-        args = RowCode(step.math).schedule_args(step, n[ArgRole.ROW_LEN])
-        return [head, f"OPGEN_CUDA_LAZY_ROWS({args[0]}, {args[1]}, {args[2]}, {rows}, {', '.join(args[3:])});"]
-    steps = f"{step.step_call('vstep', 0)}, {step.step_call('step', 0)}"
-    if kernel.schedule is Schedule.DENSE:
-        return [head, f"OPGEN_CUDA_DENSE({n[ArgRole.SIZE]}, {vector}, {steps});"]
-    if kernel.schedule is Schedule.LAZY:
-        return [head, f"OPGEN_CUDA_LAZY({rows}, {vector}, {steps});"]
-    zero = f"{step.step_call('vstep', 1)}, {step.step_call('step', 1)}"
-    return [head, f"OPGEN_CUDA_STANDARD({n[ArgRole.NROWS]}, {rows}, {vector}, {steps}, {zero});"]
+
+    def body(sr: int) -> list[str]:
+        if op.rows is not None:
+            args = RowCode(step.math).schedule_args(step, n[ArgRole.ROW_LEN], sr)
+            return [f"OPGEN_CUDA_LAZY_ROWS({args[0]}, {args[1]}, {args[2]}, {rows}, {', '.join(args[3:])});"]
+        steps = f"{step.step_call('vstep', 0, sr=sr)}, {step.step_call('step', 0, sr=sr)}"
+        if kernel.schedule is Schedule.DENSE:
+            return [f"OPGEN_CUDA_DENSE({n[ArgRole.SIZE]}, {vector}, {steps});"]
+        if kernel.schedule is Schedule.LAZY:
+            return [f"OPGEN_CUDA_LAZY({rows}, {vector}, {steps});"]
+        zero = f"{step.step_call('vstep', 1, sr=sr)}, {step.step_call('step', 1, sr=sr)}"
+        return [f"OPGEN_CUDA_STANDARD({n[ArgRole.NROWS]}, {rows}, {vector}, {steps}, {zero});"]
+
+    return [head, *with_rounding(step, body)]
 
 
 def context(op: OpSpec) -> dict:

@@ -24,7 +24,20 @@ from opgen.escape import c_comment
 from opgen.expr.printers.c import CPrinter, c_name
 from opgen.expr.tree import Assign, Expr, Ref, RefKind, VType, refs
 from opgen.spec.model import OUT, OpSpec
+from opgen.kinds import ArgRole
 from opgen.targets.abi import ARG, lanes
+
+# The per-call struct's stochastic-rounding key (spec names reach C prefixed: no collision).
+SR_KEY = "opgen_key"
+
+
+def with_rounding(step: "StepCode", body) -> list[str]:
+    """A kernel's schedule lines ``body(sr)``: once, or, where it stores into 16-bit types,
+    once per rounding (the branch is taken once per call; each loop knows its rounding)."""
+    if not step.stochastic:
+        return body(0)
+    return [f"if ({ArgRole.ROUNDING.value}) {{", *(f"    {line}" for line in body(1)), "} else {",
+            *(f"    {line}" for line in body(0)), "}"]
 
 
 @dataclass(frozen=True)
@@ -81,8 +94,14 @@ class OpCode:
     def element_arrays(self) -> list[str]:
         return self.touched(self.reads | set(self.written))
 
-    def init_call(self, index: str = "") -> str:
-        return ", ".join(f"{ARG}{name}{index}" for name in self.op.kernel_scalars)
+    def init_call(self, index: str = "", tensor: str = "0") -> str:
+        """The init's arguments in a kernel: its scalars (``index`` into per-tensor tables),
+        the seed, and the tensor's number (with the seed, its stochastic-rounding key)."""
+        return ", ".join([*(f"{ARG}{name}{index}" for name in self.op.kernel_scalars), ArgRole.SEED.value, tensor])
+
+    def slot(self, name: str) -> int:
+        """A stored tensor's number among the op's stores: its own random bits."""
+        return self.written.index(name)
 
     def pointer_args(self, names: list[str], index: str = "") -> str:
         return ", ".join(f"{ARG}{name}{index}" for name in names)
@@ -115,6 +134,8 @@ class MathCode:
             name = c_name(s.kind, s.target)
             value = name if s.expr.vtype is not VType.REAL else f"({c_type}){name}"
             out.append((name, c_type, f"OPGEN_PER_CALL({value})"))
+        # the key of the call's stochastic rounding (whether it rounds so is each kernel's `sr`)
+        out.append((SR_KEY, "uint64_t", f"opgen_call_key({ArgRole.SEED.value}, tensor)"))
         return out
 
     def struct_lines(self) -> list[str]:
@@ -129,8 +150,8 @@ class MathCode:
 
     def init_lines(self) -> list[str]:
         """Per-call values in double (ints and bools as they are), each rounded once."""
-        params = ", ".join(f"{k.c_arg} {ARG}{n}" for n, k in zip(self.op.kernel_scalars, self.op.kernel_scalar_kinds)) \
-            or "void"
+        params = ", ".join([*(f"{k.c_arg} {ARG}{n}" for n, k in zip(self.op.kernel_scalars, self.op.kernel_scalar_kinds)),
+                            f"uint64_t {ArgRole.SEED.value}", "int64_t tensor"])
         struct = self.code.struct(self.math)
         prologue = CPrinter(DOUBLE.c_type, lambda e: ARG + e.name if e.kind is RefKind.PARAM else c_name(e.kind, e.name))
         lines = [f"OPGEN_INLINE {struct} {self.code.init(self.math)}({params}) {{"]
@@ -206,13 +227,27 @@ class StepCode:
     def load(self, name: str, memory: Memory) -> str:
         return f"{self.storage(name).load}({memory.of(name)})"
 
-    def call_lines(self, memory: Memory, indent: str) -> list[str]:
+    def call_lines(self, memory: Memory, indent: str, element: str = "i") -> list[str]:
         """Load, call the element function, store: one element at ``memory``."""
         return self.load_call_store(self.code.function("element", self.math.math.c_type), "s", self.code.element_arrays,
-                                    set(self.code.written), self.code.reads, memory, indent, zero_grad=True)
+                                    set(self.code.written), self.code.reads, memory, indent, zero_grad=True,
+                                    element=element)
+
+    def store(self, name: str, value: str, element: str) -> str:
+        """A tensor's store of ``value`` at element ``element``, with the call's rounding."""
+        storage = self.storage(name)
+        if not storage.stochastic:
+            return f"{storage.store}({value})"
+        return f"{storage.round}({value}, sr, opgen_slot_key(s.{SR_KEY}, {self.code.slot(name)}), {element})"
+
+    @property
+    def stochastic(self) -> bool:
+        """Whether a store of this dtype's kernels rounds into a 16-bit type: they then run
+        their schedule twice over, with sr = 0 and 1 (constants once inlined)."""
+        return any(self.storage(n).stochastic for n in self.code.written)
 
     def load_call_store(self, function: str, head: str, names: list[str], written: set[str], reads: set[str],
-                        memory: Memory, indent: str, zero_grad: bool) -> list[str]:
+                        memory: Memory, indent: str, zero_grad: bool, element: str = "i") -> list[str]:
         """The tensors ``names`` at ``memory`` into locals, ``function(head, ...)`` on them
         (written ones by pointer; with ``zero_grad``, the gradient as the step's flag says),
         the written ones stored back."""
@@ -228,11 +263,11 @@ class StepCode:
             else:
                 args.append(self.load(n, memory))
         lines.append(f"{indent}{function}({head}, {', '.join(args)});")
-        lines += [f"{indent}{memory.of(n)} = {self.storage(n).store}(v_{n});" for n in names if n in written]
+        lines += [f"{indent}{memory.of(n)} = {self.store(n, f'v_{n}', element)};" for n in names if n in written]
         return lines
 
     def head(self, what: str, index: str) -> str:
-        params = [f"const {self.code.struct(self.math.math)} s", index, "int zero_grad",
+        params = [f"const {self.code.struct(self.math.math)} s", index, "int zero_grad", "int sr",
                   *self.pointer_params(self.code.element_arrays)]
         return f"OPGEN_INLINE void {self.code.function(what, self.dtype.name)}({', '.join(params)}) {{"
 
@@ -265,7 +300,7 @@ class StepCode:
             else:
                 lines.append(f"    {self.vec(n)} x_{n};")
         lines += ["#pragma unroll", f"    for (int k = 0; k < {self.lanes}; ++k) {{",
-                  *self.call_lines(Memory("x_{name}.v[k]", {}), "        "), "    }"]
+                  *self.call_lines(Memory("x_{name}.v[k]", {}), "        ", f"vi * {self.lanes} + k"), "    }"]
         lines += [f"    reinterpret_cast<{self.vec(n)} *>(p_{n})[vi] = x_{n};" for n in names if n in written]
         return lines + ["}"]
 
@@ -274,10 +309,10 @@ class StepCode:
         return " && ".join(f"opgen_aligned({ARG}{n}, {self.lanes * self.storage(n).itemsize})"
                            for n in self.code.element_arrays) or "1"
 
-    def step_call(self, what: str, zero_grad: int, table: str = "") -> str:
+    def step_call(self, what: str, zero_grad: int, table: str = "", sr: int = 0) -> str:
         """A schedule's step: the scalar step over (i, gi), or CUDA's vector step over (vi, gvi)."""
         index = f"{LOOP.vi}, {LOOP.gvi}" if what == "vstep" else f"{LOOP.i}, {LOOP.gi}"
-        return f"{self.code.function(what, self.dtype.name)}({LOOP.s}, {index}, {zero_grad}, " \
+        return f"{self.code.function(what, self.dtype.name)}({LOOP.s}, {index}, {zero_grad}, {sr}, " \
                f"{self.code.pointer_args(self.code.element_arrays, table)})"
 
 
@@ -352,15 +387,15 @@ class RowCode:
                       [call("pass1", "s, sums", loads(self.pass1_arrays))]),
             *function("row", [scalars, f"const {m} *sums", "int64_t row_len", f"{m} *values", "int64_t row"],
                       self.row_tensors, [call("row", "s, sums, row_len, values", loads(self.row_tensors))]),
-            *function("row_store", [f"const {m} *values", "int64_t row"], self.row_written,
-                      [f"    p_{n}[row] = {step.storage(n).store}(values[{self.values.index(n)}]);"
+            *function("row_store", [scalars, f"const {m} *values", "int64_t row", "int sr"], self.row_written,
+                      [f"    p_{n}[row] = {step.store(n, f'values[{self.values.index(n)}]', 'row')};"
                        for n in self.row_written]),
-            *function("pass2", [scalars, f"const {m} *values", "int64_t i", "int64_t gi"], names,
+            *function("pass2", [scalars, f"const {m} *values", "int64_t i", "int64_t gi", "int sr"], names,
                       step.load_call_store(self.code.function("pass2", m), "s, values", names, self.pass2_written,
                                            self.pass2_reads, memory, "    ", zero_grad=False)),
         ]
 
-    def schedule_args(self, step: StepCode, row_len: str) -> list[str]:
+    def schedule_args(self, step: StepCode, row_len: str, sr: int = 0) -> list[str]:
         """The row schedule's arguments after the sizes: counts and the four step calls."""
         d = step.dtype.name
         fn = lambda what: self.code.function(what, d)  # noqa: E731
@@ -369,8 +404,8 @@ class RowCode:
                 f"{fn('pass1')}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.sums}{_more(args(self.pass1_arrays))})",
                 f"{fn('row')}({LOOP.s}, {LOOP.sums}, {row_len}, {LOOP.values}, {LOOP.row}"
                 f"{_more(args(self.row_tensors))})",
-                f"{fn('row_store')}({LOOP.values}, {LOOP.row}{_more(args(self.row_written))})",
-                f"{fn('pass2')}({LOOP.s}, {LOOP.values}, {LOOP.i}, {LOOP.gi}{_more(args(self.pass2_arrays))})"]
+                f"{fn('row_store')}({LOOP.s}, {LOOP.values}, {LOOP.row}, {sr}{_more(args(self.row_written))})",
+                f"{fn('pass2')}({LOOP.s}, {LOOP.values}, {LOOP.i}, {LOOP.gi}, {sr}{_more(args(self.pass2_arrays))})"]
 
 
 def _more(text: str) -> str:

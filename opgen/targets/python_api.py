@@ -11,7 +11,7 @@ from opgen.escape import one_line, py_docstring, py_docstring_line, py_string
 from opgen.expr.printers.numpy import NumpyPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.kinds import ArgRole, Schedule
-from opgen.spec.model import OpSpec, ParamSpec, ParamType, TensorRole
+from opgen.spec.model import OUT, OpSpec, ParamSpec, ParamType, TensorRole
 from opgen.spec.names import OUT_ARGUMENT, PACKAGE_EXPORTS, group_name
 from opgen.targets import abi
 
@@ -43,14 +43,35 @@ def _param_list(params) -> list[str]:
     return parts
 
 
+ROUNDING_SIGNATURE = ['rounding="nearest"', "seed=None"]
+
+
+def _keyword_tail(parts: list[str]) -> list[str]:
+    """``out=None``, then the rounding arguments, keyword-only."""
+    return parts + ["out=None"] + ([] if any(p.startswith("*") for p in parts) else ["*"]) + ROUNDING_SIGNATURE
+
+
 def signature(op: OpSpec) -> str:
     if op.multi is not None:
         return interleaved_signature(op)
-    return ", ".join([t.name for t in op.tensors] + _param_list(op.params) + ["out=None"])
+    return ", ".join(_keyword_tail([t.name for t in op.tensors] + _param_list(op.params)))
 
 
 def multi_signature(op: OpSpec) -> str:
-    return ", ".join([group_name(t.name) for t in op.tensors] + _param_list(op.math_params) + ["out=None"])
+    return ", ".join(_keyword_tail([group_name(t.name) for t in op.tensors] + _param_list(op.math_params)))
+
+
+ROUNDING_DOC = [
+    "rounding : {'nearest', 'stochastic'}, optional",
+    "    How values are stored into float16 and bfloat16 tensors (weight, states, out): to",
+    "    nearest even (the default), or stochastically, rounding up with probability equal to",
+    "    the distance from the value below, in units of the gap (unbiased: updates smaller than",
+    "    half an ulp are not lost). float32 and float64 stores are always exact roundings.",
+    "seed : int, optional",
+    "    The random bits of stochastic rounding, a pure function of (seed, tensor, element):",
+    "    the same on every backend and thread count. Required with rounding='stochastic'; vary",
+    "    it every step.",
+]
 
 
 def multi_docstring(op: OpSpec) -> list[str]:
@@ -68,7 +89,7 @@ def multi_docstring(op: OpSpec) -> list[str]:
         lines += _param_doc(p, f"{_PY_TYPES[p.type]} or sequence of {_PY_TYPES[p.type]}")
     lines += [f"{OUT_ARGUMENT} : sequence of numpy.ndarray, optional",
               f"    Arrays that receive the new {op.weight.name}s; `out={weights}` updates in place.",
-              "", "Returns", "-------", "list of numpy.ndarray", f"    The new {op.weight.name}s."]
+              *ROUNDING_DOC, "", "Returns", "-------", "list of numpy.ndarray", f"    The new {op.weight.name}s."]
     return _docstring_body(lines)
 
 
@@ -151,6 +172,7 @@ def docstring(op: OpSpec) -> list[str]:
         lines += _param_doc(p, _PY_TYPES[p.type])
     lines += ["out : numpy.ndarray, optional"]
     lines += ["    " + line for line in _wrap(out_doc(op))]
+    lines += ROUNDING_DOC
     lines += ["", "Returns", "-------", "numpy.ndarray", f"    `out`, holding {result_doc(op)}.", "",
               "Notes", "-----", "The update, per element::", ""]
     printer = PseudoPrinter()
@@ -221,6 +243,7 @@ def kernel_table(op: OpSpec) -> tuple[list[tuple[str, str]], list[str]]:
 def context(op: OpSpec) -> dict:
     printer = NumpyPrinter()
     results = [op.output if op.output else op.weight.name] + [t.name for t in op.states]
+    stored = [name for name, _ in op.stores]  # the kernels' stochastic-rounding slots
     rs = op.row_sparse
     arg_sets, records = kernel_table(op)
     return {
@@ -230,6 +253,8 @@ def context(op: OpSpec) -> dict:
         "kernel_args": ", ".join([t.name for t in op.tensors] + [p.name for p in op.math_params]),
         "numpy_lines": numpy_lines(op),
         "numpy_return": ", ".join(results),
+        "store_slots": _tuple(str(stored.index((OUT if op.output else name) if k == 0 else name))
+                              for k, name in enumerate(results)),
         "tensors": [{"name": t.name, "role": t.role.value, "dtype": repr(t.dtype), "per_row": t.per_row}
                     for t in op.tensors],
         "params": [{"name": p.name, "type": p.type.value, "in_kernel": p in op.math_params,
@@ -282,8 +307,8 @@ def _public(op: OpSpec, p) -> str:
 
 def interleaved_signature(op: OpSpec) -> str:
     """MXNet's multi-tensor convention: the arrays first, every parameter keyword-only."""
-    return ", ".join(["*data"] + [_public(op, p) if p.required else f"{p.name}={python_default(p)}"
-                                  for p in op.params] + ["out=None"])
+    return ", ".join(_keyword_tail(["*data"] + [_public(op, p) if p.required else f"{p.name}={python_default(p)}"
+                                                for p in op.params]))
 
 
 def interleaved_docstring(op: OpSpec) -> list[str]:
@@ -302,7 +327,7 @@ def interleaved_docstring(op: OpSpec) -> list[str]:
         lines += _param_doc(p, _PY_TYPES[p.type], note)
     lines += ["out : list of numpy.ndarray, optional",
               f"    Arrays that receive the new {op.weight.name}s; pass the weights to update in place.",
-              "", "Returns", "-------", "list of numpy.ndarray", f"    The new {op.weight.name}s.", "",
+              *ROUNDING_DOC, "", "Returns", "-------", "list of numpy.ndarray", f"    The new {op.weight.name}s.", "",
               "Notes", "-----", "The update of each tensor, per element::", ""]
     printer = PseudoPrinter()
     lines += ["    " + printer.statement(s) for s in op.math.statements]
