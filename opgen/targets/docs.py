@@ -72,6 +72,12 @@ def context(op: OpSpec) -> dict:
         kind = "required" if p.required else f"optional, default={p.default}"
         arguments.append(f"**{p.name}** ({_DOC_TYPES[p.type]}, {kind}) – {md_inline(p.doc)}{param_note(p)}")
     arguments.append(f"**out** (ndarray, optional) – {out_doc(op)}")
+    arguments.append("**rounding** ('nearest' or 'stochastic', keyword-only, default='nearest') – how stores into "
+                     "float16 and bfloat16 tensors round: to nearest even, or stochastically (up with probability "
+                     "equal to the distance from the value below, in units of the gap: unbiased).")
+    arguments.append("**seed** (int, keyword-only, required with rounding='stochastic') – the random bits, a pure "
+                     "function of (seed, tensor, element): the same on every backend and thread count. Vary it "
+                     "every step.")
     lazy = op.row_sparse.always_lazy or op.row_sparse.lazy_param is not None
     return {
         "op": op.name,
