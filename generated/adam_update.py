@@ -163,9 +163,9 @@ def adam_update(weight, grad, mean, var, lr, beta1=0.9, beta2=0.999, epsilon=1e-
         the distance from the value below, in units of the gap (unbiased: updates smaller than
         half an ulp are not lost). float32 and float64 stores are always exact roundings.
     seed : int, optional
-        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
-        the same on every backend and thread count. Required with rounding='stochastic'; vary
-        it every step.
+        The random bits of stochastic rounding, a pure function of (seed, tensor, stored
+        tensor, element): the same on every backend and thread count. Required with
+        rounding='stochastic'; vary it every step.
 
     Returns
     -------
@@ -235,9 +235,9 @@ def adam_update_multi(weights, grads, means, vars, lr, beta1=0.9, beta2=0.999, e
         the distance from the value below, in units of the gap (unbiased: updates smaller than
         half an ulp are not lost). float32 and float64 stores are always exact roundings.
     seed : int, optional
-        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
-        the same on every backend and thread count. Required with rounding='stochastic'; vary
-        it every step.
+        The random bits of stochastic rounding, a pure function of (seed, tensor, stored
+        tensor, element): the same on every backend and thread count. Required with
+        rounding='stochastic'; vary it every step.
 
     Returns
     -------

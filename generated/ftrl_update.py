@@ -148,9 +148,9 @@ def ftrl_update(weight, grad, z, n, lr, lamda1=0.01, beta=1.0, wd=0.0, rescale_g
         the distance from the value below, in units of the gap (unbiased: updates smaller than
         half an ulp are not lost). float32 and float64 stores are always exact roundings.
     seed : int, optional
-        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
-        the same on every backend and thread count. Required with rounding='stochastic'; vary
-        it every step.
+        The random bits of stochastic rounding, a pure function of (seed, tensor, stored
+        tensor, element): the same on every backend and thread count. Required with
+        rounding='stochastic'; vary it every step.
 
     Returns
     -------
@@ -219,9 +219,9 @@ def ftrl_update_multi(weights, grads, zs, ns, lr, lamda1=0.01, beta=1.0, wd=0.0,
         the distance from the value below, in units of the gap (unbiased: updates smaller than
         half an ulp are not lost). float32 and float64 stores are always exact roundings.
     seed : int, optional
-        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
-        the same on every backend and thread count. Required with rounding='stochastic'; vary
-        it every step.
+        The random bits of stochastic rounding, a pure function of (seed, tensor, stored
+        tensor, element): the same on every backend and thread count. Required with
+        rounding='stochastic'; vary it every step.
 
     Returns
     -------

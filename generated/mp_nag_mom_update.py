@@ -137,9 +137,9 @@ def mp_nag_mom_update(weight, grad, mom, weight32, lr, momentum=0.0, wd=0.0, res
         the distance from the value below, in units of the gap (unbiased: updates smaller than
         half an ulp are not lost). float32 and float64 stores are always exact roundings.
     seed : int, optional
-        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
-        the same on every backend and thread count. Required with rounding='stochastic'; vary
-        it every step.
+        The random bits of stochastic rounding, a pure function of (seed, tensor, stored
+        tensor, element): the same on every backend and thread count. Required with
+        rounding='stochastic'; vary it every step.
 
     Returns
     -------
@@ -205,9 +205,9 @@ def mp_nag_mom_update_multi(weights, grads, moms, weight32s, lr, momentum=0.0, w
         the distance from the value below, in units of the gap (unbiased: updates smaller than
         half an ulp are not lost). float32 and float64 stores are always exact roundings.
     seed : int, optional
-        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
-        the same on every backend and thread count. Required with rounding='stochastic'; vary
-        it every step.
+        The random bits of stochastic rounding, a pure function of (seed, tensor, stored
+        tensor, element): the same on every backend and thread count. Required with
+        rounding='stochastic'; vary it every step.
 
     Returns
     -------

@@ -161,9 +161,9 @@ def rmspropalex_update(weight, grad, n, g, delta, lr, gamma1=0.95, gamma2=0.9, e
         the distance from the value below, in units of the gap (unbiased: updates smaller than
         half an ulp are not lost). float32 and float64 stores are always exact roundings.
     seed : int, optional
-        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
-        the same on every backend and thread count. Required with rounding='stochastic'; vary
-        it every step.
+        The random bits of stochastic rounding, a pure function of (seed, tensor, stored
+        tensor, element): the same on every backend and thread count. Required with
+        rounding='stochastic'; vary it every step.
 
     Returns
     -------
@@ -241,9 +241,9 @@ def rmspropalex_update_multi(weights, grads, ns, gs, deltas, lr, gamma1=0.95, ga
         the distance from the value below, in units of the gap (unbiased: updates smaller than
         half an ulp are not lost). float32 and float64 stores are always exact roundings.
     seed : int, optional
-        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
-        the same on every backend and thread count. Required with rounding='stochastic'; vary
-        it every step.
+        The random bits of stochastic rounding, a pure function of (seed, tensor, stored
+        tensor, element): the same on every backend and thread count. Required with
+        rounding='stochastic'; vary it every step.
 
     Returns
     -------

@@ -142,9 +142,9 @@ def signum_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0,
         the distance from the value below, in units of the gap (unbiased: updates smaller than
         half an ulp are not lost). float32 and float64 stores are always exact roundings.
     seed : int, optional
-        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
-        the same on every backend and thread count. Required with rounding='stochastic'; vary
-        it every step.
+        The random bits of stochastic rounding, a pure function of (seed, tensor, stored
+        tensor, element): the same on every backend and thread count. Required with
+        rounding='stochastic'; vary it every step.
 
     Returns
     -------
@@ -209,9 +209,9 @@ def signum_update_multi(weights, grads, moms, lr, momentum=0.0, wd=0.0, rescale_
         the distance from the value below, in units of the gap (unbiased: updates smaller than
         half an ulp are not lost). float32 and float64 stores are always exact roundings.
     seed : int, optional
-        The random bits of stochastic rounding, a pure function of (seed, tensor, element):
-        the same on every backend and thread count. Required with rounding='stochastic'; vary
-        it every step.
+        The random bits of stochastic rounding, a pure function of (seed, tensor, stored
+        tensor, element): the same on every backend and thread count. Required with
+        rounding='stochastic'; vary it every step.
 
     Returns
     -------

@@ -76,7 +76,7 @@ def context(op: OpSpec) -> dict:
                      "float16 and bfloat16 tensors round: to nearest even, or stochastically (up with probability "
                      "equal to the distance from the value below, in units of the gap: unbiased).")
     arguments.append("**seed** (int, keyword-only, required with rounding='stochastic') – the random bits, a pure "
-                     "function of (seed, tensor, element): the same on every backend and thread count. Vary it "
+                     "function of (seed, tensor, stored tensor, element): the same on every backend and thread count. Vary it "
                      "every step.")
     lazy = op.row_sparse.always_lazy or op.row_sparse.lazy_param is not None
     return {
