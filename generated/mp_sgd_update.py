@@ -129,8 +129,9 @@ def mp_sgd_update(weight, grad, weight32, lr, wd=0.0, rescale_grad=1.0, clip_gra
     rounding : {'nearest', 'stochastic'}, optional
         How values are stored into float16 and bfloat16 tensors (weight, states, out): to
         nearest even (the default), or stochastically, rounding up with probability equal to
-        the distance from the value below, in units of the gap (unbiased: updates smaller than
-        half an ulp are not lost). float32 and float64 stores are always exact roundings.
+        the distance from the value below, in units of the gap (unbiased: updates smaller
+        than half an ulp are not lost). float32 and float64 stores are always exact
+        roundings.
     seed : int, optional
         The random bits of stochastic rounding, a pure function of (seed, tensor, stored
         tensor, element): the same on every backend and thread count. Required with
@@ -191,8 +192,9 @@ def mp_sgd_update_multi(weights, grads, weight32s, lr, wd=0.0, rescale_grad=1.0,
     rounding : {'nearest', 'stochastic'}, optional
         How values are stored into float16 and bfloat16 tensors (weight, states, out): to
         nearest even (the default), or stochastically, rounding up with probability equal to
-        the distance from the value below, in units of the gap (unbiased: updates smaller than
-        half an ulp are not lost). float32 and float64 stores are always exact roundings.
+        the distance from the value below, in units of the gap (unbiased: updates smaller
+        than half an ulp are not lost). float32 and float64 stores are always exact
+        roundings.
     seed : int, optional
         The random bits of stochastic rounding, a pure function of (seed, tensor, stored
         tensor, element): the same on every backend and thread count. Required with

@@ -158,8 +158,9 @@ def rmspropalex_update(weight, grad, n, g, delta, lr, gamma1=0.95, gamma2=0.9, e
     rounding : {'nearest', 'stochastic'}, optional
         How values are stored into float16 and bfloat16 tensors (weight, states, out): to
         nearest even (the default), or stochastically, rounding up with probability equal to
-        the distance from the value below, in units of the gap (unbiased: updates smaller than
-        half an ulp are not lost). float32 and float64 stores are always exact roundings.
+        the distance from the value below, in units of the gap (unbiased: updates smaller
+        than half an ulp are not lost). float32 and float64 stores are always exact
+        roundings.
     seed : int, optional
         The random bits of stochastic rounding, a pure function of (seed, tensor, stored
         tensor, element): the same on every backend and thread count. Required with
@@ -238,8 +239,9 @@ def rmspropalex_update_multi(weights, grads, ns, gs, deltas, lr, gamma1=0.95, ga
     rounding : {'nearest', 'stochastic'}, optional
         How values are stored into float16 and bfloat16 tensors (weight, states, out): to
         nearest even (the default), or stochastically, rounding up with probability equal to
-        the distance from the value below, in units of the gap (unbiased: updates smaller than
-        half an ulp are not lost). float32 and float64 stores are always exact roundings.
+        the distance from the value below, in units of the gap (unbiased: updates smaller
+        than half an ulp are not lost). float32 and float64 stores are always exact
+        roundings.
     seed : int, optional
         The random bits of stochastic rounding, a pure function of (seed, tensor, stored
         tensor, element): the same on every backend and thread count. Required with

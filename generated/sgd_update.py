@@ -131,8 +131,9 @@ def sgd_update(weight, grad, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, l
     rounding : {'nearest', 'stochastic'}, optional
         How values are stored into float16 and bfloat16 tensors (weight, states, out): to
         nearest even (the default), or stochastically, rounding up with probability equal to
-        the distance from the value below, in units of the gap (unbiased: updates smaller than
-        half an ulp are not lost). float32 and float64 stores are always exact roundings.
+        the distance from the value below, in units of the gap (unbiased: updates smaller
+        than half an ulp are not lost). float32 and float64 stores are always exact
+        roundings.
     seed : int, optional
         The random bits of stochastic rounding, a pure function of (seed, tensor, stored
         tensor, element): the same on every backend and thread count. Required with
@@ -190,8 +191,9 @@ def sgd_update_multi(weights, grads, lr, wd=0.0, rescale_grad=1.0, clip_gradient
     rounding : {'nearest', 'stochastic'}, optional
         How values are stored into float16 and bfloat16 tensors (weight, states, out): to
         nearest even (the default), or stochastically, rounding up with probability equal to
-        the distance from the value below, in units of the gap (unbiased: updates smaller than
-        half an ulp are not lost). float32 and float64 stores are always exact roundings.
+        the distance from the value below, in units of the gap (unbiased: updates smaller
+        than half an ulp are not lost). float32 and float64 stores are always exact
+        roundings.
     seed : int, optional
         The random bits of stochastic rounding, a pure function of (seed, tensor, stored
         tensor, element): the same on every backend and thread count. Required with

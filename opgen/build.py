@@ -12,8 +12,7 @@ from pathlib import Path
 import jinja2
 
 from opgen.errors import Location, SpecError
-from opgen.spec import OpSpec, load_specs
-from opgen.spec import names
+from opgen.spec import OpSpec, load_specs, names
 from opgen.targets import c_kernels, cuda_kernels, docs, python_api
 from opgen.writer import BlockedFolders, ForeignFiles, Outputs, SyncReport, sync
 
@@ -91,15 +90,16 @@ class BuildError(Exception):
 
 def render(ops: list[OpSpec], templates: Path, package: str = "generated") -> Outputs:
     env = environment(templates)
+    env.globals["package"] = package  # the package's import name, for every template
     shown = templates.name
     outputs = Outputs()
     for op in ops:
         for template, path, make_context in PER_OP:
-            body = env.get_template(template).render(make_context(op) | {"package": package})
+            body = env.get_template(template).render(make_context(op))
             outputs.add(path.format(op=op.name), f"{shown}/{template}", op.path, body)
     sources = ", ".join(op.path for op in ops) or "no specs"
     for template, path, make_context in PER_PACKAGE:
-        body = env.get_template(template).render(make_context(ops) | {"package": package})
+        body = env.get_template(template).render(make_context(ops))
         outputs.add(path, f"{shown}/{template}", sources if path.endswith((".py", ".md")) else "opgen", body)
     for path, text in outputs.files.items():
         if path.endswith(".py"):
@@ -155,7 +155,7 @@ def compile_kernels(out: Path, names: list[str]) -> tuple[str, ...]:
     """Compile (or find in the cache) every op's C extension, in parallel."""
     from opgen import cbuild
 
-    cbuild.toolchain()  # CompilerUnavailable before starting threads
+    cbuild.toolchain()  # no compiler at all fails here; a broken one fails in the first thread's probe
 
     def one(name: str) -> str:
         cbuild.load(name, out / "csrc" / f"{name}.c", out / "csrc" / f"{name}.cdef")

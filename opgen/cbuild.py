@@ -93,7 +93,6 @@ def _once(make: Callable[[], T]) -> Callable[[], T]:
             raise error.with_traceback(None)
         return value  # type: ignore[return-value]
 
-    get.cache_clear = done.clear  # type: ignore[attr-defined]
     return get
 
 
@@ -453,7 +452,6 @@ def _import(module_name: str, path: Path) -> ModuleType:
     return module
 
 
-@functools.lru_cache(maxsize=1)
 def _cpu_model() -> str:
     """-march=native builds are only valid on the same CPU model: part of the key."""
     try:

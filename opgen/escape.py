@@ -27,18 +27,15 @@ def py_string(text: str) -> str:
     return f'"{py_docstring_line(text)}"'
 
 
+def _visible(ch: str) -> str:
+    """A character as it may stand in a generated line: itself, or its Python escape."""
+    return ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
+
+
 def py_docstring_line(text: str) -> str:
     """One line inside a plain (not raw) triple-quoted docstring: backslashes and quotes
     escaped, so no text can end the string or form an escape; ``__doc__`` reads ``text``."""
-    out = []
-    for ch in text:
-        if ch in '\\"':
-            out.append("\\" + ch)
-        elif not ch.isprintable():
-            out.append(ch.encode("unicode_escape").decode("ascii"))
-        else:
-            out.append(ch)
-    return "".join(out)
+    return "".join("\\" + ch if ch in '\\"' else _visible(ch) for ch in text)
 
 
 def py_docstring(lines: list[str], indent: str = "    ") -> list[str]:
@@ -52,8 +49,7 @@ def py_docstring(lines: list[str], indent: str = "    ") -> list[str]:
 
 def py_comment(text: str) -> str:
     """The inside of a ``#`` comment: one line (a newline would end the comment)."""
-    return "".join(ch if ch.isprintable() else ch.encode("unicode_escape").decode("ascii")
-                   for ch in one_line(text))
+    return "".join(map(_visible, one_line(text)))
 
 
 def c_comment(text: str) -> str:
@@ -118,10 +114,6 @@ def md_cell(text: str) -> str:
 def md_code(text: str) -> str:
     """An inline Markdown code span holding ``text`` literally, whatever backticks it has."""
     text = one_line(text)
-    runs, current = [0], 0
-    for ch in text:
-        current = current + 1 if ch == "`" else 0
-        runs.append(current)
-    fence = "`" * (max(runs) + 1)
+    fence = "`" * (max(map(len, re.findall("`+", text)), default=0) + 1)
     pad = " " if text.startswith("`") or text.endswith("`") else ""
     return f"{fence}{pad}{text}{pad}{fence}"

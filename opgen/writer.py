@@ -32,7 +32,6 @@ class ForeignFiles(Exception):
     """The output folder holds files in the way that opgen did not generate."""
 
     def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
         shown = ", ".join(str(p) for p in paths[:5]) + (f" and {len(paths) - 5} more" if len(paths) > 5 else "")
         super().__init__(f"the output folder holds files that opgen did not generate and a build would replace: "
                          f"{shown}; move them away or choose another --out")
@@ -42,7 +41,6 @@ class BlockedFolders(Exception):
     """Something that is not a folder stands where the build needs one."""
 
     def __init__(self, paths: list[Path]) -> None:
-        self.paths = paths
         super().__init__(f"{', '.join(str(p) for p in paths)} {'is' if len(paths) == 1 else 'are'} not a folder, "
                          "but the build needs a folder there")
 

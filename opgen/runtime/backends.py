@@ -15,7 +15,7 @@ import os
 import sys
 import threading
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +23,9 @@ import numpy as np
 
 from opgen.kinds import OUT, ArgRole, Schedule, TensorRole
 from opgen import cbuild
+from opgen.runtime import rounding
 from opgen.runtime.arrays import ArrayAdapter
+from opgen.runtime.rounding import NEAREST, Rounding
 from opgen.runtime.rowsparse import RowSparseArray
 
 PREFERENCES = ("auto", "c", "numpy")
@@ -96,13 +98,7 @@ class Work:
     grad: object  # dense array or RowSparseArray
     states: list  # contiguous, updated in place
     scalars: tuple  # the kernels' scalars: scalar inputs, then the math's parameters
-    rounding: object = None  # operator.Rounding; None: to nearest
-
-    @property
-    def rounding_args(self) -> tuple[int, int]:
-        """The kernels' (rounding, seed) arguments."""
-        r = self.rounding
-        return (1, r.seed) if r is not None and r.stochastic else (0, 0)
+    rounding: Rounding = NEAREST
 
     @property
     def grad_data(self):
@@ -155,11 +151,11 @@ class NumpyBackend(Backend):
             weight_rows = source.reshape(source.shape[0], row_len)[rows]
             inputs = op.numpy_inputs(weight_rows, [v[rows] for v in views[1:]],
                                      grad.data.reshape(len(rows), row_len), scalar_inputs, acc)
-            starts = rows.astype(np.int64)[:, None] * np.asarray(widths, np.int64)[:, None, None]
             with np.errstate(all="ignore"):  # IEEE results, as the kernels: inf and NaN, no warnings
                 results = op.numpy_kernel(acc, *inputs, *params)
-                for k, (view, result) in enumerate(zip(views, results)):
-                    element = starts[k] + np.arange(view.shape[1], dtype=np.int64)  # the flat index
+                for k, (view, result, width) in enumerate(zip(views, results, widths)):
+                    # the flat index of each element stored, as the kernels number them
+                    element = lambda: rows.astype(np.int64)[:, None] * width + np.arange(view.shape[1])  # noqa: E731
                     view[rows] = _rounded(op, work, k, view.dtype, result, element)
             return
         dense_grad = grad.todense() if isinstance(grad, RowSparseArray) else grad
@@ -167,20 +163,20 @@ class NumpyBackend(Backend):
         with np.errstate(all="ignore"):  # (a float16 store that overflows to inf included)
             results = op.numpy_kernel(acc, *inputs, *params)
             for k, (array, result) in enumerate(zip(writable, results)):
-                element = np.arange(array.size, dtype=np.int64).reshape(array.shape)
+                element = lambda: np.arange(array.size, dtype=np.int64).reshape(array.shape)  # noqa: E731
                 np.copyto(array, _rounded(op, work, k, array.dtype, result, element), casting="unsafe")
 
 
-def _rounded(op, work: Work, k: int, dtype: np.dtype, result, element: np.ndarray):
+def _rounded(op, work: Work, k: int, dtype: np.dtype, result, element: Callable[[], np.ndarray]):
     """Result ``k`` as stored: as it is (NumPy then rounds to nearest), or stochastically
-    rounded with the kernels' random bits for the same elements (opgen/runtime/rounding.py)."""
-    if work.rounding is None or not work.rounding.stochastic or np.dtype(dtype).itemsize != 2:
+    rounded with the kernels' random bits for the same elements, whose indices ``element``
+    gives (built only then)."""
+    if not work.rounding.stochastic or dtype.itemsize != 2:
         return result
-    from opgen.runtime import rounding
-
+    index = element()
     key = rounding.slot_key(rounding.call_key(work.rounding.seed, 0), op.store_slots[k])
-    values = np.broadcast_to(np.asarray(result, np.float32), element.shape)
-    return rounding.round_stochastic(values, np.dtype(dtype), rounding.random_bits(key, element))
+    values = np.broadcast_to(np.asarray(result, np.float32), index.shape)
+    return rounding.round_stochastic(values, dtype, rounding.random_bits(key, index))
 
 
 class CBackend(Backend):
@@ -199,7 +195,7 @@ class CBackend(Backend):
         scalars = work.scalars
         function(*[from_buffer("int64_t[]", work.grad.indices) if role is ArgRole.INDICES else sizes[role]
                    for role in head], *[from_buffer(arrays[name]) for name in tensors],
-                 *[scalars[k] for k in positions], *work.rounding_args, _flush_denormal[0])
+                 *[scalars[k] for k in positions], *work.rounding.kernel_args, _flush_denormal[0])
 
 
 class CudaBackend(Backend):
@@ -222,7 +218,7 @@ class CudaBackend(Backend):
         args = [work.grad.indices if role is ArgRole.INDICES else np.int64(sizes[role]) for role in head]
         args += [arrays[name] for name in tensors]
         args += [kind(work.scalars[k]) for k, kind in zip(positions, types)]
-        rounding, seed = work.rounding_args
+        rounding, seed = work.rounding.kernel_args
         args += [np.int32(rounding), np.uint64(seed)]
         cuda.launch(op.cuda, kernel, sizes[kernel.launch.work], args)  # on the arrays' device: see execute
 

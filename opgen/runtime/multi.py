@@ -28,7 +28,8 @@ from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen import cbuild
 from opgen.runtime import backends
 from opgen.runtime.arrays import adapter_for, present, refused_subclass, same_view
-from opgen.runtime.operator import NEAREST, Operator, Rounding, check_rounding
+from opgen.runtime.operator import Operator, check_rounding
+from opgen.runtime.rounding import NEAREST, Rounding
 from opgen.runtime.rowsparse import RowSparseArray
 
 # per-tensor parameter lists, packed as the multi kernel's tables take them
@@ -202,8 +203,7 @@ class MultiOperator:
             array = np.full(count, column, dtype) if not isinstance(column, np.ndarray) \
                 else np.ascontiguousarray(column, dtype)
             values.append(from_buffer(cdata, array))
-        plan.function(count, plan.sizes, *plan.tables, *values, int(rounding.stochastic), rounding.seed,
-                      backends.flush_denormal_flag())
+        plan.function(count, plan.sizes, *plan.tables, *values, *rounding.kernel_args, backends.flush_denormal_flag())
         return list(plan.targets)
 
     def _param_column(self, naming: _Naming, p, value, count: int):

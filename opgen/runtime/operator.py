@@ -26,6 +26,7 @@ from opgen.runtime import backends, cuda
 from opgen.runtime.arrays import (accepted_types, adapter_for, array_module, kind, may_overlap_itself, present,
                                   refused_subclass, same_view)
 from opgen.runtime.backends import Work
+from opgen.runtime.rounding import NEAREST, Rounding
 from opgen.runtime.rowsparse import RowSparseArray
 from opgen.targets.abi import KernelABI
 
@@ -60,24 +61,6 @@ class ParamArg:
         object.__setattr__(self, "type", ParamType(self.type))
 
 
-_GOLDEN = 0x9E3779B97F4A7C15  # the key derivation's step (opgen/runtime/rounding.py)
-
-
-@dataclass(frozen=True)
-class Rounding:
-    """How a call stores into 16-bit types: to nearest even, or stochastically with the
-    random bits of ``seed``."""
-
-    stochastic: bool = False
-    seed: int = 0
-
-    def for_tensor(self, tensor: int) -> "Rounding":
-        """Tensor ``tensor`` of a multi-tensor call run as a call of its own: the seed whose
-        key, call_key(seed', 0), is the multi kernel's call_key(seed, tensor)."""
-        return Rounding(self.stochastic, (self.seed + _GOLDEN * tensor) % 2 ** 64) if self.stochastic else self
-
-
-NEAREST = Rounding()
 _ROUNDINGS = ("nearest", "stochastic")
 
 
@@ -475,20 +458,21 @@ class Operator:
             except (cbuild.CompilerUnavailable, cbuild.CompileError) as exc:
                 self._c_module, self._c_error = False, exc
         if self._c_module is False:
-            raise self._c_error
+            raise self._c_error.with_traceback(None)  # the same error again, not a longer traceback
         return self._c_module
 
     def c_layout(self, kernel: KernelABI, cuda: bool = False) -> tuple:
         """(size roles, tensor names, positions of the kernel scalars among the call's, their
         NumPy types), read once per kernel from its ABI (``cuda``: its CUDA arguments), whose
-        arguments come in that grouping (then, in C, the flag)."""
+        arguments come in that grouping (then the rounding and its seed, and, in C, the flag)."""
         layout = self._layouts.get((kernel.name, cuda))
         if layout is None:
             args = kernel.cuda_args if cuda else kernel.args
             groups = [ArgRole.TENSOR, ArgRole.SCALAR, ArgRole.ROUNDING, ArgRole.SEED, ArgRole.FLUSH]
             rank = [groups.index(a.role) + 1 if a.role in groups else 0 for a in args]
             if rank != sorted(rank) or (args[-1].role is not ArgRole.FLUSH) != cuda:
-                raise RuntimeError(f"{kernel.name}: arguments not grouped as sizes, tensors, scalars, flag")
+                raise RuntimeError(f"{kernel.name}: arguments not grouped as sizes, tensors, scalars, rounding, seed, "
+                                   "flag")
             position = {name: k for k, name in enumerate(self.kernel_scalar_names)}
             scalars = [a for a in args if a.role is ArgRole.SCALAR]
             layout = self._layouts[(kernel.name, cuda)] = (

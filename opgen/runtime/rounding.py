@@ -40,11 +40,12 @@ of the two neighbours of x, so it is never more than one ulp from round-to-neare
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import ml_dtypes
 import numpy as np
 
-__all__ = ["GOLDEN", "call_key", "mix64", "random_bits", "round_stochastic", "slot_key"]
+__all__ = ["GOLDEN", "NEAREST", "Rounding", "call_key", "mix64", "random_bits", "round_stochastic", "slot_key"]
 
 GOLDEN = 0x9E3779B97F4A7C15
 _M1 = 0xBF58476D1CE4E5B9
@@ -124,7 +125,7 @@ def _round_bfloat16_bits(u: np.ndarray, r: np.ndarray) -> np.ndarray:
     return np.where((u & 0x7FFFFFFF) > 0x7F800000, nan, rounded).astype(np.uint16)
 
 
-def _round_float16_bits(x: np.ndarray, u: np.ndarray, r: np.ndarray) -> np.ndarray:
+def _round_float16_bits(u: np.ndarray, r: np.ndarray) -> np.ndarray:
     sign = (u & 0x80000000) >> 16
     ax = u & 0x7FFFFFFF
     out = np.empty(u.shape, np.uint32)
@@ -170,7 +171,29 @@ def round_stochastic(values: np.ndarray, dtype, bits: np.ndarray) -> np.ndarray:
     if dtype == _BF16:
         out = _round_bfloat16_bits(u, r)
     elif dtype == _F16:
-        out = _round_float16_bits(x, u, r)
+        out = _round_float16_bits(u, r)
     else:
         raise ValueError(f"stochastic rounding goes to float16 or bfloat16, not {dtype}")
     return out.view(dtype).reshape(values.shape)
+
+
+@dataclass(frozen=True)
+class Rounding:
+    """How a call stores into 16-bit types: to nearest even, or stochastically with the
+    random bits of ``seed``."""
+
+    stochastic: bool = False
+    seed: int = 0
+
+    @property
+    def kernel_args(self) -> tuple[int, int]:
+        """The kernels' (rounding, seed) arguments."""
+        return (1, self.seed) if self.stochastic else (0, 0)
+
+    def for_tensor(self, tensor: int) -> "Rounding":
+        """Tensor ``tensor`` of a multi-tensor call run as a call of its own: the seed whose
+        key, call_key(seed', 0), is the multi kernel's call_key(seed, tensor)."""
+        return Rounding(True, (self.seed + GOLDEN * tensor) & _MASK64) if self.stochastic else self
+
+
+NEAREST = Rounding()

@@ -168,6 +168,11 @@ class OpSpec:
         out = ((OUT, self.output),) if self.output is not None else ()
         return tuple((name, None) for name in self.program.stores) + out
 
+    def store_slot(self, name: str) -> int:
+        """A stored tensor's number among the stores (``out`` for the output): its own
+        stream of stochastic-rounding bits in every backend."""
+        return [stored for stored, _ in self.stores].index(name)
+
     @property
     def weight(self) -> TensorSpec:
         return next(t for t in self.tensors if t.role is TensorRole.WEIGHT)

@@ -8,7 +8,8 @@ from opgen.expr.latex import LatexPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.expr.tree import RefKind
 from opgen.spec.model import OpSpec, TensorRole
-from opgen.targets.python_api import out_doc, param_note, result_doc, signature, skip_if_text, tensor_doc
+from opgen.spec.names import ROUNDING_ARGUMENTS
+from opgen.targets.python_api import ROUNDING_DEFAULTS, ROUNDING_HELP, ROUNDING_TYPES, out_doc, param_note, result_doc, signature, skip_if_text, tensor_doc
 
 _DOC_TYPES = {t: k.doc for t, k in PARAM_KINDS.items()}
 
@@ -72,12 +73,8 @@ def context(op: OpSpec) -> dict:
         kind = "required" if p.required else f"optional, default={p.default}"
         arguments.append(f"**{p.name}** ({_DOC_TYPES[p.type]}, {kind}) – {md_inline(p.doc)}{param_note(p)}")
     arguments.append(f"**out** (ndarray, optional) – {out_doc(op)}")
-    arguments.append("**rounding** ('nearest' or 'stochastic', keyword-only, default='nearest') – how stores into "
-                     "float16 and bfloat16 tensors round: to nearest even, or stochastically (up with probability "
-                     "equal to the distance from the value below, in units of the gap: unbiased).")
-    arguments.append("**seed** (int, keyword-only, required with rounding='stochastic') – the random bits, a pure "
-                     "function of (seed, tensor, stored tensor, element): the same on every backend and thread count. Vary it "
-                     "every step.")
+    arguments += [f"**{name}** ({ROUNDING_TYPES[name]}, keyword-only, default={ROUNDING_DEFAULTS[name]}) – "
+                  f"{ROUNDING_HELP[name]}" for name in ROUNDING_ARGUMENTS]
     lazy = op.row_sparse.always_lazy or op.row_sparse.lazy_param is not None
     return {
         "op": op.name,

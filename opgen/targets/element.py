@@ -99,9 +99,6 @@ class OpCode:
         the seed, and the tensor's number (with the seed, its stochastic-rounding key)."""
         return ", ".join([*(f"{ARG}{name}{index}" for name in self.op.kernel_scalars), ArgRole.SEED.value, tensor])
 
-    def slot(self, name: str) -> int:
-        """A stored tensor's number among the op's stores: its own random bits."""
-        return self.written.index(name)
 
     def pointer_args(self, names: list[str], index: str = "") -> str:
         return ", ".join(f"{ARG}{name}{index}" for name in names)
@@ -238,7 +235,7 @@ class StepCode:
         storage = self.storage(name)
         if not storage.stochastic:
             return f"{storage.store}({value})"
-        return f"{storage.round}({value}, sr, opgen_slot_key(s.{SR_KEY}, {self.code.slot(name)}), {element})"
+        return f"{storage.round}({value}, sr, opgen_slot_key(s.{SR_KEY}, {self.op.store_slot(name)}), {element})"
 
     @property
     def stochastic(self) -> bool:

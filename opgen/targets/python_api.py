@@ -12,7 +12,7 @@ from opgen.expr.printers.numpy import NumpyPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.kinds import ArgRole, Schedule
 from opgen.spec.model import OUT, OpSpec, ParamSpec, ParamType, TensorRole
-from opgen.spec.names import OUT_ARGUMENT, PACKAGE_EXPORTS, group_name
+from opgen.spec.names import OUT_ARGUMENT, PACKAGE_EXPORTS, ROUNDING_ARGUMENTS, group_name
 from opgen.targets import abi
 
 _PY_TYPES = {t: k.python for t, k in PARAM_KINDS.items()}
@@ -43,12 +43,23 @@ def _param_list(params) -> list[str]:
     return parts
 
 
-ROUNDING_SIGNATURE = ['rounding="nearest"', "seed=None"]
+# The rounding arguments every function takes after ``out``, keyword-only: their defaults and
+# what they do, for the signatures, the docstrings and the docs pages alike.
+ROUNDING_DEFAULTS = dict(zip(ROUNDING_ARGUMENTS, ('"nearest"', "None")))
+ROUNDING_HELP = dict(zip(ROUNDING_ARGUMENTS, (
+    "How values are stored into float16 and bfloat16 tensors (weight, states, out): to nearest even (the "
+    "default), or stochastically, rounding up with probability equal to the distance from the value below, in "
+    "units of the gap (unbiased: updates smaller than half an ulp are not lost). float32 and float64 stores are "
+    "always exact roundings.",
+    "The random bits of stochastic rounding, a pure function of (seed, tensor, stored tensor, element): the same "
+    "on every backend and thread count. Required with rounding='stochastic'; vary it every step.")))
+ROUNDING_TYPES = dict(zip(ROUNDING_ARGUMENTS, ("{'nearest', 'stochastic'}", "int")))
 
 
 def _keyword_tail(parts: list[str]) -> list[str]:
     """``out=None``, then the rounding arguments, keyword-only."""
-    return parts + ["out=None"] + ([] if any(p.startswith("*") for p in parts) else ["*"]) + ROUNDING_SIGNATURE
+    return parts + ["out=None"] + ([] if any(p.startswith("*") for p in parts) else ["*"]) + \
+        [f"{name}={default}" for name, default in ROUNDING_DEFAULTS.items()]
 
 
 def signature(op: OpSpec) -> str:
@@ -61,17 +72,10 @@ def multi_signature(op: OpSpec) -> str:
     return ", ".join(_keyword_tail([group_name(t.name) for t in op.tensors] + _param_list(op.math_params)))
 
 
-ROUNDING_DOC = [
-    "rounding : {'nearest', 'stochastic'}, optional",
-    "    How values are stored into float16 and bfloat16 tensors (weight, states, out): to",
-    "    nearest even (the default), or stochastically, rounding up with probability equal to",
-    "    the distance from the value below, in units of the gap (unbiased: updates smaller than",
-    "    half an ulp are not lost). float32 and float64 stores are always exact roundings.",
-    "seed : int, optional",
-    "    The random bits of stochastic rounding, a pure function of (seed, tensor, stored",
-    "    tensor, element): the same on every backend and thread count. Required with",
-    "    rounding='stochastic'; vary it every step.",
-]
+def rounding_doc() -> list[str]:
+    """The numpydoc entries of the rounding arguments."""
+    return [line for name in ROUNDING_ARGUMENTS
+            for line in [f"{name} : {ROUNDING_TYPES[name]}, optional", *("    " + w for w in _wrap(ROUNDING_HELP[name]))]]
 
 
 def multi_docstring(op: OpSpec) -> list[str]:
@@ -89,7 +93,7 @@ def multi_docstring(op: OpSpec) -> list[str]:
         lines += _param_doc(p, f"{_PY_TYPES[p.type]} or sequence of {_PY_TYPES[p.type]}")
     lines += [f"{OUT_ARGUMENT} : sequence of numpy.ndarray, optional",
               f"    Arrays that receive the new {op.weight.name}s; `out={weights}` updates in place.",
-              *ROUNDING_DOC, "", "Returns", "-------", "list of numpy.ndarray", f"    The new {op.weight.name}s."]
+              *rounding_doc(), "", "Returns", "-------", "list of numpy.ndarray", f"    The new {op.weight.name}s."]
     return _docstring_body(lines)
 
 
@@ -172,7 +176,7 @@ def docstring(op: OpSpec) -> list[str]:
         lines += _param_doc(p, _PY_TYPES[p.type])
     lines += ["out : numpy.ndarray, optional"]
     lines += ["    " + line for line in _wrap(out_doc(op))]
-    lines += ROUNDING_DOC
+    lines += rounding_doc()
     lines += ["", "Returns", "-------", "numpy.ndarray", f"    `out`, holding {result_doc(op)}.", "",
               "Notes", "-----", "The update, per element::", ""]
     printer = PseudoPrinter()
@@ -243,7 +247,6 @@ def kernel_table(op: OpSpec) -> tuple[list[tuple[str, str]], list[str]]:
 def context(op: OpSpec) -> dict:
     printer = NumpyPrinter()
     results = [op.output if op.output else op.weight.name] + [t.name for t in op.states]
-    stored = [name for name, _ in op.stores]  # the kernels' stochastic-rounding slots
     rs = op.row_sparse
     arg_sets, records = kernel_table(op)
     return {
@@ -253,8 +256,8 @@ def context(op: OpSpec) -> dict:
         "kernel_args": ", ".join([t.name for t in op.tensors] + [p.name for p in op.math_params]),
         "numpy_lines": numpy_lines(op),
         "numpy_return": ", ".join(results),
-        "store_slots": _tuple(str(stored.index((OUT if op.output else name) if k == 0 else name))
-                              for k, name in enumerate(results)),
+        "store_slots": _tuple(str(op.store_slot(name)) for name in [OUT if op.output else op.weight.name]
+                              + [s.name for s in op.states]),
         "tensors": [{"name": t.name, "role": t.role.value, "dtype": repr(t.dtype), "per_row": t.per_row}
                     for t in op.tensors],
         "params": [{"name": p.name, "type": p.type.value, "in_kernel": p in op.math_params,
@@ -327,7 +330,7 @@ def interleaved_docstring(op: OpSpec) -> list[str]:
         lines += _param_doc(p, _PY_TYPES[p.type], note)
     lines += ["out : list of numpy.ndarray, optional",
               f"    Arrays that receive the new {op.weight.name}s; pass the weights to update in place.",
-              *ROUNDING_DOC, "", "Returns", "-------", "list of numpy.ndarray", f"    The new {op.weight.name}s.", "",
+              *rounding_doc(), "", "Returns", "-------", "list of numpy.ndarray", f"    The new {op.weight.name}s.", "",
               "Notes", "-----", "The update of each tensor, per element::", ""]
     printer = PseudoPrinter()
     lines += ["    " + printer.statement(s) for s in op.math.statements]
