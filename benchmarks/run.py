@@ -268,7 +268,7 @@ def main() -> None:
     b = dense_bf16(n, repeat, torch)
     bf16_rate = 14 * n / b["bfloat16"]  # bytes per element: 2 read (grad) + 3 x (2 read + 2 written)
     rows.append((f"dense adam, {n:,} bfloat16 (all tensors), opgen", f"{b['bfloat16'] * 1e3:.2f} ms, "
-                 f"{bf16_rate / 1e9:.1f} GB/s", f"{b['float32'] / b['bfloat16']:.2f}x faster than float32 "
+                 f"{bf16_rate / 1e9:.1f} GB/s", f"{b['float32'] / b['bfloat16']:.2f}x as fast as float32 "
                  f"({b['float32'] * 1e3:.2f} ms, same run); {bf16_rate / best_copy:.0%} of the best copy"))
     if "torch bfloat16" in b:
         rows.append(("dense adam, bfloat16, torch._fused_adam_", f"{b['torch bfloat16'] * 1e3:.2f} ms",
