@@ -38,10 +38,13 @@ def _numpy_kernel(_T, weight, grad, history, lr, epsilon, rescale_grad, clip_gra
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
 _ARGS_LAZY = (_Arg(_R.NNZ, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='history'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
-    _Kernel('adagrad_update', _S.LAZY, 'float16', 'float32', 'opgen_adagrad_update_lazy_float16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
-    _Kernel('adagrad_update', _S.LAZY, 'bfloat16', 'float32', 'opgen_adagrad_update_lazy_bfloat16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
-    _Kernel('adagrad_update', _S.LAZY, 'float32', 'float32', 'opgen_adagrad_update_lazy_float32', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
-    _Kernel('adagrad_update', _S.LAZY, 'float64', 'float64', 'opgen_adagrad_update_lazy_float64', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=2),
+    _Kernel('adagrad_update', _S.LAZY, 'float16', 'float16', 'float32', 'opgen_adagrad_update_lazy_float16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
+    _Kernel('adagrad_update', _S.LAZY, 'float16', 'float32', 'float32', 'opgen_adagrad_update_lazy_float16_with_float32_states', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
+    _Kernel('adagrad_update', _S.LAZY, 'bfloat16', 'bfloat16', 'float32', 'opgen_adagrad_update_lazy_bfloat16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
+    _Kernel('adagrad_update', _S.LAZY, 'bfloat16', 'float32', 'float32', 'opgen_adagrad_update_lazy_bfloat16_with_float32_states', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
+    _Kernel('adagrad_update', _S.LAZY, 'float32', 'float32', 'float32', 'opgen_adagrad_update_lazy_float32', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
+    _Kernel('adagrad_update', _S.LAZY, 'float32', 'bfloat16', 'float32', 'opgen_adagrad_update_lazy_float32_with_bfloat16_states', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
+    _Kernel('adagrad_update', _S.LAZY, 'float64', 'float64', 'float64', 'opgen_adagrad_update_lazy_float64', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=2),
 )
 
 _OP = _Operator(
@@ -67,7 +70,6 @@ _OP = _Operator(
     lazy_param=None,
     always_lazy=True,
     kernels=_KERNELS,
-    math_types={'float16': 'float32', 'bfloat16': 'float32', 'float32': 'float32', 'float64': 'float64'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "adagrad_update.c",
     c_cdef=_HERE / "csrc" / "adagrad_update.cdef",
@@ -102,7 +104,8 @@ def adagrad_update(weight, grad, history, lr, epsilon=1e-7, wd=0.0, rescale_grad
     grad : numpy.ndarray or RowSparseArray
         Gradient. A RowSparseArray (this op has no dense update).
     history : numpy.ndarray
-        History. Updated in place.
+        History. Updated in place. Its dtype: the weight's, or float32 beside a float16 or
+        bfloat16 weight, or bfloat16 beside a float32 weight; the states share one.
     lr : float
         Learning rate
     epsilon : float, optional

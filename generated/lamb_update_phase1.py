@@ -44,14 +44,20 @@ def _numpy_kernel(_T, weight, grad, mean, var, beta1, beta2, epsilon, t, bias_co
 _ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'const void *', source='weight', const=True), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.TENSOR, 'void *', source='out'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'int', source='bias_correction', numpy='int32'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'const void *', source='weight', const=True), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.TENSOR, 'void *', source='out'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'int', source='bias_correction', numpy='int32'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
-    _Kernel('lamb_update_phase1', _S.DENSE, 'float16', 'float32', 'opgen_lamb_update_phase1_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
-    _Kernel('lamb_update_phase1', _S.STANDARD, 'float16', 'float32', 'opgen_lamb_update_phase1_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
-    _Kernel('lamb_update_phase1', _S.DENSE, 'bfloat16', 'float32', 'opgen_lamb_update_phase1_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
-    _Kernel('lamb_update_phase1', _S.STANDARD, 'bfloat16', 'float32', 'opgen_lamb_update_phase1_standard_bfloat16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
-    _Kernel('lamb_update_phase1', _S.DENSE, 'float32', 'float32', 'opgen_lamb_update_phase1_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
-    _Kernel('lamb_update_phase1', _S.STANDARD, 'float32', 'float32', 'opgen_lamb_update_phase1_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
-    _Kernel('lamb_update_phase1', _S.DENSE, 'float64', 'float64', 'opgen_lamb_update_phase1_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
-    _Kernel('lamb_update_phase1', _S.STANDARD, 'float64', 'float64', 'opgen_lamb_update_phase1_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
+    _Kernel('lamb_update_phase1', _S.DENSE, 'float16', 'float16', 'float32', 'opgen_lamb_update_phase1_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
+    _Kernel('lamb_update_phase1', _S.STANDARD, 'float16', 'float16', 'float32', 'opgen_lamb_update_phase1_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('lamb_update_phase1', _S.DENSE, 'float16', 'float32', 'float32', 'opgen_lamb_update_phase1_dense_float16_with_float32_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('lamb_update_phase1', _S.STANDARD, 'float16', 'float32', 'float32', 'opgen_lamb_update_phase1_standard_float16_with_float32_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('lamb_update_phase1', _S.DENSE, 'bfloat16', 'bfloat16', 'float32', 'opgen_lamb_update_phase1_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
+    _Kernel('lamb_update_phase1', _S.STANDARD, 'bfloat16', 'bfloat16', 'float32', 'opgen_lamb_update_phase1_standard_bfloat16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('lamb_update_phase1', _S.DENSE, 'bfloat16', 'float32', 'float32', 'opgen_lamb_update_phase1_dense_bfloat16_with_float32_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('lamb_update_phase1', _S.STANDARD, 'bfloat16', 'float32', 'float32', 'opgen_lamb_update_phase1_standard_bfloat16_with_float32_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('lamb_update_phase1', _S.DENSE, 'float32', 'float32', 'float32', 'opgen_lamb_update_phase1_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('lamb_update_phase1', _S.STANDARD, 'float32', 'float32', 'float32', 'opgen_lamb_update_phase1_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('lamb_update_phase1', _S.DENSE, 'float32', 'bfloat16', 'float32', 'opgen_lamb_update_phase1_dense_float32_with_bfloat16_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('lamb_update_phase1', _S.STANDARD, 'float32', 'bfloat16', 'float32', 'opgen_lamb_update_phase1_standard_float32_with_bfloat16_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('lamb_update_phase1', _S.DENSE, 'float64', 'float64', 'float64', 'opgen_lamb_update_phase1_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
+    _Kernel('lamb_update_phase1', _S.STANDARD, 'float64', 'float64', 'float64', 'opgen_lamb_update_phase1_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
 )
 
 _OP = _Operator(
@@ -84,7 +90,6 @@ _OP = _Operator(
     lazy_param=None,
     always_lazy=False,
     kernels=_KERNELS,
-    math_types={'float16': 'float32', 'bfloat16': 'float32', 'float32': 'float32', 'float64': 'float64'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "lamb_update_phase1.c",
     c_cdef=_HERE / "csrc" / "lamb_update_phase1.cdef",
@@ -120,9 +125,12 @@ def lamb_update_phase1(weight, grad, mean, var, *, beta1=0.9, beta2=0.999, epsil
     grad : numpy.ndarray or RowSparseArray
         Gradient. Dense, or a RowSparseArray.
     mean : numpy.ndarray
-        Moving mean. Updated in place.
+        Moving mean. Updated in place. Its dtype: the weight's, or float32 beside a float16
+        or bfloat16 weight, or bfloat16 beside a float32 weight; the states share one.
     var : numpy.ndarray
-        Moving variance. Updated in place.
+        Moving variance. Updated in place. Its dtype: the weight's, or float32 beside a
+        float16 or bfloat16 weight, or bfloat16 beside a float32 weight; the states share
+        one.
     beta1 : float, optional
         The decay rate for the 1st moment estimates. Default: 0.9.
     beta2 : float, optional

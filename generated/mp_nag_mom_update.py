@@ -42,18 +42,18 @@ _ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weigh
 _ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mom', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='momentum', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
-    _Kernel('mp_nag_mom_update', _S.DENSE, 'float16', 'float32', 'opgen_mp_nag_mom_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
-    _Kernel('mp_nag_mom_update', _S.MULTI, 'float16', 'float32', 'opgen_mp_nag_mom_update_multi_float16', _ARGS_MULTI, None, lanes=4),
-    _Kernel('mp_nag_mom_update', _S.STANDARD, 'float16', 'float32', 'opgen_mp_nag_mom_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
-    _Kernel('mp_nag_mom_update', _S.DENSE, 'bfloat16', 'float32', 'opgen_mp_nag_mom_update_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
-    _Kernel('mp_nag_mom_update', _S.MULTI, 'bfloat16', 'float32', 'opgen_mp_nag_mom_update_multi_bfloat16', _ARGS_MULTI, None, lanes=4),
-    _Kernel('mp_nag_mom_update', _S.STANDARD, 'bfloat16', 'float32', 'opgen_mp_nag_mom_update_standard_bfloat16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
-    _Kernel('mp_nag_mom_update', _S.DENSE, 'float32', 'float32', 'opgen_mp_nag_mom_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
-    _Kernel('mp_nag_mom_update', _S.MULTI, 'float32', 'float32', 'opgen_mp_nag_mom_update_multi_float32', _ARGS_MULTI, None, lanes=4),
-    _Kernel('mp_nag_mom_update', _S.STANDARD, 'float32', 'float32', 'opgen_mp_nag_mom_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
-    _Kernel('mp_nag_mom_update', _S.DENSE, 'float64', 'float32', 'opgen_mp_nag_mom_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
-    _Kernel('mp_nag_mom_update', _S.MULTI, 'float64', 'float32', 'opgen_mp_nag_mom_update_multi_float64', _ARGS_MULTI, None, lanes=2),
-    _Kernel('mp_nag_mom_update', _S.STANDARD, 'float64', 'float32', 'opgen_mp_nag_mom_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
+    _Kernel('mp_nag_mom_update', _S.DENSE, 'float16', 'float16', 'float32', 'opgen_mp_nag_mom_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('mp_nag_mom_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_mp_nag_mom_update_multi_float16', _ARGS_MULTI, None, lanes=4),
+    _Kernel('mp_nag_mom_update', _S.STANDARD, 'float16', 'float16', 'float32', 'opgen_mp_nag_mom_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('mp_nag_mom_update', _S.DENSE, 'bfloat16', 'bfloat16', 'float32', 'opgen_mp_nag_mom_update_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('mp_nag_mom_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_mp_nag_mom_update_multi_bfloat16', _ARGS_MULTI, None, lanes=4),
+    _Kernel('mp_nag_mom_update', _S.STANDARD, 'bfloat16', 'bfloat16', 'float32', 'opgen_mp_nag_mom_update_standard_bfloat16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('mp_nag_mom_update', _S.DENSE, 'float32', 'float32', 'float32', 'opgen_mp_nag_mom_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('mp_nag_mom_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_mp_nag_mom_update_multi_float32', _ARGS_MULTI, None, lanes=4),
+    _Kernel('mp_nag_mom_update', _S.STANDARD, 'float32', 'float32', 'float32', 'opgen_mp_nag_mom_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('mp_nag_mom_update', _S.DENSE, 'float64', 'float64', 'float32', 'opgen_mp_nag_mom_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
+    _Kernel('mp_nag_mom_update', _S.MULTI, 'float64', 'float64', 'float32', 'opgen_mp_nag_mom_update_multi_float64', _ARGS_MULTI, None, lanes=2),
+    _Kernel('mp_nag_mom_update', _S.STANDARD, 'float64', 'float64', 'float32', 'opgen_mp_nag_mom_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
 )
 
 _OP = _Operator(
@@ -80,7 +80,6 @@ _OP = _Operator(
     lazy_param=None,
     always_lazy=False,
     kernels=_KERNELS,
-    math_types={'float16': 'float32', 'bfloat16': 'float32', 'float32': 'float32', 'float64': 'float32'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "mp_nag_mom_update.c",
     c_cdef=_HERE / "csrc" / "mp_nag_mom_update.cdef",

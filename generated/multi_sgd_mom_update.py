@@ -41,18 +41,27 @@ _ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weigh
 _ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mom', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='momentum', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
-    _Kernel('multi_sgd_mom_update', _S.DENSE, 'float16', 'float32', 'opgen_multi_sgd_mom_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
-    _Kernel('multi_sgd_mom_update', _S.MULTI, 'float16', 'float32', 'opgen_multi_sgd_mom_update_multi_float16', _ARGS_MULTI, None, lanes=8),
-    _Kernel('multi_sgd_mom_update', _S.STANDARD, 'float16', 'float32', 'opgen_multi_sgd_mom_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
-    _Kernel('multi_sgd_mom_update', _S.DENSE, 'bfloat16', 'float32', 'opgen_multi_sgd_mom_update_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
-    _Kernel('multi_sgd_mom_update', _S.MULTI, 'bfloat16', 'float32', 'opgen_multi_sgd_mom_update_multi_bfloat16', _ARGS_MULTI, None, lanes=8),
-    _Kernel('multi_sgd_mom_update', _S.STANDARD, 'bfloat16', 'float32', 'opgen_multi_sgd_mom_update_standard_bfloat16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
-    _Kernel('multi_sgd_mom_update', _S.DENSE, 'float32', 'float32', 'opgen_multi_sgd_mom_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
-    _Kernel('multi_sgd_mom_update', _S.MULTI, 'float32', 'float32', 'opgen_multi_sgd_mom_update_multi_float32', _ARGS_MULTI, None, lanes=4),
-    _Kernel('multi_sgd_mom_update', _S.STANDARD, 'float32', 'float32', 'opgen_multi_sgd_mom_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
-    _Kernel('multi_sgd_mom_update', _S.DENSE, 'float64', 'float64', 'opgen_multi_sgd_mom_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
-    _Kernel('multi_sgd_mom_update', _S.MULTI, 'float64', 'float64', 'opgen_multi_sgd_mom_update_multi_float64', _ARGS_MULTI, None, lanes=2),
-    _Kernel('multi_sgd_mom_update', _S.STANDARD, 'float64', 'float64', 'opgen_multi_sgd_mom_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
+    _Kernel('multi_sgd_mom_update', _S.DENSE, 'float16', 'float16', 'float32', 'opgen_multi_sgd_mom_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
+    _Kernel('multi_sgd_mom_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_multi_sgd_mom_update_multi_float16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('multi_sgd_mom_update', _S.STANDARD, 'float16', 'float16', 'float32', 'opgen_multi_sgd_mom_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('multi_sgd_mom_update', _S.DENSE, 'float16', 'float32', 'float32', 'opgen_multi_sgd_mom_update_dense_float16_with_float32_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('multi_sgd_mom_update', _S.MULTI, 'float16', 'float32', 'float32', 'opgen_multi_sgd_mom_update_multi_float16_with_float32_states', _ARGS_MULTI, None, lanes=4),
+    _Kernel('multi_sgd_mom_update', _S.STANDARD, 'float16', 'float32', 'float32', 'opgen_multi_sgd_mom_update_standard_float16_with_float32_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('multi_sgd_mom_update', _S.DENSE, 'bfloat16', 'bfloat16', 'float32', 'opgen_multi_sgd_mom_update_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
+    _Kernel('multi_sgd_mom_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_multi_sgd_mom_update_multi_bfloat16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('multi_sgd_mom_update', _S.STANDARD, 'bfloat16', 'bfloat16', 'float32', 'opgen_multi_sgd_mom_update_standard_bfloat16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('multi_sgd_mom_update', _S.DENSE, 'bfloat16', 'float32', 'float32', 'opgen_multi_sgd_mom_update_dense_bfloat16_with_float32_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('multi_sgd_mom_update', _S.MULTI, 'bfloat16', 'float32', 'float32', 'opgen_multi_sgd_mom_update_multi_bfloat16_with_float32_states', _ARGS_MULTI, None, lanes=4),
+    _Kernel('multi_sgd_mom_update', _S.STANDARD, 'bfloat16', 'float32', 'float32', 'opgen_multi_sgd_mom_update_standard_bfloat16_with_float32_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('multi_sgd_mom_update', _S.DENSE, 'float32', 'float32', 'float32', 'opgen_multi_sgd_mom_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('multi_sgd_mom_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_multi_sgd_mom_update_multi_float32', _ARGS_MULTI, None, lanes=4),
+    _Kernel('multi_sgd_mom_update', _S.STANDARD, 'float32', 'float32', 'float32', 'opgen_multi_sgd_mom_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('multi_sgd_mom_update', _S.DENSE, 'float32', 'bfloat16', 'float32', 'opgen_multi_sgd_mom_update_dense_float32_with_bfloat16_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('multi_sgd_mom_update', _S.MULTI, 'float32', 'bfloat16', 'float32', 'opgen_multi_sgd_mom_update_multi_float32_with_bfloat16_states', _ARGS_MULTI, None, lanes=4),
+    _Kernel('multi_sgd_mom_update', _S.STANDARD, 'float32', 'bfloat16', 'float32', 'opgen_multi_sgd_mom_update_standard_float32_with_bfloat16_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('multi_sgd_mom_update', _S.DENSE, 'float64', 'float64', 'float64', 'opgen_multi_sgd_mom_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
+    _Kernel('multi_sgd_mom_update', _S.MULTI, 'float64', 'float64', 'float64', 'opgen_multi_sgd_mom_update_multi_float64', _ARGS_MULTI, None, lanes=2),
+    _Kernel('multi_sgd_mom_update', _S.STANDARD, 'float64', 'float64', 'float64', 'opgen_multi_sgd_mom_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
 )
 
 _OP = _Operator(
@@ -80,7 +89,6 @@ _OP = _Operator(
     lazy_param=None,
     always_lazy=False,
     kernels=_KERNELS,
-    math_types={'float16': 'float32', 'bfloat16': 'float32', 'float32': 'float32', 'float64': 'float64'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "multi_sgd_mom_update.c",
     c_cdef=_HERE / "csrc" / "multi_sgd_mom_update.cdef",
@@ -111,7 +119,8 @@ def multi_sgd_mom_update(*data, lrs, wds, momentum=0.0, rescale_grad=1.0, clip_g
         One flat sequence of groups (weight_i, grad_i, mom_i) for i = 0 .. num_weights - 1;
         each tensor is updated as in the per-element math below. `weight_i`: Weight. Its new
         value is written into `out`. `grad_i`: Gradient. Dense. `mom_i`: Momentum. Updated
-        in place.
+        in place. Its dtype: the weight's, or float32 beside a float16 or bfloat16 weight,
+        or bfloat16 beside a float32 weight; the states share one.
     lrs : sequence of float
         One `lr` per tensor: Learning rate of the tensor.
     wds : sequence of float

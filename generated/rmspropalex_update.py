@@ -45,18 +45,27 @@ _ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weigh
 _ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='n', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='g', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='delta', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='gamma1', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='gamma2', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='epsilon', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_weights', numpy='float64', cuda=False), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='n'), _Arg(_R.TENSOR, 'void *', source='g'), _Arg(_R.TENSOR, 'void *', source='delta'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='gamma1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='gamma2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_weights', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
-    _Kernel('rmspropalex_update', _S.DENSE, 'float16', 'float32', 'opgen_rmspropalex_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
-    _Kernel('rmspropalex_update', _S.MULTI, 'float16', 'float32', 'opgen_rmspropalex_update_multi_float16', _ARGS_MULTI, None, lanes=8),
-    _Kernel('rmspropalex_update', _S.STANDARD, 'float16', 'float32', 'opgen_rmspropalex_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
-    _Kernel('rmspropalex_update', _S.DENSE, 'bfloat16', 'float32', 'opgen_rmspropalex_update_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
-    _Kernel('rmspropalex_update', _S.MULTI, 'bfloat16', 'float32', 'opgen_rmspropalex_update_multi_bfloat16', _ARGS_MULTI, None, lanes=8),
-    _Kernel('rmspropalex_update', _S.STANDARD, 'bfloat16', 'float32', 'opgen_rmspropalex_update_standard_bfloat16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
-    _Kernel('rmspropalex_update', _S.DENSE, 'float32', 'float32', 'opgen_rmspropalex_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
-    _Kernel('rmspropalex_update', _S.MULTI, 'float32', 'float32', 'opgen_rmspropalex_update_multi_float32', _ARGS_MULTI, None, lanes=4),
-    _Kernel('rmspropalex_update', _S.STANDARD, 'float32', 'float32', 'opgen_rmspropalex_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
-    _Kernel('rmspropalex_update', _S.DENSE, 'float64', 'float64', 'opgen_rmspropalex_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
-    _Kernel('rmspropalex_update', _S.MULTI, 'float64', 'float64', 'opgen_rmspropalex_update_multi_float64', _ARGS_MULTI, None, lanes=2),
-    _Kernel('rmspropalex_update', _S.STANDARD, 'float64', 'float64', 'opgen_rmspropalex_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
+    _Kernel('rmspropalex_update', _S.DENSE, 'float16', 'float16', 'float32', 'opgen_rmspropalex_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
+    _Kernel('rmspropalex_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_rmspropalex_update_multi_float16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('rmspropalex_update', _S.STANDARD, 'float16', 'float16', 'float32', 'opgen_rmspropalex_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('rmspropalex_update', _S.DENSE, 'float16', 'float32', 'float32', 'opgen_rmspropalex_update_dense_float16_with_float32_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('rmspropalex_update', _S.MULTI, 'float16', 'float32', 'float32', 'opgen_rmspropalex_update_multi_float16_with_float32_states', _ARGS_MULTI, None, lanes=4),
+    _Kernel('rmspropalex_update', _S.STANDARD, 'float16', 'float32', 'float32', 'opgen_rmspropalex_update_standard_float16_with_float32_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('rmspropalex_update', _S.DENSE, 'bfloat16', 'bfloat16', 'float32', 'opgen_rmspropalex_update_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
+    _Kernel('rmspropalex_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_rmspropalex_update_multi_bfloat16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('rmspropalex_update', _S.STANDARD, 'bfloat16', 'bfloat16', 'float32', 'opgen_rmspropalex_update_standard_bfloat16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('rmspropalex_update', _S.DENSE, 'bfloat16', 'float32', 'float32', 'opgen_rmspropalex_update_dense_bfloat16_with_float32_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('rmspropalex_update', _S.MULTI, 'bfloat16', 'float32', 'float32', 'opgen_rmspropalex_update_multi_bfloat16_with_float32_states', _ARGS_MULTI, None, lanes=4),
+    _Kernel('rmspropalex_update', _S.STANDARD, 'bfloat16', 'float32', 'float32', 'opgen_rmspropalex_update_standard_bfloat16_with_float32_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('rmspropalex_update', _S.DENSE, 'float32', 'float32', 'float32', 'opgen_rmspropalex_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('rmspropalex_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_rmspropalex_update_multi_float32', _ARGS_MULTI, None, lanes=4),
+    _Kernel('rmspropalex_update', _S.STANDARD, 'float32', 'float32', 'float32', 'opgen_rmspropalex_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('rmspropalex_update', _S.DENSE, 'float32', 'bfloat16', 'float32', 'opgen_rmspropalex_update_dense_float32_with_bfloat16_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('rmspropalex_update', _S.MULTI, 'float32', 'bfloat16', 'float32', 'opgen_rmspropalex_update_multi_float32_with_bfloat16_states', _ARGS_MULTI, None, lanes=4),
+    _Kernel('rmspropalex_update', _S.STANDARD, 'float32', 'bfloat16', 'float32', 'opgen_rmspropalex_update_standard_float32_with_bfloat16_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('rmspropalex_update', _S.DENSE, 'float64', 'float64', 'float64', 'opgen_rmspropalex_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
+    _Kernel('rmspropalex_update', _S.MULTI, 'float64', 'float64', 'float64', 'opgen_rmspropalex_update_multi_float64', _ARGS_MULTI, None, lanes=2),
+    _Kernel('rmspropalex_update', _S.STANDARD, 'float64', 'float64', 'float64', 'opgen_rmspropalex_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
 )
 
 _OP = _Operator(
@@ -90,7 +99,6 @@ _OP = _Operator(
     lazy_param=None,
     always_lazy=False,
     kernels=_KERNELS,
-    math_types={'float16': 'float32', 'bfloat16': 'float32', 'float32': 'float32', 'float64': 'float64'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "rmspropalex_update.c",
     c_cdef=_HERE / "csrc" / "rmspropalex_update.cdef",
@@ -125,11 +133,17 @@ def rmspropalex_update(weight, grad, n, g, delta, lr, gamma1=0.95, gamma2=0.9, e
     grad : numpy.ndarray or RowSparseArray
         Gradient. Dense, or a RowSparseArray.
     n : numpy.ndarray
-        Moving average of the squared gradient. Updated in place.
+        Moving average of the squared gradient. Updated in place. Its dtype: the weight's,
+        or float32 beside a float16 or bfloat16 weight, or bfloat16 beside a float32 weight;
+        the states share one.
     g : numpy.ndarray
-        Moving average of the gradient. Updated in place.
+        Moving average of the gradient. Updated in place. Its dtype: the weight's, or
+        float32 beside a float16 or bfloat16 weight, or bfloat16 beside a float32 weight;
+        the states share one.
     delta : numpy.ndarray
-        The last update. Updated in place.
+        The last update. Updated in place. Its dtype: the weight's, or float32 beside a
+        float16 or bfloat16 weight, or bfloat16 beside a float32 weight; the states share
+        one.
     lr : float
         Learning rate
     gamma1 : float, optional
@@ -207,11 +221,11 @@ def rmspropalex_update_multi(weights, grads, ns, gs, deltas, lr, gamma1=0.95, ga
     grads : sequence of numpy.ndarray
         Gradient, one per tensor. Dense.
     ns : sequence of numpy.ndarray
-        Moving average of the squared gradient, one per tensor. Updated in place.
+        Moving average of the squared gradient, one per tensor. Updated in place. Its dtype: the weight's, or float32 beside a float16 or bfloat16 weight, or bfloat16 beside a float32 weight; the states share one.
     gs : sequence of numpy.ndarray
-        Moving average of the gradient, one per tensor. Updated in place.
+        Moving average of the gradient, one per tensor. Updated in place. Its dtype: the weight's, or float32 beside a float16 or bfloat16 weight, or bfloat16 beside a float32 weight; the states share one.
     deltas : sequence of numpy.ndarray
-        The last update, one per tensor. Updated in place.
+        The last update, one per tensor. Updated in place. Its dtype: the weight's, or float32 beside a float16 or bfloat16 weight, or bfloat16 beside a float32 weight; the states share one.
     lr : float or sequence of float
         Learning rate
     gamma1 : float or sequence of float, optional

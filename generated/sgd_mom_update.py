@@ -42,22 +42,34 @@ _ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Ar
 _ARGS_LAZY = (_Arg(_R.NNZ, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
-    _Kernel('sgd_mom_update', _S.DENSE, 'float16', 'float32', 'opgen_sgd_mom_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
-    _Kernel('sgd_mom_update', _S.MULTI, 'float16', 'float32', 'opgen_sgd_mom_update_multi_float16', _ARGS_MULTI, None, lanes=8),
-    _Kernel('sgd_mom_update', _S.LAZY, 'float16', 'float32', 'opgen_sgd_mom_update_lazy_float16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
-    _Kernel('sgd_mom_update', _S.STANDARD, 'float16', 'float32', 'opgen_sgd_mom_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
-    _Kernel('sgd_mom_update', _S.DENSE, 'bfloat16', 'float32', 'opgen_sgd_mom_update_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
-    _Kernel('sgd_mom_update', _S.MULTI, 'bfloat16', 'float32', 'opgen_sgd_mom_update_multi_bfloat16', _ARGS_MULTI, None, lanes=8),
-    _Kernel('sgd_mom_update', _S.LAZY, 'bfloat16', 'float32', 'opgen_sgd_mom_update_lazy_bfloat16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
-    _Kernel('sgd_mom_update', _S.STANDARD, 'bfloat16', 'float32', 'opgen_sgd_mom_update_standard_bfloat16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
-    _Kernel('sgd_mom_update', _S.DENSE, 'float32', 'float32', 'opgen_sgd_mom_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
-    _Kernel('sgd_mom_update', _S.MULTI, 'float32', 'float32', 'opgen_sgd_mom_update_multi_float32', _ARGS_MULTI, None, lanes=4),
-    _Kernel('sgd_mom_update', _S.LAZY, 'float32', 'float32', 'opgen_sgd_mom_update_lazy_float32', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
-    _Kernel('sgd_mom_update', _S.STANDARD, 'float32', 'float32', 'opgen_sgd_mom_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
-    _Kernel('sgd_mom_update', _S.DENSE, 'float64', 'float64', 'opgen_sgd_mom_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
-    _Kernel('sgd_mom_update', _S.MULTI, 'float64', 'float64', 'opgen_sgd_mom_update_multi_float64', _ARGS_MULTI, None, lanes=2),
-    _Kernel('sgd_mom_update', _S.LAZY, 'float64', 'float64', 'opgen_sgd_mom_update_lazy_float64', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=2),
-    _Kernel('sgd_mom_update', _S.STANDARD, 'float64', 'float64', 'opgen_sgd_mom_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
+    _Kernel('sgd_mom_update', _S.DENSE, 'float16', 'float16', 'float32', 'opgen_sgd_mom_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
+    _Kernel('sgd_mom_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_sgd_mom_update_multi_float16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('sgd_mom_update', _S.LAZY, 'float16', 'float16', 'float32', 'opgen_sgd_mom_update_lazy_float16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
+    _Kernel('sgd_mom_update', _S.STANDARD, 'float16', 'float16', 'float32', 'opgen_sgd_mom_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('sgd_mom_update', _S.DENSE, 'float16', 'float32', 'float32', 'opgen_sgd_mom_update_dense_float16_with_float32_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('sgd_mom_update', _S.MULTI, 'float16', 'float32', 'float32', 'opgen_sgd_mom_update_multi_float16_with_float32_states', _ARGS_MULTI, None, lanes=4),
+    _Kernel('sgd_mom_update', _S.LAZY, 'float16', 'float32', 'float32', 'opgen_sgd_mom_update_lazy_float16_with_float32_states', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
+    _Kernel('sgd_mom_update', _S.STANDARD, 'float16', 'float32', 'float32', 'opgen_sgd_mom_update_standard_float16_with_float32_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('sgd_mom_update', _S.DENSE, 'bfloat16', 'bfloat16', 'float32', 'opgen_sgd_mom_update_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
+    _Kernel('sgd_mom_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_sgd_mom_update_multi_bfloat16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('sgd_mom_update', _S.LAZY, 'bfloat16', 'bfloat16', 'float32', 'opgen_sgd_mom_update_lazy_bfloat16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
+    _Kernel('sgd_mom_update', _S.STANDARD, 'bfloat16', 'bfloat16', 'float32', 'opgen_sgd_mom_update_standard_bfloat16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('sgd_mom_update', _S.DENSE, 'bfloat16', 'float32', 'float32', 'opgen_sgd_mom_update_dense_bfloat16_with_float32_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('sgd_mom_update', _S.MULTI, 'bfloat16', 'float32', 'float32', 'opgen_sgd_mom_update_multi_bfloat16_with_float32_states', _ARGS_MULTI, None, lanes=4),
+    _Kernel('sgd_mom_update', _S.LAZY, 'bfloat16', 'float32', 'float32', 'opgen_sgd_mom_update_lazy_bfloat16_with_float32_states', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
+    _Kernel('sgd_mom_update', _S.STANDARD, 'bfloat16', 'float32', 'float32', 'opgen_sgd_mom_update_standard_bfloat16_with_float32_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('sgd_mom_update', _S.DENSE, 'float32', 'float32', 'float32', 'opgen_sgd_mom_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('sgd_mom_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_sgd_mom_update_multi_float32', _ARGS_MULTI, None, lanes=4),
+    _Kernel('sgd_mom_update', _S.LAZY, 'float32', 'float32', 'float32', 'opgen_sgd_mom_update_lazy_float32', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
+    _Kernel('sgd_mom_update', _S.STANDARD, 'float32', 'float32', 'float32', 'opgen_sgd_mom_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('sgd_mom_update', _S.DENSE, 'float32', 'bfloat16', 'float32', 'opgen_sgd_mom_update_dense_float32_with_bfloat16_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
+    _Kernel('sgd_mom_update', _S.MULTI, 'float32', 'bfloat16', 'float32', 'opgen_sgd_mom_update_multi_float32_with_bfloat16_states', _ARGS_MULTI, None, lanes=4),
+    _Kernel('sgd_mom_update', _S.LAZY, 'float32', 'bfloat16', 'float32', 'opgen_sgd_mom_update_lazy_float32_with_bfloat16_states', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
+    _Kernel('sgd_mom_update', _S.STANDARD, 'float32', 'bfloat16', 'float32', 'opgen_sgd_mom_update_standard_float32_with_bfloat16_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('sgd_mom_update', _S.DENSE, 'float64', 'float64', 'float64', 'opgen_sgd_mom_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
+    _Kernel('sgd_mom_update', _S.MULTI, 'float64', 'float64', 'float64', 'opgen_sgd_mom_update_multi_float64', _ARGS_MULTI, None, lanes=2),
+    _Kernel('sgd_mom_update', _S.LAZY, 'float64', 'float64', 'float64', 'opgen_sgd_mom_update_lazy_float64', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=2),
+    _Kernel('sgd_mom_update', _S.STANDARD, 'float64', 'float64', 'float64', 'opgen_sgd_mom_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
 )
 
 _OP = _Operator(
@@ -85,7 +97,6 @@ _OP = _Operator(
     lazy_param='lazy_update',
     always_lazy=False,
     kernels=_KERNELS,
-    math_types={'float16': 'float32', 'bfloat16': 'float32', 'float32': 'float32', 'float64': 'float64'},
     numpy_kernel=_numpy_kernel,
     c_source=_HERE / "csrc" / "sgd_mom_update.c",
     c_cdef=_HERE / "csrc" / "sgd_mom_update.cdef",
@@ -122,7 +133,8 @@ def sgd_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0
     grad : numpy.ndarray or RowSparseArray
         Gradient. Dense, or a RowSparseArray.
     mom : numpy.ndarray
-        Momentum. Updated in place.
+        Momentum. Updated in place. Its dtype: the weight's, or float32 beside a float16 or
+        bfloat16 weight, or bfloat16 beside a float32 weight; the states share one.
     lr : float
         Learning rate
     momentum : float, optional
@@ -191,7 +203,7 @@ def sgd_mom_update_multi(weights, grads, moms, lr, momentum=0.0, wd=0.0, rescale
     grads : sequence of numpy.ndarray
         Gradient, one per tensor. Dense.
     moms : sequence of numpy.ndarray
-        Momentum, one per tensor. Updated in place.
+        Momentum, one per tensor. Updated in place. Its dtype: the weight's, or float32 beside a float16 or bfloat16 weight, or bfloat16 beside a float32 weight; the states share one.
     lr : float or sequence of float
         Learning rate
     momentum : float or sequence of float, optional

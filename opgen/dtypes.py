@@ -35,6 +35,10 @@ class DType:
     cuda_storage: str  # the same in CUDA
     math: MathType  # the narrowest type its math is computed in
     itemsize: int  # bytes per element
+    # the dtypes a call with a weight of this dtype may keep its states in, besides its own:
+    # float32 states beside 16-bit weights (mixed precision), bf16 states beside float32
+    # weights (half the optimizer memory)
+    other_states: tuple[str, ...] = ()
 
     @property
     def load(self) -> str:
@@ -59,13 +63,39 @@ class DType:
 
 
 DTYPES: tuple[DType, ...] = (
-    DType("float16", "opgen_half", "opgen_half", FLOAT, 2),
-    DType("bfloat16", "opgen_bf16", "opgen_bf16", FLOAT, 2),  # in NumPy: ml_dtypes.bfloat16
-    DType("float32", "float", "float", FLOAT, 4),
+    DType("float16", "opgen_half", "opgen_half", FLOAT, 2, ("float32",)),
+    DType("bfloat16", "opgen_bf16", "opgen_bf16", FLOAT, 2, ("float32",)),  # in NumPy: ml_dtypes.bfloat16
+    DType("float32", "float", "float", FLOAT, 4, ("bfloat16",)),
     DType("float64", "double", "double", DOUBLE, 8),
 )
 DTYPE_BY_NAME: dict[str, DType] = {d.name: d for d in DTYPES}
 DTYPE_NAMES: tuple[str, ...] = tuple(d.name for d in DTYPES)
+
+
+@dataclass(frozen=True)
+class Variant:
+    """A call's storage: the weight's dtype (the gradient's and ``out``'s too) and the one
+    dtype of the states the spec does not fix. Each variant of an op is its own kernels."""
+
+    dtype: DType
+    states: DType
+
+    @property
+    def name(self) -> str:
+        """The suffix of its kernels' names: ``float32``, ``bfloat16_with_float32_states``."""
+        return self.dtype.name if self.states == self.dtype else f"{self.dtype.name}_with_{self.states.name}_states"
+
+    @property
+    def text(self) -> str:
+        """As messages and docs name it."""
+        return self.dtype.name if self.states == self.dtype else f"{self.dtype.name} with {self.states.name} states"
+
+
+def variants(free_states: bool) -> tuple[Variant, ...]:
+    """Every variant, weight dtype by weight dtype: its own states first, then the others
+    (``free_states``: the op has states whose dtype the spec does not fix)."""
+    return tuple(Variant(d, DTYPE_BY_NAME[s]) for d in DTYPES
+                 for s in (d.name,) + (d.other_states if free_states else ()))
 
 
 def dtype_list(names: tuple[str, ...] = DTYPE_NAMES) -> str:

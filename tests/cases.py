@@ -10,7 +10,9 @@ specs/, whose file names are the list of ops. Only the parameter VALUES chosen f
 
 :class:`Case` holds one call's arrays and parameters; it calls the generated op (MXNet's
 multi_* ops through their flat calling convention, with one group) and the independent
-reference (tests/reference.py) the same way for every op.
+reference (tests/reference.py) the same way for every op. A call's states that the spec does
+not fix to a dtype may be kept in a state dtype of their own (:data:`STATE_DTYPE_COMBOS`,
+``make_case(..., state_dtype=...)``).
 """
 
 from __future__ import annotations
@@ -37,6 +39,13 @@ OPS = sorted(p.stem for p in (ROOT / "specs").glob("*.yaml"))
 DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
 DTYPE_IDS = ["float16", "bfloat16", "float32", "float64"]
 _DTYPE_NAMES = ("float16", "bfloat16", "float32", "float64")
+
+#: the (weight dtype, state dtype) pairs with states in a precision of their own, beside the
+#: usual states of the weight's dtype (reference.MIXED_STATE_DTYPES): the states the spec
+#: does not fix share the state dtype; the gradient and ``out`` have the weight's
+STATE_DTYPE_COMBOS = [(np.float16, np.float32), (ml_dtypes.bfloat16, np.float32),
+                      (np.float32, ml_dtypes.bfloat16)]
+STATE_DTYPE_COMBO_IDS = [f"{np.dtype(w).name}+{np.dtype(s).name}-states" for w, s in STATE_DTYPE_COMBOS]
 
 
 def shape_id(shape) -> str:
@@ -82,6 +91,8 @@ class Op:
         self.scalars = tuple(t.name for t in tensors if t.role == "scalar")
         #: tensor name -> its fixed dtype (mixed-precision master weights and states)
         self.fixed = {t.name: _fixed_dtype(t.dtype) for t in tensors if t.dtype is not None}
+        #: the states without a fixed dtype: they share the call's state dtype
+        self.free_states = tuple(s for s in self.states if s not in self.fixed)
         self.per_row = frozenset(t.name for t in tensors if t.per_row)
         self.mixed_precision = bool(self.fixed)
 
@@ -126,9 +137,15 @@ class Op:
             return {"lazy": {}}
         return {"standard": {}}
 
-    def dtype_of(self, name: str, dtype) -> np.dtype:
-        """The dtype of tensor ``name`` in a call whose weight is ``dtype``."""
-        return self.fixed.get(name, np.dtype(dtype))
+    def dtype_of(self, name: str, dtype, state_dtype=None) -> np.dtype:
+        """The dtype of tensor ``name`` in a call whose weight is ``dtype`` and whose states
+        are ``state_dtype`` (default: ``dtype``): its fixed dtype, else the state dtype for a
+        state, else (the weight, the gradient, a scalar input) ``dtype``."""
+        if name in self.fixed:
+            return self.fixed[name]
+        if name in self.states:
+            return np.dtype(dtype if state_dtype is None else state_dtype)
+        return np.dtype(dtype)
 
 
 @functools.lru_cache(maxsize=None)
@@ -147,6 +164,16 @@ SINGLE = ops(lambda o: not o.multi)
 ROW_SPARSE = ops(lambda o: bool(o.sparse_modes))
 #: the ops with fixed-dtype (float32) tensors
 MIXED_PRECISION = ops(lambda o: o.mixed_precision and not o.multi)
+
+
+def ops_with_free_states(where=lambda o: True) -> list[str]:
+    """The ops (names) with at least one state without a fixed dtype (MXNet's multi_* ops
+    included), for which ``where(Op)`` holds: those a call may give a state dtype of its own."""
+    return ops(lambda o: bool(o.free_states) and where(o))
+
+
+#: the ops whose states may be kept in their own precision (STATE_DTYPE_COMBOS)
+MIXED_STATE_OPS = ops_with_free_states()
 
 
 def check(actual, expected, name: str, weight_dtype, what: str = "") -> None:
@@ -401,15 +428,17 @@ class Case:
 
     ``params`` may hold scalar inputs (adamw's rescale_grad), which are then passed in their
     place in the signature. ``case(out=...)`` calls the generated op, ``case.expected()`` the
-    reference on the same inputs (a row-sparse grad densified).
+    reference on the same inputs (a row-sparse grad densified). ``dtype`` is the weight's (the
+    gradient's); ``state_dtype`` that of the states without a fixed dtype (default: ``dtype``).
     """
 
-    def __init__(self, name: str, arrays: dict, params: dict, dtype) -> None:
+    def __init__(self, name: str, arrays: dict, params: dict, dtype, state_dtype=None) -> None:
         self.op = op(name)
         self.name = name
         self.arrays = dict(arrays)
         self.params = dict(params)
         self.dtype = np.dtype(dtype)
+        self.state_dtype = self.dtype if state_dtype is None else np.dtype(state_dtype)
 
     # -- the tensors ------------------------------------------------------------------------
     @property
@@ -480,7 +509,8 @@ class Case:
         self.new_scalars()
 
     def copy(self) -> Case:
-        new = Case(self.name, {k: _copy(v) for k, v in self.arrays.items()}, self.params, self.dtype)
+        new = Case(self.name, {k: _copy(v) for k, v in self.arrays.items()}, self.params, self.dtype,
+                   self.state_dtype)
         new.params = {k: _copy(v) for k, v in self.params.items()}
         return new
 
@@ -495,7 +525,12 @@ class Case:
         check(actual, expected, self.name, self.dtype, f"{self.where()} {what}")
 
     def where(self) -> str:
-        return f"{self.dtype.name} {shape_id(np.shape(self.weight))}"
+        """``float32 shape=7x33``; ``bfloat16/float32-states shape=7x33`` with states of
+        another dtype."""
+        dtypes = self.dtype.name
+        if self.state_dtype != self.dtype:
+            dtypes += f"/{self.state_dtype.name}-states"
+        return f"{dtypes} {shape_id(np.shape(self.weight))}"
 
     def check_states(self, expected_states, what: str = "") -> None:
         for name, s, e in zip(self.op.states, self.states, expected_states, strict=True):
@@ -521,10 +556,14 @@ class Case:
 
 
 def make_case(name: str, seed_: int, shape, dtype, params: dict | None = None, *,
-              per_row_column: bool = False, grad_rows=None) -> Case:
+              per_row_column: bool = False, grad_rows=None, state_dtype=None) -> Case:
     """Deterministic inputs: a N(0, 1) weight, plausible states (STATE_VALUES; per-row states
     of shape (rows,), or (rows, 1) with ``per_row_column``), a gradient (Case.new_grad) and the
-    scalar inputs. An mp op's weight is its weight32 cast to the weight's dtype."""
+    scalar inputs. An mp op's weight is its weight32 cast to the weight's dtype.
+
+    The states without a fixed dtype are stored as ``state_dtype`` (default: ``dtype``; it is
+    ignored for an op without such states); the values drawn are the same whatever it is
+    (only the final cast differs)."""
     info = op(name)
     rng = np.random.default_rng(seed_)
     weight = rng.normal(0.0, 1.0, size=shape).astype(dtype)
@@ -539,10 +578,10 @@ def make_case(name: str, seed_: int, shape, dtype, params: dict | None = None, *
         values["n"] = values["g"] * values["g"] + rng.uniform(0.01, 0.1, size=shape)
     arrays = {info.weight: weight}
     for state in info.states:
-        arrays[state] = np.asarray(values[state]).astype(info.dtype_of(state, dtype))
+        arrays[state] = np.asarray(values[state]).astype(info.dtype_of(state, dtype, state_dtype))
     if "weight32" in info.states:
         arrays[info.weight] = arrays["weight32"].astype(dtype)
-    case = Case(name, arrays, params or {}, dtype)
+    case = Case(name, arrays, params or {}, dtype, state_dtype if info.free_states else None)
     case.new_grad(rng, rows=grad_rows)  # the grad, then the scalar inputs
     return case
 

@@ -15,6 +15,14 @@ section 7:
 * nag_mom_update: the new momentum always uses the OLD weight (7.5);
 * adamw_update never writes its grad input (7.6).
 
+Optimizer states in their own precision (an opgen extension, :func:`_call_dtypes`): the
+gradient has the weight's dtype W; the states the spec does not fix to a dtype share one
+dtype S, either W or, for (W, S), one of (float16, float32), (bfloat16, float32) and
+(float32, bfloat16). The math runs in the widest compute dtype of W and S (float32 for each
+mixed pair), and each result is rounded once into its own dtype: the new weight (or
+``out``) into W, every state into S. Scalar inputs (lamb's r1 and r2, adamw's
+rescale_grad) are not states.
+
 Multi-precision (mp_*, multi_mp_*) ops compute in float32 from ``weight32`` (sections 2.4,
 2.12, 2.15) and never read the low-precision weight; ``out`` is ``weight32``'s new value cast
 to the weight's dtype. (For a float64 weight an implementation may compute in double; such
@@ -28,13 +36,13 @@ reference here is the update of ONE group, with that group's ``lr`` and ``wd``
 Nothing here imports ``opgen`` or ``generated``.
 
 Every function is pure: it returns a tuple ``(new_weight_or_out, *new_states)`` of fresh
-arrays (states in the order they appear in the op's signature, each in its storage dtype)
-and never writes its inputs. ``grad`` is always a dense array. ``rows`` (where an op has a
-lazy row-sparse update) selects it: ``None`` means the dense update over every element; an
-index array (or a boolean mask over dimension 0) means only those rows change and every other
-row of the weight and of the states is returned bit-identical. The "standard" row-sparse
-update is the dense update with a gradient that is zero on missing rows; build that gradient
-with :func:`densify`.
+arrays (states in the order they appear in the op's signature, each in its storage dtype:
+its fixed one, or the call's state dtype) and never writes its inputs. ``grad`` is always a
+dense array. ``rows`` (where an op has a lazy row-sparse update) selects it: ``None`` means
+the dense update over every element; an index array (or a boolean mask over dimension 0)
+means only those rows change and every other row of the weight and of the states is
+returned bit-identical. The "standard" row-sparse update is the dense update with a
+gradient that is zero on missing rows; build that gradient with :func:`densify`.
 
 The comparison tolerances of the suites (:data:`TOLERANCES`, :func:`tolerance`,
 :func:`assert_close`) live here too: they say how close an implementation must be to this
@@ -49,6 +57,7 @@ import ml_dtypes
 import numpy as np
 
 __all__ = [
+    "MIXED_STATE_DTYPES",
     "TOLERANCES",
     "adagrad_update",
     "adam_update",
@@ -160,11 +169,41 @@ def _store(results, dtypes, originals=None, rows=None):
     return tuple(out)
 
 
-def _same_dtype(*arrays):
-    dt = arrays[0].dtype
-    for a in arrays:
-        assert a.dtype == dt, "reference: all tensors of a single-precision op share one dtype"
-    return dt
+#: the (weight, state) dtype pairs a call may have besides states of the weight's own dtype
+MIXED_STATE_DTYPES = frozenset({
+    (np.dtype(np.float16), np.dtype(np.float32)),
+    (np.dtype(ml_dtypes.bfloat16), np.dtype(np.float32)),
+    (np.dtype(np.float32), np.dtype(ml_dtypes.bfloat16)),
+})
+
+
+def _call_dtypes(weight, grad, *states):
+    """``(ct, weight_dtype, state_dtype)`` of a single-precision op's call, by the rule:
+
+    * the gradient has the weight's dtype W;
+    * the states (those the spec does not fix to a dtype: every state of a single-precision
+      op) share one dtype S, the call's state dtype; S == W for any supported W, or (W, S)
+      is one of :data:`MIXED_STATE_DTYPES`: (float16, float32), (bfloat16, float32),
+      (float32, bfloat16). Anything else raises TypeError;
+    * the math runs in ``ct``, the widest compute dtype of W and S (:func:`compute_dtype`:
+      float32 for every mixed pair);
+    * each result is rounded once into its own dtype: the new weight (or ``out``) into W,
+      each state into S.
+
+    With no states, S is W. Scalar inputs (lamb's r1 and r2, adamw's rescale_grad) are not
+    states and are not passed here.
+    """
+    w_dt = np.dtype(weight.dtype)
+    if np.dtype(grad.dtype) != w_dt:
+        raise TypeError(f"reference: grad is {grad.dtype}, the weight {w_dt}: they share one dtype")
+    s_dt = np.dtype(states[0].dtype) if states else w_dt
+    for s in states:
+        if np.dtype(s.dtype) != s_dt:
+            raise TypeError(f"reference: states of one call share one dtype ({s.dtype} != {s_dt})")
+    if s_dt != w_dt and (w_dt, s_dt) not in MIXED_STATE_DTYPES:
+        raise TypeError(f"reference: {s_dt} states beside a {w_dt} weight are not supported")
+    ct = np.promote_types(compute_dtype(w_dt), compute_dtype(s_dt)).type
+    return ct, w_dt, s_dt
 
 
 def _check_mp(weight, grad, *fp32):
@@ -240,8 +279,7 @@ def assert_close(actual, expected, what: str = "", *, weight_dtype=None,
 # =====================================================================================
 # -- sgd_update (2.1, SGDKernel) --------------------------------------------------------
 def sgd_update(weight, grad, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, rows=None):
-    storage = _same_dtype(weight, grad)
-    ct = compute_dtype(storage)
+    ct, w_dt, _ = _call_dtypes(weight, grad)  # no states
     w, g = _to(ct, weight, grad)
     lr_, wd_, rg_, clip_ = _scalars(ct, lr, wd, rescale_grad, clip_gradient)
     with np.errstate(all="ignore"):
@@ -251,15 +289,14 @@ def sgd_update(weight, grad, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, r
             out = decay * w - lr_ * _clip(rg_ * g, clip_)
         else:
             out = decay * w - lr_rg * g
-    return _store([out], [storage], [weight], rows)
+    return _store([out], [w_dt], [weight], rows)
 
 
 # -- sgd_mom_update (2.2, SGDMomKernel) -------------------------------------------------
 def sgd_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0,
                    clip_gradient=-1.0, rows=None):
     """``mom`` stores the negative velocity: after one step from 0 it is ``-lr*g``."""
-    storage = _same_dtype(weight, grad, mom)
-    ct = compute_dtype(storage)
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, mom)
     w, g, m = _to(ct, weight, grad, mom)
     lr_, mu_, wd_, rg_, clip_ = _scalars(ct, lr, momentum, wd, rescale_grad, clip_gradient)
     with np.errstate(all="ignore"):
@@ -270,15 +307,14 @@ def sgd_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0
         else:
             m = mu_ * m - lr_wd * w - lr_rg * g
         out = w + m
-    return _store([out, m], [storage] * 2, [weight, mom], rows)
+    return _store([out, m], [w_dt, s_dt], [weight, mom], rows)
 
 
 # -- nag_mom_update (2.3 NAGMomKernel, deviation 7.5) ------------------------------------
 def nag_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0,
                    clip_gradient=-1.0):
     """The new momentum's wd term uses the old weight, whatever ``out`` is (7.5)."""
-    storage = _same_dtype(weight, grad, mom)
-    ct = compute_dtype(storage)
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, mom)
     w, g, m = _to(ct, weight, grad, mom)
     lr_, mu_, wd_, rg_, clip_ = _scalars(ct, lr, momentum, wd, rescale_grad, clip_gradient)
     one = ct(1)
@@ -290,7 +326,7 @@ def nag_mom_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0
             gg = rg_ * g + wd_ * w
         out = w - m + _per_call(ct, _d(momentum)[0] + 1) * (m - lr_ * gg)
         m = m - lr_ * gg  # old weight, whatever out is (7.5)
-    return _store([out, m], [storage, storage])
+    return _store([out, m], [w_dt, s_dt])
 
 
 # -- multi-precision sgd family (2.4): fp32 math from weight32, weight never read ---------
@@ -376,8 +412,7 @@ def mp_nag_mom_update_old_weight(weight, grad, mom, weight32, lr, momentum=0.0, 
 def adam_update(weight, grad, mean, var, lr, beta1=0.9, beta2=0.999, epsilon=1e-8, wd=0.0,
                 rescale_grad=1.0, clip_gradient=-1.0, rows=None):
     """No bias correction; wd inside the clip and the moments; epsilon outside the sqrt."""
-    storage = _same_dtype(weight, grad, mean, var)
-    ct = compute_dtype(storage)
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, mean, var)
     w, g, m, v = _to(ct, weight, grad, mean, var)
     lr_, b1_, b2_, eps_, wd_, rg_, clip_ = _scalars(ct, lr, beta1, beta2, epsilon, wd,
                                                     rescale_grad, clip_gradient)
@@ -389,15 +424,14 @@ def adam_update(weight, grad, mean, var, lr, beta1=0.9, beta2=0.999, epsilon=1e-
         m = b1_ * m + _per_call(ct, 1 - _d(beta1)[0]) * gr
         v = b2_ * v + (_per_call(ct, 1 - _d(beta2)[0]) * gr) * gr
         out = w - (lr_ * m) / (np.sqrt(v) + eps_)
-    return _store([out, m, v], [storage] * 3, [weight, mean, var], rows)
+    return _store([out, m, v], [w_dt, s_dt, s_dt], [weight, mean, var], rows)
 
 
 # -- rmsprop_update (2.6, RMSPropUpdateKernel) ------------------------------------------
 def rmsprop_update(weight, grad, n, lr, gamma1=0.95, epsilon=1e-8, wd=0.0, rescale_grad=1.0,
                    clip_gradient=-1.0, clip_weights=-1.0, rows=None):
     """Epsilon inside the sqrt; the new weight is clipped to +-clip_weights when that is > 0."""
-    storage = _same_dtype(weight, grad, n)
-    ct = compute_dtype(storage)
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, n)
     w, g, s = _to(ct, weight, grad, n)
     lr_, g1_, eps_, wd_, rg_, clip_, clipw_ = _scalars(ct, lr, gamma1, epsilon, wd, rescale_grad,
                                                        clip_gradient, clip_weights)
@@ -410,14 +444,13 @@ def rmsprop_update(weight, grad, n, lr, gamma1=0.95, epsilon=1e-8, wd=0.0, resca
         out = w - lr_ * (gr / np.sqrt(s + eps_))
         if clip_weights > 0:
             out = _clip(out, clipw_)
-    return _store([out, s], [storage] * 2, [weight, n], rows)
+    return _store([out, s], [w_dt, s_dt], [weight, n], rows)
 
 
 # -- rmspropalex_update (2.7 RMSPropAlexUpdateKernel) -----------------------------------
 def rmspropalex_update(weight, grad, n, g, delta, lr, gamma1=0.95, gamma2=0.9, epsilon=1e-8,
                        wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, clip_weights=-1.0):
-    storage = _same_dtype(weight, grad, n, g, delta)
-    ct = compute_dtype(storage)
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, n, g, delta)
     w, gd, n_, g_, d_ = _to(ct, weight, grad, n, g, delta)
     lr_, g1, g2, eps, wd_, rg_, clip_, clipw = _scalars(
         ct, lr, gamma1, gamma2, epsilon, wd, rescale_grad, clip_gradient, clip_weights)
@@ -432,15 +465,14 @@ def rmspropalex_update(weight, grad, n, g, delta, lr, gamma1=0.95, gamma2=0.9, e
         out = w + d_
         if clip_weights > 0:
             out = _clip(out, clipw)
-    return _store([out, n_, g_, d_], [storage] * 4)
+    return _store([out, n_, g_, d_], [w_dt, s_dt, s_dt, s_dt])
 
 
 # -- ftrl_update (2.8 FtrlUpdateKernel) --------------------------------------------------
 def ftrl_update(weight, grad, z, n, lr, lamda1=0.01, beta=1.0, wd=0.0, rescale_grad=1.0,
                 clip_gradient=-1.0):
     """z uses the OLD weight and 1/lr; the weight is recomputed from z and n."""
-    storage = _same_dtype(weight, grad, z, n)
-    ct = compute_dtype(storage)
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, z, n)
     w, g, z_, n_ = _to(ct, weight, grad, z, n)
     lr_, l1, beta_, wd_, rg_, clip_ = _scalars(ct, lr, lamda1, beta, wd, rescale_grad,
                                                clip_gradient)
@@ -452,15 +484,14 @@ def ftrl_update(weight, grad, z, n, lr, lamda1=0.01, beta=1.0, wd=0.0, rescale_g
         n_ = n_ + gr * gr
         active = (np.abs(z_) > l1).astype(ct)
         out = (_sign(z_, ct) * l1 - z_) / ((beta_ + np.sqrt(n_)) / lr_ + wd_) * active
-    return _store([out, z_, n_], [storage] * 3)
+    return _store([out, z_, n_], [w_dt, s_dt, s_dt])
 
 
 # -- ftml_update (2.9 FTMLKernel) --------------------------------------------------------
 def ftml_update(weight, grad, d, v, z, lr, *, beta1=0.6, beta2=0.999, epsilon=1e-8, t,
                 wd=0.0, rescale_grad=1.0, clip_grad=-1.0):
     """``(1-beta1)*g`` in z (not ``(1-beta1^t)``); the clip parameter is ``clip_grad``."""
-    storage = _same_dtype(weight, grad, d, v, z)
-    ct = compute_dtype(storage)
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, d, v, z)
     w, g, d_, v_, z_ = _to(ct, weight, grad, d, v, z)
     lr_, b1, b2, eps, wd_, rg_, clip_ = _scalars(ct, lr, beta1, beta2, epsilon, wd,
                                                  rescale_grad, clip_grad)
@@ -474,27 +505,25 @@ def ftml_update(weight, grad, d, v, z, lr, *, beta1=0.6, beta2=0.999, epsilon=1e
         z_ = b1 * z_ + _per_call(ct, 1 - b1_d) * gr - (d_t - b1 * d_) * w
         d_ = d_t
         out = -z_ / d_t
-    return _store([out, d_, v_, z_], [storage] * 4)
+    return _store([out, d_, v_, z_], [w_dt, s_dt, s_dt, s_dt])
 
 
 # -- signsgd_update (2.10 SignSGDKernel): rescale_grad and clip_gradient ignored -----------
 def signsgd_update(weight, grad, lr, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0):
-    storage = _same_dtype(weight, grad)
-    ct = compute_dtype(storage)
+    ct, w_dt, _ = _call_dtypes(weight, grad)  # no states
     w, g = _to(ct, weight, grad)
     lr_, wd_ = _scalars(ct, lr, wd)
     one = ct(1)
     with np.errstate(all="ignore"):
         out = _per_call(ct, 1 - _d(lr)[0] * _d(wd)[0]) * w - lr_ * _sign(g, ct)
-    return _store([out], [storage])
+    return _store([out], [w_dt])
 
 
 # -- signum_update (2.10 SignumKernel) ---------------------------------------------------
 def signum_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0,
                   clip_gradient=-1.0, wd_lh=0.0):
     """wd inside the momentum, scaled by (1-mu); wd_lh a decoupled ``(1 - lr*wd_lh)*w``."""
-    storage = _same_dtype(weight, grad, mom)
-    ct = compute_dtype(storage)
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, mom)
     w, g, m = _to(ct, weight, grad, mom)
     lr_, mu_, wd_, rg_, clip_, wdlh = _scalars(ct, lr, momentum, wd, rescale_grad,
                                                clip_gradient, wd_lh)
@@ -505,7 +534,7 @@ def signum_update(weight, grad, mom, lr, momentum=0.0, wd=0.0, rescale_grad=1.0,
         else:
             m = mu_ * m - _per_call(ct, (1 - mu_d) * wd_d) * w - _per_call(ct, (1 - mu_d) * rg_d) * g
         out = _per_call(ct, 1 - lr_d * wdlh_d) * w + lr_ * _sign(m, ct)
-    return _store([out, m], [storage, storage])
+    return _store([out, m], [w_dt, s_dt])
 
 
 # -- adagrad_update (2.11 AdagradDnsRspDnsKernel; lazy, wd must be 0) --------------------
@@ -513,8 +542,7 @@ def adagrad_update(weight, grad, history, lr, epsilon=1e-7, wd=0.0, rescale_grad
                    clip_gradient=-1.0, rows=None):
     """Sparse only in MXNet (always lazy); epsilon inside the sqrt."""
     assert wd == 0.0, "reference: adagrad has no weight decay"
-    storage = _same_dtype(weight, grad, history)
-    ct = compute_dtype(storage)
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, history)
     w, g, h = _to(ct, weight, grad, history)
     lr_, eps, rg_, clip_ = _scalars(ct, lr, epsilon, rescale_grad, clip_gradient)
     with np.errstate(all="ignore"):
@@ -523,7 +551,7 @@ def adagrad_update(weight, grad, history, lr, epsilon=1e-7, wd=0.0, rescale_grad
             gr = _clip(gr, clip_)
         h = h + gr * gr
         out = w - (gr / np.sqrt(h + eps)) * lr_
-    return _store([out, h], [storage] * 2, [weight, history], rows)
+    return _store([out, h], [w_dt, s_dt], [weight, history], rows)
 
 
 # -- adamw_update, mp_adamw_update (2.12 AdamWUpdate::Forward, deviation 7.6) ------------
@@ -545,14 +573,13 @@ def _adamw_math(w, g, m, v, rg, lr, eta, beta1, beta2, epsilon, wd, clip_gradien
 def adamw_update(weight, grad, mean, var, rescale_grad, lr, eta, beta1=0.9, beta2=0.999,
                  epsilon=1e-8, wd=0.0, clip_gradient=-1.0):
     """Decoupled wd scaled by eta (not lr); rescale_grad 0, NaN or +-Inf skips the update."""
-    storage = _same_dtype(weight, grad, mean, var)
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, mean, var)
     if _adamw_skips(rescale_grad):
         return (weight.copy(), mean.copy(), var.copy())
-    ct = compute_dtype(storage)
     w, g, m, v = _to(ct, weight, grad, mean, var)
     out, m, v = _adamw_math(w, g, m, v, _rescale_value(rescale_grad), lr, eta, beta1, beta2,
                             epsilon, wd, clip_gradient, ct)
-    return _store([out, m, v], [storage] * 3)
+    return _store([out, m, v], [w_dt, s_dt, s_dt])
 
 
 def mp_adamw_update(weight, grad, mean, var, weight32, rescale_grad, lr, eta, beta1=0.9,
@@ -572,9 +599,9 @@ def mp_adamw_update(weight, grad, mean, var, weight32, rescale_grad, lr, eta, be
 # -- lamb (2.13) -------------------------------------------------------------------------
 def lamb_update_phase1(weight, grad, mean, var, *, beta1=0.9, beta2=0.999, epsilon=1e-6, t,
                        bias_correction=True, wd, rescale_grad=1.0, clip_gradient=-1.0):
-    """Returns ``(g, mean, var)``: g is the update direction (dtype of the weight)."""
-    storage = _same_dtype(weight, grad, mean, var)
-    ct = compute_dtype(storage)
+    """Returns ``(g, mean, var)``: g is the update direction (the weight's dtype; mean and
+    var in the state dtype)."""
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, mean, var)
     w, gd, m, v = _to(ct, weight, grad, mean, var)
     b1, b2, eps, wd_, rg_, clip_ = _scalars(ct, beta1, beta2, epsilon, wd, rescale_grad,
                                             clip_gradient)
@@ -591,14 +618,14 @@ def lamb_update_phase1(weight, grad, mean, var, *, beta1=0.9, beta2=0.999, epsil
                 + wd_ * w
         else:
             g = m / (np.sqrt(v) + eps) + wd_ * w
-    return _store([g, m, v], [storage] * 3)
+    return _store([g, m, v], [w_dt, s_dt, s_dt])
 
 
 def lamb_update_phase2(weight, g, r1, r2, lr, lower_bound=-1.0, upper_bound=-1.0):
     """``w - lr' * g``; a bound applies when it is >= 0 (MXNet's kernel, 2.13: 7.1 covers
     clip_gradient, clip_weights and clip_grad only); r1' or r2 == 0: lr unscaled."""
-    storage = _same_dtype(weight, g, r1, r2)
-    ct = compute_dtype(storage)
+    ct, w_dt, _ = _call_dtypes(weight, g)  # no states
+    assert r1.dtype == w_dt and r2.dtype == w_dt, "reference: r1 and r2 have the weight's dtype"
     w, gg = _to(ct, weight, g)
     # r1, r2, lr and the bounds enter only the per-call step: computed in double, rounded once
     r1_, r2_ = _d(np.asarray(r1).reshape(-1)[0], np.asarray(r2).reshape(-1)[0])
@@ -613,15 +640,14 @@ def lamb_update_phase2(weight, g, r1, r2, lr, lower_bound=-1.0, upper_bound=-1.0
         else:
             lr_eff = _per_call(ct, (lr_ * r1_) / r2_)
         out = w - lr_eff * gg
-    return _store([out], [storage])
+    return _store([out], [w_dt])
 
 
 # -- group_adagrad_update (2.14 GroupAdagradDnsRspKernel; lazy) --------------------------
 def group_adagrad_update(weight, grad, history, lr, rescale_grad=1.0, clip_gradient=-1.0,
                          epsilon=1e-5, rows=None):
     """history: one value per row, shape (N,) or (N, 1); the result keeps its shape."""
-    storage = _same_dtype(weight, grad, history)
-    ct = compute_dtype(storage)
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, history)
     n_rows = weight.shape[0]
     assert history.shape in ((n_rows,), (n_rows, 1)), "reference: history is one value per row"
     w, g = _to(ct, weight, grad)
@@ -636,7 +662,7 @@ def group_adagrad_update(weight, grad, history, lr, rescale_grad=1.0, clip_gradi
         h = h + (gr2 * gr2).sum(axis=1, dtype=ct) / ct(row_length)
         hb = h.reshape((n_rows,) + (1,) * (weight.ndim - 1))
         out = w - (lr_ * gr) / np.sqrt(hb + eps)
-    return _store([out, h.reshape(history.shape)], [storage] * 2, [weight, history], rows)
+    return _store([out, h.reshape(history.shape)], [w_dt, s_dt], [weight, history], rows)
 
 
 # -- multi-tensor ops (2.15 MultiSGDKernel): the update of one group ---------------------
@@ -657,21 +683,19 @@ def _multi_sgd_kernel(w, g, mom, lr, wd, rescale_grad, clip_gradient, momentum, 
 
 def multi_sgd_update(weight, grad, lr, wd, rescale_grad=1.0, clip_gradient=-1.0):
     """One group of multi_sgd_update: ``w + (0*0 - (lr*wd)*w - (lr*rg)*g)`` (2.15, 5.5)."""
-    storage = _same_dtype(weight, grad)
-    ct = compute_dtype(storage)
+    ct, w_dt, _ = _call_dtypes(weight, grad)  # no states
     w, g = _to(ct, weight, grad)
     w, _ = _multi_sgd_kernel(w, g, np.zeros_like(w), lr, wd, rescale_grad, clip_gradient, 0.0, ct)
-    return _store([w], [storage])
+    return _store([w], [w_dt])
 
 
 def multi_sgd_mom_update(weight, grad, mom, lr, wd, momentum=0.0, rescale_grad=1.0,
                          clip_gradient=-1.0):
     """One group of multi_sgd_mom_update."""
-    storage = _same_dtype(weight, grad, mom)
-    ct = compute_dtype(storage)
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, mom)
     w, g, m = _to(ct, weight, grad, mom)
     w, m = _multi_sgd_kernel(w, g, m, lr, wd, rescale_grad, clip_gradient, momentum, ct)
-    return _store([w, m], [storage] * 2)
+    return _store([w, m], [w_dt, s_dt])
 
 
 def multi_mp_sgd_update(weight, grad, weight32, lr, wd, rescale_grad=1.0, clip_gradient=-1.0):

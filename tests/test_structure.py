@@ -33,7 +33,7 @@ def module(op: str):
 
 @pytest.mark.parametrize("op", SPECS)
 def test_abi_names_every_compiled_kernel_and_the_cdef_declares_it(op):
-    """The module's ABI records are what the cdef declares, one per schedule and dtype."""
+    """The module's ABI records are what the cdef declares, one per schedule and variant."""
     operator = module(op)._OP
     cdef = (ROOT / "generated" / "csrc" / f"{op}.cdef").read_text()
     declared = re.findall(r"^void (\w+)\(", cdef, re.M)
@@ -67,12 +67,13 @@ def test_cuda_launch_vectors_are_sized_by_the_widest_element(op):
     """16-byte vectors of the widest tensor a call touches (fixed dtypes included), derived
     here from the op's tensor table, not from the generator."""
     operator = module(op)._OP
-    for (schedule, dtype), kernel in operator.kernel_abis.items():
+    for (schedule, dtype, states), kernel in operator.kernel_abis.items():
         if kernel.launch is None:
             assert schedule == "multi"
             continue
-        widest = max([np.dtype(dtype).itemsize] + [np.dtype(t.dtype).itemsize for t in operator.tensors
-                                                      if t.dtype and t.role != "scalar"])
+        free = [states] if any(t.role == "state" and not t.dtype for t in operator.tensors) else []
+        widest = max([np.dtype(d).itemsize for d in [dtype, *free]] +
+                     [np.dtype(t.dtype).itemsize for t in operator.tensors if t.dtype and t.role != "scalar"])
         assert kernel.lanes == 16 // widest, (op, dtype)
         if schedule == "dense":
             assert kernel.launch.per_block == kernel.launch.block[0] * kernel.lanes
@@ -161,7 +162,7 @@ def _gcc():
 @pytest.mark.skipif(_gcc() is None, reason="no gcc (the report is gcc's)")
 @pytest.mark.parametrize("op", ["adam_update", "mp_adamw_update", "lamb_update_phase1", "group_adagrad_update"])
 def test_every_schedule_loop_is_vectorized(op, tmp_path):
-    """gcc's own report: each bfloat16, float32 and float64 kernel's schedule loop is vectorized.
+    """gcc's own report: each kernel's schedule loop is vectorized, mixed state dtypes included.
     (float16 kernels convert through _Float16 scalars; gcc 12 vectorizes them on no x86
     without AVX512-FP16, before or after the element math moved into functions.)"""
     source = ROOT / "generated" / "csrc" / f"{op}.c"
@@ -187,8 +188,8 @@ def test_every_schedule_loop_is_vectorized(op, tmp_path):
     missing = []
     for k in schedule_lines:
         # gcc reports the loop at the macro's line, or inside the inlined step it calls
-        steps = [n for n in re.findall(r"(opgen_\w+_(?:step|pass2)_b?float\d+)\(", lines[k - 1])]
-        if any(n.endswith("_float16") for n in steps):
+        steps = re.findall(r"(opgen_\w+_(?:step|pass2)_b?float\d+(?:_with_b?float\d+_states)?)\(", lines[k - 1])
+        if any(re.search(r"(?<!b)float16", n) for n in steps):
             continue
         where = {(f"{op}.c", k)}.union(*(function_lines(n) for n in steps))
         if not where & vectorized:

@@ -62,6 +62,15 @@ OPGEN_INLINE void opgen_ftrl_update_step_float16(const opgen_ftrl_update_scalars
     p_z[i] = OPGEN_ROUND_float16(v_z, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_n[i] = OPGEN_ROUND_float16(v_n, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
+OPGEN_INLINE void opgen_ftrl_update_step_float16_with_float32_states(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    float v_z = OPGEN_LOAD_float32(p_z[i]);
+    float v_n = OPGEN_LOAD_float32(p_n[i]);
+    opgen_ftrl_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_z, &v_n);
+    p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
+    p_z[i] = OPGEN_STORE_float32(v_z);
+    p_n[i] = OPGEN_STORE_float32(v_n);
+}
 OPGEN_INLINE void opgen_ftrl_update_step_bfloat16(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_z, opgen_bf16 *OPGEN_RESTRICT p_n) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
@@ -71,6 +80,15 @@ OPGEN_INLINE void opgen_ftrl_update_step_bfloat16(const opgen_ftrl_update_scalar
     p_z[i] = OPGEN_ROUND_bfloat16(v_z, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_n[i] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
+OPGEN_INLINE void opgen_ftrl_update_step_bfloat16_with_float32_states(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
+    float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
+    float v_z = OPGEN_LOAD_float32(p_z[i]);
+    float v_n = OPGEN_LOAD_float32(p_n[i]);
+    opgen_ftrl_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_z, &v_n);
+    p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
+    p_z[i] = OPGEN_STORE_float32(v_z);
+    p_n[i] = OPGEN_STORE_float32(v_n);
+}
 OPGEN_INLINE void opgen_ftrl_update_step_float32(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
@@ -79,6 +97,15 @@ OPGEN_INLINE void opgen_ftrl_update_step_float32(const opgen_ftrl_update_scalars
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_z[i] = OPGEN_STORE_float32(v_z);
     p_n[i] = OPGEN_STORE_float32(v_n);
+}
+OPGEN_INLINE void opgen_ftrl_update_step_float32_with_bfloat16_states(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_z, opgen_bf16 *OPGEN_RESTRICT p_n) {
+    float v_weight = OPGEN_LOAD_float32(p_weight[i]);
+    float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
+    float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
+    opgen_ftrl_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_z, &v_n);
+    p_weight[i] = OPGEN_STORE_float32(v_weight);
+    p_z[i] = OPGEN_ROUND_bfloat16(v_z, sr, opgen_slot_key(s.opgen_key, 0), i);
+    p_n[i] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
 OPGEN_INLINE void opgen_ftrl_update_step_float64(const opgen_ftrl_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_z, double *OPGEN_RESTRICT p_n) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);

@@ -14,6 +14,15 @@ void opgen_group_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const
     }
 }
 
+void opgen_group_adagrad_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+    if (rounding) {
+        OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float16_with_float32_states(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float16_with_float32_states(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float16_with_float32_states(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_float16_with_float32_states(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
+    } else {
+        OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float16_with_float32_states(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float16_with_float32_states(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float16_with_float32_states(s, opgen_values, row, 0, arg_history), opgen_group_adagrad_update_pass2_float16_with_float32_states(s, opgen_values, i, gi, 0, arg_weight, arg_grad));
+    }
+}
+
 void opgen_group_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
     if (rounding) {
@@ -23,9 +32,27 @@ void opgen_group_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, cons
     }
 }
 
+void opgen_group_adagrad_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+    if (rounding) {
+        OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_bfloat16_with_float32_states(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_bfloat16_with_float32_states(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_bfloat16_with_float32_states(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_bfloat16_with_float32_states(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
+    } else {
+        OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_bfloat16_with_float32_states(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_bfloat16_with_float32_states(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_bfloat16_with_float32_states(s, opgen_values, row, 0, arg_history), opgen_group_adagrad_update_pass2_bfloat16_with_float32_states(s, opgen_values, i, gi, 0, arg_weight, arg_grad));
+    }
+}
+
 void opgen_group_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
     OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float32(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float32(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float32(s, opgen_values, row, 0, arg_history), opgen_group_adagrad_update_pass2_float32(s, opgen_values, i, gi, 0, arg_weight, arg_grad));
+}
+
+void opgen_group_adagrad_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+    if (rounding) {
+        OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float32_with_bfloat16_states(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float32_with_bfloat16_states(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float32_with_bfloat16_states(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_float32_with_bfloat16_states(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
+    } else {
+        OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float32_with_bfloat16_states(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float32_with_bfloat16_states(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float32_with_bfloat16_states(s, opgen_values, row, 0, arg_history), opgen_group_adagrad_update_pass2_float32_with_bfloat16_states(s, opgen_values, i, gi, 0, arg_weight, arg_grad));
+    }
 }
 
 void opgen_group_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {

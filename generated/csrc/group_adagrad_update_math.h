@@ -75,6 +75,20 @@ OPGEN_INLINE void opgen_group_adagrad_update_pass2_float16(const opgen_group_ada
     opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_float16(p_grad[gi]));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
+OPGEN_INLINE void opgen_group_adagrad_update_pass1_float16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const opgen_half *OPGEN_RESTRICT p_grad) {
+    opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_float16(p_grad[gi]));
+}
+OPGEN_INLINE void opgen_group_adagrad_update_row_float16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, float *OPGEN_RESTRICT p_history) {
+    opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_float32(p_history[row]));
+}
+OPGEN_INLINE void opgen_group_adagrad_update_row_store_float16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t row, int sr, float *OPGEN_RESTRICT p_history) {
+    p_history[row] = OPGEN_STORE_float32(values[0]);
+}
+OPGEN_INLINE void opgen_group_adagrad_update_pass2_float16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_float16(p_grad[gi]));
+    p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
+}
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_bfloat16(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_bfloat16(p_grad[gi]));
 }
@@ -89,6 +103,20 @@ OPGEN_INLINE void opgen_group_adagrad_update_pass2_bfloat16(const opgen_group_ad
     opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_bfloat16(p_grad[gi]));
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
+OPGEN_INLINE void opgen_group_adagrad_update_pass1_bfloat16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+    opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_bfloat16(p_grad[gi]));
+}
+OPGEN_INLINE void opgen_group_adagrad_update_row_bfloat16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, float *OPGEN_RESTRICT p_history) {
+    opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_float32(p_history[row]));
+}
+OPGEN_INLINE void opgen_group_adagrad_update_row_store_bfloat16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t row, int sr, float *OPGEN_RESTRICT p_history) {
+    p_history[row] = OPGEN_STORE_float32(values[0]);
+}
+OPGEN_INLINE void opgen_group_adagrad_update_pass2_bfloat16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+    float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
+    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_bfloat16(p_grad[gi]));
+    p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
+}
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_float32(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const float *OPGEN_RESTRICT p_grad) {
     opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_float32(p_grad[gi]));
 }
@@ -99,6 +127,20 @@ OPGEN_INLINE void opgen_group_adagrad_update_row_store_float32(const opgen_group
     p_history[row] = OPGEN_STORE_float32(values[0]);
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass2_float32(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+    float v_weight = OPGEN_LOAD_float32(p_weight[i]);
+    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_float32(p_grad[gi]));
+    p_weight[i] = OPGEN_STORE_float32(v_weight);
+}
+OPGEN_INLINE void opgen_group_adagrad_update_pass1_float32_with_bfloat16_states(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const float *OPGEN_RESTRICT p_grad) {
+    opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_float32(p_grad[gi]));
+}
+OPGEN_INLINE void opgen_group_adagrad_update_row_float32_with_bfloat16_states(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, opgen_bf16 *OPGEN_RESTRICT p_history) {
+    opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_bfloat16(p_history[row]));
+}
+OPGEN_INLINE void opgen_group_adagrad_update_row_store_float32_with_bfloat16_states(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t row, int sr, opgen_bf16 *OPGEN_RESTRICT p_history) {
+    p_history[row] = OPGEN_ROUND_bfloat16(values[0], sr, opgen_slot_key(s.opgen_key, 0), row);
+}
+OPGEN_INLINE void opgen_group_adagrad_update_pass2_float32_with_bfloat16_states(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_float32(p_grad[gi]));
     p_weight[i] = OPGEN_STORE_float32(v_weight);

@@ -25,6 +25,26 @@ OPGEN_INLINE void opgen_adam_update_vstep_float16(const opgen_adam_update_scalar
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_mean)[vi] = x_mean;
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_var)[vi] = x_var;
 }
+OPGEN_INLINE void opgen_adam_update_vstep_float16_with_float32_states(const opgen_adam_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
+    opgen_vec<opgen_half, 4> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 4> *>(p_weight)[vi];
+    opgen_vec<opgen_half, 4> x_grad;
+    if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 4> *>(p_grad)[gvi];
+    opgen_vec<float, 4> x_mean = reinterpret_cast<const opgen_vec<float, 4> *>(p_mean)[vi];
+    opgen_vec<float, 4> x_var = reinterpret_cast<const opgen_vec<float, 4> *>(p_var)[vi];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
+        float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
+        float v_var = OPGEN_LOAD_float32(x_var.v[k]);
+        opgen_adam_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var);
+        x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
+        x_mean.v[k] = OPGEN_STORE_float32(v_mean);
+        x_var.v[k] = OPGEN_STORE_float32(v_var);
+    }
+    reinterpret_cast<opgen_vec<opgen_half, 4> *>(p_weight)[vi] = x_weight;
+    reinterpret_cast<opgen_vec<float, 4> *>(p_mean)[vi] = x_mean;
+    reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
+}
 OPGEN_INLINE void opgen_adam_update_vstep_bfloat16(const opgen_adam_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var) {
     opgen_vec<opgen_bf16, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_weight)[vi];
     opgen_vec<opgen_bf16, 8> x_grad;
@@ -45,6 +65,26 @@ OPGEN_INLINE void opgen_adam_update_vstep_bfloat16(const opgen_adam_update_scala
     reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_mean)[vi] = x_mean;
     reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_var)[vi] = x_var;
 }
+OPGEN_INLINE void opgen_adam_update_vstep_bfloat16_with_float32_states(const opgen_adam_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
+    opgen_vec<opgen_bf16, 4> x_weight = reinterpret_cast<const opgen_vec<opgen_bf16, 4> *>(p_weight)[vi];
+    opgen_vec<opgen_bf16, 4> x_grad;
+    if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_bf16, 4> *>(p_grad)[gvi];
+    opgen_vec<float, 4> x_mean = reinterpret_cast<const opgen_vec<float, 4> *>(p_mean)[vi];
+    opgen_vec<float, 4> x_var = reinterpret_cast<const opgen_vec<float, 4> *>(p_var)[vi];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
+        float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
+        float v_var = OPGEN_LOAD_float32(x_var.v[k]);
+        opgen_adam_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var);
+        x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
+        x_mean.v[k] = OPGEN_STORE_float32(v_mean);
+        x_var.v[k] = OPGEN_STORE_float32(v_var);
+    }
+    reinterpret_cast<opgen_vec<opgen_bf16, 4> *>(p_weight)[vi] = x_weight;
+    reinterpret_cast<opgen_vec<float, 4> *>(p_mean)[vi] = x_mean;
+    reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
+}
 OPGEN_INLINE void opgen_adam_update_vstep_float32(const opgen_adam_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
     opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
@@ -64,6 +104,26 @@ OPGEN_INLINE void opgen_adam_update_vstep_float32(const opgen_adam_update_scalar
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
     reinterpret_cast<opgen_vec<float, 4> *>(p_mean)[vi] = x_mean;
     reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
+}
+OPGEN_INLINE void opgen_adam_update_vstep_float32_with_bfloat16_states(const opgen_adam_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var) {
+    opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+    opgen_vec<float, 4> x_grad;
+    if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
+    opgen_vec<opgen_bf16, 4> x_mean = reinterpret_cast<const opgen_vec<opgen_bf16, 4> *>(p_mean)[vi];
+    opgen_vec<opgen_bf16, 4> x_var = reinterpret_cast<const opgen_vec<opgen_bf16, 4> *>(p_var)[vi];
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
+        float v_mean = OPGEN_LOAD_bfloat16(x_mean.v[k]);
+        float v_var = OPGEN_LOAD_bfloat16(x_var.v[k]);
+        opgen_adam_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var);
+        x_weight.v[k] = OPGEN_STORE_float32(v_weight);
+        x_mean.v[k] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
+        x_var.v[k] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
+    }
+    reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
+    reinterpret_cast<opgen_vec<opgen_bf16, 4> *>(p_mean)[vi] = x_mean;
+    reinterpret_cast<opgen_vec<opgen_bf16, 4> *>(p_var)[vi] = x_var;
 }
 OPGEN_INLINE void opgen_adam_update_vstep_float64(const opgen_adam_update_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var) {
     opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
@@ -113,6 +173,33 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+    } else {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+    } else {
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_vstep_float16_with_float32_states(s, vi, gvi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16_with_float32_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+    } else {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_vstep_float16_with_float32_states(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16_with_float32_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
@@ -140,6 +227,33 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_bfl
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+    } else {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+    } else {
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+    } else {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_bfloat16_with_float32_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float32(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
@@ -153,6 +267,33 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float32
 extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float32(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_vstep_float32(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8), opgen_adam_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+    } else {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8), opgen_adam_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8), opgen_adam_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+    } else {
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8), opgen_adam_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8), opgen_adam_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+    } else {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8), opgen_adam_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32_with_bfloat16_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {

@@ -26,6 +26,27 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float16(const opgen_lamb_update
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_var)[vi] = x_var;
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_out)[vi] = x_out;
 }
+OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float16_with_float32_states(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out) {
+    const opgen_vec<opgen_half, 4> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 4> *>(p_weight)[vi];
+    opgen_vec<opgen_half, 4> x_grad;
+    if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 4> *>(p_grad)[gvi];
+    opgen_vec<float, 4> x_mean = reinterpret_cast<const opgen_vec<float, 4> *>(p_mean)[vi];
+    opgen_vec<float, 4> x_var = reinterpret_cast<const opgen_vec<float, 4> *>(p_var)[vi];
+    opgen_vec<opgen_half, 4> x_out;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
+        float v_var = OPGEN_LOAD_float32(x_var.v[k]);
+        float v_out;
+        opgen_lamb_update_phase1_element_float(s, OPGEN_LOAD_float16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        x_mean.v[k] = OPGEN_STORE_float32(v_mean);
+        x_var.v[k] = OPGEN_STORE_float32(v_var);
+        x_out.v[k] = OPGEN_ROUND_float16(v_out, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
+    }
+    reinterpret_cast<opgen_vec<float, 4> *>(p_mean)[vi] = x_mean;
+    reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
+    reinterpret_cast<opgen_vec<opgen_half, 4> *>(p_out)[vi] = x_out;
+}
 OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, const opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var, opgen_bf16 *OPGEN_RESTRICT p_out) {
     const opgen_vec<opgen_bf16, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_weight)[vi];
     opgen_vec<opgen_bf16, 8> x_grad;
@@ -47,6 +68,27 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16(const opgen_lamb_updat
     reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_var)[vi] = x_var;
     reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_out)[vi] = x_out;
 }
+OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, const opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, opgen_bf16 *OPGEN_RESTRICT p_out) {
+    const opgen_vec<opgen_bf16, 4> x_weight = reinterpret_cast<const opgen_vec<opgen_bf16, 4> *>(p_weight)[vi];
+    opgen_vec<opgen_bf16, 4> x_grad;
+    if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_bf16, 4> *>(p_grad)[gvi];
+    opgen_vec<float, 4> x_mean = reinterpret_cast<const opgen_vec<float, 4> *>(p_mean)[vi];
+    opgen_vec<float, 4> x_var = reinterpret_cast<const opgen_vec<float, 4> *>(p_var)[vi];
+    opgen_vec<opgen_bf16, 4> x_out;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
+        float v_var = OPGEN_LOAD_float32(x_var.v[k]);
+        float v_out;
+        opgen_lamb_update_phase1_element_float(s, OPGEN_LOAD_bfloat16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        x_mean.v[k] = OPGEN_STORE_float32(v_mean);
+        x_var.v[k] = OPGEN_STORE_float32(v_var);
+        x_out.v[k] = OPGEN_ROUND_bfloat16(v_out, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
+    }
+    reinterpret_cast<opgen_vec<float, 4> *>(p_mean)[vi] = x_mean;
+    reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
+    reinterpret_cast<opgen_vec<opgen_bf16, 4> *>(p_out)[vi] = x_out;
+}
 OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
     const opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
@@ -66,6 +108,27 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32(const opgen_lamb_update
     }
     reinterpret_cast<opgen_vec<float, 4> *>(p_mean)[vi] = x_mean;
     reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
+    reinterpret_cast<opgen_vec<float, 4> *>(p_out)[vi] = x_out;
+}
+OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
+    const opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
+    opgen_vec<float, 4> x_grad;
+    if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
+    opgen_vec<opgen_bf16, 4> x_mean = reinterpret_cast<const opgen_vec<opgen_bf16, 4> *>(p_mean)[vi];
+    opgen_vec<opgen_bf16, 4> x_var = reinterpret_cast<const opgen_vec<opgen_bf16, 4> *>(p_var)[vi];
+    opgen_vec<float, 4> x_out;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+        float v_mean = OPGEN_LOAD_bfloat16(x_mean.v[k]);
+        float v_var = OPGEN_LOAD_bfloat16(x_var.v[k]);
+        float v_out;
+        opgen_lamb_update_phase1_element_float(s, OPGEN_LOAD_float32(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        x_mean.v[k] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
+        x_var.v[k] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
+        x_out.v[k] = OPGEN_STORE_float32(v_out);
+    }
+    reinterpret_cast<opgen_vec<opgen_bf16, 4> *>(p_mean)[vi] = x_mean;
+    reinterpret_cast<opgen_vec<opgen_bf16, 4> *>(p_var)[vi] = x_var;
     reinterpret_cast<opgen_vec<float, 4> *>(p_out)[vi] = x_out;
 }
 OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float64(const opgen_lamb_update_phase1_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, int sr, const double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var, double *OPGEN_RESTRICT p_out) {
@@ -108,6 +171,24 @@ extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_stand
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float16_with_float32_states(int64_t size, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    } else {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    } else {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_bfloat16(int64_t size, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
@@ -126,6 +207,24 @@ extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_stand
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_bfloat16_with_float32_states(int64_t size, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    } else {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    } else {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float32(int64_t size, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
@@ -134,6 +233,24 @@ extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense
 extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float32(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float32_with_bfloat16_states(int64_t size, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    } else {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+    if (rounding) {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    } else {
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float64(int64_t size, const double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {

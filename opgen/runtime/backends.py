@@ -93,6 +93,7 @@ class Work:
 
     schedule: Schedule
     dtype: np.dtype  # the call's dtype (the weight's)
+    states_dtype: np.dtype  # its free states' dtype (opgen.dtypes.Variant)
     target: object  # receives the new weight (or the output); contiguous
     source: object  # the weight as read (the target itself, except for output ops)
     grad: object  # dense array or RowSparseArray
@@ -139,7 +140,7 @@ class NumpyBackend(Backend):
     name = "numpy"
 
     def run(self, op, work: Work) -> None:
-        acc = op.math_dtype(work.dtype)
+        acc = op.math_dtype(work.dtype, work.states_dtype)
         typed = op.typed_for_numpy(work.scalars)
         scalar_inputs, params = typed[:op.scalar_inputs], typed[op.scalar_inputs:]
         writable = [work.target, *work.states]  # the kernel returns new values in this order
@@ -186,7 +187,7 @@ class CBackend(Backend):
 
     def run(self, op, work: Work) -> None:
         module = op.c_module()
-        kernel = op.kernel(work.schedule, work.dtype)
+        kernel = op.kernel(work.schedule, work.dtype, work.states_dtype)
         function = op.c_function(module, kernel)
         from_buffer = module.ffi.from_buffer
         arrays = work.arrays(op, np.ascontiguousarray(work.grad_data))
@@ -209,7 +210,7 @@ class CudaBackend(Backend):
 
         from opgen.runtime import cuda
 
-        kernel = op.kernel(work.schedule, work.dtype)
+        kernel = op.kernel(work.schedule, work.dtype, work.states_dtype)
         sizes = work.sizes()
         if sizes[ArgRole.SIZE] == 0 or sizes[kernel.launch.work] == 0:
             return

@@ -242,6 +242,7 @@ class MultiOperator:
         arrays need the general path (non-contiguous)."""
         op = self.op
         dtype = lists[op.weight_index][0].dtype
+        states_dtype = None
         checked = []
         for i in range(count):
             names = self._names(naming, i)
@@ -250,6 +251,12 @@ class MultiOperator:
             if weight.dtype != dtype:
                 raise self._fail(naming, TypeError, names[op.weight_index], f"has dtype {weight.dtype} but the first "
                                                                     f"weight has {dtype}; one dtype per call")
+            own = op.states_dtype(weight, states)
+            states_dtype = own if states_dtype is None else states_dtype
+            if own != states_dtype:
+                raise self._fail(naming, TypeError, names[op.names.index(op.free_state_name)],
+                                 f"has dtype {own} but the first tensor's states have {states_dtype}; one state "
+                                 "dtype per call")
             target = op.check_out(None if out is None else out[i], weight, grad, states, names, f"out[{i}]")
             checked.append((group, target))
         self._check_no_overlap(naming, [(group, target) for group, target in checked])
@@ -266,7 +273,7 @@ class MultiOperator:
                 np.copyto(target, weight)
             targets.append(target)
         ffi = module.ffi
-        kernel = op.kernel(Schedule.MULTI, dtype)
+        kernel = op.kernel(Schedule.MULTI, dtype, states_dtype)
         keep, tables = [], []
         for a in kernel.args:  # the pointer tables in the ABI's order
             if a.role is ArgRole.TENSOR_TABLE:

@@ -91,6 +91,7 @@ class Call:
     scalars: tuple  # kernel scalars: scalar inputs, then the math's parameters
     target: object  # where the result goes (None: a new array)
     schedule: Schedule
+    states_dtype: np.dtype  # the free states' dtype (the weight's where the op has none)
     rounding: Rounding = NEAREST
 
 
@@ -98,8 +99,7 @@ class Operator:
     """One generated op: its argument table, NumPy kernel, C and CUDA sources."""
 
     def __init__(self, *, name: str, spec: str, tensors: Sequence[TensorArg], params: Sequence[ParamArg],
-                 lazy_param: str | None, always_lazy: bool, kernels: Sequence[KernelABI],
-                 math_types: dict[str, str], numpy_kernel: Callable, c_source: Path, c_cdef: Path,
+                 lazy_param: str | None, always_lazy: bool, kernels: Sequence[KernelABI], numpy_kernel: Callable, c_source: Path, c_cdef: Path,
                  cuda_source: Path, output: bool = False, skip_if: Callable | None = None,
                  store_slots: tuple[int, ...] = ()) -> None:
         self.name = name
@@ -107,15 +107,26 @@ class Operator:
         self.tensors = tuple(tensors)
         self.names = tuple(t.name for t in tensors)
         self.params = tuple(params)
-        self.kernel_abis = {(k.schedule, k.dtype): k for k in kernels}
-        self._kernels_by_dtype = {(k.schedule, np.dtype(k.dtype)): k for k in kernels}  # the per-call lookup
+        self.kernel_abis = {(k.schedule, k.dtype, k.states): k for k in kernels}
+        self._kernels_by_dtype = {(k.schedule, np.dtype(k.dtype), np.dtype(k.states)): k
+                                  for k in kernels}  # the per-call lookup
         self.schedules = frozenset(k.schedule for k in kernels)
-        self._math_types = {np.dtype(d): np.dtype(m).type for d, m in math_types.items()}
+        self._math_types = {(np.dtype(k.dtype), np.dtype(k.states)): np.dtype(k.math).type for k in kernels}
+        # weight dtype -> the dtypes its free states may have: the variants the kernels exist for
+        self.state_dtypes: dict[np.dtype, tuple[np.dtype, ...]] = {}
+        for k in kernels:
+            accepted = self.state_dtypes.setdefault(np.dtype(k.dtype), ())
+            if np.dtype(k.states) not in accepted:
+                self.state_dtypes[np.dtype(k.dtype)] = accepted + (np.dtype(k.states),)
         self.always_lazy = always_lazy
         self.output = output  # the kernels write `out` and leave the weight alone
         self.skip_if = skip_if
         self.lazy_index = next((k for k, p in enumerate(params) if p.name == lazy_param), None)
         self._state_names = tuple(t.name for t in self.tensors if t.role is TensorRole.STATE)
+        # the first state the spec does not fix a dtype for: its dtype is the call's state dtype
+        states = [t for t in self.tensors if t.role is TensorRole.STATE]
+        self._first_free_state = next((k for k, t in enumerate(states) if t.dtype is None), None)
+        self.free_state_name = None if self._first_free_state is None else states[self._first_free_state].name
         self.weight_index = next(k for k, t in enumerate(self.tensors) if t.role is TensorRole.WEIGHT)
         self.grad_index = next(k for k, t in enumerate(self.tensors) if t.role is TensorRole.GRAD)
         self.kernel_params = tuple(k for k, p in enumerate(params) if p.in_kernel)
@@ -148,12 +159,17 @@ class Operator:
         self._from_buffer = None
         self._distinct = _DISTINCT.get(len(self.tensors), _distinct_any)
 
-    def math_dtype(self, dtype: np.dtype) -> type:
-        """The math type of a call of this dtype, as the generator derived it."""
-        return self._math_types[np.dtype(dtype)]
+    def math_dtype(self, dtype: np.dtype, states: np.dtype | None = None) -> type:
+        """The math type of a call of this weight dtype and state dtype (default: the
+        weight's), as the generator derived it."""
+        return self._math_types[(np.dtype(dtype), np.dtype(dtype if states is None else states))]
 
-    def kernel(self, schedule: Schedule, dtype: np.dtype) -> KernelABI:
-        return self._kernels_by_dtype[(schedule, np.dtype(dtype))]
+    def kernel(self, schedule: Schedule, dtype: np.dtype, states: np.dtype | None = None) -> KernelABI:
+        return self._kernels_by_dtype[(schedule, np.dtype(dtype), np.dtype(dtype if states is None else states))]
+
+    def states_dtype(self, weight, states: list) -> np.dtype:
+        """The call's state dtype: its first free state's, else the weight's."""
+        return weight.dtype if self._first_free_state is None else states[self._first_free_state].dtype
 
     # -- the call ---------------------------------------------------------------
     def __call__(self, tensors: tuple, params: tuple, out, rounding="nearest", seed=None):
@@ -219,7 +235,7 @@ class Operator:
         else:
             schedule = Schedule.DENSE
         return Call(weight, grad, states, tuple(scalars) + tuple(values[k] for k in self.kernel_params),
-                    target, schedule, rounding)
+                    target, schedule, self.states_dtype(weight, states), rounding)
 
     def execute(self, call: Call):
         """Run a checked call: from here on, arrays are written (on the arrays' device)."""
@@ -232,7 +248,7 @@ class Operator:
     def _execute(self, call: Call):
         weight, target = call.weight, call.target
         xp = array_module(weight)
-        if self.skip_if is not None and self._skipped(weight.dtype, call.scalars):
+        if self.skip_if is not None and self._skipped(weight.dtype, call.states_dtype, call.scalars):
             return weight.copy(order="C") if target is None else target
         if target is None:
             target = xp.empty_like(weight, order="C") if self.output else weight.copy(order="C")
@@ -243,9 +259,9 @@ class Operator:
         work = [_contiguous(xp, result)] + [_contiguous(xp, s) for s in call.states]
         source = _contiguous(xp, weight) if self.output else work[0]
         backend = backends.backend_for(self, adapter_for(weight))
-        backend.run(self, Work(call.schedule, weight.dtype, work[0], source, call.grad, work[1:], call.scalars,
-                               call.rounding))
-        if backend is backends.C:
+        backend.run(self, Work(call.schedule, weight.dtype, call.states_dtype, work[0], source, call.grad, work[1:],
+                               call.scalars, call.rounding))
+        if backend is backends.C and call.states_dtype == weight.dtype:
             self._enable_fast_path(call.schedule, weight.dtype)
         for original, used in zip([result, *call.states], work):
             if used is not original:
@@ -254,8 +270,8 @@ class Operator:
             target[...] = result
         return target
 
-    def _skipped(self, dtype: np.dtype, scalars: tuple) -> bool:
-        acc = self.math_dtype(dtype)
+    def _skipped(self, dtype: np.dtype, states: np.dtype, scalars: tuple) -> bool:
+        acc = self.math_dtype(dtype, states)
         with np.errstate(all="ignore"):
             return bool(self.skip_if(acc, *self._typed(scalars, acc)))
 
@@ -305,6 +321,7 @@ class Operator:
         self._check_array(w_name, weight)
         xp = array_module(weight)
         states, state_names, scalars = [], [], []
+        free = None  # (name, dtype) of the first free state: the others must share its dtype
         for spec, name, value in zip(self.tensors, names, tensors):
             if spec.role is TensorRole.WEIGHT:
                 continue
@@ -318,7 +335,9 @@ class Operator:
                 raise self._fail(TypeError, name, "must be a RowSparseArray: this op has no dense update")
             self._check_array(name, value, row_sparse_ok=spec.role is TensorRole.GRAD)
             self._check_same_side(name, value, weight, w_name)
-            self._check_dtype(spec, name, value, weight, w_name)
+            self._check_dtype(spec, name, value, weight, w_name, free)
+            if free is None and spec.role is TensorRole.STATE and spec.name not in self.fixed_dtypes:
+                free = (name, value.dtype)
             if spec.per_row:
                 rows = weight.shape[0] if weight.ndim else 1
                 if value.shape not in ((rows,), (rows, 1)):
@@ -342,14 +361,33 @@ class Operator:
                     raise self._fail(ValueError, name, f"shares memory with '{other_name}'")
         return weight, grad, states, scalars
 
-    def _check_dtype(self, spec: TensorArg, name: str, value, weight, w_name: str) -> None:
+    def _check_dtype(self, spec: TensorArg, name: str, value, weight, w_name: str,
+                     free: tuple[str, np.dtype] | None = None) -> None:
+        """A tensor's dtype: its fixed one; a free state's, one the weight's dtype allows and
+        the same as the first free state's (``free``); anything else, the weight's."""
         fixed = self.fixed_dtypes.get(spec.name)
         if fixed is not None:
             if value.dtype != fixed:
                 raise self._fail(TypeError, name, f"has dtype {value.dtype}; it must be {fixed}")
+        elif spec.role is TensorRole.STATE:
+            if free is not None:
+                if value.dtype != free[1]:
+                    raise self._fail(TypeError, name, f"has dtype {value.dtype} but '{free[0]}' has {free[1]}; "
+                                                      "the states of a call share one dtype")
+            elif value.dtype not in self.state_dtypes[weight.dtype]:
+                accepted = dtype_list(tuple(d.name for d in self.state_dtypes[weight.dtype]))
+                raise self._fail(TypeError, name, f"has dtype {value.dtype}, but beside a {weight.dtype} '{w_name}' "
+                                                  f"the states must be {accepted} ({self.name} takes "
+                                                  f"{self.variants_text()})")
         elif value.dtype != weight.dtype:
+            what = "the gradient" if spec.role is TensorRole.GRAD else "it"
             raise self._fail(TypeError, name, f"has dtype {value.dtype} but '{w_name}' has "
-                                              f"{weight.dtype}; all tensors must share one dtype")
+                                              f"{weight.dtype}; {what} must have the weight's dtype")
+
+    def variants_text(self) -> str:
+        """The weight and state dtypes the op takes, as messages name them."""
+        return "; ".join(f"{w} weights with {dtype_list(tuple(s.name for s in states))} states"
+                         for w, states in self.state_dtypes.items())
 
     def _check_scalar(self, name: str, value, weight, w_name: str) -> float:
         """A one-element input: a real number, or an array holding exactly one float."""

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opgen.dtypes import (DTYPE_BY_NAME, DTYPES, PARAM_KINDS, SCALAR_INPUT_KIND, DType, MathType, ParamKind, ParamType,
-                          widest_math)
+from opgen.dtypes import (DTYPE_BY_NAME, PARAM_KINDS, SCALAR_INPUT_KIND, DType, MathType, ParamKind, ParamType,
+                          Variant, variants, widest_math)
 from opgen.errors import Location
 from opgen.expr.hoist import KernelProgram
 from opgen.expr.rows import RowProgram
@@ -125,25 +125,36 @@ class OpSpec:
         return tuple(s for s in self.schedules if s in (Schedule.LAZY, Schedule.STANDARD))
 
     @property
-    def dtypes(self) -> tuple[DType, ...]:
-        """The call dtypes (the weight's) the op is generated for."""
-        return DTYPES
+    def free_states(self) -> tuple[TensorSpec, ...]:
+        """The states whose dtype the spec does not fix: they share the call's state dtype."""
+        return tuple(t for t in self.states if t.dtype is None)
 
-    def storage(self, tensor: str, dtype: DType) -> DType:
-        """How a tensor is stored in a call of dtype ``dtype``: its fixed dtype, or the call's."""
-        fixed = next((t.dtype for t in self.tensors if t.name == tensor), None)
-        return DTYPE_BY_NAME[fixed] if fixed else dtype
+    @property
+    def variants(self) -> tuple[Variant, ...]:
+        """The storage combinations the op is generated for (opgen.dtypes.variants): every
+        weight dtype with states of its own dtype, and, where some states are free, with
+        the other state dtypes that weight dtype allows."""
+        return variants(bool(self.free_states))
 
-    def math_type(self, dtype: DType) -> MathType:
+    def storage(self, tensor: str, variant: Variant) -> DType:
+        """How a tensor is stored in a call of this variant: its fixed dtype, the call's
+        state dtype (a free state), or the weight's (the gradient, ``out``)."""
+        spec = next((t for t in self.tensors if t.name == tensor), None)
+        if spec is not None and spec.dtype:
+            return DTYPE_BY_NAME[spec.dtype]
+        return variant.states if spec is not None and spec.role is TensorRole.STATE else variant.dtype
+
+    def math_type(self, variant: Variant) -> MathType:
         """An op that fixes some tensors' dtypes (mixed precision) computes in the widest of
-        those; any other op in the call's dtype's math type (float for float16)."""
+        those; any other op in the widest math type of the variant's dtypes (float for
+        float16, and for bfloat16 with float32 states)."""
         fixed = [DTYPE_BY_NAME[t.dtype] for t in self.tensors if t.dtype]
-        return widest_math(fixed or [dtype])
+        return widest_math(fixed or [variant.dtype, variant.states])
 
     @property
     def math_types(self) -> tuple[MathType, ...]:
-        """Every math type some call dtype uses, narrowest first: one element function each."""
-        found = {self.math_type(d).name: self.math_type(d) for d in self.dtypes}
+        """Every math type some variant uses, narrowest first: one element function each."""
+        found = {self.math_type(v).name: self.math_type(v) for v in self.variants}
         return tuple(sorted(found.values(), key=lambda m: m.itemsize))
 
     @property

@@ -1,4 +1,4 @@
-"""One kernel-ABI description per (op, schedule, dtype): the kernel's name, its ordered
+"""One kernel-ABI description per (op, schedule, variant): the kernel's name, its ordered
 arguments with their C types, and its CUDA launch shape.
 
 The C definitions, the cffi cdef, the CUDA definitions and the runtime's calls all come
@@ -14,7 +14,7 @@ import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from opgen.dtypes import C_INDEX, DType
+from opgen.dtypes import C_INDEX, Variant
 from opgen.kinds import ArgRole, Schedule
 
 if TYPE_CHECKING:
@@ -76,6 +76,7 @@ class KernelABI:
     op: str
     schedule: Schedule
     dtype: str  # the call's dtype (the weight's)
+    states: str  # the dtype of the states the spec does not fix (the weight's, or another)
     math: str  # NumPy's name of the math type
     name: str
     args: tuple[Arg, ...]
@@ -122,31 +123,32 @@ def _arguments(op: "OpSpec", schedule: Schedule) -> tuple[Arg, ...]:
     return tuple(args)
 
 
-def lanes(op: "OpSpec", dtype: DType) -> int:
+def lanes(op: "OpSpec", variant: Variant) -> int:
     """CUDA elements per vector: 16 bytes of the widest element type the math touches."""
     touched = set(op.program.loads) | {name for name, _ in op.stores}
-    widest = max(op.storage(name, dtype).itemsize for name in op.kernel_arrays if name in touched)
+    widest = max(op.storage(name, variant).itemsize for name in op.kernel_arrays if name in touched)
     return VECTOR_BYTES // widest
 
 
-def _launch(op: "OpSpec", schedule: Schedule, dtype: DType) -> Launch | None:
+def _launch(op: "OpSpec", schedule: Schedule, variant: Variant) -> Launch | None:
     if schedule is Schedule.MULTI:
         return None
     if schedule is Schedule.DENSE:
-        return Launch((DENSE_BLOCK, 1), ArgRole.SIZE, DENSE_BLOCK * lanes(op, dtype), DENSE_BLOCKS_PER_SM)
+        return Launch((DENSE_BLOCK, 1), ArgRole.SIZE, DENSE_BLOCK * lanes(op, variant), DENSE_BLOCKS_PER_SM)
     work = ArgRole.NNZ if schedule is Schedule.LAZY else ArgRole.NROWS
     return Launch((WARP, ROWS_PER_BLOCK), work, ROWS_PER_BLOCK, ROW_BLOCKS_PER_SM)
 
 
-def kernel_name(op: "OpSpec", schedule: Schedule, dtype: DType) -> str:
-    return f"opgen_{op.name}_{schedule.value}_{dtype.name}"
+def kernel_name(op: "OpSpec", schedule: Schedule, variant: Variant) -> str:
+    return f"opgen_{op.name}_{schedule.value}_{variant.name}"
 
 
-def kernel(op: "OpSpec", schedule: Schedule, dtype: DType) -> KernelABI:
-    return KernelABI(op.name, schedule, dtype.name, op.math_type(dtype).name, kernel_name(op, schedule, dtype),
-                     _arguments(op, schedule), _launch(op, schedule, dtype), lanes(op, dtype))
+def kernel(op: "OpSpec", schedule: Schedule, variant: Variant) -> KernelABI:
+    return KernelABI(op.name, schedule, variant.dtype.name, variant.states.name, op.math_type(variant).name,
+                     kernel_name(op, schedule, variant), _arguments(op, schedule), _launch(op, schedule, variant),
+                     lanes(op, variant))
 
 
 def kernels(op: "OpSpec") -> tuple[KernelABI, ...]:
-    """Every kernel of the op: each dtype, each schedule."""
-    return tuple(kernel(op, s, d) for d in op.dtypes for s in op.schedules)
+    """Every kernel of the op: each variant, each schedule."""
+    return tuple(kernel(op, s, v) for v in op.variants for s in op.schedules)

@@ -67,15 +67,17 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
 def context(op: OpSpec) -> dict:
     code = OpCode(op)
     kernels = []
-    for kernel in abi.kernels(op):
-        step = StepCode(code, next(d for d in op.dtypes if d.name == kernel.dtype))
-        kernels.append({"name": kernel.name, "parameters": kernel.c_parameters, "math": kernel.math,
-                        "body": schedule_call(op, kernel, step)})
+    for variant in op.variants:
+        step = StepCode(code, variant)
+        for schedule in op.schedules:
+            kernel = abi.kernel(op, schedule, variant)
+            kernels.append({"name": kernel.name, "parameters": kernel.c_parameters, "math": kernel.math,
+                            "body": schedule_call(op, kernel, step)})
     return {"op": op.name, "math_header": math_header(op), "kernels": kernels}
 
 
 def math_context(op: OpSpec) -> dict:
-    """The shared header: element functions per math type, step functions per dtype."""
+    """The shared header: element functions per math type, step functions per variant."""
     return {"op": op.name, "guard": f"OPGEN_{op.name.upper()}_MATH_H", "shared": shared_lines(op)}
 
 

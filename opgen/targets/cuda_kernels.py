@@ -57,16 +57,17 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
 
 def context(op: OpSpec) -> dict:
     code = OpCode(op)
-    steps = {d.name: StepCode(code, d) for d in op.dtypes}
+    steps = [StepCode(code, v) for v in op.variants]
     kernels = []
-    for kernel in abi.kernels(op):
-        if kernel.launch is None:
-            continue
-        step = steps[kernel.dtype]
-        kernels.append({"name": kernel.name, "parameters": _parameters(op, kernel, step),
-                        "threads": kernel.launch.block[0] * kernel.launch.block[1],
-                        "body": schedule_call(op, kernel, step)})
-    vector_steps = [line for step in steps.values() for line in step.vector_step_lines()]
+    for step in steps:
+        for schedule in op.schedules:
+            kernel = abi.kernel(op, schedule, step.variant)
+            if kernel.launch is None:
+                continue
+            kernels.append({"name": kernel.name, "parameters": _parameters(op, kernel, step),
+                            "threads": kernel.launch.block[0] * kernel.launch.block[1],
+                            "body": schedule_call(op, kernel, step)})
+    vector_steps = [line for step in steps for line in step.vector_step_lines()]
     return {"op": op.name, "math_header": math_header(op, "cuda"), "vector_steps": vector_steps,
             "kernels": kernels}
 

@@ -9,21 +9,34 @@ from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.expr.tree import RefKind
 from opgen.spec.model import OpSpec, TensorRole
 from opgen.spec.names import ROUNDING_ARGUMENTS
-from opgen.targets.python_api import ROUNDING_DEFAULTS, ROUNDING_HELP, ROUNDING_TYPES, out_doc, param_note, result_doc, signature, skip_if_text, tensor_doc
+from opgen.targets.python_api import state_dtype_rule, ROUNDING_DEFAULTS, ROUNDING_HELP, ROUNDING_TYPES, out_doc, param_note, result_doc, signature, skip_if_text, tensor_doc
 
 _DOC_TYPES = {t: k.doc for t, k in PARAM_KINDS.items()}
 
 
 def _dtypes_text(op: OpSpec) -> str:
-
-    half = [f"{d.name} (math in {d.math.name}, rounded once on store)" for d in op.dtypes
-            if d.math.itemsize > d.itemsize]
-    plain = [d.name for d in op.dtypes if d.math.itemsize <= d.itemsize]
-    text = (", ".join(half + plain) + "; every tensor of a call shares one dtype"
-            + "".join(f", except `{t.name}`, always {t.dtype}" for t in op.tensors if t.dtype)
-            + (". The math runs in the widest of the fixed dtypes, whatever the weight's." if any(
-                t.dtype for t in op.tensors) else "."))
-    return text
+    """The storage combinations the op accepts (one set of kernels each), as a table."""
+    columns = [[op.weight, op.grad], list(op.free_states)] + [[t] for t in op.arrays if t.dtype]
+    columns = [c for c in columns if c]
+    head = " | ".join(", ".join(f"`{t.name}`" for t in c) for c in columns)
+    rows = [f"| {' | '.join(op.storage(c[0].name, v).name for c in columns)} | {op.math_type(v).name} |"
+            for v in op.variants]
+    if op.free_states:
+        rule = (f"The states {', '.join(f'`{t.name}`' for t in op.free_states)} share one dtype: "
+                f"{state_dtype_rule()}.")
+    else:
+        fixed: dict[str, list[str]] = {}
+        for t in op.arrays:
+            if t.dtype:
+                fixed.setdefault(t.dtype, []).append(f"`{t.name}`")
+        rule = " ".join(f"{' and '.join(names)} {'is' if len(names) == 1 else 'are'} always {d}."
+                        for d, names in fixed.items())
+    return "\n".join([
+        "Each row is one set of kernels; a call with any other combination raises TypeError naming the "
+        f"tensor. The gradient and `out` have the weight's dtype. {rule}",
+        "", f"| {head} | math |", "|" + "---|" * (len(columns) + 1), *rows, "",
+        "The math runs in the math type; each result is rounded once into its tensor's dtype, to nearest "
+        "even, or stochastically with `rounding=\"stochastic\"` where that dtype is 16-bit."])
 
 
 def _per_call_text(op: OpSpec) -> str:

@@ -1,4 +1,4 @@
-"""The element math once per op and math type, and the per-dtype glue around it.
+"""The element math once per op and math type, and the per-variant glue around it.
 
 Printed once and shared word for word by the C and the CUDA file (their shared headers
 define ``OPGEN_INLINE``, ``OPGEN_RESTRICT`` and the ``OPGEN_LOAD_<dtype>``/``OPGEN_STORE_<dtype>``
@@ -8,7 +8,7 @@ conversions):
   the hoisted per-call values in double and rounds each once to the math type;
 - per math type, the element function: one element's update over locals, each statement
   followed by its spec line as a comment;
-- per storage dtype, a step function: load one element of each tensor, call the element
+- per variant (the storage dtypes of a call), a step function: load one element of each tensor, call the element
   function, store the results. CUDA adds a vector step over 16-byte vectors.
 
 Per-row ops (per-row states, ``row_mean``) get the two-pass row functions instead of the
@@ -19,7 +19,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from opgen.dtypes import DOUBLE, DType, MathType
+from opgen.dtypes import DOUBLE, MathType, Variant
 from opgen.escape import c_comment
 from opgen.expr.printers.c import CPrinter, c_name
 from opgen.expr.tree import Assign, Expr, Ref, RefKind, VType, refs
@@ -207,15 +207,15 @@ class Memory:
 
 
 class StepCode:
-    """One op's per-dtype glue: steps that load, call the element function and store."""
+    """One op's per-variant glue: steps that load, call the element function and store."""
 
-    def __init__(self, code: OpCode, dtype: DType) -> None:
-        self.code, self.op, self.dtype = code, code.op, dtype
-        self.math = MathCode(code, self.op.math_type(dtype))
+    def __init__(self, code: OpCode, variant: Variant) -> None:
+        self.code, self.op, self.variant = code, code.op, variant
+        self.math = MathCode(code, self.op.math_type(variant))
         self.grad = self.op.grad.name
 
     def storage(self, name: str) -> DType:
-        return self.op.storage(name, self.dtype)
+        return self.op.storage(name, self.variant)
 
     def pointer_params(self, names: list[str]) -> list[str]:
         return [f"{'const ' if self.op.is_const(n) else ''}{self.storage(n).c_storage} *OPGEN_RESTRICT p_{n}"
@@ -239,7 +239,7 @@ class StepCode:
 
     @property
     def stochastic(self) -> bool:
-        """Whether a store of this dtype's kernels rounds into a 16-bit type: they then run
+        """Whether a store of this variant's kernels rounds into a 16-bit type: they then run
         their schedule twice over, with sr = 0 and 1 (constants once inlined)."""
         return any(self.storage(n).stochastic for n in self.code.written)
 
@@ -266,7 +266,7 @@ class StepCode:
     def head(self, what: str, index: str) -> str:
         params = [f"const {self.code.struct(self.math.math)} s", index, "int zero_grad", "int sr",
                   *self.pointer_params(self.code.element_arrays)]
-        return f"OPGEN_INLINE void {self.code.function(what, self.dtype.name)}({', '.join(params)}) {{"
+        return f"OPGEN_INLINE void {self.code.function(what, self.variant.name)}({', '.join(params)}) {{"
 
     def step_lines(self) -> list[str]:
         if self.op.rows is not None:
@@ -277,7 +277,7 @@ class StepCode:
     # -- CUDA: 16-byte vectors -------------------------------------------------------------
     @property
     def lanes(self) -> int:
-        return lanes(self.op, self.dtype)
+        return lanes(self.op, self.variant)
 
     def vec(self, name: str) -> str:
         return f"opgen_vec<{self.storage(name).cuda_storage}, {self.lanes}>"
@@ -309,7 +309,7 @@ class StepCode:
     def step_call(self, what: str, zero_grad: int, table: str = "", sr: int = 0) -> str:
         """A schedule's step: the scalar step over (i, gi), or CUDA's vector step over (vi, gvi)."""
         index = f"{LOOP.vi}, {LOOP.gvi}" if what == "vstep" else f"{LOOP.i}, {LOOP.gi}"
-        return f"{self.code.function(what, self.dtype.name)}({LOOP.s}, {index}, {zero_grad}, {sr}, " \
+        return f"{self.code.function(what, self.variant.name)}({LOOP.s}, {index}, {zero_grad}, {sr}, " \
                f"{self.code.pointer_args(self.code.element_arrays, table)})"
 
 
@@ -365,8 +365,8 @@ class RowCode:
         return lines
 
     def step_lines(self, step: StepCode) -> list[str]:
-        """Per dtype: load what each row function reads, call it, store what it wrote."""
-        m, d = self.math.math.c_type, step.dtype.name
+        """Per variant: load what each row function reads, call it, store what it wrote."""
+        m, d = self.math.math.c_type, step.variant.name
         memory = Memory("p_{name}[{index}]", {step.grad: "gi", **{n: "row" for n in self.row_tensors}})
         scalars = f"const {self.code.struct(self.math.math)} s"
 
@@ -394,7 +394,7 @@ class RowCode:
 
     def schedule_args(self, step: StepCode, row_len: str, sr: int = 0) -> list[str]:
         """The row schedule's arguments after the sizes: counts and the four step calls."""
-        d = step.dtype.name
+        d = step.variant.name
         fn = lambda what: self.code.function(what, d)  # noqa: E731
         args = self.code.pointer_args
         return [self.math.math.c_type, str(len(self.op.rows.reductions)), str(len(self.values)),
@@ -422,11 +422,11 @@ def math_header(op: OpSpec, relative_to: str = "csrc") -> str:
 
 
 def shared_lines(op: OpSpec) -> list[str]:
-    """Every line the C and the CUDA file share: per math type, then per dtype."""
+    """Every line the C and the CUDA file share: per math type, then per variant."""
     code = OpCode(op)
     lines: list[str] = []
     for math in op.math_types:
         lines += MathCode(code, math).lines()
-    for dtype in op.dtypes:
-        lines += StepCode(code, dtype).step_lines()
+    for variant in op.variants:
+        lines += StepCode(code, variant).step_lines()
     return lines

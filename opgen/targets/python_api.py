@@ -6,7 +6,7 @@ import dataclasses
 import enum
 import textwrap
 
-from opgen.dtypes import BOOL_LITERALS, PARAM_KINDS
+from opgen.dtypes import BOOL_LITERALS, DTYPES, PARAM_KINDS
 from opgen.escape import one_line, py_docstring, py_docstring_line, py_string
 from opgen.expr.printers.numpy import NumpyPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
@@ -109,6 +109,15 @@ def out_doc(op: OpSpec) -> str:
             f"By default a new array, leaving `{op.weight.name}` as it was.")
 
 
+def state_dtype_rule() -> str:
+    """Which dtypes free states may have, from the dtype table: for messages and docs."""
+    others = {}
+    for d in DTYPES:
+        for s in d.other_states:
+            others.setdefault(s, []).append(d.name)
+    return "the weight's, or " + ", or ".join(f"{s} beside a {' or '.join(ws)} weight" for s, ws in others.items())
+
+
 def tensor_doc(op: OpSpec, t, dense_only: bool = False) -> str:
     """What the API does with a tensor, for docstrings and docs pages (``dense_only``: in a
     multi-tensor call, which takes dense gradients only)."""
@@ -123,7 +132,9 @@ def tensor_doc(op: OpSpec, t, dense_only: bool = False) -> str:
     if t.role is TensorRole.SCALAR:
         return "A number, or an array holding one element."
     per_row = " One value per row (shape (rows,) or (rows, 1))." if t.per_row else ""
-    return "Updated in place." + per_row + fixed
+    free = f" Its dtype: {state_dtype_rule()}; the states share one." if t.role is TensorRole.STATE and not t.dtype \
+        else ""
+    return "Updated in place." + per_row + fixed + free
 
 
 def param_note(p) -> str:
@@ -276,7 +287,6 @@ def context(op: OpSpec) -> dict:
         "per_tensor": repr(op.multi.per_tensor) if op.multi else "None",
         "lazy_param": repr(rs.lazy_param),
         "always_lazy": repr(rs.always_lazy),
-        "math_types": repr({d.name: op.math_type(d).name for d in op.dtypes}),
         "arg_sets": arg_sets,
         "kernel_records": records,
         "signature": signature(op),
