@@ -7,158 +7,254 @@
 
 void opgen_ftml_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    if (rounding) {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     }
 }
 
 void opgen_ftml_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float16(s, i, gi, 0, 1, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float16(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     }
 }
 
 void opgen_ftml_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    if (rounding) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     }
 }
 
 void opgen_ftml_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    if (rounding) {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     }
 }
 
 void opgen_ftml_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     }
 }
 
 void opgen_ftml_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    if (rounding) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     }
 }
 
 void opgen_ftml_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    if (rounding) {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     }
 }
 
 void opgen_ftml_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     }
 }
 
 void opgen_ftml_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    if (rounding) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16(s, i, gi, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16(s, i, gi, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     }
 }
 
 void opgen_ftml_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    if (rounding) {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     }
 }
 
 void opgen_ftml_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     }
 }
 
 void opgen_ftml_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    if (rounding) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     }
 }
 
 void opgen_ftml_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    } else {
+        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    }
 }
 
 void opgen_ftml_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float32(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
 }
 
 void opgen_ftml_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(s, i, gi, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    } else {
+        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float32(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    }
 }
 
 void opgen_ftml_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    if (rounding) {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     }
 }
 
 void opgen_ftml_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     }
 }
 
 void opgen_ftml_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    if (rounding) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+        }
     }
 }
 
 void opgen_ftml_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_double scalars = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    } else {
+        OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    }
 }
 
 void opgen_ftml_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float64(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
 }
 
 void opgen_ftml_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftml_update_scalars_double scalars = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(s, i, gi, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    if (scalars.h_0) {
+        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    } else {
+        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    }
 }

@@ -7,158 +7,254 @@
 
 void opgen_ftrl_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        }
     }
 }
 
 void opgen_ftrl_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_z, void *const *arg_n, const double *arg_lr, const double *arg_lamda1, const double *arg_beta, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float16(s, i, gi, 0, 1, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float16(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
     }
 }
 
 void opgen_ftrl_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(s, i, gi, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(s, i, gi, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        }
     }
 }
 
 void opgen_ftrl_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        }
     }
 }
 
 void opgen_ftrl_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_z, void *const *arg_n, const double *arg_lr, const double *arg_lamda1, const double *arg_beta, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
     }
 }
 
 void opgen_ftrl_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        }
     }
 }
 
 void opgen_ftrl_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        }
     }
 }
 
 void opgen_ftrl_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_z, void *const *arg_n, const double *arg_lr, const double *arg_lamda1, const double *arg_beta, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 1, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
     }
 }
 
 void opgen_ftrl_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16(s, i, gi, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16(s, i, gi, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        }
     }
 }
 
 void opgen_ftrl_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        }
     }
 }
 
 void opgen_ftrl_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_z, void *const *arg_n, const double *arg_lr, const double *arg_lamda1, const double *arg_beta, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
     }
 }
 
 void opgen_ftrl_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        }
     }
 }
 
 void opgen_ftrl_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+    } else {
+        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float32(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+    }
 }
 
 void opgen_ftrl_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_z, void *const *arg_n, const double *arg_lr, const double *arg_lamda1, const double *arg_beta, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float32(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
 }
 
 void opgen_ftrl_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32(s, i, gi, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+    } else {
+        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float32(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+    }
 }
 
 void opgen_ftrl_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        }
     }
 }
 
 void opgen_ftrl_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_z, void *const *arg_n, const double *arg_lr, const double *arg_lamda1, const double *arg_beta, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
     }
 }
 
 void opgen_ftrl_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_float scalars = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+        }
     }
 }
 
 void opgen_ftrl_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_double scalars = opgen_ftrl_update_scalars_double_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+    } else {
+        OPGEN_DENSE(size, flush_denormal, opgen_ftrl_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+    }
 }
 
 void opgen_ftrl_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_z, void *const *arg_n, const double *arg_lr, const double *arg_lamda1, const double *arg_beta, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_double s = opgen_ftrl_update_scalars_double_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float64(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftrl_update_scalars_double s = opgen_ftrl_update_scalars_double_init(arg_lr[t], arg_lamda1[t], arg_beta[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_ftrl_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_z[t], arg_n[t]));
 }
 
 void opgen_ftrl_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_z, void *arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_ftrl_update_scalars_double scalars = opgen_ftrl_update_scalars_double_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float64(s, i, gi, 1, 0, arg_weight, arg_grad, arg_z, arg_n));
+    if (scalars.h_0) {
+        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float64(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_z, arg_n));
+    } else {
+        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftrl_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float64(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_z, arg_n));
+    }
 }

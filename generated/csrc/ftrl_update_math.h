@@ -53,65 +53,79 @@ OPGEN_INLINE void opgen_ftrl_update_element_double(const opgen_ftrl_update_scala
     *io_z = v_z;
     *io_n = v_n;
 }
-OPGEN_INLINE void opgen_ftrl_update_step_float16(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_z, opgen_half *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_float16(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_z, opgen_half *OPGEN_RESTRICT p_n) {
+    opgen_ftrl_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_z = OPGEN_LOAD_float16(p_z[i]);
     float v_n = OPGEN_LOAD_float16(p_n[i]);
-    opgen_ftrl_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_z, &v_n);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_z[i] = OPGEN_ROUND_float16(v_z, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_n[i] = OPGEN_ROUND_float16(v_n, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
-OPGEN_INLINE void opgen_ftrl_update_step_float16_with_float32_states(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_float16_with_float32_states(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
+    opgen_ftrl_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
-    opgen_ftrl_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_z, &v_n);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_z[i] = OPGEN_STORE_float32(v_z);
     p_n[i] = OPGEN_STORE_float32(v_n);
 }
-OPGEN_INLINE void opgen_ftrl_update_step_bfloat16(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_z, opgen_bf16 *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_bfloat16(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_z, opgen_bf16 *OPGEN_RESTRICT p_n) {
+    opgen_ftrl_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
-    opgen_ftrl_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_z, &v_n);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_z[i] = OPGEN_ROUND_bfloat16(v_z, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_n[i] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
-OPGEN_INLINE void opgen_ftrl_update_step_bfloat16_with_float32_states(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_bfloat16_with_float32_states(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
+    opgen_ftrl_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
-    opgen_ftrl_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_z, &v_n);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_z[i] = OPGEN_STORE_float32(v_z);
     p_n[i] = OPGEN_STORE_float32(v_n);
 }
-OPGEN_INLINE void opgen_ftrl_update_step_float32(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_float32(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_z, float *OPGEN_RESTRICT p_n) {
+    opgen_ftrl_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
-    opgen_ftrl_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_z, &v_n);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_z[i] = OPGEN_STORE_float32(v_z);
     p_n[i] = OPGEN_STORE_float32(v_n);
 }
-OPGEN_INLINE void opgen_ftrl_update_step_float32_with_bfloat16_states(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_z, opgen_bf16 *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_float32_with_bfloat16_states(const opgen_ftrl_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_z, opgen_bf16 *OPGEN_RESTRICT p_n) {
+    opgen_ftrl_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
-    opgen_ftrl_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_z, &v_n);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_z[i] = OPGEN_ROUND_bfloat16(v_z, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_n[i] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
-OPGEN_INLINE void opgen_ftrl_update_step_float64(const opgen_ftrl_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_z, double *OPGEN_RESTRICT p_n) {
+OPGEN_INLINE void opgen_ftrl_update_step_float64(const opgen_ftrl_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_z, double *OPGEN_RESTRICT p_n) {
+    opgen_ftrl_update_scalars_double sv = s;
+    sv.h_0 = sw0;
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_z = OPGEN_LOAD_float64(p_z[i]);
     double v_n = OPGEN_LOAD_float64(p_n[i]);
-    opgen_ftrl_update_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_z, &v_n);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_z[i] = OPGEN_STORE_float64(v_z);
     p_n[i] = OPGEN_STORE_float64(v_n);

@@ -145,8 +145,15 @@ OPGEN_SR_FN uint16_t opgen_float_to_half_sr(float f, uint32_t r) {
 #define OPGEN_ROUND_float32(x, sr, key, i) OPGEN_STORE_float32(x)
 #define OPGEN_ROUND_float64(x, sr, key, i) OPGEN_STORE_float64(x)
 
-/* The generated element and step functions are shared word for word with the CUDA file. */
+/* The generated element and step functions are shared word for word with the CUDA file.
+ * Always inlined: each schedule loop vectorizes only with its step inside it, and the
+ * constants of each loop's version (rounding, switches) fold only there; gcc's own
+ * heuristics give up once a kernel has several versions of its loop. */
+#if defined(__GNUC__)
+#define OPGEN_INLINE static inline __attribute__((always_inline))
+#else
 #define OPGEN_INLINE static inline
+#endif
 #define OPGEN_RESTRICT restrict
 /* A per-call value, computed once (CUDA pins it in a register; C needs nothing). */
 #define OPGEN_PER_CALL(x) (x)

@@ -7,108 +7,180 @@
 
 void opgen_sgd_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_sgd_update_scalars_float scalars = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 0, arg_weight, arg_grad));
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad));
+        }
     }
 }
 
 void opgen_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_update_step_float16(s, i, gi, 0, 1, arg_weight[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_update_step_float16(s, i, gi, 0, 0, arg_weight[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t]));
     }
 }
 
 void opgen_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_sgd_update_scalars_float scalars = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2);, opgen_sgd_update_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2);, opgen_sgd_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad));
+        } else {
+            OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2);, opgen_sgd_update_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad));
+        }
     } else {
-        OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2);, opgen_sgd_update_step_float16(s, i, gi, 0, 0, arg_weight, arg_grad));
+        if (rounding) {
+            OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2);, opgen_sgd_update_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad));
+        } else {
+            OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2);, opgen_sgd_update_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad));
+        }
     }
 }
 
 void opgen_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_sgd_update_scalars_float scalars = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 1, 1, arg_weight, arg_grad));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 1, 1, 1, arg_weight, arg_grad));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 1, 0, 1, arg_weight, arg_grad));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 0, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 1, 0, arg_weight, arg_grad));
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 1, 1, 0, arg_weight, arg_grad));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 1, 0, 0, arg_weight, arg_grad));
+        }
     }
 }
 
 void opgen_sgd_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_sgd_update_scalars_float scalars = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_grad));
+        if (rounding) {
+            OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight, arg_grad));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad));
+        }
     }
 }
 
 void opgen_sgd_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, arg_weight[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_update_step_bfloat16(s, i, gi, 0, 0, arg_weight[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t]));
     }
 }
 
 void opgen_sgd_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_sgd_update_scalars_float scalars = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2);, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2);, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad));
+        } else {
+            OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2);, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad));
+        }
     } else {
-        OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2);, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_grad));
+        if (rounding) {
+            OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2);, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight, arg_grad));
+        } else {
+            OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2);, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad));
+        }
     }
 }
 
 void opgen_sgd_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_sgd_update_scalars_float scalars = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    if (rounding) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad), opgen_sgd_update_step_bfloat16(s, i, gi, 1, 1, arg_weight, arg_grad));
+    if (scalars.h_0) {
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad), opgen_sgd_update_step_bfloat16(s, i, gi, 1, 1, 1, arg_weight, arg_grad));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad), opgen_sgd_update_step_bfloat16(s, i, gi, 1, 0, 1, arg_weight, arg_grad));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_grad), opgen_sgd_update_step_bfloat16(s, i, gi, 1, 0, arg_weight, arg_grad));
+        if (rounding) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight, arg_grad), opgen_sgd_update_step_bfloat16(s, i, gi, 1, 1, 0, arg_weight, arg_grad));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad), opgen_sgd_update_step_bfloat16(s, i, gi, 1, 0, 0, arg_weight, arg_grad));
+        }
     }
 }
 
 void opgen_sgd_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_sgd_update_scalars_float scalars = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad));
+    if (scalars.h_0) {
+        OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad));
+    } else {
+        OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float32(s, i, gi, 0, 0, 0, arg_weight, arg_grad));
+    }
 }
 
 void opgen_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_update_step_float32(s, i, gi, 0, 0, arg_weight[t], arg_grad[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t]));
 }
 
 void opgen_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_sgd_update_scalars_float scalars = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_weight, ahead, line, row_len, 4);, opgen_sgd_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad));
+    if (scalars.h_0) {
+        OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_weight, ahead, line, row_len, 4);, opgen_sgd_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad));
+    } else {
+        OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_weight, ahead, line, row_len, 4);, opgen_sgd_update_step_float32(s, i, gi, 0, 0, 0, arg_weight, arg_grad));
+    }
 }
 
 void opgen_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_sgd_update_scalars_float scalars = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad), opgen_sgd_update_step_float32(s, i, gi, 1, 0, arg_weight, arg_grad));
+    if (scalars.h_0) {
+        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad), opgen_sgd_update_step_float32(s, i, gi, 1, 0, 1, arg_weight, arg_grad));
+    } else {
+        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_float32(s, i, gi, 0, 0, 0, arg_weight, arg_grad), opgen_sgd_update_step_float32(s, i, gi, 1, 0, 0, arg_weight, arg_grad));
+    }
 }
 
 void opgen_sgd_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_sgd_update_scalars_double scalars = opgen_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad));
+    if (scalars.h_0) {
+        OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad));
+    } else {
+        OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad));
+    }
 }
 
 void opgen_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_double s = opgen_sgd_update_scalars_double_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_update_step_float64(s, i, gi, 0, 0, arg_weight[t], arg_grad[t]));
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_double s = opgen_sgd_update_scalars_double_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t]));
 }
 
 void opgen_sgd_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_sgd_update_scalars_double scalars = opgen_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_weight, ahead, line, row_len, 8);, opgen_sgd_update_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad));
+    if (scalars.h_0) {
+        OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_weight, ahead, line, row_len, 8);, opgen_sgd_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad));
+    } else {
+        OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_weight, ahead, line, row_len, 8);, opgen_sgd_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad));
+    }
 }
 
 void opgen_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_sgd_update_scalars_double scalars = opgen_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad), opgen_sgd_update_step_float64(s, i, gi, 1, 0, arg_weight, arg_grad));
+    if (scalars.h_0) {
+        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad), opgen_sgd_update_step_float64(s, i, gi, 1, 0, 1, arg_weight, arg_grad));
+    } else {
+        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad), opgen_sgd_update_step_float64(s, i, gi, 1, 0, 0, arg_weight, arg_grad));
+    }
 }

@@ -5,7 +5,9 @@
 #include "opgen_kernel.cuh"
 #include "../csrc/adagrad_update_math.h"
 
-OPGEN_INLINE void opgen_adagrad_update_vstep_float16(const opgen_adagrad_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_vstep_float16(const opgen_adagrad_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_history) {
+    opgen_adagrad_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
     opgen_vec<opgen_half, 8> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
@@ -14,14 +16,16 @@ OPGEN_INLINE void opgen_adagrad_update_vstep_float16(const opgen_adagrad_update_
     for (int k = 0; k < 8; ++k) {
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
         float v_history = OPGEN_LOAD_float16(x_history.v[k]);
-        opgen_adagrad_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_history);
+        opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_history);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
         x_history.v[k] = OPGEN_ROUND_float16(v_history, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_history)[vi] = x_history;
 }
-OPGEN_INLINE void opgen_adagrad_update_vstep_float16_with_float32_states(const opgen_adagrad_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_vstep_float16_with_float32_states(const opgen_adagrad_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_history) {
+    opgen_adagrad_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     opgen_vec<opgen_half, 4> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 4> *>(p_weight)[vi];
     opgen_vec<opgen_half, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 4> *>(p_grad)[gvi];
@@ -30,14 +34,16 @@ OPGEN_INLINE void opgen_adagrad_update_vstep_float16_with_float32_states(const o
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
         float v_history = OPGEN_LOAD_float32(x_history.v[k]);
-        opgen_adagrad_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_history);
+        opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_history);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
         x_history.v[k] = OPGEN_STORE_float32(v_history);
     }
     reinterpret_cast<opgen_vec<opgen_half, 4> *>(p_weight)[vi] = x_weight;
     reinterpret_cast<opgen_vec<float, 4> *>(p_history)[vi] = x_history;
 }
-OPGEN_INLINE void opgen_adagrad_update_vstep_bfloat16(const opgen_adagrad_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_vstep_bfloat16(const opgen_adagrad_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_history) {
+    opgen_adagrad_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     opgen_vec<opgen_bf16, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_weight)[vi];
     opgen_vec<opgen_bf16, 8> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_grad)[gvi];
@@ -46,14 +52,16 @@ OPGEN_INLINE void opgen_adagrad_update_vstep_bfloat16(const opgen_adagrad_update
     for (int k = 0; k < 8; ++k) {
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
         float v_history = OPGEN_LOAD_bfloat16(x_history.v[k]);
-        opgen_adagrad_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_history);
+        opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_history);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
         x_history.v[k] = OPGEN_ROUND_bfloat16(v_history, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
     reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_weight)[vi] = x_weight;
     reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_history)[vi] = x_history;
 }
-OPGEN_INLINE void opgen_adagrad_update_vstep_bfloat16_with_float32_states(const opgen_adagrad_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_vstep_bfloat16_with_float32_states(const opgen_adagrad_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_history) {
+    opgen_adagrad_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     opgen_vec<opgen_bf16, 4> x_weight = reinterpret_cast<const opgen_vec<opgen_bf16, 4> *>(p_weight)[vi];
     opgen_vec<opgen_bf16, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_bf16, 4> *>(p_grad)[gvi];
@@ -62,14 +70,16 @@ OPGEN_INLINE void opgen_adagrad_update_vstep_bfloat16_with_float32_states(const 
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
         float v_history = OPGEN_LOAD_float32(x_history.v[k]);
-        opgen_adagrad_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_history);
+        opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_history);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
         x_history.v[k] = OPGEN_STORE_float32(v_history);
     }
     reinterpret_cast<opgen_vec<opgen_bf16, 4> *>(p_weight)[vi] = x_weight;
     reinterpret_cast<opgen_vec<float, 4> *>(p_history)[vi] = x_history;
 }
-OPGEN_INLINE void opgen_adagrad_update_vstep_float32(const opgen_adagrad_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_vstep_float32(const opgen_adagrad_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_history) {
+    opgen_adagrad_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
@@ -78,14 +88,16 @@ OPGEN_INLINE void opgen_adagrad_update_vstep_float32(const opgen_adagrad_update_
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
         float v_history = OPGEN_LOAD_float32(x_history.v[k]);
-        opgen_adagrad_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_history);
+        opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_history);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_history.v[k] = OPGEN_STORE_float32(v_history);
     }
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
     reinterpret_cast<opgen_vec<float, 4> *>(p_history)[vi] = x_history;
 }
-OPGEN_INLINE void opgen_adagrad_update_vstep_float32_with_bfloat16_states(const opgen_adagrad_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_vstep_float32_with_bfloat16_states(const opgen_adagrad_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_history) {
+    opgen_adagrad_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
@@ -94,14 +106,16 @@ OPGEN_INLINE void opgen_adagrad_update_vstep_float32_with_bfloat16_states(const 
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
         float v_history = OPGEN_LOAD_bfloat16(x_history.v[k]);
-        opgen_adagrad_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_history);
+        opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_history);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_history.v[k] = OPGEN_ROUND_bfloat16(v_history, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
     }
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
     reinterpret_cast<opgen_vec<opgen_bf16, 4> *>(p_history)[vi] = x_history;
 }
-OPGEN_INLINE void opgen_adagrad_update_vstep_float64(const opgen_adagrad_update_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_history) {
+OPGEN_INLINE void opgen_adagrad_update_vstep_float64(const opgen_adagrad_update_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_history) {
+    opgen_adagrad_update_scalars_double sv = s;
+    sv.h_0 = sw0;
     opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
     opgen_vec<double, 2> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
@@ -110,7 +124,7 @@ OPGEN_INLINE void opgen_adagrad_update_vstep_float64(const opgen_adagrad_update_
     for (int k = 0; k < 2; ++k) {
         double v_weight = OPGEN_LOAD_float64(x_weight.v[k]);
         double v_history = OPGEN_LOAD_float64(x_history.v[k]);
-        opgen_adagrad_update_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_history);
+        opgen_adagrad_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_history);
         x_weight.v[k] = OPGEN_STORE_float64(v_weight);
         x_history.v[k] = OPGEN_STORE_float64(v_history);
     }
@@ -121,54 +135,54 @@ OPGEN_INLINE void opgen_adagrad_update_vstep_float64(const opgen_adagrad_update_
 extern "C" __global__ void __launch_bounds__(256) opgen_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_adagrad_update_scalars_float s = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_float16(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_history));
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_history));
     } else {
-        OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_float16(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_history));
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_float16(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_adagrad_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_adagrad_update_scalars_float s = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_history));
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_history));
     } else {
-        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_history));
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_adagrad_update_scalars_float s = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_bfloat16(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_history));
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_history));
     } else {
-        OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_bfloat16(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_history));
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_bfloat16(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_adagrad_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_adagrad_update_scalars_float s = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_history));
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_history));
     } else {
-        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_history));
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_adagrad_update_scalars_float s = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_float32(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad, arg_history));
+    OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_adagrad_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_adagrad_update_scalars_float s = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 8), opgen_adagrad_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_history));
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 8), opgen_adagrad_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_history));
     } else {
-        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 8), opgen_adagrad_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_history));
+        OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 8), opgen_adagrad_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_adagrad_update_scalars_double s = opgen_adagrad_update_scalars_double_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_CUDA_LAZY(nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_float64(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad, arg_history));
+    OPGEN_CUDA_LAZY(nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_history, 16), opgen_adagrad_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history), opgen_adagrad_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_history));
 }

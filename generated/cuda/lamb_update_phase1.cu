@@ -5,7 +5,9 @@
 #include "opgen_kernel.cuh"
 #include "../csrc/lamb_update_phase1_math.h"
 
-OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float16(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float16(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out) {
+    opgen_lamb_update_phase1_scalars_float sv = s;
+    sv.h_0 = sw0;
     const opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
     opgen_vec<opgen_half, 8> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
@@ -17,7 +19,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float16(const opgen_lamb_update
         float v_mean = OPGEN_LOAD_float16(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float16(x_var.v[k]);
         float v_out;
-        opgen_lamb_update_phase1_element_float(s, OPGEN_LOAD_float16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_ROUND_float16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_var.v[k] = OPGEN_ROUND_float16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
         x_out.v[k] = OPGEN_ROUND_float16(v_out, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
@@ -26,7 +28,9 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float16(const opgen_lamb_update
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_var)[vi] = x_var;
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_out)[vi] = x_out;
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float16_with_float32_states(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float16_with_float32_states(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out) {
+    opgen_lamb_update_phase1_scalars_float sv = s;
+    sv.h_0 = sw0;
     const opgen_vec<opgen_half, 4> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 4> *>(p_weight)[vi];
     opgen_vec<opgen_half, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 4> *>(p_grad)[gvi];
@@ -38,7 +42,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float16_with_float32_states(con
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_out;
-        opgen_lamb_update_phase1_element_float(s, OPGEN_LOAD_float16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
         x_out.v[k] = OPGEN_ROUND_float16(v_out, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
@@ -47,7 +51,9 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float16_with_float32_states(con
     reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
     reinterpret_cast<opgen_vec<opgen_half, 4> *>(p_out)[vi] = x_out;
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, const opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var, opgen_bf16 *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, const opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var, opgen_bf16 *OPGEN_RESTRICT p_out) {
+    opgen_lamb_update_phase1_scalars_float sv = s;
+    sv.h_0 = sw0;
     const opgen_vec<opgen_bf16, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_weight)[vi];
     opgen_vec<opgen_bf16, 8> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_grad)[gvi];
@@ -59,7 +65,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16(const opgen_lamb_updat
         float v_mean = OPGEN_LOAD_bfloat16(x_mean.v[k]);
         float v_var = OPGEN_LOAD_bfloat16(x_var.v[k]);
         float v_out;
-        opgen_lamb_update_phase1_element_float(s, OPGEN_LOAD_bfloat16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_bfloat16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_var.v[k] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
         x_out.v[k] = OPGEN_ROUND_bfloat16(v_out, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
@@ -68,7 +74,9 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16(const opgen_lamb_updat
     reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_var)[vi] = x_var;
     reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_out)[vi] = x_out;
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, const opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, opgen_bf16 *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, const opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, opgen_bf16 *OPGEN_RESTRICT p_out) {
+    opgen_lamb_update_phase1_scalars_float sv = s;
+    sv.h_0 = sw0;
     const opgen_vec<opgen_bf16, 4> x_weight = reinterpret_cast<const opgen_vec<opgen_bf16, 4> *>(p_weight)[vi];
     opgen_vec<opgen_bf16, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_bf16, 4> *>(p_grad)[gvi];
@@ -80,7 +88,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(co
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_out;
-        opgen_lamb_update_phase1_element_float(s, OPGEN_LOAD_bfloat16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_bfloat16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
         x_out.v[k] = OPGEN_ROUND_bfloat16(v_out, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
@@ -89,7 +97,9 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(co
     reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
     reinterpret_cast<opgen_vec<opgen_bf16, 4> *>(p_out)[vi] = x_out;
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
+    opgen_lamb_update_phase1_scalars_float sv = s;
+    sv.h_0 = sw0;
     const opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
@@ -101,7 +111,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32(const opgen_lamb_update
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_out;
-        opgen_lamb_update_phase1_element_float(s, OPGEN_LOAD_float32(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float32(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
         x_out.v[k] = OPGEN_STORE_float32(v_out);
@@ -110,7 +120,9 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32(const opgen_lamb_update
     reinterpret_cast<opgen_vec<float, 4> *>(p_var)[vi] = x_var;
     reinterpret_cast<opgen_vec<float, 4> *>(p_out)[vi] = x_out;
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(const opgen_lamb_update_phase1_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
+    opgen_lamb_update_phase1_scalars_float sv = s;
+    sv.h_0 = sw0;
     const opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
@@ -122,7 +134,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(co
         float v_mean = OPGEN_LOAD_bfloat16(x_mean.v[k]);
         float v_var = OPGEN_LOAD_bfloat16(x_var.v[k]);
         float v_out;
-        opgen_lamb_update_phase1_element_float(s, OPGEN_LOAD_float32(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float32(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
         x_var.v[k] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
         x_out.v[k] = OPGEN_STORE_float32(v_out);
@@ -131,7 +143,9 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(co
     reinterpret_cast<opgen_vec<opgen_bf16, 4> *>(p_var)[vi] = x_var;
     reinterpret_cast<opgen_vec<float, 4> *>(p_out)[vi] = x_out;
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float64(const opgen_lamb_update_phase1_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, int sr, const double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var, double *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float64(const opgen_lamb_update_phase1_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, const double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var, double *OPGEN_RESTRICT p_out) {
+    opgen_lamb_update_phase1_scalars_double sv = s;
+    sv.h_0 = sw0;
     const opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
     opgen_vec<double, 2> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
@@ -143,7 +157,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float64(const opgen_lamb_update
         double v_mean = OPGEN_LOAD_float64(x_mean.v[k]);
         double v_var = OPGEN_LOAD_float64(x_var.v[k]);
         double v_out;
-        opgen_lamb_update_phase1_element_double(s, OPGEN_LOAD_float64(x_weight.v[k]), zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_double(sv, OPGEN_LOAD_float64(x_weight.v[k]), zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_STORE_float64(v_mean);
         x_var.v[k] = OPGEN_STORE_float64(v_var);
         x_out.v[k] = OPGEN_STORE_float64(v_out);
@@ -156,109 +170,109 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float64(const opgen_lamb_update
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float16(int64_t size, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
-        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float16_with_float32_states(int64_t size, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
-        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_bfloat16(int64_t size, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
-        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_bfloat16_with_float32_states(int64_t size, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
-        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float32(int64_t size, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float32(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float32(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float32_with_bfloat16_states(int64_t size, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
-        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float64(int64_t size, const double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_double s = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float64(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_lamb_update_phase1_scalars_double s = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float64(s, vi, gvi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float64(s, vi, gvi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float64(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }

@@ -5,50 +5,58 @@
 #include "opgen_kernel.cuh"
 #include "../csrc/multi_sgd_update_math.h"
 
-OPGEN_INLINE void opgen_multi_sgd_update_vstep_float16(const opgen_multi_sgd_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_multi_sgd_update_vstep_float16(const opgen_multi_sgd_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+    opgen_multi_sgd_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     opgen_vec<opgen_half, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_weight)[vi];
     opgen_vec<opgen_half, 8> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_half, 8> *>(p_grad)[gvi];
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
-        opgen_multi_sgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]));
+        opgen_multi_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]));
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
 }
-OPGEN_INLINE void opgen_multi_sgd_update_vstep_bfloat16(const opgen_multi_sgd_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_multi_sgd_update_vstep_bfloat16(const opgen_multi_sgd_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+    opgen_multi_sgd_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     opgen_vec<opgen_bf16, 8> x_weight = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_weight)[vi];
     opgen_vec<opgen_bf16, 8> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<opgen_bf16, 8> *>(p_grad)[gvi];
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
-        opgen_multi_sgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]));
+        opgen_multi_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]));
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
     reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_weight)[vi] = x_weight;
 }
-OPGEN_INLINE void opgen_multi_sgd_update_vstep_float32(const opgen_multi_sgd_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_multi_sgd_update_vstep_float32(const opgen_multi_sgd_update_scalars_float s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+    opgen_multi_sgd_update_scalars_float sv = s;
+    sv.h_0 = sw0;
     opgen_vec<float, 4> x_weight = reinterpret_cast<const opgen_vec<float, 4> *>(p_weight)[vi];
     opgen_vec<float, 4> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<float, 4> *>(p_grad)[gvi];
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
-        opgen_multi_sgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]));
+        opgen_multi_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]));
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
     }
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
 }
-OPGEN_INLINE void opgen_multi_sgd_update_vstep_float64(const opgen_multi_sgd_update_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_multi_sgd_update_vstep_float64(const opgen_multi_sgd_update_scalars_double s, int64_t vi, int64_t gvi, int zero_grad, int sr, int sw0, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
+    opgen_multi_sgd_update_scalars_double sv = s;
+    sv.h_0 = sw0;
     opgen_vec<double, 2> x_weight = reinterpret_cast<const opgen_vec<double, 2> *>(p_weight)[vi];
     opgen_vec<double, 2> x_grad;
     if (!zero_grad) x_grad = reinterpret_cast<const opgen_vec<double, 2> *>(p_grad)[gvi];
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
         double v_weight = OPGEN_LOAD_float64(x_weight.v[k]);
-        opgen_multi_sgd_update_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]));
+        opgen_multi_sgd_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]));
         x_weight.v[k] = OPGEN_STORE_float64(v_weight);
     }
     reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
@@ -57,55 +65,55 @@ OPGEN_INLINE void opgen_multi_sgd_update_vstep_float64(const opgen_multi_sgd_upd
 extern "C" __global__ void __launch_bounds__(512) opgen_multi_sgd_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 0, 1, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad));
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad));
     } else {
-        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 0, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 0, 0, arg_weight, arg_grad));
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_multi_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 0, 1, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 1, 1, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 1, 1, arg_weight, arg_grad));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad));
     } else {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 0, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 0, 0, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 1, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 1, 0, arg_weight, arg_grad));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_float16(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_multi_sgd_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 0, 1, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad));
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad));
     } else {
-        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 0, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_grad));
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_multi_sgd_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (rounding) {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 0, 1, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 1, 1, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 1, 1, arg_weight, arg_grad));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad));
     } else {
-        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 0, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 1, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 1, 0, arg_weight, arg_grad));
+        OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_bfloat16(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad));
     }
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_multi_sgd_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float32(s, vi, gvi, 0, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad));
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_multi_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float32(s, vi, gvi, 0, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_float32(s, vi, gvi, 1, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float32(s, i, gi, 1, 0, arg_weight, arg_grad));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_float32(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float32(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(512) opgen_multi_sgd_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_multi_sgd_update_scalars_double s = opgen_multi_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float64(s, vi, gvi, 0, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad));
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad));
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_multi_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
     const opgen_multi_sgd_update_scalars_double s = opgen_multi_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
-    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float64(s, vi, gvi, 0, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_float64(s, vi, gvi, 1, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float64(s, i, gi, 1, 0, arg_weight, arg_grad));
+    OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_multi_sgd_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_vstep_float64(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float64(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad));
 }

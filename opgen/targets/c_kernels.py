@@ -14,7 +14,7 @@ from __future__ import annotations
 from opgen.kinds import ArgRole, Schedule
 from opgen.spec.model import OpSpec
 from opgen.targets import abi
-from opgen.targets.element import LOOP, OpCode, RowCode, StepCode, math_header, shared_lines, with_rounding
+from opgen.targets.element import LOOP, OpCode, RowCode, StepCode, Version, math_header, shared_lines, versions
 
 # Below this many elements per thread, a parallel region costs more than it saves.
 MIN_ELEMENTS_PER_THREAD = 1 << 13
@@ -33,35 +33,35 @@ def _names(kernel: abi.KernelABI) -> dict[ArgRole, str]:
 
 def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str]:
     """The kernel's body: its scalar struct, then one schedule macro of the shared header
-    (once per rounding where it stores into 16-bit types)."""
+    (once per version: rounding, and the switches of the element math; see versions)."""
     code, n = step.code, _names(kernel)
     struct, init = code.struct(step.math.math), code.init(step.math.math)
     flush = n[ArgRole.FLUSH]
-    if kernel.schedule is Schedule.MULTI:
-        return with_rounding(step, lambda sr: [
+    if kernel.schedule is Schedule.MULTI:  # the struct is per tensor: switches read at run time
+        return versions(step, lambda v: [
             f"OPGEN_MULTI({n[ArgRole.COUNT]}, {n[ArgRole.SIZES]}, {flush}, "
             f"const {struct} {LOOP.s} = {init}({code.init_call(f'[{LOOP.t}]', LOOP.t)}), "
-            f"{step.step_call('step', 0, f'[{LOOP.t}]', sr)});"])
+            f"{step.step_call('step', 0, v, f'[{LOOP.t}]')});"], unswitch=False)
     head = f"const {struct} {LOOP.scalars} = {init}({code.init_call()});"
     rows = f"{n.get(ArgRole.NNZ)}, {n.get(ArgRole.ROW_LEN)}, {n.get(ArgRole.INDICES)}"
     if kernel.schedule is Schedule.DENSE:
-        return [head, *with_rounding(step, lambda sr: [
-            f"OPGEN_DENSE({n[ArgRole.SIZE]}, {flush}, {step.step_call('step', 0, sr=sr)});"])]
+        return [head, *versions(step, lambda v: [
+            f"OPGEN_DENSE({n[ArgRole.SIZE]}, {flush}, {step.step_call('step', 0, v)});"])]
     if op.rows is not None:
-        def row_schedule(sr: int) -> list[str]:
-            args = RowCode(step.math).schedule_args(step, n[ArgRole.ROW_LEN], sr)
+        def row_schedule(v: Version) -> list[str]:
+            args = RowCode(step.math).schedule_args(step, n[ArgRole.ROW_LEN], v.sr)
             return [f"OPGEN_LAZY_ROWS({args[0]}, {args[1]}, {args[2]}, {rows}, {flush}, {', '.join(args[3:])});"]
-        return [head, *with_rounding(step, row_schedule)]
+        return [head, *versions(step, row_schedule)]
     if kernel.schedule is Schedule.LAZY:
         fetched = [name for name in code.element_arrays if name != op.grad.name]
         prefetch = " ".join(f"opgen_prefetch_line({abi.ARG}{name}, {LOOP.ahead}, {LOOP.line}, {n[ArgRole.ROW_LEN]}, "
                             f"{step.storage(name).itemsize});" for name in fetched)
         widest = max((step.storage(name).itemsize for name in fetched), default=0)
-        return [head, *with_rounding(step, lambda sr: [
-            f"OPGEN_LAZY({rows}, {flush}, {widest}, {prefetch or '(void)0'}, {step.step_call('step', 0, sr=sr)});"])]
-    return [head, *with_rounding(step, lambda sr: [
-        f"OPGEN_STANDARD({n[ArgRole.NROWS]}, {rows}, {flush}, {step.step_call('step', 0, sr=sr)}, "
-        f"{step.step_call('step', 1, sr=sr)});"])]
+        return [head, *versions(step, lambda v: [
+            f"OPGEN_LAZY({rows}, {flush}, {widest}, {prefetch or '(void)0'}, {step.step_call('step', 0, v)});"])]
+    return [head, *versions(step, lambda v: [
+        f"OPGEN_STANDARD({n[ArgRole.NROWS]}, {rows}, {flush}, {step.step_call('step', 0, v)}, "
+        f"{step.step_call('step', 1, v)});"])]
 
 
 def context(op: OpSpec) -> dict:

@@ -17,7 +17,7 @@ from __future__ import annotations
 from opgen.kinds import ArgRole, Schedule
 from opgen.spec.model import OpSpec
 from opgen.targets import abi
-from opgen.targets.element import LOOP, OpCode, RowCode, StepCode, math_header, with_rounding
+from opgen.targets.element import LOOP, OpCode, RowCode, StepCode, Version, math_header, versions
 
 
 def _parameters(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> str:
@@ -40,19 +40,20 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
     rows = f"{n.get(ArgRole.NNZ)}, {n.get(ArgRole.ROW_LEN)}, {n.get(ArgRole.INDICES)}"
     vector = f"{step.lanes}, {step.aligned()}"
 
-    def body(sr: int) -> list[str]:
+    def body(v: Version) -> list[str]:
         if op.rows is not None:
-            args = RowCode(step.math).schedule_args(step, n[ArgRole.ROW_LEN], sr)
+            args = RowCode(step.math).schedule_args(step, n[ArgRole.ROW_LEN], v.sr)
             return [f"OPGEN_CUDA_LAZY_ROWS({args[0]}, {args[1]}, {args[2]}, {rows}, {', '.join(args[3:])});"]
-        steps = f"{step.step_call('vstep', 0, sr=sr)}, {step.step_call('step', 0, sr=sr)}"
+        steps = f"{step.step_call('vstep', 0, v)}, {step.step_call('step', 0, v)}"
         if kernel.schedule is Schedule.DENSE:
             return [f"OPGEN_CUDA_DENSE({n[ArgRole.SIZE]}, {vector}, {steps});"]
         if kernel.schedule is Schedule.LAZY:
             return [f"OPGEN_CUDA_LAZY({rows}, {vector}, {steps});"]
-        zero = f"{step.step_call('vstep', 1, sr=sr)}, {step.step_call('step', 1, sr=sr)}"
+        zero = f"{step.step_call('vstep', 1, v)}, {step.step_call('step', 1, v)}"
         return [f"OPGEN_CUDA_STANDARD({n[ArgRole.NROWS]}, {rows}, {vector}, {steps}, {zero});"]
 
-    return [head, *with_rounding(step, body)]
+    # a warp-uniform branch costs a GPU next to nothing: the switches are read at run time
+    return [head, *versions(step, body, unswitch=False)]
 
 
 def context(op: OpSpec) -> dict:
