@@ -76,32 +76,46 @@ def dense(n: int, repeat: int, torch, with_numpy: bool = True) -> dict[str, floa
     return out
 
 
+#: the storage variants of the bf16 benchmark: (weight and grad dtype, state dtype) and the
+#: bytes an Adam step moves per element (weight and states read and written, grad read)
+VARIANTS = {
+    "float32": ("float32", "float32", 28),
+    "bfloat16 (all tensors)": ("bfloat16", "bfloat16", 14),
+    "bfloat16 + float32 states": ("bfloat16", "float32", 22),
+    "float32 + bfloat16 states": ("float32", "bfloat16", 20),
+}
+
+
 def dense_bf16(n: int, repeat: int, torch) -> dict[str, float]:
-    """Seconds per adam step on n elements: all-float32 and all-bfloat16 tensors, measured
-    alternately (the machine is noisy: the ratio is what counts), and torch's fused Adam on
-    bfloat16 parameters and states where torch is installed."""
+    """Seconds per adam step on n elements in each of VARIANTS, measured in turn round after
+    round (the machine is noisy: the ratios are what counts), and torch's fused Adam on
+    bfloat16 parameters (with bfloat16 and with float32 states, where torch takes them)."""
     import ml_dtypes
 
+    dtypes = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16}
     w, g, m, v = adam_arrays(n)
-    low = [a.astype(ml_dtypes.bfloat16) for a in (w, g, m, v)]
+    arrays = {name: [w.astype(dtypes[wd]), g.astype(dtypes[wd]), m.astype(dtypes[sd]), v.astype(dtypes[sd])]
+              for name, (wd, sd, _) in VARIANTS.items()}
     number = max(1, 2_000_000 // max(n, 1))
-    out = {"float32": [], "bfloat16": []}
+    times: dict[str, list[float]] = {name: [] for name in VARIANTS}
     with use_backend("c"):
-        for _ in range(repeat):  # alternate, so both see the same machine
-            out["float32"].append(median_seconds(lambda: adam_update(w, g, m, v, out=w, **ADAM), 1, number))
-            out["bfloat16"].append(median_seconds(lambda: adam_update(*low, out=low[0], **ADAM), 1, number))
-    result = {k: statistics.median(v) for k, v in out.items()}
+        for _ in range(repeat):  # alternate, so every variant sees the same machine
+            for name, a in arrays.items():
+                times[name].append(median_seconds(lambda: adam_update(*a, out=a[0], **ADAM), 1, number))
+    result = {k: statistics.median(t) for k, t in times.items()}
     if torch is not None:
-        tw, tg, tm, tv = (torch.from_numpy(a.copy()).to(torch.bfloat16) for a in (w, g, m, v))
-        step = torch.zeros((), dtype=torch.float32)
+        for label, state_dtype in (("torch bfloat16", torch.bfloat16), ("torch bfloat16 + float32 states", torch.float32)):
+            tw, tg = (torch.from_numpy(a.copy()).to(torch.bfloat16) for a in (w, g))
+            tm, tv = (torch.from_numpy(a.copy()).to(state_dtype) for a in (m, v))
+            step = torch.zeros((), dtype=torch.float32)
 
-        def fused():
-            torch._fused_adam_([tw], [tg], [tm], [tv], [], [step], lr=1e-3, beta1=0.9, beta2=0.999,
-                               weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
-        try:
-            result["torch bfloat16"] = median_seconds(fused, repeat, number)
-        except RuntimeError:  # a torch without a CPU bfloat16 fused Adam
-            pass
+            def fused():
+                torch._fused_adam_([tw], [tg], [tm], [tv], [], [step], lr=1e-3, beta1=0.9, beta2=0.999,
+                                   weight_decay=0.0, eps=1e-8, amsgrad=False, maximize=False)
+            try:
+                result[label] = median_seconds(fused, repeat, number)
+            except RuntimeError:  # a torch without this fused Adam on the CPU
+                pass
     return result
 
 
@@ -266,13 +280,21 @@ def main() -> None:
                      f"opgen is {d['torch'] / d['opgen']:.2f}x faster"))
 
     b = dense_bf16(n, repeat, torch)
-    bf16_rate = 14 * n / b["bfloat16"]  # bytes per element: 2 read (grad) + 3 x (2 read + 2 written)
-    rows.append((f"dense adam, {n:,} bfloat16 (all tensors), opgen", f"{b['bfloat16'] * 1e3:.2f} ms, "
-                 f"{bf16_rate / 1e9:.1f} GB/s", f"{b['float32'] / b['bfloat16']:.2f}x as fast as float32 "
-                 f"({b['float32'] * 1e3:.2f} ms, same run); {bf16_rate / best_copy:.0%} of the best copy"))
-    if "torch bfloat16" in b:
-        rows.append(("dense adam, bfloat16, torch._fused_adam_", f"{b['torch bfloat16'] * 1e3:.2f} ms",
-                     f"opgen is {b['torch bfloat16'] / b['bfloat16']:.2f}x faster"))
+    for name, (_, _, per_element) in VARIANTS.items():
+        if name == "float32":
+            continue
+        moved = per_element * n
+        same_bytes = max(copies(moved // 2, repeat, torch).values())
+        rate = moved / b[name]
+        rows.append((f"dense adam, {n:,} {name}, opgen ({per_element} B/element)",
+                     f"{b[name] * 1e3:.2f} ms, {rate / 1e9:.1f} GB/s",
+                     f"{b['float32'] / b[name]:.2f}x as fast as float32 ({b['float32'] * 1e3:.2f} ms, same run; "
+                     f"{28 / per_element:.2f}x fewer bytes); {rate / same_bytes:.0%} of a copy of the same bytes"))
+    for label, name in (("torch bfloat16", "bfloat16 (all tensors)"),
+                        ("torch bfloat16 + float32 states", "bfloat16 + float32 states")):
+        if label in b:
+            rows.append((f"dense adam, {name}, torch._fused_adam_", f"{b[label] * 1e3:.2f} ms",
+                         f"opgen is {b[label] / b[name]:.2f}x faster"))
 
     count, size = (200, 1000) if args.quick else (1000, 1000)
     mt = many_tensors(count, size, repeat, torch)
