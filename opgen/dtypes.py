@@ -85,11 +85,6 @@ class Variant:
         """The suffix of its kernels' names: ``float32``, ``bfloat16_with_float32_states``."""
         return self.dtype.name if self.states == self.dtype else f"{self.dtype.name}_with_{self.states.name}_states"
 
-    @property
-    def text(self) -> str:
-        """As messages and docs name it."""
-        return self.dtype.name if self.states == self.dtype else f"{self.dtype.name} with {self.states.name} states"
-
 
 def variants(free_states: bool) -> tuple[Variant, ...]:
     """Every variant, weight dtype by weight dtype: its own states first, then the others

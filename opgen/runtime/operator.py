@@ -99,8 +99,8 @@ class Operator:
     """One generated op: its argument table, NumPy kernel, C and CUDA sources."""
 
     def __init__(self, *, name: str, spec: str, tensors: Sequence[TensorArg], params: Sequence[ParamArg],
-                 lazy_param: str | None, always_lazy: bool, kernels: Sequence[KernelABI], numpy_kernel: Callable, c_source: Path, c_cdef: Path,
-                 cuda_source: Path, output: bool = False, skip_if: Callable | None = None,
+                 lazy_param: str | None, always_lazy: bool, kernels: Sequence[KernelABI], numpy_kernel: Callable,
+                 c_source: Path, c_cdef: Path, cuda_source: Path, output: bool = False, skip_if: Callable | None = None,
                  store_slots: tuple[int, ...] = ()) -> None:
         self.name = name
         self.spec = spec
@@ -114,10 +114,8 @@ class Operator:
         self._math_types = {(np.dtype(k.dtype), np.dtype(k.states)): np.dtype(k.math).type for k in kernels}
         # weight dtype -> the dtypes its free states may have: the variants the kernels exist for
         self.state_dtypes: dict[np.dtype, tuple[np.dtype, ...]] = {}
-        for k in kernels:
-            accepted = self.state_dtypes.setdefault(np.dtype(k.dtype), ())
-            if np.dtype(k.states) not in accepted:
-                self.state_dtypes[np.dtype(k.dtype)] = accepted + (np.dtype(k.states),)
+        for weight_dtype, states_dtype in self._math_types:
+            self.state_dtypes[weight_dtype] = self.state_dtypes.get(weight_dtype, ()) + (states_dtype,)
         self.always_lazy = always_lazy
         self.output = output  # the kernels write `out` and leave the weight alone
         self.skip_if = skip_if
@@ -336,7 +334,7 @@ class Operator:
             self._check_array(name, value, row_sparse_ok=spec.role is TensorRole.GRAD)
             self._check_same_side(name, value, weight, w_name)
             self._check_dtype(spec, name, value, weight, w_name, free)
-            if free is None and spec.role is TensorRole.STATE and spec.name not in self.fixed_dtypes:
+            if spec.name == self.free_state_name:
                 free = (name, value.dtype)
             if spec.per_row:
                 rows = weight.shape[0] if weight.ndim else 1

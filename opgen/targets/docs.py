@@ -9,7 +9,8 @@ from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.expr.tree import RefKind
 from opgen.spec.model import OpSpec, TensorRole
 from opgen.spec.names import ROUNDING_ARGUMENTS
-from opgen.targets.python_api import state_dtype_rule, ROUNDING_DEFAULTS, ROUNDING_HELP, ROUNDING_TYPES, out_doc, param_note, result_doc, signature, skip_if_text, tensor_doc
+from opgen.targets.python_api import (ROUNDING_DEFAULTS, ROUNDING_HELP, ROUNDING_TYPES, out_doc, param_note, result_doc,
+                                      signature, skip_if_text, state_dtype_rule, tensor_doc)
 
 _DOC_TYPES = {t: k.doc for t, k in PARAM_KINDS.items()}
 
