@@ -13,7 +13,7 @@ import jinja2
 
 from opgen.errors import Location, SpecError
 from opgen.spec import OpSpec, load_specs, names
-from opgen.targets import c_kernels, cuda_kernels, docs, python_api
+from opgen.targets import c_kernels, cuda_kernels, docs, optim_api, python_api
 from opgen.writer import BlockedFolders, ForeignFiles, Outputs, SyncReport, sync
 
 # (template, output path, context) for each op, then for the whole package.
@@ -31,6 +31,7 @@ PER_PACKAGE: tuple[tuple[str, str, Callable[[list[OpSpec]], dict]], ...] = (
     ("kernel_common.h.j2", "csrc/opgen_kernel.h", lambda ops: c_kernels.common_context()),
     ("kernel_common.cuh.j2", "cuda/opgen_kernel.cuh", lambda ops: cuda_kernels.common_context()),
     ("index.md.j2", "docs/index.md", docs.index_context),
+    ("optim.py.j2", "optim.py", optim_api.context),
 )
 TARGETS = ("python", "c", "cuda", "docs")
 

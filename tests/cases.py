@@ -313,6 +313,47 @@ PARAMS = {
         "defaults": dict(lr=0.1, wd=0.01),
         "mixed": dict(lr=0.05, wd=0.05, momentum=0.9, rescale_grad=1.5, clip_gradient=1.0),
     },
+    # torch.optim's semantics: the per-step host values as the classes compute them at t = 3
+    "torch_adam_update": {
+        "defaults": dict(step_size=0.01 / (1 - 0.9 ** 3)),
+        "mixed": dict(step_size=0.02, beta1=0.8, beta2=0.99, eps=1e-6, bias_correction2_sqrt=(1 - 0.99 ** 3) ** 0.5,
+                      weight_decay=0.1, decay=0.999, maximize=True),
+    },
+    "torch_amsgrad_update": {
+        "defaults": dict(step_size=0.01 / (1 - 0.9 ** 3)),
+        "mixed": dict(step_size=0.02, beta1=0.8, beta2=0.99, eps=1e-6, bias_correction2_sqrt=(1 - 0.99 ** 3) ** 0.5,
+                      weight_decay=0.1, decay=0.999, maximize=True),
+    },
+    "torch_sgd_update": {
+        "defaults": dict(lr=0.1),
+        "mixed": dict(lr=0.05, weight_decay=0.1, maximize=True),
+    },
+    "torch_sgd_momentum_update": {
+        "defaults": dict(lr=0.1),
+        "first": dict(lr=0.1, momentum=0.9, first=True),
+        "nesterov": dict(lr=0.1, momentum=0.9, nesterov=True, weight_decay=0.01),
+        "mixed": dict(lr=0.05, momentum=0.8, dampening=0.3, weight_decay=0.1, maximize=True),
+    },
+    "torch_adagrad_update": {
+        "defaults": dict(clr=0.01),
+        "mixed": dict(clr=0.01 / (1 + 2 * 0.1), eps=1e-6, weight_decay=0.1, maximize=True),
+    },
+    "torch_rmsprop_update": {
+        "defaults": dict(lr=0.01),
+        "mixed": dict(lr=0.02, alpha=0.9, eps=1e-4, weight_decay=0.1, maximize=True),
+    },
+    "torch_rmsprop_momentum_update": {
+        "defaults": dict(lr=0.01),
+        "mixed": dict(lr=0.02, alpha=0.9, eps=1e-4, weight_decay=0.1, momentum=0.9, maximize=True),
+    },
+    "torch_rmsprop_centered_update": {
+        "defaults": dict(lr=0.01),
+        "mixed": dict(lr=0.02, alpha=0.9, eps=1e-4, weight_decay=0.1, maximize=True),
+    },
+    "torch_rmsprop_centered_momentum_update": {
+        "defaults": dict(lr=0.01),
+        "mixed": dict(lr=0.02, alpha=0.9, eps=1e-4, weight_decay=0.1, momentum=0.9, maximize=True),
+    },
 }
 
 
@@ -343,6 +384,14 @@ STATE_VALUES = {
     "g": ("normal", 0.05),
     "delta": ("normal", 0.01),
     "weight32": ("normal", 1.0),
+    # torch.optim's state names
+    "exp_avg": ("normal", 0.1),
+    "exp_avg_sq": ("uniform", 0.0, 0.01),
+    "max_exp_avg_sq": ("uniform", 0.0, 0.02),
+    "momentum_buffer": ("normal", 0.05),
+    "state_sum": ("uniform", 0.0, 0.1),
+    "square_avg": ("uniform", 0.05, 0.1),  # above grad_avg ** 2: centered RMSprop takes its root
+    "grad_avg": ("normal", 0.05),
 }
 
 #: the gradient's scale, where N(0, 1) does not fit (lamb phase 2's g is a direction)

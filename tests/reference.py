@@ -717,3 +717,119 @@ def multi_mp_sgd_mom_update(weight, grad, mom, weight32, lr, wd, momentum=0.0, r
     w, m = _multi_sgd_kernel(w, g, m, lr, wd, rescale_grad, clip_gradient, momentum, ct)
     m, w32 = _store([m, w], [np.float32] * 2)
     return (w32.astype(weight.dtype), m, w32)
+
+
+# =====================================================================================
+# torch.optim's semantics (torch 2.x, torch/optim/*.py, _single_tensor_*): the ops the
+# generated torch.optim classes feed. The per-step host values (step_size, clr, ...) are
+# parameters here; the classes' own tests compare against torch.optim itself.
+# =====================================================================================
+def _torch_grad(g, w, weight_decay, maximize, ct):
+    """``grad = -grad if maximize``; ``grad = grad + weight_decay * param``."""
+    g = -g if maximize else g
+    return g + ct(weight_decay) * w
+
+
+def _torch_adam(weight, grad, states, step_size, beta1, beta2, eps, bias_correction2_sqrt, weight_decay, decay,
+                maximize, amsgrad, rows):
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, *states)
+    w, g = _to(ct, weight, grad)
+    m, v, *vmax = _to(ct, *states)
+    with np.errstate(all="ignore"):
+        g = _torch_grad(g, w, weight_decay, maximize, ct)
+        m = m + _per_call(ct, 1 - _d(beta1)[0]) * (g - m)  # exp_avg.lerp_(grad, 1 - beta1)
+        v = ct(beta2) * v + (_per_call(ct, 1 - _d(beta2)[0]) * g) * g
+        denom_v = np.maximum(vmax[0], v) if amsgrad else v
+        out = w * ct(decay) - (ct(step_size) * m) / (np.sqrt(denom_v) / ct(bias_correction2_sqrt) + ct(eps))
+    results = [out, m, v] + ([denom_v] if amsgrad else [])
+    return _store(results, [w_dt] + [s_dt] * len(states), [weight, *states], rows)
+
+
+def torch_adam_update(param, grad, exp_avg, exp_avg_sq, step_size, beta1=0.9, beta2=0.999, eps=1e-8,
+                      bias_correction2_sqrt=1.0, weight_decay=0.0, decay=1.0, maximize=False, rows=None):
+    return _torch_adam(param, grad, [exp_avg, exp_avg_sq], step_size, beta1, beta2, eps, bias_correction2_sqrt,
+                       weight_decay, decay, maximize, False, rows)
+
+
+def torch_amsgrad_update(param, grad, exp_avg, exp_avg_sq, max_exp_avg_sq, step_size, beta1=0.9, beta2=0.999,
+                         eps=1e-8, bias_correction2_sqrt=1.0, weight_decay=0.0, decay=1.0, maximize=False,
+                         rows=None):
+    return _torch_adam(param, grad, [exp_avg, exp_avg_sq, max_exp_avg_sq], step_size, beta1, beta2, eps,
+                       bias_correction2_sqrt, weight_decay, decay, maximize, True, rows)
+
+
+def torch_sgd_update(param, grad, lr, weight_decay=0.0, maximize=False, rows=None):
+    ct, w_dt, _ = _call_dtypes(param, grad)
+    w, g = _to(ct, param, grad)
+    with np.errstate(all="ignore"):
+        out = w - ct(lr) * _torch_grad(g, w, weight_decay, maximize, ct)
+    return _store([out], [w_dt], [param], rows)
+
+
+def torch_sgd_momentum_update(param, grad, momentum_buffer, lr, momentum=0.0, dampening=0.0, weight_decay=0.0,
+                              nesterov=False, maximize=False, first=False, rows=None):
+    ct, w_dt, s_dt = _call_dtypes(param, grad, momentum_buffer)
+    w, g, buf = _to(ct, param, grad, momentum_buffer)
+    with np.errstate(all="ignore"):
+        d_p = _torch_grad(g, w, weight_decay, maximize, ct)
+        buf = d_p.copy() if first else ct(momentum) * buf + _per_call(ct, 1 - _d(dampening)[0]) * d_p
+        step = d_p + ct(momentum) * buf if nesterov else buf
+        out = w - ct(lr) * step
+    return _store([out, buf], [w_dt, s_dt], [param, momentum_buffer], rows)
+
+
+def torch_adagrad_update(param, grad, state_sum, clr, eps=1e-10, weight_decay=0.0, maximize=False, rows=None):
+    ct, w_dt, s_dt = _call_dtypes(param, grad, state_sum)
+    w, g, s = _to(ct, param, grad, state_sum)
+    with np.errstate(all="ignore"):
+        g = _torch_grad(g, w, weight_decay, maximize, ct)
+        s = s + g * g
+        out = w - (ct(clr) * g) / (np.sqrt(s) + ct(eps))
+    return _store([out, s], [w_dt, s_dt], [param, state_sum], rows)
+
+
+def _torch_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay, momentum,
+                   maximize, rows):
+    states = [s for s in (square_avg, grad_avg, momentum_buffer) if s is not None]
+    ct, w_dt, s_dt = _call_dtypes(param, grad, *states)
+    w, g = _to(ct, param, grad)
+    with np.errstate(all="ignore"):
+        g = _torch_grad(g, w, weight_decay, maximize, ct)
+        v = ct(alpha) * _to(ct, square_avg)[0] + (_per_call(ct, 1 - _d(alpha)[0]) * g) * g
+        results = [v]
+        if grad_avg is not None:
+            ga = _to(ct, grad_avg)[0]
+            ga = ga + _per_call(ct, 1 - _d(alpha)[0]) * (g - ga)
+            avg = np.sqrt(v - ga * ga) + ct(eps)
+            results.append(ga)
+        else:
+            avg = np.sqrt(v) + ct(eps)
+        if momentum_buffer is not None:
+            buf = ct(momentum) * _to(ct, momentum_buffer)[0] + g / avg
+            out = w - ct(lr) * buf
+            results.append(buf)
+        else:
+            out = w - (ct(lr) * g) / avg
+    return _store([out, *results], [w_dt] + [s_dt] * len(states), [param, *states], rows)
+
+
+def torch_rmsprop_update(param, grad, square_avg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0, maximize=False,
+                         rows=None):
+    return _torch_rmsprop(param, grad, square_avg, None, None, lr, alpha, eps, weight_decay, 0.0, maximize, rows)
+
+
+def torch_rmsprop_momentum_update(param, grad, square_avg, momentum_buffer, lr, alpha=0.99, eps=1e-8,
+                                  weight_decay=0.0, momentum=0.0, maximize=False, rows=None):
+    return _torch_rmsprop(param, grad, square_avg, None, momentum_buffer, lr, alpha, eps, weight_decay, momentum,
+                          maximize, rows)
+
+
+def torch_rmsprop_centered_update(param, grad, square_avg, grad_avg, lr, alpha=0.99, eps=1e-8, weight_decay=0.0,
+                                  maximize=False, rows=None):
+    return _torch_rmsprop(param, grad, square_avg, grad_avg, None, lr, alpha, eps, weight_decay, 0.0, maximize, rows)
+
+
+def torch_rmsprop_centered_momentum_update(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha=0.99,
+                                           eps=1e-8, weight_decay=0.0, momentum=0.0, maximize=False, rows=None):
+    return _torch_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay, momentum,
+                          maximize, rows)

@@ -160,7 +160,8 @@ def _gcc():
 
 
 @pytest.mark.skipif(_gcc() is None, reason="no gcc (the report is gcc's)")
-@pytest.mark.parametrize("op", ["adam_update", "mp_adamw_update", "lamb_update_phase1", "group_adagrad_update"])
+@pytest.mark.parametrize("op", ["adam_update", "mp_adamw_update", "lamb_update_phase1", "group_adagrad_update",
+                                "torch_adam_update", "torch_sgd_momentum_update", "torch_rmsprop_centered_update"])
 def test_every_schedule_loop_is_vectorized(op, tmp_path):
     """gcc's own report: each kernel's schedule loop is vectorized, mixed state dtypes included.
     (float16 kernels convert through _Float16 scalars; gcc 12 vectorizes them on no x86
@@ -435,8 +436,9 @@ def test_an_unregistered_type_is_named_in_the_error(boxed_arrays):
     from opgen.runtime import arrays
 
     arrays.unregister(boxed_arrays)
-    with pytest.raises(TypeError, match=r"adam_update\(\): argument 'weight' must be a numpy.ndarray or "
-                                        r"cupy.ndarray, got Boxed"):
+    with pytest.raises(TypeError, match=r"adam_update\(\): argument 'weight' must be a numpy.ndarray, "
+                                        r"cupy.ndarray, torch.Tensor or an object with __dlpack__ or "
+                                        r"__array_interface__, got Boxed"):
         generated.adam_update(Boxed(np.zeros(2, np.float32)), np.zeros(2, np.float32), np.zeros(2, np.float32),
                               np.zeros(2, np.float32), lr=0.1)
 

@@ -8,16 +8,32 @@
 void opgen_lamb_update_phase1_dense_float16(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        if (rounding) {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     } else {
-        if (rounding) {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     }
 }
@@ -25,16 +41,32 @@ void opgen_lamb_update_phase1_dense_float16(int64_t size, const void *arg_weight
 void opgen_lamb_update_phase1_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        if (rounding) {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     } else {
-        if (rounding) {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     }
 }
@@ -42,16 +74,32 @@ void opgen_lamb_update_phase1_standard_float16(int64_t nrows, int64_t row_len, i
 void opgen_lamb_update_phase1_dense_float16_with_float32_states(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        if (rounding) {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     } else {
-        if (rounding) {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     }
 }
@@ -59,16 +107,32 @@ void opgen_lamb_update_phase1_dense_float16_with_float32_states(int64_t size, co
 void opgen_lamb_update_phase1_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        if (rounding) {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     } else {
-        if (rounding) {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     }
 }
@@ -76,16 +140,32 @@ void opgen_lamb_update_phase1_standard_float16_with_float32_states(int64_t nrows
 void opgen_lamb_update_phase1_dense_bfloat16(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        if (rounding) {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     } else {
-        if (rounding) {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     }
 }
@@ -93,16 +173,32 @@ void opgen_lamb_update_phase1_dense_bfloat16(int64_t size, const void *arg_weigh
 void opgen_lamb_update_phase1_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        if (rounding) {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     } else {
-        if (rounding) {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     }
 }
@@ -110,16 +206,32 @@ void opgen_lamb_update_phase1_standard_bfloat16(int64_t nrows, int64_t row_len, 
 void opgen_lamb_update_phase1_dense_bfloat16_with_float32_states(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        if (rounding) {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     } else {
-        if (rounding) {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     }
 }
@@ -127,16 +239,32 @@ void opgen_lamb_update_phase1_dense_bfloat16_with_float32_states(int64_t size, c
 void opgen_lamb_update_phase1_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        if (rounding) {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     } else {
-        if (rounding) {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     }
 }
@@ -144,34 +272,66 @@ void opgen_lamb_update_phase1_standard_bfloat16_with_float32_states(int64_t nrow
 void opgen_lamb_update_phase1_dense_float32(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        }
     }
 }
 
 void opgen_lamb_update_phase1_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 1, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 1, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 1, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 1, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        }
     }
 }
 
 void opgen_lamb_update_phase1_dense_float32_with_bfloat16_states(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        if (rounding) {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     } else {
-        if (rounding) {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     }
 }
@@ -179,16 +339,32 @@ void opgen_lamb_update_phase1_dense_float32_with_bfloat16_states(int64_t size, c
 void opgen_lamb_update_phase1_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        if (rounding) {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     } else {
-        if (rounding) {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         } else {
-            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            if (rounding) {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            } else {
+                OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+            }
         }
     }
 }
@@ -196,17 +372,33 @@ void opgen_lamb_update_phase1_standard_float32_with_bfloat16_states(int64_t nrow
 void opgen_lamb_update_phase1_dense_float64(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_double scalars = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        }
     } else {
-        OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        } else {
+            OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        }
     }
 }
 
 void opgen_lamb_update_phase1_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     const opgen_lamb_update_phase1_scalars_double scalars = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
     if (scalars.h_0) {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 1, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 1, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        }
     } else {
-        OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        if (scalars.s_bias_correction) {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 1, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        } else {
+            OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 1, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+        }
     }
 }

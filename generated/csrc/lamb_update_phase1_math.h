@@ -65,9 +65,10 @@ OPGEN_INLINE void opgen_lamb_update_phase1_element_double(const opgen_lamb_updat
     *io_var = v_var;
     *io_out = t_g;
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_step_float16(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_step_float16(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out) {
     opgen_lamb_update_phase1_scalars_float sv = s;
     sv.h_0 = sw0;
+    sv.s_bias_correction = sw1;
     float v_mean = OPGEN_LOAD_float16(p_mean[i]);
     float v_var = OPGEN_LOAD_float16(p_var[i]);
     float v_out;
@@ -76,9 +77,10 @@ OPGEN_INLINE void opgen_lamb_update_phase1_step_float16(const opgen_lamb_update_
     p_var[i] = OPGEN_ROUND_float16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_out[i] = OPGEN_ROUND_float16(v_out, sr, opgen_slot_key(s.opgen_key, 2), i);
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_step_float16_with_float32_states(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_step_float16_with_float32_states(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out) {
     opgen_lamb_update_phase1_scalars_float sv = s;
     sv.h_0 = sw0;
+    sv.s_bias_correction = sw1;
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_out;
@@ -87,9 +89,10 @@ OPGEN_INLINE void opgen_lamb_update_phase1_step_float16_with_float32_states(cons
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_out[i] = OPGEN_ROUND_float16(v_out, sr, opgen_slot_key(s.opgen_key, 2), i);
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_step_bfloat16(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, const opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var, opgen_bf16 *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_step_bfloat16(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, const opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var, opgen_bf16 *OPGEN_RESTRICT p_out) {
     opgen_lamb_update_phase1_scalars_float sv = s;
     sv.h_0 = sw0;
+    sv.s_bias_correction = sw1;
     float v_mean = OPGEN_LOAD_bfloat16(p_mean[i]);
     float v_var = OPGEN_LOAD_bfloat16(p_var[i]);
     float v_out;
@@ -98,9 +101,10 @@ OPGEN_INLINE void opgen_lamb_update_phase1_step_bfloat16(const opgen_lamb_update
     p_var[i] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_out[i] = OPGEN_ROUND_bfloat16(v_out, sr, opgen_slot_key(s.opgen_key, 2), i);
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_step_bfloat16_with_float32_states(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, const opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, opgen_bf16 *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_step_bfloat16_with_float32_states(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, const opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, opgen_bf16 *OPGEN_RESTRICT p_out) {
     opgen_lamb_update_phase1_scalars_float sv = s;
     sv.h_0 = sw0;
+    sv.s_bias_correction = sw1;
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_out;
@@ -109,9 +113,10 @@ OPGEN_INLINE void opgen_lamb_update_phase1_step_bfloat16_with_float32_states(con
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_out[i] = OPGEN_ROUND_bfloat16(v_out, sr, opgen_slot_key(s.opgen_key, 2), i);
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_step_float32(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_step_float32(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
     opgen_lamb_update_phase1_scalars_float sv = s;
     sv.h_0 = sw0;
+    sv.s_bias_correction = sw1;
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_out;
@@ -120,9 +125,10 @@ OPGEN_INLINE void opgen_lamb_update_phase1_step_float32(const opgen_lamb_update_
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_out[i] = OPGEN_STORE_float32(v_out);
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_step_float32_with_bfloat16_states(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_step_float32_with_bfloat16_states(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, const float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_out) {
     opgen_lamb_update_phase1_scalars_float sv = s;
     sv.h_0 = sw0;
+    sv.s_bias_correction = sw1;
     float v_mean = OPGEN_LOAD_bfloat16(p_mean[i]);
     float v_var = OPGEN_LOAD_bfloat16(p_var[i]);
     float v_out;
@@ -131,9 +137,10 @@ OPGEN_INLINE void opgen_lamb_update_phase1_step_float32_with_bfloat16_states(con
     p_var[i] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_out[i] = OPGEN_STORE_float32(v_out);
 }
-OPGEN_INLINE void opgen_lamb_update_phase1_step_float64(const opgen_lamb_update_phase1_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, const double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var, double *OPGEN_RESTRICT p_out) {
+OPGEN_INLINE void opgen_lamb_update_phase1_step_float64(const opgen_lamb_update_phase1_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, const double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var, double *OPGEN_RESTRICT p_out) {
     opgen_lamb_update_phase1_scalars_double sv = s;
     sv.h_0 = sw0;
+    sv.s_bias_correction = sw1;
     double v_mean = OPGEN_LOAD_float64(p_mean[i]);
     double v_var = OPGEN_LOAD_float64(p_var[i]);
     double v_out;

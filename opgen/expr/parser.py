@@ -354,3 +354,12 @@ def parse_condition(stmt: Statement, params: Mapping[str, VType], tensors: froze
     if not expr.uniform:
         raise SpecError(src.at(node), "this condition may read parameters and scalar inputs only, not tensors")
     return expr
+
+
+def parse_expression(stmt: Statement, names: Mapping[str, VType]) -> Expr:
+    """An expression of named host values alone (an optimizer section's per-step scalars:
+    hyperparameters, the step count, host state); no tensors."""
+    src = _Source(stmt, strip=True)
+    node = src.parse("eval", "expression").body
+    _check_depth(node, src)
+    return _expr(node, _Scope(frozenset(), frozenset(), names), src)

@@ -139,6 +139,16 @@ def map_children(expr: Expr, f) -> Expr:
     return expr
 
 
+def walk(expr: Expr) -> list[Expr]:
+    """Every node of ``expr``, depth first (without recursion: depth is checked by the parser)."""
+    out, todo = [], [expr]
+    while todo:
+        e = todo.pop()
+        out.append(e)
+        todo.extend(reversed(children(e)))
+    return out
+
+
 def refs(expr: Expr) -> list[Ref]:
     """Every reference in ``expr``, depth first, left to right."""
     if isinstance(expr, Ref):

@@ -58,10 +58,27 @@ class ArrayAdapter:
         """A context in which new arrays, copies and launches go to ``value``'s device."""
         return contextlib.nullcontext()
 
+    def launch_context(self, value):
+        """A foreign array's context for the run (torch: its current CUDA stream)."""
+        return contextlib.nullcontext()
+
+    def number(self, value):
+        """A one-element array as a parameter's value, or None where it is not one."""
+        return value.item() if getattr(value, "size", None) == 1 and getattr(value, "ndim", None) == 0 else None
+
     def may_share_memory(self, a, b) -> bool:
         lo_a, hi_a = self.byte_bounds(a)
         lo_b, hi_b = self.byte_bounds(b)
         return lo_a < hi_b and lo_b < hi_a and hi_a > lo_a and hi_b > lo_b
+
+
+class Refused(Exception):
+    """An adapter cannot present a value: ``exc`` (TypeError or ValueError) and the end of the
+    message after "argument 'NAME' ", which the caller completes with the argument's name."""
+
+    def __init__(self, exc: type[Exception], message: str) -> None:
+        super().__init__(message)
+        self.exc, self.message = exc, message
 
 
 # Which NumPy arrays the runtime takes: numpy.ndarray itself, and the subclasses known to
@@ -139,7 +156,46 @@ class CupyArrays(ArrayAdapter):
         return bool(self.module(a).may_share_memory(a, b))
 
 
+class ProtocolArrays(ArrayAdapter):
+    """Any other object that exposes its memory through ``__array_interface__`` (host) or
+    ``__dlpack__`` (host, or a CUDA device through CuPy): updated in place through a
+    zero-copy view. NumPy scalars and Python numbers are numbers, not arrays."""
+
+    name = "array-protocol object"
+    type_names = "an object with __dlpack__ or __array_interface__"
+    native = False
+
+    def owns(self, value) -> bool:
+        if isinstance(value, (np.ndarray, np.generic, int, float, complex, bool, str, bytes, list, tuple, dict)):
+            return False  # ndarray subclasses: see SAFE_NDARRAY_SUBCLASSES
+        return hasattr(value, "__dlpack__") or hasattr(value, "__array_interface__")
+
+    def view(self, value):
+        if hasattr(value, "__dlpack__") and hasattr(value, "__dlpack_device__"):
+            device_type = int(value.__dlpack_device__()[0])
+            if device_type == 2:  # kDLCUDA
+                import cupy
+
+                return cupy.from_dlpack(value)
+            if device_type != 1:  # kDLCPU
+                raise Refused(TypeError, f"is a DLPack array on device type {device_type}: opgen runs on the host "
+                                         "and on CUDA devices")
+            if not hasattr(value, "__array_interface__"):
+                try:
+                    return np.from_dlpack(value)
+                except (TypeError, ValueError, BufferError, RuntimeError) as exc:
+                    raise Refused(TypeError, f"cannot be seen as an array through DLPack ({exc})") from None
+        try:
+            return np.asarray(value)  # __array_interface__: a view of the same memory
+        except (TypeError, ValueError) as exc:
+            raise Refused(TypeError, f"cannot be seen as an array through __array_interface__ ({exc})") from None
+
+    def wrap(self, array, like):
+        return array  # a new result: a NumPy or CuPy array
+
+
 NUMPY = NumpyArrays()
+# Built in, in the order asked: the native kinds, torch (torch_arrays), the protocols.
 _ADAPTERS: list[ArrayAdapter] = [NUMPY, CupyArrays()]
 
 
@@ -160,10 +216,14 @@ def unregister(adapter: ArrayAdapter) -> None:
 class Presented:
     """A call's arrays as native views, and how to hand a result back in the caller's type."""
 
-    __slots__ = ("originals", "views", "adapter")
+    __slots__ = ("originals", "views", "adapter", "first")
 
-    def __init__(self, values, adapter: ArrayAdapter | None) -> None:
-        self.originals, self.views, self.adapter = values, values, adapter
+    def __init__(self, values, adapter: ArrayAdapter | None, first=None) -> None:
+        self.originals, self.views, self.adapter, self.first = values, values, adapter, first
+
+    def context(self):
+        """Where the run goes (torch CUDA tensors: torch's current stream)."""
+        return self.adapter.launch_context(self.first) if self.adapter is not None else contextlib.nullcontext()
 
     def result(self, value):
         """``value`` as the caller sees it: the object it passed, or a new one of its type."""
@@ -175,23 +235,37 @@ class Presented:
         return self.adapter.wrap(value, None)
 
 
-def present(values: tuple) -> tuple[tuple, Presented | None]:
+def present(values: tuple, fail=None) -> tuple[tuple, Presented | None]:
     """Foreign arrays among ``values`` replaced by native views (others unchanged), and how
-    to hand a result back; None when every value is native already (the usual call)."""
-    foreign, converted = None, None
+    to hand a result back; None when every value is native already (the usual call).
+    ``fail(k, exc, message)`` makes the error for a value an adapter refuses (k: its place)."""
+    foreign, converted, first = None, None, None
     for k, value in enumerate(values):
         if type(value) is np.ndarray or value is None:
             continue
         adapter = adapter_for(value)
         if adapter is not None and not adapter.native:
             converted = converted or list(values)
-            converted[k] = adapter.view(value)
-            foreign = foreign or adapter
+            try:
+                converted[k] = adapter.view(value)
+            except Refused as refused:
+                if fail is None:
+                    raise refused.exc(f"argument {k} {refused.message}") from None
+                raise fail(k, refused.exc, refused.message) from None
+            if foreign is None:
+                foreign, first = adapter, value
     if converted is None:
         return values, None
-    presented = Presented(tuple(values), foreign)
+    presented = Presented(tuple(values), foreign, first)
     presented.views = tuple(converted)
     return presented.views, presented
+
+
+def number(value):
+    """A one-element array (NumPy 0-d, a torch tensor of one element) as a Python number,
+    or None where ``value`` is no such array."""
+    adapter = adapter_for(value)
+    return None if adapter is None else adapter.number(value)
 
 
 def adapter_for(value) -> ArrayAdapter | None:
@@ -268,3 +342,12 @@ def array_module(value):
 def is_device_array(value) -> bool:
     adapter = adapter_for(value)
     return adapter is not None and adapter.device
+
+
+def _builtin_foreign_adapters() -> None:
+    from opgen.runtime.torch_arrays import TorchTensors
+
+    _ADAPTERS.extend([TorchTensors(), ProtocolArrays()])
+
+
+_builtin_foreign_adapters()

@@ -183,14 +183,23 @@ class MultiOperator:
                 return self._run_plan(plan, columns, count, rounding)  # the very same arrays, in place
             self._plan = None  # changed since: the full checks below refuse it, or plan anew
         # arrays of other types as native views (the cached path above only ever holds native ones)
-        views, presented = present(arrays)
+        def refused(k: int, exc: type[Exception], message: str) -> Exception:
+            which, i = divmod(k, count)
+            name = f"out[{i}]" if which == len(lists) else self._names(naming, i)[which]
+            return self._fail(naming, exc, name, message)
+
+        views, presented = present(arrays, refused)
         lists = [list(views[k * count:(k + 1) * count]) for k in range(len(lists))]
         out = None if out is None else list(views[len(lists) * count:])
         module = self._c_module() if all(type(a) is np.ndarray for a in lists[0]) else None
         plan = None if module is None else self._plan_for(naming, lists, out, views, module, count)
-        targets = self._one_by_one(naming, lists, columns, out, count, rounding) if plan is None \
-            else self._run_plan(plan, columns, count, rounding)
-        return targets if presented is None else [presented.result(t) for t in targets]
+        if presented is None:
+            return self._one_by_one(naming, lists, columns, out, count, rounding) if plan is None \
+                else self._run_plan(plan, columns, count, rounding)
+        with presented.context():
+            targets = self._one_by_one(naming, lists, columns, out, count, rounding) if plan is None \
+                else self._run_plan(plan, columns, count, rounding)
+        return [presented.result(t) for t in targets]
 
     def _run_plan(self, plan: _Plan, columns: list, count: int, rounding: Rounding) -> list:
         """One call of the multi kernel: count, sizes, the pointer tables, a value table per

@@ -23,7 +23,7 @@ from opgen.dtypes import DTYPE_NAMES, PARAM_KINDS, ParamType, dtype_list
 from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen import cbuild
 from opgen.runtime import backends, cuda
-from opgen.runtime.arrays import (accepted_types, adapter_for, array_module, kind, may_overlap_itself, present,
+from opgen.runtime.arrays import (accepted_types, adapter_for, array_module, kind, may_overlap_itself, number, present,
                                   refused_subclass, same_view)
 from opgen.runtime.backends import Work
 from opgen.runtime.rounding import NEAREST, Rounding
@@ -216,10 +216,13 @@ class Operator:
     def _checked_call(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
                       out_name: str = "out", rounding: Rounding = NEAREST):
         """The general path: arrays of other types as native views, every check, the run."""
-        views, presented = present((*tensors, out))
+        labels = (*(names or self.names), out_name)
+        views, presented = present((*tensors, out), lambda k, exc, message: self._fail(exc, labels[k], message))
         call = self.check(views[:-1], params, views[-1], names, out_name, rounding)
-        result = self.execute(call)
-        return result if presented is None else presented.result(result)
+        if presented is None:
+            return self.execute(call)
+        with presented.context():
+            return presented.result(self.execute(call))
 
     def check(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
               out_name: str = "out", rounding: Rounding = NEAREST) -> Call:
@@ -287,7 +290,11 @@ class Operator:
         return exc(f"{self.name}(): argument '{name}' {message}")
 
     def check_param(self, p: ParamArg, value):
-        """One parameter's value, converted (float, int or bool); raises naming it."""
+        """One parameter's value, converted (float, int or bool); raises naming it. A
+        one-element array (a 0-d NumPy array, a torch tensor) counts as its number."""
+        if not isinstance(value, _REAL):
+            as_number = number(value)
+            value = value if as_number is None else as_number
         if p.type is ParamType.FLOAT:
             if not isinstance(value, _REAL) or isinstance(value, (bool, np.bool_)):
                 raise self._fail(TypeError, p.name, f"must be a real number, got {type(value).__name__}")

@@ -17,6 +17,7 @@ from opgen.expr.rows import RowProgram, has_reductions, split_rows
 from opgen.expr.tree import FUNCTIONS, RefKind, VType, refs
 from opgen.spec import names as n
 from opgen.spec import yaml_nodes as y
+from opgen.spec.optimizer import check_optimizers, parse_optimizers
 from opgen.spec.model import PARAM_VTYPES, MultiSpec, OpSpec, ParamSpec, ParamType, RowSparseSpec, TensorRole, TensorSpec
 
 _FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z")
@@ -35,6 +36,7 @@ def load_specs(spec_dir: Path) -> list[OpSpec]:
     names the ops export must not collide in the package."""
     ops = [load_spec(p) for p in sorted(spec_dir.glob("*.yaml"))]
     n.check_package(ops)
+    check_optimizers(ops)
     return ops
 
 
@@ -55,7 +57,8 @@ def load_spec(path: Path) -> OpSpec:
 def parse_spec(text: str, path: str, expected_name: str | None = None, source: str | None = None) -> OpSpec:
     root = y.Mapping(path, y.compose(path, text), "the spec",
                      required=("name", "summary", "tensors", "math"),
-                     optional=("description", "params", "row_sparse", "skip_if", "output", "multi", "deviations"))
+                     optional=("description", "params", "row_sparse", "skip_if", "output", "multi", "deviations",
+                               "optimizer"))
     name = _identifier(root, "name", "the op's name")
     if expected_name is not None and name != expected_name:
         raise SpecError(root.location("name"),
@@ -97,6 +100,7 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         output=output,
         multi=multi,
         location=root.location("name"),
+        optimizers=parse_optimizers(root, name) if "optimizer" in root else (),
     )
     if multi is not None and not op.has_multi:  # the model's one answer to "has a multi kernel"
         raise SpecError(root.key_location("multi"), "the multi-tensor convention needs dense updates of weights, "

@@ -98,6 +98,7 @@ class OpSpec:
     output: str | None = None  # a temporary written to `out` instead of a new weight (weight read-only)
     multi: MultiSpec | None = None  # the public function takes MXNet's multi-tensor convention
     location: Location | None = None  # where the spec names the op
+    optimizers: tuple = ()  # the torch.optim classes its optimizer section declares (spec.optimizer)
 
     @property
     def entry_points(self) -> tuple[str, ...]:

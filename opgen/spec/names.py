@@ -41,7 +41,7 @@ KEYWORDS = frozenset(keyword.kwlist) | _C_KEYWORDS | _CXX_KEYWORDS | _CUDA_NAMES
 PACKAGE_EXPORTS = ("RowSparseArray", "available_backends", "set_flush_denormal", "use_backend")
 # Names a generated package uses for its own files and folders: an op with one of them
 # would write over them (docs/index.md) or be hidden by them (the folders).
-PACKAGE_FILES = ("index", "csrc", "cuda", "docs")
+PACKAGE_FILES = ("index", "csrc", "cuda", "docs", "optim")
 OUT_ARGUMENT = "out"  # every entry point's output argument
 ROUNDING_ARGUMENTS = ("rounding", "seed")  # every entry point's keyword-only rounding arguments
 DATA_ARGUMENT = "data"  # the flat array list of MXNet's multi-tensor convention

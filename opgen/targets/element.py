@@ -105,8 +105,8 @@ class OpCode:
         self.switches = self._switches()
 
     def _switches(self) -> tuple[str, ...]:
-        """The per-call conditions the element math branches on (``clip_gradient > 0``), as
-        the scalar struct names them, first use first; at most MAX_SWITCHES of them. The
+        """The per-call conditions the element math branches on (``clip_gradient > 0``, a bool
+        parameter), as the scalar struct names them, first use first; at most MAX_SWITCHES. The
         element function reads each from a copy of the struct that the step sets from its
         argument: a constant inside an unswitched loop (gcc unswitches no vectorized loop)."""
         if self.op.rows is not None:
@@ -115,7 +115,8 @@ class OpCode:
 
         def walk(e: Expr) -> None:
             if isinstance(e, Cond) and isinstance(e.test, Ref) and e.test.vtype is VType.BOOL and (
-                    e.test.kind is RefKind.HOISTED or (e.test.kind is RefKind.TEMP and e.test.name in self.uniform)):
+                    e.test.kind in (RefKind.HOISTED, RefKind.PARAM)
+                    or (e.test.kind is RefKind.TEMP and e.test.name in self.uniform)):
                 found[c_name(e.test.kind, e.test.name)] = None
             for child in children(e):
                 walk(child)

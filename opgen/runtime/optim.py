@@ -1,0 +1,250 @@
+"""The torch.optim.Optimizer behind every class of ``generated.optim``.
+
+A generated class carries data (its hyperparameters and the ops it may feed) and three
+functions printed from its spec (which op a group uses, the op's parameters for a step, the
+host state); everything else is here, written once:
+
+- a step is one multi-tensor kernel call per (device, parameter dtype, state dtype) bucket of
+  each param group; sparse COO gradients take the op's row-sparse (lazy) kernel per tensor;
+- parameters without a gradient are skipped; ``step(closure)`` re-evaluates the loss;
+- hyperparameters are read from each group at every step, so every lr scheduler works, at
+  no cost per change (no recompilation);
+- states are created at a parameter's first step (zeros, a constant, or a copy of it) in
+  the spec's dtype policy or ``state_dtype``; ``state['step']`` is a float32 tensor, as in
+  torch.optim, so state dicts look like torch's and resume bit for bit;
+- ``load_state_dict`` keeps each state in the dtype it was saved in (torch's own would cast
+  float32 states to a bfloat16 parameter's dtype);
+- GradScaler: the class does not claim ``_step_supports_amp_scaling``, so the scaler
+  unscales the gradients and skips ``step()`` when it finds an inf or NaN.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from opgen.kinds import TensorRole
+
+_MASK64 = (1 << 64) - 1
+
+
+@dataclass(frozen=True)
+class OptimArg:
+    """A hyperparameter: its kind (float, int, bool, floats: a tuple of ``count`` floats),
+    default and bounds (``low``/``high`` inclusive, ``below`` exclusive)."""
+
+    name: str
+    kind: str
+    default: object
+    count: int = 1
+    low: float | None = None
+    high: float | None = None
+    below: float | None = None
+
+    def problem(self, value) -> str | None:
+        """Why ``value`` cannot be this hyperparameter, or None."""
+        if self.kind == "bool":
+            return None if isinstance(value, (bool, np.bool_)) else f"must be a bool, got {value!r}"
+        if self.kind == "int":
+            ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+            return None if ok else f"must be an int, got {value!r}"
+        values = value if self.kind == "floats" else (value,)
+        if self.kind == "floats" and (not isinstance(value, (tuple, list)) or len(value) != self.count):
+            return f"must be a tuple of {self.count} floats, got {value!r}"
+        for v in values:
+            number = _real(v)
+            if number is None:
+                return f"must be a real number, got {type(v).__name__}" if self.kind == "float" else \
+                    f"must hold real numbers, got {v!r}"
+            for bound, holds, text in ((self.low, lambda b: number >= b, ">="), (self.high, lambda b: number <= b, "<="),
+                                       (self.below, lambda b: number < b, "<")):
+                if bound is not None and not holds(bound):
+                    return f"must be {text} {bound:g}, got {v!r}" if self.kind == "float" else \
+                        f"must hold values {text} {bound:g}, got {value!r}"
+        return None
+
+
+def _real(value) -> float | None:
+    if isinstance(value, (bool, np.bool_)):
+        return None
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        return float(value)
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+        return float(value)  # a tensor lr, as torch.optim allows
+    return None
+
+
+def _mix(*parts: int) -> int:
+    """splitmix64 over the parts: a step's stochastic-rounding seed from (seed, group, t)."""
+    x = 0
+    for part in parts:
+        x = (x + (part & _MASK64) + 0x9E3779B97F4A7C15) & _MASK64
+        x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+        x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+        x ^= x >> 31
+    return x
+
+
+_SIXTEEN_BIT = (torch.float16, torch.bfloat16)
+_STATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
+
+class SpecOptimizer(torch.optim.Optimizer):
+    _ARGS: tuple[OptimArg, ...] = ()
+    _OPS: tuple = ()  # the Operators a step may feed (opgen.runtime.operator)
+    _MULTIS: tuple = ()  # their multi-tensor forms
+    _STATE_DTYPE = "weight"  # or "float32": float32 states beside 16-bit parameters
+    _HOST_STATE: tuple[str, ...] = ()
+
+    def __init__(self, params, defaults: dict, *, state_dtype=None, rounding="nearest", seed=0, foreach=None,
+                 fused=None, capturable=False, differentiable=False) -> None:
+        name = type(self).__name__
+        if differentiable:
+            raise ValueError(f"{name}(): argument 'differentiable' must be False: the step runs fused kernels, "
+                             "which autograd cannot differentiate")
+        if capturable:
+            raise ValueError(f"{name}(): argument 'capturable' must be False: the step reads its step counts on "
+                             "the host, so it cannot be captured in a CUDA graph")
+        if rounding not in ("nearest", "stochastic"):
+            raise ValueError(f"{name}(): argument 'rounding' must be 'nearest' or 'stochastic', got {rounding!r}")
+        if not isinstance(seed, (int, np.integer)) or isinstance(seed, (bool, np.bool_)) or not 0 <= seed < 2 ** 64:
+            raise ValueError(f"{name}(): argument 'seed' must be an int in [0, 2**64), got {seed!r}")
+        if state_dtype is not None and state_dtype not in _STATE_DTYPES:
+            raise ValueError(f"{name}(): argument 'state_dtype' must be None or one of torch.float16, "
+                             f"torch.bfloat16, torch.float32, torch.float64, got {state_dtype!r}")
+        self._state_dtype, self._rounding, self._seed = state_dtype, rounding, int(seed)
+        for arg in self._ARGS:  # the constructor's values: errors name the argument
+            problem = arg.problem(defaults[arg.name])
+            if problem is not None:
+                raise ValueError(f"{name}(): argument '{arg.name}' {problem}")
+        message = self._check(defaults)
+        if message is not None:
+            raise ValueError(message)
+        super().__init__(params, defaults)
+
+    # -- hyperparameters --------------------------------------------------------------------
+    def _check_group(self, group: dict) -> None:
+        for arg in self._ARGS:
+            problem = arg.problem(group[arg.name])
+            if problem is not None:
+                index = next(k for k, g in enumerate(self.param_groups) if g is group)
+                raise ValueError(f"{type(self).__name__}: param group {index}: '{arg.name}' {problem}")
+        message = self._check(group)
+        if message is not None:
+            raise ValueError(message)
+
+    def add_param_group(self, param_group: dict) -> None:
+        super().add_param_group(param_group)
+        try:
+            self._check_group(self.param_groups[-1])
+        except ValueError:
+            self.param_groups.pop()  # refused: the optimizer stays as it was
+            raise
+
+    # -- states -----------------------------------------------------------------------------
+    def _new_state_dtype(self, p: torch.Tensor) -> torch.dtype:
+        if self._state_dtype is not None:
+            return self._state_dtype
+        if self._STATE_DTYPE == "float32" and p.dtype in _SIXTEEN_BIT:
+            return torch.float32
+        return p.dtype
+
+    def _states_for(self, p: torch.Tensor, op, group: dict) -> dict:
+        """The parameter's state, created at its first step, with every state ``op`` reads
+        (an alternative op with more states, chosen later, adds its own)."""
+        state = self.state[p]
+        missing = [t.name for t in op.tensors if t.role is TensorRole.STATE and t.name not in state]
+        if not state or missing:
+            initial, host = self._initial(group)
+            if not state:
+                state["step"] = torch.tensor(0.0, dtype=torch.float32)
+                for key, value in zip(self._HOST_STATE, host):
+                    state[key] = value
+            dtype = self._new_state_dtype(p)
+            for key in missing:
+                value = initial[key]
+                with torch.no_grad():
+                    if value is None:
+                        state[key] = p.detach().clone(memory_format=torch.preserve_format).to(dtype)
+                    elif value == 0.0:
+                        state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
+                    else:
+                        state[key] = torch.full_like(p, value, dtype=dtype, memory_format=torch.preserve_format)
+        return state
+
+    def load_state_dict(self, state_dict: dict) -> None:
+        saved = state_dict["state"]
+        super().load_state_dict(state_dict)
+        # torch.optim casts floating states to their parameter's dtype: keep the saved dtypes
+        saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
+        params = [p for g in self.param_groups for p in g["params"]]
+        for pid, p in zip(saved_ids, params):
+            for key, value in saved.get(pid, {}).items():
+                if key != "step" and isinstance(value, torch.Tensor) and value.dtype != self.state[p][key].dtype:
+                    self.state[p][key] = value.detach().to(device=p.device, copy=True)
+
+    # -- the step ---------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure=None):
+        loss = None
+        if closure is not None:
+            with torch.enable_grad():
+                loss = closure()
+        for index, group in enumerate(self.param_groups):
+            self._group_step(index, group)
+        return loss
+
+    def _group_step(self, index: int, group: dict) -> None:
+        self._check_group(group)
+        choice = self._choice(group)
+        op, multi = self._OPS[choice], self._MULTIS[choice]
+        state_names = [t.name for t in op.tensors if t.role is TensorRole.STATE]
+        buckets: dict[tuple, list] = {}
+        values_for: dict[tuple, tuple] = {}  # (t, host) -> the op's parameter values
+        for p in group["params"]:
+            grad = p.grad
+            if grad is None:
+                continue
+            state = self._states_for(p, op, group)
+            state["step"] += 1
+            t = int(state["step"].item())
+            host = tuple(state[k] for k in self._HOST_STATE)
+            if host:
+                host = self._advance(t, host, group)
+                for key, value in zip(self._HOST_STATE, host):
+                    state[key] = value
+            key = (t, host)
+            values = values_for.get(key)
+            if values is None:
+                values = values_for[key] = self._values(choice, t, host, group)
+            tensors = (p, grad, *(state[name] for name in state_names))
+            if grad.is_sparse:
+                op(tensors, values, p, *self._rounding_args(index, t))
+                continue
+            states_dtype = state[state_names[0]].dtype if state_names else p.dtype
+            buckets.setdefault((p.device, p.dtype, states_dtype), []).append((tensors, values, t))
+        for members in buckets.values():
+            self._multi_call(op, multi, index, members)
+
+    def _rounding_args(self, index: int, t: int) -> tuple:
+        if self._rounding == "nearest":
+            return "nearest", None
+        return "stochastic", _mix(self._seed, index, t)
+
+    @staticmethod
+    def _columns(op, members: list) -> list:
+        """The multi kernel's parameter values: one value, or one per tensor where the step
+        counts (or host states) of the bucket's tensors differ."""
+        first = members[0][1]
+        same = all(values is first or values == first for _, values, _ in members)
+        if same:
+            return [first[k] for k in op.kernel_params]
+        return [np.array([values[k] for _, values, _ in members]) for k in op.kernel_params]
+
+    def _multi_call(self, op, multi, index: int, members: list) -> None:
+        lists = tuple(list(group) for group in zip(*(tensors for tensors, _, _ in members)))
+        t = max(t for _, _, t in members)
+        multi(lists, tuple(self._columns(op, members)), lists[op.weight_index], *self._rounding_args(index, t))
+
