@@ -324,6 +324,11 @@ PARAMS = {
         "mixed": dict(step_size=0.02, beta1=0.8, beta2=0.99, eps=1e-6, bias_correction2_sqrt=(1 - 0.99 ** 3) ** 0.5,
                       weight_decay=0.1, decay=0.999, maximize=True),
     },
+    "torch_nadam_update": {
+        "defaults": dict(grad_step=0.002, avg_step=0.01),
+        "mixed": dict(grad_step=0.003, avg_step=0.02, beta1=0.8, beta2=0.99, eps=1e-6, bias_correction2=1 - 0.99 ** 3,
+                      weight_decay=0.1, decay=0.999, maximize=True),
+    },
     "torch_sgd_update": {
         "defaults": dict(lr=0.1),
         "mixed": dict(lr=0.05, weight_decay=0.1, maximize=True),

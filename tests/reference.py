@@ -833,3 +833,16 @@ def torch_rmsprop_centered_momentum_update(param, grad, square_avg, grad_avg, mo
                                            eps=1e-8, weight_decay=0.0, momentum=0.0, maximize=False, rows=None):
     return _torch_rmsprop(param, grad, square_avg, grad_avg, momentum_buffer, lr, alpha, eps, weight_decay, momentum,
                           maximize, rows)
+
+
+def torch_nadam_update(param, grad, exp_avg, exp_avg_sq, grad_step, avg_step, beta1=0.9, beta2=0.999, eps=1e-8,
+                       bias_correction2=1.0, weight_decay=0.0, decay=1.0, maximize=False, rows=None):
+    ct, w_dt, s_dt = _call_dtypes(param, grad, exp_avg, exp_avg_sq)
+    w, g, m, v = _to(ct, param, grad, exp_avg, exp_avg_sq)
+    with np.errstate(all="ignore"):
+        g = _torch_grad(g, w, weight_decay, maximize, ct)
+        m = m + _per_call(ct, 1 - _d(beta1)[0]) * (g - m)
+        v = ct(beta2) * v + (_per_call(ct, 1 - _d(beta2)[0]) * g) * g
+        denom = np.sqrt(v / ct(bias_correction2)) + ct(eps)
+        out = w * ct(decay) - (ct(grad_step) * g) / denom - (ct(avg_step) * m) / denom
+    return _store([out, m, v], [w_dt, s_dt, s_dt], [param, exp_avg, exp_avg_sq], rows)

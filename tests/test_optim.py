@@ -57,8 +57,10 @@ PARITY = [
     ("Adagrad", dict(eps=1e-6, maximize=True)),
     ("RMSprop", {}), ("RMSprop", dict(momentum=0.9)), ("RMSprop", dict(centered=True)),
     ("RMSprop", dict(centered=True, momentum=0.5, weight_decay=0.01)), ("RMSprop", dict(alpha=0.9, maximize=True)),
+    ("NAdam", {}), ("NAdam", dict(momentum_decay=0.01, weight_decay=0.01)),
+    ("NAdam", dict(decoupled_weight_decay=True, weight_decay=0.1, maximize=True)),
 ]
-LR = {"Adam": 0.01, "AdamW": 0.01, "SGD": 0.05, "Adagrad": 0.05, "RMSprop": 0.002}
+LR = {"Adam": 0.01, "AdamW": 0.01, "SGD": 0.05, "Adagrad": 0.05, "RMSprop": 0.002, "NAdam": 0.002}
 
 
 @pytest.mark.parametrize("name, kwargs", PARITY, ids=[f"{n}-{k}" for n, k in PARITY])
@@ -86,6 +88,9 @@ def test_follows_torch_optim_for_100_steps(name, kwargs):
                 continue
             if key == "sum":
                 key = "state_sum"  # `sum` is a function name of the spec language
+            if key == "mu_product":  # host state: a float here, a float32 tensor in torch
+                assert ours_state[key] == pytest.approx(float(value), rel=1e-6)
+                continue
             torch.testing.assert_close(ours_state[key], value, atol=ATOL, rtol=1e-3)
 
 
@@ -329,3 +334,46 @@ def test_a_bad_group_value_is_refused_before_anything_changes():
     assert torch.equal(p.detach(), torch.ones(3)) and not opt.state[p]
     with pytest.raises(ValueError, match="'betas'"):
         opt.add_param_group({"params": [torch.nn.Parameter(torch.ones(2))], "betas": (0.5, 2.0)})
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(wd=0.01, rescale_grad=0.5, clip_gradient=0.05, beta1=0.8)])
+def test_mxnet_adam_folds_the_bias_correction_into_lr(kwargs):
+    """MXNetAdam against the independent reference of adam_update (tests/reference.py), fed
+    lr * sqrt(1 - beta2**t) / (1 - beta1**t) as mx.optimizer.Adam computes it."""
+    import numpy as np
+
+    import reference
+
+    w = torch.nn.Parameter(torch.randn(7, 5, generator=torch.Generator().manual_seed(0)))
+    opt = optim.MXNetAdam([w], lr=0.01, **kwargs)
+    expected = w.detach().numpy().copy()
+    mean, var = np.zeros_like(expected), np.zeros_like(expected)
+    beta1, beta2 = kwargs.get("beta1", 0.9), 0.999
+    for t in range(1, 11):
+        grad = torch.randn(7, 5, generator=torch.Generator().manual_seed(t))
+        w.grad = grad
+        opt.step()
+        lr = 0.01 * (1 - beta2 ** t) ** 0.5 / (1 - beta1 ** t)
+        args = {k: v for k, v in kwargs.items() if k != "beta1"}
+        expected, mean, var = reference.adam_update(expected, grad.numpy(), mean, var, lr, beta1=beta1, **args)
+        np.testing.assert_allclose(w.detach().numpy(), expected, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(opt.state[w]["var"].numpy(), var, rtol=1e-5, atol=1e-9)
+
+
+def test_mxnet_sgd_takes_the_momentum_op_only_with_momentum():
+    import numpy as np
+
+    import reference
+
+    plain, heavy = torch.nn.Parameter(torch.ones(4)), torch.nn.Parameter(torch.ones(4))
+    opt = optim.MXNetSGD([{"params": [plain]}, {"params": [heavy], "momentum": 0.9}], lr=0.1, wd=0.01)
+    w_plain, w_heavy, mom = np.ones(4, np.float32), np.ones(4, np.float32), np.zeros(4, np.float32)
+    for t in range(5):
+        g = np.full(4, 0.5 + t, np.float32)
+        plain.grad, heavy.grad = torch.from_numpy(g.copy()), torch.from_numpy(g.copy())
+        opt.step()
+        (w_plain,) = reference.sgd_update(w_plain, g, 0.1, wd=0.01)
+        w_heavy, mom = reference.sgd_mom_update(w_heavy, g, mom, 0.1, momentum=0.9, wd=0.01)
+    np.testing.assert_allclose(plain.detach().numpy(), w_plain, rtol=1e-6)
+    np.testing.assert_allclose(heavy.detach().numpy(), w_heavy, rtol=1e-6)
+    assert set(opt.state[plain]) == {"step"} and set(opt.state[heavy]) == {"step", "mom"}

@@ -311,8 +311,9 @@ def check_optimizers(ops) -> None:
     for op in ops:
         for cls in op.optimizers:
             if cls.class_name in classes:
-                raise SpecError(cls.location, f"class '{cls.class_name}' is declared twice (first at "
-                                              f"{classes[cls.class_name]})")
+                first = classes[cls.class_name]
+                raise SpecError(cls.location, f"class '{cls.class_name}' is declared twice (first in "
+                                              f"{first.path.rsplit('/', 1)[-1]} at line {first.line})")
             classes[cls.class_name] = cls.location
             for choice in cls.choices:
                 other = by_name.get(choice.op)

@@ -82,7 +82,7 @@ def _class_context(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> dict:
         "signature": signature,
         "choices": choices,
         "reads": _reads(cls),
-        "host": [{"name": h.name, "key": py_string(h.name), "init": _PRINT.expr(h.init), "update": _PRINT.expr(h.update)}
+        "host": [{"name": h.name, "key": py_string(h.name), "init": _PRINT.expr(h.init), "next": _PRINT.expr(h.update)}
                  for h in cls.host_state],
         "init": [{"state": py_string(i.state), "value": None if i.value is None else _PRINT.expr(i.value)}
                  for i in cls.init],
