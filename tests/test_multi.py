@@ -122,3 +122,49 @@ def test_multi_bad_calls_change_nothing(call, exc, match):
         call(weights, grads, means, variances)
     for a, b in zip(weights + grads + means + variances, snapshot):
         np.testing.assert_array_equal(a, b)
+
+
+def _adam_lists(n=4, size=6, dtype=np.float32):
+    rng = np.random.default_rng(5)
+    weights = [rng.normal(size=size).astype(dtype) for _ in range(n)]
+    means = [np.zeros(size, dtype) for _ in range(n)]
+    vars_ = [np.zeros(size, dtype) for _ in range(n)]
+    return weights, means, vars_
+
+
+def test_new_gradients_each_call_reuse_the_plan_and_match_the_reference():
+    """The optimizer loop: the same weights and states in place, new gradient arrays every
+    step (a backward pass allocates them); every step against the reference."""
+    weights, means, vars_ = _adam_lists()
+    expected = [(w.copy(), m.copy(), v.copy()) for w, m, v in zip(weights, means, vars_)]
+    rng = np.random.default_rng(6)
+    for step in range(4):
+        grads = [rng.normal(size=6).astype(np.float32) for _ in weights]
+        generated.adam_update_multi(weights, grads, means, vars_, lr=0.01, out=weights)
+        expected = [reference.adam_update(w, g, m, v, 0.01) for (w, m, v), g in zip(expected, grads)]
+        for w, m, v, (ew, em, ev) in zip(weights, means, vars_, expected):
+            reference.assert_close(w, ew, f"step {step}")
+            reference.assert_close(v, ev, f"step {step}")
+
+
+@pytest.mark.parametrize("make_bad, exc, message", [
+    (lambda w, m, v: m[1], ValueError, r"argument 'means\[1\]' shares memory with 'grads\[1\]'"),
+    (lambda w, m, v: w[3], ValueError, r"argument 'out\[3\]' shares memory with 'grads\[1\]' of another tensor"),
+    (lambda w, m, v: np.zeros(6, np.float64), TypeError, r"grads\[1\]' has dtype float64"),
+    (lambda w, m, v: np.zeros(5, np.float32), ValueError, r"grads\[1\]' has shape \(5,\)"),
+    (lambda w, m, v: np.zeros(12, np.float32)[::2], None, None),  # strided: the general path, still right
+], ids=["overlaps-a-state", "is-a-weight", "dtype", "shape", "strided"])
+def test_a_new_gradient_is_checked_against_the_plan(make_bad, exc, message):
+    weights, means, vars_ = _adam_lists()
+    grads = [np.ones(6, np.float32) for _ in weights]
+    generated.adam_update_multi(weights, grads, means, vars_, lr=0.01, out=weights)  # planned
+    grads = [np.ones(6, np.float32) for _ in weights]
+    grads[1] = make_bad(weights, means, vars_)
+    before = [a.copy() for a in weights + means + vars_]
+    if exc is None:
+        generated.adam_update_multi(weights, grads, means, vars_, lr=0.01, out=weights)
+        return
+    with pytest.raises(exc, match=message):
+        generated.adam_update_multi(weights, grads, means, vars_, lr=0.01, out=weights)
+    for a, b in zip(weights + means + vars_, before):
+        assert np.array_equal(a, b)

@@ -377,3 +377,29 @@ def test_mxnet_sgd_takes_the_momentum_op_only_with_momentum():
     np.testing.assert_allclose(plain.detach().numpy(), w_plain, rtol=1e-6)
     np.testing.assert_allclose(heavy.detach().numpy(), w_heavy, rtol=1e-6)
     assert set(opt.state[plain]) == {"step"} and set(opt.state[heavy]) == {"step", "mom"}
+
+
+def test_the_usual_step_sees_replaced_states_and_parameter_memory():
+    """After planned steps: a state replaced in the state dict, and a parameter whose .data
+    was reassigned, are what the next step updates (no stale views), and the step counts
+    stay right in the state dict."""
+    p = torch.nn.Parameter(torch.ones(4))
+    q = torch.nn.Parameter(torch.ones(4))
+    opt = optim.SGD([p, q], lr=0.5, momentum=0.5)
+    for _ in range(3):
+        p.grad, q.grad = torch.ones(4), torch.ones(4)
+        opt.step()
+    assert [float(opt.state[x]["step"]) for x in (p, q)] == [3.0, 3.0]
+    opt.state[p]["momentum_buffer"] = torch.zeros(4)
+    q.data = torch.full((4,), 10.0)
+    p_before = p.detach().clone()
+    p.grad, q.grad = torch.ones(4), torch.ones(4)
+    opt.step()
+    # by hand: p's buffer from zero: 0.5 * 0 + 1 = 1; p -= 0.5 * 1
+    assert torch.equal(opt.state[p]["momentum_buffer"], torch.ones(4))
+    assert torch.equal(p.detach(), p_before - 0.5)
+    # q's buffer after 3 steps: 1, 1.5, 1.75, now 1.875; q = 10 - 0.5 * 1.875
+    assert torch.allclose(q.detach(), torch.full((4,), 10 - 0.5 * 1.875))
+    assert float(opt.state[q]["step"]) == 4.0
+    saved = copy.deepcopy(opt.state_dict())
+    assert [float(s["step"]) for s in saved["state"].values()] == [4.0, 4.0]

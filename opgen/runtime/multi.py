@@ -4,7 +4,8 @@ The C kernel updates every tensor in one parallel region. Each parameter is one 
 for all tensors or a sequence with a value per tensor (e.g. per-layer ``lr``/``wd``).
 Every list is checked in full on its first use; a later call with the very same array
 objects, in place (the usual optimizer loop), reuses those checks and the kernel's pointer
-tables. What can change in such an array between calls is checked again on every call:
+tables; new gradients (a backward pass allocates them) are checked alone against the plan
+(their dtype, shape and contiguity, and no byte shared with an array the kernel writes). What can change in such an array between calls is checked again on every call:
 its shape, strides and dtype (all of them), its writeable flag (every array the kernel
 writes); a change sends the call through the full checks, which refuse it as they would on
 a first call, or make a new plan. Its memory cannot change: the cache holds a reference to
@@ -15,6 +16,7 @@ cached.
 
 from __future__ import annotations
 
+import bisect
 import itertools
 import operator
 import weakref
@@ -72,6 +74,13 @@ class _Plan:
     shapes: list | None = None
     dtypes: list | None = None
     locks: tuple = ()  # weak references to the arrays that own the memory: no resize while cached
+    # New gradients each step (a backward pass allocates them): the plan is keyed by the other
+    # arrays, and a new gradient list is checked against it alone (_Plan.take_grads)
+    grads: list | None = None  # the gradients in the table now
+    grad_table: int = -1  # which of ``tables`` holds their pointers
+    weights: tuple = ()  # each tensor's weight: a gradient must have its dtype and shape
+    written: tuple = ((), ())  # (starts, ends) of the written arrays' bytes, sorted: no gradient may overlap
+    ffi: object = None
 
     def remember(self, checked: tuple) -> None:
         """Note what the full checks saw, and lock the memory in place."""
@@ -84,6 +93,34 @@ class _Plan:
                 array = array.base
             owners[id(array)] = array
         self.locks = tuple(weakref.ref(a) for a in owners.values())
+
+    def take_grads(self, grads: list) -> bool:
+        """Put a new list of gradients into the plan, if each is what the full checks would
+        accept beside these arrays: a C-contiguous NumPy array of its weight's dtype and
+        shape, sharing no byte with an array the kernel writes. False: the full checks decide."""
+        if self.grads is not None and all(map(operator.is_, grads, self.grads)):
+            # the same gradients: unchanged in place (shape, dtype, strides) as the other arrays
+            return all(g.shape == w.shape and g.dtype == w.dtype and g.flags.c_contiguous
+                       for g, w in zip(grads, self.weights))
+        starts, ends = self.written
+        buffers = []
+        from_buffer = self.from_buffer
+        for g, w in zip(grads, self.weights):
+            if type(g) is not np.ndarray or g.shape != w.shape or g.dtype != w.dtype or not g.flags.c_contiguous:
+                return False
+            buffer = from_buffer(g)
+            if g.nbytes:
+                low = int(self.ffi.cast("uintptr_t", buffer))
+                k = bisect.bisect_right(starts, low) - 1  # the written span starting at or below low
+                if (k >= 0 and ends[k] > low) or (k + 1 < len(starts) and starts[k + 1] < low + g.nbytes):
+                    return False
+            buffers.append(buffer)
+        tables = list(self.tables)
+        tables[self.grad_table] = self.ffi.new("void *[]", buffers)
+        keep = list(self.keep_alive)
+        keep[self.grad_table] = buffers
+        self.tables, self.keep_alive, self.grads = tuple(tables), tuple(keep), list(grads)
+        return True
 
     def unchanged(self) -> bool:
         """Whether the arrays are still as the checks saw them: none made read-only or
@@ -177,11 +214,12 @@ class MultiOperator:
             return []
         arrays = tuple(itertools.chain(*lists, out if out is not None else ()))
         plan = self._plan
-        if plan is not None and out is not None and len(plan.arrays) == len(arrays) \
-                and all(map(operator.is_, arrays, plan.arrays)) and backends.current_backend() != "numpy":
-            if not _RECHECK_PLAN[0] or plan.unchanged():
-                return self._run_plan(plan, columns, count, rounding)  # the very same arrays, in place
-            self._plan = None  # changed since: the full checks below refuse it, or plan anew
+        if plan is not None and out is not None and backends.current_backend() != "numpy":
+            fixed = self._fixed(lists, out)
+            if len(plan.arrays) == len(fixed) and all(map(operator.is_, fixed, plan.arrays)):
+                if (not _RECHECK_PLAN[0] or plan.unchanged()) and plan.take_grads(grads):
+                    return self._run_plan(plan, columns, count, rounding)  # the same arrays, in place
+                self._plan = None  # changed since: the full checks below refuse it, or plan anew
         # arrays of other types as native views (the cached path above only ever holds native ones)
         def refused(k: int, exc: type[Exception], message: str) -> Exception:
             which, i = divmod(k, count)
@@ -200,6 +238,11 @@ class MultiOperator:
             targets = self._one_by_one(naming, lists, columns, out, count, rounding) if plan is None \
                 else self._run_plan(plan, columns, count, rounding)
         return [presented.result(t) for t in targets]
+
+    def _fixed(self, lists, out) -> tuple:
+        """A plan's key: every array of the call but the gradients, compared by identity."""
+        grad = self.op.grad_index
+        return tuple(itertools.chain(*(lst for k, lst in enumerate(lists) if k != grad), out))
 
     def _run_plan(self, plan: _Plan, columns: list, count: int, rounding: Rounding) -> list:
         """One call of the multi kernel: count, sizes, the pointer tables, a value table per
@@ -239,6 +282,10 @@ class MultiOperator:
             raise self._fail(naming, TypeError, label, f"must be a sequence of one {p.type.value} per tensor, "
                                                f"got {type(value).__name__}")
         return self.op.check_param(p, value)
+
+    def _writes(self, k: int) -> bool:
+        """Whether the kernel writes tensor ``k`` of a group (the weight, in place, and the states)."""
+        return self.op.tensors[k].role in (TensorRole.WEIGHT, TensorRole.STATE)
 
     def _names(self, naming: _Naming, i: int) -> tuple[str, ...]:
         if naming.flat:
@@ -304,8 +351,16 @@ class MultiOperator:
         plan = _Plan(arrays, op.c_function(module, kernel), columns, sizes, tuple(tables), tuple(keep), targets,
                      ffi.from_buffer)
         if out is not None and all(t is w for t, w in zip(targets, lists[op.weight_index])):
-            # in place, as optimizers call it: the same pointers next time
-            plan.remember(tuple(itertools.chain(*lists)))
+            # in place, as optimizers call it: the same pointers next time, new gradients allowed
+            grad = op.grad_index
+            plan.arrays = self._fixed(lists, out)
+            plan.remember(tuple(itertools.chain(*(lst for k, lst in enumerate(lists) if k != grad))))
+            plan.grads, plan.weights, plan.ffi = list(lists[grad]), tuple(lists[op.weight_index]), ffi
+            tensor_tables = [a.source for a in kernel.args if a.role is ArgRole.TENSOR_TABLE]
+            plan.grad_table = tensor_tables.index(op.names[grad])
+            spans = sorted(_bounds(a) for k, lst in enumerate(lists) if k != grad and self._writes(k)
+                           for a in lst if a.nbytes)
+            plan.written = (tuple(lo for lo, _ in spans), tuple(hi for _, hi in spans))
             self._plan = plan
         return plan
 

@@ -20,12 +20,24 @@ host state); everything else is here, written once:
 
 from __future__ import annotations
 
+import operator
 from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from opgen.kinds import TensorRole
+from opgen.runtime.torch_arrays import TorchTensors, _is_distributed
+
+_TENSORS = TorchTensors()
+_PLAIN = (torch.float16, torch.float32, torch.float64)
+
+
+def _grad_view(g: torch.Tensor):
+    """A gradient's NumPy view: the common case (a plain dense CPU tensor) in one call."""
+    if g.dtype in _PLAIN and g.layout is torch.strided and not g.requires_grad and not g.is_neg():
+        return g.numpy()
+    return _TENSORS.view(g)
 
 _MASK64 = (1 << 64) - 1
 
@@ -91,6 +103,34 @@ _SIXTEEN_BIT = (torch.float16, torch.bfloat16)
 _STATE_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
+class _GroupPlan:
+    """A param group's usual step: which parameters have gradients, their states, and one
+    float32 counter tensor whose elements are the states' ``step`` tensors (0-d views, as
+    torch.optim's own), so a step increments them all in one operation."""
+
+    __slots__ = ("choice", "params", "states", "steps", "counter", "buckets")
+
+    @classmethod
+    def make(cls, choice: int, params: list, states: list, buckets: dict) -> "_GroupPlan":
+        plan = cls()
+        plan.choice, plan.params, plan.states = choice, list(params), list(states)
+        plan.counter = torch.tensor([float(state["step"]) for state in states], dtype=torch.float32)
+        plan.steps = [plan.counter[k] for k in range(len(states))]
+        for state, view in zip(states, plan.steps):
+            state["step"] = view
+        position = {id(p): k for k, p in enumerate(params)}
+        plan.buckets = [[position[id(tensors[0])] for tensors, _, _ in members] for members in buckets.values()]
+        return plan
+
+    def fits(self, choice: int, params: list) -> bool:
+        """The same op and parameters as when planned, each gradient dense, each step counter
+        still the plan's (a state replaced, or reloaded, is planned anew)."""
+        return (choice == self.choice and len(params) == len(self.params)
+                and all(map(operator.is_, params, self.params))
+                and all(p.grad.layout is torch.strided for p in params)
+                and all(state["step"] is view for state, view in zip(self.states, self.steps)))
+
+
 class SpecOptimizer(torch.optim.Optimizer):
     _ARGS: tuple[OptimArg, ...] = ()
     _OPS: tuple = ()  # the Operators a step may feed (opgen.runtime.operator)
@@ -115,6 +155,8 @@ class SpecOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{name}(): argument 'state_dtype' must be None or one of torch.float16, "
                              f"torch.bfloat16, torch.float32, torch.float64, got {state_dtype!r}")
         self._state_dtype, self._rounding, self._seed = state_dtype, rounding, int(seed)
+        self._views: dict = {}  # CPU buckets' NumPy views (see _host_views)
+        self._plans: dict[int, _GroupPlan] = {}  # per param group: the usual step (see _planned_step)
         for arg in self._ARGS:  # the constructor's values: errors name the argument
             problem = arg.problem(defaults[arg.name])
             if problem is not None:
@@ -177,6 +219,8 @@ class SpecOptimizer(torch.optim.Optimizer):
     def load_state_dict(self, state_dict: dict) -> None:
         saved = state_dict["state"]
         super().load_state_dict(state_dict)
+        self._views.clear()
+        self._plans.clear()
         # torch.optim casts floating states to their parameter's dtype: keep the saved dtypes
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
@@ -200,16 +244,33 @@ class SpecOptimizer(torch.optim.Optimizer):
         self._check_group(group)
         choice = self._choice(group)
         op, multi = self._OPS[choice], self._MULTIS[choice]
-        state_names = [t.name for t in op.tensors if t.role is TensorRole.STATE]
+        params = [p for p in group["params"] if p.grad is not None]
+        if not params:
+            return
+        plan = self._plans.get(index)
+        if plan is not None and plan.fits(choice, params):
+            return self._planned_step(plan, op, multi, index, group)
+        state_names = op._state_names
+        states = []
+        for p in params:
+            state = self.state[p]
+            if len(state) < len(state_names) + 1 or not all(k in state for k in state_names):
+                state = self._states_for(p, op, group)
+            states.append(state)
+        steps = [state["step"] for state in states]
+        if all(isinstance(s, torch.Tensor) and s.device.type == "cpu" and s.dtype is torch.float32 and s.dim() == 0
+               for s in steps):
+            torch._foreach_add_(steps, 1)  # one call for the group (torch.optim's own step tensors)
+            counts = [int(c) for c in torch.stack(steps).tolist()]
+        else:  # steps as saved by another optimizer (a CUDA or float64 tensor, a number)
+            for state in states:
+                state["step"] = state["step"] + 1 if not isinstance(state["step"], torch.Tensor) \
+                    else state["step"].add_(1)
+            counts = [int(state["step"]) for state in states]
         buckets: dict[tuple, list] = {}
         values_for: dict[tuple, tuple] = {}  # (t, host) -> the op's parameter values
-        for p in group["params"]:
-            grad = p.grad
-            if grad is None:
-                continue
-            state = self._states_for(p, op, group)
-            state["step"] += 1
-            t = int(state["step"].item())
+        sparse = False
+        for p, state, t in zip(params, states, counts):
             host = tuple(state[k] for k in self._HOST_STATE)
             if host:
                 host = self._advance(t, host, group)
@@ -219,13 +280,37 @@ class SpecOptimizer(torch.optim.Optimizer):
             values = values_for.get(key)
             if values is None:
                 values = values_for[key] = self._values(choice, t, host, group)
+            grad = p.grad
             tensors = (p, grad, *(state[name] for name in state_names))
-            if grad.is_sparse:
+            if grad.layout is not torch.strided:
                 op(tensors, values, p, *self._rounding_args(index, t))
+                sparse = True
                 continue
             states_dtype = state[state_names[0]].dtype if state_names else p.dtype
             buckets.setdefault((p.device, p.dtype, states_dtype), []).append((tensors, values, t))
         for members in buckets.values():
+            self._multi_call(op, multi, index, members)
+        if not sparse and not self._HOST_STATE:
+            self._plans[index] = _GroupPlan.make(choice, params, states, buckets)
+
+    def _planned_step(self, plan: "_GroupPlan", op, multi, index: int, group: dict) -> None:
+        """The usual step: the same parameters with gradients as last time, their states and
+        step counters as we left them. One increment of the group's shared step counter,
+        the parameter values once per distinct step count, one kernel call per bucket."""
+        plan.counter.add_(1)
+        counts = [int(c) for c in plan.counter.tolist()]
+        first = counts[0]
+        values_for = {first: self._values(plan.choice, first, (), group)}
+        state_names = op._state_names
+        for positions in plan.buckets:
+            members = []
+            for k in positions:
+                t = counts[k]
+                values = values_for.get(t)
+                if values is None:
+                    values = values_for[t] = self._values(plan.choice, t, (), group)
+                p, state = plan.params[k], plan.states[k]
+                members.append(((p, p.grad, *(state[name] for name in state_names)), values, t))
             self._multi_call(op, multi, index, members)
 
     def _rounding_args(self, index: int, t: int) -> tuple:
@@ -246,5 +331,23 @@ class SpecOptimizer(torch.optim.Optimizer):
     def _multi_call(self, op, multi, index: int, members: list) -> None:
         lists = tuple(list(group) for group in zip(*(tensors for tensors, _, _ in members)))
         t = max(t for _, _, t in members)
+        if lists[0][0].device.type == "cpu" and not _is_distributed(lists[0][0]):
+            lists = self._host_views(op, index, lists)
         multi(lists, tuple(self._columns(op, members)), lists[op.weight_index], *self._rounding_args(index, t))
+
+    def _host_views(self, op, index: int, lists: tuple) -> tuple:
+        """NumPy views of a CPU bucket's tensors: the parameters' and states' kept from step
+        to step (the multi kernel then reuses its checks and pointer tables, re-checking only
+        the new gradients), made again when any tensor or its memory changed."""
+        grad = op.grad_index
+        fixed = [t for k, lst in enumerate(lists) if k != grad for t in lst]
+        key = (index, op.name, tuple(map(id, fixed)))
+        cached = self._views.get(key)
+        pointers = [t.data_ptr() for t in fixed]
+        if cached is None or cached[0] != pointers or any(a is not b for a, b in zip(cached[1], fixed)):
+            views = [[_TENSORS.view(t) for t in lst] if k != grad else None for k, lst in enumerate(lists)]
+            cached = self._views[key] = (pointers, fixed, views)
+        views = list(cached[2])
+        views[grad] = [_grad_view(g) for g in lists[grad]]
+        return tuple(views)
 

@@ -108,9 +108,33 @@ def context(op: OpSpec) -> dict:
         "skip_if": md_code(skip_if_text(op)) if op.skip_if is not None else "",
         "deviations": [md_inline(d) for d in op.deviations] + ([_per_call_text(op)] if _per_call_text(op) else []),
         "dtypes": _dtypes_text(op),
+        "classes": [_class_doc(cls) for cls in op.optimizers],
     }
+
+
+def _class_doc(cls) -> dict:
+    """A torch.optim class of the op's optimizer section, as its page shows it."""
+    from opgen.targets.optim_api import _arg_doc, default_source
+
+    host = PseudoPrinter()
+    return {
+        "name": cls.class_name,
+        "doc": md_block(cls.doc),
+        # identifiers and number literals only: safe in a code block
+        "signature": f"{cls.class_name}(params, " + ", ".join(f"{a.name}={default_source(a)}" for a in cls.args) + ")",
+        "args": [f"**{a.name}** (default {md_code(default_source(a))}) – {md_inline(_arg_doc(a))}" for a in cls.args],
+        "ops": [md_code(c.op) + ("" if c.when is None else f" when {md_code(host.expr(c.when))}") for c in cls.choices],
+        "host": [md_code(f"{h.name} = {host.expr(h.update)}") + f" (initially {md_code(host.expr(h.init))})"
+                 for h in cls.host_state],
+        "step": [md_code(f"{name} = {host.expr(e)}") for name, e, _ in cls.step],
+        "init": [md_code(f"{i.state} = " + ("a copy of the parameter" if i.value is None else host.expr(i.value)))
+                 for i in cls.init],
+    }
+
 
 
 def index_context(ops: list[OpSpec]) -> dict:
     return {"dtypes": dtype_list(), "ops": [{"name": op.name, "summary": md_cell(op.summary),
-                                             "signature": md_code(f"{op.name}({signature(op)})")} for op in ops]}
+                                             "signature": md_code(f"{op.name}({signature(op)})")} for op in ops],
+            "classes": [{"name": cls.class_name, "op": op.name, "summary": md_cell(cls.doc.splitlines()[0])}
+                        for op in ops for cls in op.optimizers]}

@@ -1,0 +1,116 @@
+"""One optimizer step over GPT-2 small's parameter set: generated.optim.Adam against the bare
+multi-tensor call it makes and against torch.optim.Adam (fused, foreach, and torch.compile of
+its step, with the compile time).
+
+    pip install -e '.[torch]' && python benchmarks/optim_step.py [--quick] [--rounds 10]
+
+GPT-2 small: 148 tensors, 124M parameters (the embeddings, 12 blocks of 12 tensors, the final
+layer norm). --quick runs a copy scaled down to 7M parameters (width 192, vocabulary 8192,
+context 256; the same 148 tensors). Each implementation has its own copy of the parameters,
+gradients and states; the steps alternate between them, round after round, and the table
+gives medians, so the ratios hold on a noisy machine. float32, then bfloat16 parameters with
+float32 states (torch.optim keeps states in the parameter's dtype: its rows there are
+all-bfloat16, a different amount of memory).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import numpy as np
+import torch
+
+import generated
+import generated.optim as optim
+
+LR = 1e-3
+
+
+def gpt2_shapes(width: int = 768, vocab: int = 50257, context: int = 1024, layers: int = 12) -> list[tuple]:
+    shapes = [(vocab, width), (context, width)]
+    for _ in range(layers):
+        shapes += [(width,), (width,), (width, 3 * width), (3 * width,), (width, width), (width,), (width,), (width,),
+                   (width, 4 * width), (4 * width,), (4 * width, width), (width,)]
+    return shapes + [(width,), (width,)]
+
+
+def parameters(shapes, dtype) -> list:
+    g = torch.Generator().manual_seed(0)
+    params = [torch.nn.Parameter((torch.randn(s, generator=g) * 0.02).to(dtype)) for s in shapes]
+    for p in params:
+        p.grad = (torch.randn(p.shape, generator=g) * 1e-3).to(dtype)
+    return params
+
+
+def steps(shapes, dtype, compile_step: bool) -> dict:
+    """name -> (a step function, its setup seconds)."""
+    out = {}
+    ours = parameters(shapes, dtype)
+    opt = optim.Adam(ours, lr=LR, state_dtype=torch.float32)
+    opt.step()
+    out["generated.optim.Adam"] = (opt.step, 0.0)
+    # the bare multi call the step makes, on the same kind of memory
+    views = [[t.detach().view(torch.int16).numpy().view("bfloat16") if t.dtype is torch.bfloat16
+              else t.detach().numpy() for t in ts]
+             for ts in ([p for p in ours], [p.grad for p in ours], [opt.state[p]["exp_avg"] for p in ours],
+                        [opt.state[p]["exp_avg_sq"] for p in ours])]
+
+    def bare():
+        generated.torch_adam_update_multi(*views, step_size=LR / (1 - 0.9 ** 10), bias_correction2_sqrt=0.1,
+                                          out=views[0])
+
+    out["bare multi call"] = (bare, 0.0)
+    for name, kwargs in (("torch fused", dict(fused=True)), ("torch foreach", dict(foreach=True))):
+        params = parameters(shapes, dtype)
+        peer = torch.optim.Adam(params, lr=LR, **kwargs)
+        peer.step()
+        out[name] = (peer.step, 0.0)
+    if compile_step:
+        params = parameters(shapes, dtype)
+        peer = torch.optim.Adam(params, lr=LR, foreach=True)
+        compiled = torch.compile(peer.step)
+        start = time.perf_counter()
+        compiled()
+        out["torch.compile(step)"] = (compiled, time.perf_counter() - start)
+    return out
+
+
+def measure(table: dict, rounds: int) -> dict:
+    times = {name: [] for name in table}
+    for fn, _ in table.values():
+        fn()
+    for _ in range(rounds):
+        for name, (fn, _) in table.items():
+            start = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - start)
+    return {name: statistics.median(ts) for name, ts in times.items()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="the scaled-down parameter set (7M)")
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile takes a while)")
+    args = parser.parse_args()
+    shapes = gpt2_shapes(192, 8192, 256) if args.quick else gpt2_shapes()
+    total = sum(int(np.prod(s)) for s in shapes)
+    print(f"GPT-2 small{' (scaled down)' if args.quick else ''}: {len(shapes)} tensors, {total / 1e6:.1f}M "
+          f"parameters; torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.rounds}")
+    for dtype in (torch.float32, torch.bfloat16):
+        table = steps(shapes, dtype, not args.no_compile)
+        result = measure(table, args.rounds)
+        ours = result["generated.optim.Adam"]
+        label = "float32" if dtype is torch.float32 else "bfloat16 parameters (opgen: float32 states)"
+        print(f"\n{label}")
+        print(f"  {'':24s} {'ms':>9s} {'vs opgen':>9s}  setup")
+        for name, seconds in result.items():
+            setup = table[name][1]
+            print(f"  {name:24s} {seconds * 1e3:9.2f} {seconds / ours:9.2f}x" + (f"  {setup:.1f} s compile" if setup
+                                                                              else ""))
+
+
+if __name__ == "__main__":
+    main()
