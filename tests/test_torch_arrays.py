@@ -243,3 +243,76 @@ def test_torch_is_not_imported_by_the_package():
     code = "import generated, sys; print('torch' in sys.modules)"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "False"
+
+
+needs_torch_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA GPU for torch")
+
+
+@needs_torch_cuda
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32, torch.float64])
+def test_cuda_tensors_run_the_cuda_kernels_in_place_on_torchs_stream(dtype):
+    """CUDA tensors: updated in place through DLPack on torch's current stream (a side
+    stream here), equal to the same call on CPU tensors."""
+    pytest.importorskip("cupy")
+    g = torch.Generator().manual_seed(0)
+    weight, grad = (torch.randn(1000, generator=g).to(dtype) for _ in range(2))
+    mean, var = torch.zeros(1000, dtype=dtype), torch.zeros(1000, dtype=dtype)
+    cpu = [t.clone() for t in (weight, grad, mean, var)]
+    cases.op("adam_update").fn(*cpu, lr=0.01, out=cpu[0])
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        dev = [t.cuda() for t in (weight, grad, mean, var)]
+        pointer = dev[0].data_ptr()
+        result = cases.op("adam_update").fn(*dev, lr=0.01, out=dev[0])
+    stream.synchronize()
+    assert result is dev[0] and dev[0].data_ptr() == pointer
+    tolerance = dict(rtol=1e-3, atol=1e-3) if dtype is torch.float16 else dict(rtol=1e-6, atol=1e-7)
+    for d, c in zip(dev, cpu):
+        torch.testing.assert_close(d.cpu(), c, **tolerance)
+
+
+@needs_torch_cuda
+def test_generated_optim_adam_on_cuda_follows_torch():
+    pytest.importorskip("cupy")
+    import generated.optim as optim
+
+    torch.manual_seed(0)
+    ours_model = torch.nn.Linear(8, 4).cuda()
+    theirs_model = torch.nn.Linear(8, 4).cuda()
+    theirs_model.load_state_dict(ours_model.state_dict())
+    ours = optim.Adam(ours_model.parameters(), lr=0.01)
+    theirs = torch.optim.Adam(theirs_model.parameters(), lr=0.01, foreach=False)
+    x, y = torch.randn(16, 8, device="cuda"), torch.randn(16, 4, device="cuda")
+    for _ in range(20):
+        for m, o in ((ours_model, ours), (theirs_model, theirs)):
+            o.zero_grad()
+            ((m(x) - y) ** 2).mean().backward()
+            o.step()
+    for p, q in zip(ours_model.parameters(), theirs_model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-5, rtol=1e-4)
+
+
+def test_a_cuda_bfloat16_tensor_is_refused_with_the_reason(monkeypatch):
+    """Without a GPU the refusal is checked on a tensor that says it is on CUDA."""
+    from opgen.runtime.arrays import Refused
+    from opgen.runtime.torch_arrays import TorchTensors
+
+    class FakeCuda:
+        layout = torch.strided
+        dtype = torch.bfloat16
+
+        def detach(self):
+            return self
+
+        def is_neg(self):
+            return False
+
+        def is_conj(self):
+            return False
+
+        @property
+        def device(self):
+            return torch.device("cuda", 0)
+
+    with pytest.raises(Refused, match="CUDA bfloat16 tensor"):
+        TorchTensors().view(FakeCuda())

@@ -39,6 +39,7 @@ def _grad_view(g: torch.Tensor):
         return g.numpy()
     return _TENSORS.view(g)
 
+
 _MASK64 = (1 << 64) - 1
 
 

@@ -55,8 +55,11 @@ class TorchTensors(ArrayAdapter):
             if tensor.dtype is torch.bfloat16:
                 raise Refused(TypeError, "is a CUDA bfloat16 tensor: CuPy, which launches the CUDA kernels, has no "
                                          "bfloat16 arrays yet; use float16 or float32 on the GPU")
-            import cupy
-
+            try:
+                import cupy
+            except ImportError:
+                raise Refused(TypeError, "is a CUDA tensor, and the CUDA kernels need CuPy: pip install -e "
+                                         "'.[cuda]'") from None
             return cupy.from_dlpack(tensor)
         if tensor.device.type != "cpu":
             raise Refused(TypeError, f"is a torch tensor on device '{tensor.device}': opgen runs on CPU and CUDA "
