@@ -1,0 +1,64 @@
+"""Run every recorded call through MXNet 1.9.1 and save what it returns (tests/test_mxnet_oracle.py).
+
+    PYTHON_WITH_MXNET record.py CASES.npz MANIFEST.json OUT.npz
+
+Runs in MXNet's own environment (numpy<2, mxnet==1.9.1), without opgen. The manifest lists
+the calls: {key, fn ("adam_update", "contrib.adamw_update", ...), steps: [{inputs: [array
+names or row-sparse triples], kwargs}], results: [which inputs hold the results]}; each
+call's arrays are MXNet NDArrays made from CASES, updated in place step after step (MXNet's
+optimizers call every update with out=weight), and the results after each step are saved as
+KEY/STEP/NAME. A call MXNet refuses is recorded as KEY/error with its message.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import numpy as np
+
+np.bool = bool  # removed from NumPy 1.24; MXNet 1.9 still reads it
+import mxnet as mx  # noqa: E402
+
+
+def function(path: str):
+    fn = mx.nd
+    for part in path.split("."):
+        fn = getattr(fn, part)
+    return fn
+
+
+def main(cases_path: str, manifest_path: str, out_path: str) -> None:
+    arrays = np.load(cases_path)
+    manifest = json.loads(open(manifest_path).read())
+    results = {}
+    for call in manifest:
+        key = call["key"]
+        fn = function(call["fn"])
+        live = {}  # name -> NDArray, kept across the steps
+        try:
+            for step, spec in enumerate(call["steps"]):
+                inputs = []
+                for item in spec["inputs"]:
+                    if isinstance(item, list):  # a row-sparse gradient: [data, indices, shape]
+                        data, indices, shape = item
+                        inputs.append(mx.nd.sparse.row_sparse_array((arrays[data], arrays[indices]),
+                                                                    shape=tuple(shape), dtype=arrays[data].dtype))
+                    else:
+                        if item not in live:
+                            live[item] = mx.nd.array(arrays[item], dtype=arrays[item].dtype)
+                        inputs.append(live[item])
+                for name in spec["out"]:
+                    if name not in live:
+                        live[name] = mx.nd.array(arrays[name], dtype=arrays[name].dtype)
+                out = [live[name] for name in spec["out"]]
+                fn(*inputs, out=out if len(out) > 1 else out[0], **spec["kwargs"])
+                for name in call["results"]:
+                    results[f"{key}/{step}/{name}"] = live[name].asnumpy()
+        except (mx.base.MXNetError, TypeError, ValueError) as exc:
+            results[f"{key}/error"] = np.array(str(exc).splitlines()[0][:300])
+    np.savez(out_path, **results)
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
