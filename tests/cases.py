@@ -189,6 +189,12 @@ def check(actual, expected, name: str, weight_dtype, what: str = "") -> None:
 # (bounds small enough that N(0,1) gradients get clipped, checked by
 # test_numerics.test_parameter_sets_that_clip_really_clip). The first four ops have more sets,
 # one per parameter. Each op's step counter `t` is set per step (step_params), not here.
+#: Adam with torch's semantics (with and without AMSGrad's maximum)
+_TORCH_ADAM = {
+    "defaults": dict(step_size=0.01 / (1 - 0.9 ** 3)),
+    "mixed": dict(step_size=0.02, beta1=0.8, beta2=0.99, eps=1e-6, bias_correction2_sqrt=(1 - 0.99 ** 3) ** 0.5,
+                  weight_decay=0.1, decay=0.999, maximize=True),
+}
 PARAMS = {
     "sgd_update": {
         "defaults": dict(lr=0.1),
@@ -314,16 +320,8 @@ PARAMS = {
         "mixed": dict(lr=0.05, wd=0.05, momentum=0.9, rescale_grad=1.5, clip_gradient=1.0),
     },
     # torch.optim's semantics: the per-step host values as the classes compute them at t = 3
-    "torch_adam_update": {
-        "defaults": dict(step_size=0.01 / (1 - 0.9 ** 3)),
-        "mixed": dict(step_size=0.02, beta1=0.8, beta2=0.99, eps=1e-6, bias_correction2_sqrt=(1 - 0.99 ** 3) ** 0.5,
-                      weight_decay=0.1, decay=0.999, maximize=True),
-    },
-    "torch_amsgrad_update": {
-        "defaults": dict(step_size=0.01 / (1 - 0.9 ** 3)),
-        "mixed": dict(step_size=0.02, beta1=0.8, beta2=0.99, eps=1e-6, bias_correction2_sqrt=(1 - 0.99 ** 3) ** 0.5,
-                      weight_decay=0.1, decay=0.999, maximize=True),
-    },
+    "torch_adam_update": _TORCH_ADAM,
+    "torch_amsgrad_update": _TORCH_ADAM,
     "torch_nadam_update": {
         "defaults": dict(grad_step=0.002, avg_step=0.01),
         "mixed": dict(grad_step=0.003, avg_step=0.02, beta1=0.8, beta2=0.99, eps=1e-6, bias_correction2=1 - 0.99 ** 3,
