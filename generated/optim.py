@@ -184,7 +184,7 @@ class MXNetAdam(_SpecOptimizer):
         return ()
 
     @staticmethod
-    def _values(choice, t, host, group):
+    def _values(choice, t, host, group, initial):
         """The parameters of _OPS[choice], in its order, for step t."""
         lr = _D(group["lr"])
         beta1 = _D(group["beta1"])
@@ -314,7 +314,7 @@ class MXNetSGD(_SpecOptimizer):
         return ()
 
     @staticmethod
-    def _values(choice, t, host, group):
+    def _values(choice, t, host, group, initial):
         """The parameters of _OPS[choice], in its order, for step t."""
         lr = _D(group["lr"])
         momentum = _D(group["momentum"])
@@ -438,7 +438,7 @@ class Adagrad(_SpecOptimizer):
         return ()
 
     @staticmethod
-    def _values(choice, t, host, group):
+    def _values(choice, t, host, group, initial):
         """The parameters of _OPS[choice], in its order, for step t."""
         lr = _D(group["lr"])
         lr_decay = _D(group["lr_decay"])
@@ -574,7 +574,7 @@ class Adam(_SpecOptimizer):
         return ()
 
     @staticmethod
-    def _values(choice, t, host, group):
+    def _values(choice, t, host, group, initial):
         """The parameters of _OPS[choice], in its order, for step t."""
         lr = _D(group["lr"])
         beta1, beta2 = (_D(v) for v in group["betas"])
@@ -702,7 +702,7 @@ class AdamW(_SpecOptimizer):
         return ()
 
     @staticmethod
-    def _values(choice, t, host, group):
+    def _values(choice, t, host, group, initial):
         """The parameters of _OPS[choice], in its order, for step t."""
         lr = _D(group["lr"])
         beta1, beta2 = (_D(v) for v in group["betas"])
@@ -812,7 +812,7 @@ class SparseAdam(_SpecOptimizer):
         return ()
 
     @staticmethod
-    def _values(choice, t, host, group):
+    def _values(choice, t, host, group, initial):
         """The parameters of _OPS[choice], in its order, for step t."""
         lr = _D(group["lr"])
         beta1, beta2 = (_D(v) for v in group["betas"])
@@ -946,7 +946,7 @@ class NAdam(_SpecOptimizer):
         return (float(mu_product), )
 
     @staticmethod
-    def _values(choice, t, host, group):
+    def _values(choice, t, host, group, initial):
         """The parameters of _OPS[choice], in its order, for step t."""
         lr = _D(group["lr"])
         beta1, beta2 = (_D(v) for v in group["betas"])
@@ -1085,7 +1085,7 @@ class RMSprop(_SpecOptimizer):
         return ()
 
     @staticmethod
-    def _values(choice, t, host, group):
+    def _values(choice, t, host, group, initial):
         """The parameters of _OPS[choice], in its order, for step t."""
         lr = _D(group["lr"])
         alpha = _D(group["alpha"])
@@ -1220,7 +1220,7 @@ class SGD(_SpecOptimizer):
         return ()
 
     @staticmethod
-    def _values(choice, t, host, group):
+    def _values(choice, t, host, group, initial):
         """The parameters of _OPS[choice], in its order, for step t."""
         lr = _D(group["lr"])
         momentum = _D(group["momentum"])
@@ -1230,7 +1230,7 @@ class SGD(_SpecOptimizer):
         maximize = bool(group["maximize"])
         with _np.errstate(all="ignore"):
             if choice == 0:
-                return (float(lr), float(momentum), float(dampening), float(weight_decay), bool(nesterov), bool(maximize), bool(t == 1), )
+                return (float(lr), float(momentum), float(dampening), float(weight_decay), bool(nesterov), bool(maximize), bool(initial), )
             if choice == 1:
                 return (float(lr), float(weight_decay), bool(maximize), )
         raise IndexError(choice)

@@ -112,7 +112,8 @@ def torch_sgd_momentum_update(param, grad, momentum_buffer, lr, momentum=0.0, da
     \end{aligned}
     $$
 
-    On the first step (`first`) the buffer starts as the gradient itself, as in torch.optim.
+    On the step that creates the buffer (`first`) it starts as the gradient itself, as in
+    torch.optim.
     A row-sparse gradient updates only its rows.
 
     Parameters
@@ -138,7 +139,7 @@ def torch_sgd_momentum_update(param, grad, momentum_buffer, lr, momentum=0.0, da
     maximize : bool, optional
         Maximize the objective (the gradient's sign is flipped). Default: False.
     first : bool, optional
-        The first step: the buffer becomes the gradient. Default: False.
+        The buffer was just created: it becomes the gradient. Default: False.
     out : numpy.ndarray, optional
         The array that receives the new param; pass `out=param` to update in place. By
         default a new array, leaving `param` as it was.
@@ -204,7 +205,7 @@ def torch_sgd_momentum_update_multi(params, grads, momentum_buffers, lr, momentu
     maximize : bool or sequence of bool, optional
         Maximize the objective (the gradient's sign is flipped). Default: False.
     first : bool or sequence of bool, optional
-        The first step: the buffer becomes the gradient. Default: False.
+        The buffer was just created: it becomes the gradient. Default: False.
     out : sequence of numpy.ndarray, optional
         Arrays that receive the new params; `out=params` updates in place.
     rounding : {'nearest', 'stochastic'}, optional

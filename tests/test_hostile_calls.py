@@ -623,7 +623,7 @@ def test_memory_of_a_cached_plan_cannot_be_resized():
         pytest.skip("no C backend here: nothing is cached")
     with generated.use_backend("c"):
         generated.sgd_mom_update_multi(ws, gs, moms, lr=0.1, momentum=0.5, out=ws)
-    assert generated.sgd_mom_update_multi.__globals__["_MULTI"]._plan is not None
+    assert generated.sgd_mom_update_multi.__globals__["_MULTI"]._plans
     before = cases.snapshot(ws + moms + [flat])
     with pytest.raises(ValueError, match="cannot resize"):
         ws[0].resize(1000, refcheck=False)
@@ -632,9 +632,12 @@ def test_memory_of_a_cached_plan_cannot_be_resized():
     cases.assert_unchanged(ws + moms + [flat], before)
     with generated.use_backend("c"):
         generated.sgd_mom_update_multi(ws, gs, moms, lr=0.1, momentum=0.5, out=ws)  # still usable
-        other = [np.ones(2, np.float32)]
-        generated.sgd_mom_update_multi(other, [np.ones(2, np.float32)], [np.zeros(2, np.float32)], lr=0.1,
-                                       out=other)  # the plan for these replaces the other
+        from opgen.runtime.multi import MAX_PLANS
+
+        others = [[np.ones(2, np.float32)] for _ in range(MAX_PLANS)]
+        for other in others:  # as many other lists' plans: the first one is let go
+            generated.sgd_mom_update_multi(other, [np.ones(2, np.float32)], [np.zeros(2, np.float32)], lr=0.1,
+                                           out=other)
     ws[0].resize(6, refcheck=False)  # no longer cached: NumPy's own rules again
     assert ws[0].shape == (6,)
 

@@ -403,3 +403,150 @@ def test_the_usual_step_sees_replaced_states_and_parameter_memory():
     assert float(opt.state[q]["step"]) == 4.0
     saved = copy.deepcopy(opt.state_dict())
     assert [float(s["step"]) for s in saved["state"].values()] == [4.0, 4.0]
+
+
+# ---- what a review found: each a test against torch's own behaviour or by hand ------------------
+def test_a_step_moves_autograd_version_counters_as_torch_does():
+    """A graph that saved a parameter refuses backward after the step, as with torch.optim."""
+    for make in (lambda p: optim.SGD(p, lr=0.1), lambda p: torch.optim.SGD(p, lr=0.1)):
+        w = torch.nn.Parameter(torch.tensor([1.0, 2.0, 3.0]))
+        x = torch.tensor([1.0, 0.0, -1.0])
+        opt = make([w])
+        loss = (w * w * x).sum()
+        loss.backward(retain_graph=True)
+        opt.step()
+        with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+            loss.backward()
+
+
+def test_the_functions_move_version_counters_of_what_they_write():
+    w, g, m, v = torch.ones(3), torch.ones(3), torch.zeros(3), torch.zeros(3)
+    versions = [t._version for t in (w, g, m, v)]
+    import generated
+
+    generated.adam_update(w, g, m, v, lr=0.1, out=w)
+    assert [t._version for t in (w, g, m, v)] == [versions[0] + 1, versions[1], versions[2] + 1, versions[3] + 1]
+
+
+def test_a_refused_step_changes_nothing():
+    """A bad hyperparameter in a later group, or a gradient sharing a state's memory: every
+    parameter, step count and host state as before."""
+    a, b = torch.nn.Parameter(torch.ones(2)), torch.nn.Parameter(torch.ones(2))
+    opt = optim.NAdam([{"params": [a]}, {"params": [b]}], lr=0.1)
+    for _ in range(2):
+        a.grad, b.grad = torch.ones(2), torch.ones(2)
+        opt.step()
+    before = copy.deepcopy((a.detach(), b.detach(), opt.state_dict()))
+    opt.param_groups[1]["lr"] = -1.0
+    with pytest.raises(ValueError, match="param group 1: 'lr' must be >= 0"):
+        opt.step()
+    opt.param_groups[1]["lr"] = 0.1
+    a.grad = opt.state[a]["exp_avg"]  # a gradient that is a state: refused by the kernel's checks
+    with pytest.raises(ValueError, match="shares memory"):
+        opt.step()
+    after = (a.detach(), b.detach(), opt.state_dict())
+    assert torch.equal(after[0], before[0]) and torch.equal(after[1], before[1])
+    for s0, s1 in zip(before[2]["state"].values(), after[2]["state"].values()):
+        assert float(s0["step"]) == float(s1["step"]) == 2.0 and s0["mu_product"] == s1["mu_product"]
+
+
+def test_state_reset_and_layout_changes_are_seen():
+    """opt.state.clear() starts the states again; a parameter re-laid-out over the same memory
+    (a transposed .data) is updated through its new strides; a dtype change is planned anew."""
+    w = torch.nn.Parameter(torch.zeros(2, 2))
+    opt = optim.SGD([w], lr=0.5, momentum=0.5)
+    for _ in range(3):
+        w.grad = torch.ones(2, 2)
+        opt.step()
+    opt.state.clear()
+    w.grad = torch.ones(2, 2)
+    opt.step()
+    assert float(opt.state[w]["step"]) == 1.0 and torch.equal(opt.state[w]["momentum_buffer"], torch.ones(2, 2))
+    assert opt.state_dict()["state"][0]["step"] == 1.0
+    # the same memory, other strides: the update lands where the new layout says
+    w.data = w.data.t()
+    reference = w.detach().clone()
+    grad = torch.zeros(2, 2)
+    grad[0, 1] = 1.0
+    w.grad = grad
+    buffer = opt.state[w]["momentum_buffer"].clone()
+    opt.step()
+    # by hand: buf = 0.5 * buf + grad; w -= 0.5 * buf (buf was ones, laid out as before)
+    expected = reference - 0.5 * (0.5 * buffer + grad)
+    assert torch.allclose(w.detach(), expected)
+    b = torch.nn.Parameter(torch.ones(3))
+    mixed = optim.Adam([b], lr=0.1, state_dtype=torch.float32)
+    b.grad = torch.ones(3)
+    mixed.step()
+    b.data = b.data.half()
+    b.grad = torch.ones(3, dtype=torch.float16)
+    mixed.step()  # float16 now, float32 states: planned anew, no error
+    assert b.dtype is torch.float16 and float(mixed.state[b]["step"]) == 2.0
+
+
+def test_sgd_buffer_starts_as_the_gradient_when_it_is_created_as_torch():
+    """Momentum 0 on the first step (no buffer), then 0.9: torch creates the buffer then, as
+    a copy of the gradient; so does SGD. And a torch SGD checkpoint (no 'step') loads."""
+    ours_w, theirs_w = torch.nn.Parameter(torch.zeros(2)), torch.nn.Parameter(torch.zeros(2))
+    ours = optim.SGD([ours_w], lr=1.0, dampening=0.5)
+    theirs = torch.optim.SGD([theirs_w], lr=1.0, dampening=0.5)
+    for step in range(3):
+        for w, opt in ((ours_w, ours), (theirs_w, theirs)):
+            if step == 1:
+                opt.param_groups[0]["momentum"] = 0.9
+            w.grad = torch.ones(2)
+            opt.step()
+    torch.testing.assert_close(ours_w.detach(), theirs_w.detach())
+    torch.testing.assert_close(ours.state[ours_w]["momentum_buffer"], theirs.state[theirs_w]["momentum_buffer"])
+    resumed_w = torch.nn.Parameter(theirs_w.detach().clone())
+    resumed = optim.SGD([resumed_w], lr=1.0, momentum=0.9, dampening=0.5)
+    resumed.load_state_dict(copy.deepcopy(theirs.state_dict()))
+    for w, opt in ((resumed_w, resumed), (theirs_w, theirs)):
+        w.grad = torch.ones(2)
+        opt.step()
+    torch.testing.assert_close(resumed_w.detach(), theirs_w.detach())
+
+
+def test_a_state_dict_without_a_hyperparameter_takes_the_default():
+    p = torch.nn.Parameter(torch.ones(2))
+    opt = optim.Adam([p], lr=0.1)
+    saved = copy.deepcopy(opt.state_dict())
+    del saved["param_groups"][0]["maximize"]
+    opt.load_state_dict(saved)
+    p.grad = torch.ones(2)
+    opt.step()
+    assert opt.param_groups[0]["maximize"] is False
+
+
+def test_int_hyperparameters_have_their_bounds_checked():
+    from opgen.runtime.optim import OptimArg
+
+    arg = OptimArg("k", "int", 1, low=1.0)
+    assert arg.problem(0) == "must be >= 1, got 0" and arg.problem(3) is None and "an int" in arg.problem(1.5)
+
+
+def test_two_groups_each_keep_their_plan(monkeypatch):
+    """A decay / no-decay split: two multi calls per step, and neither re-plans every step."""
+    import opgen.runtime.multi as multi
+
+    made = []
+    original = multi.MultiOperator._plan_for
+
+    def counting(self, *args, **kwargs):
+        made.append(1)
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(multi.MultiOperator, "_plan_for", counting)
+    decay, no_decay = [torch.nn.Parameter(torch.randn(8)) for _ in range(3)], [torch.nn.Parameter(torch.randn(4))]
+    opt = optim.AdamW([{"params": decay}, {"params": no_decay, "weight_decay": 0.0}], lr=0.01)
+    for _ in range(20):
+        for p in decay + no_decay:
+            p.grad = torch.randn(p.shape)
+        opt.step()
+    assert len(made) == 2
+
+
+def test_a_meta_tensor_is_not_a_number():
+    p = torch.nn.Parameter(torch.ones(2))
+    with pytest.raises(ValueError, match="argument 'lr' must be a real number"):
+        optim.Adam([p], lr=torch.tensor(0.1, device="meta"))

@@ -57,10 +57,14 @@ CASES = [
      "rounding, seed, foreach, fused, capturable, differentiable of every class)"),
     ("a builtin", ("{name: lr, default: 0.1,", "{name: len, default: 0.1,"),
      f"{P}:17:16: argument name 'len' is a name the generated class uses itself (a Python builtin, or one of "
-     "group, host, choice, self)"),
+     "group, host, choice, self, initial, weight)"),
     ("a generated name", ("{name: lr, default: 0.1,", "{name: group, default: 0.1,"),
      f"{P}:17:16: argument name 'group' is a name the generated class uses itself (a Python builtin, or one of "
-     "group, host, choice, self)"),
+     "group, host, choice, self, initial, weight)"),
+    ("the init keyword", ("{name: lr, default: 0.1,", "{name: weight, default: 0.1,"),
+     f"{P}:17:16: argument name 'weight' is a name the generated class uses itself (a Python builtin, or one of "
+     "group, host, choice, self, initial, weight)"),
+    ("an empty doc", ("doc: A toy optimizer.", 'doc: ""'), f"{P}:15:10: the doc of class 'Toy' is empty"),
     ("tuple without names", ("names: [b1, b2], ", ""),
      f"{P}:18:23: the tuple argument 'betas' needs 'names': one per element, as the expressions read them"),
     ("names count", ("names: [b1, b2]", "names: [b1]"), f"{P}:18:51: argument 'betas' has 2 elements but 1 names"),
@@ -124,6 +128,14 @@ PACKAGE_CASES = [
     ("state without initial value", ("    init: {mom: 0}", "    init: {}"),
      "specs/toy_update.yaml:14:12: class 'Toy' gives no initial value for the state 'mom' of op 'toy_update' in "
      "'init'"),
+    ("a host state named like a state", ("{name: prod, init: 1, update: prod * b1}\n    step:\n      lr: lr * (1 - prod)",
+                                         "{name: mom, init: 1, update: mom * b1}\n    step:\n      lr: lr * (1 - mom)"),
+     "specs/toy_update.yaml:20:9: host state 'mom' would share its name with a state in each parameter's state "
+     "dict"),
+    ("a host state named step", ("{name: prod, init: 1, update: prod * b1}\n    step:\n      lr: lr * (1 - prod)",
+                                 "{name: step, init: 1, update: step * b1}\n    step:\n      lr: lr * (1 - step)"),
+     "specs/toy_update.yaml:20:9: host state 'step' would share its name with the step count in each parameter's "
+     "state dict"),
     ("initial value of no state", ("    init: {mom: 0}", "    init: {mom: 0, moment: 1}"),
      "specs/toy_update.yaml:24:20: 'moment' is not a state of the ops class 'Toy' uses; did you mean 'mom'?"),
 ]

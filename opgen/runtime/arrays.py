@@ -62,6 +62,9 @@ class ArrayAdapter:
         """A foreign array's context for the run (torch: its current CUDA stream)."""
         return contextlib.nullcontext()
 
+    def written(self, values) -> None:
+        """The kernels wrote these arrays (the caller's originals): torch's version counters."""
+
     def number(self, value):
         """A one-element array as a parameter's value, or None where it is not one."""
         return value.item() if getattr(value, "size", None) == 1 and getattr(value, "ndim", None) == 0 else None
@@ -220,6 +223,11 @@ class Presented:
 
     def __init__(self, values, adapter: ArrayAdapter | None, first=None) -> None:
         self.originals, self.views, self.adapter, self.first = values, values, adapter, first
+
+    def written(self, positions) -> None:
+        """Tell the adapter which of the call's values the kernels wrote."""
+        if self.adapter is not None:
+            self.adapter.written([self.originals[k] for k in positions])
 
     def context(self):
         """Where the run goes (torch CUDA tensors: torch's current stream)."""

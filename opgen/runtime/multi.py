@@ -36,6 +36,8 @@ from opgen.runtime.rowsparse import RowSparseArray
 
 # per-tensor parameter lists, packed as the multi kernel's tables take them
 
+MAX_PLANS = 16  # cached plans per multi-tensor function (see MultiOperator._plans)
+
 # Whether a cached plan re-checks its arrays on every call (see _Plan.unchanged). Private:
 # the benchmarks turn it off to measure what the re-check costs; nothing else should.
 _RECHECK_PLAN = [True]
@@ -81,18 +83,14 @@ class _Plan:
     weights: tuple = ()  # each tensor's weight: a gradient must have its dtype and shape
     written: tuple = ((), ())  # (starts, ends) of the written arrays' bytes, sorted: no gradient may overlap
     ffi: object = None
+    grad_locks: tuple = ()  # as locks, for the gradients in the table
 
     def remember(self, checked: tuple) -> None:
         """Note what the full checks saw, and lock the memory in place."""
         self.checked = checked
         self.flags, self.shapes, self.dtypes = (list(map(_FLAGS, checked)), list(map(_SHAPE, checked)),
                                                 list(map(_DTYPE, checked)))
-        owners = {}
-        for array in checked:
-            while isinstance(array.base, np.ndarray):
-                array = array.base
-            owners[id(array)] = array
-        self.locks = tuple(weakref.ref(a) for a in owners.values())
+        self.locks = _locks(checked)
 
     def take_grads(self, grads: list) -> bool:
         """Put a new list of gradients into the plan, if each is what the full checks would
@@ -120,6 +118,7 @@ class _Plan:
         keep = list(self.keep_alive)
         keep[self.grad_table] = buffers
         self.tables, self.keep_alive, self.grads = tuple(tables), tuple(keep), list(grads)
+        self.grad_locks = _locks(grads)  # their memory cannot be resized while the table points into it
         return True
 
     def unchanged(self) -> bool:
@@ -139,7 +138,9 @@ class MultiOperator:
         self.group_names = tuple(group_names)
         self.kernel_params = tuple(op.params[k] for k in op.kernel_params)
         self._kernel_param_names = tuple(p.name for p in self.kernel_params)
-        self._plan: _Plan | None = None
+        # the plans of the lists called in place, by their arrays (an optimizer's param groups
+        # each call with their own lists): the most recent MAX_PLANS
+        self._plans: dict[tuple, _Plan] = {}
         self._naming = _Naming(self.name, flat=False)
 
     def interleaved(self, data: tuple, params: tuple, count, count_name: str, out,
@@ -213,13 +214,14 @@ class MultiOperator:
         if count == 0:
             return []
         arrays = tuple(itertools.chain(*lists, out if out is not None else ()))
-        plan = self._plan
-        if plan is not None and out is not None and backends.current_backend() != "numpy":
+        if self._plans and out is not None and backends.current_backend() != "numpy":
             fixed = self._fixed(lists, out)
-            if len(plan.arrays) == len(fixed) and all(map(operator.is_, fixed, plan.arrays)):
+            key = tuple(map(id, fixed))  # (a cached plan holds its arrays: their ids stay theirs)
+            plan = self._plans.get(key)
+            if plan is not None and all(map(operator.is_, fixed, plan.arrays)):
                 if (not _RECHECK_PLAN[0] or plan.unchanged()) and plan.take_grads(grads):
                     return self._run_plan(plan, columns, count, rounding)  # the same arrays, in place
-                self._plan = None  # changed since: the full checks below refuse it, or plan anew
+                del self._plans[key]  # changed since: the full checks below refuse it, or plan anew
         # arrays of other types as native views (the cached path above only ever holds native ones)
         def refused(k: int, exc: type[Exception], message: str) -> Exception:
             which, i = divmod(k, count)
@@ -237,6 +239,9 @@ class MultiOperator:
         with presented.context():
             targets = self._one_by_one(naming, lists, columns, out, count, rounding) if plan is None \
                 else self._run_plan(plan, columns, count, rounding)
+        written = [k for k, t in enumerate(self.op.tensors) if t.role is TensorRole.STATE]
+        presented.written([k * count + i for k in written for i in range(count)]
+                          + ([len(lists) * count + i for i in range(count)] if out is not None else []))
         return [presented.result(t) for t in targets]
 
     def _fixed(self, lists, out) -> tuple:
@@ -356,12 +361,16 @@ class MultiOperator:
             plan.arrays = self._fixed(lists, out)
             plan.remember(tuple(itertools.chain(*(lst for k, lst in enumerate(lists) if k != grad))))
             plan.grads, plan.weights, plan.ffi = list(lists[grad]), tuple(lists[op.weight_index]), ffi
+            plan.grad_locks = _locks(lists[grad])
             tensor_tables = [a.source for a in kernel.args if a.role is ArgRole.TENSOR_TABLE]
             plan.grad_table = tensor_tables.index(op.names[grad])
             spans = sorted(_bounds(a) for k, lst in enumerate(lists) if k != grad and self._writes(k)
                            for a in lst if a.nbytes)
             plan.written = (tuple(lo for lo, _ in spans), tuple(hi for _, hi in spans))
-            self._plan = plan
+            self._plans.pop(tuple(map(id, plan.arrays)), None)
+            self._plans[tuple(map(id, plan.arrays))] = plan
+            while len(self._plans) > MAX_PLANS:
+                self._plans.pop(next(iter(self._plans)))  # the oldest
         return plan
 
     def _one_by_one(self, naming: _Naming, lists, columns, out, count: int, rounding: Rounding) -> list:
@@ -403,6 +412,17 @@ class MultiOperator:
                     raise self._fail(naming, ValueError, span[3], f"shares memory with '{other[3]}' of another "
                                                                   "tensor")
             active.append(span)
+
+
+def _locks(arrays) -> tuple:
+    """Weak references to the arrays that own these arrays' memory: NumPy refuses to resize
+    an array that has one, so the memory a plan's tables point into stays where it is."""
+    owners = {}
+    for array in arrays:
+        while isinstance(array.base, np.ndarray):
+            array = array.base
+        owners[id(array)] = array
+    return tuple(weakref.ref(a) for a in owners.values())
 
 
 def _bounds(array) -> tuple[int, int]:

@@ -222,7 +222,10 @@ class Operator:
         if presented is None:
             return self.execute(call)
         with presented.context():
-            return presented.result(self.execute(call))
+            result = self.execute(call)
+        states = [k for k, t in enumerate(self.tensors) if t.role is TensorRole.STATE]
+        presented.written(states + ([len(tensors)] if out is not None else []))
+        return presented.result(result)
 
     def check(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
               out_name: str = "out", rounding: Rounding = NEAREST) -> Call:

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 
 from opgen.kinds import TensorRole
-from opgen.runtime.torch_arrays import TorchTensors, _is_distributed
+from opgen.runtime.torch_arrays import TorchTensors, _is_distributed, bump_versions
 
 _TENSORS = TorchTensors()
 _PLAIN = (torch.float16, torch.float32, torch.float64)
@@ -62,7 +62,8 @@ class OptimArg:
             return None if isinstance(value, (bool, np.bool_)) else f"must be a bool, got {value!r}"
         if self.kind == "int":
             ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-            return None if ok else f"must be an int, got {value!r}"
+            if not ok:
+                return f"must be an int, got {value!r}"
         values = value if self.kind == "floats" else (value,)
         if self.kind == "floats" and (not isinstance(value, (tuple, list)) or len(value) != self.count):
             return f"must be a tuple of {self.count} floats, got {value!r}"
@@ -74,7 +75,7 @@ class OptimArg:
             for bound, holds, text in ((self.low, lambda b: number >= b, ">="), (self.high, lambda b: number <= b, "<="),
                                        (self.below, lambda b: number < b, "<")):
                 if bound is not None and not holds(bound):
-                    return f"must be {text} {bound:g}, got {v!r}" if self.kind == "float" else \
+                    return f"must be {text} {bound:g}, got {v!r}" if self.kind != "floats" else \
                         f"must hold values {text} {bound:g}, got {value!r}"
         return None
 
@@ -84,7 +85,8 @@ def _real(value) -> float | None:
         return None
     if isinstance(value, (int, float, np.integer, np.floating)):
         return float(value)
-    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point():
+    if isinstance(value, torch.Tensor) and value.numel() == 1 and value.is_floating_point() \
+            and value.device.type in ("cpu", "cuda"):
         return float(value)  # a tensor lr, as torch.optim allows
     return None
 
@@ -109,7 +111,7 @@ class _GroupPlan:
     float32 counter tensor whose elements are the states' ``step`` tensors (0-d views, as
     torch.optim's own), so a step increments them all in one operation."""
 
-    __slots__ = ("choice", "params", "states", "steps", "counter", "buckets")
+    __slots__ = ("choice", "params", "states", "steps", "counter", "buckets", "kinds")
 
     @classmethod
     def make(cls, choice: int, params: list, states: list, buckets: dict) -> "_GroupPlan":
@@ -121,15 +123,19 @@ class _GroupPlan:
             state["step"] = view
         position = {id(p): k for k, p in enumerate(params)}
         plan.buckets = [[position[id(tensors[0])] for tensors, _, _ in members] for members in buckets.values()]
+        plan.kinds = [(p.device, p.dtype) for p in params]
         return plan
 
-    def fits(self, choice: int, params: list) -> bool:
-        """The same op and parameters as when planned, each gradient dense, each step counter
-        still the plan's (a state replaced, or reloaded, is planned anew)."""
+    def fits(self, choice: int, params: list, state: dict) -> bool:
+        """The same op and parameters as when planned, each gradient dense, each parameter's
+        device and dtype and state dict as planned, each step counter still the plan's (a
+        state replaced, cleared or reloaded is planned anew)."""
         return (choice == self.choice and len(params) == len(self.params)
                 and all(map(operator.is_, params, self.params))
                 and all(p.grad.layout is torch.strided for p in params)
-                and all(state["step"] is view for state, view in zip(self.states, self.steps)))
+                and [(p.device, p.dtype) for p in params] == self.kinds
+                and all(state.get(p) is s for p, s in zip(params, self.states))
+                and all(s.get("step") is view for s, view in zip(self.states, self.steps)))
 
 
 class SpecOptimizer(torch.optim.Optimizer):
@@ -194,17 +200,18 @@ class SpecOptimizer(torch.optim.Optimizer):
             return torch.float32
         return p.dtype
 
-    def _states_for(self, p: torch.Tensor, op, group: dict) -> dict:
+    def _states_for(self, p: torch.Tensor, op, group: dict) -> tuple[dict, bool]:
         """The parameter's state, created at its first step, with every state ``op`` reads
-        (an alternative op with more states, chosen later, adds its own)."""
+        (an alternative op with more states, chosen later, adds its own), and whether this
+        created any of them (the expressions' ``initial``)."""
         state = self.state[p]
         missing = [t.name for t in op.tensors if t.role is TensorRole.STATE and t.name not in state]
-        if not state or missing:
+        if "step" not in state or missing or any(k not in state for k in self._HOST_STATE):
             initial, host = self._initial(group)
-            if not state:
+            if "step" not in state:  # (a first step, or a state saved without one: torch's SGD)
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
-                for key, value in zip(self._HOST_STATE, host):
-                    state[key] = value
+            for key, value in zip(self._HOST_STATE, host):
+                state.setdefault(key, value)
             dtype = self._new_state_dtype(p)
             for key in missing:
                 value = initial[key]
@@ -215,13 +222,16 @@ class SpecOptimizer(torch.optim.Optimizer):
                         state[key] = torch.zeros_like(p, dtype=dtype, memory_format=torch.preserve_format)
                     else:
                         state[key] = torch.full_like(p, value, dtype=dtype, memory_format=torch.preserve_format)
-        return state
+        return state, bool(missing)
 
     def load_state_dict(self, state_dict: dict) -> None:
         saved = state_dict["state"]
         super().load_state_dict(state_dict)
         self._views.clear()
         self._plans.clear()
+        for group in self.param_groups:  # a state dict from an older or other class: the defaults
+            for key, value in self.defaults.items():
+                group.setdefault(key, value)
         # torch.optim casts floating states to their parameter's dtype: keep the saved dtypes
         saved_ids = [pid for g in state_dict["param_groups"] for pid in g["params"]]
         params = [p for g in self.param_groups for p in g["params"]]
@@ -237,27 +247,48 @@ class SpecOptimizer(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
+        for group in self.param_groups:  # every group's hyperparameters before any update
+            self._check_group(group)
         for index, group in enumerate(self.param_groups):
             self._group_step(index, group)
         return loss
 
     def _group_step(self, index: int, group: dict) -> None:
-        self._check_group(group)
         choice = self._choice(group)
         op, multi = self._OPS[choice], self._MULTIS[choice]
         params = [p for p in group["params"] if p.grad is not None]
         if not params:
             return
         plan = self._plans.get(index)
-        if plan is not None and plan.fits(choice, params):
-            return self._planned_step(plan, op, multi, index, group)
+        if plan is not None and plan.fits(choice, params, self.state):
+            try:
+                return self._planned_step(plan, op, multi, index, group)
+            except (TypeError, ValueError):
+                del self._plans[index]  # refused: the counters are back; the full path says why
+        self._plans.pop(index, None)
         state_names = op._state_names
-        states = []
+        states, created = [], []
         for p in params:
             state = self.state[p]
-            if len(state) < len(state_names) + 1 or not all(k in state for k in state_names):
-                state = self._states_for(p, op, group)
+            fresh = False
+            if len(state) < len(state_names) + 1 or "step" not in state or not all(k in state for k in state_names):
+                state, fresh = self._states_for(p, op, group)
             states.append(state)
+            created.append(fresh)
+        host_before = [tuple(state[k] for k in self._HOST_STATE) for state in states]
+        try:
+            self._slow_step(index, group, choice, op, multi, params, states, created)
+        except (TypeError, ValueError):
+            for state, host in zip(states, host_before):  # a refused call leaves the counts as they were
+                state["step"] = state["step"] - 1 if not isinstance(state["step"], torch.Tensor) \
+                    else state["step"].sub_(1)
+                for key, value in zip(self._HOST_STATE, host):
+                    state[key] = value
+            raise
+
+    def _slow_step(self, index: int, group: dict, choice: int, op, multi, params: list, states: list,
+                   created: list) -> None:
+        state_names = op._state_names
         steps = [state["step"] for state in states]
         if all(isinstance(s, torch.Tensor) and s.device.type == "cpu" and s.dtype is torch.float32 and s.dim() == 0
                for s in steps):
@@ -271,16 +302,16 @@ class SpecOptimizer(torch.optim.Optimizer):
         buckets: dict[tuple, list] = {}
         values_for: dict[tuple, tuple] = {}  # (t, host) -> the op's parameter values
         sparse = False
-        for p, state, t in zip(params, states, counts):
+        for p, state, t, fresh in zip(params, states, counts, created):
             host = tuple(state[k] for k in self._HOST_STATE)
             if host:
                 host = self._advance(t, host, group)
                 for key, value in zip(self._HOST_STATE, host):
                     state[key] = value
-            key = (t, host)
+            key = (t, host, fresh)
             values = values_for.get(key)
             if values is None:
-                values = values_for[key] = self._values(choice, t, host, group)
+                values = values_for[key] = self._values(choice, t, host, group, fresh)
             grad = p.grad
             tensors = (p, grad, *(state[name] for name in state_names))
             if grad.layout is not torch.strided:
@@ -299,20 +330,24 @@ class SpecOptimizer(torch.optim.Optimizer):
         step counters as we left them. One increment of the group's shared step counter,
         the parameter values once per distinct step count, one kernel call per bucket."""
         plan.counter.add_(1)
-        counts = [int(c) for c in plan.counter.tolist()]
-        first = counts[0]
-        values_for = {first: self._values(plan.choice, first, (), group)}
-        state_names = op._state_names
-        for positions in plan.buckets:
-            members = []
-            for k in positions:
-                t = counts[k]
-                values = values_for.get(t)
-                if values is None:
-                    values = values_for[t] = self._values(plan.choice, t, (), group)
-                p, state = plan.params[k], plan.states[k]
-                members.append(((p, p.grad, *(state[name] for name in state_names)), values, t))
-            self._multi_call(op, multi, index, members)
+        try:
+            counts = [int(c) for c in plan.counter.tolist()]
+            first = counts[0]
+            values_for = {first: self._values(plan.choice, first, (), group, False)}
+            state_names = op._state_names
+            for positions in plan.buckets:
+                members = []
+                for k in positions:
+                    t = counts[k]
+                    values = values_for.get(t)
+                    if values is None:
+                        values = values_for[t] = self._values(plan.choice, t, (), group, False)
+                    p, state = plan.params[k], plan.states[k]
+                    members.append(((p, p.grad, *(state[name] for name in state_names)), values, t))
+                self._multi_call(op, multi, index, members)
+        except BaseException:
+            plan.counter.sub_(1)
+            raise
 
     def _rounding_args(self, index: int, t: int) -> tuple:
         if self._rounding == "nearest":
@@ -333,7 +368,11 @@ class SpecOptimizer(torch.optim.Optimizer):
         lists = tuple(list(group) for group in zip(*(tensors for tensors, _, _ in members)))
         t = max(t for _, _, t in members)
         if lists[0][0].device.type == "cpu" and not _is_distributed(lists[0][0]):
-            lists = self._host_views(op, index, lists)
+            views = self._host_views(op, index, lists)
+            multi(views, tuple(self._columns(op, members)), views[op.weight_index], *self._rounding_args(index, t))
+            # written through NumPy views: the autograd version counters, as torch's in-place ops
+            bump_versions([x for k, lst in enumerate(lists) if k != op.grad_index for x in lst])
+            return
         multi(lists, tuple(self._columns(op, members)), lists[op.weight_index], *self._rounding_args(index, t))
 
     def _host_views(self, op, index: int, lists: tuple) -> tuple:
@@ -344,7 +383,7 @@ class SpecOptimizer(torch.optim.Optimizer):
         fixed = [t for k, lst in enumerate(lists) if k != grad for t in lst]
         key = (index, op.name, tuple(map(id, fixed)))
         cached = self._views.get(key)
-        pointers = [t.data_ptr() for t in fixed]
+        pointers = [(t.data_ptr(), t.shape, t.stride(), t.dtype) for t in fixed]  # memory and layout
         if cached is None or cached[0] != pointers or any(a is not b for a, b in zip(cached[1], fixed)):
             views = [[_TENSORS.view(t) for t in lst] if k != grad else None for k, lst in enumerate(lists)]
             cached = self._views[key] = (pointers, fixed, views)

@@ -102,10 +102,17 @@ class TorchTensors(ArrayAdapter):
         stream = torch.cuda.current_stream(value.device)
         return cupy.cuda.ExternalStream(stream.cuda_stream, value.device.index)
 
+    def written(self, values) -> None:
+        """Tensors whose memory the kernels wrote: their autograd version counters move on, as
+        after torch's own in-place ops (a graph that saved one of them then refuses backward)."""
+        tensors = [v for v in values if isinstance(v, _torch().Tensor) and v.layout is _torch().strided]
+        if tensors:
+            bump_versions(tensors)
+
     def number(self, value):
         """A one-element tensor as a parameter's value (``lr=torch.tensor(0.01)``); a CUDA one
         is read back to the host, once per call."""
-        if value.numel() != 1 or value.layout is not _torch().strided:
+        if value.numel() != 1 or value.layout is not _torch().strided or value.device.type not in ("cpu", "cuda"):
             return None
         return value.detach().item()
 
@@ -113,3 +120,13 @@ class TorchTensors(ArrayAdapter):
 def _is_distributed(value) -> bool:
     module = sys.modules.get("torch.distributed.tensor")
     return module is not None and isinstance(value, getattr(module, "DTensor", ()))
+
+
+def bump_versions(tensors: list) -> None:
+    """torch.autograd.graph.increment_version over a list (one call), or one by one."""
+    torch = _torch()
+    try:
+        torch.autograd.graph.increment_version(tensors)
+    except TypeError:  # a torch whose increment_version takes one tensor
+        for t in tensors:
+            torch.autograd.graph.increment_version(t)

@@ -36,6 +36,7 @@ from opgen.spec import names as n
 from opgen.spec import yaml_nodes as y
 
 STEP_COUNT = "t"  # the step count the expressions read: 1 on the first step
+INITIAL = "initial"  # true on a parameter's step that created the op's states (SGD: the buffer is the gradient)
 COPY_WEIGHT = "weight"  # a state initialised as a copy of the parameter
 STATE_DTYPES = ("weight", "float32")
 _ARTICLES = {"float": "a", "int": "an", "bool": "a"}
@@ -44,7 +45,7 @@ _VTYPES = {"float": VType.REAL, "int": VType.INT, "bool": VType.BOOL}
 # Keyword arguments every generated class takes besides its hyperparameters (runtime/optim.py).
 CLASS_KEYWORDS = ("params", "state_dtype", "rounding", "seed", "foreach", "fused", "capturable", "differentiable")
 # The generated functions' own names (their arguments, and Python's builtins they call).
-_GENERATED_NAMES = frozenset({"group", "host", "choice", "self"}) | frozenset(dir(builtins))
+_GENERATED_NAMES = frozenset({"group", "host", "choice", "self", INITIAL, COPY_WEIGHT}) | frozenset(dir(builtins))
 
 
 @dataclass(frozen=True)
@@ -120,6 +121,8 @@ def _optimizer(path: str, node, op_name: str) -> OptimizerSpec:
                   optional=("host_state", "init", "state_dtype", "alternatives", "checks"))
     class_name = m.string("class")
     n.check_identifier(class_name, "the class name", m.location("class"))
+    if not m.string("doc").strip():
+        raise SpecError(m.location("doc"), f"the doc of class '{class_name}' is empty")
     if not class_name[0].isupper():
         raise SpecError(m.location("class"), f"the class name '{class_name}' must start with a capital letter "
                                              "(Python's convention for classes, which torch.optim follows)")
@@ -146,7 +149,8 @@ def _optimizer(path: str, node, op_name: str) -> OptimizerSpec:
         update = _expression(path, h, "update", names, number=True)
         host.append(HostState(name, init, update, y.where(path, item)))
     step_node = y.Mapping(path, m.node("step"), "'step'", required=(), optional=_keys(m.node("step")))
-    step = tuple((key, _expression(path, step_node, key, names), step_node.key_location(key))
+    step_names = {**names, INITIAL: VType.BOOL}
+    step = tuple((key, _expression(path, step_node, key, step_names), step_node.key_location(key))
                  for key in _keys(m.node("step")))
     init = ()
     if "init" in m:
@@ -193,7 +197,7 @@ def _check_name(name: str, what: str, where: Location, seen: dict) -> None:
                                f"arguments {', '.join(CLASS_KEYWORDS)} of every class)")
     if name in _GENERATED_NAMES:
         raise SpecError(where, f"{what} '{name}' is a name the generated class uses itself (a Python builtin, or "
-                               "one of group, host, choice, self)")
+                               f"one of group, host, choice, self, {INITIAL}, {COPY_WEIGHT})")
     if name in seen:
         raise SpecError(where, f"'{name}' is declared twice (first at line {seen[name].line})")
 
@@ -322,6 +326,11 @@ def check_optimizers(ops) -> None:
                                                      f"defines{did_you_mean(choice.op, list(by_name))}")
                 _check_choice(cls, other, choice.location)
             states = {s.name for choice in cls.choices for s in by_name[choice.op].states}
+            for h in cls.host_state:
+                if h.name in states or h.name == "step":
+                    raise SpecError(h.location, f"host state '{h.name}' would share its name with "
+                                                f"{'the step count' if h.name == 'step' else 'a state'} in each "
+                                                "parameter's state dict")
             params = {p.name for choice in cls.choices for p in by_name[choice.op].params}
             for name, _, at in cls.step:
                 if name not in params:

@@ -15,7 +15,7 @@ from opgen.dtypes import BOOL_LITERALS
 from opgen.escape import py_docstring, py_string
 from opgen.expr.printers.numpy import NumpyPrinter
 from opgen.spec.model import OpSpec
-from opgen.spec.optimizer import CLASS_KEYWORDS, STEP_COUNT, OptimArg, OptimizerSpec
+from opgen.spec.optimizer import CLASS_KEYWORDS, INITIAL, STEP_COUNT, OptimArg, OptimizerSpec
 from opgen.targets.python_api import python_default
 
 _PRINT = NumpyPrinter("_D")  # host values in double, as the kernels' per-call prologue
@@ -90,6 +90,7 @@ def _class_context(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> dict:
                    for c, m, _ in cls.checks],
         "state_dtype": py_string(cls.state_dtype),
         "step_count": STEP_COUNT,
+        "initial": INITIAL,
     }
 
 
