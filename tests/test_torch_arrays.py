@@ -314,3 +314,14 @@ def test_a_cuda_bfloat16_tensor_is_refused_with_the_reason(monkeypatch):
 
     with pytest.raises(Refused, match="CUDA bfloat16 tensor"):
         TorchTensors().view(FakeCuda())
+
+
+def test_without_torch_the_classes_say_how_to_get_it():
+    import subprocess
+    import sys
+
+    code = ("import sys; sys.modules['torch'] = None\n"
+            "import generated\n"
+            "try:\n    import generated.optim\nexcept ImportError as exc:\n    print(exc)\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "need torch: pip install -e '.[torch]'" in result.stdout

@@ -24,7 +24,11 @@ import operator
 from dataclasses import dataclass
 
 import numpy as np
-import torch
+
+try:
+    import torch
+except ImportError:  # torch is optional: only the optimizer classes need it
+    raise ImportError("the torch.optim classes (PACKAGE.optim) need torch: pip install -e '.[torch]'") from None
 
 from opgen.kinds import TensorRole
 from opgen.runtime.torch_arrays import TorchTensors, _is_distributed, bump_versions
