@@ -212,7 +212,7 @@ class SpecOptimizer(torch.optim.Optimizer):
         missing = [t.name for t in op.tensors if t.role is TensorRole.STATE and t.name not in state]
         if "step" not in state or missing or any(k not in state for k in self._HOST_STATE):
             initial, host = self._initial(group)
-            if "step" not in state:  # (a first step, or a state saved without one: torch's SGD)
+            if "step" not in state:  # (a first step, or a state saved by an optimizer that counts none)
                 state["step"] = torch.tensor(0.0, dtype=torch.float32)
             for key, value in zip(self._HOST_STATE, host):
                 state.setdefault(key, value)
