@@ -36,7 +36,7 @@ from opgen.spec import names as n
 from opgen.spec import yaml_nodes as y
 
 STEP_COUNT = "t"  # the step count the expressions read: 1 on the first step
-INITIAL = "initial"  # true on a parameter's step that created the op's states (SGD: the buffer is the gradient)
+INITIAL = "initial"  # true on a parameter's step that created the op's states (a buffer that starts as the gradient)
 COPY_WEIGHT = "weight"  # a state initialised as a copy of the parameter
 STATE_DTYPES = ("weight", "float32")
 _ARTICLES = {"float": "a", "int": "an", "bool": "a"}
