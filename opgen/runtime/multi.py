@@ -84,6 +84,7 @@ class _Plan:
     written: tuple = ((), ())  # (starts, ends) of the written arrays' bytes, sorted: no gradient may overlap
     ffi: object = None
     grad_locks: tuple = ()  # as locks, for the gradients in the table
+    grad_seen: tuple = ((), (), ())  # their flags, shapes and dtypes when checked
 
     def remember(self, checked: tuple) -> None:
         """Note what the full checks saw, and lock the memory in place."""
@@ -97,9 +98,10 @@ class _Plan:
         accept beside these arrays: a C-contiguous NumPy array of its weight's dtype and
         shape, sharing no byte with an array the kernel writes. False: the full checks decide."""
         if self.grads is not None and all(map(operator.is_, grads, self.grads)):
-            # the same gradients: unchanged in place (shape, dtype, strides) as the other arrays
-            return all(g.shape == w.shape and g.dtype == w.dtype and g.flags.c_contiguous
-                       for g, w in zip(grads, self.weights))
+            # the same gradients: unchanged in place (flags, shape, dtype), compared as the
+            # other arrays are, in C loops
+            return (list(map(_FLAGS, grads)) == self.grad_seen[0] and list(map(_SHAPE, grads)) == self.grad_seen[1]
+                    and list(map(_DTYPE, grads)) == self.grad_seen[2])
         starts, ends = self.written
         buffers = []
         from_buffer = self.from_buffer
@@ -119,6 +121,7 @@ class _Plan:
         keep[self.grad_table] = buffers
         self.tables, self.keep_alive, self.grads = tuple(tables), tuple(keep), list(grads)
         self.grad_locks = _locks(grads)  # their memory cannot be resized while the table points into it
+        self.grad_seen = (list(map(_FLAGS, grads)), list(map(_SHAPE, grads)), list(map(_DTYPE, grads)))
         return True
 
     def unchanged(self) -> bool:
@@ -362,6 +365,8 @@ class MultiOperator:
             plan.remember(tuple(itertools.chain(*(lst for k, lst in enumerate(lists) if k != grad))))
             plan.grads, plan.weights, plan.ffi = list(lists[grad]), tuple(lists[op.weight_index]), ffi
             plan.grad_locks = _locks(lists[grad])
+            plan.grad_seen = (list(map(_FLAGS, lists[grad])), list(map(_SHAPE, lists[grad])),
+                              list(map(_DTYPE, lists[grad])))
             tensor_tables = [a.source for a in kernel.args if a.role is ArgRole.TENSOR_TABLE]
             plan.grad_table = tensor_tables.index(op.names[grad])
             spans = sorted(_bounds(a) for k, lst in enumerate(lists) if k != grad and self._writes(k)
