@@ -242,8 +242,7 @@ class MultiOperator:
         with presented.context():
             targets = self._one_by_one(naming, lists, columns, out, count, rounding) if plan is None \
                 else self._run_plan(plan, columns, count, rounding)
-        written = [k for k, t in enumerate(self.op.tensors) if t.role is TensorRole.STATE]
-        presented.written([k * count + i for k in written for i in range(count)]
+        presented.written([k * count + i for k in self.op._state_positions for i in range(count)]
                           + ([len(lists) * count + i for i in range(count)] if out is not None else []))
         return [presented.result(t) for t in targets]
 
@@ -291,9 +290,6 @@ class MultiOperator:
                                                f"got {type(value).__name__}")
         return self.op.check_param(p, value)
 
-    def _writes(self, k: int) -> bool:
-        """Whether the kernel writes tensor ``k`` of a group (the weight, in place, and the states)."""
-        return self.op.tensors[k].role in (TensorRole.WEIGHT, TensorRole.STATE)
 
     def _names(self, naming: _Naming, i: int) -> tuple[str, ...]:
         if naming.flat:
@@ -369,8 +365,8 @@ class MultiOperator:
                               list(map(_DTYPE, lists[grad])))
             tensor_tables = [a.source for a in kernel.args if a.role is ArgRole.TENSOR_TABLE]
             plan.grad_table = tensor_tables.index(op.names[grad])
-            spans = sorted(_bounds(a) for k, lst in enumerate(lists) if k != grad and self._writes(k)
-                           for a in lst if a.nbytes)
+            written = (op.weight_index, *op._state_positions)  # in place: the weight and the states
+            spans = sorted(_bounds(a) for k in written for a in lists[k] if a.nbytes)
             plan.written = (tuple(lo for lo, _ in spans), tuple(hi for _, hi in spans))
             self._plans.pop(tuple(map(id, plan.arrays)), None)
             self._plans[tuple(map(id, plan.arrays))] = plan

@@ -121,6 +121,7 @@ class Operator:
         self.skip_if = skip_if
         self.lazy_index = next((k for k, p in enumerate(params) if p.name == lazy_param), None)
         self._state_names = tuple(t.name for t in self.tensors if t.role is TensorRole.STATE)
+        self._state_positions = tuple(k for k, t in enumerate(self.tensors) if t.role is TensorRole.STATE)
         # the first state the spec does not fix a dtype for: its dtype is the call's state dtype
         states = [t for t in self.tensors if t.role is TensorRole.STATE]
         self._first_free_state = next((k for k, t in enumerate(states) if t.dtype is None), None)
@@ -223,8 +224,7 @@ class Operator:
             return self.execute(call)
         with presented.context():
             result = self.execute(call)
-        states = [k for k, t in enumerate(self.tensors) if t.role is TensorRole.STATE]
-        presented.written(states + ([len(tensors)] if out is not None else []))
+        presented.written(self._state_positions + ((len(tensors),) if out is not None else ()))
         return presented.result(result)
 
     def check(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,

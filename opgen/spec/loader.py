@@ -20,8 +20,7 @@ from opgen.spec import yaml_nodes as y
 from opgen.spec.optimizer import check_optimizers, parse_optimizers
 from opgen.spec.model import PARAM_VTYPES, MultiSpec, OpSpec, ParamSpec, ParamType, RowSparseSpec, TensorRole, TensorSpec
 
-_FLOAT = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z")
-_INT = re.compile(r"[-+]?(0|[1-9]\d*)\Z")  # no leading zeros: 012 means 12 to some readers, 10 to others
+_FLOAT, _INT = y.FLOAT_LITERAL, y.INT_LITERAL
 _RESERVED = {n.OUT_ARGUMENT}
 _ARTICLE = {ParamType.FLOAT: "a", ParamType.INT: "an", ParamType.BOOL: "a"}
 MAX_SPEC_BYTES = 1 << 20  # a spec is a page of YAML; a bigger file is a mistake (or an attack)
@@ -332,14 +331,7 @@ def _output(root: y.Mapping, math) -> str:
     return name
 
 
-def _locator(path: str, node: yaml.ScalarNode):
-    quote = 1 if node.style in ("'", '"') else 0
-    line0, col0 = node.start_mark.line + 1, node.start_mark.column + 1 + quote
-
-    def locate(line: int, col: int) -> Location:
-        return Location(path, line0 + line - 1, (col0 if line == 1 else 1) + col)
-
-    return locate
+_locator = y.locator
 
 
 def _check_unique(names: list[tuple[str, Location]]) -> None:

@@ -274,19 +274,15 @@ def bound_problem(arg: OptimArg, value: float) -> str | None:
 
 
 def _literal_ok(kind: str, text: str) -> bool:
+    """The loader's literal rules (yaml_nodes), finite floats only."""
     if kind == "bool":
         return text in BOOL_LITERALS
-    try:
-        value = int(text) if kind == "int" else float(text)
-    except ValueError:
-        return False
-    return kind == "int" or math.isfinite(value)
+    if kind == "int":
+        return y.INT_LITERAL.match(text) is not None
+    return y.FLOAT_LITERAL.match(text) is not None and math.isfinite(float(text))
 
 
-def _locator(path: str, node):
-    quote = 1 if node.style in ("'", '"') else 0
-    line0, col0 = node.start_mark.line + 1, node.start_mark.column + 1 + quote
-    return lambda line, col: Location(path, line0 + line - 1, (col0 if line == 1 else 1) + col)
+_locator = y.locator
 
 
 def _expression(path: str, m: y.Mapping, key: str, names: dict, number: bool = False) -> Expr:

@@ -7,6 +7,7 @@ silently) and turn every problem into a SpecError at the right place.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 import yaml
@@ -162,3 +163,21 @@ def sequence(path: str, node: yaml.Node, what: str) -> list[yaml.Node]:
 def is_plain(node: yaml.Node) -> bool:
     """True for an unquoted scalar (whose text YAML would read as a number or bool)."""
     return isinstance(node, yaml.ScalarNode) and node.style is None
+
+
+# The literals a spec may write for a number (no inf, nan, underscores or leading zeros: 012
+# means 12 to some readers, 10 to others).
+FLOAT_LITERAL = re.compile(r"[-+]?(\d+(\.\d*)?|\.\d+)([eE][-+]?\d+)?\Z")
+INT_LITERAL = re.compile(r"[-+]?(0|[1-9]\d*)\Z")
+
+
+def locator(path: str, node: yaml.ScalarNode):
+    """(1-based line in the node's text, 0-based column) -> its Location in the spec file,
+    past an opening quote: how expressions written in a scalar report their places."""
+    quote = 1 if node.style in ("'", '"') else 0
+    line0, col0 = node.start_mark.line + 1, node.start_mark.column + 1 + quote
+
+    def locate(line: int, col: int) -> Location:
+        return Location(path, line0 + line - 1, (col0 if line == 1 else 1) + col)
+
+    return locate

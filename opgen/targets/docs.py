@@ -114,7 +114,7 @@ def context(op: OpSpec) -> dict:
 
 def _class_doc(cls) -> dict:
     """A torch.optim class of the op's optimizer section, as its page shows it."""
-    from opgen.targets.optim_api import _arg_doc, default_source
+    from opgen.targets.optim_api import arg_doc, default_source
 
     host = PseudoPrinter()
     return {
@@ -122,7 +122,7 @@ def _class_doc(cls) -> dict:
         "doc": md_block(cls.doc),
         # identifiers and number literals only: safe in a code block
         "signature": f"{cls.class_name}(params, " + ", ".join(f"{a.name}={default_source(a)}" for a in cls.args) + ")",
-        "args": [f"**{a.name}** (default {md_code(default_source(a))}) – {md_inline(_arg_doc(a))}" for a in cls.args],
+        "args": [f"**{a.name}** (default {md_code(default_source(a))}) – {md_inline(arg_doc(a))}" for a in cls.args],
         "ops": [md_code(c.op) + ("" if c.when is None else f" when {md_code(host.expr(c.when))}") for c in cls.choices],
         "host": [md_code(f"{h.name} = {host.expr(h.update)}") + f" (initially {md_code(host.expr(h.init))})"
                  for h in cls.host_state],

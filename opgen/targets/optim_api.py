@@ -68,9 +68,9 @@ def _class_context(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> dict:
                 values.append(python_default(p) if p.default is not None else "None")
         choices.append({"index": k, "op": op.name, "when": None if choice.when is None else _PRINT.expr(choice.when),
                         "params": values})
-    args = [{"name": a.name, "kind": a.kind, "default": default_source(a), "count": len(a.default),
+    args = [{"name": a.name, "key": py_string(a.name), "kind": a.kind, "default": default_source(a), "count": len(a.default),
              "low": a.low, "high": a.high, "below": a.below,
-             "doc": _arg_doc(a)} for a in cls.args]
+             "doc": arg_doc(a)} for a in cls.args]
     signature = ", ".join(["params"] + [f"{a.name}={default_source(a)}" for a in cls.args] +
                           ["*", "state_dtype=None", 'rounding="nearest"', "seed=0", "foreach=None", "fused=None",
                            "capturable=False", "differentiable=False"])
@@ -94,7 +94,7 @@ def _class_context(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> dict:
     }
 
 
-def _arg_doc(a: OptimArg) -> str:
+def arg_doc(a: OptimArg) -> str:
     bounds = []
     if a.low is not None:
         bounds.append(f">= {a.low:g}")
@@ -118,7 +118,7 @@ def _docstring(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> list[str]:
                                     "    The parameters, or parameter groups with their own hyperparameters."]
     for a in cls.args:
         lines.append(f"{a.name} : {_PY_TYPES[a.kind]}, optional")
-        lines += ["    " + w for w in textwrap.wrap(f"{_arg_doc(a)} Default: {default_source(a)}.", 88)]
+        lines += ["    " + w for w in textwrap.wrap(f"{arg_doc(a)} Default: {default_source(a)}.", 88)]
     lines += ["state_dtype : torch.dtype, optional",
               f"    The dtype of new states: by default {'float32 beside 16-bit parameters' if cls.state_dtype == 'float32' else 'the parameter' + chr(39) + 's'}.",
               "    torch.float32 keeps float32 states beside bfloat16 or float16 parameters.",
