@@ -30,6 +30,7 @@ import ml_dtypes
 import generated
 import reference
 from generated import RowSparseArray
+from opgen.spec import load_spec
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -122,6 +123,10 @@ class Op:
         self.multi = spec.get("multi")
         self.ignored = frozenset(p["name"] for p in spec.get("params", []) if p.get("ignored"))
         self.has_multi_variant = hasattr(generated, f"{name}_multi")
+        #: the op's math reduces whole tensors (norm, sum, ...): one element reaches every element
+        self.reduces = load_spec(ROOT / "specs" / f"{name}.yaml").totals is not None
+        #: False where the op refuses row-sparse gradients (ops with whole-tensor reductions)
+        self.row_sparse_kernels = bool({s.value for s in meta.schedules} & {"lazy", "standard"})
 
     def __repr__(self) -> str:
         return f"Op({self.name!r})"
@@ -129,7 +134,7 @@ class Op:
     @property
     def sparse_modes(self) -> dict:
         """Row-sparse modes: name -> extra keyword arguments ({} for none at all)."""
-        if self.multi:
+        if self.multi or not self.row_sparse_kernels:
             return {}
         if self.lazy_param:
             return {"lazy": {self.lazy_param: True}, "standard": {self.lazy_param: False}}
@@ -288,6 +293,14 @@ PARAMS = {
         "defaults": dict(rescale_grad=1.0, lr=0.01, eta=1.0),
         "mixed": dict(rescale_grad=1.5, lr=0.02, eta=0.5, beta1=0.8, beta2=0.99, epsilon=1e-6,
                       wd=0.1, clip_gradient=1.0),
+    },
+    "lamb_update": {
+        "defaults": dict(lr=0.01, wd=0.0),
+        "wd": dict(lr=0.01, wd=0.1),
+        "no_bias_correction": dict(lr=0.02, wd=0.01, bias_correction=False),
+        "bounds": dict(lr=0.05, wd=0.01, lower_bound=0.5, upper_bound=3.0),
+        "mixed": dict(lr=0.02, beta1=0.8, beta2=0.99, epsilon=1e-4, wd=0.05, rescale_grad=2.0,
+                      clip_gradient=1.0, lower_bound=0.1, upper_bound=10.0),
     },
     "lamb_update_phase1": {
         "defaults": dict(wd=0.0),

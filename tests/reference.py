@@ -68,6 +68,7 @@ __all__ = [
     "ftml_update",
     "ftrl_update",
     "group_adagrad_update",
+    "lamb_update",
     "lamb_update_phase1",
     "lamb_update_phase2",
     "mp_adamw_update",
@@ -619,6 +620,45 @@ def lamb_update_phase1(weight, grad, mean, var, *, beta1=0.9, beta2=0.999, epsil
         else:
             g = m / (np.sqrt(v) + eps) + wd_ * w
     return _store([g, m, v], [w_dt, s_dt, s_dt])
+
+
+def _norm64(x) -> np.float64:
+    """The L2 norm of ``x``'s values, accumulated in float64 (the order of the sum is NumPy's)."""
+    x64 = np.asarray(x, dtype=np.float64).reshape(-1)
+    return np.sqrt(np.dot(x64, x64))
+
+
+def lamb_update(weight, grad, mean, var, lr, *, beta1=0.9, beta2=0.999, epsilon=1e-6, t,
+                bias_correction=True, wd, rescale_grad=1.0, clip_gradient=-1.0,
+                lower_bound=-1.0, upper_bound=-1.0):
+    """LAMB in one call, as the paper's Algorithm 2 with MXNet's parameters: phase 1's
+    direction u (in the compute dtype, not rounded to storage), r1 = ||w|| bounded,
+    r2 = ||u||, both in float64, then ``w - lr * r1 / r2 * u``; r1 or r2 == 0: lr unscaled."""
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, mean, var)
+    w, gd, m, v = _to(ct, weight, grad, mean, var)
+    b1, b2, eps, wd_, rg_, clip_ = _scalars(ct, beta1, beta2, epsilon, wd, rescale_grad,
+                                            clip_gradient)
+    with np.errstate(all="ignore"):
+        gr = gd * rg_
+        if clip_gradient > 0:
+            gr = _clip(gr, clip_)
+        b1_d, b2_d = _d(beta1, beta2)
+        m = b1 * m + _per_call(ct, 1 - b1_d) * gr
+        v = b2 * v + _per_call(ct, 1 - b2_d) * gr * gr
+        if bias_correction:
+            u = (m / _per_call(ct, 1 - b1_d ** int(t))) / (np.sqrt(v / _per_call(ct, 1 - b2_d ** int(t))) + eps) \
+                + wd_ * w
+        else:
+            u = m / (np.sqrt(v) + eps) + wd_ * w
+        r1, r2 = _norm64(w), _norm64(u)
+        lr_, lb, ub = _d(lr, lower_bound, upper_bound)
+        if lower_bound >= 0:
+            r1 = max(r1, lb)
+        if upper_bound >= 0:
+            r1 = min(r1, ub)
+        step = lr_ if (r1 == 0 or r2 == 0) else (lr_ * r1) / r2
+        out = w - _per_call(ct, step) * u
+    return _store([out, m, v], [w_dt, s_dt, s_dt])
 
 
 def lamb_update_phase2(weight, g, r1, r2, lr, lower_bound=-1.0, upper_bound=-1.0):

@@ -391,4 +391,94 @@ static inline void opgen_prefetch_line(const void *p, int64_t first, int64_t lin
         }                                                                                  \
     } while (0)
 
+/* Whole-tensor reductions, for any thread count the same bits: the n elements fall in at
+ * most OPGEN_TOTAL_BLOCKS blocks of a size that depends on n alone; one thread reduces a
+ * block in OPGEN_TOTAL_LANES fixed lanes (in double), then the lanes pairwise; the blocks'
+ * results are combined pairwise, in order, after the parallel region. STEP writes one
+ * element's NSUM summands, then its NMAX candidates for a maximum, into opgen_v (in T);
+ * RESULT receives the NSUM sums, then the NMAX maxima (NaN when any candidate is NaN). */
+#define OPGEN_TOTAL_LANES 8
+#define OPGEN_TOTAL_BLOCKS 512
+#define OPGEN_TOTAL_MIN_BLOCK 2048
+
+static inline int64_t opgen_total_block(int64_t n) {
+    int64_t size = (n + OPGEN_TOTAL_BLOCKS - 1) / OPGEN_TOTAL_BLOCKS;
+    size = (size + 63) / 64 * 64;
+    return size < OPGEN_TOTAL_MIN_BLOCK ? OPGEN_TOTAL_MIN_BLOCK : size;
+}
+
+/* x[0], x[stride], ... x[(count - 1) * stride] summed pairwise (count is at most a few hundred). */
+static inline double opgen_sum_pairwise(const double *x, int64_t count, int64_t stride) {
+    if (count <= 0) return 0.0;
+    if (count == 1) return x[0];
+    const int64_t half = count / 2;
+    return opgen_sum_pairwise(x, half, stride) + opgen_sum_pairwise(x + half * stride, count - half, stride);
+}
+
+static inline double opgen_max_of(const double *x, int64_t count, int64_t stride) {
+    double m = -INFINITY;
+    for (int64_t k = 0; k < count; ++k) m = opgen_max(m, x[k * stride]);
+    return m;
+}
+
+/* A reduction's result from its accumulated value over n elements (opgen/expr/totals.py FINISH). */
+#define OPGEN_FINISH_none(x, n) (x)
+#define OPGEN_FINISH_mean(x, n) ((x) / (double)(n))
+#define OPGEN_FINISH_sqrt(x, n) sqrt(x)
+#define OPGEN_FINISH_sqrt_mean(x, n) sqrt((x) / (double)(n))
+
+#define OPGEN_TOTAL_ADD(NSUM, NMAX, lane)                                                  \
+    do {                                                                                   \
+        for (int opgen_k = 0; opgen_k < (NSUM); ++opgen_k)                                 \
+            opgen_lanes[opgen_k][lane] += (double)opgen_v[opgen_k];                       \
+        for (int opgen_k = (NSUM); opgen_k < (NSUM) + (NMAX); ++opgen_k)                   \
+            opgen_lanes[opgen_k][lane] = opgen_max(opgen_lanes[opgen_k][lane], (double)opgen_v[opgen_k]); \
+    } while (0)
+
+#define OPGEN_TOTALS(T, NSUM, NMAX, n, flush_denormal, RESULT, STEP)                       \
+    do {                                                                                   \
+        const int64_t opgen_bs = opgen_total_block(n), opgen_nb = ((n) + opgen_bs - 1) / opgen_bs; \
+        double opgen_part[OPGEN_TOTAL_BLOCKS * ((NSUM) + (NMAX))];                         \
+        const int opgen_nt = opgen_threads_for((n), OPGEN_MIN_ELEMENTS_PER_THREAD);        \
+        _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
+        {                                                                                  \
+            const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
+            OPGEN_PRIVATE_SCALARS;                                                         \
+            _Pragma("omp for schedule(static)")                                            \
+            for (int64_t opgen_b = 0; opgen_b < opgen_nb; ++opgen_b) {                     \
+                const int64_t opgen_lo = opgen_b * opgen_bs;                               \
+                const int64_t opgen_hi = opgen_lo + opgen_bs < (n) ? opgen_lo + opgen_bs : (n); \
+                double opgen_lanes[(NSUM) + (NMAX)][OPGEN_TOTAL_LANES];                    \
+                for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                \
+                    for (int opgen_l = 0; opgen_l < OPGEN_TOTAL_LANES; ++opgen_l)          \
+                        opgen_lanes[opgen_k][opgen_l] = opgen_k < (NSUM) ? 0.0 : -INFINITY; \
+                int64_t opgen_i0 = opgen_lo;                                               \
+                for (; opgen_i0 + OPGEN_TOTAL_LANES <= opgen_hi; opgen_i0 += OPGEN_TOTAL_LANES) { \
+                    _Pragma("omp simd")                                                    \
+                    for (int opgen_l = 0; opgen_l < OPGEN_TOTAL_LANES; ++opgen_l) {        \
+                        const int64_t i = opgen_i0 + opgen_l, gi = i;              \
+                        T opgen_v[(NSUM) + (NMAX)];                                         \
+                        STEP;                                                              \
+                        OPGEN_TOTAL_ADD(NSUM, NMAX, opgen_l);                              \
+                    }                                                                      \
+                }                                                                          \
+                for (int opgen_l = 0; opgen_i0 + opgen_l < opgen_hi; ++opgen_l) {          \
+                    const int64_t i = opgen_i0 + opgen_l, gi = i;                  \
+                    T opgen_v[(NSUM) + (NMAX)];                                             \
+                    STEP;                                                                  \
+                    OPGEN_TOTAL_ADD(NSUM, NMAX, opgen_l);                                  \
+                }                                                                          \
+                for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                \
+                    opgen_part[opgen_b * ((NSUM) + (NMAX)) + opgen_k] = opgen_k < (NSUM)   \
+                        ? opgen_sum_pairwise(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1)   \
+                        : opgen_max_of(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1);        \
+            }                                                                              \
+            opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
+        }                                                                                  \
+        for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                        \
+            (RESULT)[opgen_k] = opgen_k < (NSUM)                                           \
+                ? opgen_sum_pairwise(opgen_part + opgen_k, opgen_nb, (NSUM) + (NMAX))      \
+                : opgen_max_of(opgen_part + opgen_k, opgen_nb, (NSUM) + (NMAX));           \
+    } while (0)
+
 #endif /* OPGEN_KERNEL_H */

@@ -24,8 +24,8 @@ OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_element_float(con
     float t_g = (s.s_maximize ? -v_grad : v_grad) + s.s_weight_decay * v_param; /* g = (-grad if maximize else grad) + weight_decay * param */
     v_square_avg = s.s_alpha * v_square_avg + s.h_0 * t_g * t_g; /* square_avg = alpha * square_avg + (1 - alpha) * g * g */
     v_grad_avg = v_grad_avg + s.h_0 * (t_g - v_grad_avg); /* grad_avg = grad_avg + (1 - alpha) * (g - grad_avg) */
-    float t_avg = sqrtf(v_square_avg - v_grad_avg * v_grad_avg) + s.s_eps; /* avg = sqrt(square_avg - grad_avg * grad_avg) + eps */
-    v_momentum_buffer = s.s_momentum * v_momentum_buffer + t_g / t_avg; /* momentum_buffer = momentum * momentum_buffer + g / avg */
+    float t_denom = sqrtf(v_square_avg - v_grad_avg * v_grad_avg) + s.s_eps; /* denom = sqrt(square_avg - grad_avg * grad_avg) + eps */
+    v_momentum_buffer = s.s_momentum * v_momentum_buffer + t_g / t_denom; /* momentum_buffer = momentum * momentum_buffer + g / denom */
     v_param = v_param - s.s_lr * v_momentum_buffer; /* param = param - lr * momentum_buffer */
     *io_param = v_param;
     *io_square_avg = v_square_avg;
@@ -51,8 +51,8 @@ OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_element_double(co
     double t_g = (s.s_maximize ? -v_grad : v_grad) + s.s_weight_decay * v_param; /* g = (-grad if maximize else grad) + weight_decay * param */
     v_square_avg = s.s_alpha * v_square_avg + s.h_0 * t_g * t_g; /* square_avg = alpha * square_avg + (1 - alpha) * g * g */
     v_grad_avg = v_grad_avg + s.h_0 * (t_g - v_grad_avg); /* grad_avg = grad_avg + (1 - alpha) * (g - grad_avg) */
-    double t_avg = sqrt(v_square_avg - v_grad_avg * v_grad_avg) + s.s_eps; /* avg = sqrt(square_avg - grad_avg * grad_avg) + eps */
-    v_momentum_buffer = s.s_momentum * v_momentum_buffer + t_g / t_avg; /* momentum_buffer = momentum * momentum_buffer + g / avg */
+    double t_denom = sqrt(v_square_avg - v_grad_avg * v_grad_avg) + s.s_eps; /* denom = sqrt(square_avg - grad_avg * grad_avg) + eps */
+    v_momentum_buffer = s.s_momentum * v_momentum_buffer + t_g / t_denom; /* momentum_buffer = momentum * momentum_buffer + g / denom */
     v_param = v_param - s.s_lr * v_momentum_buffer; /* param = param - lr * momentum_buffer */
     *io_param = v_param;
     *io_square_avg = v_square_avg;

@@ -137,6 +137,7 @@ class _Scope:
     params: Mapping[str, VType]
     scalar_inputs: frozenset[str] = frozenset()  # the uniform names that are one-element inputs
     temps: dict[str, tuple[VType, bool]] = field(default_factory=dict)  # name -> (type, uniform)
+    reductions: bool = True  # False outside the math (skip_if): no pass computes them there
 
     def known_names(self) -> list[str]:
         return [*self.readonly_tensors, *self.writable_tensors, *self.params, *self.temps]
@@ -321,6 +322,14 @@ def _call(node: ast.Call, scope: _Scope, src: _Source) -> Call:
     for a, raw in zip(args, node.args):
         _need_number(a, f"{name}()", at(raw))
     vtype = VType.BOOL if func.returns == "bool" else VType.REAL
+    if func.reduces is not None:
+        if not scope.reductions:
+            raise SpecError(at(node), f"{name}() reduces a tensor, and only the math may do that; this "
+                                      "condition is decided before any pass over the tensors")
+        if args[0].uniform:
+            raise SpecError(at(node.args[0]), f"{name}() reduces an element expression over the tensor; its "
+                                              "argument reads no tensor (it is one value per call)")
+        return Call(vtype, True, name, args)  # one value per call: uniform to what reads it
     return Call(vtype, all(a.uniform for a in args), name, args)
 
 
@@ -348,7 +357,7 @@ def parse_condition(stmt: Statement, params: Mapping[str, VType], tensors: froze
     src = _Source(stmt, strip=True)
     node = src.parse("eval", "condition").body
     _check_depth(node, src)
-    expr = _expr(node, _Scope(frozenset(), tensors, params), src)
+    expr = _expr(node, _Scope(frozenset(), tensors, params, reductions=False), src)
     if expr.vtype is not VType.BOOL:
         raise SpecError(src.at(node), "this must be a condition (a comparison), got a number")
     if not expr.uniform:

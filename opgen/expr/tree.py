@@ -24,6 +24,7 @@ class RefKind(enum.Enum):
     TEMP = "temp"  # a temporary assigned earlier in the math
     HOISTED = "hoisted"  # a uniform subexpression computed once per call
     REDUCED = "reduced"  # a row_mean(...) of the current row, computed once per row
+    TOTAL = "total"  # a whole-tensor reduction (sum, mean, norm, amax): one value per call
 
 
 @dataclass(frozen=True)
@@ -34,6 +35,7 @@ class Function:
     arity: int
     doc: str
     returns: "VType | None" = None  # None: a real number
+    reduces: str | None = None  # a whole-tensor reduction: how it accumulates ("sum" or "max")
 
 
 FUNCTIONS: dict[str, Function] = {
@@ -49,6 +51,13 @@ FUNCTIONS: dict[str, Function] = {
         Function("max", 2, "the larger of two values; NaN if either is NaN"),
         Function("clip", 2, "clip(x, b): x limited to [-b, b]; NaN passes through"),
         Function("row_mean", 1, "the mean of x over the current row (for per-row states)"),
+        Function("sum", 1, "the sum of x over every element of the tensor (one value per call)", reduces="sum"),
+        Function("avg", 1, "the mean of x over every element of the tensor (NaN for an empty one)", reduces="sum"),
+        Function("norm", 1, "the L2 norm of x over every element of the tensor: sqrt(sum(x * x))", reduces="sum"),
+        Function("rms", 1, "the root mean square of x over every element of the tensor: sqrt(avg(x * x))",
+                 reduces="sum"),
+        Function("amax", 1, "the largest x over every element of the tensor (-inf for an empty one; NaN if any "
+                            "is NaN)", reduces="max"),
         Function("isnan", 1, "true for NaN", returns="bool"),
         Function("isinf", 1, "true for +inf and -inf", returns="bool"),
         Function("isfinite", 1, "true for anything but NaN and +-inf", returns="bool"),

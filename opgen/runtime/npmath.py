@@ -29,3 +29,31 @@ def power(base, exponent):
 def row_mean(x):
     """The mean over each row (the last axis) of a (rows, row_length) array, kept 2-D."""
     return x.sum(axis=-1, keepdims=True) / x.shape[-1]
+
+
+def total_sum(x):
+    """A whole-tensor sum, accumulated in double (NumPy's pairwise summation)."""
+    return np.sum(np.asarray(x, np.float64), dtype=np.float64)
+
+
+def total_max(x):
+    """A whole-tensor maximum in double: -inf for no elements, NaN if any element is NaN."""
+    return np.max(np.asarray(x, np.float64), initial=-np.inf)
+
+
+# A reduction's result from its accumulated value over n elements (opgen/expr/totals.py FINISH).
+def finish_none(x, n):
+    return x
+
+
+def finish_mean(x, n):
+    with np.errstate(all="ignore"):
+        return np.float64(x) / np.float64(n)
+
+
+def finish_sqrt(x, n):
+    return np.sqrt(np.float64(x))
+
+
+def finish_sqrt_mean(x, n):
+    return np.sqrt(finish_mean(x, n))

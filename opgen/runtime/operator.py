@@ -111,6 +111,8 @@ class Operator:
         self._kernels_by_dtype = {(k.schedule, np.dtype(k.dtype), np.dtype(k.states)): k
                                   for k in kernels}  # the per-call lookup
         self.schedules = frozenset(k.schedule for k in kernels)
+        #: False where the spec's math has no CUDA kernels (whole-tensor reductions, for now)
+        self.runs_on_device = any(k.launch is not None for k in kernels)
         self._math_types = {(np.dtype(k.dtype), np.dtype(k.states)): np.dtype(k.math).type for k in kernels}
         # weight dtype -> the dtypes its free states may have: the variants the kernels exist for
         self.state_dtypes: dict[np.dtype, tuple[np.dtype, ...]] = {}
@@ -327,6 +329,9 @@ class Operator:
         weight = tensors[self.weight_index]
         w_name = names[self.weight_index]
         self._check_array(w_name, weight)
+        if not self.runs_on_device and adapter_for(weight).device:
+            raise self._fail(TypeError, w_name, f"is a {kind(weight)} array, but {self.name} has no CUDA kernels "
+                                                "(its whole-tensor reductions run on the CPU only); pass host arrays")
         xp = array_module(weight)
         states, state_names, scalars = [], [], []
         free = None  # (name, dtype) of the first free state: the others must share its dtype

@@ -13,6 +13,7 @@ from opgen.errors import Location, SpecError, did_you_mean
 from opgen.expr.latex import default_symbol
 from opgen.expr.hoist import hoist
 from opgen.expr.parser import Statement, parse_condition, parse_program
+from opgen.expr import totals
 from opgen.expr.rows import RowProgram, has_reductions, split_rows
 from opgen.expr.tree import FUNCTIONS, RefKind, VType, refs
 from opgen.spec import names as n
@@ -79,7 +80,10 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
                                                      "standard update: omit row_sparse.lazy)")
     multi = _multi(root, tensors, params) if "multi" in root else None
     _check_usage(root, tensors, params, math, row_sparse, skip_if, output, multi)
-    program = hoist(math)
+    marked, reductions = totals.extract(math)
+    if reductions:
+        row_sparse = _dense_only(root, tensors)
+    program, totals_program = totals.split(hoist(marked), reductions)
     rows = _rows(root, tensors, program, row_sparse)
     deviations = tuple(y.scalar_text(path, n, "each deviation") for n in root.sequence("deviations")) \
         if "deviations" in root else ()
@@ -93,6 +97,7 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         math=math,
         program=program,
         rows=rows,
+        totals=totals_program,
         row_sparse=row_sparse,
         deviations=deviations,
         skip_if=skip_if,
@@ -103,7 +108,8 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     )
     if multi is not None and not op.has_multi:  # the model's one answer to "has a multi kernel"
         raise SpecError(root.key_location("multi"), "the multi-tensor convention needs dense updates of weights, "
-                                                    "without outputs, scalar inputs or skip_if")
+                                                    "without outputs, scalar inputs, skip_if or whole-tensor "
+                                                    "reductions")
     _check_entry_points(op)
     return op
 
@@ -361,6 +367,18 @@ def _multi(root: y.Mapping, tensors, params) -> MultiSpec:
                                                           "required (each call gives one value per tensor)")
         pairs.append((key_node.value, public))
     return MultiSpec(count, tuple(pairs))
+
+
+def _dense_only(root: y.Mapping, tensors) -> RowSparseSpec:
+    """Whole-tensor reductions read every element: the gradient must be dense."""
+    if "row_sparse" in root:
+        raise SpecError(root.key_location("row_sparse"), "an op with whole-tensor reductions (sum, avg, norm, rms, "
+                                                         "amax) takes dense gradients only: remove row_sparse")
+    per_row = next((t for t in tensors if t.per_row), None)
+    if per_row is not None:
+        raise SpecError(per_row.location, "whole-tensor reductions (sum, avg, norm, rms, amax) cannot be mixed with "
+                                          f"per-row states ('{per_row.name}')")
+    return RowSparseSpec(sparse=False)
 
 
 def _rows(root: y.Mapping, tensors, program, row_sparse: RowSparseSpec) -> RowProgram | None:

@@ -14,6 +14,7 @@ from opgen.dtypes import (DTYPE_BY_NAME, PARAM_KINDS, SCALAR_INPUT_KIND, DType, 
 from opgen.errors import Location
 from opgen.expr.hoist import KernelProgram
 from opgen.expr.rows import RowProgram
+from opgen.expr.totals import TotalsProgram
 from opgen.expr.tree import Expr, Program, VType, refs
 from opgen.kinds import OUT, Schedule, TensorRole
 from opgen.spec.names import multi_name
@@ -66,6 +67,7 @@ class RowSparseSpec:
     lazy_param: str | None = None
     always_lazy: bool = False
     dense: bool = True  # False: the gradient must be row-sparse
+    sparse: bool = True  # False: the gradient must be dense (ops with whole-tensor reductions)
 
 
 @dataclass(frozen=True)
@@ -94,6 +96,7 @@ class OpSpec:
     deviations: tuple[str, ...]
     program: KernelProgram  # the math split into a per-call prologue and a per-element body
     rows: RowProgram | None = None  # the body split around its per-row statements (per-row ops)
+    totals: TotalsProgram | None = None  # the read-only passes of its whole-tensor reductions
     skip_if: Expr | None = None  # a condition on the parameters: when true the call changes nothing
     output: str | None = None  # a temporary written to `out` instead of a new weight (weight read-only)
     multi: MultiSpec | None = None  # the public function takes MXNet's multi-tensor convention
@@ -111,15 +114,17 @@ class OpSpec:
     def has_multi(self) -> bool:
         """A multi-tensor kernel: dense updates of weights, without per-call scalar inputs, an
         output or a skip condition (the multi kernel has no per-tensor skip)."""
-        return self.row_sparse.dense and self.output is None and not self.scalars and self.skip_if is None
+        return self.row_sparse.dense and self.output is None and not self.scalars and self.skip_if is None \
+            and self.totals is None
 
     @property
     def schedules(self) -> tuple[Schedule, ...]:
         """The kernels the op gets, from its row-sparse behaviour."""
         rs = self.row_sparse
-        lazy = rs.always_lazy or rs.lazy_param is not None
+        lazy = rs.sparse and (rs.always_lazy or rs.lazy_param is not None)
+        standard = rs.sparse and not rs.always_lazy
         return ((Schedule.DENSE,) if rs.dense else ()) + ((Schedule.MULTI,) if self.has_multi else ()) \
-            + ((Schedule.LAZY,) if lazy else ()) + ((Schedule.STANDARD,) if not rs.always_lazy else ())
+            + ((Schedule.LAZY,) if lazy else ()) + ((Schedule.STANDARD,) if standard else ())
 
     @property
     def row_sparse_schedules(self) -> tuple[Schedule, ...]:

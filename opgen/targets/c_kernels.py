@@ -14,7 +14,7 @@ from __future__ import annotations
 from opgen.kinds import ArgRole, Schedule
 from opgen.spec.model import OpSpec
 from opgen.targets import abi
-from opgen.targets.element import LOOP, OpCode, RowCode, StepCode, Version, math_header, shared_lines, versions
+from opgen.targets.element import LOOP, OpCode, RowCode, StepCode, TotalsCode, Version, math_header, shared_lines, versions
 
 # Below this many elements per thread, a parallel region costs more than it saves.
 MIN_ELEMENTS_PER_THREAD = 1 << 13
@@ -45,7 +45,8 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
     head = f"const {struct} {LOOP.scalars} = {init}({code.init_call()});"
     rows = f"{n.get(ArgRole.NNZ)}, {n.get(ArgRole.ROW_LEN)}, {n.get(ArgRole.INDICES)}"
     if kernel.schedule is Schedule.DENSE:
-        return [head, *versions(step, lambda v: [
+        passes = TotalsCode(step.math).schedule_lines(step, n[ArgRole.SIZE], flush)
+        return [*passes, head, *versions(step, lambda v: [
             f"OPGEN_DENSE({n[ArgRole.SIZE]}, {flush}, {step.step_call('step', 0, v)});"])]
     if op.rows is not None:
         def row_schedule(v: Version) -> list[str]:

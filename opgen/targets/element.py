@@ -84,6 +84,9 @@ class LoopNames:
     line: str = "line"  # lazy: the cache line prefetched
     sums: str = "opgen_sums"  # two-pass rows: the row_mean sums
     values: str = "opgen_values"  # two-pass rows: the per-row values
+    summands: str = "opgen_v"  # reduction passes: one element's summands (and maxima)
+    totals: str = "opgen_totals"  # reduction passes: every total of the call so far, in double
+    accumulated: str = "opgen_acc"  # reduction passes: one pass's accumulators, in double
 
 
 LOOP = LoopNames()
@@ -146,7 +149,9 @@ class OpCode:
     def init_call(self, index: str = "", tensor: str = "0") -> str:
         """The init's arguments in a kernel: its scalars (``index`` into per-tensor tables),
         the seed, and the tensor's number (with the seed, its stochastic-rounding key)."""
-        return ", ".join([*(f"{ARG}{name}{index}" for name in self.op.kernel_scalars), ArgRole.SEED.value, tensor])
+        totals = [LOOP.totals] if self.op.totals is not None else []
+        return ", ".join([*(f"{ARG}{name}{index}" for name in self.op.kernel_scalars), ArgRole.SEED.value, tensor,
+                          *totals])
 
 
     def pointer_args(self, names: list[str], index: str = "") -> str:
@@ -164,7 +169,8 @@ class MathCode:
         """In element functions, per-call values come from the scalar struct ``s``, passed by
         value: once inlined, its members are loop-invariant locals (a pointer's loads under a
         condition would keep the loop from vectorizing)."""
-        if e.kind in (RefKind.PARAM, RefKind.HOISTED) or (e.kind is RefKind.TEMP and e.name in self.code.uniform):
+        if e.kind in (RefKind.PARAM, RefKind.HOISTED, RefKind.TOTAL) or (
+                e.kind is RefKind.TEMP and e.name in self.code.uniform):
             return f"s.{c_name(e.kind, e.name)}"
         return c_name(e.kind, e.name)
 
@@ -180,6 +186,10 @@ class MathCode:
             name = c_name(s.kind, s.target)
             value = name if s.expr.vtype is not VType.REAL else f"({c_type}){name}"
             out.append((name, c_type, f"OPGEN_PER_CALL({value})"))
+        if self.op.totals is not None:  # each reduction's value, once its pass has run
+            m = self.math.c_type
+            out += [(c_name(RefKind.TOTAL, str(t.index)), m, f"OPGEN_PER_CALL(({m}){LOOP.totals}[{t.index}])")
+                    for t in self.op.totals.totals]
         # the key of the call's stochastic rounding (whether it rounds so is each kernel's `sr`)
         out.append((SR_KEY, "uint64_t", f"opgen_call_key({ArgRole.SEED.value}, tensor)"))
         return out
@@ -196,10 +206,11 @@ class MathCode:
 
     def init_lines(self) -> list[str]:
         """Per-call values in double (ints and bools as they are), each rounded once."""
+        totals = [f"const double *{LOOP.totals}"] if self.op.totals is not None else []
         params = ", ".join([*(f"{k.c_arg} {ARG}{n}" for n, k in zip(self.op.kernel_scalars, self.op.kernel_scalar_kinds)),
-                            f"uint64_t {ArgRole.SEED.value}", "int64_t tensor"])
+                            f"uint64_t {ArgRole.SEED.value}", "int64_t tensor", *totals])
         struct = self.code.struct(self.math)
-        prologue = CPrinter(DOUBLE.c_type, lambda e: ARG + e.name if e.kind is RefKind.PARAM else c_name(e.kind, e.name))
+        prologue = CPrinter(DOUBLE.c_type, _prologue_ref)
         lines = [f"OPGEN_INLINE {struct} {self.code.init(self.math)}({params}) {{"]
         for s in self.op.program.prologue:
             lines.append(f"    const {prologue.statement(s, declare=True)} /* {c_comment(s.source)} */")
@@ -241,7 +252,16 @@ class MathCode:
         shared = self.struct_lines() + self.init_lines()
         if self.op.rows is not None:
             return shared + RowCode(self).math_lines()
-        return shared + self.element_lines()
+        return shared + TotalsCode(self).math_lines() + self.element_lines()
+
+
+def _prologue_ref(e: Ref) -> str:
+    """The per-call values' init reads kernel arguments and the totals so far, in double."""
+    if e.kind is RefKind.PARAM:
+        return ARG + e.name
+    if e.kind is RefKind.TOTAL:
+        return f"{LOOP.totals}[{e.name}]"
+    return c_name(e.kind, e.name)
 
 
 @dataclass(frozen=True)
@@ -329,8 +349,8 @@ class StepCode:
         if self.op.rows is not None:
             return RowCode(self.math).step_lines(self)
         memory = Memory("p_{name}[{index}]", {self.grad: "gi"})
-        return [self.head("step", "int64_t i, int64_t gi"), *self.switch_lines(), *self.call_lines(memory, "    "),
-                "}"]
+        return [*TotalsCode(self.math).step_lines(self), self.head("step", "int64_t i, int64_t gi"),
+                *self.switch_lines(), *self.call_lines(memory, "    "), "}"]
 
     # -- CUDA: 16-byte vectors -------------------------------------------------------------
     @property
@@ -461,6 +481,67 @@ class RowCode:
                 f"{_more(args(self.row_tensors))})",
                 f"{fn('row_store')}({LOOP.s}, {LOOP.values}, {LOOP.row}, {sr}{_more(args(self.row_written))})",
                 f"{fn('pass2')}({LOOP.s}, {LOOP.values}, {LOOP.i}, {LOOP.gi}, {sr}{_more(args(self.pass2_arrays))})"]
+
+
+class TotalsCode:
+    """The read-only passes of an op's whole-tensor reductions (see opgen.expr.totals): per
+    math type and pass, a function computing one element's summands (sums first, then maxima)
+    from its tensors' values; per variant and pass, a step that loads them and calls it. The
+    schedule macro OPGEN_TOTALS accumulates them."""
+
+    def __init__(self, math: MathCode) -> None:
+        self.math, self.code, self.op = math, math.code, math.op
+        self.passes = self.op.totals.passes if self.op.totals is not None else ()
+
+    def arrays(self, p) -> list[str]:
+        """The tensors a pass reads (nothing is written)."""
+        exprs = [s.expr for s in p.statements] + [t.arg for t in p.totals]
+        return self.code.touched({r.name for e in exprs for r in refs(e) if r.kind is RefKind.TENSOR})
+
+    def name(self, p, suffix: str) -> str:
+        return self.code.function(f"total{p.level}", suffix)
+
+    def math_lines(self) -> list[str]:
+        m, struct, printer = self.math.math.c_type, self.code.struct(self.math.math), self.math.printer
+        lines: list[str] = []
+        for p in self.passes:
+            names = self.arrays(p)
+            params = ", ".join([f"const {struct} s", f"{m} *{LOOP.summands}", *self.math.element_params(names, set())])
+            lines += [f"OPGEN_INLINE void {self.name(p, m)}({params}) {{",
+                      *self.math.statements(p.statements, set(names)),
+                      *(f"    {LOOP.summands}[{k}] = {printer.expr(t.summand)}; /* {t.func}: {c_comment(t.source)} */"
+                        for k, t in enumerate(p.ordered)), "}"]
+        return lines
+
+    def step_lines(self, step: StepCode) -> list[str]:
+        m, lines = self.math.math.c_type, []
+        memory = Memory("p_{name}[{index}]", {step.grad: "gi"})
+        for p in self.passes:
+            names = self.arrays(p)
+            params = ", ".join([f"const {self.code.struct(self.math.math)} s", "int64_t i", "int64_t gi",
+                                f"{m} *{LOOP.summands}", *step.pointer_params(names)])
+            loads = ", ".join([LOOP.summands, *(step.load(n, memory) for n in names)])
+            lines += [f"OPGEN_INLINE void {self.name(p, step.variant.name)}({params}) {{",
+                      f"    {self.name(p, m)}(s, {loads});", "}"]
+        return lines
+
+    def schedule_lines(self, step: StepCode, size: str, flush: str) -> list[str]:
+        """A kernel's passes, each in its own block: the per-call values so far, the pass,
+        its totals finished (OPGEN_FINISH_<how>) into the call's totals."""
+        if not self.passes:
+            return []
+        m, struct, init = self.math.math.c_type, self.code.struct(self.math.math), self.code.init(self.math.math)
+        lines = [f"double {LOOP.totals}[{len(self.op.totals.totals)}] = {{0}};"]
+        for p in self.passes:
+            call = f"{self.name(p, step.variant.name)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.summands}" \
+                   f"{_more(self.code.pointer_args(self.arrays(p)))})"
+            lines += ["{", f"    const {struct} {LOOP.scalars} = {init}({self.code.init_call()});",
+                      f"    double {LOOP.accumulated}[{len(p.totals)}];",
+                      f"    OPGEN_TOTALS({m}, {len(p.sums)}, {len(p.maxima)}, {size}, {flush}, {LOOP.accumulated}, "
+                      f"{call});",
+                      *(f"    {LOOP.totals}[{t.index}] = OPGEN_FINISH_{t.finish}({LOOP.accumulated}[{k}], {size});"
+                        for k, t in enumerate(p.ordered)), "}"]
+        return lines
 
 
 def _more(text: str) -> str:

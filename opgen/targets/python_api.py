@@ -11,6 +11,7 @@ from opgen.escape import one_line, py_docstring, py_docstring_line, py_string
 from opgen.expr.printers.numpy import NumpyPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.kinds import ArgRole, Schedule
+from opgen.expr.tree import RefKind
 from opgen.spec.model import OUT, OpSpec, ParamSpec, ParamType, TensorRole
 from opgen.spec.names import OUT_ARGUMENT, PACKAGE_EXPORTS, ROUNDING_ARGUMENTS, group_name
 from opgen.targets import abi
@@ -205,6 +206,8 @@ def numpy_lines(op: OpSpec) -> list[str]:
     to the math type ``_T``; the element math follows."""
     from opgen.expr.tree import VType
 
+    if op.totals is not None:
+        return _numpy_total_lines(op)
     program = op.program
     lines = [NumpyPrinter("_D").statement(s) for s in program.prologue]
     real = [name for name, kind in zip(op.kernel_scalars, [ParamType.FLOAT] * len(op.scalars)
@@ -216,6 +219,51 @@ def numpy_lines(op: OpSpec) -> list[str]:
                      f"{',' if len(real) == 1 else ''}")
     printer = NumpyPrinter()
     return lines + [printer.statement(s) for s in program.body]
+
+
+def _numpy_total_lines(op: OpSpec) -> list[str]:
+    """The NumPy kernel of an op with whole-tensor reductions, as its C kernel runs: per
+    stage, the per-call values in double and their rounded copies (``_t_`` names, which the
+    element math reads, so later stages still read the double values); per pass, its
+    element statements over the whole arrays and its totals, accumulated in double
+    (npmath.total_sum, total_max) and finished (npmath.finish_<how>)."""
+    from opgen.expr.tree import VType
+
+    program, totals = op.program, op.totals
+    double = NumpyPrinter("_D")
+    reals = [name for name, kind in zip(op.kernel_scalars, [ParamType.FLOAT] * len(op.scalars)
+                                        + [p.type for p in op.math_params]) if kind is ParamType.FLOAT]
+    rounded = set(reals)
+    lines: list[str] = []
+
+    def round_names(names: list[str]) -> None:
+        names = list(dict.fromkeys(names))
+        if names:
+            lines.append(f"{', '.join('_t_' + n for n in names)}{',' if len(names) == 1 else ''} = "
+                         f"{', '.join(f'_T({n})' for n in names)}{',' if len(names) == 1 else ''}")
+
+    def stage(k: int) -> None:
+        statements = totals.prologue_of(program.prologue, k)
+        lines.extend(double.statement(s) for s in statements)
+        names = [double.statement(s).split(" = ")[0] for s in statements if s.expr.vtype is VType.REAL]
+        rounded.update(names)
+        round_names((reals if k == 0 else []) + names)
+
+    stage(0)
+    element = NumpyPrinter(rounded=rounded)
+    size = f"_np.size({op.weight.name})"
+    arrays = ", ".join(t.name for t in op.arrays)
+    for p in totals.passes:  # a function of its own: its assignments must not rebind the update's inputs
+        summands = "".join(f"{element.expr(t.summand)}, " for t in p.totals)
+        lines += [f"def _pass{p.level}({arrays}):", *(f"    {element.statement(s)}" for s in p.statements),
+                  f"    return ({summands})", f"_s = _pass{p.level}({arrays})"]
+        for k, t in enumerate(p.totals):
+            name = element.ref_name(RefKind.TOTAL, str(t.index))
+            lines.append(f"{name} = _m.finish_{t.finish}(_m.total_{t.accumulates}(_s[{k}]), {size})")
+            rounded.add(name)
+        round_names([element.ref_name(RefKind.TOTAL, str(t.index)) for t in p.totals])
+        stage(p.level)
+    return lines + [element.statement(s) for s in program.body]
 
 
 def py_literal(value, shared: dict | None = None) -> str:

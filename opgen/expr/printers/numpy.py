@@ -17,15 +17,19 @@ _FUNCS = {
 
 
 def py_name(kind: RefKind, name: str) -> str:
-    return f"_h{name}" if kind is RefKind.HOISTED else name
+    return f"_h{name}" if kind is RefKind.HOISTED else f"_q{name}" if kind is RefKind.TOTAL else name
 
 
 class NumpyPrinter(InfixPrinter):
     """``real`` names the real type integers widen to: the math type ``_T`` in the element
     math, float64 ``_D`` in the per-call prologue (computed in double, as the kernels)."""
 
-    def __init__(self, real: str = "_T") -> None:
+    def __init__(self, real: str = "_T", rounded: set[str] | None = None) -> None:
         self.real = real
+        self.rounded = rounded if rounded is not None else set()  # read through their rounded copies, _t_NAME
+
+    def ref_name(self, kind: RefKind, name: str) -> str:
+        return py_name(kind, name)
 
     def const(self, e: Const) -> str:
         """Literals stay weak Python numbers in the element math; the per-call values compute
@@ -35,7 +39,8 @@ class NumpyPrinter(InfixPrinter):
         return e.text
 
     def ref(self, e: Ref) -> str:
-        return py_name(e.kind, e.name)
+        name = py_name(e.kind, e.name)
+        return f"_t_{name}" if name in self.rounded and e.uniform else name
 
     def widen(self, part: Part, e: Expr) -> Part:
         return f"{self.real}({part[0]})", ATOM

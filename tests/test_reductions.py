@@ -1,0 +1,284 @@
+"""Whole-tensor reductions in the spec language (sum, avg, norm, rms, amax): their values
+against NumPy float64, by hand, the same bits on any thread count and on any block split,
+empty and non-finite tensors, and the spec errors they can raise.
+
+The ops under test are built here from small specs (a package of their own), so every
+reduction function, a reduction that reads another's result (two passes) and a reduction
+of a state the math has just updated are covered; lamb_update (specs/) is checked by hand.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import generated
+from opgen.errors import SpecError
+from opgen.runtime import use_backend
+from opgen.spec.loader import parse_spec
+from packages import build_package
+
+ROOT = Path(__file__).resolve().parent.parent
+BACKENDS = ["c", "numpy"]
+
+TOTALS_SPEC = """\
+name: totals
+summary: Every reduction function, one of them over another's result.
+tensors:
+  - {name: weight, role: weight, doc: Weight}
+  - {name: grad, role: grad, doc: Gradient}
+  - {name: mom, role: state, doc: Momentum}
+params:
+  - {name: lr, type: float, required: true, doc: Step}
+math:
+  - mom = 0.5 * mom + grad
+  - c = avg(grad)
+  - s = rms(grad - c)
+  - a = amax(abs(mom))
+  - z = sum(grad)
+  - nm = norm(mom)
+  - weight = weight - lr * ((grad - c) / (s + 1) + mom / (a + 1) + z * 0.001 + nm * 0.001)
+"""
+
+
+def totals_reference(weight, grad, mom, lr):
+    """The TOTALS_SPEC math in float64, written from the formulas."""
+    with np.errstate(all="ignore"):
+        return _totals_reference(*(np.asarray(x, np.float64) for x in (weight, grad, mom)), lr)
+
+
+def _totals_reference(w, g, m, lr):
+    m = 0.5 * m + g
+    c = g.mean() if g.size else np.nan
+    s = np.sqrt(((g - c) ** 2).mean()) if g.size else np.nan
+    a = np.abs(m).max() if m.size else -np.inf
+    z, nm = g.sum(), np.sqrt((m * m).sum())
+    return w - lr * ((g - c) / (s + 1) + m / (a + 1) + z * 0.001 + nm * 0.001), m
+
+
+@pytest.fixture(scope="module")
+def totals_package(tmp_path_factory):
+    return build_package(tmp_path_factory.mktemp("totals"), {"totals": TOTALS_SPEC}, "totals_pkg")
+
+
+def _inputs(n: int, dtype, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    return (rng.normal(size=n).astype(dtype), rng.normal(size=n).astype(dtype),
+            rng.normal(scale=0.1, size=n).astype(dtype))
+
+
+SIZES = [1, 2, 7, 8, 9, 63, 2047, 2048, 2049, 100_003, 1_048_576 + 5]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [np.float32, np.float64], ids=["float32", "float64"])
+@pytest.mark.parametrize("n", SIZES)
+def test_every_reduction_matches_float64(totals_package, backend, dtype, n):
+    """Sizes around the 8 lanes, the 2,048-element blocks and the 512-block cap."""
+    weight, grad, mom = _inputs(n, dtype, n)
+    expected_w, expected_m = totals_reference(weight, grad, mom, 0.1)
+    with use_backend(backend):
+        result = totals_package.totals(weight, grad, mom, lr=0.1)
+    tol = 1e-5 if dtype == np.float32 else 1e-12
+    np.testing.assert_allclose(mom, expected_m, rtol=tol, atol=tol)
+    np.testing.assert_allclose(result, expected_w, rtol=tol, atol=tol * 10)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_reductions_by_hand(totals_package, backend):
+    """Four elements, every total worked out on paper.
+
+    grad = [1, 2, 3, 6], mom = 0 -> mom = grad; c = 3; grad - c = [-2, -1, 0, 3], s = sqrt(14/4);
+    a = 6; z = 12; nm = sqrt(50)."""
+    weight = np.zeros(4)
+    grad, mom = np.array([1.0, 2.0, 3.0, 6.0]), np.zeros(4)
+    with use_backend(backend):
+        result = totals_package.totals(weight, grad, mom, lr=1.0)
+    s, nm = np.sqrt(3.5), np.sqrt(50.0)
+    expected = -(np.array([-2.0, -1.0, 0.0, 3.0]) / (s + 1) + grad / 7 + 0.012 + nm * 0.001)
+    np.testing.assert_allclose(result, expected, rtol=1e-14)
+    np.testing.assert_array_equal(mom, grad)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_empty_tensor_is_a_no_op(totals_package, backend):
+    weight, grad, mom = (np.zeros(0, np.float32) for _ in range(3))
+    with use_backend(backend):
+        result = totals_package.totals(weight, grad, mom, lr=0.1)
+    assert result.shape == (0,)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+def test_a_non_finite_element_reaches_every_reduction(totals_package, backend, bad):
+    """NaN or inf in one gradient element makes the sums, means and norms non-finite, so every
+    weight: the same non-finite pattern as the float64 reference (NaN is never dropped by amax)."""
+    weight, grad, mom = _inputs(5000, np.float64, 3)
+    grad[1234] = bad
+    expected_w, expected_m = totals_reference(weight, grad, mom, 0.1)
+    with use_backend(backend), np.errstate(all="ignore"):
+        result = totals_package.totals(weight, grad, mom, lr=0.1)
+    np.testing.assert_array_equal(np.isnan(result), np.isnan(expected_w))
+    assert not np.isfinite(result).any()
+    np.testing.assert_allclose(mom, expected_m, rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_amax_keeps_nan(totals_package, backend):
+    """amax over a state holding NaN is NaN (not the largest of the others)."""
+    weight, grad, mom = np.ones(3000), np.zeros(3000), np.ones(3000)
+    mom[2999] = np.nan  # the last block's last element, so no later max can hide it
+    with use_backend(backend), np.errstate(all="ignore"):
+        result = totals_package.totals(weight, grad, mom, lr=0.1)
+    assert np.isnan(result).all()
+
+
+THREADS_SCRIPT = textwrap.dedent("""\
+    import sys, numpy as np, generated
+    sys.path.insert(0, sys.argv[2])
+    import totals_pkg
+    rng = np.random.default_rng(7)
+    out = []
+    for n in (3_000_001, 150_001):
+        w, g = rng.normal(size=n).astype(np.float32), rng.normal(size=n).astype(np.float32)
+        m, v = rng.normal(scale=0.1, size=n).astype(np.float32), rng.uniform(0, 0.01, n).astype(np.float32)
+        out.append(generated.lamb_update(w, g, m, v, lr=0.01, t=3, wd=0.01).view(np.uint32))
+        mom = m.copy()
+        out.append(totals_pkg.totals(w, g, mom, lr=0.1).view(np.uint32))
+    np.savez(sys.argv[1], *out)
+    """)
+
+
+def test_the_bits_do_not_depend_on_the_thread_count(totals_package, tmp_path):
+    """1, 2, 3 and 8 OpenMP threads, in fresh processes, over sizes several threads share."""
+    package_root = Path(totals_package.__file__).parent.parent
+    results = []
+    for threads in (1, 2, 3, 8):
+        path = tmp_path / f"t{threads}.npz"
+        run = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(path), str(package_root)], cwd=ROOT,
+                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
+        assert run.returncode == 0, run.stderr
+        with np.load(path) as data:
+            results.append([data[k] for k in sorted(data.files, key=lambda f: int(f.split("_")[1]))])
+    for other in results[1:]:
+        for a, b in zip(results[0], other, strict=True):
+            np.testing.assert_array_equal(a, b)
+
+
+def test_c_and_numpy_agree_to_rounding(totals_package):
+    """The C blocks and NumPy's sum differ only in the order of additions in double."""
+    weight, grad, mom = _inputs(300_000, np.float32, 11)
+    results = []
+    for backend in BACKENDS:
+        m = mom.copy()
+        with use_backend(backend):
+            results.append((totals_package.totals(weight, grad, m, lr=0.1), m))
+    np.testing.assert_array_equal(results[0][1], results[1][1])
+    np.testing.assert_allclose(results[0][0], results[1][0], rtol=1e-6, atol=1e-6)
+
+
+# -- lamb_update by hand --------------------------------------------------------------------
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lamb_trust_ratio_by_hand(backend):
+    """w = [3, 4] (||w|| = 5), g = [1, 1], zero states, t = 1, wd = 0: the bias-corrected
+    m and v are g and g*g, u = g / (|g| + eps) = [1, 1] / (1 + eps), ||u|| = sqrt(2) / (1 + eps),
+    so w' = w - lr * 5 / sqrt(2) * [1, 1] (the eps cancels)."""
+    weight, grad = np.array([3.0, 4.0]), np.array([1.0, 1.0])
+    mean, var = np.zeros(2), np.zeros(2)
+    with use_backend(backend):
+        result = generated.lamb_update(weight, grad, mean, var, lr=0.1, t=1, wd=0.0)
+    np.testing.assert_allclose(result, weight - 0.1 * 5 / np.sqrt(2), rtol=1e-14)
+    np.testing.assert_allclose(mean, [0.1, 0.1], rtol=1e-14)
+    np.testing.assert_allclose(var, [0.001, 0.001], rtol=1e-12)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lamb_bounds_and_zero_norms_by_hand(backend):
+    """A zero weight: r1 = 0, so lr is used unscaled (w' = -lr * u); upper_bound = 1 caps
+    ||w|| = 5 at 1; lower_bound = 10 raises it to 10."""
+    grad = np.array([2.0, -2.0])
+    u = np.array([1.0, -1.0]) / (1 + 1e-6 / 2)  # g / (|g| + eps) at t = 1
+    for kwargs, expected in [
+        (dict(weight=np.zeros(2)), -0.1 * u),
+        (dict(weight=np.array([3.0, 4.0]), upper_bound=1.0), None),
+        (dict(weight=np.array([3.0, 4.0]), lower_bound=10.0), None),
+    ]:
+        weight = kwargs.pop("weight")
+        with use_backend(backend):
+            result = generated.lamb_update(weight, grad, np.zeros(2), np.zeros(2), lr=0.1, t=1, wd=0.0, **kwargs)
+        if expected is None:
+            r1 = min(5.0, kwargs["upper_bound"]) if "upper_bound" in kwargs else max(5.0, kwargs["lower_bound"])
+            expected = weight - 0.1 * r1 / np.linalg.norm(u) * u
+        np.testing.assert_allclose(result, expected, rtol=1e-12)
+
+
+def test_lamb_refuses_row_sparse_gradients():
+    grad = generated.RowSparseArray(np.ones((1, 3), np.float32), np.array([0]), (2, 3))
+    weight = np.ones((2, 3), np.float32)
+    with pytest.raises(TypeError, match="'grad' must be dense"):
+        generated.lamb_update(weight, grad, np.zeros_like(weight), np.zeros_like(weight), lr=0.1, t=1, wd=0.0)
+    np.testing.assert_array_equal(weight, 1.0)
+
+
+# -- spec errors -----------------------------------------------------------------------------
+BASE = """\
+name: toy_update
+summary: A toy.
+tensors:
+  - {name: weight, role: weight, doc: Weight}
+  - {name: grad, role: grad, doc: Gradient}
+params:
+  - {name: lr, type: float, required: true, doc: Step}
+"""
+
+
+def _spec(*math: str, extra: str = "") -> str:
+    return BASE + extra + "math:\n" + "".join(f"  - {line}\n" for line in math)
+
+
+BAD_SPECS = {
+    "uniform_argument": (_spec("weight = weight - norm(lr) * grad"), "reads no tensor"),
+    "uniform_literal": (_spec("weight = weight - lr * sum(2.0) * grad"), "reads no tensor"),
+    "arity": (_spec("weight = weight - lr * norm(grad, grad) * grad"), "norm"),
+    "row_sparse": (_spec("weight = weight - lr * norm(grad) * grad", extra="row_sparse: {lazy: true}\n"),
+                   "dense gradients only"),
+    "skip_if": (_spec("weight = weight - lr * grad", extra="skip_if: norm(grad) > 1\n"), "only the math"),
+    "too_many": (_spec(*[f"x{i} = norm(grad * {i + 1})" for i in range(17)],
+                       "weight = weight - lr * (" + " + ".join(f"x{i}" for i in range(17)) + ") * grad"),
+                 "at most 16 reductions"),
+    "of_a_condition": (_spec("weight = weight - lr * sum(isnan(grad)) * grad"), "needs a number"),
+    "unknown_mean": (_spec("weight = weight - lr * mean(grad) * grad"), "mean"),
+}
+
+
+@pytest.mark.parametrize("case", BAD_SPECS, ids=list(BAD_SPECS))
+def test_bad_reductions_are_spec_errors_with_a_location(case):
+    text, match = BAD_SPECS[case]
+    with pytest.raises(SpecError, match=match) as info:
+        parse_spec(text, "specs/toy_update.yaml")
+    assert str(info.value).startswith("specs/toy_update.yaml:")
+
+
+def test_the_flat_multi_convention_refuses_reductions():
+    """MXNet's flat multi-tensor convention (one call, many tensors): a reduction there would
+    have to be per tensor, which the convention cannot say yet."""
+    text = (ROOT / "specs" / "multi_sgd_update.yaml").read_text()
+    start = text.index("weight = ", text.index("math:"))
+    text = text[:start] + "weight = norm(grad) * 0 + " + text[start + len("weight = "):]
+    with pytest.raises(SpecError, match="whole-tensor reductions") as info:
+        parse_spec(text, "specs/multi_sgd_update.yaml")
+    assert str(info.value).startswith("specs/multi_sgd_update.yaml:")
+
+
+def test_nested_reductions_are_two_passes():
+    """A reduction of an expression holding another reduction: both compute, the outer one in
+    a later pass."""
+    op = parse_spec(_spec("c = avg(grad)", "weight = weight - lr * norm(grad - c) * grad"),
+                    "specs/toy_update.yaml")
+    assert len(op.totals.passes) == 2
