@@ -16,6 +16,8 @@ applied explicitly:
   non-finite gradients (a new weight of inf makes MXNet's `0 * w` a NaN even with wd = 0),
   are not sent to MXNet;
 - multi_mp_*: MXNet leaves weight32 unchanged beside float32 weights: only float16 weights;
+- lamb_update (one call in opgen) is MXNet's LAMB step: lamb_update_phase1, the norms of the
+  weight and of g (NDArray.norm), lamb_update_phase2 (record.py's COMPOSITES);
 - float32: opgen computes the per-call values (1 - beta2, beta1 ** t) in double, MXNet in
   float32: a tolerance of 2e-5 relative.
 

@@ -1,6 +1,6 @@
 """Whole-tensor reductions: ``sum``, ``avg``, ``norm``, ``rms`` and ``amax`` of an element expression.
 
-A reduction's value is one number per call that later statements read (LAMB's trust ratio
+A reduction's value is one number per call that later statements read (a layer-wise trust ratio such as
 ``norm(weight) / norm(r)``). The math keeps its sequential meaning: a reduction is over the
 values its argument has at its place in the math. Kernels run it in passes:
 
@@ -25,8 +25,8 @@ from opgen.errors import SpecError
 from opgen.expr.hoist import KernelProgram
 from opgen.expr.tree import FUNCTIONS, Assign, Binary, Call, Expr, Program, Ref, RefKind, VType, map_children, refs, walk
 
-# How a reduction's accumulated value becomes its result, by function: the C header and
-# opgen.runtime.npmath each define one finisher per name (OPGEN_FINISH_<name>, finish_<name>).
+# How a reduction's accumulated value becomes its result, by function: the C header and the
+# NumPy reference's math module each define one finisher per name (OPGEN_FINISH_<name>, finish_<name>).
 FINISH = {"sum": "none", "avg": "mean", "norm": "sqrt", "rms": "sqrt_mean", "amax": "none"}
 SQUARED = frozenset({"norm", "rms"})  # these accumulate the square of their argument
 MAX_TOTALS = 16  # reductions per op (their partial sums live on the kernel's stack)

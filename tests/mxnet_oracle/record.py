@@ -21,7 +21,22 @@ np.bool = bool  # removed from NumPy 1.24; MXNet 1.9 still reads it
 import mxnet as mx  # noqa: E402
 
 
+def lamb_update(weight, grad, mean, var, out, lr, lower_bound=-1.0, upper_bound=-1.0, **phase1):
+    """opgen's one-call LAMB as MXNet's own LAMB optimizer makes the step (python/mxnet/
+    optimizer/optimizer.py:1289-1315): phase 1, the norms of the weight and of its output g,
+    then phase 2 into out."""
+    g = mx.nd.lamb_update_phase1(weight, grad, mean, var, **phase1)
+    r1, r2 = weight.norm(), g.norm()
+    mx.nd.lamb_update_phase2(weight, g, r1, r2, lr=lr, lower_bound=lower_bound, upper_bound=upper_bound, out=out)
+
+
+# opgen ops that fuse several MXNet calls: their MXNet twin is the sequence of calls
+COMPOSITES = {"lamb_update": lamb_update}
+
+
 def function(path: str):
+    if path in COMPOSITES:
+        return COMPOSITES[path]
     fn = mx.nd
     for part in path.split("."):
         fn = getattr(fn, part)
