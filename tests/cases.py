@@ -302,6 +302,13 @@ PARAMS = {
         "mixed": dict(lr=0.02, beta1=0.8, beta2=0.99, epsilon=1e-4, wd=0.05, rescale_grad=2.0,
                       clip_gradient=1.0, lower_bound=0.1, upper_bound=10.0),
     },
+    "lars_update": {
+        "defaults": dict(lr=10.0),  # LARS's rates are large: the trust ratio brings them down (lars_eta)
+        "momentum_wd": dict(lr=0.5, momentum=0.9, wd=0.01),
+        "trust": dict(lr=1.0, lars_eta=0.02, epsilon=1e-3, wd=0.1),
+        "mixed": dict(lr=0.3, momentum=0.5, lars_eta=0.01, epsilon=1e-6, wd=0.05, rescale_grad=2.0,
+                      clip_gradient=0.5),
+    },
     "lamb_update_phase1": {
         "defaults": dict(wd=0.0),
         "mixed": dict(beta1=0.8, beta2=0.99, epsilon=1e-4, bias_correction=False, wd=0.05,

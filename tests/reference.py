@@ -69,6 +69,7 @@ __all__ = [
     "ftrl_update",
     "group_adagrad_update",
     "lamb_update",
+    "lars_update",
     "lamb_update_phase1",
     "lamb_update_phase2",
     "mp_adamw_update",
@@ -659,6 +660,27 @@ def lamb_update(weight, grad, mean, var, lr, *, beta1=0.9, beta2=0.999, epsilon=
         step = lr_ if (r1 == 0 or r2 == 0) else (lr_ * r1) / r2
         out = w - _per_call(ct, step) * u
     return _store([out, m, v], [w_dt, s_dt, s_dt])
+
+
+def lars_update(weight, grad, mom, lr, momentum=0.0, lars_eta=0.001, epsilon=0.0, wd=0.0,
+                rescale_grad=1.0, clip_gradient=-1.0):
+    """LARS (You et al. 2017, Algorithm 1) as MXNet's mx.optimizer.LARS steps one layer: the
+    layer's rate ``lr * lars_eta * ||w|| / (||g|| + wd * ||w|| + epsilon)`` from the norms of
+    the weight and of the rescaled gradient before clipping (in float64; ``lr`` when either
+    norm is 0), then sgd_mom_update's ``mom = momentum * mom - rate * wd * w - rate * g``."""
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, mom)
+    w, gd, m = _to(ct, weight, grad, mom)
+    mu_, rg_, clip_ = _scalars(ct, momentum, rescale_grad, clip_gradient)
+    with np.errstate(all="ignore"):
+        gr = rg_ * gd
+        w_norm, g_norm = _norm64(w), _norm64(gr)
+        if clip_gradient > 0:
+            gr = _clip(gr, clip_)
+        lr_d, eta_d, eps_d, wd_d = _d(lr, lars_eta, epsilon, wd)
+        rate = lr_d * eta_d * w_norm / (g_norm + wd_d * w_norm + eps_d) if w_norm > 0 and g_norm > 0 else lr_d
+        m = mu_ * m - _per_call(ct, rate * wd_d) * w - _per_call(ct, rate) * gr
+        out = w + m
+    return _store([out, m], [w_dt, s_dt])
 
 
 def lamb_update_phase2(weight, g, r1, r2, lr, lower_bound=-1.0, upper_bound=-1.0):

@@ -218,6 +218,34 @@ def test_lamb_bounds_and_zero_norms_by_hand(backend):
         np.testing.assert_allclose(result, expected, rtol=1e-12)
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lars_layer_rate_by_hand(backend):
+    """w = [3, 4] (||w|| = 5), g = [0, 2] (||g|| = 2), wd = 0.5, lars_eta = 0.1, lr = 1,
+    epsilon = 0.5: the layer's rate is 0.1 * 5 / (2 + 0.5 * 5 + 0.5) = 0.1, so from a zero
+    momentum mom = -0.1 * 0.5 * w - 0.1 * g = [-0.15, -0.4], w' = [2.85, 3.6]. A clip bound
+    of 1 clips the update's gradient to [0, 1] but not the norm (MXNet's LARS):
+    mom = [-0.15, -0.3]."""
+    weight, grad = np.array([3.0, 4.0]), np.array([0.0, 2.0])
+    for clip, expected_mom in [(-1.0, [-0.15, -0.4]), (1.0, [-0.15, -0.3])]:
+        mom = np.zeros(2)
+        with use_backend(backend):
+            result = generated.lars_update(weight, grad, mom, lr=1.0, lars_eta=0.1, epsilon=0.5, wd=0.5,
+                                           clip_gradient=clip)
+        np.testing.assert_allclose(mom, expected_mom, rtol=1e-14)
+        np.testing.assert_allclose(result, weight + np.array(expected_mom), rtol=1e-14)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_lars_zero_norms_use_the_plain_rate(backend):
+    """A zero weight or a zero gradient: the layer's rate is lr itself (0 / 0 never happens)."""
+    for weight, grad in [(np.zeros(2), np.array([1.0, -2.0])), (np.array([1.0, 2.0]), np.zeros(2))]:
+        mom = np.zeros(2)
+        with use_backend(backend):
+            result = generated.lars_update(weight, grad, mom, lr=0.5, wd=0.1)
+        np.testing.assert_array_equal(mom, -0.5 * 0.1 * weight - 0.5 * grad)
+        assert np.isfinite(result).all()
+
+
 def test_lamb_refuses_row_sparse_gradients():
     grad = generated.RowSparseArray(np.ones((1, 3), np.float32), np.array([0]), (2, 3))
     weight = np.ones((2, 3), np.float32)

@@ -30,8 +30,20 @@ def lamb_update(weight, grad, mean, var, out, lr, lower_bound=-1.0, upper_bound=
     mx.nd.lamb_update_phase2(weight, g, r1, r2, lr=lr, lower_bound=lower_bound, upper_bound=upper_bound, out=out)
 
 
+def lars_update(weight, grad, mom, out, lr, momentum=0.0, lars_eta=0.001, epsilon=0.0, wd=0.0, rescale_grad=1.0,
+                clip_gradient=-1.0):
+    """opgen's one-call LARS as MXNet's LARS optimizer makes a layer's step (LARS._get_lars,
+    LARS._l2norm: float32 norms, the gradient's rescaled, not clipped), then sgd_mom_update."""
+    w_norm = mx.nd.norm(weight.astype("float32")).asnumpy()[0]
+    g_norm = mx.nd.norm(grad.astype("float32") * rescale_grad).asnumpy()[0]
+    if w_norm > 0.0 and g_norm > 0.0:
+        lr = lr * lars_eta * w_norm / (g_norm + wd * w_norm + epsilon)
+    mx.nd.sgd_mom_update(weight, grad, mom, lr=float(lr), momentum=momentum, wd=wd, rescale_grad=rescale_grad,
+                         clip_gradient=clip_gradient, out=out)
+
+
 # opgen ops that fuse several MXNet calls: their MXNet twin is the sequence of calls
-COMPOSITES = {"lamb_update": lamb_update}
+COMPOSITES = {"lamb_update": lamb_update, "lars_update": lars_update}
 
 
 def function(path: str):
