@@ -318,6 +318,10 @@ PARAMS = {
         "defaults": dict(lr=0.01),
         "mixed": dict(lr=0.05, lower_bound=0.5, upper_bound=3.0),
     },
+    "mp_lamb_update_phase2": {
+        "defaults": dict(lr=0.01),
+        "mixed": dict(lr=0.05, lower_bound=0.5, upper_bound=3.0),
+    },
     "group_adagrad_update": {
         "defaults": dict(lr=0.1),
         "mixed": dict(lr=0.05, rescale_grad=2.0, clip_gradient=0.5, epsilon=1e-3),
@@ -418,7 +422,7 @@ STATE_VALUES = {
 }
 
 #: the gradient's scale, where N(0, 1) does not fit (lamb phase 2's g is a direction)
-GRAD_SCALE = {"lamb_update_phase2": 0.1}
+GRAD_SCALE = {"lamb_update_phase2": 0.1, "mp_lamb_update_phase2": 0.1}
 
 
 def _norm(a, dtype):
@@ -613,7 +617,8 @@ class Case:
         """A new N(0, 1) gradient: row-sparse on a random half of the rows (or ``rows``) for
         the sparse-only ops, dense otherwise; then new values for the generated scalar inputs."""
         shape = self.weight.shape
-        dense = (rng.normal(0.0, 1.0, size=shape) * GRAD_SCALE.get(self.name, 1.0)).astype(self.dtype)
+        dense = (rng.normal(0.0, 1.0, size=shape) * GRAD_SCALE.get(self.name, 1.0)).astype(
+            self.op.dtype_of(self.op.grad, self.dtype))
         if not self.op.dense:
             rows = random_rows(rng, shape[0]) if rows is None else rows
             self.grad = rsp(dense[rows].copy(), rows, shape)

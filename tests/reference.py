@@ -70,6 +70,7 @@ __all__ = [
     "group_adagrad_update",
     "lamb_update",
     "lars_update",
+    "mp_lamb_update_phase2",
     "lamb_update_phase1",
     "lamb_update_phase2",
     "mp_adamw_update",
@@ -703,6 +704,25 @@ def lamb_update_phase2(weight, g, r1, r2, lr, lower_bound=-1.0, upper_bound=-1.0
             lr_eff = _per_call(ct, (lr_ * r1_) / r2_)
         out = w - lr_eff * gg
     return _store([out], [w_dt])
+
+
+def mp_lamb_update_phase2(weight, g, r1, r2, weight32, lr, lower_bound=-1.0, upper_bound=-1.0):
+    """MPLambUpdatePhaseTwoKernel in float32: ``weight32 - lr' * g`` with lr' as in phase 2,
+    into weight32 (opgen's deviation: MXNet never writes it) and, rounded, the weight."""
+    for a in (g, weight32):
+        assert a.dtype == np.float32, "reference: mp phase 2's g and weight32 are float32"
+    ct = np.float32
+    w, gg = _to(ct, weight32, g)
+    r1_, r2_ = _d(np.asarray(r1).reshape(-1)[0], np.asarray(r2).reshape(-1)[0])
+    lr_, lb, ub = _d(lr, lower_bound, upper_bound)
+    with np.errstate(all="ignore"):
+        if lower_bound >= 0:
+            r1_ = max(r1_, lb)
+        if upper_bound >= 0:
+            r1_ = min(r1_, ub)
+        step = _per_call(ct, lr_ if (r1_ == 0 or r2_ == 0) else (lr_ * r1_) / r2_)
+        (w32,) = _store([w - step * gg], [np.float32])
+    return (w32.astype(weight.dtype), w32)
 
 
 # -- group_adagrad_update (2.14 GroupAdagradDnsRspKernel; lazy) --------------------------

@@ -35,7 +35,8 @@ def _case(op, seed, shape, dtype, rows, data_seed=None):
     """The op's "mixed" parameters and a row-sparse grad on ``rows``."""
     case = cases.make_case(op, seed, shape, dtype, cases.step_params(op, PARAMS[op]["mixed"]))
     rng = np.random.default_rng(seed + 1 if data_seed is None else data_seed)
-    data = rng.normal(0.0, 1.0, size=(len(rows),) + tuple(shape[1:])).astype(dtype)
+    info = cases.op(op)
+    data = rng.normal(0.0, 1.0, size=(len(rows),) + tuple(shape[1:])).astype(info.dtype_of(info.grad, dtype))
     case.grad = cases.rsp(data, rows, shape)
     case.new_scalars()
     return case
