@@ -109,6 +109,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "adam_update.cdef",
     cuda_source=_HERE / "cuda" / "adam_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(2, 0, 1),
 )

@@ -97,6 +97,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "adamw_update.cdef",
     cuda_source=_HERE / "cuda" / "adamw_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=_skip_if,
     store_slots=(2, 0, 1),
 )

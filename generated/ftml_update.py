@@ -106,6 +106,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "ftml_update.cdef",
     cuda_source=_HERE / "cuda" / "ftml_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(3, 2, 0, 1),
 )

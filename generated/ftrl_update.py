@@ -96,6 +96,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "ftrl_update.cdef",
     cuda_source=_HERE / "cuda" / "ftrl_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(2, 0, 1),
 )

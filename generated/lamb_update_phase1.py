@@ -95,6 +95,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "lamb_update_phase1.cdef",
     cuda_source=_HERE / "cuda" / "lamb_update_phase1.cu",
     output=True,
+    output_dtype=None,
     skip_if=None,
     store_slots=(2, 0, 1),
 )
@@ -152,7 +153,8 @@ def lamb_update_phase1(weight, grad, mean, var, *, beta1=0.9, beta2=0.999, epsil
         0, gradient clipping is turned off. grad = max(min(grad, clip_gradient),
         -clip_gradient). Default: -1.0.
     out : numpy.ndarray, optional
-        The array that receives `g`. By default a new array; the weight is never modified.
+        The array (the weight's shape) that receives `g`. By default a new array; the weight
+        is never modified.
     rounding : {'nearest', 'stochastic'}, optional
         How values are stored into float16 and bfloat16 tensors (weight, states, out): to
         nearest even (the default), or stochastically, rounding up with probability equal to

@@ -73,6 +73,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "lamb_update_phase2.cdef",
     cuda_source=_HERE / "cuda" / "lamb_update_phase2.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(0,),
 )

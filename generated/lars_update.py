@@ -90,6 +90,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "lars_update.cdef",
     cuda_source=_HERE / "cuda" / "lars_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(1, 0),
 )

@@ -93,6 +93,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "mp_adamw_update.cdef",
     cuda_source=_HERE / "cuda" / "mp_adamw_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=_skip_if,
     store_slots=(3, 0, 1, 2),
 )

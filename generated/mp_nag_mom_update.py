@@ -85,6 +85,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "mp_nag_mom_update.cdef",
     cuda_source=_HERE / "cuda" / "mp_nag_mom_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(2, 0, 1),
 )

@@ -83,6 +83,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "mp_sgd_update.cdef",
     cuda_source=_HERE / "cuda" / "mp_sgd_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(1, 0),
 )

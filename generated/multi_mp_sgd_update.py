@@ -84,6 +84,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "multi_mp_sgd_update.cdef",
     cuda_source=_HERE / "cuda" / "multi_mp_sgd_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(1, 0),
 )

@@ -98,6 +98,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "rmsprop_update.cdef",
     cuda_source=_HERE / "cuda" / "rmsprop_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(1, 0),
 )

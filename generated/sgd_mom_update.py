@@ -102,6 +102,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "sgd_mom_update.cdef",
     cuda_source=_HERE / "cuda" / "sgd_mom_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(1, 0),
 )

@@ -76,6 +76,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "signsgd_update.cdef",
     cuda_source=_HERE / "cuda" / "signsgd_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(0,),
 )

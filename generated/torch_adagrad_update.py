@@ -87,6 +87,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "torch_adagrad_update.cdef",
     cuda_source=_HERE / "cuda" / "torch_adagrad_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(1, 0),
 )

@@ -101,6 +101,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "torch_amsgrad_update.cdef",
     cuda_source=_HERE / "cuda" / "torch_amsgrad_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(3, 0, 1, 2),
 )

@@ -102,6 +102,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "torch_nadam_update.cdef",
     cuda_source=_HERE / "cuda" / "torch_nadam_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(2, 0, 1),
 )

@@ -93,6 +93,7 @@ _OP = _Operator(
     c_cdef=_HERE / "csrc" / "torch_rmsprop_centered_update.cdef",
     cuda_source=_HERE / "cuda" / "torch_rmsprop_centered_update.cu",
     output=False,
+    output_dtype=None,
     skip_if=None,
     store_slots=(2, 0, 1),
 )

@@ -17,6 +17,7 @@ class TensorRole(str, enum.Enum):
     GRAD = "grad"  # the gradient: read-only, dense or row-sparse
     STATE = "state"  # optimizer state, updated in place
     SCALAR = "scalar"  # a one-element input (array or number), read once per call
+    INPUT = "input"  # another read-only array of the weight's shape (a master copy the op only reads)
 
     def __str__(self) -> str:
         return self.value

@@ -88,6 +88,8 @@ class Op:
         self.weight = next(t.name for t in tensors if t.role == "weight")
         self.grad = next(t.name for t in tensors if t.role == "grad")
         self.states = tuple(t.name for t in tensors if t.role == "state")
+        #: read-only arrays beside the gradient (mp lamb phase 1's weight32)
+        self.inputs = tuple(t.name for t in tensors if t.role == "input")
         #: numbers or one-element arrays read once per call (adamw's rescale_grad, lamb's r1, r2)
         self.scalars = tuple(t.name for t in tensors if t.role == "scalar")
         #: tensor name -> its fixed dtype (mixed-precision master weights and states)
@@ -118,6 +120,8 @@ class Op:
         self.dense = row_sparse.get("dense", True) is not False
         #: the op writes a temporary (lamb phase 1's g) to out and only reads the weight
         self.output = spec.get("output") is not None
+        #: the output's fixed dtype (mp lamb phase 1's float32 g), None: the weight's
+        self.output_dtype = meta.output_dtype
         self.skip_if = spec.get("skip_if")
         #: MXNet's flat multi-tensor convention: {count: PARAM, per_tensor: {lr: lrs, ...}}
         self.multi = spec.get("multi")
@@ -141,6 +145,10 @@ class Op:
         if self.always_lazy:
             return {"lazy": {}}
         return {"standard": {}}
+
+    def out_dtype(self, dtype) -> np.dtype:
+        """The dtype of ``out`` in a call whose weight is ``dtype``."""
+        return np.dtype(dtype) if self.output_dtype is None else self.output_dtype
 
     def dtype_of(self, name: str, dtype, state_dtype=None) -> np.dtype:
         """The dtype of tensor ``name`` in a call whose weight is ``dtype`` and whose states
@@ -317,6 +325,12 @@ PARAMS = {
     "lamb_update_phase2": {
         "defaults": dict(lr=0.01),
         "mixed": dict(lr=0.05, lower_bound=0.5, upper_bound=3.0),
+    },
+    "mp_lamb_update_phase1": {
+        "defaults": dict(wd=0.0),
+        "wd": dict(wd=0.1),
+        "mixed": dict(beta1=0.8, beta2=0.99, epsilon=1e-4, bias_correction=False, wd=0.05,
+                      rescale_grad=2.0, clip_gradient=1.0),
     },
     "mp_lamb_update_phase2": {
         "defaults": dict(lr=0.01),
@@ -645,7 +659,7 @@ def make_case(name: str, seed_: int, shape, dtype, params: dict | None = None, *
     rng = np.random.default_rng(seed_)
     weight = rng.normal(0.0, 1.0, size=shape).astype(dtype)
     values = {}
-    for state in info.states:
+    for state in info.states + info.inputs:
         if state in info.per_row:
             sshape = (shape[0], 1) if per_row_column else (shape[0],)
         else:
@@ -654,9 +668,9 @@ def make_case(name: str, seed_: int, shape, dtype, params: dict | None = None, *
     if name == "rmspropalex_update":  # n >= g*g: a variance estimate
         values["n"] = values["g"] * values["g"] + rng.uniform(0.01, 0.1, size=shape)
     arrays = {info.weight: weight}
-    for state in info.states:
+    for state in info.states + info.inputs:
         arrays[state] = np.asarray(values[state]).astype(info.dtype_of(state, dtype, state_dtype))
-    if "weight32" in info.states:
+    if "weight32" in info.states + info.inputs:
         arrays[info.weight] = arrays["weight32"].astype(dtype)
     case = Case(name, arrays, params or {}, dtype, state_dtype if info.free_states else None)
     case.new_grad(rng, rows=grad_rows)  # the grad, then the scalar inputs

@@ -70,6 +70,7 @@ __all__ = [
     "group_adagrad_update",
     "lamb_update",
     "lars_update",
+    "mp_lamb_update_phase1",
     "mp_lamb_update_phase2",
     "lamb_update_phase1",
     "lamb_update_phase2",
@@ -622,6 +623,30 @@ def lamb_update_phase1(weight, grad, mean, var, *, beta1=0.9, beta2=0.999, epsil
         else:
             g = m / (np.sqrt(v) + eps) + wd_ * w
     return _store([g, m, v], [w_dt, s_dt, s_dt])
+
+
+def mp_lamb_update_phase1(weight, grad, mean, var, weight32, *, beta1=0.9, beta2=0.999, epsilon=1e-6, t,
+                          bias_correction=True, wd, rescale_grad=1.0, clip_gradient=-1.0):
+    """MPLambUpdatePhaseOneKernel, in float32: phase 1 with the weight decay on weight32 (the
+    weight is not read). Returns ``(g, mean, var)``, all float32 (weight32 is only read)."""
+    for a in (mean, var, weight32):
+        assert a.dtype == np.float32, "reference: mp phase 1's mean, var and weight32 are float32"
+    ct = np.float32
+    gd, m, v, w = _to(ct, grad, mean, var, weight32)
+    b1, b2, eps, wd_, rg_, clip_ = _scalars(ct, beta1, beta2, epsilon, wd, rescale_grad, clip_gradient)
+    with np.errstate(all="ignore"):
+        gr = gd * rg_
+        if clip_gradient > 0:
+            gr = _clip(gr, clip_)
+        b1_d, b2_d = _d(beta1, beta2)
+        m = b1 * m + _per_call(ct, 1 - b1_d) * gr
+        v = b2 * v + _per_call(ct, 1 - b2_d) * gr * gr
+        if bias_correction:
+            g = (m / _per_call(ct, 1 - b1_d ** int(t))) / (np.sqrt(v / _per_call(ct, 1 - b2_d ** int(t))) + eps) \
+                + wd_ * w
+        else:
+            g = m / (np.sqrt(v) + eps) + wd_ * w
+    return _store([g, m, v], [np.float32] * 3)
 
 
 def _norm64(x) -> np.float64:

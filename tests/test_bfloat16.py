@@ -62,7 +62,9 @@ def test_c_and_numpy_give_the_same_bf16_bits_for_every_op(op):
         arrays = [result] if not isinstance(result, (list, tuple)) else list(result)
         results[backend] = [np.asarray(a).view(np.uint16).copy() for a in (*arrays, *case.states)
                             if np.asarray(a).dtype == BF16]
-    assert results["c"], op
+    if not results["c"]:
+        assert cases.op(op).output_dtype is not None, op  # only a fixed-dtype output and states
+        pytest.skip("no bfloat16 result: the output and the states have fixed dtypes")
     for c, n in zip(results["c"], results["numpy"], strict=True):
         np.testing.assert_array_equal(c, n)
 

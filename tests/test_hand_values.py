@@ -355,7 +355,50 @@ def _mp_hand_run(fn, op, wdtype, is_ref):
 
 
 def test_mp_hand_cases_are_the_mixed_precision_ops():
-    assert sorted(MP_HAND) == cases.MIXED_PRECISION
+    """Every mixed-precision op that writes its float32 master weight has hand values here;
+    mp lamb's two phases (an output op, scalar inputs) have theirs below."""
+    assert sorted(MP_HAND) == [op for op in cases.MIXED_PRECISION if not op.startswith("mp_lamb_update_phase")]
+    assert {op for op in cases.MIXED_PRECISION if op.startswith("mp_lamb_update_phase")} == \
+        {"mp_lamb_update_phase1", "mp_lamb_update_phase2"}
+
+
+@pytest.mark.parametrize("wdtype", ALL_DTYPES, ids=ALL_DTYPE_IDS)
+@pytest.mark.parametrize("is_ref", [True, False], ids=["reference", "generated"])
+def test_mp_lamb_phase1_by_hand(wdtype, is_ref):
+    """2.13, in float32 from weight32 (the weight is NaN: never read): t = 1 with bias
+    correction, so m_hat = g and v_hat = g * g; g_out = g / (|g| + 1e-6) + 0.1 * weight32:
+    [1 / (1 + 1e-6) + 0.1, -2 / (2 + 1e-6) + 0.2]; mean = 0.1 * g, var = 0.001 * g * g."""
+    fn = cases.op("mp_lamb_update_phase1").ref if is_ref else generated.mp_lamb_update_phase1
+    weight, grad = np.full(2, np.nan, wdtype), np.array([1.0, -2.0], wdtype)
+    mean, var, weight32 = np.zeros(2, np.float32), np.zeros(2, np.float32), np.array([1.0, 2.0], np.float32)
+    result = fn(weight, grad, mean, var, weight32, t=1, wd=0.1)
+    out, mean, var = result if is_ref else (result, mean, var)
+    assert np.asarray(out).dtype == np.float32
+    np.testing.assert_allclose(out, [1 / (1 + 1e-6) + 0.1, -2 / (2 + 1e-6) + 0.2], rtol=1e-6)
+    np.testing.assert_allclose(mean, [0.1, -0.2], rtol=1e-6)
+    np.testing.assert_allclose(var, [0.001, 0.004], rtol=1e-5)
+    np.testing.assert_array_equal(weight32, [1.0, 2.0])
+
+
+@pytest.mark.parametrize("wdtype", ALL_DTYPES, ids=ALL_DTYPE_IDS)
+@pytest.mark.parametrize("is_ref", [True, False], ids=["reference", "generated"])
+def test_mp_lamb_phase2_by_hand(wdtype, is_ref):
+    """2.13 from weight32 (the weight is NaN: never read): r1 = 2, r2 = 4, lr = 0.1, so the
+    step is 0.05 and weight32 [1, 2] becomes [0.95, 2.05]; upper_bound = 1 makes r1 = 1 (step
+    0.025); r2 = 0 leaves lr unscaled. The weight is weight32 rounded to its dtype."""
+    fn = cases.op("mp_lamb_update_phase2").ref if is_ref else generated.mp_lamb_update_phase2
+    g = np.array([1.0, -1.0], np.float32)
+    for kwargs, r2, expected in [({}, 4.0, [0.95, 2.05]), ({"upper_bound": 1.0}, 4.0, [0.975, 2.025]),
+                                 ({}, 0.0, [0.9, 2.1])]:
+        weight, weight32 = np.full(2, np.nan, wdtype), np.array([1.0, 2.0], np.float32)
+        r1, r2 = np.array([2.0], np.float32), np.array([r2], np.float32)
+        if is_ref:
+            out, weight32 = fn(weight, g, r1, r2, weight32, lr=0.1, **kwargs)
+        else:
+            out = fn(weight, g, r1, r2, weight32, lr=0.1, **kwargs, out=weight)
+            assert out is weight
+        np.testing.assert_allclose(weight32, expected, rtol=1e-6)
+        np.testing.assert_array_equal(np.asarray(out), np.asarray(weight32).astype(wdtype))
 
 
 @pytest.mark.parametrize("wdtype", ALL_DTYPES, ids=ALL_DTYPE_IDS)

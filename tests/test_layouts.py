@@ -45,7 +45,7 @@ def _non_contiguous(op, dtype, layout, out_mode):
     info = cases.op(op)
     params = cases.step_params(op, PARAMS[op]["mixed"])
     made = cases.make_case(op, 41, (10, 9), dtype, params)
-    names = (info.weight, info.grad, *info.states)
+    names = (info.weight, info.grad, *info.states, *info.inputs)
     bases = {n: made.arrays[n] for n in names}
     bases0 = {n: a.copy() for n, a in bases.items()}
     views = {n: _view(bases[n], layout) for n in names}
@@ -64,7 +64,7 @@ def _non_contiguous(op, dtype, layout, out_mode):
     elif out_mode == "weight":
         out = weight
     else:
-        out_base = np.zeros((weight.shape[0] * 2,) + weight.shape[1:], dtype=dtype)
+        out_base = np.zeros((weight.shape[0] * 2,) + weight.shape[1:], dtype=info.out_dtype(dtype))
         out = out_base[1::2]
 
     result = case(out=out)

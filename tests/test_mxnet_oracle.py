@@ -20,6 +20,7 @@ applied explicitly:
   weight and of g (NDArray.norm), lamb_update_phase2; lars_update is MXNet's LARS step: the
   norms (in float32: its float64 cases get float32's tolerance), the layer's rate,
   sgd_mom_update (record.py's COMPOSITES);
+- mp_lamb_update_phase1: MXNet takes float16 weights only: only those;
 - mp_lamb_update_phase2: MXNet never writes weight32 (opgen advances it): one step, and the
   weight alone, are compared;
 - float32: opgen computes the per-call values (1 - beta2, beta1 ** t) in double, MXNet in
@@ -69,6 +70,8 @@ FLOAT32_SCALARS = {"adamw_update", "mp_adamw_update", "mp_lamb_update_phase2"}
 #: ops whose MXNet kernel never writes the master weight it declares mutable (deviation): one
 #: step each (MXNet's next step would start from the stale master copy), weight32 not compared
 STALE_MASTER = {"mp_lamb_update_phase2"}
+#: ops whose MXNet kernel takes float16 weights only (MPLambPhaseOneType)
+HALF_WEIGHTS = {"mp_lamb_update_phase1"}
 #: ops whose MXNet twin takes its norms in float32 whatever the dtype (LARS._l2norm): their
 #: float64 cases get float32's tolerance
 FLOAT32_NORMS = {"lars_update"}
@@ -124,12 +127,12 @@ class Grid:
                 self.arrays[names[name]] = np.array(case.arrays[name], copy=True)
         out_name = f"{key}/out" if info.output else names[info.weight]
         if info.output:
-            self.arrays[out_name] = np.zeros(SHAPE, dtype)
+            self.arrays[out_name] = np.zeros(SHAPE, info.out_dtype(dtype))
         compared_states = [s for s in info.states if not (op in STALE_MASTER and s == "weight32")]
         results = [out_name] + [names[s] for s in compared_states]
         steps = []
         opgen_case = case.copy()
-        out_array = np.zeros(SHAPE, dtype) if info.output else None
+        out_array = np.zeros(SHAPE, info.out_dtype(dtype)) if info.output else None
         for step in range(1 if op in STALE_MASTER else STEPS):
             step_params = cases.step_params(op, params, step)
             if step:
@@ -199,12 +202,12 @@ def _grid() -> Grid:
             for pset in cases.PARAMS[op]:
                 if pset in DEVIATING_SETS or (op in ALIASING_WD and cases.PARAMS[op][pset].get("wd")):
                     continue
-                if op.startswith("multi_mp_") and np.dtype(dtype) != np.float16:
+                if (op.startswith("multi_mp_") or op in HALF_WEIGHTS) and np.dtype(dtype) != np.float16:
                     continue  # MXNet's multi_mp kernels leave weight32 unchanged beside float32 weights
                 for mode in modes:
                     grid.add(op, dtype, pset, mode)
         if op not in ALIASING_WD:  # (a non-finite new weight is where their aliasing shows)
-            nonfinite_dtype = np.float16 if op.startswith("multi_mp_") else np.float32
+            nonfinite_dtype = np.float16 if op.startswith("multi_mp_") or op in HALF_WEIGHTS else np.float32
             grid.add(op, nonfinite_dtype, next(iter(cases.PARAMS[op])), modes[0], nonfinite=True)
     return grid
 

@@ -222,7 +222,7 @@ def test_out_is_weight_updates_in_place(backend, op, dtype):
 def test_out_separate_array(backend, op, dtype):
     case = _out_case(op, 23, dtype)
     w0 = case.weight.copy()
-    out = np.full_like(case.weight, 123.0)
+    out = np.full_like(case.weight, 123.0, dtype=cases.op(op).out_dtype(dtype))
     expected = case.expected()
     result = case(out=out)
     assert result is out
@@ -241,7 +241,8 @@ def test_out_modes_agree_bitwise(backend, op):
     for mode in modes:
         case = _out_case(op, 24, np.float32, (5, 7))
         w0 = case.weight.copy()
-        out = {"none": None, "weight": case.weight, "separate": np.full_like(case.weight, 5.0)}[mode]
+        out = {"none": None, "weight": case.weight,
+               "separate": np.full_like(case.weight, 5.0, dtype=info.out_dtype(np.float32))}[mode]
         r = case(out=out)
         if mode == "none":
             assert isinstance(r, np.ndarray) and r is not case.weight

@@ -27,6 +27,8 @@ math:
 """
 
 P = "specs/toy_update.yaml"
+MOM = "  - {name: mom, role: state, doc: Momentum}\n"
+TAIL = BASE[BASE.index(MOM):]  # the momentum state to the end: edits that touch several places
 
 # (name, (old, new) edit of BASE, expected error)
 CASES = [
@@ -41,7 +43,7 @@ CASES = [
     ("unknown param type", ("type: float, default: 0.9", "type: floot, default: 0.9"),
      f"{P}:9:28: unknown type 'floot' for parameter 'momentum' (types: float, int, bool)"),
     ("unknown role", ("role: state", "role: stat"),
-     f"{P}:6:23: unknown role 'stat' for tensor 'mom' (roles: weight, grad, state, scalar)"),
+     f"{P}:6:23: unknown role 'stat' for tensor 'mom' (roles: weight, grad, state, scalar, input)"),
     ("quoted default", ("default: 0.9", 'default: "0.9"'),
      f"{P}:9:44: default of float parameter 'momentum' is the quoted string '0.9'; write it without quotes"),
     ("bad default", ("default: 0.9", "default: fast"),
@@ -93,7 +95,23 @@ CASES = [
     ("output not a temporary", ("math:", "output: mom\nmath:"),
      f"{P}:10:9: output 'mom' must be a temporary assigned by the math"),
     ("fixed dtype on weight", ("role: weight, doc: Weight}", "role: weight, doc: Weight, dtype: float32}"),
-     f"{P}:4:54: the weight 'weight' takes the call's dtype; only gradients and states can fix theirs"),
+     f"{P}:4:54: the weight 'weight' takes the call's dtype; only gradients, states and inputs can fix theirs"),
+    ("input never read", ("  - {name: mom, role: state, doc: Momentum}\n",
+                          "  - {name: mom, role: state, doc: Momentum}\n  - {name: prior, role: input, doc: Prior}\n"),
+     f"{P}:7:5: input 'prior' is never read by the math"),
+    ("input assigned", (TAIL, TAIL.replace("  - weight = weight + mom", "  - prior = mom\n  - weight = weight + prior")
+                        .replace(MOM, MOM + "  - {name: prior, role: input, doc: Prior}\n")),
+     f"{P}:13:5: cannot assign to 'prior': it is a read-only input"),
+    ("input with row_sparse", (TAIL, TAIL.replace("math:", "row_sparse: {lazy: true}\nmath:")
+                               .replace("lr * grad", "lr * grad * prior")
+                               .replace(MOM, MOM + "  - {name: prior, role: input, doc: Prior}\n")),
+     f"{P}:11:1: an op with read-only inputs takes dense gradients only: remove row_sparse"),
+    ("unknown output dtype", (TAIL, TAIL.replace("math:\n", "output: {name: step, dtype: float8}\nmath:\n  - step = lr * grad\n")
+                              .replace("  - weight = weight + mom\n", "")),
+     f"{P}:10:29: unknown dtype 'float8' for the output 'step' (dtypes: float16, bfloat16, float32, float64)"),
+    ("unknown output key", (TAIL, TAIL.replace("math:\n", "output: {name: step, dtpe: float32}\nmath:\n  - step = lr * grad\n")
+                            .replace("  - weight = weight + mom\n", "")),
+     f"{P}:10:22: unknown key 'dtpe' in the output; did you mean 'dtype'?"),
     ("bad lazy switch", ("math:", "row_sparse: {lazy: momentum}\nmath:"),
      f"{P}:10:20: row_sparse.lazy must be true, false or the name of a bool parameter, got 'momentum'"),
 ]

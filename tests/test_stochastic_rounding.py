@@ -49,7 +49,10 @@ def test_c_and_numpy_round_every_op_to_the_same_bits(op, dtype):
     for a, b in zip(c, reference, strict=True):
         np.testing.assert_array_equal(a, b)
     nearest = run_case(op, dtype, "c", None, rounding="nearest")
-    assert any((a != b).any() for a, b in zip(c, nearest)), "stochastic rounding changed nothing"
+    if any(a.dtype == np.uint16 for a in c):  # something is stored in 16 bits
+        assert any((a != b).any() for a, b in zip(c, nearest)), "stochastic rounding changed nothing"
+    else:  # every result has a fixed wide dtype (mp lamb phase 1: float32 g and states)
+        assert all((a == b).all() for a, b in zip(c, nearest)), "stochastic rounding changed a wide store"
 
 
 @needs_c

@@ -100,6 +100,7 @@ class Work:
     states: list  # contiguous, updated in place
     scalars: tuple  # the kernels' scalars: scalar inputs, then the math's parameters
     rounding: Rounding = NEAREST
+    inputs: list = ()  # the read-only arrays beside the gradient; contiguous
 
     @property
     def grad_data(self):
@@ -107,7 +108,7 @@ class Work:
 
     def arrays(self, op, grad_array) -> dict:
         """Each kernel array by name: the weight (as read), the gradient, states, ``out``."""
-        states = iter(self.states)
+        states, inputs = iter(self.states), iter(self.inputs)
         out = {}
         for t in op.tensors:
             if t.role is TensorRole.WEIGHT:
@@ -116,6 +117,8 @@ class Work:
                 out[t.name] = grad_array
             elif t.role is TensorRole.STATE:
                 out[t.name] = next(states)
+            elif t.role is TensorRole.INPUT:
+                out[t.name] = next(inputs)
         out[OUT] = self.target
         return out
 
@@ -160,7 +163,7 @@ class NumpyBackend(Backend):
                     view[rows] = _rounded(op, work, k, view.dtype, result, element)
             return
         dense_grad = grad.todense() if isinstance(grad, RowSparseArray) else grad
-        inputs = op.numpy_inputs(source, work.states, dense_grad, scalar_inputs, acc)
+        inputs = op.numpy_inputs(source, work.states, dense_grad, scalar_inputs, acc, work.inputs)
         with np.errstate(all="ignore"):  # (a float16 store that overflows to inf included)
             results = op.numpy_kernel(acc, *inputs, *params)
             for k, (array, result) in enumerate(zip(writable, results)):

@@ -26,7 +26,7 @@ def _inputs(operator) -> tuple[list, dict, list[str]]:
         dtype = np.dtype(t.dtype) if t.dtype else np.float32
         if t.role is TensorRole.SCALAR:
             arrays.append(1.0)
-        elif t.role is TensorRole.WEIGHT:
+        elif t.role in (TensorRole.WEIGHT, TensorRole.INPUT):  # an input: a master copy, say
             arrays.append(np.array(_WEIGHT, dtype))
         elif t.role is TensorRole.GRAD:
             grad = np.array(_GRAD, dtype)

@@ -307,7 +307,7 @@ class MultiOperator:
         for i in range(count):
             names = self._names(naming, i)
             group = tuple(lst[i] for lst in lists)
-            weight, grad, states, _ = op.check_tensors(group, names)
+            weight, grad, states, _, _ = op.check_tensors(group, names)
             if weight.dtype != dtype:
                 raise self._fail(naming, TypeError, names[op.weight_index], f"has dtype {weight.dtype} but the first "
                                                                     f"weight has {dtype}; one dtype per call")

@@ -93,6 +93,7 @@ class Call:
     schedule: Schedule
     states_dtype: np.dtype  # the free states' dtype (the weight's where the op has none)
     rounding: Rounding = NEAREST
+    inputs: tuple = ()  # the read-only arrays beside the gradient, in declaration order
 
 
 class Operator:
@@ -101,7 +102,7 @@ class Operator:
     def __init__(self, *, name: str, spec: str, tensors: Sequence[TensorArg], params: Sequence[ParamArg],
                  lazy_param: str | None, always_lazy: bool, kernels: Sequence[KernelABI], numpy_kernel: Callable,
                  c_source: Path, c_cdef: Path, cuda_source: Path, output: bool = False, skip_if: Callable | None = None,
-                 store_slots: tuple[int, ...] = ()) -> None:
+                 store_slots: tuple[int, ...] = (), output_dtype: str | None = None) -> None:
         self.name = name
         self.spec = spec
         self.tensors = tuple(tensors)
@@ -120,6 +121,8 @@ class Operator:
             self.state_dtypes[weight_dtype] = self.state_dtypes.get(weight_dtype, ()) + (states_dtype,)
         self.always_lazy = always_lazy
         self.output = output  # the kernels write `out` and leave the weight alone
+        # the output's fixed dtype (None: the weight's)
+        self.output_dtype = np.dtype(output_dtype) if output_dtype else None
         self.skip_if = skip_if
         self.lazy_index = next((k for k, p in enumerate(params) if p.name == lazy_param), None)
         self._state_names = tuple(t.name for t in self.tensors if t.role is TensorRole.STATE)
@@ -233,15 +236,15 @@ class Operator:
               out_name: str = "out", rounding: Rounding = NEAREST) -> Call:
         """Every check of a call; raises before anything is written."""
         values = tuple(self.check_param(p, v) for p, v in zip(self.params, params))
-        weight, grad, states, scalars = self.check_tensors(tensors, names)
-        target = self.check_out(out, weight, grad, states, names, out_name)
+        weight, grad, states, scalars, inputs = self.check_tensors(tensors, names)
+        target = self.check_out(out, weight, grad, states, names, out_name, inputs)
         if isinstance(grad, RowSparseArray):
             lazy = self.always_lazy or (self.lazy_index is not None and values[self.lazy_index])
             schedule = Schedule.LAZY if lazy else Schedule.STANDARD
         else:
             schedule = Schedule.DENSE
         return Call(weight, grad, states, tuple(scalars) + tuple(values[k] for k in self.kernel_params),
-                    target, schedule, self.states_dtype(weight, states), rounding)
+                    target, schedule, self.states_dtype(weight, states), rounding, inputs)
 
     def execute(self, call: Call):
         """Run a checked call: from here on, arrays are written (on the arrays' device)."""
@@ -257,16 +260,19 @@ class Operator:
         if self.skip_if is not None and self._skipped(weight.dtype, call.states_dtype, call.scalars):
             return weight.copy(order="C") if target is None else target
         if target is None:
-            target = xp.empty_like(weight, order="C") if self.output else weight.copy(order="C")
+            target = xp.empty_like(weight, order="C", dtype=self.output_dtype) if self.output \
+                else weight.copy(order="C")
         elif target is not weight and not self.output:
             xp.copyto(target, weight)
         # An output op reads the weight while it writes `out`: never through the same buffer.
-        result = xp.empty_like(weight, order="C") if self.output and target is weight else target
+        result = xp.empty_like(weight, order="C", dtype=self.output_dtype) if self.output and target is weight \
+            else target
         work = [_contiguous(xp, result)] + [_contiguous(xp, s) for s in call.states]
         source = _contiguous(xp, weight) if self.output else work[0]
         backend = backends.backend_for(self, adapter_for(weight))
+        inputs = [_contiguous(xp, a) for a in call.inputs]  # read only: nothing to copy back
         backend.run(self, Work(call.schedule, weight.dtype, call.states_dtype, work[0], source, call.grad, work[1:],
-                               call.scalars, call.rounding))
+                               call.scalars, call.rounding, inputs))
         if backend is backends.C and call.states_dtype == weight.dtype:
             self._enable_fast_path(call.schedule, weight.dtype)
         for original, used in zip([result, *call.states], work):
@@ -323,8 +329,8 @@ class Operator:
         return value
 
     def check_tensors(self, tensors: tuple, names: tuple[str, ...] | None = None):
-        """Every tensor of a call: (weight, grad, states, scalar values); ``names``: how
-        errors call each tensor (default: the spec's names)."""
+        """Every tensor of a call: (weight, grad, states, scalar values, read-only inputs);
+        ``names``: how errors call each tensor (default: the spec's names)."""
         names = names or self.names
         weight = tensors[self.weight_index]
         w_name = names[self.weight_index]
@@ -333,7 +339,7 @@ class Operator:
             raise self._fail(TypeError, w_name, f"is a {kind(weight)} array, but {self.name} has no CUDA kernels "
                                                 "(its whole-tensor reductions run on the CPU only); pass host arrays")
         xp = array_module(weight)
-        states, state_names, scalars = [], [], []
+        states, state_names, scalars, inputs, input_names = [], [], [], [], []
         free = None  # (name, dtype) of the first free state: the others must share its dtype
         for spec, name, value in zip(self.tensors, names, tensors):
             if spec.role is TensorRole.WEIGHT:
@@ -365,6 +371,9 @@ class Operator:
                 self._check_no_self_overlap(name, value, "states are updated in place")
                 states.append(value)
                 state_names.append(name)
+            elif spec.role is TensorRole.INPUT:
+                inputs.append(value)
+                input_names.append(name)
         grad = tensors[self.grad_index]
         g_name = names[self.grad_index]
         grad_memory = grad.data if isinstance(grad, RowSparseArray) else grad
@@ -372,7 +381,13 @@ class Operator:
             for other_name, other in [(g_name, grad_memory), (w_name, weight)] + list(zip(state_names[:k], states[:k])):
                 if xp.may_share_memory(s, other):
                     raise self._fail(ValueError, name, f"shares memory with '{other_name}'")
-        return weight, grad, states, scalars
+        # an input is read while the weight (unless the op has an output) and the states are written
+        written = ([] if self.output else [(w_name, weight)]) + list(zip(state_names, states))
+        for name, a in zip(input_names, inputs):
+            for other_name, other in written:
+                if xp.may_share_memory(a, other):
+                    raise self._fail(ValueError, name, f"shares memory with '{other_name}', which the call writes")
+        return weight, grad, states, scalars, tuple(inputs)
 
     def _check_dtype(self, spec: TensorArg, name: str, value, weight, w_name: str,
                      free: tuple[str, np.dtype] | None = None) -> None:
@@ -460,7 +475,7 @@ class Operator:
             raise self._fail(ValueError, name, f"data has shape {grad.data.shape}; expected {expected}")
 
     def check_out(self, out, weight, grad, states: list, names: tuple[str, ...] | None = None,
-                  out_name: str = "out"):
+                  out_name: str = "out", inputs: tuple = ()):
         """Where the result goes: None (a new array), the weight itself, or another array."""
         names = names or self.names
         w_name = names[self.weight_index]
@@ -474,7 +489,10 @@ class Operator:
             raise self._fail(TypeError, out_name, f"must be None or a {kind(weight)} array like '{w_name}', "
                                                   f"got {type(out).__name__}")
         xp = array_module(weight)
-        if out.dtype != weight.dtype:
+        if self.output_dtype is not None:
+            if out.dtype != self.output_dtype:
+                raise self._fail(TypeError, out_name, f"has dtype {out.dtype}; it must be {self.output_dtype}")
+        elif out.dtype != weight.dtype:
             raise self._fail(TypeError, out_name, f"has dtype {out.dtype} but '{w_name}' has {weight.dtype}")
         if out.shape != weight.shape:
             raise self._fail(ValueError, out_name, f"has shape {out.shape} but '{w_name}' has shape {weight.shape}")
@@ -490,7 +508,8 @@ class Operator:
         g_name = names[self.grad_index]
         state_names = self._state_names if names is self.names else \
             [n for t, n in zip(self.tensors, names) if t.role is TensorRole.STATE]
-        for other_name, other in [(g_name, grad_memory)] + list(zip(state_names, states)):
+        input_names = [n for t, n in zip(self.tensors, names) if t.role is TensorRole.INPUT]
+        for other_name, other in [(g_name, grad_memory)] + list(zip(state_names, states)) + list(zip(input_names, inputs)):
             if xp.may_share_memory(out, other):
                 raise self._fail(ValueError, out_name, f"shares memory with '{other_name}'")
         if same_view(out, weight):
@@ -550,19 +569,17 @@ class Operator:
             self._from_buffer = module.ffi.from_buffer
             self._fast_functions[dtype] = self.c_function(module, kernel)
 
-    def numpy_inputs(self, weight, states, grad, scalar_inputs, acc) -> list:
-        return self._inputs(weight, states, grad, scalar_inputs, acc)
-
-    def _inputs(self, weight, states, grad, scalar_inputs, acc) -> list:
+    def numpy_inputs(self, weight, states, grad, scalar_inputs, acc, inputs=()) -> list:
         """The NumPy kernel's tensor arguments in declaration order, in the math dtype."""
-        state_iter, scalar_iter = iter(states), iter(scalar_inputs)
+        by_role = {TensorRole.STATE: iter(states), TensorRole.SCALAR: iter(scalar_inputs),
+                   TensorRole.INPUT: iter(inputs)}
         ordered = []
         for t in self.tensors:
             if t.role is TensorRole.SCALAR:
-                ordered.append(next(scalar_iter))
+                ordered.append(next(by_role[t.role]))
             else:
                 array = weight if t.role is TensorRole.WEIGHT else grad if t.role is TensorRole.GRAD \
-                    else next(state_iter)
+                    else next(by_role[t.role])
                 ordered.append(array.astype(acc, copy=False))
         return ordered
 

@@ -70,7 +70,7 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     row_sparse = _row_sparse(root, params)
     math = _math(root, tensors, params)
     skip_if = _skip_if(root, tensors, params) if "skip_if" in root else None
-    output = _output(root, math) if "output" in root else None
+    output, output_dtype = _output(root, math) if "output" in root else (None, None)
     if output is not None and skip_if is not None:
         raise SpecError(root.key_location("skip_if"), "an op with an output cannot have skip_if: a skipped call "
                                                       "would have no output to return")
@@ -82,7 +82,9 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     _check_usage(root, tensors, params, math, row_sparse, skip_if, output, multi)
     marked, reductions = totals.extract(math)
     if reductions:
-        row_sparse = _dense_only(root, tensors)
+        row_sparse = _dense_only(root, tensors, "an op with whole-tensor reductions (sum, avg, norm, rms, amax)")
+    elif any(t.role is TensorRole.INPUT for t in tensors):
+        row_sparse = _dense_only(root, tensors, "an op with read-only inputs")
     program, totals_program = totals.split(hoist(marked), reductions)
     rows = _rows(root, tensors, program, row_sparse)
     deviations = tuple(y.scalar_text(path, n, "each deviation") for n in root.sequence("deviations")) \
@@ -102,14 +104,15 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         deviations=deviations,
         skip_if=skip_if,
         output=output,
+        output_dtype=output_dtype,
         multi=multi,
         location=root.location("name"),
         optimizers=parse_optimizers(root, name) if "optimizer" in root else (),
     )
     if multi is not None and not op.has_multi:  # the model's one answer to "has a multi kernel"
         raise SpecError(root.key_location("multi"), "the multi-tensor convention needs dense updates of weights, "
-                                                    "without outputs, scalar inputs, skip_if or whole-tensor "
-                                                    "reductions")
+                                                    "without outputs, scalar or read-only inputs, skip_if or "
+                                                    "whole-tensor reductions")
     _check_entry_points(op)
     return op
 
@@ -178,7 +181,7 @@ def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
                                                  f"(dtypes: {', '.join(DTYPE_NAMES)})")
         if dtype is not None and role in (TensorRole.WEIGHT, TensorRole.SCALAR):
             raise SpecError(m.location("dtype"), f"the {role.value} '{name}' takes the call's dtype; "
-                                                 "only gradients and states can fix theirs")
+                                                 "only gradients, states and inputs can fix theirs")
         per_row = _bool(m, "per_row") if "per_row" in m else False
         if per_row and role is not TensorRole.STATE:
             raise SpecError(m.location("per_row"), f"only states can hold one value per row, not the {role.value} '{name}'")
@@ -304,7 +307,7 @@ def _math(root: y.Mapping, tensors: tuple[TensorSpec, ...], params: tuple[ParamS
         statements.append(Statement(text, _locator(root.path, node)))
     if not statements:
         raise SpecError(root.location("math"), "the math is empty")
-    readonly = frozenset(t.name for t in tensors if t.role is TensorRole.GRAD)
+    readonly = frozenset(t.name for t in tensors if t.role in (TensorRole.GRAD, TensorRole.INPUT))
     writable = frozenset(t.name for t in tensors if t.role in (TensorRole.WEIGHT, TensorRole.STATE))
     scalar_inputs = frozenset(t.name for t in tensors if t.role is TensorRole.SCALAR)
     return parse_program(statements, readonly, writable, _uniform_names(tensors, params), scalar_inputs)
@@ -328,13 +331,22 @@ def _skip_if(root: y.Mapping, tensors, params):
     return condition
 
 
-def _output(root: y.Mapping, math) -> str:
-    name = root.string("output")
+def _output(root: y.Mapping, math) -> tuple[str, str | None]:
+    """``output: TEMP`` (in the weight's dtype) or ``output: {name: TEMP, dtype: DTYPE}``."""
+    if not isinstance(root.node("output"), yaml.MappingNode):
+        name, dtype, where = root.string("output"), None, root.location("output")
+    else:
+        m = y.Mapping(root.path, root.node("output"), "the output", required=("name",), optional=("dtype",))
+        name, where = m.string("name"), m.location("name")
+        dtype = m.string("dtype") if "dtype" in m else None
+        if dtype is not None and dtype not in DTYPE_NAMES:
+            raise SpecError(m.location("dtype"), f"unknown dtype '{dtype}' for the output '{name}' "
+                                                 f"(dtypes: {', '.join(DTYPE_NAMES)})")
     temps = [s.target for s in math.statements if s.kind is RefKind.TEMP]
     if name not in temps:
-        raise SpecError(root.location("output"), f"output '{name}' must be a temporary assigned by the math"
-                                                 f"{did_you_mean(name, temps)}")
-    return name
+        raise SpecError(where, f"output '{name}' must be a temporary assigned by the math"
+                               f"{did_you_mean(name, temps)}")
+    return name, dtype
 
 
 _locator = y.locator
@@ -369,15 +381,14 @@ def _multi(root: y.Mapping, tensors, params) -> MultiSpec:
     return MultiSpec(count, tuple(pairs))
 
 
-def _dense_only(root: y.Mapping, tensors) -> RowSparseSpec:
-    """Whole-tensor reductions read every element: the gradient must be dense."""
+def _dense_only(root: y.Mapping, tensors, what: str) -> RowSparseSpec:
+    """Whole-tensor reductions read every element, and the row kernels do not walk read-only
+    inputs (yet): the gradient must be dense."""
     if "row_sparse" in root:
-        raise SpecError(root.key_location("row_sparse"), "an op with whole-tensor reductions (sum, avg, norm, rms, "
-                                                         "amax) takes dense gradients only: remove row_sparse")
+        raise SpecError(root.key_location("row_sparse"), f"{what} takes dense gradients only: remove row_sparse")
     per_row = next((t for t in tensors if t.per_row), None)
     if per_row is not None:
-        raise SpecError(per_row.location, "whole-tensor reductions (sum, avg, norm, rms, amax) cannot be mixed with "
-                                          f"per-row states ('{per_row.name}')")
+        raise SpecError(per_row.location, f"{what} cannot have per-row states ('{per_row.name}')")
     return RowSparseSpec(sparse=False)
 
 
@@ -403,7 +414,7 @@ def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSp
                                             f"('{output}'); it must not be assigned")
         elif t.role in (TensorRole.WEIGHT, TensorRole.STATE) and t.name not in written:
             raise SpecError(t.location, f"{t.role.value} '{t.name}' is never written by the math")
-        if t.role in (TensorRole.GRAD, TensorRole.SCALAR) and t.name not in read:
+        if t.role in (TensorRole.GRAD, TensorRole.SCALAR, TensorRole.INPUT) and t.name not in read:
             raise SpecError(t.location, f"{t.role.value} '{t.name}' is never read by the math")
     for p in params:
         if p.ignored and p.name in read:

@@ -99,6 +99,7 @@ class OpSpec:
     totals: TotalsProgram | None = None  # the read-only passes of its whole-tensor reductions
     skip_if: Expr | None = None  # a condition on the parameters: when true the call changes nothing
     output: str | None = None  # a temporary written to `out` instead of a new weight (weight read-only)
+    output_dtype: str | None = None  # the output's fixed dtype; None: the weight's
     multi: MultiSpec | None = None  # the public function takes MXNet's multi-tensor convention
     location: Location | None = None  # where the spec names the op
     optimizers: tuple = ()  # the torch.optim classes its optimizer section declares (spec.optimizer)
@@ -112,10 +113,11 @@ class OpSpec:
     # -- derived facts ---------------------------------------------------------------
     @property
     def has_multi(self) -> bool:
-        """A multi-tensor kernel: dense updates of weights, without per-call scalar inputs, an
-        output or a skip condition (the multi kernel has no per-tensor skip)."""
+        """A multi-tensor kernel: dense updates of weights, without per-call scalar inputs,
+        read-only inputs, an output, a skip condition (the multi kernel has no per-tensor skip)
+        or whole-tensor reductions."""
         return self.row_sparse.dense and self.output is None and not self.scalars and self.skip_if is None \
-            and self.totals is None
+            and self.totals is None and not self.inputs
 
     @property
     def schedules(self) -> tuple[Schedule, ...]:
@@ -148,13 +150,16 @@ class OpSpec:
         spec = next((t for t in self.tensors if t.name == tensor), None)
         if spec is not None and spec.dtype:
             return DTYPE_BY_NAME[spec.dtype]
+        if tensor == OUT and self.output_dtype:
+            return DTYPE_BY_NAME[self.output_dtype]
         return variant.states if spec is not None and spec.role is TensorRole.STATE else variant.dtype
 
     def math_type(self, variant: Variant) -> MathType:
         """An op that fixes some tensors' dtypes (mixed precision) computes in the widest of
         those; any other op in the widest math type of the variant's dtypes (float for
         float16, and for bfloat16 with float32 states)."""
-        fixed = [DTYPE_BY_NAME[t.dtype] for t in self.tensors if t.dtype]
+        fixed = [DTYPE_BY_NAME[t.dtype] for t in self.tensors if t.dtype] \
+            + ([DTYPE_BY_NAME[self.output_dtype]] if self.output_dtype else [])
         return widest_math(fixed or [variant.dtype, variant.states])
 
     @property
@@ -169,11 +174,11 @@ class OpSpec:
         return tuple(t.name for t in self.arrays) + ((OUT,) if self.output is not None else ())
 
     def is_const(self, name: str) -> bool:
-        """Read-only in the kernels: the gradient, and the weight of an op with an output."""
+        """Read-only in the kernels: the gradient, the inputs, and the weight of an op with an output."""
         if name == OUT:
             return False
         role = self.tensor(name).role
-        return role is TensorRole.GRAD or (role is TensorRole.WEIGHT and self.output is not None)
+        return role in (TensorRole.GRAD, TensorRole.INPUT) or (role is TensorRole.WEIGHT and self.output is not None)
 
     def tensor(self, name: str) -> TensorSpec:
         return next(t for t in self.tensors if t.name == name)
@@ -201,6 +206,11 @@ class OpSpec:
     @property
     def states(self) -> tuple[TensorSpec, ...]:
         return tuple(t for t in self.tensors if t.role is TensorRole.STATE)
+
+    @property
+    def inputs(self) -> tuple[TensorSpec, ...]:
+        """The read-only arrays beside the gradient (of the weight's shape)."""
+        return tuple(t for t in self.tensors if t.role is TensorRole.INPUT)
 
     @property
     def row_tensors(self) -> frozenset[str]:

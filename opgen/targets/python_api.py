@@ -104,8 +104,9 @@ def result_doc(op: OpSpec) -> str:
 
 def out_doc(op: OpSpec) -> str:
     if op.output:
-        return (f"The array that receives `{op.output}`. By default a new array; the "
-                f"{op.weight.name} is never modified.")
+        dtype = f"{op.output_dtype}, " if op.output_dtype else ""
+        return (f"The array ({dtype}the {op.weight.name}'s shape) that receives `{op.output}`. By default a new "
+                f"array; the {op.weight.name} is never modified.")
     return (f"The array that receives the new {op.weight.name}; pass `out={op.weight.name}` to update in place. "
             f"By default a new array, leaving `{op.weight.name}` as it was.")
 
@@ -132,6 +133,8 @@ def tensor_doc(op: OpSpec, t, dense_only: bool = False) -> str:
         return ("Dense, or a RowSparseArray." if sparse else "Dense.") + fixed
     if t.role is TensorRole.SCALAR:
         return "A number, or an array holding one element."
+    if t.role is TensorRole.INPUT:
+        return "Read only; the weight's shape" + (f", always {t.dtype}." if t.dtype else " and dtype.")
     per_row = " One value per row (shape (rows,) or (rows, 1))." if t.per_row else ""
     free = f" Its dtype: {state_dtype_rule()}; the states share one." if t.role is TensorRole.STATE and not t.dtype \
         else ""
@@ -322,6 +325,7 @@ def context(op: OpSpec) -> dict:
         "params": [{"name": p.name, "type": p.type.value, "in_kernel": p in op.math_params,
                     "bounds": repr(p.bounds), "required": p.required} for p in op.params],
         "output": repr(op.output is not None),
+        "output_dtype": repr(op.output_dtype),
         "skip_if": printer.expr(op.skip_if) if op.skip_if is not None else None,
         "skip_args": ", ".join(op.kernel_scalars),
         "has_multi": len(op.entry_points) > 1,
