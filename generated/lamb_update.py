@@ -18,7 +18,7 @@ from opgen.targets.abi import Arg as _Arg
 from opgen.targets.abi import KernelABI as _Kernel
 from opgen.targets.abi import Launch as _Launch
 
-__all__ = ["lamb_update"]
+__all__ = ["lamb_update", "lamb_update_multi"]
 
 _HERE = _Path(__file__).resolve().parent
 _D = _np.float64  # the per-call values are computed in double
@@ -59,14 +59,22 @@ def _numpy_kernel(_T, weight, grad, mean, var, lr, beta1, beta2, epsilon, t, bia
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
 _ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'int', source='bias_correction', numpy='int32'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.SCALAR, 'double', source='lower_bound', numpy='float64'), _Arg(_R.SCALAR, 'double', source='upper_bound', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mean', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='var', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta1', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta2', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='epsilon', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int64_t *', source='t', numpy='int64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int *', source='bias_correction', numpy='int32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lower_bound', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='upper_bound', numpy='float64', cuda=False), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('lamb_update', _S.DENSE, 'float16', 'float16', 'float32', 'opgen_lamb_update_dense_float16', _ARGS_DENSE, None, lanes=8),
+    _Kernel('lamb_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_lamb_update_multi_float16', _ARGS_MULTI, None, lanes=8),
     _Kernel('lamb_update', _S.DENSE, 'float16', 'float32', 'float32', 'opgen_lamb_update_dense_float16_with_float32_states', _ARGS_DENSE, None, lanes=4),
+    _Kernel('lamb_update', _S.MULTI, 'float16', 'float32', 'float32', 'opgen_lamb_update_multi_float16_with_float32_states', _ARGS_MULTI, None, lanes=4),
     _Kernel('lamb_update', _S.DENSE, 'bfloat16', 'bfloat16', 'float32', 'opgen_lamb_update_dense_bfloat16', _ARGS_DENSE, None, lanes=8),
+    _Kernel('lamb_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_lamb_update_multi_bfloat16', _ARGS_MULTI, None, lanes=8),
     _Kernel('lamb_update', _S.DENSE, 'bfloat16', 'float32', 'float32', 'opgen_lamb_update_dense_bfloat16_with_float32_states', _ARGS_DENSE, None, lanes=4),
+    _Kernel('lamb_update', _S.MULTI, 'bfloat16', 'float32', 'float32', 'opgen_lamb_update_multi_bfloat16_with_float32_states', _ARGS_MULTI, None, lanes=4),
     _Kernel('lamb_update', _S.DENSE, 'float32', 'float32', 'float32', 'opgen_lamb_update_dense_float32', _ARGS_DENSE, None, lanes=4),
+    _Kernel('lamb_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_lamb_update_multi_float32', _ARGS_MULTI, None, lanes=4),
     _Kernel('lamb_update', _S.DENSE, 'float32', 'bfloat16', 'float32', 'opgen_lamb_update_dense_float32_with_bfloat16_states', _ARGS_DENSE, None, lanes=4),
+    _Kernel('lamb_update', _S.MULTI, 'float32', 'bfloat16', 'float32', 'opgen_lamb_update_multi_float32_with_bfloat16_states', _ARGS_MULTI, None, lanes=4),
     _Kernel('lamb_update', _S.DENSE, 'float64', 'float64', 'float64', 'opgen_lamb_update_dense_float64', _ARGS_DENSE, None, lanes=2),
+    _Kernel('lamb_update', _S.MULTI, 'float64', 'float64', 'float64', 'opgen_lamb_update_multi_float64', _ARGS_MULTI, None, lanes=2),
 )
 
 _OP = _Operator(
@@ -215,3 +223,74 @@ def lamb_update(weight, grad, mean, var, lr, *, beta1=0.9, beta2=0.999, epsilon=
     Generated by opgen from specs/lamb_update.yaml.
     """
     return _OP((weight, grad, mean, var), (lr, beta1, beta2, epsilon, t, bias_correction, wd, rescale_grad, clip_gradient, lower_bound, upper_bound), out, rounding, seed)
+
+
+_MULTI = _MultiOperator(_OP, ('weights', 'grads', 'means', 'vars'))
+
+
+def lamb_update_multi(weights, grads, means, vars, lr, *, beta1=0.9, beta2=0.999, epsilon=1e-6, t, bias_correction=True, wd, rescale_grad=1.0, clip_gradient=-1.0, lower_bound=-1.0, upper_bound=-1.0, out=None, rounding="nearest", seed=None):
+    r"""
+    lamb_update on many tensors in one call: one C kernel, one parallel region.
+
+    Tensor ``i`` is (weights[i], grads[i], means[i], vars[i]); each list
+    holds one array per tensor, and shapes may differ between tensors. Every parameter
+    is one value for all tensors or a sequence with one value per tensor. Semantics
+    and defaults are those of `lamb_update`, applied to each tensor.
+
+    Parameters
+    ----------
+    weights : sequence of numpy.ndarray
+        Weight, one per tensor. Its new value is written into `out`.
+    grads : sequence of numpy.ndarray
+        Gradient, one per tensor. Dense.
+    means : sequence of numpy.ndarray
+        Moving mean, one per tensor. Updated in place. Its dtype: the weight's, or float32 beside a float16 or bfloat16 weight, or bfloat16 beside a float32 weight; the states share one.
+    vars : sequence of numpy.ndarray
+        Moving variance, one per tensor. Updated in place. Its dtype: the weight's, or float32 beside a float16 or bfloat16 weight, or bfloat16 beside a float32 weight; the states share one.
+    lr : float or sequence of float
+        Learning rate
+    beta1 : float or sequence of float, optional
+        The decay rate for the 1st moment estimates. Default: 0.9.
+    beta2 : float or sequence of float, optional
+        The decay rate for the 2nd moment estimates. Default: 0.999.
+    epsilon : float or sequence of float, optional
+        A small constant for numerical stability. Default: 1e-6.
+    t : int or sequence of int
+        Index update count.
+    bias_correction : bool or sequence of bool, optional
+        Whether to use bias correction. Default: True.
+    wd : float or sequence of float
+        Weight decay augments the objective function with a regularization term that
+        penalizes large weights. The penalty scales with the square of the magnitude of each
+        weight.
+    rescale_grad : float or sequence of float, optional
+        Rescale gradient to grad = rescale_grad*grad. Default: 1.0.
+    clip_gradient : float or sequence of float, optional
+        Clip gradient to the range of [-clip_gradient, clip_gradient]. If clip_gradient <=
+        0, gradient clipping is turned off. grad = max(min(grad, clip_gradient),
+        -clip_gradient). Default: -1.0.
+    lower_bound : float or sequence of float, optional
+        Lower limit of norm of weight. If lower_bound < 0, no lower bound is applied.
+        Default: -1.0.
+    upper_bound : float or sequence of float, optional
+        Upper limit of norm of weight. If upper_bound < 0, no upper bound is applied.
+        Default: -1.0.
+    out : sequence of numpy.ndarray, optional
+        Arrays that receive the new weights; `out=weights` updates in place.
+    rounding : {'nearest', 'stochastic'}, optional
+        How values are stored into float16 and bfloat16 tensors (weight, states, out): to
+        nearest even (the default), or stochastically, rounding up with probability equal to
+        the distance from the value below, in units of the gap (unbiased: updates smaller
+        than half an ulp are not lost). float32 and float64 stores are always exact
+        roundings.
+    seed : int, optional
+        The random bits of stochastic rounding, a pure function of (seed, tensor, stored
+        tensor, element): the same on every backend and thread count. Required with
+        rounding='stochastic'; vary it every step.
+
+    Returns
+    -------
+    list of numpy.ndarray
+        The new weights.
+    """
+    return _MULTI((weights, grads, means, vars), (lr, beta1, beta2, epsilon, t, bias_correction, wd, rescale_grad, clip_gradient, lower_bound, upper_bound), out, rounding, seed)

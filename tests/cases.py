@@ -349,6 +349,19 @@ PARAMS = {
         "defaults": dict(lr=0.1, wd=0.01),
         "mixed": dict(lr=0.05, wd=0.05, momentum=0.9, rescale_grad=1.5, clip_gradient=1.0),
     },
+    "multi_lamb_update": {
+        "defaults": dict(lr=0.01, wd=0.0),
+        "wd": dict(lr=0.01, wd=0.1),
+        "bounds": dict(lr=0.05, wd=0.01, lower_bound=0.5, upper_bound=3.0),
+        "mixed": dict(lr=0.02, beta1=0.8, beta2=0.99, epsilon=1e-4, wd=0.05, rescale_grad=2.0,
+                      clip_gradient=1.0, lower_bound=0.1, upper_bound=10.0, bias_correction=False),
+    },
+    "multi_mp_lamb_update": {
+        "defaults": dict(lr=0.01, wd=0.0),
+        "bounds": dict(lr=0.05, wd=0.01, lower_bound=0.5, upper_bound=3.0),
+        "mixed": dict(lr=0.02, beta1=0.8, beta2=0.99, epsilon=1e-4, wd=0.05, rescale_grad=2.0,
+                      clip_gradient=1.0, lower_bound=0.1, upper_bound=10.0, bias_correction=False),
+    },
     "multi_mp_sgd_update": {
         "defaults": dict(lr=0.1, wd=0.01),
         "mixed": dict(lr=0.05, wd=0.1, rescale_grad=1.5, clip_gradient=1.0),

@@ -70,6 +70,8 @@ __all__ = [
     "group_adagrad_update",
     "lamb_update",
     "lars_update",
+    "multi_lamb_update",
+    "multi_mp_lamb_update",
     "mp_lamb_update_phase1",
     "mp_lamb_update_phase2",
     "lamb_update_phase1",
@@ -803,6 +805,29 @@ def multi_sgd_mom_update(weight, grad, mom, lr, wd, momentum=0.0, rescale_grad=1
     w, g, m = _to(ct, weight, grad, mom)
     w, m = _multi_sgd_kernel(w, g, m, lr, wd, rescale_grad, clip_gradient, momentum, ct)
     return _store([w, m], [w_dt, s_dt])
+
+
+def multi_lamb_update(weight, grad, mean, var, lr, *, beta1=0.9, beta2=0.999, epsilon=1e-6, wd,
+                      rescale_grad=1.0, lower_bound=-1.0, upper_bound=-1.0, clip_gradient=-1.0,
+                      bias_correction=True, t):
+    """One group of multi_lamb_update: LAMB with the tensor's own norms (MultiLAMBKernelStep1,
+    multi_sum_sq, MultiLAMBKernelStep2), as lamb_update."""
+    return lamb_update(weight, grad, mean, var, lr, beta1=beta1, beta2=beta2, epsilon=epsilon, t=t,
+                       bias_correction=bias_correction, wd=wd, rescale_grad=rescale_grad,
+                       clip_gradient=clip_gradient, lower_bound=lower_bound, upper_bound=upper_bound)
+
+
+def multi_mp_lamb_update(weight, grad, mean, var, weight32, lr, *, beta1=0.9, beta2=0.999, epsilon=1e-6,
+                         wd, rescale_grad=1.0, lower_bound=-1.0, upper_bound=-1.0, clip_gradient=-1.0,
+                         bias_correction=True, t):
+    """One group of multi_mp_lamb_update: LAMB in float32 on weight32 (the weight is not read);
+    the norms of weight32 and of the direction in float64."""
+    _check_mp(weight, grad, mean, var, weight32)
+    out, m, v = lamb_update(weight32, grad.astype(np.float32), mean, var, lr, beta1=beta1, beta2=beta2,
+                            epsilon=epsilon, t=t, bias_correction=bias_correction, wd=wd,
+                            rescale_grad=rescale_grad, clip_gradient=clip_gradient, lower_bound=lower_bound,
+                            upper_bound=upper_bound)
+    return (out.astype(weight.dtype), m, v, out)
 
 
 def multi_mp_sgd_update(weight, grad, weight32, lr, wd, rescale_grad=1.0, clip_gradient=-1.0):

@@ -648,7 +648,10 @@ def test_mxnet_ops_see_a_state_made_read_only_after_the_first_call(backend, op):
     made = [cases.make_case(op, cases.seed("mx", op, k), (n,), np.float32) for k, n in enumerate(SIZES)]
     flat = [a for c in made for a in c.inputs()]
     weights = [c.weight for c in made]
-    kwargs = dict(lrs=[0.1] * 3, wds=[0.0] * 3, num_weights=3)
+    per_tensor = info.multi["per_tensor"]
+    params = cases.step_params(op, cases.PARAMS[op]["defaults"])
+    kwargs = {per_tensor.get(k, k): ([v] * 3 if k in per_tensor else v) for k, v in params.items()}
+    kwargs[info.multi["count"]] = 3
     info.fn(*flat, **kwargs, out=weights)
     size = len(info.tensor_names)
     k = size + info.tensor_names.index(info.states[-1])  # the second tensor's last state

@@ -19,7 +19,7 @@ applied explicitly:
 - lamb_update (one call in opgen) is MXNet's LAMB step: lamb_update_phase1, the norms of the
   weight and of g (NDArray.norm), lamb_update_phase2; lars_update is MXNet's LARS step: the
   norms (in float32: its float64 cases get float32's tolerance), the layer's rate,
-  sgd_mom_update (record.py's COMPOSITES);
+  sgd_mom_update (record.py's COMPOSITES); multi_lamb_update's norms are float32 too;
 - mp_lamb_update_phase1: MXNet takes float16 weights only: only those;
 - mp_lamb_update_phase2: MXNet never writes weight32 (opgen advances it): one step, and the
   weight alone, are compared;
@@ -55,6 +55,8 @@ DTYPES = [np.float16, np.float32, np.float64]
 MXNET_NAMES = {
     "adamw_update": "contrib.adamw_update", "mp_adamw_update": "contrib.mp_adamw_update",
     "group_adagrad_update": "contrib.group_adagrad_update", "adagrad_update": "sparse.adagrad_update",
+    # the flat-list ops behind mx.nd.contrib.multi_lamb_update and multi_mp_lamb_update
+    "multi_lamb_update": "_internal._multi_lamb_update", "multi_mp_lamb_update": "_internal._multi_mp_lamb_update",
 }
 MXNET_OPS = [op for op in cases.OPS if not op.startswith("torch_")]
 #: the row-sparse modes MXNet runs natively for a row-sparse gradient beside dense states
@@ -72,9 +74,9 @@ FLOAT32_SCALARS = {"adamw_update", "mp_adamw_update", "mp_lamb_update_phase2"}
 STALE_MASTER = {"mp_lamb_update_phase2"}
 #: ops whose MXNet kernel takes float16 weights only (MPLambPhaseOneType)
 HALF_WEIGHTS = {"mp_lamb_update_phase1"}
-#: ops whose MXNet twin takes its norms in float32 whatever the dtype (LARS._l2norm): their
-#: float64 cases get float32's tolerance
-FLOAT32_NORMS = {"lars_update"}
+#: ops whose MXNet twin takes its norms in float32 whatever the dtype (LARS._l2norm, the
+#: multi_sum_sq of multi_lamb_update): their float64 cases get float32's tolerance
+FLOAT32_NORMS = {"lars_update", "multi_lamb_update"}
 TOLERANCE = {np.dtype(np.float16): (5e-2, 2e-3), np.dtype(np.float32): (2e-5, 1e-6),
              np.dtype(np.float64): (1e-9, 1e-12)}
 

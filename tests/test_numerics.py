@@ -318,5 +318,8 @@ def test_nan_in_grad_propagates(backend, op, dtype, clip):
     case.check(result, expected[0], "weight")
     for name, s, e in zip(info.states, case.states, expected[1:], strict=True):
         assert np.isnan(s[nan]).all(), name
-        assert np.isfinite(s[~nan]).all(), name
+        if info.reduces:  # a state after a reduction (a master weight) NaN where the reference's is
+            assert (np.isnan(s) == np.isnan(np.asarray(e, np.float64))).all(), name
+        else:
+            assert np.isfinite(s[~nan]).all(), name
         case.check(s, e, name)

@@ -151,6 +151,12 @@ THREADS_SCRIPT = textwrap.dedent("""\
         out.append(generated.lamb_update(w, g, m, v, lr=0.01, t=3, wd=0.01).view(np.uint32))
         mom = m.copy()
         out.append(totals_pkg.totals(w, g, mom, lr=0.1).view(np.uint32))
+    # the multi-tensor form: each tensor's own norms, in one C call
+    ws = [rng.normal(size=n).astype(np.float32) for n in (700_001, 5, 0, 90_000)]
+    gs = [rng.normal(size=w.size).astype(np.float32) for w in ws]
+    ms, vs = [np.zeros_like(w) for w in ws], [np.zeros_like(w) for w in ws]
+    out += [a.view(np.uint32) for a in generated.lars_update_multi(ws, gs, ms, lr=1.0, momentum=0.9, wd=0.01)]
+    out += [a.view(np.uint32) for a in ms]
     np.savez(sys.argv[1], *out)
     """)
 
@@ -293,15 +299,35 @@ def test_bad_reductions_are_spec_errors_with_a_location(case):
     assert str(info.value).startswith("specs/toy_update.yaml:")
 
 
-def test_the_flat_multi_convention_refuses_reductions():
-    """MXNet's flat multi-tensor convention (one call, many tensors): a reduction there would
-    have to be per tensor, which the convention cannot say yet."""
-    text = (ROOT / "specs" / "multi_sgd_update.yaml").read_text()
-    start = text.index("weight = ", text.index("math:"))
-    text = text[:start] + "weight = norm(grad) * 0 + " + text[start + len("weight = "):]
-    with pytest.raises(SpecError, match="whole-tensor reductions") as info:
-        parse_spec(text, "specs/multi_sgd_update.yaml")
-    assert str(info.value).startswith("specs/multi_sgd_update.yaml:")
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("form", ["list", "flat"])
+def test_multi_tensor_calls_reduce_each_tensor_on_its_own(backend, form):
+    """lamb_update_multi (lists) and MXNet's multi_lamb_update (one flat list): every tensor's
+    result is the single-tensor lamb_update's, bit for bit, with its own lr, wd and t (its own
+    trust ratio; an empty tensor among them changes nothing)."""
+    rng = np.random.default_rng(5)
+    shapes = [(300, 7), (5,), (0,), (40_000,)]
+    lrs, wds, ts = [0.1, 0.2, 0.3, 0.4], [0.01, 0.0, 0.1, 0.05], [1, 2, 3, 4]
+    ws = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    gs = [rng.normal(size=s).astype(np.float32) for s in shapes]
+    ms = [rng.normal(scale=0.1, size=s).astype(np.float32) for s in shapes]
+    vs = [rng.uniform(0, 0.01, size=s).astype(np.float32) for s in shapes]
+    with use_backend(backend):
+        expected = [(generated.lamb_update(w, g, m.copy(), v.copy(), lr=lr, t=t, wd=wd), m, v)
+                    for w, g, m, v, lr, wd, t in zip(ws, gs, ms, vs, lrs, wds, ts)]
+        m2, v2 = [m.copy() for m in ms], [v.copy() for v in vs]
+        single = [(w, g, m.copy(), v.copy()) for w, g, m, v in zip(ws, gs, ms, vs)]
+        for (w, g, m, v), lr, wd, t in zip(single, lrs, wds, ts):
+            generated.lamb_update(w, g, m, v, lr=lr, t=t, wd=wd)
+        if form == "list":
+            results = generated.lamb_update_multi(ws, gs, m2, v2, lr=lrs, wd=wds, t=ts)
+        else:
+            data = [a for group in zip(ws, gs, m2, v2) for a in group]
+            results = generated.multi_lamb_update(*data, learning_rates=lrs, wds=wds, step_count=ts, num_tensors=4)
+    for k, (result, (w, g, m, v)) in enumerate(zip(results, single)):
+        np.testing.assert_array_equal(result, expected[k][0], err_msg=f"tensor {k}")
+        np.testing.assert_array_equal(m2[k], m, err_msg=f"mean {k}")
+        np.testing.assert_array_equal(v2[k], v, err_msg=f"var {k}")
 
 
 def test_nested_reductions_are_two_passes():

@@ -46,6 +46,49 @@ void opgen_lamb_update_dense_float16(int64_t size, void *arg_weight, const void 
     }
 }
 
+void opgen_lamb_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(float, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float16(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+        }
+    }
+}
+
 void opgen_lamb_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
@@ -82,6 +125,49 @@ void opgen_lamb_update_dense_float16_with_float32_states(int64_t size, void *arg
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        }
+    }
+}
+
+void opgen_lamb_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(float, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
             }
         }
     }
@@ -128,6 +214,49 @@ void opgen_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, const void
     }
 }
 
+void opgen_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(float, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+        }
+    }
+}
+
 void opgen_lamb_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
@@ -169,6 +298,49 @@ void opgen_lamb_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
     }
 }
 
+void opgen_lamb_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(float, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+        }
+    }
+}
+
 void opgen_lamb_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
@@ -190,6 +362,33 @@ void opgen_lamb_update_dense_float32(int64_t size, void *arg_weight, const void 
             OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float32(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
             OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float32(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+        }
+    }
+}
+
+void opgen_lamb_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(float, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float32(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            }
         }
     }
 }
@@ -235,6 +434,49 @@ void opgen_lamb_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
     }
 }
 
+void opgen_lamb_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(float, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+        }
+    }
+}
+
 void opgen_lamb_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
@@ -256,6 +498,33 @@ void opgen_lamb_update_dense_float64(int64_t size, void *arg_weight, const void 
             OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float64(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
             OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float64(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+        }
+    }
+}
+
+void opgen_lamb_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_double scalars = opgen_lamb_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(double, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float64(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_double scalars = opgen_lamb_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float64(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float64(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float64(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float64(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            }
         }
     }
 }

@@ -30,6 +30,33 @@ void opgen_lars_update_dense_float16(int64_t size, void *arg_weight, const void 
     }
 }
 
+void opgen_lars_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(float, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        }
+    }
+}
+
 void opgen_lars_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
@@ -51,6 +78,33 @@ void opgen_lars_update_dense_float16_with_float32_states(int64_t size, void *arg
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mom));
         } else {
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom));
+        }
+    }
+}
+
+void opgen_lars_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(float, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
         }
     }
 }
@@ -80,6 +134,33 @@ void opgen_lars_update_dense_bfloat16(int64_t size, void *arg_weight, const void
     }
 }
 
+void opgen_lars_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(float, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        }
+    }
+}
+
 void opgen_lars_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
@@ -105,6 +186,33 @@ void opgen_lars_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
     }
 }
 
+void opgen_lars_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(float, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        }
+    }
+}
+
 void opgen_lars_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
@@ -119,6 +227,25 @@ void opgen_lars_update_dense_float32(int64_t size, void *arg_weight, const void 
         OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
         OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float32(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom));
+    }
+}
+
+void opgen_lars_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(float, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float32(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+        } else {
+            OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float32(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        }
     }
 }
 
@@ -147,6 +274,33 @@ void opgen_lars_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
     }
 }
 
+void opgen_lars_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(float, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        }
+    }
+}
+
 void opgen_lars_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
@@ -161,5 +315,24 @@ void opgen_lars_update_dense_float64(int64_t size, void *arg_weight, const void 
         OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
         OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom));
+    }
+}
+
+void opgen_lars_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            double opgen_acc[2];
+            OPGEN_TOTALS(double, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float64(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        if (scalars.h_0) {
+            OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float64(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+        } else {
+            OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float64(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        }
     }
 }

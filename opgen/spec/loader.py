@@ -111,8 +111,7 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     )
     if multi is not None and not op.has_multi:  # the model's one answer to "has a multi kernel"
         raise SpecError(root.key_location("multi"), "the multi-tensor convention needs dense updates of weights, "
-                                                    "without outputs, scalar or read-only inputs, skip_if or "
-                                                    "whole-tensor reductions")
+                                                    "without outputs, scalar or read-only inputs or skip_if")
     _check_entry_points(op)
     return op
 
@@ -367,7 +366,7 @@ def _multi(root: y.Mapping, tensors, params) -> MultiSpec:
     if count not in by_name or by_name[count].type is not ParamType.INT or by_name[count].required:
         raise SpecError(m.location("count"), f"multi.count must name an int parameter with a default, got '{count}'")
     per = y.Mapping(root.path, m.node("per_tensor"), "multi.per_tensor", required=(),
-                    optional=tuple(p.name for p in params if p.type is ParamType.FLOAT))
+                    optional=tuple(p.name for p in params if p.type in (ParamType.FLOAT, ParamType.INT)))
     pairs = []
     for key_node, value_node in per.yaml_node.value:
         public = y.scalar_text(root.path, value_node, f"the list name of '{key_node.value}'")

@@ -114,10 +114,10 @@ class OpSpec:
     @property
     def has_multi(self) -> bool:
         """A multi-tensor kernel: dense updates of weights, without per-call scalar inputs,
-        read-only inputs, an output, a skip condition (the multi kernel has no per-tensor skip)
-        or whole-tensor reductions."""
+        read-only inputs, an output or a skip condition (the multi kernel has no per-tensor
+        skip). Whole-tensor reductions are per tensor."""
         return self.row_sparse.dense and self.output is None and not self.scalars and self.skip_if is None \
-            and self.totals is None and not self.inputs
+            and not self.inputs
 
     @property
     def schedules(self) -> tuple[Schedule, ...]:

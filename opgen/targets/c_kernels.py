@@ -37,6 +37,15 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
     code, n = step.code, _names(kernel)
     struct, init = code.struct(step.math.math), code.init(step.math.math)
     flush = n[ArgRole.FLUSH]
+    if kernel.schedule is Schedule.MULTI and op.totals is not None:
+        # whole-tensor reductions are per tensor: each tensor in turn, its passes then its
+        # update (each a parallel region), in one C call
+        size, index = f"{n[ArgRole.SIZES]}[{LOOP.t}]", f"[{LOOP.t}]"
+        passes = TotalsCode(step.math).schedule_lines(step, size, flush, index, LOOP.t)
+        body = [*passes, f"const {struct} {LOOP.scalars} = {init}({code.init_call(index, LOOP.t)});",
+                *versions(step, lambda v: [f"OPGEN_DENSE({size}, {flush}, {step.step_call('step', 0, v, index)});"])]
+        return [f"for (int64_t {LOOP.t} = 0; {LOOP.t} < {n[ArgRole.COUNT]}; ++{LOOP.t}) {{",
+                *(f"    {line}" for line in body), "}"]
     if kernel.schedule is Schedule.MULTI:  # the struct is per tensor: switches read at run time
         return versions(step, lambda v: [
             f"OPGEN_MULTI({n[ArgRole.COUNT]}, {n[ArgRole.SIZES]}, {flush}, "

@@ -525,17 +525,18 @@ class TotalsCode:
                       f"    {self.name(p, m)}(s, {loads});", "}"]
         return lines
 
-    def schedule_lines(self, step: StepCode, size: str, flush: str) -> list[str]:
+    def schedule_lines(self, step: StepCode, size: str, flush: str, index: str = "", tensor: str = "0") -> list[str]:
         """A kernel's passes, each in its own block: the per-call values so far, the pass,
-        its totals finished (OPGEN_FINISH_<how>) into the call's totals."""
+        its totals finished (OPGEN_FINISH_<how>) into the call's totals. ``index`` and
+        ``tensor``: one tensor of a multi-tensor call (its entry of the pointer and value tables)."""
         if not self.passes:
             return []
         m, struct, init = self.math.math.c_type, self.code.struct(self.math.math), self.code.init(self.math.math)
         lines = [f"double {LOOP.totals}[{len(self.op.totals.totals)}] = {{0}};"]
         for p in self.passes:
             call = f"{self.name(p, step.variant.name)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.summands}" \
-                   f"{_more(self.code.pointer_args(self.arrays(p)))})"
-            lines += ["{", f"    const {struct} {LOOP.scalars} = {init}({self.code.init_call()});",
+                   f"{_more(self.code.pointer_args(self.arrays(p), index))})"
+            lines += ["{", f"    const {struct} {LOOP.scalars} = {init}({self.code.init_call(index, tensor)});",
                       f"    double {LOOP.accumulated}[{len(p.totals)}];",
                       f"    OPGEN_TOTALS({m}, {len(p.sums)}, {len(p.maxima)}, {size}, {flush}, {LOOP.accumulated}, "
                       f"{call});",
