@@ -360,6 +360,80 @@ def test_mxnet_adam_folds_the_bias_correction_into_lr(kwargs):
     np.testing.assert_allclose(opt.state[w]["var"].numpy(), var, rtol=1e-5, atol=1e-9)
 
 
+def _paper_lamb(params, grads, states, t, lr, beta1, beta2, eps, wd):
+    """LAMB, You et al. 2019, Algorithm 2, per tensor, in float64: the trust ratio
+    ||w|| / ||u|| (1 where either norm is 0)."""
+    out = []
+    for w, g, (m, v) in zip(params, grads, states):
+        m.mul_(beta1).add_((1 - beta1) * g)
+        v.mul_(beta2).add_((1 - beta2) * g * g)
+        u = (m / (1 - beta1 ** t)) / ((v / (1 - beta2 ** t)).sqrt() + eps) + wd * w
+        r1, r2 = w.norm(), u.norm()
+        trust = r1 / r2 if r1 > 0 and r2 > 0 else 1.0
+        out.append(w - lr * trust * u)
+    return out
+
+
+def _paper_lars(params, grads, moms, lr, momentum, eta, eps, wd):
+    """LARS, You et al. 2017, Algorithm 1, as MXNet's LARS steps each layer, in float64: the
+    layer's rate lr * eta * ||w|| / (||g|| + wd * ||w|| + eps) (lr where either norm is 0),
+    the momentum stored negated (MXNet's sgd_mom_update)."""
+    out = []
+    for w, g, mom in zip(params, grads, moms):
+        w_norm, g_norm = w.norm(), g.norm()
+        rate = lr * eta * w_norm / (g_norm + wd * w_norm + eps) if w_norm > 0 and g_norm > 0 else lr
+        mom.mul_(momentum).sub_(rate * wd * w).sub_(rate * g)
+        out.append(w + mom)
+    return out
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(betas=(0.8, 0.99), eps=1e-4, weight_decay=0.1)])
+def test_lamb_follows_the_paper_per_tensor(kwargs):
+    """optim.LAMB on a model's parameters (matrices, biases) in float64 against Algorithm 2
+    computed here, 20 steps: each tensor's trust ratio is its own."""
+    model = _model().double()
+    params = [p for p in model.parameters()]
+    expected = [p.detach().clone() for p in params]
+    states = [(torch.zeros_like(p), torch.zeros_like(p)) for p in expected]
+    opt = optim.LAMB(params, lr=0.01, **kwargs)
+    beta1, beta2 = kwargs.get("betas", (0.9, 0.999))
+    x, y = (a.double() for a in _data())
+    for t in range(1, 21):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        grads = [p.grad.detach().clone() for p in params]
+        opt.step()
+        expected = _paper_lamb(expected, grads, states, t, 0.01, beta1, beta2, kwargs.get("eps", 1e-6),
+                               kwargs.get("weight_decay", 0.0))
+        for p, e in zip(params, expected):
+            torch.testing.assert_close(p.detach(), e, rtol=1e-10, atol=1e-12)
+        expected = [p.detach().clone() for p in params]  # each step from opgen's weights
+    torch.testing.assert_close(opt.state[params[0]]["mean"], states[0][0], rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("kwargs", [{}, dict(momentum=0.5, weight_decay=0.01, trust_coefficient=0.02, eps=1e-3)])
+def test_lars_follows_the_paper_per_tensor(kwargs):
+    """optim.LARS against Algorithm 1 computed here (MXNet's LARS form), float64, 20 steps."""
+    model = _model().double()
+    params = [p for p in model.parameters()]
+    expected = [p.detach().clone() for p in params]
+    moms = [torch.zeros_like(p) for p in expected]
+    opt = optim.LARS(params, lr=1.0, **kwargs)
+    x, y = (a.double() for a in _data())
+    for _ in range(20):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        grads = [p.grad.detach().clone() for p in params]
+        opt.step()
+        expected = _paper_lars(expected, grads, moms, 1.0, kwargs.get("momentum", 0.9),
+                               kwargs.get("trust_coefficient", 0.001), kwargs.get("eps", 0.0),
+                               kwargs.get("weight_decay", 0.0))
+        for p, e in zip(params, expected):
+            torch.testing.assert_close(p.detach(), e, rtol=1e-10, atol=1e-12)
+        expected = [p.detach().clone() for p in params]
+    torch.testing.assert_close(opt.state[params[0]]["mom"], moms[0], rtol=1e-10, atol=1e-13)
+
+
 def test_mxnet_sgd_takes_the_momentum_op_only_with_momentum():
     import numpy as np
 
