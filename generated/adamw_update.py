@@ -98,6 +98,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "adamw_update.cu",
     output=False,
     output_dtype=None,
+    reduces=False,
     skip_if=_skip_if,
     store_slots=(2, 0, 1),
 )

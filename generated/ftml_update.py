@@ -107,6 +107,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "ftml_update.cu",
     output=False,
     output_dtype=None,
+    reduces=False,
     skip_if=None,
     store_slots=(3, 2, 0, 1),
 )

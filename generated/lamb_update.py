@@ -119,6 +119,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "lamb_update.cu",
     output=False,
     output_dtype=None,
+    reduces=True,
     skip_if=None,
     store_slots=(2, 0, 1),
 )

@@ -96,6 +96,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "lamb_update_phase1.cu",
     output=True,
     output_dtype=None,
+    reduces=False,
     skip_if=None,
     store_slots=(2, 0, 1),
 )

@@ -74,6 +74,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "lamb_update_phase2.cu",
     output=False,
     output_dtype=None,
+    reduces=False,
     skip_if=None,
     store_slots=(0,),
 )

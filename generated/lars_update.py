@@ -99,6 +99,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "lars_update.cu",
     output=False,
     output_dtype=None,
+    reduces=True,
     skip_if=None,
     store_slots=(1, 0),
 )

@@ -94,6 +94,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "mp_adamw_update.cu",
     output=False,
     output_dtype=None,
+    reduces=False,
     skip_if=_skip_if,
     store_slots=(3, 0, 1, 2),
 )

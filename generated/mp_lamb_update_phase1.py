@@ -86,6 +86,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "mp_lamb_update_phase1.cu",
     output=True,
     output_dtype='float32',
+    reduces=False,
     skip_if=None,
     store_slots=(2, 0, 1),
 )

@@ -76,6 +76,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "mp_lamb_update_phase2.cu",
     output=False,
     output_dtype=None,
+    reduces=False,
     skip_if=None,
     store_slots=(1, 0),
 )

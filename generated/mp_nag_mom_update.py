@@ -86,6 +86,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "mp_nag_mom_update.cu",
     output=False,
     output_dtype=None,
+    reduces=False,
     skip_if=None,
     store_slots=(2, 0, 1),
 )

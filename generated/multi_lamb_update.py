@@ -121,6 +121,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "multi_lamb_update.cu",
     output=False,
     output_dtype=None,
+    reduces=True,
     skip_if=None,
     store_slots=(2, 0, 1),
 )

@@ -117,6 +117,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "multi_mp_lamb_update.cu",
     output=False,
     output_dtype=None,
+    reduces=True,
     skip_if=None,
     store_slots=(3, 0, 1, 2),
 )

@@ -99,6 +99,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "rmsprop_update.cu",
     output=False,
     output_dtype=None,
+    reduces=False,
     skip_if=None,
     store_slots=(1, 0),
 )

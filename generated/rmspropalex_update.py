@@ -105,6 +105,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "rmspropalex_update.cu",
     output=False,
     output_dtype=None,
+    reduces=False,
     skip_if=None,
     store_slots=(3, 0, 1, 2),
 )

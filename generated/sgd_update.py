@@ -87,6 +87,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "sgd_update.cu",
     output=False,
     output_dtype=None,
+    reduces=False,
     skip_if=None,
     store_slots=(0,),
 )

@@ -97,6 +97,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "signum_update.cu",
     output=False,
     output_dtype=None,
+    reduces=False,
     skip_if=None,
     store_slots=(1, 0),
 )

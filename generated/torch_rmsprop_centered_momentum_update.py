@@ -98,6 +98,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "torch_rmsprop_centered_momentum_update.cu",
     output=False,
     output_dtype=None,
+    reduces=False,
     skip_if=None,
     store_slots=(3, 0, 1, 2),
 )

@@ -94,6 +94,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "torch_rmsprop_centered_update.cu",
     output=False,
     output_dtype=None,
+    reduces=False,
     skip_if=None,
     store_slots=(2, 0, 1),
 )

@@ -96,6 +96,7 @@ _OP = _Operator(
     cuda_source=_HERE / "cuda" / "torch_rmsprop_momentum_update.cu",
     output=False,
     output_dtype=None,
+    reduces=False,
     skip_if=None,
     store_slots=(2, 0, 1),
 )

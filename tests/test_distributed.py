@@ -66,3 +66,51 @@ def test_two_processes_follow_the_single_process_trajectory(mode, expected, tmp_
         torch.testing.assert_close(g, e, atol=1e-5, rtol=1e-4)
     start = [p.detach() for p in make_model().parameters()]
     assert any(not torch.allclose(g, s) for g, s in zip(got, start))  # it trained
+
+
+SHARD_SCRIPT = """\
+import os, sys
+import numpy as np
+import torch
+import torch.distributed as dist
+dist.init_process_group("gloo", rank=0, world_size=1)
+from torch.distributed.device_mesh import init_device_mesh
+from torch.distributed.tensor import Replicate, Shard, distribute_tensor
+import generated
+
+mesh = init_device_mesh("cpu", (1,))
+def make(placement):
+    return [distribute_tensor(torch.full((4, 3), v), mesh, [placement]) for v in (1.0, 0.5, 0.0)]
+
+w, g, mom = make(Shard(0))
+before = [t.to_local().clone() for t in (w, g, mom)]
+for call in (lambda: generated.lars_update(w, g, mom, lr=0.1, out=w),
+             lambda: generated.lars_update_multi([w], [g], [mom], lr=0.1, out=[w])):
+    try:
+        call()
+        raise SystemExit("a sharded parameter was taken")
+    except TypeError as exc:
+        print(exc)
+assert all(torch.equal(a.to_local(), b) for a, b in zip((w, g, mom), before)), "a refused call wrote"
+generated.sgd_mom_update(w, g, mom, lr=0.1, out=w)  # element-wise math: a shard is fine
+assert torch.allclose(mom.to_local(), torch.full((4, 3), -0.05))
+w, g, mom = make(Replicate())
+generated.lars_update(w, g, mom, lr=0.1, out=w)  # whole on every rank
+rate = 0.1 * 0.001 * np.sqrt(12) / np.sqrt(12 * 0.25)
+assert torch.allclose(mom.to_local(), torch.full((4, 3), -rate * 0.5, dtype=torch.float32)), mom
+print("ok")
+"""
+
+
+def test_reducing_ops_refuse_a_sharded_dtensor():
+    """lars_update's norms over an FSDP2-style Shard(0) DTensor would be this rank's shard's:
+    refused (single and multi-tensor forms) with nothing written; an element-wise op takes the
+    shard, and a replicated DTensor is whole."""
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(_free_port()), "WORLD_SIZE": "1",
+           "RANK": "0", "PYTHONPATH": os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")])}
+    run = subprocess.run([sys.executable, "-c", SHARD_SCRIPT], env=env, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stdout + run.stderr[-3000:]
+    lines = run.stdout.splitlines()
+    assert lines[-1] == "ok"
+    assert "lars_update(): argument 'weight' is a DTensor sharded across ranks (Shard(dim=0))" in lines[0], lines
+    assert "lars_update_multi(): argument 'weights[0]' is a DTensor sharded across ranks" in lines[1], lines

@@ -33,6 +33,7 @@ from opgen.runtime.arrays import adapter_for, present, refused_subclass, same_vi
 from opgen.runtime.operator import Operator, check_rounding
 from opgen.runtime.rounding import NEAREST, Rounding
 from opgen.runtime.rowsparse import RowSparseArray
+from opgen.runtime.torch_arrays import sharded
 
 # per-tensor parameter lists, packed as the multi kernel's tables take them
 
@@ -231,6 +232,13 @@ class MultiOperator:
             name = f"out[{i}]" if which == len(lists) else self._names(naming, i)[which]
             return self._fail(naming, exc, name, message)
 
+        if self.op.reduces:
+            for k, value in enumerate(arrays):
+                placement = sharded(value)
+                if placement is not None:
+                    raise refused(k, TypeError, f"is a DTensor sharded across ranks ({placement}), but "
+                                                f"{self.op.name}'s whole-tensor reductions need the whole tensor "
+                                                "(they would see this rank's shard only); use replicated parameters")
         views, presented = present(arrays, refused)
         lists = [list(views[k * count:(k + 1) * count]) for k in range(len(lists))]
         out = None if out is None else list(views[len(lists) * count:])

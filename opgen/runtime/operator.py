@@ -28,6 +28,7 @@ from opgen.runtime.arrays import (accepted_types, adapter_for, array_module, kin
 from opgen.runtime.backends import Work
 from opgen.runtime.rounding import NEAREST, Rounding
 from opgen.runtime.rowsparse import RowSparseArray
+from opgen.runtime.torch_arrays import sharded
 from opgen.targets.abi import KernelABI
 
 _backend = backends.current_backend_fast
@@ -102,7 +103,7 @@ class Operator:
     def __init__(self, *, name: str, spec: str, tensors: Sequence[TensorArg], params: Sequence[ParamArg],
                  lazy_param: str | None, always_lazy: bool, kernels: Sequence[KernelABI], numpy_kernel: Callable,
                  c_source: Path, c_cdef: Path, cuda_source: Path, output: bool = False, skip_if: Callable | None = None,
-                 store_slots: tuple[int, ...] = (), output_dtype: str | None = None) -> None:
+                 store_slots: tuple[int, ...] = (), output_dtype: str | None = None, reduces: bool = False) -> None:
         self.name = name
         self.spec = spec
         self.tensors = tuple(tensors)
@@ -121,6 +122,8 @@ class Operator:
             self.state_dtypes[weight_dtype] = self.state_dtypes.get(weight_dtype, ()) + (states_dtype,)
         self.always_lazy = always_lazy
         self.output = output  # the kernels write `out` and leave the weight alone
+        # the math has whole-tensor reductions: a shard of a tensor is not the tensor
+        self.reduces = reduces
         # the output's fixed dtype (None: the weight's)
         self.output_dtype = np.dtype(output_dtype) if output_dtype else None
         self.skip_if = skip_if
@@ -223,6 +226,8 @@ class Operator:
                       out_name: str = "out", rounding: Rounding = NEAREST):
         """The general path: arrays of other types as native views, every check, the run."""
         labels = (*(names or self.names), out_name)
+        if self.reduces:
+            self.check_whole(tensors, labels)
         views, presented = present((*tensors, out), lambda k, exc, message: self._fail(exc, labels[k], message))
         call = self.check(views[:-1], params, views[-1], names, out_name, rounding)
         if presented is None:
@@ -231,6 +236,18 @@ class Operator:
             result = self.execute(call)
         presented.written(self._state_positions + ((len(tensors),) if out is not None else ()))
         return presented.result(result)
+
+    def check_whole(self, tensors, labels) -> None:
+        """An op whose math reduces whole tensors refuses a shard of one (an FSDP2 parameter):
+        its norms would be this rank's shard's, silently."""
+        for value, label in zip(tensors, labels):
+            placement = sharded(value)
+            if placement is not None:
+                raise self._fail(TypeError, label, f"is a DTensor sharded across ranks ({placement}), but "
+                                                   f"{self.name}'s whole-tensor reductions need the whole tensor "
+                                                   "(they would see this rank's shard only); use replicated "
+                                                   "parameters (DDP, or ZeroRedundancyOptimizer, which keeps "
+                                                   "each parameter whole on one rank)")
 
     def check(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
               out_name: str = "out", rounding: Rounding = NEAREST) -> Call:

@@ -117,6 +117,17 @@ class TorchTensors(ArrayAdapter):
         return value.detach().item()
 
 
+def sharded(value) -> str | None:
+    """A DTensor split across ranks: its placements (``(Shard(dim=0),)``), else None. Cheap
+    where torch.distributed.tensor was never imported (no DTensor can exist)."""
+    if not _is_distributed(value):
+        return None
+    placements = tuple(value.placements)
+    if all(p.is_replicate() for p in placements):
+        return None
+    return ", ".join(map(repr, placements))
+
+
 def _is_distributed(value) -> bool:
     module = sys.modules.get("torch.distributed.tensor")
     return module is not None and isinstance(value, getattr(module, "DTensor", ()))

@@ -326,6 +326,7 @@ def context(op: OpSpec) -> dict:
                     "bounds": repr(p.bounds), "required": p.required} for p in op.params],
         "output": repr(op.output is not None),
         "output_dtype": repr(op.output_dtype),
+        "reduces": repr(op.totals is not None),
         "skip_if": printer.expr(op.skip_if) if op.skip_if is not None else None,
         "skip_args": ", ".join(op.kernel_scalars),
         "has_multi": len(op.entry_points) > 1,
