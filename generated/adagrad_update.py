@@ -51,9 +51,9 @@ _OP = _Operator(
     name="adagrad_update",
     spec="specs/adagrad_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None, per_row=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False),
-        _TensorArg("history", "state", dtype=None, per_row=False),
+        _TensorArg("weight", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("history", "state", dtype=None, per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None,

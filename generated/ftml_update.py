@@ -74,11 +74,11 @@ _OP = _Operator(
     name="ftml_update",
     spec="specs/ftml_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None, per_row=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False),
-        _TensorArg("d", "state", dtype=None, per_row=False),
-        _TensorArg("v", "state", dtype=None, per_row=False),
-        _TensorArg("z", "state", dtype=None, per_row=False),
+        _TensorArg("weight", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("d", "state", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("v", "state", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("z", "state", dtype=None, per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None,

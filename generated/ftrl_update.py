@@ -69,10 +69,10 @@ _OP = _Operator(
     name="ftrl_update",
     spec="specs/ftrl_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None, per_row=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False),
-        _TensorArg("z", "state", dtype=None, per_row=False),
-        _TensorArg("n", "state", dtype=None, per_row=False),
+        _TensorArg("weight", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("z", "state", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("n", "state", dtype=None, per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None,

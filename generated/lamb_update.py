@@ -81,10 +81,10 @@ _OP = _Operator(
     name="lamb_update",
     spec="specs/lamb_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None, per_row=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False),
-        _TensorArg("mean", "state", dtype=None, per_row=False),
-        _TensorArg("var", "state", dtype=None, per_row=False),
+        _TensorArg("weight", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("mean", "state", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("var", "state", dtype=None, per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None,

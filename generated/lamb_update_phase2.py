@@ -52,10 +52,10 @@ _OP = _Operator(
     name="lamb_update_phase2",
     spec="specs/lamb_update_phase2.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None, per_row=False),
-        _TensorArg("g", "grad", dtype=None, per_row=False),
-        _TensorArg("r1", "scalar", dtype=None, per_row=False),
-        _TensorArg("r2", "scalar", dtype=None, per_row=False),
+        _TensorArg("weight", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("g", "grad", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("r1", "scalar", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("r2", "scalar", dtype=None, per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None,

@@ -62,12 +62,12 @@ _OP = _Operator(
     name="mp_adamw_update",
     spec="specs/mp_adamw_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None, per_row=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False),
-        _TensorArg("mean", "state", dtype='float32', per_row=False),
-        _TensorArg("var", "state", dtype='float32', per_row=False),
-        _TensorArg("weight32", "state", dtype='float32', per_row=False),
-        _TensorArg("rescale_grad", "scalar", dtype=None, per_row=False),
+        _TensorArg("weight", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("mean", "state", dtype='float32', per_row=False, per_tensor=False),
+        _TensorArg("var", "state", dtype='float32', per_row=False, per_tensor=False),
+        _TensorArg("weight32", "state", dtype='float32', per_row=False, per_tensor=False),
+        _TensorArg("rescale_grad", "scalar", dtype=None, per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None,

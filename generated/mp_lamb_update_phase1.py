@@ -53,11 +53,11 @@ _OP = _Operator(
     name="mp_lamb_update_phase1",
     spec="specs/mp_lamb_update_phase1.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None, per_row=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False),
-        _TensorArg("mean", "state", dtype='float32', per_row=False),
-        _TensorArg("var", "state", dtype='float32', per_row=False),
-        _TensorArg("weight32", "input", dtype='float32', per_row=False),
+        _TensorArg("weight", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("mean", "state", dtype='float32', per_row=False, per_tensor=False),
+        _TensorArg("var", "state", dtype='float32', per_row=False, per_tensor=False),
+        _TensorArg("weight32", "input", dtype='float32', per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("beta1", "float", in_kernel=True, bounds=None,

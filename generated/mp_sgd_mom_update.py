@@ -60,10 +60,10 @@ _OP = _Operator(
     name="mp_sgd_mom_update",
     spec="specs/mp_sgd_mom_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None, per_row=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False),
-        _TensorArg("mom", "state", dtype='float32', per_row=False),
-        _TensorArg("weight32", "state", dtype='float32', per_row=False),
+        _TensorArg("weight", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("mom", "state", dtype='float32', per_row=False, per_tensor=False),
+        _TensorArg("weight32", "state", dtype='float32', per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None,

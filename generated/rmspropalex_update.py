@@ -72,11 +72,11 @@ _OP = _Operator(
     name="rmspropalex_update",
     spec="specs/rmspropalex_update.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None, per_row=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False),
-        _TensorArg("n", "state", dtype=None, per_row=False),
-        _TensorArg("g", "state", dtype=None, per_row=False),
-        _TensorArg("delta", "state", dtype=None, per_row=False),
+        _TensorArg("weight", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("n", "state", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("g", "state", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("delta", "state", dtype=None, per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None,

@@ -65,9 +65,9 @@ _OP = _Operator(
     name="torch_adagrad_update",
     spec="specs/torch_adagrad_update.yaml",
     tensors=(
-        _TensorArg("param", "weight", dtype=None, per_row=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False),
-        _TensorArg("state_sum", "state", dtype=None, per_row=False),
+        _TensorArg("param", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("state_sum", "state", dtype=None, per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("clr", "float", in_kernel=True, bounds=None,

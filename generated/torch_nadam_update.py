@@ -69,10 +69,10 @@ _OP = _Operator(
     name="torch_nadam_update",
     spec="specs/torch_nadam_update.yaml",
     tensors=(
-        _TensorArg("param", "weight", dtype=None, per_row=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False),
-        _TensorArg("exp_avg", "state", dtype=None, per_row=False),
-        _TensorArg("exp_avg_sq", "state", dtype=None, per_row=False),
+        _TensorArg("param", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("exp_avg", "state", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("exp_avg_sq", "state", dtype=None, per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("grad_step", "float", in_kernel=True, bounds=None,

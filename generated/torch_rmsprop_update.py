@@ -67,9 +67,9 @@ _OP = _Operator(
     name="torch_rmsprop_update",
     spec="specs/torch_rmsprop_update.yaml",
     tensors=(
-        _TensorArg("param", "weight", dtype=None, per_row=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False),
-        _TensorArg("square_avg", "state", dtype=None, per_row=False),
+        _TensorArg("param", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("square_avg", "state", dtype=None, per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None,

@@ -66,9 +66,9 @@ _OP = _Operator(
     name="torch_sgd_momentum_update",
     spec="specs/torch_sgd_momentum_update.yaml",
     tensors=(
-        _TensorArg("param", "weight", dtype=None, per_row=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False),
-        _TensorArg("momentum_buffer", "state", dtype=None, per_row=False),
+        _TensorArg("param", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("momentum_buffer", "state", dtype=None, per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None,

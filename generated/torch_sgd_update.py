@@ -54,8 +54,8 @@ _OP = _Operator(
     name="torch_sgd_update",
     spec="specs/torch_sgd_update.yaml",
     tensors=(
-        _TensorArg("param", "weight", dtype=None, per_row=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False),
+        _TensorArg("param", "weight", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None,

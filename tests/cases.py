@@ -97,6 +97,8 @@ class Op:
         #: the states without a fixed dtype: they share the call's state dtype
         self.free_states = tuple(s for s in self.states if s not in self.fixed)
         self.per_row = frozenset(t.name for t in tensors if t.per_row)
+        #: states of one value per tensor (NovoGrad's v): shape (1,)
+        self.per_tensor = frozenset(t.name for t in tensors if t.per_tensor)
         self.mixed_precision = bool(self.fixed)
 
         params = self.meta_params
@@ -348,6 +350,11 @@ PARAMS = {
     "multi_sgd_mom_update": {
         "defaults": dict(lr=0.1, wd=0.01),
         "mixed": dict(lr=0.05, wd=0.05, momentum=0.9, rescale_grad=1.5, clip_gradient=1.0),
+    },
+    "novograd_update": {
+        "defaults": dict(lr=0.01),
+        "wd": dict(lr=0.01, wd=0.1),
+        "mixed": dict(lr=0.02, beta1=0.9, beta2=0.9, epsilon=1e-4, wd=0.05, grad_averaging=True),
     },
     "multi_lamb_update": {
         "defaults": dict(lr=0.01, wd=0.0),
@@ -673,7 +680,9 @@ def make_case(name: str, seed_: int, shape, dtype, params: dict | None = None, *
     weight = rng.normal(0.0, 1.0, size=shape).astype(dtype)
     values = {}
     for state in info.states + info.inputs:
-        if state in info.per_row:
+        if state in info.per_tensor:
+            sshape = (1,)
+        elif state in info.per_row:
             sshape = (shape[0], 1) if per_row_column else (shape[0],)
         else:
             sshape = shape

@@ -71,6 +71,7 @@ __all__ = [
     "lamb_update",
     "lars_update",
     "multi_lamb_update",
+    "novograd_update",
     "multi_mp_lamb_update",
     "mp_lamb_update_phase1",
     "mp_lamb_update_phase2",
@@ -805,6 +806,30 @@ def multi_sgd_mom_update(weight, grad, mom, lr, wd, momentum=0.0, rescale_grad=1
     w, g, m = _to(ct, weight, grad, mom)
     w, m = _multi_sgd_kernel(w, g, m, lr, wd, rescale_grad, clip_gradient, momentum, ct)
     return _store([w, m], [w_dt, s_dt])
+
+
+def novograd_update(weight, grad, mom, v, lr, *, beta1=0.95, beta2=0.98, epsilon=1e-8, wd=0.0, t,
+                    grad_averaging=False):
+    """NovoGrad (Ginsburg et al. 2019, Algorithm 1): v, one number per tensor, is the squared
+    norm of the gradient (float64) at t = 1, then its moving average (in double, rounded once
+    to the math type, then to v's dtype); m accumulates the normalized gradient plus the
+    weight decay (scaled by 1 - beta1 with grad_averaging)."""
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, mom)
+    assert v.shape in ((1,), ()) and v.dtype == s_dt, "reference: v is one value in the state dtype"
+    w, gd, m = _to(ct, weight, grad, mom)
+    b1, wd_ = _scalars(ct, beta1, wd)
+    with np.errstate(all="ignore"):
+        g64 = np.asarray(gd, np.float64).reshape(-1)
+        g2 = np.dot(g64, g64)
+        b1_d, b2_d = _d(beta1, beta2)
+        v_new = g2 if int(t) == 1 else b2_d * np.float64(np.asarray(v).reshape(-1)[0]) + (1 - b2_d) * g2
+        v_ct = _per_call(ct, v_new)
+        # sqrt(v) + epsilon reads per-call values only: computed in double, rounded once
+        step = gd / _per_call(ct, np.sqrt(v_new) + np.float64(epsilon)) + wd_ * w
+        m = b1 * m + (_per_call(ct, 1 - b1_d) * step if grad_averaging else step)
+        out = w - ct(lr) * m
+    out, m = _store([out, m], [w_dt, s_dt])
+    return out, m, np.asarray(v_ct).astype(s_dt).reshape(np.shape(v))
 
 
 def multi_lamb_update(weight, grad, mean, var, lr, *, beta1=0.9, beta2=0.999, epsilon=1e-6, wd,

@@ -99,6 +99,10 @@ def bad_calls(op: str) -> list:
         for size in (3, 4, 5, 7, 12):
             calls.append((f"{name}_shape_{size}", set_tensor(name, lambda a, n=size: np.zeros(n, a.dtype)),
                           ValueError, name))
+        if name in info.per_tensor:  # one value per tensor: (1,) or (), nothing else
+            calls.append((f"{name}_two_values", set_tensor(name, lambda a: np.zeros(2, a.dtype)), ValueError, name))
+            calls.append((f"{name}_1x1", set_tensor(name, lambda a: np.zeros((1, 1), a.dtype)), ValueError, name))
+            continue
         calls.append((f"{name}_same_size_other_shape", set_tensor(name, lambda a: a.reshape(2, 3)),
                       ValueError, name))
         if name not in info.per_row:  # a per-row state may be (rows,) or (rows, 1)

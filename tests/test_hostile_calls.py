@@ -379,7 +379,8 @@ def _overlap_attempts(op: str, make) -> list:
         refused(ValueError, arg(op, info.weight), lambda: case(out=hostile))
         cases.assert_unchanged(plain, before)
 
-    attempts += [(f"{op} {name}", state(name)) for name in info.states]
+    # (a per-tensor state has one element: nothing in it can overlap)
+    attempts += [(f"{op} {name}", state(name)) for name in info.states if name not in info.per_tensor]
     attempts += [(f"{op} out", out), (f"{op} weight as out", weight_as_out)]
     return attempts
 

@@ -58,7 +58,9 @@ MXNET_NAMES = {
     # the flat-list ops behind mx.nd.contrib.multi_lamb_update and multi_mp_lamb_update
     "multi_lamb_update": "_internal._multi_lamb_update", "multi_mp_lamb_update": "_internal._multi_mp_lamb_update",
 }
-MXNET_OPS = [op for op in cases.OPS if not op.startswith("torch_")]
+#: opgen's own ops with no MXNet op or optimizer to compose them from
+OPGEN_ONLY = {"novograd_update"}
+MXNET_OPS = [op for op in cases.OPS if not op.startswith("torch_") and op not in OPGEN_ONLY]
 #: the row-sparse modes MXNet runs natively for a row-sparse gradient beside dense states
 #: (ftrl's sparse kernel needs every input row-sparse: its dense-state call falls back to dense)
 MXNET_SPARSE = {"sgd_update", "sgd_mom_update", "adam_update", "adagrad_update", "group_adagrad_update"}

@@ -252,6 +252,44 @@ def test_lars_zero_norms_use_the_plain_rate(backend):
         assert np.isfinite(result).all()
 
 
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_novograd_by_hand(backend):
+    """w = [3, 4], g = [1, 2], wd = 0.1, lr = 0.1, epsilon = 0: step 1 sets v = ||g||^2 = 5 and
+    m = g / sqrt(5) + 0.1 * w; step 2 keeps v = 0.98 * 5 + 0.02 * 5 = 5 and
+    m = 0.95 * m + g / sqrt(5) + 0.1 * w'; w' = w - 0.1 * m each step. v is one float32 value."""
+    weight, grad = np.array([3.0, 4.0]), np.array([1.0, 2.0])
+    mom, v = np.zeros(2), np.zeros(1, np.float64)
+    w, m = weight.copy(), np.zeros(2)
+    for t in (1, 2):
+        with use_backend(backend):
+            weight = generated.novograd_update(weight, grad, mom, v, lr=0.1, t=t, wd=0.1, epsilon=0.0)
+        m = (0.95 * m if t > 1 else 0) + grad / np.sqrt(5.0) + 0.1 * w
+        w = w - 0.1 * m
+        np.testing.assert_allclose(v, [5.0], rtol=1e-15)
+        np.testing.assert_allclose(mom, m, rtol=1e-14)
+        np.testing.assert_allclose(weight, w, rtol=1e-14)
+
+
+def test_per_tensor_states_are_checked():
+    """v must be one value of the states' dtype, writeable; a refused call writes nothing."""
+    weight, grad, mom = np.ones(4, np.float32), np.ones(4, np.float32), np.zeros(4, np.float32)
+    for v, exc, match in [(np.zeros(2, np.float32), ValueError, r"argument 'v' has shape \(2,\); it holds one value"),
+                          (np.zeros((1, 1), np.float32), ValueError, "shape"),
+                          (np.zeros(1, np.float64), TypeError, "argument 'v' has dtype float64"),
+                          (np.zeros(1, np.float32)[:1].view(), None, None)]:
+        if exc is None:  # a read-only view
+            v.flags.writeable = False
+            exc, match = ValueError, "argument 'v' is read-only"
+        before = [weight.copy(), mom.copy(), v.copy()]
+        with pytest.raises(exc, match=match):
+            generated.novograd_update(weight, grad, mom, v, lr=0.1, t=1, out=weight)
+        for a, b in zip([weight, mom, v], before):
+            np.testing.assert_array_equal(a, b)
+    v0 = np.zeros((), np.float32)  # a 0-d array is one value too
+    generated.novograd_update(weight, grad, mom, v0, lr=0.1, t=1, out=weight)
+    assert v0 == 4.0
+
+
 def test_lamb_refuses_row_sparse_gradients():
     grad = generated.RowSparseArray(np.ones((1, 3), np.float32), np.array([0]), (2, 3))
     weight = np.ones((2, 3), np.float32)
@@ -288,6 +326,18 @@ BAD_SPECS = {
                  "at most 16 reductions"),
     "of_a_condition": (_spec("weight = weight - lr * sum(isnan(grad)) * grad"), "needs a number"),
     "unknown_mean": (_spec("weight = weight - lr * mean(grad) * grad"), "mean"),
+    # per-tensor states: one value, assigned per call
+    "per_tensor_elementwise": (_spec("s = s + grad", "weight = weight - lr * s * grad").replace(
+        "params:", "  - {name: s, role: state, per_tensor: true, doc: Sum}\nparams:"), "the same for every element"),
+    "per_tensor_not_a_state": (_spec("weight = weight - lr * grad").replace(
+        "{name: grad, role: grad,", "{name: grad, role: grad, per_tensor: true,"), "only states can hold one value"),
+    "per_tensor_row_sparse": (_spec("s = s + sum(grad)", "weight = weight - lr * s * grad",
+                                    extra="row_sparse: {lazy: true}\n").replace(
+        "params:", "  - {name: s, role: state, per_tensor: true, doc: Sum}\nparams:"), "dense gradients only"),
+    "per_tensor_never_written": (_spec("weight = weight - lr * s * grad").replace(
+        "params:", "  - {name: s, role: state, per_tensor: true, doc: Sum}\nparams:"), "never written"),
+    "per_tensor_condition": (_spec("s = lr > 0", "weight = weight - lr * grad").replace(
+        "params:", "  - {name: s, role: state, per_tensor: true, doc: Sum}\nparams:"), "cannot store a bool"),
 }
 
 

@@ -18,6 +18,7 @@ class KernelProgram:
     body: tuple[Assign, ...]  # element statements
     loads: tuple[str, ...]  # tensors the body reads, in first-read order
     stores: tuple[str, ...]  # tensors the body writes, in first-write order
+    finals: tuple[tuple[str, str], ...] = ()  # uniform temporary -> the prologue name of its last value
 
 
 
@@ -69,4 +70,5 @@ def hoist(program: Program) -> KernelProgram:
         for r in refs(s.expr):
             if r.kind is RefKind.TENSOR:
                 loads[r.name] = None
-    return KernelProgram(tuple(prologue), tuple(body), tuple(loads), program.tensors_written())
+    return KernelProgram(tuple(prologue), tuple(body), tuple(loads), program.tensors_written(),
+                         tuple(current.items()))

@@ -136,6 +136,9 @@ class _Scope:
     writable_tensors: frozenset[str]
     params: Mapping[str, VType]
     scalar_inputs: frozenset[str] = frozenset()  # the uniform names that are one-element inputs
+    # uniform names that are per-tensor states: read as their value before the call, until
+    # assigned (a per-call statement), then as a temporary; the last value is stored
+    per_tensor: frozenset[str] = frozenset()
     temps: dict[str, tuple[VType, bool]] = field(default_factory=dict)  # name -> (type, uniform)
     reductions: bool = True  # False outside the math (skip_if): no pass computes them there
 
@@ -149,8 +152,9 @@ def parse_program(
     writable_tensors: frozenset[str],
     params: Mapping[str, VType],
     scalar_inputs: frozenset[str] = frozenset(),
+    per_tensor: frozenset[str] = frozenset(),
 ) -> Program:
-    scope = _Scope(readonly_tensors, writable_tensors, params, scalar_inputs)
+    scope = _Scope(readonly_tensors, writable_tensors, params, scalar_inputs, per_tensor)
     return Program(tuple(_parse_statement(s, scope) for s in statements))
 
 
@@ -184,9 +188,14 @@ def _parse_statement(stmt: Statement, scope: _Scope) -> Assign:
     where = at(target)
     if name in scope.readonly_tensors:
         raise SpecError(where, f"cannot assign to '{name}': it is a read-only input")
-    if name in scope.params:
+    if name in scope.per_tensor and not value.uniform:
+        raise SpecError(where, f"'{name}' holds one value per tensor: its new value must be the same for every "
+                               "element (parameters, reductions and other per-call values)")
+    if name in scope.params and name not in scope.per_tensor:
         what = "a scalar input" if name in scope.scalar_inputs else "a parameter"
         raise SpecError(where, f"cannot assign to '{name}': it is {what}")
+    if value.vtype is not VType.REAL and name in scope.per_tensor:
+        raise SpecError(where, f"cannot store a {value.vtype.value} in the per-tensor state '{name}'")
     if name.startswith("_"):
         raise SpecError(where, f"names may not start with '_': '{name}'")
     if name in FUNCTIONS:
@@ -293,6 +302,9 @@ def _name(node: ast.Name, scope: _Scope, src: _Source) -> Ref:
     name = node.id
     if name in scope.readonly_tensors or name in scope.writable_tensors:
         return Ref(VType.REAL, False, name, RefKind.TENSOR)
+    if name in scope.per_tensor and name in scope.temps:  # assigned: its new value
+        vtype, uniform = scope.temps[name]
+        return Ref(vtype, uniform, name, RefKind.TEMP)
     if name in scope.params:
         return Ref(scope.params[name], True, name, RefKind.PARAM)
     if name in scope.temps:

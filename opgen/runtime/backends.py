@@ -175,8 +175,8 @@ def _rounded(op, work: Work, k: int, dtype: np.dtype, result, element: Callable[
     """Result ``k`` as stored: as it is (NumPy then rounds to nearest), or stochastically
     rounded with the kernels' random bits for the same elements, whose indices ``element``
     gives (built only then)."""
-    if not work.rounding.stochastic or dtype.itemsize != 2:
-        return result
+    if not work.rounding.stochastic or dtype.itemsize != 2 or op.store_slots[k] < 0:
+        return result  # (slot -1: a per-tensor state, rounded to nearest as the kernels do)
     index = element()
     key = rounding.slot_key(rounding.call_key(work.rounding.seed, 0), op.store_slots[k])
     values = np.broadcast_to(np.asarray(result, np.float32), index.shape)

@@ -32,6 +32,8 @@ def _inputs(operator) -> tuple[list, dict, list[str]]:
             grad = np.array(_GRAD, dtype)
             # an op without a dense update gets every row as a row-sparse gradient
             arrays.append(grad if "dense" in operator.schedules else RowSparseArray(grad, np.arange(4), (4,)))
+        elif t.per_tensor:  # one value per tensor
+            arrays.append(np.zeros(1, dtype))
         else:
             arrays.append(np.array(_STATE, dtype))
         shown.append(t.name)

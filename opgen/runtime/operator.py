@@ -45,6 +45,7 @@ class TensorArg:
     role: TensorRole
     dtype: str | None = None  # a fixed dtype (e.g. float32 master weights); None: the call's
     per_row: bool = False  # one value per row of the weight: shape (rows,) or (rows, 1)
+    per_tensor: bool = False  # one value per call: shape (1,) or (); read and written once
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "role", TensorRole(self.role))
@@ -138,12 +139,13 @@ class Operator:
         self.grad_index = next(k for k, t in enumerate(self.tensors) if t.role is TensorRole.GRAD)
         self.kernel_params = tuple(k for k, p in enumerate(params) if p.in_kernel)
         self.fixed_dtypes = {t.name: np.dtype(t.dtype) for t in tensors if t.dtype}
-        # The kernels' scalar arguments: scalar inputs (floats), then the math's parameters.
-        self.scalar_inputs = sum(t.role is TensorRole.SCALAR for t in self.tensors)
+        # The kernels' scalar values: scalar inputs and per-tensor states' values (floats),
+        # then the math's parameters.
+        self.scalar_inputs = sum(t.role is TensorRole.SCALAR or t.per_tensor for t in self.tensors)
         self.scalar_kinds = (ParamType.FLOAT,) * self.scalar_inputs + tuple(self.params[k].type
                                                                              for k in self.kernel_params)
         self.kernel_scalar_names = tuple(t.name for t in self.tensors if t.role is TensorRole.SCALAR) + \
-            tuple(self.params[k].name for k in self.kernel_params)
+            tuple(t.name for t in self.tensors if t.per_tensor) + tuple(self.params[k].name for k in self.kernel_params)
         self.numpy_kernel = numpy_kernel
         self.c_source = c_source
         self.c_cdef = c_cdef
@@ -157,7 +159,7 @@ class Operator:
         # The fast path covers plain ops: every tensor of the call's dtype, no scalar
         # inputs, outputs, skip conditions or ranged parameters.
         self._fast_ok = not (output or skip_if or self.fixed_dtypes or any(p.bounds for p in params)
-                             or any(t.role is TensorRole.SCALAR for t in self.tensors))
+                             or any(t.role is TensorRole.SCALAR or t.per_tensor for t in self.tensors))
         self._fast_functions: dict[np.dtype, Callable] = {}  # dtype -> dense C kernel, once loaded
         self._fast_types = tuple(PARAM_KINDS[p.type].plain for p in self.params)
         # the kernel parameters as a slice of the call's, when they come first
@@ -357,6 +359,7 @@ class Operator:
                                                 "(its whole-tensor reductions run on the CPU only); pass host arrays")
         xp = array_module(weight)
         states, state_names, scalars, inputs, input_names = [], [], [], [], []
+        per_tensor_values = []  # after the scalar inputs, as the kernels take them
         free = None  # (name, dtype) of the first free state: the others must share its dtype
         for spec, name, value in zip(self.tensors, names, tensors):
             if spec.role is TensorRole.WEIGHT:
@@ -374,7 +377,12 @@ class Operator:
             self._check_dtype(spec, name, value, weight, w_name, free)
             if spec.name == self.free_state_name:
                 free = (name, value.dtype)
-            if spec.per_row:
+            if spec.per_tensor:
+                if value.shape not in ((1,), ()):
+                    raise self._fail(ValueError, name, f"has shape {value.shape}; it holds one value per tensor: "
+                                                       "shape (1,) or ()")
+                per_tensor_values.append(float(value.reshape(-1)[0]))  # host arrays: no CUDA kernels
+            elif spec.per_row:
                 rows = weight.shape[0] if weight.ndim else 1
                 if value.shape not in ((rows,), (rows, 1)):
                     raise self._fail(ValueError, name, f"has shape {value.shape}; it holds one value per row of "
@@ -404,7 +412,7 @@ class Operator:
             for other_name, other in written:
                 if xp.may_share_memory(a, other):
                     raise self._fail(ValueError, name, f"shares memory with '{other_name}', which the call writes")
-        return weight, grad, states, scalars, tuple(inputs)
+        return weight, grad, states, scalars + per_tensor_values, tuple(inputs)
 
     def _check_dtype(self, spec: TensorArg, name: str, value, weight, w_name: str,
                      free: tuple[str, np.dtype] | None = None) -> None:
@@ -587,12 +595,18 @@ class Operator:
             self._fast_functions[dtype] = self.c_function(module, kernel)
 
     def numpy_inputs(self, weight, states, grad, scalar_inputs, acc, inputs=()) -> list:
-        """The NumPy kernel's tensor arguments in declaration order, in the math dtype."""
-        by_role = {TensorRole.STATE: iter(states), TensorRole.SCALAR: iter(scalar_inputs),
+        """The NumPy kernel's tensor arguments in declaration order, in the math dtype; a
+        per-tensor state as its value (in double, as the kernels' per-call code reads it)."""
+        count = sum(t.role is TensorRole.SCALAR for t in self.tensors)
+        by_role = {TensorRole.STATE: iter(states), TensorRole.SCALAR: iter(scalar_inputs[:count]),
                    TensorRole.INPUT: iter(inputs)}
+        per_tensor = iter(scalar_inputs[count:])
         ordered = []
         for t in self.tensors:
-            if t.role is TensorRole.SCALAR:
+            if t.per_tensor:
+                next(by_role[TensorRole.STATE])  # its array receives the new value (NumpyBackend)
+                ordered.append(next(per_tensor))
+            elif t.role is TensorRole.SCALAR:
                 ordered.append(next(by_role[t.role]))
             else:
                 array = weight if t.role is TensorRole.WEIGHT else grad if t.role is TensorRole.GRAD \

@@ -85,6 +85,8 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         row_sparse = _dense_only(root, tensors, "an op with whole-tensor reductions (sum, avg, norm, rms, amax)")
     elif any(t.role is TensorRole.INPUT for t in tensors):
         row_sparse = _dense_only(root, tensors, "an op with read-only inputs")
+    elif any(t.per_tensor for t in tensors):
+        row_sparse = _dense_only(root, tensors, "an op with per-tensor states")
     program, totals_program = totals.split(hoist(marked), reductions)
     rows = _rows(root, tensors, program, row_sparse)
     deviations = tuple(y.scalar_text(path, n, "each deviation") for n in root.sequence("deviations")) \
@@ -165,7 +167,7 @@ def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
     out = []
     for node in items:
         m = y.Mapping(root.path, node, "a tensor", required=("name", "role", "doc"),
-                      optional=("symbol", "dtype", "per_row"))
+                      optional=("symbol", "dtype", "per_row", "per_tensor"))
         name = _identifier(m, "name", "tensor name")
         role_text = m.string("role")
         try:
@@ -184,7 +186,12 @@ def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
         per_row = _bool(m, "per_row") if "per_row" in m else False
         if per_row and role is not TensorRole.STATE:
             raise SpecError(m.location("per_row"), f"only states can hold one value per row, not the {role.value} '{name}'")
-        out.append(TensorSpec(name, role, m.string("doc").strip(), symbol, y.where(root.path, node), dtype, per_row))
+        per_tensor = _bool(m, "per_tensor") if "per_tensor" in m else False
+        if per_tensor and (role is not TensorRole.STATE or per_row):
+            raise SpecError(m.location("per_tensor"), f"only states can hold one value per tensor, not the "
+                                                      f"{'per-row state' if per_row else role.value} '{name}'")
+        out.append(TensorSpec(name, role, m.string("doc").strip(), symbol, y.where(root.path, node), dtype, per_row,
+                              per_tensor))
     for role in (TensorRole.WEIGHT, TensorRole.GRAD):
         count = sum(t.role is role for t in out)
         if count != 1:
@@ -307,15 +314,17 @@ def _math(root: y.Mapping, tensors: tuple[TensorSpec, ...], params: tuple[ParamS
     if not statements:
         raise SpecError(root.location("math"), "the math is empty")
     readonly = frozenset(t.name for t in tensors if t.role in (TensorRole.GRAD, TensorRole.INPUT))
-    writable = frozenset(t.name for t in tensors if t.role in (TensorRole.WEIGHT, TensorRole.STATE))
+    writable = frozenset(t.name for t in tensors if t.role in (TensorRole.WEIGHT, TensorRole.STATE)
+                         and not t.per_tensor)
     scalar_inputs = frozenset(t.name for t in tensors if t.role is TensorRole.SCALAR)
-    return parse_program(statements, readonly, writable, _uniform_names(tensors, params), scalar_inputs)
+    per_tensor = frozenset(t.name for t in tensors if t.per_tensor)
+    return parse_program(statements, readonly, writable, _uniform_names(tensors, params), scalar_inputs, per_tensor)
 
 
 def _uniform_names(tensors, params) -> dict:
     """Names whose value is the same for every element: parameters and scalar inputs."""
     names = {p.name: PARAM_VTYPES[p.type] for p in params}
-    names.update({t.name: VType.REAL for t in tensors if t.role is TensorRole.SCALAR})
+    names.update({t.name: VType.REAL for t in tensors if t.role is TensorRole.SCALAR or t.per_tensor})
     return names
 
 
@@ -404,7 +413,8 @@ def _rows(root: y.Mapping, tensors, program, row_sparse: RowSparseSpec) -> RowPr
 
 def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSpec, skip_if, output,
                  multi=None) -> None:
-    written = set(math.tensors_written())
+    written = set(math.tensors_written()) | {s.target for s in math.statements if s.kind is RefKind.TEMP
+                                             and any(t.per_tensor and t.name == s.target for t in tensors)}
     read = math.names_read() | (frozenset(r.name for r in refs(skip_if)) if skip_if is not None else frozenset())
     for t in tensors:
         if t.role is TensorRole.WEIGHT and output is not None:
@@ -425,5 +435,6 @@ def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSp
     for s in math.statements:
         if s.kind is RefKind.TEMP:
             n.check_identifier(s.target, "temporary", s.location)
-            if s.target not in read and s.target != output:
+            if s.target not in read and s.target != output and not any(t.per_tensor and t.name == s.target
+                                                                         for t in tensors):
                 raise SpecError(s.location, f"temporary '{s.target}' is assigned but never used")

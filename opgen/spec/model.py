@@ -35,6 +35,7 @@ class TensorSpec:
     location: Location
     dtype: str | None = None  # a fixed storage dtype (e.g. float32 master weights); None: the call's dtype
     per_row: bool = False  # one value per row of the weight (shape (rows,) or (rows, 1))
+    per_tensor: bool = False  # one value per tensor (shape (1,) or ()), read and written once per call
 
 
 @dataclass(frozen=True)
@@ -117,7 +118,7 @@ class OpSpec:
         read-only inputs, an output or a skip condition (the multi kernel has no per-tensor
         skip). Whole-tensor reductions are per tensor."""
         return self.row_sparse.dense and self.output is None and not self.scalars and self.skip_if is None \
-            and not self.inputs
+            and not self.inputs and not self.per_tensor_states
 
     @property
     def schedules(self) -> tuple[Schedule, ...]:
@@ -208,6 +209,15 @@ class OpSpec:
         return tuple(t for t in self.tensors if t.role is TensorRole.STATE)
 
     @property
+    def per_tensor_states(self) -> tuple[TensorSpec, ...]:
+        """The states of one value per tensor, read and written once per call."""
+        return tuple(t for t in self.tensors if t.per_tensor)
+
+    def final_value(self, state: str) -> str:
+        """The prologue temporary holding a per-tensor state's new value."""
+        return dict(self.program.finals)[state]
+
+    @property
     def inputs(self) -> tuple[TensorSpec, ...]:
         """The read-only arrays beside the gradient (of the weight's shape)."""
         return tuple(t for t in self.tensors if t.role is TensorRole.INPUT)
@@ -236,10 +246,14 @@ class OpSpec:
 
     @property
     def kernel_scalars(self) -> tuple[str, ...]:
-        """The kernels' scalar arguments, in order: scalar inputs, then the math's parameters."""
-        return tuple(t.name for t in self.scalars) + tuple(p.name for p in self.math_params)
+        """The per-call init's scalars, in order: scalar inputs, per-tensor states' values
+        before the call (the kernels load them from their one-element arrays), then the
+        math's parameters."""
+        return tuple(t.name for t in self.scalars) + tuple(t.name for t in self.per_tensor_states) \
+            + tuple(p.name for p in self.math_params)
 
     @property
     def kernel_scalar_kinds(self) -> tuple[ParamKind, ...]:
         """How each kernel scalar crosses the ABI (scalar inputs as floats), in order."""
-        return (SCALAR_INPUT_KIND,) * len(self.scalars) + tuple(PARAM_KINDS[p.type] for p in self.math_params)
+        return (SCALAR_INPUT_KIND,) * (len(self.scalars) + len(self.per_tensor_states)) \
+            + tuple(PARAM_KINDS[p.type] for p in self.math_params)

@@ -113,7 +113,10 @@ def _arguments(op: "OpSpec", schedule: Schedule) -> tuple[Arg, ...]:
             args.append(Arg(ArgRole.TENSOR_TABLE, c_type, name, const=const, cuda=False))
         else:
             args.append(Arg(ArgRole.TENSOR, f"{'const ' if const else ''}void *", name, const=const))
+    per_tensor = {t.name for t in op.per_tensor_states}  # passed as arrays: the kernel loads and stores them
     for name, kind in zip(op.kernel_scalars, op.kernel_scalar_kinds):
+        if name in per_tensor:
+            continue
         if table:
             args.append(Arg(ArgRole.SCALAR_TABLE, f"const {kind.c_arg} *", name, kind.numpy_arg, cuda=False))
         else:
@@ -131,8 +134,8 @@ def lanes(op: "OpSpec", variant: Variant) -> int:
 
 
 def _launch(op: "OpSpec", schedule: Schedule, variant: Variant) -> Launch | None:
-    if schedule is Schedule.MULTI or op.totals is not None:  # CUDA passes for reductions: not written yet
-        return None
+    if schedule is Schedule.MULTI or op.totals is not None or op.per_tensor_states:
+        return None  # CUDA passes for reductions and per-tensor stores: not written yet
     if schedule is Schedule.DENSE:
         return Launch((DENSE_BLOCK, 1), ArgRole.SIZE, DENSE_BLOCK * lanes(op, variant), DENSE_BLOCKS_PER_SM)
     work = ArgRole.NNZ if schedule is Schedule.LAZY else ArgRole.NROWS

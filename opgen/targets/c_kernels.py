@@ -42,7 +42,8 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
         # update (each a parallel region), in one C call
         size, index = f"{n[ArgRole.SIZES]}[{LOOP.t}]", f"[{LOOP.t}]"
         passes = TotalsCode(step.math).schedule_lines(step, size, flush, index, LOOP.t)
-        body = [*passes, f"const {struct} {LOOP.scalars} = {init}({code.init_call(index, LOOP.t)});",
+        body = [*passes, f"const {struct} {LOOP.scalars} = {init}({code.init_call(index, LOOP.t, step.per_tensor_loads(index))});",
+                *step.per_tensor_stores(index),
                 *versions(step, lambda v: [f"OPGEN_DENSE({size}, {flush}, {step.step_call('step', 0, v, index)});"])]
         return [f"for (int64_t {LOOP.t} = 0; {LOOP.t} < {n[ArgRole.COUNT]}; ++{LOOP.t}) {{",
                 *(f"    {line}" for line in body), "}"]
@@ -51,11 +52,11 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
             f"OPGEN_MULTI({n[ArgRole.COUNT]}, {n[ArgRole.SIZES]}, {flush}, "
             f"const {struct} {LOOP.s} = {init}({code.init_call(f'[{LOOP.t}]', LOOP.t)}), "
             f"{step.step_call('step', 0, v, f'[{LOOP.t}]')});"], unswitch=False)
-    head = f"const {struct} {LOOP.scalars} = {init}({code.init_call()});"
+    head = f"const {struct} {LOOP.scalars} = {init}({code.init_call(loads=step.per_tensor_loads())});"
     rows = f"{n.get(ArgRole.NNZ)}, {n.get(ArgRole.ROW_LEN)}, {n.get(ArgRole.INDICES)}"
     if kernel.schedule is Schedule.DENSE:
         passes = TotalsCode(step.math).schedule_lines(step, n[ArgRole.SIZE], flush)
-        return [*passes, head, *versions(step, lambda v: [
+        return [*passes, head, *step.per_tensor_stores(), *versions(step, lambda v: [
             f"OPGEN_DENSE({n[ArgRole.SIZE]}, {flush}, {step.step_call('step', 0, v)});"])]
     if op.rows is not None:
         def row_schedule(v: Version) -> list[str]:

@@ -146,12 +146,14 @@ class OpCode:
     def element_arrays(self) -> list[str]:
         return self.touched(self.reads | set(self.written))
 
-    def init_call(self, index: str = "", tensor: str = "0") -> str:
-        """The init's arguments in a kernel: its scalars (``index`` into per-tensor tables),
-        the seed, and the tensor's number (with the seed, its stochastic-rounding key)."""
+    def init_call(self, index: str = "", tensor: str = "0", loads: dict[str, str] | None = None) -> str:
+        """The init's arguments in a kernel: its scalars (``index`` into per-tensor tables;
+        ``loads``: the per-tensor states' values, read from their arrays), the seed, and the
+        tensor's number (with the seed, its stochastic-rounding key)."""
         totals = [LOOP.totals] if self.op.totals is not None else []
-        return ", ".join([*(f"{ARG}{name}{index}" for name in self.op.kernel_scalars), ArgRole.SEED.value, tensor,
-                          *totals])
+        loads = loads or {}
+        return ", ".join([*(loads.get(name, f"{ARG}{name}{index}") for name in self.op.kernel_scalars),
+                          ArgRole.SEED.value, tensor, *totals])
 
 
     def pointer_args(self, names: list[str], index: str = "") -> str:
@@ -292,6 +294,18 @@ class StepCode:
 
     def load(self, name: str, memory: Memory) -> str:
         return f"{self.storage(name).load}({memory.of(name)})"
+
+    def per_tensor_loads(self, index: str = "") -> dict[str, str]:
+        """Each per-tensor state's value before the call, from its one-element array, in double."""
+        return {t.name: f"(double){self.storage(t.name).load}(((const {self.storage(t.name).c_storage} *)"
+                        f"{ARG}{t.name}{index})[0])" for t in self.op.per_tensor_states}
+
+    def per_tensor_stores(self, index: str = "") -> list[str]:
+        """Each per-tensor state's new value (the per-call struct's), into its array (rounded
+        to nearest: one value, no stream of random bits)."""
+        return [f"(({self.storage(t.name).c_storage} *){ARG}{t.name}{index})[0] = "
+                f"{self.storage(t.name).store}({LOOP.scalars}.{c_name(RefKind.TEMP, self.op.final_value(t.name))});"
+                for t in self.op.per_tensor_states]
 
     def call_lines(self, memory: Memory, indent: str, element: str = "i") -> list[str]:
         """Load, call the element function, store: one element at ``memory``."""
@@ -536,7 +550,8 @@ class TotalsCode:
         for p in self.passes:
             call = f"{self.name(p, step.variant.name)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.summands}" \
                    f"{_more(self.code.pointer_args(self.arrays(p), index))})"
-            lines += ["{", f"    const {struct} {LOOP.scalars} = {init}({self.code.init_call(index, tensor)});",
+            loads = step.per_tensor_loads(index)
+            lines += ["{", f"    const {struct} {LOOP.scalars} = {init}({self.code.init_call(index, tensor, loads)});",
                       f"    double {LOOP.accumulated}[{len(p.totals)}];",
                       f"    OPGEN_TOTALS({m}, {len(p.sums)}, {len(p.maxima)}, {size}, {flush}, {LOOP.accumulated}, "
                       f"{call});",

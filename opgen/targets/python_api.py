@@ -135,7 +135,8 @@ def tensor_doc(op: OpSpec, t, dense_only: bool = False) -> str:
         return "A number, or an array holding one element."
     if t.role is TensorRole.INPUT:
         return "Read only; the weight's shape" + (f", always {t.dtype}." if t.dtype else " and dtype.")
-    per_row = " One value per row (shape (rows,) or (rows, 1))." if t.per_row else ""
+    per_row = " One value per row (shape (rows,) or (rows, 1))." if t.per_row else \
+        " One value per tensor (shape (1,) or ()), updated once per call." if t.per_tensor else ""
     free = f" Its dtype: {state_dtype_rule()}; the states share one." if t.role is TensorRole.STATE and not t.dtype \
         else ""
     return "Updated in place." + per_row + fixed + free
@@ -213,7 +214,7 @@ def numpy_lines(op: OpSpec) -> list[str]:
         return _numpy_total_lines(op)
     program = op.program
     lines = [NumpyPrinter("_D").statement(s) for s in program.prologue]
-    real = [name for name, kind in zip(op.kernel_scalars, [ParamType.FLOAT] * len(op.scalars)
+    real = [name for name, kind in zip(op.kernel_scalars, [ParamType.FLOAT] * (len(op.scalars) + len(op.per_tensor_states))
                                        + [p.type for p in op.math_params]) if kind is ParamType.FLOAT]
     real += [NumpyPrinter().statement(s).split(" = ")[0] for s in program.prologue if s.expr.vtype is VType.REAL]
     real = list(dict.fromkeys(real))
@@ -234,7 +235,7 @@ def _numpy_total_lines(op: OpSpec) -> list[str]:
 
     program, totals = op.program, op.totals
     double = NumpyPrinter("_D")
-    reals = [name for name, kind in zip(op.kernel_scalars, [ParamType.FLOAT] * len(op.scalars)
+    reals = [name for name, kind in zip(op.kernel_scalars, [ParamType.FLOAT] * (len(op.scalars) + len(op.per_tensor_states))
                                         + [p.type for p in op.math_params]) if kind is ParamType.FLOAT]
     rounded = set(reals)
     lines: list[str] = []
@@ -308,7 +309,11 @@ def kernel_table(op: OpSpec) -> tuple[list[tuple[str, str]], list[str]]:
 
 def context(op: OpSpec) -> dict:
     printer = NumpyPrinter()
-    results = [op.output if op.output else op.weight.name] + [t.name for t in op.states]
+    # a per-tensor state's new value: its last per-call value, rounded to the math type as
+    # the C kernels store it (_t_ names in the multi-pass kernels, rebound in place otherwise)
+    rounded = "_t_" if op.totals is not None else ""
+    results = [op.output if op.output else op.weight.name] + [
+        f"{rounded}{op.final_value(t.name)}" if t.per_tensor else t.name for t in op.states]
     rs = op.row_sparse
     arg_sets, records = kernel_table(op)
     return {
@@ -318,9 +323,11 @@ def context(op: OpSpec) -> dict:
         "kernel_args": ", ".join([t.name for t in op.tensors] + [p.name for p in op.math_params]),
         "numpy_lines": numpy_lines(op),
         "numpy_return": ", ".join(results),
-        "store_slots": _tuple(str(op.store_slot(name)) for name in [OUT if op.output else op.weight.name]
-                              + [s.name for s in op.states]),
-        "tensors": [{"name": t.name, "role": t.role.value, "dtype": repr(t.dtype), "per_row": t.per_row}
+        # (-1: a per-tensor state, stored rounded to nearest by every backend)
+        "store_slots": _tuple([str(op.store_slot(OUT if op.output else op.weight.name))]
+                              + ["-1" if s.per_tensor else str(op.store_slot(s.name)) for s in op.states]),
+        "tensors": [{"name": t.name, "role": t.role.value, "dtype": repr(t.dtype), "per_row": t.per_row,
+                     "per_tensor": t.per_tensor}
                     for t in op.tensors],
         "params": [{"name": p.name, "type": p.type.value, "in_kernel": p in op.math_params,
                     "bounds": repr(p.bounds), "required": p.required} for p in op.params],
