@@ -26,7 +26,7 @@ from .multi_mp_sgd_update import multi_mp_sgd_update
 from .multi_sgd_mom_update import multi_sgd_mom_update
 from .multi_sgd_update import multi_sgd_update
 from .nag_mom_update import nag_mom_update, nag_mom_update_multi
-from .novograd_update import novograd_update
+from .novograd_update import novograd_update, novograd_update_multi
 from .rmsprop_update import rmsprop_update, rmsprop_update_multi
 from .rmspropalex_update import rmspropalex_update, rmspropalex_update_multi
 from .sgd_mom_update import sgd_mom_update, sgd_mom_update_multi
@@ -82,6 +82,7 @@ __all__ = [
     "nag_mom_update",
     "nag_mom_update_multi",
     "novograd_update",
+    "novograd_update_multi",
     "rmsprop_update",
     "rmsprop_update_multi",
     "rmspropalex_update",

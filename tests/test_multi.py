@@ -18,7 +18,7 @@ MULTI = cases.ops(lambda o: o.has_multi_variant)
 
 def test_multi_exists_where_the_readme_says():
     expected = cases.ops(lambda o: o.dense and not o.multi and not o.output and not o.scalars
-                         and o.skip_if is None and not o.inputs and not o.per_tensor)
+                         and o.skip_if is None and not o.inputs)
     assert MULTI == expected
 
 

@@ -434,6 +434,33 @@ def test_lars_follows_the_paper_per_tensor(kwargs):
     torch.testing.assert_close(opt.state[params[0]]["mom"], moms[0], rtol=1e-10, atol=1e-13)
 
 
+@pytest.mark.parametrize("kwargs", [{}, dict(betas=(0.9, 0.9), eps=1e-4, weight_decay=0.01, grad_averaging=True)])
+def test_novograd_follows_the_paper_per_tensor(kwargs):
+    """optim.NovoGrad against Algorithm 1 computed here, float64, 20 steps: each tensor's
+    second moment is one number (v = ||g||^2 first, then its moving average)."""
+    model = _model().double()
+    params = [p for p in model.parameters()]
+    opt = optim.NovoGrad(params, lr=0.01, **kwargs)
+    beta1, beta2 = kwargs.get("betas", (0.95, 0.98))
+    eps, wd, averaging = kwargs.get("eps", 1e-8), kwargs.get("weight_decay", 0.0), kwargs.get("grad_averaging", False)
+    moms, vs = [torch.zeros_like(p) for p in params], [None] * len(params)
+    x, y = (a.double() for a in _data())
+    for t in range(1, 21):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        before = [p.detach().clone() for p in params]
+        grads = [p.grad.detach().clone() for p in params]
+        opt.step()
+        for k, (w, g) in enumerate(zip(before, grads)):
+            g2 = (g * g).sum()
+            vs[k] = g2 if t == 1 else beta2 * vs[k] + (1 - beta2) * g2
+            step = g / (vs[k].sqrt() + eps) + wd * w
+            moms[k] = beta1 * moms[k] + ((1 - beta1) * step if averaging else step)
+            torch.testing.assert_close(params[k].detach(), w - 0.01 * moms[k], rtol=1e-10, atol=1e-12)
+            torch.testing.assert_close(opt.state[params[k]]["v"], vs[k].reshape(1), rtol=1e-12, atol=0)
+    assert opt.state[params[0]]["v"].shape == (1,)
+
+
 def test_mxnet_sgd_takes_the_momentum_op_only_with_momentum():
     import numpy as np
 

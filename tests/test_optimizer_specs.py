@@ -198,5 +198,5 @@ def test_a_users_spec_builds_a_working_class_and_hostile_text_stays_data(tmp_pat
 def test_the_repository_specs_declare_the_documented_classes():
     classes = {c.class_name: c.ops for op in load_specs(ROOT / "specs") for c in op.optimizers}
     assert set(classes) == {"Adam", "AdamW", "SparseAdam", "SGD", "Adagrad", "RMSprop", "NAdam", "MXNetAdam",
-                            "MXNetSGD", "LAMB", "LARS"}
+                            "MXNetSGD", "LAMB", "LARS", "NovoGrad"}
     assert classes["RMSprop"][-1] == "torch_rmsprop_update" and len(classes["RMSprop"]) == 4

@@ -30,6 +30,33 @@ void opgen_novograd_update_dense_float16(int64_t size, void *arg_weight, const v
     }
 }
 
+void opgen_novograd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float16(((const opgen_half *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            double opgen_acc[1];
+            OPGEN_TOTALS(float, 1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_v, arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float16(((const opgen_half *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        ((opgen_half *)arg_v[t])[0] = OPGEN_STORE_float16(scalars.t_v);
+        if (scalars.s_grad_averaging) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        }
+    }
+}
+
 void opgen_novograd_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
@@ -51,6 +78,33 @@ void opgen_novograd_update_dense_float16_with_float32_states(int64_t size, void 
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mom));
         } else {
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom));
+        }
+    }
+}
+
+void opgen_novograd_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            double opgen_acc[1];
+            OPGEN_TOTALS(float, 1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_v, arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t_v);
+        if (scalars.s_grad_averaging) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
         }
     }
 }
@@ -80,6 +134,33 @@ void opgen_novograd_update_dense_bfloat16(int64_t size, void *arg_weight, const 
     }
 }
 
+void opgen_novograd_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            double opgen_acc[1];
+            OPGEN_TOTALS(float, 1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_v, arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        ((opgen_bf16 *)arg_v[t])[0] = OPGEN_STORE_bfloat16(scalars.t_v);
+        if (scalars.s_grad_averaging) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        }
+    }
+}
+
 void opgen_novograd_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
@@ -105,6 +186,33 @@ void opgen_novograd_update_dense_bfloat16_with_float32_states(int64_t size, void
     }
 }
 
+void opgen_novograd_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            double opgen_acc[1];
+            OPGEN_TOTALS(float, 1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t_v);
+        if (scalars.s_grad_averaging) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        }
+    }
+}
+
 void opgen_novograd_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
@@ -119,6 +227,25 @@ void opgen_novograd_update_dense_float32(int64_t size, void *arg_weight, const v
         OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
         OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float32(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom));
+    }
+}
+
+void opgen_novograd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            double opgen_acc[1];
+            OPGEN_TOTALS(float, 1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32(s, i, gi, opgen_v, arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t_v);
+        if (scalars.s_grad_averaging) {
+            OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+        } else {
+            OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        }
     }
 }
 
@@ -147,6 +274,33 @@ void opgen_novograd_update_dense_float32_with_bfloat16_states(int64_t size, void
     }
 }
 
+void opgen_novograd_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            double opgen_acc[1];
+            OPGEN_TOTALS(float, 1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        ((opgen_bf16 *)arg_v[t])[0] = OPGEN_STORE_bfloat16(scalars.t_v);
+        if (scalars.s_grad_averaging) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            }
+        }
+    }
+}
+
 void opgen_novograd_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
@@ -161,5 +315,24 @@ void opgen_novograd_update_dense_float64(int64_t size, void *arg_weight, const v
         OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
         OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom));
+    }
+}
+
+void opgen_novograd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+    for (int64_t t = 0; t < count; ++t) {
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float64(((const double *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            double opgen_acc[1];
+            OPGEN_TOTALS(double, 1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_v, arg_grad[t]));
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float64(((const double *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        ((double *)arg_v[t])[0] = OPGEN_STORE_float64(scalars.t_v);
+        if (scalars.s_grad_averaging) {
+            OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float64(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+        } else {
+            OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float64(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        }
     }
 }

@@ -116,9 +116,9 @@ class OpSpec:
     def has_multi(self) -> bool:
         """A multi-tensor kernel: dense updates of weights, without per-call scalar inputs,
         read-only inputs, an output or a skip condition (the multi kernel has no per-tensor
-        skip). Whole-tensor reductions are per tensor."""
+        skip). Whole-tensor reductions and per-tensor states are each tensor's own."""
         return self.row_sparse.dense and self.output is None and not self.scalars and self.skip_if is None \
-            and not self.inputs and not self.per_tensor_states
+            and not self.inputs
 
     @property
     def schedules(self) -> tuple[Schedule, ...]:

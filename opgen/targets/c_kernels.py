@@ -37,9 +37,10 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
     code, n = step.code, _names(kernel)
     struct, init = code.struct(step.math.math), code.init(step.math.math)
     flush = n[ArgRole.FLUSH]
-    if kernel.schedule is Schedule.MULTI and op.totals is not None:
-        # whole-tensor reductions are per tensor: each tensor in turn, its passes then its
-        # update (each a parallel region), in one C call
+    if kernel.schedule is Schedule.MULTI and (op.totals is not None or op.per_tensor_states):
+        # whole-tensor reductions and per-tensor states are each tensor's own: each tensor in
+        # turn, its passes, its per-tensor values, then its update (each a parallel region),
+        # in one C call
         size, index = f"{n[ArgRole.SIZES]}[{LOOP.t}]", f"[{LOOP.t}]"
         passes = TotalsCode(step.math).schedule_lines(step, size, flush, index, LOOP.t)
         body = [*passes, f"const {struct} {LOOP.scalars} = {init}({code.init_call(index, LOOP.t, step.per_tensor_loads(index))});",
