@@ -38,10 +38,12 @@ def _numpy_kernel(_T, weight, grad, mean, var, lr, beta1, beta2, epsilon, t, bia
         mean = _t_beta1 * mean + _t__h1 * gr
         var = _t_beta2 * var + _t__h2 * gr * gr
         u = mean / _t__h3 / (_np.sqrt(var / _t__h4) + _t_epsilon) + _t_wd * weight if bias_correction else mean / (_np.sqrt(var) + _t_epsilon) + _t_wd * weight
-        return (weight * weight, u * u, )
+        _s0 = weight
+        _s1 = u
+        return (_s0, _s1, )
     _s = _pass1(weight, grad, mean, var)
-    _q0 = _m.finish_sqrt(_m.total_sum(_s[0]), _np.size(weight))
-    _q1 = _m.finish_sqrt(_m.total_sum(_s[1]), _np.size(weight))
+    _q0 = _m.finish_sqrt(_m.total_sum_squares(_s[0]), _np.size(weight))
+    _q1 = _m.finish_sqrt(_m.total_sum_squares(_s[1]), _np.size(weight))
     _t__q0, _t__q1 = _T(_q0), _T(_q1)
     r1 = _np.maximum(_q0, lower_bound) if lower_bound >= 0 else _q0
     _2r1 = _np.minimum(r1, upper_bound) if upper_bound >= 0 else r1

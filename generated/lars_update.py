@@ -29,10 +29,12 @@ def _numpy_kernel(_T, weight, grad, mom, lr, momentum, lars_eta, epsilon, wd, re
     _h0 = clip_gradient > 0
     _t_lr, _t_momentum, _t_lars_eta, _t_epsilon, _t_wd, _t_rescale_grad, _t_clip_gradient = _T(lr), _T(momentum), _T(lars_eta), _T(epsilon), _T(wd), _T(rescale_grad), _T(clip_gradient)
     def _pass1(weight, grad, mom):
-        return (weight * weight, _t_rescale_grad * grad * (_t_rescale_grad * grad), )
+        _s0 = weight
+        _s1 = _t_rescale_grad * grad
+        return (_s0, _s1, )
     _s = _pass1(weight, grad, mom)
-    _q0 = _m.finish_sqrt(_m.total_sum(_s[0]), _np.size(weight))
-    _q1 = _m.finish_sqrt(_m.total_sum(_s[1]), _np.size(weight))
+    _q0 = _m.finish_sqrt(_m.total_sum_squares(_s[0]), _np.size(weight))
+    _q1 = _m.finish_sqrt(_m.total_sum_squares(_s[1]), _np.size(weight))
     _t__q0, _t__q1 = _T(_q0), _T(_q1)
     w_norm = _q0
     g_norm = _q1

@@ -29,7 +29,8 @@ def _numpy_kernel(_T, weight, grad, mom, v, lr, beta1, beta2, epsilon, wd, t, gr
     _h1 = _D(1) - beta1
     _t_v, _t_lr, _t_beta1, _t_beta2, _t_epsilon, _t_wd, _t__h1 = _T(v), _T(lr), _T(beta1), _T(beta2), _T(epsilon), _T(wd), _T(_h1)
     def _pass1(weight, grad, mom, v):
-        return (grad * grad, )
+        _s0 = grad * grad
+        return (_s0, )
     _s = _pass1(weight, grad, mom, v)
     _q0 = _m.finish_none(_m.total_sum(_s[0]), _np.size(weight))
     _t__q0, = _T(_q0),

@@ -128,6 +128,8 @@ class Op:
         #: MXNet's flat multi-tensor convention: {count: PARAM, per_tensor: {lr: lrs, ...}}
         self.multi = spec.get("multi")
         self.ignored = frozenset(p["name"] for p in spec.get("params", []) if p.get("ignored"))
+        #: each parameter's default as the spec gives it (None: required)
+        self.defaults = {p["name"]: p.get("default") for p in spec.get("params", [])}
         self.has_multi_variant = hasattr(generated, f"{name}_multi")
         #: the op's math reduces whole tensors (norm, sum, ...): one element reaches every element
         self.reduces = load_spec(ROOT / "specs" / f"{name}.yaml").totals is not None
@@ -350,6 +352,32 @@ PARAMS = {
     "multi_sgd_mom_update": {
         "defaults": dict(lr=0.1, wd=0.01),
         "mixed": dict(lr=0.05, wd=0.05, momentum=0.9, rescale_grad=1.5, clip_gradient=1.0),
+    },
+    "preloaded_multi_sgd_update": {
+        "defaults": dict(lr=0.1, wd=0.01),
+        "mixed": dict(lr=0.05, wd=0.1, rescale_grad=1.5, clip_gradient=1.0),
+    },
+    "preloaded_multi_sgd_mom_update": {
+        "defaults": dict(lr=0.1, wd=0.01),
+        "mixed": dict(lr=0.05, wd=0.05, momentum=0.9, rescale_grad=1.5, clip_gradient=1.0),
+    },
+    "preloaded_multi_mp_sgd_update": {
+        "defaults": dict(lr=0.1, wd=0.01),
+        "mixed": dict(lr=0.05, wd=0.1, rescale_grad=1.5, clip_gradient=1.0),
+    },
+    "preloaded_multi_mp_sgd_mom_update": {
+        "defaults": dict(lr=0.1, wd=0.01),
+        "mixed": dict(lr=0.05, wd=0.05, momentum=0.9, rescale_grad=1.5, clip_gradient=1.0),
+    },
+    "multi_adamw_update": {
+        "defaults": dict(lr=0.01, eta=1.0, wd=0.0),
+        "mixed": dict(rescale_grad=1.5, lr=0.02, eta=0.5, beta1=0.8, beta2=0.99, epsilon=1e-6, wd=0.1,
+                      clip_gradient=1.0),
+    },
+    "multi_mp_adamw_update": {
+        "defaults": dict(lr=0.01, eta=1.0, wd=0.0),
+        "mixed": dict(rescale_grad=1.5, lr=0.02, eta=0.5, beta1=0.8, beta2=0.99, epsilon=1e-6, wd=0.1,
+                      clip_gradient=1.0),
     },
     "novograd_update": {
         "defaults": dict(lr=0.01),
@@ -699,13 +727,29 @@ def make_case(name: str, seed_: int, shape, dtype, params: dict | None = None, *
     return case
 
 
+def multi_call_args(name: str, groups: list, kwargs: dict, count: int = 1) -> tuple[list, dict]:
+    """MXNet's flat multi-tensor convention: ``data`` (the flat ``groups``, then the trailing
+    parameters' arrays: MXNet's preloaded lrs, wds, multi adamw's rescale_grad) and the
+    keywords (per-tensor lists of ``count`` equal values, the count)."""
+    info = op(name)
+    per_tensor = info.multi["per_tensor"]
+    kw = {per_tensor.get(k, k): ([v] * count if k in per_tensor else v) for k, v in kwargs.items()}
+    kw[info.multi["count"]] = count
+    data = list(groups)
+    for public in info.multi.get("trailing", []):
+        param = next((k for k, v in per_tensor.items() if v == public), public)
+        value = kwargs[param] if param in kwargs else info.defaults.get(param)
+        kw.pop(public, None)
+        per = public != param
+        data.append(np.array([value] * count if per else [value], np.float64))  # (exact: the reference reads it)
+    return data, kw
+
+
 def call(name: str, args, kwargs: dict, out=None):
     """Call the generated op; MXNet's multi_* ops with one group (``lrs=[lr]``, ...)."""
     info = op(name)
     if info.multi:
-        per_tensor = info.multi["per_tensor"]
-        kw = {per_tensor.get(k, k): ([v] if k in per_tensor else v) for k, v in kwargs.items()}
-        kw[info.multi["count"]] = 1
+        args, kw = multi_call_args(name, list(args), kwargs)
         result = info.fn(*args, **kw, out=None if out is None else [out])
         assert isinstance(result, list) and len(result) == 1, result
         return result[0]

@@ -70,7 +70,13 @@ __all__ = [
     "group_adagrad_update",
     "lamb_update",
     "lars_update",
+    "multi_adamw_update",
     "multi_lamb_update",
+    "multi_mp_adamw_update",
+    "preloaded_multi_mp_sgd_mom_update",
+    "preloaded_multi_mp_sgd_update",
+    "preloaded_multi_sgd_mom_update",
+    "preloaded_multi_sgd_update",
     "novograd_update",
     "multi_mp_lamb_update",
     "mp_lamb_update_phase1",
@@ -603,6 +609,45 @@ def mp_adamw_update(weight, grad, mean, var, weight32, rescale_grad, lr, eta, be
     return (w32.astype(weight.dtype), m, v, w32)
 
 
+def _multi_adamw_math(w, g, m, v, rg, lr, eta, beta1, beta2, epsilon, wd, clip_gradient, ct):
+    """MultiMPAdamWKernel: the moving averages as ``beta * (m - g) + g`` (2.12)."""
+    lr_, eta_, b1, b2, eps, wd_, clip_ = _scalars(ct, lr, eta, beta1, beta2, epsilon, wd, clip_gradient)
+    with np.errstate(all="ignore"):
+        sg = ct(rg) * g
+        if clip_gradient > 0:
+            sg = _clip(sg, clip_)
+        m = b1 * (m - sg) + sg
+        v = b2 * (v - sg * sg) + sg * sg
+        out = w - eta_ * ((lr_ * m) / (np.sqrt(v) + eps) + wd_ * w)
+    return out, m, v
+
+
+def multi_adamw_update(weight, grad, mean, var, lr, eta, wd, beta1=0.9, beta2=0.999, epsilon=1e-8,
+                       clip_gradient=-1.0, rescale_grad=1.0):
+    """One group of multi_adamw_update; rescale_grad 0, NaN or +-Inf skips the call."""
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, mean, var)
+    if _adamw_skips(rescale_grad):
+        return (weight.copy(), mean.copy(), var.copy())
+    w, g, m, v = _to(ct, weight, grad, mean, var)
+    out, m, v = _multi_adamw_math(w, g, m, v, _rescale_value(rescale_grad), lr, eta, beta1, beta2, epsilon, wd,
+                                  clip_gradient, ct)
+    return _store([out, m, v], [w_dt, s_dt, s_dt])
+
+
+def multi_mp_adamw_update(weight, grad, mean, var, weight32, lr, eta, wd, beta1=0.9, beta2=0.999,
+                          epsilon=1e-8, clip_gradient=-1.0, rescale_grad=1.0):
+    """One group of multi_mp_adamw_update: float32 from weight32 (the weight is never read)."""
+    _check_mp(weight, grad, mean, var, weight32)
+    if _adamw_skips(rescale_grad):
+        return (weight.copy(), mean.copy(), var.copy(), weight32.copy())
+    ct = np.float32
+    g, m, v, w = _to(ct, grad, mean, var, weight32)
+    out, m, v = _multi_adamw_math(w, g, m, v, np.float32(_rescale_value(rescale_grad)), lr, eta, beta1, beta2,
+                                  epsilon, wd, clip_gradient, ct)
+    m, v, w32 = _store([m, v, out], [np.float32] * 3)
+    return (w32.astype(weight.dtype), m, v, w32)
+
+
 # -- lamb (2.13) -------------------------------------------------------------------------
 def lamb_update_phase1(weight, grad, mean, var, *, beta1=0.9, beta2=0.999, epsilon=1e-6, t,
                        bias_correction=True, wd, rescale_grad=1.0, clip_gradient=-1.0):
@@ -1003,3 +1048,11 @@ def torch_nadam_update(param, grad, exp_avg, exp_avg_sq, grad_step, avg_step, be
         denom = np.sqrt(v / ct(bias_correction2)) + ct(eps)
         out = w * ct(decay) - (ct(grad_step) * g) / denom - (ct(avg_step) * m) / denom
     return _store([out, m, v], [w_dt, s_dt, s_dt], [param, exp_avg, exp_avg_sq], rows)
+
+
+# The preloaded ops run MultiSGDKernel as the multi ops do; only their lrs and wds arrive
+# as arrays (2.15).
+preloaded_multi_sgd_update = multi_sgd_update
+preloaded_multi_sgd_mom_update = multi_sgd_mom_update
+preloaded_multi_mp_sgd_update = multi_mp_sgd_update
+preloaded_multi_mp_sgd_mom_update = multi_mp_sgd_mom_update

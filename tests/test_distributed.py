@@ -98,6 +98,21 @@ w, g, mom = make(Replicate())
 generated.lars_update(w, g, mom, lr=0.1, out=w)  # whole on every rank
 rate = 0.1 * 0.001 * np.sqrt(12) / np.sqrt(12 * 0.25)
 assert torch.allclose(mom.to_local(), torch.full((4, 3), -rate * 0.5, dtype=torch.float32)), mom
+
+# the optimizer: a sharded parameter after a plain one is refused before either is written,
+# and the step counts are as they were
+import generated.optim
+plain = torch.nn.Parameter(torch.ones(5))
+shard = torch.nn.Parameter(distribute_tensor(torch.ones(4, 3), mesh, [Shard(0)]))
+plain.grad, shard.grad = torch.ones(5), distribute_tensor(torch.ones(4, 3), mesh, [Shard(0)])
+opt = generated.optim.LAMB([plain, shard], lr=0.1)
+try:
+    opt.step()
+    raise SystemExit("LAMB took a sharded parameter")
+except TypeError as exc:
+    print(exc)
+assert torch.equal(plain.detach(), torch.ones(5)), "a refused step wrote the plain parameter"
+assert all(float(s["step"]) == 0 for s in opt.state.values()), [s["step"] for s in opt.state.values()]
 print("ok")
 """
 
@@ -114,3 +129,4 @@ def test_reducing_ops_refuse_a_sharded_dtensor():
     assert lines[-1] == "ok"
     assert "lars_update(): argument 'weight' is a DTensor sharded across ranks (Shard(dim=0))" in lines[0], lines
     assert "lars_update_multi(): argument 'weights[0]' is a DTensor sharded across ranks" in lines[1], lines
+    assert "lamb_update: parameter 1 of the group is a DTensor sharded across ranks" in lines[2], lines

@@ -302,10 +302,16 @@ def test_a_masked_per_tensor_list_is_refused_by_mxnet_ops(backend, op):
     plain = case.all_arrays()
     before = cases.snapshot(plain)
     per_tensor = case.op.multi["per_tensor"]
-    kwargs = {per_tensor.get(k, k): ([v] if k in per_tensor else v) for k, v in case.kwargs().items()}
-    kwargs[per_tensor["lr"]] = np.ma.MaskedArray([0.1], mask=[True])
-    kwargs[case.op.multi["count"]] = 1
-    refused(TypeError, per_tensor["lr"], lambda: case.op.fn(*case.inputs(), **kwargs, out=[case.weight]))
+    data, kwargs = cases.multi_call_args(op, case.inputs(), case.kwargs())
+    masked = np.ma.MaskedArray([0.1], mask=[True])
+    if per_tensor["lr"] in case.op.multi.get("trailing", []):  # an array of data (MXNet's preloaded ops)
+        index = len(case.inputs()) + case.op.multi["trailing"].index(per_tensor["lr"])
+        data[index] = masked
+        label = f"data[{index}] ({per_tensor['lr']})"
+    else:
+        kwargs[per_tensor["lr"]] = masked
+        label = per_tensor["lr"]
+    refused(TypeError, label, lambda: case.op.fn(*data, **kwargs, out=[case.weight]))
     cases.assert_unchanged(plain, before)
 
 
@@ -652,10 +658,8 @@ def test_mxnet_ops_see_a_state_made_read_only_after_the_first_call(backend, op):
     made = [cases.make_case(op, cases.seed("mx", op, k), (n,), np.float32) for k, n in enumerate(SIZES)]
     flat = [a for c in made for a in c.inputs()]
     weights = [c.weight for c in made]
-    per_tensor = info.multi["per_tensor"]
     params = cases.step_params(op, cases.PARAMS[op]["defaults"])
-    kwargs = {per_tensor.get(k, k): ([v] * 3 if k in per_tensor else v) for k, v in params.items()}
-    kwargs[info.multi["count"]] = 3
+    flat, kwargs = cases.multi_call_args(op, flat, params, count=3)
     info.fn(*flat, **kwargs, out=weights)
     size = len(info.tensor_names)
     k = size + info.tensor_names.index(info.states[-1])  # the second tensor's last state

@@ -15,12 +15,15 @@ applied explicitly:
   `out` is written when out is the weight (opgen always uses the old weight): such sets, and
   non-finite gradients (a new weight of inf makes MXNet's `0 * w` a NaN even with wd = 0),
   are not sent to MXNet;
-- multi_mp_*: MXNet leaves weight32 unchanged beside float32 weights: only float16 weights;
+- multi_mp_* and preloaded_multi_mp_*: MXNet leaves weight32 unchanged beside float32
+  weights: only float16 weights;
 - lamb_update (one call in opgen) is MXNet's LAMB step: lamb_update_phase1, the norms of the
   weight and of g (NDArray.norm), lamb_update_phase2; lars_update is MXNet's LARS step: the
   norms (in float32: its float64 cases get float32's tolerance), the layer's rate,
   sgd_mom_update (record.py's COMPOSITES); multi_lamb_update's norms are float32 too;
-- mp_lamb_update_phase1: MXNet takes float16 weights only: only those;
+- mp_lamb_update_phase1: MXNet takes float16 weights only: only those; multi_adamw_update
+  leaves float16 and float64 weights unchanged in MXNet (it writes the moments alone): only
+  float32; the preloaded ops' float32 lrs and wds give float64 cases float32's tolerance;
 - mp_lamb_update_phase2: MXNet never writes weight32 (opgen advances it): one step, and the
   weight alone, are compared;
 - float32: opgen computes the per-call values (1 - beta2, beta1 ** t) in double, MXNet in
@@ -57,6 +60,8 @@ MXNET_NAMES = {
     "group_adagrad_update": "contrib.group_adagrad_update", "adagrad_update": "sparse.adagrad_update",
     # the flat-list ops behind mx.nd.contrib.multi_lamb_update and multi_mp_lamb_update
     "multi_lamb_update": "_internal._multi_lamb_update", "multi_mp_lamb_update": "_internal._multi_mp_lamb_update",
+    "multi_adamw_update": "_internal._multi_adamw_update",
+    "multi_mp_adamw_update": "_internal._multi_mp_adamw_update",
 }
 #: opgen's own ops with no MXNet op or optimizer to compose them from
 OPGEN_ONLY = {"novograd_update"}
@@ -74,11 +79,18 @@ FLOAT32_SCALARS = {"adamw_update", "mp_adamw_update", "mp_lamb_update_phase2"}
 #: ops whose MXNet kernel never writes the master weight it declares mutable (deviation): one
 #: step each (MXNet's next step would start from the stale master copy), weight32 not compared
 STALE_MASTER = {"mp_lamb_update_phase2"}
+#: ops whose trailing arrays MXNet takes in the weight's dtype (multi_adamw's rescale_grad;
+#: the others' are float32)
+TRAILING_IN_WEIGHT_DTYPE = {"multi_adamw_update"}
+#: ops whose MXNet kernel updates float32 weights only: multi_adamw_update leaves float16
+#: and float64 weights unchanged (it writes the moments alone) [emp]
+FLOAT32_WEIGHTS = {"multi_adamw_update"}
 #: ops whose MXNet kernel takes float16 weights only (MPLambPhaseOneType)
 HALF_WEIGHTS = {"mp_lamb_update_phase1"}
 #: ops whose MXNet twin takes its norms in float32 whatever the dtype (LARS._l2norm, the
-#: multi_sum_sq of multi_lamb_update): their float64 cases get float32's tolerance
-FLOAT32_NORMS = {"lars_update", "multi_lamb_update"}
+#: multi_sum_sq of multi_lamb_update), or its rates from float32 arrays (the preloaded ops):
+#: their float64 cases get float32's tolerance
+FLOAT32_NORMS = {"lars_update", "multi_lamb_update", "preloaded_multi_sgd_update", "preloaded_multi_sgd_mom_update"}
 TOLERANCE = {np.dtype(np.float16): (5e-2, 2e-3), np.dtype(np.float32): (2e-5, 1e-6),
              np.dtype(np.float64): (1e-9, 1e-12)}
 
@@ -172,6 +184,16 @@ class Grid:
                 per_tensor = info.multi["per_tensor"]
                 mx_params = {per_tensor.get(k, k): ([v] if k in per_tensor else v) for k, v in mx_params.items()}
                 mx_params[info.multi["count"]] = 1
+                # the trailing parameters: float32 arrays after the groups (MXNet's preloaded
+                # lrs and wds, multi adamw's rescale_grad)
+                for public in info.multi.get("trailing", []):
+                    param = next((k for k, v in per_tensor.items() if v == public), public)
+                    value = mx_params.pop(public, None)
+                    value = float(info.defaults[param]) if value is None else value
+                    trailing_key = f"{key}/{public}{step}"
+                    trailing_dtype = dtype if op in TRAILING_IN_WEIGHT_DTYPE else np.float32
+                    self.arrays[trailing_key] = np.asarray(value, trailing_dtype).reshape(1)
+                    inputs.append(trailing_key)
             steps.append({"inputs": inputs, "kwargs": mx_params, "out": [out_name]})
             # opgen, on the same inputs, with the same (rounded) parameters
             opgen_case.grad = case.grad
@@ -206,12 +228,16 @@ def _grid() -> Grid:
             for pset in cases.PARAMS[op]:
                 if pset in DEVIATING_SETS or (op in ALIASING_WD and cases.PARAMS[op][pset].get("wd")):
                     continue
-                if (op.startswith("multi_mp_") or op in HALF_WEIGHTS) and np.dtype(dtype) != np.float16:
+                if op in FLOAT32_WEIGHTS and np.dtype(dtype) != np.float32:
+                    continue
+                if (op.startswith(("multi_mp_", "preloaded_multi_mp_")) or op in HALF_WEIGHTS) \
+                        and np.dtype(dtype) != np.float16:
                     continue  # MXNet's multi_mp kernels leave weight32 unchanged beside float32 weights
                 for mode in modes:
                     grid.add(op, dtype, pset, mode)
         if op not in ALIASING_WD:  # (a non-finite new weight is where their aliasing shows)
-            nonfinite_dtype = np.float16 if op.startswith("multi_mp_") or op in HALF_WEIGHTS else np.float32
+            nonfinite_dtype = np.float16 if op.startswith(("multi_mp_", "preloaded_multi_mp_")) or op in HALF_WEIGHTS \
+                else np.float32
             grid.add(op, nonfinite_dtype, next(iter(cases.PARAMS[op])), modes[0], nonfinite=True)
     return grid
 

@@ -152,6 +152,18 @@ def test_cross_spec_errors(tmp_path, edit, message):
     assert str(info.value) == f"{tmp_path}/{message}"
 
 
+def test_a_class_cannot_drive_an_op_without_a_multi_tensor_kernel(tmp_path):
+    """An op with a read-only input has no multi-tensor kernel, which a step calls: the class
+    is a spec error (not a generated optim.py that fails to import)."""
+    specs = tmp_path / "specs"
+    specs.mkdir()
+    text = BASE.replace("  - {name: mom, role: state, doc: Momentum}\n",
+                        "  - {name: mom, role: state, doc: Momentum}\n  - {name: prior, role: input, doc: Prior}\n")
+    (specs / "toy_update.yaml").write_text(text.replace("- lr * grad", "- lr * grad * prior"))
+    with pytest.raises(SpecError, match="cannot drive op 'toy_update', which has no multi-tensor kernel"):
+        load_specs(specs)
+
+
 def test_a_class_declared_twice(tmp_path):
     specs = tmp_path / "specs"
     specs.mkdir()

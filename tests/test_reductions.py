@@ -270,6 +270,38 @@ def test_novograd_by_hand(backend):
         np.testing.assert_allclose(weight, w, rtol=1e-14)
 
 
+def test_norms_square_in_double():
+    """float32 elements of 1e20: their squares overflow float32, not double, so LARS's norms
+    are finite (w = [3e20, 4e20]: ||w|| = 5e20)."""
+    for backend in BACKENDS:
+        with use_backend(backend):
+            w = np.array([3e20, 4e20], np.float32)
+            g = np.array([3e20, 4e20], np.float32)
+            mom = np.zeros(2, np.float32)
+            out = generated.lars_update(w, g, mom, lr=1.0, lars_eta=0.1)
+            # rate = 0.1 * 5e20 / 5e20 = 0.1: mom = -0.1 * g
+            np.testing.assert_allclose(mom, -0.1 * g, rtol=1e-6)
+            assert np.isfinite(out).all()
+
+
+def test_a_maximum_of_signed_zeros_is_positive_zero():
+    """npmath.total_max and the C kernels' maximum: +0 beside -0 in any order, -0 alone."""
+    from opgen.runtime import npmath
+    for x in ([-0.0, -0.0, 0.0, -0.0], [0.0, -0.0], [-0.0, 0.0]):
+        assert not np.signbit(npmath.total_max(np.array(x)))
+    assert np.signbit(npmath.total_max(np.array([-0.0, -0.0])))
+
+
+def test_int_per_tensor_values_outside_int64_are_refused():
+    data = [np.ones(3, np.float32), np.ones(3, np.float32), np.zeros(3, np.float32), np.zeros(3, np.float32)]
+    before = [a.copy() for a in data]
+    with pytest.raises(ValueError, match=r"argument 'step_count' holds 18446744073709551615 at 0, outside the 64-bit"):
+        generated.multi_lamb_update(*data, learning_rates=[0.1], wds=[0.0], step_count=np.array([2**64 - 1], np.uint64),
+                                    num_tensors=1, out=[data[0]])
+    for a, b in zip(data, before):
+        np.testing.assert_array_equal(a, b)
+
+
 def test_per_tensor_states_are_checked():
     """v must be one value of the states' dtype, writeable; a refused call writes nothing."""
     weight, grad, mom = np.ones(4, np.float32), np.ones(4, np.float32), np.zeros(4, np.float32)
@@ -378,6 +410,54 @@ def test_multi_tensor_calls_reduce_each_tensor_on_its_own(backend, form):
         np.testing.assert_array_equal(result, expected[k][0], err_msg=f"tensor {k}")
         np.testing.assert_array_equal(m2[k], m, err_msg=f"mean {k}")
         np.testing.assert_array_equal(v2[k], v, err_msg=f"var {k}")
+
+
+REASSIGNED = """\
+name: reassigned_update
+summary: Two reductions of one name between its assignments.
+tensors:
+  - {name: weight, role: weight, doc: Weight}
+  - {name: grad, role: grad, doc: Gradient}
+  - {name: mom, role: state, doc: Momentum}
+params:
+  - {name: lr, type: float, required: true, doc: Step}
+math:
+  - x = grad
+  - a = sum(x)
+  - x = grad * 2
+  - b = sum(x)
+  - mom = mom + a + 10 * b + 100 * sum(mom)
+  - mom = mom * 2
+  - weight = weight - lr * (sum(mom) + 0 * x) * grad
+"""
+
+
+def test_a_reduction_sees_the_values_at_its_place(tmp_path):
+    """Reductions in one pass of a name reassigned between them: each is over the value at
+    its place (a = sum(grad) = 4, b = sum(2 grad) = 8 on four ones; sum(mom) before mom's
+    update, then of the new mom), on C and NumPy."""
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "reassigned_update.yaml").write_text(REASSIGNED)
+    run = subprocess.run([sys.executable, "-m", "opgen", "build", "--specs", "specs", "--out", "reassigned_pkg"],
+                         cwd=tmp_path, capture_output=True, text=True, env={**os.environ,
+                                                                              "OPGEN_CACHE_DIR": str(tmp_path / "c")})
+    assert run.returncode == 0, run.stderr
+    check = textwrap.dedent("""\
+        import numpy as np
+        from reassigned_pkg import reassigned_update, use_backend
+        for backend in ("c", "numpy"):
+            with use_backend(backend):
+                mom = np.full(4, 0.5)
+                w = reassigned_update(np.ones(4), np.ones(4), mom, lr=0.01)
+                # mom = 0.5 + 4 + 80 + 100 * 2 = 284.5, then 569; sum(new mom) = 2276
+                assert np.array_equal(mom, np.full(4, 569.0)), (backend, mom)
+                assert np.allclose(w, 1 - 0.01 * 2276), (backend, w)
+        print("ok")
+        """)
+    run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True,
+                         env={**os.environ, "OPGEN_CACHE_DIR": str(tmp_path / "c")})
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "ok"
 
 
 def test_nested_reductions_are_two_passes():

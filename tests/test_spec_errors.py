@@ -109,6 +109,10 @@ CASES = [
     ("unknown output dtype", (TAIL, TAIL.replace("math:\n", "output: {name: step, dtype: float8}\nmath:\n  - step = lr * grad\n")
                               .replace("  - weight = weight + mom\n", "")),
      f"{P}:10:29: unknown dtype 'float8' for the output 'step' (dtypes: float16, bfloat16, float32, float64)"),
+    ("uniform output", (TAIL, TAIL.replace("math:\n", "output: n\nmath:\n  - n = lr * 2\n")
+                        .replace("  - weight = weight + mom\n", "")),
+     f"{P}:10:9: output 'n' is the same for every element (it reads no tensor); an output is one value per "
+     "element: keep a per-call value in a per-tensor state instead"),
     ("unknown output key", (TAIL, TAIL.replace("math:\n", "output: {name: step, dtpe: float32}\nmath:\n  - step = lr * grad\n")
                             .replace("  - weight = weight + mom\n", "")),
      f"{P}:10:22: unknown key 'dtpe' in the output; did you mean 'dtype'?"),

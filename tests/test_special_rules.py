@@ -26,7 +26,8 @@ def _case(op, seed, shape, dtype, pset="mixed", **overrides):
 # =============================================================================================
 # skip_if (adamw, mp_adamw: 2.12 / 7.6)
 # =============================================================================================
-SKIP_OPS = cases.ops(lambda o: o.skip_if is not None)
+SKIP_OPS = cases.ops(lambda o: o.skip_if is not None and not o.multi)
+MULTI_SKIP_OPS = cases.ops(lambda o: o.skip_if is not None and bool(o.multi))
 
 
 @pytest.mark.parametrize("op", SKIP_OPS)
@@ -34,6 +35,26 @@ def test_skip_condition_is_the_rescale_rule(op):
     """The skip tests below are for this condition; another one needs its own tests."""
     assert cases.op(op).skip_if == "rescale_grad == 0 or not isfinite(rescale_grad)"
     assert "rescale_grad" in cases.op(op).scalars
+
+
+@pytest.mark.parametrize("value", [0.0, np.nan, np.inf, -np.inf], ids=["0", "nan", "inf", "-inf"])
+@pytest.mark.parametrize("op", MULTI_SKIP_OPS)
+def test_multi_adamw_skips_the_whole_call(backend, op, value):
+    """multi_adamw_update's rescale_grad (the last array of data) 0, NaN or +-Inf skips every
+    tensor: out keeps its content, nothing else changes; 1 updates them all."""
+    info = cases.op(op)
+    assert info.skip_if == "rescale_grad == 0 or not isfinite(rescale_grad)"
+    made = [_case(op, 50 + k, (3 + k,), np.float16 if info.mixed_precision else np.float32) for k in range(3)]
+    groups = [a for c in made for a in c.inputs()]
+    data, kwargs = cases.multi_call_args(op, groups, dict(lr=0.1, eta=1.0, wd=0.01, rescale_grad=value), count=3)
+    before = cases.snapshot(groups)
+    out = [np.full_like(c.weight, 3.0) for c in made]
+    assert info.fn(*data, **kwargs, out=out) is not None
+    assert all((o == 3.0).all() for o in out), "a skipped call leaves out as it was"
+    cases.assert_unchanged(groups, before, "a skipped multi call")
+    data[-1] = np.array([1.0], np.float32)
+    result = info.fn(*data, **kwargs)
+    assert all(not np.array_equal(r, c.weight) for r, c in zip(result, made))
 
 
 @pytest.mark.parametrize("form", ["float", "array"])

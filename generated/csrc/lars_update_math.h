@@ -21,8 +21,8 @@ OPGEN_INLINE opgen_lars_update_scalars_float opgen_lars_update_scalars_float_ini
     return s;
 }
 OPGEN_INLINE void opgen_lars_update_total1_float(const opgen_lars_update_scalars_float s, float *opgen_v, float v_weight, float v_grad) {
-    opgen_v[0] = v_weight * v_weight; /* norm: w_norm = norm(weight) */
-    opgen_v[1] = s.s_rescale_grad * v_grad * (s.s_rescale_grad * v_grad); /* norm: g_norm = norm(rescale_grad * grad) */
+    opgen_v[0] = v_weight; /* norm: w_norm = norm(weight) */
+    opgen_v[1] = s.s_rescale_grad * v_grad; /* norm: g_norm = norm(rescale_grad * grad) */
 }
 OPGEN_INLINE void opgen_lars_update_element_float(const opgen_lars_update_scalars_float s, float *io_weight, float v_grad, float *io_mom) {
     float v_weight = *io_weight;
@@ -50,8 +50,8 @@ OPGEN_INLINE opgen_lars_update_scalars_double opgen_lars_update_scalars_double_i
     return s;
 }
 OPGEN_INLINE void opgen_lars_update_total1_double(const opgen_lars_update_scalars_double s, double *opgen_v, double v_weight, double v_grad) {
-    opgen_v[0] = v_weight * v_weight; /* norm: w_norm = norm(weight) */
-    opgen_v[1] = s.s_rescale_grad * v_grad * (s.s_rescale_grad * v_grad); /* norm: g_norm = norm(rescale_grad * grad) */
+    opgen_v[0] = v_weight; /* norm: w_norm = norm(weight) */
+    opgen_v[1] = s.s_rescale_grad * v_grad; /* norm: g_norm = norm(rescale_grad * grad) */
 }
 OPGEN_INLINE void opgen_lars_update_element_double(const opgen_lars_update_scalars_double s, double *io_weight, double v_grad, double *io_mom) {
     double v_weight = *io_weight;

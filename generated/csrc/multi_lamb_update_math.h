@@ -32,8 +32,8 @@ OPGEN_INLINE void opgen_multi_lamb_update_total1_float(const opgen_multi_lamb_up
     v_mean = s.s_beta1 * v_mean + s.h_1 * t_gr; /* mean = beta1 * mean + (1 - beta1) * gr */
     v_var = s.s_beta2 * v_var + s.h_2 * t_gr * t_gr; /* var = beta2 * var + (1 - beta2) * gr * gr */
     float t_u = s.s_bias_correction ? v_mean / s.h_3 / (sqrtf(v_var / s.h_4) + s.s_epsilon) + s.s_wd * v_weight : v_mean / (sqrtf(v_var) + s.s_epsilon) + s.s_wd * v_weight; /* u = mean / (1 - beta1 ** t) / (sqrt(var / (1 - beta2 ** t)) + epsilon) + wd * weight if bias_correction else mean / (sqrt(var) + epsilon) + wd * weight */
-    opgen_v[0] = v_weight * v_weight; /* norm: r1 = max(norm(weight), lower_bound) if lower_bound >= 0 else norm(weight) */
-    opgen_v[1] = t_u * t_u; /* norm: r2 = norm(u) */
+    opgen_v[0] = v_weight; /* norm: r1 = max(norm(weight), lower_bound) if lower_bound >= 0 else norm(weight) */
+    opgen_v[1] = t_u; /* norm: r2 = norm(u) */
 }
 OPGEN_INLINE void opgen_multi_lamb_update_element_float(const opgen_multi_lamb_update_scalars_float s, float *io_weight, float v_grad, float *io_mean, float *io_var) {
     float v_weight = *io_weight;
@@ -76,8 +76,8 @@ OPGEN_INLINE void opgen_multi_lamb_update_total1_double(const opgen_multi_lamb_u
     v_mean = s.s_beta1 * v_mean + s.h_1 * t_gr; /* mean = beta1 * mean + (1 - beta1) * gr */
     v_var = s.s_beta2 * v_var + s.h_2 * t_gr * t_gr; /* var = beta2 * var + (1 - beta2) * gr * gr */
     double t_u = s.s_bias_correction ? v_mean / s.h_3 / (sqrt(v_var / s.h_4) + s.s_epsilon) + s.s_wd * v_weight : v_mean / (sqrt(v_var) + s.s_epsilon) + s.s_wd * v_weight; /* u = mean / (1 - beta1 ** t) / (sqrt(var / (1 - beta2 ** t)) + epsilon) + wd * weight if bias_correction else mean / (sqrt(var) + epsilon) + wd * weight */
-    opgen_v[0] = v_weight * v_weight; /* norm: r1 = max(norm(weight), lower_bound) if lower_bound >= 0 else norm(weight) */
-    opgen_v[1] = t_u * t_u; /* norm: r2 = norm(u) */
+    opgen_v[0] = v_weight; /* norm: r1 = max(norm(weight), lower_bound) if lower_bound >= 0 else norm(weight) */
+    opgen_v[1] = t_u; /* norm: r2 = norm(u) */
 }
 OPGEN_INLINE void opgen_multi_lamb_update_element_double(const opgen_multi_lamb_update_scalars_double s, double *io_weight, double v_grad, double *io_mean, double *io_var) {
     double v_weight = *io_weight;

@@ -32,8 +32,8 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_float(const opgen_multi_mp_l
     v_mean = s.s_beta1 * v_mean + s.h_1 * t_gr; /* mean = beta1 * mean + (1 - beta1) * gr */
     v_var = s.s_beta2 * v_var + s.h_2 * t_gr * t_gr; /* var = beta2 * var + (1 - beta2) * gr * gr */
     float t_u = s.s_bias_correction ? v_mean / s.h_3 / (sqrtf(v_var / s.h_4) + s.s_epsilon) + s.s_wd * v_weight32 : v_mean / (sqrtf(v_var) + s.s_epsilon) + s.s_wd * v_weight32; /* u = mean / (1 - beta1 ** t) / (sqrt(var / (1 - beta2 ** t)) + epsilon) + wd * weight32 if bias_correction else mean / (sqrt(var) + epsilon) + wd * weight32 */
-    opgen_v[0] = v_weight32 * v_weight32; /* norm: r1 = max(norm(weight32), lower_bound) if lower_bound >= 0 else norm(weight32) */
-    opgen_v[1] = t_u * t_u; /* norm: r2 = norm(u) */
+    opgen_v[0] = v_weight32; /* norm: r1 = max(norm(weight32), lower_bound) if lower_bound >= 0 else norm(weight32) */
+    opgen_v[1] = t_u; /* norm: r2 = norm(u) */
 }
 OPGEN_INLINE void opgen_multi_mp_lamb_update_element_float(const opgen_multi_mp_lamb_update_scalars_float s, float *io_weight, float v_grad, float *io_mean, float *io_var, float *io_weight32) {
     float v_mean = *io_mean;

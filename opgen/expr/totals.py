@@ -23,12 +23,12 @@ from dataclasses import dataclass, replace
 
 from opgen.errors import SpecError
 from opgen.expr.hoist import KernelProgram
-from opgen.expr.tree import FUNCTIONS, Assign, Binary, Call, Expr, Program, Ref, RefKind, VType, map_children, refs, walk
+from opgen.expr.tree import FUNCTIONS, Assign, Call, Expr, Program, Ref, RefKind, VType, map_children, refs, walk
 
 # How a reduction's accumulated value becomes its result, by function: the C header and the
 # NumPy reference's math module each define one finisher per name (OPGEN_FINISH_<name>, finish_<name>).
 FINISH = {"sum": "none", "avg": "mean", "norm": "sqrt", "rms": "sqrt_mean", "amax": "none"}
-SQUARED = frozenset({"norm", "rms"})  # these accumulate the square of their argument
+SQUARED = frozenset({"norm", "rms"})  # these accumulate the square of their argument, squared in double
 MAX_TOTALS = 16  # reductions per op (their partial sums live on the kernel's stack)
 
 
@@ -53,10 +53,19 @@ class Total:
         return FINISH[self.func]
 
     @property
+    def squared(self) -> bool:
+        """Whether the pass adds the square of each element's summand (taken in double)."""
+        return self.func in SQUARED
+
+    @property
+    def how(self) -> str:
+        """How the NumPy kernel accumulates it (the reference's math module's total_<how>)."""
+        return "sum_squares" if self.squared else self.accumulates
+
+    @property
     def summand(self) -> Expr:
-        """What each element adds (or offers to the maximum): the argument, or its square."""
-        if self.func in SQUARED:
-            return Binary(VType.REAL, False, "*", self.arg, self.arg)
+        """What each element offers: the argument, in the math type (a square is taken in
+        double, when it is added: float32 elements of 1e20 do not overflow)."""
         return self.arg
 
 
@@ -68,10 +77,22 @@ class Pass:
     level: int
     statements: tuple[Assign, ...]
     totals: tuple[Total, ...]
+    # the statements with this pass's markers in place: a summand is taken where its marker
+    # stands (a name reassigned after it must not change it)
+    steps: tuple[Assign, ...] = ()
+
+    def total_at(self, marker: Assign) -> Total:
+        return next(t for t in self.totals if str(t.index) == marker.target)
 
     @property
     def sums(self) -> tuple[Total, ...]:
-        return tuple(t for t in self.totals if t.accumulates == "sum")
+        """The summed totals: plain sums first, then sums of squares."""
+        summed = [t for t in self.totals if t.accumulates == "sum"]
+        return tuple(t for t in summed if not t.squared) + tuple(t for t in summed if t.squared)
+
+    @property
+    def squares(self) -> tuple[Total, ...]:
+        return tuple(t for t in self.totals if t.accumulates == "sum" and t.squared)
 
     @property
     def maxima(self) -> tuple[Total, ...]:
@@ -161,8 +182,9 @@ def split(program: KernelProgram, funcs: tuple[str, ...]) -> tuple[KernelProgram
     passes = []
     for level in range(1, max(t.level for t in totals) + 1):
         chosen = {str(t.index) for t in totals if t.level == level}
-        statements = tuple(s for s in _live(body, chosen) if s.kind is not RefKind.TOTAL)
-        passes.append(Pass(level, statements, tuple(t for t in totals if t.level == level)))
+        live = _live(body, chosen)
+        statements = tuple(s for s in live if s.kind is not RefKind.TOTAL)
+        passes.append(Pass(level, statements, tuple(t for t in totals if t.level == level), live))
     final = tuple(s for s in body if s.kind is not RefKind.TOTAL)
     loads: dict[str, None] = {}
     for s in final:

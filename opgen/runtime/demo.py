@@ -41,26 +41,31 @@ def _inputs(operator) -> tuple[list, dict, list[str]]:
     return arrays, params, shown
 
 
-def _run(op: Callable, operator, interleaved, arrays: list, params: dict):
+def _run(op: Callable, operator, interleaved, arrays: list, params: dict, trailing: tuple = ()):
     if interleaved is None:
         return op(*arrays, **params)
     per_tensor = {public: [params.pop(name)] for name, public in interleaved}
-    return op(*arrays, **params, **per_tensor)[0]
+    tail = []
+    for _, public, _, default in trailing:  # arrays after the groups: their values, or defaults
+        value = per_tensor.pop(public, None) or [params.pop(public, default)]
+        tail.append(np.array(value, np.float32))
+    return op(*arrays, *tail, **params, **per_tensor)[0]
 
 
 def main(ops: dict[str, tuple[Callable, object, object]], argv: list[str] | None = None,
          package: str = "generated") -> int:
-    """``ops``: name -> (function, its Operator, its per-tensor list names or None)."""
+    """``ops``: name -> (function, its Operator, its per-tensor list names or None, its
+    trailing arrays: (position, name, one per tensor, default))."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1 or args[0] not in ops:
         print(f"usage: python -m {package} OP   (OP: {', '.join(ops)})", file=sys.stderr)
         return 2
-    op, operator, interleaved = ops[args[0]]
+    op, operator, interleaved, trailing = ops[args[0]]
     results = {}
     for backend in available_backends():
         arrays, params, names = _inputs(operator)
         with use_backend(backend):
-            result = _run(op, operator, interleaved, arrays, dict(params))
+            result = _run(op, operator, interleaved, arrays, dict(params), trailing)
         results[backend] = (result, arrays)
     arrays, params, names = _inputs(operator)
     shown = ", ".join(names + [f"{k}={v}" for k, v in params.items()])

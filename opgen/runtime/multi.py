@@ -29,7 +29,7 @@ from opgen.dtypes import PARAM_KINDS, ParamType
 from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen import cbuild
 from opgen.runtime import backends
-from opgen.runtime.arrays import adapter_for, present, refused_subclass, same_view
+from opgen.runtime.arrays import adapter_for, number, present, refused_subclass, same_view
 from opgen.runtime.operator import Operator, check_rounding
 from opgen.runtime.rounding import NEAREST, Rounding
 from opgen.runtime.rowsparse import RowSparseArray
@@ -148,22 +148,59 @@ class MultiOperator:
         self._naming = _Naming(self.name, flat=False)
 
     def interleaved(self, data: tuple, params: tuple, count, count_name: str, out,
-                    labels: Sequence[tuple[str, str]] = (), rounding="nearest", seed=None):
+                    labels: Sequence[tuple[str, str]] = (), rounding="nearest", seed=None, trailing: tuple = ()):
         """MXNet's convention: ``data`` is (weight, grad, states...) for tensor 0, then tensor
-        1, ...; ``count`` says how many tensors; ``labels`` gives per-tensor lists' names."""
+        1, ..., then one array per ``trailing`` parameter ((position in ``params``, its name,
+        whether it holds one value per tensor)); ``count`` says how many tensors; ``labels``
+        gives per-tensor lists' names."""
         if len(data) == 1 and isinstance(data[0], (list, tuple)):
             data = tuple(data[0])
         if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 0:
             raise TypeError(f"{self.op.name}(): argument '{count_name}' must be a non-negative integer, "
                             f"got {count!r}")
         size = len(self.group_names)
-        if len(data) != count * size:
+        if len(data) != count * size + len(trailing):
             parts = ", ".join(t.name for t in self.op.tensors)
+            after = "".join(f", then {row[1]}" for row in trailing)
             raise ValueError(f"{self.op.name}(): argument 'data' holds {len(data)} arrays but {count_name}={count} "
-                             f"needs {count * size} ({parts} for each tensor)")
+                             f"needs {count * size + len(trailing)} ({parts} for each tensor{after})")
+        if trailing:
+            params = list(params)
+            for (position, name, per_tensor, _), value in zip(trailing, data[len(data) - len(trailing):]):
+                params[position] = self._trailing_value(name, value, per_tensor, count, len(data) - len(trailing))
+            data, params = data[:len(data) - len(trailing)], tuple(params)
         groups = tuple(list(data[k::size]) for k in range(size))
         return self._call(groups, params, out, _Naming(self.op.name, flat=True, labels=tuple(labels)),
                           check_rounding(self.op.name, rounding, seed))
+
+    def _trailing_value(self, name: str, value, per_tensor: bool, count: int, index: int):
+        """A parameter given as an array after the groups: one value per tensor (shape
+        (count,)), or one value (one element)."""
+        label = f"data[{index}] ({name})"
+        refused = refused_subclass(value)
+        if refused is not None:
+            raise TypeError(f"{self.op.name}(): argument '{label}' {refused}")
+        if not isinstance(value, np.ndarray):
+            as_number = number(value)  # a torch tensor, a CuPy array: their values, read back
+            if as_number is not None and not per_tensor:
+                return as_number
+            try:
+                value = np.asarray(value.cpu() if hasattr(value, "cpu") else value.get() if hasattr(value, "get")
+                                   else value)
+            except Exception:
+                raise TypeError(f"{self.op.name}(): argument '{label}' must be an array, got "
+                                f"{type(value).__name__}") from None
+        if per_tensor:
+            if value.shape != (count,):
+                raise ValueError(f"{self.op.name}(): argument '{label}' has shape {value.shape}; it holds one value "
+                                 f"per tensor: shape ({count},)")
+            if value.dtype.kind not in "fiu":
+                raise TypeError(f"{self.op.name}(): argument '{label}' must hold numbers, got dtype {value.dtype}")
+            return value.astype(np.float64)
+        if value.size != 1 or value.dtype.kind not in "fiu":
+            raise ValueError(f"{self.op.name}(): argument '{label}' must be one number (a one-element array), got "
+                             f"shape {value.shape} and dtype {value.dtype}")
+        return float(value.reshape(-1)[0])
 
     def _c_module(self):
         """The op's C module where the C backend serves this call, else None."""
@@ -218,7 +255,8 @@ class MultiOperator:
         if count == 0:
             return []
         arrays = tuple(itertools.chain(*lists, out if out is not None else ()))
-        if self._plans and out is not None and backends.current_backend() != "numpy":
+        # (an op with a skip condition takes the full path: the condition is checked there)
+        if self._plans and out is not None and backends.current_backend() != "numpy" and self.op.skip_if is None:
             fixed = self._fixed(lists, out)
             key = tuple(map(id, fixed))  # (a cached plan holds its arrays: their ids stay theirs)
             plan = self._plans.get(key)
@@ -242,6 +280,9 @@ class MultiOperator:
         views, presented = present(arrays, refused)
         lists = [list(views[k * count:(k + 1) * count]) for k in range(len(lists))]
         out = None if out is None else list(views[len(lists) * count:])
+        if self.op.skip_if is not None and self._skipped(naming, lists, columns, out, count):
+            targets = list(out) if out is not None else [w.copy() for w in lists[self.op.weight_index]]
+            return targets if presented is None else [presented.result(t) for t in targets]
         module = self._c_module() if all(type(a) is np.ndarray for a in lists[0]) else None
         plan = None if module is None else self._plan_for(naming, lists, out, views, module, count)
         if presented is None:
@@ -253,6 +294,19 @@ class MultiOperator:
         presented.written([k * count + i for k in self.op._state_positions for i in range(count)]
                           + ([len(lists) * count + i for i in range(count)] if out is not None else []))
         return [presented.result(t) for t in targets]
+
+    def _skipped(self, naming: _Naming, lists, columns: list, out, count: int) -> bool:
+        """Whether the op's skip condition holds for the call (it reads values of the whole
+        call only), after every check a run would make: a skipped call changes nothing."""
+        op = self.op
+        for i in range(count):
+            names = self._names(naming, i)
+            weight, grad, states, _, _ = op.check_tensors(tuple(lst[i] for lst in lists), names)
+            op.check_out(None if out is None else out[i], weight, grad, states, names, f"out[{i}]")
+        weight = lists[op.weight_index][0]
+        states = [lst[0] for t, lst in zip(op.tensors, lists) if t.role is TensorRole.STATE]
+        values = tuple(c[0] if isinstance(c, np.ndarray) else c for c in columns)  # (none is per tensor)
+        return op._skipped(weight.dtype, op.states_dtype(weight, states), values)
 
     def _fixed(self, lists, out) -> tuple:
         """A plan's key: every array of the call but the gradients, compared by identity."""
@@ -286,6 +340,11 @@ class MultiOperator:
                                                     f"values for {count} tensors")
             if array.dtype.kind not in ("f", "i", "u") or (p.type is not ParamType.FLOAT and array.dtype.kind == "f"):
                 raise self._fail(naming, TypeError, label, f"must hold {p.type.value} values, got dtype {array.dtype}")
+            if p.type is ParamType.INT and array.dtype.kind == "u" and array.size \
+                    and int(array.max()) > np.iinfo(np.int64).max:  # (the kernels take int64)
+                k = int(np.argmax(array > np.iinfo(np.int64).max))
+                raise self._fail(naming, ValueError, label, f"holds {array[k]} at {k}, outside the 64-bit integer "
+                                                            "range")
             if p.bounds is not None:
                 inside = (array >= p.bounds[0]) & (array <= p.bounds[1])
                 if not inside.all():

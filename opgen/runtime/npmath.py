@@ -36,9 +36,20 @@ def total_sum(x):
     return np.sum(np.asarray(x, np.float64), dtype=np.float64)
 
 
+def total_sum_squares(x):
+    """A whole-tensor sum of squares, each square taken in double, accumulated in double."""
+    x64 = np.asarray(x, np.float64)
+    return np.sum(x64 * x64, dtype=np.float64)
+
+
 def total_max(x):
-    """A whole-tensor maximum in double: -inf for no elements, NaN if any element is NaN."""
-    return np.max(np.asarray(x, np.float64), initial=-np.inf)
+    """A whole-tensor maximum in double: -inf for no elements, NaN if any element is NaN; of
+    zeros, +0 if any is +0 (as the C kernels: the result does not depend on the order)."""
+    x64 = np.asarray(x, np.float64)
+    m = np.max(x64, initial=-np.inf)
+    if m == 0:
+        m = np.float64(0.0) if np.any((x64 == 0) & ~np.signbit(x64)) else np.float64(-0.0)
+    return m
 
 
 # A reduction's result from its accumulated value over n elements (opgen/expr/totals.py FINISH).

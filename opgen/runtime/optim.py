@@ -31,7 +31,7 @@ except ImportError:  # torch is optional: only the optimizer classes need it
     raise ImportError("the torch.optim classes (PACKAGE.optim) need torch: pip install -e '.[torch]'") from None
 
 from opgen.kinds import TensorRole
-from opgen.runtime.torch_arrays import TorchTensors, _is_distributed, bump_versions
+from opgen.runtime.torch_arrays import TorchTensors, _is_distributed, bump_versions, sharded
 
 _TENSORS = TorchTensors()
 _PLAIN = (torch.float16, torch.float32, torch.float64)
@@ -306,6 +306,8 @@ class SpecOptimizer(torch.optim.Optimizer):
                 state["step"] = state["step"] + 1 if not isinstance(state["step"], torch.Tensor) \
                     else state["step"].add_(1)
             counts = [int(state["step"]) for state in states]
+        if op.reduces:  # refused before any bucket runs: a shard or a device tensor in a later one
+            self._check_whole(op, params)
         buckets: dict[tuple, list] = {}
         values_for: dict[tuple, tuple] = {}  # (t, host) -> the op's parameter values
         sparse = False
@@ -331,6 +333,21 @@ class SpecOptimizer(torch.optim.Optimizer):
             self._multi_call(op, multi, index, members)
         if not sparse and not self._HOST_STATE:
             self._plans[index] = _GroupPlan.make(choice, params, states, buckets)
+
+    @staticmethod
+    def _check_whole(op, params: list) -> None:
+        """An op whose math reduces whole tensors: every parameter whole (no FSDP2 shard) and,
+        as its reductions have no CUDA kernels, on the CPU."""
+        for k, p in enumerate(params):
+            for what, tensor in (("parameter", p), ("gradient", p.grad)):
+                placement = sharded(tensor)
+                if placement is not None:
+                    raise TypeError(f"{op.name}: {what} {k} of the group is a DTensor sharded across ranks "
+                                    f"({placement}); its whole-tensor reductions need the whole tensor (they would "
+                                    "see this rank's shard only): use replicated parameters")
+            if not op.runs_on_device and p.device.type != "cpu":
+                raise TypeError(f"{op.name}: parameter {k} of the group is on {p.device}, but {op.name} has no CUDA "
+                                "kernels (its whole-tensor reductions run on the CPU only)")
 
     def _planned_step(self, plan: "_GroupPlan", op, multi, index: int, group: dict) -> None:
         """The usual step: the same parameters with gradients as last time, their states and
@@ -374,7 +391,7 @@ class SpecOptimizer(torch.optim.Optimizer):
     def _multi_call(self, op, multi, index: int, members: list) -> None:
         lists = tuple(list(group) for group in zip(*(tensors for tensors, _, _ in members)))
         t = max(t for _, _, t in members)
-        if lists[0][0].device.type == "cpu" and not _is_distributed(lists[0][0]):
+        if lists[0][0].device.type == "cpu" and not any(map(_is_distributed, lists[0])):
             views = self._host_views(op, index, lists)
             multi(views, tuple(self._columns(op, members)), views[op.weight_index], *self._rounding_args(index, t))
             # written through NumPy views: the autograd version counters, as torch's in-place ops

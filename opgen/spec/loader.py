@@ -88,6 +88,11 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     elif any(t.per_tensor for t in tensors):
         row_sparse = _dense_only(root, tensors, "an op with per-tensor states")
     program, totals_program = totals.split(hoist(marked), reductions)
+    if output is not None and output in dict(program.finals):
+        raise SpecError(root.location("output") if isinstance(root.node("output"), yaml.ScalarNode)
+                        else root.key_location("output"),
+                        f"output '{output}' is the same for every element (it reads no tensor); an output is "
+                        "one value per element: keep a per-call value in a per-tensor state instead")
     rows = _rows(root, tensors, program, row_sparse)
     deviations = tuple(y.scalar_text(path, n, "each deviation") for n in root.sequence("deviations")) \
         if "deviations" in root else ()
@@ -113,7 +118,8 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     )
     if multi is not None and not op.has_multi:  # the model's one answer to "has a multi kernel"
         raise SpecError(root.key_location("multi"), "the multi-tensor convention needs dense updates of weights, "
-                                                    "without outputs, scalar or read-only inputs or skip_if")
+                                                    "without outputs, scalar or read-only inputs, or a skip_if "
+                                                    "that reads a per-tensor parameter")
     _check_entry_points(op)
     return op
 
@@ -369,7 +375,7 @@ def _check_unique(names: list[tuple[str, Location]]) -> None:
 
 
 def _multi(root: y.Mapping, tensors, params) -> MultiSpec:
-    m = y.Mapping(root.path, root.node("multi"), "multi", required=("count", "per_tensor"), optional=())
+    m = y.Mapping(root.path, root.node("multi"), "multi", required=("count", "per_tensor"), optional=("trailing",))
     by_name = {p.name: p for p in params}
     count = m.string("count")
     if count not in by_name or by_name[count].type is not ParamType.INT or by_name[count].required:
@@ -386,7 +392,16 @@ def _multi(root: y.Mapping, tensors, params) -> MultiSpec:
             raise SpecError(y.where(root.path, key_node), f"per-tensor parameter '{key_node.value}' must be "
                                                           "required (each call gives one value per tensor)")
         pairs.append((key_node.value, public))
-    return MultiSpec(count, tuple(pairs))
+    trailing: list[str] = []
+    publics = {public: param for param, public in pairs}
+    for node in (m.sequence("trailing") if "trailing" in m else ()):
+        name = y.scalar_text(root.path, node, "each trailing array")
+        param = publics.get(name, name)
+        if param not in by_name or by_name[param].type is not ParamType.FLOAT or param == count or param in trailing:
+            raise SpecError(y.where(root.path, node), f"multi.trailing must list float parameters or per-tensor lists "
+                                                      f"once each, got '{name}'")
+        trailing.append(param)
+    return MultiSpec(count, tuple(pairs), tuple(trailing))
 
 
 def _dense_only(root: y.Mapping, tensors, what: str) -> RowSparseSpec:

@@ -82,6 +82,9 @@ class MultiSpec:
 
     count: str
     per_tensor: tuple[tuple[str, str], ...]  # (parameter, public list name)
+    # parameters passed as the last arrays of ``data`` (MXNet's preloaded lrs/wds, a trailing
+    # rescale_grad): a per-tensor one as an array of one value per tensor, another as one value
+    trailing: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -115,10 +118,12 @@ class OpSpec:
     @property
     def has_multi(self) -> bool:
         """A multi-tensor kernel: dense updates of weights, without per-call scalar inputs,
-        read-only inputs, an output or a skip condition (the multi kernel has no per-tensor
-        skip). Whole-tensor reductions and per-tensor states are each tensor's own."""
-        return self.row_sparse.dense and self.output is None and not self.scalars and self.skip_if is None \
-            and not self.inputs
+        read-only inputs or an output; a skip condition only on values of the whole call (the
+        multi kernel has no per-tensor skip). Whole-tensor reductions and per-tensor states
+        are each tensor's own."""
+        return self.row_sparse.dense and self.output is None and not self.scalars and not self.inputs \
+            and (self.skip_if is None or not self.skip_if_names() & {p for p, _ in (self.multi.per_tensor
+                                                                                    if self.multi else ())})
 
     @property
     def schedules(self) -> tuple[Schedule, ...]:

@@ -347,6 +347,9 @@ def _check_choice(cls: OptimizerSpec, op, where: Location) -> None:
     if not op.row_sparse.dense:
         raise SpecError(where, f"class '{cls.class_name}' cannot drive op '{op.name}', which takes row-sparse "
                                "gradients only")
+    if not op.has_multi:  # (the model's one answer: read-only inputs, for one)
+        raise SpecError(where, f"class '{cls.class_name}' cannot drive op '{op.name}', which has no multi-tensor "
+                               "kernel (a step calls one per group of tensors)")
     params = {p.name: p for p in op.params}
     for name, expr, at in cls.step:
         p = params.get(name)

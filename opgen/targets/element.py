@@ -521,10 +521,18 @@ class TotalsCode:
         for p in self.passes:
             names = self.arrays(p)
             params = ", ".join([f"const {struct} s", f"{m} *{LOOP.summands}", *self.math.element_params(names, set())])
-            lines += [f"OPGEN_INLINE void {self.name(p, m)}({params}) {{",
-                      *self.math.statements(p.statements, set(names)),
-                      *(f"    {LOOP.summands}[{k}] = {printer.expr(t.summand)}; /* {t.func}: {c_comment(t.source)} */"
-                        for k, t in enumerate(p.ordered)), "}"]
+            lines.append(f"OPGEN_INLINE void {self.name(p, m)}({params}) {{")
+            declared, pending = set(names), []
+            for s in p.steps:  # each summand where its reduction stands in the math
+                if s.kind is not RefKind.TOTAL:
+                    pending.append(s)
+                    continue
+                lines += self.math.statements(pending, declared)
+                pending = []
+                t = p.total_at(s)
+                lines.append(f"    {LOOP.summands}[{p.ordered.index(t)}] = {printer.expr(t.summand)}; "
+                             f"/* {t.func}: {c_comment(t.source)} */")
+            lines += [*self.math.statements(pending, declared), "}"]
         return lines
 
     def step_lines(self, step: StepCode) -> list[str]:
@@ -553,7 +561,8 @@ class TotalsCode:
             loads = step.per_tensor_loads(index)
             lines += ["{", f"    const {struct} {LOOP.scalars} = {init}({self.code.init_call(index, tensor, loads)});",
                       f"    double {LOOP.accumulated}[{len(p.totals)}];",
-                      f"    OPGEN_TOTALS({m}, {len(p.sums)}, {len(p.maxima)}, {size}, {flush}, {LOOP.accumulated}, "
+                      f"    OPGEN_TOTALS({m}, {len(p.sums)}, {len(p.squares)}, {len(p.maxima)}, {size}, {flush}, "
+                      f"{LOOP.accumulated}, "
                       f"{call});",
                       *(f"    {LOOP.totals}[{t.index}] = OPGEN_FINISH_{t.finish}({LOOP.accumulated}[{k}], {size});"
                         for k, t in enumerate(p.ordered)), "}"]

@@ -258,12 +258,16 @@ def _numpy_total_lines(op: OpSpec) -> list[str]:
     size = f"_np.size({op.weight.name})"
     arrays = ", ".join(t.name for t in op.arrays)
     for p in totals.passes:  # a function of its own: its assignments must not rebind the update's inputs
-        summands = "".join(f"{element.expr(t.summand)}, " for t in p.totals)
-        lines += [f"def _pass{p.level}({arrays}):", *(f"    {element.statement(s)}" for s in p.statements),
-                  f"    return ({summands})", f"_s = _pass{p.level}({arrays})"]
+        lines.append(f"def _pass{p.level}({arrays}):")
+        for s in p.steps:  # each summand where its reduction stands in the math
+            if s.kind is RefKind.TOTAL:
+                lines.append(f"    _s{p.totals.index(p.total_at(s))} = {element.expr(p.total_at(s).summand)}")
+            else:
+                lines.append(f"    {element.statement(s)}")
+        lines += [f"    return ({''.join(f'_s{k}, ' for k in range(len(p.totals)))})", f"_s = _pass{p.level}({arrays})"]
         for k, t in enumerate(p.totals):
             name = element.ref_name(RefKind.TOTAL, str(t.index))
-            lines.append(f"{name} = _m.finish_{t.finish}(_m.total_{t.accumulates}(_s[{k}]), {size})")
+            lines.append(f"{name} = _m.finish_{t.finish}(_m.total_{t.how}(_s[{k}]), {size})")
             rounded.add(name)
         round_names([element.ref_name(RefKind.TOTAL, str(t.index)) for t in p.totals])
         stage(p.level)
@@ -341,7 +345,9 @@ def context(op: OpSpec) -> dict:
         "exports": f"[{', '.join(py_string(name) for name in op.entry_points)}]",
         "interleaved": op.multi is not None,
         "interleaved_docstring": interleaved_docstring(op) if op.multi else [],
-        "interleaved_args": _tuple(_public(op, p) for p in op.math_params),
+        "interleaved_args": _tuple("None" if op.multi and p.name in op.multi.trailing else _public(op, p)
+                                   for p in op.math_params),
+        "trailing": trailing_table(op) if op.multi else "()",
         "count": op.multi.count if op.multi else "",
         "labels": repr(op.multi.per_tensor) if op.multi else "()",
         "per_tensor": repr(op.multi.per_tensor) if op.multi else "None",
@@ -379,9 +385,23 @@ def _public(op: OpSpec, p) -> str:
 
 
 def interleaved_signature(op: OpSpec) -> str:
-    """MXNet's multi-tensor convention: the arrays first, every parameter keyword-only."""
+    """MXNet's multi-tensor convention: the arrays first (the trailing parameters' among
+    them), every other parameter keyword-only."""
     return ", ".join(_keyword_tail(["*data"] + [_public(op, p) if p.required else f"{p.name}={python_default(p)}"
-                                                for p in op.params]))
+                                                for p in op.params if p.name not in op.multi.trailing]))
+
+
+def trailing_table(op: OpSpec) -> str:
+    """Each trailing parameter: (its position among the call's parameters, its public name,
+    whether it has one value per tensor, its default or None)."""
+    params = list(op.math_params)
+    per_tensor = dict(op.multi.per_tensor)
+    rows = []
+    for name in op.multi.trailing:
+        p = next(q for q in params if q.name == name)
+        default = "None" if p.required else python_default(p)
+        rows.append(f"({params.index(p)}, {py_string(per_tensor.get(name, name))}, {name in per_tensor}, {default})")
+    return "(" + "".join(f"{r}, " for r in rows) + ")"
 
 
 def interleaved_docstring(op: OpSpec) -> list[str]:
@@ -391,7 +411,14 @@ def interleaved_docstring(op: OpSpec) -> list[str]:
         f"One flat sequence of groups ({group}) for i = 0 .. {op.multi.count} - 1; each tensor is "
         "updated as in the per-element math below. " + " ".join(
             f"`{t.name}_i`: {t.doc.rstrip('.')}. {tensor_doc(op, t, dense_only=True)}" for t in op.tensors))]
+    for name in op.multi.trailing:
+        p = next(q for q in op.params if q.name == name)
+        public = _public(op, p)
+        what = f"an array of one `{p.name}` per tensor" if public != p.name else f"a one-element array: `{p.name}`"
+        lines += ["    " + line for line in _wrap(f"After the groups, `{public}`: {what}. {p.doc}")]
     for p in op.params:
+        if p.name in op.multi.trailing:
+            continue
         public = _public(op, p)
         if public != p.name:
             lines += [f"{public} : sequence of float", f"    One `{p.name}` per tensor: {p.doc}"]
