@@ -353,22 +353,6 @@ PARAMS = {
         "defaults": dict(lr=0.1, wd=0.01),
         "mixed": dict(lr=0.05, wd=0.05, momentum=0.9, rescale_grad=1.5, clip_gradient=1.0),
     },
-    "preloaded_multi_sgd_update": {
-        "defaults": dict(lr=0.1, wd=0.01),
-        "mixed": dict(lr=0.05, wd=0.1, rescale_grad=1.5, clip_gradient=1.0),
-    },
-    "preloaded_multi_sgd_mom_update": {
-        "defaults": dict(lr=0.1, wd=0.01),
-        "mixed": dict(lr=0.05, wd=0.05, momentum=0.9, rescale_grad=1.5, clip_gradient=1.0),
-    },
-    "preloaded_multi_mp_sgd_update": {
-        "defaults": dict(lr=0.1, wd=0.01),
-        "mixed": dict(lr=0.05, wd=0.1, rescale_grad=1.5, clip_gradient=1.0),
-    },
-    "preloaded_multi_mp_sgd_mom_update": {
-        "defaults": dict(lr=0.1, wd=0.01),
-        "mixed": dict(lr=0.05, wd=0.05, momentum=0.9, rescale_grad=1.5, clip_gradient=1.0),
-    },
     "multi_adamw_update": {
         "defaults": dict(lr=0.01, eta=1.0, wd=0.0),
         "mixed": dict(rescale_grad=1.5, lr=0.02, eta=0.5, beta1=0.8, beta2=0.99, epsilon=1e-6, wd=0.1,
@@ -444,6 +428,9 @@ PARAMS = {
         "mixed": dict(lr=0.02, alpha=0.9, eps=1e-4, weight_decay=0.1, momentum=0.9, maximize=True),
     },
 }
+# MXNet's preloaded multi ops run the multi ops' kernel: the same parameter sets
+PARAMS.update({f"preloaded_{name}": PARAMS[name] for name in
+               ("multi_sgd_update", "multi_sgd_mom_update", "multi_mp_sgd_update", "multi_mp_sgd_mom_update")})
 
 
 def step_params(name: str, params: dict, step: int = 0) -> dict:

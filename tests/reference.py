@@ -655,32 +655,13 @@ def lamb_update_phase1(weight, grad, mean, var, *, beta1=0.9, beta2=0.999, epsil
     var in the state dtype)."""
     ct, w_dt, s_dt = _call_dtypes(weight, grad, mean, var)
     w, gd, m, v = _to(ct, weight, grad, mean, var)
-    b1, b2, eps, wd_, rg_, clip_ = _scalars(ct, beta1, beta2, epsilon, wd, rescale_grad,
-                                            clip_gradient)
-    one = ct(1)
-    with np.errstate(all="ignore"):
-        gr = gd * rg_
-        if clip_gradient > 0:
-            gr = _clip(gr, clip_)
-        b1_d, b2_d = _d(beta1, beta2)
-        m = b1 * m + _per_call(ct, 1 - b1_d) * gr
-        v = b2 * v + _per_call(ct, 1 - b2_d) * gr * gr
-        if bias_correction:
-            g = (m / _per_call(ct, 1 - b1_d ** int(t))) / (np.sqrt(v / _per_call(ct, 1 - b2_d ** int(t))) + eps) \
-                + wd_ * w
-        else:
-            g = m / (np.sqrt(v) + eps) + wd_ * w
+    g, m, v = _lamb_direction(ct, w, gd, m, v, beta1, beta2, epsilon, t, bias_correction, wd, rescale_grad,
+                              clip_gradient)
     return _store([g, m, v], [w_dt, s_dt, s_dt])
 
 
-def mp_lamb_update_phase1(weight, grad, mean, var, weight32, *, beta1=0.9, beta2=0.999, epsilon=1e-6, t,
-                          bias_correction=True, wd, rescale_grad=1.0, clip_gradient=-1.0):
-    """MPLambUpdatePhaseOneKernel, in float32: phase 1 with the weight decay on weight32 (the
-    weight is not read). Returns ``(g, mean, var)``, all float32 (weight32 is only read)."""
-    for a in (mean, var, weight32):
-        assert a.dtype == np.float32, "reference: mp phase 1's mean, var and weight32 are float32"
-    ct = np.float32
-    gd, m, v, w = _to(ct, grad, mean, var, weight32)
+def _lamb_direction(ct, w, gd, m, v, beta1, beta2, epsilon, t, bias_correction, wd, rescale_grad, clip_gradient):
+    """Phase 1's math in ``ct``: the new moments and the direction ``g`` (2.13)."""
     b1, b2, eps, wd_, rg_, clip_ = _scalars(ct, beta1, beta2, epsilon, wd, rescale_grad, clip_gradient)
     with np.errstate(all="ignore"):
         gr = gd * rg_
@@ -694,6 +675,19 @@ def mp_lamb_update_phase1(weight, grad, mean, var, weight32, *, beta1=0.9, beta2
                 + wd_ * w
         else:
             g = m / (np.sqrt(v) + eps) + wd_ * w
+    return g, m, v
+
+
+def mp_lamb_update_phase1(weight, grad, mean, var, weight32, *, beta1=0.9, beta2=0.999, epsilon=1e-6, t,
+                          bias_correction=True, wd, rescale_grad=1.0, clip_gradient=-1.0):
+    """MPLambUpdatePhaseOneKernel, in float32: phase 1 with the weight decay on weight32 (the
+    weight is not read). Returns ``(g, mean, var)``, all float32 (weight32 is only read)."""
+    for a in (mean, var, weight32):
+        assert a.dtype == np.float32, "reference: mp phase 1's mean, var and weight32 are float32"
+    ct = np.float32
+    gd, m, v, w = _to(ct, grad, mean, var, weight32)
+    g, m, v = _lamb_direction(ct, w, gd, m, v, beta1, beta2, epsilon, t, bias_correction, wd, rescale_grad,
+                              clip_gradient)
     return _store([g, m, v], [np.float32] * 3)
 
 
@@ -711,20 +705,9 @@ def lamb_update(weight, grad, mean, var, lr, *, beta1=0.9, beta2=0.999, epsilon=
     r2 = ||u||, both in float64, then ``w - lr * r1 / r2 * u``; r1 or r2 == 0: lr unscaled."""
     ct, w_dt, s_dt = _call_dtypes(weight, grad, mean, var)
     w, gd, m, v = _to(ct, weight, grad, mean, var)
-    b1, b2, eps, wd_, rg_, clip_ = _scalars(ct, beta1, beta2, epsilon, wd, rescale_grad,
-                                            clip_gradient)
+    u, m, v = _lamb_direction(ct, w, gd, m, v, beta1, beta2, epsilon, t, bias_correction, wd, rescale_grad,
+                              clip_gradient)
     with np.errstate(all="ignore"):
-        gr = gd * rg_
-        if clip_gradient > 0:
-            gr = _clip(gr, clip_)
-        b1_d, b2_d = _d(beta1, beta2)
-        m = b1 * m + _per_call(ct, 1 - b1_d) * gr
-        v = b2 * v + _per_call(ct, 1 - b2_d) * gr * gr
-        if bias_correction:
-            u = (m / _per_call(ct, 1 - b1_d ** int(t))) / (np.sqrt(v / _per_call(ct, 1 - b2_d ** int(t))) + eps) \
-                + wd_ * w
-        else:
-            u = m / (np.sqrt(v) + eps) + wd_ * w
         r1, r2 = _norm64(w), _norm64(u)
         lr_, lb, ub = _d(lr, lower_bound, upper_bound)
         if lower_bound >= 0:
