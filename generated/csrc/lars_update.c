@@ -10,7 +10,11 @@ void opgen_lars_update_dense_float16(int64_t size, void *arg_weight, const void 
     {
         const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float16(s, i, gi, opgen_v, arg_weight, arg_grad));
+        if (scalars.h_0) {
+            OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float16(s, i, gi, opgen_v, 1, arg_weight, arg_grad));
+        } else {
+            OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float16(s, i, gi, opgen_v, 0, arg_weight, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -36,7 +40,11 @@ void opgen_lars_update_multi_float16(int64_t count, const int64_t *sizes, void *
         {
             const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            if (scalars.h_0) {
+                OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16(s, i, gi, opgen_v, 1, arg_weight[t], arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16(s, i, gi, opgen_v, 0, arg_weight[t], arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -62,7 +70,11 @@ void opgen_lars_update_dense_float16_with_float32_states(int64_t size, void *arg
     {
         const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_v, arg_weight, arg_grad));
+        if (scalars.h_0) {
+            OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 1, arg_weight, arg_grad));
+        } else {
+            OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 0, arg_weight, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -88,7 +100,11 @@ void opgen_lars_update_multi_float16_with_float32_states(int64_t count, const in
         {
             const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            if (scalars.h_0) {
+                OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 1, arg_weight[t], arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 0, arg_weight[t], arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -114,7 +130,11 @@ void opgen_lars_update_dense_bfloat16(int64_t size, void *arg_weight, const void
     {
         const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_v, arg_weight, arg_grad));
+        if (scalars.h_0) {
+            OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_v, 1, arg_weight, arg_grad));
+        } else {
+            OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_v, 0, arg_weight, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -140,7 +160,11 @@ void opgen_lars_update_multi_bfloat16(int64_t count, const int64_t *sizes, void 
         {
             const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            if (scalars.h_0) {
+                OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_v, 1, arg_weight[t], arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_v, 0, arg_weight[t], arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -166,7 +190,11 @@ void opgen_lars_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
     {
         const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, arg_weight, arg_grad));
+        if (scalars.h_0) {
+            OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 1, arg_weight, arg_grad));
+        } else {
+            OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 0, arg_weight, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -192,7 +220,11 @@ void opgen_lars_update_multi_bfloat16_with_float32_states(int64_t count, const i
         {
             const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            if (scalars.h_0) {
+                OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 1, arg_weight[t], arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 0, arg_weight[t], arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -218,7 +250,11 @@ void opgen_lars_update_dense_float32(int64_t size, void *arg_weight, const void 
     {
         const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float32(s, i, gi, opgen_v, arg_weight, arg_grad));
+        if (scalars.h_0) {
+            OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float32(s, i, gi, opgen_v, 1, arg_weight, arg_grad));
+        } else {
+            OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float32(s, i, gi, opgen_v, 0, arg_weight, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -236,7 +272,11 @@ void opgen_lars_update_multi_float32(int64_t count, const int64_t *sizes, void *
         {
             const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            if (scalars.h_0) {
+                OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32(s, i, gi, opgen_v, 1, arg_weight[t], arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32(s, i, gi, opgen_v, 0, arg_weight[t], arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -254,7 +294,11 @@ void opgen_lars_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
     {
         const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, arg_weight, arg_grad));
+        if (scalars.h_0) {
+            OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 1, arg_weight, arg_grad));
+        } else {
+            OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 0, arg_weight, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -280,7 +324,11 @@ void opgen_lars_update_multi_float32_with_bfloat16_states(int64_t count, const i
         {
             const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            if (scalars.h_0) {
+                OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 1, arg_weight[t], arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 0, arg_weight[t], arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -306,7 +354,11 @@ void opgen_lars_update_dense_float64(int64_t size, void *arg_weight, const void 
     {
         const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(double, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float64(s, i, gi, opgen_v, arg_weight, arg_grad));
+        if (scalars.h_0) {
+            OPGEN_TOTALS(double, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float64(s, i, gi, opgen_v, 1, arg_weight, arg_grad));
+        } else {
+            OPGEN_TOTALS(double, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float64(s, i, gi, opgen_v, 0, arg_weight, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -324,7 +376,11 @@ void opgen_lars_update_multi_float64(int64_t count, const int64_t *sizes, void *
         {
             const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(double, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float64(s, i, gi, opgen_v, arg_weight[t], arg_grad[t]));
+            if (scalars.h_0) {
+                OPGEN_TOTALS(double, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float64(s, i, gi, opgen_v, 1, arg_weight[t], arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(double, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float64(s, i, gi, opgen_v, 0, arg_weight[t], arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }

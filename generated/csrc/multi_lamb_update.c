@@ -10,7 +10,19 @@ void opgen_multi_lamb_update_dense_float16(int64_t size, void *arg_weight, const
     {
         const opgen_multi_lamb_update_scalars_float scalars = opgen_multi_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, arg_weight, arg_grad, arg_mean, arg_var));
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -52,7 +64,19 @@ void opgen_multi_lamb_update_multi_float16(int64_t count, const int64_t *sizes, 
         {
             const opgen_multi_lamb_update_scalars_float scalars = opgen_multi_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -94,7 +118,19 @@ void opgen_multi_lamb_update_dense_float16_with_float32_states(int64_t size, voi
     {
         const opgen_multi_lamb_update_scalars_float scalars = opgen_multi_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, arg_weight, arg_grad, arg_mean, arg_var));
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -136,7 +172,19 @@ void opgen_multi_lamb_update_multi_float16_with_float32_states(int64_t count, co
         {
             const opgen_multi_lamb_update_scalars_float scalars = opgen_multi_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -178,7 +226,19 @@ void opgen_multi_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, cons
     {
         const opgen_multi_lamb_update_scalars_float scalars = opgen_multi_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, arg_weight, arg_grad, arg_mean, arg_var));
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -220,7 +280,19 @@ void opgen_multi_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes,
         {
             const opgen_multi_lamb_update_scalars_float scalars = opgen_multi_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -262,7 +334,19 @@ void opgen_multi_lamb_update_dense_bfloat16_with_float32_states(int64_t size, vo
     {
         const opgen_multi_lamb_update_scalars_float scalars = opgen_multi_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, arg_weight, arg_grad, arg_mean, arg_var));
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -304,7 +388,19 @@ void opgen_multi_lamb_update_multi_bfloat16_with_float32_states(int64_t count, c
         {
             const opgen_multi_lamb_update_scalars_float scalars = opgen_multi_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -346,7 +442,19 @@ void opgen_multi_lamb_update_dense_float32(int64_t size, void *arg_weight, const
     {
         const opgen_multi_lamb_update_scalars_float scalars = opgen_multi_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, arg_weight, arg_grad, arg_mean, arg_var));
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -372,7 +480,19 @@ void opgen_multi_lamb_update_multi_float32(int64_t count, const int64_t *sizes, 
         {
             const opgen_multi_lamb_update_scalars_float scalars = opgen_multi_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -398,7 +518,19 @@ void opgen_multi_lamb_update_dense_float32_with_bfloat16_states(int64_t size, vo
     {
         const opgen_multi_lamb_update_scalars_float scalars = opgen_multi_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, arg_weight, arg_grad, arg_mean, arg_var));
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -440,7 +572,19 @@ void opgen_multi_lamb_update_multi_float32_with_bfloat16_states(int64_t count, c
         {
             const opgen_multi_lamb_update_scalars_float scalars = opgen_multi_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -482,7 +626,19 @@ void opgen_multi_lamb_update_dense_float64(int64_t size, void *arg_weight, const
     {
         const opgen_multi_lamb_update_scalars_double scalars = opgen_multi_lamb_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(double, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, arg_weight, arg_grad, arg_mean, arg_var));
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(double, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(double, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(double, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            } else {
+                OPGEN_TOTALS(double, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            }
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -508,7 +664,19 @@ void opgen_multi_lamb_update_multi_float64(int64_t count, const int64_t *sizes, 
         {
             const opgen_multi_lamb_update_scalars_double scalars = opgen_multi_lamb_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(double, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(double, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(double, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(double, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(double, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }

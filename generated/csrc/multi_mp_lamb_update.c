@@ -10,7 +10,19 @@ void opgen_multi_mp_lamb_update_dense_float16(int64_t size, void *arg_weight, co
     {
         const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_v, arg_grad, arg_mean, arg_var, arg_weight32));
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_v, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_v, 1, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_v, 0, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_v, 0, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+            }
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -52,7 +64,19 @@ void opgen_multi_mp_lamb_update_multi_float16(int64_t count, const int64_t *size
         {
             const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_v, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_v, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_v, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_v, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_v, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -94,7 +118,19 @@ void opgen_multi_mp_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, c
     {
         const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_v, arg_grad, arg_mean, arg_var, arg_weight32));
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 1, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 0, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 0, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+            }
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -136,7 +172,19 @@ void opgen_multi_mp_lamb_update_multi_bfloat16(int64_t count, const int64_t *siz
         {
             const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_v, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -178,7 +226,19 @@ void opgen_multi_mp_lamb_update_dense_float32(int64_t size, void *arg_weight, co
     {
         const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_v, arg_grad, arg_mean, arg_var, arg_weight32));
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_v, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_v, 1, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_v, 0, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_v, 0, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+            }
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -204,7 +264,19 @@ void opgen_multi_mp_lamb_update_multi_float32(int64_t count, const int64_t *size
         {
             const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_v, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_v, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_v, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_v, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_v, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
@@ -230,7 +302,19 @@ void opgen_multi_mp_lamb_update_dense_float64(int64_t size, void *arg_weight, co
     {
         const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
         double opgen_acc[2];
-        OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_v, arg_grad, arg_mean, arg_var, arg_weight32));
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_v, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_v, 1, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_v, 0, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+            } else {
+                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_v, 0, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+            }
+        }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
@@ -256,7 +340,19 @@ void opgen_multi_mp_lamb_update_multi_float64(int64_t count, const int64_t *size
         {
             const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
             double opgen_acc[2];
-            OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_v, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_v, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_v, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_v, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_v, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }

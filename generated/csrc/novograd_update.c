@@ -10,7 +10,11 @@ void opgen_novograd_update_dense_float16(int64_t size, void *arg_weight, const v
     {
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float16(((const opgen_half *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
         double opgen_acc[1];
-        OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_v, arg_grad));
+        if (scalars.s_grad_averaging) {
+            OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_v, 1, arg_grad));
+        } else {
+            OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_v, 0, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
     const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float16(((const opgen_half *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
@@ -36,7 +40,11 @@ void opgen_novograd_update_multi_float16(int64_t count, const int64_t *sizes, vo
         {
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float16(((const opgen_half *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
             double opgen_acc[1];
-            OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_v, arg_grad[t]));
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_v, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_v, 0, arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float16(((const opgen_half *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
@@ -62,7 +70,11 @@ void opgen_novograd_update_dense_float16_with_float32_states(int64_t size, void 
     {
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
         double opgen_acc[1];
-        OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_v, arg_grad));
+        if (scalars.s_grad_averaging) {
+            OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 1, arg_grad));
+        } else {
+            OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 0, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
     const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
@@ -88,7 +100,11 @@ void opgen_novograd_update_multi_float16_with_float32_states(int64_t count, cons
         {
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
             double opgen_acc[1];
-            OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_v, arg_grad[t]));
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 0, arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
@@ -114,7 +130,11 @@ void opgen_novograd_update_dense_bfloat16(int64_t size, void *arg_weight, const 
     {
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
         double opgen_acc[1];
-        OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_v, arg_grad));
+        if (scalars.s_grad_averaging) {
+            OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_v, 1, arg_grad));
+        } else {
+            OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_v, 0, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
     const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
@@ -140,7 +160,11 @@ void opgen_novograd_update_multi_bfloat16(int64_t count, const int64_t *sizes, v
         {
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
             double opgen_acc[1];
-            OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_v, arg_grad[t]));
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_v, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_v, 0, arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
@@ -166,7 +190,11 @@ void opgen_novograd_update_dense_bfloat16_with_float32_states(int64_t size, void
     {
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
         double opgen_acc[1];
-        OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, arg_grad));
+        if (scalars.s_grad_averaging) {
+            OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 1, arg_grad));
+        } else {
+            OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 0, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
     const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
@@ -192,7 +220,11 @@ void opgen_novograd_update_multi_bfloat16_with_float32_states(int64_t count, con
         {
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
             double opgen_acc[1];
-            OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, arg_grad[t]));
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 0, arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
@@ -218,7 +250,11 @@ void opgen_novograd_update_dense_float32(int64_t size, void *arg_weight, const v
     {
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
         double opgen_acc[1];
-        OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float32(s, i, gi, opgen_v, arg_grad));
+        if (scalars.s_grad_averaging) {
+            OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float32(s, i, gi, opgen_v, 1, arg_grad));
+        } else {
+            OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float32(s, i, gi, opgen_v, 0, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
     const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
@@ -236,7 +272,11 @@ void opgen_novograd_update_multi_float32(int64_t count, const int64_t *sizes, vo
         {
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
             double opgen_acc[1];
-            OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32(s, i, gi, opgen_v, arg_grad[t]));
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32(s, i, gi, opgen_v, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32(s, i, gi, opgen_v, 0, arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
@@ -254,7 +294,11 @@ void opgen_novograd_update_dense_float32_with_bfloat16_states(int64_t size, void
     {
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
         double opgen_acc[1];
-        OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, arg_grad));
+        if (scalars.s_grad_averaging) {
+            OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 1, arg_grad));
+        } else {
+            OPGEN_TOTALS(float, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 0, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
     const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
@@ -280,7 +324,11 @@ void opgen_novograd_update_multi_float32_with_bfloat16_states(int64_t count, con
         {
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
             double opgen_acc[1];
-            OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, arg_grad[t]));
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(float, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 0, arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
@@ -306,7 +354,11 @@ void opgen_novograd_update_dense_float64(int64_t size, void *arg_weight, const v
     {
         const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float64(((const double *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
         double opgen_acc[1];
-        OPGEN_TOTALS(double, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_v, arg_grad));
+        if (scalars.s_grad_averaging) {
+            OPGEN_TOTALS(double, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_v, 1, arg_grad));
+        } else {
+            OPGEN_TOTALS(double, 1, 0, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_v, 0, arg_grad));
+        }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
     const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float64(((const double *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
@@ -324,7 +376,11 @@ void opgen_novograd_update_multi_float64(int64_t count, const int64_t *sizes, vo
         {
             const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float64(((const double *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
             double opgen_acc[1];
-            OPGEN_TOTALS(double, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_v, arg_grad[t]));
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(double, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_v, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(double, 1, 0, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_v, 0, arg_grad[t]));
+            }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
         const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float64(((const double *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);

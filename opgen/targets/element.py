@@ -538,13 +538,15 @@ class TotalsCode:
     def step_lines(self, step: StepCode) -> list[str]:
         m, lines = self.math.math.c_type, []
         memory = Memory("p_{name}[{index}]", {step.grad: "gi"})
+        switches = [f"int sw{k}" for k in range(len(self.code.switches))]
+        head = "sv" if self.code.switches else "s"
         for p in self.passes:
             names = self.arrays(p)
             params = ", ".join([f"const {self.code.struct(self.math.math)} s", "int64_t i", "int64_t gi",
-                                f"{m} *{LOOP.summands}", *step.pointer_params(names)])
+                                f"{m} *{LOOP.summands}", *switches, *step.pointer_params(names)])
             loads = ", ".join([LOOP.summands, *(step.load(n, memory) for n in names)])
-            lines += [f"OPGEN_INLINE void {self.name(p, step.variant.name)}({params}) {{",
-                      f"    {self.name(p, m)}(s, {loads});", "}"]
+            lines += [f"OPGEN_INLINE void {self.name(p, step.variant.name)}({params}) {{", *step.switch_lines(),
+                      f"    {self.name(p, m)}({head}, {loads});", "}"]
         return lines
 
     def schedule_lines(self, step: StepCode, size: str, flush: str, index: str = "", tensor: str = "0") -> list[str]:
@@ -555,15 +557,26 @@ class TotalsCode:
             return []
         m, struct, init = self.math.math.c_type, self.code.struct(self.math.math), self.code.init(self.math.math)
         lines = [f"double {LOOP.totals}[{len(self.op.totals.totals)}] = {{0}};"]
+        switches = self.code.switches
+
+        def unswitched(body, depth: int = 0, chosen: tuple[str, ...] = ()) -> list[str]:
+            """The pass once per value of each switch (constants in its loop, as the update's)."""
+            if depth == len(switches):
+                return body(chosen)
+            return _branch(f"{LOOP.scalars}.{switches[depth]}", unswitched(body, depth + 1, chosen + ("1",)),
+                           unswitched(body, depth + 1, chosen + ("0",)))
+
         for p in self.passes:
-            call = f"{self.name(p, step.variant.name)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.summands}" \
-                   f"{_more(self.code.pointer_args(self.arrays(p), index))})"
+            def schedule(chosen: tuple[str, ...], p=p) -> list[str]:
+                call = f"{self.name(p, step.variant.name)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.summands}" \
+                       f"{_more(', '.join(chosen))}{_more(self.code.pointer_args(self.arrays(p), index))})"
+                return [f"OPGEN_TOTALS({m}, {len(p.sums)}, {len(p.squares)}, {len(p.maxima)}, {size}, {flush}, "
+                        f"{LOOP.accumulated}, {call});"]
+
             loads = step.per_tensor_loads(index)
             lines += ["{", f"    const {struct} {LOOP.scalars} = {init}({self.code.init_call(index, tensor, loads)});",
                       f"    double {LOOP.accumulated}[{len(p.totals)}];",
-                      f"    OPGEN_TOTALS({m}, {len(p.sums)}, {len(p.squares)}, {len(p.maxima)}, {size}, {flush}, "
-                      f"{LOOP.accumulated}, "
-                      f"{call});",
+                      *(f"    {line}" for line in unswitched(schedule)),
                       *(f"    {LOOP.totals}[{t.index}] = OPGEN_FINISH_{t.finish}({LOOP.accumulated}[{k}], {size});"
                         for k, t in enumerate(p.ordered)), "}"]
         return lines
