@@ -95,11 +95,14 @@ OPGEN_INLINE void opgen_lamb_update_element_double(const opgen_lamb_update_scala
     *io_mean = v_mean;
     *io_var = v_var;
 }
-OPGEN_INLINE void opgen_lamb_update_total1_float16(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, int sw1, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var) {
+OPGEN_INLINE void opgen_lamb_update_total1_float16(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, int sw1, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_float sv = s;
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
+    float opgen_v[2];
     opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_weight[i]), OPGEN_LOAD_float16(p_grad[gi]), OPGEN_LOAD_float16(p_mean[i]), OPGEN_LOAD_float16(p_var[i]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lamb_update_step_float16(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_float sv = s;
@@ -113,11 +116,14 @@ OPGEN_INLINE void opgen_lamb_update_step_float16(const opgen_lamb_update_scalars
     p_mean[i] = OPGEN_ROUND_float16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_var[i] = OPGEN_ROUND_float16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
-OPGEN_INLINE void opgen_lamb_update_total1_float16_with_float32_states(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, int sw1, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
+OPGEN_INLINE void opgen_lamb_update_total1_float16_with_float32_states(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, int sw1, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_float sv = s;
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
+    float opgen_v[2];
     opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_weight[i]), OPGEN_LOAD_float16(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lamb_update_step_float16_with_float32_states(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_float sv = s;
@@ -131,11 +137,14 @@ OPGEN_INLINE void opgen_lamb_update_step_float16_with_float32_states(const opgen
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
 }
-OPGEN_INLINE void opgen_lamb_update_total1_bfloat16(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, int sw1, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var) {
+OPGEN_INLINE void opgen_lamb_update_total1_bfloat16(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, int sw1, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_float sv = s;
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
+    float opgen_v[2];
     opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), OPGEN_LOAD_bfloat16(p_grad[gi]), OPGEN_LOAD_bfloat16(p_mean[i]), OPGEN_LOAD_bfloat16(p_var[i]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lamb_update_step_bfloat16(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_float sv = s;
@@ -149,11 +158,14 @@ OPGEN_INLINE void opgen_lamb_update_step_bfloat16(const opgen_lamb_update_scalar
     p_mean[i] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_var[i] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
-OPGEN_INLINE void opgen_lamb_update_total1_bfloat16_with_float32_states(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, int sw1, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
+OPGEN_INLINE void opgen_lamb_update_total1_bfloat16_with_float32_states(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, int sw1, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_float sv = s;
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
+    float opgen_v[2];
     opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), OPGEN_LOAD_bfloat16(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lamb_update_step_bfloat16_with_float32_states(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_float sv = s;
@@ -167,11 +179,14 @@ OPGEN_INLINE void opgen_lamb_update_step_bfloat16_with_float32_states(const opge
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
 }
-OPGEN_INLINE void opgen_lamb_update_total1_float32(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, int sw1, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
+OPGEN_INLINE void opgen_lamb_update_total1_float32(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, int sw1, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_float sv = s;
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
+    float opgen_v[2];
     opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_weight[i]), OPGEN_LOAD_float32(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lamb_update_step_float32(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_float sv = s;
@@ -185,11 +200,14 @@ OPGEN_INLINE void opgen_lamb_update_step_float32(const opgen_lamb_update_scalars
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
 }
-OPGEN_INLINE void opgen_lamb_update_total1_float32_with_bfloat16_states(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, int sw1, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var) {
+OPGEN_INLINE void opgen_lamb_update_total1_float32_with_bfloat16_states(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, int sw1, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_float sv = s;
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
+    float opgen_v[2];
     opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_weight[i]), OPGEN_LOAD_float32(p_grad[gi]), OPGEN_LOAD_bfloat16(p_mean[i]), OPGEN_LOAD_bfloat16(p_var[i]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lamb_update_step_float32_with_bfloat16_states(const opgen_lamb_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_float sv = s;
@@ -203,11 +221,14 @@ OPGEN_INLINE void opgen_lamb_update_step_float32_with_bfloat16_states(const opge
     p_mean[i] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_var[i] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
-OPGEN_INLINE void opgen_lamb_update_total1_float64(const opgen_lamb_update_scalars_double s, int64_t i, int64_t gi, double *opgen_v, int sw0, int sw1, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var) {
+OPGEN_INLINE void opgen_lamb_update_total1_float64(const opgen_lamb_update_scalars_double s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, int sw1, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_double sv = s;
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
+    double opgen_v[2];
     opgen_lamb_update_total1_double(sv, opgen_v, OPGEN_LOAD_float64(p_weight[i]), OPGEN_LOAD_float64(p_grad[gi]), OPGEN_LOAD_float64(p_mean[i]), OPGEN_LOAD_float64(p_var[i]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lamb_update_step_float64(const opgen_lamb_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mean, double *OPGEN_RESTRICT p_var) {
     opgen_lamb_update_scalars_double sv = s;

@@ -63,10 +63,13 @@ OPGEN_INLINE void opgen_lars_update_element_double(const opgen_lars_update_scala
     *io_weight = v_weight;
     *io_mom = v_mom;
 }
-OPGEN_INLINE void opgen_lars_update_total1_float16(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_lars_update_total1_float16(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     opgen_lars_update_scalars_float sv = s;
     sv.h_0 = sw0;
+    float opgen_v[2];
     opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_weight[i]), OPGEN_LOAD_float16(p_grad[gi]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lars_update_step_float16(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mom) {
     opgen_lars_update_scalars_float sv = s;
@@ -77,10 +80,13 @@ OPGEN_INLINE void opgen_lars_update_step_float16(const opgen_lars_update_scalars
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_ROUND_float16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_lars_update_total1_float16_with_float32_states(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_lars_update_total1_float16_with_float32_states(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     opgen_lars_update_scalars_float sv = s;
     sv.h_0 = sw0;
+    float opgen_v[2];
     opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_weight[i]), OPGEN_LOAD_float16(p_grad[gi]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lars_update_step_float16_with_float32_states(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom) {
     opgen_lars_update_scalars_float sv = s;
@@ -91,10 +97,13 @@ OPGEN_INLINE void opgen_lars_update_step_float16_with_float32_states(const opgen
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
-OPGEN_INLINE void opgen_lars_update_total1_bfloat16(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_lars_update_total1_bfloat16(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     opgen_lars_update_scalars_float sv = s;
     sv.h_0 = sw0;
+    float opgen_v[2];
     opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lars_update_step_bfloat16(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mom) {
     opgen_lars_update_scalars_float sv = s;
@@ -105,10 +114,13 @@ OPGEN_INLINE void opgen_lars_update_step_bfloat16(const opgen_lars_update_scalar
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_lars_update_total1_bfloat16_with_float32_states(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_lars_update_total1_bfloat16_with_float32_states(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     opgen_lars_update_scalars_float sv = s;
     sv.h_0 = sw0;
+    float opgen_v[2];
     opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lars_update_step_bfloat16_with_float32_states(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom) {
     opgen_lars_update_scalars_float sv = s;
@@ -119,10 +131,13 @@ OPGEN_INLINE void opgen_lars_update_step_bfloat16_with_float32_states(const opge
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
-OPGEN_INLINE void opgen_lars_update_total1_float32(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_lars_update_total1_float32(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     opgen_lars_update_scalars_float sv = s;
     sv.h_0 = sw0;
+    float opgen_v[2];
     opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_weight[i]), OPGEN_LOAD_float32(p_grad[gi]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lars_update_step_float32(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom) {
     opgen_lars_update_scalars_float sv = s;
@@ -133,10 +148,13 @@ OPGEN_INLINE void opgen_lars_update_step_float32(const opgen_lars_update_scalars
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
-OPGEN_INLINE void opgen_lars_update_total1_float32_with_bfloat16_states(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_lars_update_total1_float32_with_bfloat16_states(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     opgen_lars_update_scalars_float sv = s;
     sv.h_0 = sw0;
+    float opgen_v[2];
     opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_weight[i]), OPGEN_LOAD_float32(p_grad[gi]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lars_update_step_float32_with_bfloat16_states(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mom) {
     opgen_lars_update_scalars_float sv = s;
@@ -147,10 +165,13 @@ OPGEN_INLINE void opgen_lars_update_step_float32_with_bfloat16_states(const opge
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mom[i] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_lars_update_total1_float64(const opgen_lars_update_scalars_double s, int64_t i, int64_t gi, double *opgen_v, int sw0, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_lars_update_total1_float64(const opgen_lars_update_scalars_double s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     opgen_lars_update_scalars_double sv = s;
     sv.h_0 = sw0;
+    double opgen_v[2];
     opgen_lars_update_total1_double(sv, opgen_v, OPGEN_LOAD_float64(p_weight[i]), OPGEN_LOAD_float64(p_grad[gi]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_lars_update_step_float64(const opgen_lars_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mom) {
     opgen_lars_update_scalars_double sv = s;

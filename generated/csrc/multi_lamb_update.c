@@ -12,15 +12,15 @@ void opgen_multi_lamb_update_dense_float16(int64_t size, void *arg_weight, const
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -66,15 +66,15 @@ void opgen_multi_lamb_update_multi_float16(int64_t count, const int64_t *sizes, 
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -120,15 +120,15 @@ void opgen_multi_lamb_update_dense_float16_with_float32_states(int64_t size, voi
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -174,15 +174,15 @@ void opgen_multi_lamb_update_multi_float16_with_float32_states(int64_t count, co
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -228,15 +228,15 @@ void opgen_multi_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, cons
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -282,15 +282,15 @@ void opgen_multi_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes,
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -336,15 +336,15 @@ void opgen_multi_lamb_update_dense_bfloat16_with_float32_states(int64_t size, vo
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -390,15 +390,15 @@ void opgen_multi_lamb_update_multi_bfloat16_with_float32_states(int64_t count, c
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -444,15 +444,15 @@ void opgen_multi_lamb_update_dense_float32(int64_t size, void *arg_weight, const
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -482,15 +482,15 @@ void opgen_multi_lamb_update_multi_float32(int64_t count, const int64_t *sizes, 
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -520,15 +520,15 @@ void opgen_multi_lamb_update_dense_float32_with_bfloat16_states(int64_t size, vo
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(float, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -574,15 +574,15 @@ void opgen_multi_lamb_update_multi_float32_with_bfloat16_states(int64_t count, c
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(float, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -628,15 +628,15 @@ void opgen_multi_lamb_update_dense_float64(int64_t size, void *arg_weight, const
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(double, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(double, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(double, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(double, 2, 2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -666,15 +666,15 @@ void opgen_multi_lamb_update_multi_float64(int64_t count, const int64_t *sizes, 
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(double, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(double, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(double, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(double, 2, 2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_v, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);

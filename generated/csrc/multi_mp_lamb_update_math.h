@@ -51,11 +51,14 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_element_float(const opgen_multi_mp_
     *io_var = v_var;
     *io_weight32 = v_weight32;
 }
-OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_float16(const opgen_multi_mp_lamb_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, int sw1, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_float16(const opgen_multi_mp_lamb_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, int sw1, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     opgen_multi_mp_lamb_update_scalars_float sv = s;
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
+    float opgen_v[2];
     opgen_multi_mp_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]), OPGEN_LOAD_float32(p_weight32[i]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_multi_mp_lamb_update_step_float16(const opgen_multi_mp_lamb_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     opgen_multi_mp_lamb_update_scalars_float sv = s;
@@ -71,11 +74,14 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_step_float16(const opgen_multi_mp_l
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
-OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_bfloat16(const opgen_multi_mp_lamb_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, int sw1, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_bfloat16(const opgen_multi_mp_lamb_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, int sw1, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     opgen_multi_mp_lamb_update_scalars_float sv = s;
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
+    float opgen_v[2];
     opgen_multi_mp_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]), OPGEN_LOAD_float32(p_weight32[i]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_multi_mp_lamb_update_step_bfloat16(const opgen_multi_mp_lamb_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     opgen_multi_mp_lamb_update_scalars_float sv = s;
@@ -91,11 +97,14 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_step_bfloat16(const opgen_multi_mp_
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
-OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_float32(const opgen_multi_mp_lamb_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, int sw1, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_float32(const opgen_multi_mp_lamb_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, int sw1, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     opgen_multi_mp_lamb_update_scalars_float sv = s;
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
+    float opgen_v[2];
     opgen_multi_mp_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]), OPGEN_LOAD_float32(p_weight32[i]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_multi_mp_lamb_update_step_float32(const opgen_multi_mp_lamb_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     opgen_multi_mp_lamb_update_scalars_float sv = s;
@@ -111,11 +120,14 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_step_float32(const opgen_multi_mp_l
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
-OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_float64(const opgen_multi_mp_lamb_update_scalars_float s, int64_t i, int64_t gi, float *opgen_v, int sw0, int sw1, const double *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
+OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_float64(const opgen_multi_mp_lamb_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, int sw1, const double *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     opgen_multi_mp_lamb_update_scalars_float sv = s;
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
+    float opgen_v[2];
     opgen_multi_mp_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float64(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]), OPGEN_LOAD_float32(p_weight32[i]));
+    opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
+    opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
 OPGEN_INLINE void opgen_multi_mp_lamb_update_step_float64(const opgen_multi_mp_lamb_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, float *OPGEN_RESTRICT p_weight32) {
     opgen_multi_mp_lamb_update_scalars_float sv = s;

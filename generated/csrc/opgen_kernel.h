@@ -395,9 +395,10 @@ static inline void opgen_prefetch_line(const void *p, int64_t first, int64_t lin
  * most OPGEN_TOTAL_BLOCKS blocks of a size that depends on n alone; one thread reduces a
  * block in OPGEN_TOTAL_LANES fixed lanes (in double), then the lanes pairwise; the blocks'
  * results are combined pairwise, in order, after the parallel region. STEP writes one
- * element's NSUM summands (the last NSQ of them to be squared, in double, as they are added),
- * then its NMAX candidates for a maximum, into opgen_v (in T); RESULT receives
- * the NSUM sums, then the NMAX maxima (NaN when any candidate is NaN). */
+ * element's NSUM summands, then its NMAX candidates for a maximum, into its lane
+ * opgen_l of opgen_lanes (the generated step: straight-line code, so the lanes'
+ * loop vectorizes); RESULT receives the NSUM sums, then the NMAX maxima (NaN when any
+ * candidate is NaN). */
 #define OPGEN_TOTAL_LANES 8
 #define OPGEN_TOTAL_BLOCKS 512
 #define OPGEN_TOTAL_MIN_BLOCK 2048
@@ -436,17 +437,7 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
 #define OPGEN_FINISH_sqrt(x, n) sqrt(x)
 #define OPGEN_FINISH_sqrt_mean(x, n) sqrt((x) / (double)(n))
 
-#define OPGEN_TOTAL_ADD(NSUM, NSQ, NMAX, lane)                                             \
-    do {                                                                                   \
-        for (int opgen_k = 0; opgen_k < (NSUM); ++opgen_k) {                               \
-            const double opgen_x = (double)opgen_v[opgen_k];                              \
-            opgen_lanes[opgen_k][lane] += opgen_k >= (NSUM) - (NSQ) ? opgen_x * opgen_x : opgen_x; \
-        }                                                                                  \
-        for (int opgen_k = (NSUM); opgen_k < (NSUM) + (NMAX); ++opgen_k)                   \
-            opgen_lanes[opgen_k][lane] = opgen_total_max(opgen_lanes[opgen_k][lane], (double)opgen_v[opgen_k]); \
-    } while (0)
-
-#define OPGEN_TOTALS(T, NSUM, NSQ, NMAX, n, flush_denormal, RESULT, STEP)                  \
+#define OPGEN_TOTALS(NSUM, NMAX, n, flush_denormal, RESULT, STEP)                          \
     do {                                                                                   \
         const int64_t opgen_bs = opgen_total_block(n), opgen_nb = ((n) + opgen_bs - 1) / opgen_bs; \
         double opgen_part[OPGEN_TOTAL_BLOCKS * ((NSUM) + (NMAX))];                         \
@@ -468,16 +459,12 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
                     _Pragma("omp simd")                                                    \
                     for (int opgen_l = 0; opgen_l < OPGEN_TOTAL_LANES; ++opgen_l) {        \
                         const int64_t i = opgen_i0 + opgen_l, gi = i;              \
-                        T opgen_v[(NSUM) + (NMAX)];                                         \
                         STEP;                                                              \
-                        OPGEN_TOTAL_ADD(NSUM, NSQ, NMAX, opgen_l);                              \
                     }                                                                      \
                 }                                                                          \
                 for (int opgen_l = 0; opgen_i0 + opgen_l < opgen_hi; ++opgen_l) {          \
                     const int64_t i = opgen_i0 + opgen_l, gi = i;                  \
-                    T opgen_v[(NSUM) + (NMAX)];                                             \
                     STEP;                                                                  \
-                    OPGEN_TOTAL_ADD(NSUM, NSQ, NMAX, opgen_l);                                  \
                 }                                                                          \
                 for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                \
                     opgen_part[opgen_b * ((NSUM) + (NMAX)) + opgen_k] = opgen_k < (NSUM)   \

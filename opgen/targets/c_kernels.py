@@ -14,7 +14,8 @@ from __future__ import annotations
 from opgen.kinds import ArgRole, Schedule
 from opgen.spec.model import OpSpec
 from opgen.targets import abi
-from opgen.targets.element import LOOP, OpCode, RowCode, StepCode, TotalsCode, Version, math_header, shared_lines, versions
+from opgen.targets.element import (LOOP, TOTAL_LANES, OpCode, RowCode, StepCode, TotalsCode, Version, math_header,
+                                   shared_lines, versions)
 
 # Below this many elements per thread, a parallel region costs more than it saves.
 MIN_ELEMENTS_PER_THREAD = 1 << 13
@@ -95,4 +96,5 @@ def math_context(op: OpSpec) -> dict:
 
 def common_context() -> dict:
     return {"loop": LOOP, "min_elements_per_thread": MIN_ELEMENTS_PER_THREAD, "chunk_align": CHUNK_ALIGN,
+            "total_lanes": TOTAL_LANES,
             "min_row_elements_per_thread": MIN_ROW_ELEMENTS_PER_THREAD, "prefetch_rows": PREFETCH_ROWS}

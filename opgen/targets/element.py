@@ -85,11 +85,17 @@ class LoopNames:
     sums: str = "opgen_sums"  # two-pass rows: the row_mean sums
     values: str = "opgen_values"  # two-pass rows: the per-row values
     summands: str = "opgen_v"  # reduction passes: one element's summands (and maxima)
+    lanes: str = "opgen_lanes"  # reduction passes: a block's accumulators, [total][lane], in double
+    lane: str = "opgen_l"  # reduction passes: the element's lane
     totals: str = "opgen_totals"  # reduction passes: every total of the call so far, in double
     accumulated: str = "opgen_acc"  # reduction passes: one pass's accumulators, in double
 
 
 LOOP = LoopNames()
+
+# Lanes of a reduction pass: each block's elements are added in this many fixed lanes (in
+# double), then the lanes pairwise (kernel_common.h.j2, OPGEN_TOTAL_LANES)
+TOTAL_LANES = 8
 
 
 def _value_type(vtype: VType, math: MathType) -> str:
@@ -543,11 +549,23 @@ class TotalsCode:
         for p in self.passes:
             names = self.arrays(p)
             params = ", ".join([f"const {self.code.struct(self.math.math)} s", "int64_t i", "int64_t gi",
-                                f"{m} *{LOOP.summands}", *switches, *step.pointer_params(names)])
+                                f"double (*{LOOP.lanes})[{TOTAL_LANES}]", f"int {LOOP.lane}", *switches,
+                                *step.pointer_params(names)])
             loads = ", ".join([LOOP.summands, *(step.load(n, memory) for n in names)])
             lines += [f"OPGEN_INLINE void {self.name(p, step.variant.name)}({params}) {{", *step.switch_lines(),
-                      f"    {self.name(p, m)}({head}, {loads});", "}"]
+                      f"    {m} {LOOP.summands}[{len(p.ordered)}];",
+                      f"    {self.name(p, m)}({head}, {loads});",
+                      *(f"    {self.accumulate(k, t)}" for k, t in enumerate(p.ordered)), "}"]
         return lines
+
+    @staticmethod
+    def accumulate(k: int, t) -> str:
+        """Summand ``k`` into its lane, as straight-line code (the lanes' loop vectorizes): a
+        sum, a sum of squares (squared in double) or a maximum."""
+        into, value = f"{LOOP.lanes}[{k}][{LOOP.lane}]", f"(double){LOOP.summands}[{k}]"
+        if t.accumulates == "max":
+            return f"{into} = opgen_total_max({into}, {value});"
+        return f"{into} += {value} * {value};" if t.squared else f"{into} += {value};"
 
     def schedule_lines(self, step: StepCode, size: str, flush: str, index: str = "", tensor: str = "0") -> list[str]:
         """A kernel's passes, each in its own block: the per-call values so far, the pass,
@@ -568,10 +586,9 @@ class TotalsCode:
 
         for p in self.passes:
             def schedule(chosen: tuple[str, ...], p=p) -> list[str]:
-                call = f"{self.name(p, step.variant.name)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.summands}" \
+                call = f"{self.name(p, step.variant.name)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.lanes}, {LOOP.lane}" \
                        f"{_more(', '.join(chosen))}{_more(self.code.pointer_args(self.arrays(p), index))})"
-                return [f"OPGEN_TOTALS({m}, {len(p.sums)}, {len(p.squares)}, {len(p.maxima)}, {size}, {flush}, "
-                        f"{LOOP.accumulated}, {call});"]
+                return [f"OPGEN_TOTALS({len(p.sums)}, {len(p.maxima)}, {size}, {flush}, {LOOP.accumulated}, {call});"]
 
             loads = step.per_tensor_loads(index)
             lines += ["{", f"    const {struct} {LOOP.scalars} = {init}({self.code.init_call(index, tensor, loads)});",
