@@ -25,7 +25,7 @@ _D = _np.float64  # the per-call values are computed in double
 
 
 def _numpy_kernel(_T, weight, grad, mom, v, lr, beta1, beta2, epsilon, wd, t, grad_averaging):
-    """The math in NumPy (the reference backend): returns the new weight, mom, _t_v."""
+    """The math in NumPy (the reference backend): returns the new weight, mom, _t__1v."""
     _h1 = _D(1) - beta1
     _t_v, _t_lr, _t_beta1, _t_beta2, _t_epsilon, _t_wd, _t__h1 = _T(v), _T(lr), _T(beta1), _T(beta2), _T(epsilon), _T(wd), _T(_h1)
     def _pass1(weight, grad, mom, v):
@@ -35,13 +35,13 @@ def _numpy_kernel(_T, weight, grad, mom, v, lr, beta1, beta2, epsilon, wd, t, gr
     _q0 = _m.finish_none(_m.total_sum(_s[0]), _np.size(weight))
     _t__q0, = _T(_q0),
     g2 = _q0
-    v = g2 if t == 1 else beta2 * v + (_D(1) - beta2) * g2
-    _h0 = _np.sqrt(v) + epsilon
-    _t_g2, _t_v, _t__h0 = _T(g2), _T(v), _T(_h0)
+    _1v = g2 if t == 1 else beta2 * v + (_D(1) - beta2) * g2
+    _h0 = _np.sqrt(_1v) + epsilon
+    _t_g2, _t__1v, _t__h0 = _T(g2), _T(_1v), _T(_h0)
     step = grad / _t__h0 + _t_wd * weight
     mom = _t_beta1 * mom + (_t__h1 * step if grad_averaging else step)
     weight = weight - _t_lr * mom
-    return (weight, mom, _t_v,)
+    return (weight, mom, _t__1v,)
 
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
@@ -71,7 +71,7 @@ _OP = _Operator(
         _TensorArg("weight", "weight", dtype=None, per_row=False, per_tensor=False),
         _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
         _TensorArg("mom", "state", dtype=None, per_row=False, per_tensor=False),
-        _TensorArg("v", "state", dtype=None, per_row=False, per_tensor=True),
+        _TensorArg("v", "state", dtype='float32', per_row=False, per_tensor=True),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None,
@@ -135,8 +135,7 @@ def novograd_update(weight, grad, mom, v, lr, *, beta1=0.95, beta2=0.98, epsilon
     v : numpy.ndarray
         Second moment of the layer: the moving average of the gradient's squared norm.
         Updated in place. One value per tensor (shape (1,) or ()), updated once per call.
-        Its dtype: the weight's, or float32 beside a float16 or bfloat16 weight, or bfloat16
-        beside a float32 weight; the states share one.
+        Always float32.
     lr : float
         Learning rate
     beta1 : float, optional
@@ -206,7 +205,7 @@ def novograd_update_multi(weights, grads, moms, vs, lr, *, beta1=0.95, beta2=0.9
     moms : sequence of numpy.ndarray
         First moment, one per tensor. Updated in place. Its dtype: the weight's, or float32 beside a float16 or bfloat16 weight, or bfloat16 beside a float32 weight; the states share one.
     vs : sequence of numpy.ndarray
-        Second moment of the layer: the moving average of the gradient's squared norm, one per tensor. Updated in place. One value per tensor (shape (1,) or ()), updated once per call. Its dtype: the weight's, or float32 beside a float16 or bfloat16 weight, or bfloat16 beside a float32 weight; the states share one.
+        Second moment of the layer: the moving average of the gradient's squared norm, one per tensor. Updated in place. One value per tensor (shape (1,) or ()), updated once per call. Always float32.
     lr : float or sequence of float
         Learning rate
     beta1 : float or sequence of float, optional

@@ -99,7 +99,8 @@ class Op:
         self.per_row = frozenset(t.name for t in tensors if t.per_row)
         #: states of one value per tensor (NovoGrad's v): shape (1,)
         self.per_tensor = frozenset(t.name for t in tensors if t.per_tensor)
-        self.mixed_precision = bool(self.fixed)
+        #: (a per-tensor state's fixed dtype, one wide value, does not make an op mixed precision)
+        self.mixed_precision = bool(set(self.fixed) - self.per_tensor)
 
         params = self.meta_params
         self.params = tuple(p.name for p in params)

@@ -258,7 +258,7 @@ def test_novograd_by_hand(backend):
     m = g / sqrt(5) + 0.1 * w; step 2 keeps v = 0.98 * 5 + 0.02 * 5 = 5 and
     m = 0.95 * m + g / sqrt(5) + 0.1 * w'; w' = w - 0.1 * m each step. v is one float32 value."""
     weight, grad = np.array([3.0, 4.0]), np.array([1.0, 2.0])
-    mom, v = np.zeros(2), np.zeros(1, np.float64)
+    mom, v = np.zeros(2), np.zeros(1, np.float32)
     w, m = weight.copy(), np.zeros(2)
     for t in (1, 2):
         with use_backend(backend):
@@ -302,12 +302,56 @@ def test_int_per_tensor_values_outside_int64_are_refused():
         np.testing.assert_array_equal(a, b)
 
 
+PER_TENSOR_READS = """\
+name: reads_update
+summary: A per-tensor state read before and after its assignment.
+tensors:
+  - {name: weight, role: weight, doc: Weight}
+  - {name: grad, role: grad, doc: Gradient}
+  - {name: c, role: state, per_tensor: true, dtype: float32, doc: A count}
+  - {name: v, role: state, per_tensor: true, dtype: float64, doc: A squared norm}
+params:
+  - {name: lr, type: float, required: true, doc: Step}
+math:
+  - weight = weight - lr * c * grad
+  - c = c + 1
+  - weight = weight - lr * v * grad
+  - v = 0.5 * v + sum(grad * grad)
+  - weight = weight + 0 * c * v
+"""
+
+
+def test_a_per_tensor_state_is_read_as_its_old_value_before_its_assignment(tmp_path):
+    """c = 1.5, v = 2 before the call, four ones: the first two statements read c = 1.5 and
+    v = 2, so w = 1 - 0.1 * 1.5 - 0.1 * 2 = 0.65, then c = 2.5 and v = 1 + 4 = 5; C and NumPy."""
+    (tmp_path / "specs").mkdir()
+    (tmp_path / "specs" / "reads_update.yaml").write_text(PER_TENSOR_READS)
+    env = {**os.environ, "OPGEN_CACHE_DIR": str(tmp_path / "c")}
+    run = subprocess.run([sys.executable, "-m", "opgen", "build", "--specs", "specs", "--out", "reads_pkg"],
+                         cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    check = textwrap.dedent("""\
+        import numpy as np
+        from reads_pkg import reads_update, use_backend
+        for backend in ("c", "numpy"):
+            with use_backend(backend):
+                c, v = np.array([1.5], np.float32), np.array([2.0])
+                w = reads_update(np.ones(4), np.ones(4), c, v, lr=0.1)
+                assert np.allclose(w, 0.65, rtol=1e-12, atol=0), (backend, w)
+                assert c[0] == 2.5 and v[0] == 5.0, (backend, c, v)
+        print("ok")
+        """)
+    run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr
+    assert run.stdout.strip() == "ok"
+
+
 def test_per_tensor_states_are_checked():
     """v must be one value of the states' dtype, writeable; a refused call writes nothing."""
     weight, grad, mom = np.ones(4, np.float32), np.ones(4, np.float32), np.zeros(4, np.float32)
     for v, exc, match in [(np.zeros(2, np.float32), ValueError, r"argument 'v' has shape \(2,\); it holds one value"),
                           (np.zeros((1, 1), np.float32), ValueError, "shape"),
-                          (np.zeros(1, np.float64), TypeError, "argument 'v' has dtype float64"),
+                          (np.zeros(1, np.float64), TypeError, "argument 'v' has dtype float64; it must be float32"),
                           (np.zeros(1, np.float32)[:1].view(), None, None)]:
         if exc is None:  # a read-only view
             v.flags.writeable = False
@@ -360,16 +404,18 @@ BAD_SPECS = {
     "unknown_mean": (_spec("weight = weight - lr * mean(grad) * grad"), "mean"),
     # per-tensor states: one value, assigned per call
     "per_tensor_elementwise": (_spec("s = s + grad", "weight = weight - lr * s * grad").replace(
-        "params:", "  - {name: s, role: state, per_tensor: true, doc: Sum}\nparams:"), "the same for every element"),
+        "params:", "  - {name: s, role: state, per_tensor: true, dtype: float32, doc: Sum}\nparams:"), "the same for every element"),
     "per_tensor_not_a_state": (_spec("weight = weight - lr * grad").replace(
         "{name: grad, role: grad,", "{name: grad, role: grad, per_tensor: true,"), "only states can hold one value"),
     "per_tensor_row_sparse": (_spec("s = s + sum(grad)", "weight = weight - lr * s * grad",
                                     extra="row_sparse: {lazy: true}\n").replace(
-        "params:", "  - {name: s, role: state, per_tensor: true, doc: Sum}\nparams:"), "dense gradients only"),
+        "params:", "  - {name: s, role: state, per_tensor: true, dtype: float32, doc: Sum}\nparams:"), "dense gradients only"),
     "per_tensor_never_written": (_spec("weight = weight - lr * s * grad").replace(
-        "params:", "  - {name: s, role: state, per_tensor: true, doc: Sum}\nparams:"), "never written"),
+        "params:", "  - {name: s, role: state, per_tensor: true, dtype: float32, doc: Sum}\nparams:"), "never written"),
+    "per_tensor_16_bit": (_spec("s = s + sum(grad)", "weight = weight - lr * s * grad").replace(
+        "params:", "  - {name: s, role: state, per_tensor: true, doc: Sum}\nparams:"), "needs 'dtype: float32'"),
     "per_tensor_condition": (_spec("s = lr > 0", "weight = weight - lr * grad").replace(
-        "params:", "  - {name: s, role: state, per_tensor: true, doc: Sum}\nparams:"), "cannot store a bool"),
+        "params:", "  - {name: s, role: state, per_tensor: true, dtype: float32, doc: Sum}\nparams:"), "cannot store a bool"),
 }
 
 

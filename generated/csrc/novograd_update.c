@@ -8,7 +8,7 @@
 void opgen_novograd_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float16(((const opgen_half *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
             OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
@@ -17,8 +17,8 @@ void opgen_novograd_update_dense_float16(int64_t size, void *arg_weight, const v
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
-    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float16(((const opgen_half *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
-    ((opgen_half *)arg_v)[0] = OPGEN_STORE_float16(scalars.t_v);
+    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+    ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -38,7 +38,7 @@ void opgen_novograd_update_multi_float16(int64_t count, const int64_t *sizes, vo
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[1] = {0};
         {
-            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float16(((const opgen_half *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
                 OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
@@ -47,8 +47,8 @@ void opgen_novograd_update_multi_float16(int64_t count, const int64_t *sizes, vo
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float16(((const opgen_half *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
-        ((opgen_half *)arg_v[t])[0] = OPGEN_STORE_float16(scalars.t_v);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
@@ -78,7 +78,7 @@ void opgen_novograd_update_dense_float16_with_float32_states(int64_t size, void 
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
     const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
-    ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t_v);
+    ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -108,7 +108,7 @@ void opgen_novograd_update_multi_float16_with_float32_states(int64_t count, cons
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
-        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t_v);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
@@ -128,7 +128,7 @@ void opgen_novograd_update_multi_float16_with_float32_states(int64_t count, cons
 void opgen_novograd_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
             OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
@@ -137,8 +137,8 @@ void opgen_novograd_update_dense_bfloat16(int64_t size, void *arg_weight, const 
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
-    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
-    ((opgen_bf16 *)arg_v)[0] = OPGEN_STORE_bfloat16(scalars.t_v);
+    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+    ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -158,7 +158,7 @@ void opgen_novograd_update_multi_bfloat16(int64_t count, const int64_t *sizes, v
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[1] = {0};
         {
-            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
                 OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
@@ -167,8 +167,8 @@ void opgen_novograd_update_multi_bfloat16(int64_t count, const int64_t *sizes, v
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
-        ((opgen_bf16 *)arg_v[t])[0] = OPGEN_STORE_bfloat16(scalars.t_v);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
@@ -198,7 +198,7 @@ void opgen_novograd_update_dense_bfloat16_with_float32_states(int64_t size, void
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
     const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
-    ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t_v);
+    ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -228,7 +228,7 @@ void opgen_novograd_update_multi_bfloat16_with_float32_states(int64_t count, con
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
-        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t_v);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
@@ -258,7 +258,7 @@ void opgen_novograd_update_dense_float32(int64_t size, void *arg_weight, const v
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
     const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
-    ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t_v);
+    ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
@@ -280,7 +280,7 @@ void opgen_novograd_update_multi_float32(int64_t count, const int64_t *sizes, vo
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
-        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t_v);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
         } else {
@@ -292,7 +292,7 @@ void opgen_novograd_update_multi_float32(int64_t count, const int64_t *sizes, vo
 void opgen_novograd_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
             OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
@@ -301,8 +301,8 @@ void opgen_novograd_update_dense_float32_with_bfloat16_states(int64_t size, void
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
-    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
-    ((opgen_bf16 *)arg_v)[0] = OPGEN_STORE_bfloat16(scalars.t_v);
+    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+    ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -322,7 +322,7 @@ void opgen_novograd_update_multi_float32_with_bfloat16_states(int64_t count, con
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[1] = {0};
         {
-            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
                 OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
@@ -331,8 +331,8 @@ void opgen_novograd_update_multi_float32_with_bfloat16_states(int64_t count, con
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_bfloat16(((const opgen_bf16 *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
-        ((opgen_bf16 *)arg_v[t])[0] = OPGEN_STORE_bfloat16(scalars.t_v);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
@@ -352,7 +352,7 @@ void opgen_novograd_update_multi_float32_with_bfloat16_states(int64_t count, con
 void opgen_novograd_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
-        const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float64(((const double *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+        const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
             OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
@@ -361,8 +361,8 @@ void opgen_novograd_update_dense_float64(int64_t size, void *arg_weight, const v
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
-    const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float64(((const double *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
-    ((double *)arg_v)[0] = OPGEN_STORE_float64(scalars.t_v);
+    const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+    ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
@@ -374,7 +374,7 @@ void opgen_novograd_update_multi_float64(int64_t count, const int64_t *sizes, vo
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[1] = {0};
         {
-            const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float64(((const double *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
                 OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
@@ -383,8 +383,8 @@ void opgen_novograd_update_multi_float64(int64_t count, const int64_t *sizes, vo
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
-        const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float64(((const double *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
-        ((double *)arg_v[t])[0] = OPGEN_STORE_float64(scalars.t_v);
+        const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float64(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
         } else {

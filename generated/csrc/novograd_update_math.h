@@ -9,15 +9,15 @@ typedef struct {
     float s_v, s_lr, s_beta1, s_beta2, s_epsilon, s_wd;
     int64_t s_t;
     int s_grad_averaging;
-    float t_g2, t_v, h_0, h_1, q_0;
+    float t_g2, t__1v, h_0, h_1, q_0;
     uint64_t opgen_key;
 } opgen_novograd_update_scalars_float;
 OPGEN_INLINE opgen_novograd_update_scalars_float opgen_novograd_update_scalars_float_init(double arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, uint64_t seed, int64_t tensor, const double *opgen_totals) {
     const double t_g2 = opgen_totals[0]; /* g2 = sum(grad * grad) */
-    const double t_v = arg_t == 1 ? t_g2 : arg_beta2 * arg_v + (1.0 - arg_beta2) * t_g2; /* v = g2 if t == 1 else beta2 * v + (1 - beta2) * g2 */
-    const double h_0 = sqrt(t_v) + arg_epsilon; /* step = grad / (sqrt(v) + epsilon) + wd * weight */
+    const double t__1v = arg_t == 1 ? t_g2 : arg_beta2 * arg_v + (1.0 - arg_beta2) * t_g2; /* v = g2 if t == 1 else beta2 * v + (1 - beta2) * g2 */
+    const double h_0 = sqrt(t__1v) + arg_epsilon; /* step = grad / (sqrt(v) + epsilon) + wd * weight */
     const double h_1 = 1.0 - arg_beta1; /* mom = beta1 * mom + ((1 - beta1) * step if grad_averaging else step) */
-    const opgen_novograd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_v), OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_grad_averaging), OPGEN_PER_CALL((float)t_g2), OPGEN_PER_CALL((float)t_v), OPGEN_PER_CALL((float)h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)opgen_totals[0]), opgen_call_key(seed, tensor)};
+    const opgen_novograd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_v), OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_grad_averaging), OPGEN_PER_CALL((float)t_g2), OPGEN_PER_CALL((float)t__1v), OPGEN_PER_CALL((float)h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)opgen_totals[0]), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_novograd_update_total1_float(const opgen_novograd_update_scalars_float s, float *opgen_v, float v_grad) {
@@ -36,15 +36,15 @@ typedef struct {
     double s_v, s_lr, s_beta1, s_beta2, s_epsilon, s_wd;
     int64_t s_t;
     int s_grad_averaging;
-    double t_g2, t_v, h_0, h_1, q_0;
+    double t_g2, t__1v, h_0, h_1, q_0;
     uint64_t opgen_key;
 } opgen_novograd_update_scalars_double;
 OPGEN_INLINE opgen_novograd_update_scalars_double opgen_novograd_update_scalars_double_init(double arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, uint64_t seed, int64_t tensor, const double *opgen_totals) {
     const double t_g2 = opgen_totals[0]; /* g2 = sum(grad * grad) */
-    const double t_v = arg_t == 1 ? t_g2 : arg_beta2 * arg_v + (1.0 - arg_beta2) * t_g2; /* v = g2 if t == 1 else beta2 * v + (1 - beta2) * g2 */
-    const double h_0 = sqrt(t_v) + arg_epsilon; /* step = grad / (sqrt(v) + epsilon) + wd * weight */
+    const double t__1v = arg_t == 1 ? t_g2 : arg_beta2 * arg_v + (1.0 - arg_beta2) * t_g2; /* v = g2 if t == 1 else beta2 * v + (1 - beta2) * g2 */
+    const double h_0 = sqrt(t__1v) + arg_epsilon; /* step = grad / (sqrt(v) + epsilon) + wd * weight */
     const double h_1 = 1.0 - arg_beta1; /* mom = beta1 * mom + ((1 - beta1) * step if grad_averaging else step) */
-    const opgen_novograd_update_scalars_double s = {OPGEN_PER_CALL((double)arg_v), OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_grad_averaging), OPGEN_PER_CALL((double)t_g2), OPGEN_PER_CALL((double)t_v), OPGEN_PER_CALL((double)h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)opgen_totals[0]), opgen_call_key(seed, tensor)};
+    const opgen_novograd_update_scalars_double s = {OPGEN_PER_CALL((double)arg_v), OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_grad_averaging), OPGEN_PER_CALL((double)t_g2), OPGEN_PER_CALL((double)t__1v), OPGEN_PER_CALL((double)h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)opgen_totals[0]), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_novograd_update_total1_double(const opgen_novograd_update_scalars_double s, double *opgen_v, double v_grad) {

@@ -22,7 +22,9 @@ class KernelProgram:
 
 
 
-def hoist(program: Program) -> KernelProgram:
+def hoist(program: Program, versioned_names: frozenset[str] = frozenset()) -> KernelProgram:
+    """``versioned_names``: uniform temporaries whose first value also gets a name of its own
+    (per-tensor states: their name stays their value before the call)."""
     temps: dict[str, bool] = {}
     for s in program.statements:
         if s.kind is RefKind.TEMP:
@@ -60,7 +62,7 @@ def hoist(program: Program) -> KernelProgram:
         expr = versioned(s.expr)
         if s.kind is RefKind.TEMP and s.target in uniform_temps:
             count = assignments[s.target] = assignments.get(s.target, 0) + 1
-            current[s.target] = s.target if count == 1 else f"_{count}{s.target}"
+            current[s.target] = s.target if count == 1 and s.target not in versioned_names else f"_{count}{s.target}"
             prologue.append(replace(s, target=current[s.target], expr=expr))
         else:
             body.append(replace(s, expr=rewrite(expr, s)))

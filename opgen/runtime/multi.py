@@ -166,8 +166,9 @@ class MultiOperator:
                              f"needs {count * size + len(trailing)} ({parts} for each tensor{after})")
         if trailing:
             params = list(params)
-            for (position, name, per_tensor, _), value in zip(trailing, data[len(data) - len(trailing):]):
-                params[position] = self._trailing_value(name, value, per_tensor, count, len(data) - len(trailing))
+            first = len(data) - len(trailing)
+            for j, ((position, name, per_tensor, _), value) in enumerate(zip(trailing, data[first:])):
+                params[position] = self._trailing_value(name, value, per_tensor, count, first + j)
             data, params = data[:len(data) - len(trailing)], tuple(params)
         groups = tuple(list(data[k::size]) for k in range(size))
         return self._call(groups, params, out, _Naming(self.op.name, flat=True, labels=tuple(labels)),
@@ -305,7 +306,10 @@ class MultiOperator:
             op.check_out(None if out is None else out[i], weight, grad, states, names, f"out[{i}]")
         weight = lists[op.weight_index][0]
         states = [lst[0] for t, lst in zip(op.tensors, lists) if t.role is TensorRole.STATE]
-        values = tuple(c[0] if isinstance(c, np.ndarray) else c for c in columns)  # (none is per tensor)
+        # the kernel scalars in order: per-tensor states' values (which the condition cannot
+        # read), then the parameters (the condition reads none that is per tensor)
+        values = tuple(float(lst[0].reshape(-1)[0]) for t, lst in zip(op.tensors, lists) if t.per_tensor) \
+            + tuple(c[0] if isinstance(c, np.ndarray) else c for c in columns)
         return op._skipped(weight.dtype, op.states_dtype(weight, states), values)
 
     def _fixed(self, lists, out) -> tuple:

@@ -217,12 +217,13 @@ class SpecOptimizer(torch.optim.Optimizer):
             for key, value in zip(self._HOST_STATE, host):
                 state.setdefault(key, value)
             dtype = self._new_state_dtype(p)
-            per_tensor = {t.name for t in op.tensors if t.per_tensor}
+            per_tensor = {t.name: getattr(torch, t.dtype) for t in op.tensors if t.per_tensor}  # (their dtype fixed)
             for key in missing:
                 value = initial[key]
                 with torch.no_grad():
                     if key in per_tensor:  # one value per parameter
-                        state[key] = torch.full((1,), 0.0 if value is None else value, dtype=dtype, device=p.device)
+                        state[key] = torch.full((1,), 0.0 if value is None else value, dtype=per_tensor[key],
+                                                device=p.device)
                     elif value is None:
                         state[key] = p.detach().clone(memory_format=torch.preserve_format).to(dtype)
                     elif value == 0.0:

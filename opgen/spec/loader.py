@@ -87,7 +87,8 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         row_sparse = _dense_only(root, tensors, "an op with read-only inputs")
     elif any(t.per_tensor for t in tensors):
         row_sparse = _dense_only(root, tensors, "an op with per-tensor states")
-    program, totals_program = totals.split(hoist(marked), reductions)
+    program, totals_program = totals.split(hoist(marked, frozenset(t.name for t in tensors if t.per_tensor)),
+                                           reductions)
     if output is not None and output in dict(program.finals):
         raise SpecError(root.location("output") if isinstance(root.node("output"), yaml.ScalarNode)
                         else root.key_location("output"),
@@ -196,6 +197,10 @@ def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
         if per_tensor and (role is not TensorRole.STATE or per_row):
             raise SpecError(m.location("per_tensor"), f"only states can hold one value per tensor, not the "
                                                       f"{'per-row state' if per_row else role.value} '{name}'")
+        if per_tensor and dtype not in ("float32", "float64"):
+            raise SpecError(m.location("per_tensor"), f"the per-tensor state '{name}' needs 'dtype: float32' or "
+                                                      "'dtype: float64': one value, kept wide (a 16-bit one "
+                                                      "overflows at 65504 or rounds away small updates)")
         out.append(TensorSpec(name, role, m.string("doc").strip(), symbol, y.where(root.path, node), dtype, per_row,
                               per_tensor))
     for role in (TensorRole.WEIGHT, TensorRole.GRAD):

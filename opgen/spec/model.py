@@ -163,8 +163,9 @@ class OpSpec:
     def math_type(self, variant: Variant) -> MathType:
         """An op that fixes some tensors' dtypes (mixed precision) computes in the widest of
         those; any other op in the widest math type of the variant's dtypes (float for
-        float16, and for bfloat16 with float32 states)."""
-        fixed = [DTYPE_BY_NAME[t.dtype] for t in self.tensors if t.dtype] \
+        float16, and for bfloat16 with float32 states). A per-tensor state's fixed dtype
+        (one wide value) does not count."""
+        fixed = [DTYPE_BY_NAME[t.dtype] for t in self.tensors if t.dtype and not t.per_tensor] \
             + ([DTYPE_BY_NAME[self.output_dtype]] if self.output_dtype else [])
         return widest_math(fixed or [variant.dtype, variant.states])
 
