@@ -55,6 +55,8 @@ def _per_call_text(op: OpSpec) -> str:
 
 def _row_sparse_text(op: OpSpec) -> list[str]:
     grad, rs = op.grad.name, op.row_sparse
+    if rs.dense and (not op.row_sparse_schedules or op.multi is not None):
+        return [f"`{grad}` must be dense: a RowSparseArray raises TypeError."]
     if not rs.dense:
         return [f"`{grad}` must be row-sparse: only the rows whose indices appear in `{grad}.indices` are "
                 "updated, weight and states alike; all other rows are left bit-identical. A dense "
@@ -83,9 +85,20 @@ def context(op: OpSpec) -> dict:
         f"**{t.name}** ({kinds.get(t.role, 'ndarray')}) – {md_inline(t.doc.rstrip('.'))}. {tensor_doc(op, t)}"
         for t in op.tensors
     ]
+    per_tensor = dict(op.multi.per_tensor) if op.multi else {}
+    trailing = op.multi.trailing if op.multi else ()
     for p in op.params:
         kind = "required" if p.required else f"optional, default={p.default}"
-        arguments.append(f"**{p.name}** ({_DOC_TYPES[p.type]}, {kind}) – {md_inline(p.doc)}{param_note(p)}")
+        public = per_tensor.get(p.name, p.name)
+        if p.name in trailing:  # an array after the groups of data (MXNet's convention)
+            what = "one value per tensor" if p.name in per_tensor else "one element"
+            arguments.append(f"**{public}** (ndarray of {what}, the {'last' if p.name == trailing[-1] else 'next'} "
+                             f"array of `data`) – {md_inline(p.doc)}{param_note(p)}")
+        elif p.name in per_tensor:
+            arguments.append(f"**{public}** (sequence of {_DOC_TYPES[p.type]}, one `{p.name}` per tensor, {kind}) – "
+                             f"{md_inline(p.doc)}{param_note(p)}")
+        else:
+            arguments.append(f"**{p.name}** ({_DOC_TYPES[p.type]}, {kind}) – {md_inline(p.doc)}{param_note(p)}")
     arguments.append(f"**out** (ndarray, optional) – {out_doc(op)}")
     arguments += [f"**{name}** ({ROUNDING_TYPES[name]}, keyword-only, default={ROUNDING_DEFAULTS[name]}) – "
                   f"{ROUNDING_HELP[name]}" for name in ROUNDING_ARGUMENTS]
