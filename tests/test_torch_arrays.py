@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 import cases
+import generated
 from generated import RowSparseArray
 
 torch = pytest.importorskip("torch")
@@ -325,3 +326,11 @@ def test_without_torch_the_classes_say_how_to_get_it():
             "try:\n    import generated.optim\nexcept ImportError as exc:\n    print(exc)\n")
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert "need torch: pip install -e '.[torch]'" in result.stdout
+
+
+def test_trailing_arrays_may_be_torch_tensors_of_any_float_dtype():
+    """MXNet's preloaded lrs and wds as torch tensors (bfloat16, requiring grad): their values."""
+    w, g = np.ones(3, np.float32), np.ones(3, np.float32)
+    for lrs in (torch.tensor([0.5], dtype=torch.bfloat16), torch.tensor([0.5], requires_grad=True)):
+        out = generated.preloaded_multi_sgd_update(w, g, lrs, torch.zeros(1), num_weights=1)
+        np.testing.assert_array_equal(out[0], np.full(3, 0.5, np.float32))

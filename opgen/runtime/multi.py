@@ -186,8 +186,10 @@ class MultiOperator:
             if as_number is not None and not per_tensor:
                 return as_number
             try:
-                value = np.asarray(value.cpu() if hasattr(value, "cpu") else value.get() if hasattr(value, "get")
-                                   else value)
+                if hasattr(value, "detach"):  # a torch tensor (bfloat16 too, or one that requires grad)
+                    value = value.detach().cpu()
+                    value = (value.double() if value.is_floating_point() else value).numpy()
+                value = np.asarray(value.get() if hasattr(value, "get") else value)
             except Exception:
                 raise TypeError(f"{self.op.name}(): argument '{label}' must be an array, got "
                                 f"{type(value).__name__}") from None
