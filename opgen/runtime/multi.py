@@ -33,7 +33,7 @@ from opgen.runtime.arrays import adapter_for, number, present, refused_subclass,
 from opgen.runtime.operator import Operator, check_rounding
 from opgen.runtime.rounding import NEAREST, Rounding
 from opgen.runtime.rowsparse import RowSparseArray
-from opgen.runtime.torch_arrays import sharded
+from opgen.runtime.torch_arrays import shard_refusal, sharded
 
 # per-tensor parameter lists, packed as the multi kernel's tables take them
 
@@ -277,9 +277,7 @@ class MultiOperator:
             for k, value in enumerate(arrays):
                 placement = sharded(value)
                 if placement is not None:
-                    raise refused(k, TypeError, f"is a DTensor sharded across ranks ({placement}), but "
-                                                f"{self.op.name}'s whole-tensor reductions need the whole tensor "
-                                                "(they would see this rank's shard only); use replicated parameters")
+                    raise refused(k, TypeError, shard_refusal(self.op.name, placement))
         views, presented = present(arrays, refused)
         lists = [list(views[k * count:(k + 1) * count]) for k in range(len(lists))]
         out = None if out is None else list(views[len(lists) * count:])

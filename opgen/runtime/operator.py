@@ -28,7 +28,7 @@ from opgen.runtime.arrays import (accepted_types, adapter_for, array_module, kin
 from opgen.runtime.backends import Work
 from opgen.runtime.rounding import NEAREST, Rounding
 from opgen.runtime.rowsparse import RowSparseArray
-from opgen.runtime.torch_arrays import sharded
+from opgen.runtime.torch_arrays import shard_refusal, sharded
 from opgen.targets.abi import KernelABI
 
 _backend = backends.current_backend_fast
@@ -245,11 +245,7 @@ class Operator:
         for value, label in zip(tensors, labels):
             placement = sharded(value)
             if placement is not None:
-                raise self._fail(TypeError, label, f"is a DTensor sharded across ranks ({placement}), but "
-                                                   f"{self.name}'s whole-tensor reductions need the whole tensor "
-                                                   "(they would see this rank's shard only); use replicated "
-                                                   "parameters (DDP, or ZeroRedundancyOptimizer, which keeps "
-                                                   "each parameter whole on one rank)")
+                raise self._fail(TypeError, label, shard_refusal(self.name, placement))
 
     def check(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
               out_name: str = "out", rounding: Rounding = NEAREST) -> Call:

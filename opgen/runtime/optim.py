@@ -31,7 +31,7 @@ except ImportError:  # torch is optional: only the optimizer classes need it
     raise ImportError("the torch.optim classes (PACKAGE.optim) need torch: pip install -e '.[torch]'") from None
 
 from opgen.kinds import TensorRole
-from opgen.runtime.torch_arrays import TorchTensors, _is_distributed, bump_versions, sharded
+from opgen.runtime.torch_arrays import TorchTensors, _is_distributed, bump_versions, shard_refusal, sharded
 
 _TENSORS = TorchTensors()
 _PLAIN = (torch.float16, torch.float32, torch.float64)
@@ -343,9 +343,7 @@ class SpecOptimizer(torch.optim.Optimizer):
             for what, tensor in (("parameter", p), ("gradient", p.grad)):
                 placement = sharded(tensor)
                 if placement is not None:
-                    raise TypeError(f"{op.name}: {what} {k} of the group is a DTensor sharded across ranks "
-                                    f"({placement}); its whole-tensor reductions need the whole tensor (they would "
-                                    "see this rank's shard only): use replicated parameters")
+                    raise TypeError(f"{op.name}: {what} {k} of the group {shard_refusal(op.name, placement)}")
             if not op.runs_on_device and p.device.type != "cpu":
                 raise TypeError(f"{op.name}: parameter {k} of the group is on {p.device}, but {op.name} has no CUDA "
                                 "kernels (its whole-tensor reductions run on the CPU only)")

@@ -128,6 +128,13 @@ def sharded(value) -> str | None:
     return ", ".join(map(repr, placements))
 
 
+def shard_refusal(op_name: str, placement: str) -> str:
+    """Why an op with whole-tensor reductions refuses a shard (every entry point says so)."""
+    return (f"is a DTensor sharded across ranks ({placement}), but {op_name}'s whole-tensor reductions need the "
+            "whole tensor (they would see this rank's shard only); use replicated parameters (DDP, or "
+            "ZeroRedundancyOptimizer, which keeps each parameter whole on one rank)")
+
+
 def _is_distributed(value) -> bool:
     module = sys.modules.get("torch.distributed.tensor")
     return module is not None and isinstance(value, getattr(module, "DTensor", ()))
