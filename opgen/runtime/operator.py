@@ -160,13 +160,17 @@ class Operator:
         # inputs, outputs, skip conditions or ranged parameters.
         self._fast_ok = not (output or skip_if or self.fixed_dtypes or any(p.bounds for p in params)
                              or any(t.role is TensorRole.SCALAR or t.per_tensor for t in self.tensors))
-        self._fast_functions: dict[np.dtype, Callable] = {}  # dtype -> dense C kernel, once loaded
+        # (weight dtype, state dtype) -> the dense C kernel and each tensor's dtype, once loaded
+        self._fast_functions: dict[tuple[np.dtype, np.dtype], tuple[Callable, tuple[np.dtype, ...]]] = {}
         self._fast_types = tuple(PARAM_KINDS[p.type].plain for p in self.params)
         # the kernel parameters as a slice of the call's, when they come first
         prefix = len(self.kernel_params)
         self._kernel_prefix = prefix if self.kernel_params == tuple(range(prefix)) else None
         self._from_buffer = None
         self._distinct = _DISTINCT.get(len(self.tensors), _distinct_any)
+        # the position of the first free state among the call's tensors (its dtype is the call's state dtype)
+        free = [k for k, t in enumerate(self.tensors) if t.role is TensorRole.STATE and t.dtype is None]
+        self._free_position = free[0] if free else None
 
     def math_dtype(self, dtype: np.dtype, states: np.dtype | None = None) -> type:
         """The math type of a call of this weight dtype and state dtype (default: the
@@ -191,10 +195,13 @@ class Operator:
         """
         weight = tensors[self.weight_index]
         if type(weight) is np.ndarray and (out is None or out is weight) and seed is None and rounding == "nearest":
-            function = self._fast_functions.get(weight.dtype)
-            if function is not None and _backend() != "numpy":
-                dtype, shape = weight.dtype, weight.shape
-                for t in tensors:
+            free = self._free_position
+            entry = self._fast_functions.get(
+                (weight.dtype, weight.dtype if free is None else getattr(tensors[free], "dtype", None)))
+            if entry is not None and _backend() != "numpy":
+                function, dtypes = entry
+                shape = weight.shape
+                for t, dtype in zip(tensors, dtypes):
                     if type(t) is not np.ndarray or t.dtype is not dtype or t.shape != shape:
                         break
                     flags = t.flags
@@ -288,8 +295,8 @@ class Operator:
         inputs = [_contiguous(xp, a) for a in call.inputs]  # read only: nothing to copy back
         backend.run(self, Work(call.schedule, weight.dtype, call.states_dtype, work[0], source, call.grad, work[1:],
                                call.scalars, call.rounding, inputs))
-        if backend is backends.C and call.states_dtype == weight.dtype:
-            self._enable_fast_path(call.schedule, weight.dtype)
+        if backend is backends.C:
+            self._enable_fast_path(call.schedule, weight.dtype, call.states_dtype)
         for original, used in zip([result, *call.states], work):
             if used is not original:
                 original[...] = used
@@ -578,17 +585,19 @@ class Operator:
             function = self._c_functions[kernel.name] = getattr(module.lib, kernel.name)
         return function
 
-    def _enable_fast_path(self, schedule: Schedule, dtype: np.dtype) -> None:
+    def _enable_fast_path(self, schedule: Schedule, dtype: np.dtype, states: np.dtype) -> None:
         """Once a dense C kernel is loaded: the plain-call path, when its ABI is the plain
-        layout (size, the tensors in order, the kernel parameters, the flag)."""
-        if schedule is not Schedule.DENSE or not self._fast_ok or dtype in self._fast_functions:
+        layout (size, the tensors in order, the kernel parameters, the flag). Every state of
+        such an op is free: the states have the call's state dtype, the rest the weight's."""
+        if schedule is not Schedule.DENSE or not self._fast_ok or (dtype, states) in self._fast_functions:
             return
-        kernel = self.kernel(schedule, dtype)
+        kernel = self.kernel(schedule, dtype, states)
         plain = ((ArgRole.SIZE,), self.names, tuple(range(len(self.kernel_scalar_names))))
         if self.c_layout(kernel)[:3] == plain:  # the call passes its arguments in the kernel's order
             module = self.c_module()
             self._from_buffer = module.ffi.from_buffer
-            self._fast_functions[dtype] = self.c_function(module, kernel)
+            dtypes = tuple(np.dtype(states if t.role is TensorRole.STATE else dtype) for t in self.tensors)
+            self._fast_functions[(dtype, states)] = (self.c_function(module, kernel), dtypes)
 
     def numpy_inputs(self, weight, states, grad, scalar_inputs, acc, inputs=()) -> list:
         """The NumPy kernel's tensor arguments in declaration order, in the math dtype; a
