@@ -39,6 +39,10 @@ class DType:
     # float32 states beside 16-bit weights (mixed precision), bf16 states beside float32
     # weights (half the optimizer memory)
     other_states: tuple[str, ...] = ()
+    # whether the C header can narrow a block of float results into it with one instruction
+    # per vector on some machines (OPGEN_NARROW_<name>): its stores then take the
+    # block-narrowed loops where the machine compiled for has it
+    block_narrowing: bool = False
 
     @property
     def load(self) -> str:
@@ -57,6 +61,13 @@ class DType:
         return f"OPGEN_ROUND_{self.name}"
 
     @property
+    def narrow(self) -> str:
+        """The C header's function narrowing a block of float values into this type (where
+        ``block_narrowing``), to nearest: ``(dst, src, count)``; ``OPGEN_NARROWS_IN_BLOCKS_<name>``
+        says whether the machine compiled for does it faster than element by element."""
+        return f"OPGEN_NARROW_{self.name}"
+
+    @property
     def stochastic(self) -> bool:
         """Whether rounding="stochastic" changes a store into this type."""
         return self.itemsize < self.math.itemsize
@@ -64,7 +75,7 @@ class DType:
 
 DTYPES: tuple[DType, ...] = (
     DType("float16", "opgen_half", "opgen_half", FLOAT, 2, ("float32",)),
-    DType("bfloat16", "opgen_bf16", "opgen_bf16", FLOAT, 2, ("float32",)),  # in NumPy: ml_dtypes.bfloat16
+    DType("bfloat16", "opgen_bf16", "opgen_bf16", FLOAT, 2, ("float32",), block_narrowing=True),  # in NumPy: ml_dtypes.bfloat16
     DType("float32", "float", "float", FLOAT, 4, ("bfloat16",)),
     DType("float64", "double", "double", DOUBLE, 8),
 )

@@ -50,6 +50,38 @@ def test_the_stored_bits_are_ml_dtypes_rounding_of_the_float32_result(backend):
     assert out.view(np.uint16).tolist() == expected.view(np.uint16).tolist()
 
 
+SPECIAL_BITS = [0x3F808000, 0x3F818000, 0x3F808001, 0x00008000, 0x00018000, 0x007FFFFF, 0x80000001, 0x7F7FFFFF,
+                0xFF7F8000, 0x7F800000, 0xFF800000, 0x7FC00000, 0xFFC00000, 0x7F800001, 0xFF812345, 0x80000000]
+
+
+@pytest.mark.parametrize("layout", ["normal values only", "specials scattered", "specials in runs"])
+@pytest.mark.parametrize("size", [1, 31, 33, 511, 512, 513, 4099, 40_000])
+def test_long_stores_are_ml_dtypes_rounding_in_every_block_and_lane(backend, size, layout):
+    """Stores of long arrays: the C loops narrow whole blocks of results at a time (with the
+    CPU's conversion instruction where it has one, which flushes subnormals and keeps NaN
+    payloads), so every size around a vector and a block, and specials anywhere in a vector
+    or alone among normal values, must still give ml_dtypes' bits, in one call and in a
+    multi-tensor call (two threads share the elements from 16K up)."""
+    rng = np.random.default_rng(size)
+    values = (rng.normal(size=size) * 3.0 ** rng.integers(-40, 40, size)).astype(np.float32)
+    if layout != "normal values only":
+        specials = np.array(SPECIAL_BITS, np.uint32).view(np.float32)
+        if layout == "specials scattered":
+            where = rng.choice(size, size=max(1, size // 97), replace=False)
+            values[where] = rng.choice(specials, size=len(where))
+        else:
+            start = rng.integers(0, size)
+            values[start:start + 48] = np.resize(specials, len(values[start:start + 48]))
+    with np.errstate(all="ignore"):
+        expected = values.astype(BF16).view(np.uint16)
+    out = generated.mp_sgd_update(np.zeros(size, BF16), np.zeros(size, BF16), values.copy(), lr=0.0)
+    np.testing.assert_array_equal(out.view(np.uint16), expected)
+    halves = [values[: size // 2].copy(), values[size // 2:].copy()]
+    weights = [np.zeros(len(h), BF16) for h in halves]
+    generated.mp_sgd_update_multi(weights, [np.zeros_like(w) for w in weights], halves, lr=0.0, out=weights)
+    np.testing.assert_array_equal(np.concatenate([w.view(np.uint16) for w in weights]), expected)
+
+
 @pytest.mark.skipif("c" not in available_backends(), reason="no C compiler")
 @pytest.mark.parametrize("op", cases.OPS)
 def test_c_and_numpy_give_the_same_bf16_bits_for_every_op(op):

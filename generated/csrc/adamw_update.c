@@ -79,13 +79,21 @@ void opgen_adamw_update_dense_bfloat16(int64_t size, void *arg_weight, const voi
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_adamw_update_bstep_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_adamw_update_bstep_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     }
 }
@@ -113,13 +121,21 @@ void opgen_adamw_update_dense_bfloat16_with_float32_states(int64_t size, void *a
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_adamw_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_adamw_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     }
 }
@@ -165,13 +181,21 @@ void opgen_adamw_update_dense_float32_with_bfloat16_states(int64_t size, void *a
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_adamw_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_adamw_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     }
 }

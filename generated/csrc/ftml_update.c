@@ -95,13 +95,21 @@ void opgen_ftml_update_dense_bfloat16(int64_t size, void *arg_weight, const void
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 4, opgen_ftml_update_bstep_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_d + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_v + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_z + opgen_block, opgen_buffers[3], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 4, opgen_ftml_update_bstep_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_d + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_v + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_z + opgen_block, opgen_buffers[3], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+            #endif
         }
     }
 }
@@ -110,7 +118,11 @@ void opgen_ftml_update_multi_bfloat16(int64_t count, const int64_t *sizes, void 
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 4, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_bstep_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_d[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_v[t] + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_z[t] + opgen_block, opgen_buffers[3], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        #endif
     }
 }
 
@@ -137,13 +149,21 @@ void opgen_ftml_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_ftml_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_ftml_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+            #endif
         }
     }
 }
@@ -152,7 +172,11 @@ void opgen_ftml_update_multi_bfloat16_with_float32_states(int64_t count, const i
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        #endif
     }
 }
 
@@ -201,13 +225,21 @@ void opgen_ftml_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_ftml_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_d + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_v + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_z + opgen_block, opgen_buffers[2], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_ftml_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_d + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_v + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_z + opgen_block, opgen_buffers[2], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+            #endif
         }
     }
 }
@@ -216,7 +248,11 @@ void opgen_ftml_update_multi_float32_with_bfloat16_states(int64_t count, const i
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 3, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_d[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_v[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_z[t] + opgen_block, opgen_buffers[2], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        #endif
     }
 }
 

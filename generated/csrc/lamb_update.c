@@ -248,13 +248,21 @@ void opgen_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, const void
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         }
     } else {
@@ -262,13 +270,21 @@ void opgen_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, const void
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         }
     }
@@ -302,13 +318,21 @@ void opgen_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes, void 
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             } else {
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             }
         } else {
@@ -316,13 +340,21 @@ void opgen_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes, void 
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             } else {
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             }
         }
@@ -356,13 +388,21 @@ void opgen_lamb_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lamb_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lamb_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         }
     } else {
@@ -370,13 +410,21 @@ void opgen_lamb_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lamb_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lamb_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         }
     }
@@ -410,13 +458,21 @@ void opgen_lamb_update_multi_bfloat16_with_float32_states(int64_t count, const i
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lamb_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             } else {
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lamb_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             }
         } else {
@@ -424,13 +480,21 @@ void opgen_lamb_update_multi_bfloat16_with_float32_states(int64_t count, const i
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lamb_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             } else {
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lamb_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             }
         }
@@ -540,13 +604,21 @@ void opgen_lamb_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_lamb_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_lamb_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         }
     } else {
@@ -554,13 +626,21 @@ void opgen_lamb_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_lamb_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_lamb_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         }
     }
@@ -594,13 +674,21 @@ void opgen_lamb_update_multi_float32_with_bfloat16_states(int64_t count, const i
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_lamb_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[1], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             } else {
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_lamb_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[1], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             }
         } else {
@@ -608,13 +696,21 @@ void opgen_lamb_update_multi_float32_with_bfloat16_states(int64_t count, const i
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_lamb_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[1], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             } else {
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_lamb_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[1], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             }
         }

@@ -144,13 +144,21 @@ void opgen_lamb_update_phase1_dense_bfloat16(int64_t size, const void *arg_weigh
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_lamb_update_phase1_bstep_bfloat16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_out + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_lamb_update_phase1_bstep_bfloat16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_out + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         }
     } else {
@@ -158,13 +166,21 @@ void opgen_lamb_update_phase1_dense_bfloat16(int64_t size, const void *arg_weigh
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_lamb_update_phase1_bstep_bfloat16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_out + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_lamb_update_phase1_bstep_bfloat16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_out + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         }
     }
@@ -210,13 +226,21 @@ void opgen_lamb_update_phase1_dense_bfloat16_with_float32_states(int64_t size, c
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lamb_update_phase1_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_out + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lamb_update_phase1_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_out + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         }
     } else {
@@ -224,13 +248,21 @@ void opgen_lamb_update_phase1_dense_bfloat16_with_float32_states(int64_t size, c
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lamb_update_phase1_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_out + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lamb_update_phase1_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_out + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         }
     }
@@ -310,13 +342,21 @@ void opgen_lamb_update_phase1_dense_float32_with_bfloat16_states(int64_t size, c
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_lamb_update_phase1_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_lamb_update_phase1_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         }
     } else {
@@ -324,13 +364,21 @@ void opgen_lamb_update_phase1_dense_float32_with_bfloat16_states(int64_t size, c
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_lamb_update_phase1_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_lamb_update_phase1_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         }
     }

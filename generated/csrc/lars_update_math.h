@@ -114,6 +114,15 @@ OPGEN_INLINE void opgen_lars_update_step_bfloat16(const opgen_lars_update_scalar
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
+OPGEN_INLINE void opgen_lars_update_bstep_bfloat16(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mom, int64_t j, float *OPGEN_RESTRICT b_weight, float *OPGEN_RESTRICT b_mom) {
+    opgen_lars_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
+    float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
+    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    b_weight[j] = v_weight;
+    b_mom[j] = v_mom;
+}
 OPGEN_INLINE void opgen_lars_update_total1_bfloat16_with_float32_states(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     opgen_lars_update_scalars_float sv = s;
     sv.h_0 = sw0;
@@ -129,6 +138,15 @@ OPGEN_INLINE void opgen_lars_update_step_bfloat16_with_float32_states(const opge
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
     opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
+    p_mom[i] = OPGEN_STORE_float32(v_mom);
+}
+OPGEN_INLINE void opgen_lars_update_bstep_bfloat16_with_float32_states(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, int64_t j, float *OPGEN_RESTRICT b_weight) {
+    opgen_lars_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
+    float v_mom = OPGEN_LOAD_float32(p_mom[i]);
+    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    b_weight[j] = v_weight;
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
 OPGEN_INLINE void opgen_lars_update_total1_float32(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
@@ -164,6 +182,15 @@ OPGEN_INLINE void opgen_lars_update_step_float32_with_bfloat16_states(const opge
     opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mom[i] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
+}
+OPGEN_INLINE void opgen_lars_update_bstep_float32_with_bfloat16_states(const opgen_lars_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mom, int64_t j, float *OPGEN_RESTRICT b_mom) {
+    opgen_lars_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    float v_weight = OPGEN_LOAD_float32(p_weight[i]);
+    float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
+    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
+    p_weight[i] = OPGEN_STORE_float32(v_weight);
+    b_mom[j] = v_mom;
 }
 OPGEN_INLINE void opgen_lars_update_total1_float64(const opgen_lars_update_scalars_double s, int64_t i, int64_t gi, double (*opgen_lanes)[8], int opgen_l, int sw0, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     opgen_lars_update_scalars_double sv = s;

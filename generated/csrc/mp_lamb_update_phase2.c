@@ -28,7 +28,11 @@ void opgen_mp_lamb_update_phase2_dense_bfloat16(int64_t size, void *arg_weight, 
     if (rounding) {
         OPGEN_DENSE(size, flush_denormal, opgen_mp_lamb_update_phase2_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_g, arg_weight32));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+        OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_mp_lamb_update_phase2_bstep_bfloat16(s, i, gi, 0, 0, arg_weight, arg_g, arg_weight32, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+        #else
         OPGEN_DENSE(size, flush_denormal, opgen_mp_lamb_update_phase2_step_bfloat16(s, i, gi, 0, 0, arg_weight, arg_g, arg_weight32));
+        #endif
     }
 }
 

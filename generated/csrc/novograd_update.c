@@ -143,13 +143,21 @@ void opgen_novograd_update_dense_bfloat16(int64_t size, void *arg_weight, const 
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_novograd_update_bstep_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom + opgen_block, opgen_buffers[1], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mom));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_novograd_update_bstep_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom + opgen_block, opgen_buffers[1], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom));
+            #endif
         }
     }
 }
@@ -173,13 +181,21 @@ void opgen_novograd_update_multi_bfloat16(int64_t count, const int64_t *sizes, v
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_novograd_update_bstep_bfloat16(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom[t] + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_novograd_update_bstep_bfloat16(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom[t] + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
             }
         }
     }
@@ -203,13 +219,21 @@ void opgen_novograd_update_dense_bfloat16_with_float32_states(int64_t size, void
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_novograd_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mom));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_novograd_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom));
+            #endif
         }
     }
 }
@@ -233,13 +257,21 @@ void opgen_novograd_update_multi_bfloat16_with_float32_states(int64_t count, con
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_novograd_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_novograd_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
             }
         }
     }
@@ -307,13 +339,21 @@ void opgen_novograd_update_dense_float32_with_bfloat16_states(int64_t size, void
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_novograd_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mom));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_novograd_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom));
+            #endif
         }
     }
 }
@@ -337,13 +377,21 @@ void opgen_novograd_update_multi_float32_with_bfloat16_states(int64_t count, con
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_novograd_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom[t] + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_novograd_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom[t] + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
             }
         }
     }

@@ -43,6 +43,11 @@ OPGEN_INLINE void opgen_signsgd_update_step_bfloat16(const opgen_signsgd_update_
     opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]));
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
+OPGEN_INLINE void opgen_signsgd_update_bstep_bfloat16(const opgen_signsgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, int64_t j, float *OPGEN_RESTRICT b_weight) {
+    float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
+    opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]));
+    b_weight[j] = v_weight;
+}
 OPGEN_INLINE void opgen_signsgd_update_step_float32(const opgen_signsgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]));

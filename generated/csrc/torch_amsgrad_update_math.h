@@ -98,6 +98,19 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_step_bfloat16(const opgen_torch_ams
     p_exp_avg_sq[i] = OPGEN_ROUND_bfloat16(v_exp_avg_sq, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_max_exp_avg_sq[i] = OPGEN_ROUND_bfloat16(v_max_exp_avg_sq, sr, opgen_slot_key(s.opgen_key, 2), i);
 }
+OPGEN_INLINE void opgen_torch_amsgrad_update_bstep_bfloat16(const opgen_torch_amsgrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_param, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_exp_avg, opgen_bf16 *OPGEN_RESTRICT p_exp_avg_sq, opgen_bf16 *OPGEN_RESTRICT p_max_exp_avg_sq, int64_t j, float *OPGEN_RESTRICT b_param, float *OPGEN_RESTRICT b_exp_avg, float *OPGEN_RESTRICT b_exp_avg_sq, float *OPGEN_RESTRICT b_max_exp_avg_sq) {
+    opgen_torch_amsgrad_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
+    float v_exp_avg = OPGEN_LOAD_bfloat16(p_exp_avg[i]);
+    float v_exp_avg_sq = OPGEN_LOAD_bfloat16(p_exp_avg_sq[i]);
+    float v_max_exp_avg_sq = OPGEN_LOAD_bfloat16(p_max_exp_avg_sq[i]);
+    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
+    b_param[j] = v_param;
+    b_exp_avg[j] = v_exp_avg;
+    b_exp_avg_sq[j] = v_exp_avg_sq;
+    b_max_exp_avg_sq[j] = v_max_exp_avg_sq;
+}
 OPGEN_INLINE void opgen_torch_amsgrad_update_step_bfloat16_with_float32_states(const opgen_torch_amsgrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_param, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_exp_avg, float *OPGEN_RESTRICT p_exp_avg_sq, float *OPGEN_RESTRICT p_max_exp_avg_sq) {
     opgen_torch_amsgrad_update_scalars_float sv = s;
     sv.s_maximize = sw0;
@@ -107,6 +120,19 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_step_bfloat16_with_float32_states(c
     float v_max_exp_avg_sq = OPGEN_LOAD_float32(p_max_exp_avg_sq[i]);
     opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
     p_param[i] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 3), i);
+    p_exp_avg[i] = OPGEN_STORE_float32(v_exp_avg);
+    p_exp_avg_sq[i] = OPGEN_STORE_float32(v_exp_avg_sq);
+    p_max_exp_avg_sq[i] = OPGEN_STORE_float32(v_max_exp_avg_sq);
+}
+OPGEN_INLINE void opgen_torch_amsgrad_update_bstep_bfloat16_with_float32_states(const opgen_torch_amsgrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_param, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_exp_avg, float *OPGEN_RESTRICT p_exp_avg_sq, float *OPGEN_RESTRICT p_max_exp_avg_sq, int64_t j, float *OPGEN_RESTRICT b_param) {
+    opgen_torch_amsgrad_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
+    float v_exp_avg = OPGEN_LOAD_float32(p_exp_avg[i]);
+    float v_exp_avg_sq = OPGEN_LOAD_float32(p_exp_avg_sq[i]);
+    float v_max_exp_avg_sq = OPGEN_LOAD_float32(p_max_exp_avg_sq[i]);
+    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
+    b_param[j] = v_param;
     p_exp_avg[i] = OPGEN_STORE_float32(v_exp_avg);
     p_exp_avg_sq[i] = OPGEN_STORE_float32(v_exp_avg_sq);
     p_max_exp_avg_sq[i] = OPGEN_STORE_float32(v_max_exp_avg_sq);
@@ -136,6 +162,19 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_step_float32_with_bfloat16_states(c
     p_exp_avg[i] = OPGEN_ROUND_bfloat16(v_exp_avg, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_exp_avg_sq[i] = OPGEN_ROUND_bfloat16(v_exp_avg_sq, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_max_exp_avg_sq[i] = OPGEN_ROUND_bfloat16(v_max_exp_avg_sq, sr, opgen_slot_key(s.opgen_key, 2), i);
+}
+OPGEN_INLINE void opgen_torch_amsgrad_update_bstep_float32_with_bfloat16_states(const opgen_torch_amsgrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_param, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_exp_avg, opgen_bf16 *OPGEN_RESTRICT p_exp_avg_sq, opgen_bf16 *OPGEN_RESTRICT p_max_exp_avg_sq, int64_t j, float *OPGEN_RESTRICT b_exp_avg, float *OPGEN_RESTRICT b_exp_avg_sq, float *OPGEN_RESTRICT b_max_exp_avg_sq) {
+    opgen_torch_amsgrad_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_float32(p_param[i]);
+    float v_exp_avg = OPGEN_LOAD_bfloat16(p_exp_avg[i]);
+    float v_exp_avg_sq = OPGEN_LOAD_bfloat16(p_exp_avg_sq[i]);
+    float v_max_exp_avg_sq = OPGEN_LOAD_bfloat16(p_max_exp_avg_sq[i]);
+    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
+    p_param[i] = OPGEN_STORE_float32(v_param);
+    b_exp_avg[j] = v_exp_avg;
+    b_exp_avg_sq[j] = v_exp_avg_sq;
+    b_max_exp_avg_sq[j] = v_max_exp_avg_sq;
 }
 OPGEN_INLINE void opgen_torch_amsgrad_update_step_float64(const opgen_torch_amsgrad_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, double *OPGEN_RESTRICT p_param, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_exp_avg, double *OPGEN_RESTRICT p_exp_avg_sq, double *OPGEN_RESTRICT p_max_exp_avg_sq) {
     opgen_torch_amsgrad_update_scalars_double sv = s;

@@ -98,6 +98,19 @@ OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_step_bfloat16(con
     p_grad_avg[i] = OPGEN_ROUND_bfloat16(v_grad_avg, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_momentum_buffer[i] = OPGEN_ROUND_bfloat16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 2), i);
 }
+OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_bstep_bfloat16(const opgen_torch_rmsprop_centered_momentum_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_param, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_square_avg, opgen_bf16 *OPGEN_RESTRICT p_grad_avg, opgen_bf16 *OPGEN_RESTRICT p_momentum_buffer, int64_t j, float *OPGEN_RESTRICT b_param, float *OPGEN_RESTRICT b_square_avg, float *OPGEN_RESTRICT b_grad_avg, float *OPGEN_RESTRICT b_momentum_buffer) {
+    opgen_torch_rmsprop_centered_momentum_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
+    float v_square_avg = OPGEN_LOAD_bfloat16(p_square_avg[i]);
+    float v_grad_avg = OPGEN_LOAD_bfloat16(p_grad_avg[i]);
+    float v_momentum_buffer = OPGEN_LOAD_bfloat16(p_momentum_buffer[i]);
+    opgen_torch_rmsprop_centered_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_square_avg, &v_grad_avg, &v_momentum_buffer);
+    b_param[j] = v_param;
+    b_square_avg[j] = v_square_avg;
+    b_grad_avg[j] = v_grad_avg;
+    b_momentum_buffer[j] = v_momentum_buffer;
+}
 OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_step_bfloat16_with_float32_states(const opgen_torch_rmsprop_centered_momentum_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_param, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_square_avg, float *OPGEN_RESTRICT p_grad_avg, float *OPGEN_RESTRICT p_momentum_buffer) {
     opgen_torch_rmsprop_centered_momentum_update_scalars_float sv = s;
     sv.s_maximize = sw0;
@@ -107,6 +120,19 @@ OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_step_bfloat16_wit
     float v_momentum_buffer = OPGEN_LOAD_float32(p_momentum_buffer[i]);
     opgen_torch_rmsprop_centered_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_square_avg, &v_grad_avg, &v_momentum_buffer);
     p_param[i] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 3), i);
+    p_square_avg[i] = OPGEN_STORE_float32(v_square_avg);
+    p_grad_avg[i] = OPGEN_STORE_float32(v_grad_avg);
+    p_momentum_buffer[i] = OPGEN_STORE_float32(v_momentum_buffer);
+}
+OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_bstep_bfloat16_with_float32_states(const opgen_torch_rmsprop_centered_momentum_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_param, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_square_avg, float *OPGEN_RESTRICT p_grad_avg, float *OPGEN_RESTRICT p_momentum_buffer, int64_t j, float *OPGEN_RESTRICT b_param) {
+    opgen_torch_rmsprop_centered_momentum_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
+    float v_square_avg = OPGEN_LOAD_float32(p_square_avg[i]);
+    float v_grad_avg = OPGEN_LOAD_float32(p_grad_avg[i]);
+    float v_momentum_buffer = OPGEN_LOAD_float32(p_momentum_buffer[i]);
+    opgen_torch_rmsprop_centered_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_square_avg, &v_grad_avg, &v_momentum_buffer);
+    b_param[j] = v_param;
     p_square_avg[i] = OPGEN_STORE_float32(v_square_avg);
     p_grad_avg[i] = OPGEN_STORE_float32(v_grad_avg);
     p_momentum_buffer[i] = OPGEN_STORE_float32(v_momentum_buffer);
@@ -136,6 +162,19 @@ OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_step_float32_with
     p_square_avg[i] = OPGEN_ROUND_bfloat16(v_square_avg, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_grad_avg[i] = OPGEN_ROUND_bfloat16(v_grad_avg, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_momentum_buffer[i] = OPGEN_ROUND_bfloat16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 2), i);
+}
+OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_bstep_float32_with_bfloat16_states(const opgen_torch_rmsprop_centered_momentum_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_param, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_square_avg, opgen_bf16 *OPGEN_RESTRICT p_grad_avg, opgen_bf16 *OPGEN_RESTRICT p_momentum_buffer, int64_t j, float *OPGEN_RESTRICT b_square_avg, float *OPGEN_RESTRICT b_grad_avg, float *OPGEN_RESTRICT b_momentum_buffer) {
+    opgen_torch_rmsprop_centered_momentum_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_float32(p_param[i]);
+    float v_square_avg = OPGEN_LOAD_bfloat16(p_square_avg[i]);
+    float v_grad_avg = OPGEN_LOAD_bfloat16(p_grad_avg[i]);
+    float v_momentum_buffer = OPGEN_LOAD_bfloat16(p_momentum_buffer[i]);
+    opgen_torch_rmsprop_centered_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_square_avg, &v_grad_avg, &v_momentum_buffer);
+    p_param[i] = OPGEN_STORE_float32(v_param);
+    b_square_avg[j] = v_square_avg;
+    b_grad_avg[j] = v_grad_avg;
+    b_momentum_buffer[j] = v_momentum_buffer;
 }
 OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_step_float64(const opgen_torch_rmsprop_centered_momentum_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, double *OPGEN_RESTRICT p_param, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_square_avg, double *OPGEN_RESTRICT p_grad_avg, double *OPGEN_RESTRICT p_momentum_buffer) {
     opgen_torch_rmsprop_centered_momentum_update_scalars_double sv = s;

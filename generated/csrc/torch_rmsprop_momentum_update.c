@@ -95,13 +95,21 @@ void opgen_torch_rmsprop_momentum_update_dense_bfloat16(int64_t size, void *arg_
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_momentum_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_torch_rmsprop_momentum_update_bstep_bfloat16(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_square_avg + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer + opgen_block, opgen_buffers[2], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_momentum_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_momentum_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_torch_rmsprop_momentum_update_bstep_bfloat16(s, i, gi, 0, 0, 0, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_square_avg + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer + opgen_block, opgen_buffers[2], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_momentum_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
+            #endif
         }
     }
 }
@@ -110,7 +118,11 @@ void opgen_torch_rmsprop_momentum_update_multi_bfloat16(int64_t count, const int
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_momentum_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_momentum_buffer[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 3, const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_momentum_update_bstep_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_momentum_buffer[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_square_avg[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer[t] + opgen_block, opgen_buffers[2], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_momentum_update_step_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_momentum_buffer[t]));
+        #endif
     }
 }
 
@@ -137,13 +149,21 @@ void opgen_torch_rmsprop_momentum_update_dense_bfloat16_with_float32_states(int6
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_torch_rmsprop_momentum_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_torch_rmsprop_momentum_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
+            #endif
         }
     }
 }
@@ -152,7 +172,11 @@ void opgen_torch_rmsprop_momentum_update_multi_bfloat16_with_float32_states(int6
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_momentum_buffer[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_momentum_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_momentum_buffer[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_momentum_buffer[t]));
+        #endif
     }
 }
 
@@ -201,13 +225,21 @@ void opgen_torch_rmsprop_momentum_update_dense_float32_with_bfloat16_states(int6
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_torch_rmsprop_momentum_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_square_avg + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer + opgen_block, opgen_buffers[1], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_torch_rmsprop_momentum_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_square_avg + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer + opgen_block, opgen_buffers[1], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
+            #endif
         }
     }
 }
@@ -216,7 +248,11 @@ void opgen_torch_rmsprop_momentum_update_multi_float32_with_bfloat16_states(int6
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_momentum_buffer[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 2, const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_momentum_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_momentum_buffer[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_square_avg[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer[t] + opgen_block, opgen_buffers[1], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_momentum_buffer[t]));
+        #endif
     }
 }
 

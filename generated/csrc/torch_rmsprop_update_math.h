@@ -74,6 +74,15 @@ OPGEN_INLINE void opgen_torch_rmsprop_update_step_bfloat16(const opgen_torch_rms
     p_param[i] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_square_avg[i] = OPGEN_ROUND_bfloat16(v_square_avg, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
+OPGEN_INLINE void opgen_torch_rmsprop_update_bstep_bfloat16(const opgen_torch_rmsprop_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_param, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_square_avg, int64_t j, float *OPGEN_RESTRICT b_param, float *OPGEN_RESTRICT b_square_avg) {
+    opgen_torch_rmsprop_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
+    float v_square_avg = OPGEN_LOAD_bfloat16(p_square_avg[i]);
+    opgen_torch_rmsprop_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_square_avg);
+    b_param[j] = v_param;
+    b_square_avg[j] = v_square_avg;
+}
 OPGEN_INLINE void opgen_torch_rmsprop_update_step_bfloat16_with_float32_states(const opgen_torch_rmsprop_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_param, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_square_avg) {
     opgen_torch_rmsprop_update_scalars_float sv = s;
     sv.s_maximize = sw0;
@@ -81,6 +90,15 @@ OPGEN_INLINE void opgen_torch_rmsprop_update_step_bfloat16_with_float32_states(c
     float v_square_avg = OPGEN_LOAD_float32(p_square_avg[i]);
     opgen_torch_rmsprop_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_square_avg);
     p_param[i] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 1), i);
+    p_square_avg[i] = OPGEN_STORE_float32(v_square_avg);
+}
+OPGEN_INLINE void opgen_torch_rmsprop_update_bstep_bfloat16_with_float32_states(const opgen_torch_rmsprop_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_param, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_square_avg, int64_t j, float *OPGEN_RESTRICT b_param) {
+    opgen_torch_rmsprop_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
+    float v_square_avg = OPGEN_LOAD_float32(p_square_avg[i]);
+    opgen_torch_rmsprop_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_square_avg);
+    b_param[j] = v_param;
     p_square_avg[i] = OPGEN_STORE_float32(v_square_avg);
 }
 OPGEN_INLINE void opgen_torch_rmsprop_update_step_float32(const opgen_torch_rmsprop_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_param, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_square_avg) {
@@ -100,6 +118,15 @@ OPGEN_INLINE void opgen_torch_rmsprop_update_step_float32_with_bfloat16_states(c
     opgen_torch_rmsprop_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_square_avg);
     p_param[i] = OPGEN_STORE_float32(v_param);
     p_square_avg[i] = OPGEN_ROUND_bfloat16(v_square_avg, sr, opgen_slot_key(s.opgen_key, 0), i);
+}
+OPGEN_INLINE void opgen_torch_rmsprop_update_bstep_float32_with_bfloat16_states(const opgen_torch_rmsprop_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_param, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_square_avg, int64_t j, float *OPGEN_RESTRICT b_square_avg) {
+    opgen_torch_rmsprop_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_float32(p_param[i]);
+    float v_square_avg = OPGEN_LOAD_bfloat16(p_square_avg[i]);
+    opgen_torch_rmsprop_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_square_avg);
+    p_param[i] = OPGEN_STORE_float32(v_param);
+    b_square_avg[j] = v_square_avg;
 }
 OPGEN_INLINE void opgen_torch_rmsprop_update_step_float64(const opgen_torch_rmsprop_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, double *OPGEN_RESTRICT p_param, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_square_avg) {
     opgen_torch_rmsprop_update_scalars_double sv = s;

@@ -160,13 +160,21 @@ void opgen_torch_sgd_momentum_update_dense_bfloat16(int64_t size, void *arg_para
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 1, 1, 1, arg_param, arg_grad, arg_momentum_buffer));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_torch_sgd_momentum_update_bstep_bfloat16(s, i, gi, 0, 0, 1, 1, arg_param, arg_grad, arg_momentum_buffer, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 0, 1, 1, arg_param, arg_grad, arg_momentum_buffer));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 1, 1, 0, arg_param, arg_grad, arg_momentum_buffer));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_torch_sgd_momentum_update_bstep_bfloat16(s, i, gi, 0, 0, 1, 0, arg_param, arg_grad, arg_momentum_buffer, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 0, 1, 0, arg_param, arg_grad, arg_momentum_buffer));
+                #endif
             }
         }
     } else {
@@ -174,13 +182,21 @@ void opgen_torch_sgd_momentum_update_dense_bfloat16(int64_t size, void *arg_para
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 1, 0, 1, arg_param, arg_grad, arg_momentum_buffer));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_torch_sgd_momentum_update_bstep_bfloat16(s, i, gi, 0, 0, 0, 1, arg_param, arg_grad, arg_momentum_buffer, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 0, 0, 1, arg_param, arg_grad, arg_momentum_buffer));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 1, 0, 0, arg_param, arg_grad, arg_momentum_buffer));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_torch_sgd_momentum_update_bstep_bfloat16(s, i, gi, 0, 0, 0, 0, arg_param, arg_grad, arg_momentum_buffer, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 0, 0, 0, arg_param, arg_grad, arg_momentum_buffer));
+                #endif
             }
         }
     }
@@ -190,7 +206,11 @@ void opgen_torch_sgd_momentum_update_multi_bfloat16(int64_t count, const int64_t
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 2, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_bstep_bfloat16(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer[t] + opgen_block, opgen_buffers[1], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+        #endif
     }
 }
 
@@ -234,13 +254,21 @@ void opgen_torch_sgd_momentum_update_dense_bfloat16_with_float32_states(int64_t 
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_param, arg_grad, arg_momentum_buffer));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_torch_sgd_momentum_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_param, arg_grad, arg_momentum_buffer, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_param, arg_grad, arg_momentum_buffer));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_param, arg_grad, arg_momentum_buffer));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_torch_sgd_momentum_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_param, arg_grad, arg_momentum_buffer, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_param, arg_grad, arg_momentum_buffer));
+                #endif
             }
         }
     } else {
@@ -248,13 +276,21 @@ void opgen_torch_sgd_momentum_update_dense_bfloat16_with_float32_states(int64_t 
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_param, arg_grad, arg_momentum_buffer));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_torch_sgd_momentum_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_param, arg_grad, arg_momentum_buffer, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_param, arg_grad, arg_momentum_buffer));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_param, arg_grad, arg_momentum_buffer));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_torch_sgd_momentum_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_param, arg_grad, arg_momentum_buffer, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_param, arg_grad, arg_momentum_buffer));
+                #endif
             }
         }
     }
@@ -264,7 +300,11 @@ void opgen_torch_sgd_momentum_update_multi_bfloat16_with_float32_states(int64_t 
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+        #endif
     }
 }
 
@@ -346,13 +386,21 @@ void opgen_torch_sgd_momentum_update_dense_float32_with_bfloat16_states(int64_t 
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 1, arg_param, arg_grad, arg_momentum_buffer));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_torch_sgd_momentum_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 1, arg_param, arg_grad, arg_momentum_buffer, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 1, arg_param, arg_grad, arg_momentum_buffer));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 0, arg_param, arg_grad, arg_momentum_buffer));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_torch_sgd_momentum_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 0, arg_param, arg_grad, arg_momentum_buffer, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 0, arg_param, arg_grad, arg_momentum_buffer));
+                #endif
             }
         }
     } else {
@@ -360,13 +408,21 @@ void opgen_torch_sgd_momentum_update_dense_float32_with_bfloat16_states(int64_t 
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 1, arg_param, arg_grad, arg_momentum_buffer));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_torch_sgd_momentum_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 1, arg_param, arg_grad, arg_momentum_buffer, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 1, arg_param, arg_grad, arg_momentum_buffer));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 0, arg_param, arg_grad, arg_momentum_buffer));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_torch_sgd_momentum_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 0, arg_param, arg_grad, arg_momentum_buffer, j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 0, arg_param, arg_grad, arg_momentum_buffer));
+                #endif
             }
         }
     }
@@ -376,7 +432,11 @@ void opgen_torch_sgd_momentum_update_multi_float32_with_bfloat16_states(int64_t 
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer[t] + opgen_block, opgen_buffers[0], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+        #endif
     }
 }
 

@@ -26,10 +26,36 @@ PREFETCH_ROWS = 8
 # Thread ranges start on multiples of this many elements (a 64-byte cache line of float32,
 # whole lines of float16 and float64 too).
 CHUNK_ALIGN = 16
+# Elements per block of the block-narrowed loops: each narrowed tensor's float buffer of
+# this many (2 KiB) stays in L1 between the step loop and the narrowing.
+NARROW_BLOCK = 512
 
 
 def _names(kernel: abi.KernelABI) -> dict[ArgRole, str]:
     return {a.role: a.name for a in kernel.args if not a.source}
+
+
+def dense_call(step: StepCode, size: str, flush: str, version: Version, table: str = "") -> list[str]:
+    """One dense loop; where its results go to 16-bit types with rounding to nearest, also
+    the block-narrowed loop (results buffered, a block narrowed at a time), which the
+    preprocessor takes where the machine has the conversion in hardware."""
+    plain = f"OPGEN_DENSE({size}, {flush}, {step.step_call('step', 0, version, table)});"
+    if version.sr or not step.narrowed:
+        return [plain]
+    return [f"#if {step.narrowing_condition()}",
+            f"OPGEN_DENSE_BLOCKS({size}, {flush}, {len(step.narrowed)}, {step.step_call('bstep', 0, version, table)}, "
+            f"{step.narrow_lines(table)});", "#else", plain, "#endif"]
+
+
+def multi_call(step: StepCode, count: str, sizes: str, flush: str, setup: str, version: Version) -> list[str]:
+    """The multi-tensor loop, and its block-narrowed form as dense_call's."""
+    table = f"[{LOOP.t}]"
+    plain = f"OPGEN_MULTI({count}, {sizes}, {flush}, {setup}, {step.step_call('step', 0, version, table)});"
+    if version.sr or not step.narrowed:
+        return [plain]
+    return [f"#if {step.narrowing_condition()}",
+            f"OPGEN_MULTI_BLOCKS({count}, {sizes}, {flush}, {len(step.narrowed)}, {setup}, "
+            f"{step.step_call('bstep', 0, version, table)}, {step.narrow_lines(table)});", "#else", plain, "#endif"]
 
 
 def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str]:
@@ -46,20 +72,19 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
         passes = TotalsCode(step.math).schedule_lines(step, size, flush, index, LOOP.t)
         body = [*passes, f"const {struct} {LOOP.scalars} = {init}({code.init_call(index, LOOP.t, step.per_tensor_loads(index))});",
                 *step.per_tensor_stores(index),
-                *versions(step, lambda v: [f"OPGEN_DENSE({size}, {flush}, {step.step_call('step', 0, v, index)});"])]
+                *versions(step, lambda v: dense_call(step, size, flush, v, index))]
         return [f"for (int64_t {LOOP.t} = 0; {LOOP.t} < {n[ArgRole.COUNT]}; ++{LOOP.t}) {{",
                 *(f"    {line}" for line in body), "}"]
     if kernel.schedule is Schedule.MULTI:  # the struct is per tensor: switches read at run time
-        return versions(step, lambda v: [
-            f"OPGEN_MULTI({n[ArgRole.COUNT]}, {n[ArgRole.SIZES]}, {flush}, "
-            f"const {struct} {LOOP.s} = {init}({code.init_call(f'[{LOOP.t}]', LOOP.t)}), "
-            f"{step.step_call('step', 0, v, f'[{LOOP.t}]')});"], unswitch=False)
+        setup = f"const {struct} {LOOP.s} = {init}({code.init_call(f'[{LOOP.t}]', LOOP.t)})"
+        return versions(step, lambda v: multi_call(step, n[ArgRole.COUNT], n[ArgRole.SIZES], flush, setup, v),
+                        unswitch=False)
     head = f"const {struct} {LOOP.scalars} = {init}({code.init_call(loads=step.per_tensor_loads())});"
     rows = f"{n.get(ArgRole.NNZ)}, {n.get(ArgRole.ROW_LEN)}, {n.get(ArgRole.INDICES)}"
     if kernel.schedule is Schedule.DENSE:
         passes = TotalsCode(step.math).schedule_lines(step, n[ArgRole.SIZE], flush)
-        return [*passes, head, *step.per_tensor_stores(), *versions(step, lambda v: [
-            f"OPGEN_DENSE({n[ArgRole.SIZE]}, {flush}, {step.step_call('step', 0, v)});"])]
+        return [*passes, head, *step.per_tensor_stores(),
+                *versions(step, lambda v: dense_call(step, n[ArgRole.SIZE], flush, v))]
     if op.rows is not None:
         def row_schedule(v: Version) -> list[str]:
             args = RowCode(step.math).schedule_args(step, n[ArgRole.ROW_LEN], v.sr)
@@ -96,5 +121,6 @@ def math_context(op: OpSpec) -> dict:
 
 def common_context() -> dict:
     return {"loop": LOOP, "min_elements_per_thread": MIN_ELEMENTS_PER_THREAD, "chunk_align": CHUNK_ALIGN,
+            "narrow_block": NARROW_BLOCK,
             "total_lanes": TOTAL_LANES,
             "min_row_elements_per_thread": MIN_ROW_ELEMENTS_PER_THREAD, "prefetch_rows": PREFETCH_ROWS}

@@ -89,6 +89,10 @@ class LoopNames:
     lane: str = "opgen_l"  # reduction passes: the element's lane
     totals: str = "opgen_totals"  # reduction passes: every total of the call so far, in double
     accumulated: str = "opgen_acc"  # reduction passes: one pass's accumulators, in double
+    j: str = "j"  # block-narrowed loops: the element's place in its block
+    block: str = "opgen_block"  # block-narrowed loops: the block's first element
+    count: str = "opgen_count"  # block-narrowed loops: the block's elements
+    buffers: str = "opgen_buffers"  # block-narrowed loops: each narrowed tensor's results, [k][j]
 
 
 LOOP = LoopNames()
@@ -313,12 +317,14 @@ class StepCode:
                 f"{self.storage(t.name).store}({LOOP.scalars}.{c_name(RefKind.TEMP, self.op.final_value(t.name))});"
                 for t in self.op.per_tensor_states]
 
-    def call_lines(self, memory: Memory, indent: str, element: str = "i") -> list[str]:
-        """Load, call the element function, store: one element at ``memory``."""
+    def call_lines(self, memory: Memory, indent: str, element: str = "i",
+                   buffered: tuple[str, ...] = ()) -> list[str]:
+        """Load, call the element function, store: one element at ``memory`` (the
+        ``buffered`` tensors' results into their block buffers instead, unrounded)."""
         head = "sv" if self.code.switches else "s"
         return self.load_call_store(self.code.function("element", self.math.math.c_type), head, self.code.element_arrays,
                                     set(self.code.written), self.code.reads, memory, indent, zero_grad=True,
-                                    element=element)
+                                    element=element, buffered=buffered)
 
     def store(self, name: str, value: str, element: str) -> str:
         """A tensor's store of ``value`` at element ``element``, with the call's rounding."""
@@ -333,8 +339,18 @@ class StepCode:
         their schedule twice over, with sr = 0 and 1 (constants once inlined)."""
         return any(self.storage(n).stochastic for n in self.code.written)
 
+    @property
+    def narrowed(self) -> list[str]:
+        """The written tensors a block-narrowed loop stores through buffers: those of a type
+        the header can narrow a block of float values into (``DType.block_narrowing``), in
+        argument order; none where the math is not float."""
+        if self.op.rows is not None or self.math.math.c_type != "float":
+            return []
+        return [n for n in self.code.element_arrays if n in self.code.written and self.storage(n).block_narrowing]
+
     def load_call_store(self, function: str, head: str, names: list[str], written: set[str], reads: set[str],
-                        memory: Memory, indent: str, zero_grad: bool, element: str = "i") -> list[str]:
+                        memory: Memory, indent: str, zero_grad: bool, element: str = "i",
+                        buffered: tuple[str, ...] = ()) -> list[str]:
         """The tensors ``names`` at ``memory`` into locals, ``function(head, ...)`` on them
         (written ones by pointer; with ``zero_grad``, the gradient as the step's flag says),
         the written ones stored back."""
@@ -350,12 +366,14 @@ class StepCode:
             else:
                 args.append(self.load(n, memory))
         lines.append(f"{indent}{function}({head}, {', '.join(args)});")
-        lines += [f"{indent}{memory.of(n)} = {self.store(n, f'v_{n}', element)};" for n in names if n in written]
+        lines += [f"{indent}b_{n}[{LOOP.j}] = v_{n};" if n in buffered else
+                  f"{indent}{memory.of(n)} = {self.store(n, f'v_{n}', element)};" for n in names if n in written]
         return lines
 
-    def head(self, what: str, index: str) -> str:
+    def head(self, what: str, index: str, extra: tuple[str, ...] = ()) -> str:
         params = [f"const {self.code.struct(self.math.math)} s", index, "int zero_grad", "int sr",
-                  *(f"int sw{k}" for k in range(len(self.code.switches))), *self.pointer_params(self.code.element_arrays)]
+                  *(f"int sw{k}" for k in range(len(self.code.switches))), *self.pointer_params(self.code.element_arrays),
+                  *extra]
         return f"OPGEN_INLINE void {self.code.function(what, self.variant.name)}({', '.join(params)}) {{"
 
     def switch_lines(self) -> list[str]:
@@ -369,8 +387,14 @@ class StepCode:
         if self.op.rows is not None:
             return RowCode(self.math).step_lines(self)
         memory = Memory("p_{name}[{index}]", {self.grad: "gi"})
-        return [*TotalsCode(self.math).step_lines(self), self.head("step", "int64_t i, int64_t gi"),
-                *self.switch_lines(), *self.call_lines(memory, "    "), "}"]
+        lines = [*TotalsCode(self.math).step_lines(self), self.head("step", "int64_t i, int64_t gi"),
+                 *self.switch_lines(), *self.call_lines(memory, "    "), "}"]
+        narrowed = tuple(self.narrowed)
+        if narrowed:  # the same step, its 16-bit results into the block's buffers (C's block-narrowed loops)
+            buffers = (f"int64_t {LOOP.j}", *(f"float *OPGEN_RESTRICT b_{n}" for n in narrowed))
+            lines += [self.head("bstep", "int64_t i, int64_t gi", buffers), *self.switch_lines(),
+                      *self.call_lines(memory, "    ", buffered=narrowed), "}"]
+        return lines
 
     # -- CUDA: 16-byte vectors -------------------------------------------------------------
     @property
@@ -405,10 +429,23 @@ class StepCode:
                            for n in self.code.element_arrays) or "1"
 
     def step_call(self, what: str, zero_grad: int, version: Version, table: str = "") -> str:
-        """A schedule's step: the scalar step over (i, gi), or CUDA's vector step over (vi, gvi)."""
+        """A schedule's step: the scalar step over (i, gi), CUDA's vector step over (vi, gvi),
+        or the block-narrowed step ("bstep") over (i, gi) into the block's buffers."""
         index = f"{LOOP.vi}, {LOOP.gvi}" if what == "vstep" else f"{LOOP.i}, {LOOP.gi}"
+        buffers = "".join(f", {LOOP.buffers}[{k}]" for k in range(len(self.narrowed))) if what == "bstep" else ""
         return f"{self.code.function(what, self.variant.name)}({LOOP.s}, {index}, {zero_grad}, {version.sr}, " \
-               f"{''.join(f'{v}, ' for v in version.switches)}{self.code.pointer_args(self.code.element_arrays, table)})"
+               f"{''.join(f'{v}, ' for v in version.switches)}{self.code.pointer_args(self.code.element_arrays, table)}" \
+               f"{f', {LOOP.j}' + buffers if buffers else ''})"
+
+    def narrow_lines(self, table: str = "") -> str:
+        """A block-narrowed loop's stores: each buffered tensor's block, rounded to nearest."""
+        return " ".join(f"{self.storage(n).narrow}(({self.storage(n).c_storage} *){ARG}{n}{table} + {LOOP.block}, "
+                        f"{LOOP.buffers}[{k}], {LOOP.count});" for k, n in enumerate(self.narrowed))
+
+    def narrowing_condition(self) -> str:
+        """The preprocessor test of whether this machine narrows every buffered dtype in blocks."""
+        names = sorted({self.storage(n).name for n in self.narrowed})
+        return " && ".join(f"OPGEN_NARROWS_IN_BLOCKS_{name}" for name in names)
 
 
 class RowCode:
