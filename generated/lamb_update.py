@@ -60,23 +60,28 @@ def _numpy_kernel(_T, weight, grad, mean, var, lr, beta1, beta2, epsilon, t, bia
 
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
-_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'int', source='bias_correction', numpy='int32'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.SCALAR, 'double', source='lower_bound', numpy='float64'), _Arg(_R.SCALAR, 'double', source='upper_bound', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mean', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='var', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta1', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta2', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='epsilon', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int64_t *', source='t', numpy='int64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int *', source='bias_correction', numpy='int32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lower_bound', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='upper_bound', numpy='float64', cuda=False), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'int', source='bias_correction', numpy='int32'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.SCALAR, 'double', source='lower_bound', numpy='float64'), _Arg(_R.SCALAR, 'double', source='upper_bound', numpy='float64'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mean', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='var', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta1', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta2', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='epsilon', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int64_t *', source='t', numpy='int64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int *', source='bias_correction', numpy='int32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lower_bound', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='upper_bound', numpy='float64', cuda=False), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_NORMS = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.SUMS, 'double *', cuda=False), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('lamb_update', _S.DENSE, 'float16', 'float16', 'float32', 'opgen_lamb_update_dense_float16', _ARGS_DENSE, None, lanes=8),
     _Kernel('lamb_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_lamb_update_multi_float16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('lamb_update', _S.NORMS, 'float16', 'float16', 'float32', 'opgen_lamb_update_norms_float16', _ARGS_NORMS, None, lanes=8),
     _Kernel('lamb_update', _S.DENSE, 'float16', 'float32', 'float32', 'opgen_lamb_update_dense_float16_with_float32_states', _ARGS_DENSE, None, lanes=4),
     _Kernel('lamb_update', _S.MULTI, 'float16', 'float32', 'float32', 'opgen_lamb_update_multi_float16_with_float32_states', _ARGS_MULTI, None, lanes=4),
     _Kernel('lamb_update', _S.DENSE, 'bfloat16', 'bfloat16', 'float32', 'opgen_lamb_update_dense_bfloat16', _ARGS_DENSE, None, lanes=8),
     _Kernel('lamb_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_lamb_update_multi_bfloat16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('lamb_update', _S.NORMS, 'bfloat16', 'bfloat16', 'float32', 'opgen_lamb_update_norms_bfloat16', _ARGS_NORMS, None, lanes=8),
     _Kernel('lamb_update', _S.DENSE, 'bfloat16', 'float32', 'float32', 'opgen_lamb_update_dense_bfloat16_with_float32_states', _ARGS_DENSE, None, lanes=4),
     _Kernel('lamb_update', _S.MULTI, 'bfloat16', 'float32', 'float32', 'opgen_lamb_update_multi_bfloat16_with_float32_states', _ARGS_MULTI, None, lanes=4),
     _Kernel('lamb_update', _S.DENSE, 'float32', 'float32', 'float32', 'opgen_lamb_update_dense_float32', _ARGS_DENSE, None, lanes=4),
     _Kernel('lamb_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_lamb_update_multi_float32', _ARGS_MULTI, None, lanes=4),
+    _Kernel('lamb_update', _S.NORMS, 'float32', 'float32', 'float32', 'opgen_lamb_update_norms_float32', _ARGS_NORMS, None, lanes=4),
     _Kernel('lamb_update', _S.DENSE, 'float32', 'bfloat16', 'float32', 'opgen_lamb_update_dense_float32_with_bfloat16_states', _ARGS_DENSE, None, lanes=4),
     _Kernel('lamb_update', _S.MULTI, 'float32', 'bfloat16', 'float32', 'opgen_lamb_update_multi_float32_with_bfloat16_states', _ARGS_MULTI, None, lanes=4),
     _Kernel('lamb_update', _S.DENSE, 'float64', 'float64', 'float64', 'opgen_lamb_update_dense_float64', _ARGS_DENSE, None, lanes=2),
     _Kernel('lamb_update', _S.MULTI, 'float64', 'float64', 'float64', 'opgen_lamb_update_multi_float64', _ARGS_MULTI, None, lanes=2),
+    _Kernel('lamb_update', _S.NORMS, 'float64', 'float64', 'float64', 'opgen_lamb_update_norms_float64', _ARGS_NORMS, None, lanes=2),
 )
 
 _OP = _Operator(
@@ -231,7 +236,7 @@ def lamb_update(weight, grad, mean, var, lr, *, beta1=0.9, beta2=0.999, epsilon=
 _MULTI = _MultiOperator(_OP, ('weights', 'grads', 'means', 'vars'))
 
 
-def lamb_update_multi(weights, grads, means, vars, lr, *, beta1=0.9, beta2=0.999, epsilon=1e-6, t, bias_correction=True, wd, rescale_grad=1.0, clip_gradient=-1.0, lower_bound=-1.0, upper_bound=-1.0, out=None, rounding="nearest", seed=None):
+def lamb_update_multi(weights, grads, means, vars, lr, *, beta1=0.9, beta2=0.999, epsilon=1e-6, t, bias_correction=True, wd, rescale_grad=1.0, clip_gradient=-1.0, lower_bound=-1.0, upper_bound=-1.0, out=None, rounding="nearest", seed=None, max_grad_norm=None):
     r"""
     lamb_update on many tensors in one call: one C kernel, one parallel region.
 
@@ -290,10 +295,17 @@ def lamb_update_multi(weights, grads, means, vars, lr, *, beta1=0.9, beta2=0.999
         The random bits of stochastic rounding, a pure function of (seed, tensor, stored
         tensor, element): the same on every backend and thread count. Required with
         rounding='stochastic'; vary it every step.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the update: with the L2 norm of every
+        gradient of the call (in double, the same bits on any thread count), each gradient
+        element is multiplied by min(1, max_grad_norm / (norm + 1e-6)) in the math type as
+        it is loaded (torch.nn.utils.clip_grad_norm_'s factor; a non-finite norm gives a
+        non-finite factor, as there). The gradients themselves are not changed. None (the
+        default): no clipping.
 
     Returns
     -------
     list of numpy.ndarray
         The new weights.
     """
-    return _MULTI((weights, grads, means, vars), (lr, beta1, beta2, epsilon, t, bias_correction, wd, rescale_grad, clip_gradient, lower_bound, upper_bound), out, rounding, seed)
+    return _MULTI((weights, grads, means, vars), (lr, beta1, beta2, epsilon, t, bias_correction, wd, rescale_grad, clip_gradient, lower_bound, upper_bound), out, rounding, seed, max_grad_norm)

@@ -42,31 +42,36 @@ def _skip_if(_T, lr, beta1, beta2, epsilon, wd, eta, clip_gradient, rescale_grad
 
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
-_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='eta', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mean', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='var', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta1', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta2', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='epsilon', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='eta', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='eta', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='eta', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mean', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='var', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta1', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta2', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='epsilon', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='eta', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='eta', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_NORMS = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.SUMS, 'double *', cuda=False), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('multi_adamw_update', _S.DENSE, 'float16', 'float16', 'float32', 'opgen_multi_adamw_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
     _Kernel('multi_adamw_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_multi_adamw_update_multi_float16', _ARGS_MULTI, None, lanes=8),
     _Kernel('multi_adamw_update', _S.STANDARD, 'float16', 'float16', 'float32', 'opgen_multi_adamw_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('multi_adamw_update', _S.NORMS, 'float16', 'float16', 'float32', 'opgen_multi_adamw_update_norms_float16', _ARGS_NORMS, None, lanes=8),
     _Kernel('multi_adamw_update', _S.DENSE, 'float16', 'float32', 'float32', 'opgen_multi_adamw_update_dense_float16_with_float32_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
     _Kernel('multi_adamw_update', _S.MULTI, 'float16', 'float32', 'float32', 'opgen_multi_adamw_update_multi_float16_with_float32_states', _ARGS_MULTI, None, lanes=4),
     _Kernel('multi_adamw_update', _S.STANDARD, 'float16', 'float32', 'float32', 'opgen_multi_adamw_update_standard_float16_with_float32_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
     _Kernel('multi_adamw_update', _S.DENSE, 'bfloat16', 'bfloat16', 'float32', 'opgen_multi_adamw_update_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
     _Kernel('multi_adamw_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_multi_adamw_update_multi_bfloat16', _ARGS_MULTI, None, lanes=8),
     _Kernel('multi_adamw_update', _S.STANDARD, 'bfloat16', 'bfloat16', 'float32', 'opgen_multi_adamw_update_standard_bfloat16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
+    _Kernel('multi_adamw_update', _S.NORMS, 'bfloat16', 'bfloat16', 'float32', 'opgen_multi_adamw_update_norms_bfloat16', _ARGS_NORMS, None, lanes=8),
     _Kernel('multi_adamw_update', _S.DENSE, 'bfloat16', 'float32', 'float32', 'opgen_multi_adamw_update_dense_bfloat16_with_float32_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
     _Kernel('multi_adamw_update', _S.MULTI, 'bfloat16', 'float32', 'float32', 'opgen_multi_adamw_update_multi_bfloat16_with_float32_states', _ARGS_MULTI, None, lanes=4),
     _Kernel('multi_adamw_update', _S.STANDARD, 'bfloat16', 'float32', 'float32', 'opgen_multi_adamw_update_standard_bfloat16_with_float32_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
     _Kernel('multi_adamw_update', _S.DENSE, 'float32', 'float32', 'float32', 'opgen_multi_adamw_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
     _Kernel('multi_adamw_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_multi_adamw_update_multi_float32', _ARGS_MULTI, None, lanes=4),
     _Kernel('multi_adamw_update', _S.STANDARD, 'float32', 'float32', 'float32', 'opgen_multi_adamw_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('multi_adamw_update', _S.NORMS, 'float32', 'float32', 'float32', 'opgen_multi_adamw_update_norms_float32', _ARGS_NORMS, None, lanes=4),
     _Kernel('multi_adamw_update', _S.DENSE, 'float32', 'bfloat16', 'float32', 'opgen_multi_adamw_update_dense_float32_with_bfloat16_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
     _Kernel('multi_adamw_update', _S.MULTI, 'float32', 'bfloat16', 'float32', 'opgen_multi_adamw_update_multi_float32_with_bfloat16_states', _ARGS_MULTI, None, lanes=4),
     _Kernel('multi_adamw_update', _S.STANDARD, 'float32', 'bfloat16', 'float32', 'opgen_multi_adamw_update_standard_float32_with_bfloat16_states', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
     _Kernel('multi_adamw_update', _S.DENSE, 'float64', 'float64', 'float64', 'opgen_multi_adamw_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
     _Kernel('multi_adamw_update', _S.MULTI, 'float64', 'float64', 'float64', 'opgen_multi_adamw_update_multi_float64', _ARGS_MULTI, None, lanes=2),
     _Kernel('multi_adamw_update', _S.STANDARD, 'float64', 'float64', 'float64', 'opgen_multi_adamw_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
+    _Kernel('multi_adamw_update', _S.NORMS, 'float64', 'float64', 'float64', 'opgen_multi_adamw_update_norms_float64', _ARGS_NORMS, None, lanes=2),
 )
 
 _OP = _Operator(
@@ -118,7 +123,7 @@ _PER_TENSOR = (('lr', 'lrs'), ('wd', 'wds'), ('eta', 'etas'))  # (parameter, its
 _TRAILING = ((7, "rescale_grad", False, 1.0), )  # (position among the parameters, name, one per tensor, default): arrays after the groups
 
 
-def multi_adamw_update(*data, lrs, beta1=0.9, beta2=0.999, epsilon=1e-8, wds, etas, clip_gradient=-1.0, num_weights=1, out=None, rounding="nearest", seed=None):
+def multi_adamw_update(*data, lrs, beta1=0.9, beta2=0.999, epsilon=1e-8, wds, etas, clip_gradient=-1.0, num_weights=1, out=None, rounding="nearest", seed=None, max_grad_norm=None):
     r"""
     Update function for AdamW optimizer, for many tensors in one call.
 
@@ -182,6 +187,13 @@ def multi_adamw_update(*data, lrs, beta1=0.9, beta2=0.999, epsilon=1e-8, wds, et
         The random bits of stochastic rounding, a pure function of (seed, tensor, stored
         tensor, element): the same on every backend and thread count. Required with
         rounding='stochastic'; vary it every step.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the update: with the L2 norm of every
+        gradient of the call (in double, the same bits on any thread count), each gradient
+        element is multiplied by min(1, max_grad_norm / (norm + 1e-6)) in the math type as
+        it is loaded (torch.nn.utils.clip_grad_norm_'s factor; a non-finite norm gives a
+        non-finite factor, as there). The gradients themselves are not changed. None (the
+        default): no clipping.
 
     Returns
     -------
@@ -201,4 +213,4 @@ def multi_adamw_update(*data, lrs, beta1=0.9, beta2=0.999, epsilon=1e-8, wds, et
     Generated by opgen from specs/multi_adamw_update.yaml.
     """
     return _MULTI.interleaved(data, (lrs, beta1, beta2, epsilon, wds, etas, clip_gradient, None), num_weights, "num_weights", out, (('lr', 'lrs'), ('wd', 'wds'), ('eta', 'etas')),
-                              rounding, seed, _TRAILING)
+                              rounding, seed, _TRAILING, max_grad_norm)

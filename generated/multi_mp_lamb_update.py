@@ -61,17 +61,22 @@ def _numpy_kernel(_T, weight, grad, mean, var, weight32, lr, beta1, beta2, epsil
 
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
-_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='lower_bound', numpy='float64'), _Arg(_R.SCALAR, 'double', source='upper_bound', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.SCALAR, 'int', source='bias_correction', numpy='int32'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mean', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='var', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta1', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta2', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='epsilon', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lower_bound', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='upper_bound', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int *', source='bias_correction', numpy='int32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int64_t *', source='t', numpy='int64', cuda=False), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mean'), _Arg(_R.TENSOR, 'void *', source='var'), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='beta2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='epsilon', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='lower_bound', numpy='float64'), _Arg(_R.SCALAR, 'double', source='upper_bound', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.SCALAR, 'int', source='bias_correction', numpy='int32'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mean', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='var', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta1', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='beta2', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='epsilon', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lower_bound', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='upper_bound', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int *', source='bias_correction', numpy='int32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int64_t *', source='t', numpy='int64', cuda=False), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_NORMS = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.SUMS, 'double *', cuda=False), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('multi_mp_lamb_update', _S.DENSE, 'float16', 'float16', 'float32', 'opgen_multi_mp_lamb_update_dense_float16', _ARGS_DENSE, None, lanes=4),
     _Kernel('multi_mp_lamb_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_multi_mp_lamb_update_multi_float16', _ARGS_MULTI, None, lanes=4),
+    _Kernel('multi_mp_lamb_update', _S.NORMS, 'float16', 'float16', 'float32', 'opgen_multi_mp_lamb_update_norms_float16', _ARGS_NORMS, None, lanes=4),
     _Kernel('multi_mp_lamb_update', _S.DENSE, 'bfloat16', 'bfloat16', 'float32', 'opgen_multi_mp_lamb_update_dense_bfloat16', _ARGS_DENSE, None, lanes=4),
     _Kernel('multi_mp_lamb_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_multi_mp_lamb_update_multi_bfloat16', _ARGS_MULTI, None, lanes=4),
+    _Kernel('multi_mp_lamb_update', _S.NORMS, 'bfloat16', 'bfloat16', 'float32', 'opgen_multi_mp_lamb_update_norms_bfloat16', _ARGS_NORMS, None, lanes=4),
     _Kernel('multi_mp_lamb_update', _S.DENSE, 'float32', 'float32', 'float32', 'opgen_multi_mp_lamb_update_dense_float32', _ARGS_DENSE, None, lanes=4),
     _Kernel('multi_mp_lamb_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_multi_mp_lamb_update_multi_float32', _ARGS_MULTI, None, lanes=4),
+    _Kernel('multi_mp_lamb_update', _S.NORMS, 'float32', 'float32', 'float32', 'opgen_multi_mp_lamb_update_norms_float32', _ARGS_NORMS, None, lanes=4),
     _Kernel('multi_mp_lamb_update', _S.DENSE, 'float64', 'float64', 'float32', 'opgen_multi_mp_lamb_update_dense_float64', _ARGS_DENSE, None, lanes=2),
     _Kernel('multi_mp_lamb_update', _S.MULTI, 'float64', 'float64', 'float32', 'opgen_multi_mp_lamb_update_multi_float64', _ARGS_MULTI, None, lanes=2),
+    _Kernel('multi_mp_lamb_update', _S.NORMS, 'float64', 'float64', 'float32', 'opgen_multi_mp_lamb_update_norms_float64', _ARGS_NORMS, None, lanes=2),
 )
 
 _OP = _Operator(
@@ -130,7 +135,7 @@ _PER_TENSOR = (('lr', 'learning_rates'), ('wd', 'wds'), ('t', 'step_count'))  # 
 _TRAILING = ()  # (position among the parameters, name, one per tensor, default): arrays after the groups
 
 
-def multi_mp_lamb_update(*data, learning_rates, beta1=0.9, beta2=0.999, epsilon=1e-6, wds, rescale_grad=1.0, lower_bound=-1.0, upper_bound=-1.0, clip_gradient=-1.0, bias_correction=True, step_count, num_tensors=1, out=None, rounding="nearest", seed=None):
+def multi_mp_lamb_update(*data, learning_rates, beta1=0.9, beta2=0.999, epsilon=1e-6, wds, rescale_grad=1.0, lower_bound=-1.0, upper_bound=-1.0, clip_gradient=-1.0, bias_correction=True, step_count, num_tensors=1, out=None, rounding="nearest", seed=None, max_grad_norm=None):
     r"""
     Compute the LAMB coefficients of multiple weights and grads with Mix Precision.
 
@@ -203,6 +208,13 @@ def multi_mp_lamb_update(*data, learning_rates, beta1=0.9, beta2=0.999, epsilon=
         The random bits of stochastic rounding, a pure function of (seed, tensor, stored
         tensor, element): the same on every backend and thread count. Required with
         rounding='stochastic'; vary it every step.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the update: with the L2 norm of every
+        gradient of the call (in double, the same bits on any thread count), each gradient
+        element is multiplied by min(1, max_grad_norm / (norm + 1e-6)) in the math type as
+        it is loaded (torch.nn.utils.clip_grad_norm_'s factor; a non-finite norm gives a
+        non-finite factor, as there). The gradients themselves are not changed. None (the
+        default): no clipping.
 
     Returns
     -------
@@ -228,4 +240,4 @@ def multi_mp_lamb_update(*data, learning_rates, beta1=0.9, beta2=0.999, epsilon=
     Generated by opgen from specs/multi_mp_lamb_update.yaml.
     """
     return _MULTI.interleaved(data, (learning_rates, beta1, beta2, epsilon, wds, rescale_grad, lower_bound, upper_bound, clip_gradient, bias_correction, step_count), num_tensors, "num_tensors", out, (('lr', 'learning_rates'), ('wd', 'wds'), ('t', 'step_count')),
-                              rounding, seed, _TRAILING)
+                              rounding, seed, _TRAILING, max_grad_norm)

@@ -104,6 +104,13 @@ class MXNetAdam(_SpecOptimizer):
         from ``seed``, the group's index, and each tensor's step count.
     seed : int, optional
         The seed of stochastic rounding. Default: 0.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the step: the L2 norm of every dense
+        gradient of every group (``last_grad_norm`` after the step), and each gradient
+        element times min(1, max_grad_norm / (norm + 1e-6)) as the kernels load it, as
+        torch.nn.utils.clip_grad_norm_ before the step would (the gradients stay as they
+        are). The norm is this optimizer's parameters': refused for sharded (FSDP2)
+        parameters; under ZeroRedundancyOptimizer, clip with torch before the step.
     foreach, fused : optional
         Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.
     capturable, differentiable : bool, optional
@@ -125,7 +132,7 @@ class MXNetAdam(_SpecOptimizer):
     _STATE_DTYPE = "weight"
     _HOST_STATE = ()
 
-    def __init__(self, params, lr=0.001, beta1=0.9, beta2=0.999, epsilon=1e-08, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, lazy_update=True, *, state_dtype=None, rounding="nearest", seed=0, foreach=None, fused=None, capturable=False, differentiable=False):
+    def __init__(self, params, lr=0.001, beta1=0.9, beta2=0.999, epsilon=1e-08, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, lazy_update=True, *, state_dtype=None, rounding="nearest", seed=0, max_grad_norm=None, foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, {
             "lr": lr,
             "beta1": beta1,
@@ -135,7 +142,7 @@ class MXNetAdam(_SpecOptimizer):
             "rescale_grad": rescale_grad,
             "clip_gradient": clip_gradient,
             "lazy_update": lazy_update,
-        }, state_dtype=state_dtype, rounding=rounding, seed=seed, foreach=foreach, fused=fused,
+        }, state_dtype=state_dtype, rounding=rounding, seed=seed, max_grad_norm=max_grad_norm, foreach=foreach, fused=fused,
             capturable=capturable, differentiable=differentiable)
 
     @staticmethod
@@ -244,6 +251,13 @@ class LAMB(_SpecOptimizer):
         from ``seed``, the group's index, and each tensor's step count.
     seed : int, optional
         The seed of stochastic rounding. Default: 0.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the step: the L2 norm of every dense
+        gradient of every group (``last_grad_norm`` after the step), and each gradient
+        element times min(1, max_grad_norm / (norm + 1e-6)) as the kernels load it, as
+        torch.nn.utils.clip_grad_norm_ before the step would (the gradients stay as they
+        are). The norm is this optimizer's parameters': refused for sharded (FSDP2)
+        parameters; under ZeroRedundancyOptimizer, clip with torch before the step.
     foreach, fused : optional
         Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.
     capturable, differentiable : bool, optional
@@ -262,14 +276,14 @@ class LAMB(_SpecOptimizer):
     _STATE_DTYPE = "weight"
     _HOST_STATE = ()
 
-    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-06, weight_decay=0.0, bias_correction=True, *, state_dtype=None, rounding="nearest", seed=0, foreach=None, fused=None, capturable=False, differentiable=False):
+    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-06, weight_decay=0.0, bias_correction=True, *, state_dtype=None, rounding="nearest", seed=0, max_grad_norm=None, foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, {
             "lr": lr,
             "betas": betas,
             "eps": eps,
             "weight_decay": weight_decay,
             "bias_correction": bias_correction,
-        }, state_dtype=state_dtype, rounding=rounding, seed=seed, foreach=foreach, fused=fused,
+        }, state_dtype=state_dtype, rounding=rounding, seed=seed, max_grad_norm=max_grad_norm, foreach=foreach, fused=fused,
             capturable=capturable, differentiable=differentiable)
 
     @staticmethod
@@ -364,6 +378,13 @@ class LARS(_SpecOptimizer):
         from ``seed``, the group's index, and each tensor's step count.
     seed : int, optional
         The seed of stochastic rounding. Default: 0.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the step: the L2 norm of every dense
+        gradient of every group (``last_grad_norm`` after the step), and each gradient
+        element times min(1, max_grad_norm / (norm + 1e-6)) as the kernels load it, as
+        torch.nn.utils.clip_grad_norm_ before the step would (the gradients stay as they
+        are). The norm is this optimizer's parameters': refused for sharded (FSDP2)
+        parameters; under ZeroRedundancyOptimizer, clip with torch before the step.
     foreach, fused : optional
         Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.
     capturable, differentiable : bool, optional
@@ -382,14 +403,14 @@ class LARS(_SpecOptimizer):
     _STATE_DTYPE = "weight"
     _HOST_STATE = ()
 
-    def __init__(self, params, lr=0.1, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001, eps=0.0, *, state_dtype=None, rounding="nearest", seed=0, foreach=None, fused=None, capturable=False, differentiable=False):
+    def __init__(self, params, lr=0.1, momentum=0.9, weight_decay=0.0, trust_coefficient=0.001, eps=0.0, *, state_dtype=None, rounding="nearest", seed=0, max_grad_norm=None, foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, {
             "lr": lr,
             "momentum": momentum,
             "weight_decay": weight_decay,
             "trust_coefficient": trust_coefficient,
             "eps": eps,
-        }, state_dtype=state_dtype, rounding=rounding, seed=seed, foreach=foreach, fused=fused,
+        }, state_dtype=state_dtype, rounding=rounding, seed=seed, max_grad_norm=max_grad_norm, foreach=foreach, fused=fused,
             capturable=capturable, differentiable=differentiable)
 
     @staticmethod
@@ -482,6 +503,13 @@ class NovoGrad(_SpecOptimizer):
         from ``seed``, the group's index, and each tensor's step count.
     seed : int, optional
         The seed of stochastic rounding. Default: 0.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the step: the L2 norm of every dense
+        gradient of every group (``last_grad_norm`` after the step), and each gradient
+        element times min(1, max_grad_norm / (norm + 1e-6)) as the kernels load it, as
+        torch.nn.utils.clip_grad_norm_ before the step would (the gradients stay as they
+        are). The norm is this optimizer's parameters': refused for sharded (FSDP2)
+        parameters; under ZeroRedundancyOptimizer, clip with torch before the step.
     foreach, fused : optional
         Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.
     capturable, differentiable : bool, optional
@@ -500,14 +528,14 @@ class NovoGrad(_SpecOptimizer):
     _STATE_DTYPE = "weight"
     _HOST_STATE = ()
 
-    def __init__(self, params, lr=0.001, betas=(0.95, 0.98), eps=1e-08, weight_decay=0.0, grad_averaging=False, *, state_dtype=None, rounding="nearest", seed=0, foreach=None, fused=None, capturable=False, differentiable=False):
+    def __init__(self, params, lr=0.001, betas=(0.95, 0.98), eps=1e-08, weight_decay=0.0, grad_averaging=False, *, state_dtype=None, rounding="nearest", seed=0, max_grad_norm=None, foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, {
             "lr": lr,
             "betas": betas,
             "eps": eps,
             "weight_decay": weight_decay,
             "grad_averaging": grad_averaging,
-        }, state_dtype=state_dtype, rounding=rounding, seed=seed, foreach=foreach, fused=fused,
+        }, state_dtype=state_dtype, rounding=rounding, seed=seed, max_grad_norm=max_grad_norm, foreach=foreach, fused=fused,
             capturable=capturable, differentiable=differentiable)
 
     @staticmethod
@@ -601,6 +629,13 @@ class MXNetSGD(_SpecOptimizer):
         from ``seed``, the group's index, and each tensor's step count.
     seed : int, optional
         The seed of stochastic rounding. Default: 0.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the step: the L2 norm of every dense
+        gradient of every group (``last_grad_norm`` after the step), and each gradient
+        element times min(1, max_grad_norm / (norm + 1e-6)) as the kernels load it, as
+        torch.nn.utils.clip_grad_norm_ before the step would (the gradients stay as they
+        are). The norm is this optimizer's parameters': refused for sharded (FSDP2)
+        parameters; under ZeroRedundancyOptimizer, clip with torch before the step.
     foreach, fused : optional
         Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.
     capturable, differentiable : bool, optional
@@ -620,7 +655,7 @@ class MXNetSGD(_SpecOptimizer):
     _STATE_DTYPE = "weight"
     _HOST_STATE = ()
 
-    def __init__(self, params, lr=0.01, momentum=0.0, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, lazy_update=True, *, state_dtype=None, rounding="nearest", seed=0, foreach=None, fused=None, capturable=False, differentiable=False):
+    def __init__(self, params, lr=0.01, momentum=0.0, wd=0.0, rescale_grad=1.0, clip_gradient=-1.0, lazy_update=True, *, state_dtype=None, rounding="nearest", seed=0, max_grad_norm=None, foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, {
             "lr": lr,
             "momentum": momentum,
@@ -628,7 +663,7 @@ class MXNetSGD(_SpecOptimizer):
             "rescale_grad": rescale_grad,
             "clip_gradient": clip_gradient,
             "lazy_update": lazy_update,
-        }, state_dtype=state_dtype, rounding=rounding, seed=seed, foreach=foreach, fused=fused,
+        }, state_dtype=state_dtype, rounding=rounding, seed=seed, max_grad_norm=max_grad_norm, foreach=foreach, fused=fused,
             capturable=capturable, differentiable=differentiable)
 
     @staticmethod
@@ -727,6 +762,13 @@ class Adagrad(_SpecOptimizer):
         from ``seed``, the group's index, and each tensor's step count.
     seed : int, optional
         The seed of stochastic rounding. Default: 0.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the step: the L2 norm of every dense
+        gradient of every group (``last_grad_norm`` after the step), and each gradient
+        element times min(1, max_grad_norm / (norm + 1e-6)) as the kernels load it, as
+        torch.nn.utils.clip_grad_norm_ before the step would (the gradients stay as they
+        are). The norm is this optimizer's parameters': refused for sharded (FSDP2)
+        parameters; under ZeroRedundancyOptimizer, clip with torch before the step.
     foreach, fused : optional
         Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.
     capturable, differentiable : bool, optional
@@ -746,7 +788,7 @@ class Adagrad(_SpecOptimizer):
     _STATE_DTYPE = "weight"
     _HOST_STATE = ()
 
-    def __init__(self, params, lr=0.01, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=False, *, state_dtype=None, rounding="nearest", seed=0, foreach=None, fused=None, capturable=False, differentiable=False):
+    def __init__(self, params, lr=0.01, lr_decay=0.0, weight_decay=0.0, initial_accumulator_value=0.0, eps=1e-10, maximize=False, *, state_dtype=None, rounding="nearest", seed=0, max_grad_norm=None, foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, {
             "lr": lr,
             "lr_decay": lr_decay,
@@ -754,7 +796,7 @@ class Adagrad(_SpecOptimizer):
             "initial_accumulator_value": initial_accumulator_value,
             "eps": eps,
             "maximize": maximize,
-        }, state_dtype=state_dtype, rounding=rounding, seed=seed, foreach=foreach, fused=fused,
+        }, state_dtype=state_dtype, rounding=rounding, seed=seed, max_grad_norm=max_grad_norm, foreach=foreach, fused=fused,
             capturable=capturable, differentiable=differentiable)
 
     @staticmethod
@@ -855,6 +897,13 @@ class Adam(_SpecOptimizer):
         from ``seed``, the group's index, and each tensor's step count.
     seed : int, optional
         The seed of stochastic rounding. Default: 0.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the step: the L2 norm of every dense
+        gradient of every group (``last_grad_norm`` after the step), and each gradient
+        element times min(1, max_grad_norm / (norm + 1e-6)) as the kernels load it, as
+        torch.nn.utils.clip_grad_norm_ before the step would (the gradients stay as they
+        are). The norm is this optimizer's parameters': refused for sharded (FSDP2)
+        parameters; under ZeroRedundancyOptimizer, clip with torch before the step.
     foreach, fused : optional
         Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.
     capturable, differentiable : bool, optional
@@ -875,7 +924,7 @@ class Adam(_SpecOptimizer):
     _STATE_DTYPE = "weight"
     _HOST_STATE = ()
 
-    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, amsgrad=False, maximize=False, decoupled_weight_decay=False, *, state_dtype=None, rounding="nearest", seed=0, foreach=None, fused=None, capturable=False, differentiable=False):
+    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, amsgrad=False, maximize=False, decoupled_weight_decay=False, *, state_dtype=None, rounding="nearest", seed=0, max_grad_norm=None, foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, {
             "lr": lr,
             "betas": betas,
@@ -884,7 +933,7 @@ class Adam(_SpecOptimizer):
             "amsgrad": amsgrad,
             "maximize": maximize,
             "decoupled_weight_decay": decoupled_weight_decay,
-        }, state_dtype=state_dtype, rounding=rounding, seed=seed, foreach=foreach, fused=fused,
+        }, state_dtype=state_dtype, rounding=rounding, seed=seed, max_grad_norm=max_grad_norm, foreach=foreach, fused=fused,
             capturable=capturable, differentiable=differentiable)
 
     @staticmethod
@@ -989,6 +1038,13 @@ class AdamW(_SpecOptimizer):
         from ``seed``, the group's index, and each tensor's step count.
     seed : int, optional
         The seed of stochastic rounding. Default: 0.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the step: the L2 norm of every dense
+        gradient of every group (``last_grad_norm`` after the step), and each gradient
+        element times min(1, max_grad_norm / (norm + 1e-6)) as the kernels load it, as
+        torch.nn.utils.clip_grad_norm_ before the step would (the gradients stay as they
+        are). The norm is this optimizer's parameters': refused for sharded (FSDP2)
+        parameters; under ZeroRedundancyOptimizer, clip with torch before the step.
     foreach, fused : optional
         Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.
     capturable, differentiable : bool, optional
@@ -1008,7 +1064,7 @@ class AdamW(_SpecOptimizer):
     _STATE_DTYPE = "weight"
     _HOST_STATE = ()
 
-    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01, amsgrad=False, maximize=False, *, state_dtype=None, rounding="nearest", seed=0, foreach=None, fused=None, capturable=False, differentiable=False):
+    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.01, amsgrad=False, maximize=False, *, state_dtype=None, rounding="nearest", seed=0, max_grad_norm=None, foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, {
             "lr": lr,
             "betas": betas,
@@ -1016,7 +1072,7 @@ class AdamW(_SpecOptimizer):
             "weight_decay": weight_decay,
             "amsgrad": amsgrad,
             "maximize": maximize,
-        }, state_dtype=state_dtype, rounding=rounding, seed=seed, foreach=foreach, fused=fused,
+        }, state_dtype=state_dtype, rounding=rounding, seed=seed, max_grad_norm=max_grad_norm, foreach=foreach, fused=fused,
             capturable=capturable, differentiable=differentiable)
 
     @staticmethod
@@ -1113,6 +1169,13 @@ class SparseAdam(_SpecOptimizer):
         from ``seed``, the group's index, and each tensor's step count.
     seed : int, optional
         The seed of stochastic rounding. Default: 0.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the step: the L2 norm of every dense
+        gradient of every group (``last_grad_norm`` after the step), and each gradient
+        element times min(1, max_grad_norm / (norm + 1e-6)) as the kernels load it, as
+        torch.nn.utils.clip_grad_norm_ before the step would (the gradients stay as they
+        are). The norm is this optimizer's parameters': refused for sharded (FSDP2)
+        parameters; under ZeroRedundancyOptimizer, clip with torch before the step.
     foreach, fused : optional
         Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.
     capturable, differentiable : bool, optional
@@ -1130,13 +1193,13 @@ class SparseAdam(_SpecOptimizer):
     _STATE_DTYPE = "weight"
     _HOST_STATE = ()
 
-    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, maximize=False, *, state_dtype=None, rounding="nearest", seed=0, foreach=None, fused=None, capturable=False, differentiable=False):
+    def __init__(self, params, lr=0.001, betas=(0.9, 0.999), eps=1e-08, maximize=False, *, state_dtype=None, rounding="nearest", seed=0, max_grad_norm=None, foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, {
             "lr": lr,
             "betas": betas,
             "eps": eps,
             "maximize": maximize,
-        }, state_dtype=state_dtype, rounding=rounding, seed=seed, foreach=foreach, fused=fused,
+        }, state_dtype=state_dtype, rounding=rounding, seed=seed, max_grad_norm=max_grad_norm, foreach=foreach, fused=fused,
             capturable=capturable, differentiable=differentiable)
 
     @staticmethod
@@ -1226,6 +1289,13 @@ class NAdam(_SpecOptimizer):
         from ``seed``, the group's index, and each tensor's step count.
     seed : int, optional
         The seed of stochastic rounding. Default: 0.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the step: the L2 norm of every dense
+        gradient of every group (``last_grad_norm`` after the step), and each gradient
+        element times min(1, max_grad_norm / (norm + 1e-6)) as the kernels load it, as
+        torch.nn.utils.clip_grad_norm_ before the step would (the gradients stay as they
+        are). The norm is this optimizer's parameters': refused for sharded (FSDP2)
+        parameters; under ZeroRedundancyOptimizer, clip with torch before the step.
     foreach, fused : optional
         Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.
     capturable, differentiable : bool, optional
@@ -1246,7 +1316,7 @@ class NAdam(_SpecOptimizer):
     _STATE_DTYPE = "weight"
     _HOST_STATE = ("mu_product", )
 
-    def __init__(self, params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, momentum_decay=0.004, decoupled_weight_decay=False, maximize=False, *, state_dtype=None, rounding="nearest", seed=0, foreach=None, fused=None, capturable=False, differentiable=False):
+    def __init__(self, params, lr=0.002, betas=(0.9, 0.999), eps=1e-08, weight_decay=0.0, momentum_decay=0.004, decoupled_weight_decay=False, maximize=False, *, state_dtype=None, rounding="nearest", seed=0, max_grad_norm=None, foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, {
             "lr": lr,
             "betas": betas,
@@ -1255,7 +1325,7 @@ class NAdam(_SpecOptimizer):
             "momentum_decay": momentum_decay,
             "decoupled_weight_decay": decoupled_weight_decay,
             "maximize": maximize,
-        }, state_dtype=state_dtype, rounding=rounding, seed=seed, foreach=foreach, fused=fused,
+        }, state_dtype=state_dtype, rounding=rounding, seed=seed, max_grad_norm=max_grad_norm, foreach=foreach, fused=fused,
             capturable=capturable, differentiable=differentiable)
 
     @staticmethod
@@ -1362,6 +1432,13 @@ class RMSprop(_SpecOptimizer):
         from ``seed``, the group's index, and each tensor's step count.
     seed : int, optional
         The seed of stochastic rounding. Default: 0.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the step: the L2 norm of every dense
+        gradient of every group (``last_grad_norm`` after the step), and each gradient
+        element times min(1, max_grad_norm / (norm + 1e-6)) as the kernels load it, as
+        torch.nn.utils.clip_grad_norm_ before the step would (the gradients stay as they
+        are). The norm is this optimizer's parameters': refused for sharded (FSDP2)
+        parameters; under ZeroRedundancyOptimizer, clip with torch before the step.
     foreach, fused : optional
         Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.
     capturable, differentiable : bool, optional
@@ -1382,7 +1459,7 @@ class RMSprop(_SpecOptimizer):
     _STATE_DTYPE = "weight"
     _HOST_STATE = ()
 
-    def __init__(self, params, lr=0.01, alpha=0.99, eps=1e-08, weight_decay=0.0, momentum=0.0, centered=False, maximize=False, *, state_dtype=None, rounding="nearest", seed=0, foreach=None, fused=None, capturable=False, differentiable=False):
+    def __init__(self, params, lr=0.01, alpha=0.99, eps=1e-08, weight_decay=0.0, momentum=0.0, centered=False, maximize=False, *, state_dtype=None, rounding="nearest", seed=0, max_grad_norm=None, foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, {
             "lr": lr,
             "alpha": alpha,
@@ -1391,7 +1468,7 @@ class RMSprop(_SpecOptimizer):
             "momentum": momentum,
             "centered": centered,
             "maximize": maximize,
-        }, state_dtype=state_dtype, rounding=rounding, seed=seed, foreach=foreach, fused=fused,
+        }, state_dtype=state_dtype, rounding=rounding, seed=seed, max_grad_norm=max_grad_norm, foreach=foreach, fused=fused,
             capturable=capturable, differentiable=differentiable)
 
     @staticmethod
@@ -1505,6 +1582,13 @@ class SGD(_SpecOptimizer):
         from ``seed``, the group's index, and each tensor's step count.
     seed : int, optional
         The seed of stochastic rounding. Default: 0.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the step: the L2 norm of every dense
+        gradient of every group (``last_grad_norm`` after the step), and each gradient
+        element times min(1, max_grad_norm / (norm + 1e-6)) as the kernels load it, as
+        torch.nn.utils.clip_grad_norm_ before the step would (the gradients stay as they
+        are). The norm is this optimizer's parameters': refused for sharded (FSDP2)
+        parameters; under ZeroRedundancyOptimizer, clip with torch before the step.
     foreach, fused : optional
         Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.
     capturable, differentiable : bool, optional
@@ -1524,7 +1608,7 @@ class SGD(_SpecOptimizer):
     _STATE_DTYPE = "weight"
     _HOST_STATE = ()
 
-    def __init__(self, params, lr=0.001, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False, *, state_dtype=None, rounding="nearest", seed=0, foreach=None, fused=None, capturable=False, differentiable=False):
+    def __init__(self, params, lr=0.001, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False, *, state_dtype=None, rounding="nearest", seed=0, max_grad_norm=None, foreach=None, fused=None, capturable=False, differentiable=False):
         super().__init__(params, {
             "lr": lr,
             "momentum": momentum,
@@ -1532,7 +1616,7 @@ class SGD(_SpecOptimizer):
             "weight_decay": weight_decay,
             "nesterov": nesterov,
             "maximize": maximize,
-        }, state_dtype=state_dtype, rounding=rounding, seed=seed, foreach=foreach, fused=fused,
+        }, state_dtype=state_dtype, rounding=rounding, seed=seed, max_grad_norm=max_grad_norm, foreach=foreach, fused=fused,
             capturable=capturable, differentiable=differentiable)
 
     @staticmethod

@@ -38,22 +38,27 @@ def _numpy_kernel(_T, weight, grad, mom, weight32, lr, wd, momentum, rescale_gra
 
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
-_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mom', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='momentum', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='mom', cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='momentum', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='rescale_grad', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='clip_gradient', numpy='float64', cuda=False), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='mom'), _Arg(_R.TENSOR, 'void *', source='weight32'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='rescale_grad', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_gradient', numpy='float64'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_NORMS = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.SUMS, 'double *', cuda=False), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('preloaded_multi_mp_sgd_mom_update', _S.DENSE, 'float16', 'float16', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
     _Kernel('preloaded_multi_mp_sgd_mom_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_multi_float16', _ARGS_MULTI, None, lanes=4),
     _Kernel('preloaded_multi_mp_sgd_mom_update', _S.STANDARD, 'float16', 'float16', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('preloaded_multi_mp_sgd_mom_update', _S.NORMS, 'float16', 'float16', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_norms_float16', _ARGS_NORMS, None, lanes=4),
     _Kernel('preloaded_multi_mp_sgd_mom_update', _S.DENSE, 'bfloat16', 'bfloat16', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
     _Kernel('preloaded_multi_mp_sgd_mom_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_multi_bfloat16', _ARGS_MULTI, None, lanes=4),
     _Kernel('preloaded_multi_mp_sgd_mom_update', _S.STANDARD, 'bfloat16', 'bfloat16', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_standard_bfloat16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('preloaded_multi_mp_sgd_mom_update', _S.NORMS, 'bfloat16', 'bfloat16', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_norms_bfloat16', _ARGS_NORMS, None, lanes=4),
     _Kernel('preloaded_multi_mp_sgd_mom_update', _S.DENSE, 'float32', 'float32', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
     _Kernel('preloaded_multi_mp_sgd_mom_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_multi_float32', _ARGS_MULTI, None, lanes=4),
     _Kernel('preloaded_multi_mp_sgd_mom_update', _S.STANDARD, 'float32', 'float32', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
+    _Kernel('preloaded_multi_mp_sgd_mom_update', _S.NORMS, 'float32', 'float32', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_norms_float32', _ARGS_NORMS, None, lanes=4),
     _Kernel('preloaded_multi_mp_sgd_mom_update', _S.DENSE, 'float64', 'float64', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
     _Kernel('preloaded_multi_mp_sgd_mom_update', _S.MULTI, 'float64', 'float64', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_multi_float64', _ARGS_MULTI, None, lanes=2),
     _Kernel('preloaded_multi_mp_sgd_mom_update', _S.STANDARD, 'float64', 'float64', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
+    _Kernel('preloaded_multi_mp_sgd_mom_update', _S.NORMS, 'float64', 'float64', 'float32', 'opgen_preloaded_multi_mp_sgd_mom_update_norms_float64', _ARGS_NORMS, None, lanes=2),
 )
 
 _OP = _Operator(
@@ -99,7 +104,7 @@ _PER_TENSOR = (('lr', 'lrs'), ('wd', 'wds'))  # (parameter, its per-tensor list'
 _TRAILING = ((0, "lrs", True, None), (1, "wds", True, None), )  # (position among the parameters, name, one per tensor, default): arrays after the groups
 
 
-def preloaded_multi_mp_sgd_mom_update(*data, momentum=0.0, rescale_grad=1.0, clip_gradient=-1.0, num_weights=1, out=None, rounding="nearest", seed=None):
+def preloaded_multi_mp_sgd_mom_update(*data, momentum=0.0, rescale_grad=1.0, clip_gradient=-1.0, num_weights=1, out=None, rounding="nearest", seed=None, max_grad_norm=None):
     r"""
     Momentum update function for multi-precision Stochastic Gradient Descent (SGD)
     optimizer.
@@ -147,6 +152,13 @@ def preloaded_multi_mp_sgd_mom_update(*data, momentum=0.0, rescale_grad=1.0, cli
         The random bits of stochastic rounding, a pure function of (seed, tensor, stored
         tensor, element): the same on every backend and thread count. Required with
         rounding='stochastic'; vary it every step.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the update: with the L2 norm of every
+        gradient of the call (in double, the same bits on any thread count), each gradient
+        element is multiplied by min(1, max_grad_norm / (norm + 1e-6)) in the math type as
+        it is loaded (torch.nn.utils.clip_grad_norm_'s factor; a non-finite norm gives a
+        non-finite factor, as there). The gradients themselves are not changed. None (the
+        default): no clipping.
 
     Returns
     -------
@@ -165,4 +177,4 @@ def preloaded_multi_mp_sgd_mom_update(*data, momentum=0.0, rescale_grad=1.0, cli
     Generated by opgen from specs/preloaded_multi_mp_sgd_mom_update.yaml.
     """
     return _MULTI.interleaved(data, (None, None, momentum, rescale_grad, clip_gradient), num_weights, "num_weights", out, (('lr', 'lrs'), ('wd', 'wds')),
-                              rounding, seed, _TRAILING)
+                              rounding, seed, _TRAILING, max_grad_norm)

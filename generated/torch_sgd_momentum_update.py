@@ -35,31 +35,36 @@ def _numpy_kernel(_T, param, grad, momentum_buffer, lr, momentum, dampening, wei
 
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
-_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='param'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='momentum_buffer'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='dampening', numpy='float64'), _Arg(_R.SCALAR, 'double', source='weight_decay', numpy='float64'), _Arg(_R.SCALAR, 'int', source='nesterov', numpy='int32'), _Arg(_R.SCALAR, 'int', source='maximize', numpy='int32'), _Arg(_R.SCALAR, 'int', source='first', numpy='int32'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='param', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='momentum_buffer', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='momentum', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='dampening', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='weight_decay', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int *', source='nesterov', numpy='int32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int *', source='maximize', numpy='int32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int *', source='first', numpy='int32', cuda=False), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_LAZY = (_Arg(_R.NNZ, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='param'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='momentum_buffer'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='dampening', numpy='float64'), _Arg(_R.SCALAR, 'double', source='weight_decay', numpy='float64'), _Arg(_R.SCALAR, 'int', source='nesterov', numpy='int32'), _Arg(_R.SCALAR, 'int', source='maximize', numpy='int32'), _Arg(_R.SCALAR, 'int', source='first', numpy='int32'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='param'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='momentum_buffer'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='dampening', numpy='float64'), _Arg(_R.SCALAR, 'double', source='weight_decay', numpy='float64'), _Arg(_R.SCALAR, 'int', source='nesterov', numpy='int32'), _Arg(_R.SCALAR, 'int', source='maximize', numpy='int32'), _Arg(_R.SCALAR, 'int', source='first', numpy='int32'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='param', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.TENSOR_TABLE, 'void *const *', source='momentum_buffer', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='momentum', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='dampening', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='weight_decay', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int *', source='nesterov', numpy='int32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int *', source='maximize', numpy='int32', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int *', source='first', numpy='int32', cuda=False), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_LAZY = (_Arg(_R.NNZ, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='param'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='momentum_buffer'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='momentum', numpy='float64'), _Arg(_R.SCALAR, 'double', source='dampening', numpy='float64'), _Arg(_R.SCALAR, 'double', source='weight_decay', numpy='float64'), _Arg(_R.SCALAR, 'int', source='nesterov', numpy='int32'), _Arg(_R.SCALAR, 'int', source='maximize', numpy='int32'), _Arg(_R.SCALAR, 'int', source='first', numpy='int32'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_NORMS = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.SUMS, 'double *', cuda=False), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('torch_sgd_momentum_update', _S.DENSE, 'float16', 'float16', 'float32', 'opgen_torch_sgd_momentum_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
     _Kernel('torch_sgd_momentum_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_torch_sgd_momentum_update_multi_float16', _ARGS_MULTI, None, lanes=8),
     _Kernel('torch_sgd_momentum_update', _S.LAZY, 'float16', 'float16', 'float32', 'opgen_torch_sgd_momentum_update_lazy_float16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
+    _Kernel('torch_sgd_momentum_update', _S.NORMS, 'float16', 'float16', 'float32', 'opgen_torch_sgd_momentum_update_norms_float16', _ARGS_NORMS, None, lanes=8),
     _Kernel('torch_sgd_momentum_update', _S.DENSE, 'float16', 'float32', 'float32', 'opgen_torch_sgd_momentum_update_dense_float16_with_float32_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
     _Kernel('torch_sgd_momentum_update', _S.MULTI, 'float16', 'float32', 'float32', 'opgen_torch_sgd_momentum_update_multi_float16_with_float32_states', _ARGS_MULTI, None, lanes=4),
     _Kernel('torch_sgd_momentum_update', _S.LAZY, 'float16', 'float32', 'float32', 'opgen_torch_sgd_momentum_update_lazy_float16_with_float32_states', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
     _Kernel('torch_sgd_momentum_update', _S.DENSE, 'bfloat16', 'bfloat16', 'float32', 'opgen_torch_sgd_momentum_update_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
     _Kernel('torch_sgd_momentum_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_torch_sgd_momentum_update_multi_bfloat16', _ARGS_MULTI, None, lanes=8),
     _Kernel('torch_sgd_momentum_update', _S.LAZY, 'bfloat16', 'bfloat16', 'float32', 'opgen_torch_sgd_momentum_update_lazy_bfloat16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
+    _Kernel('torch_sgd_momentum_update', _S.NORMS, 'bfloat16', 'bfloat16', 'float32', 'opgen_torch_sgd_momentum_update_norms_bfloat16', _ARGS_NORMS, None, lanes=8),
     _Kernel('torch_sgd_momentum_update', _S.DENSE, 'bfloat16', 'float32', 'float32', 'opgen_torch_sgd_momentum_update_dense_bfloat16_with_float32_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
     _Kernel('torch_sgd_momentum_update', _S.MULTI, 'bfloat16', 'float32', 'float32', 'opgen_torch_sgd_momentum_update_multi_bfloat16_with_float32_states', _ARGS_MULTI, None, lanes=4),
     _Kernel('torch_sgd_momentum_update', _S.LAZY, 'bfloat16', 'float32', 'float32', 'opgen_torch_sgd_momentum_update_lazy_bfloat16_with_float32_states', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
     _Kernel('torch_sgd_momentum_update', _S.DENSE, 'float32', 'float32', 'float32', 'opgen_torch_sgd_momentum_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
     _Kernel('torch_sgd_momentum_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_torch_sgd_momentum_update_multi_float32', _ARGS_MULTI, None, lanes=4),
     _Kernel('torch_sgd_momentum_update', _S.LAZY, 'float32', 'float32', 'float32', 'opgen_torch_sgd_momentum_update_lazy_float32', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
+    _Kernel('torch_sgd_momentum_update', _S.NORMS, 'float32', 'float32', 'float32', 'opgen_torch_sgd_momentum_update_norms_float32', _ARGS_NORMS, None, lanes=4),
     _Kernel('torch_sgd_momentum_update', _S.DENSE, 'float32', 'bfloat16', 'float32', 'opgen_torch_sgd_momentum_update_dense_float32_with_bfloat16_states', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
     _Kernel('torch_sgd_momentum_update', _S.MULTI, 'float32', 'bfloat16', 'float32', 'opgen_torch_sgd_momentum_update_multi_float32_with_bfloat16_states', _ARGS_MULTI, None, lanes=4),
     _Kernel('torch_sgd_momentum_update', _S.LAZY, 'float32', 'bfloat16', 'float32', 'opgen_torch_sgd_momentum_update_lazy_float32_with_bfloat16_states', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
     _Kernel('torch_sgd_momentum_update', _S.DENSE, 'float64', 'float64', 'float64', 'opgen_torch_sgd_momentum_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
     _Kernel('torch_sgd_momentum_update', _S.MULTI, 'float64', 'float64', 'float64', 'opgen_torch_sgd_momentum_update_multi_float64', _ARGS_MULTI, None, lanes=2),
     _Kernel('torch_sgd_momentum_update', _S.LAZY, 'float64', 'float64', 'float64', 'opgen_torch_sgd_momentum_update_lazy_float64', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=2),
+    _Kernel('torch_sgd_momentum_update', _S.NORMS, 'float64', 'float64', 'float64', 'opgen_torch_sgd_momentum_update_norms_float64', _ARGS_NORMS, None, lanes=2),
 )
 
 _OP = _Operator(
@@ -177,7 +182,7 @@ def torch_sgd_momentum_update(param, grad, momentum_buffer, lr, momentum=0.0, da
 _MULTI = _MultiOperator(_OP, ('params', 'grads', 'momentum_buffers'))
 
 
-def torch_sgd_momentum_update_multi(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False, first=False, out=None, *, rounding="nearest", seed=None):
+def torch_sgd_momentum_update_multi(params, grads, momentum_buffers, lr, momentum=0.0, dampening=0.0, weight_decay=0.0, nesterov=False, maximize=False, first=False, out=None, *, rounding="nearest", seed=None, max_grad_norm=None):
     r"""
     torch_sgd_momentum_update on many tensors in one call: one C kernel, one parallel region.
 
@@ -220,10 +225,17 @@ def torch_sgd_momentum_update_multi(params, grads, momentum_buffers, lr, momentu
         The random bits of stochastic rounding, a pure function of (seed, tensor, stored
         tensor, element): the same on every backend and thread count. Required with
         rounding='stochastic'; vary it every step.
+    max_grad_norm : float, optional
+        Clip by the global gradient norm, fused into the update: with the L2 norm of every
+        gradient of the call (in double, the same bits on any thread count), each gradient
+        element is multiplied by min(1, max_grad_norm / (norm + 1e-6)) in the math type as
+        it is loaded (torch.nn.utils.clip_grad_norm_'s factor; a non-finite norm gives a
+        non-finite factor, as there). The gradients themselves are not changed. None (the
+        default): no clipping.
 
     Returns
     -------
     list of numpy.ndarray
         The new params.
     """
-    return _MULTI((params, grads, momentum_buffers), (lr, momentum, dampening, weight_decay, nesterov, maximize, first), out, rounding, seed)
+    return _MULTI((params, grads, momentum_buffers), (lr, momentum, dampening, weight_decay, nesterov, maximize, first), out, rounding, seed, max_grad_norm)

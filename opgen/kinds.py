@@ -30,6 +30,9 @@ class Schedule(str, enum.Enum):
     MULTI = "multi"  # every element of many tensors, one parallel region (C only)
     LAZY = "lazy"  # only the rows a row-sparse gradient lists
     STANDARD = "standard"  # every row; rows the gradient lacks with a zero gradient
+    # each gradient's sum of squares, before a multi-tensor update clipped by the global
+    # gradient norm (C only; ops with a multi kernel); not an update: no spec names it
+    NORMS = "norms"
 
     def __str__(self) -> str:
         return self.value
@@ -44,11 +47,13 @@ class ArgRole(str, enum.Enum):
     NNZ = "nnz"  # rows of the row-sparse gradient
     INDICES = "indices"  # its row indices (int64)
     COUNT = "count"  # tensors of a multi-tensor call
+    SUMS = "sums"  # the norms kernel's results: one double per tensor
     SIZES = "sizes"  # their element counts (int64[count])
     TENSOR = "tensor"  # a tensor's data (`source` names it; `out` is the output)
     TENSOR_TABLE = "tensor_table"  # one data pointer per tensor of a multi-tensor call
     SCALAR = "scalar"  # a scalar input or a parameter the math reads (`source` names it)
     SCALAR_TABLE = "scalar_table"  # one value per tensor of a multi-tensor call
+    GRAD_SCALE = "grad_scale"  # every gradient element is multiplied by it (clipping by a global norm)
     ROUNDING = "rounding"  # 0: to nearest even; 1: stochastic (16-bit stores)
     SEED = "seed"  # the stochastic rounding's seed (uint64)
     FLUSH = "flush_denormal"  # the C kernels' flush-to-zero flag

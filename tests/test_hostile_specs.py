@@ -233,6 +233,10 @@ NAME_CASES = [
      "gives"),
     ([("{name: momentum, type", "{name: grads, type"), ("momentum * mom", "grads * mom")],
      "9:5: parameter 'grads' gives the argument 'grads' of toy_update_multi(), which tensor 'grad' already gives"),
+    # every multi-tensor entry point's clipping argument
+    ([("{name: momentum, type", "{name: max_grad_norm, type"), ("momentum * mom", "max_grad_norm * mom")],
+     "1:7: the clipping argument 'max_grad_norm' gives the argument 'max_grad_norm' of toy_update_multi(), which "
+     "parameter 'max_grad_norm' already gives"),
 ]
 
 

@@ -254,9 +254,9 @@ def test_one_multi_tensor_call_per_dtype_bucket(monkeypatch):
     original = optim.Adam._MULTIS
 
     def counting(multi):
-        def run(groups, *args):
+        def run(groups, *args, **kwargs):
             calls.append(len(groups[0]))
-            return multi(groups, *args)
+            return multi(groups, *args, **kwargs)
         return run
 
     monkeypatch.setattr(optim.Adam, "_MULTIS", tuple(counting(m) for m in original))
@@ -652,3 +652,68 @@ def test_a_meta_tensor_is_not_a_number():
     p = torch.nn.Parameter(torch.ones(2))
     with pytest.raises(ValueError, match="argument 'lr' must be a real number"):
         optim.Adam([p], lr=torch.tensor(0.1, device="meta"))
+
+
+# -- clipping by the global gradient norm (issue 12) --------------------------------------
+def _train_clipped_by_torch(model, opt, max_norm: float, steps: int, data=None):
+    x, y = data or _data()
+    norms = []
+    for _ in range(steps):
+        opt.zero_grad()
+        ((model(x) - y) ** 2).mean().backward()
+        norms.append(float(torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm)))
+        opt.step()
+    return norms
+
+
+@pytest.mark.parametrize("name, kwargs", [("Adam", {}), ("SGD", dict(momentum=0.9)), ("AdamW", dict(weight_decay=0.1))])
+def test_max_grad_norm_follows_torch_clip_grad_norm_then_torch_optim(name, kwargs):
+    """max_grad_norm=0.2 (below the model's gradient norms for the first steps, above them
+    later) for 50 steps, two param groups: torch.nn.utils.clip_grad_norm_ then torch.optim's
+    step; the norm before clipping is what ours reports each step."""
+    ours_model, torch_model = _model(), _model()
+    groups = lambda m: [{"params": list(m[0].parameters())}, {"params": list(m[2].parameters()), "lr": LR[name] / 2}]  # noqa: E731
+    ours = getattr(optim, name)(groups(ours_model), lr=LR[name], max_grad_norm=0.2, **kwargs)
+    reference = getattr(torch.optim, name)(groups(torch_model), lr=LR[name], **kwargs)
+    torch_norms = _train_clipped_by_torch(torch_model, reference, 0.2, 50)
+    x, y = _data()
+    our_norms = []
+    for _ in range(50):
+        ours.zero_grad()
+        ((ours_model(x) - y) ** 2).mean().backward()
+        before = [p.grad.clone() for p in ours_model.parameters()]
+        ours.step()
+        our_norms.append(ours.last_grad_norm)
+        assert all(torch.equal(b, p.grad) for b, p in zip(before, ours_model.parameters()))  # grads untouched
+    assert sum(n > 0.2 for n in torch_norms) >= 5  # steps that clipped
+    torch.testing.assert_close(torch.tensor(our_norms), torch.tensor(torch_norms), rtol=1e-4, atol=1e-6)
+    _assert_same_params(ours_model, torch_model)
+
+
+def test_max_grad_norm_is_one_factor_across_dtype_buckets():
+    """float32 and float64 parameters (two multi-tensor calls): one global norm over both."""
+    a = torch.nn.Parameter(torch.tensor([3.0, 0.0]))
+    b = torch.nn.Parameter(torch.tensor([4.0], dtype=torch.float64))
+    opt = optim.SGD([a, b], lr=1.0, max_grad_norm=1.0)
+    a.grad, b.grad = torch.tensor([3.0, 0.0]), torch.tensor([4.0], dtype=torch.float64)
+    opt.step()
+    assert opt.last_grad_norm == 5.0
+    factor = 1.0 / (5.0 + 1e-6)
+    torch.testing.assert_close(a.detach(), torch.tensor([3.0 - 3.0 * factor, 0.0]))
+    torch.testing.assert_close(b.detach(), torch.tensor([4.0 - 4.0 * factor], dtype=torch.float64), rtol=1e-15,
+                               atol=0)
+
+
+def test_max_grad_norm_refusals():
+    with pytest.raises(ValueError, match=r"Adam\(\): argument 'max_grad_norm' must be positive and finite"):
+        optim.Adam(_model().parameters(), max_grad_norm=0.0)
+    with pytest.raises(TypeError, match=r"Adam\(\): argument 'max_grad_norm' must be None or a number"):
+        optim.Adam(_model().parameters(), max_grad_norm="1")
+    embedding = torch.nn.Embedding(10, 3, sparse=True)
+    opt = optim.SparseAdam(embedding.parameters(), max_grad_norm=1.0) if hasattr(optim, "SparseAdam") else None
+    if opt is not None:
+        before = embedding.weight.detach().clone()
+        embedding(torch.tensor([1, 2])).sum().backward()
+        with pytest.raises(TypeError, match="max_grad_norm clips dense gradients"):
+            opt.step()
+        assert torch.equal(before, embedding.weight.detach())

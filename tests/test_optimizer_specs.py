@@ -54,7 +54,7 @@ CASES = [
      f"{P}:25:5: unknown key 'inti' in an optimizer class; did you mean 'init'?"),
     ("the step count is reserved", ("{name: lr, default: 0.1,", "{name: t, default: 0.1,"),
      f"{P}:17:16: argument name 't' is reserved (the step count 't' and the keyword arguments params, state_dtype, "
-     "rounding, seed, foreach, fused, capturable, differentiable of every class)"),
+     "rounding, seed, max_grad_norm, foreach, fused, capturable, differentiable of every class)"),
     ("a builtin", ("{name: lr, default: 0.1,", "{name: len, default: 0.1,"),
      f"{P}:17:16: argument name 'len' is a name the generated class uses itself (a Python builtin, or one of "
      "group, host, choice, self, initial, weight)"),

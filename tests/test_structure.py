@@ -69,8 +69,8 @@ def test_cuda_launch_vectors_are_sized_by_the_widest_element(op):
     here from the op's tensor table, not from the generator."""
     operator = module(op)._OP
     for (schedule, dtype, states), kernel in operator.kernel_abis.items():
-        if kernel.launch is None:  # multi, and the ops with whole-tensor reductions (no CUDA passes yet)
-            assert schedule == "multi" or cases.op(op).reduces
+        if kernel.launch is None:  # multi, norms, and the ops with whole-tensor reductions (no CUDA passes yet)
+            assert schedule in ("multi", "norms") or cases.op(op).reduces
             continue
         free = [states] if any(t.role == "state" and not t.dtype for t in operator.tensors) else []
         widest = max([np.dtype(d).itemsize for d in [dtype, *free]] +
@@ -88,12 +88,12 @@ def test_the_runtime_passes_every_kernel_argument_once_in_order(op):
 
     operator = module(op)._OP
     for kernel in operator.kernel_abis.values():
-        if kernel.schedule == "multi":
+        if kernel.schedule in ("multi", "norms"):  # (multi.py lays the multi-tensor calls out)
             continue
         for cuda in (False, True):
             head, tensors, positions, _ = operator.c_layout(kernel, cuda)
             laid = [r.value for r in head] + [f"tensor:{t}" for t in tensors] + \
-                [f"scalar:{operator.kernel_scalar_names[k]}" for k in positions] + ["rounding", "seed"] + \
+                [f"scalar:{operator.kernel_scalar_names[k]}" for k in positions] + ["grad_scale", "rounding", "seed"] + \
                 ([] if cuda else ["flush_denormal"])  # as backends.CBackend and CudaBackend pass them
             args = kernel.cuda_args if cuda else kernel.args
             assert laid == [f"{a.role.value}:{a.source}" if a.role in (ArgRole.TENSOR, ArgRole.SCALAR)

@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "adagrad_update_math.h"
 
-void opgen_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adagrad_update_scalars_float scalars = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adagrad_update_scalars_float scalars = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2); opgen_prefetch_line(arg_history, ahead, line, row_len, 2);, opgen_adagrad_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_history));
@@ -22,8 +22,8 @@ void opgen_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64
     }
 }
 
-void opgen_adagrad_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adagrad_update_scalars_float scalars = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_adagrad_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adagrad_update_scalars_float scalars = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2); opgen_prefetch_line(arg_history, ahead, line, row_len, 4);, opgen_adagrad_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_history));
@@ -39,8 +39,8 @@ void opgen_adagrad_update_lazy_float16_with_float32_states(int64_t nnz, int64_t 
     }
 }
 
-void opgen_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adagrad_update_scalars_float scalars = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adagrad_update_scalars_float scalars = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2); opgen_prefetch_line(arg_history, ahead, line, row_len, 2);, opgen_adagrad_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_history));
@@ -56,8 +56,8 @@ void opgen_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int6
     }
 }
 
-void opgen_adagrad_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adagrad_update_scalars_float scalars = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_adagrad_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adagrad_update_scalars_float scalars = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2); opgen_prefetch_line(arg_history, ahead, line, row_len, 4);, opgen_adagrad_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_history));
@@ -73,8 +73,8 @@ void opgen_adagrad_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t
     }
 }
 
-void opgen_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adagrad_update_scalars_float scalars = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adagrad_update_scalars_float scalars = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_weight, ahead, line, row_len, 4); opgen_prefetch_line(arg_history, ahead, line, row_len, 4);, opgen_adagrad_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_history));
     } else {
@@ -82,8 +82,8 @@ void opgen_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64
     }
 }
 
-void opgen_adagrad_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adagrad_update_scalars_float scalars = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_adagrad_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adagrad_update_scalars_float scalars = opgen_adagrad_update_scalars_float_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_weight, ahead, line, row_len, 4); opgen_prefetch_line(arg_history, ahead, line, row_len, 2);, opgen_adagrad_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_history));
@@ -99,8 +99,8 @@ void opgen_adagrad_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t
     }
 }
 
-void opgen_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adagrad_update_scalars_double scalars = opgen_adagrad_update_scalars_double_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adagrad_update_scalars_double scalars = opgen_adagrad_update_scalars_double_init(arg_lr, arg_epsilon, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_weight, ahead, line, row_len, 8); opgen_prefetch_line(arg_history, ahead, line, row_len, 8);, opgen_adagrad_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_history));
     } else {

@@ -8,11 +8,12 @@
 typedef struct {
     float s_lr, s_epsilon, s_rescale_grad, s_clip_gradient;
     int h_0;
+    float opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_adagrad_update_scalars_float;
-OPGEN_INLINE opgen_adagrad_update_scalars_float opgen_adagrad_update_scalars_float_init(double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_adagrad_update_scalars_float opgen_adagrad_update_scalars_float_init(double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_adagrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), opgen_call_key(seed, tensor)};
+    const opgen_adagrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_adagrad_update_element_float(const opgen_adagrad_update_scalars_float s, float *io_weight, float v_grad, float *io_history) {
@@ -28,11 +29,12 @@ OPGEN_INLINE void opgen_adagrad_update_element_float(const opgen_adagrad_update_
 typedef struct {
     double s_lr, s_epsilon, s_rescale_grad, s_clip_gradient;
     int h_0;
+    double opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_adagrad_update_scalars_double;
-OPGEN_INLINE opgen_adagrad_update_scalars_double opgen_adagrad_update_scalars_double_init(double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_adagrad_update_scalars_double opgen_adagrad_update_scalars_double_init(double arg_lr, double arg_epsilon, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_adagrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), opgen_call_key(seed, tensor)};
+    const opgen_adagrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_adagrad_update_element_double(const opgen_adagrad_update_scalars_double s, double *io_weight, double v_grad, double *io_history) {
@@ -50,7 +52,7 @@ OPGEN_INLINE void opgen_adagrad_update_step_float16(const opgen_adagrad_update_s
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_history = OPGEN_LOAD_float16(p_history[i]);
-    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_history);
+    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_history);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_history[i] = OPGEN_ROUND_float16(v_history, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -59,7 +61,7 @@ OPGEN_INLINE void opgen_adagrad_update_step_float16_with_float32_states(const op
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_history = OPGEN_LOAD_float32(p_history[i]);
-    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_history);
+    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_history);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_history[i] = OPGEN_STORE_float32(v_history);
 }
@@ -68,7 +70,7 @@ OPGEN_INLINE void opgen_adagrad_update_step_bfloat16(const opgen_adagrad_update_
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_history = OPGEN_LOAD_bfloat16(p_history[i]);
-    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_history);
+    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_history);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_history[i] = OPGEN_ROUND_bfloat16(v_history, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -77,7 +79,7 @@ OPGEN_INLINE void opgen_adagrad_update_bstep_bfloat16(const opgen_adagrad_update
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_history = OPGEN_LOAD_bfloat16(p_history[i]);
-    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_history);
+    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_history);
     b_weight[j] = v_weight;
     b_history[j] = v_history;
 }
@@ -86,7 +88,7 @@ OPGEN_INLINE void opgen_adagrad_update_step_bfloat16_with_float32_states(const o
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_history = OPGEN_LOAD_float32(p_history[i]);
-    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_history);
+    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_history);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_history[i] = OPGEN_STORE_float32(v_history);
 }
@@ -95,7 +97,7 @@ OPGEN_INLINE void opgen_adagrad_update_bstep_bfloat16_with_float32_states(const 
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_history = OPGEN_LOAD_float32(p_history[i]);
-    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_history);
+    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_history);
     b_weight[j] = v_weight;
     p_history[i] = OPGEN_STORE_float32(v_history);
 }
@@ -104,7 +106,7 @@ OPGEN_INLINE void opgen_adagrad_update_step_float32(const opgen_adagrad_update_s
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_history = OPGEN_LOAD_float32(p_history[i]);
-    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_history);
+    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_history);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_history[i] = OPGEN_STORE_float32(v_history);
 }
@@ -113,7 +115,7 @@ OPGEN_INLINE void opgen_adagrad_update_step_float32_with_bfloat16_states(const o
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_history = OPGEN_LOAD_bfloat16(p_history[i]);
-    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_history);
+    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_history);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_history[i] = OPGEN_ROUND_bfloat16(v_history, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -122,7 +124,7 @@ OPGEN_INLINE void opgen_adagrad_update_bstep_float32_with_bfloat16_states(const 
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_history = OPGEN_LOAD_bfloat16(p_history[i]);
-    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_history);
+    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_history);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     b_history[j] = v_history;
 }
@@ -131,7 +133,7 @@ OPGEN_INLINE void opgen_adagrad_update_step_float64(const opgen_adagrad_update_s
     sv.h_0 = sw0;
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_history = OPGEN_LOAD_float64(p_history[i]);
-    opgen_adagrad_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_history);
+    opgen_adagrad_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_history);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_history[i] = OPGEN_STORE_float64(v_history);
 }

@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "adamw_update_math.h"
 
-void opgen_adamw_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
@@ -22,8 +22,8 @@ void opgen_adamw_update_dense_float16(int64_t size, void *arg_weight, const void
     }
 }
 
-void opgen_adamw_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_adamw_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adamw_update_step_float16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
@@ -39,8 +39,8 @@ void opgen_adamw_update_standard_float16(int64_t nrows, int64_t row_len, int64_t
     }
 }
 
-void opgen_adamw_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
@@ -56,8 +56,8 @@ void opgen_adamw_update_dense_float16_with_float32_states(int64_t size, void *ar
     }
 }
 
-void opgen_adamw_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_adamw_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adamw_update_step_float16_with_float32_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
@@ -73,8 +73,8 @@ void opgen_adamw_update_standard_float16_with_float32_states(int64_t nrows, int6
     }
 }
 
-void opgen_adamw_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
@@ -98,8 +98,8 @@ void opgen_adamw_update_dense_bfloat16(int64_t size, void *arg_weight, const voi
     }
 }
 
-void opgen_adamw_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_adamw_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adamw_update_step_bfloat16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
@@ -115,8 +115,8 @@ void opgen_adamw_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_
     }
 }
 
-void opgen_adamw_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
@@ -140,8 +140,8 @@ void opgen_adamw_update_dense_bfloat16_with_float32_states(int64_t size, void *a
     }
 }
 
-void opgen_adamw_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_adamw_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adamw_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
@@ -157,8 +157,8 @@ void opgen_adamw_update_standard_bfloat16_with_float32_states(int64_t nrows, int
     }
 }
 
-void opgen_adamw_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
@@ -166,8 +166,8 @@ void opgen_adamw_update_dense_float32(int64_t size, void *arg_weight, const void
     }
 }
 
-void opgen_adamw_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_adamw_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adamw_update_step_float32(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
@@ -175,8 +175,8 @@ void opgen_adamw_update_standard_float32(int64_t nrows, int64_t row_len, int64_t
     }
 }
 
-void opgen_adamw_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
@@ -200,8 +200,8 @@ void opgen_adamw_update_dense_float32_with_bfloat16_states(int64_t size, void *a
     }
 }
 
-void opgen_adamw_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_float scalars = opgen_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_adamw_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adamw_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
@@ -217,8 +217,8 @@ void opgen_adamw_update_standard_float32_with_bfloat16_states(int64_t nrows, int
     }
 }
 
-void opgen_adamw_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_double scalars = opgen_adamw_update_scalars_double_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_double scalars = opgen_adamw_update_scalars_double_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
@@ -226,8 +226,8 @@ void opgen_adamw_update_dense_float64(int64_t size, void *arg_weight, const void
     }
 }
 
-void opgen_adamw_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_adamw_update_scalars_double scalars = opgen_adamw_update_scalars_double_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_adamw_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_adamw_update_scalars_double scalars = opgen_adamw_update_scalars_double_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_adamw_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var), opgen_adamw_update_step_float64(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
     } else {

@@ -8,14 +8,14 @@
 typedef struct {
     float s_rescale_grad, s_lr, s_eta, s_beta1, s_beta2, s_epsilon, s_wd, s_clip_gradient;
     int h_0;
-    float h_1, h_2;
+    float h_1, h_2, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_adamw_update_scalars_float;
-OPGEN_INLINE opgen_adamw_update_scalars_float opgen_adamw_update_scalars_float_init(double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_adamw_update_scalars_float opgen_adamw_update_scalars_float_init(double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_beta1; /* mean = beta1 * mean + (1 - beta1) * gr */
     const double h_2 = 1.0 - arg_beta2; /* var = beta2 * var + (1 - beta2) * square(gr) */
-    const opgen_adamw_update_scalars_float s = {OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_eta), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), opgen_call_key(seed, tensor)};
+    const opgen_adamw_update_scalars_float s = {OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_eta), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_adamw_update_element_float(const opgen_adamw_update_scalars_float s, float *io_weight, float v_grad, float *io_mean, float *io_var) {
@@ -34,14 +34,14 @@ OPGEN_INLINE void opgen_adamw_update_element_float(const opgen_adamw_update_scal
 typedef struct {
     double s_rescale_grad, s_lr, s_eta, s_beta1, s_beta2, s_epsilon, s_wd, s_clip_gradient;
     int h_0;
-    double h_1, h_2;
+    double h_1, h_2, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_adamw_update_scalars_double;
-OPGEN_INLINE opgen_adamw_update_scalars_double opgen_adamw_update_scalars_double_init(double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_adamw_update_scalars_double opgen_adamw_update_scalars_double_init(double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_beta1; /* mean = beta1 * mean + (1 - beta1) * gr */
     const double h_2 = 1.0 - arg_beta2; /* var = beta2 * var + (1 - beta2) * square(gr) */
-    const opgen_adamw_update_scalars_double s = {OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_eta), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), opgen_call_key(seed, tensor)};
+    const opgen_adamw_update_scalars_double s = {OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_eta), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_adamw_update_element_double(const opgen_adamw_update_scalars_double s, double *io_weight, double v_grad, double *io_mean, double *io_var) {
@@ -63,7 +63,7 @@ OPGEN_INLINE void opgen_adamw_update_step_float16(const opgen_adamw_update_scala
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mean = OPGEN_LOAD_float16(p_mean[i]);
     float v_var = OPGEN_LOAD_float16(p_var[i]);
-    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mean, &v_var);
+    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_mean[i] = OPGEN_ROUND_float16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_var[i] = OPGEN_ROUND_float16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -74,7 +74,7 @@ OPGEN_INLINE void opgen_adamw_update_step_float16_with_float32_states(const opge
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
-    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mean, &v_var);
+    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -85,7 +85,7 @@ OPGEN_INLINE void opgen_adamw_update_step_bfloat16(const opgen_adamw_update_scal
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mean = OPGEN_LOAD_bfloat16(p_mean[i]);
     float v_var = OPGEN_LOAD_bfloat16(p_var[i]);
-    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var);
+    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_mean[i] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_var[i] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -96,7 +96,7 @@ OPGEN_INLINE void opgen_adamw_update_bstep_bfloat16(const opgen_adamw_update_sca
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mean = OPGEN_LOAD_bfloat16(p_mean[i]);
     float v_var = OPGEN_LOAD_bfloat16(p_var[i]);
-    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var);
+    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     b_weight[j] = v_weight;
     b_mean[j] = v_mean;
     b_var[j] = v_var;
@@ -107,7 +107,7 @@ OPGEN_INLINE void opgen_adamw_update_step_bfloat16_with_float32_states(const opg
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
-    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var);
+    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -118,7 +118,7 @@ OPGEN_INLINE void opgen_adamw_update_bstep_bfloat16_with_float32_states(const op
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
-    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var);
+    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     b_weight[j] = v_weight;
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -129,7 +129,7 @@ OPGEN_INLINE void opgen_adamw_update_step_float32(const opgen_adamw_update_scala
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
-    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mean, &v_var);
+    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -140,7 +140,7 @@ OPGEN_INLINE void opgen_adamw_update_step_float32_with_bfloat16_states(const opg
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mean = OPGEN_LOAD_bfloat16(p_mean[i]);
     float v_var = OPGEN_LOAD_bfloat16(p_var[i]);
-    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mean, &v_var);
+    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mean[i] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_var[i] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -151,7 +151,7 @@ OPGEN_INLINE void opgen_adamw_update_bstep_float32_with_bfloat16_states(const op
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mean = OPGEN_LOAD_bfloat16(p_mean[i]);
     float v_var = OPGEN_LOAD_bfloat16(p_var[i]);
-    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mean, &v_var);
+    opgen_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     b_mean[j] = v_mean;
     b_var[j] = v_var;
@@ -162,7 +162,7 @@ OPGEN_INLINE void opgen_adamw_update_step_float64(const opgen_adamw_update_scala
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_mean = OPGEN_LOAD_float64(p_mean[i]);
     double v_var = OPGEN_LOAD_float64(p_var[i]);
-    opgen_adamw_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_mean, &v_var);
+    opgen_adamw_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_mean[i] = OPGEN_STORE_float64(v_mean);
     p_var[i] = OPGEN_STORE_float64(v_var);

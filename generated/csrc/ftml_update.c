@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "ftml_update_math.h"
 
-void opgen_ftml_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
@@ -22,16 +22,16 @@ void opgen_ftml_update_dense_float16(int64_t size, void *arg_weight, const void 
     }
 }
 
-void opgen_ftml_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_ftml_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     }
 }
 
-void opgen_ftml_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
@@ -47,8 +47,12 @@ void opgen_ftml_update_standard_float16(int64_t nrows, int64_t row_len, int64_t 
     }
 }
 
-void opgen_ftml_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_norms_float16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_half, OPGEN_LOAD_float16, sums, flush_denormal);
+}
+
+void opgen_ftml_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
@@ -64,16 +68,16 @@ void opgen_ftml_update_dense_float16_with_float32_states(int64_t size, void *arg
     }
 }
 
-void opgen_ftml_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_ftml_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     }
 }
 
-void opgen_ftml_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
@@ -89,8 +93,8 @@ void opgen_ftml_update_standard_float16_with_float32_states(int64_t nrows, int64
     }
 }
 
-void opgen_ftml_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
@@ -114,20 +118,20 @@ void opgen_ftml_update_dense_bfloat16(int64_t size, void *arg_weight, const void
     }
 }
 
-void opgen_ftml_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_ftml_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 4, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_bstep_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_d[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_v[t] + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_z[t] + opgen_block, opgen_buffers[3], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 4, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_bstep_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_d[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_v[t] + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_z[t] + opgen_block, opgen_buffers[3], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
         #endif
     }
 }
 
-void opgen_ftml_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
@@ -143,8 +147,12 @@ void opgen_ftml_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t
     }
 }
 
-void opgen_ftml_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_norms_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_bf16, OPGEN_LOAD_bfloat16, sums, flush_denormal);
+}
+
+void opgen_ftml_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
@@ -168,20 +176,20 @@ void opgen_ftml_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
     }
 }
 
-void opgen_ftml_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_ftml_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
         #endif
     }
 }
 
-void opgen_ftml_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
@@ -197,8 +205,8 @@ void opgen_ftml_update_standard_bfloat16_with_float32_states(int64_t nrows, int6
     }
 }
 
-void opgen_ftml_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
@@ -206,12 +214,12 @@ void opgen_ftml_update_dense_float32(int64_t size, void *arg_weight, const void 
     }
 }
 
-void opgen_ftml_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+void opgen_ftml_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
 }
 
-void opgen_ftml_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
@@ -219,8 +227,12 @@ void opgen_ftml_update_standard_float32(int64_t nrows, int64_t row_len, int64_t 
     }
 }
 
-void opgen_ftml_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_norms_float32(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, float, OPGEN_LOAD_float32, sums, flush_denormal);
+}
+
+void opgen_ftml_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
@@ -244,20 +256,20 @@ void opgen_ftml_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
     }
 }
 
-void opgen_ftml_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_ftml_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 3, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_d[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_v[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_z[t] + opgen_block, opgen_buffers[2], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 3, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_d[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_v[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_z[t] + opgen_block, opgen_buffers[2], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
         #endif
     }
 }
 
-void opgen_ftml_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_float scalars = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
@@ -273,8 +285,8 @@ void opgen_ftml_update_standard_float32_with_bfloat16_states(int64_t nrows, int6
     }
 }
 
-void opgen_ftml_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_double scalars = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_double scalars = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
@@ -282,15 +294,19 @@ void opgen_ftml_update_dense_float64(int64_t size, void *arg_weight, const void 
     }
 }
 
-void opgen_ftml_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t), opgen_ftml_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+void opgen_ftml_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
 }
 
-void opgen_ftml_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_ftml_update_scalars_double scalars = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+void opgen_ftml_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_d, void *arg_v, void *arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_ftml_update_scalars_double scalars = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_ftml_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     }
+}
+
+void opgen_ftml_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }

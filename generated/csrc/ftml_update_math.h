@@ -10,16 +10,16 @@ typedef struct {
     int64_t s_t;
     float s_wd, s_rescale_grad, s_clip_grad;
     int h_0;
-    float h_1, h_2, h_3, h_4;
+    float h_1, h_2, h_3, h_4, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_ftml_update_scalars_float;
-OPGEN_INLINE opgen_ftml_update_scalars_float opgen_ftml_update_scalars_float_init(double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_ftml_update_scalars_float opgen_ftml_update_scalars_float_init(double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_grad > 0; /* gr = clip(gr, clip_grad) if clip_grad > 0 else gr */
     const double h_1 = 1.0 - arg_beta2; /* v = beta2 * v + (1 - beta2) * square(gr) */
     const double h_2 = (1.0 - opgen_pow(arg_beta1, (double)arg_t)) / arg_lr; /* d_t = (1 - beta1 ** t) / lr * (sqrt(v / (1 - beta2 ** t)) + epsilon) */
     const double h_3 = 1.0 - opgen_pow(arg_beta2, (double)arg_t); /* d_t = (1 - beta1 ** t) / lr * (sqrt(v / (1 - beta2 ** t)) + epsilon) */
     const double h_4 = 1.0 - arg_beta1; /* z = beta1 * z + (1 - beta1) * gr - (d_t - beta1 * d) * weight */
-    const opgen_ftml_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_grad), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)h_4), opgen_call_key(seed, tensor)};
+    const opgen_ftml_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_grad), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)h_4), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_ftml_update_element_float(const opgen_ftml_update_scalars_float s, float *io_weight, float v_grad, float *io_d, float *io_v, float *io_z) {
@@ -44,16 +44,16 @@ typedef struct {
     int64_t s_t;
     double s_wd, s_rescale_grad, s_clip_grad;
     int h_0;
-    double h_1, h_2, h_3, h_4;
+    double h_1, h_2, h_3, h_4, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_ftml_update_scalars_double;
-OPGEN_INLINE opgen_ftml_update_scalars_double opgen_ftml_update_scalars_double_init(double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_ftml_update_scalars_double opgen_ftml_update_scalars_double_init(double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_grad > 0; /* gr = clip(gr, clip_grad) if clip_grad > 0 else gr */
     const double h_1 = 1.0 - arg_beta2; /* v = beta2 * v + (1 - beta2) * square(gr) */
     const double h_2 = (1.0 - opgen_pow(arg_beta1, (double)arg_t)) / arg_lr; /* d_t = (1 - beta1 ** t) / lr * (sqrt(v / (1 - beta2 ** t)) + epsilon) */
     const double h_3 = 1.0 - opgen_pow(arg_beta2, (double)arg_t); /* d_t = (1 - beta1 ** t) / lr * (sqrt(v / (1 - beta2 ** t)) + epsilon) */
     const double h_4 = 1.0 - arg_beta1; /* z = beta1 * z + (1 - beta1) * gr - (d_t - beta1 * d) * weight */
-    const opgen_ftml_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_grad), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), OPGEN_PER_CALL((double)h_3), OPGEN_PER_CALL((double)h_4), opgen_call_key(seed, tensor)};
+    const opgen_ftml_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_grad), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), OPGEN_PER_CALL((double)h_3), OPGEN_PER_CALL((double)h_4), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_ftml_update_element_double(const opgen_ftml_update_scalars_double s, double *io_weight, double v_grad, double *io_d, double *io_v, double *io_z) {
@@ -80,7 +80,7 @@ OPGEN_INLINE void opgen_ftml_update_step_float16(const opgen_ftml_update_scalars
     float v_d = OPGEN_LOAD_float16(p_d[i]);
     float v_v = OPGEN_LOAD_float16(p_v[i]);
     float v_z = OPGEN_LOAD_float16(p_z[i]);
-    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_d, &v_v, &v_z);
+    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_d[i] = OPGEN_ROUND_float16(v_d, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_v[i] = OPGEN_ROUND_float16(v_v, sr, opgen_slot_key(s.opgen_key, 0), i);
@@ -93,7 +93,7 @@ OPGEN_INLINE void opgen_ftml_update_step_float16_with_float32_states(const opgen
     float v_d = OPGEN_LOAD_float32(p_d[i]);
     float v_v = OPGEN_LOAD_float32(p_v[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
-    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_d, &v_v, &v_z);
+    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_d[i] = OPGEN_STORE_float32(v_d);
     p_v[i] = OPGEN_STORE_float32(v_v);
@@ -106,7 +106,7 @@ OPGEN_INLINE void opgen_ftml_update_step_bfloat16(const opgen_ftml_update_scalar
     float v_d = OPGEN_LOAD_bfloat16(p_d[i]);
     float v_v = OPGEN_LOAD_bfloat16(p_v[i]);
     float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
-    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_d, &v_v, &v_z);
+    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_d[i] = OPGEN_ROUND_bfloat16(v_d, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_v[i] = OPGEN_ROUND_bfloat16(v_v, sr, opgen_slot_key(s.opgen_key, 0), i);
@@ -119,7 +119,7 @@ OPGEN_INLINE void opgen_ftml_update_bstep_bfloat16(const opgen_ftml_update_scala
     float v_d = OPGEN_LOAD_bfloat16(p_d[i]);
     float v_v = OPGEN_LOAD_bfloat16(p_v[i]);
     float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
-    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_d, &v_v, &v_z);
+    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
     b_weight[j] = v_weight;
     b_d[j] = v_d;
     b_v[j] = v_v;
@@ -132,7 +132,7 @@ OPGEN_INLINE void opgen_ftml_update_step_bfloat16_with_float32_states(const opge
     float v_d = OPGEN_LOAD_float32(p_d[i]);
     float v_v = OPGEN_LOAD_float32(p_v[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
-    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_d, &v_v, &v_z);
+    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_d[i] = OPGEN_STORE_float32(v_d);
     p_v[i] = OPGEN_STORE_float32(v_v);
@@ -145,7 +145,7 @@ OPGEN_INLINE void opgen_ftml_update_bstep_bfloat16_with_float32_states(const opg
     float v_d = OPGEN_LOAD_float32(p_d[i]);
     float v_v = OPGEN_LOAD_float32(p_v[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
-    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_d, &v_v, &v_z);
+    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
     b_weight[j] = v_weight;
     p_d[i] = OPGEN_STORE_float32(v_d);
     p_v[i] = OPGEN_STORE_float32(v_v);
@@ -158,7 +158,7 @@ OPGEN_INLINE void opgen_ftml_update_step_float32(const opgen_ftml_update_scalars
     float v_d = OPGEN_LOAD_float32(p_d[i]);
     float v_v = OPGEN_LOAD_float32(p_v[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
-    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_d, &v_v, &v_z);
+    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_d[i] = OPGEN_STORE_float32(v_d);
     p_v[i] = OPGEN_STORE_float32(v_v);
@@ -171,7 +171,7 @@ OPGEN_INLINE void opgen_ftml_update_step_float32_with_bfloat16_states(const opge
     float v_d = OPGEN_LOAD_bfloat16(p_d[i]);
     float v_v = OPGEN_LOAD_bfloat16(p_v[i]);
     float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
-    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_d, &v_v, &v_z);
+    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_d[i] = OPGEN_ROUND_bfloat16(v_d, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_v[i] = OPGEN_ROUND_bfloat16(v_v, sr, opgen_slot_key(s.opgen_key, 0), i);
@@ -184,7 +184,7 @@ OPGEN_INLINE void opgen_ftml_update_bstep_float32_with_bfloat16_states(const opg
     float v_d = OPGEN_LOAD_bfloat16(p_d[i]);
     float v_v = OPGEN_LOAD_bfloat16(p_v[i]);
     float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
-    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_d, &v_v, &v_z);
+    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     b_d[j] = v_d;
     b_v[j] = v_v;
@@ -197,7 +197,7 @@ OPGEN_INLINE void opgen_ftml_update_step_float64(const opgen_ftml_update_scalars
     double v_d = OPGEN_LOAD_float64(p_d[i]);
     double v_v = OPGEN_LOAD_float64(p_v[i]);
     double v_z = OPGEN_LOAD_float64(p_z[i]);
-    opgen_ftml_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_d, &v_v, &v_z);
+    opgen_ftml_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_d[i] = OPGEN_STORE_float64(v_d);
     p_v[i] = OPGEN_STORE_float64(v_v);

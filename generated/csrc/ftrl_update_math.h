@@ -8,11 +8,12 @@
 typedef struct {
     float s_lr, s_lamda1, s_beta, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
+    float opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_ftrl_update_scalars_float;
-OPGEN_INLINE opgen_ftrl_update_scalars_float opgen_ftrl_update_scalars_float_init(double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_ftrl_update_scalars_float opgen_ftrl_update_scalars_float_init(double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_ftrl_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_lamda1), OPGEN_PER_CALL((float)arg_beta), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), opgen_call_key(seed, tensor)};
+    const opgen_ftrl_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_lamda1), OPGEN_PER_CALL((float)arg_beta), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_ftrl_update_element_float(const opgen_ftrl_update_scalars_float s, float *io_weight, float v_grad, float *io_z, float *io_n) {
@@ -32,11 +33,12 @@ OPGEN_INLINE void opgen_ftrl_update_element_float(const opgen_ftrl_update_scalar
 typedef struct {
     double s_lr, s_lamda1, s_beta, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
+    double opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_ftrl_update_scalars_double;
-OPGEN_INLINE opgen_ftrl_update_scalars_double opgen_ftrl_update_scalars_double_init(double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_ftrl_update_scalars_double opgen_ftrl_update_scalars_double_init(double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_ftrl_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_lamda1), OPGEN_PER_CALL((double)arg_beta), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), opgen_call_key(seed, tensor)};
+    const opgen_ftrl_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_lamda1), OPGEN_PER_CALL((double)arg_beta), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_ftrl_update_element_double(const opgen_ftrl_update_scalars_double s, double *io_weight, double v_grad, double *io_z, double *io_n) {
@@ -59,7 +61,7 @@ OPGEN_INLINE void opgen_ftrl_update_step_float16(const opgen_ftrl_update_scalars
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_z = OPGEN_LOAD_float16(p_z[i]);
     float v_n = OPGEN_LOAD_float16(p_n[i]);
-    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_z, &v_n);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_z[i] = OPGEN_ROUND_float16(v_z, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_n[i] = OPGEN_ROUND_float16(v_n, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -70,7 +72,7 @@ OPGEN_INLINE void opgen_ftrl_update_step_float16_with_float32_states(const opgen
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
-    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_z, &v_n);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_z[i] = OPGEN_STORE_float32(v_z);
     p_n[i] = OPGEN_STORE_float32(v_n);
@@ -81,7 +83,7 @@ OPGEN_INLINE void opgen_ftrl_update_step_bfloat16(const opgen_ftrl_update_scalar
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
-    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_z, &v_n);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_z[i] = OPGEN_ROUND_bfloat16(v_z, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_n[i] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -92,7 +94,7 @@ OPGEN_INLINE void opgen_ftrl_update_bstep_bfloat16(const opgen_ftrl_update_scala
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
-    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_z, &v_n);
     b_weight[j] = v_weight;
     b_z[j] = v_z;
     b_n[j] = v_n;
@@ -103,7 +105,7 @@ OPGEN_INLINE void opgen_ftrl_update_step_bfloat16_with_float32_states(const opge
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
-    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_z, &v_n);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_z[i] = OPGEN_STORE_float32(v_z);
     p_n[i] = OPGEN_STORE_float32(v_n);
@@ -114,7 +116,7 @@ OPGEN_INLINE void opgen_ftrl_update_bstep_bfloat16_with_float32_states(const opg
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
-    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_z, &v_n);
     b_weight[j] = v_weight;
     p_z[i] = OPGEN_STORE_float32(v_z);
     p_n[i] = OPGEN_STORE_float32(v_n);
@@ -125,7 +127,7 @@ OPGEN_INLINE void opgen_ftrl_update_step_float32(const opgen_ftrl_update_scalars
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_z = OPGEN_LOAD_float32(p_z[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
-    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_z, &v_n);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_z[i] = OPGEN_STORE_float32(v_z);
     p_n[i] = OPGEN_STORE_float32(v_n);
@@ -136,7 +138,7 @@ OPGEN_INLINE void opgen_ftrl_update_step_float32_with_bfloat16_states(const opge
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
-    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_z, &v_n);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_z[i] = OPGEN_ROUND_bfloat16(v_z, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_n[i] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -147,7 +149,7 @@ OPGEN_INLINE void opgen_ftrl_update_bstep_float32_with_bfloat16_states(const opg
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_z = OPGEN_LOAD_bfloat16(p_z[i]);
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
-    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_z, &v_n);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     b_z[j] = v_z;
     b_n[j] = v_n;
@@ -158,7 +160,7 @@ OPGEN_INLINE void opgen_ftrl_update_step_float64(const opgen_ftrl_update_scalars
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_z = OPGEN_LOAD_float64(p_z[i]);
     double v_n = OPGEN_LOAD_float64(p_n[i]);
-    opgen_ftrl_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_z, &v_n);
+    opgen_ftrl_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_z, &v_n);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_z[i] = OPGEN_STORE_float64(v_z);
     p_n[i] = OPGEN_STORE_float64(v_n);

@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "group_adagrad_update_math.h"
 
-void opgen_group_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+void opgen_group_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float16(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float16(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float16(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_float16(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
     } else {
@@ -14,8 +14,8 @@ void opgen_group_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const
     }
 }
 
-void opgen_group_adagrad_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+void opgen_group_adagrad_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float16_with_float32_states(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float16_with_float32_states(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float16_with_float32_states(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_float16_with_float32_states(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
     } else {
@@ -23,8 +23,8 @@ void opgen_group_adagrad_update_lazy_float16_with_float32_states(int64_t nnz, in
     }
 }
 
-void opgen_group_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+void opgen_group_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_bfloat16(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_bfloat16(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_bfloat16(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_bfloat16(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
     } else {
@@ -32,8 +32,8 @@ void opgen_group_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, cons
     }
 }
 
-void opgen_group_adagrad_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+void opgen_group_adagrad_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_bfloat16_with_float32_states(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_bfloat16_with_float32_states(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_bfloat16_with_float32_states(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_bfloat16_with_float32_states(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
     } else {
@@ -41,13 +41,13 @@ void opgen_group_adagrad_update_lazy_bfloat16_with_float32_states(int64_t nnz, i
     }
 }
 
-void opgen_group_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+void opgen_group_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float32(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float32(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float32(s, opgen_values, row, 0, arg_history), opgen_group_adagrad_update_pass2_float32(s, opgen_values, i, gi, 0, arg_weight, arg_grad));
 }
 
-void opgen_group_adagrad_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+void opgen_group_adagrad_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_float scalars = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float32_with_bfloat16_states(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float32_with_bfloat16_states(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float32_with_bfloat16_states(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_float32_with_bfloat16_states(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
     } else {
@@ -55,7 +55,7 @@ void opgen_group_adagrad_update_lazy_float32_with_bfloat16_states(int64_t nnz, i
     }
 }
 
-void opgen_group_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_group_adagrad_update_scalars_double scalars = opgen_group_adagrad_update_scalars_double_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+void opgen_group_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_group_adagrad_update_scalars_double scalars = opgen_group_adagrad_update_scalars_double_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     OPGEN_LAZY_ROWS(double, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float64(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float64(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float64(s, opgen_values, row, 0, arg_history), opgen_group_adagrad_update_pass2_float64(s, opgen_values, i, gi, 0, arg_weight, arg_grad));
 }

@@ -8,11 +8,12 @@
 typedef struct {
     float s_lr, s_rescale_grad, s_clip_gradient, s_epsilon;
     int h_0;
+    float opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_group_adagrad_update_scalars_float;
-OPGEN_INLINE opgen_group_adagrad_update_scalars_float opgen_group_adagrad_update_scalars_float_init(double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_group_adagrad_update_scalars_float opgen_group_adagrad_update_scalars_float_init(double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_group_adagrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL(h_0), opgen_call_key(seed, tensor)};
+    const opgen_group_adagrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_float(const opgen_group_adagrad_update_scalars_float s, float *sums, float v_grad) {
@@ -36,11 +37,12 @@ OPGEN_INLINE void opgen_group_adagrad_update_pass2_float(const opgen_group_adagr
 typedef struct {
     double s_lr, s_rescale_grad, s_clip_gradient, s_epsilon;
     int h_0;
+    double opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_group_adagrad_update_scalars_double;
-OPGEN_INLINE opgen_group_adagrad_update_scalars_double opgen_group_adagrad_update_scalars_double_init(double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_group_adagrad_update_scalars_double opgen_group_adagrad_update_scalars_double_init(double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_group_adagrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL(h_0), opgen_call_key(seed, tensor)};
+    const opgen_group_adagrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_double(const opgen_group_adagrad_update_scalars_double s, double *sums, double v_grad) {
@@ -62,7 +64,7 @@ OPGEN_INLINE void opgen_group_adagrad_update_pass2_double(const opgen_group_adag
     *io_weight = v_weight;
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_float16(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const opgen_half *OPGEN_RESTRICT p_grad) {
-    opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_float16(p_grad[gi]));
+    opgen_group_adagrad_update_pass1_float(s, sums, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
 }
 OPGEN_INLINE void opgen_group_adagrad_update_row_float16(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, opgen_half *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_float16(p_history[row]));
@@ -72,11 +74,11 @@ OPGEN_INLINE void opgen_group_adagrad_update_row_store_float16(const opgen_group
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass2_float16(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
-    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_float16(p_grad[gi]));
+    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_float16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const opgen_half *OPGEN_RESTRICT p_grad) {
-    opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_float16(p_grad[gi]));
+    opgen_group_adagrad_update_pass1_float(s, sums, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
 }
 OPGEN_INLINE void opgen_group_adagrad_update_row_float16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, float *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_float32(p_history[row]));
@@ -86,11 +88,11 @@ OPGEN_INLINE void opgen_group_adagrad_update_row_store_float16_with_float32_stat
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass2_float16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
-    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_float16(p_grad[gi]));
+    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_bfloat16(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
-    opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_group_adagrad_update_pass1_float(s, sums, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
 }
 OPGEN_INLINE void opgen_group_adagrad_update_row_bfloat16(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, opgen_bf16 *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_bfloat16(p_history[row]));
@@ -100,11 +102,11 @@ OPGEN_INLINE void opgen_group_adagrad_update_row_store_bfloat16(const opgen_grou
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass2_bfloat16(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_bfloat16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
-    opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_group_adagrad_update_pass1_float(s, sums, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
 }
 OPGEN_INLINE void opgen_group_adagrad_update_row_bfloat16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, float *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_float32(p_history[row]));
@@ -114,11 +116,11 @@ OPGEN_INLINE void opgen_group_adagrad_update_row_store_bfloat16_with_float32_sta
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass2_bfloat16_with_float32_states(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_float32(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const float *OPGEN_RESTRICT p_grad) {
-    opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_float32(p_grad[gi]));
+    opgen_group_adagrad_update_pass1_float(s, sums, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
 }
 OPGEN_INLINE void opgen_group_adagrad_update_row_float32(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, float *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_float32(p_history[row]));
@@ -128,11 +130,11 @@ OPGEN_INLINE void opgen_group_adagrad_update_row_store_float32(const opgen_group
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass2_float32(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
-    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_float32(p_grad[gi]));
+    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_float32_with_bfloat16_states(const opgen_group_adagrad_update_scalars_float s, int64_t i, int64_t gi, float *sums, const float *OPGEN_RESTRICT p_grad) {
-    opgen_group_adagrad_update_pass1_float(s, sums, OPGEN_LOAD_float32(p_grad[gi]));
+    opgen_group_adagrad_update_pass1_float(s, sums, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
 }
 OPGEN_INLINE void opgen_group_adagrad_update_row_float32_with_bfloat16_states(const opgen_group_adagrad_update_scalars_float s, const float *sums, int64_t row_len, float *values, int64_t row, opgen_bf16 *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_float(s, sums, row_len, values, OPGEN_LOAD_bfloat16(p_history[row]));
@@ -142,11 +144,11 @@ OPGEN_INLINE void opgen_group_adagrad_update_row_store_float32_with_bfloat16_sta
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass2_float32_with_bfloat16_states(const opgen_group_adagrad_update_scalars_float s, const float *values, int64_t i, int64_t gi, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
-    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, OPGEN_LOAD_float32(p_grad[gi]));
+    opgen_group_adagrad_update_pass2_float(s, values, &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass1_float64(const opgen_group_adagrad_update_scalars_double s, int64_t i, int64_t gi, double *sums, const double *OPGEN_RESTRICT p_grad) {
-    opgen_group_adagrad_update_pass1_double(s, sums, OPGEN_LOAD_float64(p_grad[gi]));
+    opgen_group_adagrad_update_pass1_double(s, sums, (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
 }
 OPGEN_INLINE void opgen_group_adagrad_update_row_float64(const opgen_group_adagrad_update_scalars_double s, const double *sums, int64_t row_len, double *values, int64_t row, double *OPGEN_RESTRICT p_history) {
     opgen_group_adagrad_update_row_double(s, sums, row_len, values, OPGEN_LOAD_float64(p_history[row]));
@@ -156,7 +158,7 @@ OPGEN_INLINE void opgen_group_adagrad_update_row_store_float64(const opgen_group
 }
 OPGEN_INLINE void opgen_group_adagrad_update_pass2_float64(const opgen_group_adagrad_update_scalars_double s, const double *values, int64_t i, int64_t gi, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
-    opgen_group_adagrad_update_pass2_double(s, values, &v_weight, OPGEN_LOAD_float64(p_grad[gi]));
+    opgen_group_adagrad_update_pass2_double(s, values, &v_weight, (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float64(v_weight);
 }
 

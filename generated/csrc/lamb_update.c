@@ -5,10 +5,10 @@
 #include "opgen_kernel.h"
 #include "lamb_update_math.h"
 
-void opgen_lamb_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
@@ -26,7 +26,7 @@ void opgen_lamb_update_dense_float16(int64_t size, void *arg_weight, const void 
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+    const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -58,11 +58,11 @@ void opgen_lamb_update_dense_float16(int64_t size, void *arg_weight, const void 
     }
 }
 
-void opgen_lamb_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
@@ -80,7 +80,7 @@ void opgen_lamb_update_multi_float16(int64_t count, const int64_t *sizes, void *
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
                 if (rounding) {
@@ -113,10 +113,14 @@ void opgen_lamb_update_multi_float16(int64_t count, const int64_t *sizes, void *
     }
 }
 
-void opgen_lamb_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_norms_float16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_half, OPGEN_LOAD_float16, sums, flush_denormal);
+}
+
+void opgen_lamb_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
@@ -134,7 +138,7 @@ void opgen_lamb_update_dense_float16_with_float32_states(int64_t size, void *arg
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+    const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -166,11 +170,11 @@ void opgen_lamb_update_dense_float16_with_float32_states(int64_t size, void *arg
     }
 }
 
-void opgen_lamb_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
@@ -188,7 +192,7 @@ void opgen_lamb_update_multi_float16_with_float32_states(int64_t count, const in
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
                 if (rounding) {
@@ -221,10 +225,10 @@ void opgen_lamb_update_multi_float16_with_float32_states(int64_t count, const in
     }
 }
 
-void opgen_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
@@ -242,7 +246,7 @@ void opgen_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, const void
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+    const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -290,11 +294,11 @@ void opgen_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, const void
     }
 }
 
-void opgen_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
@@ -312,7 +316,7 @@ void opgen_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes, void 
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
                 if (rounding) {
@@ -361,10 +365,14 @@ void opgen_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes, void 
     }
 }
 
-void opgen_lamb_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_norms_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_bf16, OPGEN_LOAD_bfloat16, sums, flush_denormal);
+}
+
+void opgen_lamb_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
@@ -382,7 +390,7 @@ void opgen_lamb_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+    const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -430,11 +438,11 @@ void opgen_lamb_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
     }
 }
 
-void opgen_lamb_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
@@ -452,7 +460,7 @@ void opgen_lamb_update_multi_bfloat16_with_float32_states(int64_t count, const i
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
                 if (rounding) {
@@ -501,10 +509,10 @@ void opgen_lamb_update_multi_bfloat16_with_float32_states(int64_t count, const i
     }
 }
 
-void opgen_lamb_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
@@ -522,7 +530,7 @@ void opgen_lamb_update_dense_float32(int64_t size, void *arg_weight, const void 
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+    const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float32(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
@@ -538,11 +546,11 @@ void opgen_lamb_update_dense_float32(int64_t size, void *arg_weight, const void 
     }
 }
 
-void opgen_lamb_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
@@ -560,7 +568,7 @@ void opgen_lamb_update_multi_float32(int64_t count, const int64_t *sizes, void *
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
@@ -577,10 +585,14 @@ void opgen_lamb_update_multi_float32(int64_t count, const int64_t *sizes, void *
     }
 }
 
-void opgen_lamb_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_norms_float32(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, float, OPGEN_LOAD_float32, sums, flush_denormal);
+}
+
+void opgen_lamb_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
@@ -598,7 +610,7 @@ void opgen_lamb_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+    const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -646,11 +658,11 @@ void opgen_lamb_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
     }
 }
 
-void opgen_lamb_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
@@ -668,7 +680,7 @@ void opgen_lamb_update_multi_float32_with_bfloat16_states(int64_t count, const i
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
                 if (rounding) {
@@ -717,10 +729,10 @@ void opgen_lamb_update_multi_float32_with_bfloat16_states(int64_t count, const i
     }
 }
 
-void opgen_lamb_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lamb_update_scalars_double scalars = opgen_lamb_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+        const opgen_lamb_update_scalars_double scalars = opgen_lamb_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
@@ -738,7 +750,7 @@ void opgen_lamb_update_dense_float64(int64_t size, void *arg_weight, const void 
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lamb_update_scalars_double scalars = opgen_lamb_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, opgen_totals);
+    const opgen_lamb_update_scalars_double scalars = opgen_lamb_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_step_float64(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
@@ -754,11 +766,11 @@ void opgen_lamb_update_dense_float64(int64_t size, void *arg_weight, const void 
     }
 }
 
-void opgen_lamb_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lamb_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lamb_update_scalars_double scalars = opgen_lamb_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+            const opgen_lamb_update_scalars_double scalars = opgen_lamb_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
@@ -776,7 +788,7 @@ void opgen_lamb_update_multi_float64(int64_t count, const int64_t *sizes, void *
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lamb_update_scalars_double scalars = opgen_lamb_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, opgen_totals);
+        const opgen_lamb_update_scalars_double scalars = opgen_lamb_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float64(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
@@ -791,4 +803,8 @@ void opgen_lamb_update_multi_float64(int64_t count, const int64_t *sizes, void *
             }
         }
     }
+}
+
+void opgen_lamb_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }

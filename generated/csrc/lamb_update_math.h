@@ -11,10 +11,10 @@ typedef struct {
     int s_bias_correction;
     float s_wd, s_rescale_grad, s_clip_gradient, s_lower_bound, s_upper_bound;
     int h_0;
-    float h_1, h_2, h_3, h_4, t_r1, t__2r1, t_r2, t_step, q_0, q_1;
+    float h_1, h_2, h_3, h_4, t_r1, t__2r1, t_r2, t_step, q_0, q_1, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_lamb_update_scalars_float;
-OPGEN_INLINE opgen_lamb_update_scalars_float opgen_lamb_update_scalars_float_init(double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, uint64_t seed, int64_t tensor, const double *opgen_totals) {
+OPGEN_INLINE opgen_lamb_update_scalars_float opgen_lamb_update_scalars_float_init(double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, uint64_t seed, int64_t tensor, double grad_scale, const double *opgen_totals) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_beta1; /* mean = beta1 * mean + (1 - beta1) * gr */
     const double h_2 = 1.0 - arg_beta2; /* var = beta2 * var + (1 - beta2) * gr * gr */
@@ -24,7 +24,7 @@ OPGEN_INLINE opgen_lamb_update_scalars_float opgen_lamb_update_scalars_float_ini
     const double t__2r1 = arg_upper_bound >= 0 ? opgen_min(t_r1, arg_upper_bound) : t_r1; /* r1 = min(r1, upper_bound) if upper_bound >= 0 else r1 */
     const double t_r2 = opgen_totals[1]; /* r2 = norm(u) */
     const double t_step = t__2r1 == 0 || t_r2 == 0 ? arg_lr : arg_lr * t__2r1 / t_r2; /* step = lr if r1 == 0 or r2 == 0 else lr * r1 / r2 */
-    const opgen_lamb_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_bias_correction), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_lower_bound), OPGEN_PER_CALL((float)arg_upper_bound), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)h_4), OPGEN_PER_CALL((float)t_r1), OPGEN_PER_CALL((float)t__2r1), OPGEN_PER_CALL((float)t_r2), OPGEN_PER_CALL((float)t_step), OPGEN_PER_CALL((float)opgen_totals[0]), OPGEN_PER_CALL((float)opgen_totals[1]), opgen_call_key(seed, tensor)};
+    const opgen_lamb_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_bias_correction), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_lower_bound), OPGEN_PER_CALL((float)arg_upper_bound), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)h_4), OPGEN_PER_CALL((float)t_r1), OPGEN_PER_CALL((float)t__2r1), OPGEN_PER_CALL((float)t_r2), OPGEN_PER_CALL((float)t_step), OPGEN_PER_CALL((float)opgen_totals[0]), OPGEN_PER_CALL((float)opgen_totals[1]), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_lamb_update_total1_float(const opgen_lamb_update_scalars_float s, float *opgen_v, float v_weight, float v_grad, float v_mean, float v_var) {
@@ -56,10 +56,10 @@ typedef struct {
     int s_bias_correction;
     double s_wd, s_rescale_grad, s_clip_gradient, s_lower_bound, s_upper_bound;
     int h_0;
-    double h_1, h_2, h_3, h_4, t_r1, t__2r1, t_r2, t_step, q_0, q_1;
+    double h_1, h_2, h_3, h_4, t_r1, t__2r1, t_r2, t_step, q_0, q_1, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_lamb_update_scalars_double;
-OPGEN_INLINE opgen_lamb_update_scalars_double opgen_lamb_update_scalars_double_init(double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, uint64_t seed, int64_t tensor, const double *opgen_totals) {
+OPGEN_INLINE opgen_lamb_update_scalars_double opgen_lamb_update_scalars_double_init(double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_lower_bound, double arg_upper_bound, uint64_t seed, int64_t tensor, double grad_scale, const double *opgen_totals) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_beta1; /* mean = beta1 * mean + (1 - beta1) * gr */
     const double h_2 = 1.0 - arg_beta2; /* var = beta2 * var + (1 - beta2) * gr * gr */
@@ -69,7 +69,7 @@ OPGEN_INLINE opgen_lamb_update_scalars_double opgen_lamb_update_scalars_double_i
     const double t__2r1 = arg_upper_bound >= 0 ? opgen_min(t_r1, arg_upper_bound) : t_r1; /* r1 = min(r1, upper_bound) if upper_bound >= 0 else r1 */
     const double t_r2 = opgen_totals[1]; /* r2 = norm(u) */
     const double t_step = t__2r1 == 0 || t_r2 == 0 ? arg_lr : arg_lr * t__2r1 / t_r2; /* step = lr if r1 == 0 or r2 == 0 else lr * r1 / r2 */
-    const opgen_lamb_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_bias_correction), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_lower_bound), OPGEN_PER_CALL((double)arg_upper_bound), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), OPGEN_PER_CALL((double)h_3), OPGEN_PER_CALL((double)h_4), OPGEN_PER_CALL((double)t_r1), OPGEN_PER_CALL((double)t__2r1), OPGEN_PER_CALL((double)t_r2), OPGEN_PER_CALL((double)t_step), OPGEN_PER_CALL((double)opgen_totals[0]), OPGEN_PER_CALL((double)opgen_totals[1]), opgen_call_key(seed, tensor)};
+    const opgen_lamb_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_bias_correction), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_lower_bound), OPGEN_PER_CALL((double)arg_upper_bound), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), OPGEN_PER_CALL((double)h_3), OPGEN_PER_CALL((double)h_4), OPGEN_PER_CALL((double)t_r1), OPGEN_PER_CALL((double)t__2r1), OPGEN_PER_CALL((double)t_r2), OPGEN_PER_CALL((double)t_step), OPGEN_PER_CALL((double)opgen_totals[0]), OPGEN_PER_CALL((double)opgen_totals[1]), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_lamb_update_total1_double(const opgen_lamb_update_scalars_double s, double *opgen_v, double v_weight, double v_grad, double v_mean, double v_var) {
@@ -100,7 +100,7 @@ OPGEN_INLINE void opgen_lamb_update_total1_float16(const opgen_lamb_update_scala
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
     float opgen_v[2];
-    opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_weight[i]), OPGEN_LOAD_float16(p_grad[gi]), OPGEN_LOAD_float16(p_mean[i]), OPGEN_LOAD_float16(p_var[i]));
+    opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), OPGEN_LOAD_float16(p_mean[i]), OPGEN_LOAD_float16(p_var[i]));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -111,7 +111,7 @@ OPGEN_INLINE void opgen_lamb_update_step_float16(const opgen_lamb_update_scalars
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mean = OPGEN_LOAD_float16(p_mean[i]);
     float v_var = OPGEN_LOAD_float16(p_var[i]);
-    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mean, &v_var);
+    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_mean[i] = OPGEN_ROUND_float16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_var[i] = OPGEN_ROUND_float16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -121,7 +121,7 @@ OPGEN_INLINE void opgen_lamb_update_total1_float16_with_float32_states(const opg
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
     float opgen_v[2];
-    opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_weight[i]), OPGEN_LOAD_float16(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]));
+    opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -132,7 +132,7 @@ OPGEN_INLINE void opgen_lamb_update_step_float16_with_float32_states(const opgen
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
-    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mean, &v_var);
+    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -142,7 +142,7 @@ OPGEN_INLINE void opgen_lamb_update_total1_bfloat16(const opgen_lamb_update_scal
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
     float opgen_v[2];
-    opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), OPGEN_LOAD_bfloat16(p_grad[gi]), OPGEN_LOAD_bfloat16(p_mean[i]), OPGEN_LOAD_bfloat16(p_var[i]));
+    opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), OPGEN_LOAD_bfloat16(p_mean[i]), OPGEN_LOAD_bfloat16(p_var[i]));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -153,7 +153,7 @@ OPGEN_INLINE void opgen_lamb_update_step_bfloat16(const opgen_lamb_update_scalar
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mean = OPGEN_LOAD_bfloat16(p_mean[i]);
     float v_var = OPGEN_LOAD_bfloat16(p_var[i]);
-    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var);
+    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_mean[i] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_var[i] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -165,7 +165,7 @@ OPGEN_INLINE void opgen_lamb_update_bstep_bfloat16(const opgen_lamb_update_scala
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mean = OPGEN_LOAD_bfloat16(p_mean[i]);
     float v_var = OPGEN_LOAD_bfloat16(p_var[i]);
-    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var);
+    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     b_weight[j] = v_weight;
     b_mean[j] = v_mean;
     b_var[j] = v_var;
@@ -175,7 +175,7 @@ OPGEN_INLINE void opgen_lamb_update_total1_bfloat16_with_float32_states(const op
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
     float opgen_v[2];
-    opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), OPGEN_LOAD_bfloat16(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]));
+    opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -186,7 +186,7 @@ OPGEN_INLINE void opgen_lamb_update_step_bfloat16_with_float32_states(const opge
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
-    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var);
+    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -198,7 +198,7 @@ OPGEN_INLINE void opgen_lamb_update_bstep_bfloat16_with_float32_states(const opg
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
-    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var);
+    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     b_weight[j] = v_weight;
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -208,7 +208,7 @@ OPGEN_INLINE void opgen_lamb_update_total1_float32(const opgen_lamb_update_scala
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
     float opgen_v[2];
-    opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_weight[i]), OPGEN_LOAD_float32(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]));
+    opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -219,7 +219,7 @@ OPGEN_INLINE void opgen_lamb_update_step_float32(const opgen_lamb_update_scalars
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
-    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mean, &v_var);
+    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -229,7 +229,7 @@ OPGEN_INLINE void opgen_lamb_update_total1_float32_with_bfloat16_states(const op
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
     float opgen_v[2];
-    opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_weight[i]), OPGEN_LOAD_float32(p_grad[gi]), OPGEN_LOAD_bfloat16(p_mean[i]), OPGEN_LOAD_bfloat16(p_var[i]));
+    opgen_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), OPGEN_LOAD_bfloat16(p_mean[i]), OPGEN_LOAD_bfloat16(p_var[i]));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -240,7 +240,7 @@ OPGEN_INLINE void opgen_lamb_update_step_float32_with_bfloat16_states(const opge
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mean = OPGEN_LOAD_bfloat16(p_mean[i]);
     float v_var = OPGEN_LOAD_bfloat16(p_var[i]);
-    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mean, &v_var);
+    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mean[i] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_var[i] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -252,7 +252,7 @@ OPGEN_INLINE void opgen_lamb_update_bstep_float32_with_bfloat16_states(const opg
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mean = OPGEN_LOAD_bfloat16(p_mean[i]);
     float v_var = OPGEN_LOAD_bfloat16(p_var[i]);
-    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mean, &v_var);
+    opgen_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     b_mean[j] = v_mean;
     b_var[j] = v_var;
@@ -262,7 +262,7 @@ OPGEN_INLINE void opgen_lamb_update_total1_float64(const opgen_lamb_update_scala
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
     double opgen_v[2];
-    opgen_lamb_update_total1_double(sv, opgen_v, OPGEN_LOAD_float64(p_weight[i]), OPGEN_LOAD_float64(p_grad[gi]), OPGEN_LOAD_float64(p_mean[i]), OPGEN_LOAD_float64(p_var[i]));
+    opgen_lamb_update_total1_double(sv, opgen_v, OPGEN_LOAD_float64(p_weight[i]), (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), OPGEN_LOAD_float64(p_mean[i]), OPGEN_LOAD_float64(p_var[i]));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -273,7 +273,7 @@ OPGEN_INLINE void opgen_lamb_update_step_float64(const opgen_lamb_update_scalars
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_mean = OPGEN_LOAD_float64(p_mean[i]);
     double v_var = OPGEN_LOAD_float64(p_var[i]);
-    opgen_lamb_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_mean, &v_var);
+    opgen_lamb_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_mean[i] = OPGEN_STORE_float64(v_mean);
     p_var[i] = OPGEN_STORE_float64(v_var);

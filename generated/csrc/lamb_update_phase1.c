@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "lamb_update_phase1_math.h"
 
-void opgen_lamb_update_phase1_dense_float16(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_dense_float16(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -38,8 +38,8 @@ void opgen_lamb_update_phase1_dense_float16(int64_t size, const void *arg_weight
     }
 }
 
-void opgen_lamb_update_phase1_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -71,8 +71,8 @@ void opgen_lamb_update_phase1_standard_float16(int64_t nrows, int64_t row_len, i
     }
 }
 
-void opgen_lamb_update_phase1_dense_float16_with_float32_states(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_dense_float16_with_float32_states(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -104,8 +104,8 @@ void opgen_lamb_update_phase1_dense_float16_with_float32_states(int64_t size, co
     }
 }
 
-void opgen_lamb_update_phase1_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -137,8 +137,8 @@ void opgen_lamb_update_phase1_standard_float16_with_float32_states(int64_t nrows
     }
 }
 
-void opgen_lamb_update_phase1_dense_bfloat16(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_dense_bfloat16(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -186,8 +186,8 @@ void opgen_lamb_update_phase1_dense_bfloat16(int64_t size, const void *arg_weigh
     }
 }
 
-void opgen_lamb_update_phase1_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -219,8 +219,8 @@ void opgen_lamb_update_phase1_standard_bfloat16(int64_t nrows, int64_t row_len, 
     }
 }
 
-void opgen_lamb_update_phase1_dense_bfloat16_with_float32_states(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_dense_bfloat16_with_float32_states(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -268,8 +268,8 @@ void opgen_lamb_update_phase1_dense_bfloat16_with_float32_states(int64_t size, c
     }
 }
 
-void opgen_lamb_update_phase1_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -301,8 +301,8 @@ void opgen_lamb_update_phase1_standard_bfloat16_with_float32_states(int64_t nrow
     }
 }
 
-void opgen_lamb_update_phase1_dense_float32(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_dense_float32(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
@@ -318,8 +318,8 @@ void opgen_lamb_update_phase1_dense_float32(int64_t size, const void *arg_weight
     }
 }
 
-void opgen_lamb_update_phase1_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 1, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
@@ -335,8 +335,8 @@ void opgen_lamb_update_phase1_standard_float32(int64_t nrows, int64_t row_len, i
     }
 }
 
-void opgen_lamb_update_phase1_dense_float32_with_bfloat16_states(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_dense_float32_with_bfloat16_states(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -384,8 +384,8 @@ void opgen_lamb_update_phase1_dense_float32_with_bfloat16_states(int64_t size, c
     }
 }
 
-void opgen_lamb_update_phase1_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_float scalars = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -417,8 +417,8 @@ void opgen_lamb_update_phase1_standard_float32_with_bfloat16_states(int64_t nrow
     }
 }
 
-void opgen_lamb_update_phase1_dense_float64(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_double scalars = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_dense_float64(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_double scalars = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
@@ -434,8 +434,8 @@ void opgen_lamb_update_phase1_dense_float64(int64_t size, const void *arg_weight
     }
 }
 
-void opgen_lamb_update_phase1_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase1_scalars_double scalars = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_lamb_update_phase1_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase1_scalars_double scalars = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 1, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));

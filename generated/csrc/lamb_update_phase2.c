@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "lamb_update_phase2_math.h"
 
-void opgen_lamb_update_phase2_dense_float16(int64_t size, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase2_scalars_float scalars = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+void opgen_lamb_update_phase2_dense_float16(int64_t size, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase2_scalars_float scalars = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase2_step_float16(s, i, gi, 0, 1, arg_weight, arg_g));
     } else {
@@ -14,8 +14,8 @@ void opgen_lamb_update_phase2_dense_float16(int64_t size, void *arg_weight, cons
     }
 }
 
-void opgen_lamb_update_phase2_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase2_scalars_float scalars = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+void opgen_lamb_update_phase2_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase2_scalars_float scalars = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase2_step_float16(s, i, gi, 0, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_float16(s, i, gi, 1, 1, arg_weight, arg_g));
     } else {
@@ -23,8 +23,8 @@ void opgen_lamb_update_phase2_standard_float16(int64_t nrows, int64_t row_len, i
     }
 }
 
-void opgen_lamb_update_phase2_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase2_scalars_float scalars = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+void opgen_lamb_update_phase2_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase2_scalars_float scalars = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase2_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_g));
     } else {
@@ -36,8 +36,8 @@ void opgen_lamb_update_phase2_dense_bfloat16(int64_t size, void *arg_weight, con
     }
 }
 
-void opgen_lamb_update_phase2_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase2_scalars_float scalars = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+void opgen_lamb_update_phase2_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase2_scalars_float scalars = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase2_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_g), opgen_lamb_update_phase2_step_bfloat16(s, i, gi, 1, 1, arg_weight, arg_g));
     } else {
@@ -45,22 +45,22 @@ void opgen_lamb_update_phase2_standard_bfloat16(int64_t nrows, int64_t row_len, 
     }
 }
 
-void opgen_lamb_update_phase2_dense_float32(int64_t size, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase2_scalars_float scalars = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+void opgen_lamb_update_phase2_dense_float32(int64_t size, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase2_scalars_float scalars = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase2_step_float32(s, i, gi, 0, 0, arg_weight, arg_g));
 }
 
-void opgen_lamb_update_phase2_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase2_scalars_float scalars = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+void opgen_lamb_update_phase2_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase2_scalars_float scalars = opgen_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase2_step_float32(s, i, gi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float32(s, i, gi, 1, 0, arg_weight, arg_g));
 }
 
-void opgen_lamb_update_phase2_dense_float64(int64_t size, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase2_scalars_double scalars = opgen_lamb_update_phase2_scalars_double_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+void opgen_lamb_update_phase2_dense_float64(int64_t size, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase2_scalars_double scalars = opgen_lamb_update_phase2_scalars_double_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase2_step_float64(s, i, gi, 0, 0, arg_weight, arg_g));
 }
 
-void opgen_lamb_update_phase2_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_lamb_update_phase2_scalars_double scalars = opgen_lamb_update_phase2_scalars_double_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+void opgen_lamb_update_phase2_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_g, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_lamb_update_phase2_scalars_double scalars = opgen_lamb_update_phase2_scalars_double_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase2_step_float64(s, i, gi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(s, i, gi, 1, 0, arg_weight, arg_g));
 }

@@ -6,14 +6,14 @@
 #define OPGEN_LAMB_UPDATE_PHASE2_MATH_H
 
 typedef struct {
-    float s_r1, s_r2, s_lr, s_lower_bound, s_upper_bound, t_r1b, t__2r1b, t_step;
+    float s_r1, s_r2, s_lr, s_lower_bound, s_upper_bound, t_r1b, t__2r1b, t_step, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_lamb_update_phase2_scalars_float;
-OPGEN_INLINE opgen_lamb_update_phase2_scalars_float opgen_lamb_update_phase2_scalars_float_init(double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_lamb_update_phase2_scalars_float opgen_lamb_update_phase2_scalars_float_init(double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, uint64_t seed, int64_t tensor, double grad_scale) {
     const double t_r1b = arg_lower_bound >= 0 ? opgen_max(arg_r1, arg_lower_bound) : arg_r1; /* r1b = max(r1, lower_bound) if lower_bound >= 0 else r1 */
     const double t__2r1b = arg_upper_bound >= 0 ? opgen_min(t_r1b, arg_upper_bound) : t_r1b; /* r1b = min(r1b, upper_bound) if upper_bound >= 0 else r1b */
     const double t_step = t__2r1b == 0 || arg_r2 == 0 ? arg_lr : arg_lr * t__2r1b / arg_r2; /* step = lr if r1b == 0 or r2 == 0 else lr * r1b / r2 */
-    const opgen_lamb_update_phase2_scalars_float s = {OPGEN_PER_CALL((float)arg_r1), OPGEN_PER_CALL((float)arg_r2), OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_lower_bound), OPGEN_PER_CALL((float)arg_upper_bound), OPGEN_PER_CALL((float)t_r1b), OPGEN_PER_CALL((float)t__2r1b), OPGEN_PER_CALL((float)t_step), opgen_call_key(seed, tensor)};
+    const opgen_lamb_update_phase2_scalars_float s = {OPGEN_PER_CALL((float)arg_r1), OPGEN_PER_CALL((float)arg_r2), OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_lower_bound), OPGEN_PER_CALL((float)arg_upper_bound), OPGEN_PER_CALL((float)t_r1b), OPGEN_PER_CALL((float)t__2r1b), OPGEN_PER_CALL((float)t_step), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_lamb_update_phase2_element_float(const opgen_lamb_update_phase2_scalars_float s, float *io_weight, float v_g) {
@@ -22,14 +22,14 @@ OPGEN_INLINE void opgen_lamb_update_phase2_element_float(const opgen_lamb_update
     *io_weight = v_weight;
 }
 typedef struct {
-    double s_r1, s_r2, s_lr, s_lower_bound, s_upper_bound, t_r1b, t__2r1b, t_step;
+    double s_r1, s_r2, s_lr, s_lower_bound, s_upper_bound, t_r1b, t__2r1b, t_step, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_lamb_update_phase2_scalars_double;
-OPGEN_INLINE opgen_lamb_update_phase2_scalars_double opgen_lamb_update_phase2_scalars_double_init(double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_lamb_update_phase2_scalars_double opgen_lamb_update_phase2_scalars_double_init(double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, uint64_t seed, int64_t tensor, double grad_scale) {
     const double t_r1b = arg_lower_bound >= 0 ? opgen_max(arg_r1, arg_lower_bound) : arg_r1; /* r1b = max(r1, lower_bound) if lower_bound >= 0 else r1 */
     const double t__2r1b = arg_upper_bound >= 0 ? opgen_min(t_r1b, arg_upper_bound) : t_r1b; /* r1b = min(r1b, upper_bound) if upper_bound >= 0 else r1b */
     const double t_step = t__2r1b == 0 || arg_r2 == 0 ? arg_lr : arg_lr * t__2r1b / arg_r2; /* step = lr if r1b == 0 or r2 == 0 else lr * r1b / r2 */
-    const opgen_lamb_update_phase2_scalars_double s = {OPGEN_PER_CALL((double)arg_r1), OPGEN_PER_CALL((double)arg_r2), OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_lower_bound), OPGEN_PER_CALL((double)arg_upper_bound), OPGEN_PER_CALL((double)t_r1b), OPGEN_PER_CALL((double)t__2r1b), OPGEN_PER_CALL((double)t_step), opgen_call_key(seed, tensor)};
+    const opgen_lamb_update_phase2_scalars_double s = {OPGEN_PER_CALL((double)arg_r1), OPGEN_PER_CALL((double)arg_r2), OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_lower_bound), OPGEN_PER_CALL((double)arg_upper_bound), OPGEN_PER_CALL((double)t_r1b), OPGEN_PER_CALL((double)t__2r1b), OPGEN_PER_CALL((double)t_step), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_lamb_update_phase2_element_double(const opgen_lamb_update_phase2_scalars_double s, double *io_weight, double v_g) {
@@ -39,27 +39,27 @@ OPGEN_INLINE void opgen_lamb_update_phase2_element_double(const opgen_lamb_updat
 }
 OPGEN_INLINE void opgen_lamb_update_phase2_step_float16(const opgen_lamb_update_phase2_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_g) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
-    opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_g[gi]));
+    opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_g[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
 OPGEN_INLINE void opgen_lamb_update_phase2_step_bfloat16(const opgen_lamb_update_phase2_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_g) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_g[gi]));
+    opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_g[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
 OPGEN_INLINE void opgen_lamb_update_phase2_bstep_bfloat16(const opgen_lamb_update_phase2_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_g, int64_t j, float *OPGEN_RESTRICT b_weight) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_g[gi]));
+    opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_g[gi]) * s.opgen_grad_scale));
     b_weight[j] = v_weight;
 }
 OPGEN_INLINE void opgen_lamb_update_phase2_step_float32(const opgen_lamb_update_phase2_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_g) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
-    opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_g[gi]));
+    opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_g[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
 OPGEN_INLINE void opgen_lamb_update_phase2_step_float64(const opgen_lamb_update_phase2_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_g) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
-    opgen_lamb_update_phase2_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_g[gi]));
+    opgen_lamb_update_phase2_element_double(s, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_g[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float64(v_weight);
 }
 

@@ -5,10 +5,10 @@
 #include "opgen_kernel.h"
 #include "lars_update_math.h"
 
-void opgen_lars_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
@@ -18,7 +18,7 @@ void opgen_lars_update_dense_float16(int64_t size, void *arg_weight, const void 
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+    const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -34,11 +34,11 @@ void opgen_lars_update_dense_float16(int64_t size, void *arg_weight, const void 
     }
 }
 
-void opgen_lars_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
@@ -48,7 +48,7 @@ void opgen_lars_update_multi_float16(int64_t count, const int64_t *sizes, void *
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
@@ -65,10 +65,14 @@ void opgen_lars_update_multi_float16(int64_t count, const int64_t *sizes, void *
     }
 }
 
-void opgen_lars_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_norms_float16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_half, OPGEN_LOAD_float16, sums, flush_denormal);
+}
+
+void opgen_lars_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
@@ -78,7 +82,7 @@ void opgen_lars_update_dense_float16_with_float32_states(int64_t size, void *arg
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+    const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -94,11 +98,11 @@ void opgen_lars_update_dense_float16_with_float32_states(int64_t size, void *arg
     }
 }
 
-void opgen_lars_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
@@ -108,7 +112,7 @@ void opgen_lars_update_multi_float16_with_float32_states(int64_t count, const in
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
@@ -125,10 +129,10 @@ void opgen_lars_update_multi_float16_with_float32_states(int64_t count, const in
     }
 }
 
-void opgen_lars_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
@@ -138,7 +142,7 @@ void opgen_lars_update_dense_bfloat16(int64_t size, void *arg_weight, const void
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+    const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -162,11 +166,11 @@ void opgen_lars_update_dense_bfloat16(int64_t size, void *arg_weight, const void
     }
 }
 
-void opgen_lars_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
@@ -176,7 +180,7 @@ void opgen_lars_update_multi_bfloat16(int64_t count, const int64_t *sizes, void 
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
@@ -201,10 +205,14 @@ void opgen_lars_update_multi_bfloat16(int64_t count, const int64_t *sizes, void 
     }
 }
 
-void opgen_lars_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_norms_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_bf16, OPGEN_LOAD_bfloat16, sums, flush_denormal);
+}
+
+void opgen_lars_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
@@ -214,7 +222,7 @@ void opgen_lars_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+    const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -238,11 +246,11 @@ void opgen_lars_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
     }
 }
 
-void opgen_lars_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
@@ -252,7 +260,7 @@ void opgen_lars_update_multi_bfloat16_with_float32_states(int64_t count, const i
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
@@ -277,10 +285,10 @@ void opgen_lars_update_multi_bfloat16_with_float32_states(int64_t count, const i
     }
 }
 
-void opgen_lars_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
@@ -290,7 +298,7 @@ void opgen_lars_update_dense_float32(int64_t size, void *arg_weight, const void 
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+    const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
@@ -298,11 +306,11 @@ void opgen_lars_update_dense_float32(int64_t size, void *arg_weight, const void 
     }
 }
 
-void opgen_lars_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
@@ -312,7 +320,7 @@ void opgen_lars_update_multi_float32(int64_t count, const int64_t *sizes, void *
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float32(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
         } else {
@@ -321,10 +329,14 @@ void opgen_lars_update_multi_float32(int64_t count, const int64_t *sizes, void *
     }
 }
 
-void opgen_lars_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_norms_float32(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, float, OPGEN_LOAD_float32, sums, flush_denormal);
+}
+
+void opgen_lars_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
@@ -334,7 +346,7 @@ void opgen_lars_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+    const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -358,11 +370,11 @@ void opgen_lars_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
     }
 }
 
-void opgen_lars_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
@@ -372,7 +384,7 @@ void opgen_lars_update_multi_float32_with_bfloat16_states(int64_t count, const i
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
@@ -397,10 +409,10 @@ void opgen_lars_update_multi_float32_with_bfloat16_states(int64_t count, const i
     }
 }
 
-void opgen_lars_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+        const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
@@ -410,7 +422,7 @@ void opgen_lars_update_dense_float64(int64_t size, void *arg_weight, const void 
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, opgen_totals);
+    const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
@@ -418,11 +430,11 @@ void opgen_lars_update_dense_float64(int64_t size, void *arg_weight, const void 
     }
 }
 
-void opgen_lars_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_lars_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_lars_eta, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+            const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
@@ -432,11 +444,15 @@ void opgen_lars_update_multi_float64(int64_t count, const int64_t *sizes, void *
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, opgen_totals);
+        const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float64(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
         } else {
             OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float64(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
         }
     }
+}
+
+void opgen_lars_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }

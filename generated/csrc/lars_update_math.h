@@ -8,16 +8,16 @@
 typedef struct {
     float s_lr, s_momentum, s_lars_eta, s_epsilon, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
-    float t_w_norm, t_g_norm, t_layer_lr, h_1, q_0, q_1;
+    float t_w_norm, t_g_norm, t_layer_lr, h_1, q_0, q_1, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_lars_update_scalars_float;
-OPGEN_INLINE opgen_lars_update_scalars_float opgen_lars_update_scalars_float_init(double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, const double *opgen_totals) {
+OPGEN_INLINE opgen_lars_update_scalars_float opgen_lars_update_scalars_float_init(double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale, const double *opgen_totals) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double t_w_norm = opgen_totals[0]; /* w_norm = norm(weight) */
     const double t_g_norm = opgen_totals[1]; /* g_norm = norm(rescale_grad * grad) */
     const double t_layer_lr = t_w_norm > 0 && t_g_norm > 0 ? arg_lr * arg_lars_eta * t_w_norm / (t_g_norm + arg_wd * t_w_norm + arg_epsilon) : arg_lr; /* layer_lr = lr * lars_eta * w_norm / (g_norm + wd * w_norm + epsilon) if w_norm > 0 and g_norm > 0 else lr */
     const double h_1 = t_layer_lr * arg_wd; /* mom = momentum * mom - layer_lr * wd * weight - layer_lr * gr */
-    const opgen_lars_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((float)arg_lars_eta), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)t_w_norm), OPGEN_PER_CALL((float)t_g_norm), OPGEN_PER_CALL((float)t_layer_lr), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)opgen_totals[0]), OPGEN_PER_CALL((float)opgen_totals[1]), opgen_call_key(seed, tensor)};
+    const opgen_lars_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((float)arg_lars_eta), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)t_w_norm), OPGEN_PER_CALL((float)t_g_norm), OPGEN_PER_CALL((float)t_layer_lr), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)opgen_totals[0]), OPGEN_PER_CALL((float)opgen_totals[1]), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_lars_update_total1_float(const opgen_lars_update_scalars_float s, float *opgen_v, float v_weight, float v_grad) {
@@ -37,16 +37,16 @@ OPGEN_INLINE void opgen_lars_update_element_float(const opgen_lars_update_scalar
 typedef struct {
     double s_lr, s_momentum, s_lars_eta, s_epsilon, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
-    double t_w_norm, t_g_norm, t_layer_lr, h_1, q_0, q_1;
+    double t_w_norm, t_g_norm, t_layer_lr, h_1, q_0, q_1, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_lars_update_scalars_double;
-OPGEN_INLINE opgen_lars_update_scalars_double opgen_lars_update_scalars_double_init(double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, const double *opgen_totals) {
+OPGEN_INLINE opgen_lars_update_scalars_double opgen_lars_update_scalars_double_init(double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale, const double *opgen_totals) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double t_w_norm = opgen_totals[0]; /* w_norm = norm(weight) */
     const double t_g_norm = opgen_totals[1]; /* g_norm = norm(rescale_grad * grad) */
     const double t_layer_lr = t_w_norm > 0 && t_g_norm > 0 ? arg_lr * arg_lars_eta * t_w_norm / (t_g_norm + arg_wd * t_w_norm + arg_epsilon) : arg_lr; /* layer_lr = lr * lars_eta * w_norm / (g_norm + wd * w_norm + epsilon) if w_norm > 0 and g_norm > 0 else lr */
     const double h_1 = t_layer_lr * arg_wd; /* mom = momentum * mom - layer_lr * wd * weight - layer_lr * gr */
-    const opgen_lars_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_momentum), OPGEN_PER_CALL((double)arg_lars_eta), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)t_w_norm), OPGEN_PER_CALL((double)t_g_norm), OPGEN_PER_CALL((double)t_layer_lr), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)opgen_totals[0]), OPGEN_PER_CALL((double)opgen_totals[1]), opgen_call_key(seed, tensor)};
+    const opgen_lars_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_momentum), OPGEN_PER_CALL((double)arg_lars_eta), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)t_w_norm), OPGEN_PER_CALL((double)t_g_norm), OPGEN_PER_CALL((double)t_layer_lr), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)opgen_totals[0]), OPGEN_PER_CALL((double)opgen_totals[1]), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_lars_update_total1_double(const opgen_lars_update_scalars_double s, double *opgen_v, double v_weight, double v_grad) {
@@ -67,7 +67,7 @@ OPGEN_INLINE void opgen_lars_update_total1_float16(const opgen_lars_update_scala
     opgen_lars_update_scalars_float sv = s;
     sv.h_0 = sw0;
     float opgen_v[2];
-    opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_weight[i]), OPGEN_LOAD_float16(p_grad[gi]));
+    opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -76,7 +76,7 @@ OPGEN_INLINE void opgen_lars_update_step_float16(const opgen_lars_update_scalars
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float16(p_mom[i]);
-    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mom);
+    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_ROUND_float16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -84,7 +84,7 @@ OPGEN_INLINE void opgen_lars_update_total1_float16_with_float32_states(const opg
     opgen_lars_update_scalars_float sv = s;
     sv.h_0 = sw0;
     float opgen_v[2];
-    opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_weight[i]), OPGEN_LOAD_float16(p_grad[gi]));
+    opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -93,7 +93,7 @@ OPGEN_INLINE void opgen_lars_update_step_float16_with_float32_states(const opgen
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mom);
+    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -101,7 +101,7 @@ OPGEN_INLINE void opgen_lars_update_total1_bfloat16(const opgen_lars_update_scal
     opgen_lars_update_scalars_float sv = s;
     sv.h_0 = sw0;
     float opgen_v[2];
-    opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -110,7 +110,7 @@ OPGEN_INLINE void opgen_lars_update_step_bfloat16(const opgen_lars_update_scalar
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -119,7 +119,7 @@ OPGEN_INLINE void opgen_lars_update_bstep_bfloat16(const opgen_lars_update_scala
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     b_weight[j] = v_weight;
     b_mom[j] = v_mom;
 }
@@ -127,7 +127,7 @@ OPGEN_INLINE void opgen_lars_update_total1_bfloat16_with_float32_states(const op
     opgen_lars_update_scalars_float sv = s;
     sv.h_0 = sw0;
     float opgen_v[2];
-    opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -136,7 +136,7 @@ OPGEN_INLINE void opgen_lars_update_step_bfloat16_with_float32_states(const opge
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -145,7 +145,7 @@ OPGEN_INLINE void opgen_lars_update_bstep_bfloat16_with_float32_states(const opg
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     b_weight[j] = v_weight;
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -153,7 +153,7 @@ OPGEN_INLINE void opgen_lars_update_total1_float32(const opgen_lars_update_scala
     opgen_lars_update_scalars_float sv = s;
     sv.h_0 = sw0;
     float opgen_v[2];
-    opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_weight[i]), OPGEN_LOAD_float32(p_grad[gi]));
+    opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -162,7 +162,7 @@ OPGEN_INLINE void opgen_lars_update_step_float32(const opgen_lars_update_scalars
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
+    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -170,7 +170,7 @@ OPGEN_INLINE void opgen_lars_update_total1_float32_with_bfloat16_states(const op
     opgen_lars_update_scalars_float sv = s;
     sv.h_0 = sw0;
     float opgen_v[2];
-    opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_weight[i]), OPGEN_LOAD_float32(p_grad[gi]));
+    opgen_lars_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -179,7 +179,7 @@ OPGEN_INLINE void opgen_lars_update_step_float32_with_bfloat16_states(const opge
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
+    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mom[i] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -188,7 +188,7 @@ OPGEN_INLINE void opgen_lars_update_bstep_float32_with_bfloat16_states(const opg
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
+    opgen_lars_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     b_mom[j] = v_mom;
 }
@@ -196,7 +196,7 @@ OPGEN_INLINE void opgen_lars_update_total1_float64(const opgen_lars_update_scala
     opgen_lars_update_scalars_double sv = s;
     sv.h_0 = sw0;
     double opgen_v[2];
-    opgen_lars_update_total1_double(sv, opgen_v, OPGEN_LOAD_float64(p_weight[i]), OPGEN_LOAD_float64(p_grad[gi]));
+    opgen_lars_update_total1_double(sv, opgen_v, OPGEN_LOAD_float64(p_weight[i]), (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -205,7 +205,7 @@ OPGEN_INLINE void opgen_lars_update_step_float64(const opgen_lars_update_scalars
     sv.h_0 = sw0;
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_mom = OPGEN_LOAD_float64(p_mom[i]);
-    opgen_lars_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_mom);
+    opgen_lars_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_mom[i] = OPGEN_STORE_float64(v_mom);
 }

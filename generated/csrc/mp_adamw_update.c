@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "mp_adamw_update_math.h"
 
-void opgen_mp_adamw_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_mp_adamw_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_mp_adamw_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
@@ -22,8 +22,8 @@ void opgen_mp_adamw_update_dense_float16(int64_t size, void *arg_weight, const v
     }
 }
 
-void opgen_mp_adamw_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_mp_adamw_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_mp_adamw_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
@@ -39,8 +39,8 @@ void opgen_mp_adamw_update_standard_float16(int64_t nrows, int64_t row_len, int6
     }
 }
 
-void opgen_mp_adamw_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_mp_adamw_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_mp_adamw_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
@@ -64,8 +64,8 @@ void opgen_mp_adamw_update_dense_bfloat16(int64_t size, void *arg_weight, const 
     }
 }
 
-void opgen_mp_adamw_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_mp_adamw_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_mp_adamw_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_bfloat16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
@@ -81,8 +81,8 @@ void opgen_mp_adamw_update_standard_bfloat16(int64_t nrows, int64_t row_len, int
     }
 }
 
-void opgen_mp_adamw_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_mp_adamw_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_DENSE(size, flush_denormal, opgen_mp_adamw_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
     } else {
@@ -90,8 +90,8 @@ void opgen_mp_adamw_update_dense_float32(int64_t size, void *arg_weight, const v
     }
 }
 
-void opgen_mp_adamw_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_mp_adamw_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_mp_adamw_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float32(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
     } else {
@@ -99,8 +99,8 @@ void opgen_mp_adamw_update_standard_float32(int64_t nrows, int64_t row_len, int6
     }
 }
 
-void opgen_mp_adamw_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_mp_adamw_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_DENSE(size, flush_denormal, opgen_mp_adamw_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
     } else {
@@ -108,8 +108,8 @@ void opgen_mp_adamw_update_dense_float64(int64_t size, void *arg_weight, const v
     }
 }
 
-void opgen_mp_adamw_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0);
+void opgen_mp_adamw_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_rescale_grad, double arg_lr, double arg_eta, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_mp_adamw_update_scalars_float scalars = opgen_mp_adamw_update_scalars_float_init(arg_rescale_grad, arg_lr, arg_eta, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_mp_adamw_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float64(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
     } else {

@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "mp_lamb_update_phase1_math.h"
 
-void opgen_mp_lamb_update_phase1_dense_float16(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, const void *arg_weight32, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_mp_lamb_update_phase1_scalars_float scalars = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_mp_lamb_update_phase1_dense_float16(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, const void *arg_weight32, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_mp_lamb_update_phase1_scalars_float scalars = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             OPGEN_DENSE(size, flush_denormal, opgen_mp_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32, arg_out));
@@ -22,8 +22,8 @@ void opgen_mp_lamb_update_phase1_dense_float16(int64_t size, const void *arg_wei
     }
 }
 
-void opgen_mp_lamb_update_phase1_dense_bfloat16(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, const void *arg_weight32, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_mp_lamb_update_phase1_scalars_float scalars = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_mp_lamb_update_phase1_dense_bfloat16(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, const void *arg_weight32, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_mp_lamb_update_phase1_scalars_float scalars = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             OPGEN_DENSE(size, flush_denormal, opgen_mp_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32, arg_out));
@@ -39,8 +39,8 @@ void opgen_mp_lamb_update_phase1_dense_bfloat16(int64_t size, const void *arg_we
     }
 }
 
-void opgen_mp_lamb_update_phase1_dense_float32(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, const void *arg_weight32, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_mp_lamb_update_phase1_scalars_float scalars = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_mp_lamb_update_phase1_dense_float32(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, const void *arg_weight32, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_mp_lamb_update_phase1_scalars_float scalars = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             OPGEN_DENSE(size, flush_denormal, opgen_mp_lamb_update_phase1_step_float32(s, i, gi, 0, 0, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32, arg_out));
@@ -56,8 +56,8 @@ void opgen_mp_lamb_update_phase1_dense_float32(int64_t size, const void *arg_wei
     }
 }
 
-void opgen_mp_lamb_update_phase1_dense_float64(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, const void *arg_weight32, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_mp_lamb_update_phase1_scalars_float scalars = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_mp_lamb_update_phase1_dense_float64(int64_t size, const void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, const void *arg_weight32, void *arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_mp_lamb_update_phase1_scalars_float scalars = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             OPGEN_DENSE(size, flush_denormal, opgen_mp_lamb_update_phase1_step_float64(s, i, gi, 0, 0, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32, arg_out));

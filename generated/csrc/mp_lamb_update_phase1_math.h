@@ -11,16 +11,16 @@ typedef struct {
     int s_bias_correction;
     float s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
-    float h_1, h_2, h_3, h_4;
+    float h_1, h_2, h_3, h_4, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_mp_lamb_update_phase1_scalars_float;
-OPGEN_INLINE opgen_mp_lamb_update_phase1_scalars_float opgen_mp_lamb_update_phase1_scalars_float_init(double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_mp_lamb_update_phase1_scalars_float opgen_mp_lamb_update_phase1_scalars_float_init(double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_beta1; /* mean = beta1 * mean + (1 - beta1) * gr */
     const double h_2 = 1.0 - arg_beta2; /* var = beta2 * var + (1 - beta2) * gr * gr */
     const double h_3 = 1.0 - opgen_pow(arg_beta1, (double)arg_t); /* g = mean / (1 - beta1 ** t) / (sqrt(var / (1 - beta2 ** t)) + epsilon) + wd * weight32 if bias_correction else mean / (sqrt(var) + epsilon) + wd * weight32 */
     const double h_4 = 1.0 - opgen_pow(arg_beta2, (double)arg_t); /* g = mean / (1 - beta1 ** t) / (sqrt(var / (1 - beta2 ** t)) + epsilon) + wd * weight32 if bias_correction else mean / (sqrt(var) + epsilon) + wd * weight32 */
-    const opgen_mp_lamb_update_phase1_scalars_float s = {OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_bias_correction), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)h_4), opgen_call_key(seed, tensor)};
+    const opgen_mp_lamb_update_phase1_scalars_float s = {OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_bias_correction), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)h_4), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_mp_lamb_update_phase1_element_float(const opgen_mp_lamb_update_phase1_scalars_float s, float v_grad, float *io_mean, float *io_var, float v_weight32, float *io_out) {
@@ -42,7 +42,7 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase1_step_float16(const opgen_mp_lamb_u
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_out;
-    opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mean, &v_var, OPGEN_LOAD_float32(p_weight32[i]), &v_out);
+    opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, OPGEN_LOAD_float32(p_weight32[i]), &v_out);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_out[i] = OPGEN_STORE_float32(v_out);
@@ -54,7 +54,7 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase1_step_bfloat16(const opgen_mp_lamb_
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_out;
-    opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var, OPGEN_LOAD_float32(p_weight32[i]), &v_out);
+    opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, OPGEN_LOAD_float32(p_weight32[i]), &v_out);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_out[i] = OPGEN_STORE_float32(v_out);
@@ -66,7 +66,7 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase1_step_float32(const opgen_mp_lamb_u
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_out;
-    opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mean, &v_var, OPGEN_LOAD_float32(p_weight32[i]), &v_out);
+    opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, OPGEN_LOAD_float32(p_weight32[i]), &v_out);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_out[i] = OPGEN_STORE_float32(v_out);
@@ -78,7 +78,7 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase1_step_float64(const opgen_mp_lamb_u
     float v_mean = OPGEN_LOAD_float32(p_mean[i]);
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_out;
-    opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : OPGEN_LOAD_float64(p_grad[gi]), &v_mean, &v_var, OPGEN_LOAD_float32(p_weight32[i]), &v_out);
+    opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, OPGEN_LOAD_float32(p_weight32[i]), &v_out);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_out[i] = OPGEN_STORE_float32(v_out);

@@ -8,14 +8,14 @@
 typedef struct {
     float s_lr, s_momentum, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
-    float h_1, h_2;
+    float h_1, h_2, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_mp_sgd_mom_update_scalars_float;
-OPGEN_INLINE opgen_mp_sgd_mom_update_scalars_float opgen_mp_sgd_mom_update_scalars_float_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_mp_sgd_mom_update_scalars_float opgen_mp_sgd_mom_update_scalars_float_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_1 = arg_lr * arg_rescale_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_2 = arg_lr * arg_wd; /* mom = momentum * mom - lr * wd * weight32 - step */
-    const opgen_mp_sgd_mom_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), opgen_call_key(seed, tensor)};
+    const opgen_mp_sgd_mom_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_mp_sgd_mom_update_element_float(const opgen_mp_sgd_mom_update_scalars_float s, float *io_weight, float v_grad, float *io_mom, float *io_weight32) {
@@ -35,7 +35,7 @@ OPGEN_INLINE void opgen_mp_sgd_mom_update_step_float16(const opgen_mp_sgd_mom_up
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_mp_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mom, &v_weight32);
+    opgen_mp_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mom, &v_weight32);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
@@ -46,7 +46,7 @@ OPGEN_INLINE void opgen_mp_sgd_mom_update_step_bfloat16(const opgen_mp_sgd_mom_u
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_mp_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom, &v_weight32);
+    opgen_mp_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom, &v_weight32);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
@@ -57,7 +57,7 @@ OPGEN_INLINE void opgen_mp_sgd_mom_update_bstep_bfloat16(const opgen_mp_sgd_mom_
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_mp_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom, &v_weight32);
+    opgen_mp_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom, &v_weight32);
     b_weight[j] = v_weight;
     p_mom[i] = OPGEN_STORE_float32(v_mom);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
@@ -68,7 +68,7 @@ OPGEN_INLINE void opgen_mp_sgd_mom_update_step_float32(const opgen_mp_sgd_mom_up
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_mp_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom, &v_weight32);
+    opgen_mp_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mom, &v_weight32);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
@@ -79,7 +79,7 @@ OPGEN_INLINE void opgen_mp_sgd_mom_update_step_float64(const opgen_mp_sgd_mom_up
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_mp_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float64(p_grad[gi]), &v_mom, &v_weight32);
+    opgen_mp_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_mom, &v_weight32);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);

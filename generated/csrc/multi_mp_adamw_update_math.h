@@ -8,11 +8,12 @@
 typedef struct {
     float s_lr, s_beta1, s_beta2, s_epsilon, s_wd, s_eta, s_clip_gradient, s_rescale_grad;
     int h_0;
+    float opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_multi_mp_adamw_update_scalars_float;
-OPGEN_INLINE opgen_multi_mp_adamw_update_scalars_float opgen_multi_mp_adamw_update_scalars_float_init(double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_multi_mp_adamw_update_scalars_float opgen_multi_mp_adamw_update_scalars_float_init(double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
-    const opgen_multi_mp_adamw_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_eta), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL(h_0), opgen_call_key(seed, tensor)};
+    const opgen_multi_mp_adamw_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_eta), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_multi_mp_adamw_update_element_float(const opgen_multi_mp_adamw_update_scalars_float s, float *io_weight, float v_grad, float *io_mean, float *io_var, float *io_weight32) {
@@ -37,7 +38,7 @@ OPGEN_INLINE void opgen_multi_mp_adamw_update_step_float16(const opgen_multi_mp_
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_multi_mp_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mean, &v_var, &v_weight32);
+    opgen_multi_mp_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -50,7 +51,7 @@ OPGEN_INLINE void opgen_multi_mp_adamw_update_step_bfloat16(const opgen_multi_mp
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_multi_mp_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var, &v_weight32);
+    opgen_multi_mp_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -63,7 +64,7 @@ OPGEN_INLINE void opgen_multi_mp_adamw_update_bstep_bfloat16(const opgen_multi_m
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_multi_mp_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var, &v_weight32);
+    opgen_multi_mp_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
     b_weight[j] = v_weight;
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -76,7 +77,7 @@ OPGEN_INLINE void opgen_multi_mp_adamw_update_step_float32(const opgen_multi_mp_
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_multi_mp_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mean, &v_var, &v_weight32);
+    opgen_multi_mp_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -89,7 +90,7 @@ OPGEN_INLINE void opgen_multi_mp_adamw_update_step_float64(const opgen_multi_mp_
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_multi_mp_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float64(p_grad[gi]), &v_mean, &v_var, &v_weight32);
+    opgen_multi_mp_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);

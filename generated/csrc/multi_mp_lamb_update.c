@@ -5,10 +5,10 @@
 #include "opgen_kernel.h"
 #include "multi_mp_lamb_update_math.h"
 
-void opgen_multi_mp_lamb_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_multi_mp_lamb_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
+        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
@@ -26,7 +26,7 @@ void opgen_multi_mp_lamb_update_dense_float16(int64_t size, void *arg_weight, co
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
+    const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -58,11 +58,11 @@ void opgen_multi_mp_lamb_update_dense_float16(int64_t size, void *arg_weight, co
     }
 }
 
-void opgen_multi_mp_lamb_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, void *const *arg_weight32, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_lower_bound, const double *arg_upper_bound, const double *arg_clip_gradient, const int *arg_bias_correction, const int64_t *arg_t, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_multi_mp_lamb_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, void *const *arg_weight32, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_lower_bound, const double *arg_upper_bound, const double *arg_clip_gradient, const int *arg_bias_correction, const int64_t *arg_t, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
+            const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
@@ -80,7 +80,7 @@ void opgen_multi_mp_lamb_update_multi_float16(int64_t count, const int64_t *size
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
+        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
                 if (rounding) {
@@ -113,10 +113,14 @@ void opgen_multi_mp_lamb_update_multi_float16(int64_t count, const int64_t *size
     }
 }
 
-void opgen_multi_mp_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_multi_mp_lamb_update_norms_float16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_half, OPGEN_LOAD_float16, sums, flush_denormal);
+}
+
+void opgen_multi_mp_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
+        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
@@ -134,7 +138,7 @@ void opgen_multi_mp_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, c
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
+    const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             if (rounding) {
@@ -182,11 +186,11 @@ void opgen_multi_mp_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, c
     }
 }
 
-void opgen_multi_mp_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, void *const *arg_weight32, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_lower_bound, const double *arg_upper_bound, const double *arg_clip_gradient, const int *arg_bias_correction, const int64_t *arg_t, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_multi_mp_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, void *const *arg_weight32, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_lower_bound, const double *arg_upper_bound, const double *arg_clip_gradient, const int *arg_bias_correction, const int64_t *arg_t, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
+            const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
@@ -204,7 +208,7 @@ void opgen_multi_mp_lamb_update_multi_bfloat16(int64_t count, const int64_t *siz
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
+        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
                 if (rounding) {
@@ -253,10 +257,14 @@ void opgen_multi_mp_lamb_update_multi_bfloat16(int64_t count, const int64_t *siz
     }
 }
 
-void opgen_multi_mp_lamb_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_multi_mp_lamb_update_norms_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_bf16, OPGEN_LOAD_bfloat16, sums, flush_denormal);
+}
+
+void opgen_multi_mp_lamb_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
+        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
@@ -274,7 +282,7 @@ void opgen_multi_mp_lamb_update_dense_float32(int64_t size, void *arg_weight, co
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
+    const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_lamb_update_step_float32(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
@@ -290,11 +298,11 @@ void opgen_multi_mp_lamb_update_dense_float32(int64_t size, void *arg_weight, co
     }
 }
 
-void opgen_multi_mp_lamb_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, void *const *arg_weight32, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_lower_bound, const double *arg_upper_bound, const double *arg_clip_gradient, const int *arg_bias_correction, const int64_t *arg_t, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_multi_mp_lamb_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, void *const *arg_weight32, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_lower_bound, const double *arg_upper_bound, const double *arg_clip_gradient, const int *arg_bias_correction, const int64_t *arg_t, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
+            const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
@@ -312,7 +320,7 @@ void opgen_multi_mp_lamb_update_multi_float32(int64_t count, const int64_t *size
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
+        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float32(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
@@ -329,10 +337,14 @@ void opgen_multi_mp_lamb_update_multi_float32(int64_t count, const int64_t *size
     }
 }
 
-void opgen_multi_mp_lamb_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_multi_mp_lamb_update_norms_float32(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, float, OPGEN_LOAD_float32, sums, flush_denormal);
+}
+
+void opgen_multi_mp_lamb_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mean, void *arg_var, void *arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[2] = {0};
     {
-        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
+        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
@@ -350,7 +362,7 @@ void opgen_multi_mp_lamb_update_dense_float64(int64_t size, void *arg_weight, co
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
     }
-    const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, opgen_totals);
+    const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
     if (scalars.h_0) {
         if (scalars.s_bias_correction) {
             OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_lamb_update_step_float64(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
@@ -366,11 +378,11 @@ void opgen_multi_mp_lamb_update_dense_float64(int64_t size, void *arg_weight, co
     }
 }
 
-void opgen_multi_mp_lamb_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, void *const *arg_weight32, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_lower_bound, const double *arg_upper_bound, const double *arg_clip_gradient, const int *arg_bias_correction, const int64_t *arg_t, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_multi_mp_lamb_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, void *const *arg_weight32, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_lower_bound, const double *arg_upper_bound, const double *arg_clip_gradient, const int *arg_bias_correction, const int64_t *arg_t, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[2] = {0};
         {
-            const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
+            const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
@@ -388,7 +400,7 @@ void opgen_multi_mp_lamb_update_multi_float64(int64_t count, const int64_t *size
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
         }
-        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, opgen_totals);
+        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float64(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
@@ -403,4 +415,8 @@ void opgen_multi_mp_lamb_update_multi_float64(int64_t count, const int64_t *size
             }
         }
     }
+}
+
+void opgen_multi_mp_lamb_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }

@@ -10,10 +10,10 @@ typedef struct {
     int s_bias_correction;
     int64_t s_t;
     int h_0;
-    float h_1, h_2, h_3, h_4, t_r1, t__2r1, t_r2, t_step, q_0, q_1;
+    float h_1, h_2, h_3, h_4, t_r1, t__2r1, t_r2, t_step, q_0, q_1, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_multi_mp_lamb_update_scalars_float;
-OPGEN_INLINE opgen_multi_mp_lamb_update_scalars_float opgen_multi_mp_lamb_update_scalars_float_init(double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, uint64_t seed, int64_t tensor, const double *opgen_totals) {
+OPGEN_INLINE opgen_multi_mp_lamb_update_scalars_float opgen_multi_mp_lamb_update_scalars_float_init(double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, uint64_t seed, int64_t tensor, double grad_scale, const double *opgen_totals) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_beta1; /* mean = beta1 * mean + (1 - beta1) * gr */
     const double h_2 = 1.0 - arg_beta2; /* var = beta2 * var + (1 - beta2) * gr * gr */
@@ -23,7 +23,7 @@ OPGEN_INLINE opgen_multi_mp_lamb_update_scalars_float opgen_multi_mp_lamb_update
     const double t__2r1 = arg_upper_bound >= 0 ? opgen_min(t_r1, arg_upper_bound) : t_r1; /* r1 = min(r1, upper_bound) if upper_bound >= 0 else r1 */
     const double t_r2 = opgen_totals[1]; /* r2 = norm(u) */
     const double t_step = t__2r1 == 0 || t_r2 == 0 ? arg_lr : arg_lr * t__2r1 / t_r2; /* step = lr if r1 == 0 or r2 == 0 else lr * r1 / r2 */
-    const opgen_multi_mp_lamb_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_lower_bound), OPGEN_PER_CALL((float)arg_upper_bound), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((int)arg_bias_correction), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)h_4), OPGEN_PER_CALL((float)t_r1), OPGEN_PER_CALL((float)t__2r1), OPGEN_PER_CALL((float)t_r2), OPGEN_PER_CALL((float)t_step), OPGEN_PER_CALL((float)opgen_totals[0]), OPGEN_PER_CALL((float)opgen_totals[1]), opgen_call_key(seed, tensor)};
+    const opgen_multi_mp_lamb_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_lower_bound), OPGEN_PER_CALL((float)arg_upper_bound), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((int)arg_bias_correction), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)h_4), OPGEN_PER_CALL((float)t_r1), OPGEN_PER_CALL((float)t__2r1), OPGEN_PER_CALL((float)t_r2), OPGEN_PER_CALL((float)t_step), OPGEN_PER_CALL((float)opgen_totals[0]), OPGEN_PER_CALL((float)opgen_totals[1]), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_float(const opgen_multi_mp_lamb_update_scalars_float s, float *opgen_v, float v_grad, float v_mean, float v_var, float v_weight32) {
@@ -56,7 +56,7 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_float16(const opgen_multi_mp
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
     float opgen_v[2];
-    opgen_multi_mp_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]), OPGEN_LOAD_float32(p_weight32[i]));
+    opgen_multi_mp_lamb_update_total1_float(sv, opgen_v, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]), OPGEN_LOAD_float32(p_weight32[i]));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -68,7 +68,7 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_step_float16(const opgen_multi_mp_l
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mean, &v_var, &v_weight32);
+    opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -79,7 +79,7 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_bfloat16(const opgen_multi_m
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
     float opgen_v[2];
-    opgen_multi_mp_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]), OPGEN_LOAD_float32(p_weight32[i]));
+    opgen_multi_mp_lamb_update_total1_float(sv, opgen_v, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]), OPGEN_LOAD_float32(p_weight32[i]));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -91,7 +91,7 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_step_bfloat16(const opgen_multi_mp_
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var, &v_weight32);
+    opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -105,7 +105,7 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_bstep_bfloat16(const opgen_multi_mp
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mean, &v_var, &v_weight32);
+    opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
     b_weight[j] = v_weight;
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -116,7 +116,7 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_float32(const opgen_multi_mp
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
     float opgen_v[2];
-    opgen_multi_mp_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]), OPGEN_LOAD_float32(p_weight32[i]));
+    opgen_multi_mp_lamb_update_total1_float(sv, opgen_v, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]), OPGEN_LOAD_float32(p_weight32[i]));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -128,7 +128,7 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_step_float32(const opgen_multi_mp_l
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mean, &v_var, &v_weight32);
+    opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
@@ -139,7 +139,7 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_total1_float64(const opgen_multi_mp
     sv.h_0 = sw0;
     sv.s_bias_correction = sw1;
     float opgen_v[2];
-    opgen_multi_mp_lamb_update_total1_float(sv, opgen_v, OPGEN_LOAD_float64(p_grad[gi]), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]), OPGEN_LOAD_float32(p_weight32[i]));
+    opgen_multi_mp_lamb_update_total1_float(sv, opgen_v, (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), OPGEN_LOAD_float32(p_mean[i]), OPGEN_LOAD_float32(p_var[i]), OPGEN_LOAD_float32(p_weight32[i]));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_lanes[1][opgen_l] += (double)opgen_v[1] * (double)opgen_v[1];
 }
@@ -151,7 +151,7 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_step_float64(const opgen_multi_mp_l
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float64(p_grad[gi]), &v_mean, &v_var, &v_weight32);
+    opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);

@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "multi_sgd_update_math.h"
 
-void opgen_multi_sgd_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_multi_sgd_update_scalars_float scalars = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_multi_sgd_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_multi_sgd_update_scalars_float scalars = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_multi_sgd_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad));
@@ -22,16 +22,16 @@ void opgen_multi_sgd_update_dense_float16(int64_t size, void *arg_weight, const 
     }
 }
 
-void opgen_multi_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_multi_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_multi_sgd_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_multi_sgd_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_multi_sgd_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_multi_sgd_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t]));
     }
 }
 
-void opgen_multi_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_multi_sgd_update_scalars_float scalars = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_multi_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_multi_sgd_update_scalars_float scalars = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_multi_sgd_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad), opgen_multi_sgd_update_step_float16(s, i, gi, 1, 1, 1, arg_weight, arg_grad));
@@ -47,8 +47,12 @@ void opgen_multi_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int
     }
 }
 
-void opgen_multi_sgd_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_multi_sgd_update_scalars_float scalars = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_multi_sgd_update_norms_float16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_half, OPGEN_LOAD_float16, sums, flush_denormal);
+}
+
+void opgen_multi_sgd_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_multi_sgd_update_scalars_float scalars = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad));
@@ -72,20 +76,20 @@ void opgen_multi_sgd_update_dense_bfloat16(int64_t size, void *arg_weight, const
     }
 }
 
-void opgen_multi_sgd_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_multi_sgd_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_multi_sgd_update_bstep_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_multi_sgd_update_bstep_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t]));
         #endif
     }
 }
 
-void opgen_multi_sgd_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_multi_sgd_update_scalars_float scalars = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_multi_sgd_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_multi_sgd_update_scalars_float scalars = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_multi_sgd_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad), opgen_multi_sgd_update_step_bfloat16(s, i, gi, 1, 1, 1, arg_weight, arg_grad));
@@ -101,8 +105,12 @@ void opgen_multi_sgd_update_standard_bfloat16(int64_t nrows, int64_t row_len, in
     }
 }
 
-void opgen_multi_sgd_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_multi_sgd_update_scalars_float scalars = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_multi_sgd_update_norms_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_bf16, OPGEN_LOAD_bfloat16, sums, flush_denormal);
+}
+
+void opgen_multi_sgd_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_multi_sgd_update_scalars_float scalars = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_DENSE(size, flush_denormal, opgen_multi_sgd_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad));
     } else {
@@ -110,12 +118,12 @@ void opgen_multi_sgd_update_dense_float32(int64_t size, void *arg_weight, const 
     }
 }
 
-void opgen_multi_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_multi_sgd_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t]));
+void opgen_multi_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_sgd_update_scalars_float s = opgen_multi_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_multi_sgd_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t]));
 }
 
-void opgen_multi_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_multi_sgd_update_scalars_float scalars = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_multi_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_multi_sgd_update_scalars_float scalars = opgen_multi_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_multi_sgd_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad), opgen_multi_sgd_update_step_float32(s, i, gi, 1, 0, 1, arg_weight, arg_grad));
     } else {
@@ -123,8 +131,12 @@ void opgen_multi_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int
     }
 }
 
-void opgen_multi_sgd_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_multi_sgd_update_scalars_double scalars = opgen_multi_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_multi_sgd_update_norms_float32(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, float, OPGEN_LOAD_float32, sums, flush_denormal);
+}
+
+void opgen_multi_sgd_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_multi_sgd_update_scalars_double scalars = opgen_multi_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_DENSE(size, flush_denormal, opgen_multi_sgd_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad));
     } else {
@@ -132,15 +144,19 @@ void opgen_multi_sgd_update_dense_float64(int64_t size, void *arg_weight, const 
     }
 }
 
-void opgen_multi_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_sgd_update_scalars_double s = opgen_multi_sgd_update_scalars_double_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_multi_sgd_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t]));
+void opgen_multi_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_multi_sgd_update_scalars_double s = opgen_multi_sgd_update_scalars_double_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_multi_sgd_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t]));
 }
 
-void opgen_multi_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_multi_sgd_update_scalars_double scalars = opgen_multi_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_multi_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_multi_sgd_update_scalars_double scalars = opgen_multi_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_multi_sgd_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad), opgen_multi_sgd_update_step_float64(s, i, gi, 1, 0, 1, arg_weight, arg_grad));
     } else {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_multi_sgd_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad), opgen_multi_sgd_update_step_float64(s, i, gi, 1, 0, 0, arg_weight, arg_grad));
     }
+}
+
+void opgen_multi_sgd_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }

@@ -8,13 +8,13 @@
 typedef struct {
     float s_lr, s_momentum, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
-    float h_1;
+    float h_1, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_nag_mom_update_scalars_float;
-OPGEN_INLINE opgen_nag_mom_update_scalars_float opgen_nag_mom_update_scalars_float_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_nag_mom_update_scalars_float opgen_nag_mom_update_scalars_float_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gg = clip(rescale_grad * grad, clip_gradient) + wd * weight if clip_gradient > 0 else rescale_grad * grad + wd * weight */
     const double h_1 = arg_momentum + 1.0; /* weight = weight - mom + (momentum + 1) * (mom - lr * gg) */
-    const opgen_nag_mom_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), opgen_call_key(seed, tensor)};
+    const opgen_nag_mom_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_nag_mom_update_element_float(const opgen_nag_mom_update_scalars_float s, float *io_weight, float v_grad, float *io_mom) {
@@ -30,13 +30,13 @@ OPGEN_INLINE void opgen_nag_mom_update_element_float(const opgen_nag_mom_update_
 typedef struct {
     double s_lr, s_momentum, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
-    double h_1;
+    double h_1, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_nag_mom_update_scalars_double;
-OPGEN_INLINE opgen_nag_mom_update_scalars_double opgen_nag_mom_update_scalars_double_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_nag_mom_update_scalars_double opgen_nag_mom_update_scalars_double_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gg = clip(rescale_grad * grad, clip_gradient) + wd * weight if clip_gradient > 0 else rescale_grad * grad + wd * weight */
     const double h_1 = arg_momentum + 1.0; /* weight = weight - mom + (momentum + 1) * (mom - lr * gg) */
-    const opgen_nag_mom_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_momentum), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), opgen_call_key(seed, tensor)};
+    const opgen_nag_mom_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_momentum), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_nag_mom_update_element_double(const opgen_nag_mom_update_scalars_double s, double *io_weight, double v_grad, double *io_mom) {
@@ -54,7 +54,7 @@ OPGEN_INLINE void opgen_nag_mom_update_step_float16(const opgen_nag_mom_update_s
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float16(p_mom[i]);
-    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mom);
+    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_ROUND_float16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -63,7 +63,7 @@ OPGEN_INLINE void opgen_nag_mom_update_step_float16_with_float32_states(const op
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mom);
+    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -72,7 +72,7 @@ OPGEN_INLINE void opgen_nag_mom_update_step_bfloat16(const opgen_nag_mom_update_
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -81,7 +81,7 @@ OPGEN_INLINE void opgen_nag_mom_update_bstep_bfloat16(const opgen_nag_mom_update
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     b_weight[j] = v_weight;
     b_mom[j] = v_mom;
 }
@@ -90,7 +90,7 @@ OPGEN_INLINE void opgen_nag_mom_update_step_bfloat16_with_float32_states(const o
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -99,7 +99,7 @@ OPGEN_INLINE void opgen_nag_mom_update_bstep_bfloat16_with_float32_states(const 
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     b_weight[j] = v_weight;
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -108,7 +108,7 @@ OPGEN_INLINE void opgen_nag_mom_update_step_float32(const opgen_nag_mom_update_s
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
+    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -117,7 +117,7 @@ OPGEN_INLINE void opgen_nag_mom_update_step_float32_with_bfloat16_states(const o
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
+    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mom[i] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -126,7 +126,7 @@ OPGEN_INLINE void opgen_nag_mom_update_bstep_float32_with_bfloat16_states(const 
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
+    opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     b_mom[j] = v_mom;
 }
@@ -135,7 +135,7 @@ OPGEN_INLINE void opgen_nag_mom_update_step_float64(const opgen_nag_mom_update_s
     sv.h_0 = sw0;
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_mom = OPGEN_LOAD_float64(p_mom[i]);
-    opgen_nag_mom_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_mom);
+    opgen_nag_mom_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_mom[i] = OPGEN_STORE_float64(v_mom);
 }

@@ -5,10 +5,10 @@
 #include "opgen_kernel.h"
 #include "novograd_update_math.h"
 
-void opgen_novograd_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
             OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
@@ -17,7 +17,7 @@ void opgen_novograd_update_dense_float16(int64_t size, void *arg_weight, const v
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
-    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
     ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         if (rounding) {
@@ -34,11 +34,11 @@ void opgen_novograd_update_dense_float16(int64_t size, void *arg_weight, const v
     }
 }
 
-void opgen_novograd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[1] = {0};
         {
-            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
                 OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
@@ -47,7 +47,7 @@ void opgen_novograd_update_multi_float16(int64_t count, const int64_t *sizes, vo
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
         ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             if (rounding) {
@@ -65,10 +65,14 @@ void opgen_novograd_update_multi_float16(int64_t count, const int64_t *sizes, vo
     }
 }
 
-void opgen_novograd_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_norms_float16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_half, OPGEN_LOAD_float16, sums, flush_denormal);
+}
+
+void opgen_novograd_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
             OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
@@ -77,7 +81,7 @@ void opgen_novograd_update_dense_float16_with_float32_states(int64_t size, void 
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
-    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
     ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         if (rounding) {
@@ -94,11 +98,11 @@ void opgen_novograd_update_dense_float16_with_float32_states(int64_t size, void 
     }
 }
 
-void opgen_novograd_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[1] = {0};
         {
-            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
                 OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
@@ -107,7 +111,7 @@ void opgen_novograd_update_multi_float16_with_float32_states(int64_t count, cons
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
         ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             if (rounding) {
@@ -125,10 +129,10 @@ void opgen_novograd_update_multi_float16_with_float32_states(int64_t count, cons
     }
 }
 
-void opgen_novograd_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
             OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
@@ -137,7 +141,7 @@ void opgen_novograd_update_dense_bfloat16(int64_t size, void *arg_weight, const 
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
-    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
     ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         if (rounding) {
@@ -162,11 +166,11 @@ void opgen_novograd_update_dense_bfloat16(int64_t size, void *arg_weight, const 
     }
 }
 
-void opgen_novograd_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[1] = {0};
         {
-            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
                 OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
@@ -175,7 +179,7 @@ void opgen_novograd_update_multi_bfloat16(int64_t count, const int64_t *sizes, v
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
         ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             if (rounding) {
@@ -201,10 +205,14 @@ void opgen_novograd_update_multi_bfloat16(int64_t count, const int64_t *sizes, v
     }
 }
 
-void opgen_novograd_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_norms_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_bf16, OPGEN_LOAD_bfloat16, sums, flush_denormal);
+}
+
+void opgen_novograd_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
             OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
@@ -213,7 +221,7 @@ void opgen_novograd_update_dense_bfloat16_with_float32_states(int64_t size, void
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
-    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
     ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         if (rounding) {
@@ -238,11 +246,11 @@ void opgen_novograd_update_dense_bfloat16_with_float32_states(int64_t size, void
     }
 }
 
-void opgen_novograd_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[1] = {0};
         {
-            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
                 OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
@@ -251,7 +259,7 @@ void opgen_novograd_update_multi_bfloat16_with_float32_states(int64_t count, con
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
         ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             if (rounding) {
@@ -277,10 +285,10 @@ void opgen_novograd_update_multi_bfloat16_with_float32_states(int64_t count, con
     }
 }
 
-void opgen_novograd_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
             OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
@@ -289,7 +297,7 @@ void opgen_novograd_update_dense_float32(int64_t size, void *arg_weight, const v
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
-    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
     ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
@@ -298,11 +306,11 @@ void opgen_novograd_update_dense_float32(int64_t size, void *arg_weight, const v
     }
 }
 
-void opgen_novograd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[1] = {0};
         {
-            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
                 OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
@@ -311,7 +319,7 @@ void opgen_novograd_update_multi_float32(int64_t count, const int64_t *sizes, vo
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
         ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
@@ -321,10 +329,14 @@ void opgen_novograd_update_multi_float32(int64_t count, const int64_t *sizes, vo
     }
 }
 
-void opgen_novograd_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_norms_float32(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, float, OPGEN_LOAD_float32, sums, flush_denormal);
+}
+
+void opgen_novograd_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
             OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
@@ -333,7 +345,7 @@ void opgen_novograd_update_dense_float32_with_bfloat16_states(int64_t size, void
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
-    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+    const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
     ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         if (rounding) {
@@ -358,11 +370,11 @@ void opgen_novograd_update_dense_float32_with_bfloat16_states(int64_t size, void
     }
 }
 
-void opgen_novograd_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[1] = {0};
         {
-            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
                 OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
@@ -371,7 +383,7 @@ void opgen_novograd_update_multi_float32_with_bfloat16_states(int64_t count, con
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
-        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
         ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             if (rounding) {
@@ -397,10 +409,10 @@ void opgen_novograd_update_multi_float32_with_bfloat16_states(int64_t count, con
     }
 }
 
-void opgen_novograd_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, void *arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     double opgen_totals[1] = {0};
     {
-        const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+        const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
             OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
@@ -409,7 +421,7 @@ void opgen_novograd_update_dense_float64(int64_t size, void *arg_weight, const v
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
-    const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, opgen_totals);
+    const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
     ((float *)arg_v)[0] = OPGEN_STORE_float32(scalars.t__1v);
     if (scalars.s_grad_averaging) {
         OPGEN_DENSE(size, flush_denormal, opgen_novograd_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
@@ -418,11 +430,11 @@ void opgen_novograd_update_dense_float64(int64_t size, void *arg_weight, const v
     }
 }
 
-void opgen_novograd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_novograd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     for (int64_t t = 0; t < count; ++t) {
         double opgen_totals[1] = {0};
         {
-            const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+            const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
                 OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
@@ -431,7 +443,7 @@ void opgen_novograd_update_multi_float64(int64_t count, const int64_t *sizes, vo
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
-        const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, opgen_totals);
+        const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
         ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
         if (scalars.s_grad_averaging) {
             OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float64(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
@@ -439,4 +451,8 @@ void opgen_novograd_update_multi_float64(int64_t count, const int64_t *sizes, vo
             OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float64(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
         }
     }
+}
+
+void opgen_novograd_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }

@@ -9,15 +9,15 @@ typedef struct {
     float s_v, s_lr, s_beta1, s_beta2, s_epsilon, s_wd;
     int64_t s_t;
     int s_grad_averaging;
-    float t_g2, t__1v, h_0, h_1, q_0;
+    float t_g2, t__1v, h_0, h_1, q_0, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_novograd_update_scalars_float;
-OPGEN_INLINE opgen_novograd_update_scalars_float opgen_novograd_update_scalars_float_init(double arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, uint64_t seed, int64_t tensor, const double *opgen_totals) {
+OPGEN_INLINE opgen_novograd_update_scalars_float opgen_novograd_update_scalars_float_init(double arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, uint64_t seed, int64_t tensor, double grad_scale, const double *opgen_totals) {
     const double t_g2 = opgen_totals[0]; /* g2 = sum(grad * grad) */
     const double t__1v = arg_t == 1 ? t_g2 : arg_beta2 * arg_v + (1.0 - arg_beta2) * t_g2; /* v = g2 if t == 1 else beta2 * v + (1 - beta2) * g2 */
     const double h_0 = sqrt(t__1v) + arg_epsilon; /* step = grad / (sqrt(v) + epsilon) + wd * weight */
     const double h_1 = 1.0 - arg_beta1; /* mom = beta1 * mom + ((1 - beta1) * step if grad_averaging else step) */
-    const opgen_novograd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_v), OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_grad_averaging), OPGEN_PER_CALL((float)t_g2), OPGEN_PER_CALL((float)t__1v), OPGEN_PER_CALL((float)h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)opgen_totals[0]), opgen_call_key(seed, tensor)};
+    const opgen_novograd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_v), OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_grad_averaging), OPGEN_PER_CALL((float)t_g2), OPGEN_PER_CALL((float)t__1v), OPGEN_PER_CALL((float)h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)opgen_totals[0]), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_novograd_update_total1_float(const opgen_novograd_update_scalars_float s, float *opgen_v, float v_grad) {
@@ -36,15 +36,15 @@ typedef struct {
     double s_v, s_lr, s_beta1, s_beta2, s_epsilon, s_wd;
     int64_t s_t;
     int s_grad_averaging;
-    double t_g2, t__1v, h_0, h_1, q_0;
+    double t_g2, t__1v, h_0, h_1, q_0, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_novograd_update_scalars_double;
-OPGEN_INLINE opgen_novograd_update_scalars_double opgen_novograd_update_scalars_double_init(double arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, uint64_t seed, int64_t tensor, const double *opgen_totals) {
+OPGEN_INLINE opgen_novograd_update_scalars_double opgen_novograd_update_scalars_double_init(double arg_v, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, int64_t arg_t, int arg_grad_averaging, uint64_t seed, int64_t tensor, double grad_scale, const double *opgen_totals) {
     const double t_g2 = opgen_totals[0]; /* g2 = sum(grad * grad) */
     const double t__1v = arg_t == 1 ? t_g2 : arg_beta2 * arg_v + (1.0 - arg_beta2) * t_g2; /* v = g2 if t == 1 else beta2 * v + (1 - beta2) * g2 */
     const double h_0 = sqrt(t__1v) + arg_epsilon; /* step = grad / (sqrt(v) + epsilon) + wd * weight */
     const double h_1 = 1.0 - arg_beta1; /* mom = beta1 * mom + ((1 - beta1) * step if grad_averaging else step) */
-    const opgen_novograd_update_scalars_double s = {OPGEN_PER_CALL((double)arg_v), OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_grad_averaging), OPGEN_PER_CALL((double)t_g2), OPGEN_PER_CALL((double)t__1v), OPGEN_PER_CALL((double)h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)opgen_totals[0]), opgen_call_key(seed, tensor)};
+    const opgen_novograd_update_scalars_double s = {OPGEN_PER_CALL((double)arg_v), OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((int)arg_grad_averaging), OPGEN_PER_CALL((double)t_g2), OPGEN_PER_CALL((double)t__1v), OPGEN_PER_CALL((double)h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)opgen_totals[0]), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_novograd_update_total1_double(const opgen_novograd_update_scalars_double s, double *opgen_v, double v_grad) {
@@ -63,7 +63,7 @@ OPGEN_INLINE void opgen_novograd_update_total1_float16(const opgen_novograd_upda
     opgen_novograd_update_scalars_float sv = s;
     sv.s_grad_averaging = sw0;
     float opgen_v[1];
-    opgen_novograd_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_grad[gi]));
+    opgen_novograd_update_total1_float(sv, opgen_v, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_novograd_update_step_float16(const opgen_novograd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mom) {
@@ -71,7 +71,7 @@ OPGEN_INLINE void opgen_novograd_update_step_float16(const opgen_novograd_update
     sv.s_grad_averaging = sw0;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float16(p_mom[i]);
-    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mom);
+    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_ROUND_float16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -79,7 +79,7 @@ OPGEN_INLINE void opgen_novograd_update_total1_float16_with_float32_states(const
     opgen_novograd_update_scalars_float sv = s;
     sv.s_grad_averaging = sw0;
     float opgen_v[1];
-    opgen_novograd_update_total1_float(sv, opgen_v, OPGEN_LOAD_float16(p_grad[gi]));
+    opgen_novograd_update_total1_float(sv, opgen_v, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_novograd_update_step_float16_with_float32_states(const opgen_novograd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom) {
@@ -87,7 +87,7 @@ OPGEN_INLINE void opgen_novograd_update_step_float16_with_float32_states(const o
     sv.s_grad_averaging = sw0;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mom);
+    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -95,7 +95,7 @@ OPGEN_INLINE void opgen_novograd_update_total1_bfloat16(const opgen_novograd_upd
     opgen_novograd_update_scalars_float sv = s;
     sv.s_grad_averaging = sw0;
     float opgen_v[1];
-    opgen_novograd_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_novograd_update_total1_float(sv, opgen_v, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_novograd_update_step_bfloat16(const opgen_novograd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mom) {
@@ -103,7 +103,7 @@ OPGEN_INLINE void opgen_novograd_update_step_bfloat16(const opgen_novograd_updat
     sv.s_grad_averaging = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -112,7 +112,7 @@ OPGEN_INLINE void opgen_novograd_update_bstep_bfloat16(const opgen_novograd_upda
     sv.s_grad_averaging = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     b_weight[j] = v_weight;
     b_mom[j] = v_mom;
 }
@@ -120,7 +120,7 @@ OPGEN_INLINE void opgen_novograd_update_total1_bfloat16_with_float32_states(cons
     opgen_novograd_update_scalars_float sv = s;
     sv.s_grad_averaging = sw0;
     float opgen_v[1];
-    opgen_novograd_update_total1_float(sv, opgen_v, OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_novograd_update_total1_float(sv, opgen_v, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_novograd_update_step_bfloat16_with_float32_states(const opgen_novograd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom) {
@@ -128,7 +128,7 @@ OPGEN_INLINE void opgen_novograd_update_step_bfloat16_with_float32_states(const 
     sv.s_grad_averaging = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -137,7 +137,7 @@ OPGEN_INLINE void opgen_novograd_update_bstep_bfloat16_with_float32_states(const
     sv.s_grad_averaging = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     b_weight[j] = v_weight;
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -145,7 +145,7 @@ OPGEN_INLINE void opgen_novograd_update_total1_float32(const opgen_novograd_upda
     opgen_novograd_update_scalars_float sv = s;
     sv.s_grad_averaging = sw0;
     float opgen_v[1];
-    opgen_novograd_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_grad[gi]));
+    opgen_novograd_update_total1_float(sv, opgen_v, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_novograd_update_step_float32(const opgen_novograd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom) {
@@ -153,7 +153,7 @@ OPGEN_INLINE void opgen_novograd_update_step_float32(const opgen_novograd_update
     sv.s_grad_averaging = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
+    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -161,7 +161,7 @@ OPGEN_INLINE void opgen_novograd_update_total1_float32_with_bfloat16_states(cons
     opgen_novograd_update_scalars_float sv = s;
     sv.s_grad_averaging = sw0;
     float opgen_v[1];
-    opgen_novograd_update_total1_float(sv, opgen_v, OPGEN_LOAD_float32(p_grad[gi]));
+    opgen_novograd_update_total1_float(sv, opgen_v, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_novograd_update_step_float32_with_bfloat16_states(const opgen_novograd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mom) {
@@ -169,7 +169,7 @@ OPGEN_INLINE void opgen_novograd_update_step_float32_with_bfloat16_states(const 
     sv.s_grad_averaging = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
+    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mom[i] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -178,7 +178,7 @@ OPGEN_INLINE void opgen_novograd_update_bstep_float32_with_bfloat16_states(const
     sv.s_grad_averaging = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
+    opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     b_mom[j] = v_mom;
 }
@@ -186,7 +186,7 @@ OPGEN_INLINE void opgen_novograd_update_total1_float64(const opgen_novograd_upda
     opgen_novograd_update_scalars_double sv = s;
     sv.s_grad_averaging = sw0;
     double opgen_v[1];
-    opgen_novograd_update_total1_double(sv, opgen_v, OPGEN_LOAD_float64(p_grad[gi]));
+    opgen_novograd_update_total1_double(sv, opgen_v, (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_novograd_update_step_float64(const opgen_novograd_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad, double *OPGEN_RESTRICT p_mom) {
@@ -194,7 +194,7 @@ OPGEN_INLINE void opgen_novograd_update_step_float64(const opgen_novograd_update
     sv.s_grad_averaging = sw0;
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_mom = OPGEN_LOAD_float64(p_mom[i]);
-    opgen_novograd_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_mom);
+    opgen_novograd_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_mom[i] = OPGEN_STORE_float64(v_mom);
 }

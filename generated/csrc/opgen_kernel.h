@@ -563,4 +563,19 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
                 : opgen_max_of(opgen_part + opgen_k, opgen_nb, (NSUM) + (NMAX));           \
     } while (0)
 
+/* Each gradient's sum of squares, in double (squares taken in double), blocked and pairwise
+ * as OPGEN_TOTALS, so the same bits on any thread count: the norms kernels, run before a
+ * multi-tensor update that clips by the global gradient norm. T is the gradient's storage. */
+#define OPGEN_NORMS(count, sizes, table, T, LOAD, sums, flush_denormal)                    \
+    do {                                                                                   \
+        const int scalars = 0; /* the per-thread copy OPGEN_TOTALS makes: read by no step */ \
+        for (int64_t t = 0; t < (count); ++t) {                              \
+            const T *OPGEN_RESTRICT opgen_x = (const T *)(table)[t];                 \
+            OPGEN_TOTALS(1, 0, (sizes)[t], flush_denormal, (sums) + t, {           \
+                const double opgen_g = (double)LOAD(opgen_x[i]);                       \
+                opgen_lanes[0][opgen_l] += opgen_g * opgen_g;                              \
+            });                                                                            \
+        }                                                                                  \
+    } while (0)
+
 #endif /* OPGEN_KERNEL_H */

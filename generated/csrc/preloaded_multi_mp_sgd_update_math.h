@@ -8,15 +8,15 @@
 typedef struct {
     float s_lr, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
-    float h_1, h_2, h_3;
+    float h_1, h_2, h_3, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_preloaded_multi_mp_sgd_update_scalars_float;
-OPGEN_INLINE opgen_preloaded_multi_mp_sgd_update_scalars_float opgen_preloaded_multi_mp_sgd_update_scalars_float_init(double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_preloaded_multi_mp_sgd_update_scalars_float opgen_preloaded_multi_mp_sgd_update_scalars_float_init(double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_1 = arg_lr * arg_rescale_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_2 = 0.0 * 0.0; /* weight32 = weight32 + (0 * 0 - lr * wd * weight32 - step) */
     const double h_3 = arg_lr * arg_wd; /* weight32 = weight32 + (0 * 0 - lr * wd * weight32 - step) */
-    const opgen_preloaded_multi_mp_sgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), opgen_call_key(seed, tensor)};
+    const opgen_preloaded_multi_mp_sgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_preloaded_multi_mp_sgd_update_element_float(const opgen_preloaded_multi_mp_sgd_update_scalars_float s, float *io_weight, float v_grad, float *io_weight32) {
@@ -32,7 +32,7 @@ OPGEN_INLINE void opgen_preloaded_multi_mp_sgd_update_step_float16(const opgen_p
     sv.h_0 = sw0;
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_preloaded_multi_mp_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_weight32);
+    opgen_preloaded_multi_mp_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_weight32);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
@@ -41,7 +41,7 @@ OPGEN_INLINE void opgen_preloaded_multi_mp_sgd_update_step_bfloat16(const opgen_
     sv.h_0 = sw0;
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_preloaded_multi_mp_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_weight32);
+    opgen_preloaded_multi_mp_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_weight32);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
@@ -50,7 +50,7 @@ OPGEN_INLINE void opgen_preloaded_multi_mp_sgd_update_bstep_bfloat16(const opgen
     sv.h_0 = sw0;
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_preloaded_multi_mp_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_weight32);
+    opgen_preloaded_multi_mp_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_weight32);
     b_weight[j] = v_weight;
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
@@ -59,7 +59,7 @@ OPGEN_INLINE void opgen_preloaded_multi_mp_sgd_update_step_float32(const opgen_p
     sv.h_0 = sw0;
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_preloaded_multi_mp_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_weight32);
+    opgen_preloaded_multi_mp_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_weight32);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
@@ -68,7 +68,7 @@ OPGEN_INLINE void opgen_preloaded_multi_mp_sgd_update_step_float64(const opgen_p
     sv.h_0 = sw0;
     float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
     float v_weight;
-    opgen_preloaded_multi_mp_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float64(p_grad[gi]), &v_weight32);
+    opgen_preloaded_multi_mp_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_weight32);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }

@@ -10,13 +10,14 @@ typedef struct {
     int h_0;
     float h_1;
     int h_2;
+    float opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_rmsprop_update_scalars_float;
-OPGEN_INLINE opgen_rmsprop_update_scalars_float opgen_rmsprop_update_scalars_float_init(double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_rmsprop_update_scalars_float opgen_rmsprop_update_scalars_float_init(double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_gamma1; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
     const int h_2 = arg_clip_weights > 0; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
-    const opgen_rmsprop_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_gamma1), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL(h_2), opgen_call_key(seed, tensor)};
+    const opgen_rmsprop_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_gamma1), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL(h_2), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_rmsprop_update_element_float(const opgen_rmsprop_update_scalars_float s, float *io_weight, float v_grad, float *io_n) {
@@ -35,13 +36,14 @@ typedef struct {
     int h_0;
     double h_1;
     int h_2;
+    double opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_rmsprop_update_scalars_double;
-OPGEN_INLINE opgen_rmsprop_update_scalars_double opgen_rmsprop_update_scalars_double_init(double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_rmsprop_update_scalars_double opgen_rmsprop_update_scalars_double_init(double arg_lr, double arg_gamma1, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_gamma1; /* n = (1 - gamma1) * (gr * gr) + gamma1 * n */
     const int h_2 = arg_clip_weights > 0; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
-    const opgen_rmsprop_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_gamma1), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL(h_2), opgen_call_key(seed, tensor)};
+    const opgen_rmsprop_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_gamma1), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL(h_2), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_rmsprop_update_element_double(const opgen_rmsprop_update_scalars_double s, double *io_weight, double v_grad, double *io_n) {
@@ -61,7 +63,7 @@ OPGEN_INLINE void opgen_rmsprop_update_step_float16(const opgen_rmsprop_update_s
     sv.h_2 = sw1;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_n = OPGEN_LOAD_float16(p_n[i]);
-    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_n);
+    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_n);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_n[i] = OPGEN_ROUND_float16(v_n, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -71,7 +73,7 @@ OPGEN_INLINE void opgen_rmsprop_update_step_float16_with_float32_states(const op
     sv.h_2 = sw1;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
-    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_n);
+    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_n);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_n[i] = OPGEN_STORE_float32(v_n);
 }
@@ -81,7 +83,7 @@ OPGEN_INLINE void opgen_rmsprop_update_step_bfloat16(const opgen_rmsprop_update_
     sv.h_2 = sw1;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
-    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_n);
+    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_n);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_n[i] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -91,7 +93,7 @@ OPGEN_INLINE void opgen_rmsprop_update_bstep_bfloat16(const opgen_rmsprop_update
     sv.h_2 = sw1;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
-    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_n);
+    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_n);
     b_weight[j] = v_weight;
     b_n[j] = v_n;
 }
@@ -101,7 +103,7 @@ OPGEN_INLINE void opgen_rmsprop_update_step_bfloat16_with_float32_states(const o
     sv.h_2 = sw1;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
-    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_n);
+    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_n);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_n[i] = OPGEN_STORE_float32(v_n);
 }
@@ -111,7 +113,7 @@ OPGEN_INLINE void opgen_rmsprop_update_bstep_bfloat16_with_float32_states(const 
     sv.h_2 = sw1;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
-    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_n);
+    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_n);
     b_weight[j] = v_weight;
     p_n[i] = OPGEN_STORE_float32(v_n);
 }
@@ -121,7 +123,7 @@ OPGEN_INLINE void opgen_rmsprop_update_step_float32(const opgen_rmsprop_update_s
     sv.h_2 = sw1;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_n = OPGEN_LOAD_float32(p_n[i]);
-    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_n);
+    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_n);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_n[i] = OPGEN_STORE_float32(v_n);
 }
@@ -131,7 +133,7 @@ OPGEN_INLINE void opgen_rmsprop_update_step_float32_with_bfloat16_states(const o
     sv.h_2 = sw1;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
-    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_n);
+    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_n);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_n[i] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -141,7 +143,7 @@ OPGEN_INLINE void opgen_rmsprop_update_bstep_float32_with_bfloat16_states(const 
     sv.h_2 = sw1;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
-    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_n);
+    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_n);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     b_n[j] = v_n;
 }
@@ -151,7 +153,7 @@ OPGEN_INLINE void opgen_rmsprop_update_step_float64(const opgen_rmsprop_update_s
     sv.h_2 = sw1;
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_n = OPGEN_LOAD_float64(p_n[i]);
-    opgen_rmsprop_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_n);
+    opgen_rmsprop_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_n);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_n[i] = OPGEN_STORE_float64(v_n);
 }

@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "rmspropalex_update_math.h"
 
-void opgen_rmspropalex_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             if (rounding) {
@@ -38,16 +38,16 @@ void opgen_rmspropalex_update_dense_float16(int64_t size, void *arg_weight, cons
     }
 }
 
-void opgen_rmspropalex_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_rmspropalex_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_step_float16(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_float16(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_step_float16(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_float16(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
     }
 }
 
-void opgen_rmspropalex_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             if (rounding) {
@@ -79,8 +79,12 @@ void opgen_rmspropalex_update_standard_float16(int64_t nrows, int64_t row_len, i
     }
 }
 
-void opgen_rmspropalex_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_norms_float16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_half, OPGEN_LOAD_float16, sums, flush_denormal);
+}
+
+void opgen_rmspropalex_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             if (rounding) {
@@ -112,16 +116,16 @@ void opgen_rmspropalex_update_dense_float16_with_float32_states(int64_t size, vo
     }
 }
 
-void opgen_rmspropalex_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_rmspropalex_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
     }
 }
 
-void opgen_rmspropalex_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             if (rounding) {
@@ -153,8 +157,8 @@ void opgen_rmspropalex_update_standard_float16_with_float32_states(int64_t nrows
     }
 }
 
-void opgen_rmspropalex_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             if (rounding) {
@@ -202,20 +206,20 @@ void opgen_rmspropalex_update_dense_bfloat16(int64_t size, void *arg_weight, con
     }
 }
 
-void opgen_rmspropalex_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_rmspropalex_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 4, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_bstep_bfloat16(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_n[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_g[t] + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_delta[t] + opgen_block, opgen_buffers[3], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 4, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_bstep_bfloat16(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_n[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_g[t] + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_delta[t] + opgen_block, opgen_buffers[3], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
         #endif
     }
 }
 
-void opgen_rmspropalex_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             if (rounding) {
@@ -247,8 +251,12 @@ void opgen_rmspropalex_update_standard_bfloat16(int64_t nrows, int64_t row_len, 
     }
 }
 
-void opgen_rmspropalex_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_norms_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_bf16, OPGEN_LOAD_bfloat16, sums, flush_denormal);
+}
+
+void opgen_rmspropalex_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             if (rounding) {
@@ -296,20 +304,20 @@ void opgen_rmspropalex_update_dense_bfloat16_with_float32_states(int64_t size, v
     }
 }
 
-void opgen_rmspropalex_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_rmspropalex_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
         #endif
     }
 }
 
-void opgen_rmspropalex_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             if (rounding) {
@@ -341,8 +349,8 @@ void opgen_rmspropalex_update_standard_bfloat16_with_float32_states(int64_t nrow
     }
 }
 
-void opgen_rmspropalex_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float32(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
@@ -358,12 +366,12 @@ void opgen_rmspropalex_update_dense_float32(int64_t size, void *arg_weight, cons
     }
 }
 
-void opgen_rmspropalex_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_step_float32(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+void opgen_rmspropalex_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_float32(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
 }
 
-void opgen_rmspropalex_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_rmspropalex_update_step_float32(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float32(s, i, gi, 1, 0, 1, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
@@ -379,8 +387,12 @@ void opgen_rmspropalex_update_standard_float32(int64_t nrows, int64_t row_len, i
     }
 }
 
-void opgen_rmspropalex_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_norms_float32(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, float, OPGEN_LOAD_float32, sums, flush_denormal);
+}
+
+void opgen_rmspropalex_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             if (rounding) {
@@ -428,20 +440,20 @@ void opgen_rmspropalex_update_dense_float32_with_bfloat16_states(int64_t size, v
     }
 }
 
-void opgen_rmspropalex_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_rmspropalex_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 3, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_n[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_g[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_delta[t] + opgen_block, opgen_buffers[2], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 3, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_n[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_g[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_delta[t] + opgen_block, opgen_buffers[2], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
         #endif
     }
 }
 
-void opgen_rmspropalex_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_float scalars = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             if (rounding) {
@@ -473,8 +485,8 @@ void opgen_rmspropalex_update_standard_float32_with_bfloat16_states(int64_t nrow
     }
 }
 
-void opgen_rmspropalex_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_double scalars = opgen_rmspropalex_update_scalars_double_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_double scalars = opgen_rmspropalex_update_scalars_double_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float64(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
@@ -490,12 +502,12 @@ void opgen_rmspropalex_update_dense_float64(int64_t size, void *arg_weight, cons
     }
 }
 
-void opgen_rmspropalex_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_double s = opgen_rmspropalex_update_scalars_double_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t), opgen_rmspropalex_update_step_float64(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+void opgen_rmspropalex_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_double s = opgen_rmspropalex_update_scalars_double_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_float64(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
 }
 
-void opgen_rmspropalex_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_rmspropalex_update_scalars_double scalars = opgen_rmspropalex_update_scalars_double_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+void opgen_rmspropalex_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_n, void *arg_g, void *arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_rmspropalex_update_scalars_double scalars = opgen_rmspropalex_update_scalars_double_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (scalars.h_2) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_rmspropalex_update_step_float64(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float64(s, i, gi, 1, 0, 1, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
@@ -509,4 +521,8 @@ void opgen_rmspropalex_update_standard_float64(int64_t nrows, int64_t row_len, i
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_rmspropalex_update_step_float64(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float64(s, i, gi, 1, 0, 0, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
         }
     }
+}
+
+void opgen_rmspropalex_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }

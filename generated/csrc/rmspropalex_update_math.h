@@ -10,13 +10,14 @@ typedef struct {
     int h_0;
     float h_1;
     int h_2;
+    float opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_rmspropalex_update_scalars_float;
-OPGEN_INLINE opgen_rmspropalex_update_scalars_float opgen_rmspropalex_update_scalars_float_init(double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_rmspropalex_update_scalars_float opgen_rmspropalex_update_scalars_float_init(double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_gamma1; /* n = (1 - gamma1) * gr * gr + gamma1 * n */
     const int h_2 = arg_clip_weights > 0; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
-    const opgen_rmspropalex_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_gamma1), OPGEN_PER_CALL((float)arg_gamma2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL(h_2), opgen_call_key(seed, tensor)};
+    const opgen_rmspropalex_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_gamma1), OPGEN_PER_CALL((float)arg_gamma2), OPGEN_PER_CALL((float)arg_epsilon), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL(h_2), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_rmspropalex_update_element_float(const opgen_rmspropalex_update_scalars_float s, float *io_weight, float v_grad, float *io_n, float *io_g, float *io_delta) {
@@ -41,13 +42,14 @@ typedef struct {
     int h_0;
     double h_1;
     int h_2;
+    double opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_rmspropalex_update_scalars_double;
-OPGEN_INLINE opgen_rmspropalex_update_scalars_double opgen_rmspropalex_update_scalars_double_init(double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_rmspropalex_update_scalars_double opgen_rmspropalex_update_scalars_double_init(double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* gr = clip(gr, clip_gradient) if clip_gradient > 0 else gr */
     const double h_1 = 1.0 - arg_gamma1; /* n = (1 - gamma1) * gr * gr + gamma1 * n */
     const int h_2 = arg_clip_weights > 0; /* weight = clip(weight, clip_weights) if clip_weights > 0 else weight */
-    const opgen_rmspropalex_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_gamma1), OPGEN_PER_CALL((double)arg_gamma2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL(h_2), opgen_call_key(seed, tensor)};
+    const opgen_rmspropalex_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_gamma1), OPGEN_PER_CALL((double)arg_gamma2), OPGEN_PER_CALL((double)arg_epsilon), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_clip_weights), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL(h_2), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_rmspropalex_update_element_double(const opgen_rmspropalex_update_scalars_double s, double *io_weight, double v_grad, double *io_n, double *io_g, double *io_delta) {
@@ -75,7 +77,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_step_float16(const opgen_rmspropalex_
     float v_n = OPGEN_LOAD_float16(p_n[i]);
     float v_g = OPGEN_LOAD_float16(p_g[i]);
     float v_delta = OPGEN_LOAD_float16(p_delta[i]);
-    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_n, &v_g, &v_delta);
+    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_n[i] = OPGEN_ROUND_float16(v_n, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_g[i] = OPGEN_ROUND_float16(v_g, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -89,7 +91,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_step_float16_with_float32_states(cons
     float v_n = OPGEN_LOAD_float32(p_n[i]);
     float v_g = OPGEN_LOAD_float32(p_g[i]);
     float v_delta = OPGEN_LOAD_float32(p_delta[i]);
-    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_n, &v_g, &v_delta);
+    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_n[i] = OPGEN_STORE_float32(v_n);
     p_g[i] = OPGEN_STORE_float32(v_g);
@@ -103,7 +105,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_step_bfloat16(const opgen_rmspropalex
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
     float v_g = OPGEN_LOAD_bfloat16(p_g[i]);
     float v_delta = OPGEN_LOAD_bfloat16(p_delta[i]);
-    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_n, &v_g, &v_delta);
+    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_n[i] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_g[i] = OPGEN_ROUND_bfloat16(v_g, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -117,7 +119,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_bstep_bfloat16(const opgen_rmspropale
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
     float v_g = OPGEN_LOAD_bfloat16(p_g[i]);
     float v_delta = OPGEN_LOAD_bfloat16(p_delta[i]);
-    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_n, &v_g, &v_delta);
+    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
     b_weight[j] = v_weight;
     b_n[j] = v_n;
     b_g[j] = v_g;
@@ -131,7 +133,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_step_bfloat16_with_float32_states(con
     float v_n = OPGEN_LOAD_float32(p_n[i]);
     float v_g = OPGEN_LOAD_float32(p_g[i]);
     float v_delta = OPGEN_LOAD_float32(p_delta[i]);
-    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_n, &v_g, &v_delta);
+    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_n[i] = OPGEN_STORE_float32(v_n);
     p_g[i] = OPGEN_STORE_float32(v_g);
@@ -145,7 +147,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_bstep_bfloat16_with_float32_states(co
     float v_n = OPGEN_LOAD_float32(p_n[i]);
     float v_g = OPGEN_LOAD_float32(p_g[i]);
     float v_delta = OPGEN_LOAD_float32(p_delta[i]);
-    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_n, &v_g, &v_delta);
+    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
     b_weight[j] = v_weight;
     p_n[i] = OPGEN_STORE_float32(v_n);
     p_g[i] = OPGEN_STORE_float32(v_g);
@@ -159,7 +161,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_step_float32(const opgen_rmspropalex_
     float v_n = OPGEN_LOAD_float32(p_n[i]);
     float v_g = OPGEN_LOAD_float32(p_g[i]);
     float v_delta = OPGEN_LOAD_float32(p_delta[i]);
-    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_n, &v_g, &v_delta);
+    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_n[i] = OPGEN_STORE_float32(v_n);
     p_g[i] = OPGEN_STORE_float32(v_g);
@@ -173,7 +175,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_step_float32_with_bfloat16_states(con
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
     float v_g = OPGEN_LOAD_bfloat16(p_g[i]);
     float v_delta = OPGEN_LOAD_bfloat16(p_delta[i]);
-    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_n, &v_g, &v_delta);
+    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_n[i] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_g[i] = OPGEN_ROUND_bfloat16(v_g, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -187,7 +189,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_bstep_float32_with_bfloat16_states(co
     float v_n = OPGEN_LOAD_bfloat16(p_n[i]);
     float v_g = OPGEN_LOAD_bfloat16(p_g[i]);
     float v_delta = OPGEN_LOAD_bfloat16(p_delta[i]);
-    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_n, &v_g, &v_delta);
+    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     b_n[j] = v_n;
     b_g[j] = v_g;
@@ -201,7 +203,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_step_float64(const opgen_rmspropalex_
     double v_n = OPGEN_LOAD_float64(p_n[i]);
     double v_g = OPGEN_LOAD_float64(p_g[i]);
     double v_delta = OPGEN_LOAD_float64(p_delta[i]);
-    opgen_rmspropalex_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_n, &v_g, &v_delta);
+    opgen_rmspropalex_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_n[i] = OPGEN_STORE_float64(v_n);
     p_g[i] = OPGEN_STORE_float64(v_g);

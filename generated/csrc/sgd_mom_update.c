@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "sgd_mom_update_math.h"
 
-void opgen_sgd_mom_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_sgd_mom_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -22,16 +22,16 @@ void opgen_sgd_mom_update_dense_float16(int64_t size, void *arg_weight, const vo
     }
 }
 
-void opgen_sgd_mom_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_sgd_mom_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
     }
 }
 
-void opgen_sgd_mom_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2); opgen_prefetch_line(arg_mom, ahead, line, row_len, 2);, opgen_sgd_mom_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -47,8 +47,8 @@ void opgen_sgd_mom_update_lazy_float16(int64_t nnz, int64_t row_len, const int64
     }
 }
 
-void opgen_sgd_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_mom_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom), opgen_sgd_mom_update_step_float16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -64,8 +64,12 @@ void opgen_sgd_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64
     }
 }
 
-void opgen_sgd_mom_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_norms_float16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_half, OPGEN_LOAD_float16, sums, flush_denormal);
+}
+
+void opgen_sgd_mom_update_dense_float16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_sgd_mom_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -81,16 +85,16 @@ void opgen_sgd_mom_update_dense_float16_with_float32_states(int64_t size, void *
     }
 }
 
-void opgen_sgd_mom_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_sgd_mom_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
     }
 }
 
-void opgen_sgd_mom_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2); opgen_prefetch_line(arg_mom, ahead, line, row_len, 4);, opgen_sgd_mom_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -106,8 +110,8 @@ void opgen_sgd_mom_update_lazy_float16_with_float32_states(int64_t nnz, int64_t 
     }
 }
 
-void opgen_sgd_mom_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_mom_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom), opgen_sgd_mom_update_step_float16_with_float32_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -123,8 +127,8 @@ void opgen_sgd_mom_update_standard_float16_with_float32_states(int64_t nrows, in
     }
 }
 
-void opgen_sgd_mom_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_sgd_mom_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -148,20 +152,20 @@ void opgen_sgd_mom_update_dense_bfloat16(int64_t size, void *arg_weight, const v
     }
 }
 
-void opgen_sgd_mom_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_sgd_mom_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 2, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_bstep_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom[t] + opgen_block, opgen_buffers[1], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 2, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_bstep_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom[t] + opgen_block, opgen_buffers[1], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
         #endif
     }
 }
 
-void opgen_sgd_mom_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2); opgen_prefetch_line(arg_mom, ahead, line, row_len, 2);, opgen_sgd_mom_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -177,8 +181,8 @@ void opgen_sgd_mom_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int6
     }
 }
 
-void opgen_sgd_mom_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_mom_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom), opgen_sgd_mom_update_step_bfloat16(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -194,8 +198,12 @@ void opgen_sgd_mom_update_standard_bfloat16(int64_t nrows, int64_t row_len, int6
     }
 }
 
-void opgen_sgd_mom_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_norms_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_bf16, OPGEN_LOAD_bfloat16, sums, flush_denormal);
+}
+
+void opgen_sgd_mom_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_sgd_mom_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -219,20 +227,20 @@ void opgen_sgd_mom_update_dense_bfloat16_with_float32_states(int64_t size, void 
     }
 }
 
-void opgen_sgd_mom_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_sgd_mom_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
         #endif
     }
 }
 
-void opgen_sgd_mom_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_weight, ahead, line, row_len, 2); opgen_prefetch_line(arg_mom, ahead, line, row_len, 4);, opgen_sgd_mom_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -248,8 +256,8 @@ void opgen_sgd_mom_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t
     }
 }
 
-void opgen_sgd_mom_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_mom_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom), opgen_sgd_mom_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -265,8 +273,8 @@ void opgen_sgd_mom_update_standard_bfloat16_with_float32_states(int64_t nrows, i
     }
 }
 
-void opgen_sgd_mom_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_DENSE(size, flush_denormal, opgen_sgd_mom_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
@@ -274,12 +282,12 @@ void opgen_sgd_mom_update_dense_float32(int64_t size, void *arg_weight, const vo
     }
 }
 
-void opgen_sgd_mom_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
+void opgen_sgd_mom_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
 }
 
-void opgen_sgd_mom_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_weight, ahead, line, row_len, 4); opgen_prefetch_line(arg_mom, ahead, line, row_len, 4);, opgen_sgd_mom_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
@@ -287,8 +295,8 @@ void opgen_sgd_mom_update_lazy_float32(int64_t nnz, int64_t row_len, const int64
     }
 }
 
-void opgen_sgd_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_mom_update_step_float32(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom), opgen_sgd_mom_update_step_float32(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
@@ -296,8 +304,12 @@ void opgen_sgd_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64
     }
 }
 
-void opgen_sgd_mom_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_norms_float32(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, float, OPGEN_LOAD_float32, sums, flush_denormal);
+}
+
+void opgen_sgd_mom_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_sgd_mom_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -321,20 +333,20 @@ void opgen_sgd_mom_update_dense_float32_with_bfloat16_states(int64_t size, void 
     }
 }
 
-void opgen_sgd_mom_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_sgd_mom_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom[t] + opgen_block, opgen_buffers[0], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom[t] + opgen_block, opgen_buffers[0], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_float s = opgen_sgd_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
         #endif
     }
 }
 
-void opgen_sgd_mom_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_weight, ahead, line, row_len, 4); opgen_prefetch_line(arg_mom, ahead, line, row_len, 2);, opgen_sgd_mom_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -350,8 +362,8 @@ void opgen_sgd_mom_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t
     }
 }
 
-void opgen_sgd_mom_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_float scalars = opgen_sgd_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         if (rounding) {
             OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_mom_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom), opgen_sgd_mom_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, 1, arg_weight, arg_grad, arg_mom));
@@ -367,8 +379,8 @@ void opgen_sgd_mom_update_standard_float32_with_bfloat16_states(int64_t nrows, i
     }
 }
 
-void opgen_sgd_mom_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_double scalars = opgen_sgd_mom_update_scalars_double_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_double scalars = opgen_sgd_mom_update_scalars_double_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_DENSE(size, flush_denormal, opgen_sgd_mom_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
@@ -376,12 +388,12 @@ void opgen_sgd_mom_update_dense_float64(int64_t size, void *arg_weight, const vo
     }
 }
 
-void opgen_sgd_mom_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_double s = opgen_sgd_mom_update_scalars_double_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t), opgen_sgd_mom_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
+void opgen_sgd_mom_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_mom_update_scalars_double s = opgen_sgd_mom_update_scalars_double_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_mom_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mom[t]));
 }
 
-void opgen_sgd_mom_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_double scalars = opgen_sgd_mom_update_scalars_double_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_double scalars = opgen_sgd_mom_update_scalars_double_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_weight, ahead, line, row_len, 8); opgen_prefetch_line(arg_mom, ahead, line, row_len, 8);, opgen_sgd_mom_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
@@ -389,11 +401,15 @@ void opgen_sgd_mom_update_lazy_float64(int64_t nnz, int64_t row_len, const int64
     }
 }
 
-void opgen_sgd_mom_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_sgd_mom_update_scalars_double scalars = opgen_sgd_mom_update_scalars_double_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+void opgen_sgd_mom_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, void *arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_sgd_mom_update_scalars_double scalars = opgen_sgd_mom_update_scalars_double_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (scalars.h_0) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_mom_update_step_float64(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom), opgen_sgd_mom_update_step_float64(s, i, gi, 1, 0, 1, arg_weight, arg_grad, arg_mom));
     } else {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_sgd_mom_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom), opgen_sgd_mom_update_step_float64(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_mom));
     }
+}
+
+void opgen_sgd_mom_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }

@@ -8,14 +8,14 @@
 typedef struct {
     float s_lr, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
-    float h_1, h_2;
+    float h_1, h_2, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_sgd_update_scalars_float;
-OPGEN_INLINE opgen_sgd_update_scalars_float opgen_sgd_update_scalars_float_init(double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_sgd_update_scalars_float opgen_sgd_update_scalars_float_init(double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_1 = arg_lr * arg_rescale_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_2 = 1.0 - arg_lr * arg_wd; /* weight = (1 - lr * wd) * weight - step */
-    const opgen_sgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), opgen_call_key(seed, tensor)};
+    const opgen_sgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_sgd_update_element_float(const opgen_sgd_update_scalars_float s, float *io_weight, float v_grad) {
@@ -27,14 +27,14 @@ OPGEN_INLINE void opgen_sgd_update_element_float(const opgen_sgd_update_scalars_
 typedef struct {
     double s_lr, s_wd, s_rescale_grad, s_clip_gradient;
     int h_0;
-    double h_1, h_2;
+    double h_1, h_2, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_sgd_update_scalars_double;
-OPGEN_INLINE opgen_sgd_update_scalars_double opgen_sgd_update_scalars_double_init(double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_sgd_update_scalars_double opgen_sgd_update_scalars_double_init(double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_1 = arg_lr * arg_rescale_grad; /* step = lr * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else lr * rescale_grad * grad */
     const double h_2 = 1.0 - arg_lr * arg_wd; /* weight = (1 - lr * wd) * weight - step */
-    const opgen_sgd_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), opgen_call_key(seed, tensor)};
+    const opgen_sgd_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_sgd_update_element_double(const opgen_sgd_update_scalars_double s, double *io_weight, double v_grad) {
@@ -47,35 +47,35 @@ OPGEN_INLINE void opgen_sgd_update_step_float16(const opgen_sgd_update_scalars_f
     opgen_sgd_update_scalars_float sv = s;
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
-    opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]));
+    opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
 OPGEN_INLINE void opgen_sgd_update_step_bfloat16(const opgen_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     opgen_sgd_update_scalars_float sv = s;
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
 OPGEN_INLINE void opgen_sgd_update_bstep_bfloat16(const opgen_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, int64_t j, float *OPGEN_RESTRICT b_weight) {
     opgen_sgd_update_scalars_float sv = s;
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     b_weight[j] = v_weight;
 }
 OPGEN_INLINE void opgen_sgd_update_step_float32(const opgen_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     opgen_sgd_update_scalars_float sv = s;
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
-    opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]));
+    opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
 OPGEN_INLINE void opgen_sgd_update_step_float64(const opgen_sgd_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     opgen_sgd_update_scalars_double sv = s;
     sv.h_0 = sw0;
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
-    opgen_sgd_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]));
+    opgen_sgd_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float64(v_weight);
 }
 

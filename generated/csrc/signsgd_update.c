@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "signsgd_update_math.h"
 
-void opgen_signsgd_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd, seed, 0);
+void opgen_signsgd_update_dense_float16(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_DENSE(size, flush_denormal, opgen_signsgd_update_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad));
     } else {
@@ -14,16 +14,16 @@ void opgen_signsgd_update_dense_float16(int64_t size, void *arg_weight, const vo
     }
 }
 
-void opgen_signsgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_signsgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t], seed, t), opgen_signsgd_update_step_float16(s, i, gi, 0, 1, arg_weight[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t], seed, t, grad_scale), opgen_signsgd_update_step_float16(s, i, gi, 0, 1, arg_weight[t], arg_grad[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t], seed, t), opgen_signsgd_update_step_float16(s, i, gi, 0, 0, arg_weight[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t], seed, t, grad_scale), opgen_signsgd_update_step_float16(s, i, gi, 0, 0, arg_weight[t], arg_grad[t]));
     }
 }
 
-void opgen_signsgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd, seed, 0);
+void opgen_signsgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_signsgd_update_step_float16(s, i, gi, 0, 1, arg_weight, arg_grad), opgen_signsgd_update_step_float16(s, i, gi, 1, 1, arg_weight, arg_grad));
     } else {
@@ -31,8 +31,12 @@ void opgen_signsgd_update_standard_float16(int64_t nrows, int64_t row_len, int64
     }
 }
 
-void opgen_signsgd_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd, seed, 0);
+void opgen_signsgd_update_norms_float16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_half, OPGEN_LOAD_float16, sums, flush_denormal);
+}
+
+void opgen_signsgd_update_dense_bfloat16(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_DENSE(size, flush_denormal, opgen_signsgd_update_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad));
     } else {
@@ -44,20 +48,20 @@ void opgen_signsgd_update_dense_bfloat16(int64_t size, void *arg_weight, const v
     }
 }
 
-void opgen_signsgd_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_signsgd_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t], seed, t), opgen_signsgd_update_step_bfloat16(s, i, gi, 0, 1, arg_weight[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t], seed, t, grad_scale), opgen_signsgd_update_step_bfloat16(s, i, gi, 0, 1, arg_weight[t], arg_grad[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t], seed, t), opgen_signsgd_update_bstep_bfloat16(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t], seed, t, grad_scale), opgen_signsgd_update_bstep_bfloat16(s, i, gi, 0, 0, arg_weight[t], arg_grad[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t], seed, t), opgen_signsgd_update_step_bfloat16(s, i, gi, 0, 0, arg_weight[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t], seed, t, grad_scale), opgen_signsgd_update_step_bfloat16(s, i, gi, 0, 0, arg_weight[t], arg_grad[t]));
         #endif
     }
 }
 
-void opgen_signsgd_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd, seed, 0);
+void opgen_signsgd_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_signsgd_update_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_grad), opgen_signsgd_update_step_bfloat16(s, i, gi, 1, 1, arg_weight, arg_grad));
     } else {
@@ -65,30 +69,42 @@ void opgen_signsgd_update_standard_bfloat16(int64_t nrows, int64_t row_len, int6
     }
 }
 
-void opgen_signsgd_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd, seed, 0);
+void opgen_signsgd_update_norms_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_bf16, OPGEN_LOAD_bfloat16, sums, flush_denormal);
+}
+
+void opgen_signsgd_update_dense_float32(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd, seed, 0, grad_scale);
     OPGEN_DENSE(size, flush_denormal, opgen_signsgd_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad));
 }
 
-void opgen_signsgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t], seed, t), opgen_signsgd_update_step_float32(s, i, gi, 0, 0, arg_weight[t], arg_grad[t]));
+void opgen_signsgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_float s = opgen_signsgd_update_scalars_float_init(arg_lr[t], arg_wd[t], seed, t, grad_scale), opgen_signsgd_update_step_float32(s, i, gi, 0, 0, arg_weight[t], arg_grad[t]));
 }
 
-void opgen_signsgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd, seed, 0);
+void opgen_signsgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_signsgd_update_scalars_float scalars = opgen_signsgd_update_scalars_float_init(arg_lr, arg_wd, seed, 0, grad_scale);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_signsgd_update_step_float32(s, i, gi, 0, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float32(s, i, gi, 1, 0, arg_weight, arg_grad));
 }
 
-void opgen_signsgd_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_signsgd_update_scalars_double scalars = opgen_signsgd_update_scalars_double_init(arg_lr, arg_wd, seed, 0);
+void opgen_signsgd_update_norms_float32(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, float, OPGEN_LOAD_float32, sums, flush_denormal);
+}
+
+void opgen_signsgd_update_dense_float64(int64_t size, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_signsgd_update_scalars_double scalars = opgen_signsgd_update_scalars_double_init(arg_lr, arg_wd, seed, 0, grad_scale);
     OPGEN_DENSE(size, flush_denormal, opgen_signsgd_update_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad));
 }
 
-void opgen_signsgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_double s = opgen_signsgd_update_scalars_double_init(arg_lr[t], arg_wd[t], seed, t), opgen_signsgd_update_step_float64(s, i, gi, 0, 0, arg_weight[t], arg_grad[t]));
+void opgen_signsgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, const double *arg_lr, const double *arg_wd, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_signsgd_update_scalars_double s = opgen_signsgd_update_scalars_double_init(arg_lr[t], arg_wd[t], seed, t, grad_scale), opgen_signsgd_update_step_float64(s, i, gi, 0, 0, arg_weight[t], arg_grad[t]));
 }
 
-void opgen_signsgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_signsgd_update_scalars_double scalars = opgen_signsgd_update_scalars_double_init(arg_lr, arg_wd, seed, 0);
+void opgen_signsgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *indices, void *arg_weight, const void *arg_grad, double arg_lr, double arg_wd, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_signsgd_update_scalars_double scalars = opgen_signsgd_update_scalars_double_init(arg_lr, arg_wd, seed, 0, grad_scale);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_signsgd_update_step_float64(s, i, gi, 0, 0, arg_weight, arg_grad), opgen_signsgd_update_step_float64(s, i, gi, 1, 0, arg_weight, arg_grad));
+}
+
+void opgen_signsgd_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }

@@ -6,12 +6,12 @@
 #define OPGEN_SIGNSGD_UPDATE_MATH_H
 
 typedef struct {
-    float s_lr, s_wd, h_0;
+    float s_lr, s_wd, h_0, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_signsgd_update_scalars_float;
-OPGEN_INLINE opgen_signsgd_update_scalars_float opgen_signsgd_update_scalars_float_init(double arg_lr, double arg_wd, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_signsgd_update_scalars_float opgen_signsgd_update_scalars_float_init(double arg_lr, double arg_wd, uint64_t seed, int64_t tensor, double grad_scale) {
     const double h_0 = 1.0 - arg_lr * arg_wd; /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
-    const opgen_signsgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)h_0), opgen_call_key(seed, tensor)};
+    const opgen_signsgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)h_0), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_signsgd_update_element_float(const opgen_signsgd_update_scalars_float s, float *io_weight, float v_grad) {
@@ -20,12 +20,12 @@ OPGEN_INLINE void opgen_signsgd_update_element_float(const opgen_signsgd_update_
     *io_weight = v_weight;
 }
 typedef struct {
-    double s_lr, s_wd, h_0;
+    double s_lr, s_wd, h_0, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_signsgd_update_scalars_double;
-OPGEN_INLINE opgen_signsgd_update_scalars_double opgen_signsgd_update_scalars_double_init(double arg_lr, double arg_wd, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_signsgd_update_scalars_double opgen_signsgd_update_scalars_double_init(double arg_lr, double arg_wd, uint64_t seed, int64_t tensor, double grad_scale) {
     const double h_0 = 1.0 - arg_lr * arg_wd; /* weight = (1 - lr * wd) * weight - lr * sign(grad) */
-    const opgen_signsgd_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)h_0), opgen_call_key(seed, tensor)};
+    const opgen_signsgd_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)h_0), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_signsgd_update_element_double(const opgen_signsgd_update_scalars_double s, double *io_weight, double v_grad) {
@@ -35,27 +35,27 @@ OPGEN_INLINE void opgen_signsgd_update_element_double(const opgen_signsgd_update
 }
 OPGEN_INLINE void opgen_signsgd_update_step_float16(const opgen_signsgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
-    opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]));
+    opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
 OPGEN_INLINE void opgen_signsgd_update_step_bfloat16(const opgen_signsgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
 OPGEN_INLINE void opgen_signsgd_update_bstep_bfloat16(const opgen_signsgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, int64_t j, float *OPGEN_RESTRICT b_weight) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     b_weight[j] = v_weight;
 }
 OPGEN_INLINE void opgen_signsgd_update_step_float32(const opgen_signsgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
-    opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]));
+    opgen_signsgd_update_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
 OPGEN_INLINE void opgen_signsgd_update_step_float64(const opgen_signsgd_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
-    opgen_signsgd_update_element_double(s, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]));
+    opgen_signsgd_update_element_double(s, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float64(v_weight);
 }
 

@@ -8,16 +8,16 @@
 typedef struct {
     float s_lr, s_momentum, s_wd, s_rescale_grad, s_clip_gradient, s_wd_lh;
     int h_0;
-    float h_1, h_2, h_3, h_4;
+    float h_1, h_2, h_3, h_4, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_signum_update_scalars_float;
-OPGEN_INLINE opgen_signum_update_scalars_float opgen_signum_update_scalars_float_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_wd_lh, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_signum_update_scalars_float opgen_signum_update_scalars_float_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_wd_lh, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* step = (1 - momentum) * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else (1 - momentum) * rescale_grad * grad */
     const double h_1 = 1.0 - arg_momentum; /* step = (1 - momentum) * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else (1 - momentum) * rescale_grad * grad */
     const double h_2 = (1.0 - arg_momentum) * arg_rescale_grad; /* step = (1 - momentum) * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else (1 - momentum) * rescale_grad * grad */
     const double h_3 = (1.0 - arg_momentum) * arg_wd; /* mom = momentum * mom - (1 - momentum) * wd * weight - step */
     const double h_4 = 1.0 - arg_lr * arg_wd_lh; /* weight = (1 - lr * wd_lh) * weight + lr * sign(mom) */
-    const opgen_signum_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_wd_lh), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)h_4), opgen_call_key(seed, tensor)};
+    const opgen_signum_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)arg_rescale_grad), OPGEN_PER_CALL((float)arg_clip_gradient), OPGEN_PER_CALL((float)arg_wd_lh), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)h_4), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_signum_update_element_float(const opgen_signum_update_scalars_float s, float *io_weight, float v_grad, float *io_mom) {
@@ -32,16 +32,16 @@ OPGEN_INLINE void opgen_signum_update_element_float(const opgen_signum_update_sc
 typedef struct {
     double s_lr, s_momentum, s_wd, s_rescale_grad, s_clip_gradient, s_wd_lh;
     int h_0;
-    double h_1, h_2, h_3, h_4;
+    double h_1, h_2, h_3, h_4, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_signum_update_scalars_double;
-OPGEN_INLINE opgen_signum_update_scalars_double opgen_signum_update_scalars_double_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_wd_lh, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_signum_update_scalars_double opgen_signum_update_scalars_double_init(double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_wd_lh, uint64_t seed, int64_t tensor, double grad_scale) {
     const int h_0 = arg_clip_gradient > 0; /* step = (1 - momentum) * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else (1 - momentum) * rescale_grad * grad */
     const double h_1 = 1.0 - arg_momentum; /* step = (1 - momentum) * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else (1 - momentum) * rescale_grad * grad */
     const double h_2 = (1.0 - arg_momentum) * arg_rescale_grad; /* step = (1 - momentum) * clip(rescale_grad * grad, clip_gradient) if clip_gradient > 0 else (1 - momentum) * rescale_grad * grad */
     const double h_3 = (1.0 - arg_momentum) * arg_wd; /* mom = momentum * mom - (1 - momentum) * wd * weight - step */
     const double h_4 = 1.0 - arg_lr * arg_wd_lh; /* weight = (1 - lr * wd_lh) * weight + lr * sign(mom) */
-    const opgen_signum_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_momentum), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_wd_lh), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), OPGEN_PER_CALL((double)h_3), OPGEN_PER_CALL((double)h_4), opgen_call_key(seed, tensor)};
+    const opgen_signum_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_momentum), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)arg_rescale_grad), OPGEN_PER_CALL((double)arg_clip_gradient), OPGEN_PER_CALL((double)arg_wd_lh), OPGEN_PER_CALL(h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), OPGEN_PER_CALL((double)h_3), OPGEN_PER_CALL((double)h_4), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_signum_update_element_double(const opgen_signum_update_scalars_double s, double *io_weight, double v_grad, double *io_mom) {
@@ -58,7 +58,7 @@ OPGEN_INLINE void opgen_signum_update_step_float16(const opgen_signum_update_sca
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float16(p_mom[i]);
-    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mom);
+    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_ROUND_float16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -67,7 +67,7 @@ OPGEN_INLINE void opgen_signum_update_step_float16_with_float32_states(const opg
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_mom);
+    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -76,7 +76,7 @@ OPGEN_INLINE void opgen_signum_update_step_bfloat16(const opgen_signum_update_sc
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -85,7 +85,7 @@ OPGEN_INLINE void opgen_signum_update_bstep_bfloat16(const opgen_signum_update_s
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     b_weight[j] = v_weight;
     b_mom[j] = v_mom;
 }
@@ -94,7 +94,7 @@ OPGEN_INLINE void opgen_signum_update_step_bfloat16_with_float32_states(const op
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -103,7 +103,7 @@ OPGEN_INLINE void opgen_signum_update_bstep_bfloat16_with_float32_states(const o
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_mom);
+    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     b_weight[j] = v_weight;
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -112,7 +112,7 @@ OPGEN_INLINE void opgen_signum_update_step_float32(const opgen_signum_update_sca
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
-    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
+    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
@@ -121,7 +121,7 @@ OPGEN_INLINE void opgen_signum_update_step_float32_with_bfloat16_states(const op
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
+    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     p_mom[i] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -130,7 +130,7 @@ OPGEN_INLINE void opgen_signum_update_bstep_float32_with_bfloat16_states(const o
     sv.h_0 = sw0;
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
     float v_mom = OPGEN_LOAD_bfloat16(p_mom[i]);
-    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_mom);
+    opgen_signum_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float32(v_weight);
     b_mom[j] = v_mom;
 }
@@ -139,7 +139,7 @@ OPGEN_INLINE void opgen_signum_update_step_float64(const opgen_signum_update_sca
     sv.h_0 = sw0;
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
     double v_mom = OPGEN_LOAD_float64(p_mom[i]);
-    opgen_signum_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_mom);
+    opgen_signum_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_STORE_float64(v_weight);
     p_mom[i] = OPGEN_STORE_float64(v_mom);
 }

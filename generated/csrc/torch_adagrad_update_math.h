@@ -8,10 +8,11 @@
 typedef struct {
     float s_clr, s_eps, s_weight_decay;
     int s_maximize;
+    float opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_torch_adagrad_update_scalars_float;
-OPGEN_INLINE opgen_torch_adagrad_update_scalars_float opgen_torch_adagrad_update_scalars_float_init(double arg_clr, double arg_eps, double arg_weight_decay, int arg_maximize, uint64_t seed, int64_t tensor) {
-    const opgen_torch_adagrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_clr), OPGEN_PER_CALL((float)arg_eps), OPGEN_PER_CALL((float)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), opgen_call_key(seed, tensor)};
+OPGEN_INLINE opgen_torch_adagrad_update_scalars_float opgen_torch_adagrad_update_scalars_float_init(double arg_clr, double arg_eps, double arg_weight_decay, int arg_maximize, uint64_t seed, int64_t tensor, double grad_scale) {
+    const opgen_torch_adagrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_clr), OPGEN_PER_CALL((float)arg_eps), OPGEN_PER_CALL((float)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_torch_adagrad_update_element_float(const opgen_torch_adagrad_update_scalars_float s, float *io_param, float v_grad, float *io_state_sum) {
@@ -26,10 +27,11 @@ OPGEN_INLINE void opgen_torch_adagrad_update_element_float(const opgen_torch_ada
 typedef struct {
     double s_clr, s_eps, s_weight_decay;
     int s_maximize;
+    double opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_torch_adagrad_update_scalars_double;
-OPGEN_INLINE opgen_torch_adagrad_update_scalars_double opgen_torch_adagrad_update_scalars_double_init(double arg_clr, double arg_eps, double arg_weight_decay, int arg_maximize, uint64_t seed, int64_t tensor) {
-    const opgen_torch_adagrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_clr), OPGEN_PER_CALL((double)arg_eps), OPGEN_PER_CALL((double)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), opgen_call_key(seed, tensor)};
+OPGEN_INLINE opgen_torch_adagrad_update_scalars_double opgen_torch_adagrad_update_scalars_double_init(double arg_clr, double arg_eps, double arg_weight_decay, int arg_maximize, uint64_t seed, int64_t tensor, double grad_scale) {
+    const opgen_torch_adagrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_clr), OPGEN_PER_CALL((double)arg_eps), OPGEN_PER_CALL((double)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_torch_adagrad_update_element_double(const opgen_torch_adagrad_update_scalars_double s, double *io_param, double v_grad, double *io_state_sum) {
@@ -46,7 +48,7 @@ OPGEN_INLINE void opgen_torch_adagrad_update_step_float16(const opgen_torch_adag
     sv.s_maximize = sw0;
     float v_param = OPGEN_LOAD_float16(p_param[i]);
     float v_state_sum = OPGEN_LOAD_float16(p_state_sum[i]);
-    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_state_sum);
+    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_state_sum);
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_state_sum[i] = OPGEN_ROUND_float16(v_state_sum, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -55,7 +57,7 @@ OPGEN_INLINE void opgen_torch_adagrad_update_step_float16_with_float32_states(co
     sv.s_maximize = sw0;
     float v_param = OPGEN_LOAD_float16(p_param[i]);
     float v_state_sum = OPGEN_LOAD_float32(p_state_sum[i]);
-    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_state_sum);
+    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_state_sum);
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_state_sum[i] = OPGEN_STORE_float32(v_state_sum);
 }
@@ -64,7 +66,7 @@ OPGEN_INLINE void opgen_torch_adagrad_update_step_bfloat16(const opgen_torch_ada
     sv.s_maximize = sw0;
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
     float v_state_sum = OPGEN_LOAD_bfloat16(p_state_sum[i]);
-    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_state_sum);
+    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_state_sum);
     p_param[i] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_state_sum[i] = OPGEN_ROUND_bfloat16(v_state_sum, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -73,7 +75,7 @@ OPGEN_INLINE void opgen_torch_adagrad_update_bstep_bfloat16(const opgen_torch_ad
     sv.s_maximize = sw0;
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
     float v_state_sum = OPGEN_LOAD_bfloat16(p_state_sum[i]);
-    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_state_sum);
+    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_state_sum);
     b_param[j] = v_param;
     b_state_sum[j] = v_state_sum;
 }
@@ -82,7 +84,7 @@ OPGEN_INLINE void opgen_torch_adagrad_update_step_bfloat16_with_float32_states(c
     sv.s_maximize = sw0;
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
     float v_state_sum = OPGEN_LOAD_float32(p_state_sum[i]);
-    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_state_sum);
+    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_state_sum);
     p_param[i] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_state_sum[i] = OPGEN_STORE_float32(v_state_sum);
 }
@@ -91,7 +93,7 @@ OPGEN_INLINE void opgen_torch_adagrad_update_bstep_bfloat16_with_float32_states(
     sv.s_maximize = sw0;
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
     float v_state_sum = OPGEN_LOAD_float32(p_state_sum[i]);
-    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_state_sum);
+    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_state_sum);
     b_param[j] = v_param;
     p_state_sum[i] = OPGEN_STORE_float32(v_state_sum);
 }
@@ -100,7 +102,7 @@ OPGEN_INLINE void opgen_torch_adagrad_update_step_float32(const opgen_torch_adag
     sv.s_maximize = sw0;
     float v_param = OPGEN_LOAD_float32(p_param[i]);
     float v_state_sum = OPGEN_LOAD_float32(p_state_sum[i]);
-    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_state_sum);
+    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_state_sum);
     p_param[i] = OPGEN_STORE_float32(v_param);
     p_state_sum[i] = OPGEN_STORE_float32(v_state_sum);
 }
@@ -109,7 +111,7 @@ OPGEN_INLINE void opgen_torch_adagrad_update_step_float32_with_bfloat16_states(c
     sv.s_maximize = sw0;
     float v_param = OPGEN_LOAD_float32(p_param[i]);
     float v_state_sum = OPGEN_LOAD_bfloat16(p_state_sum[i]);
-    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_state_sum);
+    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_state_sum);
     p_param[i] = OPGEN_STORE_float32(v_param);
     p_state_sum[i] = OPGEN_ROUND_bfloat16(v_state_sum, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -118,7 +120,7 @@ OPGEN_INLINE void opgen_torch_adagrad_update_bstep_float32_with_bfloat16_states(
     sv.s_maximize = sw0;
     float v_param = OPGEN_LOAD_float32(p_param[i]);
     float v_state_sum = OPGEN_LOAD_bfloat16(p_state_sum[i]);
-    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_state_sum);
+    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_state_sum);
     p_param[i] = OPGEN_STORE_float32(v_param);
     b_state_sum[j] = v_state_sum;
 }
@@ -127,7 +129,7 @@ OPGEN_INLINE void opgen_torch_adagrad_update_step_float64(const opgen_torch_adag
     sv.s_maximize = sw0;
     double v_param = OPGEN_LOAD_float64(p_param[i]);
     double v_state_sum = OPGEN_LOAD_float64(p_state_sum[i]);
-    opgen_torch_adagrad_update_element_double(sv, &v_param, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_state_sum);
+    opgen_torch_adagrad_update_element_double(sv, &v_param, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_state_sum);
     p_param[i] = OPGEN_STORE_float64(v_param);
     p_state_sum[i] = OPGEN_STORE_float64(v_state_sum);
 }

@@ -8,13 +8,13 @@
 typedef struct {
     float s_step_size, s_beta1, s_beta2, s_eps, s_bias_correction2_sqrt, s_weight_decay, s_decay;
     int s_maximize;
-    float h_0, h_1;
+    float h_0, h_1, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_torch_amsgrad_update_scalars_float;
-OPGEN_INLINE opgen_torch_amsgrad_update_scalars_float opgen_torch_amsgrad_update_scalars_float_init(double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_torch_amsgrad_update_scalars_float opgen_torch_amsgrad_update_scalars_float_init(double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, uint64_t seed, int64_t tensor, double grad_scale) {
     const double h_0 = 1.0 - arg_beta1; /* exp_avg = exp_avg + (1 - beta1) * (g - exp_avg) */
     const double h_1 = 1.0 - arg_beta2; /* exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g */
-    const opgen_torch_amsgrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_step_size), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_eps), OPGEN_PER_CALL((float)arg_bias_correction2_sqrt), OPGEN_PER_CALL((float)arg_weight_decay), OPGEN_PER_CALL((float)arg_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((float)h_0), OPGEN_PER_CALL((float)h_1), opgen_call_key(seed, tensor)};
+    const opgen_torch_amsgrad_update_scalars_float s = {OPGEN_PER_CALL((float)arg_step_size), OPGEN_PER_CALL((float)arg_beta1), OPGEN_PER_CALL((float)arg_beta2), OPGEN_PER_CALL((float)arg_eps), OPGEN_PER_CALL((float)arg_bias_correction2_sqrt), OPGEN_PER_CALL((float)arg_weight_decay), OPGEN_PER_CALL((float)arg_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((float)h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_torch_amsgrad_update_element_float(const opgen_torch_amsgrad_update_scalars_float s, float *io_param, float v_grad, float *io_exp_avg, float *io_exp_avg_sq, float *io_max_exp_avg_sq) {
@@ -35,13 +35,13 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_element_float(const opgen_torch_ams
 typedef struct {
     double s_step_size, s_beta1, s_beta2, s_eps, s_bias_correction2_sqrt, s_weight_decay, s_decay;
     int s_maximize;
-    double h_0, h_1;
+    double h_0, h_1, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_torch_amsgrad_update_scalars_double;
-OPGEN_INLINE opgen_torch_amsgrad_update_scalars_double opgen_torch_amsgrad_update_scalars_double_init(double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_torch_amsgrad_update_scalars_double opgen_torch_amsgrad_update_scalars_double_init(double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, uint64_t seed, int64_t tensor, double grad_scale) {
     const double h_0 = 1.0 - arg_beta1; /* exp_avg = exp_avg + (1 - beta1) * (g - exp_avg) */
     const double h_1 = 1.0 - arg_beta2; /* exp_avg_sq = beta2 * exp_avg_sq + (1 - beta2) * g * g */
-    const opgen_torch_amsgrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_step_size), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_eps), OPGEN_PER_CALL((double)arg_bias_correction2_sqrt), OPGEN_PER_CALL((double)arg_weight_decay), OPGEN_PER_CALL((double)arg_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((double)h_0), OPGEN_PER_CALL((double)h_1), opgen_call_key(seed, tensor)};
+    const opgen_torch_amsgrad_update_scalars_double s = {OPGEN_PER_CALL((double)arg_step_size), OPGEN_PER_CALL((double)arg_beta1), OPGEN_PER_CALL((double)arg_beta2), OPGEN_PER_CALL((double)arg_eps), OPGEN_PER_CALL((double)arg_bias_correction2_sqrt), OPGEN_PER_CALL((double)arg_weight_decay), OPGEN_PER_CALL((double)arg_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((double)h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_torch_amsgrad_update_element_double(const opgen_torch_amsgrad_update_scalars_double s, double *io_param, double v_grad, double *io_exp_avg, double *io_exp_avg_sq, double *io_max_exp_avg_sq) {
@@ -66,7 +66,7 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_step_float16(const opgen_torch_amsg
     float v_exp_avg = OPGEN_LOAD_float16(p_exp_avg[i]);
     float v_exp_avg_sq = OPGEN_LOAD_float16(p_exp_avg_sq[i]);
     float v_max_exp_avg_sq = OPGEN_LOAD_float16(p_max_exp_avg_sq[i]);
-    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
+    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_exp_avg[i] = OPGEN_ROUND_float16(v_exp_avg, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_exp_avg_sq[i] = OPGEN_ROUND_float16(v_exp_avg_sq, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -79,7 +79,7 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_step_float16_with_float32_states(co
     float v_exp_avg = OPGEN_LOAD_float32(p_exp_avg[i]);
     float v_exp_avg_sq = OPGEN_LOAD_float32(p_exp_avg_sq[i]);
     float v_max_exp_avg_sq = OPGEN_LOAD_float32(p_max_exp_avg_sq[i]);
-    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
+    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_exp_avg[i] = OPGEN_STORE_float32(v_exp_avg);
     p_exp_avg_sq[i] = OPGEN_STORE_float32(v_exp_avg_sq);
@@ -92,7 +92,7 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_step_bfloat16(const opgen_torch_ams
     float v_exp_avg = OPGEN_LOAD_bfloat16(p_exp_avg[i]);
     float v_exp_avg_sq = OPGEN_LOAD_bfloat16(p_exp_avg_sq[i]);
     float v_max_exp_avg_sq = OPGEN_LOAD_bfloat16(p_max_exp_avg_sq[i]);
-    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
+    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
     p_param[i] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_exp_avg[i] = OPGEN_ROUND_bfloat16(v_exp_avg, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_exp_avg_sq[i] = OPGEN_ROUND_bfloat16(v_exp_avg_sq, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -105,7 +105,7 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_bstep_bfloat16(const opgen_torch_am
     float v_exp_avg = OPGEN_LOAD_bfloat16(p_exp_avg[i]);
     float v_exp_avg_sq = OPGEN_LOAD_bfloat16(p_exp_avg_sq[i]);
     float v_max_exp_avg_sq = OPGEN_LOAD_bfloat16(p_max_exp_avg_sq[i]);
-    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
+    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
     b_param[j] = v_param;
     b_exp_avg[j] = v_exp_avg;
     b_exp_avg_sq[j] = v_exp_avg_sq;
@@ -118,7 +118,7 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_step_bfloat16_with_float32_states(c
     float v_exp_avg = OPGEN_LOAD_float32(p_exp_avg[i]);
     float v_exp_avg_sq = OPGEN_LOAD_float32(p_exp_avg_sq[i]);
     float v_max_exp_avg_sq = OPGEN_LOAD_float32(p_max_exp_avg_sq[i]);
-    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
+    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
     p_param[i] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 3), i);
     p_exp_avg[i] = OPGEN_STORE_float32(v_exp_avg);
     p_exp_avg_sq[i] = OPGEN_STORE_float32(v_exp_avg_sq);
@@ -131,7 +131,7 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_bstep_bfloat16_with_float32_states(
     float v_exp_avg = OPGEN_LOAD_float32(p_exp_avg[i]);
     float v_exp_avg_sq = OPGEN_LOAD_float32(p_exp_avg_sq[i]);
     float v_max_exp_avg_sq = OPGEN_LOAD_float32(p_max_exp_avg_sq[i]);
-    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
+    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
     b_param[j] = v_param;
     p_exp_avg[i] = OPGEN_STORE_float32(v_exp_avg);
     p_exp_avg_sq[i] = OPGEN_STORE_float32(v_exp_avg_sq);
@@ -144,7 +144,7 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_step_float32(const opgen_torch_amsg
     float v_exp_avg = OPGEN_LOAD_float32(p_exp_avg[i]);
     float v_exp_avg_sq = OPGEN_LOAD_float32(p_exp_avg_sq[i]);
     float v_max_exp_avg_sq = OPGEN_LOAD_float32(p_max_exp_avg_sq[i]);
-    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
+    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
     p_param[i] = OPGEN_STORE_float32(v_param);
     p_exp_avg[i] = OPGEN_STORE_float32(v_exp_avg);
     p_exp_avg_sq[i] = OPGEN_STORE_float32(v_exp_avg_sq);
@@ -157,7 +157,7 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_step_float32_with_bfloat16_states(c
     float v_exp_avg = OPGEN_LOAD_bfloat16(p_exp_avg[i]);
     float v_exp_avg_sq = OPGEN_LOAD_bfloat16(p_exp_avg_sq[i]);
     float v_max_exp_avg_sq = OPGEN_LOAD_bfloat16(p_max_exp_avg_sq[i]);
-    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
+    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
     p_param[i] = OPGEN_STORE_float32(v_param);
     p_exp_avg[i] = OPGEN_ROUND_bfloat16(v_exp_avg, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_exp_avg_sq[i] = OPGEN_ROUND_bfloat16(v_exp_avg_sq, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -170,7 +170,7 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_bstep_float32_with_bfloat16_states(
     float v_exp_avg = OPGEN_LOAD_bfloat16(p_exp_avg[i]);
     float v_exp_avg_sq = OPGEN_LOAD_bfloat16(p_exp_avg_sq[i]);
     float v_max_exp_avg_sq = OPGEN_LOAD_bfloat16(p_max_exp_avg_sq[i]);
-    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
+    opgen_torch_amsgrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
     p_param[i] = OPGEN_STORE_float32(v_param);
     b_exp_avg[j] = v_exp_avg;
     b_exp_avg_sq[j] = v_exp_avg_sq;
@@ -183,7 +183,7 @@ OPGEN_INLINE void opgen_torch_amsgrad_update_step_float64(const opgen_torch_amsg
     double v_exp_avg = OPGEN_LOAD_float64(p_exp_avg[i]);
     double v_exp_avg_sq = OPGEN_LOAD_float64(p_exp_avg_sq[i]);
     double v_max_exp_avg_sq = OPGEN_LOAD_float64(p_max_exp_avg_sq[i]);
-    opgen_torch_amsgrad_update_element_double(sv, &v_param, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
+    opgen_torch_amsgrad_update_element_double(sv, &v_param, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq, &v_max_exp_avg_sq);
     p_param[i] = OPGEN_STORE_float64(v_param);
     p_exp_avg[i] = OPGEN_STORE_float64(v_exp_avg);
     p_exp_avg_sq[i] = OPGEN_STORE_float64(v_exp_avg_sq);

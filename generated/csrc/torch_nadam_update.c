@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "torch_nadam_update_math.h"
 
-void opgen_torch_nadam_update_dense_float16(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_dense_float16(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_nadam_update_step_float16(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
@@ -22,16 +22,16 @@ void opgen_torch_nadam_update_dense_float16(int64_t size, void *arg_param, const
     }
 }
 
-void opgen_torch_nadam_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_nadam_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_step_float16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_step_float16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_step_float16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_step_float16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
     }
 }
 
-void opgen_torch_nadam_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_param, ahead, line, row_len, 2); opgen_prefetch_line(arg_exp_avg, ahead, line, row_len, 2); opgen_prefetch_line(arg_exp_avg_sq, ahead, line, row_len, 2);, opgen_torch_nadam_update_step_float16(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
@@ -47,8 +47,12 @@ void opgen_torch_nadam_update_lazy_float16(int64_t nnz, int64_t row_len, const i
     }
 }
 
-void opgen_torch_nadam_update_dense_float16_with_float32_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_norms_float16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_half, OPGEN_LOAD_float16, sums, flush_denormal);
+}
+
+void opgen_torch_nadam_update_dense_float16_with_float32_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_nadam_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
@@ -64,16 +68,16 @@ void opgen_torch_nadam_update_dense_float16_with_float32_states(int64_t size, vo
     }
 }
 
-void opgen_torch_nadam_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_nadam_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
     }
 }
 
-void opgen_torch_nadam_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_param, ahead, line, row_len, 2); opgen_prefetch_line(arg_exp_avg, ahead, line, row_len, 4); opgen_prefetch_line(arg_exp_avg_sq, ahead, line, row_len, 4);, opgen_torch_nadam_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
@@ -89,8 +93,8 @@ void opgen_torch_nadam_update_lazy_float16_with_float32_states(int64_t nnz, int6
     }
 }
 
-void opgen_torch_nadam_update_dense_bfloat16(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_dense_bfloat16(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_nadam_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
@@ -114,20 +118,20 @@ void opgen_torch_nadam_update_dense_bfloat16(int64_t size, void *arg_param, cons
     }
 }
 
-void opgen_torch_nadam_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_nadam_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 3, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_bstep_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_exp_avg[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_exp_avg_sq[t] + opgen_block, opgen_buffers[2], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 3, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_bstep_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_exp_avg[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_exp_avg_sq[t] + opgen_block, opgen_buffers[2], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_step_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_step_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
         #endif
     }
 }
 
-void opgen_torch_nadam_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_param, ahead, line, row_len, 2); opgen_prefetch_line(arg_exp_avg, ahead, line, row_len, 2); opgen_prefetch_line(arg_exp_avg_sq, ahead, line, row_len, 2);, opgen_torch_nadam_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
@@ -143,8 +147,12 @@ void opgen_torch_nadam_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const 
     }
 }
 
-void opgen_torch_nadam_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_norms_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_bf16, OPGEN_LOAD_bfloat16, sums, flush_denormal);
+}
+
+void opgen_torch_nadam_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_nadam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
@@ -168,20 +176,20 @@ void opgen_torch_nadam_update_dense_bfloat16_with_float32_states(int64_t size, v
     }
 }
 
-void opgen_torch_nadam_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_nadam_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
         #endif
     }
 }
 
-void opgen_torch_nadam_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_param, ahead, line, row_len, 2); opgen_prefetch_line(arg_exp_avg, ahead, line, row_len, 4); opgen_prefetch_line(arg_exp_avg_sq, ahead, line, row_len, 4);, opgen_torch_nadam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
@@ -197,8 +205,8 @@ void opgen_torch_nadam_update_lazy_bfloat16_with_float32_states(int64_t nnz, int
     }
 }
 
-void opgen_torch_nadam_update_dense_float32(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_dense_float32(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         OPGEN_DENSE(size, flush_denormal, opgen_torch_nadam_update_step_float32(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
@@ -206,12 +214,12 @@ void opgen_torch_nadam_update_dense_float32(int64_t size, void *arg_param, const
     }
 }
 
-void opgen_torch_nadam_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
+void opgen_torch_nadam_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
 }
 
-void opgen_torch_nadam_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_param, ahead, line, row_len, 4); opgen_prefetch_line(arg_exp_avg, ahead, line, row_len, 4); opgen_prefetch_line(arg_exp_avg_sq, ahead, line, row_len, 4);, opgen_torch_nadam_update_step_float32(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
@@ -219,8 +227,12 @@ void opgen_torch_nadam_update_lazy_float32(int64_t nnz, int64_t row_len, const i
     }
 }
 
-void opgen_torch_nadam_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_norms_float32(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, float, OPGEN_LOAD_float32, sums, flush_denormal);
+}
+
+void opgen_torch_nadam_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_nadam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
@@ -244,20 +256,20 @@ void opgen_torch_nadam_update_dense_float32_with_bfloat16_states(int64_t size, v
     }
 }
 
-void opgen_torch_nadam_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_nadam_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 2, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_exp_avg[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_exp_avg_sq[t] + opgen_block, opgen_buffers[1], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 2, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_exp_avg[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_exp_avg_sq[t] + opgen_block, opgen_buffers[1], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_float s = opgen_torch_nadam_update_scalars_float_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
         #endif
     }
 }
 
-void opgen_torch_nadam_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_float scalars = opgen_torch_nadam_update_scalars_float_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_param, ahead, line, row_len, 4); opgen_prefetch_line(arg_exp_avg, ahead, line, row_len, 2); opgen_prefetch_line(arg_exp_avg_sq, ahead, line, row_len, 2);, opgen_torch_nadam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
@@ -273,8 +285,8 @@ void opgen_torch_nadam_update_lazy_float32_with_bfloat16_states(int64_t nnz, int
     }
 }
 
-void opgen_torch_nadam_update_dense_float64(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_double scalars = opgen_torch_nadam_update_scalars_double_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_dense_float64(int64_t size, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_double scalars = opgen_torch_nadam_update_scalars_double_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         OPGEN_DENSE(size, flush_denormal, opgen_torch_nadam_update_step_float64(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
@@ -282,15 +294,19 @@ void opgen_torch_nadam_update_dense_float64(int64_t size, void *arg_param, const
     }
 }
 
-void opgen_torch_nadam_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_double s = opgen_torch_nadam_update_scalars_double_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t), opgen_torch_nadam_update_step_float64(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
+void opgen_torch_nadam_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_exp_avg, void *const *arg_exp_avg_sq, const double *arg_grad_step, const double *arg_avg_step, const double *arg_beta1, const double *arg_beta2, const double *arg_eps, const double *arg_bias_correction2, const double *arg_weight_decay, const double *arg_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_nadam_update_scalars_double s = opgen_torch_nadam_update_scalars_double_init(arg_grad_step[t], arg_avg_step[t], arg_beta1[t], arg_beta2[t], arg_eps[t], arg_bias_correction2[t], arg_weight_decay[t], arg_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_nadam_update_step_float64(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_exp_avg[t], arg_exp_avg_sq[t]));
 }
 
-void opgen_torch_nadam_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_nadam_update_scalars_double scalars = opgen_torch_nadam_update_scalars_double_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+void opgen_torch_nadam_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_exp_avg, void *arg_exp_avg_sq, double arg_grad_step, double arg_avg_step, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_nadam_update_scalars_double scalars = opgen_torch_nadam_update_scalars_double_init(arg_grad_step, arg_avg_step, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_param, ahead, line, row_len, 8); opgen_prefetch_line(arg_exp_avg, ahead, line, row_len, 8); opgen_prefetch_line(arg_exp_avg_sq, ahead, line, row_len, 8);, opgen_torch_nadam_update_step_float64(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_param, ahead, line, row_len, 8); opgen_prefetch_line(arg_exp_avg, ahead, line, row_len, 8); opgen_prefetch_line(arg_exp_avg_sq, ahead, line, row_len, 8);, opgen_torch_nadam_update_step_float64(s, i, gi, 0, 0, 0, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     }
+}
+
+void opgen_torch_nadam_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }

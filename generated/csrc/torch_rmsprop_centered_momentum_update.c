@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "torch_rmsprop_centered_momentum_update_math.h"
 
-void opgen_torch_rmsprop_centered_momentum_update_dense_float16(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_dense_float16(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_centered_momentum_update_step_float16(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
@@ -22,16 +22,16 @@ void opgen_torch_rmsprop_centered_momentum_update_dense_float16(int64_t size, vo
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_rmsprop_centered_momentum_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_step_float16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_step_float16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_step_float16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_step_float16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_param, ahead, line, row_len, 2); opgen_prefetch_line(arg_square_avg, ahead, line, row_len, 2); opgen_prefetch_line(arg_grad_avg, ahead, line, row_len, 2); opgen_prefetch_line(arg_momentum_buffer, ahead, line, row_len, 2);, opgen_torch_rmsprop_centered_momentum_update_step_float16(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
@@ -47,8 +47,12 @@ void opgen_torch_rmsprop_centered_momentum_update_lazy_float16(int64_t nnz, int6
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_dense_float16_with_float32_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_norms_float16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_half, OPGEN_LOAD_float16, sums, flush_denormal);
+}
+
+void opgen_torch_rmsprop_centered_momentum_update_dense_float16_with_float32_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_centered_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
@@ -64,16 +68,16 @@ void opgen_torch_rmsprop_centered_momentum_update_dense_float16_with_float32_sta
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_rmsprop_centered_momentum_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_param, ahead, line, row_len, 2); opgen_prefetch_line(arg_square_avg, ahead, line, row_len, 4); opgen_prefetch_line(arg_grad_avg, ahead, line, row_len, 4); opgen_prefetch_line(arg_momentum_buffer, ahead, line, row_len, 4);, opgen_torch_rmsprop_centered_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
@@ -89,8 +93,8 @@ void opgen_torch_rmsprop_centered_momentum_update_lazy_float16_with_float32_stat
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_dense_bfloat16(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_dense_bfloat16(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_centered_momentum_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
@@ -114,20 +118,20 @@ void opgen_torch_rmsprop_centered_momentum_update_dense_bfloat16(int64_t size, v
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_rmsprop_centered_momentum_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 4, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_bstep_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_square_avg[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_grad_avg[t] + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer[t] + opgen_block, opgen_buffers[3], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 4, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_bstep_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_square_avg[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_grad_avg[t] + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer[t] + opgen_block, opgen_buffers[3], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_step_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_step_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
         #endif
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_param, ahead, line, row_len, 2); opgen_prefetch_line(arg_square_avg, ahead, line, row_len, 2); opgen_prefetch_line(arg_grad_avg, ahead, line, row_len, 2); opgen_prefetch_line(arg_momentum_buffer, ahead, line, row_len, 2);, opgen_torch_rmsprop_centered_momentum_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
@@ -143,8 +147,12 @@ void opgen_torch_rmsprop_centered_momentum_update_lazy_bfloat16(int64_t nnz, int
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_norms_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_bf16, OPGEN_LOAD_bfloat16, sums, flush_denormal);
+}
+
+void opgen_torch_rmsprop_centered_momentum_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_centered_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
@@ -168,20 +176,20 @@ void opgen_torch_rmsprop_centered_momentum_update_dense_bfloat16_with_float32_st
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_rmsprop_centered_momentum_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
         #endif
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_param, ahead, line, row_len, 2); opgen_prefetch_line(arg_square_avg, ahead, line, row_len, 4); opgen_prefetch_line(arg_grad_avg, ahead, line, row_len, 4); opgen_prefetch_line(arg_momentum_buffer, ahead, line, row_len, 4);, opgen_torch_rmsprop_centered_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
@@ -197,8 +205,8 @@ void opgen_torch_rmsprop_centered_momentum_update_lazy_bfloat16_with_float32_sta
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_dense_float32(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_dense_float32(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_centered_momentum_update_step_float32(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
     } else {
@@ -206,12 +214,12 @@ void opgen_torch_rmsprop_centered_momentum_update_dense_float32(int64_t size, vo
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
+void opgen_torch_rmsprop_centered_momentum_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_param, ahead, line, row_len, 4); opgen_prefetch_line(arg_square_avg, ahead, line, row_len, 4); opgen_prefetch_line(arg_grad_avg, ahead, line, row_len, 4); opgen_prefetch_line(arg_momentum_buffer, ahead, line, row_len, 4);, opgen_torch_rmsprop_centered_momentum_update_step_float32(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
     } else {
@@ -219,8 +227,12 @@ void opgen_torch_rmsprop_centered_momentum_update_lazy_float32(int64_t nnz, int6
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_norms_float32(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, float, OPGEN_LOAD_float32, sums, flush_denormal);
+}
+
+void opgen_torch_rmsprop_centered_momentum_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_centered_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
@@ -244,20 +256,20 @@ void opgen_torch_rmsprop_centered_momentum_update_dense_float32_with_bfloat16_st
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_rmsprop_centered_momentum_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 3, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_square_avg[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_grad_avg[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer[t] + opgen_block, opgen_buffers[2], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 3, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_square_avg[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_grad_avg[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer[t] + opgen_block, opgen_buffers[2], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_float s = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
         #endif
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_float scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_param, ahead, line, row_len, 4); opgen_prefetch_line(arg_square_avg, ahead, line, row_len, 2); opgen_prefetch_line(arg_grad_avg, ahead, line, row_len, 2); opgen_prefetch_line(arg_momentum_buffer, ahead, line, row_len, 2);, opgen_torch_rmsprop_centered_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
@@ -273,8 +285,8 @@ void opgen_torch_rmsprop_centered_momentum_update_lazy_float32_with_bfloat16_sta
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_dense_float64(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_double scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_double_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_dense_float64(int64_t size, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_double scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_double_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_centered_momentum_update_step_float64(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
     } else {
@@ -282,15 +294,19 @@ void opgen_torch_rmsprop_centered_momentum_update_dense_float64(int64_t size, vo
     }
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_double s = opgen_torch_rmsprop_centered_momentum_update_scalars_double_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t), opgen_torch_rmsprop_centered_momentum_update_step_float64(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
+void opgen_torch_rmsprop_centered_momentum_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const double *arg_momentum, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_centered_momentum_update_scalars_double s = opgen_torch_rmsprop_centered_momentum_update_scalars_double_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_momentum[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_centered_momentum_update_step_float64(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], arg_grad_avg[t], arg_momentum_buffer[t]));
 }
 
-void opgen_torch_rmsprop_centered_momentum_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_rmsprop_centered_momentum_update_scalars_double scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_double_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+void opgen_torch_rmsprop_centered_momentum_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_square_avg, void *arg_grad_avg, void *arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_rmsprop_centered_momentum_update_scalars_double scalars = opgen_torch_rmsprop_centered_momentum_update_scalars_double_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_param, ahead, line, row_len, 8); opgen_prefetch_line(arg_square_avg, ahead, line, row_len, 8); opgen_prefetch_line(arg_grad_avg, ahead, line, row_len, 8); opgen_prefetch_line(arg_momentum_buffer, ahead, line, row_len, 8);, opgen_torch_rmsprop_centered_momentum_update_step_float64(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
     } else {
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_param, ahead, line, row_len, 8); opgen_prefetch_line(arg_square_avg, ahead, line, row_len, 8); opgen_prefetch_line(arg_grad_avg, ahead, line, row_len, 8); opgen_prefetch_line(arg_momentum_buffer, ahead, line, row_len, 8);, opgen_torch_rmsprop_centered_momentum_update_step_float64(s, i, gi, 0, 0, 0, arg_param, arg_grad, arg_square_avg, arg_grad_avg, arg_momentum_buffer));
     }
+}
+
+void opgen_torch_rmsprop_centered_momentum_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }

@@ -8,12 +8,12 @@
 typedef struct {
     float s_lr, s_alpha, s_eps, s_weight_decay, s_momentum;
     int s_maximize;
-    float h_0;
+    float h_0, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_torch_rmsprop_momentum_update_scalars_float;
-OPGEN_INLINE opgen_torch_rmsprop_momentum_update_scalars_float opgen_torch_rmsprop_momentum_update_scalars_float_init(double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_torch_rmsprop_momentum_update_scalars_float opgen_torch_rmsprop_momentum_update_scalars_float_init(double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, uint64_t seed, int64_t tensor, double grad_scale) {
     const double h_0 = 1.0 - arg_alpha; /* square_avg = alpha * square_avg + (1 - alpha) * g * g */
-    const opgen_torch_rmsprop_momentum_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_alpha), OPGEN_PER_CALL((float)arg_eps), OPGEN_PER_CALL((float)arg_weight_decay), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((float)h_0), opgen_call_key(seed, tensor)};
+    const opgen_torch_rmsprop_momentum_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_alpha), OPGEN_PER_CALL((float)arg_eps), OPGEN_PER_CALL((float)arg_weight_decay), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((float)h_0), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_element_float(const opgen_torch_rmsprop_momentum_update_scalars_float s, float *io_param, float v_grad, float *io_square_avg, float *io_momentum_buffer) {
@@ -32,12 +32,12 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_element_float(const opgen_
 typedef struct {
     double s_lr, s_alpha, s_eps, s_weight_decay, s_momentum;
     int s_maximize;
-    double h_0;
+    double h_0, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_torch_rmsprop_momentum_update_scalars_double;
-OPGEN_INLINE opgen_torch_rmsprop_momentum_update_scalars_double opgen_torch_rmsprop_momentum_update_scalars_double_init(double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_torch_rmsprop_momentum_update_scalars_double opgen_torch_rmsprop_momentum_update_scalars_double_init(double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, uint64_t seed, int64_t tensor, double grad_scale) {
     const double h_0 = 1.0 - arg_alpha; /* square_avg = alpha * square_avg + (1 - alpha) * g * g */
-    const opgen_torch_rmsprop_momentum_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_alpha), OPGEN_PER_CALL((double)arg_eps), OPGEN_PER_CALL((double)arg_weight_decay), OPGEN_PER_CALL((double)arg_momentum), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((double)h_0), opgen_call_key(seed, tensor)};
+    const opgen_torch_rmsprop_momentum_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_alpha), OPGEN_PER_CALL((double)arg_eps), OPGEN_PER_CALL((double)arg_weight_decay), OPGEN_PER_CALL((double)arg_momentum), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((double)h_0), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_element_double(const opgen_torch_rmsprop_momentum_update_scalars_double s, double *io_param, double v_grad, double *io_square_avg, double *io_momentum_buffer) {
@@ -59,7 +59,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_step_float16(const opgen_t
     float v_param = OPGEN_LOAD_float16(p_param[i]);
     float v_square_avg = OPGEN_LOAD_float16(p_square_avg[i]);
     float v_momentum_buffer = OPGEN_LOAD_float16(p_momentum_buffer[i]);
-    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_square_avg, &v_momentum_buffer);
+    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_square_avg[i] = OPGEN_ROUND_float16(v_square_avg, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_momentum_buffer[i] = OPGEN_ROUND_float16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -70,7 +70,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_step_float16_with_float32_
     float v_param = OPGEN_LOAD_float16(p_param[i]);
     float v_square_avg = OPGEN_LOAD_float32(p_square_avg[i]);
     float v_momentum_buffer = OPGEN_LOAD_float32(p_momentum_buffer[i]);
-    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_square_avg, &v_momentum_buffer);
+    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_square_avg[i] = OPGEN_STORE_float32(v_square_avg);
     p_momentum_buffer[i] = OPGEN_STORE_float32(v_momentum_buffer);
@@ -81,7 +81,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_step_bfloat16(const opgen_
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
     float v_square_avg = OPGEN_LOAD_bfloat16(p_square_avg[i]);
     float v_momentum_buffer = OPGEN_LOAD_bfloat16(p_momentum_buffer[i]);
-    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_square_avg, &v_momentum_buffer);
+    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
     p_param[i] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_square_avg[i] = OPGEN_ROUND_bfloat16(v_square_avg, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_momentum_buffer[i] = OPGEN_ROUND_bfloat16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -92,7 +92,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_bstep_bfloat16(const opgen
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
     float v_square_avg = OPGEN_LOAD_bfloat16(p_square_avg[i]);
     float v_momentum_buffer = OPGEN_LOAD_bfloat16(p_momentum_buffer[i]);
-    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_square_avg, &v_momentum_buffer);
+    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
     b_param[j] = v_param;
     b_square_avg[j] = v_square_avg;
     b_momentum_buffer[j] = v_momentum_buffer;
@@ -103,7 +103,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_step_bfloat16_with_float32
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
     float v_square_avg = OPGEN_LOAD_float32(p_square_avg[i]);
     float v_momentum_buffer = OPGEN_LOAD_float32(p_momentum_buffer[i]);
-    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_square_avg, &v_momentum_buffer);
+    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
     p_param[i] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 2), i);
     p_square_avg[i] = OPGEN_STORE_float32(v_square_avg);
     p_momentum_buffer[i] = OPGEN_STORE_float32(v_momentum_buffer);
@@ -114,7 +114,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_bstep_bfloat16_with_float3
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
     float v_square_avg = OPGEN_LOAD_float32(p_square_avg[i]);
     float v_momentum_buffer = OPGEN_LOAD_float32(p_momentum_buffer[i]);
-    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_square_avg, &v_momentum_buffer);
+    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
     b_param[j] = v_param;
     p_square_avg[i] = OPGEN_STORE_float32(v_square_avg);
     p_momentum_buffer[i] = OPGEN_STORE_float32(v_momentum_buffer);
@@ -125,7 +125,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_step_float32(const opgen_t
     float v_param = OPGEN_LOAD_float32(p_param[i]);
     float v_square_avg = OPGEN_LOAD_float32(p_square_avg[i]);
     float v_momentum_buffer = OPGEN_LOAD_float32(p_momentum_buffer[i]);
-    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_square_avg, &v_momentum_buffer);
+    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
     p_param[i] = OPGEN_STORE_float32(v_param);
     p_square_avg[i] = OPGEN_STORE_float32(v_square_avg);
     p_momentum_buffer[i] = OPGEN_STORE_float32(v_momentum_buffer);
@@ -136,7 +136,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_step_float32_with_bfloat16
     float v_param = OPGEN_LOAD_float32(p_param[i]);
     float v_square_avg = OPGEN_LOAD_bfloat16(p_square_avg[i]);
     float v_momentum_buffer = OPGEN_LOAD_bfloat16(p_momentum_buffer[i]);
-    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_square_avg, &v_momentum_buffer);
+    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
     p_param[i] = OPGEN_STORE_float32(v_param);
     p_square_avg[i] = OPGEN_ROUND_bfloat16(v_square_avg, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_momentum_buffer[i] = OPGEN_ROUND_bfloat16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 1), i);
@@ -147,7 +147,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_bstep_float32_with_bfloat1
     float v_param = OPGEN_LOAD_float32(p_param[i]);
     float v_square_avg = OPGEN_LOAD_bfloat16(p_square_avg[i]);
     float v_momentum_buffer = OPGEN_LOAD_bfloat16(p_momentum_buffer[i]);
-    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_square_avg, &v_momentum_buffer);
+    opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
     p_param[i] = OPGEN_STORE_float32(v_param);
     b_square_avg[j] = v_square_avg;
     b_momentum_buffer[j] = v_momentum_buffer;
@@ -158,7 +158,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_step_float64(const opgen_t
     double v_param = OPGEN_LOAD_float64(p_param[i]);
     double v_square_avg = OPGEN_LOAD_float64(p_square_avg[i]);
     double v_momentum_buffer = OPGEN_LOAD_float64(p_momentum_buffer[i]);
-    opgen_torch_rmsprop_momentum_update_element_double(sv, &v_param, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_square_avg, &v_momentum_buffer);
+    opgen_torch_rmsprop_momentum_update_element_double(sv, &v_param, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
     p_param[i] = OPGEN_STORE_float64(v_param);
     p_square_avg[i] = OPGEN_STORE_float64(v_square_avg);
     p_momentum_buffer[i] = OPGEN_STORE_float64(v_momentum_buffer);

@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "torch_sgd_momentum_update_math.h"
 
-void opgen_torch_sgd_momentum_update_dense_float16(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_dense_float16(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             if (rounding) {
@@ -38,16 +38,16 @@ void opgen_torch_sgd_momentum_update_dense_float16(int64_t size, void *arg_param
     }
 }
 
-void opgen_torch_sgd_momentum_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_sgd_momentum_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_float16(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_step_float16(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_float16(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_step_float16(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
     }
 }
 
-void opgen_torch_sgd_momentum_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             if (rounding) {
@@ -79,8 +79,12 @@ void opgen_torch_sgd_momentum_update_lazy_float16(int64_t nnz, int64_t row_len, 
     }
 }
 
-void opgen_torch_sgd_momentum_update_dense_float16_with_float32_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_norms_float16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_half, OPGEN_LOAD_float16, sums, flush_denormal);
+}
+
+void opgen_torch_sgd_momentum_update_dense_float16_with_float32_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             if (rounding) {
@@ -112,16 +116,16 @@ void opgen_torch_sgd_momentum_update_dense_float16_with_float32_states(int64_t s
     }
 }
 
-void opgen_torch_sgd_momentum_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_sgd_momentum_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
     }
 }
 
-void opgen_torch_sgd_momentum_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             if (rounding) {
@@ -153,8 +157,8 @@ void opgen_torch_sgd_momentum_update_lazy_float16_with_float32_states(int64_t nn
     }
 }
 
-void opgen_torch_sgd_momentum_update_dense_bfloat16(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_dense_bfloat16(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             if (rounding) {
@@ -202,20 +206,20 @@ void opgen_torch_sgd_momentum_update_dense_bfloat16(int64_t size, void *arg_para
     }
 }
 
-void opgen_torch_sgd_momentum_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_sgd_momentum_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 2, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_bstep_bfloat16(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer[t] + opgen_block, opgen_buffers[1], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 2, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_bstep_bfloat16(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer[t] + opgen_block, opgen_buffers[1], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
         #endif
     }
 }
 
-void opgen_torch_sgd_momentum_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             if (rounding) {
@@ -247,8 +251,12 @@ void opgen_torch_sgd_momentum_update_lazy_bfloat16(int64_t nnz, int64_t row_len,
     }
 }
 
-void opgen_torch_sgd_momentum_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_norms_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_bf16, OPGEN_LOAD_bfloat16, sums, flush_denormal);
+}
+
+void opgen_torch_sgd_momentum_update_dense_bfloat16_with_float32_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             if (rounding) {
@@ -296,20 +304,20 @@ void opgen_torch_sgd_momentum_update_dense_bfloat16_with_float32_states(int64_t 
     }
 }
 
-void opgen_torch_sgd_momentum_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_sgd_momentum_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
         #endif
     }
 }
 
-void opgen_torch_sgd_momentum_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             if (rounding) {
@@ -341,8 +349,8 @@ void opgen_torch_sgd_momentum_update_lazy_bfloat16_with_float32_states(int64_t n
     }
 }
 
-void opgen_torch_sgd_momentum_update_dense_float32(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_dense_float32(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_float32(s, i, gi, 0, 0, 1, 1, arg_param, arg_grad, arg_momentum_buffer));
@@ -358,12 +366,12 @@ void opgen_torch_sgd_momentum_update_dense_float32(int64_t size, void *arg_param
     }
 }
 
-void opgen_torch_sgd_momentum_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_float32(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+void opgen_torch_sgd_momentum_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_step_float32(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
 }
 
-void opgen_torch_sgd_momentum_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_param, ahead, line, row_len, 4); opgen_prefetch_line(arg_momentum_buffer, ahead, line, row_len, 4);, opgen_torch_sgd_momentum_update_step_float32(s, i, gi, 0, 0, 1, 1, arg_param, arg_grad, arg_momentum_buffer));
@@ -379,8 +387,12 @@ void opgen_torch_sgd_momentum_update_lazy_float32(int64_t nnz, int64_t row_len, 
     }
 }
 
-void opgen_torch_sgd_momentum_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_norms_float32(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, float, OPGEN_LOAD_float32, sums, flush_denormal);
+}
+
+void opgen_torch_sgd_momentum_update_dense_float32_with_bfloat16_states(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             if (rounding) {
@@ -428,20 +440,20 @@ void opgen_torch_sgd_momentum_update_dense_float32_with_bfloat16_states(int64_t 
     }
 }
 
-void opgen_torch_sgd_momentum_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_sgd_momentum_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer[t] + opgen_block, opgen_buffers[0], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_momentum_buffer[t] + opgen_block, opgen_buffers[0], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
         #endif
     }
 }
 
-void opgen_torch_sgd_momentum_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_float scalars = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             if (rounding) {
@@ -473,8 +485,8 @@ void opgen_torch_sgd_momentum_update_lazy_float32_with_bfloat16_states(int64_t n
     }
 }
 
-void opgen_torch_sgd_momentum_update_dense_float64(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_double scalars = opgen_torch_sgd_momentum_update_scalars_double_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_dense_float64(int64_t size, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_double scalars = opgen_torch_sgd_momentum_update_scalars_double_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_momentum_update_step_float64(s, i, gi, 0, 0, 1, 1, arg_param, arg_grad, arg_momentum_buffer));
@@ -490,12 +502,12 @@ void opgen_torch_sgd_momentum_update_dense_float64(int64_t size, void *arg_param
     }
 }
 
-void opgen_torch_sgd_momentum_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_double s = opgen_torch_sgd_momentum_update_scalars_double_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t), opgen_torch_sgd_momentum_update_step_float64(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
+void opgen_torch_sgd_momentum_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_momentum_buffer, const double *arg_lr, const double *arg_momentum, const double *arg_dampening, const double *arg_weight_decay, const int *arg_nesterov, const int *arg_maximize, const int *arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_momentum_update_scalars_double s = opgen_torch_sgd_momentum_update_scalars_double_init(arg_lr[t], arg_momentum[t], arg_dampening[t], arg_weight_decay[t], arg_nesterov[t], arg_maximize[t], arg_first[t], seed, t, grad_scale), opgen_torch_sgd_momentum_update_step_float64(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param[t], arg_grad[t], arg_momentum_buffer[t]));
 }
 
-void opgen_torch_sgd_momentum_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_momentum_update_scalars_double scalars = opgen_torch_sgd_momentum_update_scalars_double_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+void opgen_torch_sgd_momentum_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, void *arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_momentum_update_scalars_double scalars = opgen_torch_sgd_momentum_update_scalars_double_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (scalars.s_first) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_param, ahead, line, row_len, 8); opgen_prefetch_line(arg_momentum_buffer, ahead, line, row_len, 8);, opgen_torch_sgd_momentum_update_step_float64(s, i, gi, 0, 0, 1, 1, arg_param, arg_grad, arg_momentum_buffer));
@@ -509,4 +521,8 @@ void opgen_torch_sgd_momentum_update_lazy_float64(int64_t nnz, int64_t row_len, 
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_param, ahead, line, row_len, 8); opgen_prefetch_line(arg_momentum_buffer, ahead, line, row_len, 8);, opgen_torch_sgd_momentum_update_step_float64(s, i, gi, 0, 0, 0, 0, arg_param, arg_grad, arg_momentum_buffer));
         }
     }
+}
+
+void opgen_torch_sgd_momentum_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }

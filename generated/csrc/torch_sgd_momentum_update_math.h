@@ -8,12 +8,12 @@
 typedef struct {
     float s_lr, s_momentum, s_dampening, s_weight_decay;
     int s_nesterov, s_maximize, s_first;
-    float h_0;
+    float h_0, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_torch_sgd_momentum_update_scalars_float;
-OPGEN_INLINE opgen_torch_sgd_momentum_update_scalars_float opgen_torch_sgd_momentum_update_scalars_float_init(double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_torch_sgd_momentum_update_scalars_float opgen_torch_sgd_momentum_update_scalars_float_init(double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, uint64_t seed, int64_t tensor, double grad_scale) {
     const double h_0 = 1.0 - arg_dampening; /* momentum_buffer = g if first else momentum * momentum_buffer + (1 - dampening) * g */
-    const opgen_torch_sgd_momentum_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((float)arg_dampening), OPGEN_PER_CALL((float)arg_weight_decay), OPGEN_PER_CALL((int)arg_nesterov), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((int)arg_first), OPGEN_PER_CALL((float)h_0), opgen_call_key(seed, tensor)};
+    const opgen_torch_sgd_momentum_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_momentum), OPGEN_PER_CALL((float)arg_dampening), OPGEN_PER_CALL((float)arg_weight_decay), OPGEN_PER_CALL((int)arg_nesterov), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((int)arg_first), OPGEN_PER_CALL((float)h_0), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_torch_sgd_momentum_update_element_float(const opgen_torch_sgd_momentum_update_scalars_float s, float *io_param, float v_grad, float *io_momentum_buffer) {
@@ -28,12 +28,12 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_element_float(const opgen_torc
 typedef struct {
     double s_lr, s_momentum, s_dampening, s_weight_decay;
     int s_nesterov, s_maximize, s_first;
-    double h_0;
+    double h_0, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_torch_sgd_momentum_update_scalars_double;
-OPGEN_INLINE opgen_torch_sgd_momentum_update_scalars_double opgen_torch_sgd_momentum_update_scalars_double_init(double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, uint64_t seed, int64_t tensor) {
+OPGEN_INLINE opgen_torch_sgd_momentum_update_scalars_double opgen_torch_sgd_momentum_update_scalars_double_init(double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, uint64_t seed, int64_t tensor, double grad_scale) {
     const double h_0 = 1.0 - arg_dampening; /* momentum_buffer = g if first else momentum * momentum_buffer + (1 - dampening) * g */
-    const opgen_torch_sgd_momentum_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_momentum), OPGEN_PER_CALL((double)arg_dampening), OPGEN_PER_CALL((double)arg_weight_decay), OPGEN_PER_CALL((int)arg_nesterov), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((int)arg_first), OPGEN_PER_CALL((double)h_0), opgen_call_key(seed, tensor)};
+    const opgen_torch_sgd_momentum_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_momentum), OPGEN_PER_CALL((double)arg_dampening), OPGEN_PER_CALL((double)arg_weight_decay), OPGEN_PER_CALL((int)arg_nesterov), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((int)arg_first), OPGEN_PER_CALL((double)h_0), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_torch_sgd_momentum_update_element_double(const opgen_torch_sgd_momentum_update_scalars_double s, double *io_param, double v_grad, double *io_momentum_buffer) {
@@ -51,7 +51,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_step_float16(const opgen_torch
     sv.s_first = sw1;
     float v_param = OPGEN_LOAD_float16(p_param[i]);
     float v_momentum_buffer = OPGEN_LOAD_float16(p_momentum_buffer[i]);
-    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_momentum_buffer);
+    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_momentum_buffer);
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_momentum_buffer[i] = OPGEN_ROUND_float16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -61,7 +61,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_step_float16_with_float32_stat
     sv.s_first = sw1;
     float v_param = OPGEN_LOAD_float16(p_param[i]);
     float v_momentum_buffer = OPGEN_LOAD_float32(p_momentum_buffer[i]);
-    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]), &v_momentum_buffer);
+    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_momentum_buffer);
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_momentum_buffer[i] = OPGEN_STORE_float32(v_momentum_buffer);
 }
@@ -71,7 +71,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_step_bfloat16(const opgen_torc
     sv.s_first = sw1;
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
     float v_momentum_buffer = OPGEN_LOAD_bfloat16(p_momentum_buffer[i]);
-    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_momentum_buffer);
+    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_momentum_buffer);
     p_param[i] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_momentum_buffer[i] = OPGEN_ROUND_bfloat16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -81,7 +81,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_bstep_bfloat16(const opgen_tor
     sv.s_first = sw1;
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
     float v_momentum_buffer = OPGEN_LOAD_bfloat16(p_momentum_buffer[i]);
-    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_momentum_buffer);
+    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_momentum_buffer);
     b_param[j] = v_param;
     b_momentum_buffer[j] = v_momentum_buffer;
 }
@@ -91,7 +91,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_sta
     sv.s_first = sw1;
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
     float v_momentum_buffer = OPGEN_LOAD_float32(p_momentum_buffer[i]);
-    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_momentum_buffer);
+    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_momentum_buffer);
     p_param[i] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_momentum_buffer[i] = OPGEN_STORE_float32(v_momentum_buffer);
 }
@@ -101,7 +101,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_bstep_bfloat16_with_float32_st
     sv.s_first = sw1;
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
     float v_momentum_buffer = OPGEN_LOAD_float32(p_momentum_buffer[i]);
-    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]), &v_momentum_buffer);
+    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale), &v_momentum_buffer);
     b_param[j] = v_param;
     p_momentum_buffer[i] = OPGEN_STORE_float32(v_momentum_buffer);
 }
@@ -111,7 +111,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_step_float32(const opgen_torch
     sv.s_first = sw1;
     float v_param = OPGEN_LOAD_float32(p_param[i]);
     float v_momentum_buffer = OPGEN_LOAD_float32(p_momentum_buffer[i]);
-    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_momentum_buffer);
+    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_momentum_buffer);
     p_param[i] = OPGEN_STORE_float32(v_param);
     p_momentum_buffer[i] = OPGEN_STORE_float32(v_momentum_buffer);
 }
@@ -121,7 +121,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_sta
     sv.s_first = sw1;
     float v_param = OPGEN_LOAD_float32(p_param[i]);
     float v_momentum_buffer = OPGEN_LOAD_bfloat16(p_momentum_buffer[i]);
-    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_momentum_buffer);
+    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_momentum_buffer);
     p_param[i] = OPGEN_STORE_float32(v_param);
     p_momentum_buffer[i] = OPGEN_ROUND_bfloat16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
@@ -131,7 +131,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_bstep_float32_with_bfloat16_st
     sv.s_first = sw1;
     float v_param = OPGEN_LOAD_float32(p_param[i]);
     float v_momentum_buffer = OPGEN_LOAD_bfloat16(p_momentum_buffer[i]);
-    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]), &v_momentum_buffer);
+    opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale), &v_momentum_buffer);
     p_param[i] = OPGEN_STORE_float32(v_param);
     b_momentum_buffer[j] = v_momentum_buffer;
 }
@@ -141,7 +141,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_step_float64(const opgen_torch
     sv.s_first = sw1;
     double v_param = OPGEN_LOAD_float64(p_param[i]);
     double v_momentum_buffer = OPGEN_LOAD_float64(p_momentum_buffer[i]);
-    opgen_torch_sgd_momentum_update_element_double(sv, &v_param, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]), &v_momentum_buffer);
+    opgen_torch_sgd_momentum_update_element_double(sv, &v_param, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale), &v_momentum_buffer);
     p_param[i] = OPGEN_STORE_float64(v_param);
     p_momentum_buffer[i] = OPGEN_STORE_float64(v_momentum_buffer);
 }

@@ -5,8 +5,8 @@
 #include "opgen_kernel.h"
 #include "torch_sgd_update_math.h"
 
-void opgen_torch_sgd_update_dense_float16(int64_t size, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_update_scalars_float scalars = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0);
+void opgen_torch_sgd_update_dense_float16(int64_t size, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_update_scalars_float scalars = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_update_step_float16(s, i, gi, 0, 1, 1, arg_param, arg_grad));
@@ -22,16 +22,16 @@ void opgen_torch_sgd_update_dense_float16(int64_t size, void *arg_param, const v
     }
 }
 
-void opgen_torch_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, const double *arg_lr, const double *arg_weight_decay, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, const double *arg_lr, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t), opgen_torch_sgd_update_step_float16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_sgd_update_step_float16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t]));
     } else {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t), opgen_torch_sgd_update_step_float16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_sgd_update_step_float16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t]));
     }
 }
 
-void opgen_torch_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_update_scalars_float scalars = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0);
+void opgen_torch_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_update_scalars_float scalars = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_param, ahead, line, row_len, 2);, opgen_torch_sgd_update_step_float16(s, i, gi, 0, 1, 1, arg_param, arg_grad));
@@ -47,8 +47,12 @@ void opgen_torch_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int
     }
 }
 
-void opgen_torch_sgd_update_dense_bfloat16(int64_t size, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_update_scalars_float scalars = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0);
+void opgen_torch_sgd_update_norms_float16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_half, OPGEN_LOAD_float16, sums, flush_denormal);
+}
+
+void opgen_torch_sgd_update_dense_bfloat16(int64_t size, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_update_scalars_float scalars = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_param, arg_grad));
@@ -72,20 +76,20 @@ void opgen_torch_sgd_update_dense_bfloat16(int64_t size, void *arg_param, const 
     }
 }
 
-void opgen_torch_sgd_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, const double *arg_lr, const double *arg_weight_decay, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_sgd_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, const double *arg_lr, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     if (rounding) {
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t), opgen_torch_sgd_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_sgd_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t]));
     } else {
         #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
-        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t), opgen_torch_sgd_update_bstep_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count););
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_sgd_update_bstep_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count););
         #else
-        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t), opgen_torch_sgd_update_step_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t]));
+        OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_sgd_update_step_bfloat16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t]));
         #endif
     }
 }
 
-void opgen_torch_sgd_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_update_scalars_float scalars = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0);
+void opgen_torch_sgd_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_update_scalars_float scalars = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         if (rounding) {
             OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 2, opgen_prefetch_line(arg_param, ahead, line, row_len, 2);, opgen_torch_sgd_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_param, arg_grad));
@@ -101,8 +105,12 @@ void opgen_torch_sgd_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const in
     }
 }
 
-void opgen_torch_sgd_update_dense_float32(int64_t size, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_update_scalars_float scalars = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0);
+void opgen_torch_sgd_update_norms_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, opgen_bf16, OPGEN_LOAD_bfloat16, sums, flush_denormal);
+}
+
+void opgen_torch_sgd_update_dense_float32(int64_t size, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_update_scalars_float scalars = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_update_step_float32(s, i, gi, 0, 0, 1, arg_param, arg_grad));
     } else {
@@ -110,12 +118,12 @@ void opgen_torch_sgd_update_dense_float32(int64_t size, void *arg_param, const v
     }
 }
 
-void opgen_torch_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, const double *arg_lr, const double *arg_weight_decay, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t), opgen_torch_sgd_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t]));
+void opgen_torch_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, const double *arg_lr, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_sgd_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t]));
 }
 
-void opgen_torch_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_update_scalars_float scalars = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0);
+void opgen_torch_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_update_scalars_float scalars = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 4, opgen_prefetch_line(arg_param, ahead, line, row_len, 4);, opgen_torch_sgd_update_step_float32(s, i, gi, 0, 0, 1, arg_param, arg_grad));
     } else {
@@ -123,8 +131,12 @@ void opgen_torch_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int
     }
 }
 
-void opgen_torch_sgd_update_dense_float64(int64_t size, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_update_scalars_double scalars = opgen_torch_sgd_update_scalars_double_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0);
+void opgen_torch_sgd_update_norms_float32(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, float, OPGEN_LOAD_float32, sums, flush_denormal);
+}
+
+void opgen_torch_sgd_update_dense_float64(int64_t size, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_update_scalars_double scalars = opgen_torch_sgd_update_scalars_double_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         OPGEN_DENSE(size, flush_denormal, opgen_torch_sgd_update_step_float64(s, i, gi, 0, 0, 1, arg_param, arg_grad));
     } else {
@@ -132,15 +144,19 @@ void opgen_torch_sgd_update_dense_float64(int64_t size, void *arg_param, const v
     }
 }
 
-void opgen_torch_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, const double *arg_lr, const double *arg_weight_decay, const int *arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_update_scalars_double s = opgen_torch_sgd_update_scalars_double_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t), opgen_torch_sgd_update_step_float64(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t]));
+void opgen_torch_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, const double *arg_lr, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_sgd_update_scalars_double s = opgen_torch_sgd_update_scalars_double_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_sgd_update_step_float64(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t]));
 }
 
-void opgen_torch_sgd_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, int rounding, uint64_t seed, int flush_denormal) {
-    const opgen_torch_sgd_update_scalars_double scalars = opgen_torch_sgd_update_scalars_double_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0);
+void opgen_torch_sgd_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *indices, void *arg_param, const void *arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const opgen_torch_sgd_update_scalars_double scalars = opgen_torch_sgd_update_scalars_double_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (scalars.s_maximize) {
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_param, ahead, line, row_len, 8);, opgen_torch_sgd_update_step_float64(s, i, gi, 0, 0, 1, arg_param, arg_grad));
     } else {
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_param, ahead, line, row_len, 8);, opgen_torch_sgd_update_step_float64(s, i, gi, 0, 0, 0, arg_param, arg_grad));
     }
+}
+
+void opgen_torch_sgd_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
+    OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }

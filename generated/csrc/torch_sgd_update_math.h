@@ -8,10 +8,11 @@
 typedef struct {
     float s_lr, s_weight_decay;
     int s_maximize;
+    float opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_torch_sgd_update_scalars_float;
-OPGEN_INLINE opgen_torch_sgd_update_scalars_float opgen_torch_sgd_update_scalars_float_init(double arg_lr, double arg_weight_decay, int arg_maximize, uint64_t seed, int64_t tensor) {
-    const opgen_torch_sgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), opgen_call_key(seed, tensor)};
+OPGEN_INLINE opgen_torch_sgd_update_scalars_float opgen_torch_sgd_update_scalars_float_init(double arg_lr, double arg_weight_decay, int arg_maximize, uint64_t seed, int64_t tensor, double grad_scale) {
+    const opgen_torch_sgd_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((float)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_torch_sgd_update_element_float(const opgen_torch_sgd_update_scalars_float s, float *io_param, float v_grad) {
@@ -22,10 +23,11 @@ OPGEN_INLINE void opgen_torch_sgd_update_element_float(const opgen_torch_sgd_upd
 typedef struct {
     double s_lr, s_weight_decay;
     int s_maximize;
+    double opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_torch_sgd_update_scalars_double;
-OPGEN_INLINE opgen_torch_sgd_update_scalars_double opgen_torch_sgd_update_scalars_double_init(double arg_lr, double arg_weight_decay, int arg_maximize, uint64_t seed, int64_t tensor) {
-    const opgen_torch_sgd_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), opgen_call_key(seed, tensor)};
+OPGEN_INLINE opgen_torch_sgd_update_scalars_double opgen_torch_sgd_update_scalars_double_init(double arg_lr, double arg_weight_decay, int arg_maximize, uint64_t seed, int64_t tensor, double grad_scale) {
+    const opgen_torch_sgd_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((double)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_torch_sgd_update_element_double(const opgen_torch_sgd_update_scalars_double s, double *io_param, double v_grad) {
@@ -37,35 +39,35 @@ OPGEN_INLINE void opgen_torch_sgd_update_step_float16(const opgen_torch_sgd_upda
     opgen_torch_sgd_update_scalars_float sv = s;
     sv.s_maximize = sw0;
     float v_param = OPGEN_LOAD_float16(p_param[i]);
-    opgen_torch_sgd_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(p_grad[gi]));
+    opgen_torch_sgd_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
 OPGEN_INLINE void opgen_torch_sgd_update_step_bfloat16(const opgen_torch_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_param, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     opgen_torch_sgd_update_scalars_float sv = s;
     sv.s_maximize = sw0;
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
-    opgen_torch_sgd_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_torch_sgd_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     p_param[i] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
 OPGEN_INLINE void opgen_torch_sgd_update_bstep_bfloat16(const opgen_torch_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_param, const opgen_bf16 *OPGEN_RESTRICT p_grad, int64_t j, float *OPGEN_RESTRICT b_param) {
     opgen_torch_sgd_update_scalars_float sv = s;
     sv.s_maximize = sw0;
     float v_param = OPGEN_LOAD_bfloat16(p_param[i]);
-    opgen_torch_sgd_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(p_grad[gi]));
+    opgen_torch_sgd_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     b_param[j] = v_param;
 }
 OPGEN_INLINE void opgen_torch_sgd_update_step_float32(const opgen_torch_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, float *OPGEN_RESTRICT p_param, const float *OPGEN_RESTRICT p_grad) {
     opgen_torch_sgd_update_scalars_float sv = s;
     sv.s_maximize = sw0;
     float v_param = OPGEN_LOAD_float32(p_param[i]);
-    opgen_torch_sgd_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(p_grad[gi]));
+    opgen_torch_sgd_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     p_param[i] = OPGEN_STORE_float32(v_param);
 }
 OPGEN_INLINE void opgen_torch_sgd_update_step_float64(const opgen_torch_sgd_update_scalars_double s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, double *OPGEN_RESTRICT p_param, const double *OPGEN_RESTRICT p_grad) {
     opgen_torch_sgd_update_scalars_double sv = s;
     sv.s_maximize = sw0;
     double v_param = OPGEN_LOAD_float64(p_param[i]);
-    opgen_torch_sgd_update_element_double(sv, &v_param, zero_grad ? 0.0 : OPGEN_LOAD_float64(p_grad[gi]));
+    opgen_torch_sgd_update_element_double(sv, &v_param, zero_grad ? 0.0 : (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     p_param[i] = OPGEN_STORE_float64(v_param);
 }
 

@@ -20,7 +20,7 @@ OPGEN_INLINE void opgen_ftml_update_vstep_float16(const opgen_ftml_update_scalar
         float v_d = OPGEN_LOAD_float16(x_d.v[k]);
         float v_v = OPGEN_LOAD_float16(x_v.v[k]);
         float v_z = OPGEN_LOAD_float16(x_z.v[k]);
-        opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_d, &v_v, &v_z);
+        opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), vi * 8 + k);
         x_d.v[k] = OPGEN_ROUND_float16(v_d, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
         x_v.v[k] = OPGEN_ROUND_float16(v_v, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
@@ -46,7 +46,7 @@ OPGEN_INLINE void opgen_ftml_update_vstep_float16_with_float32_states(const opge
         float v_d = OPGEN_LOAD_float32(x_d.v[k]);
         float v_v = OPGEN_LOAD_float32(x_v.v[k]);
         float v_z = OPGEN_LOAD_float32(x_z.v[k]);
-        opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_d, &v_v, &v_z);
+        opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), vi * 4 + k);
         x_d.v[k] = OPGEN_STORE_float32(v_d);
         x_v.v[k] = OPGEN_STORE_float32(v_v);
@@ -72,7 +72,7 @@ OPGEN_INLINE void opgen_ftml_update_vstep_bfloat16(const opgen_ftml_update_scala
         float v_d = OPGEN_LOAD_bfloat16(x_d.v[k]);
         float v_v = OPGEN_LOAD_bfloat16(x_v.v[k]);
         float v_z = OPGEN_LOAD_bfloat16(x_z.v[k]);
-        opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_d, &v_v, &v_z);
+        opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), vi * 8 + k);
         x_d.v[k] = OPGEN_ROUND_bfloat16(v_d, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
         x_v.v[k] = OPGEN_ROUND_bfloat16(v_v, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
@@ -98,7 +98,7 @@ OPGEN_INLINE void opgen_ftml_update_vstep_bfloat16_with_float32_states(const opg
         float v_d = OPGEN_LOAD_float32(x_d.v[k]);
         float v_v = OPGEN_LOAD_float32(x_v.v[k]);
         float v_z = OPGEN_LOAD_float32(x_z.v[k]);
-        opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_d, &v_v, &v_z);
+        opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), vi * 4 + k);
         x_d.v[k] = OPGEN_STORE_float32(v_d);
         x_v.v[k] = OPGEN_STORE_float32(v_v);
@@ -124,7 +124,7 @@ OPGEN_INLINE void opgen_ftml_update_vstep_float32(const opgen_ftml_update_scalar
         float v_d = OPGEN_LOAD_float32(x_d.v[k]);
         float v_v = OPGEN_LOAD_float32(x_v.v[k]);
         float v_z = OPGEN_LOAD_float32(x_z.v[k]);
-        opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_d, &v_v, &v_z);
+        opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_d.v[k] = OPGEN_STORE_float32(v_d);
         x_v.v[k] = OPGEN_STORE_float32(v_v);
@@ -150,7 +150,7 @@ OPGEN_INLINE void opgen_ftml_update_vstep_float32_with_bfloat16_states(const opg
         float v_d = OPGEN_LOAD_bfloat16(x_d.v[k]);
         float v_v = OPGEN_LOAD_bfloat16(x_v.v[k]);
         float v_z = OPGEN_LOAD_bfloat16(x_z.v[k]);
-        opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_d, &v_v, &v_z);
+        opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_d.v[k] = OPGEN_ROUND_bfloat16(v_d, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
         x_v.v[k] = OPGEN_ROUND_bfloat16(v_v, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
@@ -176,7 +176,7 @@ OPGEN_INLINE void opgen_ftml_update_vstep_float64(const opgen_ftml_update_scalar
         double v_d = OPGEN_LOAD_float64(x_d.v[k]);
         double v_v = OPGEN_LOAD_float64(x_v.v[k]);
         double v_z = OPGEN_LOAD_float64(x_z.v[k]);
-        opgen_ftml_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_d, &v_v, &v_z);
+        opgen_ftml_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
         x_weight.v[k] = OPGEN_STORE_float64(v_weight);
         x_d.v[k] = OPGEN_STORE_float64(v_d);
         x_v.v[k] = OPGEN_STORE_float64(v_v);
@@ -188,8 +188,8 @@ OPGEN_INLINE void opgen_ftml_update_vstep_float64(const opgen_ftml_update_scalar
     reinterpret_cast<opgen_vec<double, 2> *>(p_z)[vi] = x_z;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_d, opgen_half *__restrict__ arg_v, opgen_half *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_d, opgen_half *__restrict__ arg_v, opgen_half *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
@@ -197,8 +197,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float1
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_d, opgen_half *__restrict__ arg_v, opgen_half *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_d, opgen_half *__restrict__ arg_v, opgen_half *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_vstep_float16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
@@ -206,8 +206,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_flo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
@@ -215,8 +215,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float1
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_vstep_float16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
@@ -224,8 +224,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_flo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_d, opgen_bf16 *__restrict__ arg_v, opgen_bf16 *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_d, opgen_bf16 *__restrict__ arg_v, opgen_bf16 *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
@@ -233,8 +233,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_bfloat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_d, opgen_bf16 *__restrict__ arg_v, opgen_bf16 *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_d, opgen_bf16 *__restrict__ arg_v, opgen_bf16 *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_vstep_bfloat16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
@@ -242,8 +242,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_bfl
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
@@ -251,8 +251,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_bfloat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
@@ -260,18 +260,18 @@ extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_bfl
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_vstep_float32(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_d, opgen_bf16 *__restrict__ arg_v, opgen_bf16 *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_d, opgen_bf16 *__restrict__ arg_v, opgen_bf16 *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 8) && opgen_aligned(arg_v, 8) && opgen_aligned(arg_z, 8), opgen_ftml_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
@@ -279,8 +279,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float3
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_d, opgen_bf16 *__restrict__ arg_v, opgen_bf16 *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_d, opgen_bf16 *__restrict__ arg_v, opgen_bf16 *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 8) && opgen_aligned(arg_v, 8) && opgen_aligned(arg_z, 8), opgen_ftml_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
@@ -288,12 +288,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_flo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_d, double *__restrict__ arg_v, double *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_d, double *__restrict__ arg_v, double *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_d, double *__restrict__ arg_v, double *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, int rounding, uint64_t seed) {
-    const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_d, double *__restrict__ arg_v, double *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_vstep_float64(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
 }

@@ -18,7 +18,7 @@ OPGEN_INLINE void opgen_ftrl_update_vstep_float16(const opgen_ftrl_update_scalar
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
         float v_z = OPGEN_LOAD_float16(x_z.v[k]);
         float v_n = OPGEN_LOAD_float16(x_n.v[k]);
-        opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_z, &v_n);
+        opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_z, &v_n);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
         x_z.v[k] = OPGEN_ROUND_float16(v_z, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_n.v[k] = OPGEN_ROUND_float16(v_n, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
@@ -40,7 +40,7 @@ OPGEN_INLINE void opgen_ftrl_update_vstep_float16_with_float32_states(const opge
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
         float v_z = OPGEN_LOAD_float32(x_z.v[k]);
         float v_n = OPGEN_LOAD_float32(x_n.v[k]);
-        opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_z, &v_n);
+        opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_z, &v_n);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
         x_z.v[k] = OPGEN_STORE_float32(v_z);
         x_n.v[k] = OPGEN_STORE_float32(v_n);
@@ -62,7 +62,7 @@ OPGEN_INLINE void opgen_ftrl_update_vstep_bfloat16(const opgen_ftrl_update_scala
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
         float v_z = OPGEN_LOAD_bfloat16(x_z.v[k]);
         float v_n = OPGEN_LOAD_bfloat16(x_n.v[k]);
-        opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_z, &v_n);
+        opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_z, &v_n);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
         x_z.v[k] = OPGEN_ROUND_bfloat16(v_z, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_n.v[k] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
@@ -84,7 +84,7 @@ OPGEN_INLINE void opgen_ftrl_update_vstep_bfloat16_with_float32_states(const opg
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
         float v_z = OPGEN_LOAD_float32(x_z.v[k]);
         float v_n = OPGEN_LOAD_float32(x_n.v[k]);
-        opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_z, &v_n);
+        opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_z, &v_n);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
         x_z.v[k] = OPGEN_STORE_float32(v_z);
         x_n.v[k] = OPGEN_STORE_float32(v_n);
@@ -106,7 +106,7 @@ OPGEN_INLINE void opgen_ftrl_update_vstep_float32(const opgen_ftrl_update_scalar
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
         float v_z = OPGEN_LOAD_float32(x_z.v[k]);
         float v_n = OPGEN_LOAD_float32(x_n.v[k]);
-        opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_z, &v_n);
+        opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_z, &v_n);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_z.v[k] = OPGEN_STORE_float32(v_z);
         x_n.v[k] = OPGEN_STORE_float32(v_n);
@@ -128,7 +128,7 @@ OPGEN_INLINE void opgen_ftrl_update_vstep_float32_with_bfloat16_states(const opg
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
         float v_z = OPGEN_LOAD_bfloat16(x_z.v[k]);
         float v_n = OPGEN_LOAD_bfloat16(x_n.v[k]);
-        opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_z, &v_n);
+        opgen_ftrl_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_z, &v_n);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_z.v[k] = OPGEN_ROUND_bfloat16(v_z, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
         x_n.v[k] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
@@ -150,7 +150,7 @@ OPGEN_INLINE void opgen_ftrl_update_vstep_float64(const opgen_ftrl_update_scalar
         double v_weight = OPGEN_LOAD_float64(x_weight.v[k]);
         double v_z = OPGEN_LOAD_float64(x_z.v[k]);
         double v_n = OPGEN_LOAD_float64(x_n.v[k]);
-        opgen_ftrl_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_z, &v_n);
+        opgen_ftrl_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_z, &v_n);
         x_weight.v[k] = OPGEN_STORE_float64(v_weight);
         x_z.v[k] = OPGEN_STORE_float64(v_z);
         x_n.v[k] = OPGEN_STORE_float64(v_n);
@@ -160,8 +160,8 @@ OPGEN_INLINE void opgen_ftrl_update_vstep_float64(const opgen_ftrl_update_scalar
     reinterpret_cast<opgen_vec<double, 2> *>(p_n)[vi] = x_n;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_z, opgen_half *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_z, opgen_half *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
     } else {
@@ -169,8 +169,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float1
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_z, opgen_half *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_z, opgen_half *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_vstep_float16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
     } else {
@@ -178,8 +178,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_flo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
     } else {
@@ -187,8 +187,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float1
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_vstep_float16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float16_with_float32_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
     } else {
@@ -196,8 +196,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_flo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_z, opgen_bf16 *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_z, opgen_bf16 *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
     } else {
@@ -205,8 +205,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_bfloat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_z, opgen_bf16 *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_z, opgen_bf16 *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_vstep_bfloat16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
     } else {
@@ -214,8 +214,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_bfl
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
     } else {
@@ -223,8 +223,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_bfloat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
     } else {
@@ -232,18 +232,18 @@ extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_bfl
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_z, float *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_vstep_float32(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_z, opgen_bf16 *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_z, opgen_bf16 *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 8) && opgen_aligned(arg_n, 8), opgen_ftrl_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
     } else {
@@ -251,8 +251,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float3
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_z, opgen_bf16 *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_z, opgen_bf16 *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_float s = opgen_ftrl_update_scalars_float_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 8) && opgen_aligned(arg_n, 8), opgen_ftrl_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
     } else {
@@ -260,12 +260,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_flo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_z, double *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_double s = opgen_ftrl_update_scalars_double_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_ftrl_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_z, double *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_double s = opgen_ftrl_update_scalars_double_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_z, double *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_ftrl_update_scalars_double s = opgen_ftrl_update_scalars_double_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_ftrl_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_z, double *__restrict__ arg_n, double arg_lr, double arg_lamda1, double arg_beta, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_ftrl_update_scalars_double s = opgen_ftrl_update_scalars_double_init(arg_lr, arg_lamda1, arg_beta, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_z, 16) && opgen_aligned(arg_n, 16), opgen_ftrl_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_vstep_float64(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_z, arg_n), opgen_ftrl_update_step_float64(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_z, arg_n));
 }

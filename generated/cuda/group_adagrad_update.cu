@@ -6,8 +6,8 @@
 #include "../csrc/group_adagrad_update_math.h"
 
 
-extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed) {
-    const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, opgen_group_adagrad_update_pass1_float16(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float16(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float16(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_float16(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
     } else {
@@ -15,8 +15,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_laz
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed) {
-    const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, opgen_group_adagrad_update_pass1_float16_with_float32_states(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float16_with_float32_states(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float16_with_float32_states(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_float16_with_float32_states(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
     } else {
@@ -24,8 +24,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_laz
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed) {
-    const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, opgen_group_adagrad_update_pass1_bfloat16(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_bfloat16(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_bfloat16(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_bfloat16(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
     } else {
@@ -33,8 +33,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_laz
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed) {
-    const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, opgen_group_adagrad_update_pass1_bfloat16_with_float32_states(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_bfloat16_with_float32_states(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_bfloat16_with_float32_states(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_bfloat16_with_float32_states(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
     } else {
@@ -42,13 +42,13 @@ extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_laz
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed) {
-    const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     OPGEN_CUDA_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, opgen_group_adagrad_update_pass1_float32(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float32(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float32(s, opgen_values, row, 0, arg_history), opgen_group_adagrad_update_pass2_float32(s, opgen_values, i, gi, 0, arg_weight, arg_grad));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed) {
-    const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_group_adagrad_update_scalars_float s = opgen_group_adagrad_update_scalars_float_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY_ROWS(float, 1, 1, nnz, row_len, indices, opgen_group_adagrad_update_pass1_float32_with_bfloat16_states(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float32_with_bfloat16_states(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float32_with_bfloat16_states(s, opgen_values, row, 1, arg_history), opgen_group_adagrad_update_pass2_float32_with_bfloat16_states(s, opgen_values, i, gi, 1, arg_weight, arg_grad));
     } else {
@@ -56,7 +56,7 @@ extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_laz
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, int rounding, uint64_t seed) {
-    const opgen_group_adagrad_update_scalars_double s = opgen_group_adagrad_update_scalars_double_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_group_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_history, double arg_lr, double arg_rescale_grad, double arg_clip_gradient, double arg_epsilon, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_group_adagrad_update_scalars_double s = opgen_group_adagrad_update_scalars_double_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     OPGEN_CUDA_LAZY_ROWS(double, 1, 1, nnz, row_len, indices, opgen_group_adagrad_update_pass1_float64(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float64(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float64(s, opgen_values, row, 0, arg_history), opgen_group_adagrad_update_pass2_float64(s, opgen_values, i, gi, 0, arg_weight, arg_grad));
 }

@@ -20,7 +20,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float16(const opgen_lamb_update
         float v_mean = OPGEN_LOAD_float16(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float16(x_var.v[k]);
         float v_out;
-        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float16(x_weight.v[k]), zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_ROUND_float16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_var.v[k] = OPGEN_ROUND_float16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
         x_out.v[k] = OPGEN_ROUND_float16(v_out, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
@@ -44,7 +44,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float16_with_float32_states(con
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_out;
-        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float16(x_weight.v[k]), zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
         x_out.v[k] = OPGEN_ROUND_float16(v_out, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
@@ -68,7 +68,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16(const opgen_lamb_updat
         float v_mean = OPGEN_LOAD_bfloat16(x_mean.v[k]);
         float v_var = OPGEN_LOAD_bfloat16(x_var.v[k]);
         float v_out;
-        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_bfloat16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_bfloat16(x_weight.v[k]), zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_var.v[k] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
         x_out.v[k] = OPGEN_ROUND_bfloat16(v_out, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
@@ -92,7 +92,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(co
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_out;
-        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_bfloat16(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_bfloat16(x_weight.v[k]), zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
         x_out.v[k] = OPGEN_ROUND_bfloat16(v_out, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
@@ -116,7 +116,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32(const opgen_lamb_update
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_out;
-        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float32(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float32(x_weight.v[k]), zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
         x_out.v[k] = OPGEN_STORE_float32(v_out);
@@ -140,7 +140,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(co
         float v_mean = OPGEN_LOAD_bfloat16(x_mean.v[k]);
         float v_var = OPGEN_LOAD_bfloat16(x_var.v[k]);
         float v_out;
-        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float32(x_weight.v[k]), zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float32(x_weight.v[k]), zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
         x_var.v[k] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
         x_out.v[k] = OPGEN_STORE_float32(v_out);
@@ -164,7 +164,7 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float64(const opgen_lamb_update
         double v_mean = OPGEN_LOAD_float64(x_mean.v[k]);
         double v_var = OPGEN_LOAD_float64(x_var.v[k]);
         double v_out;
-        opgen_lamb_update_phase1_element_double(sv, OPGEN_LOAD_float64(x_weight.v[k]), zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_mean, &v_var, &v_out);
+        opgen_lamb_update_phase1_element_double(sv, OPGEN_LOAD_float64(x_weight.v[k]), zero_grad ? 0.0 : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, &v_out);
         x_mean.v[k] = OPGEN_STORE_float64(v_mean);
         x_var.v[k] = OPGEN_STORE_float64(v_var);
         x_out.v[k] = OPGEN_STORE_float64(v_out);
@@ -174,8 +174,8 @@ OPGEN_INLINE void opgen_lamb_update_phase1_vstep_float64(const opgen_lamb_update
     reinterpret_cast<opgen_vec<double, 2> *>(p_out)[vi] = x_out;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float16(int64_t size, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float16(int64_t size, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
@@ -183,8 +183,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float16(s, vi, gvi, 1, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16(s, i, gi, 1, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
@@ -192,8 +192,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float16_with_float32_states(int64_t size, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float16_with_float32_states(int64_t size, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
@@ -201,8 +201,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_half *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 1, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
@@ -210,8 +210,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_bfloat16(int64_t size, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_bfloat16(int64_t size, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
@@ -219,8 +219,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 1, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16(s, i, gi, 1, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
@@ -228,8 +228,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_bfloat16_with_float32_states(int64_t size, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_bfloat16_with_float32_states(int64_t size, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
@@ -237,8 +237,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, opgen_bf16 *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 8), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_bfloat16_with_float32_states(s, i, gi, 1, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
@@ -246,18 +246,18 @@ extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float32(int64_t size, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float32(int64_t size, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32(s, vi, gvi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32(s, vi, gvi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float32(s, vi, gvi, 1, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32(s, i, gi, 1, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float32_with_bfloat16_states(int64_t size, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float32_with_bfloat16_states(int64_t size, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
@@ -265,8 +265,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_float s = opgen_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float32_with_bfloat16_states(s, i, gi, 1, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
     } else {
@@ -274,12 +274,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float64(int64_t size, const double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_double s = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_lamb_update_phase1_dense_float64(int64_t size, const double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_double s = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float64(s, vi, gvi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_lamb_update_phase1_scalars_double s = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_lamb_update_phase1_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, const double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_lamb_update_phase1_scalars_double s = opgen_lamb_update_phase1_scalars_double_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_out, 16), opgen_lamb_update_phase1_vstep_float64(s, vi, gvi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_vstep_float64(s, vi, gvi, 1, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out), opgen_lamb_update_phase1_step_float64(s, i, gi, 1, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
 }

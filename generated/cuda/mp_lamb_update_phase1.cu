@@ -20,7 +20,7 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase1_vstep_float16(const opgen_mp_lamb_
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_out;
-        opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var, OPGEN_LOAD_float32(x_weight32.v[k]), &v_out);
+        opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, OPGEN_LOAD_float32(x_weight32.v[k]), &v_out);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
         x_out.v[k] = OPGEN_STORE_float32(v_out);
@@ -44,7 +44,7 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase1_vstep_bfloat16(const opgen_mp_lamb
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_out;
-        opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var, OPGEN_LOAD_float32(x_weight32.v[k]), &v_out);
+        opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, OPGEN_LOAD_float32(x_weight32.v[k]), &v_out);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
         x_out.v[k] = OPGEN_STORE_float32(v_out);
@@ -68,7 +68,7 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase1_vstep_float32(const opgen_mp_lamb_
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_out;
-        opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var, OPGEN_LOAD_float32(x_weight32.v[k]), &v_out);
+        opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, OPGEN_LOAD_float32(x_weight32.v[k]), &v_out);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
         x_out.v[k] = OPGEN_STORE_float32(v_out);
@@ -92,7 +92,7 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase1_vstep_float64(const opgen_mp_lamb_
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_out;
-        opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : OPGEN_LOAD_float64(x_grad.v[k]), &v_mean, &v_var, OPGEN_LOAD_float32(x_weight32.v[k]), &v_out);
+        opgen_mp_lamb_update_phase1_element_float(sv, zero_grad ? 0.0f : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, OPGEN_LOAD_float32(x_weight32.v[k]), &v_out);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
         x_out.v[k] = OPGEN_STORE_float32(v_out);
@@ -102,22 +102,22 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase1_vstep_float64(const opgen_mp_lamb_
     reinterpret_cast<opgen_vec<float, 2> *>(p_out)[vi] = x_out;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase1_dense_float16(int64_t size, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, const float *__restrict__ arg_weight32, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_mp_lamb_update_phase1_scalars_float s = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase1_dense_float16(int64_t size, const opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, const float *__restrict__ arg_weight32, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_lamb_update_phase1_scalars_float s = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16) && opgen_aligned(arg_out, 16), opgen_mp_lamb_update_phase1_vstep_float16(s, vi, gvi, 0, 0, s.h_0, s.s_bias_correction, arg_grad, arg_mean, arg_var, arg_weight32, arg_out), opgen_mp_lamb_update_phase1_step_float16(s, i, gi, 0, 0, s.h_0, s.s_bias_correction, arg_grad, arg_mean, arg_var, arg_weight32, arg_out));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase1_dense_bfloat16(int64_t size, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, const float *__restrict__ arg_weight32, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_mp_lamb_update_phase1_scalars_float s = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase1_dense_bfloat16(int64_t size, const opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, const float *__restrict__ arg_weight32, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_lamb_update_phase1_scalars_float s = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16) && opgen_aligned(arg_out, 16), opgen_mp_lamb_update_phase1_vstep_bfloat16(s, vi, gvi, 0, 0, s.h_0, s.s_bias_correction, arg_grad, arg_mean, arg_var, arg_weight32, arg_out), opgen_mp_lamb_update_phase1_step_bfloat16(s, i, gi, 0, 0, s.h_0, s.s_bias_correction, arg_grad, arg_mean, arg_var, arg_weight32, arg_out));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase1_dense_float32(int64_t size, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, const float *__restrict__ arg_weight32, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_mp_lamb_update_phase1_scalars_float s = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase1_dense_float32(int64_t size, const float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, const float *__restrict__ arg_weight32, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_lamb_update_phase1_scalars_float s = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16) && opgen_aligned(arg_out, 16), opgen_mp_lamb_update_phase1_vstep_float32(s, vi, gvi, 0, 0, s.h_0, s.s_bias_correction, arg_grad, arg_mean, arg_var, arg_weight32, arg_out), opgen_mp_lamb_update_phase1_step_float32(s, i, gi, 0, 0, s.h_0, s.s_bias_correction, arg_grad, arg_mean, arg_var, arg_weight32, arg_out));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase1_dense_float64(int64_t size, const double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, const float *__restrict__ arg_weight32, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_mp_lamb_update_phase1_scalars_float s = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase1_dense_float64(int64_t size, const double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, const float *__restrict__ arg_weight32, float *__restrict__ arg_out, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, int arg_bias_correction, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_lamb_update_phase1_scalars_float s = opgen_mp_lamb_update_phase1_scalars_float_init(arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_bias_correction, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_weight32, 8) && opgen_aligned(arg_out, 8), opgen_mp_lamb_update_phase1_vstep_float64(s, vi, gvi, 0, 0, s.h_0, s.s_bias_correction, arg_grad, arg_mean, arg_var, arg_weight32, arg_out), opgen_mp_lamb_update_phase1_step_float64(s, i, gi, 0, 0, s.h_0, s.s_bias_correction, arg_grad, arg_mean, arg_var, arg_weight32, arg_out));
 }

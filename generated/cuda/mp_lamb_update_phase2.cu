@@ -14,7 +14,7 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase2_vstep_float16(const opgen_mp_lamb_
     for (int k = 0; k < 4; ++k) {
         float v_weight32 = OPGEN_LOAD_float32(x_weight32.v[k]);
         float v_weight;
-        opgen_mp_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_g.v[k]), &v_weight32);
+        opgen_mp_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_g.v[k]) * s.opgen_grad_scale), &v_weight32);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
         x_weight32.v[k] = OPGEN_STORE_float32(v_weight32);
     }
@@ -30,7 +30,7 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase2_vstep_bfloat16(const opgen_mp_lamb
     for (int k = 0; k < 4; ++k) {
         float v_weight32 = OPGEN_LOAD_float32(x_weight32.v[k]);
         float v_weight;
-        opgen_mp_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_g.v[k]), &v_weight32);
+        opgen_mp_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_g.v[k]) * s.opgen_grad_scale), &v_weight32);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
         x_weight32.v[k] = OPGEN_STORE_float32(v_weight32);
     }
@@ -46,7 +46,7 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase2_vstep_float32(const opgen_mp_lamb_
     for (int k = 0; k < 4; ++k) {
         float v_weight32 = OPGEN_LOAD_float32(x_weight32.v[k]);
         float v_weight;
-        opgen_mp_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_g.v[k]), &v_weight32);
+        opgen_mp_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_g.v[k]) * s.opgen_grad_scale), &v_weight32);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_weight32.v[k] = OPGEN_STORE_float32(v_weight32);
     }
@@ -62,7 +62,7 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase2_vstep_float64(const opgen_mp_lamb_
     for (int k = 0; k < 2; ++k) {
         float v_weight32 = OPGEN_LOAD_float32(x_weight32.v[k]);
         float v_weight;
-        opgen_mp_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_g.v[k]), &v_weight32);
+        opgen_mp_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_g.v[k]) * s.opgen_grad_scale), &v_weight32);
         x_weight.v[k] = OPGEN_STORE_float64(v_weight);
         x_weight32.v[k] = OPGEN_STORE_float32(v_weight32);
     }
@@ -70,8 +70,8 @@ OPGEN_INLINE void opgen_mp_lamb_update_phase2_vstep_float64(const opgen_mp_lamb_
     reinterpret_cast<opgen_vec<float, 2> *>(p_weight32)[vi] = x_weight32;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase2_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
-    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase2_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_lamb_update_phase2_vstep_float16(s, vi, gvi, 0, 1, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_step_float16(s, i, gi, 0, 1, arg_weight, arg_g, arg_weight32));
     } else {
@@ -79,8 +79,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase2_de
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_mp_lamb_update_phase2_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
-    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_mp_lamb_update_phase2_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_lamb_update_phase2_vstep_float16(s, vi, gvi, 0, 1, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_step_float16(s, i, gi, 0, 1, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_vstep_float16(s, vi, gvi, 1, 1, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_step_float16(s, i, gi, 1, 1, arg_weight, arg_g, arg_weight32));
     } else {
@@ -88,8 +88,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_lamb_update_phase2_st
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase2_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
-    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase2_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_lamb_update_phase2_vstep_bfloat16(s, vi, gvi, 0, 1, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_g, arg_weight32));
     } else {
@@ -97,8 +97,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase2_de
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_mp_lamb_update_phase2_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
-    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_mp_lamb_update_phase2_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_lamb_update_phase2_vstep_bfloat16(s, vi, gvi, 0, 1, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_step_bfloat16(s, i, gi, 0, 1, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_vstep_bfloat16(s, vi, gvi, 1, 1, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_step_bfloat16(s, i, gi, 1, 1, arg_weight, arg_g, arg_weight32));
     } else {
@@ -106,22 +106,22 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_lamb_update_phase2_st
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase2_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
-    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase2_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_lamb_update_phase2_vstep_float32(s, vi, gvi, 0, 0, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_step_float32(s, i, gi, 0, 0, arg_weight, arg_g, arg_weight32));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_mp_lamb_update_phase2_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
-    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_mp_lamb_update_phase2_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_lamb_update_phase2_vstep_float32(s, vi, gvi, 0, 0, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_step_float32(s, i, gi, 0, 0, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_vstep_float32(s, vi, gvi, 1, 0, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_step_float32(s, i, gi, 1, 0, arg_weight, arg_g, arg_weight32));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase2_dense_float64(int64_t size, double *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
-    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_lamb_update_phase2_dense_float64(int64_t size, double *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 8) && opgen_aligned(arg_weight32, 8), opgen_mp_lamb_update_phase2_vstep_float64(s, vi, gvi, 0, 0, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_step_float64(s, i, gi, 0, 0, arg_weight, arg_g, arg_weight32));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_mp_lamb_update_phase2_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, int rounding, uint64_t seed) {
-    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_mp_lamb_update_phase2_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const float *__restrict__ arg_g, float *__restrict__ arg_weight32, double arg_r1, double arg_r2, double arg_lr, double arg_lower_bound, double arg_upper_bound, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_lamb_update_phase2_scalars_float s = opgen_mp_lamb_update_phase2_scalars_float_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_g, 8) && opgen_aligned(arg_weight32, 8), opgen_mp_lamb_update_phase2_vstep_float64(s, vi, gvi, 0, 0, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_step_float64(s, i, gi, 0, 0, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_vstep_float64(s, vi, gvi, 1, 0, arg_weight, arg_g, arg_weight32), opgen_mp_lamb_update_phase2_step_float64(s, i, gi, 1, 0, arg_weight, arg_g, arg_weight32));
 }

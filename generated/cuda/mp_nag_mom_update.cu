@@ -18,7 +18,7 @@ OPGEN_INLINE void opgen_mp_nag_mom_update_vstep_float16(const opgen_mp_nag_mom_u
         float v_mom = OPGEN_LOAD_float32(x_mom.v[k]);
         float v_weight32 = OPGEN_LOAD_float32(x_weight32.v[k]);
         float v_weight;
-        opgen_mp_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mom, &v_weight32);
+        opgen_mp_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_mom, &v_weight32);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
         x_mom.v[k] = OPGEN_STORE_float32(v_mom);
         x_weight32.v[k] = OPGEN_STORE_float32(v_weight32);
@@ -40,7 +40,7 @@ OPGEN_INLINE void opgen_mp_nag_mom_update_vstep_bfloat16(const opgen_mp_nag_mom_
         float v_mom = OPGEN_LOAD_float32(x_mom.v[k]);
         float v_weight32 = OPGEN_LOAD_float32(x_weight32.v[k]);
         float v_weight;
-        opgen_mp_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mom, &v_weight32);
+        opgen_mp_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_mom, &v_weight32);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
         x_mom.v[k] = OPGEN_STORE_float32(v_mom);
         x_weight32.v[k] = OPGEN_STORE_float32(v_weight32);
@@ -62,7 +62,7 @@ OPGEN_INLINE void opgen_mp_nag_mom_update_vstep_float32(const opgen_mp_nag_mom_u
         float v_mom = OPGEN_LOAD_float32(x_mom.v[k]);
         float v_weight32 = OPGEN_LOAD_float32(x_weight32.v[k]);
         float v_weight;
-        opgen_mp_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mom, &v_weight32);
+        opgen_mp_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_mom, &v_weight32);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_mom.v[k] = OPGEN_STORE_float32(v_mom);
         x_weight32.v[k] = OPGEN_STORE_float32(v_weight32);
@@ -84,7 +84,7 @@ OPGEN_INLINE void opgen_mp_nag_mom_update_vstep_float64(const opgen_mp_nag_mom_u
         float v_mom = OPGEN_LOAD_float32(x_mom.v[k]);
         float v_weight32 = OPGEN_LOAD_float32(x_weight32.v[k]);
         float v_weight;
-        opgen_mp_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float64(x_grad.v[k]), &v_mom, &v_weight32);
+        opgen_mp_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_mom, &v_weight32);
         x_weight.v[k] = OPGEN_STORE_float64(v_weight);
         x_mom.v[k] = OPGEN_STORE_float32(v_mom);
         x_weight32.v[k] = OPGEN_STORE_float32(v_weight32);
@@ -94,8 +94,8 @@ OPGEN_INLINE void opgen_mp_nag_mom_update_vstep_float64(const opgen_mp_nag_mom_u
     reinterpret_cast<opgen_vec<float, 2> *>(p_weight32)[vi] = x_weight32;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_nag_mom_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32));
     } else {
@@ -103,8 +103,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_nag_mom_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_vstep_float16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_step_float16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32));
     } else {
@@ -112,8 +112,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standa
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_nag_mom_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32));
     } else {
@@ -121,8 +121,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_nag_mom_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_vstep_bfloat16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_step_bfloat16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32));
     } else {
@@ -130,22 +130,22 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standa
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_nag_mom_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_nag_mom_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_vstep_float32(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_step_float32(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_nag_mom_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 8) && opgen_aligned(arg_weight32, 8), opgen_mp_nag_mom_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_mp_nag_mom_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_mom, float *__restrict__ arg_weight32, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_mp_nag_mom_update_scalars_float s = opgen_mp_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 8) && opgen_aligned(arg_weight32, 8), opgen_mp_nag_mom_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_vstep_float64(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32), opgen_mp_nag_mom_update_step_float64(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mom, arg_weight32));
 }

@@ -18,7 +18,7 @@ OPGEN_INLINE void opgen_multi_adamw_update_vstep_float16(const opgen_multi_adamw
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
         float v_mean = OPGEN_LOAD_float16(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float16(x_var.v[k]);
-        opgen_multi_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
         x_mean.v[k] = OPGEN_ROUND_float16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_var.v[k] = OPGEN_ROUND_float16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
@@ -40,7 +40,7 @@ OPGEN_INLINE void opgen_multi_adamw_update_vstep_float16_with_float32_states(con
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
-        opgen_multi_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
@@ -62,7 +62,7 @@ OPGEN_INLINE void opgen_multi_adamw_update_vstep_bfloat16(const opgen_multi_adam
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
         float v_mean = OPGEN_LOAD_bfloat16(x_mean.v[k]);
         float v_var = OPGEN_LOAD_bfloat16(x_var.v[k]);
-        opgen_multi_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
         x_mean.v[k] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_var.v[k] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
@@ -84,7 +84,7 @@ OPGEN_INLINE void opgen_multi_adamw_update_vstep_bfloat16_with_float32_states(co
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
-        opgen_multi_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
@@ -106,7 +106,7 @@ OPGEN_INLINE void opgen_multi_adamw_update_vstep_float32(const opgen_multi_adamw
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
-        opgen_multi_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
@@ -128,7 +128,7 @@ OPGEN_INLINE void opgen_multi_adamw_update_vstep_float32_with_bfloat16_states(co
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
         float v_mean = OPGEN_LOAD_bfloat16(x_mean.v[k]);
         float v_var = OPGEN_LOAD_bfloat16(x_var.v[k]);
-        opgen_multi_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_adamw_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_mean.v[k] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
         x_var.v[k] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
@@ -150,7 +150,7 @@ OPGEN_INLINE void opgen_multi_adamw_update_vstep_float64(const opgen_multi_adamw
         double v_weight = OPGEN_LOAD_float64(x_weight.v[k]);
         double v_mean = OPGEN_LOAD_float64(x_mean.v[k]);
         double v_var = OPGEN_LOAD_float64(x_var.v[k]);
-        opgen_multi_adamw_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_adamw_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_STORE_float64(v_weight);
         x_mean.v[k] = OPGEN_STORE_float64(v_mean);
         x_var.v[k] = OPGEN_STORE_float64(v_var);
@@ -160,8 +160,8 @@ OPGEN_INLINE void opgen_multi_adamw_update_vstep_float64(const opgen_multi_adamw
     reinterpret_cast<opgen_vec<double, 2> *>(p_var)[vi] = x_var;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_multi_adamw_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
@@ -169,8 +169,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_multi_adamw_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_vstep_float16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
@@ -178,8 +178,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_multi_adamw_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
@@ -187,8 +187,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_multi_adamw_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_vstep_float16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float16_with_float32_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
@@ -196,8 +196,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_multi_adamw_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
@@ -205,8 +205,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_multi_adamw_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_vstep_bfloat16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_bfloat16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
@@ -214,8 +214,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_multi_adamw_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
@@ -223,8 +223,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_multi_adamw_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
@@ -232,18 +232,18 @@ extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_multi_adamw_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_multi_adamw_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_vstep_float32(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float32(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8), opgen_multi_adamw_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
@@ -251,8 +251,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_float s = opgen_multi_adamw_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8), opgen_multi_adamw_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
@@ -260,12 +260,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_double s = opgen_multi_adamw_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_multi_adamw_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_double s = opgen_multi_adamw_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_multi_adamw_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, int rounding, uint64_t seed) {
-    const opgen_multi_adamw_update_scalars_double s = opgen_multi_adamw_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_multi_adamw_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_eta, double arg_clip_gradient, double arg_rescale_grad, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_multi_adamw_update_scalars_double s = opgen_multi_adamw_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_eta, arg_clip_gradient, arg_rescale_grad, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_multi_adamw_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_vstep_float64(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_multi_adamw_update_step_float64(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
 }

@@ -19,7 +19,7 @@ OPGEN_INLINE void opgen_multi_lamb_update_vstep_float16(const opgen_multi_lamb_u
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
         float v_mean = OPGEN_LOAD_float16(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float16(x_var.v[k]);
-        opgen_multi_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
         x_mean.v[k] = OPGEN_ROUND_float16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_var.v[k] = OPGEN_ROUND_float16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
@@ -42,7 +42,7 @@ OPGEN_INLINE void opgen_multi_lamb_update_vstep_float16_with_float32_states(cons
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
-        opgen_multi_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
@@ -65,7 +65,7 @@ OPGEN_INLINE void opgen_multi_lamb_update_vstep_bfloat16(const opgen_multi_lamb_
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
         float v_mean = OPGEN_LOAD_bfloat16(x_mean.v[k]);
         float v_var = OPGEN_LOAD_bfloat16(x_var.v[k]);
-        opgen_multi_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
         x_mean.v[k] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_var.v[k] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
@@ -88,7 +88,7 @@ OPGEN_INLINE void opgen_multi_lamb_update_vstep_bfloat16_with_float32_states(con
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
-        opgen_multi_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
@@ -111,7 +111,7 @@ OPGEN_INLINE void opgen_multi_lamb_update_vstep_float32(const opgen_multi_lamb_u
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
         float v_mean = OPGEN_LOAD_float32(x_mean.v[k]);
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
-        opgen_multi_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
@@ -134,7 +134,7 @@ OPGEN_INLINE void opgen_multi_lamb_update_vstep_float32_with_bfloat16_states(con
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
         float v_mean = OPGEN_LOAD_bfloat16(x_mean.v[k]);
         float v_var = OPGEN_LOAD_bfloat16(x_var.v[k]);
-        opgen_multi_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_mean.v[k] = OPGEN_ROUND_bfloat16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
         x_var.v[k] = OPGEN_ROUND_bfloat16(v_var, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
@@ -157,7 +157,7 @@ OPGEN_INLINE void opgen_multi_lamb_update_vstep_float64(const opgen_multi_lamb_u
         double v_weight = OPGEN_LOAD_float64(x_weight.v[k]);
         double v_mean = OPGEN_LOAD_float64(x_mean.v[k]);
         double v_var = OPGEN_LOAD_float64(x_var.v[k]);
-        opgen_multi_lamb_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_mean, &v_var);
+        opgen_multi_lamb_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var);
         x_weight.v[k] = OPGEN_STORE_float64(v_weight);
         x_mean.v[k] = OPGEN_STORE_float64(v_mean);
         x_var.v[k] = OPGEN_STORE_float64(v_var);

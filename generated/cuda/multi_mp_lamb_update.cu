@@ -21,7 +21,7 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_vstep_float16(const opgen_multi_mp_
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_weight32 = OPGEN_LOAD_float32(x_weight32.v[k]);
         float v_weight;
-        opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mean, &v_var, &v_weight32);
+        opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), vi * 4 + k);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
@@ -48,7 +48,7 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_vstep_bfloat16(const opgen_multi_mp
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_weight32 = OPGEN_LOAD_float32(x_weight32.v[k]);
         float v_weight;
-        opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mean, &v_var, &v_weight32);
+        opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), vi * 4 + k);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
@@ -75,7 +75,7 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_vstep_float32(const opgen_multi_mp_
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_weight32 = OPGEN_LOAD_float32(x_weight32.v[k]);
         float v_weight;
-        opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mean, &v_var, &v_weight32);
+        opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);
@@ -102,7 +102,7 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_vstep_float64(const opgen_multi_mp_
         float v_var = OPGEN_LOAD_float32(x_var.v[k]);
         float v_weight32 = OPGEN_LOAD_float32(x_weight32.v[k]);
         float v_weight;
-        opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float64(x_grad.v[k]), &v_mean, &v_var, &v_weight32);
+        opgen_multi_mp_lamb_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_mean, &v_var, &v_weight32);
         x_weight.v[k] = OPGEN_STORE_float64(v_weight);
         x_mean.v[k] = OPGEN_STORE_float32(v_mean);
         x_var.v[k] = OPGEN_STORE_float32(v_var);

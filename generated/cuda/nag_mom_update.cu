@@ -16,7 +16,7 @@ OPGEN_INLINE void opgen_nag_mom_update_vstep_float16(const opgen_nag_mom_update_
     for (int k = 0; k < 8; ++k) {
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
         float v_mom = OPGEN_LOAD_float16(x_mom.v[k]);
-        opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mom);
+        opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
         x_mom.v[k] = OPGEN_ROUND_float16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
@@ -34,7 +34,7 @@ OPGEN_INLINE void opgen_nag_mom_update_vstep_float16_with_float32_states(const o
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
         float v_mom = OPGEN_LOAD_float32(x_mom.v[k]);
-        opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mom);
+        opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
         x_mom.v[k] = OPGEN_STORE_float32(v_mom);
     }
@@ -52,7 +52,7 @@ OPGEN_INLINE void opgen_nag_mom_update_vstep_bfloat16(const opgen_nag_mom_update
     for (int k = 0; k < 8; ++k) {
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
         float v_mom = OPGEN_LOAD_bfloat16(x_mom.v[k]);
-        opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mom);
+        opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
         x_mom.v[k] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
@@ -70,7 +70,7 @@ OPGEN_INLINE void opgen_nag_mom_update_vstep_bfloat16_with_float32_states(const 
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
         float v_mom = OPGEN_LOAD_float32(x_mom.v[k]);
-        opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mom);
+        opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
         x_mom.v[k] = OPGEN_STORE_float32(v_mom);
     }
@@ -88,7 +88,7 @@ OPGEN_INLINE void opgen_nag_mom_update_vstep_float32(const opgen_nag_mom_update_
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
         float v_mom = OPGEN_LOAD_float32(x_mom.v[k]);
-        opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mom);
+        opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_mom.v[k] = OPGEN_STORE_float32(v_mom);
     }
@@ -106,7 +106,7 @@ OPGEN_INLINE void opgen_nag_mom_update_vstep_float32_with_bfloat16_states(const 
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
         float v_mom = OPGEN_LOAD_bfloat16(x_mom.v[k]);
-        opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mom);
+        opgen_nag_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_mom.v[k] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
     }
@@ -124,7 +124,7 @@ OPGEN_INLINE void opgen_nag_mom_update_vstep_float64(const opgen_nag_mom_update_
     for (int k = 0; k < 2; ++k) {
         double v_weight = OPGEN_LOAD_float64(x_weight.v[k]);
         double v_mom = OPGEN_LOAD_float64(x_mom.v[k]);
-        opgen_nag_mom_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_mom);
+        opgen_nag_mom_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_STORE_float64(v_weight);
         x_mom.v[k] = OPGEN_STORE_float64(v_mom);
     }
@@ -132,8 +132,8 @@ OPGEN_INLINE void opgen_nag_mom_update_vstep_float64(const opgen_nag_mom_update_
     reinterpret_cast<opgen_vec<double, 2> *>(p_mom)[vi] = x_mom;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom));
     } else {
@@ -141,8 +141,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_flo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_vstep_float16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom));
     } else {
@@ -150,8 +150,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom));
     } else {
@@ -159,8 +159,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_flo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_vstep_float16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float16_with_float32_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom));
     } else {
@@ -168,8 +168,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom));
     } else {
@@ -177,8 +177,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_bfl
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_vstep_bfloat16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_bfloat16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom));
     } else {
@@ -186,8 +186,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom));
     } else {
@@ -195,8 +195,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_bfl
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom));
     } else {
@@ -204,18 +204,18 @@ extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_vstep_float32(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float32(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mom));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 8), opgen_nag_mom_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom));
     } else {
@@ -223,8 +223,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_flo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 8), opgen_nag_mom_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad, arg_mom));
     } else {
@@ -232,12 +232,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_double s = opgen_nag_mom_update_scalars_double_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_double s = opgen_nag_mom_update_scalars_double_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_nag_mom_update_scalars_double s = opgen_nag_mom_update_scalars_double_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_nag_mom_update_scalars_double s = opgen_nag_mom_update_scalars_double_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_vstep_float64(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float64(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_mom));
 }

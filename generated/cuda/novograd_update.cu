@@ -16,7 +16,7 @@ OPGEN_INLINE void opgen_novograd_update_vstep_float16(const opgen_novograd_updat
     for (int k = 0; k < 8; ++k) {
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
         float v_mom = OPGEN_LOAD_float16(x_mom.v[k]);
-        opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mom);
+        opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
         x_mom.v[k] = OPGEN_ROUND_float16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
@@ -34,7 +34,7 @@ OPGEN_INLINE void opgen_novograd_update_vstep_float16_with_float32_states(const 
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
         float v_mom = OPGEN_LOAD_float32(x_mom.v[k]);
-        opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_mom);
+        opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
         x_mom.v[k] = OPGEN_STORE_float32(v_mom);
     }
@@ -52,7 +52,7 @@ OPGEN_INLINE void opgen_novograd_update_vstep_bfloat16(const opgen_novograd_upda
     for (int k = 0; k < 8; ++k) {
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
         float v_mom = OPGEN_LOAD_bfloat16(x_mom.v[k]);
-        opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mom);
+        opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
         x_mom.v[k] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
@@ -70,7 +70,7 @@ OPGEN_INLINE void opgen_novograd_update_vstep_bfloat16_with_float32_states(const
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
         float v_mom = OPGEN_LOAD_float32(x_mom.v[k]);
-        opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_mom);
+        opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
         x_mom.v[k] = OPGEN_STORE_float32(v_mom);
     }
@@ -88,7 +88,7 @@ OPGEN_INLINE void opgen_novograd_update_vstep_float32(const opgen_novograd_updat
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
         float v_mom = OPGEN_LOAD_float32(x_mom.v[k]);
-        opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mom);
+        opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_mom.v[k] = OPGEN_STORE_float32(v_mom);
     }
@@ -106,7 +106,7 @@ OPGEN_INLINE void opgen_novograd_update_vstep_float32_with_bfloat16_states(const
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
         float v_mom = OPGEN_LOAD_bfloat16(x_mom.v[k]);
-        opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_mom);
+        opgen_novograd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_mom.v[k] = OPGEN_ROUND_bfloat16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
     }
@@ -124,7 +124,7 @@ OPGEN_INLINE void opgen_novograd_update_vstep_float64(const opgen_novograd_updat
     for (int k = 0; k < 2; ++k) {
         double v_weight = OPGEN_LOAD_float64(x_weight.v[k]);
         double v_mom = OPGEN_LOAD_float64(x_mom.v[k]);
-        opgen_novograd_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_mom);
+        opgen_novograd_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_mom);
         x_weight.v[k] = OPGEN_STORE_float64(v_weight);
         x_mom.v[k] = OPGEN_STORE_float64(v_mom);
     }

@@ -21,7 +21,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_vstep_float16(const opgen_rmspropalex
         float v_n = OPGEN_LOAD_float16(x_n.v[k]);
         float v_g = OPGEN_LOAD_float16(x_g.v[k]);
         float v_delta = OPGEN_LOAD_float16(x_delta.v[k]);
-        opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_n, &v_g, &v_delta);
+        opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), vi * 8 + k);
         x_n.v[k] = OPGEN_ROUND_float16(v_n, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_g.v[k] = OPGEN_ROUND_float16(v_g, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
@@ -48,7 +48,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_vstep_float16_with_float32_states(con
         float v_n = OPGEN_LOAD_float32(x_n.v[k]);
         float v_g = OPGEN_LOAD_float32(x_g.v[k]);
         float v_delta = OPGEN_LOAD_float32(x_delta.v[k]);
-        opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_n, &v_g, &v_delta);
+        opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), vi * 4 + k);
         x_n.v[k] = OPGEN_STORE_float32(v_n);
         x_g.v[k] = OPGEN_STORE_float32(v_g);
@@ -75,7 +75,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_vstep_bfloat16(const opgen_rmspropale
         float v_n = OPGEN_LOAD_bfloat16(x_n.v[k]);
         float v_g = OPGEN_LOAD_bfloat16(x_g.v[k]);
         float v_delta = OPGEN_LOAD_bfloat16(x_delta.v[k]);
-        opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_n, &v_g, &v_delta);
+        opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), vi * 8 + k);
         x_n.v[k] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_g.v[k] = OPGEN_ROUND_bfloat16(v_g, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
@@ -102,7 +102,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_vstep_bfloat16_with_float32_states(co
         float v_n = OPGEN_LOAD_float32(x_n.v[k]);
         float v_g = OPGEN_LOAD_float32(x_g.v[k]);
         float v_delta = OPGEN_LOAD_float32(x_delta.v[k]);
-        opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_n, &v_g, &v_delta);
+        opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), vi * 4 + k);
         x_n.v[k] = OPGEN_STORE_float32(v_n);
         x_g.v[k] = OPGEN_STORE_float32(v_g);
@@ -129,7 +129,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_vstep_float32(const opgen_rmspropalex
         float v_n = OPGEN_LOAD_float32(x_n.v[k]);
         float v_g = OPGEN_LOAD_float32(x_g.v[k]);
         float v_delta = OPGEN_LOAD_float32(x_delta.v[k]);
-        opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_n, &v_g, &v_delta);
+        opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_n.v[k] = OPGEN_STORE_float32(v_n);
         x_g.v[k] = OPGEN_STORE_float32(v_g);
@@ -156,7 +156,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_vstep_float32_with_bfloat16_states(co
         float v_n = OPGEN_LOAD_bfloat16(x_n.v[k]);
         float v_g = OPGEN_LOAD_bfloat16(x_g.v[k]);
         float v_delta = OPGEN_LOAD_bfloat16(x_delta.v[k]);
-        opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_n, &v_g, &v_delta);
+        opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
         x_n.v[k] = OPGEN_ROUND_bfloat16(v_n, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
         x_g.v[k] = OPGEN_ROUND_bfloat16(v_g, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
@@ -183,7 +183,7 @@ OPGEN_INLINE void opgen_rmspropalex_update_vstep_float64(const opgen_rmspropalex
         double v_n = OPGEN_LOAD_float64(x_n.v[k]);
         double v_g = OPGEN_LOAD_float64(x_g.v[k]);
         double v_delta = OPGEN_LOAD_float64(x_delta.v[k]);
-        opgen_rmspropalex_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_n, &v_g, &v_delta);
+        opgen_rmspropalex_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
         x_weight.v[k] = OPGEN_STORE_float64(v_weight);
         x_n.v[k] = OPGEN_STORE_float64(v_n);
         x_g.v[k] = OPGEN_STORE_float64(v_g);
@@ -195,8 +195,8 @@ OPGEN_INLINE void opgen_rmspropalex_update_vstep_float64(const opgen_rmspropalex
     reinterpret_cast<opgen_vec<double, 2> *>(p_delta)[vi] = x_delta;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_n, opgen_half *__restrict__ arg_g, opgen_half *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_n, opgen_half *__restrict__ arg_g, opgen_half *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float16(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
     } else {
@@ -204,8 +204,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_n, opgen_half *__restrict__ arg_g, opgen_half *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_n, opgen_half *__restrict__ arg_g, opgen_half *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float16(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_vstep_float16(s, vi, gvi, 1, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float16(s, i, gi, 1, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
     } else {
@@ -213,8 +213,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
     } else {
@@ -222,8 +222,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_vstep_float16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 1, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
     } else {
@@ -231,8 +231,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_n, opgen_bf16 *__restrict__ arg_g, opgen_bf16 *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_n, opgen_bf16 *__restrict__ arg_g, opgen_bf16 *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
     } else {
@@ -240,8 +240,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_n, opgen_bf16 *__restrict__ arg_g, opgen_bf16 *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_n, opgen_bf16 *__restrict__ arg_g, opgen_bf16 *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_vstep_bfloat16(s, vi, gvi, 1, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_bfloat16(s, i, gi, 1, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
     } else {
@@ -249,8 +249,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
     } else {
@@ -258,8 +258,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 1, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_bfloat16_with_float32_states(s, i, gi, 1, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
     } else {
@@ -267,18 +267,18 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float32(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float32(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_vstep_float32(s, vi, gvi, 1, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float32(s, i, gi, 1, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_n, opgen_bf16 *__restrict__ arg_g, opgen_bf16 *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_n, opgen_bf16 *__restrict__ arg_g, opgen_bf16 *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 8) && opgen_aligned(arg_g, 8) && opgen_aligned(arg_delta, 8), opgen_rmspropalex_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
     } else {
@@ -286,8 +286,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_n, opgen_bf16 *__restrict__ arg_g, opgen_bf16 *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_n, opgen_bf16 *__restrict__ arg_g, opgen_bf16 *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 8) && opgen_aligned(arg_g, 8) && opgen_aligned(arg_delta, 8), opgen_rmspropalex_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 1, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float32_with_bfloat16_states(s, i, gi, 1, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
     } else {
@@ -295,12 +295,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_stand
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_n, double *__restrict__ arg_g, double *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_double s = opgen_rmspropalex_update_scalars_double_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_n, double *__restrict__ arg_g, double *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_double s = opgen_rmspropalex_update_scalars_double_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float64(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_n, double *__restrict__ arg_g, double *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, int rounding, uint64_t seed) {
-    const opgen_rmspropalex_update_scalars_double s = opgen_rmspropalex_update_scalars_double_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_n, double *__restrict__ arg_g, double *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_rmspropalex_update_scalars_double s = opgen_rmspropalex_update_scalars_double_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float64(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_vstep_float64(s, vi, gvi, 1, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float64(s, i, gi, 1, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
 }

@@ -14,7 +14,7 @@ OPGEN_INLINE void opgen_sgd_update_vstep_float16(const opgen_sgd_update_scalars_
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
         float v_weight = OPGEN_LOAD_float16(x_weight.v[k]);
-        opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]));
+        opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale));
         x_weight.v[k] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
     reinterpret_cast<opgen_vec<opgen_half, 8> *>(p_weight)[vi] = x_weight;
@@ -28,7 +28,7 @@ OPGEN_INLINE void opgen_sgd_update_vstep_bfloat16(const opgen_sgd_update_scalars
 #pragma unroll
     for (int k = 0; k < 8; ++k) {
         float v_weight = OPGEN_LOAD_bfloat16(x_weight.v[k]);
-        opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]));
+        opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale));
         x_weight.v[k] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
     reinterpret_cast<opgen_vec<opgen_bf16, 8> *>(p_weight)[vi] = x_weight;
@@ -42,7 +42,7 @@ OPGEN_INLINE void opgen_sgd_update_vstep_float32(const opgen_sgd_update_scalars_
 #pragma unroll
     for (int k = 0; k < 4; ++k) {
         float v_weight = OPGEN_LOAD_float32(x_weight.v[k]);
-        opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]));
+        opgen_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale));
         x_weight.v[k] = OPGEN_STORE_float32(v_weight);
     }
     reinterpret_cast<opgen_vec<float, 4> *>(p_weight)[vi] = x_weight;
@@ -56,14 +56,14 @@ OPGEN_INLINE void opgen_sgd_update_vstep_float64(const opgen_sgd_update_scalars_
 #pragma unroll
     for (int k = 0; k < 2; ++k) {
         double v_weight = OPGEN_LOAD_float64(x_weight.v[k]);
-        opgen_sgd_update_element_double(sv, &v_weight, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]));
+        opgen_sgd_update_element_double(sv, &v_weight, zero_grad ? 0.0 : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale));
         x_weight.v[k] = OPGEN_STORE_float64(v_weight);
     }
     reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad));
     } else {
@@ -71,8 +71,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float16
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad));
     } else {
@@ -80,8 +80,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float16(
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_sgd_update_vstep_float16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_float16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad));
     } else {
@@ -89,8 +89,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_floa
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad));
     } else {
@@ -98,8 +98,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_bfloat1
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad));
     } else {
@@ -107,8 +107,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_bfloat16
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad), opgen_sgd_update_vstep_bfloat16(s, vi, gvi, 1, 1, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_bfloat16(s, i, gi, 1, 1, s.h_0, arg_weight, arg_grad));
     } else {
@@ -116,32 +116,32 @@ extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_bflo
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_sgd_update_vstep_float32(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_float32(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_sgd_update_scalars_double s = opgen_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_sgd_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_sgd_update_scalars_double s = opgen_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_sgd_update_scalars_double s = opgen_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_sgd_update_scalars_double s = opgen_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_LAZY(nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, int rounding, uint64_t seed) {
-    const opgen_sgd_update_scalars_double s = opgen_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_sgd_update_scalars_double s = opgen_sgd_update_scalars_double_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16), opgen_sgd_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad), opgen_sgd_update_vstep_float64(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad), opgen_sgd_update_step_float64(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad));
 }

@@ -18,7 +18,7 @@ OPGEN_INLINE void opgen_torch_adam_update_vstep_float16(const opgen_torch_adam_u
         float v_param = OPGEN_LOAD_float16(x_param.v[k]);
         float v_exp_avg = OPGEN_LOAD_float16(x_exp_avg.v[k]);
         float v_exp_avg_sq = OPGEN_LOAD_float16(x_exp_avg_sq.v[k]);
-        opgen_torch_adam_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_exp_avg, &v_exp_avg_sq);
+        opgen_torch_adam_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq);
         x_param.v[k] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
         x_exp_avg.v[k] = OPGEN_ROUND_float16(v_exp_avg, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_exp_avg_sq.v[k] = OPGEN_ROUND_float16(v_exp_avg_sq, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
@@ -40,7 +40,7 @@ OPGEN_INLINE void opgen_torch_adam_update_vstep_float16_with_float32_states(cons
         float v_param = OPGEN_LOAD_float16(x_param.v[k]);
         float v_exp_avg = OPGEN_LOAD_float32(x_exp_avg.v[k]);
         float v_exp_avg_sq = OPGEN_LOAD_float32(x_exp_avg_sq.v[k]);
-        opgen_torch_adam_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_exp_avg, &v_exp_avg_sq);
+        opgen_torch_adam_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq);
         x_param.v[k] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
         x_exp_avg.v[k] = OPGEN_STORE_float32(v_exp_avg);
         x_exp_avg_sq.v[k] = OPGEN_STORE_float32(v_exp_avg_sq);
@@ -62,7 +62,7 @@ OPGEN_INLINE void opgen_torch_adam_update_vstep_bfloat16(const opgen_torch_adam_
         float v_param = OPGEN_LOAD_bfloat16(x_param.v[k]);
         float v_exp_avg = OPGEN_LOAD_bfloat16(x_exp_avg.v[k]);
         float v_exp_avg_sq = OPGEN_LOAD_bfloat16(x_exp_avg_sq.v[k]);
-        opgen_torch_adam_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_exp_avg, &v_exp_avg_sq);
+        opgen_torch_adam_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq);
         x_param.v[k] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
         x_exp_avg.v[k] = OPGEN_ROUND_bfloat16(v_exp_avg, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_exp_avg_sq.v[k] = OPGEN_ROUND_bfloat16(v_exp_avg_sq, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
@@ -84,7 +84,7 @@ OPGEN_INLINE void opgen_torch_adam_update_vstep_bfloat16_with_float32_states(con
         float v_param = OPGEN_LOAD_bfloat16(x_param.v[k]);
         float v_exp_avg = OPGEN_LOAD_float32(x_exp_avg.v[k]);
         float v_exp_avg_sq = OPGEN_LOAD_float32(x_exp_avg_sq.v[k]);
-        opgen_torch_adam_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_exp_avg, &v_exp_avg_sq);
+        opgen_torch_adam_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq);
         x_param.v[k] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
         x_exp_avg.v[k] = OPGEN_STORE_float32(v_exp_avg);
         x_exp_avg_sq.v[k] = OPGEN_STORE_float32(v_exp_avg_sq);
@@ -106,7 +106,7 @@ OPGEN_INLINE void opgen_torch_adam_update_vstep_float32(const opgen_torch_adam_u
         float v_param = OPGEN_LOAD_float32(x_param.v[k]);
         float v_exp_avg = OPGEN_LOAD_float32(x_exp_avg.v[k]);
         float v_exp_avg_sq = OPGEN_LOAD_float32(x_exp_avg_sq.v[k]);
-        opgen_torch_adam_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_exp_avg, &v_exp_avg_sq);
+        opgen_torch_adam_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq);
         x_param.v[k] = OPGEN_STORE_float32(v_param);
         x_exp_avg.v[k] = OPGEN_STORE_float32(v_exp_avg);
         x_exp_avg_sq.v[k] = OPGEN_STORE_float32(v_exp_avg_sq);
@@ -128,7 +128,7 @@ OPGEN_INLINE void opgen_torch_adam_update_vstep_float32_with_bfloat16_states(con
         float v_param = OPGEN_LOAD_float32(x_param.v[k]);
         float v_exp_avg = OPGEN_LOAD_bfloat16(x_exp_avg.v[k]);
         float v_exp_avg_sq = OPGEN_LOAD_bfloat16(x_exp_avg_sq.v[k]);
-        opgen_torch_adam_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_exp_avg, &v_exp_avg_sq);
+        opgen_torch_adam_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq);
         x_param.v[k] = OPGEN_STORE_float32(v_param);
         x_exp_avg.v[k] = OPGEN_ROUND_bfloat16(v_exp_avg, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
         x_exp_avg_sq.v[k] = OPGEN_ROUND_bfloat16(v_exp_avg_sq, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
@@ -150,7 +150,7 @@ OPGEN_INLINE void opgen_torch_adam_update_vstep_float64(const opgen_torch_adam_u
         double v_param = OPGEN_LOAD_float64(x_param.v[k]);
         double v_exp_avg = OPGEN_LOAD_float64(x_exp_avg.v[k]);
         double v_exp_avg_sq = OPGEN_LOAD_float64(x_exp_avg_sq.v[k]);
-        opgen_torch_adam_update_element_double(sv, &v_param, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_exp_avg, &v_exp_avg_sq);
+        opgen_torch_adam_update_element_double(sv, &v_param, zero_grad ? 0.0 : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq);
         x_param.v[k] = OPGEN_STORE_float64(v_param);
         x_exp_avg.v[k] = OPGEN_STORE_float64(v_exp_avg);
         x_exp_avg_sq.v[k] = OPGEN_STORE_float64(v_exp_avg_sq);
@@ -160,8 +160,8 @@ OPGEN_INLINE void opgen_torch_adam_update_vstep_float64(const opgen_torch_adam_u
     reinterpret_cast<opgen_vec<double, 2> *>(p_exp_avg_sq)[vi] = x_exp_avg_sq;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_exp_avg, opgen_half *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_exp_avg, opgen_half *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_exp_avg, 16) && opgen_aligned(arg_exp_avg_sq, 16), opgen_torch_adam_update_vstep_float16(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_float16(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
@@ -169,8 +169,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_exp_avg, opgen_half *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_exp_avg, opgen_half *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_exp_avg, 16) && opgen_aligned(arg_exp_avg_sq, 16), opgen_torch_adam_update_vstep_float16(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_float16(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
@@ -178,8 +178,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_f
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_exp_avg, float *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_exp_avg, float *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_exp_avg, 16) && opgen_aligned(arg_exp_avg_sq, 16), opgen_torch_adam_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
@@ -187,8 +187,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_exp_avg, float *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_exp_avg, float *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_exp_avg, 16) && opgen_aligned(arg_exp_avg_sq, 16), opgen_torch_adam_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
@@ -196,8 +196,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_f
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_exp_avg, opgen_bf16 *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_exp_avg, opgen_bf16 *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_exp_avg, 16) && opgen_aligned(arg_exp_avg_sq, 16), opgen_torch_adam_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
@@ -205,8 +205,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_exp_avg, opgen_bf16 *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_exp_avg, opgen_bf16 *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_exp_avg, 16) && opgen_aligned(arg_exp_avg_sq, 16), opgen_torch_adam_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
@@ -214,8 +214,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_b
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_exp_avg, float *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_exp_avg, float *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_exp_avg, 16) && opgen_aligned(arg_exp_avg_sq, 16), opgen_torch_adam_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
@@ -223,8 +223,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_exp_avg, float *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_exp_avg, float *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_exp_avg, 16) && opgen_aligned(arg_exp_avg_sq, 16), opgen_torch_adam_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
@@ -232,18 +232,18 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_b
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_float32(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_exp_avg, float *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_float32(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_exp_avg, float *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_exp_avg, 16) && opgen_aligned(arg_exp_avg_sq, 16), opgen_torch_adam_update_vstep_float32(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_exp_avg, float *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_exp_avg, float *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_exp_avg, 16) && opgen_aligned(arg_exp_avg_sq, 16), opgen_torch_adam_update_vstep_float32(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_exp_avg, opgen_bf16 *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_exp_avg, opgen_bf16 *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_exp_avg, 8) && opgen_aligned(arg_exp_avg_sq, 8), opgen_torch_adam_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
@@ -251,8 +251,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_exp_avg, opgen_bf16 *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_exp_avg, opgen_bf16 *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_float s = opgen_torch_adam_update_scalars_float_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_exp_avg, 8) && opgen_aligned(arg_exp_avg_sq, 8), opgen_torch_adam_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
     } else {
@@ -260,12 +260,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_f
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_float64(int64_t size, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_exp_avg, double *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_double s = opgen_torch_adam_update_scalars_double_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adam_update_dense_float64(int64_t size, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_exp_avg, double *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_double s = opgen_torch_adam_update_scalars_double_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_exp_avg, 16) && opgen_aligned(arg_exp_avg_sq, 16), opgen_torch_adam_update_vstep_float64(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_float64(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_exp_avg, double *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_adam_update_scalars_double s = opgen_torch_adam_update_scalars_double_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adam_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_exp_avg, double *__restrict__ arg_exp_avg_sq, double arg_step_size, double arg_beta1, double arg_beta2, double arg_eps, double arg_bias_correction2_sqrt, double arg_weight_decay, double arg_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_adam_update_scalars_double s = opgen_torch_adam_update_scalars_double_init(arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_LAZY(nnz, row_len, indices, 2, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_exp_avg, 16) && opgen_aligned(arg_exp_avg_sq, 16), opgen_torch_adam_update_vstep_float64(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq), opgen_torch_adam_update_step_float64(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_exp_avg, arg_exp_avg_sq));
 }

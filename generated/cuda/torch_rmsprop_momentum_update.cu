@@ -18,7 +18,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_vstep_float16(const opgen_
         float v_param = OPGEN_LOAD_float16(x_param.v[k]);
         float v_square_avg = OPGEN_LOAD_float16(x_square_avg.v[k]);
         float v_momentum_buffer = OPGEN_LOAD_float16(x_momentum_buffer.v[k]);
-        opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_square_avg, &v_momentum_buffer);
+        opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
         x_param.v[k] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
         x_square_avg.v[k] = OPGEN_ROUND_float16(v_square_avg, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_momentum_buffer.v[k] = OPGEN_ROUND_float16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
@@ -40,7 +40,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_vstep_float16_with_float32
         float v_param = OPGEN_LOAD_float16(x_param.v[k]);
         float v_square_avg = OPGEN_LOAD_float32(x_square_avg.v[k]);
         float v_momentum_buffer = OPGEN_LOAD_float32(x_momentum_buffer.v[k]);
-        opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_square_avg, &v_momentum_buffer);
+        opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
         x_param.v[k] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
         x_square_avg.v[k] = OPGEN_STORE_float32(v_square_avg);
         x_momentum_buffer.v[k] = OPGEN_STORE_float32(v_momentum_buffer);
@@ -62,7 +62,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_vstep_bfloat16(const opgen
         float v_param = OPGEN_LOAD_bfloat16(x_param.v[k]);
         float v_square_avg = OPGEN_LOAD_bfloat16(x_square_avg.v[k]);
         float v_momentum_buffer = OPGEN_LOAD_bfloat16(x_momentum_buffer.v[k]);
-        opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_square_avg, &v_momentum_buffer);
+        opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
         x_param.v[k] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 2), vi * 8 + k);
         x_square_avg.v[k] = OPGEN_ROUND_bfloat16(v_square_avg, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
         x_momentum_buffer.v[k] = OPGEN_ROUND_bfloat16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
@@ -84,7 +84,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_vstep_bfloat16_with_float3
         float v_param = OPGEN_LOAD_bfloat16(x_param.v[k]);
         float v_square_avg = OPGEN_LOAD_float32(x_square_avg.v[k]);
         float v_momentum_buffer = OPGEN_LOAD_float32(x_momentum_buffer.v[k]);
-        opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_square_avg, &v_momentum_buffer);
+        opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
         x_param.v[k] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 2), vi * 4 + k);
         x_square_avg.v[k] = OPGEN_STORE_float32(v_square_avg);
         x_momentum_buffer.v[k] = OPGEN_STORE_float32(v_momentum_buffer);
@@ -106,7 +106,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_vstep_float32(const opgen_
         float v_param = OPGEN_LOAD_float32(x_param.v[k]);
         float v_square_avg = OPGEN_LOAD_float32(x_square_avg.v[k]);
         float v_momentum_buffer = OPGEN_LOAD_float32(x_momentum_buffer.v[k]);
-        opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_square_avg, &v_momentum_buffer);
+        opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
         x_param.v[k] = OPGEN_STORE_float32(v_param);
         x_square_avg.v[k] = OPGEN_STORE_float32(v_square_avg);
         x_momentum_buffer.v[k] = OPGEN_STORE_float32(v_momentum_buffer);
@@ -128,7 +128,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_vstep_float32_with_bfloat1
         float v_param = OPGEN_LOAD_float32(x_param.v[k]);
         float v_square_avg = OPGEN_LOAD_bfloat16(x_square_avg.v[k]);
         float v_momentum_buffer = OPGEN_LOAD_bfloat16(x_momentum_buffer.v[k]);
-        opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_square_avg, &v_momentum_buffer);
+        opgen_torch_rmsprop_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
         x_param.v[k] = OPGEN_STORE_float32(v_param);
         x_square_avg.v[k] = OPGEN_ROUND_bfloat16(v_square_avg, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
         x_momentum_buffer.v[k] = OPGEN_ROUND_bfloat16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
@@ -150,7 +150,7 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_vstep_float64(const opgen_
         double v_param = OPGEN_LOAD_float64(x_param.v[k]);
         double v_square_avg = OPGEN_LOAD_float64(x_square_avg.v[k]);
         double v_momentum_buffer = OPGEN_LOAD_float64(x_momentum_buffer.v[k]);
-        opgen_torch_rmsprop_momentum_update_element_double(sv, &v_param, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_square_avg, &v_momentum_buffer);
+        opgen_torch_rmsprop_momentum_update_element_double(sv, &v_param, zero_grad ? 0.0 : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_square_avg, &v_momentum_buffer);
         x_param.v[k] = OPGEN_STORE_float64(v_param);
         x_square_avg.v[k] = OPGEN_STORE_float64(v_square_avg);
         x_momentum_buffer.v[k] = OPGEN_STORE_float64(v_momentum_buffer);
@@ -160,8 +160,8 @@ OPGEN_INLINE void opgen_torch_rmsprop_momentum_update_vstep_float64(const opgen_
     reinterpret_cast<opgen_vec<double, 2> *>(p_momentum_buffer)[vi] = x_momentum_buffer;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_square_avg, opgen_half *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_square_avg, opgen_half *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_rmsprop_momentum_update_vstep_float16(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_float16(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
     } else {
@@ -169,8 +169,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_u
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_square_avg, opgen_half *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_square_avg, opgen_half *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_rmsprop_momentum_update_vstep_float16(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_float16(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
     } else {
@@ -178,8 +178,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_u
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_rmsprop_momentum_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
     } else {
@@ -187,8 +187,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_u
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_rmsprop_momentum_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
     } else {
@@ -196,8 +196,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_u
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_square_avg, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_square_avg, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_rmsprop_momentum_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
     } else {
@@ -205,8 +205,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_u
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_square_avg, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_square_avg, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_rmsprop_momentum_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
     } else {
@@ -214,8 +214,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_u
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_rmsprop_momentum_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
     } else {
@@ -223,8 +223,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_u
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_rmsprop_momentum_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
     } else {
@@ -232,18 +232,18 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_u
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_float32(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_float32(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_rmsprop_momentum_update_vstep_float32(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_rmsprop_momentum_update_vstep_float32(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_square_avg, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_square_avg, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_square_avg, 8) && opgen_aligned(arg_momentum_buffer, 8), opgen_torch_rmsprop_momentum_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
     } else {
@@ -251,8 +251,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_u
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_square_avg, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_square_avg, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_float s = opgen_torch_rmsprop_momentum_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_square_avg, 8) && opgen_aligned(arg_momentum_buffer, 8), opgen_torch_rmsprop_momentum_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
     } else {
@@ -260,12 +260,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_u
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_float64(int64_t size, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_square_avg, double *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_double s = opgen_torch_rmsprop_momentum_update_scalars_double_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_momentum_update_dense_float64(int64_t size, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_square_avg, double *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_double s = opgen_torch_rmsprop_momentum_update_scalars_double_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_rmsprop_momentum_update_vstep_float64(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_float64(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_square_avg, double *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, int rounding, uint64_t seed) {
-    const opgen_torch_rmsprop_momentum_update_scalars_double s = opgen_torch_rmsprop_momentum_update_scalars_double_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_momentum_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_square_avg, double *__restrict__ arg_momentum_buffer, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, double arg_momentum, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_rmsprop_momentum_update_scalars_double s = opgen_torch_rmsprop_momentum_update_scalars_double_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_momentum, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_LAZY(nnz, row_len, indices, 2, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_rmsprop_momentum_update_vstep_float64(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer), opgen_torch_rmsprop_momentum_update_step_float64(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_momentum_buffer));
 }

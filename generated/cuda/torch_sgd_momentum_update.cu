@@ -17,7 +17,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_vstep_float16(const opgen_torc
     for (int k = 0; k < 8; ++k) {
         float v_param = OPGEN_LOAD_float16(x_param.v[k]);
         float v_momentum_buffer = OPGEN_LOAD_float16(x_momentum_buffer.v[k]);
-        opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_momentum_buffer);
+        opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_momentum_buffer);
         x_param.v[k] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
         x_momentum_buffer.v[k] = OPGEN_ROUND_float16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
@@ -36,7 +36,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_vstep_float16_with_float32_sta
     for (int k = 0; k < 4; ++k) {
         float v_param = OPGEN_LOAD_float16(x_param.v[k]);
         float v_momentum_buffer = OPGEN_LOAD_float32(x_momentum_buffer.v[k]);
-        opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float16(x_grad.v[k]), &v_momentum_buffer);
+        opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(x_grad.v[k]) * s.opgen_grad_scale), &v_momentum_buffer);
         x_param.v[k] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
         x_momentum_buffer.v[k] = OPGEN_STORE_float32(v_momentum_buffer);
     }
@@ -55,7 +55,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_vstep_bfloat16(const opgen_tor
     for (int k = 0; k < 8; ++k) {
         float v_param = OPGEN_LOAD_bfloat16(x_param.v[k]);
         float v_momentum_buffer = OPGEN_LOAD_bfloat16(x_momentum_buffer.v[k]);
-        opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_momentum_buffer);
+        opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_momentum_buffer);
         x_param.v[k] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 1), vi * 8 + k);
         x_momentum_buffer.v[k] = OPGEN_ROUND_bfloat16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 0), vi * 8 + k);
     }
@@ -74,7 +74,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_vstep_bfloat16_with_float32_st
     for (int k = 0; k < 4; ++k) {
         float v_param = OPGEN_LOAD_bfloat16(x_param.v[k]);
         float v_momentum_buffer = OPGEN_LOAD_float32(x_momentum_buffer.v[k]);
-        opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_bfloat16(x_grad.v[k]), &v_momentum_buffer);
+        opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(x_grad.v[k]) * s.opgen_grad_scale), &v_momentum_buffer);
         x_param.v[k] = OPGEN_ROUND_bfloat16(v_param, sr, opgen_slot_key(s.opgen_key, 1), vi * 4 + k);
         x_momentum_buffer.v[k] = OPGEN_STORE_float32(v_momentum_buffer);
     }
@@ -93,7 +93,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_vstep_float32(const opgen_torc
     for (int k = 0; k < 4; ++k) {
         float v_param = OPGEN_LOAD_float32(x_param.v[k]);
         float v_momentum_buffer = OPGEN_LOAD_float32(x_momentum_buffer.v[k]);
-        opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_momentum_buffer);
+        opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_momentum_buffer);
         x_param.v[k] = OPGEN_STORE_float32(v_param);
         x_momentum_buffer.v[k] = OPGEN_STORE_float32(v_momentum_buffer);
     }
@@ -112,7 +112,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_vstep_float32_with_bfloat16_st
     for (int k = 0; k < 4; ++k) {
         float v_param = OPGEN_LOAD_float32(x_param.v[k]);
         float v_momentum_buffer = OPGEN_LOAD_bfloat16(x_momentum_buffer.v[k]);
-        opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : OPGEN_LOAD_float32(x_grad.v[k]), &v_momentum_buffer);
+        opgen_torch_sgd_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float32(x_grad.v[k]) * s.opgen_grad_scale), &v_momentum_buffer);
         x_param.v[k] = OPGEN_STORE_float32(v_param);
         x_momentum_buffer.v[k] = OPGEN_ROUND_bfloat16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 0), vi * 4 + k);
     }
@@ -131,7 +131,7 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_vstep_float64(const opgen_torc
     for (int k = 0; k < 2; ++k) {
         double v_param = OPGEN_LOAD_float64(x_param.v[k]);
         double v_momentum_buffer = OPGEN_LOAD_float64(x_momentum_buffer.v[k]);
-        opgen_torch_sgd_momentum_update_element_double(sv, &v_param, zero_grad ? 0.0 : OPGEN_LOAD_float64(x_grad.v[k]), &v_momentum_buffer);
+        opgen_torch_sgd_momentum_update_element_double(sv, &v_param, zero_grad ? 0.0 : (OPGEN_LOAD_float64(x_grad.v[k]) * s.opgen_grad_scale), &v_momentum_buffer);
         x_param.v[k] = OPGEN_STORE_float64(v_param);
         x_momentum_buffer.v[k] = OPGEN_STORE_float64(v_momentum_buffer);
     }
@@ -139,8 +139,8 @@ OPGEN_INLINE void opgen_torch_sgd_momentum_update_vstep_float64(const opgen_torc
     reinterpret_cast<opgen_vec<double, 2> *>(p_momentum_buffer)[vi] = x_momentum_buffer;
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_sgd_momentum_update_vstep_float16(s, vi, gvi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_float16(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
     } else {
@@ -148,8 +148,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_updat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_sgd_momentum_update_vstep_float16(s, vi, gvi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_float16(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
     } else {
@@ -157,8 +157,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_updat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_sgd_momentum_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
     } else {
@@ -166,8 +166,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_updat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_float16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_sgd_momentum_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
     } else {
@@ -175,8 +175,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_updat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_sgd_momentum_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
     } else {
@@ -184,8 +184,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_updat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 8, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_sgd_momentum_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
     } else {
@@ -193,8 +193,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_updat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_sgd_momentum_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
     } else {
@@ -202,8 +202,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_updat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_sgd_momentum_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
     } else {
@@ -211,18 +211,18 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_updat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_float32(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_float32(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_sgd_momentum_update_vstep_float32(s, vi, gvi, 0, 0, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_float32(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_sgd_momentum_update_vstep_float32(s, vi, gvi, 0, 0, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_float32(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_momentum_buffer, 8), opgen_torch_sgd_momentum_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
     } else {
@@ -230,8 +230,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_updat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_float s = opgen_torch_sgd_momentum_update_scalars_float_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     if (rounding) {
         OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_momentum_buffer, 8), opgen_torch_sgd_momentum_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
     } else {
@@ -239,12 +239,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_updat
     }
 }
 
-extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_float64(int64_t size, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_double s = opgen_torch_sgd_momentum_update_scalars_double_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_momentum_update_dense_float64(int64_t size, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_double s = opgen_torch_sgd_momentum_update_scalars_double_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_sgd_momentum_update_vstep_float64(s, vi, gvi, 0, 0, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_float64(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
 }
 
-extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, int rounding, uint64_t seed) {
-    const opgen_torch_sgd_momentum_update_scalars_double s = opgen_torch_sgd_momentum_update_scalars_double_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0);
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_momentum_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_momentum_buffer, double arg_lr, double arg_momentum, double arg_dampening, double arg_weight_decay, int arg_nesterov, int arg_maximize, int arg_first, double grad_scale, int rounding, uint64_t seed) {
+    const opgen_torch_sgd_momentum_update_scalars_double s = opgen_torch_sgd_momentum_update_scalars_double_init(arg_lr, arg_momentum, arg_dampening, arg_weight_decay, arg_nesterov, arg_maximize, arg_first, seed, 0, grad_scale);
     OPGEN_CUDA_LAZY(nnz, row_len, indices, 2, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_momentum_buffer, 16), opgen_torch_sgd_momentum_update_vstep_float64(s, vi, gvi, 0, 0, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer), opgen_torch_sgd_momentum_update_step_float64(s, i, gi, 0, 0, s.s_maximize, s.s_first, arg_param, arg_grad, arg_momentum_buffer));
 }

@@ -101,6 +101,7 @@ class Work:
     scalars: tuple  # the kernels' scalars: scalar inputs, then the math's parameters
     rounding: Rounding = NEAREST
     inputs: list = ()  # the read-only arrays beside the gradient; contiguous
+    grad_scale: float = 1.0  # the gradient's factor (a multi-tensor call clipping by the global norm)
 
     @property
     def grad_data(self):
@@ -148,6 +149,8 @@ class NumpyBackend(Backend):
         scalar_inputs, params = typed[:op.scalar_inputs], typed[op.scalar_inputs:]
         writable = [work.target, *work.states]  # the kernel returns new values in this order
         grad, source = work.grad, work.source
+        if work.grad_scale != 1.0:  # (multi-tensor calls: dense) in the math type, as the kernels' loads
+            grad = grad.astype(acc) * acc(work.grad_scale)
         if work.schedule is Schedule.LAZY:
             rows, row_len = grad.indices, grad.row_length
             widths = [row_len] + [1 if t.per_row else row_len for t in op.tensors if t.role is TensorRole.STATE]
@@ -199,7 +202,7 @@ class CBackend(Backend):
         scalars = work.scalars
         function(*[from_buffer("int64_t[]", work.grad.indices) if role is ArgRole.INDICES else sizes[role]
                    for role in head], *[from_buffer(arrays[name]) for name in tensors],
-                 *[scalars[k] for k in positions], *work.rounding.kernel_args, _flush_denormal[0])
+                 *[scalars[k] for k in positions], work.grad_scale, *work.rounding.kernel_args, _flush_denormal[0])
 
 
 class CudaBackend(Backend):
@@ -223,7 +226,7 @@ class CudaBackend(Backend):
         args += [arrays[name] for name in tensors]
         args += [kind(work.scalars[k]) for k, kind in zip(positions, types)]
         rounding, seed = work.rounding.kernel_args
-        args += [np.int32(rounding), np.uint64(seed)]
+        args += [np.float64(work.grad_scale), np.int32(rounding), np.uint64(seed)]
         cuda.launch(op.cuda, kernel, sizes[kernel.launch.work], args)  # on the arrays' device: see execute
 
 

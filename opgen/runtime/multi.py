@@ -17,7 +17,9 @@ cached.
 from __future__ import annotations
 
 import bisect
+import dataclasses
 import itertools
+import math
 import operator
 import weakref
 from collections.abc import Sequence
@@ -42,6 +44,9 @@ MAX_PLANS = 16  # cached plans per multi-tensor function (see MultiOperator._pla
 # Whether a cached plan re-checks its arrays on every call (see _Plan.unchanged). Private:
 # the benchmarks turn it off to measure what the re-check costs; nothing else should.
 _RECHECK_PLAN = [True]
+
+# The norms kernels' arguments, as grad_sums_of_squares passes them
+_NORMS_LAYOUT = [ArgRole.COUNT, ArgRole.SIZES, ArgRole.TENSOR_TABLE, ArgRole.SUMS, ArgRole.FLUSH]
 
 # An array's flags (a snapshot that compares by value): writeable, and C-contiguous, which
 # every array of a plan is and which a change of strides that matters (the deprecated
@@ -148,7 +153,8 @@ class MultiOperator:
         self._naming = _Naming(self.name, flat=False)
 
     def interleaved(self, data: tuple, params: tuple, count, count_name: str, out,
-                    labels: Sequence[tuple[str, str]] = (), rounding="nearest", seed=None, trailing: tuple = ()):
+                    labels: Sequence[tuple[str, str]] = (), rounding="nearest", seed=None, trailing: tuple = (),
+                    max_grad_norm=None):
         """MXNet's convention: ``data`` is (weight, grad, states...) for tensor 0, then tensor
         1, ..., then one array per ``trailing`` parameter ((position in ``params``, its name,
         whether it holds one value per tensor)); ``count`` says how many tensors; ``labels``
@@ -172,7 +178,7 @@ class MultiOperator:
             data, params = data[:len(data) - len(trailing)], tuple(params)
         groups = tuple(list(data[k::size]) for k in range(size))
         return self._call(groups, params, out, _Naming(self.op.name, flat=True, labels=tuple(labels)),
-                          check_rounding(self.op.name, rounding, seed))
+                          check_rounding(self.op.name, rounding, seed), check_clip(self.op.name, max_grad_norm))
 
     def _trailing_value(self, name: str, value, per_tensor: bool, count: int, index: int):
         """A parameter given as an array after the groups: one value per tensor (shape
@@ -220,19 +226,26 @@ class MultiOperator:
     def _fail(naming: _Naming, exc: type[Exception], name: str, message: str) -> Exception:
         return exc(f"{naming.caller}(): argument '{name}' {message}")
 
-    def __call__(self, groups: tuple, params: tuple, out, rounding="nearest", seed=None):
-        return self._call(groups, params, out, self._naming, check_rounding(self.name, rounding, seed))
+    def __call__(self, groups: tuple, params: tuple, out, rounding="nearest", seed=None, max_grad_norm=None,
+                 grad_scale: float = 1.0):
+        """The multi-tensor call; ``grad_scale`` multiplies every gradient element as it is
+        loaded (the optimizers' clipping by a norm over several calls), ``max_grad_norm``
+        clips by this call's own global gradient norm."""
+        return self._call(groups, params, out, self._naming, check_rounding(self.name, rounding, seed),
+                          check_clip(self.name, max_grad_norm), grad_scale)
 
-    def _call(self, groups: tuple, params: tuple, out, naming: _Naming, rounding: Rounding = NEAREST):
+    def _call(self, groups: tuple, params: tuple, out, naming: _Naming, rounding: Rounding = NEAREST,
+              max_grad_norm: float | None = None, grad_scale: float = 1.0):
         try:
-            return self._checked_call(groups, params, out, naming, rounding)
+            return self._checked_call(groups, params, out, naming, rounding, (max_grad_norm, grad_scale))
         except (TypeError, ValueError) as exc:  # the one-tensor checks name the op: name the caller
             prefix = f"{self.op.name}(): "
             if naming.caller == self.op.name or not str(exc).startswith(prefix):
                 raise
             raise type(exc)(f"{naming.caller}(): {str(exc)[len(prefix):]}") from None
 
-    def _checked_call(self, groups: tuple, params: tuple, out, naming: _Naming, rounding: Rounding):
+    def _checked_call(self, groups: tuple, params: tuple, out, naming: _Naming, rounding: Rounding,
+                      clip: tuple = (None, 1.0)):
         lists = []
         for name, group in zip(self.group_names, groups):
             if not isinstance(group, (list, tuple)):
@@ -265,7 +278,7 @@ class MultiOperator:
             plan = self._plans.get(key)
             if plan is not None and all(map(operator.is_, fixed, plan.arrays)):
                 if (not _RECHECK_PLAN[0] or plan.unchanged()) and plan.take_grads(grads):
-                    return self._run_plan(plan, columns, count, rounding)  # the same arrays, in place
+                    return self._run_plan(plan, columns, count, rounding, self._grad_scale(grads, clip))  # in place
                 del self._plans[key]  # changed since: the full checks below refuse it, or plan anew
         # arrays of other types as native views (the cached path above only ever holds native ones)
         def refused(k: int, exc: type[Exception], message: str) -> Exception:
@@ -287,11 +300,11 @@ class MultiOperator:
         module = self._c_module() if all(type(a) is np.ndarray for a in lists[0]) else None
         plan = None if module is None else self._plan_for(naming, lists, out, views, module, count)
         if presented is None:
-            return self._one_by_one(naming, lists, columns, out, count, rounding) if plan is None \
-                else self._run_plan(plan, columns, count, rounding)
+            return self._one_by_one(naming, lists, columns, out, count, rounding, clip) if plan is None \
+                else self._run_plan(plan, columns, count, rounding, self._grad_scale(lists[self.op.grad_index], clip))
         with presented.context():
-            targets = self._one_by_one(naming, lists, columns, out, count, rounding) if plan is None \
-                else self._run_plan(plan, columns, count, rounding)
+            targets = self._one_by_one(naming, lists, columns, out, count, rounding, clip) if plan is None \
+                else self._run_plan(plan, columns, count, rounding, self._grad_scale(lists[self.op.grad_index], clip))
         presented.written([k * count + i for k in self.op._state_positions for i in range(count)]
                           + ([len(lists) * count + i for i in range(count)] if out is not None else []))
         return [presented.result(t) for t in targets]
@@ -317,10 +330,10 @@ class MultiOperator:
         grad = self.op.grad_index
         return tuple(itertools.chain(*(lst for k, lst in enumerate(lists) if k != grad), out))
 
-    def _run_plan(self, plan: _Plan, columns: list, count: int, rounding: Rounding) -> list:
+    def _run_plan(self, plan: _Plan, columns: list, count: int, rounding: Rounding, grad_scale: float) -> list:
         """One call of the multi kernel: count, sizes, the pointer tables, a value table per
         kernel parameter (typed as the ABI says, worked out when the plan was made), the
-        rounding and its seed, the flag."""
+        gradient factor, the rounding and its seed, the flag."""
         from_buffer = plan.from_buffer
         values = []
         for k, dtype, cdata in plan.columns:
@@ -328,7 +341,8 @@ class MultiOperator:
             array = np.full(count, column, dtype) if not isinstance(column, np.ndarray) \
                 else np.ascontiguousarray(column, dtype)
             values.append(from_buffer(cdata, array))
-        plan.function(count, plan.sizes, *plan.tables, *values, *rounding.kernel_args, backends.flush_denormal_flag())
+        plan.function(count, plan.sizes, *plan.tables, *values, float(grad_scale), *rounding.kernel_args,
+                      backends.flush_denormal_flag())
         return list(plan.targets)
 
     def _param_column(self, naming: _Naming, p, value, count: int):
@@ -414,11 +428,11 @@ class MultiOperator:
                 keep.append(buffers)
                 tables.append(ffi.new("void *[]", buffers))
         roles = [a.role for a in kernel.args]
-        tail = [ArgRole.ROUNDING, ArgRole.SEED, ArgRole.FLUSH]
-        if roles[:2] != [ArgRole.COUNT, ArgRole.SIZES] or roles[-3:] != tail or \
-                roles[2:-3] != sorted(roles[2:-3], key=[ArgRole.TENSOR_TABLE, ArgRole.SCALAR_TABLE].index):
-            raise RuntimeError(f"{kernel.name}: arguments not grouped as count, sizes, tables, values, rounding, "
-                               "seed, flag")
+        tail = [ArgRole.GRAD_SCALE, ArgRole.ROUNDING, ArgRole.SEED, ArgRole.FLUSH]
+        if roles[:2] != [ArgRole.COUNT, ArgRole.SIZES] or roles[-4:] != tail or \
+                roles[2:-4] != sorted(roles[2:-4], key=[ArgRole.TENSOR_TABLE, ArgRole.SCALAR_TABLE].index):
+            raise RuntimeError(f"{kernel.name}: arguments not grouped as count, sizes, tables, values, gradient "
+                               "factor, rounding, seed, flag")
         position = {name: k for k, name in enumerate(self._kernel_param_names)}
         columns = tuple((position[a.source], np.dtype(a.numpy), f"{a.element_c_type}[]")
                         for a in kernel.args if a.role is ArgRole.SCALAR_TABLE)
@@ -445,7 +459,8 @@ class MultiOperator:
                 self._plans.pop(next(iter(self._plans)))  # the oldest
         return plan
 
-    def _one_by_one(self, naming: _Naming, lists, columns, out, count: int, rounding: Rounding) -> list:
+    def _one_by_one(self, naming: _Naming, lists, columns, out, count: int, rounding: Rounding,
+                    clip: tuple = (None, 1.0)) -> list:
         """The general path (NumPy backend, CuPy arrays, non-contiguous arrays): every
         tensor is checked first, then each is updated by the single-tensor op."""
         op = self.op
@@ -461,7 +476,43 @@ class MultiOperator:
                                   f"out[{i}]", rounding.for_tensor(i)))
         self._check_no_overlap(naming, [(tuple(lst[i] for lst in lists), call.target)
                                         for i, call in enumerate(calls)])
+        grad_scale = self._grad_scale(lists[op.grad_index], clip)
+        if grad_scale != 1.0:
+            calls = [dataclasses.replace(call, grad_scale=grad_scale) for call in calls]
         return [op.execute(call) for call in calls]
+
+    def grad_sums_of_squares(self, grads: list) -> list[float]:
+        """Each (checked) gradient's sum of squares, in double: the C norms kernel where the C
+        backend serves host arrays of one dtype (blocked and pairwise: the same bits on any
+        thread count), else NumPy or CuPy in float64."""
+        module = self._c_module() if all(type(g) is np.ndarray and g.flags.c_contiguous for g in grads) else None
+        dtypes = {g.dtype for g in grads}
+        if module is not None and len(dtypes) == 1:
+            kernel = self.op.kernel(Schedule.NORMS, grads[0].dtype)
+            if [a.role for a in kernel.args] != _NORMS_LAYOUT:
+                raise RuntimeError(f"{kernel.name}: arguments not laid out as count, sizes, gradients, sums, flag")
+            ffi = module.ffi
+            buffers = [ffi.from_buffer(g) for g in grads]
+            sums = np.zeros(len(grads), np.float64)
+            self.op.c_function(module, kernel)(len(grads), ffi.new("int64_t[]", [g.size for g in grads]),
+                                               ffi.new("void *[]", buffers), ffi.from_buffer("double[]", sums),
+                                               backends.flush_denormal_flag())
+            return sums.tolist()
+        out = []
+        for g in grads:
+            xp = adapter_for(g).module(g)
+            g64 = xp.asarray(g, dtype=xp.float64)
+            out.append(float(xp.sum(g64 * g64)))
+        return out
+
+    def _grad_scale(self, grads: list, clip: tuple) -> float:
+        """The call's gradient factor: the given one, times the clipping factor of this
+        call's global gradient norm where max_grad_norm is set (torch's clip_grad_norm_:
+        max_norm / (norm + 1e-6), at most 1; NaN where the norm is NaN)."""
+        max_grad_norm, grad_scale = clip
+        if max_grad_norm is None:
+            return grad_scale
+        return grad_scale * clip_factor(max_grad_norm, math.sqrt(math.fsum(self.grad_sums_of_squares(grads))))
 
     def _check_no_overlap(self, naming: _Naming, groups: list) -> None:
         """No array written by one tensor may share memory with any array of another
@@ -484,6 +535,29 @@ class MultiOperator:
                     raise self._fail(naming, ValueError, span[3], f"shares memory with '{other[3]}' of another "
                                                                   "tensor")
             active.append(span)
+
+
+def check_clip(caller: str, max_grad_norm) -> float | None:
+    """The clipping argument: None, or a positive finite number."""
+    if max_grad_norm is None:
+        return None
+    if isinstance(max_grad_norm, (int, float, np.integer, np.floating)) and not isinstance(max_grad_norm, (bool, np.bool_)):
+        value = float(max_grad_norm)
+    else:
+        value = number(max_grad_norm)  # a one-element array or tensor
+    if value is None or isinstance(value, bool):
+        raise TypeError(f"{caller}(): argument 'max_grad_norm' must be None or a number, got "
+                        f"{type(max_grad_norm).__name__}")
+    if not (0 < value < math.inf):
+        raise ValueError(f"{caller}(): argument 'max_grad_norm' must be positive and finite, got {value}")
+    return float(value)
+
+
+def clip_factor(max_grad_norm: float, norm: float) -> float:
+    """torch.nn.utils.clip_grad_norm_'s factor: max_norm / (norm + 1e-6), at most 1 (a NaN
+    norm gives NaN, an infinite one 0, as there)."""
+    factor = max_grad_norm / (norm + 1e-6)
+    return 1.0 if factor >= 1.0 else factor
 
 
 def _locks(arrays) -> tuple:

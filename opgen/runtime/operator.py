@@ -96,6 +96,7 @@ class Call:
     states_dtype: np.dtype  # the free states' dtype (the weight's where the op has none)
     rounding: Rounding = NEAREST
     inputs: tuple = ()  # the read-only arrays beside the gradient, in declaration order
+    grad_scale: float = 1.0  # the gradient's factor (a multi-tensor call clipping by the global norm)
 
 
 class Operator:
@@ -113,7 +114,8 @@ class Operator:
         self.kernel_abis = {(k.schedule, k.dtype, k.states): k for k in kernels}
         self._kernels_by_dtype = {(k.schedule, np.dtype(k.dtype), np.dtype(k.states)): k
                                   for k in kernels}  # the per-call lookup
-        self.schedules = frozenset(k.schedule for k in kernels)
+        # the updates' schedules (the norms kernels serve a multi-tensor call's clipping)
+        self.schedules = frozenset(k.schedule for k in kernels if k.schedule is not Schedule.NORMS)
         #: False where the spec's math has no CUDA kernels (whole-tensor reductions, for now)
         self.runs_on_device = any(k.launch is not None for k in kernels)
         self._math_types = {(np.dtype(k.dtype), np.dtype(k.states)): np.dtype(k.math).type for k in kernels}
@@ -221,11 +223,11 @@ class Operator:
                             try:
                                 if out is not None:  # in place: the weight's own buffer
                                     function(weight.size, *map(self._from_buffer, tensors), *kernel_params,
-                                             0, 0, _ftz[0])
+                                             1.0, 0, 0, _ftz[0])
                                     return weight
                                 target = weight.copy()
                                 function(weight.size, *[self._from_buffer(target if t is weight else t)
-                                                        for t in tensors], *kernel_params, 0, 0, _ftz[0])
+                                                        for t in tensors], *kernel_params, 1.0, 0, 0, _ftz[0])
                                 return target
                             except OverflowError:
                                 pass
@@ -294,7 +296,7 @@ class Operator:
         backend = backends.backend_for(self, adapter_for(weight))
         inputs = [_contiguous(xp, a) for a in call.inputs]  # read only: nothing to copy back
         backend.run(self, Work(call.schedule, weight.dtype, call.states_dtype, work[0], source, call.grad, work[1:],
-                               call.scalars, call.rounding, inputs))
+                               call.scalars, call.rounding, inputs, call.grad_scale))
         if backend is backends.C:
             self._enable_fast_path(call.schedule, weight.dtype, call.states_dtype)
         for original, used in zip([result, *call.states], work):
@@ -566,11 +568,11 @@ class Operator:
         layout = self._layouts.get((kernel.name, cuda))
         if layout is None:
             args = kernel.cuda_args if cuda else kernel.args
-            groups = [ArgRole.TENSOR, ArgRole.SCALAR, ArgRole.ROUNDING, ArgRole.SEED, ArgRole.FLUSH]
+            groups = [ArgRole.TENSOR, ArgRole.SCALAR, ArgRole.GRAD_SCALE, ArgRole.ROUNDING, ArgRole.SEED, ArgRole.FLUSH]
             rank = [groups.index(a.role) + 1 if a.role in groups else 0 for a in args]
             if rank != sorted(rank) or (args[-1].role is not ArgRole.FLUSH) != cuda:
-                raise RuntimeError(f"{kernel.name}: arguments not grouped as sizes, tensors, scalars, rounding, seed, "
-                                   "flag")
+                raise RuntimeError(f"{kernel.name}: arguments not grouped as sizes, tensors, scalars, gradient factor, "
+                                   "rounding, seed, flag")
             position = {name: k for k, name in enumerate(self.kernel_scalar_names)}
             scalars = [a for a in args if a.role is ArgRole.SCALAR]
             layout = self._layouts[(kernel.name, cuda)] = (

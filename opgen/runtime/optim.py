@@ -20,6 +20,7 @@ host state); everything else is here, written once:
 
 from __future__ import annotations
 
+import math
 import operator
 from dataclasses import dataclass
 
@@ -31,6 +32,7 @@ except ImportError:  # torch is optional: only the optimizer classes need it
     raise ImportError("the torch.optim classes (PACKAGE.optim) need torch: pip install -e '.[torch]'") from None
 
 from opgen.kinds import TensorRole
+from opgen.runtime.multi import check_clip, clip_factor
 from opgen.runtime.torch_arrays import TorchTensors, _is_distributed, bump_versions, shard_refusal, sharded
 
 _TENSORS = TorchTensors()
@@ -149,8 +151,8 @@ class SpecOptimizer(torch.optim.Optimizer):
     _STATE_DTYPE = "weight"  # or "float32": float32 states beside 16-bit parameters
     _HOST_STATE: tuple[str, ...] = ()
 
-    def __init__(self, params, defaults: dict, *, state_dtype=None, rounding="nearest", seed=0, foreach=None,
-                 fused=None, capturable=False, differentiable=False) -> None:
+    def __init__(self, params, defaults: dict, *, state_dtype=None, rounding="nearest", seed=0, max_grad_norm=None,
+                 foreach=None, fused=None, capturable=False, differentiable=False) -> None:
         name = type(self).__name__
         if differentiable:
             raise ValueError(f"{name}(): argument 'differentiable' must be False: the step runs fused kernels, "
@@ -166,6 +168,10 @@ class SpecOptimizer(torch.optim.Optimizer):
             raise ValueError(f"{name}(): argument 'state_dtype' must be None or one of torch.float16, "
                              f"torch.bfloat16, torch.float32, torch.float64, got {state_dtype!r}")
         self._state_dtype, self._rounding, self._seed = state_dtype, rounding, int(seed)
+        self._max_grad_norm = check_clip(name, max_grad_norm)
+        #: the global gradient norm of the last step, where max_grad_norm is set (else None)
+        self.last_grad_norm: float | None = None
+        self._grad_scale = 1.0  # the step's gradient factor (clipping by the global norm)
         self._views: dict = {}  # CPU buckets' NumPy views (see _host_views)
         self._plans: dict[int, _GroupPlan] = {}  # per param group: the usual step (see _planned_step)
         for arg in self._ARGS:  # the constructor's values: errors name the argument
@@ -257,6 +263,7 @@ class SpecOptimizer(torch.optim.Optimizer):
                 loss = closure()
         for group in self.param_groups:  # every group's hyperparameters before any update
             self._check_group(group)
+        self._grad_scale = 1.0 if self._max_grad_norm is None else self._clip_factor()
         for index, group in enumerate(self.param_groups):
             self._group_step(index, group)
         return loss
@@ -372,6 +379,36 @@ class SpecOptimizer(torch.optim.Optimizer):
             plan.counter.sub_(1)
             raise
 
+    def _clip_factor(self) -> float:
+        """The step's gradient factor: the global L2 norm of every gradient of every group
+        (in double; the C norms kernel for CPU tensors, blocked: the same bits on any thread
+        count), clip_grad_norm_'s factor from it. Refused before anything is written where
+        the norm would be one rank's part of it (a sharded parameter) or a sparse gradient's."""
+        sums = []
+        for group in self.param_groups:
+            choice = self._choice(group)
+            multi = self._MULTIS[choice]
+            by_kind: dict[tuple, list] = {}
+            for p in group["params"]:
+                if p.grad is None:
+                    continue
+                for what, tensor in (("parameter", p), ("gradient", p.grad)):
+                    placement = sharded(tensor)
+                    if placement is not None:
+                        raise TypeError(f"{type(self).__name__}: max_grad_norm needs the norm over every rank, but a "
+                                        f"{what} is sharded ({placement}): clip with torch.nn.utils.clip_grad_norm_")
+                if p.grad.layout is not torch.strided:
+                    raise TypeError(f"{type(self).__name__}: max_grad_norm clips dense gradients; a parameter has a "
+                                    f"{p.grad.layout} gradient")
+                by_kind.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
+            for (device, _), grads in by_kind.items():
+                if device.type == "cpu" and not any(map(_is_distributed, grads)):
+                    sums += multi.grad_sums_of_squares([_grad_view(g) for g in grads])
+                else:
+                    sums += [float(torch.sum(g.detach().double() ** 2)) for g in grads]
+        self.last_grad_norm = math.sqrt(math.fsum(sums))
+        return clip_factor(self._max_grad_norm, self.last_grad_norm)
+
     def _rounding_args(self, index: int, t: int) -> tuple:
         if self._rounding == "nearest":
             return "nearest", None
@@ -392,11 +429,13 @@ class SpecOptimizer(torch.optim.Optimizer):
         t = max(t for _, _, t in members)
         if lists[0][0].device.type == "cpu" and not any(map(_is_distributed, lists[0])):
             views = self._host_views(op, index, lists)
-            multi(views, tuple(self._columns(op, members)), views[op.weight_index], *self._rounding_args(index, t))
+            multi(views, tuple(self._columns(op, members)), views[op.weight_index], *self._rounding_args(index, t),
+                  grad_scale=self._grad_scale)
             # written through NumPy views: the autograd version counters, as torch's in-place ops
             bump_versions([x for k, lst in enumerate(lists) if k != op.grad_index for x in lst])
             return
-        multi(lists, tuple(self._columns(op, members)), lists[op.weight_index], *self._rounding_args(index, t))
+        multi(lists, tuple(self._columns(op, members)), lists[op.weight_index], *self._rounding_args(index, t),
+              grad_scale=self._grad_scale)
 
     def _host_views(self, op, index: int, lists: tuple) -> tuple:
         """NumPy views of a CPU bucket's tensors: the parameters' and states' kept from step

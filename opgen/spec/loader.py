@@ -131,17 +131,19 @@ def _check_entry_points(op: OpSpec) -> None:
     out = (n.OUT_ARGUMENT, "the output argument", where)
     rounding = [(name, f"the rounding argument '{name}'", where) for name in n.ROUNDING_ARGUMENTS]
     params = [(p.name, f"parameter '{p.name}'", p.location) for p in op.params]
+    clip = [(n.CLIP_ARGUMENT, f"the clipping argument '{n.CLIP_ARGUMENT}'", where)] if op.has_multi else []
     if op.multi is not None:
         public = dict(op.multi.per_tensor)
         n.check_arguments(op.name, [(n.DATA_ARGUMENT, "the array list", where)] + [
-            (public.get(p.name, p.name), f"parameter '{p.name}'", p.location) for p in op.params] + [out] + rounding)
+            (public.get(p.name, p.name), f"parameter '{p.name}'", p.location) for p in op.params] + [out] + rounding
+            + clip)
         return
     n.check_arguments(op.name, [(t.name, f"tensor '{t.name}'", t.location) for t in op.tensors] + params + [out]
                       + rounding)
     if len(op.entry_points) > 1:
         n.check_arguments(op.entry_points[1], [(n.group_name(t.name), f"tensor '{t.name}'", t.location)
                                                for t in op.tensors] + [
-            (p.name, f"parameter '{p.name}'", p.location) for p in op.math_params] + [out] + rounding)
+            (p.name, f"parameter '{p.name}'", p.location) for p in op.math_params] + [out] + rounding + clip)
 
 
 def _identifier(m: y.Mapping, key: str, what: str) -> str:

@@ -44,6 +44,7 @@ PACKAGE_EXPORTS = ("RowSparseArray", "available_backends", "set_flush_denormal",
 PACKAGE_FILES = ("index", "csrc", "cuda", "docs", "optim")
 OUT_ARGUMENT = "out"  # every entry point's output argument
 ROUNDING_ARGUMENTS = ("rounding", "seed")  # every entry point's keyword-only rounding arguments
+CLIP_ARGUMENT = "max_grad_norm"  # every multi-tensor entry point's keyword-only clipping by the global norm
 DATA_ARGUMENT = "data"  # the flat array list of MXNet's multi-tensor convention
 PUBLIC_SUFFIX_MULTI = "_multi"
 

@@ -43,7 +43,8 @@ _ARTICLES = {"float": "a", "int": "an", "bool": "a"}
 ARG_KINDS = ("float", "int", "bool", "floats")
 _VTYPES = {"float": VType.REAL, "int": VType.INT, "bool": VType.BOOL}
 # Keyword arguments every generated class takes besides its hyperparameters (runtime/optim.py).
-CLASS_KEYWORDS = ("params", "state_dtype", "rounding", "seed", "foreach", "fused", "capturable", "differentiable")
+CLASS_KEYWORDS = ("params", "state_dtype", "rounding", "seed", "max_grad_norm", "foreach", "fused", "capturable",
+                  "differentiable")
 # The generated functions' own names (their arguments, and Python's builtins they call).
 _GENERATED_NAMES = frozenset({"group", "host", "choice", "self", INITIAL, COPY_WEIGHT}) | frozenset(dir(builtins))
 

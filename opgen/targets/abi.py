@@ -104,6 +104,10 @@ def _head(schedule: Schedule) -> tuple[Arg, ...]:
 
 
 def _arguments(op: "OpSpec", schedule: Schedule) -> tuple[Arg, ...]:
+    if schedule is Schedule.NORMS:
+        return (*_head(Schedule.MULTI), Arg(ArgRole.TENSOR_TABLE, "const void *const *", op.grad.name, const=True,
+                                            cuda=False), Arg(ArgRole.SUMS, "double *", cuda=False),
+                Arg(ArgRole.FLUSH, "int", cuda=False))
     table = schedule is Schedule.MULTI
     args = list(_head(schedule))
     for name in op.kernel_arrays:
@@ -121,6 +125,7 @@ def _arguments(op: "OpSpec", schedule: Schedule) -> tuple[Arg, ...]:
             args.append(Arg(ArgRole.SCALAR_TABLE, f"const {kind.c_arg} *", name, kind.numpy_arg, cuda=False))
         else:
             args.append(Arg(ArgRole.SCALAR, kind.c_arg, name, kind.numpy_arg))
+    args.append(Arg(ArgRole.GRAD_SCALE, "double", numpy="float64"))
     args += [Arg(ArgRole.ROUNDING, "int", numpy="int32"), Arg(ArgRole.SEED, "uint64_t", numpy="uint64")]
     args.append(Arg(ArgRole.FLUSH, "int", cuda=False))
     return tuple(args)
@@ -134,7 +139,7 @@ def lanes(op: "OpSpec", variant: Variant) -> int:
 
 
 def _launch(op: "OpSpec", schedule: Schedule, variant: Variant) -> Launch | None:
-    if schedule is Schedule.MULTI or op.totals is not None or op.per_tensor_states:
+    if schedule in (Schedule.MULTI, Schedule.NORMS) or op.totals is not None or op.per_tensor_states:
         return None  # CUDA passes for reductions and per-tensor stores: not written yet
     if schedule is Schedule.DENSE:
         return Launch((DENSE_BLOCK, 1), ArgRole.SIZE, DENSE_BLOCK * lanes(op, variant), DENSE_BLOCKS_PER_SM)
@@ -152,6 +157,13 @@ def kernel(op: "OpSpec", schedule: Schedule, variant: Variant) -> KernelABI:
                      lanes(op, variant))
 
 
+def schedules(op: "OpSpec", variant: Variant) -> tuple[Schedule, ...]:
+    """The kernels one variant gets: the op's schedules, and with a multi kernel, the norms
+    of its gradients (which have the weight's dtype: one per weight dtype)."""
+    norms = (Schedule.NORMS,) if op.has_multi and variant.states == variant.dtype else ()
+    return op.schedules + norms
+
+
 def kernels(op: "OpSpec") -> tuple[KernelABI, ...]:
     """Every kernel of the op: each variant, each schedule."""
-    return tuple(kernel(op, s, v) for v in op.variants for s in op.schedules)
+    return tuple(kernel(op, s, v) for v in op.variants for s in schedules(op, v))

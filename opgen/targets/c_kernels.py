@@ -64,6 +64,10 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
     code, n = step.code, _names(kernel)
     struct, init = code.struct(step.math.math), code.init(step.math.math)
     flush = n[ArgRole.FLUSH]
+    if kernel.schedule is Schedule.NORMS:
+        grad = step.storage(op.grad.name)
+        return [f"OPGEN_NORMS({n[ArgRole.COUNT]}, {n[ArgRole.SIZES]}, {abi.ARG}{op.grad.name}, {grad.c_storage}, "
+                f"{grad.load}, {n[ArgRole.SUMS]}, {flush});"]
     if kernel.schedule is Schedule.MULTI and (op.totals is not None or op.per_tensor_states):
         # whole-tensor reductions and per-tensor states are each tensor's own: each tensor in
         # turn, its passes, its per-tensor values, then its update (each a parallel region),
@@ -107,7 +111,7 @@ def context(op: OpSpec) -> dict:
     kernels = []
     for variant in op.variants:
         step = StepCode(code, variant)
-        for schedule in op.schedules:
+        for schedule in abi.schedules(op, variant):
             kernel = abi.kernel(op, schedule, variant)
             kernels.append({"name": kernel.name, "parameters": kernel.c_parameters, "math": kernel.math,
                             "body": schedule_call(op, kernel, step)})

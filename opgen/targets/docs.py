@@ -8,9 +8,9 @@ from opgen.expr.latex import LatexPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.expr.tree import RefKind
 from opgen.spec.model import OpSpec, TensorRole
-from opgen.spec.names import ROUNDING_ARGUMENTS
-from opgen.targets.python_api import (ROUNDING_DEFAULTS, ROUNDING_HELP, ROUNDING_TYPES, out_doc, param_note, result_doc,
-                                      signature, skip_if_text, state_dtype_rule, tensor_doc)
+from opgen.spec.names import CLIP_ARGUMENT, ROUNDING_ARGUMENTS
+from opgen.targets.python_api import (CLIP_HELP, ROUNDING_DEFAULTS, ROUNDING_HELP, ROUNDING_TYPES, out_doc, param_note,
+                                      result_doc, signature, skip_if_text, state_dtype_rule, tensor_doc)
 
 _DOC_TYPES = {t: k.doc for t, k in PARAM_KINDS.items()}
 
@@ -102,6 +102,8 @@ def context(op: OpSpec) -> dict:
     arguments.append(f"**out** (ndarray, optional) – {out_doc(op)}")
     arguments += [f"**{name}** ({ROUNDING_TYPES[name]}, keyword-only, default={ROUNDING_DEFAULTS[name]}) – "
                   f"{ROUNDING_HELP[name]}" for name in ROUNDING_ARGUMENTS]
+    if op.multi is not None:  # a multi-tensor entry point itself: it clips by the global gradient norm too
+        arguments.append(f"**{CLIP_ARGUMENT}** (float, keyword-only, default=None) – {CLIP_HELP}")
     lazy = op.row_sparse.always_lazy or op.row_sparse.lazy_param is not None
     return {
         "op": op.name,

@@ -29,6 +29,9 @@ from opgen.targets.abi import ARG, lanes
 
 # The per-call struct's stochastic-rounding key (spec names reach C prefixed: no collision).
 SR_KEY = "opgen_key"
+# The per-call struct's gradient factor: every load of the gradient is multiplied by it (1
+# but where a multi-tensor call clips by the global gradient norm; x * 1 is x, bit for bit)
+GRAD_SCALE = "opgen_grad_scale"
 # Per-call conditions a C kernel unswitches at most: 2**k copies of each schedule loop.
 MAX_SWITCHES = 2
 
@@ -163,7 +166,7 @@ class OpCode:
         totals = [LOOP.totals] if self.op.totals is not None else []
         loads = loads or {}
         return ", ".join([*(loads.get(name, f"{ARG}{name}{index}") for name in self.op.kernel_scalars),
-                          ArgRole.SEED.value, tensor, *totals])
+                          ArgRole.SEED.value, tensor, ArgRole.GRAD_SCALE.value, *totals])
 
 
     def pointer_args(self, names: list[str], index: str = "") -> str:
@@ -202,6 +205,7 @@ class MathCode:
             m = self.math.c_type
             out += [(c_name(RefKind.TOTAL, str(t.index)), m, f"OPGEN_PER_CALL(({m}){LOOP.totals}[{t.index}])")
                     for t in self.op.totals.totals]
+        out.append((GRAD_SCALE, self.math.c_type, f"OPGEN_PER_CALL(({self.math.c_type}){ArgRole.GRAD_SCALE.value})"))
         # the key of the call's stochastic rounding (whether it rounds so is each kernel's `sr`)
         out.append((SR_KEY, "uint64_t", f"opgen_call_key({ArgRole.SEED.value}, tensor)"))
         return out
@@ -220,7 +224,8 @@ class MathCode:
         """Per-call values in double (ints and bools as they are), each rounded once."""
         totals = [f"const double *{LOOP.totals}"] if self.op.totals is not None else []
         params = ", ".join([*(f"{k.c_arg} {ARG}{n}" for n, k in zip(self.op.kernel_scalars, self.op.kernel_scalar_kinds)),
-                            f"uint64_t {ArgRole.SEED.value}", "int64_t tensor", *totals])
+                            f"uint64_t {ArgRole.SEED.value}", "int64_t tensor", f"double {ArgRole.GRAD_SCALE.value}",
+                            *totals])
         struct = self.code.struct(self.math)
         prologue = CPrinter(DOUBLE.c_type, _prologue_ref)
         lines = [f"OPGEN_INLINE {struct} {self.code.init(self.math)}({params}) {{"]
@@ -303,7 +308,9 @@ class StepCode:
                 for n in names]
 
     def load(self, name: str, memory: Memory) -> str:
-        return f"{self.storage(name).load}({memory.of(name)})"
+        """One element of a tensor in the math type (the gradient's times the call's factor)."""
+        value = f"{self.storage(name).load}({memory.of(name)})"
+        return f"({value} * s.{GRAD_SCALE})" if name == self.grad else value
 
     def per_tensor_loads(self, index: str = "") -> dict[str, str]:
         """Each per-tensor state's value before the call, from its one-element array, in double."""

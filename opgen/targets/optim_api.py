@@ -72,7 +72,8 @@ def _class_context(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> dict:
              "low": a.low, "high": a.high, "below": a.below,
              "doc": arg_doc(a)} for a in cls.args]
     signature = ", ".join(["params"] + [f"{a.name}={default_source(a)}" for a in cls.args] +
-                          ["*", "state_dtype=None", 'rounding="nearest"', "seed=0", "foreach=None", "fused=None",
+                          ["*", "state_dtype=None", 'rounding="nearest"', "seed=0", "max_grad_norm=None",
+                           "foreach=None", "fused=None",
                            "capturable=False", "differentiable=False"])
     assert all(k in signature for k in CLASS_KEYWORDS)
     return {
@@ -127,6 +128,13 @@ def _docstring(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> list[str]:
               "    from ``seed``, the group's index, and each tensor's step count.",
               "seed : int, optional",
               "    The seed of stochastic rounding. Default: 0.",
+              "max_grad_norm : float, optional",
+              "    Clip by the global gradient norm, fused into the step: the L2 norm of every dense",
+              "    gradient of every group (``last_grad_norm`` after the step), and each gradient",
+              "    element times min(1, max_grad_norm / (norm + 1e-6)) as the kernels load it, as",
+              "    torch.nn.utils.clip_grad_norm_ before the step would (the gradients stay as they",
+              "    are). The norm is this optimizer's parameters': refused for sharded (FSDP2)",
+              "    parameters; under ZeroRedundancyOptimizer, clip with torch before the step.",
               "foreach, fused : optional",
               "    Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.",
               "capturable, differentiable : bool, optional",
