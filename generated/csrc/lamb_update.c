@@ -12,15 +12,15 @@ void opgen_lamb_update_dense_float16(int64_t size, void *arg_weight, const void 
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 2); opgen_prefetch_ahead(arg_var, opgen_i0, 2);, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 2); opgen_prefetch_ahead(arg_var, opgen_i0, 2);, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 2); opgen_prefetch_ahead(arg_var, opgen_i0, 2);, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 2); opgen_prefetch_ahead(arg_var, opgen_i0, 2);, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -66,15 +66,15 @@ void opgen_lamb_update_multi_float16(int64_t count, const int64_t *sizes, void *
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -124,15 +124,15 @@ void opgen_lamb_update_dense_float16_with_float32_states(int64_t size, void *arg
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4);, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4);, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4);, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4);, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -178,15 +178,15 @@ void opgen_lamb_update_multi_float16_with_float32_states(int64_t count, const in
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -232,15 +232,15 @@ void opgen_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, const void
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 2); opgen_prefetch_ahead(arg_var, opgen_i0, 2);, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 2); opgen_prefetch_ahead(arg_var, opgen_i0, 2);, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 2); opgen_prefetch_ahead(arg_var, opgen_i0, 2);, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 2); opgen_prefetch_ahead(arg_var, opgen_i0, 2);, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -302,15 +302,15 @@ void opgen_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes, void 
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -376,15 +376,15 @@ void opgen_lamb_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4);, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4);, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4);, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4);, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -446,15 +446,15 @@ void opgen_lamb_update_multi_bfloat16_with_float32_states(int64_t count, const i
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -516,15 +516,15 @@ void opgen_lamb_update_dense_float32(int64_t size, void *arg_weight, const void 
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 4); opgen_prefetch_ahead(arg_grad, opgen_i0, 4); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4);, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 4); opgen_prefetch_ahead(arg_grad, opgen_i0, 4); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4);, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 4); opgen_prefetch_ahead(arg_grad, opgen_i0, 4); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4);, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 4); opgen_prefetch_ahead(arg_grad, opgen_i0, 4); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4);, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -554,15 +554,15 @@ void opgen_lamb_update_multi_float32(int64_t count, const int64_t *sizes, void *
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -596,15 +596,15 @@ void opgen_lamb_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 4); opgen_prefetch_ahead(arg_grad, opgen_i0, 4); opgen_prefetch_ahead(arg_mean, opgen_i0, 2); opgen_prefetch_ahead(arg_var, opgen_i0, 2);, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 4); opgen_prefetch_ahead(arg_grad, opgen_i0, 4); opgen_prefetch_ahead(arg_mean, opgen_i0, 2); opgen_prefetch_ahead(arg_var, opgen_i0, 2);, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 4); opgen_prefetch_ahead(arg_grad, opgen_i0, 4); opgen_prefetch_ahead(arg_mean, opgen_i0, 2); opgen_prefetch_ahead(arg_var, opgen_i0, 2);, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 4); opgen_prefetch_ahead(arg_grad, opgen_i0, 4); opgen_prefetch_ahead(arg_mean, opgen_i0, 2); opgen_prefetch_ahead(arg_var, opgen_i0, 2);, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -666,15 +666,15 @@ void opgen_lamb_update_multi_float32_with_bfloat16_states(int64_t count, const i
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -736,15 +736,15 @@ void opgen_lamb_update_dense_float64(int64_t size, void *arg_weight, const void 
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 8); opgen_prefetch_ahead(arg_grad, opgen_i0, 8); opgen_prefetch_ahead(arg_mean, opgen_i0, 8); opgen_prefetch_ahead(arg_var, opgen_i0, 8);, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 8); opgen_prefetch_ahead(arg_grad, opgen_i0, 8); opgen_prefetch_ahead(arg_mean, opgen_i0, 8); opgen_prefetch_ahead(arg_var, opgen_i0, 8);, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 8); opgen_prefetch_ahead(arg_grad, opgen_i0, 8); opgen_prefetch_ahead(arg_mean, opgen_i0, 8); opgen_prefetch_ahead(arg_var, opgen_i0, 8);, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 8); opgen_prefetch_ahead(arg_grad, opgen_i0, 8); opgen_prefetch_ahead(arg_mean, opgen_i0, 8); opgen_prefetch_ahead(arg_var, opgen_i0, 8);, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -774,15 +774,15 @@ void opgen_lamb_update_multi_float64(int64_t count, const int64_t *sizes, void *
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 8); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 8); opgen_prefetch_ahead(arg_var[t], opgen_i0, 8);, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 8); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 8); opgen_prefetch_ahead(arg_var[t], opgen_i0, 8);, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 8); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 8); opgen_prefetch_ahead(arg_var[t], opgen_i0, 8);, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 8); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 8); opgen_prefetch_ahead(arg_var[t], opgen_i0, 8);, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);

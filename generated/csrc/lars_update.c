@@ -11,9 +11,9 @@ void opgen_lars_update_dense_float16(int64_t size, void *arg_weight, const void 
         const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_lars_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
         } else {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_lars_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
@@ -41,9 +41,9 @@ void opgen_lars_update_multi_float16(int64_t count, const int64_t *sizes, void *
             const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_lars_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
             } else {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_lars_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
@@ -75,9 +75,9 @@ void opgen_lars_update_dense_float16_with_float32_states(int64_t size, void *arg
         const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
         } else {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
@@ -105,9 +105,9 @@ void opgen_lars_update_multi_float16_with_float32_states(int64_t count, const in
             const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
             } else {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
@@ -135,9 +135,9 @@ void opgen_lars_update_dense_bfloat16(int64_t size, void *arg_weight, const void
         const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
         } else {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
@@ -173,9 +173,9 @@ void opgen_lars_update_multi_bfloat16(int64_t count, const int64_t *sizes, void 
             const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
             } else {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
@@ -215,9 +215,9 @@ void opgen_lars_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
         const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
         } else {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 2); opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
@@ -253,9 +253,9 @@ void opgen_lars_update_multi_bfloat16_with_float32_states(int64_t count, const i
             const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
             } else {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
@@ -291,9 +291,9 @@ void opgen_lars_update_dense_float32(int64_t size, void *arg_weight, const void 
         const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 4); opgen_prefetch_ahead(arg_grad, opgen_i0, 4);, opgen_lars_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
         } else {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 4); opgen_prefetch_ahead(arg_grad, opgen_i0, 4);, opgen_lars_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
@@ -313,9 +313,9 @@ void opgen_lars_update_multi_float32(int64_t count, const int64_t *sizes, void *
             const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4);, opgen_lars_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
             } else {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4);, opgen_lars_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
@@ -339,9 +339,9 @@ void opgen_lars_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
         const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 4); opgen_prefetch_ahead(arg_grad, opgen_i0, 4);, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
         } else {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 4); opgen_prefetch_ahead(arg_grad, opgen_i0, 4);, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
@@ -377,9 +377,9 @@ void opgen_lars_update_multi_float32_with_bfloat16_states(int64_t count, const i
             const opgen_lars_update_scalars_float scalars = opgen_lars_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4);, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
             } else {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4);, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
@@ -415,9 +415,9 @@ void opgen_lars_update_dense_float64(int64_t size, void *arg_weight, const void 
         const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         if (scalars.h_0) {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 8); opgen_prefetch_ahead(arg_grad, opgen_i0, 8);, opgen_lars_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight, arg_grad));
         } else {
-            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_lars_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
+            OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight, opgen_i0, 8); opgen_prefetch_ahead(arg_grad, opgen_i0, 8);, opgen_lars_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
         opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], size);
@@ -437,9 +437,9 @@ void opgen_lars_update_multi_float64(int64_t count, const int64_t *sizes, void *
             const opgen_lars_update_scalars_double scalars = opgen_lars_update_scalars_double_init(arg_lr[t], arg_momentum[t], arg_lars_eta[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[2];
             if (scalars.h_0) {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 8); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8);, opgen_lars_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_weight[t], arg_grad[t]));
             } else {
-                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_lars_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
+                OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 8); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8);, opgen_lars_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, arg_weight[t], arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
             opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);

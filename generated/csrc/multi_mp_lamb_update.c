@@ -12,15 +12,15 @@ void opgen_multi_mp_lamb_update_dense_float16(int64_t size, void *arg_weight, co
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad, arg_mean, arg_var, arg_weight32));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad, arg_mean, arg_var, arg_weight32));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad, arg_mean, arg_var, arg_weight32));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -66,15 +66,15 @@ void opgen_multi_mp_lamb_update_multi_float16(int64_t count, const int64_t *size
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -124,15 +124,15 @@ void opgen_multi_mp_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, c
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad, arg_mean, arg_var, arg_weight32));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad, arg_mean, arg_var, arg_weight32));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad, arg_mean, arg_var, arg_weight32));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -194,15 +194,15 @@ void opgen_multi_mp_lamb_update_multi_bfloat16(int64_t count, const int64_t *siz
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -268,15 +268,15 @@ void opgen_multi_mp_lamb_update_dense_float32(int64_t size, void *arg_weight, co
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 4); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 4); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad, arg_mean, arg_var, arg_weight32));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 4); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad, arg_mean, arg_var, arg_weight32));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 4); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad, arg_mean, arg_var, arg_weight32));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -306,15 +306,15 @@ void opgen_multi_mp_lamb_update_multi_float32(int64_t count, const int64_t *size
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
@@ -348,15 +348,15 @@ void opgen_multi_mp_lamb_update_dense_float64(int64_t size, void *arg_weight, co
         double opgen_acc[2];
         if (scalars.h_0) {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 8); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad, arg_mean, arg_var, arg_weight32));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 8); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad, arg_mean, arg_var, arg_weight32));
             }
         } else {
             if (scalars.s_bias_correction) {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 8); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad, arg_mean, arg_var, arg_weight32));
             } else {
-                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad, arg_mean, arg_var, arg_weight32));
+                OPGEN_TOTALS(2, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 8); opgen_prefetch_ahead(arg_mean, opgen_i0, 4); opgen_prefetch_ahead(arg_var, opgen_i0, 4); opgen_prefetch_ahead(arg_weight32, opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad, arg_mean, arg_var, arg_weight32));
             }
         }
         opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], size);
@@ -386,15 +386,15 @@ void opgen_multi_mp_lamb_update_multi_float64(int64_t count, const int64_t *size
             double opgen_acc[2];
             if (scalars.h_0) {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 }
             } else {
                 if (scalars.s_bias_correction) {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 } else {
-                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 }
             }
             opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);

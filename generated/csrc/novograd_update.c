@@ -11,9 +11,9 @@ void opgen_novograd_update_dense_float16(int64_t size, void *arg_weight, const v
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
         } else {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
@@ -41,9 +41,9 @@ void opgen_novograd_update_multi_float16(int64_t count, const int64_t *sizes, vo
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
             } else {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
@@ -75,9 +75,9 @@ void opgen_novograd_update_dense_float16_with_float32_states(int64_t size, void 
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
         } else {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
@@ -105,9 +105,9 @@ void opgen_novograd_update_multi_float16_with_float32_states(int64_t count, cons
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
             } else {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
@@ -135,9 +135,9 @@ void opgen_novograd_update_dense_bfloat16(int64_t size, void *arg_weight, const 
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
         } else {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
@@ -173,9 +173,9 @@ void opgen_novograd_update_multi_bfloat16(int64_t count, const int64_t *sizes, v
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
             } else {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
@@ -215,9 +215,9 @@ void opgen_novograd_update_dense_bfloat16_with_float32_states(int64_t size, void
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
         } else {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 2);, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
@@ -253,9 +253,9 @@ void opgen_novograd_update_multi_bfloat16_with_float32_states(int64_t count, con
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
             } else {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
@@ -291,9 +291,9 @@ void opgen_novograd_update_dense_float32(int64_t size, void *arg_weight, const v
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 4);, opgen_novograd_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
         } else {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 4);, opgen_novograd_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
@@ -313,9 +313,9 @@ void opgen_novograd_update_multi_float32(int64_t count, const int64_t *sizes, vo
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4);, opgen_novograd_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
             } else {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4);, opgen_novograd_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
@@ -339,9 +339,9 @@ void opgen_novograd_update_dense_float32_with_bfloat16_states(int64_t size, void
         const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 4);, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
         } else {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 4);, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
@@ -377,9 +377,9 @@ void opgen_novograd_update_multi_float32_with_bfloat16_states(int64_t count, con
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4);, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
             } else {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4);, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }
@@ -415,9 +415,9 @@ void opgen_novograd_update_dense_float64(int64_t size, void *arg_weight, const v
         const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v)[0]), arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_t, arg_grad_averaging, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[1];
         if (scalars.s_grad_averaging) {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 8);, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad));
         } else {
-            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
+            OPGEN_TOTALS(1, 0, size, flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad, opgen_i0, 8);, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad));
         }
         opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], size);
     }
@@ -437,9 +437,9 @@ void opgen_novograd_update_multi_float64(int64_t count, const int64_t *sizes, vo
             const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
             double opgen_acc[1];
             if (scalars.s_grad_averaging) {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8);, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
             } else {
-                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8);, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
             }
             opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
         }

