@@ -74,7 +74,7 @@ class DType:
 
 
 DTYPES: tuple[DType, ...] = (
-    DType("float16", "opgen_half", "opgen_half", FLOAT, 2, ("float32",)),
+    DType("float16", "opgen_half", "opgen_half", FLOAT, 2, ("float32",), block_narrowing=True),
     DType("bfloat16", "opgen_bf16", "opgen_bf16", FLOAT, 2, ("float32",), block_narrowing=True),  # in NumPy: ml_dtypes.bfloat16
     DType("float32", "float", "float", FLOAT, 4, ("bfloat16",)),
     DType("float64", "double", "double", DOUBLE, 8),

@@ -56,6 +56,15 @@ OPGEN_INLINE void opgen_adagrad_update_step_float16(const opgen_adagrad_update_s
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_history[i] = OPGEN_ROUND_float16(v_history, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
+OPGEN_INLINE void opgen_adagrad_update_bstep_float16(const opgen_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_history, int64_t j, float *OPGEN_RESTRICT b_weight, float *OPGEN_RESTRICT b_history) {
+    opgen_adagrad_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    float v_history = OPGEN_LOAD_float16(p_history[i]);
+    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_history);
+    b_weight[j] = v_weight;
+    b_history[j] = v_history;
+}
 OPGEN_INLINE void opgen_adagrad_update_step_float16_with_float32_states(const opgen_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_history) {
     opgen_adagrad_update_scalars_float sv = s;
     sv.h_0 = sw0;
@@ -63,6 +72,15 @@ OPGEN_INLINE void opgen_adagrad_update_step_float16_with_float32_states(const op
     float v_history = OPGEN_LOAD_float32(p_history[i]);
     opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_history);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
+    p_history[i] = OPGEN_STORE_float32(v_history);
+}
+OPGEN_INLINE void opgen_adagrad_update_bstep_float16_with_float32_states(const opgen_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_history, int64_t j, float *OPGEN_RESTRICT b_weight) {
+    opgen_adagrad_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    float v_history = OPGEN_LOAD_float32(p_history[i]);
+    opgen_adagrad_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_history);
+    b_weight[j] = v_weight;
     p_history[i] = OPGEN_STORE_float32(v_history);
 }
 OPGEN_INLINE void opgen_adagrad_update_step_bfloat16(const opgen_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_history) {

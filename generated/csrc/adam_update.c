@@ -11,13 +11,21 @@ void opgen_adam_update_dense_float16(int64_t size, void *arg_weight, const void 
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adam_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_adam_update_bstep_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adam_update_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adam_update_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_adam_update_bstep_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adam_update_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     }
 }
@@ -26,7 +34,11 @@ void opgen_adam_update_multi_float16(int64_t count, const int64_t *sizes, void *
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_adam_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_float16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 3, const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_adam_update_bstep_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_adam_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+        #endif
     }
 }
 
@@ -74,13 +86,21 @@ void opgen_adam_update_dense_float16_with_float32_states(int64_t size, void *arg
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_adam_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_adam_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     }
 }
@@ -89,7 +109,11 @@ void opgen_adam_update_multi_float16_with_float32_states(int64_t count, const in
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_float16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_adam_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+        #endif
     }
 }
 

@@ -68,6 +68,17 @@ OPGEN_INLINE void opgen_adam_update_step_float16(const opgen_adam_update_scalars
     p_mean[i] = OPGEN_ROUND_float16(v_mean, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_var[i] = OPGEN_ROUND_float16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
+OPGEN_INLINE void opgen_adam_update_bstep_float16(const opgen_adam_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var, int64_t j, float *OPGEN_RESTRICT b_weight, float *OPGEN_RESTRICT b_mean, float *OPGEN_RESTRICT b_var) {
+    opgen_adam_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    float v_mean = OPGEN_LOAD_float16(p_mean[i]);
+    float v_var = OPGEN_LOAD_float16(p_var[i]);
+    opgen_adam_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
+    b_weight[j] = v_weight;
+    b_mean[j] = v_mean;
+    b_var[j] = v_var;
+}
 OPGEN_INLINE void opgen_adam_update_step_float16_with_float32_states(const opgen_adam_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var) {
     opgen_adam_update_scalars_float sv = s;
     sv.h_0 = sw0;
@@ -76,6 +87,17 @@ OPGEN_INLINE void opgen_adam_update_step_float16_with_float32_states(const opgen
     float v_var = OPGEN_LOAD_float32(p_var[i]);
     opgen_adam_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 2), i);
+    p_mean[i] = OPGEN_STORE_float32(v_mean);
+    p_var[i] = OPGEN_STORE_float32(v_var);
+}
+OPGEN_INLINE void opgen_adam_update_bstep_float16_with_float32_states(const opgen_adam_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, int64_t j, float *OPGEN_RESTRICT b_weight) {
+    opgen_adam_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    float v_mean = OPGEN_LOAD_float32(p_mean[i]);
+    float v_var = OPGEN_LOAD_float32(p_var[i]);
+    opgen_adam_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var);
+    b_weight[j] = v_weight;
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
 }

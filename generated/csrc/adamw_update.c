@@ -11,13 +11,21 @@ void opgen_adamw_update_dense_float16(int64_t size, void *arg_weight, const void
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_adamw_update_bstep_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_adamw_update_bstep_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     }
 }
@@ -45,13 +53,21 @@ void opgen_adamw_update_dense_float16_with_float32_states(int64_t size, void *ar
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_adamw_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_adamw_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_adamw_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+            #endif
         }
     }
 }

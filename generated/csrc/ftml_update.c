@@ -11,13 +11,21 @@ void opgen_ftml_update_dense_float16(int64_t size, void *arg_weight, const void 
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 4, opgen_ftml_update_bstep_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_d + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_v + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_z + opgen_block, opgen_buffers[3], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 4, opgen_ftml_update_bstep_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_d + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_v + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_z + opgen_block, opgen_buffers[3], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+            #endif
         }
     }
 }
@@ -26,7 +34,11 @@ void opgen_ftml_update_multi_float16(int64_t count, const int64_t *sizes, void *
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_float16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 4, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_bstep_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_d[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_v[t] + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_z[t] + opgen_block, opgen_buffers[3], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        #endif
     }
 }
 
@@ -57,13 +69,21 @@ void opgen_ftml_update_dense_float16_with_float32_states(int64_t size, void *arg
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_ftml_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_ftml_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+            #endif
         }
     }
 }
@@ -72,7 +92,11 @@ void opgen_ftml_update_multi_float16_with_float32_states(int64_t count, const in
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_float16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], arg_d[t], arg_v[t], arg_z[t]));
+        #endif
     }
 }
 

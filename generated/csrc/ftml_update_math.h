@@ -86,6 +86,19 @@ OPGEN_INLINE void opgen_ftml_update_step_float16(const opgen_ftml_update_scalars
     p_v[i] = OPGEN_ROUND_float16(v_v, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_z[i] = OPGEN_ROUND_float16(v_z, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
+OPGEN_INLINE void opgen_ftml_update_bstep_float16(const opgen_ftml_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_d, opgen_half *OPGEN_RESTRICT p_v, opgen_half *OPGEN_RESTRICT p_z, int64_t j, float *OPGEN_RESTRICT b_weight, float *OPGEN_RESTRICT b_d, float *OPGEN_RESTRICT b_v, float *OPGEN_RESTRICT b_z) {
+    opgen_ftml_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    float v_d = OPGEN_LOAD_float16(p_d[i]);
+    float v_v = OPGEN_LOAD_float16(p_v[i]);
+    float v_z = OPGEN_LOAD_float16(p_z[i]);
+    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
+    b_weight[j] = v_weight;
+    b_d[j] = v_d;
+    b_v[j] = v_v;
+    b_z[j] = v_z;
+}
 OPGEN_INLINE void opgen_ftml_update_step_float16_with_float32_states(const opgen_ftml_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_d, float *OPGEN_RESTRICT p_v, float *OPGEN_RESTRICT p_z) {
     opgen_ftml_update_scalars_float sv = s;
     sv.h_0 = sw0;
@@ -95,6 +108,19 @@ OPGEN_INLINE void opgen_ftml_update_step_float16_with_float32_states(const opgen
     float v_z = OPGEN_LOAD_float32(p_z[i]);
     opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
+    p_d[i] = OPGEN_STORE_float32(v_d);
+    p_v[i] = OPGEN_STORE_float32(v_v);
+    p_z[i] = OPGEN_STORE_float32(v_z);
+}
+OPGEN_INLINE void opgen_ftml_update_bstep_float16_with_float32_states(const opgen_ftml_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_d, float *OPGEN_RESTRICT p_v, float *OPGEN_RESTRICT p_z, int64_t j, float *OPGEN_RESTRICT b_weight) {
+    opgen_ftml_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    float v_d = OPGEN_LOAD_float32(p_d[i]);
+    float v_v = OPGEN_LOAD_float32(p_v[i]);
+    float v_z = OPGEN_LOAD_float32(p_z[i]);
+    opgen_ftml_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_d, &v_v, &v_z);
+    b_weight[j] = v_weight;
     p_d[i] = OPGEN_STORE_float32(v_d);
     p_v[i] = OPGEN_STORE_float32(v_v);
     p_z[i] = OPGEN_STORE_float32(v_z);

@@ -12,13 +12,21 @@ void opgen_lamb_update_phase1_dense_float16(int64_t size, const void *arg_weight
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_lamb_update_phase1_bstep_float16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_out + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_lamb_update_phase1_bstep_float16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_out + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         }
     } else {
@@ -26,13 +34,21 @@ void opgen_lamb_update_phase1_dense_float16(int64_t size, const void *arg_weight
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_lamb_update_phase1_bstep_float16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_out + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_lamb_update_phase1_bstep_float16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_mean + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_out + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         }
     }
@@ -78,13 +94,21 @@ void opgen_lamb_update_phase1_dense_float16_with_float32_states(int64_t size, co
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lamb_update_phase1_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_out + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lamb_update_phase1_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_out + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         }
     } else {
@@ -92,13 +116,21 @@ void opgen_lamb_update_phase1_dense_float16_with_float32_states(int64_t size, co
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lamb_update_phase1_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_out + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lamb_update_phase1_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_out + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_lamb_update_phase1_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_out));
+                #endif
             }
         }
     }

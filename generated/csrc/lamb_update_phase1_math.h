@@ -77,6 +77,18 @@ OPGEN_INLINE void opgen_lamb_update_phase1_step_float16(const opgen_lamb_update_
     p_var[i] = OPGEN_ROUND_float16(v_var, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_out[i] = OPGEN_ROUND_float16(v_out, sr, opgen_slot_key(s.opgen_key, 2), i);
 }
+OPGEN_INLINE void opgen_lamb_update_phase1_bstep_float16(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mean, opgen_half *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out, int64_t j, float *OPGEN_RESTRICT b_mean, float *OPGEN_RESTRICT b_var, float *OPGEN_RESTRICT b_out) {
+    opgen_lamb_update_phase1_scalars_float sv = s;
+    sv.h_0 = sw0;
+    sv.s_bias_correction = sw1;
+    float v_mean = OPGEN_LOAD_float16(p_mean[i]);
+    float v_var = OPGEN_LOAD_float16(p_var[i]);
+    float v_out;
+    opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float16(p_weight[i]), zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, &v_out);
+    b_mean[j] = v_mean;
+    b_var[j] = v_var;
+    b_out[j] = v_out;
+}
 OPGEN_INLINE void opgen_lamb_update_phase1_step_float16_with_float32_states(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out) {
     opgen_lamb_update_phase1_scalars_float sv = s;
     sv.h_0 = sw0;
@@ -88,6 +100,18 @@ OPGEN_INLINE void opgen_lamb_update_phase1_step_float16_with_float32_states(cons
     p_mean[i] = OPGEN_STORE_float32(v_mean);
     p_var[i] = OPGEN_STORE_float32(v_var);
     p_out[i] = OPGEN_ROUND_float16(v_out, sr, opgen_slot_key(s.opgen_key, 2), i);
+}
+OPGEN_INLINE void opgen_lamb_update_phase1_bstep_float16_with_float32_states(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, const opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mean, float *OPGEN_RESTRICT p_var, opgen_half *OPGEN_RESTRICT p_out, int64_t j, float *OPGEN_RESTRICT b_out) {
+    opgen_lamb_update_phase1_scalars_float sv = s;
+    sv.h_0 = sw0;
+    sv.s_bias_correction = sw1;
+    float v_mean = OPGEN_LOAD_float32(p_mean[i]);
+    float v_var = OPGEN_LOAD_float32(p_var[i]);
+    float v_out;
+    opgen_lamb_update_phase1_element_float(sv, OPGEN_LOAD_float16(p_weight[i]), zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mean, &v_var, &v_out);
+    p_mean[i] = OPGEN_STORE_float32(v_mean);
+    p_var[i] = OPGEN_STORE_float32(v_var);
+    b_out[j] = v_out;
 }
 OPGEN_INLINE void opgen_lamb_update_phase1_step_bfloat16(const opgen_lamb_update_phase1_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, const opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mean, opgen_bf16 *OPGEN_RESTRICT p_var, opgen_bf16 *OPGEN_RESTRICT p_out) {
     opgen_lamb_update_phase1_scalars_float sv = s;

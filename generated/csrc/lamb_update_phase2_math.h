@@ -42,6 +42,11 @@ OPGEN_INLINE void opgen_lamb_update_phase2_step_float16(const opgen_lamb_update_
     opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_g[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
+OPGEN_INLINE void opgen_lamb_update_phase2_bstep_float16(const opgen_lamb_update_phase2_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_g, int64_t j, float *OPGEN_RESTRICT b_weight) {
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_g[gi]) * s.opgen_grad_scale));
+    b_weight[j] = v_weight;
+}
 OPGEN_INLINE void opgen_lamb_update_phase2_step_bfloat16(const opgen_lamb_update_phase2_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_g) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
     opgen_lamb_update_phase2_element_float(s, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_bfloat16(p_g[gi]) * s.opgen_grad_scale));

@@ -23,13 +23,21 @@ void opgen_lars_update_dense_float16(int64_t size, void *arg_weight, const void 
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_lars_update_bstep_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mom + opgen_block, opgen_buffers[1], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mom));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_lars_update_bstep_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mom + opgen_block, opgen_buffers[1], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom));
+            #endif
         }
     }
 }
@@ -53,13 +61,21 @@ void opgen_lars_update_multi_float16(int64_t count, const int64_t *sizes, void *
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_lars_update_bstep_float16(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mom[t] + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_lars_update_bstep_float16(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mom[t] + opgen_block, opgen_buffers[1], opgen_count););
+                #else
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
             }
         }
     }
@@ -87,13 +103,21 @@ void opgen_lars_update_dense_float16_with_float32_states(int64_t size, void *arg
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mom));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lars_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mom));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mom));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_lars_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mom));
+            #endif
         }
     }
 }
@@ -117,13 +141,21 @@ void opgen_lars_update_multi_float16_with_float32_states(int64_t count, const in
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lars_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lars_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(sizes[t], flush_denormal, opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
             }
         }
     }

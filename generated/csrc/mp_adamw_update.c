@@ -11,13 +11,21 @@ void opgen_mp_adamw_update_dense_float16(int64_t size, void *arg_weight, const v
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_mp_adamw_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_mp_adamw_update_bstep_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_mp_adamw_update_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_mp_adamw_update_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_mp_adamw_update_bstep_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_mp_adamw_update_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+            #endif
         }
     }
 }

@@ -10,7 +10,11 @@ void opgen_mp_lamb_update_phase2_dense_float16(int64_t size, void *arg_weight, c
     if (rounding) {
         OPGEN_DENSE(size, flush_denormal, opgen_mp_lamb_update_phase2_step_float16(s, i, gi, 0, 1, arg_weight, arg_g, arg_weight32));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_float16
+        OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_mp_lamb_update_phase2_bstep_float16(s, i, gi, 0, 0, arg_weight, arg_g, arg_weight32, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+        #else
         OPGEN_DENSE(size, flush_denormal, opgen_mp_lamb_update_phase2_step_float16(s, i, gi, 0, 0, arg_weight, arg_g, arg_weight32));
+        #endif
     }
 }
 

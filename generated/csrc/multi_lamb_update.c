@@ -32,13 +32,21 @@ void opgen_multi_lamb_update_dense_float16(int64_t size, void *arg_weight, const
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_multi_lamb_update_bstep_float16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_multi_lamb_update_bstep_float16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         }
     } else {
@@ -46,13 +54,21 @@ void opgen_multi_lamb_update_dense_float16(int64_t size, void *arg_weight, const
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_multi_lamb_update_bstep_float16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 3, opgen_multi_lamb_update_bstep_float16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var + opgen_block, opgen_buffers[2], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         }
     }
@@ -86,13 +102,21 @@ void opgen_multi_lamb_update_multi_float16(int64_t count, const int64_t *sizes, 
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_multi_lamb_update_bstep_float16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             } else {
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_multi_lamb_update_bstep_float16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             }
         } else {
@@ -100,13 +124,21 @@ void opgen_multi_lamb_update_multi_float16(int64_t count, const int64_t *sizes, 
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_multi_lamb_update_bstep_float16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             } else {
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_multi_lamb_update_bstep_float16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             }
         }
@@ -144,13 +176,21 @@ void opgen_multi_lamb_update_dense_float16_with_float32_states(int64_t size, voi
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_multi_lamb_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_multi_lamb_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         }
     } else {
@@ -158,13 +198,21 @@ void opgen_multi_lamb_update_dense_float16_with_float32_states(int64_t size, voi
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_multi_lamb_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_multi_lamb_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var));
+                #endif
             }
         }
     }
@@ -198,13 +246,21 @@ void opgen_multi_lamb_update_multi_float16_with_float32_states(int64_t count, co
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_lamb_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             } else {
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_lamb_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             }
         } else {
@@ -212,13 +268,21 @@ void opgen_multi_lamb_update_multi_float16_with_float32_states(int64_t count, co
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_lamb_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             } else {
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_lamb_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
                 }
             }
         }

@@ -32,13 +32,21 @@ void opgen_multi_mp_lamb_update_dense_float16(int64_t size, void *arg_weight, co
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_float16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_float16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+                #endif
             }
         }
     } else {
@@ -46,13 +54,21 @@ void opgen_multi_mp_lamb_update_dense_float16(int64_t size, void *arg_weight, co
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_float16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_float16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+                #endif
             }
         }
     }
@@ -86,13 +102,21 @@ void opgen_multi_mp_lamb_update_multi_float16(int64_t count, const int64_t *size
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_float16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    #endif
                 }
             } else {
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_float16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    #endif
                 }
             }
         } else {
@@ -100,13 +124,21 @@ void opgen_multi_mp_lamb_update_multi_float16(int64_t count, const int64_t *size
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_float16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    #endif
                 }
             } else {
                 if (rounding) {
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
                 } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_float16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
                     OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    #endif
                 }
             }
         }

@@ -40,6 +40,17 @@ OPGEN_INLINE void opgen_multi_mp_sgd_mom_update_step_float16(const opgen_multi_m
     p_mom[i] = OPGEN_STORE_float32(v_mom);
     p_weight32[i] = OPGEN_STORE_float32(v_weight32);
 }
+OPGEN_INLINE void opgen_multi_mp_sgd_mom_update_bstep_float16(const opgen_multi_mp_sgd_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32, int64_t j, float *OPGEN_RESTRICT b_weight) {
+    opgen_multi_mp_sgd_mom_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    float v_mom = OPGEN_LOAD_float32(p_mom[i]);
+    float v_weight32 = OPGEN_LOAD_float32(p_weight32[i]);
+    float v_weight;
+    opgen_multi_mp_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mom, &v_weight32);
+    b_weight[j] = v_weight;
+    p_mom[i] = OPGEN_STORE_float32(v_mom);
+    p_weight32[i] = OPGEN_STORE_float32(v_weight32);
+}
 OPGEN_INLINE void opgen_multi_mp_sgd_mom_update_step_bfloat16(const opgen_multi_mp_sgd_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, float *OPGEN_RESTRICT p_weight32) {
     opgen_multi_mp_sgd_mom_update_scalars_float sv = s;
     sv.h_0 = sw0;

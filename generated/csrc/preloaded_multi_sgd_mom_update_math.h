@@ -58,6 +58,15 @@ OPGEN_INLINE void opgen_preloaded_multi_sgd_mom_update_step_float16(const opgen_
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_mom[i] = OPGEN_ROUND_float16(v_mom, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
+OPGEN_INLINE void opgen_preloaded_multi_sgd_mom_update_bstep_float16(const opgen_preloaded_multi_sgd_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_mom, int64_t j, float *OPGEN_RESTRICT b_weight, float *OPGEN_RESTRICT b_mom) {
+    opgen_preloaded_multi_sgd_mom_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    float v_mom = OPGEN_LOAD_float16(p_mom[i]);
+    opgen_preloaded_multi_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
+    b_weight[j] = v_weight;
+    b_mom[j] = v_mom;
+}
 OPGEN_INLINE void opgen_preloaded_multi_sgd_mom_update_step_float16_with_float32_states(const opgen_preloaded_multi_sgd_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom) {
     opgen_preloaded_multi_sgd_mom_update_scalars_float sv = s;
     sv.h_0 = sw0;
@@ -65,6 +74,15 @@ OPGEN_INLINE void opgen_preloaded_multi_sgd_mom_update_step_float16_with_float32
     float v_mom = OPGEN_LOAD_float32(p_mom[i]);
     opgen_preloaded_multi_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
+    p_mom[i] = OPGEN_STORE_float32(v_mom);
+}
+OPGEN_INLINE void opgen_preloaded_multi_sgd_mom_update_bstep_float16_with_float32_states(const opgen_preloaded_multi_sgd_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_mom, int64_t j, float *OPGEN_RESTRICT b_weight) {
+    opgen_preloaded_multi_sgd_mom_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    float v_mom = OPGEN_LOAD_float32(p_mom[i]);
+    opgen_preloaded_multi_sgd_mom_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_mom);
+    b_weight[j] = v_weight;
     p_mom[i] = OPGEN_STORE_float32(v_mom);
 }
 OPGEN_INLINE void opgen_preloaded_multi_sgd_mom_update_step_bfloat16(const opgen_preloaded_multi_sgd_mom_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_mom) {

@@ -52,6 +52,13 @@ OPGEN_INLINE void opgen_preloaded_multi_sgd_update_step_float16(const opgen_prel
     opgen_preloaded_multi_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
+OPGEN_INLINE void opgen_preloaded_multi_sgd_update_bstep_float16(const opgen_preloaded_multi_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, int64_t j, float *OPGEN_RESTRICT b_weight) {
+    opgen_preloaded_multi_sgd_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    opgen_preloaded_multi_sgd_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    b_weight[j] = v_weight;
+}
 OPGEN_INLINE void opgen_preloaded_multi_sgd_update_step_bfloat16(const opgen_preloaded_multi_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     opgen_preloaded_multi_sgd_update_scalars_float sv = s;
     sv.h_0 = sw0;

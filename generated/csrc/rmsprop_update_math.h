@@ -67,6 +67,16 @@ OPGEN_INLINE void opgen_rmsprop_update_step_float16(const opgen_rmsprop_update_s
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_n[i] = OPGEN_ROUND_float16(v_n, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
+OPGEN_INLINE void opgen_rmsprop_update_bstep_float16(const opgen_rmsprop_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_n, int64_t j, float *OPGEN_RESTRICT b_weight, float *OPGEN_RESTRICT b_n) {
+    opgen_rmsprop_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    sv.h_2 = sw1;
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    float v_n = OPGEN_LOAD_float16(p_n[i]);
+    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_n);
+    b_weight[j] = v_weight;
+    b_n[j] = v_n;
+}
 OPGEN_INLINE void opgen_rmsprop_update_step_float16_with_float32_states(const opgen_rmsprop_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_n) {
     opgen_rmsprop_update_scalars_float sv = s;
     sv.h_0 = sw0;
@@ -75,6 +85,16 @@ OPGEN_INLINE void opgen_rmsprop_update_step_float16_with_float32_states(const op
     float v_n = OPGEN_LOAD_float32(p_n[i]);
     opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_n);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 1), i);
+    p_n[i] = OPGEN_STORE_float32(v_n);
+}
+OPGEN_INLINE void opgen_rmsprop_update_bstep_float16_with_float32_states(const opgen_rmsprop_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_n, int64_t j, float *OPGEN_RESTRICT b_weight) {
+    opgen_rmsprop_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    sv.h_2 = sw1;
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    float v_n = OPGEN_LOAD_float32(p_n[i]);
+    opgen_rmsprop_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_n);
+    b_weight[j] = v_weight;
     p_n[i] = OPGEN_STORE_float32(v_n);
 }
 OPGEN_INLINE void opgen_rmsprop_update_step_bfloat16(const opgen_rmsprop_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_n) {

@@ -12,13 +12,21 @@ void opgen_rmspropalex_update_dense_float16(int64_t size, void *arg_weight, cons
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 4, opgen_rmspropalex_update_bstep_float16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_n + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_g + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_delta + opgen_block, opgen_buffers[3], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 4, opgen_rmspropalex_update_bstep_float16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_n + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_g + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_delta + opgen_block, opgen_buffers[3], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
+                #endif
             }
         }
     } else {
@@ -26,13 +34,21 @@ void opgen_rmspropalex_update_dense_float16(int64_t size, void *arg_weight, cons
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 4, opgen_rmspropalex_update_bstep_float16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_n + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_g + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_delta + opgen_block, opgen_buffers[3], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 4, opgen_rmspropalex_update_bstep_float16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta, j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_n + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_g + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_delta + opgen_block, opgen_buffers[3], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
+                #endif
             }
         }
     }
@@ -42,7 +58,11 @@ void opgen_rmspropalex_update_multi_float16(int64_t count, const int64_t *sizes,
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_float16(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_float16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 4, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_bstep_float16(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2], opgen_buffers[3]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_n[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_g[t] + opgen_block, opgen_buffers[2], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_delta[t] + opgen_block, opgen_buffers[3], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_float16(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+        #endif
     }
 }
 
@@ -90,13 +110,21 @@ void opgen_rmspropalex_update_dense_float16_with_float32_states(int64_t size, vo
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_rmspropalex_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_rmspropalex_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
+                #endif
             }
         }
     } else {
@@ -104,13 +132,21 @@ void opgen_rmspropalex_update_dense_float16_with_float32_states(int64_t size, vo
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_rmspropalex_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
+                #endif
             }
         } else {
             if (rounding) {
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
             } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_rmspropalex_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+                #else
                 OPGEN_DENSE(size, flush_denormal, opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
+                #endif
             }
         }
     }
@@ -120,7 +156,11 @@ void opgen_rmspropalex_update_multi_float16_with_float32_states(int64_t count, c
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_float16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale), opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight[t], arg_grad[t], arg_n[t], arg_g[t], arg_delta[t]));
+        #endif
     }
 }
 

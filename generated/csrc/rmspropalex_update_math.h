@@ -83,6 +83,20 @@ OPGEN_INLINE void opgen_rmspropalex_update_step_float16(const opgen_rmspropalex_
     p_g[i] = OPGEN_ROUND_float16(v_g, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_delta[i] = OPGEN_ROUND_float16(v_delta, sr, opgen_slot_key(s.opgen_key, 2), i);
 }
+OPGEN_INLINE void opgen_rmspropalex_update_bstep_float16(const opgen_rmspropalex_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_n, opgen_half *OPGEN_RESTRICT p_g, opgen_half *OPGEN_RESTRICT p_delta, int64_t j, float *OPGEN_RESTRICT b_weight, float *OPGEN_RESTRICT b_n, float *OPGEN_RESTRICT b_g, float *OPGEN_RESTRICT b_delta) {
+    opgen_rmspropalex_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    sv.h_2 = sw1;
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    float v_n = OPGEN_LOAD_float16(p_n[i]);
+    float v_g = OPGEN_LOAD_float16(p_g[i]);
+    float v_delta = OPGEN_LOAD_float16(p_delta[i]);
+    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
+    b_weight[j] = v_weight;
+    b_n[j] = v_n;
+    b_g[j] = v_g;
+    b_delta[j] = v_delta;
+}
 OPGEN_INLINE void opgen_rmspropalex_update_step_float16_with_float32_states(const opgen_rmspropalex_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_n, float *OPGEN_RESTRICT p_g, float *OPGEN_RESTRICT p_delta) {
     opgen_rmspropalex_update_scalars_float sv = s;
     sv.h_0 = sw0;
@@ -93,6 +107,20 @@ OPGEN_INLINE void opgen_rmspropalex_update_step_float16_with_float32_states(cons
     float v_delta = OPGEN_LOAD_float32(p_delta[i]);
     opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 3), i);
+    p_n[i] = OPGEN_STORE_float32(v_n);
+    p_g[i] = OPGEN_STORE_float32(v_g);
+    p_delta[i] = OPGEN_STORE_float32(v_delta);
+}
+OPGEN_INLINE void opgen_rmspropalex_update_bstep_float16_with_float32_states(const opgen_rmspropalex_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, int sw1, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_n, float *OPGEN_RESTRICT p_g, float *OPGEN_RESTRICT p_delta, int64_t j, float *OPGEN_RESTRICT b_weight) {
+    opgen_rmspropalex_update_scalars_float sv = s;
+    sv.h_0 = sw0;
+    sv.h_2 = sw1;
+    float v_weight = OPGEN_LOAD_float16(p_weight[i]);
+    float v_n = OPGEN_LOAD_float32(p_n[i]);
+    float v_g = OPGEN_LOAD_float32(p_g[i]);
+    float v_delta = OPGEN_LOAD_float32(p_delta[i]);
+    opgen_rmspropalex_update_element_float(sv, &v_weight, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_n, &v_g, &v_delta);
+    b_weight[j] = v_weight;
     p_n[i] = OPGEN_STORE_float32(v_n);
     p_g[i] = OPGEN_STORE_float32(v_g);
     p_delta[i] = OPGEN_STORE_float32(v_delta);

@@ -11,13 +11,21 @@ void opgen_sgd_update_dense_float16(int64_t size, void *arg_weight, const void *
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 1, 1, arg_weight, arg_grad));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_sgd_update_bstep_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 0, 1, arg_weight, arg_grad));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 1, 0, arg_weight, arg_grad));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_sgd_update_bstep_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_sgd_update_step_float16(s, i, gi, 0, 0, 0, arg_weight, arg_grad));
+            #endif
         }
     }
 }
@@ -26,7 +34,11 @@ void opgen_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *c
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight[t], arg_grad[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_float16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_update_bstep_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_sgd_update_scalars_float s = opgen_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale), opgen_sgd_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight[t], arg_grad[t]));
+        #endif
     }
 }
 

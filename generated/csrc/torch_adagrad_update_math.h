@@ -52,6 +52,15 @@ OPGEN_INLINE void opgen_torch_adagrad_update_step_float16(const opgen_torch_adag
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_state_sum[i] = OPGEN_ROUND_float16(v_state_sum, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
+OPGEN_INLINE void opgen_torch_adagrad_update_bstep_float16(const opgen_torch_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_param, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_state_sum, int64_t j, float *OPGEN_RESTRICT b_param, float *OPGEN_RESTRICT b_state_sum) {
+    opgen_torch_adagrad_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_float16(p_param[i]);
+    float v_state_sum = OPGEN_LOAD_float16(p_state_sum[i]);
+    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_state_sum);
+    b_param[j] = v_param;
+    b_state_sum[j] = v_state_sum;
+}
 OPGEN_INLINE void opgen_torch_adagrad_update_step_float16_with_float32_states(const opgen_torch_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_param, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_state_sum) {
     opgen_torch_adagrad_update_scalars_float sv = s;
     sv.s_maximize = sw0;
@@ -59,6 +68,15 @@ OPGEN_INLINE void opgen_torch_adagrad_update_step_float16_with_float32_states(co
     float v_state_sum = OPGEN_LOAD_float32(p_state_sum[i]);
     opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_state_sum);
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 1), i);
+    p_state_sum[i] = OPGEN_STORE_float32(v_state_sum);
+}
+OPGEN_INLINE void opgen_torch_adagrad_update_bstep_float16_with_float32_states(const opgen_torch_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_param, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_state_sum, int64_t j, float *OPGEN_RESTRICT b_param) {
+    opgen_torch_adagrad_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_float16(p_param[i]);
+    float v_state_sum = OPGEN_LOAD_float32(p_state_sum[i]);
+    opgen_torch_adagrad_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_state_sum);
+    b_param[j] = v_param;
     p_state_sum[i] = OPGEN_STORE_float32(v_state_sum);
 }
 OPGEN_INLINE void opgen_torch_adagrad_update_step_bfloat16(const opgen_torch_adagrad_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_param, const opgen_bf16 *OPGEN_RESTRICT p_grad, opgen_bf16 *OPGEN_RESTRICT p_state_sum) {

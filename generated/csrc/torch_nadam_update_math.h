@@ -66,6 +66,17 @@ OPGEN_INLINE void opgen_torch_nadam_update_step_float16(const opgen_torch_nadam_
     p_exp_avg[i] = OPGEN_ROUND_float16(v_exp_avg, sr, opgen_slot_key(s.opgen_key, 0), i);
     p_exp_avg_sq[i] = OPGEN_ROUND_float16(v_exp_avg_sq, sr, opgen_slot_key(s.opgen_key, 1), i);
 }
+OPGEN_INLINE void opgen_torch_nadam_update_bstep_float16(const opgen_torch_nadam_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_param, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_exp_avg, opgen_half *OPGEN_RESTRICT p_exp_avg_sq, int64_t j, float *OPGEN_RESTRICT b_param, float *OPGEN_RESTRICT b_exp_avg, float *OPGEN_RESTRICT b_exp_avg_sq) {
+    opgen_torch_nadam_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_float16(p_param[i]);
+    float v_exp_avg = OPGEN_LOAD_float16(p_exp_avg[i]);
+    float v_exp_avg_sq = OPGEN_LOAD_float16(p_exp_avg_sq[i]);
+    opgen_torch_nadam_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq);
+    b_param[j] = v_param;
+    b_exp_avg[j] = v_exp_avg;
+    b_exp_avg_sq[j] = v_exp_avg_sq;
+}
 OPGEN_INLINE void opgen_torch_nadam_update_step_float16_with_float32_states(const opgen_torch_nadam_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_param, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_exp_avg, float *OPGEN_RESTRICT p_exp_avg_sq) {
     opgen_torch_nadam_update_scalars_float sv = s;
     sv.s_maximize = sw0;
@@ -74,6 +85,17 @@ OPGEN_INLINE void opgen_torch_nadam_update_step_float16_with_float32_states(cons
     float v_exp_avg_sq = OPGEN_LOAD_float32(p_exp_avg_sq[i]);
     opgen_torch_nadam_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq);
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 2), i);
+    p_exp_avg[i] = OPGEN_STORE_float32(v_exp_avg);
+    p_exp_avg_sq[i] = OPGEN_STORE_float32(v_exp_avg_sq);
+}
+OPGEN_INLINE void opgen_torch_nadam_update_bstep_float16_with_float32_states(const opgen_torch_nadam_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_param, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_exp_avg, float *OPGEN_RESTRICT p_exp_avg_sq, int64_t j, float *OPGEN_RESTRICT b_param) {
+    opgen_torch_nadam_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_float16(p_param[i]);
+    float v_exp_avg = OPGEN_LOAD_float32(p_exp_avg[i]);
+    float v_exp_avg_sq = OPGEN_LOAD_float32(p_exp_avg_sq[i]);
+    opgen_torch_nadam_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_exp_avg, &v_exp_avg_sq);
+    b_param[j] = v_param;
     p_exp_avg[i] = OPGEN_STORE_float32(v_exp_avg);
     p_exp_avg_sq[i] = OPGEN_STORE_float32(v_exp_avg_sq);
 }

@@ -72,6 +72,19 @@ OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_step_float16(cons
     p_grad_avg[i] = OPGEN_ROUND_float16(v_grad_avg, sr, opgen_slot_key(s.opgen_key, 1), i);
     p_momentum_buffer[i] = OPGEN_ROUND_float16(v_momentum_buffer, sr, opgen_slot_key(s.opgen_key, 2), i);
 }
+OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_bstep_float16(const opgen_torch_rmsprop_centered_momentum_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_param, const opgen_half *OPGEN_RESTRICT p_grad, opgen_half *OPGEN_RESTRICT p_square_avg, opgen_half *OPGEN_RESTRICT p_grad_avg, opgen_half *OPGEN_RESTRICT p_momentum_buffer, int64_t j, float *OPGEN_RESTRICT b_param, float *OPGEN_RESTRICT b_square_avg, float *OPGEN_RESTRICT b_grad_avg, float *OPGEN_RESTRICT b_momentum_buffer) {
+    opgen_torch_rmsprop_centered_momentum_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_float16(p_param[i]);
+    float v_square_avg = OPGEN_LOAD_float16(p_square_avg[i]);
+    float v_grad_avg = OPGEN_LOAD_float16(p_grad_avg[i]);
+    float v_momentum_buffer = OPGEN_LOAD_float16(p_momentum_buffer[i]);
+    opgen_torch_rmsprop_centered_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_square_avg, &v_grad_avg, &v_momentum_buffer);
+    b_param[j] = v_param;
+    b_square_avg[j] = v_square_avg;
+    b_grad_avg[j] = v_grad_avg;
+    b_momentum_buffer[j] = v_momentum_buffer;
+}
 OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_step_float16_with_float32_states(const opgen_torch_rmsprop_centered_momentum_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_param, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_square_avg, float *OPGEN_RESTRICT p_grad_avg, float *OPGEN_RESTRICT p_momentum_buffer) {
     opgen_torch_rmsprop_centered_momentum_update_scalars_float sv = s;
     sv.s_maximize = sw0;
@@ -81,6 +94,19 @@ OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_step_float16_with
     float v_momentum_buffer = OPGEN_LOAD_float32(p_momentum_buffer[i]);
     opgen_torch_rmsprop_centered_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_square_avg, &v_grad_avg, &v_momentum_buffer);
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 3), i);
+    p_square_avg[i] = OPGEN_STORE_float32(v_square_avg);
+    p_grad_avg[i] = OPGEN_STORE_float32(v_grad_avg);
+    p_momentum_buffer[i] = OPGEN_STORE_float32(v_momentum_buffer);
+}
+OPGEN_INLINE void opgen_torch_rmsprop_centered_momentum_update_bstep_float16_with_float32_states(const opgen_torch_rmsprop_centered_momentum_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_param, const opgen_half *OPGEN_RESTRICT p_grad, float *OPGEN_RESTRICT p_square_avg, float *OPGEN_RESTRICT p_grad_avg, float *OPGEN_RESTRICT p_momentum_buffer, int64_t j, float *OPGEN_RESTRICT b_param) {
+    opgen_torch_rmsprop_centered_momentum_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_float16(p_param[i]);
+    float v_square_avg = OPGEN_LOAD_float32(p_square_avg[i]);
+    float v_grad_avg = OPGEN_LOAD_float32(p_grad_avg[i]);
+    float v_momentum_buffer = OPGEN_LOAD_float32(p_momentum_buffer[i]);
+    opgen_torch_rmsprop_centered_momentum_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale), &v_square_avg, &v_grad_avg, &v_momentum_buffer);
+    b_param[j] = v_param;
     p_square_avg[i] = OPGEN_STORE_float32(v_square_avg);
     p_grad_avg[i] = OPGEN_STORE_float32(v_grad_avg);
     p_momentum_buffer[i] = OPGEN_STORE_float32(v_momentum_buffer);

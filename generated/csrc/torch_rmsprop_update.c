@@ -11,13 +11,21 @@ void opgen_torch_rmsprop_update_dense_float16(int64_t size, void *arg_param, con
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_update_step_float16(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_torch_rmsprop_update_bstep_float16(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_float16((opgen_half *)arg_param + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_square_avg + opgen_block, opgen_buffers[1], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_update_step_float16(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_update_step_float16(s, i, gi, 0, 1, 0, arg_param, arg_grad, arg_square_avg));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 2, opgen_torch_rmsprop_update_bstep_float16(s, i, gi, 0, 0, 0, arg_param, arg_grad, arg_square_avg, j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_float16((opgen_half *)arg_param + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_square_avg + opgen_block, opgen_buffers[1], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_update_step_float16(s, i, gi, 0, 0, 0, arg_param, arg_grad, arg_square_avg));
+            #endif
         }
     }
 }
@@ -26,7 +34,11 @@ void opgen_torch_rmsprop_update_multi_float16(int64_t count, const int64_t *size
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_update_scalars_float s = opgen_torch_rmsprop_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_update_step_float16(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_float16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 2, const opgen_torch_rmsprop_update_scalars_float s = opgen_torch_rmsprop_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_update_bstep_float16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_float16((opgen_half *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_square_avg[t] + opgen_block, opgen_buffers[1], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_update_scalars_float s = opgen_torch_rmsprop_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_update_step_float16(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t]));
+        #endif
     }
 }
 
@@ -57,13 +69,21 @@ void opgen_torch_rmsprop_update_dense_float16_with_float32_states(int64_t size, 
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_param, arg_grad, arg_square_avg));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_torch_rmsprop_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_param + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_param, arg_grad, arg_square_avg));
+            #endif
         }
     } else {
         if (rounding) {
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_param, arg_grad, arg_square_avg));
         } else {
+            #if OPGEN_NARROWS_IN_BLOCKS_float16
+            OPGEN_DENSE_BLOCKS(size, flush_denormal, 1, opgen_torch_rmsprop_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_param, arg_grad, arg_square_avg, j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_param + opgen_block, opgen_buffers[0], opgen_count););
+            #else
             OPGEN_DENSE(size, flush_denormal, opgen_torch_rmsprop_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_param, arg_grad, arg_square_avg));
+            #endif
         }
     }
 }
@@ -72,7 +92,11 @@ void opgen_torch_rmsprop_update_multi_float16_with_float32_states(int64_t count,
     if (rounding) {
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_update_scalars_float s = opgen_torch_rmsprop_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t]));
     } else {
+        #if OPGEN_NARROWS_IN_BLOCKS_float16
+        OPGEN_MULTI_BLOCKS(count, sizes, flush_denormal, 1, const opgen_torch_rmsprop_update_scalars_float s = opgen_torch_rmsprop_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_param[t] + opgen_block, opgen_buffers[0], opgen_count););
+        #else
         OPGEN_MULTI(count, sizes, flush_denormal, const opgen_torch_rmsprop_update_scalars_float s = opgen_torch_rmsprop_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale), opgen_torch_rmsprop_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param[t], arg_grad[t], arg_square_avg[t]));
+        #endif
     }
 }
 

@@ -42,6 +42,13 @@ OPGEN_INLINE void opgen_torch_sgd_update_step_float16(const opgen_torch_sgd_upda
     opgen_torch_sgd_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     p_param[i] = OPGEN_ROUND_float16(v_param, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
+OPGEN_INLINE void opgen_torch_sgd_update_bstep_float16(const opgen_torch_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_half *OPGEN_RESTRICT p_param, const opgen_half *OPGEN_RESTRICT p_grad, int64_t j, float *OPGEN_RESTRICT b_param) {
+    opgen_torch_sgd_update_scalars_float sv = s;
+    sv.s_maximize = sw0;
+    float v_param = OPGEN_LOAD_float16(p_param[i]);
+    opgen_torch_sgd_update_element_float(sv, &v_param, zero_grad ? 0.0f : (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    b_param[j] = v_param;
+}
 OPGEN_INLINE void opgen_torch_sgd_update_step_bfloat16(const opgen_torch_sgd_update_scalars_float s, int64_t i, int64_t gi, int zero_grad, int sr, int sw0, opgen_bf16 *OPGEN_RESTRICT p_param, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     opgen_torch_sgd_update_scalars_float sv = s;
     sv.s_maximize = sw0;
