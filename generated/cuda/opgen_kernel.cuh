@@ -77,18 +77,18 @@ OPGEN_SR_FN uint16_t opgen_float_to_bf16_sr(float f, uint32_t r) {
     return (uint16_t)((u & 0x7fffffffu) > 0x7f800000u ? nan : rounded);
 }
 OPGEN_SR_FN uint16_t opgen_float_to_half_sr(float f, uint32_t r) {
-    uint32_t u = OPGEN_FLOAT_BITS(f), sign = (u >> 16) & 0x8000u, ax = u & 0x7fffffffu;
-    if (ax >= 0x7f800000u) return (uint16_t)(sign | 0x7c00u | (ax > 0x7f800000u ? 0x200u : 0u));
-    if (ax < 0x38800000u) { /* below the smallest normal half: multiples of 2^-24 */
-        float scaled = OPGEN_BITS_FLOAT(ax) * 16777216.0f;
-        uint32_t m = (uint32_t)scaled;
-        float frac = scaled - (float)m;
-        if ((float)(r >> 8) * 5.9604644775390625e-8f < frac) m++;
-        return (uint16_t)(sign | m);
-    }
-    uint32_t t = (ax + (r & 0x1fffu)) & ~0x1fffu;
-    if (t >= 0x47800000u) return (uint16_t)(sign | 0x7c00u);
-    return (uint16_t)(sign | ((((t >> 23) - 112u) << 10) | ((t >> 13) & 0x3ffu)));
+    /* Branch-free (every case computed, one chosen by masks) so that C loops vectorize. */
+    const uint32_t u = OPGEN_FLOAT_BITS(f), sign = (u >> 16) & 0x8000u, ax = u & 0x7fffffffu;
+    const uint32_t is_special = 0u - (uint32_t)(ax >= 0x7f800000u), is_sub = 0u - (uint32_t)(ax < 0x38800000u);
+    const uint32_t special = 0x7c00u | ((uint32_t)(ax > 0x7f800000u) << 9); /* inf, or a quiet NaN */
+    /* below the smallest normal half: multiples of 2^-24, up with probability the remainder */
+    const float scaled = OPGEN_BITS_FLOAT(ax & is_sub) * 16777216.0f;
+    const int m = (int)scaled;
+    const float frac = scaled - (float)m;
+    const uint32_t sub = (uint32_t)m + (uint32_t)((float)(int)(r >> 8) * 5.9604644775390625e-8f < frac);
+    const uint32_t t = (ax + (r & 0x1fffu)) & ~0x1fffu, is_inf = 0u - (uint32_t)(t >= 0x47800000u);
+    const uint32_t normal = (0x7c00u & is_inf) | (((((t >> 23) - 112u) << 10) | ((t >> 13) & 0x3ffu)) & ~is_inf);
+    return (uint16_t)(sign | (special & is_special) | (sub & is_sub & ~is_special) | (normal & ~is_sub & ~is_special));
 }
 /* A store into storage type D: rounding to nearest, or stochastic (`sr`) with the stored
  * tensor's key and the element's index. */
