@@ -742,3 +742,38 @@ def call(name: str, args, kwargs: dict, out=None):
         assert isinstance(result, list) and len(result) == 1, result
         return result[0]
     return info.fn(*args, **kwargs, out=out)
+
+
+def saved_arrays_by_thread_count(script: str, args: list[str], threads: tuple[int, ...], folder: Path) -> list:
+    """Runs ``script`` (which np.savez-es its arrays to its first argument) in a fresh
+    process per OpenMP thread count, from the project root; each run's arrays, in order."""
+    import os
+    import subprocess
+    import sys
+
+    results = []
+    for count in threads:
+        path = folder / f"t{count}.npz"
+        run = subprocess.run([sys.executable, "-c", script, str(path), *args], cwd=Path(__file__).resolve().parent.parent,
+                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(count)})
+        assert run.returncode == 0, run.stderr
+        with np.load(path) as data:
+            results.append([data[k] for k in sorted(data.files, key=lambda f: int(f.split("_")[1]))])
+    return results
+
+
+def float32_values_with_specials(size: int, layout: str, special_bits: list[int], base: float, exponents: tuple[int, int]):
+    """``size`` float32 values of magnitudes base ** exponents (seeded by the size), with the
+    special patterns nowhere ("normal values only"), one in ~97 places ("specials scattered")
+    or in a run of 48 from a random place ("specials in runs")."""
+    rng = np.random.default_rng(size)
+    values = (rng.normal(size=size) * float(base) ** rng.integers(*exponents, size)).astype(np.float32)
+    if layout != "normal values only":
+        specials = np.array(special_bits, np.uint32).view(np.float32)
+        if layout == "specials scattered":
+            where = rng.choice(size, size=max(1, size // 97), replace=False)
+            values[where] = rng.choice(specials, size=len(where))
+        else:
+            start = rng.integers(0, size)
+            values[start:start + 48] = np.resize(specials, len(values[start:start + 48]))
+    return values

@@ -62,16 +62,7 @@ def test_long_stores_are_ml_dtypes_rounding_in_every_block_and_lane(backend, siz
     payloads), so every size around a vector and a block, and specials anywhere in a vector
     or alone among normal values, must still give ml_dtypes' bits, in one call and in a
     multi-tensor call (two threads share the elements from 16K up)."""
-    rng = np.random.default_rng(size)
-    values = (rng.normal(size=size) * 3.0 ** rng.integers(-40, 40, size)).astype(np.float32)
-    if layout != "normal values only":
-        specials = np.array(SPECIAL_BITS, np.uint32).view(np.float32)
-        if layout == "specials scattered":
-            where = rng.choice(size, size=max(1, size // 97), replace=False)
-            values[where] = rng.choice(specials, size=len(where))
-        else:
-            start = rng.integers(0, size)
-            values[start:start + 48] = np.resize(specials, len(values[start:start + 48]))
+    values = cases.float32_values_with_specials(size, layout, SPECIAL_BITS, 3.0, (-40, 40))
     with np.errstate(all="ignore"):
         expected = values.astype(BF16).view(np.uint16)
     out = generated.mp_sgd_update(np.zeros(size, BF16), np.zeros(size, BF16), values.copy(), lr=0.0)

@@ -8,11 +8,8 @@ clip_grad_norm_, and values by hand."""
 from __future__ import annotations
 
 import math
-import os
-import subprocess
 import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,8 +19,6 @@ import generated
 from opgen.runtime import available_backends, use_backend
 
 from test_multi import MULTI, SHAPES, _per_tensor, lists, make_cases
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 def _norm64(grads) -> float:
@@ -176,14 +171,7 @@ THREADS_SCRIPT = textwrap.dedent("""\
 def test_the_bits_do_not_depend_on_the_thread_count(tmp_path):
     """The norm is summed in fixed blocks and lanes: 1, 2 and 3 threads give the same factor,
     so the same bits (fresh processes)."""
-    results = []
-    for threads in (1, 2, 3):
-        path = tmp_path / f"t{threads}.npz"
-        run = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(path)], cwd=ROOT, capture_output=True,
-                             text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        assert run.returncode == 0, run.stderr
-        with np.load(path) as data:
-            results.append([data[k] for k in sorted(data.files, key=lambda f: int(f.split("_")[1]))])
+    results = cases.saved_arrays_by_thread_count(THREADS_SCRIPT, [], (1, 2, 3), tmp_path)
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             np.testing.assert_array_equal(a, b)

@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+import cases
 import generated
 from generated import set_flush_denormal, use_backend
 from opgen.runtime import available_backends
@@ -56,16 +57,7 @@ def test_long_stores_are_numpys_rounding_in_every_block_and_lane(backend, size, 
     """float32 values of every magnitude stored into float16 (mp_sgd, lr = 0): every size
     around a vector (8, 16) and a block (512), specials anywhere in a vector or alone, in one
     call and in a multi-tensor call (two threads share the elements from 16K up)."""
-    rng = np.random.default_rng(size)
-    values = (rng.normal(size=size) * 2.0 ** rng.integers(-30, 18, size)).astype(np.float32)
-    if layout != "normal values only":
-        specials = np.array(SPECIAL_BITS, np.uint32).view(np.float32)
-        if layout == "specials scattered":
-            where = rng.choice(size, size=max(1, size // 97), replace=False)
-            values[where] = rng.choice(specials, size=len(where))
-        else:
-            start = rng.integers(0, size)
-            values[start:start + 48] = np.resize(specials, len(values[start:start + 48]))
+    values = cases.float32_values_with_specials(size, layout, SPECIAL_BITS, 2.0, (-30, 18))
     with np.errstate(all="ignore"):
         expected = values.astype(F16)
     out = generated.mp_sgd_update(np.zeros(size, F16), np.zeros(size, F16), values.copy(), lr=0.0)

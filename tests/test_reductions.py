@@ -18,13 +18,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+import cases
 import generated
 from opgen.errors import SpecError
 from opgen.runtime import use_backend
 from opgen.spec.loader import parse_spec
 from packages import build_package
 
-ROOT = Path(__file__).resolve().parent.parent
 BACKENDS = ["c", "numpy"]
 
 TOTALS_SPEC = """\
@@ -164,14 +164,7 @@ THREADS_SCRIPT = textwrap.dedent("""\
 def test_the_bits_do_not_depend_on_the_thread_count(totals_package, tmp_path):
     """1, 2, 3 and 8 OpenMP threads, in fresh processes, over sizes several threads share."""
     package_root = Path(totals_package.__file__).parent.parent
-    results = []
-    for threads in (1, 2, 3, 8):
-        path = tmp_path / f"t{threads}.npz"
-        run = subprocess.run([sys.executable, "-c", THREADS_SCRIPT, str(path), str(package_root)], cwd=ROOT,
-                             capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)})
-        assert run.returncode == 0, run.stderr
-        with np.load(path) as data:
-            results.append([data[k] for k in sorted(data.files, key=lambda f: int(f.split("_")[1]))])
+    results = cases.saved_arrays_by_thread_count(THREADS_SCRIPT, [str(package_root)], (1, 2, 3, 8), tmp_path)
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             np.testing.assert_array_equal(a, b)

@@ -35,27 +35,30 @@ def _names(kernel: abi.KernelABI) -> dict[ArgRole, str]:
     return {a.role: a.name for a in kernel.args if not a.source}
 
 
-def dense_call(step: StepCode, size: str, flush: str, version: Version, table: str = "") -> list[str]:
-    """One dense loop; where its results go to 16-bit types with rounding to nearest, also
-    the block-narrowed loop (results buffered, a block narrowed at a time), which the
+def _with_block_narrowing(step: StepCode, version: Version, plain: str, blocked: str) -> list[str]:
+    """A loop, and where its results go to 16-bit types with rounding to nearest, also its
+    block-narrowed form (results buffered, a block narrowed at a time), which the
     preprocessor takes where the machine has the conversion in hardware."""
-    plain = f"OPGEN_DENSE({size}, {flush}, {step.step_call('step', 0, version, table)});"
     if version.sr or not step.narrowed:
         return [plain]
-    return [f"#if {step.narrowing_condition()}",
-            f"OPGEN_DENSE_BLOCKS({size}, {flush}, {len(step.narrowed)}, {step.step_call('bstep', 0, version, table)}, "
-            f"{step.narrow_lines(table)});", "#else", plain, "#endif"]
+    return [f"#if {step.narrowing_condition()}", blocked, "#else", plain, "#endif"]
+
+
+def dense_call(step: StepCode, size: str, flush: str, version: Version, table: str = "") -> list[str]:
+    """One dense loop (and its block-narrowed form)."""
+    return _with_block_narrowing(
+        step, version, f"OPGEN_DENSE({size}, {flush}, {step.step_call('step', 0, version, table)});",
+        f"OPGEN_DENSE_BLOCKS({size}, {flush}, {len(step.narrowed)}, {step.step_call('bstep', 0, version, table)}, "
+        f"{step.narrow_lines(table)});")
 
 
 def multi_call(step: StepCode, count: str, sizes: str, flush: str, setup: str, version: Version) -> list[str]:
-    """The multi-tensor loop, and its block-narrowed form as dense_call's."""
+    """The multi-tensor loop (and its block-narrowed form)."""
     table = f"[{LOOP.t}]"
-    plain = f"OPGEN_MULTI({count}, {sizes}, {flush}, {setup}, {step.step_call('step', 0, version, table)});"
-    if version.sr or not step.narrowed:
-        return [plain]
-    return [f"#if {step.narrowing_condition()}",
-            f"OPGEN_MULTI_BLOCKS({count}, {sizes}, {flush}, {len(step.narrowed)}, {setup}, "
-            f"{step.step_call('bstep', 0, version, table)}, {step.narrow_lines(table)});", "#else", plain, "#endif"]
+    return _with_block_narrowing(
+        step, version, f"OPGEN_MULTI({count}, {sizes}, {flush}, {setup}, {step.step_call('step', 0, version, table)});",
+        f"OPGEN_MULTI_BLOCKS({count}, {sizes}, {flush}, {len(step.narrowed)}, {setup}, "
+        f"{step.step_call('bstep', 0, version, table)}, {step.narrow_lines(table)});")
 
 
 def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str]:
