@@ -14,6 +14,8 @@ from opgen.runtime import Operator as _Operator
 from opgen.runtime import ParamArg as _ParamArg
 from opgen.runtime import TensorArg as _TensorArg
 from opgen.runtime import npmath as _m
+from opgen.runtime.fast import backend as _backend
+from opgen.runtime.fast import flush as _flush
 from opgen.targets.abi import Arg as _Arg
 from opgen.targets.abi import KernelABI as _Kernel
 from opgen.targets.abi import Launch as _Launch
@@ -75,6 +77,8 @@ _OP = _Operator(
     output=False,
     output_dtype=None,
     reduces=False,
+    plain_call=True,
+    fast_register=None,
     skip_if=None,
     store_slots=(1, 0),
 )

@@ -45,6 +45,7 @@ from types import ModuleType
 from typing import NamedTuple, TypeVar
 
 import cffi
+import numpy
 from cffi.recompiler import make_c_source
 
 T = TypeVar("T")
@@ -65,6 +66,7 @@ class Toolchain:
     flags: tuple[str, ...]
     fallback_flags: tuple[str, ...]  # without OpenMP or -march=native, if the first try fails
     python_include: str  # the folder of Python.h
+    numpy_include: str  # the folder of NumPy's C headers (the per-call fast path reads array fields)
     ext_suffix: str  # a Python extension's file suffix here
     link: tuple[str, ...]
     machine: str  # CPU architecture and model: -march=native builds only run on the same model
@@ -116,12 +118,15 @@ def toolchain() -> Toolchain:
     version = (probe.stdout or probe.stderr).splitlines()[0] if (probe.stdout or probe.stderr) else command[0]
     # -fno-math-errno lets sqrt vectorize; no -ffast-math, so NaN propagates as in MXNet;
     # -ffp-contract=off keeps results bit-identical to the NumPy reference (no FMA).
-    base = ("-O3", "-std=gnu11", "-fPIC", "-fno-math-errno", "-ffp-contract=off", "-fvisibility=hidden")
+    # _CFFI_NO_LIMITED_API: the full C API (METH_FASTCALL) for the per-call fast path; the
+    # library is only ever loaded by this interpreter (sys.version is part of the key).
+    base = ("-O3", "-std=gnu11", "-fPIC", "-fno-math-errno", "-ffp-contract=off", "-fvisibility=hidden",
+            "-D_CFFI_NO_LIMITED_API", "-DNPY_NO_DEPRECATED_API=NPY_1_7_API_VERSION")
     native = ("-march=native",) if platform.machine().lower() in ("x86_64", "amd64") else ()
     link = ("-shared",) + (("-undefined", "dynamic_lookup") if sys.platform == "darwin" else ())
     machine = "\0".join([platform.machine(), platform.processor(), _cpu_model()])
     return Toolchain(command, version, base + native + ("-fopenmp",), base, sysconfig.get_paths()["include"],
-                     importlib.machinery.EXTENSION_SUFFIXES[0], link, machine)
+                     numpy.get_include(), importlib.machinery.EXTENSION_SUFFIXES[0], link, machine)
 
 
 def compiler_available() -> bool:
@@ -156,7 +161,7 @@ def load(op_name: str, source: Path, cdef: Path) -> ModuleType:
         raise CompileError(f"{op_name}: cannot read its generated C: {exc}") from None
     key = hashlib.sha256("\0".join([  # the source with every header it includes, as compiled
         compiled, cdef_text, " ".join(tc.command), tc.version, " ".join(tc.flags),
-        sys.version, cffi.__version__, tc.machine,
+        sys.version, cffi.__version__, numpy.__version__, tc.machine,
     ]).encode()).hexdigest()[:20]
     module_name = f"_opgen_{op_name}_{key}"
     with _locks_guard:
@@ -370,7 +375,7 @@ def _compile(tc: Toolchain, flags: tuple[str, ...], work: Path, c_name: str, out
     that the library's bytes do not depend on the folder (two processes building at once
     write the same file, with the same hash); ``failure(what ...)`` if no library comes."""
     try:
-        run = subprocess.run([*tc.command, *flags, *includes, f"-I{tc.python_include}", c_name,
+        run = subprocess.run([*tc.command, *flags, *includes, f"-I{tc.python_include}", f"-I{tc.numpy_include}", c_name,
                               "-o", out_name, *tc.link], cwd=work, capture_output=True, text=True, errors="replace")
     except (OSError, subprocess.SubprocessError) as exc:
         raise CompilerUnavailable(f"the C compiler {tc.command[0]} does not run: {exc}") from None

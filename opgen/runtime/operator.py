@@ -22,7 +22,7 @@ import numpy as np
 from opgen.dtypes import DTYPE_NAMES, PARAM_KINDS, ParamType, dtype_list
 from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen import cbuild
-from opgen.runtime import backends, cuda
+from opgen.runtime import backends, cuda, fast
 from opgen.runtime.arrays import (accepted_types, adapter_for, array_module, kind, may_overlap_itself, number, present,
                                   refused_subclass, same_view)
 from opgen.runtime.backends import Work
@@ -105,7 +105,8 @@ class Operator:
     def __init__(self, *, name: str, spec: str, tensors: Sequence[TensorArg], params: Sequence[ParamArg],
                  lazy_param: str | None, always_lazy: bool, kernels: Sequence[KernelABI], numpy_kernel: Callable,
                  c_source: Path, c_cdef: Path, cuda_source: Path, output: bool = False, skip_if: Callable | None = None,
-                 store_slots: tuple[int, ...] = (), output_dtype: str | None = None, reduces: bool = False) -> None:
+                 store_slots: tuple[int, ...] = (), output_dtype: str | None = None, reduces: bool = False,
+                 plain_call: bool = False, fast_register: str | None = None) -> None:
         self.name = name
         self.spec = spec
         self.tensors = tuple(tensors)
@@ -158,10 +159,12 @@ class Operator:
         self._c_module = None
         self._c_error: Exception | None = None
         self.warned_c_unavailable = False
-        # The fast path covers plain ops: every tensor of the call's dtype, no scalar
-        # inputs, outputs, skip conditions or ranged parameters.
-        self._fast_ok = not (output or skip_if or self.fixed_dtypes or any(p.bounds for p in params)
-                             or any(t.role is TensorRole.SCALAR or t.per_tensor for t in self.tensors))
+        # The fast paths cover plain ops (OpSpec.plain_call): every tensor of the call's
+        # storage, no scalar inputs, outputs, skip conditions or ranged parameters.
+        self._fast_ok = plain_call
+        # the C fast path's registration function (opgen.runtime.fast), and the function once loaded
+        self._fast_register = fast_register
+        self.fast: Callable | None = None
         # (weight dtype, state dtype) -> the dense C kernel and each tensor's dtype, once loaded
         self._fast_functions: dict[tuple[np.dtype, np.dtype], tuple[Callable, tuple[np.dtype, ...]]] = {}
         self._fast_types = tuple(PARAM_KINDS[p.type].plain for p in self.params)
@@ -557,6 +560,9 @@ class Operator:
                 self._c_module = cbuild.load(self.name, self.c_source, self.c_cdef)
             except (cbuild.CompilerUnavailable, cbuild.CompileError) as exc:
                 self._c_module, self._c_error = False, exc
+            else:
+                if self._fast_register is not None:
+                    self.fast = fast.take(self._c_module.lib, self._fast_register)
         if self._c_module is False:
             raise self._c_error.with_traceback(None)  # the same error again, not a longer traceback
         return self._c_module

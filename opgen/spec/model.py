@@ -126,6 +126,15 @@ class OpSpec:
                                                                                     if self.multi else ())})
 
     @property
+    def plain_call(self) -> bool:
+        """Whether a call's tensors all have the call's storage (the weight's dtype, free
+        states the call's state dtype) and its parameters go to the kernel as they are: no
+        fixed dtypes, scalar inputs, per-tensor states, outputs, skip conditions or ranged
+        parameters. Such ops get the per-call fast paths (the runtime's, and in C)."""
+        return self.output is None and self.skip_if is None and not any(t.dtype for t in self.tensors) \
+            and not self.scalars and not self.per_tensor_states and not any(p.bounds for p in self.params)
+
+    @property
     def schedules(self) -> tuple[Schedule, ...]:
         """The kernels the op gets, from its row-sparse behaviour."""
         rs = self.row_sparse

@@ -11,7 +11,8 @@ All kernels work in place on the weight buffer:
 
 from __future__ import annotations
 
-from opgen.kinds import ArgRole, Schedule
+from opgen.dtypes import DTYPE_NAMES, PARAM_KINDS, ParamType
+from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen.spec.model import OpSpec
 from opgen.targets import abi
 from opgen.targets.element import (LOOP, TOTAL_LANES, OpCode, RowCode, StepCode, TotalsCode, Version, math_header,
@@ -109,6 +110,46 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
         f"{step.step_call('step', 1, v)});"])]
 
 
+# How the fast path reads a parameter of each type (opgen_fast_<reader> in kernel_common.h.j2).
+FAST_READERS = {ParamType.FLOAT: "float", ParamType.INT: "int", ParamType.BOOL: "bool"}
+
+
+def _plain_layout(op: OpSpec, kernel: abi.KernelABI) -> bool:
+    """The dense kernel takes the call as it comes: the size, the tensors in order, the
+    math's parameters in order, then the gradient factor, rounding, seed and flag."""
+    roles = tuple((a.role, a.source) for a in kernel.args)
+    return roles == ((ArgRole.SIZE, ""), *((ArgRole.TENSOR, t.name) for t in op.tensors),
+                     *((ArgRole.SCALAR, p.name) for p in op.math_params),
+                     (ArgRole.GRAD_SCALE, ""), (ArgRole.ROUNDING, ""), (ArgRole.SEED, ""), (ArgRole.FLUSH, ""))
+
+
+def fast_context(op: OpSpec) -> dict | None:
+    """The per-call fast path in C of a plain op with its own public call (kernel_common.h.j2,
+    opgen_fast_*): its arguments are the call's tensors, every parameter in order, then the
+    flush flag; each dense variant is one dtype test and one kernel call."""
+    dense = [(v, abi.kernel(op, Schedule.DENSE, v)) for v in op.variants if Schedule.DENSE in abi.schedules(op, v)]
+    if not op.plain_call or op.multi is not None or not dense or not all(_plain_layout(op, k) for _, k in dense):
+        return None
+    prefix = f"opgen_{op.name}_fast"
+    types = f"{prefix}_types"
+    tensors = len(op.tensors)
+    params = [{"reader": FAST_READERS[p.type], "c_type": PARAM_KINDS[p.type].c_arg, "var": f"{abi.ARG}{p.name}",
+               "position": tensors + k} for k, p in enumerate(op.params)]
+    variants = []
+    for variant, kernel in dense:
+        tests = [f"dtypes[{k}] == {types}.dtype[OPGEN_DT_{op.storage(t.name, variant).name}]"
+                 for k, t in enumerate(op.tensors)]
+        values = [f"{abi.ARG}{p.name}" for p in op.math_params]
+        data = [f"data[{k}]" for k in range(tensors)]
+        variants.append({"test": " && ".join(tests),
+                         "call": f"{kernel.name}(size, {', '.join(data + values)}, 1.0, 0, 0, (int)(flush != 0))"})
+    weight = next(k for k, t in enumerate(op.tensors) if t.role is TensorRole.WEIGHT)
+    return {"function": prefix, "types": types, "definition": f"{prefix}_definition",
+            "register": f"{prefix}_register", "op": op.name, "tensors": tensors, "params": params,
+            "arguments": tensors + len(op.params) + 1, "flush": tensors + len(op.params), "weight": weight,
+            "variants": variants}
+
+
 def context(op: OpSpec) -> dict:
     code = OpCode(op)
     kernels = []
@@ -118,7 +159,7 @@ def context(op: OpSpec) -> dict:
             kernel = abi.kernel(op, schedule, variant)
             kernels.append({"name": kernel.name, "parameters": kernel.c_parameters, "math": kernel.math,
                             "body": schedule_call(op, kernel, step)})
-    return {"op": op.name, "math_header": math_header(op), "kernels": kernels}
+    return {"op": op.name, "math_header": math_header(op), "kernels": kernels, "fast": fast_context(op)}
 
 
 def math_context(op: OpSpec) -> dict:
@@ -128,6 +169,6 @@ def math_context(op: OpSpec) -> dict:
 
 def common_context() -> dict:
     return {"loop": LOOP, "min_elements_per_thread": MIN_ELEMENTS_PER_THREAD, "chunk_align": CHUNK_ALIGN,
-            "narrow_block": NARROW_BLOCK,
+            "narrow_block": NARROW_BLOCK, "dtype_names": DTYPE_NAMES,
             "total_lanes": TOTAL_LANES,
             "min_row_elements_per_thread": MIN_ROW_ELEMENTS_PER_THREAD, "prefetch_rows": PREFETCH_ROWS}

@@ -14,7 +14,7 @@ from opgen.kinds import ArgRole, Schedule
 from opgen.expr.tree import RefKind
 from opgen.spec.model import OUT, OpSpec, ParamSpec, ParamType, TensorRole
 from opgen.spec.names import CLIP_ARGUMENT, OUT_ARGUMENT, PACKAGE_EXPORTS, ROUNDING_ARGUMENTS, group_name
-from opgen.targets import abi
+from opgen.targets import abi, c_kernels
 
 _PY_TYPES = {t: k.python for t, k in PARAM_KINDS.items()}
 # How the generated module spells the ABI's classes and enums (its imports say the same).
@@ -334,6 +334,7 @@ def context(op: OpSpec) -> dict:
         f"{rounded}{op.final_value(t.name)}" if t.per_tensor else t.name for t in op.states]
     rs = op.row_sparse
     arg_sets, records = kernel_table(op)
+    fast = c_kernels.fast_context(op)
     return {
         "op": op.name,
         "spec": py_string(op.path),
@@ -352,6 +353,10 @@ def context(op: OpSpec) -> dict:
         "output": repr(op.output is not None),
         "output_dtype": repr(op.output_dtype),
         "reduces": repr(op.totals is not None),
+        "plain_call": repr(op.plain_call),
+        "fast_register": repr(fast["register"] if fast else None),
+        "weight_name": op.weight.name,
+        "fast_args": ", ".join([*(t.name for t in op.tensors), *(p.name for p in op.params)]) if fast else "",
         "skip_if": printer.expr(op.skip_if) if op.skip_if is not None else None,
         "skip_args": ", ".join(op.kernel_scalars),
         "has_multi": len(op.entry_points) > 1,
