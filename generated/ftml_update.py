@@ -116,7 +116,7 @@ _OP = _Operator(
     output_dtype=None,
     reduces=False,
     plain_call=False,
-    fast_register=None,
+    fast_register='opgen_ftml_update_fast_register',
     skip_if=None,
     store_slots=(3, 2, 0, 1),
 )

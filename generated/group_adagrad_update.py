@@ -78,7 +78,7 @@ _OP = _Operator(
     output_dtype=None,
     reduces=False,
     plain_call=True,
-    fast_register=None,
+    fast_register='opgen_group_adagrad_update_fast_register',
     skip_if=None,
     store_slots=(1, 0),
 )

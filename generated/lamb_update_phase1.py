@@ -100,7 +100,7 @@ _OP = _Operator(
     output_dtype=None,
     reduces=False,
     plain_call=False,
-    fast_register=None,
+    fast_register='opgen_lamb_update_phase1_fast_register',
     skip_if=None,
     store_slots=(2, 0, 1),
 )

@@ -98,7 +98,7 @@ _OP = _Operator(
     output_dtype=None,
     reduces=False,
     plain_call=False,
-    fast_register=None,
+    fast_register='opgen_mp_adamw_update_fast_register',
     skip_if=_skip_if,
     store_slots=(3, 0, 1, 2),
 )

@@ -90,7 +90,7 @@ _OP = _Operator(
     output_dtype='float32',
     reduces=False,
     plain_call=False,
-    fast_register=None,
+    fast_register='opgen_mp_lamb_update_phase1_fast_register',
     skip_if=None,
     store_slots=(2, 0, 1),
 )

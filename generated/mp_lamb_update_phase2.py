@@ -80,7 +80,7 @@ _OP = _Operator(
     output_dtype=None,
     reduces=False,
     plain_call=False,
-    fast_register=None,
+    fast_register='opgen_mp_lamb_update_phase2_fast_register',
     skip_if=None,
     store_slots=(1, 0),
 )

@@ -132,7 +132,7 @@ _OP = _Operator(
     output_dtype=None,
     reduces=True,
     plain_call=True,
-    fast_register=None,
+    fast_register='opgen_multi_lamb_update_fast_register',
     skip_if=None,
     store_slots=(2, 0, 1),
 )

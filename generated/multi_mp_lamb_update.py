@@ -128,7 +128,7 @@ _OP = _Operator(
     output_dtype=None,
     reduces=True,
     plain_call=False,
-    fast_register=None,
+    fast_register='opgen_multi_mp_lamb_update_fast_register',
     skip_if=None,
     store_slots=(3, 0, 1, 2),
 )

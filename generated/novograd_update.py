@@ -107,7 +107,7 @@ _OP = _Operator(
     output_dtype=None,
     reduces=True,
     plain_call=False,
-    fast_register=None,
+    fast_register='opgen_novograd_update_fast_register',
     skip_if=None,
     store_slots=(1, 0, -1),
 )

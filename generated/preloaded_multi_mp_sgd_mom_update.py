@@ -97,7 +97,7 @@ _OP = _Operator(
     output_dtype=None,
     reduces=False,
     plain_call=False,
-    fast_register=None,
+    fast_register='opgen_preloaded_multi_mp_sgd_mom_update_fast_register',
     skip_if=None,
     store_slots=(2, 0, 1),
 )

@@ -29,8 +29,9 @@ def _operator(name: str):
     return importlib.import_module(f"generated.{name}")._OP
 
 
-#: the ops whose generated call tries C first: the plain ops with their own call
-FAST_OPS = [name for name in cases.SINGLE if _operator(name)._fast_register is not None]
+#: the ops whose generated call tries C first: the plain ops with their own call and dense kernels
+FAST_OPS = [name for name in cases.SINGLE if cases.op(name).dense
+            and cases.load_spec(cases.ROOT / "specs" / f"{name}.yaml").plain_call]
 
 
 def _dense_variants(name: str) -> list[tuple[str, str]]:
@@ -240,8 +241,44 @@ def test_threads_calling_at_once(monkeypatch):
             np.testing.assert_array_equal(got, exp)
 
 
-def test_the_function_refuses_a_bad_configuration():
+def test_the_function_hands_on_what_it_cannot_read():
     operator = _warm("adam_update")
-    with pytest.raises(TypeError, match="configured once"):  # a live function keeps its configuration
-        operator.fast(None, (np.ndarray, *(np.dtype(np.int8),) * 4))
     assert operator.fast() is NotImplemented  # no arguments: nothing to run
+    assert operator.fast(*_adam_arrays(), 0.1) is NotImplemented  # too few parameters
+
+
+def _changes():
+    """(what, change): each in-place change a cached multi-tensor plan must notice."""
+    def writeable(a):
+        a.flags.writeable = False
+
+    def shape(a):
+        a.shape = (2, a.size // 2)
+
+    def dtype(a):
+        a.dtype = np.int32
+
+    return [("made read-only", writeable), ("reshaped in place", shape), ("dtype changed in place", dtype)]
+
+
+def test_the_fingerprint_sees_identity_and_every_in_place_change():
+    """The multi-tensor plans' re-check (opgen.runtime.fast.fingerprint): equal for the same
+    arrays unchanged, different for an equal copy in their place and for each in-place change,
+    None for anything that is not a list or tuple of NumPy arrays."""
+    from opgen.runtime import fast
+
+    _warm("adam_update")
+    fingerprint = fast.fingerprint
+    arrays = _adam_arrays(seed=7)
+    seen = fingerprint(arrays)
+    assert isinstance(seen, bytes) and fingerprint(tuple(arrays)) == seen
+    assert fingerprint(arrays[:2], arrays[2:]) == seen
+    assert fingerprint([arrays[0].copy(), *arrays[1:]]) != seen
+    for what, change in _changes():
+        fresh = _adam_arrays(seed=7)
+        before = fingerprint(fresh)
+        change(fresh[3])
+        assert fingerprint(fresh) != before, what
+    assert fingerprint([arrays[0], [1.0]]) is None
+    assert fingerprint("not a list") is None
+    assert fingerprint([np.float32(1.0)]) is None

@@ -107,3 +107,7 @@ void opgen_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64
         OPGEN_LAZY(nnz, row_len, indices, flush_denormal, 8, opgen_prefetch_line(arg_weight, ahead, line, row_len, 8); opgen_prefetch_line(arg_history, ahead, line, row_len, 8);, opgen_adagrad_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_history));
     }
 }
+
+#ifdef Py_PYTHON_H
+int opgen_adagrad_update_fast_register(void) { return opgen_fast_register(NULL, "adagrad_update"); }
+#endif

@@ -59,3 +59,7 @@ void opgen_group_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const
     const opgen_group_adagrad_update_scalars_double scalars = opgen_group_adagrad_update_scalars_double_init(arg_lr, arg_rescale_grad, arg_clip_gradient, arg_epsilon, seed, 0, grad_scale);
     OPGEN_LAZY_ROWS(double, 1, 1, nnz, row_len, indices, flush_denormal, opgen_group_adagrad_update_pass1_float64(s, i, gi, opgen_sums, arg_grad), opgen_group_adagrad_update_row_float64(s, opgen_sums, row_len, opgen_values, row, arg_history), opgen_group_adagrad_update_row_store_float64(s, opgen_values, row, 0, arg_history), opgen_group_adagrad_update_pass2_float64(s, opgen_values, i, gi, 0, arg_weight, arg_grad));
 }
+
+#ifdef Py_PYTHON_H
+int opgen_group_adagrad_update_fast_register(void) { return opgen_fast_register(NULL, "group_adagrad_update"); }
+#endif

@@ -482,3 +482,7 @@ void opgen_lamb_update_phase1_standard_float64(int64_t nrows, int64_t row_len, i
         }
     }
 }
+
+#ifdef Py_PYTHON_H
+int opgen_lamb_update_phase1_fast_register(void) { return opgen_fast_register(NULL, "lamb_update_phase1"); }
+#endif

@@ -68,3 +68,7 @@ void opgen_lamb_update_phase2_standard_float64(int64_t nrows, int64_t row_len, i
     const opgen_lamb_update_phase2_scalars_double scalars = opgen_lamb_update_phase2_scalars_double_init(arg_r1, arg_r2, arg_lr, arg_lower_bound, arg_upper_bound, seed, 0, grad_scale);
     OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_lamb_update_phase2_step_float64(s, i, gi, 0, 0, arg_weight, arg_g), opgen_lamb_update_phase2_step_float64(s, i, gi, 1, 0, arg_weight, arg_g));
 }
+
+#ifdef Py_PYTHON_H
+int opgen_lamb_update_phase2_fast_register(void) { return opgen_fast_register(NULL, "lamb_update_phase2"); }
+#endif

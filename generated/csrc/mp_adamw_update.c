@@ -124,3 +124,7 @@ void opgen_mp_adamw_update_standard_float64(int64_t nrows, int64_t row_len, int6
         OPGEN_STANDARD(nrows, nnz, row_len, indices, flush_denormal, opgen_mp_adamw_update_step_float64(s, i, gi, 0, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_mp_adamw_update_step_float64(s, i, gi, 1, 0, 0, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
     }
 }
+
+#ifdef Py_PYTHON_H
+int opgen_mp_adamw_update_fast_register(void) { return opgen_fast_register(NULL, "mp_adamw_update"); }
+#endif

@@ -72,3 +72,7 @@ void opgen_mp_lamb_update_phase1_dense_float64(int64_t size, const void *arg_wei
         }
     }
 }
+
+#ifdef Py_PYTHON_H
+int opgen_mp_lamb_update_phase1_fast_register(void) { return opgen_fast_register(NULL, "mp_lamb_update_phase1"); }
+#endif

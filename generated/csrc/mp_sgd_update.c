@@ -172,3 +172,7 @@ void opgen_mp_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_
 void opgen_mp_sgd_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
     OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }
+
+#ifdef Py_PYTHON_H
+int opgen_mp_sgd_update_fast_register(void) { return opgen_fast_register(NULL, "mp_sgd_update"); }
+#endif

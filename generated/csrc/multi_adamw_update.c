@@ -334,3 +334,7 @@ void opgen_multi_adamw_update_standard_float64(int64_t nrows, int64_t row_len, i
 void opgen_multi_adamw_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
     OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }
+
+#ifdef Py_PYTHON_H
+int opgen_multi_adamw_update_fast_register(void) { return opgen_fast_register(NULL, "multi_adamw_update"); }
+#endif

@@ -452,3 +452,7 @@ void opgen_multi_mp_lamb_update_multi_float64(int64_t count, const int64_t *size
 void opgen_multi_mp_lamb_update_norms_float64(int64_t count, const int64_t *sizes, const void *const *arg_grad, double *sums, int flush_denormal) {
     OPGEN_NORMS(count, sizes, arg_grad, double, OPGEN_LOAD_float64, sums, flush_denormal);
 }
+
+#ifdef Py_PYTHON_H
+int opgen_multi_mp_lamb_update_fast_register(void) { return opgen_fast_register(NULL, "multi_mp_lamb_update"); }
+#endif

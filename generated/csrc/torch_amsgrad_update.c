@@ -338,8 +338,7 @@ void opgen_torch_amsgrad_update_norms_float64(int64_t count, const int64_t *size
 #ifdef Py_PYTHON_H
 /* The per-call fast path (opgen_kernel.h, opgen_fast_*): the call's tensors, every
  * parameter in order, then the flush flag; NotImplemented sends the call down the Python
- * path. fn(None, (numpy.ndarray, dtype...)) configures it, once. */
-static opgen_fast_types opgen_torch_amsgrad_update_fast_types;
+ * path. */
 static PyObject *opgen_torch_amsgrad_update_fast(PyObject *self, PyObject *const *args, Py_ssize_t nargs) {
     void *data[5];
     PyObject *dtypes[5];
@@ -353,9 +352,8 @@ static PyObject *opgen_torch_amsgrad_update_fast(PyObject *self, PyObject *const
     double arg_decay;
     int arg_maximize;
     (void)self;
-    if (nargs == 2 && args[0] == Py_None) return opgen_fast_configure(&opgen_torch_amsgrad_update_fast_types, args[1]);
-    if (nargs != 14 || opgen_torch_amsgrad_update_fast_types.ndarray == NULL
-        || !opgen_fast_arrays(args, 5, &opgen_torch_amsgrad_update_fast_types, data, dtypes, &size)
+    if (nargs != 14 || opgen_fast_config.ndarray == NULL
+        || !opgen_fast_arrays(args, 5, &opgen_fast_config, data, dtypes, &size)
         || !opgen_fast_float(args[5], &arg_step_size)
         || !opgen_fast_float(args[6], &arg_beta1)
         || !opgen_fast_float(args[7], &arg_beta2)
@@ -366,49 +364,49 @@ static PyObject *opgen_torch_amsgrad_update_fast(PyObject *self, PyObject *const
         || !opgen_fast_bool(args[12], &arg_maximize)
         || !opgen_fast_int(args[13], &flush))
         Py_RETURN_NOTIMPLEMENTED;
-    if (dtypes[0] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float16] && dtypes[1] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float16] && dtypes[2] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float16] && dtypes[3] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float16] && dtypes[4] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float16]) {
+    if (dtypes[0] == opgen_fast_config.dtype[OPGEN_DT_float16] && dtypes[1] == opgen_fast_config.dtype[OPGEN_DT_float16] && dtypes[2] == opgen_fast_config.dtype[OPGEN_DT_float16] && dtypes[3] == opgen_fast_config.dtype[OPGEN_DT_float16] && dtypes[4] == opgen_fast_config.dtype[OPGEN_DT_float16]) {
         Py_BEGIN_ALLOW_THREADS
         opgen_torch_amsgrad_update_dense_float16(size, data[0], data[1], data[2], data[3], data[4], arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, 1.0, 0, 0, (int)(flush != 0));
         Py_END_ALLOW_THREADS
         Py_INCREF(args[0]);
         return args[0];
     }
-    if (dtypes[0] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float16] && dtypes[1] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float16] && dtypes[2] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float32] && dtypes[3] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float32] && dtypes[4] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float32]) {
+    if (dtypes[0] == opgen_fast_config.dtype[OPGEN_DT_float16] && dtypes[1] == opgen_fast_config.dtype[OPGEN_DT_float16] && dtypes[2] == opgen_fast_config.dtype[OPGEN_DT_float32] && dtypes[3] == opgen_fast_config.dtype[OPGEN_DT_float32] && dtypes[4] == opgen_fast_config.dtype[OPGEN_DT_float32]) {
         Py_BEGIN_ALLOW_THREADS
         opgen_torch_amsgrad_update_dense_float16_with_float32_states(size, data[0], data[1], data[2], data[3], data[4], arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, 1.0, 0, 0, (int)(flush != 0));
         Py_END_ALLOW_THREADS
         Py_INCREF(args[0]);
         return args[0];
     }
-    if (dtypes[0] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_bfloat16] && dtypes[1] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_bfloat16] && dtypes[2] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_bfloat16] && dtypes[3] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_bfloat16] && dtypes[4] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_bfloat16]) {
+    if (dtypes[0] == opgen_fast_config.dtype[OPGEN_DT_bfloat16] && dtypes[1] == opgen_fast_config.dtype[OPGEN_DT_bfloat16] && dtypes[2] == opgen_fast_config.dtype[OPGEN_DT_bfloat16] && dtypes[3] == opgen_fast_config.dtype[OPGEN_DT_bfloat16] && dtypes[4] == opgen_fast_config.dtype[OPGEN_DT_bfloat16]) {
         Py_BEGIN_ALLOW_THREADS
         opgen_torch_amsgrad_update_dense_bfloat16(size, data[0], data[1], data[2], data[3], data[4], arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, 1.0, 0, 0, (int)(flush != 0));
         Py_END_ALLOW_THREADS
         Py_INCREF(args[0]);
         return args[0];
     }
-    if (dtypes[0] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_bfloat16] && dtypes[1] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_bfloat16] && dtypes[2] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float32] && dtypes[3] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float32] && dtypes[4] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float32]) {
+    if (dtypes[0] == opgen_fast_config.dtype[OPGEN_DT_bfloat16] && dtypes[1] == opgen_fast_config.dtype[OPGEN_DT_bfloat16] && dtypes[2] == opgen_fast_config.dtype[OPGEN_DT_float32] && dtypes[3] == opgen_fast_config.dtype[OPGEN_DT_float32] && dtypes[4] == opgen_fast_config.dtype[OPGEN_DT_float32]) {
         Py_BEGIN_ALLOW_THREADS
         opgen_torch_amsgrad_update_dense_bfloat16_with_float32_states(size, data[0], data[1], data[2], data[3], data[4], arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, 1.0, 0, 0, (int)(flush != 0));
         Py_END_ALLOW_THREADS
         Py_INCREF(args[0]);
         return args[0];
     }
-    if (dtypes[0] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float32] && dtypes[1] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float32] && dtypes[2] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float32] && dtypes[3] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float32] && dtypes[4] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float32]) {
+    if (dtypes[0] == opgen_fast_config.dtype[OPGEN_DT_float32] && dtypes[1] == opgen_fast_config.dtype[OPGEN_DT_float32] && dtypes[2] == opgen_fast_config.dtype[OPGEN_DT_float32] && dtypes[3] == opgen_fast_config.dtype[OPGEN_DT_float32] && dtypes[4] == opgen_fast_config.dtype[OPGEN_DT_float32]) {
         Py_BEGIN_ALLOW_THREADS
         opgen_torch_amsgrad_update_dense_float32(size, data[0], data[1], data[2], data[3], data[4], arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, 1.0, 0, 0, (int)(flush != 0));
         Py_END_ALLOW_THREADS
         Py_INCREF(args[0]);
         return args[0];
     }
-    if (dtypes[0] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float32] && dtypes[1] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float32] && dtypes[2] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_bfloat16] && dtypes[3] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_bfloat16] && dtypes[4] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_bfloat16]) {
+    if (dtypes[0] == opgen_fast_config.dtype[OPGEN_DT_float32] && dtypes[1] == opgen_fast_config.dtype[OPGEN_DT_float32] && dtypes[2] == opgen_fast_config.dtype[OPGEN_DT_bfloat16] && dtypes[3] == opgen_fast_config.dtype[OPGEN_DT_bfloat16] && dtypes[4] == opgen_fast_config.dtype[OPGEN_DT_bfloat16]) {
         Py_BEGIN_ALLOW_THREADS
         opgen_torch_amsgrad_update_dense_float32_with_bfloat16_states(size, data[0], data[1], data[2], data[3], data[4], arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, 1.0, 0, 0, (int)(flush != 0));
         Py_END_ALLOW_THREADS
         Py_INCREF(args[0]);
         return args[0];
     }
-    if (dtypes[0] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float64] && dtypes[1] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float64] && dtypes[2] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float64] && dtypes[3] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float64] && dtypes[4] == opgen_torch_amsgrad_update_fast_types.dtype[OPGEN_DT_float64]) {
+    if (dtypes[0] == opgen_fast_config.dtype[OPGEN_DT_float64] && dtypes[1] == opgen_fast_config.dtype[OPGEN_DT_float64] && dtypes[2] == opgen_fast_config.dtype[OPGEN_DT_float64] && dtypes[3] == opgen_fast_config.dtype[OPGEN_DT_float64] && dtypes[4] == opgen_fast_config.dtype[OPGEN_DT_float64]) {
         Py_BEGIN_ALLOW_THREADS
         opgen_torch_amsgrad_update_dense_float64(size, data[0], data[1], data[2], data[3], data[4], arg_step_size, arg_beta1, arg_beta2, arg_eps, arg_bias_correction2_sqrt, arg_weight_decay, arg_decay, arg_maximize, 1.0, 0, 0, (int)(flush != 0));
         Py_END_ALLOW_THREADS

@@ -5,10 +5,11 @@ for all tensors or a sequence with a value per tensor (e.g. per-layer ``lr``/``w
 Every list is checked in full on its first use; a later call with the very same array
 objects, in place (the usual optimizer loop), reuses those checks and the kernel's pointer
 tables; new gradients (a backward pass allocates them) are checked alone against the plan
-(their dtype, shape and contiguity, and no byte shared with an array the kernel writes). What can change in such an array between calls is checked again on every call:
-its shape, strides and dtype (all of them), its writeable flag (every array the kernel
-writes); a change sends the call through the full checks, which refuse it as they would on
-a first call, or make a new plan. Its memory cannot change: the cache holds a reference to
+(their dtype, shape and contiguity, and no byte shared with an array the kernel writes). What can change in such an array between calls is checked again on every call, in
+one C loop over a fingerprint of every array (opgen.runtime.fast.fingerprint): that it is
+the same object, with the same shape, strides, dtype, flags and data pointer; a change sends
+the call through the full checks, which refuse it as they would on a first call, or make a
+new plan. Its memory cannot change: the cache holds a reference to
 every array (it cannot be freed) and a weak reference to the array that owns its memory,
 which makes NumPy refuse to ``resize`` that one, even with ``refcheck=False``, while it is
 cached.
@@ -30,7 +31,7 @@ import numpy as np
 from opgen.dtypes import PARAM_KINDS, ParamType
 from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen import cbuild
-from opgen.runtime import backends
+from opgen.runtime import backends, fast
 from opgen.runtime.arrays import adapter_for, number, present, refused_subclass, same_view
 from opgen.runtime.operator import Operator, check_rounding
 from opgen.runtime.rounding import NEAREST, Rounding
@@ -48,10 +49,6 @@ _RECHECK_PLAN = [True]
 # The norms kernels' arguments, as grad_sums_of_squares passes them
 _NORMS_LAYOUT = [ArgRole.COUNT, ArgRole.SIZES, ArgRole.TENSOR_TABLE, ArgRole.SUMS, ArgRole.FLUSH]
 
-# An array's flags (a snapshot that compares by value): writeable, and C-contiguous, which
-# every array of a plan is and which a change of strides that matters (the deprecated
-# a.strides = ...) undoes. Comparing the flags objects is about twice as fast as flags.num.
-_SHAPE, _DTYPE, _FLAGS = operator.attrgetter("shape"), operator.attrgetter("dtype"), operator.attrgetter("flags")
 
 
 @dataclass(frozen=True)
@@ -77,10 +74,7 @@ class _Plan:
     targets: list
     from_buffer: object
     # what the checks saw, compared on every cached call (set by _Plan.remember)
-    checked: tuple = ()  # the call's arrays without out (which is the weights when cached)
-    flags: list | None = None
-    shapes: list | None = None
-    dtypes: list | None = None
+    seen: bytes = b""  # the fingerprint of the call's lists but the gradients', then out
     locks: tuple = ()  # weak references to the arrays that own the memory: no resize while cached
     # New gradients each step (a backward pass allocates them): the plan is keyed by the other
     # arrays, and a new gradient list is checked against it alone (_Plan.take_grads)
@@ -90,24 +84,32 @@ class _Plan:
     written: tuple = ((), ())  # (starts, ends) of the written arrays' bytes, sorted: no gradient may overlap
     ffi: object = None
     grad_locks: tuple = ()  # as locks, for the gradients in the table
-    grad_seen: tuple = ((), (), ())  # their flags, shapes and dtypes when checked
+    grad_seen: bytes | None = None  # their fingerprint when checked
 
-    def remember(self, checked: tuple) -> None:
-        """Note what the full checks saw, and lock the memory in place."""
-        self.checked = checked
-        self.flags, self.shapes, self.dtypes = (list(map(_FLAGS, checked)), list(map(_SHAPE, checked)),
-                                                list(map(_DTYPE, checked)))
-        self.locks = _locks(checked)
+    def remember(self, lists: tuple) -> bool:
+        """Note what the full checks saw of ``lists`` (every list but the gradients', then
+        out), and lock the memory in place; False where it cannot be fingerprinted (then the
+        plan is not kept)."""
+        self.seen = fast.fingerprint(*lists) if fast.fingerprint is not None else None
+        self.locks = _locks(tuple(itertools.chain(*lists)))
+        return self.seen is not None
+
+    def unchanged(self, lists: tuple) -> bool:
+        """Whether the call's ``lists`` (as ``remember`` took them) hold the very arrays the
+        checks saw, none changed since: not made read-only or non-contiguous, no shape, strides,
+        dtype or data pointer changed in place (a.flags.writeable = False, a.strides = ...,
+        a.shape = ..., a.dtype = ..., a.resize to the same size). One C loop, about 5 ns an
+        array (opgen.runtime.fast.fingerprint)."""
+        return fast.fingerprint(*lists) == self.seen
 
     def take_grads(self, grads: list) -> bool:
         """Put a new list of gradients into the plan, if each is what the full checks would
         accept beside these arrays: a C-contiguous NumPy array of its weight's dtype and
         shape, sharing no byte with an array the kernel writes. False: the full checks decide."""
-        if self.grads is not None and all(map(operator.is_, grads, self.grads)):
-            # the same gradients: unchanged in place (flags, shape, dtype), compared as the
-            # other arrays are, in C loops
-            return (list(map(_FLAGS, grads)) == self.grad_seen[0] and list(map(_SHAPE, grads)) == self.grad_seen[1]
-                    and list(map(_DTYPE, grads)) == self.grad_seen[2])
+        if self.grads is not None and len(grads) == len(self.grads):
+            seen = fast.fingerprint(grads)
+            if seen is not None and seen == self.grad_seen:
+                return True  # the same gradients, unchanged in place (identity included)
         starts, ends = self.written
         buffers = []
         from_buffer = self.from_buffer
@@ -127,17 +129,8 @@ class _Plan:
         keep[self.grad_table] = buffers
         self.tables, self.keep_alive, self.grads = tuple(tables), tuple(keep), list(grads)
         self.grad_locks = _locks(grads)  # their memory cannot be resized while the table points into it
-        self.grad_seen = (list(map(_FLAGS, grads)), list(map(_SHAPE, grads)), list(map(_DTYPE, grads)))
-        return True
-
-    def unchanged(self) -> bool:
-        """Whether the arrays are still as the checks saw them: none made read-only or
-        non-contiguous, no shape or dtype changed in place (a.flags.writeable = False,
-        a.strides = ..., a.shape = ..., a.dtype = ..., a.resize to the same size). About
-        150 ns an array (three attribute reads, in C loops), measured by benchmarks/run.py."""
-        checked = self.checked
-        return (list(map(_FLAGS, checked)) == self.flags and list(map(_SHAPE, checked)) == self.shapes
-                and list(map(_DTYPE, checked)) == self.dtypes)
+        self.grad_seen = fast.fingerprint(grads)
+        return self.grad_seen is not None
 
 
 class MultiOperator:
@@ -263,23 +256,25 @@ class MultiOperator:
                 raise self._fail(naming, ValueError, "out", f"holds {len(out)} arrays but '{self.group_names[0]}' "
                                                     f"holds {count}")
         grads = lists[self.op.grad_index]
-        for i, grad in enumerate(grads):
-            if isinstance(grad, RowSparseArray):
-                raise self._fail(naming, TypeError, self._names(naming, i)[self.op.grad_index],
-                                 "is row-sparse: multi-tensor updates take dense gradients")
+        if any(issubclass(t, RowSparseArray) for t in set(map(type, grads))):  # (the types: a C loop)
+            i = next(i for i, grad in enumerate(grads) if isinstance(grad, RowSparseArray))
+            raise self._fail(naming, TypeError, self._names(naming, i)[self.op.grad_index],
+                             "is row-sparse: multi-tensor updates take dense gradients")
         columns = [self._param_column(naming, p, v, count) for p, v in zip(self.kernel_params, params)]
         if count == 0:
             return []
-        arrays = tuple(itertools.chain(*lists, out if out is not None else ()))
         # (an op with a skip condition takes the full path: the condition is checked there)
         if self._plans and out is not None and backends.current_backend() != "numpy" and self.op.skip_if is None:
-            fixed = self._fixed(lists, out)
-            key = tuple(map(id, fixed))  # (a cached plan holds its arrays: their ids stay theirs)
+            fixed = self._fixed_lists(lists, out)
+            key = (count, id(fixed[0][0]))  # (a cached plan holds its arrays: their ids stay theirs)
             plan = self._plans.get(key)
-            if plan is not None and all(map(operator.is_, fixed, plan.arrays)):
-                if (not _RECHECK_PLAN[0] or plan.unchanged()) and plan.take_grads(grads):
+            if plan is not None:
+                same = plan.unchanged(fixed) if _RECHECK_PLAN[0] else \
+                    all(map(operator.is_, itertools.chain(*fixed), plan.arrays))
+                if same and plan.take_grads(grads):
                     return self._run_plan(plan, columns, count, rounding, self._grad_scale(grads, clip))  # in place
                 del self._plans[key]  # changed since: the full checks below refuse it, or plan anew
+        arrays = tuple(itertools.chain(*lists, out if out is not None else ()))
         # arrays of other types as native views (the cached path above only ever holds native ones)
         def refused(k: int, exc: type[Exception], message: str) -> Exception:
             which, i = divmod(k, count)
@@ -325,10 +320,10 @@ class MultiOperator:
             + tuple(c[0] if isinstance(c, np.ndarray) else c for c in columns)
         return op._skipped(weight.dtype, op.states_dtype(weight, states), values)
 
-    def _fixed(self, lists, out) -> tuple:
-        """A plan's key: every array of the call but the gradients, compared by identity."""
+    def _fixed_lists(self, lists, out) -> tuple:
+        """What a plan is of: every list of the call but the gradients', then out."""
         grad = self.op.grad_index
-        return tuple(itertools.chain(*(lst for k, lst in enumerate(lists) if k != grad), out))
+        return (*(lst for k, lst in enumerate(lists) if k != grad), out)
 
     def _run_plan(self, plan: _Plan, columns: list, count: int, rounding: Rounding, grad_scale: float) -> list:
         """One call of the multi kernel: count, sizes, the pointer tables, a value table per
@@ -442,19 +437,21 @@ class MultiOperator:
         if out is not None and all(t is w for t, w in zip(targets, lists[op.weight_index])):
             # in place, as optimizers call it: the same pointers next time, new gradients allowed
             grad = op.grad_index
-            plan.arrays = self._fixed(lists, out)
-            plan.remember(tuple(itertools.chain(*(lst for k, lst in enumerate(lists) if k != grad))))
+            fixed = self._fixed_lists(lists, out)
+            plan.arrays = tuple(itertools.chain(*fixed))
+            kept = plan.remember(tuple(list(lst) for lst in fixed))
             plan.grads, plan.weights, plan.ffi = list(lists[grad]), tuple(lists[op.weight_index]), ffi
             plan.grad_locks = _locks(lists[grad])
-            plan.grad_seen = (list(map(_FLAGS, lists[grad])), list(map(_SHAPE, lists[grad])),
-                              list(map(_DTYPE, lists[grad])))
+            plan.grad_seen = fast.fingerprint(lists[grad]) if kept else None
             tensor_tables = [a.source for a in kernel.args if a.role is ArgRole.TENSOR_TABLE]
             plan.grad_table = tensor_tables.index(op.names[grad])
             written = (op.weight_index, *op._state_positions)  # in place: the weight and the states
             spans = sorted(_bounds(a) for k in written for a in lists[k] if a.nbytes)
             plan.written = (tuple(lo for lo, _ in spans), tuple(hi for _, hi in spans))
-            self._plans.pop(tuple(map(id, plan.arrays)), None)
-            self._plans[tuple(map(id, plan.arrays))] = plan
+            key = (count, id(plan.arrays[0]))
+            self._plans.pop(key, None)
+            if kept and plan.grad_seen is not None:
+                self._plans[key] = plan
             while len(self._plans) > MAX_PLANS:
                 self._plans.pop(next(iter(self._plans)))  # the oldest
         return plan

@@ -131,7 +131,7 @@ def fast_context(op: OpSpec) -> dict | None:
     if not op.plain_call or op.multi is not None or not dense or not all(_plain_layout(op, k) for _, k in dense):
         return None
     prefix = f"opgen_{op.name}_fast"
-    types = f"{prefix}_types"
+    types = "opgen_fast_config"
     tensors = len(op.tensors)
     params = [{"reader": FAST_READERS[p.type], "c_type": PARAM_KINDS[p.type].c_arg, "var": f"{abi.ARG}{p.name}",
                "position": tensors + k} for k, p in enumerate(op.params)]
@@ -144,8 +144,7 @@ def fast_context(op: OpSpec) -> dict | None:
         variants.append({"test": " && ".join(tests),
                          "call": f"{kernel.name}(size, {', '.join(data + values)}, 1.0, 0, 0, (int)(flush != 0))"})
     weight = next(k for k, t in enumerate(op.tensors) if t.role is TensorRole.WEIGHT)
-    return {"function": prefix, "types": types, "definition": f"{prefix}_definition",
-            "register": f"{prefix}_register", "op": op.name, "tensors": tensors, "params": params,
+    return {"function": prefix, "definition": f"{prefix}_definition", "tensors": tensors, "params": params,
             "arguments": tensors + len(op.params) + 1, "flush": tensors + len(op.params), "weight": weight,
             "variants": variants}
 
@@ -159,7 +158,13 @@ def context(op: OpSpec) -> dict:
             kernel = abi.kernel(op, schedule, variant)
             kernels.append({"name": kernel.name, "parameters": kernel.c_parameters, "math": kernel.math,
                             "body": schedule_call(op, kernel, step)})
-    return {"op": op.name, "math_header": math_header(op), "kernels": kernels, "fast": fast_context(op)}
+    return {"op": op.name, "math_header": math_header(op), "kernels": kernels, "fast": fast_context(op),
+            "register": fast_register(op)}
+
+
+def fast_register(op: OpSpec) -> str:
+    """The C function that hands the op's fast paths to the runtime's registry (runtime/fast.py)."""
+    return f"opgen_{op.name}_fast_register"
 
 
 def math_context(op: OpSpec) -> dict:

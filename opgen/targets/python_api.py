@@ -354,7 +354,7 @@ def context(op: OpSpec) -> dict:
         "output_dtype": repr(op.output_dtype),
         "reduces": repr(op.totals is not None),
         "plain_call": repr(op.plain_call),
-        "fast_register": repr(fast["register"] if fast else None),
+        "fast_register": repr(c_kernels.fast_register(op)),
         "weight_name": op.weight.name,
         "fast_args": ", ".join([*(t.name for t in op.tensors), *(p.name for p in op.params)]) if fast else "",
         "skip_if": printer.expr(op.skip_if) if op.skip_if is not None else None,
