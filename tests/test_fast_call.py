@@ -282,3 +282,27 @@ def test_the_fingerprint_sees_identity_and_every_in_place_change():
     assert fingerprint([arrays[0], [1.0]]) is None
     assert fingerprint("not a list") is None
     assert fingerprint([np.float32(1.0)]) is None
+
+
+def test_a_cached_multi_plan_takes_each_calls_values():
+    """A cached plan reuses a value table while the value stays the same: every call still
+    runs with its own values (a schedule's new lr, a changed beta), with the bits of the
+    one-tensor op on each tensor; -0.0 is not taken for 0.0."""
+    rng = np.random.default_rng(8)
+    groups = [[rng.normal(size=n).astype(np.float32) for n in (5, 64, 1)] for _ in range(2)]
+    groups += [[np.zeros_like(w) for w in groups[0]], [np.full_like(w, 0.25) for w in groups[0]]]
+    twins = [[a.copy() for a in group] for group in groups]
+    steps = [dict(lr=0.1), dict(lr=0.1), dict(lr=0.05), dict(lr=0.05, beta1=0.5), dict(lr=0.05, wd=-0.0),
+             dict(lr=0.05, wd=0.0), dict(lr=0.05, wd=0.01)]
+    with use_backend("c"):
+        for params in steps:
+            generated.adam_update_multi(*groups, **params, out=groups[0])
+            for k in range(3):
+                generated.adam_update(*(group[k] for group in twins), **params, out=twins[0][k])
+            for group, twin in zip(groups, twins):
+                for a, b in zip(group, twin):
+                    np.testing.assert_array_equal(a, b, err_msg=str(params))
+    plan = generated.adam_update_multi.__globals__["_MULTI"]._plans[(3, id(groups[0][0]))]
+    generated.adam_update_multi(*groups, lr=0.05, wd=-0.0, out=groups[0])
+    tables = [np.frombuffer(plan.ffi.buffer(cdata), np.float64) for _, cdata in plan.last_values.values()]
+    assert any(np.signbit(t).all() and (t == 0).all() for t in tables)  # wd's table holds -0.0

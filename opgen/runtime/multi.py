@@ -42,6 +42,9 @@ from opgen.runtime.torch_arrays import shard_refusal, sharded
 
 MAX_PLANS = 16  # cached plans per multi-tensor function (see MultiOperator._plans)
 
+# A parameter value passed as it is, without the checks (which would return it unchanged)
+_PLAIN = {ParamType.FLOAT: float, ParamType.BOOL: bool}
+
 # Whether a cached plan re-checks its arrays on every call (see _Plan.unchanged). Private:
 # the benchmarks turn it off to measure what the re-check costs; nothing else should.
 _RECHECK_PLAN = [True]
@@ -85,6 +88,9 @@ class _Plan:
     ffi: object = None
     grad_locks: tuple = ()  # as locks, for the gradients in the table
     grad_seen: bytes | None = None  # their fingerprint when checked
+    # per value table: (the one value for all tensors it was filled with, the table), reused
+    # while a call passes the same value (betas, eps: most parameters stay put between steps)
+    last_values: dict = dataclasses.field(default_factory=dict)
 
     def remember(self, lists: tuple) -> bool:
         """Note what the full checks saw of ``lists`` (every list but the gradients', then
@@ -331,17 +337,25 @@ class MultiOperator:
         gradient factor, the rounding and its seed, the flag."""
         from_buffer = plan.from_buffer
         values = []
-        for k, dtype, cdata in plan.columns:
+        last = plan.last_values
+        for j, (k, dtype, cdata) in enumerate(plan.columns):
             column = columns[k]
-            array = np.full(count, column, dtype) if not isinstance(column, np.ndarray) \
-                else np.ascontiguousarray(column, dtype)
-            values.append(from_buffer(cdata, array))
+            if isinstance(column, np.ndarray):
+                values.append(from_buffer(cdata, np.ascontiguousarray(column, dtype)))
+                continue
+            kept = last.get(j)  # one value for all tensors, as in the call before: its table again
+            if kept is None or type(kept[0]) is not type(column) or kept[0] != column or \
+                    (column == 0 and math.copysign(1.0, column) != math.copysign(1.0, kept[0])):  # -0.0 is not 0.0
+                kept = last[j] = (column, from_buffer(cdata, np.full(count, column, dtype)))
+            values.append(kept[1])
         plan.function(count, plan.sizes, *plan.tables, *values, float(grad_scale), *rounding.kernel_args,
                       backends.flush_denormal_flag())
         return list(plan.targets)
 
     def _param_column(self, naming: _Naming, p, value, count: int):
         """A scalar (one value for all) or an array of one value per tensor."""
+        if type(value) is _PLAIN.get(p.type) and p.bounds is None and not naming.labels:
+            return value  # the usual call: a Python float (bool) for a float (bool) parameter
         label = naming.label(p.name)
         refused = refused_subclass(value)
         if refused is not None:
