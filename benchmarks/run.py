@@ -191,7 +191,7 @@ def call_overhead(repeat: int) -> tuple[float, float]:
         module = operator.c_module()
     kernel = module.lib.opgen_adam_update_dense_float32
     pointers = [module.ffi.from_buffer(a) for a in (w, g, m, v)]
-    bare = median_seconds(lambda: kernel(1000, *pointers, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, -1.0, 0, 0, 0), repeat,
+    bare = median_seconds(lambda: kernel(1000, *pointers, 1e-3, 0.9, 0.999, 1e-8, 0.0, 1.0, -1.0, 1.0, 0, 0, 0), repeat,
                           number=2000)
     with use_backend("c"):
         wrapped = median_seconds(lambda: adam_update(w, g, m, v, lr=1e-3, out=w), repeat, number=2000)
