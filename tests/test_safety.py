@@ -70,6 +70,22 @@ def test_multi_refuses_row_sparse_gradients(backend):
         generated.sgd_update_multi(ws, [gs[0], rsp], lr=0.1, out=ws)
 
 
+def test_multi_refuses_row_sparse_gradients_after_its_plan_is_cached(backend):
+    """A warm plan (the same weights, in place) still refuses a row-sparse gradient, with
+    nothing written, and serves the next plain call."""
+    ws, gs = _lists(2)
+    generated.sgd_update_multi(ws, gs, lr=0.1, out=ws)  # plans (on C) and caches
+    before = [w.copy() for w in ws]
+    rsp = generated.RowSparseArray(np.ones(1, np.float32), [2], ws[1].shape)
+    with pytest.raises(TypeError, match=r"grads\[1\]' is row-sparse"):
+        generated.sgd_update_multi(ws, [gs[0], rsp], lr=0.1, out=ws)
+    for w, b in zip(ws, before):
+        np.testing.assert_array_equal(w, b)
+    generated.sgd_update_multi(ws, gs, lr=0.1, out=ws)
+    for w, b, g in zip(ws, before, gs):
+        np.testing.assert_array_equal(w, (b - np.float32(0.1) * g).astype(np.float32))
+
+
 def test_multi_checks_per_tensor_parameter_ranges(backend):
     n = 2
     rng = np.random.default_rng(1)

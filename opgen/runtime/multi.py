@@ -262,10 +262,6 @@ class MultiOperator:
                 raise self._fail(naming, ValueError, "out", f"holds {len(out)} arrays but '{self.group_names[0]}' "
                                                     f"holds {count}")
         grads = lists[self.op.grad_index]
-        if any(issubclass(t, RowSparseArray) for t in set(map(type, grads))):  # (the types: a C loop)
-            i = next(i for i, grad in enumerate(grads) if isinstance(grad, RowSparseArray))
-            raise self._fail(naming, TypeError, self._names(naming, i)[self.op.grad_index],
-                             "is row-sparse: multi-tensor updates take dense gradients")
         columns = [self._param_column(naming, p, v, count) for p, v in zip(self.kernel_params, params)]
         if count == 0:
             return []
@@ -280,6 +276,11 @@ class MultiOperator:
                 if same and plan.take_grads(grads):
                     return self._run_plan(plan, columns, count, rounding, self._grad_scale(grads, clip))  # in place
                 del self._plans[key]  # changed since: the full checks below refuse it, or plan anew
+        # (a cached plan takes NumPy gradients only: a row-sparse one is refused here, first)
+        if any(issubclass(t, RowSparseArray) for t in set(map(type, grads))):  # (the types: a C loop)
+            i = next(i for i, grad in enumerate(grads) if isinstance(grad, RowSparseArray))
+            raise self._fail(naming, TypeError, self._names(naming, i)[self.op.grad_index],
+                             "is row-sparse: multi-tensor updates take dense gradients")
         arrays = tuple(itertools.chain(*lists, out if out is not None else ()))
         # arrays of other types as native views (the cached path above only ever holds native ones)
         def refused(k: int, exc: type[Exception], message: str) -> Exception:
