@@ -302,7 +302,63 @@ def test_a_cached_multi_plan_takes_each_calls_values():
             for group, twin in zip(groups, twins):
                 for a, b in zip(group, twin):
                     np.testing.assert_array_equal(a, b, err_msg=str(params))
-    plan = generated.adam_update_multi.__globals__["_MULTI"]._plans[(3, id(groups[0][0]))]
+    from opgen.runtime.multi import _plan_key
+
+    multi_op = generated.adam_update_multi.__globals__["_MULTI"]
+    plan = multi_op._plans[_plan_key(multi_op._fixed_lists(groups, groups[0]), 3)]
     generated.adam_update_multi(*groups, lr=0.05, wd=-0.0, out=groups[0])
     tables = [np.frombuffer(plan.ffi.buffer(cdata), np.float64) for _, cdata in plan.last_values.values()]
     assert any(np.signbit(t).all() and (t == 0).all() for t in tables)  # wd's table holds -0.0
+
+
+def _counting_plans(monkeypatch):
+    """Counts the multi-tensor plans adam_update_multi makes (each is a full check)."""
+    multi_op = generated.adam_update_multi.__globals__["_MULTI"]
+    made = []
+    real = multi_op._plan_for
+
+    def plan_for(*args, **kwargs):
+        made.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(multi_op, "_plan_for", plan_for)
+    return made
+
+
+class Group(list):
+    pass
+
+
+def test_plans_of_lists_sharing_their_first_weight_do_not_evict_each_other(monkeypatch):
+    """The same weights with two sets of states (or lists that differ past their first
+    array), called in turn: each keeps its cached plan, with the one-tensor op's bits."""
+    rng = np.random.default_rng(9)
+    ws = [rng.normal(size=8).astype(np.float32) for _ in range(3)]
+    gs = [rng.normal(size=8).astype(np.float32) for _ in range(3)]
+    sets = [([np.zeros(8, np.float32) for _ in range(3)], [np.full(8, 0.5, np.float32) for _ in range(3)])
+            for _ in range(2)]
+    other = [ws[0], ws[1], rng.normal(size=8).astype(np.float32)]  # shares ws[0] and ws[1]
+    made = _counting_plans(monkeypatch)
+    with use_backend("c"):
+        for step in range(4):
+            for means, vars_ in sets:
+                twin = [a.copy() for a in ws], [a.copy() for a in means], [a.copy() for a in vars_]
+                generated.adam_update_multi(ws, gs, means, vars_, lr=0.1, out=ws)
+                for k in range(3):
+                    generated.adam_update(twin[0][k], gs[k], twin[1][k], twin[2][k], lr=0.1, out=twin[0][k])
+                    np.testing.assert_array_equal(ws[k], twin[0][k])
+                    ws[k][:] = twin[0][k]
+            generated.adam_update_multi(other, gs, *sets[0], lr=0.0, out=other)
+    assert len(made) <= 3, f"{len(made)} plans made for three lists called in turn"
+
+
+def test_list_subclasses_keep_their_plan(monkeypatch):
+    rng = np.random.default_rng(10)
+    ws = Group(rng.normal(size=8).astype(np.float32) for _ in range(3))
+    gs = Group(rng.normal(size=8).astype(np.float32) for _ in range(3))
+    ms, vs = Group(np.zeros(8, np.float32) for _ in range(3)), Group(np.zeros(8, np.float32) for _ in range(3))
+    made = _counting_plans(monkeypatch)
+    with use_backend("c"):
+        for _ in range(4):
+            generated.adam_update_multi(ws, gs, ms, vs, lr=0.1, out=ws)
+    assert len(made) == 1

@@ -27,28 +27,31 @@ flush = backends._flush_denormal  # [0]: the flush-to-zero flag every C call pas
 fingerprint: Callable | None = None
 
 _lock = threading.Lock()
-_handed: list[Callable | None] = []
+_handed: list[tuple[Callable | None, Callable]] = []
 
 
 def register(op: str, function: Callable | None, fingerprint_function: Callable) -> tuple:
     """Called by an op's C extension while ``take`` asks it: keeps its functions, and answers
     with what they compare against: the array type and the dtype object of every storage
-    dtype, in the dtype table's order."""
-    global fingerprint
-    _handed.append(function)
-    if fingerprint is None:
-        fingerprint = fingerprint_function
-    return (np.ndarray, *(np.dtype(name) for name in DTYPE_NAMES))
+    dtype, in the dtype table's order (the extension configures itself with them)."""
+    table = (np.ndarray, *(np.dtype(name) for name in DTYPE_NAMES))
+    _handed.append((function, fingerprint_function))
+    return table
 
 
 def take(lib, register_name: str) -> Callable | None:
     """The op's fast function from its loaded extension (None where it has none, or where the
-    extension cannot hand it over: the Python paths then serve every call)."""
+    extension cannot hand it over: the Python paths then serve every call). The first
+    extension configured brings the fingerprint."""
+    global fingerprint
     register_fn = getattr(lib, register_name, None)
     if register_fn is None:
         return None
     with _lock:
         _handed.clear()
-        if not register_fn() or not _handed:
+        if not register_fn() or not _handed:  # 0: the extension is not configured
             return None
-        return _handed.pop()
+        function, fingerprint_function = _handed.pop()
+        if fingerprint is None:
+            fingerprint = fingerprint_function
+        return function

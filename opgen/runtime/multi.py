@@ -49,6 +49,14 @@ _PLAIN = {ParamType.FLOAT: float, ParamType.BOOL: bool}
 # the benchmarks turn it off to measure what the re-check costs; nothing else should.
 _RECHECK_PLAN = [True]
 
+def _plan_key(fixed: tuple, count: int) -> tuple:
+    """Where a plan is cached: the count and each list's first and last array (a plan holds
+    its arrays, so their ids stay theirs). Lists that share those but differ in between
+    (rare) share the place, and the newer plan replaces the older; the fingerprint, which
+    covers every array, decides whether a call may take the plan."""
+    return (count, *(id(lst[0]) for lst in fixed), *(id(lst[-1]) for lst in fixed))
+
+
 # The norms kernels' arguments, as grad_sums_of_squares passes them
 _NORMS_LAYOUT = [ArgRole.COUNT, ArgRole.SIZES, ArgRole.TENSOR_TABLE, ArgRole.SUMS, ArgRole.FLUSH]
 
@@ -68,7 +76,7 @@ class _Naming:
 
 @dataclass
 class _Plan:
-    arrays: tuple  # every array of the call, out included: the cache key, compared by identity
+    arrays: tuple  # every array of the call but the gradients, then out: held, so their ids stay theirs
     function: object
     columns: tuple  # per value table, in the ABI's order: (position among the columns, dtype, cdata type)
     sizes: object  # cdata int64_t[]
@@ -146,8 +154,8 @@ class MultiOperator:
         self.group_names = tuple(group_names)
         self.kernel_params = tuple(op.params[k] for k in op.kernel_params)
         self._kernel_param_names = tuple(p.name for p in self.kernel_params)
-        # the plans of the lists called in place, by their arrays (an optimizer's param groups
-        # each call with their own lists): the most recent MAX_PLANS
+        # the plans of the lists called in place (an optimizer's param groups each call with
+        # their own lists), by _plan_key: the most recent MAX_PLANS
         self._plans: dict[tuple, _Plan] = {}
         self._naming = _Naming(self.name, flat=False)
 
@@ -249,7 +257,7 @@ class MultiOperator:
         for name, group in zip(self.group_names, groups):
             if not isinstance(group, (list, tuple)):
                 raise self._fail(naming, TypeError, name, f"must be a list or tuple of arrays, got {type(group).__name__}")
-            lists.append(group)
+            lists.append(group if type(group) in (list, tuple) else list(group))  # (a subclass: its items, read once)
         count = len(lists[0])
         for name, group in zip(self.group_names[1:], lists[1:]):
             if len(group) != count:
@@ -258,6 +266,7 @@ class MultiOperator:
         if out is not None:
             if not isinstance(out, (list, tuple)):
                 raise self._fail(naming, TypeError, "out", f"must be None or a list of arrays, got {type(out).__name__}")
+            out = out if type(out) in (list, tuple) else list(out)
             if len(out) != count:
                 raise self._fail(naming, ValueError, "out", f"holds {len(out)} arrays but '{self.group_names[0]}' "
                                                     f"holds {count}")
@@ -268,14 +277,14 @@ class MultiOperator:
         # (an op with a skip condition takes the full path: the condition is checked there)
         if self._plans and out is not None and backends.current_backend() != "numpy" and self.op.skip_if is None:
             fixed = self._fixed_lists(lists, out)
-            key = (count, id(fixed[0][0]))  # (a cached plan holds its arrays: their ids stay theirs)
+            key = _plan_key(fixed, count)
             plan = self._plans.get(key)
             if plan is not None:
                 same = plan.unchanged(fixed) if _RECHECK_PLAN[0] else \
                     all(map(operator.is_, itertools.chain(*fixed), plan.arrays))
                 if same and plan.take_grads(grads):
                     return self._run_plan(plan, columns, count, rounding, self._grad_scale(grads, clip))  # in place
-                del self._plans[key]  # changed since: the full checks below refuse it, or plan anew
+                self._plans.pop(key, None)  # changed since: the full checks below refuse it, or plan anew
         # (a cached plan takes NumPy gradients only: a row-sparse one is refused here, first)
         if any(issubclass(t, RowSparseArray) for t in set(map(type, grads))):  # (the types: a C loop)
             i = next(i for i, grad in enumerate(grads) if isinstance(grad, RowSparseArray))
@@ -463,12 +472,12 @@ class MultiOperator:
             written = (op.weight_index, *op._state_positions)  # in place: the weight and the states
             spans = sorted(_bounds(a) for k in written for a in lists[k] if a.nbytes)
             plan.written = (tuple(lo for lo, _ in spans), tuple(hi for _, hi in spans))
-            key = (count, id(plan.arrays[0]))
+            key = _plan_key(fixed, count)
             self._plans.pop(key, None)
             if kept and plan.grad_seen is not None:
                 self._plans[key] = plan
-            while len(self._plans) > MAX_PLANS:
-                self._plans.pop(next(iter(self._plans)))  # the oldest
+            for oldest in list(self._plans)[:-MAX_PLANS]:
+                self._plans.pop(oldest, None)
         return plan
 
     def _one_by_one(self, naming: _Naming, lists, columns, out, count: int, rounding: Rounding,
