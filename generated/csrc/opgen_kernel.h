@@ -633,7 +633,6 @@ typedef struct {
 static opgen_fast_types opgen_fast_config;
 
 #define OPGEN_FAST_FLAGS (NPY_ARRAY_C_CONTIGUOUS | NPY_ARRAY_OWNDATA | NPY_ARRAY_WRITEABLE)
-#define OPGEN_FAST_MAX_ARRAYS 16
 
 static int opgen_fast_configure(opgen_fast_types *types, PyObject *table) {
     if (!PyTuple_Check(table) || PyTuple_GET_SIZE(table) != 1 + OPGEN_DT_COUNT || !PyType_Check(PyTuple_GET_ITEM(table, 0)))
@@ -649,7 +648,6 @@ static int opgen_fast_configure(opgen_fast_types *types, PyObject *table) {
  * pointers, dtype objects and the element count; 0 where any is not so. */
 static inline int opgen_fast_arrays(PyObject *const *args, int n, const opgen_fast_types *types, void **data,
                                     PyObject **dtypes, int64_t *size) {
-    if (n > OPGEN_FAST_MAX_ARRAYS) return 0;
     const PyArrayObject_fields *first = (const PyArrayObject_fields *)args[0];
     for (int k = 0; k < n; ++k) {
         const PyArrayObject_fields *a = (const PyArrayObject_fields *)args[k];

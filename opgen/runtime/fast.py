@@ -22,8 +22,8 @@ from opgen.runtime import backends
 backend = backends.current_backend_fast  # the backend in use ("numpy" keeps the C fast path off)
 flush = backends._flush_denormal  # [0]: the flush-to-zero flag every C call passes
 
-#: fingerprint(list of arrays) -> bytes (their type, data pointer, flags, dtype, shape and
-#: strides) or None: from the first extension that registered; None until one has
+#: fingerprint(*lists of arrays) -> bytes (each array itself, its type, data pointer, flags,
+#: dtype, shape and strides) or None: from the first extension configured; None until one is
 fingerprint: Callable | None = None
 
 _lock = threading.Lock()

@@ -45,9 +45,11 @@ MAX_PLANS = 16  # cached plans per multi-tensor function (see MultiOperator._pla
 # A parameter value passed as it is, without the checks (which would return it unchanged)
 _PLAIN = {ParamType.FLOAT: float, ParamType.BOOL: bool}
 
-# Whether a cached plan re-checks its arrays on every call (see _Plan.unchanged). Private:
-# the benchmarks turn it off to measure what the re-check costs; nothing else should.
+# Whether a cached plan re-checks its arrays' state on every call (_Plan.unchanged, which
+# also checks their identity); off, only their identity is checked, in Python. Private: the
+# benchmarks turn it off to measure what the re-check costs; nothing else should.
 _RECHECK_PLAN = [True]
+
 
 def _plan_key(fixed: tuple, count: int) -> tuple:
     """Where a plan is cached: the count and each list's first and last array (a plan holds

@@ -191,15 +191,16 @@ class Operator:
 
     # -- the call ---------------------------------------------------------------
     def __call__(self, tensors: tuple, params: tuple, out, rounding="nearest", seed=None):
-        """The common call in a few attribute reads, else the general path.
+        """The common call with a new weight in a few attribute reads, else the general path.
 
-        The fast path applies to NumPy arrays that own their memory (so distinct arrays
+        (In place, the generated function runs the op's C fast path first: ``self.fast``.)
+        This fast path applies to NumPy arrays that own their memory (so distinct arrays
         cannot overlap), are C-contiguous and writable, and share one dtype and shape; a
-        dense gradient; ``out`` None or the weight; plain Python numbers; the C backend.
-        Everything else, errors included, goes through the full checks.
+        dense gradient; ``out`` None; plain Python numbers; the C backend. Everything else,
+        errors included, goes through the full checks.
         """
         weight = tensors[self.weight_index]
-        if type(weight) is np.ndarray and (out is None or out is weight) and seed is None and rounding == "nearest":
+        if type(weight) is np.ndarray and out is None and seed is None and rounding == "nearest":
             free = self._free_position
             entry = self._fast_functions.get(
                 (weight.dtype, weight.dtype if free is None else getattr(tensors[free], "dtype", None)))
@@ -224,10 +225,6 @@ class Operator:
                             # for its C type raises here, with nothing written, and the checks
                             # below name it
                             try:
-                                if out is not None:  # in place: the weight's own buffer
-                                    function(weight.size, *map(self._from_buffer, tensors), *kernel_params,
-                                             1.0, 0, 0, _ftz[0])
-                                    return weight
                                 target = weight.copy()
                                 function(weight.size, *[self._from_buffer(target if t is weight else t)
                                                         for t in tensors], *kernel_params, 1.0, 0, 0, _ftz[0])

@@ -11,6 +11,8 @@ All kernels work in place on the weight buffer:
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from opgen.dtypes import DTYPE_NAMES, PARAM_KINDS, ParamType
 from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen.spec.model import OpSpec
@@ -114,6 +116,21 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
 FAST_READERS = {ParamType.FLOAT: "float", ParamType.INT: "int", ParamType.BOOL: "bool"}
 
 
+@dataclass(frozen=True)
+class FastNames:
+    """The C names the fast path's header code, the generated fast functions and their
+    kernel calls share (kernel_common.h.j2, op.c.j2 and fast_context render them from here)."""
+
+    config: str = "opgen_fast_config"  # the module's array type and dtype objects
+    data: str = "data"  # each tensor's data pointer
+    dtypes: str = "dtypes"  # each tensor's dtype object
+    size: str = "size"  # the elements of every tensor
+    flush: str = "flush"  # the flush-to-zero flag
+
+
+FAST = FastNames()
+
+
 def _plain_layout(op: OpSpec, kernel: abi.KernelABI) -> bool:
     """The dense kernel takes the call as it comes: the size, the tensors in order, the
     math's parameters in order, then the gradient factor, rounding, seed and flag."""
@@ -131,22 +148,22 @@ def fast_context(op: OpSpec) -> dict | None:
     if not op.plain_call or op.multi is not None or not dense or not all(_plain_layout(op, k) for _, k in dense):
         return None
     prefix = f"opgen_{op.name}_fast"
-    types = "opgen_fast_config"
     tensors = len(op.tensors)
     params = [{"reader": FAST_READERS[p.type], "c_type": PARAM_KINDS[p.type].c_arg, "var": f"{abi.ARG}{p.name}",
                "position": tensors + k} for k, p in enumerate(op.params)]
     variants = []
     for variant, kernel in dense:
-        tests = [f"dtypes[{k}] == {types}.dtype[OPGEN_DT_{op.storage(t.name, variant).name}]"
+        tests = [f"{FAST.dtypes}[{k}] == {FAST.config}.dtype[OPGEN_DT_{op.storage(t.name, variant).name}]"
                  for k, t in enumerate(op.tensors)]
         values = [f"{abi.ARG}{p.name}" for p in op.math_params]
-        data = [f"data[{k}]" for k in range(tensors)]
+        data = [f"{FAST.data}[{k}]" for k in range(tensors)]
         variants.append({"test": " && ".join(tests),
-                         "call": f"{kernel.name}(size, {', '.join(data + values)}, 1.0, 0, 0, (int)(flush != 0))"})
+                         "call": f"{kernel.name}({FAST.size}, {', '.join(data + values)}, 1.0, 0, 0, "
+                                 f"(int)({FAST.flush} != 0))"})
     weight = next(k for k, t in enumerate(op.tensors) if t.role is TensorRole.WEIGHT)
     return {"function": prefix, "definition": f"{prefix}_definition", "tensors": tensors, "params": params,
-            "arguments": tensors + len(op.params) + 1, "flush": tensors + len(op.params), "weight": weight,
-            "variants": variants}
+            "arguments": tensors + len(op.params) + 1, "flush_position": tensors + len(op.params), "weight": weight,
+            "variants": variants, "names": FAST}
 
 
 def context(op: OpSpec) -> dict:
@@ -174,6 +191,6 @@ def math_context(op: OpSpec) -> dict:
 
 def common_context() -> dict:
     return {"loop": LOOP, "min_elements_per_thread": MIN_ELEMENTS_PER_THREAD, "chunk_align": CHUNK_ALIGN,
-            "narrow_block": NARROW_BLOCK, "dtype_names": DTYPE_NAMES,
+            "narrow_block": NARROW_BLOCK, "dtype_names": DTYPE_NAMES, "fast": FAST,
             "total_lanes": TOTAL_LANES,
             "min_row_elements_per_thread": MIN_ROW_ELEMENTS_PER_THREAD, "prefetch_rows": PREFETCH_ROWS}
