@@ -8,7 +8,9 @@ GPT-2 small: 148 tensors, 124M parameters (the embeddings, 12 blocks of 12 tenso
 layer norm). --quick runs a copy scaled down to 7M parameters (width 192, vocabulary 8192,
 context 256; the same 148 tensors). Each implementation has its own copy of the parameters,
 gradients and states; the steps alternate between them, round after round, and the table
-gives medians, so the ratios hold on a noisy machine. float32, then bfloat16 parameters with
+gives medians, and each ratio to opgen also as the median of the rounds' ratios ("paired"), so
+the ratios hold on a noisy machine. The step's own work (Python, per tensor) is measured apart,
+on a copy of the tensors with a few elements each. float32, then bfloat16 parameters with
 float32 states (22 bytes an element) and with bfloat16 states (14 bytes, what torch.optim
 keeps: states in the parameter's dtype).
 """
@@ -102,7 +104,28 @@ def measure(table: dict, rounds: int) -> dict:
             start = time.perf_counter()
             fn()
             times[name].append(time.perf_counter() - start)
-    return {name: statistics.median(ts) for name, ts in times.items()}
+    return times
+
+
+def paired(times: dict, name: str, base: str) -> float:
+    """The median over rounds of ``name``'s time over ``base``'s in the same round (robust to
+    the shared host's memory speed drifting between rounds)."""
+    return statistics.median(a / b for a, b in zip(times[name], times[base]))
+
+
+def own_cost(dtype, rounds: int = 200) -> tuple[float, float]:
+    """The step's own cost, its Python work: generated.optim.Adam.step and the bare multi call
+    it makes, on a copy of the 148 tensors with a few elements each (the kernel's share is then
+    negligible), back to back; medians in seconds."""
+    table = steps(gpt2_shapes(4, 8, 4), dtype, False)
+    step, bare = table["generated.optim.Adam"][0], table["bare multi call"][0]
+    times: tuple[list, list] = ([], [])
+    for _ in range(rounds):
+        for fn, ts in ((step, times[0]), (bare, times[1])):
+            start = time.perf_counter()
+            fn()
+            ts.append(time.perf_counter() - start)
+    return statistics.median(times[0]), statistics.median(times[1])
 
 
 def main() -> None:
@@ -117,15 +140,19 @@ def main() -> None:
           f"parameters; torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.rounds}")
     for dtype in (torch.float32, torch.bfloat16):
         table = steps(shapes, dtype, not args.no_compile)
-        result = measure(table, args.rounds)
+        times = measure(table, args.rounds)
+        result = {name: statistics.median(ts) for name, ts in times.items()}
         ours = result["generated.optim.Adam"]
         label = "float32" if dtype is torch.float32 else "bfloat16 parameters (opgen: float32 states)"
         print(f"\n{label}")
-        print(f"  {'':24s} {'ms':>9s} {'vs opgen':>9s}  setup")
+        print(f"  {'':24s} {'ms':>9s} {'vs opgen':>9s} {'paired':>8s}  setup")
         for name, seconds in result.items():
             setup = table[name][1]
-            print(f"  {name:24s} {seconds * 1e3:9.2f} {seconds / ours:9.2f}x" + (f"  {setup:.1f} s compile" if setup
-                                                                              else ""))
+            print(f"  {name:24s} {seconds * 1e3:9.2f} {seconds / ours:9.2f}x "
+                  f"{paired(times, name, 'generated.optim.Adam'):7.2f}x" + (f"  {setup:.1f} s compile" if setup else ""))
+        step, bare = own_cost(dtype)
+        print(f"  the step's own work (148 tensors of a few elements): {(step - bare) * 1e6:.0f} us over the bare "
+              f"call ({step * 1e6:.0f} vs {bare * 1e6:.0f} us), {(step - bare) / ours:.1%} of the step above")
 
 
 if __name__ == "__main__":

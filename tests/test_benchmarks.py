@@ -45,3 +45,16 @@ def test_roofline_py_measures():
         assert roofline.roofline(lib, 4096, dtype, 1) > 0
         assert roofline.opgen_dense(4096, dtype, 1) > 0
     assert roofline.opgen_multi(4096, 1) > 0
+
+
+def test_optim_step_py_measures():
+    pytest.importorskip("torch")
+    import torch
+
+    optim_step = _load("optim_step")
+    step, bare = optim_step.own_cost(torch.float32, rounds=2)
+    assert step > 0 and bare > 0
+    table = optim_step.steps(optim_step.gpt2_shapes(4, 8, 4), torch.bfloat16, False)
+    times = optim_step.measure(table, 1)
+    assert all(t > 0 for ts in times.values() for t in ts)
+    assert optim_step.paired(times, "torch fused", "generated.optim.Adam") > 0

@@ -717,3 +717,90 @@ def test_max_grad_norm_refusals():
         with pytest.raises(TypeError, match="max_grad_norm clips dense gradients"):
             opt.step()
         assert torch.equal(before, embedding.weight.detach())
+
+
+# ---- the usual step's new gradients, read by their pointers -------------------------------------
+def _planned_sgd(sizes=(4, 4, 8)):
+    params = [torch.nn.Parameter(torch.ones(n)) for n in sizes]
+    opt = optim.SGD(params, lr=0.5, momentum=0.5)
+    for _ in range(2):  # the second step is the planned one
+        for p in params:
+            p.grad = torch.ones_like(p)
+        opt.step()
+    return params, opt
+
+
+def test_the_usual_step_does_not_keep_the_gradients_alive():
+    """zero_grad(set_to_none=True) frees the gradients: the step's plan holds their pointers,
+    not them (a GPT-2-sized model would otherwise keep a second set of gradients alive)."""
+    import gc
+    import weakref
+
+    params, opt = _planned_sgd()
+    for p in params:
+        p.grad = torch.ones_like(p)
+    opt.step()
+    refs = [weakref.ref(p.grad) for p in params]
+    opt.zero_grad(set_to_none=True)
+    gc.collect()
+    assert [r() for r in refs] == [None] * len(params)
+
+
+@pytest.mark.parametrize("victim", ["parameter", "state", "inside a state"])
+def test_a_new_gradient_sharing_written_memory_is_refused_in_the_usual_step(victim):
+    """The pointer check of new gradients against every array the kernel writes: another
+    tensor's parameter, its state, or a window inside a longer tensor's state (the overlap is
+    neither at its start nor at its end). Refused, as on the first step, with nothing changed."""
+    params, opt = _planned_sgd()
+    before = [p.detach().clone() for p in params], [opt.state[p]["momentum_buffer"].clone() for p in params]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    params[0].grad = {"parameter": params[1].detach(), "state": opt.state[params[1]]["momentum_buffer"],
+                      "inside a state": opt.state[params[2]]["momentum_buffer"][2:6]}[victim]
+    with pytest.raises(ValueError, match="shares memory"):
+        opt.step()
+    assert all(torch.equal(p.detach(), b) for p, b in zip(params, before[0]))
+    assert all(torch.equal(opt.state[p]["momentum_buffer"], b) for p, b in zip(params, before[1]))
+    assert [float(opt.state[p]["step"]) for p in params] == [2.0] * 3
+
+
+def test_a_gradient_right_beside_written_memory_is_taken():
+    """A gradient that ends where a state begins (adjacent, not overlapping) is read in place."""
+    params, opt = _planned_sgd(sizes=(4,))
+    reference, reference_opt = _planned_sgd(sizes=(4,))
+    storage = torch.zeros(8)
+    params[0].grad = storage[:4]  # the gradient: the first half of one buffer
+    opt.state[params[0]]["momentum_buffer"] = storage[4:]  # a state: the second half
+    storage[:4] = 1.0
+    storage[4:] = reference_opt.state[reference[0]]["momentum_buffer"]
+    reference[0].grad = torch.ones(4)
+    opt.step()
+    reference_opt.step()
+    assert torch.equal(params[0].detach(), reference[0].detach())
+    assert torch.equal(storage[:4], torch.ones(4))  # the gradient is read, never written
+
+
+def test_gradients_the_pointer_path_cannot_read_in_place_take_the_full_checks():
+    """A transposed gradient (not C-contiguous) is read through its strides; one with a lazy
+    negation bit is refused, naming it; a bfloat16 gradient of a bfloat16 parameter is read."""
+    w = torch.nn.Parameter(torch.zeros(2, 2))
+    opt = optim.SGD([w], lr=0.5)
+    for _ in range(2):
+        w.grad = torch.ones(2, 2)
+        opt.step()
+    grad = torch.tensor([[1.0, 2.0], [3.0, 4.0]])
+    before = w.detach().clone()
+    w.grad = grad.t()
+    opt.step()
+    assert torch.equal(w.detach(), before - 0.5 * grad.t())
+    w.grad = torch._neg_view(torch.ones(2, 2))
+    before = w.detach().clone()
+    with pytest.raises(TypeError, match="negation"):
+        opt.step()
+    assert torch.equal(w.detach(), before)
+    b = torch.nn.Parameter(torch.ones(4, dtype=torch.bfloat16))
+    b_opt = optim.SGD([b], lr=0.5)
+    for k in range(3):
+        b.grad = torch.full((4,), float(k + 1), dtype=torch.bfloat16)
+        b_opt.step()
+    assert torch.equal(b.detach(), torch.full((4,), 1 - 0.5 * (1 + 2 + 3), dtype=torch.bfloat16))

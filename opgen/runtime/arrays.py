@@ -65,6 +65,12 @@ class ArrayAdapter:
     def written(self, values) -> None:
         """The kernels wrote these arrays (the caller's originals): torch's version counters."""
 
+    def host_pointers(self, values: list, like: list) -> list[int] | None:
+        """The data pointers of ``values``, where each is host memory the C kernels may read
+        in place as its ``like`` (a NumPy array): of its dtype and shape, C-contiguous, its
+        memory holding its values. None where one is not: the full checks decide (and name it)."""
+        return None
+
     def number(self, value):
         """A one-element array as a parameter's value, or None where it is not one."""
         return value.item() if getattr(value, "size", None) == 1 and getattr(value, "ndim", None) == 0 else None

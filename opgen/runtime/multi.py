@@ -98,6 +98,9 @@ class _Plan:
     ffi: object = None
     grad_locks: tuple = ()  # as locks, for the gradients in the table
     grad_seen: bytes | None = None  # their fingerprint when checked
+    grad_pointers: list | None = None  # or, for gradients of another type, their data pointers in the table
+    grad_bytes: object = None  # each gradient's bytes (its weight's), an int64 array, once needed
+    written_arrays: tuple = ()  # ``written`` as two int64 arrays, with grad_bytes
     # per value table: (the one value for all tensors it was filled with, the table), reused
     # while a call passes the same value (betas, eps: most parameters stay put between steps)
     last_values: dict = dataclasses.field(default_factory=dict)
@@ -122,6 +125,8 @@ class _Plan:
         """Put a new list of gradients into the plan, if each is what the full checks would
         accept beside these arrays: a C-contiguous NumPy array of its weight's dtype and
         shape, sharing no byte with an array the kernel writes. False: the full checks decide."""
+        if grads and type(grads[0]) is not np.ndarray:
+            return self._take_foreign_grads(grads)
         if self.grads is not None and len(grads) == len(self.grads):
             seen = fast.fingerprint(grads)
             if seen is not None and seen == self.grad_seen:
@@ -146,7 +151,41 @@ class _Plan:
         self.tables, self.keep_alive, self.grads = tuple(tables), tuple(keep), list(grads)
         self.grad_locks = _locks(grads)  # their memory cannot be resized while the table points into it
         self.grad_seen = fast.fingerprint(grads)
+        self.grad_pointers = None
         return self.grad_seen is not None
+
+    def _take_foreign_grads(self, grads: list) -> bool:
+        """New gradients of another array type (torch CPU tensors: a training step's new
+        ``p.grad``), put in by their data pointers where their adapter vouches for each (see
+        ArrayAdapter.host_pointers: its weight's dtype and shape, C-contiguous host memory)
+        and none shares a byte with an array the kernel writes. The plan holds their pointers
+        only, not the gradients: each call vouches for its own."""
+        if len(grads) != len(self.weights):
+            return False
+        adapter = adapter_for(grads[0])
+        pointers = None if adapter is None else adapter.host_pointers(grads, self.weights)
+        if pointers is None:
+            return False
+        if pointers != self.grad_pointers:
+            lows = np.array(pointers, np.int64)
+            if self.grad_bytes is None:
+                self.grad_bytes = np.array([w.nbytes for w in self.weights], np.int64)
+                self.written_arrays = tuple(np.array(side, np.int64) for side in self.written)
+            starts, ends = self.written_arrays
+            if len(starts):
+                k = np.searchsorted(starts, lows, side="right") - 1  # the written span starting at or below
+                below = np.where(k >= 0, ends[np.maximum(k, 0)] > lows, False)
+                above = np.where(k + 1 < len(starts), starts[np.minimum(k + 1, len(starts) - 1)] < lows + self.grad_bytes,
+                                 False)
+                if ((below | above) & (self.grad_bytes > 0)).any():
+                    return False
+            table = self.ffi.new("uintptr_t[]", pointers)
+            tables, keep = list(self.tables), list(self.keep_alive)
+            tables[self.grad_table], keep[self.grad_table] = self.ffi.cast("void **", table), table
+            self.tables, self.keep_alive = tuple(tables), tuple(keep)
+            self.grad_pointers = pointers
+        self.grads, self.grad_locks, self.grad_seen = None, (), None
+        return True
 
 
 class MultiOperator:

@@ -39,6 +39,11 @@ _TENSORS = TorchTensors()
 _PLAIN = (torch.float16, torch.float32, torch.float64)
 
 
+def _on_host(params: list) -> bool:
+    """A bucket of CPU parameters that are not DTensors: the C kernel runs on NumPy views."""
+    return params[0].device.type == "cpu" and not any(map(_is_distributed, params))
+
+
 def _grad_view(g: torch.Tensor):
     """A gradient's NumPy view: the common case (a plain dense CPU tensor) in one call."""
     if g.dtype in _PLAIN and g.layout is torch.strided and not g.requires_grad and not g.is_neg():
@@ -117,7 +122,7 @@ class _GroupPlan:
     float32 counter tensor whose elements are the states' ``step`` tensors (0-d views, as
     torch.optim's own), so a step increments them all in one operation."""
 
-    __slots__ = ("choice", "params", "states", "steps", "counter", "buckets", "kinds")
+    __slots__ = ("choice", "params", "states", "steps", "counter", "buckets", "host", "kinds")
 
     @classmethod
     def make(cls, choice: int, params: list, states: list, buckets: dict) -> "_GroupPlan":
@@ -129,6 +134,9 @@ class _GroupPlan:
             state["step"] = view
         position = {id(p): k for k, p in enumerate(params)}
         plan.buckets = [[position[id(tensors[0])] for tensors, _, _ in members] for members in buckets.values()]
+        # (a parameter's type and device cannot change while it is the same object with the
+        # same kind: whether a bucket runs on NumPy views is decided once)
+        plan.host = [_on_host([params[k] for k in positions]) for positions in plan.buckets]
         plan.kinds = [(p.device, p.dtype) for p in params]
         return plan
 
@@ -362,19 +370,21 @@ class SpecOptimizer(torch.optim.Optimizer):
         plan.counter.add_(1)
         try:
             counts = [int(c) for c in plan.counter.tolist()]
-            first = counts[0]
-            values_for = {first: self._values(plan.choice, first, (), group, False)}
-            state_names = op._state_names
-            for positions in plan.buckets:
-                members = []
-                for k in positions:
-                    t = counts[k]
-                    values = values_for.get(t)
-                    if values is None:
-                        values = values_for[t] = self._values(plan.choice, t, (), group, False)
-                    p, state = plan.params[k], plan.states[k]
-                    members.append(((p, p.grad, *(state[name] for name in state_names)), values, t))
-                self._multi_call(op, multi, index, members)
+            values_for: dict[int, tuple] = {}
+            state_names, params, states = op._state_names, plan.params, plan.states
+            for positions, host in zip(plan.buckets, plan.host):
+                ts = [counts[k] for k in positions]
+                for t in set(ts):
+                    if t not in values_for:
+                        values_for[t] = self._values(plan.choice, t, (), group, False)
+                bucket = [params[k] for k in positions]
+                lists = (bucket, [p.grad for p in bucket],
+                         *([states[k][name] for k in positions] for name in state_names))
+                if len(values_for) == 1 or len(set(ts)) == 1:
+                    columns = [values_for[ts[0]][k] for k in op.kernel_params]
+                else:
+                    columns = [np.array([values_for[t][k] for t in ts]) for k in op.kernel_params]
+                self._bucket_call(op, multi, index, lists, columns, max(ts), host)
         except BaseException:
             plan.counter.sub_(1)
             raise
@@ -426,15 +436,20 @@ class SpecOptimizer(torch.optim.Optimizer):
 
     def _multi_call(self, op, multi, index: int, members: list) -> None:
         lists = tuple(list(group) for group in zip(*(tensors for tensors, _, _ in members)))
-        t = max(t for _, _, t in members)
-        if lists[0][0].device.type == "cpu" and not any(map(_is_distributed, lists[0])):
+        self._bucket_call(op, multi, index, lists, self._columns(op, members), max(t for _, _, t in members),
+                          _on_host(lists[0]))
+
+    def _bucket_call(self, op, multi, index: int, lists: tuple, columns: list, t: int, host: bool) -> None:
+        """One multi-tensor call over a bucket's lists (the op's tensors in order; ``host``:
+        plain CPU tensors, which go to the C kernel as NumPy views)."""
+        if host:
             views = self._host_views(op, index, lists)
-            multi(views, tuple(self._columns(op, members)), views[op.weight_index], *self._rounding_args(index, t),
+            multi(views, tuple(columns), views[op.weight_index], *self._rounding_args(index, t),
                   grad_scale=self._grad_scale)
             # written through NumPy views: the autograd version counters, as torch's in-place ops
             bump_versions([x for k, lst in enumerate(lists) if k != op.grad_index for x in lst])
             return
-        multi(lists, tuple(self._columns(op, members)), lists[op.weight_index], *self._rounding_args(index, t),
+        multi(lists, tuple(columns), lists[op.weight_index], *self._rounding_args(index, t),
               grad_scale=self._grad_scale)
 
     def _host_views(self, op, index: int, lists: tuple) -> tuple:
@@ -450,6 +465,8 @@ class SpecOptimizer(torch.optim.Optimizer):
             views = [[_TENSORS.view(t) for t in lst] if k != grad else None for k, lst in enumerate(lists)]
             cached = self._views[key] = (pointers, fixed, views)
         views = list(cached[2])
-        views[grad] = [_grad_view(g) for g in lists[grad]]
+        # the gradients as they are: a cached plan takes plain CPU tensors by their pointers
+        # (new ones every step), and the full checks view any other
+        views[grad] = lists[grad]
         return tuple(views)
 

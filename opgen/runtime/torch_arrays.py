@@ -109,12 +109,39 @@ class TorchTensors(ArrayAdapter):
         if tensors:
             bump_versions(tensors)
 
+    def host_pointers(self, values: list, like: list) -> list[int] | None:
+        """Plain CPU tensors (exactly ``torch.Tensor``: no DTensor or other subclass), strided,
+        C-contiguous, without a negation bit, of their ``like``'s dtype and shape: their data
+        pointers, read without a NumPy view (a training step's new gradients, every step)."""
+        torch = _torch()
+        tensor, strided, dtypes = torch.Tensor, torch.strided, _torch_dtypes()
+        pointers = []
+        for value, array in zip(values, like):
+            if type(value) is not tensor or value.dtype is not dtypes.get(array.dtype) or not value.is_cpu \
+                    or value.layout is not strided or value.shape != array.shape or not value.is_contiguous() \
+                    or value.is_neg():
+                return None
+            pointers.append(value.data_ptr())
+        return pointers
+
     def number(self, value):
         """A one-element tensor as a parameter's value (``lr=torch.tensor(0.01)``); a CUDA one
         is read back to the host, once per call."""
         if value.numel() != 1 or value.layout is not _torch().strided or value.device.type not in ("cpu", "cuda"):
             return None
         return value.detach().item()
+
+
+_DTYPES: dict = {}
+
+
+def _torch_dtypes() -> dict:
+    """NumPy dtype -> the torch dtype of the same values (bfloat16 through ml_dtypes)."""
+    if not _DTYPES:
+        torch = _torch()
+        _DTYPES.update({np.dtype(np.float16): torch.float16, np.dtype(ml_dtypes.bfloat16): torch.bfloat16,
+                        np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64})
+    return _DTYPES
 
 
 def sharded(value) -> str | None:
