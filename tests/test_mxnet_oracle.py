@@ -46,6 +46,7 @@ import numpy as np
 import pytest
 
 import cases
+import generated
 from generated import RowSparseArray
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -65,7 +66,7 @@ MXNET_NAMES = {
 }
 #: opgen's own ops with no MXNet op or optimizer to compose them from
 OPGEN_ONLY = {"novograd_update"}
-MXNET_OPS = [op for op in cases.OPS if not op.startswith("torch_") and op not in OPGEN_ONLY]
+MXNET_OPS = [op for op in cases.OPS if not op.startswith("torch_") and op not in OPGEN_ONLY] + cases.REDUCTION_OPS
 #: the row-sparse modes MXNet runs natively for a row-sparse gradient beside dense states
 #: (ftrl's sparse kernel needs every input row-sparse: its dense-state call falls back to dense)
 MXNET_SPARSE = {"sgd_update", "sgd_mom_update", "adam_update", "adagrad_update", "group_adagrad_update"}
@@ -90,7 +91,8 @@ HALF_WEIGHTS = {"mp_lamb_update_phase1"}
 #: ops whose MXNet twin takes its norms in float32 whatever the dtype (LARS._l2norm, the
 #: multi_sum_sq of multi_lamb_update), or its rates from float32 arrays (the preloaded ops):
 #: their float64 cases get float32's tolerance
-FLOAT32_NORMS = {"lars_update", "multi_lamb_update", "preloaded_multi_sgd_update", "preloaded_multi_sgd_mom_update"}
+FLOAT32_NORMS = {"lars_update", "multi_lamb_update", "preloaded_multi_sgd_update", "preloaded_multi_sgd_mom_update",
+                 *cases.REDUCTION_OPS}  # (the reduction ops' outputs are float32 whatever the inputs)
 TOLERANCE = {np.dtype(np.float16): (5e-2, 2e-3), np.dtype(np.float32): (2e-5, 1e-6),
              np.dtype(np.float64): (1e-9, 1e-12)}
 
@@ -217,9 +219,50 @@ class Grid:
         self.meta[key] = (op, np.dtype(dtype))
 
 
+    def add_reduction(self, op: str, dtype, label: str, arrays: list, kwargs: dict, out_before: np.ndarray) -> None:
+        """One call of an op that only reduces: its arrays, its parameters, and the value ``out``
+        holds before the call (multi_all_finite with init_output=False reads it)."""
+        key = f"{op}|{np.dtype(dtype).name}|{label}"
+        names = [f"{key}/data{k}" for k in range(len(arrays))]
+        for name, array in zip(names, arrays):
+            self.arrays[name] = array
+        out_name = f"{key}/out"
+        self.arrays[out_name] = out_before
+        self.manifest.append({"key": key, "fn": op, "steps": [{"inputs": names, "kwargs": kwargs, "out": [out_name]}],
+                              "results": [out_name]})
+        ours = getattr(generated, op)(*arrays, **kwargs, out=out_before.copy())
+        self.opgen[f"{key}/0/{out_name}"] = np.array(ours)
+        self.meta[key] = (op, np.dtype(dtype))
+
+
+def _reduction_grid(grid: Grid) -> None:
+    """multi_sum_sq and multi_all_finite in three dtypes: several arrays of other shapes per
+    call, non-finite values in one array, and all_finite's init_output=False beside an out
+    holding 0 or 1."""
+    shapes = [SHAPE, (7,), (1,), (40, 25)]
+    for dtype in DTYPES:
+        rng = np.random.default_rng(cases.seed("mxnet reductions", np.dtype(dtype).name))
+        arrays = [(rng.normal(size=s) * 2).astype(dtype) for s in shapes]
+        broken = [a.copy() for a in arrays]
+        broken[1].flat[3], broken[3].flat[-1] = np.nan, np.inf
+        n = len(arrays)
+        grid.add_reduction("multi_sum_sq", dtype, "four", arrays, {"num_arrays": n}, np.zeros(n, np.float32))
+        grid.add_reduction("multi_sum_sq", dtype, "one", arrays[3:], {"num_arrays": 1}, np.zeros(1, np.float32))
+        grid.add_reduction("multi_sum_sq", dtype, "nonfinite", broken, {"num_arrays": n}, np.zeros(n, np.float32))
+        for label, data in (("finite", arrays), ("nonfinite", broken), ("nan last", arrays[:3] + broken[1:2])):
+            grid.add_reduction("multi_all_finite", dtype, label, data, {"num_arrays": len(data)},
+                               np.zeros(1, np.float32))
+            for before in (0.0, 1.0):
+                grid.add_reduction("multi_all_finite", dtype, f"{label}|keep{before:g}", data,
+                                   {"num_arrays": len(data), "init_output": False}, np.full(1, before, np.float32))
+
+
 def _grid() -> Grid:
     grid = Grid()
+    _reduction_grid(grid)
     for op in MXNET_OPS:
+        if op in cases.REDUCTION_OPS:
+            continue
         info = cases.op(op)
         modes = (["dense"] if info.dense else []) + (list(info.sparse_modes) if op in MXNET_SPARSE else [])
         for dtype in DTYPES:

@@ -80,7 +80,8 @@ CASES = [
     ("number as condition", ("weight + mom", "weight + (mom if lr else 0)"),
      f"{P}:12:31: a condition ('x if condition else y') needs a condition (a comparison or a bool parameter), got a number"),
     ("two weights", ("role: state", "role: weight"),
-     f"{P}:4:3: an op needs exactly one tensor with role 'weight', found 2"),
+     f"{P}:4:3: an op needs exactly one tensor with role 'weight', found 2 (or, an op that only reduces, inputs "
+     "alone and an output)"),
     ("name and file differ", ("name: toy_update", "name: other_update"),
      f"{P}:1:7: the op is named 'other_update' but its file is 'toy_update.yaml'; they must match"),
     ("reserved name", ("{name: momentum,", "{name: out,"), f"{P}:9:12: parameter name 'out' is reserved"),

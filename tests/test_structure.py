@@ -70,7 +70,7 @@ def test_cuda_launch_vectors_are_sized_by_the_widest_element(op):
     operator = module(op)._OP
     for (schedule, dtype, states), kernel in operator.kernel_abis.items():
         if kernel.launch is None:  # multi, norms, and the ops with whole-tensor reductions (no CUDA passes yet)
-            assert schedule in ("multi", "norms") or cases.op(op).reduces
+            assert schedule in ("multi", "norms") or load_spec(ROOT / "specs" / f"{op}.yaml").totals is not None
             continue
         free = [states] if any(t.role == "state" and not t.dtype for t in operator.tensors) else []
         widest = max([np.dtype(d).itemsize for d in [dtype, *free]] +
@@ -131,11 +131,14 @@ def test_each_statement_is_printed_once_per_math_type(op):
     functions = text.split("OPGEN_INLINE ")
     elements = "".join(f for f in functions if re.match(r"void opgen_\w+_element_\w+\(", f))
     element_statements = spec.program.body if spec.rows is None else ()
-    for s in element_statements:
+    for s in element_statements if spec.updates else ():
         comment = f"/* {' '.join(s.source.split())} */"
         assert elements.count(comment) == len(spec.math_types), (op, s.source)
         assert f"_element_" in text
     for math in spec.math_types:
+        if not spec.updates:  # an op that only reduces: its passes' functions, no element update
+            assert text.count(f"opgen_{op}_total1_{math.c_type}(") >= 1 and "_element_" not in text
+            continue
         name = f"opgen_{op}_{'element' if spec.rows is None else 'pass2'}_{math.c_type}("
         assert text.count(name) >= 1
 
@@ -150,7 +153,8 @@ def test_generated_c_and_cuda_share_their_element_and_step_functions(op):
     cu = (ROOT / "generated" / "cuda" / f"{op}.cu").read_text()
     header = (ROOT / "generated" / "csrc" / f"{op}_math.h").read_text()
     assert f'#include "{op}_math.h"' in c and f'#include "../csrc/{op}_math.h"' in cu
-    defined = re.compile(r"^OPGEN_INLINE void (opgen_\w+_(element|step|pass1|row|row_store|pass2)_\w+)\(", re.M)
+    defined = re.compile(r"^OPGEN_INLINE void (opgen_\w+_(element|step|pass1|row|row_store|pass2|total\d+)_\w+)\(",
+                         re.M)
     assert defined.findall(header) and not defined.findall(c) and not defined.findall(cu)
     inlined = cuda_source(ROOT / "generated" / "cuda" / f"{op}.cu")
     assert all(line in inlined for line in header.splitlines()[1:] if line.startswith("OPGEN_INLINE"))

@@ -11,12 +11,14 @@ from opgen.runtime.backends import (
 )
 from opgen.runtime.multi import MultiOperator
 from opgen.runtime.operator import Operator, ParamArg, TensorArg
+from opgen.runtime.reduce import ReduceOperator
 from opgen.runtime.rowsparse import RowSparseArray
 
 __all__ = [
     "MultiOperator",
     "Operator",
     "ParamArg",
+    "ReduceOperator",
     "RowSparseArray",
     "TensorArg",
     "available_backends",

@@ -196,8 +196,9 @@ class CBackend(Backend):
         kernel = op.kernel(work.schedule, work.dtype, work.states_dtype)
         function = op.c_function(module, kernel)
         from_buffer = module.ffi.from_buffer
-        arrays = work.arrays(op, np.ascontiguousarray(work.grad_data))
-        sizes = work.sizes() if kernel.schedule is not Schedule.DENSE else {ArgRole.SIZE: work.target.size}
+        arrays = work.arrays(op, None if work.grad is None else np.ascontiguousarray(work.grad_data))
+        # (the elements read: the weight's, or an op that only reduces its first input's)
+        sizes = work.sizes() if kernel.schedule is not Schedule.DENSE else {ArgRole.SIZE: work.source.size}
         head, tensors, positions, _ = op.c_layout(kernel)
         scalars = work.scalars
         function(*[from_buffer("int64_t[]", work.grad.indices) if role is ArgRole.INDICES else sizes[role]

@@ -138,8 +138,9 @@ class Operator:
         states = [t for t in self.tensors if t.role is TensorRole.STATE]
         self._first_free_state = next((k for k, t in enumerate(states) if t.dtype is None), None)
         self.free_state_name = None if self._first_free_state is None else states[self._first_free_state].name
-        self.weight_index = next(k for k, t in enumerate(self.tensors) if t.role is TensorRole.WEIGHT)
-        self.grad_index = next(k for k, t in enumerate(self.tensors) if t.role is TensorRole.GRAD)
+        # (an op that only reduces has neither: its first input stands where the weight does)
+        self.weight_index = next((k for k, t in enumerate(self.tensors) if t.role is TensorRole.WEIGHT), 0)
+        self.grad_index = next((k for k, t in enumerate(self.tensors) if t.role is TensorRole.GRAD), None)
         self.kernel_params = tuple(k for k, p in enumerate(params) if p.in_kernel)
         self.fixed_dtypes = {t.name: np.dtype(t.dtype) for t in tensors if t.dtype}
         # The kernels' scalar values: scalar inputs and per-tensor states' values (floats),

@@ -70,7 +70,14 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     row_sparse = _row_sparse(root, params)
     math = _math(root, tensors, params)
     skip_if = _skip_if(root, tensors, params) if "skip_if" in root else None
-    output, output_dtype = _output(root, math) if "output" in root else (None, None)
+    output, output_dtype, across, reset = _output(root, math, params) if "output" in root else (None,) * 4
+    reduction = all(t.role is TensorRole.INPUT for t in tensors)
+    if reduction and output is None:
+        raise SpecError(root.location("tensors"), "an op whose tensors are all inputs needs an output: the "
+                                                  "per-call value it returns (output: NAME)")
+    if not reduction and (across or reset):
+        raise SpecError(root.key_location("output"), "output.across and output.reset belong to ops that only "
+                                                     "reduce (their tensors all inputs)")
     if output is not None and skip_if is not None:
         raise SpecError(root.key_location("skip_if"), "an op with an output cannot have skip_if: a skipped call "
                                                       "would have no output to return")
@@ -79,7 +86,10 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
                                                      "the rows a gradient lacks would have no output (use the "
                                                      "standard update: omit row_sparse.lazy)")
     multi = _multi(root, tensors, params) if "multi" in root else None
-    _check_usage(root, tensors, params, math, row_sparse, skip_if, output, multi)
+    if reduction and multi is not None and (multi.per_tensor or multi.trailing):
+        raise SpecError(root.key_location("multi"), "an op that only reduces takes each parameter as one value "
+                                                    "for every tensor: no multi.per_tensor or multi.trailing")
+    _check_usage(root, tensors, params, math, row_sparse, skip_if, output, multi, reset)
     marked, reductions = totals.extract(math)
     if reductions:
         row_sparse = _dense_only(root, tensors, "an op with whole-tensor reductions (sum, avg, norm, rms, amax)")
@@ -89,11 +99,15 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         row_sparse = _dense_only(root, tensors, "an op with per-tensor states")
     program, totals_program = totals.split(hoist(marked, frozenset(t.name for t in tensors if t.per_tensor)),
                                            reductions)
-    if output is not None and output in dict(program.finals):
-        raise SpecError(root.location("output") if isinstance(root.node("output"), yaml.ScalarNode)
-                        else root.key_location("output"),
-                        f"output '{output}' is the same for every element (it reads no tensor); an output is "
-                        "one value per element: keep a per-call value in a per-tensor state instead")
+    output_where = None if output is None else root.location("output") \
+        if isinstance(root.node("output"), yaml.ScalarNode) else root.key_location("output")
+    if output is not None and not reduction and output in dict(program.finals):
+        raise SpecError(output_where, f"output '{output}' is the same for every element (it reads no tensor); an "
+                                      "output is one value per element: keep a per-call value in a per-tensor "
+                                      "state instead")
+    if reduction and output not in dict(program.finals):
+        raise SpecError(output_where, f"output '{output}' reads the inputs element by element; an op that only "
+                                      "reduces returns one value per call: reduce them (sum, avg, norm, rms, amax)")
     rows = _rows(root, tensors, program, row_sparse)
     deviations = tuple(y.scalar_text(path, n, "each deviation") for n in root.sequence("deviations")) \
         if "deviations" in root else ()
@@ -113,6 +127,8 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         skip_if=skip_if,
         output=output,
         output_dtype=output_dtype,
+        across=across,
+        reset=reset,
         multi=multi,
         location=root.location("name"),
         optimizers=parse_optimizers(root, name) if "optimizer" in root else (),
@@ -131,7 +147,8 @@ def _check_entry_points(op: OpSpec) -> None:
     out = (n.OUT_ARGUMENT, "the output argument", where)
     rounding = [(name, f"the rounding argument '{name}'", where) for name in n.ROUNDING_ARGUMENTS]
     params = [(p.name, f"parameter '{p.name}'", p.location) for p in op.params]
-    clip = [(n.CLIP_ARGUMENT, f"the clipping argument '{n.CLIP_ARGUMENT}'", where)] if op.has_multi else []
+    clip = [(n.CLIP_ARGUMENT, f"the clipping argument '{n.CLIP_ARGUMENT}'", where)] \
+        if op.has_multi and not op.reduction else []
     if op.multi is not None:
         public = dict(op.multi.per_tensor)
         n.check_arguments(op.name, [(n.DATA_ARGUMENT, "the array list", where)] + [
@@ -205,11 +222,14 @@ def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
                                                       "overflows at 65504 or rounds away small updates)")
         out.append(TensorSpec(name, role, m.string("doc").strip(), symbol, y.where(root.path, node), dtype, per_row,
                               per_tensor))
+    if out and all(t.role is TensorRole.INPUT for t in out):
+        return tuple(out)  # a reduction op: it reads its inputs and returns a per-call output
     for role in (TensorRole.WEIGHT, TensorRole.GRAD):
         count = sum(t.role is role for t in out)
         if count != 1:
             raise SpecError(root.location("tensors"),
-                            f"an op needs exactly one tensor with role '{role.value}', found {count}")
+                            f"an op needs exactly one tensor with role '{role.value}', found {count} (or, an "
+                            "op that only reduces, inputs alone and an output)")
     return tuple(out)
 
 
@@ -352,22 +372,44 @@ def _skip_if(root: y.Mapping, tensors, params):
     return condition
 
 
-def _output(root: y.Mapping, math) -> tuple[str, str | None]:
-    """``output: TEMP`` (in the weight's dtype) or ``output: {name: TEMP, dtype: DTYPE}``."""
+ACROSS = ("min", "max", "sum")  # how a reduction op's multi-tensor call may combine its tensors' values
+
+
+def _output(root: y.Mapping, math, params) -> tuple[str, str | None, str | None, str | None]:
+    """``output: TEMP`` (in the weight's dtype) or ``output: {name: TEMP, dtype: DTYPE}``; an
+    op that only reduces may add ``across: min|max|sum`` (its multi-tensor call returns one
+    value, its tensors' combined) and ``reset: BOOL_PARAM`` (false: the output's value before
+    the call is combined too)."""
+    across = reset = None
     if not isinstance(root.node("output"), yaml.MappingNode):
         name, dtype, where = root.string("output"), None, root.location("output")
     else:
-        m = y.Mapping(root.path, root.node("output"), "the output", required=("name",), optional=("dtype",))
+        m = y.Mapping(root.path, root.node("output"), "the output", required=("name",),
+                      optional=("dtype", "across", "reset"))
         name, where = m.string("name"), m.location("name")
         dtype = m.string("dtype") if "dtype" in m else None
         if dtype is not None and dtype not in DTYPE_NAMES:
             raise SpecError(m.location("dtype"), f"unknown dtype '{dtype}' for the output '{name}' "
                                                  f"(dtypes: {', '.join(DTYPE_NAMES)})")
+        if "across" in m:
+            across = m.string("across")
+            if across not in ACROSS:
+                raise SpecError(m.location("across"), f"output.across must be one of {', '.join(ACROSS)}, got "
+                                                      f"'{across}'")
+        if "reset" in m:
+            reset = m.string("reset")
+            bools = [p.name for p in params if p.type is ParamType.BOOL]
+            if reset not in bools:
+                raise SpecError(m.location("reset"), f"output.reset must name a bool parameter, got '{reset}'"
+                                                     f"{did_you_mean(reset, bools)}")
+            if across is None:
+                raise SpecError(m.location("reset"), "output.reset needs output.across: how the value before "
+                                                     "the call is combined with the call's")
     temps = [s.target for s in math.statements if s.kind is RefKind.TEMP]
     if name not in temps:
         raise SpecError(where, f"output '{name}' must be a temporary assigned by the math"
                                f"{did_you_mean(name, temps)}")
-    return name, dtype
+    return name, dtype, across, reset
 
 
 _locator = y.locator
@@ -382,15 +424,16 @@ def _check_unique(names: list[tuple[str, Location]]) -> None:
 
 
 def _multi(root: y.Mapping, tensors, params) -> MultiSpec:
-    m = y.Mapping(root.path, root.node("multi"), "multi", required=("count", "per_tensor"), optional=("trailing",))
+    m = y.Mapping(root.path, root.node("multi"), "multi", required=("count",), optional=("per_tensor", "trailing"))
     by_name = {p.name: p for p in params}
     count = m.string("count")
     if count not in by_name or by_name[count].type is not ParamType.INT or by_name[count].required:
         raise SpecError(m.location("count"), f"multi.count must name an int parameter with a default, got '{count}'")
-    per = y.Mapping(root.path, m.node("per_tensor"), "multi.per_tensor", required=(),
-                    optional=tuple(p.name for p in params if p.type in (ParamType.FLOAT, ParamType.INT)))
     pairs = []
-    for key_node, value_node in per.yaml_node.value:
+    per_nodes = y.Mapping(root.path, m.node("per_tensor"), "multi.per_tensor", required=(),
+                          optional=tuple(p.name for p in params if p.type in (ParamType.FLOAT, ParamType.INT))
+                          ).yaml_node.value if "per_tensor" in m else ()
+    for key_node, value_node in per_nodes:
         public = y.scalar_text(root.path, value_node, f"the list name of '{key_node.value}'")
         n.check_identifier(public, "the per-tensor list name", y.where(root.path, value_node))
         if public in by_name or public in {t.name for t in tensors}:
@@ -434,7 +477,7 @@ def _rows(root: y.Mapping, tensors, program, row_sparse: RowSparseSpec) -> RowPr
 
 
 def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSpec, skip_if, output,
-                 multi=None) -> None:
+                 multi=None, reset=None) -> None:
     written = set(math.tensors_written()) | {s.target for s in math.statements if s.kind is RefKind.TEMP
                                              and any(t.per_tensor and t.name == s.target for t in tensors)}
     read = math.names_read() | (frozenset(r.name for r in refs(skip_if)) if skip_if is not None else frozenset())
@@ -450,7 +493,7 @@ def _check_usage(root: y.Mapping, tensors, params, math, row_sparse: RowSparseSp
     for p in params:
         if p.ignored and p.name in read:
             raise SpecError(p.location, f"parameter '{p.name}' is marked ignored but the math uses it")
-        if not p.ignored and p.name not in read and p.name != row_sparse.lazy_param \
+        if not p.ignored and p.name not in read and p.name not in (row_sparse.lazy_param, reset) \
                 and (multi is None or p.name != multi.count):
             raise SpecError(p.location, f"parameter '{p.name}' is never used by the math "
                                         "(mark it 'ignored: true' if it is accepted only for compatibility)")

@@ -104,15 +104,28 @@ class OpSpec:
     skip_if: Expr | None = None  # a condition on the parameters: when true the call changes nothing
     output: str | None = None  # a temporary written to `out` instead of a new weight (weight read-only)
     output_dtype: str | None = None  # the output's fixed dtype; None: the weight's
+    # how a multi-tensor call of a reduction op combines its tensors' values into one (min,
+    # max, sum; None: one value per tensor), and the bool parameter that, false, makes the
+    # output's value before the call take part too
+    across: str | None = None
+    reset: str | None = None
     multi: MultiSpec | None = None  # the public function takes MXNet's multi-tensor convention
     location: Location | None = None  # where the spec names the op
     optimizers: tuple = ()  # the torch.optim classes its optimizer section declares (spec.optimizer)
 
     @property
+    def reduction(self) -> bool:
+        """An op with no weight (and no gradient): it reads its inputs and returns one value per
+        call, its output (a per-call value of the math: a sum of squares). The first input
+        then stands where the weight does: its dtype is the call's, its size the element count."""
+        return not any(t.role is TensorRole.WEIGHT for t in self.tensors)
+
+    @property
     def entry_points(self) -> tuple[str, ...]:
         """The functions the op's module exports: the op, and its multi-tensor form where the
         op has a multi kernel and keeps the one-tensor signature."""
-        return (self.name,) + ((multi_name(self.name),) if self.has_multi and self.multi is None else ())
+        multi = self.has_multi and self.multi is None and not self.reduction  # (reductions: with `multi:` only)
+        return (self.name,) + ((multi_name(self.name),) if multi else ())
 
     # -- derived facts ---------------------------------------------------------------
     @property
@@ -121,6 +134,8 @@ class OpSpec:
         read-only inputs or an output; a skip condition only on values of the whole call (the
         multi kernel has no per-tensor skip). Whole-tensor reductions and per-tensor states
         are each tensor's own."""
+        if self.reduction:
+            return not self.scalars
         return self.row_sparse.dense and self.output is None and not self.scalars and not self.inputs \
             and (self.skip_if is None or not self.skip_if_names() & {p for p, _ in (self.multi.per_tensor
                                                                                     if self.multi else ())})
@@ -173,9 +188,9 @@ class OpSpec:
         """An op that fixes some tensors' dtypes (mixed precision) computes in the widest of
         those; any other op in the widest math type of the variant's dtypes (float for
         float16, and for bfloat16 with float32 states). A per-tensor state's fixed dtype
-        (one wide value) does not count."""
+        (one wide value) does not count, nor a reduction op's output (one value per call)."""
         fixed = [DTYPE_BY_NAME[t.dtype] for t in self.tensors if t.dtype and not t.per_tensor] \
-            + ([DTYPE_BY_NAME[self.output_dtype]] if self.output_dtype else [])
+            + ([DTYPE_BY_NAME[self.output_dtype]] if self.output_dtype and not self.reduction else [])
         return widest_math(fixed or [variant.dtype, variant.states])
 
     @property
@@ -188,6 +203,17 @@ class OpSpec:
     def kernel_arrays(self) -> tuple[str, ...]:
         """The kernels' array arguments in order: the element-wise tensors, then ``out``."""
         return tuple(t.name for t in self.arrays) + ((OUT,) if self.output is not None else ())
+
+    @property
+    def updates(self) -> bool:
+        """Whether the kernels have an update pass: the element math stores something (an op
+        that only reduces stores its per-call output once, after its reduction passes)."""
+        return bool(self.stores)
+
+    @property
+    def output_per_call(self) -> bool:
+        """The output is one value per call (a reduction op's), stored once, not per element."""
+        return self.output is not None and self.output in dict(self.program.finals)
 
     def is_const(self, name: str) -> bool:
         """Read-only in the kernels: the gradient, the inputs, and the weight of an op with an output."""
@@ -203,7 +229,7 @@ class OpSpec:
     def stores(self) -> tuple[tuple[str, str | None], ...]:
         """(destination, temporary) for each value the element math writes to memory: the
         tensors it assigns (temporary None), then ``out`` with the output temporary."""
-        out = ((OUT, self.output),) if self.output is not None else ()
+        out = ((OUT, self.output),) if self.output is not None and not self.output_per_call else ()
         return tuple((name, None) for name in self.program.stores) + out
 
     def store_slot(self, name: str) -> int:
@@ -213,11 +239,14 @@ class OpSpec:
 
     @property
     def weight(self) -> TensorSpec:
-        return next(t for t in self.tensors if t.role is TensorRole.WEIGHT)
+        """The weight; in a reduction op, the first input, which stands in its place."""
+        return next(t for t in self.tensors if t.role is TensorRole.WEIGHT or (self.reduction and
+                                                                             t.role is TensorRole.INPUT))
 
     @property
-    def grad(self) -> TensorSpec:
-        return next(t for t in self.tensors if t.role is TensorRole.GRAD)
+    def grad(self) -> TensorSpec | None:
+        """The gradient (None in a reduction op)."""
+        return next((t for t in self.tensors if t.role is TensorRole.GRAD), None)
 
     @property
     def states(self) -> tuple[TensorSpec, ...]:

@@ -134,7 +134,8 @@ def _arguments(op: "OpSpec", schedule: Schedule) -> tuple[Arg, ...]:
 def lanes(op: "OpSpec", variant: Variant) -> int:
     """CUDA elements per vector: 16 bytes of the widest element type the math touches."""
     touched = set(op.program.loads) | {name for name, _ in op.stores}
-    widest = max(op.storage(name, variant).itemsize for name in op.kernel_arrays if name in touched)
+    widest = max((op.storage(name, variant).itemsize for name in op.kernel_arrays if name in touched),
+                 default=op.storage(op.weight.name, variant).itemsize)  # (an op that only reduces stores none)
     return VECTOR_BYTES // widest
 
 
@@ -160,7 +161,7 @@ def kernel(op: "OpSpec", schedule: Schedule, variant: Variant) -> KernelABI:
 def schedules(op: "OpSpec", variant: Variant) -> tuple[Schedule, ...]:
     """The kernels one variant gets: the op's schedules, and with a multi kernel, the norms
     of its gradients (which have the weight's dtype: one per weight dtype)."""
-    norms = (Schedule.NORMS,) if op.has_multi and variant.states == variant.dtype else ()
+    norms = (Schedule.NORMS,) if op.has_multi and op.grad is not None and variant.states == variant.dtype else ()
     return op.schedules + norms
 
 

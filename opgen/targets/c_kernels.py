@@ -82,7 +82,7 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
         passes = TotalsCode(step.math).schedule_lines(step, size, flush, index, LOOP.t)
         body = [*passes, f"const {struct} {LOOP.scalars} = {init}({code.init_call(index, LOOP.t, step.per_tensor_loads(index))});",
                 *step.per_tensor_stores(index),
-                *versions(step, lambda v: dense_call(step, size, flush, v, index))]
+                *(versions(step, lambda v: dense_call(step, size, flush, v, index)) if op.updates else [])]
         return [f"for (int64_t {LOOP.t} = 0; {LOOP.t} < {n[ArgRole.COUNT]}; ++{LOOP.t}) {{",
                 *(f"    {line}" for line in body), "}"]
     if kernel.schedule is Schedule.MULTI:  # the struct is per tensor: switches read at run time
@@ -94,7 +94,7 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
     if kernel.schedule is Schedule.DENSE:
         passes = TotalsCode(step.math).schedule_lines(step, n[ArgRole.SIZE], flush)
         return [*passes, head, *step.per_tensor_stores(),
-                *versions(step, lambda v: dense_call(step, n[ArgRole.SIZE], flush, v))]
+                *(versions(step, lambda v: dense_call(step, n[ArgRole.SIZE], flush, v)) if op.updates else [])]
     if op.rows is not None:
         def row_schedule(v: Version) -> list[str]:
             args = RowCode(step.math).schedule_args(step, n[ArgRole.ROW_LEN], v.sr)

@@ -17,7 +17,8 @@ _DOC_TYPES = {t: k.doc for t, k in PARAM_KINDS.items()}
 
 def _dtypes_text(op: OpSpec) -> str:
     """The storage combinations the op accepts (one set of kernels each), as a table."""
-    columns = [[op.weight, op.grad], list(op.free_states)] + [[t] for t in op.arrays if t.dtype]
+    columns = [[t for t in (op.weight, op.grad) if t is not None], list(op.free_states)] + \
+        [[t] for t in op.arrays if t.dtype]
     columns = [c for c in columns if c]
     head = " | ".join(", ".join(f"`{t.name}`" for t in c) for c in columns)
     rows = [f"| {' | '.join(op.storage(c[0].name, v).name for c in columns)} | {op.math_type(v).name} |"
@@ -34,18 +35,27 @@ def _dtypes_text(op: OpSpec) -> str:
                         for d, names in fixed.items())
     return "\n".join([
         "Each row is one set of kernels; a call with any other combination raises TypeError naming the "
-        f"tensor. The gradient and `out` have the weight's dtype. {rule}",
+        f"tensor. {_same_dtype_text(op)} {rule}",
         "", f"| {head} | math |", "|" + "---|" * (len(columns) + 1), *rows, "",
         "The math runs in the math type; each result is rounded once into its tensor's dtype, to nearest "
         "even, or stochastically with `rounding=\"stochastic\"` where that dtype is 16-bit."])
 
 
+def _same_dtype_text(op: OpSpec) -> str:
+    if op.reduction:
+        return (f"Every input has the dtype of `{op.weight.name}`; `out` is "
+                f"{op.output_dtype or 'of that dtype too'}.")
+    return "The gradient and `out` have the weight's dtype."
+
+
 def _per_call_text(op: OpSpec) -> str:
     """The deviation of computing per-call values in double, naming this op's."""
     printer = PseudoPrinter()
-    values = [f"`{printer.expr(s.expr)}`" for s in op.program.prologue if s.kind is RefKind.HOISTED
-              and s.expr.vtype.value == "real"] + [f"`{s.target}`" for s in op.program.prologue
-                                                   if s.kind is RefKind.TEMP and s.expr.vtype.value == "real"]
+    # (the values that read a reduction's total are computed from the tensors, not from parameters alone)
+    stages = op.totals.stages if op.totals is not None else (0,) * len(op.program.prologue)
+    alone = [s for s, stage in zip(op.program.prologue, stages) if stage == 0 and s.expr.vtype.value == "real"]
+    values = [f"`{printer.expr(s.expr)}`" for s in alone if s.kind is RefKind.HOISTED] + \
+        [f"`{s.target}`" for s in alone if s.kind is RefKind.TEMP]
     if not values:
         return ""
     return (f"Values computed from parameters alone ({', '.join(values)}) are computed once per call in "
@@ -54,6 +64,8 @@ def _per_call_text(op: OpSpec) -> str:
 
 
 def _row_sparse_text(op: OpSpec) -> list[str]:
+    if op.grad is None:
+        return ["The inputs must be dense: a RowSparseArray raises TypeError."]
     grad, rs = op.grad.name, op.row_sparse
     if rs.dense and (not op.row_sparse_schedules or op.multi is not None):
         return [f"`{grad}` must be dense: a RowSparseArray raises TypeError."]
@@ -102,7 +114,7 @@ def context(op: OpSpec) -> dict:
     arguments.append(f"**out** (ndarray, optional) – {out_doc(op)}")
     arguments += [f"**{name}** ({ROUNDING_TYPES[name]}, keyword-only, default={ROUNDING_DEFAULTS[name]}) – "
                   f"{ROUNDING_HELP[name]}" for name in ROUNDING_ARGUMENTS]
-    if op.multi is not None:  # a multi-tensor entry point itself: it clips by the global gradient norm too
+    if op.multi is not None and not op.reduction:  # a multi-tensor entry point: it clips by the global norm too
         arguments.append(f"**{CLIP_ARGUMENT}** (float, keyword-only, default=None) – {CLIP_HELP}")
     lazy = op.row_sparse.always_lazy or op.row_sparse.lazy_param is not None
     return {
@@ -115,7 +127,8 @@ def context(op: OpSpec) -> dict:
                   for k, s in enumerate(op.math.statements)],
         "dense_code": [dense.statement(s) for s in op.math.statements],
         "lazy_code": [rows.statement(s) for s in op.math.statements] if lazy else [],
-        "grad": op.grad.name,
+        "grad": op.grad.name if op.grad is not None else "",
+        "rule": ("It computes, for each call:" if op.reduction else "It updates the weights using:"),
         "row_sparse": _row_sparse_text(op),
         "arguments": arguments,
         "returns": f"ndarray – `out`, holding {result_doc(op)}. "

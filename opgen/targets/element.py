@@ -270,7 +270,7 @@ class MathCode:
         shared = self.struct_lines() + self.init_lines()
         if self.op.rows is not None:
             return shared + RowCode(self).math_lines()
-        return shared + TotalsCode(self).math_lines() + self.element_lines()
+        return shared + TotalsCode(self).math_lines() + (self.element_lines() if self.op.updates else [])
 
 
 def _prologue_ref(e: Ref) -> str:
@@ -299,7 +299,7 @@ class StepCode:
     def __init__(self, code: OpCode, variant: Variant) -> None:
         self.code, self.op, self.variant = code, code.op, variant
         self.math = MathCode(code, self.op.math_type(variant))
-        self.grad = self.op.grad.name
+        self.grad = self.op.grad.name if self.op.grad is not None else None  # (none in an op that only reduces)
 
     def storage(self, name: str) -> DType:
         return self.op.storage(name, self.variant)
@@ -319,11 +319,13 @@ class StepCode:
                         f"{ARG}{t.name}{index})[0])" for t in self.op.per_tensor_states}
 
     def per_tensor_stores(self, index: str = "") -> list[str]:
-        """Each per-tensor state's new value (the per-call struct's), into its array (rounded
-        to nearest: one value, no stream of random bits)."""
-        return [f"(({self.storage(t.name).c_storage} *){ARG}{t.name}{index})[0] = "
-                f"{self.storage(t.name).store}({LOOP.scalars}.{c_name(RefKind.TEMP, self.op.final_value(t.name))});"
-                for t in self.op.per_tensor_states]
+        """Each per-tensor state's new value (the per-call struct's), into its array, and a
+        per-call output into ``out`` (rounded to nearest: one value, no stream of random bits)."""
+        stored = [(t.name, self.op.final_value(t.name)) for t in self.op.per_tensor_states]
+        if self.op.output_per_call:
+            stored.append((OUT, self.op.final_value(self.op.output)))
+        return [f"(({self.storage(name).c_storage} *){ARG}{name}{index})[0] = "
+                f"{self.storage(name).store}({LOOP.scalars}.{c_name(RefKind.TEMP, final)});" for name, final in stored]
 
     def call_lines(self, memory: Memory, indent: str, element: str = "i",
                    buffered: tuple[str, ...] = ()) -> list[str]:
@@ -394,6 +396,8 @@ class StepCode:
     def step_lines(self) -> list[str]:
         if self.op.rows is not None:
             return RowCode(self.math).step_lines(self)
+        if not self.op.updates:  # an op that only reduces: its passes' steps alone
+            return TotalsCode(self.math).step_lines(self)
         memory = Memory("p_{name}[{index}]", {self.grad: "gi"})
         lines = [*TotalsCode(self.math).step_lines(self), self.head("step", "int64_t i, int64_t gi"),
                  *self.switch_lines(), *self.call_lines(memory, "    "), "}"]
@@ -413,7 +417,7 @@ class StepCode:
         return f"opgen_vec<{self.storage(name).cuda_storage}, {self.lanes}>"
 
     def vector_step_lines(self) -> list[str]:
-        if self.op.rows is not None:
+        if self.op.rows is not None or not self.op.updates:
             return []
         names, written, reads = self.code.element_arrays, set(self.code.written), self.code.reads
         lines = [self.head("vstep", "int64_t vi, int64_t gvi"), *self.switch_lines()]

@@ -11,7 +11,7 @@ from opgen.escape import one_line, py_docstring, py_docstring_line, py_string
 from opgen.expr.printers.numpy import NumpyPrinter
 from opgen.expr.printers.pseudo import PseudoPrinter
 from opgen.kinds import ArgRole, Schedule
-from opgen.expr.tree import RefKind
+from opgen.expr.tree import RefKind, VType
 from opgen.spec.model import OUT, OpSpec, ParamSpec, ParamType, TensorRole
 from opgen.spec.names import CLIP_ARGUMENT, OUT_ARGUMENT, PACKAGE_EXPORTS, ROUNDING_ARGUMENTS, group_name
 from opgen.targets import abi, c_kernels
@@ -105,6 +105,10 @@ def multi_docstring(op: OpSpec) -> list[str]:
                   f"    {t.doc.rstrip('.')}, one per tensor. {tensor_doc(op, t, dense_only=True)}"]
     for p in op.math_params:
         lines += _param_doc(p, f"{_PY_TYPES[p.type]} or sequence of {_PY_TYPES[p.type]}")
+    if op.reduction:
+        lines += [f"{OUT_ARGUMENT} : numpy.ndarray, optional", *("    " + w for w in _wrap(multi_out_doc(op))),
+                  *rounding_doc(), "", "Returns", "-------", "numpy.ndarray", f"    `out`, holding {result_doc(op)}."]
+        return _docstring_body(lines)
     lines += [f"{OUT_ARGUMENT} : sequence of numpy.ndarray, optional",
               f"    Arrays that receive the new {op.weight.name}s; `out={weights}` updates in place.",
               *rounding_doc(), *clip_doc(), "", "Returns", "-------", "list of numpy.ndarray",
@@ -112,11 +116,30 @@ def multi_docstring(op: OpSpec) -> list[str]:
     return _docstring_body(lines)
 
 
+def multi_out_doc(op: OpSpec) -> str:
+    """A reduction op's multi-tensor ``out``: one value per tensor, or one for the call."""
+    dtype = op.output_dtype or f"the dtype of `{op.weight.name}`"
+    if op.across is None:
+        return (f"The array ({dtype}, one element per tensor: shape (count,)) that receives each tensor's "
+                f"`{op.output}`. By default a new array.")
+    reset = (f" With `{op.reset}` false, the value `out` holds before the call is combined too (`out` is then "
+             "required)." if op.reset else "")
+    return (f"The one-element array ({dtype}) that receives the {op.across} of the tensors' `{op.output}`. By "
+            f"default a new array.{reset}")
+
+
 def result_doc(op: OpSpec) -> str:
+    if op.reduction:
+        return f"`{op.output}`"
     return f"the new `{op.output}`" if op.output else f"the new {op.weight.name}"
 
 
 def out_doc(op: OpSpec) -> str:
+    if op.reduction:
+        if op.multi is not None:
+            return multi_out_doc(op)
+        return (f"The one-element array ({op.output_dtype or f'the dtype of `{op.weight.name}`'}, shape (1,) or ()) "
+                f"that receives `{op.output}`. By default a new array of shape (1,).")
     if op.output:
         dtype = f"{op.output_dtype}, " if op.output_dtype else ""
         return (f"The array ({dtype}the {op.weight.name}'s shape) that receives `{op.output}`. By default a new "
@@ -147,6 +170,9 @@ def tensor_doc(op: OpSpec, t, dense_only: bool = False) -> str:
         return ("Dense, or a RowSparseArray." if sparse else "Dense.") + fixed
     if t.role is TensorRole.SCALAR:
         return "A number, or an array holding one element."
+    if t.role is TensorRole.INPUT and op.reduction:
+        first = t.name == op.weight.name
+        return "Read only." if first else f"Read only; the shape and dtype of `{op.weight.name}`."
     if t.role is TensorRole.INPUT:
         return "Read only; the weight's shape" + (f", always {t.dtype}." if t.dtype else " and dtype.")
     per_row = " One value per row (shape (rows,) or (rows, 1))." if t.per_row else \
@@ -330,7 +356,13 @@ def context(op: OpSpec) -> dict:
     # a per-tensor state's new value: its last per-call value, rounded to the math type as
     # the C kernels store it (_t_ names in the multi-pass kernels, rebound in place otherwise)
     rounded = "_t_" if op.totals is not None else ""
-    results = [op.output if op.output else op.weight.name] + [
+    if op.output_per_call:  # (an int or bool per-call value is not rounded: it has no _t_ name)
+        final = op.final_value(op.output)
+        real = next(st for st in op.program.prologue if st.target == final).expr.vtype is VType.REAL
+        output = f"{rounded if real else ''}{final}"
+    else:
+        output = op.output
+    results = [output if op.output else op.weight.name] + [
         f"{rounded}{op.final_value(t.name)}" if t.per_tensor else t.name for t in op.states]
     rs = op.row_sparse
     arg_sets, records = kernel_table(op)
@@ -343,7 +375,7 @@ def context(op: OpSpec) -> dict:
         "numpy_lines": numpy_lines(op),
         "numpy_return": ", ".join(results),
         # (-1: a per-tensor state, stored rounded to nearest by every backend)
-        "store_slots": _tuple([str(op.store_slot(OUT if op.output else op.weight.name))]
+        "store_slots": _tuple(["-1" if op.output_per_call else str(op.store_slot(OUT if op.output else op.weight.name))]
                               + ["-1" if s.per_tensor else str(op.store_slot(s.name)) for s in op.states]),
         "tensors": [{"name": t.name, "role": t.role.value, "dtype": repr(t.dtype), "per_row": t.per_row,
                      "per_tensor": t.per_tensor}
@@ -352,6 +384,10 @@ def context(op: OpSpec) -> dict:
                     "bounds": repr(p.bounds), "required": p.required} for p in op.params],
         "output": repr(op.output is not None),
         "output_dtype": repr(op.output_dtype),
+        "reduction": op.reduction,
+        "operator_class": "_ReduceOperator" if op.reduction else "_Operator",
+        "across": repr(op.across),
+        "reset": repr(op.reset),
         "reduces": repr(op.totals is not None),
         "plain_call": repr(op.plain_call),
         "fast_register": repr(c_kernels.fast_register(op)),
@@ -407,7 +443,8 @@ def interleaved_signature(op: OpSpec) -> str:
     """MXNet's multi-tensor convention: the arrays first (the trailing parameters' among
     them), every other parameter keyword-only."""
     return ", ".join(_keyword_tail(["*data"] + [_public(op, p) if p.required else f"{p.name}={python_default(p)}"
-                                                for p in op.params if p.name not in op.multi.trailing], multi=True))
+                                                for p in op.params if p.name not in op.multi.trailing],
+                                               multi=not op.reduction))
 
 
 def trailing_table(op: OpSpec) -> str:
@@ -428,7 +465,8 @@ def interleaved_docstring(op: OpSpec) -> list[str]:
     lines = _head(op) + ["", "Parameters", "----------", "*data : numpy.ndarray"]
     lines += ["    " + line for line in _wrap(
         f"One flat sequence of groups ({group}) for i = 0 .. {op.multi.count} - 1; each tensor is "
-        "updated as in the per-element math below. " + " ".join(
+        + ("reduced as in the math below. " if op.reduction else "updated as in the per-element math below. ")
+        + " ".join(
             f"`{t.name}_i`: {t.doc.rstrip('.')}. {tensor_doc(op, t, dense_only=True)}" for t in op.tensors))]
     for name in op.multi.trailing:
         p = next(q for q in op.params if q.name == name)
@@ -444,10 +482,16 @@ def interleaved_docstring(op: OpSpec) -> list[str]:
             continue
         note = " The number of tensors in `data`." if p.name == op.multi.count else ""
         lines += _param_doc(p, _PY_TYPES[p.type], note)
-    lines += ["out : list of numpy.ndarray, optional",
-              f"    Arrays that receive the new {op.weight.name}s; pass the weights to update in place.",
-              *rounding_doc(), *clip_doc(), "", "Returns", "-------", "list of numpy.ndarray",
-              f"    The new {op.weight.name}s.", "", "Notes", "-----", "The update of each tensor, per element::", ""]
+    if op.reduction:
+        lines += ["out : numpy.ndarray, optional", *("    " + w for w in _wrap(multi_out_doc(op))), *rounding_doc(),
+                  "", "Returns", "-------", "numpy.ndarray", f"    `out`, holding {result_doc(op)}.", "", "Notes",
+                  "-----", "The math of each tensor::", ""]
+    else:
+        lines += ["out : list of numpy.ndarray, optional",
+                  f"    Arrays that receive the new {op.weight.name}s; pass the weights to update in place.",
+                  *rounding_doc(), *clip_doc(), "", "Returns", "-------", "list of numpy.ndarray",
+                  f"    The new {op.weight.name}s.", "", "Notes", "-----", "The update of each tensor, per element::",
+                  ""]
     printer = PseudoPrinter()
     lines += ["    " + printer.statement(s) for s in op.math.statements]
     lines += ["", f"Generated by opgen from {op.path}."]
