@@ -156,6 +156,15 @@ def test_init_output_false_combines_the_value_out_holds():
     assert generated.multi_all_finite(num_arrays=0, init_output=False, out=out).tolist() == [1.0]
 
 
+def test_a_nan_in_out_stays_when_all_is_finite():
+    """init_output=False: out's NaN takes part in the minimum and propagates (as MXNet, which
+    leaves out alone when every value is finite)."""
+    out = np.array([np.nan], np.float32)
+    generated.multi_all_finite(np.ones(3, np.float32), np.ones(2, np.float32), num_arrays=2, init_output=False,
+                               out=out)
+    assert np.isnan(out[0])
+
+
 def test_a_zero_dimensional_out_is_taken():
     out = np.array(5.0, np.float32)
     generated.multi_all_finite(np.ones(2, np.float32), out=out)
@@ -186,6 +195,8 @@ def _bad_calls():
          "argument 'data[0]' must be a numpy.ndarray, got float", out1.copy()),
         ("bool count", lambda o: generated.multi_sum_sq(f32, num_arrays=True, out=o), TypeError,
          "argument 'num_arrays' must be a non-negative integer", out1.copy()),
+        ("negative count", lambda o: generated.multi_sum_sq(num_arrays=-1, out=o), ValueError,
+         "argument 'num_arrays' must be a non-negative integer, got -1", out1.copy()),
         ("out dtype", lambda o: generated.multi_sum_sq(f32, out=o), TypeError,
          "argument 'out' has dtype float64; it must be float32", np.full(1, 7.0, np.float64)),
         ("out shape", lambda o: generated.multi_sum_sq(f32, f32, num_arrays=2, out=o), ValueError,
@@ -247,6 +258,12 @@ P = "specs/toy_norms.yaml"
     (("across: max", "across: mean"), f"{P}:13:43: output.across must be one of min, max, sum, got 'mean'"),
     (("reset: fresh", "reset: p"), f"{P}:13:55: output.reset must name a bool parameter, got 'p'"),
     ((", across: max, reset: fresh", ", reset: fresh"), f"{P}:13:42: output.reset needs output.across"),
+    (("multi: {count: count}\n", ""), f"{P}:12:1: output.across combines the tensors of a multi-tensor call"),
+    (("{name: y, role: input, doc: Another}", "{name: y, role: input, dtype: float32, doc: Another}"),
+     f"{P}:5:5: the input 'y' of an op that only reduces takes the call's dtype"),
+    (("{name: fresh, type: bool, default: true, doc: Start anew}",
+      "{name: fresh, type: bool, default: true, ignored: true, doc: Start anew}"),
+     f"{P}:13:55: output.reset must name a bool parameter, got 'fresh'"),
     (("multi: {count: count}", "multi: {count: count, trailing: [p]}"),
      f"{P}:10:1: an op that only reduces takes each parameter as one value for every tensor"),
 ])
@@ -281,6 +298,16 @@ def test_a_user_reduction_spec_builds_and_runs(tmp_path):
 
     (tmp_path / "specs").mkdir()
     (tmp_path / "specs" / "toy_norms.yaml").write_text(SPEC)
+    # an output without a dtype: the inputs'; one call, no multi
+    (tmp_path / "specs" / "toy_sums.yaml").write_text(textwrap.dedent("""\
+        name: toy_sums
+        summary: A sum.
+        tensors:
+          - {name: x, role: input, doc: An array}
+        math:
+          - s = sum(x)
+        output: s
+        """))
     run = subprocess.run([sys.executable, "-m", "opgen", "build", "--specs", "specs", "--out", "toy_pkg"],
                          cwd=tmp_path, capture_output=True, text=True)
     assert run.returncode == 0, run.stderr
@@ -295,6 +322,18 @@ def test_a_user_reduction_spec_builds_and_runs(tmp_path):
         assert out.tolist() == [100.0], out
         toy_pkg.toy_norms(x, y, p=1.0, out=out)
         assert out.tolist() == [3.0], out
+        from opgen.runtime import use_backend
+        for backend in ("c", "numpy"):
+            with use_backend(backend):
+                for dtype in (np.float16, np.float64):
+                    r = toy_pkg.toy_sums(np.array([1.0, 2.5, 0.25], dtype))
+                    assert r.dtype == dtype and r.tolist() == [3.75], (backend, r)
+        try:
+            toy_pkg.toy_sums(np.ones(2, np.float16), out=np.zeros(1, np.float32))
+        except TypeError as exc:
+            assert "argument 'out' has dtype float32; it must be float16" in str(exc), exc
+        else:
+            raise AssertionError("out of another dtype taken")
         print("ok")
         """)
     run = subprocess.run([sys.executable, "-c", check], cwd=tmp_path, capture_output=True, text=True)

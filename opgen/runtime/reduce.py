@@ -28,8 +28,17 @@ from opgen.runtime.operator import FLOAT_DTYPES, Operator, check_rounding
 from opgen.runtime.rounding import Rounding
 from opgen.runtime.torch_arrays import shard_refusal, sharded
 
-# how a multi-tensor call combines its tensors' values (output.across), in double
-_ACROSS = {"min": min, "max": max, "sum": math.fsum}
+def _nan_min(values: list) -> float:
+    return math.nan if any(math.isnan(v) for v in values) else min(values)
+
+
+def _nan_max(values: list) -> float:
+    return math.nan if any(math.isnan(v) for v in values) else max(values)
+
+
+# how a multi-tensor call combines its tensors' values (output.across), in double: NaN
+# propagates through min and max, as the spec language's min and max
+_ACROSS = {"min": _nan_min, "max": _nan_max, "sum": math.fsum}
 
 
 class ReduceOperator(Operator):
@@ -47,7 +56,7 @@ class ReduceOperator(Operator):
         labels = (*self.names, "out")
         views, presented = self._present((*tensors, out), lambda k: labels[k])
         inputs = self._check_inputs(views[:-1], self.names)
-        target = self._check_out(views[-1], ((1,), ()), "shape (1,) or ()")
+        target = self._check_out(views[-1], inputs[0].dtype, ((1,), ()), "shape (1,) or ()")
         result = self._reduce([inputs], values, rounding)
         return self._deliver(result, target, presented, len(tensors))
 
@@ -57,8 +66,10 @@ class ReduceOperator(Operator):
         many tensors there are."""
         if len(data) == 1 and isinstance(data[0], (list, tuple)):
             data = tuple(data[0])
-        if not isinstance(count, (int, np.integer)) or isinstance(count, bool) or count < 0:
+        if not isinstance(count, (int, np.integer)) or isinstance(count, bool):
             raise TypeError(f"{self.name}(): argument '{count_name}' must be a non-negative integer, got {count!r}")
+        if count < 0:
+            raise ValueError(f"{self.name}(): argument '{count_name}' must be a non-negative integer, got {count}")
         size = len(self.tensors)
         if len(data) != count * size:
             parts = ", ".join(t.name for t in self.tensors)
@@ -76,14 +87,15 @@ class ReduceOperator(Operator):
                 raise self._fail(TypeError, f"data[{i * size}]", f"has dtype {group[0].dtype} but data[0] has "
                                                                  f"{groups[0][0].dtype}; one dtype per call")
         keep = self.reset_index is not None and not values[self.reset_index]
+        dtype = groups[0][0].dtype if groups else None
         if self.across is None:
-            target = self._check_out(views[-1], ((count,),), f"shape ({count},): one value per tensor")
+            target = self._check_out(views[-1], dtype, ((count,),), f"shape ({count},): one value per tensor")
         else:
-            target = self._check_out(views[-1], ((1,), ()), "shape (1,) or ()")
+            target = self._check_out(views[-1], dtype, ((1,), ()), "shape (1,) or ()")
             if keep and target is None:
                 raise self._fail(ValueError, "out", f"is required with {self.params[self.reset_index].name}=False: "
                                                     "the value it holds is combined with the call's")
-        if self.across is not None and not groups and not keep:
+        if self.across in ("min", "max") and not groups and not keep:
             raise self._fail(ValueError, count_name, f"is 0: the {self.across} of no tensors' values is not defined; "
                                                      "pass at least one tensor")
         result = self._reduce(groups, values, rounding)
@@ -122,14 +134,17 @@ class ReduceOperator(Operator):
                                                    f"{first.shape}; shapes must match")
         return [np.ascontiguousarray(a) for a in arrays]  # read only: a copy where they are not contiguous
 
-    def _check_out(self, out, shapes: tuple, what: str):
+    def _check_out(self, out, dtype, shapes: tuple, what: str):
+        """``out``: None, or a writable array of the output's dtype (the spec's, else the
+        inputs' ``dtype``) and one of ``shapes``."""
         if out is None:
             return None
         if type(out) is not np.ndarray:
             raise self._fail(TypeError, "out", refused_subclass(out) or f"must be None or a numpy.ndarray, got "
                                                                       f"{type(out).__name__}")
-        if out.dtype != self.output_dtype:
-            raise self._fail(TypeError, "out", f"has dtype {out.dtype}; it must be {self.output_dtype}")
+        expected = self.output_dtype or dtype
+        if expected is not None and out.dtype != expected:
+            raise self._fail(TypeError, "out", f"has dtype {out.dtype}; it must be {expected}")
         if out.shape not in shapes:
             raise self._fail(ValueError, "out", f"has shape {out.shape}; it must have {what}")
         if not out.flags.writeable:
@@ -140,9 +155,9 @@ class ReduceOperator(Operator):
     def _reduce(self, groups: list, values: tuple, rounding: Rounding) -> np.ndarray:
         """Each tensor's output, in a new array of the output dtype (one kernel for all
         tensors where the C backend serves the call)."""
-        result = np.empty(len(groups), self.output_dtype)
         if not groups:
-            return result
+            return np.empty(0, self.output_dtype or np.float32)  # (no tensor, no dtype: an output of none)
+        result = np.empty(len(groups), self.output_dtype or groups[0][0].dtype)
         scalars = tuple(values[k] for k in self.kernel_params)
         backend = backends.backend_for(self, adapter_for(groups[0][0]))
         if backend is backends.C and len(groups) > 1:

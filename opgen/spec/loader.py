@@ -78,6 +78,13 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     if not reduction and (across or reset):
         raise SpecError(root.key_location("output"), "output.across and output.reset belong to ops that only "
                                                      "reduce (their tensors all inputs)")
+    if across and "multi" not in root:
+        raise SpecError(root.key_location("output"), "output.across combines the tensors of a multi-tensor call: "
+                                                     "it needs multi: (or leave it out)")
+    fixed = next((t for t in tensors if t.dtype), None) if reduction else None
+    if fixed is not None:
+        raise SpecError(fixed.location, f"the input '{fixed.name}' of an op that only reduces takes the call's dtype "
+                                        "(every input of a call has one dtype): remove its dtype")
     if output is not None and skip_if is not None:
         raise SpecError(root.key_location("skip_if"), "an op with an output cannot have skip_if: a skipped call "
                                                       "would have no output to return")
@@ -398,7 +405,7 @@ def _output(root: y.Mapping, math, params) -> tuple[str, str | None, str | None,
                                                       f"'{across}'")
         if "reset" in m:
             reset = m.string("reset")
-            bools = [p.name for p in params if p.type is ParamType.BOOL]
+            bools = [p.name for p in params if p.type is ParamType.BOOL and not p.ignored]
             if reset not in bools:
                 raise SpecError(m.location("reset"), f"output.reset must name a bool parameter, got '{reset}'"
                                                      f"{did_you_mean(reset, bools)}")
