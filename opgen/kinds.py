@@ -57,6 +57,7 @@ class ArgRole(str, enum.Enum):
     ROUNDING = "rounding"  # 0: to nearest even; 1: stochastic (16-bit stores)
     SEED = "seed"  # the stochastic rounding's seed (uint64)
     FLUSH = "flush_denormal"  # the C kernels' flush-to-zero flag
+    PARTIALS = "partials"  # CUDA: the reduction passes' per-block partial totals (double[totals][blocks])
 
     def __str__(self) -> str:
         return self.value

@@ -51,11 +51,12 @@ def test_nvrtc_compiles_without_warnings(path, arch):
     log, ptx = nvrtc_check(cuda_source(path), arch, name=path.name)
     assert "warning" not in log.lower(), log
     entries = re.findall(r"\.entry\s+(\w+)\(", ptx.decode() if isinstance(ptx, bytes) else ptx)
-    # exactly the kernels the ABI gives a launch (none for an op with whole-tensor
-    # reductions, whose CUDA passes are not written: the runtime refuses its device arrays)
-    expected = {k.name for k in abi.kernels(load_spec(ROOT / "specs" / f"{path.stem}.yaml")) if k.launch}
+    # exactly the kernels the ABI gives a launch, with their reduction passes and per-tensor
+    # stores (none for an op that only reduces: it runs on the host)
+    spec = load_spec(ROOT / "specs" / f"{path.stem}.yaml")
+    expected = {name for k in abi.kernels(spec) if k.launch for name in (*k.passes, k.name, k.store) if name}
     assert set(entries) == expected
-    assert expected or cases.op(path.stem).reduces
+    assert expected or spec.reduction
 
 
 @needs_nvrtc
@@ -69,8 +70,8 @@ def test_float_kernels_do_no_double_math_per_element(path):
     where this loop finder cannot tell them from loop code."""
     if _per_call_pow(path.stem):
         pytest.skip("per-call pow: checked at the source level")
-    if cases.op(path.stem).reduces:
-        pytest.skip("whole-tensor reductions: no CUDA kernels yet")
+    if load_spec(ROOT / "specs" / f"{path.stem}.yaml").reduction:
+        pytest.skip("an op that only reduces: no CUDA kernels (it runs on the host)")
     _, ptx = nvrtc_check(cuda_source(path), CHECK_ARCHES[-1], name=path.name)
     text = ptx.decode() if isinstance(ptx, bytes) else ptx
     kernels = re.split(r"(?=\.visible \.entry)", text)[1:]
@@ -94,7 +95,8 @@ def _per_call_pow(op: str) -> bool:
 
 def _element_loop_f64(kernel_ptx: str) -> list[str]:
     """f64 instructions between a label and a later branch back to it, in loops that touch
-    global memory."""
+    global memory other than in double (a reducing op's update first combines its passes'
+    double partial totals in a loop of their own: per call, not per element)."""
     lines = kernel_ptx.splitlines()
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\$L__BB\d+_\d+):", line))}
     found = []
@@ -102,7 +104,7 @@ def _element_loop_f64(kernel_ptx: str) -> list[str]:
         m = re.search(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);", line)
         if m and labels.get(m.group(1), j + 1) < j:
             body = lines[labels[m.group(1)]:j]
-            if any("ld.global" in x or "st.global" in x for x in body):
+            if any(("ld.global" in x or "st.global" in x) and ".f64" not in x for x in body):
                 found += [x.strip() for x in body if ".f64" in x]
     return found
 
@@ -201,6 +203,57 @@ def test_gpu_matches_reference(op, mode, dtype, shape, pset):
     case.check(cupy.asnumpy(result), expected[0], f"{mode} out")
     for name, got, want in zip(info.states, device.states, expected[1:], strict=True):
         case.check(cupy.asnumpy(got), want, f"{mode} {name}")
+
+
+REDUCING_SINGLE = [op for op in cases.SINGLE if cases.op(op).reduces]
+
+
+@needs_gpu
+@pytest.mark.parametrize("size", [0, 1, 511, 513, 100_003, 3_000_001])
+@pytest.mark.parametrize("op", REDUCING_SINGLE)
+def test_gpu_reductions_match_the_c_kernels_and_repeat_bit_for_bit(op, size):
+    """The CUDA passes (a fixed grid of partial totals, combined in a fixed tree) against the C
+    kernels on the same inputs, over sizes that leave blocks empty, partial and full; the same
+    call twice gives the same bits."""
+    import cupy
+
+    params = cases.step_params(op, cases.PARAMS[op]["defaults"])
+    host = cases.make_case(op, cases.seed("gpu-reduce", op, size), (size,), np.float32, params)
+    results = []
+    for _ in range(2):
+        device = cases.Case(op, {n: _to_device(cupy, a) for n, a in host.arrays.items()}, params, np.float32)
+        out = device(out=device.weight)
+        results.append([cupy.asnumpy(out)] + [cupy.asnumpy(s) for s in device.states])
+    c = host.copy()
+    expected = [c(out=c.weight)] + list(c.states)
+    for got, again, want in zip(results[0], results[1], expected, strict=True):
+        np.testing.assert_array_equal(got, again)
+        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+
+
+@needs_gpu
+def test_gpu_reduction_step_captures_in_a_cuda_graph():
+    """No host synchronisation in a reducing op's call: it is captured into a CUDA graph, and
+    the replayed graph does what the call does."""
+    import cupy
+
+    from generated import lamb_update
+
+    rng = np.random.default_rng(5)
+    w, g, m, v = (cupy.asarray(rng.normal(size=4096).astype(np.float32)) for _ in range(4))
+    v = cupy.abs(v)
+    lamb_update(w, g, m, v, lr=0.01, t=1, wd=0.01, out=w)  # warm: compiled, the memory pool holds a block
+    expected = [a.copy() for a in (w, g, m, v)]
+    lamb_update(*expected, lr=0.01, t=1, wd=0.01, out=expected[0])
+    stream = cupy.cuda.Stream(non_blocking=True)
+    with stream:
+        stream.begin_capture()
+        lamb_update(w, g, m, v, lr=0.01, t=1, wd=0.01, out=w)
+        graph = stream.end_capture()
+    graph.launch(stream)
+    stream.synchronize()
+    for got, want in zip((w, m, v), (expected[0], expected[2], expected[3])):
+        np.testing.assert_array_equal(cupy.asnumpy(got), cupy.asnumpy(want))
 
 
 @needs_gpu

@@ -74,7 +74,8 @@ def test_cuda_launch_vectors_are_sized_by_the_widest_element(op):
             continue
         free = [states] if any(t.role == "state" and not t.dtype for t in operator.tensors) else []
         widest = max([np.dtype(d).itemsize for d in [dtype, *free]] +
-                     [np.dtype(t.dtype).itemsize for t in operator.tensors if t.dtype and t.role != "scalar"])
+                     [np.dtype(t.dtype).itemsize for t in operator.tensors
+                      if t.dtype and t.role != "scalar" and not t.per_tensor])  # (a per-tensor state: one value)
         assert kernel.lanes == 16 // widest, (op, dtype)
         if schedule == "dense":
             assert kernel.launch.per_block == kernel.launch.block[0] * kernel.lanes
@@ -94,7 +95,8 @@ def test_the_runtime_passes_every_kernel_argument_once_in_order(op):
             head, tensors, positions, _ = operator.c_layout(kernel, cuda)
             laid = [r.value for r in head] + [f"tensor:{t}" for t in tensors] + \
                 [f"scalar:{operator.kernel_scalar_names[k]}" for k in positions] + ["grad_scale", "rounding", "seed"] + \
-                ([] if cuda else ["flush_denormal"])  # as backends.CBackend and CudaBackend pass them
+                ([] if cuda else ["flush_denormal"]) + \
+                (["partials"] if cuda and (kernel.passes or kernel.store) else [])  # as the backends pass them
             args = kernel.cuda_args if cuda else kernel.args
             assert laid == [f"{a.role.value}:{a.source}" if a.role in (ArgRole.TENSOR, ArgRole.SCALAR)
                             else a.role.value for a in args]

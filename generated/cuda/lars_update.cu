@@ -131,3 +131,184 @@ OPGEN_INLINE void opgen_lars_update_vstep_float64(const opgen_lars_update_scalar
     reinterpret_cast<opgen_vec<double, 2> *>(p_weight)[vi] = x_weight;
     reinterpret_cast<opgen_vec<double, 2> *>(p_mom)[vi] = x_mom;
 }
+
+extern "C" __global__ void __launch_bounds__(256) opgen_lars_update_dense_float16_total1(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    const opgen_lars_update_scalars_float s = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    double opgen_lanes[2][8];
+    opgen_lanes[0][0] = 0.0;
+    opgen_lanes[1][0] = 0.0;
+    OPGEN_CUDA_TOTALS(size, opgen_lars_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, s.h_0, arg_weight, arg_grad));
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[0][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[0 + blockIdx.x] = opgen_r; }
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[1][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[512 + blockIdx.x] = opgen_r; }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_lars_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 0, opgen_red, 0), size);
+    opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 512, opgen_red, 0), size);
+    const opgen_lars_update_scalars_float s = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_lars_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_lars_update_step_float16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom));
+    } else {
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_lars_update_vstep_float16(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_lars_update_step_float16(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_lars_update_dense_float16_with_float32_states_total1(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    const opgen_lars_update_scalars_float s = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    double opgen_lanes[2][8];
+    opgen_lanes[0][0] = 0.0;
+    opgen_lanes[1][0] = 0.0;
+    OPGEN_CUDA_TOTALS(size, opgen_lars_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, s.h_0, arg_weight, arg_grad));
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[0][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[0 + blockIdx.x] = opgen_r; }
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[1][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[512 + blockIdx.x] = opgen_r; }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_lars_update_dense_float16_with_float32_states(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 0, opgen_red, 0), size);
+    opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 512, opgen_red, 0), size);
+    const opgen_lars_update_scalars_float s = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16), opgen_lars_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom));
+    } else {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16), opgen_lars_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_lars_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_lars_update_dense_bfloat16_total1(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    const opgen_lars_update_scalars_float s = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    double opgen_lanes[2][8];
+    opgen_lanes[0][0] = 0.0;
+    opgen_lanes[1][0] = 0.0;
+    OPGEN_CUDA_TOTALS(size, opgen_lars_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, s.h_0, arg_weight, arg_grad));
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[0][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[0 + blockIdx.x] = opgen_r; }
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[1][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[512 + blockIdx.x] = opgen_r; }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_lars_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 0, opgen_red, 0), size);
+    opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 512, opgen_red, 0), size);
+    const opgen_lars_update_scalars_float s = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_lars_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_lars_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom));
+    } else {
+        OPGEN_CUDA_DENSE(size, 8, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_lars_update_vstep_bfloat16(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_lars_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_lars_update_dense_bfloat16_with_float32_states_total1(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    const opgen_lars_update_scalars_float s = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    double opgen_lanes[2][8];
+    opgen_lanes[0][0] = 0.0;
+    opgen_lanes[1][0] = 0.0;
+    OPGEN_CUDA_TOTALS(size, opgen_lars_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, s.h_0, arg_weight, arg_grad));
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[0][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[0 + blockIdx.x] = opgen_r; }
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[1][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[512 + blockIdx.x] = opgen_r; }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_lars_update_dense_bfloat16_with_float32_states(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 0, opgen_red, 0), size);
+    opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 512, opgen_red, 0), size);
+    const opgen_lars_update_scalars_float s = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16), opgen_lars_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_lars_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom));
+    } else {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16), opgen_lars_update_vstep_bfloat16_with_float32_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_lars_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_lars_update_dense_float32_total1(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    const opgen_lars_update_scalars_float s = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    double opgen_lanes[2][8];
+    opgen_lanes[0][0] = 0.0;
+    opgen_lanes[1][0] = 0.0;
+    OPGEN_CUDA_TOTALS(size, opgen_lars_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, s.h_0, arg_weight, arg_grad));
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[0][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[0 + blockIdx.x] = opgen_r; }
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[1][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[512 + blockIdx.x] = opgen_r; }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_lars_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 0, opgen_red, 0), size);
+    opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 512, opgen_red, 0), size);
+    const opgen_lars_update_scalars_float s = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_lars_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_lars_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom));
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_lars_update_dense_float32_with_bfloat16_states_total1(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    const opgen_lars_update_scalars_float s = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    double opgen_lanes[2][8];
+    opgen_lanes[0][0] = 0.0;
+    opgen_lanes[1][0] = 0.0;
+    OPGEN_CUDA_TOTALS(size, opgen_lars_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, s.h_0, arg_weight, arg_grad));
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[0][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[0 + blockIdx.x] = opgen_r; }
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[1][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[512 + blockIdx.x] = opgen_r; }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_lars_update_dense_float32_with_bfloat16_states(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 0, opgen_red, 0), size);
+    opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 512, opgen_red, 0), size);
+    const opgen_lars_update_scalars_float s = opgen_lars_update_scalars_float_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 8), opgen_lars_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_lars_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom));
+    } else {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 8), opgen_lars_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_lars_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_lars_update_dense_float64_total1(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    const opgen_lars_update_scalars_double s = opgen_lars_update_scalars_double_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    double opgen_lanes[2][8];
+    opgen_lanes[0][0] = 0.0;
+    opgen_lanes[1][0] = 0.0;
+    OPGEN_CUDA_TOTALS(size, opgen_lars_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, s.h_0, arg_weight, arg_grad));
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[0][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[0 + blockIdx.x] = opgen_r; }
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[1][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[512 + blockIdx.x] = opgen_r; }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_lars_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_lars_eta, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 0, opgen_red, 0), size);
+    opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 512, opgen_red, 0), size);
+    const opgen_lars_update_scalars_double s = opgen_lars_update_scalars_double_init(arg_lr, arg_momentum, arg_lars_eta, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_lars_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_lars_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom));
+}

@@ -113,3 +113,103 @@ OPGEN_INLINE void opgen_multi_mp_lamb_update_vstep_float64(const opgen_multi_mp_
     reinterpret_cast<opgen_vec<float, 2> *>(p_var)[vi] = x_var;
     reinterpret_cast<opgen_vec<float, 2> *>(p_weight32)[vi] = x_weight32;
 }
+
+extern "C" __global__ void __launch_bounds__(256) opgen_multi_mp_lamb_update_dense_float16_total1(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    const opgen_multi_mp_lamb_update_scalars_float s = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
+    double opgen_lanes[2][8];
+    opgen_lanes[0][0] = 0.0;
+    opgen_lanes[1][0] = 0.0;
+    OPGEN_CUDA_TOTALS(size, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, s.h_0, s.s_bias_correction, arg_grad, arg_mean, arg_var, arg_weight32));
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[0][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[0 + blockIdx.x] = opgen_r; }
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[1][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[512 + blockIdx.x] = opgen_r; }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_multi_mp_lamb_update_dense_float16(int64_t size, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 0, opgen_red, 0), size);
+    opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 512, opgen_red, 0), size);
+    const opgen_multi_mp_lamb_update_scalars_float s = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16), opgen_multi_mp_lamb_update_vstep_float16(s, vi, gvi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+    } else {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16), opgen_multi_mp_lamb_update_vstep_float16(s, vi, gvi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_multi_mp_lamb_update_dense_bfloat16_total1(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    const opgen_multi_mp_lamb_update_scalars_float s = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
+    double opgen_lanes[2][8];
+    opgen_lanes[0][0] = 0.0;
+    opgen_lanes[1][0] = 0.0;
+    OPGEN_CUDA_TOTALS(size, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, s.h_0, s.s_bias_correction, arg_grad, arg_mean, arg_var, arg_weight32));
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[0][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[0 + blockIdx.x] = opgen_r; }
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[1][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[512 + blockIdx.x] = opgen_r; }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_multi_mp_lamb_update_dense_bfloat16(int64_t size, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 0, opgen_red, 0), size);
+    opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 512, opgen_red, 0), size);
+    const opgen_multi_mp_lamb_update_scalars_float s = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16), opgen_multi_mp_lamb_update_vstep_bfloat16(s, vi, gvi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_multi_mp_lamb_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+    } else {
+        OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16), opgen_multi_mp_lamb_update_vstep_bfloat16(s, vi, gvi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_multi_mp_lamb_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_multi_mp_lamb_update_dense_float32_total1(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    const opgen_multi_mp_lamb_update_scalars_float s = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
+    double opgen_lanes[2][8];
+    opgen_lanes[0][0] = 0.0;
+    opgen_lanes[1][0] = 0.0;
+    OPGEN_CUDA_TOTALS(size, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, s.h_0, s.s_bias_correction, arg_grad, arg_mean, arg_var, arg_weight32));
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[0][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[0 + blockIdx.x] = opgen_r; }
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[1][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[512 + blockIdx.x] = opgen_r; }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_multi_mp_lamb_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 0, opgen_red, 0), size);
+    opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 512, opgen_red, 0), size);
+    const opgen_multi_mp_lamb_update_scalars_float s = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16) && opgen_aligned(arg_weight32, 16), opgen_multi_mp_lamb_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_multi_mp_lamb_update_step_float32(s, i, gi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_multi_mp_lamb_update_dense_float64_total1(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    const opgen_multi_mp_lamb_update_scalars_float s = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
+    double opgen_lanes[2][8];
+    opgen_lanes[0][0] = 0.0;
+    opgen_lanes[1][0] = 0.0;
+    OPGEN_CUDA_TOTALS(size, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, s.h_0, s.s_bias_correction, arg_grad, arg_mean, arg_var, arg_weight32));
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[0][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[0 + blockIdx.x] = opgen_r; }
+    { const double opgen_r = opgen_cuda_block_total(opgen_lanes[1][0], opgen_red, 0);
+      if (threadIdx.x == 0) partials[512 + blockIdx.x] = opgen_r; }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_multi_mp_lamb_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, float *__restrict__ arg_weight32, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_lower_bound, double arg_upper_bound, double arg_clip_gradient, int arg_bias_correction, int64_t arg_t, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    __shared__ double opgen_red[512];
+    double opgen_totals[2] = {0};
+    opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 0, opgen_red, 0), size);
+    opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_cuda_combine(partials + 512, opgen_red, 0), size);
+    const opgen_multi_mp_lamb_update_scalars_float s = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_lower_bound, arg_upper_bound, arg_clip_gradient, arg_bias_correction, arg_t, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8) && opgen_aligned(arg_weight32, 8), opgen_multi_mp_lamb_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32), opgen_multi_mp_lamb_update_step_float64(s, i, gi, 0, 0, s.h_0, s.s_bias_correction, arg_weight, arg_grad, arg_mean, arg_var, arg_weight32));
+}

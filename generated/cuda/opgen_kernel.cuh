@@ -121,6 +121,67 @@ OPGEN_DEFINE_HELPERS(double, )
 __device__ __forceinline__ float opgen_powf(float a, float b) { return powf(a, b); }
 __device__ __forceinline__ double opgen_pow(double a, double b) { return pow(a, b); }
 
+/* ---- Whole-tensor reductions (opgen/expr/totals.py), with the C passes' semantics ---- */
+#define OPGEN_NEG_INF __longlong_as_double(0xfff0000000000000ull)
+/* A maximum's step: NaN propagates; of a zero and a negative zero, +0 wins. */
+__device__ __forceinline__ double opgen_total_max(double a, double b) {
+    if (a != a || b != b) return a != a ? a : b;
+    if (a == b) return signbit(a) ? b : a;
+    return a > b ? a : b;
+}
+/* A reduction's result from its accumulated value over n elements. */
+#define OPGEN_FINISH_none(x, n) (x)
+#define OPGEN_FINISH_mean(x, n) ((x) / (double)(n))
+#define OPGEN_FINISH_sqrt(x, n) sqrt(x)
+#define OPGEN_FINISH_sqrt_mean(x, n) sqrt((x) / (double)(n))
+#define OPGEN_CUDA_TOTAL_BLOCKS 512
+
+/* The block's value of v (one per thread, blockDim.x a power of two) in a fixed tree, for
+ * thread 0; red: blockDim.x doubles of shared memory. Every thread must call it. */
+__device__ double opgen_cuda_block_total(double v, double *red, int is_max) {
+    const int t = threadIdx.x;
+    red[t] = v;
+    __syncthreads();
+    for (int w = blockDim.x / 2; w > 0; w >>= 1) {
+        if (t < w) red[t] = is_max ? opgen_total_max(red[t], red[t + w]) : red[t] + red[t + w];
+        __syncthreads();
+    }
+    const double r = red[0];
+    __syncthreads();
+    return r;
+}
+
+/* partials[0 .. OPGEN_CUDA_TOTAL_BLOCKS) combined by the block's threads in a fixed tree (the
+ * same bits whatever the block's shape), for every thread; red: as many doubles of shared
+ * memory. Every thread must call it. */
+__device__ double opgen_cuda_combine(const double *partials, double *red, int is_max) {
+    const int t = threadIdx.x + threadIdx.y * blockDim.x, nt = blockDim.x * blockDim.y;
+    for (int k = t; k < OPGEN_CUDA_TOTAL_BLOCKS; k += nt) red[k] = partials[k];
+    __syncthreads();
+    for (int w = OPGEN_CUDA_TOTAL_BLOCKS / 2; w > 0; w >>= 1) {
+        for (int k = t; k < w; k += nt) red[k] = is_max ? opgen_total_max(red[k], red[k + w]) : red[k] + red[k + w];
+        __syncthreads();
+    }
+    const double r = red[0];
+    __syncthreads();
+    return r;
+}
+
+/* One read-only pass on OPGEN_CUDA_TOTAL_BLOCKS blocks: block b reduces the b-th of as many
+ * equal chunks of the n elements, its threads striding along it, each accumulating into
+ * lane 0 of the C passes' [total][lane] accumulators; STEP adds element i's summands. */
+#define OPGEN_CUDA_TOTALS(n, STEP)                                                          \
+    do {                                                                                   \
+        const long long opgen_chunk = ((n) + OPGEN_CUDA_TOTAL_BLOCKS - 1) / OPGEN_CUDA_TOTAL_BLOCKS; \
+        const long long opgen_lo = (long long)blockIdx.x * opgen_chunk;                    \
+        const long long opgen_hi = opgen_lo + opgen_chunk < (n) ? opgen_lo + opgen_chunk : (n); \
+        const int opgen_l = 0;                                                            \
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) { \
+            const long long gi = i;                                                        \
+            STEP;                                                                          \
+        }                                                                                  \
+    } while (0)
+
 /* N elements of T loaded or stored at once (16 bytes of the widest type in a kernel). */
 template <typename T, int N>
 struct alignas(sizeof(T) * N) opgen_vec {

@@ -219,7 +219,8 @@ class CudaBackend(Backend):
 
         kernel = op.kernel(work.schedule, work.dtype, work.states_dtype)
         sizes = work.sizes()
-        if sizes[ArgRole.SIZE] == 0 or sizes[kernel.launch.work] == 0:
+        staged = bool(kernel.passes or kernel.store)  # (its per-tensor states change even with no element)
+        if not staged and (sizes[ArgRole.SIZE] == 0 or sizes[kernel.launch.work] == 0):
             return
         arrays = work.arrays(op, cupy.ascontiguousarray(work.grad_data))
         head, tensors, positions, types = op.c_layout(kernel, cuda=True)
@@ -228,7 +229,18 @@ class CudaBackend(Backend):
         args += [kind(work.scalars[k]) for k, kind in zip(positions, types)]
         rounding, seed = work.rounding.kernel_args
         args += [np.float64(work.grad_scale), np.int32(rounding), np.uint64(seed)]
-        cuda.launch(op.cuda, kernel, sizes[kernel.launch.work], args)  # on the arrays' device: see execute
+        if not staged:
+            cuda.launch(op.cuda, kernel, sizes[kernel.launch.work], args)  # on the arrays' device: see execute
+            return
+        # whole-tensor reductions: each pass on its fixed grid into the partial totals, the
+        # update, then the per-tensor states' store; in order on the stream, no host sync
+        args.append(cupy.empty(max(kernel.totals, 1) * cuda.TOTAL_BLOCKS, cupy.float64))
+        for name in kernel.passes:
+            cuda.launch_fixed(op.cuda, name, cuda.TOTAL_BLOCKS, cuda.TOTAL_THREADS, args)
+        if sizes[kernel.launch.work]:
+            cuda.launch(op.cuda, kernel, sizes[kernel.launch.work], args)
+        if kernel.store:
+            cuda.launch_fixed(op.cuda, kernel.store, 1, cuda.TOTAL_THREADS, args)
 
 
 NUMPY, C, CUDA = NumpyBackend(), CBackend(), CudaBackend()

@@ -13,6 +13,10 @@ import threading
 from pathlib import Path
 
 from opgen import cbuild
+from opgen.targets.abi import TOTAL_BLOCKS, TOTAL_THREADS  # the reduction passes' fixed grid
+
+__all__ = ["CHECK_ARCHES", "CudaCompileError", "CudaKernels", "TOTAL_BLOCKS", "TOTAL_THREADS", "cuda_source",
+           "launch", "launch_fixed", "nvrtc_check"]
 
 # --fmad=false: no multiply-add contraction, so results match the C kernels and the
 # NumPy reference bit for bit where the math is + - * / sqrt.
@@ -112,3 +116,9 @@ def launch(kernels: CudaKernels, kernel, work: int, args: list) -> None:
     launch = kernel.launch
     blocks = launch.grid(work, _sm_count())
     kernels.function(kernel.name)((blocks,), launch.block, tuple(args))
+
+
+def launch_fixed(kernels: CudaKernels, name: str, blocks: int, threads: int, args: list) -> None:
+    """Run one of a reducing kernel's passes or its store (names from the kernel's ABI) on a
+    fixed grid: the same partition of the elements, so the same bits, on any GPU."""
+    kernels.function(name)((blocks,), (threads,), tuple(args))

@@ -117,7 +117,7 @@ class Operator:
                                   for k in kernels}  # the per-call lookup
         # the updates' schedules (the norms kernels serve a multi-tensor call's clipping)
         self.schedules = frozenset(k.schedule for k in kernels if k.schedule is not Schedule.NORMS)
-        #: False where the spec's math has no CUDA kernels (whole-tensor reductions, for now)
+        #: False where the spec has no CUDA kernels (an op that only reduces runs on the host)
         self.runs_on_device = any(k.launch is not None for k in kernels)
         self._math_types = {(np.dtype(k.dtype), np.dtype(k.states)): np.dtype(k.math).type for k in kernels}
         # weight dtype -> the dtypes its free states may have: the variants the kernels exist for
@@ -387,7 +387,9 @@ class Operator:
                 if value.shape not in ((1,), ()):
                     raise self._fail(ValueError, name, f"has shape {value.shape}; it holds one value per tensor: "
                                                        "shape (1,) or ()")
-                per_tensor_values.append(float(value.reshape(-1)[0]))  # host arrays: no CUDA kernels
+                # its value before the call, for the NumPy kernel (the C and CUDA kernels load it
+                # themselves: a device array is not read back, which would wait for the device)
+                per_tensor_values.append(0.0 if adapter_for(value).device else float(value.reshape(-1)[0]))
             elif spec.per_row:
                 rows = weight.shape[0] if weight.ndim else 1
                 if value.shape not in ((rows,), (rows, 1)):
@@ -572,6 +574,8 @@ class Operator:
         layout = self._layouts.get((kernel.name, cuda))
         if layout is None:
             args = kernel.cuda_args if cuda else kernel.args
+            if cuda and args and args[-1].role is ArgRole.PARTIALS:
+                args = args[:-1]  # the reduction passes' workspace, which CudaBackend.run appends last
             groups = [ArgRole.TENSOR, ArgRole.SCALAR, ArgRole.GRAD_SCALE, ArgRole.ROUNDING, ArgRole.SEED, ArgRole.FLUSH]
             rank = [groups.index(a.role) + 1 if a.role in groups else 0 for a in args]
             if rank != sorted(rank) or (args[-1].role is not ArgRole.FLUSH) != cuda:

@@ -30,6 +30,10 @@ WARP = 32
 DENSE_BLOCKS_PER_SM = 8
 ROW_BLOCKS_PER_SM = 32
 VECTOR_BYTES = 16  # CUDA vector loads and stores
+# The CUDA reduction passes: a fixed grid (the same partition of the elements, so the same
+# bits, on any GPU), each block's threads reducing a contiguous chunk in a fixed tree.
+TOTAL_BLOCKS = 512
+TOTAL_THREADS = 256
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,13 @@ class KernelABI:
     args: tuple[Arg, ...]
     launch: Launch | None  # None: the kernel has no CUDA version (multi)
     lanes: int = 1  # CUDA elements per vector access
+    # CUDA, an op with whole-tensor reductions: the kernels of its read-only passes, launched
+    # before this one on TOTAL_BLOCKS blocks of TOTAL_THREADS (a pass per level), and the one
+    # that stores its per-tensor states after it (one block), all with this kernel's CUDA
+    # arguments; ``totals``: the partial totals' rows (the op's reductions)
+    passes: tuple[str, ...] = ()
+    store: str | None = None
+    totals: int = 0
 
     @property
     def c_parameters(self) -> str:
@@ -89,7 +100,10 @@ class KernelABI:
 
     @property
     def cuda_args(self) -> tuple[Arg, ...]:
-        return tuple(a for a in self.args if a.cuda)
+        """The CUDA kernels' arguments: the C kernel's that CUDA takes, then, with passes,
+        the partial totals' workspace."""
+        partials = (Arg(ArgRole.PARTIALS, "double *"),) if self.passes or self.store else ()
+        return tuple(a for a in self.args if a.cuda) + partials
 
 
 def _head(schedule: Schedule) -> tuple[Arg, ...]:
@@ -140,8 +154,8 @@ def lanes(op: "OpSpec", variant: Variant) -> int:
 
 
 def _launch(op: "OpSpec", schedule: Schedule, variant: Variant) -> Launch | None:
-    if schedule in (Schedule.MULTI, Schedule.NORMS) or op.totals is not None or op.per_tensor_states:
-        return None  # CUDA passes for reductions and per-tensor stores: not written yet
+    if schedule in (Schedule.MULTI, Schedule.NORMS) or op.reduction:
+        return None  # (an op that only reduces runs on the host; multi-tensor calls go one by one)
     if schedule is Schedule.DENSE:
         return Launch((DENSE_BLOCK, 1), ArgRole.SIZE, DENSE_BLOCK * lanes(op, variant), DENSE_BLOCKS_PER_SM)
     work = ArgRole.NNZ if schedule is Schedule.LAZY else ArgRole.NROWS
@@ -153,9 +167,13 @@ def kernel_name(op: "OpSpec", schedule: Schedule, variant: Variant) -> str:
 
 
 def kernel(op: "OpSpec", schedule: Schedule, variant: Variant) -> KernelABI:
-    return KernelABI(op.name, schedule, variant.dtype.name, variant.states.name, op.math_type(variant).name,
-                     kernel_name(op, schedule, variant), _arguments(op, schedule), _launch(op, schedule, variant),
-                     lanes(op, variant))
+    name, launch = kernel_name(op, schedule, variant), _launch(op, schedule, variant)
+    cuda_passes = launch is not None and op.totals is not None
+    passes = tuple(f"{name}_total{p.level}" for p in op.totals.passes) if cuda_passes else ()
+    store = f"{name}_store" if launch is not None and op.per_tensor_states else None
+    return KernelABI(op.name, schedule, variant.dtype.name, variant.states.name, op.math_type(variant).name, name,
+                     _arguments(op, schedule), launch, lanes(op, variant), passes, store,
+                     len(op.totals.totals) if op.totals is not None and launch is not None else 0)
 
 
 def schedules(op: "OpSpec", variant: Variant) -> tuple[Schedule, ...]:
