@@ -36,24 +36,24 @@ def _numpy_kernel(_T, weight, grad, lr, wd):
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
 _ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64', cuda=False), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='weight'), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64'), _Arg(_R.SCALAR_TABLE, 'const double *', source='wd', numpy='float64'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _ARGS_STANDARD = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.NNZ, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _ARGS_NORMS = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.SUMS, 'double *', cuda=False), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('signsgd_update', _S.DENSE, 'float16', 'float16', 'float32', 'opgen_signsgd_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
-    _Kernel('signsgd_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_signsgd_update_multi_float16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('signsgd_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_signsgd_update_multi_float16', _ARGS_MULTI, _Launch((512, 1), _R.NCHUNKS, 1, 8), lanes=8),
     _Kernel('signsgd_update', _S.STANDARD, 'float16', 'float16', 'float32', 'opgen_signsgd_update_standard_float16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
     _Kernel('signsgd_update', _S.NORMS, 'float16', 'float16', 'float32', 'opgen_signsgd_update_norms_float16', _ARGS_NORMS, None, lanes=8),
     _Kernel('signsgd_update', _S.DENSE, 'bfloat16', 'bfloat16', 'float32', 'opgen_signsgd_update_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
-    _Kernel('signsgd_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_signsgd_update_multi_bfloat16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('signsgd_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_signsgd_update_multi_bfloat16', _ARGS_MULTI, _Launch((512, 1), _R.NCHUNKS, 1, 8), lanes=8),
     _Kernel('signsgd_update', _S.STANDARD, 'bfloat16', 'bfloat16', 'float32', 'opgen_signsgd_update_standard_bfloat16', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=8),
     _Kernel('signsgd_update', _S.NORMS, 'bfloat16', 'bfloat16', 'float32', 'opgen_signsgd_update_norms_bfloat16', _ARGS_NORMS, None, lanes=8),
     _Kernel('signsgd_update', _S.DENSE, 'float32', 'float32', 'float32', 'opgen_signsgd_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
-    _Kernel('signsgd_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_signsgd_update_multi_float32', _ARGS_MULTI, None, lanes=4),
+    _Kernel('signsgd_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_signsgd_update_multi_float32', _ARGS_MULTI, _Launch((512, 1), _R.NCHUNKS, 1, 8), lanes=4),
     _Kernel('signsgd_update', _S.STANDARD, 'float32', 'float32', 'float32', 'opgen_signsgd_update_standard_float32', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=4),
     _Kernel('signsgd_update', _S.NORMS, 'float32', 'float32', 'float32', 'opgen_signsgd_update_norms_float32', _ARGS_NORMS, None, lanes=4),
     _Kernel('signsgd_update', _S.DENSE, 'float64', 'float64', 'float64', 'opgen_signsgd_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
-    _Kernel('signsgd_update', _S.MULTI, 'float64', 'float64', 'float64', 'opgen_signsgd_update_multi_float64', _ARGS_MULTI, None, lanes=2),
+    _Kernel('signsgd_update', _S.MULTI, 'float64', 'float64', 'float64', 'opgen_signsgd_update_multi_float64', _ARGS_MULTI, _Launch((512, 1), _R.NCHUNKS, 1, 8), lanes=2),
     _Kernel('signsgd_update', _S.STANDARD, 'float64', 'float64', 'float64', 'opgen_signsgd_update_standard_float64', _ARGS_STANDARD, _Launch((32, 8), _R.NROWS, 8, 32), lanes=2),
     _Kernel('signsgd_update', _S.NORMS, 'float64', 'float64', 'float64', 'opgen_signsgd_update_norms_float64', _ARGS_NORMS, None, lanes=2),
 )

@@ -35,24 +35,24 @@ def _numpy_kernel(_T, param, grad, lr, weight_decay, maximize):
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
 _ARGS_DENSE = (_Arg(_R.SIZE, 'int64_t'), _Arg(_R.TENSOR, 'void *', source='param'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='weight_decay', numpy='float64'), _Arg(_R.SCALAR, 'int', source='maximize', numpy='int32'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
-_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='param', cuda=False), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const double *', source='weight_decay', numpy='float64', cuda=False), _Arg(_R.SCALAR_TABLE, 'const int *', source='maximize', numpy='int32', cuda=False), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_MULTI = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'void *const *', source='param'), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True), _Arg(_R.SCALAR_TABLE, 'const double *', source='lr', numpy='float64'), _Arg(_R.SCALAR_TABLE, 'const double *', source='weight_decay', numpy='float64'), _Arg(_R.SCALAR_TABLE, 'const int *', source='maximize', numpy='int32'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _ARGS_LAZY = (_Arg(_R.NNZ, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.INDICES, 'const int64_t *'), _Arg(_R.TENSOR, 'void *', source='param'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'double', source='weight_decay', numpy='float64'), _Arg(_R.SCALAR, 'int', source='maximize', numpy='int32'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _ARGS_NORMS = (_Arg(_R.COUNT, 'int64_t'), _Arg(_R.SIZES, 'const int64_t *'), _Arg(_R.TENSOR_TABLE, 'const void *const *', source='grad', const=True, cuda=False), _Arg(_R.SUMS, 'double *', cuda=False), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('torch_sgd_update', _S.DENSE, 'float16', 'float16', 'float32', 'opgen_torch_sgd_update_dense_float16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
-    _Kernel('torch_sgd_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_torch_sgd_update_multi_float16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('torch_sgd_update', _S.MULTI, 'float16', 'float16', 'float32', 'opgen_torch_sgd_update_multi_float16', _ARGS_MULTI, _Launch((512, 1), _R.NCHUNKS, 1, 8), lanes=8),
     _Kernel('torch_sgd_update', _S.LAZY, 'float16', 'float16', 'float32', 'opgen_torch_sgd_update_lazy_float16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
     _Kernel('torch_sgd_update', _S.NORMS, 'float16', 'float16', 'float32', 'opgen_torch_sgd_update_norms_float16', _ARGS_NORMS, None, lanes=8),
     _Kernel('torch_sgd_update', _S.DENSE, 'bfloat16', 'bfloat16', 'float32', 'opgen_torch_sgd_update_dense_bfloat16', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 4096, 8), lanes=8),
-    _Kernel('torch_sgd_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_torch_sgd_update_multi_bfloat16', _ARGS_MULTI, None, lanes=8),
+    _Kernel('torch_sgd_update', _S.MULTI, 'bfloat16', 'bfloat16', 'float32', 'opgen_torch_sgd_update_multi_bfloat16', _ARGS_MULTI, _Launch((512, 1), _R.NCHUNKS, 1, 8), lanes=8),
     _Kernel('torch_sgd_update', _S.LAZY, 'bfloat16', 'bfloat16', 'float32', 'opgen_torch_sgd_update_lazy_bfloat16', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=8),
     _Kernel('torch_sgd_update', _S.NORMS, 'bfloat16', 'bfloat16', 'float32', 'opgen_torch_sgd_update_norms_bfloat16', _ARGS_NORMS, None, lanes=8),
     _Kernel('torch_sgd_update', _S.DENSE, 'float32', 'float32', 'float32', 'opgen_torch_sgd_update_dense_float32', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 2048, 8), lanes=4),
-    _Kernel('torch_sgd_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_torch_sgd_update_multi_float32', _ARGS_MULTI, None, lanes=4),
+    _Kernel('torch_sgd_update', _S.MULTI, 'float32', 'float32', 'float32', 'opgen_torch_sgd_update_multi_float32', _ARGS_MULTI, _Launch((512, 1), _R.NCHUNKS, 1, 8), lanes=4),
     _Kernel('torch_sgd_update', _S.LAZY, 'float32', 'float32', 'float32', 'opgen_torch_sgd_update_lazy_float32', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=4),
     _Kernel('torch_sgd_update', _S.NORMS, 'float32', 'float32', 'float32', 'opgen_torch_sgd_update_norms_float32', _ARGS_NORMS, None, lanes=4),
     _Kernel('torch_sgd_update', _S.DENSE, 'float64', 'float64', 'float64', 'opgen_torch_sgd_update_dense_float64', _ARGS_DENSE, _Launch((512, 1), _R.SIZE, 1024, 8), lanes=2),
-    _Kernel('torch_sgd_update', _S.MULTI, 'float64', 'float64', 'float64', 'opgen_torch_sgd_update_multi_float64', _ARGS_MULTI, None, lanes=2),
+    _Kernel('torch_sgd_update', _S.MULTI, 'float64', 'float64', 'float64', 'opgen_torch_sgd_update_multi_float64', _ARGS_MULTI, _Launch((512, 1), _R.NCHUNKS, 1, 8), lanes=2),
     _Kernel('torch_sgd_update', _S.LAZY, 'float64', 'float64', 'float64', 'opgen_torch_sgd_update_lazy_float64', _ARGS_LAZY, _Launch((32, 8), _R.NNZ, 8, 32), lanes=2),
     _Kernel('torch_sgd_update', _S.NORMS, 'float64', 'float64', 'float64', 'opgen_torch_sgd_update_norms_float64', _ARGS_NORMS, None, lanes=2),
 )

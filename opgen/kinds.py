@@ -58,6 +58,8 @@ class ArgRole(str, enum.Enum):
     SEED = "seed"  # the stochastic rounding's seed (uint64)
     FLUSH = "flush_denormal"  # the C kernels' flush-to-zero flag
     PARTIALS = "partials"  # CUDA: the reduction passes' per-block partial totals (double[totals][blocks])
+    CHUNKS = "chunks"  # CUDA multi: per chunk of MULTI_CHUNK elements, its tensor and first element (int64 pairs)
+    NCHUNKS = "nchunks"  # CUDA multi: how many chunks
 
     def __str__(self) -> str:
         return self.value

@@ -94,18 +94,24 @@ def _per_call_pow(op: str) -> bool:
 
 
 def _element_loop_f64(kernel_ptx: str) -> list[str]:
-    """f64 instructions between a label and a later branch back to it, in loops that touch
-    global memory other than in double (a reducing op's update first combines its passes'
-    double partial totals in a loop of their own: per call, not per element)."""
+    """f64 instructions between a label and a later branch back to it, in innermost loops
+    that touch global memory other than in double (a reducing op's update first combines its
+    passes' double partial totals in a loop of their own, and a multi-tensor kernel computes
+    each chunk's per-call values in the loop over the chunks: per call, not per element)."""
     lines = kernel_ptx.splitlines()
     labels = {m.group(1): i for i, line in enumerate(lines) if (m := re.match(r"^(\$L__BB\d+_\d+):", line))}
-    found = []
+    loops = []
     for j, line in enumerate(lines):
         m = re.search(r"\bbra(?:\.uni)?\s+(\$L__BB\d+_\d+);", line)
         if m and labels.get(m.group(1), j + 1) < j:
-            body = lines[labels[m.group(1)]:j]
-            if any(("ld.global" in x or "st.global" in x) and ".f64" not in x for x in body):
-                found += [x.strip() for x in body if ".f64" in x]
+            loops.append((labels[m.group(1)], j))
+    found = []
+    for start, end in loops:
+        if any(start < s and e < end for s, e in loops):
+            continue  # an outer loop: its inner loops are checked
+        body = lines[start:end]
+        if any(("ld.global" in x or "st.global" in x) and ".f64" not in x for x in body):
+            found += [x.strip() for x in body if ".f64" in x]
     return found
 
 
@@ -254,6 +260,42 @@ def test_gpu_reduction_step_captures_in_a_cuda_graph():
     stream.synchronize()
     for got, want in zip((w, m, v), (expected[0], expected[2], expected[3])):
         np.testing.assert_array_equal(cupy.asnumpy(got), cupy.asnumpy(want))
+
+
+MULTI_ON_DEVICE = [op for op in cases.SINGLE if cases.op(op).has_multi_variant and not cases.op(op).reduces]
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("op", MULTI_ON_DEVICE)
+def test_gpu_multi_tensor_call_is_one_launch_matching_the_c_kernel(op, dtype, monkeypatch):
+    """Tensors of 0, 1, 3, 65,537 (two chunks) and 200,000 elements in one call on CuPy
+    arrays: one kernel launch, and the bits of the C multi-tensor kernel on the same inputs
+    (+ - * / sqrt with --fmad=false round as in C)."""
+    import cupy
+
+    from opgen.runtime import cuda
+
+    launches = []
+    real = cuda.launch
+    monkeypatch.setattr(cuda, "launch", lambda *a: (launches.append(a[1].name), real(*a)))
+    info = cases.op(op)
+    params = cases.step_params(op, cases.PARAMS[op]["defaults"])
+    host = [cases.make_case(op, cases.seed("gpu-multi", op, k), (n,), dtype, params)
+            for k, n in enumerate((0, 1, 3, 65_537, 200_000))]
+    lists = [[c.arrays[name] for c in host] for name in info.tensor_names]
+    multi = getattr(__import__("generated"), f"{op}_multi")
+    kernel_params = {k: v for k, v in params.items() if k in info.param and info.param[k].in_kernel}
+    device = [[cupy.asarray(a) for a in lst] for lst in lists]
+    got = multi(*device, **kernel_params, out=device[0])
+    expected = multi(*lists, **kernel_params, out=lists[0])
+    assert len(launches) == 1 and launches[0].endswith(f"_multi_{np.dtype(dtype).name}"), launches
+    for g, e in zip(got, expected, strict=True):
+        np.testing.assert_array_equal(cupy.asnumpy(g), e)
+    for k, name in enumerate(info.tensor_names):
+        if name in info.states:
+            for g, e in zip(device[k], lists[k], strict=True):
+                np.testing.assert_array_equal(cupy.asnumpy(g), e)
 
 
 @needs_gpu

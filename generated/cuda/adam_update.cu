@@ -169,6 +169,29 @@ extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float1
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_weight = (opgen_half *)arg_weight[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        opgen_half *__restrict__ p_mean = (opgen_half *)arg_mean[t];
+        opgen_half *__restrict__ p_var = (opgen_half *)arg_var[t];
+        const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_adam_update_step_float16(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_mean, p_var);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_adam_update_step_float16(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mean, p_var);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mean, opgen_half *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
@@ -193,6 +216,29 @@ extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float1
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_weight = (opgen_half *)arg_weight[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        float *__restrict__ p_mean = (float *)arg_mean[t];
+        float *__restrict__ p_var = (float *)arg_var[t];
+        const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_mean, p_var);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_adam_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mean, p_var);
+            }
+        }
     }
 }
 
@@ -223,6 +269,29 @@ extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_bfloat
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_weight = (opgen_bf16 *)arg_weight[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        opgen_bf16 *__restrict__ p_mean = (opgen_bf16 *)arg_mean[t];
+        opgen_bf16 *__restrict__ p_var = (opgen_bf16 *)arg_var[t];
+        const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_adam_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_mean, p_var);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_adam_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mean, p_var);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mean, opgen_bf16 *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
@@ -250,6 +319,29 @@ extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_bfloat
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_weight = (opgen_bf16 *)arg_weight[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        float *__restrict__ p_mean = (float *)arg_mean[t];
+        float *__restrict__ p_var = (float *)arg_var[t];
+        const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_adam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_mean, p_var);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_adam_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mean, p_var);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
@@ -273,6 +365,22 @@ extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float3
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_weight = (float *)arg_weight[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        float *__restrict__ p_mean = (float *)arg_mean[t];
+        float *__restrict__ p_var = (float *)arg_var[t];
+        const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_adam_update_step_float32(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mean, p_var);
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mean, float *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
@@ -289,6 +397,29 @@ extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float3
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8), opgen_adam_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
     } else {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 8) && opgen_aligned(arg_var, 8), opgen_adam_update_vstep_float32_with_bfloat16_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_weight = (float *)arg_weight[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        opgen_bf16 *__restrict__ p_mean = (opgen_bf16 *)arg_mean[t];
+        opgen_bf16 *__restrict__ p_var = (opgen_bf16 *)arg_var[t];
+        const opgen_adam_update_scalars_float s = opgen_adam_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_adam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_mean, p_var);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_adam_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mean, p_var);
+            }
+        }
     }
 }
 
@@ -313,6 +444,22 @@ extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_standard_flo
 extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_adam_update_scalars_double s = opgen_adam_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mean, 16) && opgen_aligned(arg_var, 16), opgen_adam_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var), opgen_adam_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mean, arg_var));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_adam_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        double *__restrict__ p_weight = (double *)arg_weight[t];
+        const double *__restrict__ p_grad = (const double *)arg_grad[t];
+        double *__restrict__ p_mean = (double *)arg_mean[t];
+        double *__restrict__ p_var = (double *)arg_var[t];
+        const opgen_adam_update_scalars_double s = opgen_adam_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_adam_update_step_float64(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mean, p_var);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_adam_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mean, double *__restrict__ arg_var, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {

@@ -197,6 +197,30 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float1
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_weight = (opgen_half *)arg_weight[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        opgen_half *__restrict__ p_d = (opgen_half *)arg_d[t];
+        opgen_half *__restrict__ p_v = (opgen_half *)arg_v[t];
+        opgen_half *__restrict__ p_z = (opgen_half *)arg_z[t];
+        const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_ftml_update_step_float16(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_d, p_v, p_z);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_ftml_update_step_float16(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_d, p_v, p_z);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_d, opgen_half *__restrict__ arg_v, opgen_half *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
     const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
@@ -212,6 +236,30 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float1
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
     } else {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_weight = (opgen_half *)arg_weight[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        float *__restrict__ p_d = (float *)arg_d[t];
+        float *__restrict__ p_v = (float *)arg_v[t];
+        float *__restrict__ p_z = (float *)arg_z[t];
+        const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_d, p_v, p_z);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_ftml_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_d, p_v, p_z);
+            }
+        }
     }
 }
 
@@ -233,6 +281,30 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_bfloat
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_weight = (opgen_bf16 *)arg_weight[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        opgen_bf16 *__restrict__ p_d = (opgen_bf16 *)arg_d[t];
+        opgen_bf16 *__restrict__ p_v = (opgen_bf16 *)arg_v[t];
+        opgen_bf16 *__restrict__ p_z = (opgen_bf16 *)arg_z[t];
+        const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_ftml_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_d, p_v, p_z);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_ftml_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_d, p_v, p_z);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_d, opgen_bf16 *__restrict__ arg_v, opgen_bf16 *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
     const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
@@ -251,6 +323,30 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_bfloat
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_weight = (opgen_bf16 *)arg_weight[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        float *__restrict__ p_d = (float *)arg_d[t];
+        float *__restrict__ p_v = (float *)arg_v[t];
+        float *__restrict__ p_z = (float *)arg_z[t];
+        const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_d, p_v, p_z);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_ftml_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_d, p_v, p_z);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
     const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
@@ -263,6 +359,23 @@ extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_bfl
 extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
     const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_weight = (float *)arg_weight[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        float *__restrict__ p_d = (float *)arg_d[t];
+        float *__restrict__ p_v = (float *)arg_v[t];
+        float *__restrict__ p_z = (float *)arg_z[t];
+        const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_ftml_update_step_float32(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_d, p_v, p_z);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_d, float *__restrict__ arg_v, float *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
@@ -279,6 +392,30 @@ extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float3
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_weight = (float *)arg_weight[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        opgen_bf16 *__restrict__ p_d = (opgen_bf16 *)arg_d[t];
+        opgen_bf16 *__restrict__ p_v = (opgen_bf16 *)arg_v[t];
+        opgen_bf16 *__restrict__ p_z = (opgen_bf16 *)arg_z[t];
+        const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_d, p_v, p_z);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_ftml_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_d, p_v, p_z);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_d, opgen_bf16 *__restrict__ arg_v, opgen_bf16 *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
     const opgen_ftml_update_scalars_float s = opgen_ftml_update_scalars_float_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     if (rounding) {
@@ -291,6 +428,23 @@ extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_flo
 extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_d, double *__restrict__ arg_v, double *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {
     const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr, arg_beta1, arg_beta2, arg_epsilon, arg_t, arg_wd, arg_rescale_grad, arg_clip_grad, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_d, 16) && opgen_aligned(arg_v, 16) && opgen_aligned(arg_z, 16), opgen_ftml_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z), opgen_ftml_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_d, arg_v, arg_z));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_ftml_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_d, void *const *arg_v, void *const *arg_z, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_grad, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        double *__restrict__ p_weight = (double *)arg_weight[t];
+        const double *__restrict__ p_grad = (const double *)arg_grad[t];
+        double *__restrict__ p_d = (double *)arg_d[t];
+        double *__restrict__ p_v = (double *)arg_v[t];
+        double *__restrict__ p_z = (double *)arg_z[t];
+        const opgen_ftml_update_scalars_double s = opgen_ftml_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_wd[t], arg_rescale_grad[t], arg_clip_grad[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_ftml_update_step_float64(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_d, p_v, p_z);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_ftml_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_d, double *__restrict__ arg_v, double *__restrict__ arg_z, double arg_lr, double arg_beta1, double arg_beta2, double arg_epsilon, int64_t arg_t, double arg_wd, double arg_rescale_grad, double arg_clip_grad, double grad_scale, int rounding, uint64_t seed) {

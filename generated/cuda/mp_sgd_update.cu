@@ -87,6 +87,28 @@ extern "C" __global__ void __launch_bounds__(512) opgen_mp_sgd_update_dense_floa
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_weight = (opgen_half *)arg_weight[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        float *__restrict__ p_weight32 = (float *)arg_weight32[t];
+        const opgen_mp_sgd_update_scalars_float s = opgen_mp_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_mp_sgd_update_step_float16(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_weight32);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_mp_sgd_update_step_float16(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_weight32);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_mp_sgd_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_weight32, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_mp_sgd_update_scalars_float s = opgen_mp_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
@@ -105,6 +127,28 @@ extern "C" __global__ void __launch_bounds__(512) opgen_mp_sgd_update_dense_bflo
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_sgd_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_weight = (opgen_bf16 *)arg_weight[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        float *__restrict__ p_weight32 = (float *)arg_weight32[t];
+        const opgen_mp_sgd_update_scalars_float s = opgen_mp_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_mp_sgd_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_weight32);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_mp_sgd_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_weight32);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_mp_sgd_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_weight32, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_mp_sgd_update_scalars_float s = opgen_mp_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
@@ -119,6 +163,21 @@ extern "C" __global__ void __launch_bounds__(512) opgen_mp_sgd_update_dense_floa
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_sgd_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_weight32), opgen_mp_sgd_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_weight32));
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_weight = (float *)arg_weight[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        float *__restrict__ p_weight32 = (float *)arg_weight32[t];
+        const opgen_mp_sgd_update_scalars_float s = opgen_mp_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_mp_sgd_update_step_float32(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_weight32);
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_mp_sgd_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_weight32, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_mp_sgd_update_scalars_float s = opgen_mp_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_STANDARD(nrows, nnz, row_len, indices, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_weight32, 16), opgen_mp_sgd_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_weight32), opgen_mp_sgd_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_weight32), opgen_mp_sgd_update_vstep_float32(s, vi, gvi, 1, 0, s.h_0, arg_weight, arg_grad, arg_weight32), opgen_mp_sgd_update_step_float32(s, i, gi, 1, 0, s.h_0, arg_weight, arg_grad, arg_weight32));
@@ -127,6 +186,21 @@ extern "C" __global__ void __launch_bounds__(256) opgen_mp_sgd_update_standard_f
 extern "C" __global__ void __launch_bounds__(512) opgen_mp_sgd_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_weight32, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_mp_sgd_update_scalars_float s = opgen_mp_sgd_update_scalars_float_init(arg_lr, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_weight32, 8), opgen_mp_sgd_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_weight32), opgen_mp_sgd_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_weight32));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_mp_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_weight32, const double *arg_lr, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        double *__restrict__ p_weight = (double *)arg_weight[t];
+        const double *__restrict__ p_grad = (const double *)arg_grad[t];
+        float *__restrict__ p_weight32 = (float *)arg_weight32[t];
+        const opgen_mp_sgd_update_scalars_float s = opgen_mp_sgd_update_scalars_float_init(arg_lr[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_mp_sgd_update_step_float64(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_weight32);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_mp_sgd_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, float *__restrict__ arg_weight32, double arg_lr, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {

@@ -141,6 +141,28 @@ extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_flo
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_weight = (opgen_half *)arg_weight[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        opgen_half *__restrict__ p_mom = (opgen_half *)arg_mom[t];
+        const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_nag_mom_update_step_float16(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_mom);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_nag_mom_update_step_float16(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mom);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
@@ -156,6 +178,28 @@ extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_flo
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, arg_weight, arg_grad, arg_mom));
     } else {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_weight = (opgen_half *)arg_weight[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        float *__restrict__ p_mom = (float *)arg_mom[t];
+        const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_nag_mom_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_mom);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_nag_mom_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mom);
+            }
+        }
     }
 }
 
@@ -177,6 +221,28 @@ extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_bfl
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_weight = (opgen_bf16 *)arg_weight[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        opgen_bf16 *__restrict__ p_mom = (opgen_bf16 *)arg_mom[t];
+        const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_nag_mom_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_mom);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_nag_mom_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mom);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
@@ -195,6 +261,28 @@ extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_bfl
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_weight = (opgen_bf16 *)arg_weight[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        float *__restrict__ p_mom = (float *)arg_mom[t];
+        const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_nag_mom_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_mom);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_nag_mom_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mom);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
@@ -207,6 +295,21 @@ extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_
 extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float32(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_weight = (float *)arg_weight[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        float *__restrict__ p_mom = (float *)arg_mom[t];
+        const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_nag_mom_update_step_float32(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mom);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
@@ -223,6 +326,28 @@ extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_flo
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_weight = (float *)arg_weight[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        opgen_bf16 *__restrict__ p_mom = (opgen_bf16 *)arg_mom[t];
+        const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_nag_mom_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, p_weight, p_grad, p_mom);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_nag_mom_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mom);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_nag_mom_update_scalars_float s = opgen_nag_mom_update_scalars_float_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     if (rounding) {
@@ -235,6 +360,21 @@ extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_
 extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {
     const opgen_nag_mom_update_scalars_double s = opgen_nag_mom_update_scalars_double_init(arg_lr, arg_momentum, arg_wd, arg_rescale_grad, arg_clip_gradient, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_mom, 16), opgen_nag_mom_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom), opgen_nag_mom_update_step_float64(s, i, gi, 0, 0, s.h_0, arg_weight, arg_grad, arg_mom));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_nag_mom_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, const double *arg_lr, const double *arg_momentum, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        double *__restrict__ p_weight = (double *)arg_weight[t];
+        const double *__restrict__ p_grad = (const double *)arg_grad[t];
+        double *__restrict__ p_mom = (double *)arg_mom[t];
+        const opgen_nag_mom_update_scalars_double s = opgen_nag_mom_update_scalars_double_init(arg_lr[t], arg_momentum[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_nag_mom_update_step_float64(s, i, gi, 0, 0, s.h_0, p_weight, p_grad, p_mom);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_nag_mom_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_mom, double arg_lr, double arg_momentum, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double grad_scale, int rounding, uint64_t seed) {

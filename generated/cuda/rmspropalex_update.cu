@@ -204,6 +204,30 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_weight = (opgen_half *)arg_weight[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        opgen_half *__restrict__ p_n = (opgen_half *)arg_n[t];
+        opgen_half *__restrict__ p_g = (opgen_half *)arg_g[t];
+        opgen_half *__restrict__ p_delta = (opgen_half *)arg_delta[t];
+        const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_rmspropalex_update_step_float16(s, i, gi, 0, 1, s.h_0, s.h_2, p_weight, p_grad, p_n, p_g, p_delta);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_rmspropalex_update_step_float16(s, i, gi, 0, 0, s.h_0, s.h_2, p_weight, p_grad, p_n, p_g, p_delta);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_n, opgen_half *__restrict__ arg_g, opgen_half *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
     const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
@@ -219,6 +243,30 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
     } else {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_weight = (opgen_half *)arg_weight[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        float *__restrict__ p_n = (float *)arg_n[t];
+        float *__restrict__ p_g = (float *)arg_g[t];
+        float *__restrict__ p_delta = (float *)arg_delta[t];
+        const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.h_2, p_weight, p_grad, p_n, p_g, p_delta);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_rmspropalex_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.h_0, s.h_2, p_weight, p_grad, p_n, p_g, p_delta);
+            }
+        }
     }
 }
 
@@ -240,6 +288,30 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_weight = (opgen_bf16 *)arg_weight[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        opgen_bf16 *__restrict__ p_n = (opgen_bf16 *)arg_n[t];
+        opgen_bf16 *__restrict__ p_g = (opgen_bf16 *)arg_g[t];
+        opgen_bf16 *__restrict__ p_delta = (opgen_bf16 *)arg_delta[t];
+        const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_rmspropalex_update_step_bfloat16(s, i, gi, 0, 1, s.h_0, s.h_2, p_weight, p_grad, p_n, p_g, p_delta);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_rmspropalex_update_step_bfloat16(s, i, gi, 0, 0, s.h_0, s.h_2, p_weight, p_grad, p_n, p_g, p_delta);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_bfloat16(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_n, opgen_bf16 *__restrict__ arg_g, opgen_bf16 *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
     const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
@@ -258,6 +330,30 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_weight = (opgen_bf16 *)arg_weight[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        float *__restrict__ p_n = (float *)arg_n[t];
+        float *__restrict__ p_g = (float *)arg_g[t];
+        float *__restrict__ p_delta = (float *)arg_delta[t];
+        const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_rmspropalex_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.h_0, s.h_2, p_weight, p_grad, p_n, p_g, p_delta);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_rmspropalex_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.h_0, s.h_2, p_weight, p_grad, p_n, p_g, p_delta);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
     const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
@@ -270,6 +366,23 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_stand
 extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_float32(int64_t size, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
     const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_float32(s, vi, gvi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float32(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_weight = (float *)arg_weight[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        float *__restrict__ p_n = (float *)arg_n[t];
+        float *__restrict__ p_g = (float *)arg_g[t];
+        float *__restrict__ p_delta = (float *)arg_delta[t];
+        const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_rmspropalex_update_step_float32(s, i, gi, 0, 0, s.h_0, s.h_2, p_weight, p_grad, p_n, p_g, p_delta);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float32(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_n, float *__restrict__ arg_g, float *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
@@ -286,6 +399,30 @@ extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_weight = (float *)arg_weight[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        opgen_bf16 *__restrict__ p_n = (opgen_bf16 *)arg_n[t];
+        opgen_bf16 *__restrict__ p_g = (opgen_bf16 *)arg_g[t];
+        opgen_bf16 *__restrict__ p_delta = (opgen_bf16 *)arg_delta[t];
+        const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_rmspropalex_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.h_0, s.h_2, p_weight, p_grad, p_n, p_g, p_delta);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_rmspropalex_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.h_0, s.h_2, p_weight, p_grad, p_n, p_g, p_delta);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_n, opgen_bf16 *__restrict__ arg_g, opgen_bf16 *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
     const opgen_rmspropalex_update_scalars_float s = opgen_rmspropalex_update_scalars_float_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     if (rounding) {
@@ -298,6 +435,23 @@ extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_stand
 extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_dense_float64(int64_t size, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_n, double *__restrict__ arg_g, double *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {
     const opgen_rmspropalex_update_scalars_double s = opgen_rmspropalex_update_scalars_double_init(arg_lr, arg_gamma1, arg_gamma2, arg_epsilon, arg_wd, arg_rescale_grad, arg_clip_gradient, arg_clip_weights, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_weight, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_n, 16) && opgen_aligned(arg_g, 16) && opgen_aligned(arg_delta, 16), opgen_rmspropalex_update_vstep_float64(s, vi, gvi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta), opgen_rmspropalex_update_step_float64(s, i, gi, 0, 0, s.h_0, s.h_2, arg_weight, arg_grad, arg_n, arg_g, arg_delta));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_rmspropalex_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_n, void *const *arg_g, void *const *arg_delta, const double *arg_lr, const double *arg_gamma1, const double *arg_gamma2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_clip_weights, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        double *__restrict__ p_weight = (double *)arg_weight[t];
+        const double *__restrict__ p_grad = (const double *)arg_grad[t];
+        double *__restrict__ p_n = (double *)arg_n[t];
+        double *__restrict__ p_g = (double *)arg_g[t];
+        double *__restrict__ p_delta = (double *)arg_delta[t];
+        const opgen_rmspropalex_update_scalars_double s = opgen_rmspropalex_update_scalars_double_init(arg_lr[t], arg_gamma1[t], arg_gamma2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_clip_weights[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_rmspropalex_update_step_float64(s, i, gi, 0, 0, s.h_0, s.h_2, p_weight, p_grad, p_n, p_g, p_delta);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_rmspropalex_update_standard_float64(int64_t nrows, int64_t row_len, int64_t nnz, const int64_t *__restrict__ indices, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_n, double *__restrict__ arg_g, double *__restrict__ arg_delta, double arg_lr, double arg_gamma1, double arg_gamma2, double arg_epsilon, double arg_wd, double arg_rescale_grad, double arg_clip_gradient, double arg_clip_weights, double grad_scale, int rounding, uint64_t seed) {

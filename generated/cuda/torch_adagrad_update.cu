@@ -141,6 +141,28 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_den
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_state_sum, const double *arg_clr, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_param = (opgen_half *)arg_param[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        opgen_half *__restrict__ p_state_sum = (opgen_half *)arg_state_sum[t];
+        const opgen_torch_adagrad_update_scalars_float s = opgen_torch_adagrad_update_scalars_float_init(arg_clr[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_adagrad_update_step_float16(s, i, gi, 0, 1, s.s_maximize, p_param, p_grad, p_state_sum);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_adagrad_update_step_float16(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_state_sum);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_adagrad_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_state_sum, double arg_clr, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_adagrad_update_scalars_float s = opgen_torch_adagrad_update_scalars_float_init(arg_clr, arg_eps, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
@@ -156,6 +178,28 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_den
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_state_sum, 16), opgen_torch_adagrad_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_state_sum), opgen_torch_adagrad_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_state_sum));
     } else {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_state_sum, 16), opgen_torch_adagrad_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_state_sum), opgen_torch_adagrad_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_state_sum));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_state_sum, const double *arg_clr, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_param = (opgen_half *)arg_param[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        float *__restrict__ p_state_sum = (float *)arg_state_sum[t];
+        const opgen_torch_adagrad_update_scalars_float s = opgen_torch_adagrad_update_scalars_float_init(arg_clr[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_adagrad_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, p_param, p_grad, p_state_sum);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_adagrad_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_state_sum);
+            }
+        }
     }
 }
 
@@ -177,6 +221,28 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_den
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_state_sum, const double *arg_clr, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_param = (opgen_bf16 *)arg_param[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        opgen_bf16 *__restrict__ p_state_sum = (opgen_bf16 *)arg_state_sum[t];
+        const opgen_torch_adagrad_update_scalars_float s = opgen_torch_adagrad_update_scalars_float_init(arg_clr[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_adagrad_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, p_param, p_grad, p_state_sum);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_adagrad_update_step_bfloat16(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_state_sum);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_adagrad_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_state_sum, double arg_clr, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_adagrad_update_scalars_float s = opgen_torch_adagrad_update_scalars_float_init(arg_clr, arg_eps, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
@@ -195,6 +261,28 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_den
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_state_sum, const double *arg_clr, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_param = (opgen_bf16 *)arg_param[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        float *__restrict__ p_state_sum = (float *)arg_state_sum[t];
+        const opgen_torch_adagrad_update_scalars_float s = opgen_torch_adagrad_update_scalars_float_init(arg_clr[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_adagrad_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, p_param, p_grad, p_state_sum);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_adagrad_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_state_sum);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_adagrad_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_state_sum, double arg_clr, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_adagrad_update_scalars_float s = opgen_torch_adagrad_update_scalars_float_init(arg_clr, arg_eps, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
@@ -207,6 +295,21 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adagrad_update_laz
 extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_dense_float32(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_state_sum, double arg_clr, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_adagrad_update_scalars_float s = opgen_torch_adagrad_update_scalars_float_init(arg_clr, arg_eps, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_state_sum, 16), opgen_torch_adagrad_update_vstep_float32(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_state_sum), opgen_torch_adagrad_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_state_sum));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_state_sum, const double *arg_clr, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_param = (float *)arg_param[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        float *__restrict__ p_state_sum = (float *)arg_state_sum[t];
+        const opgen_torch_adagrad_update_scalars_float s = opgen_torch_adagrad_update_scalars_float_init(arg_clr[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_torch_adagrad_update_step_float32(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_state_sum);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_adagrad_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_state_sum, double arg_clr, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
@@ -223,6 +326,28 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_den
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_state_sum, const double *arg_clr, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_param = (float *)arg_param[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        opgen_bf16 *__restrict__ p_state_sum = (opgen_bf16 *)arg_state_sum[t];
+        const opgen_torch_adagrad_update_scalars_float s = opgen_torch_adagrad_update_scalars_float_init(arg_clr[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_adagrad_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, p_param, p_grad, p_state_sum);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_adagrad_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_state_sum);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_adagrad_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_state_sum, double arg_clr, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_adagrad_update_scalars_float s = opgen_torch_adagrad_update_scalars_float_init(arg_clr, arg_eps, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
@@ -235,6 +360,21 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adagrad_update_laz
 extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_dense_float64(int64_t size, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_state_sum, double arg_clr, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_adagrad_update_scalars_double s = opgen_torch_adagrad_update_scalars_double_init(arg_clr, arg_eps, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_state_sum, 16), opgen_torch_adagrad_update_vstep_float64(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_state_sum), opgen_torch_adagrad_update_step_float64(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_state_sum));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adagrad_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_state_sum, const double *arg_clr, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        double *__restrict__ p_param = (double *)arg_param[t];
+        const double *__restrict__ p_grad = (const double *)arg_grad[t];
+        double *__restrict__ p_state_sum = (double *)arg_state_sum[t];
+        const opgen_torch_adagrad_update_scalars_double s = opgen_torch_adagrad_update_scalars_double_init(arg_clr[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_torch_adagrad_update_step_float64(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_state_sum);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_adagrad_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_state_sum, double arg_clr, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {

@@ -169,6 +169,29 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_u
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_param = (opgen_half *)arg_param[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        opgen_half *__restrict__ p_square_avg = (opgen_half *)arg_square_avg[t];
+        opgen_half *__restrict__ p_grad_avg = (opgen_half *)arg_grad_avg[t];
+        const opgen_torch_rmsprop_centered_update_scalars_float s = opgen_torch_rmsprop_centered_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_rmsprop_centered_update_step_float16(s, i, gi, 0, 1, s.s_maximize, p_param, p_grad, p_square_avg, p_grad_avg);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_rmsprop_centered_update_step_float16(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_square_avg, p_grad_avg);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_centered_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_square_avg, opgen_half *__restrict__ arg_grad_avg, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_rmsprop_centered_update_scalars_float s = opgen_torch_rmsprop_centered_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
@@ -184,6 +207,29 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_u
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_grad_avg, 16), opgen_torch_rmsprop_centered_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_grad_avg), opgen_torch_rmsprop_centered_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_grad_avg));
     } else {
         OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 8) && opgen_aligned(arg_grad, 8) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_grad_avg, 16), opgen_torch_rmsprop_centered_update_vstep_float16_with_float32_states(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_grad_avg), opgen_torch_rmsprop_centered_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_grad_avg));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_param = (opgen_half *)arg_param[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        float *__restrict__ p_square_avg = (float *)arg_square_avg[t];
+        float *__restrict__ p_grad_avg = (float *)arg_grad_avg[t];
+        const opgen_torch_rmsprop_centered_update_scalars_float s = opgen_torch_rmsprop_centered_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_rmsprop_centered_update_step_float16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, p_param, p_grad, p_square_avg, p_grad_avg);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_rmsprop_centered_update_step_float16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_square_avg, p_grad_avg);
+            }
+        }
     }
 }
 
@@ -205,6 +251,29 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_u
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_param = (opgen_bf16 *)arg_param[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        opgen_bf16 *__restrict__ p_square_avg = (opgen_bf16 *)arg_square_avg[t];
+        opgen_bf16 *__restrict__ p_grad_avg = (opgen_bf16 *)arg_grad_avg[t];
+        const opgen_torch_rmsprop_centered_update_scalars_float s = opgen_torch_rmsprop_centered_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_rmsprop_centered_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, p_param, p_grad, p_square_avg, p_grad_avg);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_rmsprop_centered_update_step_bfloat16(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_square_avg, p_grad_avg);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_centered_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_square_avg, opgen_bf16 *__restrict__ arg_grad_avg, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_rmsprop_centered_update_scalars_float s = opgen_torch_rmsprop_centered_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
@@ -223,6 +292,29 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_u
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_param = (opgen_bf16 *)arg_param[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        float *__restrict__ p_square_avg = (float *)arg_square_avg[t];
+        float *__restrict__ p_grad_avg = (float *)arg_grad_avg[t];
+        const opgen_torch_rmsprop_centered_update_scalars_float s = opgen_torch_rmsprop_centered_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_rmsprop_centered_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, s.s_maximize, p_param, p_grad, p_square_avg, p_grad_avg);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_rmsprop_centered_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_square_avg, p_grad_avg);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_centered_update_lazy_bfloat16_with_float32_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_grad_avg, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_rmsprop_centered_update_scalars_float s = opgen_torch_rmsprop_centered_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
@@ -235,6 +327,22 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_centered_u
 extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_update_dense_float32(int64_t size, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_grad_avg, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_rmsprop_centered_update_scalars_float s = opgen_torch_rmsprop_centered_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_grad_avg, 16), opgen_torch_rmsprop_centered_update_vstep_float32(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_grad_avg), opgen_torch_rmsprop_centered_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_grad_avg));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_param = (float *)arg_param[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        float *__restrict__ p_square_avg = (float *)arg_square_avg[t];
+        float *__restrict__ p_grad_avg = (float *)arg_grad_avg[t];
+        const opgen_torch_rmsprop_centered_update_scalars_float s = opgen_torch_rmsprop_centered_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_torch_rmsprop_centered_update_step_float32(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_square_avg, p_grad_avg);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_centered_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, float *__restrict__ arg_square_avg, float *__restrict__ arg_grad_avg, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
@@ -251,6 +359,29 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_u
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_param = (float *)arg_param[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        opgen_bf16 *__restrict__ p_square_avg = (opgen_bf16 *)arg_square_avg[t];
+        opgen_bf16 *__restrict__ p_grad_avg = (opgen_bf16 *)arg_grad_avg[t];
+        const opgen_torch_rmsprop_centered_update_scalars_float s = opgen_torch_rmsprop_centered_update_scalars_float_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_rmsprop_centered_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, s.s_maximize, p_param, p_grad, p_square_avg, p_grad_avg);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_rmsprop_centered_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_square_avg, p_grad_avg);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_centered_update_lazy_float32_with_bfloat16_states(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_square_avg, opgen_bf16 *__restrict__ arg_grad_avg, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_rmsprop_centered_update_scalars_float s = opgen_torch_rmsprop_centered_update_scalars_float_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
@@ -263,6 +394,22 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_centered_u
 extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_update_dense_float64(int64_t size, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_square_avg, double *__restrict__ arg_grad_avg, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_rmsprop_centered_update_scalars_double s = opgen_torch_rmsprop_centered_update_scalars_double_init(arg_lr, arg_alpha, arg_eps, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16) && opgen_aligned(arg_square_avg, 16) && opgen_aligned(arg_grad_avg, 16), opgen_torch_rmsprop_centered_update_vstep_float64(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_grad_avg), opgen_torch_rmsprop_centered_update_step_float64(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad, arg_square_avg, arg_grad_avg));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_rmsprop_centered_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, void *const *arg_square_avg, void *const *arg_grad_avg, const double *arg_lr, const double *arg_alpha, const double *arg_eps, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        double *__restrict__ p_param = (double *)arg_param[t];
+        const double *__restrict__ p_grad = (const double *)arg_grad[t];
+        double *__restrict__ p_square_avg = (double *)arg_square_avg[t];
+        double *__restrict__ p_grad_avg = (double *)arg_grad_avg[t];
+        const opgen_torch_rmsprop_centered_update_scalars_double s = opgen_torch_rmsprop_centered_update_scalars_double_init(arg_lr[t], arg_alpha[t], arg_eps[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_torch_rmsprop_centered_update_step_float64(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad, p_square_avg, p_grad_avg);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_rmsprop_centered_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double *__restrict__ arg_square_avg, double *__restrict__ arg_grad_avg, double arg_lr, double arg_alpha, double arg_eps, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {

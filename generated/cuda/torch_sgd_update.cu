@@ -71,6 +71,27 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_update_dense_f
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, const double *arg_lr, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_half *__restrict__ p_param = (opgen_half *)arg_param[t];
+        const opgen_half *__restrict__ p_grad = (const opgen_half *)arg_grad[t];
+        const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_sgd_update_step_float16(s, i, gi, 0, 1, s.s_maximize, p_param, p_grad);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_sgd_update_step_float16(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_update_lazy_float16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_half *__restrict__ arg_param, const opgen_half *__restrict__ arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
@@ -89,6 +110,27 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_update_dense_b
     }
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, const double *arg_lr, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        opgen_bf16 *__restrict__ p_param = (opgen_bf16 *)arg_param[t];
+        const opgen_bf16 *__restrict__ p_grad = (const opgen_bf16 *)arg_grad[t];
+        const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        if (rounding) {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_sgd_update_step_bfloat16(s, i, gi, 0, 1, s.s_maximize, p_param, p_grad);
+            }
+        } else {
+            for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+                const long long gi = i;
+                opgen_torch_sgd_update_step_bfloat16(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad);
+            }
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_update_lazy_bfloat16(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, opgen_bf16 *__restrict__ arg_param, const opgen_bf16 *__restrict__ arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     if (rounding) {
@@ -103,6 +145,20 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_update_dense_f
     OPGEN_CUDA_DENSE(size, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16), opgen_torch_sgd_update_vstep_float32(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad), opgen_torch_sgd_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad));
 }
 
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, const double *arg_lr, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        float *__restrict__ p_param = (float *)arg_param[t];
+        const float *__restrict__ p_grad = (const float *)arg_grad[t];
+        const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_torch_sgd_update_step_float32(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad);
+        }
+    }
+}
+
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_update_lazy_float32(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, float *__restrict__ arg_param, const float *__restrict__ arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_sgd_update_scalars_float s = opgen_torch_sgd_update_scalars_float_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_LAZY(nnz, row_len, indices, 4, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16), opgen_torch_sgd_update_vstep_float32(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad), opgen_torch_sgd_update_step_float32(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad));
@@ -111,6 +167,20 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_update_lazy_fl
 extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_update_dense_float64(int64_t size, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {
     const opgen_torch_sgd_update_scalars_double s = opgen_torch_sgd_update_scalars_double_init(arg_lr, arg_weight_decay, arg_maximize, seed, 0, grad_scale);
     OPGEN_CUDA_DENSE(size, 2, opgen_aligned(arg_param, 16) && opgen_aligned(arg_grad, 16), opgen_torch_sgd_update_vstep_float64(s, vi, gvi, 0, 0, s.s_maximize, arg_param, arg_grad), opgen_torch_sgd_update_step_float64(s, i, gi, 0, 0, s.s_maximize, arg_param, arg_grad));
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_sgd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_param, const void *const *arg_grad, const double *arg_lr, const double *arg_weight_decay, const int *arg_maximize, double grad_scale, int rounding, uint64_t seed, int64_t nchunks, const int64_t *chunks) {
+    for (long long opgen_c = blockIdx.x; opgen_c < nchunks; opgen_c += gridDim.x) {
+        const long long t = chunks[2 * opgen_c], opgen_lo = chunks[2 * opgen_c + 1];
+        const long long opgen_hi = opgen_lo + 65536 < sizes[t] ? opgen_lo + 65536 : sizes[t];
+        double *__restrict__ p_param = (double *)arg_param[t];
+        const double *__restrict__ p_grad = (const double *)arg_grad[t];
+        const opgen_torch_sgd_update_scalars_double s = opgen_torch_sgd_update_scalars_double_init(arg_lr[t], arg_weight_decay[t], arg_maximize[t], seed, t, grad_scale);
+        for (long long i = opgen_lo + threadIdx.x; i < opgen_hi; i += blockDim.x) {
+            const long long gi = i;
+            opgen_torch_sgd_update_step_float64(s, i, gi, 0, 0, s.s_maximize, p_param, p_grad);
+        }
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_sgd_update_lazy_float64(int64_t nnz, int64_t row_len, const int64_t *__restrict__ indices, double *__restrict__ arg_param, const double *__restrict__ arg_grad, double arg_lr, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed) {

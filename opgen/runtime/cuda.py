@@ -13,10 +13,11 @@ import threading
 from pathlib import Path
 
 from opgen import cbuild
-from opgen.targets.abi import TOTAL_BLOCKS, TOTAL_THREADS  # the reduction passes' fixed grid
+# the reduction passes' fixed grid; the multi-tensor kernels' chunk
+from opgen.targets.abi import MULTI_CHUNK, TOTAL_BLOCKS, TOTAL_THREADS
 
-__all__ = ["CHECK_ARCHES", "CudaCompileError", "CudaKernels", "TOTAL_BLOCKS", "TOTAL_THREADS", "cuda_source",
-           "launch", "launch_fixed", "nvrtc_check"]
+__all__ = ["CHECK_ARCHES", "CudaCompileError", "CudaKernels", "MULTI_CHUNK", "TOTAL_BLOCKS", "TOTAL_THREADS",
+           "cuda_source", "launch", "launch_fixed", "nvrtc_check"]
 
 # --fmad=false: no multiply-add contraction, so results match the C kernels and the
 # NumPy reference bit for bit where the math is + - * / sqrt.

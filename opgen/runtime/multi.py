@@ -523,8 +523,94 @@ class MultiOperator:
 
     def _one_by_one(self, naming: _Naming, lists, columns, out, count: int, rounding: Rounding,
                     clip: tuple = (None, 1.0)) -> list:
-        """The general path (NumPy backend, CuPy arrays, non-contiguous arrays): every
-        tensor is checked first, then each is updated by the single-tensor op."""
+        """The general path (NumPy backend, device arrays, non-contiguous arrays): every
+        tensor is checked first; then device arrays take one CUDA launch for the whole call
+        where the op has a multi-tensor CUDA kernel, anything else the single-tensor op,
+        tensor by tensor."""
+        calls = self._checked_calls(naming, lists, columns, out, count, rounding)
+        grad_scale = self._grad_scale(lists[self.op.grad_index], clip)
+        if grad_scale != 1.0:
+            calls = [dataclasses.replace(call, grad_scale=grad_scale) for call in calls]
+        if calls and adapter_for(calls[0].weight).device:
+            targets = self._on_device(calls, rounding, grad_scale)
+            if targets is not None:
+                return targets
+        return [self.op.execute(call) for call in calls]
+
+    def _on_device(self, calls: list, rounding: Rounding, grad_scale: float) -> list | None:
+        """Checked calls on device arrays in one launch of the multi-tensor CUDA kernel: each
+        tensor cut into chunks (abi.MULTI_CHUNK elements), a block a chunk, the tensors'
+        pointers and values in device tables, no host synchronisation. None where the op has
+        no such kernel, the call mixes dtypes, or an array is not C-contiguous."""
+        op = self.op
+        first = calls[0]
+        kernel = op._kernels_by_dtype.get((Schedule.MULTI, first.weight.dtype, first.states_dtype))
+        if kernel is None or kernel.launch is None:
+            return None
+        arrays = [a for call in calls for a in (call.weight, call.grad, *call.states, *call.inputs)
+                  if a is not None] + [c.target for c in calls if c.target is not None]
+        if any(c.weight.dtype != first.weight.dtype or c.states_dtype != first.states_dtype for c in calls) \
+                or not all(a.flags.c_contiguous for a in arrays):
+            return None
+        import cupy
+
+        from opgen.runtime import cuda
+
+        with adapter_for(first.weight).on_device(first.weight):
+            targets = []
+            for call in calls:  # (validation is over: from here on, arrays are written)
+                target = call.target
+                if target is None:
+                    target = call.weight.copy()
+                elif not same_view(target, call.weight):
+                    cupy.copyto(target, call.weight)
+                targets.append(target)
+            names = [t.name for t in op.tensors]
+            state_names = [t.name for t in op.tensors if t.role is TensorRole.STATE]
+            position = {name: k for k, name in enumerate(op.kernel_scalar_names)}
+            sizes = np.array([t.size for t in targets], np.int64)
+            chunks = np.array([(i, lo) for i, size in enumerate(sizes.tolist())
+                               for lo in range(0, size, cuda.MULTI_CHUNK)], np.int64).reshape(-1)
+            if not chunks.size:
+                return targets
+            args = []
+            for a in kernel.cuda_args:
+                if a.role is ArgRole.COUNT:
+                    args.append(np.int64(len(calls)))
+                elif a.role is ArgRole.SIZES:
+                    args.append(cupy.asarray(sizes))
+                elif a.role is ArgRole.TENSOR_TABLE:
+                    if a.source == names[op.weight_index]:
+                        column = targets
+                    elif a.source == names[op.grad_index]:
+                        column = [c.grad for c in calls]
+                    elif a.source in state_names:
+                        column = [c.states[state_names.index(a.source)] for c in calls]
+                    else:
+                        inputs = [t.name for t in op.tensors if t.role is TensorRole.INPUT]
+                        column = [c.inputs[inputs.index(a.source)] for c in calls]
+                    args.append(cupy.asarray(np.array([x.data.ptr for x in column], np.uint64)))
+                elif a.role is ArgRole.SCALAR_TABLE:
+                    args.append(cupy.asarray(np.array([c.scalars[position[a.source]] for c in calls],
+                                                      np.dtype(a.numpy))))
+                elif a.role is ArgRole.GRAD_SCALE:
+                    args.append(np.float64(grad_scale))
+                elif a.role is ArgRole.ROUNDING:
+                    args.append(np.int32(rounding.kernel_args[0]))
+                elif a.role is ArgRole.SEED:
+                    args.append(np.uint64(rounding.kernel_args[1]))
+                elif a.role is ArgRole.NCHUNKS:
+                    args.append(np.int64(len(chunks) // 2))
+                elif a.role is ArgRole.CHUNKS:
+                    args.append(cupy.asarray(chunks))
+                else:
+                    raise RuntimeError(f"{kernel.name}: no value for a CUDA argument of role {a.role}")
+            cuda.launch(op.cuda, kernel, len(chunks) // 2, args)
+        return targets
+
+    def _checked_calls(self, naming: _Naming, lists, columns, out, count: int, rounding: Rounding) -> list:
+        """Every tensor's call checked (and no array written by one tensor shared with another),
+        before anything is written."""
         op = self.op
         calls = []
         for i in range(count):
@@ -538,10 +624,7 @@ class MultiOperator:
                                   f"out[{i}]", rounding.for_tensor(i)))
         self._check_no_overlap(naming, [(tuple(lst[i] for lst in lists), call.target)
                                         for i, call in enumerate(calls)])
-        grad_scale = self._grad_scale(lists[op.grad_index], clip)
-        if grad_scale != 1.0:
-            calls = [dataclasses.replace(call, grad_scale=grad_scale) for call in calls]
-        return [op.execute(call) for call in calls]
+        return calls
 
     def grad_sums_of_squares(self, grads: list) -> list[float]:
         """Each (checked) gradient's sum of squares, in double: the C norms kernel where the C

@@ -34,6 +34,10 @@ VECTOR_BYTES = 16  # CUDA vector loads and stores
 # bits, on any GPU), each block's threads reducing a contiguous chunk in a fixed tree.
 TOTAL_BLOCKS = 512
 TOTAL_THREADS = 256
+# The CUDA multi-tensor kernels: every tensor cut into chunks of this many elements, one
+# block a chunk (grid-stride over the chunk table), the tensors' pointers and values in
+# device tables: one launch for the whole call
+MULTI_CHUNK = 1 << 16
 
 
 @dataclass(frozen=True)
@@ -101,9 +105,13 @@ class KernelABI:
     @property
     def cuda_args(self) -> tuple[Arg, ...]:
         """The CUDA kernels' arguments: the C kernel's that CUDA takes, then, with passes,
-        the partial totals' workspace."""
-        partials = (Arg(ArgRole.PARTIALS, "double *"),) if self.passes or self.store else ()
-        return tuple(a for a in self.args if a.cuda) + partials
+        the partial totals' workspace, and in a multi-tensor kernel the chunk table."""
+        extra: tuple[Arg, ...] = ()
+        if self.passes or self.store:
+            extra = (Arg(ArgRole.PARTIALS, "double *"),)
+        elif self.schedule is Schedule.MULTI and self.launch is not None:
+            extra = (Arg(ArgRole.NCHUNKS, C_INDEX), Arg(ArgRole.CHUNKS, f"const {C_INDEX} *"))
+        return tuple(a for a in self.args if a.cuda) + extra
 
 
 def _head(schedule: Schedule) -> tuple[Arg, ...]:
@@ -123,12 +131,13 @@ def _arguments(op: "OpSpec", schedule: Schedule) -> tuple[Arg, ...]:
                                             cuda=False), Arg(ArgRole.SUMS, "double *", cuda=False),
                 Arg(ArgRole.FLUSH, "int", cuda=False))
     table = schedule is Schedule.MULTI
+    cuda_table = table and _multi_on_device(op)  # (device tables of the tensors' pointers and values)
     args = list(_head(schedule))
     for name in op.kernel_arrays:
         const = op.is_const(name)
         if table:
             c_type = f"{'const ' if const else ''}void *const *"
-            args.append(Arg(ArgRole.TENSOR_TABLE, c_type, name, const=const, cuda=False))
+            args.append(Arg(ArgRole.TENSOR_TABLE, c_type, name, const=const, cuda=cuda_table))
         else:
             args.append(Arg(ArgRole.TENSOR, f"{'const ' if const else ''}void *", name, const=const))
     per_tensor = {t.name for t in op.per_tensor_states}  # passed as arrays: the kernel loads and stores them
@@ -136,7 +145,7 @@ def _arguments(op: "OpSpec", schedule: Schedule) -> tuple[Arg, ...]:
         if name in per_tensor:
             continue
         if table:
-            args.append(Arg(ArgRole.SCALAR_TABLE, f"const {kind.c_arg} *", name, kind.numpy_arg, cuda=False))
+            args.append(Arg(ArgRole.SCALAR_TABLE, f"const {kind.c_arg} *", name, kind.numpy_arg, cuda=cuda_table))
         else:
             args.append(Arg(ArgRole.SCALAR, kind.c_arg, name, kind.numpy_arg))
     args.append(Arg(ArgRole.GRAD_SCALE, "double", numpy="float64"))
@@ -153,9 +162,17 @@ def lanes(op: "OpSpec", variant: Variant) -> int:
     return VECTOR_BYTES // widest
 
 
+def _multi_on_device(op: "OpSpec") -> bool:
+    """Whether the op's multi-tensor calls have one CUDA kernel: an update with no reductions
+    or per-tensor states (those go tensor by tensor, each with its passes)."""
+    return op.has_multi and not op.reduction and op.totals is None and not op.per_tensor_states
+
+
 def _launch(op: "OpSpec", schedule: Schedule, variant: Variant) -> Launch | None:
+    if schedule is Schedule.MULTI and _multi_on_device(op):  # a grid-stride loop over the chunks
+        return Launch((DENSE_BLOCK, 1), ArgRole.NCHUNKS, 1, DENSE_BLOCKS_PER_SM)
     if schedule in (Schedule.MULTI, Schedule.NORMS) or op.reduction:
-        return None  # (an op that only reduces runs on the host; multi-tensor calls go one by one)
+        return None  # (an op that only reduces runs on the host; a reducing op's tensors go one by one)
     if schedule is Schedule.DENSE:
         return Launch((DENSE_BLOCK, 1), ArgRole.SIZE, DENSE_BLOCK * lanes(op, variant), DENSE_BLOCKS_PER_SM)
     work = ArgRole.NNZ if schedule is Schedule.LAZY else ArgRole.NROWS

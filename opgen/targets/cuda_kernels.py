@@ -87,9 +87,44 @@ def store_kernel_body(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list
             "if (threadIdx.x == 0) {", *(f"    {line}" for line in step.per_tensor_stores()), "}"]
 
 
+# a CUDA multi kernel's typed pointers to the tensors of its chunk's tensor
+MULTI_POINTER = "p_{name}"
+
+
+def multi_kernel_body(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str]:
+    """Every tensor of the call in one launch: each block takes chunks of the chunk table
+    (grid-stride), casts its tensor's table entries to typed pointers, computes that tensor's
+    per-call values from the value tables, and steps its threads along the chunk."""
+    code = step.code
+    n = {a.role: a.name for a in kernel.cuda_args if not a.source}
+    chunk, t = "opgen_c", LOOP.t
+    pointers = []
+    for name in code.element_arrays:
+        const = "const " if op.is_const(name) else ""
+        storage = step.storage(name).cuda_storage
+        pointers.append(f"{const}{storage} *__restrict__ {MULTI_POINTER.format(name=name)} = "
+                        f"({const}{storage} *){abi.ARG}{name}[{t}];")
+    init = f"{code.init(step.math.math)}({code.init_call(f'[{t}]', t)})"
+
+    def body(v: Version) -> list[str]:
+        return [f"for (long long {LOOP.i} = opgen_lo + threadIdx.x; {LOOP.i} < opgen_hi; {LOOP.i} += blockDim.x) {{",
+                f"    const long long {LOOP.gi} = {LOOP.i};",
+                f"    {step.step_call('step', 0, v, pointers=MULTI_POINTER)};", "}"]
+
+    loop = [f"const long long {t} = {n[ArgRole.CHUNKS]}[2 * {chunk}], opgen_lo = {n[ArgRole.CHUNKS]}[2 * {chunk} + 1];",
+            f"const long long opgen_hi = opgen_lo + {abi.MULTI_CHUNK} < {n[ArgRole.SIZES]}[{t}] ? "
+            f"opgen_lo + {abi.MULTI_CHUNK} : {n[ArgRole.SIZES]}[{t}];",
+            *pointers, f"const {code.struct(step.math.math)} {LOOP.s} = {init};",
+            *versions(step, body, unswitch=False)]
+    return [f"for (long long {chunk} = blockIdx.x; {chunk} < {n[ArgRole.NCHUNKS]}; {chunk} += gridDim.x) {{",
+            *(f"    {line}" for line in loop), "}"]
+
+
 def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str]:
     code = step.code
     n = {a.role: a.name for a in kernel.cuda_args if not a.source}
+    if kernel.schedule is Schedule.MULTI:
+        return multi_kernel_body(op, kernel, step)
     loads = step.per_tensor_loads()  # (the old values: the store kernel after the update writes the new)
     totals = _combined_totals(op, kernel) if kernel.passes else []
     head = f"const {code.struct(step.math.math)} {LOOP.s} = {code.init(step.math.math)}({code.init_call(loads=loads)});"

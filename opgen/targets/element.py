@@ -440,13 +440,18 @@ class StepCode:
         return " && ".join(f"opgen_aligned({ARG}{n}, {self.lanes * self.storage(n).itemsize})"
                            for n in self.code.element_arrays) or "1"
 
-    def step_call(self, what: str, zero_grad: int, version: Version, table: str = "") -> str:
+    def step_call(self, what: str, zero_grad: int, version: Version, table: str = "",
+                  pointers: str | None = None) -> str:
         """A schedule's step: the scalar step over (i, gi), CUDA's vector step over (vi, gvi),
-        or the block-narrowed step ("bstep") over (i, gi) into the block's buffers."""
+        or the block-narrowed step ("bstep") over (i, gi) into the block's buffers. Its arrays:
+        the kernel's arguments (``table``: an entry of each pointer table), or the locals
+        ``pointers`` names with ``{name}`` (a CUDA multi kernel's typed pointers)."""
         index = f"{LOOP.vi}, {LOOP.gvi}" if what == "vstep" else f"{LOOP.i}, {LOOP.gi}"
         buffers = "".join(f", {LOOP.buffers}[{k}]" for k in range(len(self.narrowed))) if what == "bstep" else ""
+        arrays = self.code.pointer_args(self.code.element_arrays, table) if pointers is None else \
+            ", ".join(pointers.format(name=n) for n in self.code.element_arrays)
         return f"{self.code.function(what, self.variant.name)}({LOOP.s}, {index}, {zero_grad}, {version.sr}, " \
-               f"{''.join(f'{v}, ' for v in version.switches)}{self.code.pointer_args(self.code.element_arrays, table)}" \
+               f"{''.join(f'{v}, ' for v in version.switches)}{arrays}" \
                f"{f', {LOOP.j}' + buffers if buffers else ''})"
 
     def narrow_lines(self, table: str = "") -> str:
