@@ -16,6 +16,7 @@ into a new array first, so ``out`` is written only after every check and every k
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -78,10 +79,12 @@ class ReduceOperator(Operator):
         rounding = check_rounding(self.name, rounding, seed)
         values = tuple(self.check_param(p, v) for p, v in zip(self.params, params))
         views, presented = self._present((*data, out), lambda k: "out" if k == len(data) else f"data[{k}]")
-        groups = []
-        for i in range(count):
-            names = tuple(f"data[{i * size + k}]" for k in range(size))
-            groups.append(self._check_inputs(views[i * size:(i + 1) * size], names))
+        groups = self._plain_groups(views[:-1], size)
+        if groups is None:  # anything but the usual call: each tensor's inputs checked, named
+            groups = []
+            for i in range(count):
+                names = tuple(f"data[{i * size + k}]" for k in range(size))
+                groups.append(self._check_inputs(views[i * size:(i + 1) * size], names))
         for i, group in enumerate(groups[1:], 1):
             if group[0].dtype != groups[0][0].dtype:
                 raise self._fail(TypeError, f"data[{i * size}]", f"has dtype {group[0].dtype} but data[0] has "
@@ -105,10 +108,29 @@ class ReduceOperator(Operator):
         return self._deliver(result, target, presented, len(data))
 
     # -- checks -----------------------------------------------------------------------------
+    @staticmethod
+    def _plain_groups(arrays: tuple, size: int) -> list | None:
+        """The usual call in a few C loops: exact NumPy arrays of one float dtype, one input
+        per tensor (or a tensor's inputs of one shape), C-contiguous; None for anything
+        else, which _check_inputs then checks one by one and names."""
+        if not arrays or set(map(type, arrays)) != {np.ndarray}:
+            return None
+        dtypes = set(map(operator.attrgetter("dtype"), arrays))
+        if len(dtypes) != 1 or next(iter(dtypes)) not in FLOAT_DTYPES:
+            return None
+        if not all(map(operator.attrgetter("c_contiguous"), map(operator.attrgetter("flags"), arrays))):
+            return None
+        if size == 1:
+            return [[a] for a in arrays]
+        groups = [list(arrays[k:k + size]) for k in range(0, len(arrays), size)]
+        return groups if all(a.shape == g[0].shape for g in groups for a in g) else None
+
     def _present(self, values: tuple, label):
         """Foreign arrays (torch tensors) as native views; a shard of a DTensor refused (its
         reductions would be this rank's shard's only)."""
         for k, value in enumerate(values):
+            if type(value) is np.ndarray:
+                continue
             placement = sharded(value)
             if placement is not None:
                 raise self._fail(TypeError, label(k), shard_refusal(self.name, placement))
@@ -174,8 +196,10 @@ class ReduceOperator(Operator):
         dtype = groups[0][0].dtype
         kernel = self.kernel(Schedule.MULTI, dtype, dtype)
         ffi = module.ffi
-        base = ffi.cast("char *", ffi.from_buffer(result))
-        keep, args = [result], []
+        # each tensor's slot of the result, by address: one table built by NumPy
+        slots = np.arange(len(groups), dtype=np.uint64) * np.uint64(result.itemsize) + \
+            np.uint64(int(ffi.cast("uintptr_t", ffi.from_buffer(result))))
+        keep, args = [result, slots], []
         position = {name: k for k, name in enumerate(self.kernel_scalar_names)}
         for a in kernel.args:
             if a.role is ArgRole.COUNT:
@@ -183,8 +207,7 @@ class ReduceOperator(Operator):
             elif a.role is ArgRole.SIZES:
                 args.append(ffi.new("int64_t[]", [inputs[0].size for inputs in groups]))
             elif a.role is ArgRole.TENSOR_TABLE and a.source == "out":
-                args.append(ffi.new("void *[]", [ffi.cast("void *", base + i * result.itemsize)
-                                                 for i in range(len(groups))]))
+                args.append(ffi.cast("void **", ffi.from_buffer("uintptr_t[]", slots)))
             elif a.role is ArgRole.TENSOR_TABLE:
                 k = self.names.index(a.source)
                 buffers = [ffi.from_buffer(inputs[k]) for inputs in groups]
