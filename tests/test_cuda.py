@@ -215,16 +215,19 @@ REDUCING_SINGLE = [op for op in cases.SINGLE if cases.op(op).reduces]
 
 
 @needs_gpu
+@pytest.mark.parametrize("pset", ["defaults", "mixed"])
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: d.__name__)
 @pytest.mark.parametrize("size", [0, 1, 511, 513, 100_003, 3_000_001])
 @pytest.mark.parametrize("op", REDUCING_SINGLE)
-def test_gpu_reductions_match_the_c_kernels_and_repeat_bit_for_bit(op, size):
+def test_gpu_reductions_match_the_c_kernels_and_repeat_bit_for_bit(op, size, dtype, pset):
     """The CUDA passes (a fixed grid of partial totals, combined in a fixed tree) against the C
-    kernels on the same inputs, over sizes that leave blocks empty, partial and full; the same
-    call twice gives the same bits."""
+    kernels on the same inputs, over sizes that leave blocks empty, partial and full, and
+    parameter sets that switch clipping, bias correction, gradient averaging; the same call
+    twice gives the same bits."""
     import cupy
 
-    params = cases.step_params(op, cases.PARAMS[op]["defaults"])
-    host = cases.make_case(op, cases.seed("gpu-reduce", op, size), (size,), np.float32, params)
+    params = cases.step_params(op, cases.PARAMS[op][pset])
+    host = cases.make_case(op, cases.seed("gpu-reduce", op, size), (size,), dtype, params)
     results = []
     for _ in range(2):
         device = cases.Case(op, {n: _to_device(cupy, a) for n, a in host.arrays.items()}, params, np.float32)
@@ -234,31 +237,38 @@ def test_gpu_reductions_match_the_c_kernels_and_repeat_bit_for_bit(op, size):
     expected = [c(out=c.weight)] + list(c.states)
     for got, again, want in zip(results[0], results[1], expected, strict=True):
         np.testing.assert_array_equal(got, again)
-        np.testing.assert_allclose(got, want, rtol=2e-6, atol=1e-7)
+        host.check(got, want, f"{op} {size}")  # the suites' tolerance of the dtype
 
 
 @needs_gpu
-def test_gpu_reduction_step_captures_in_a_cuda_graph():
+@pytest.mark.parametrize("op", ["lamb_update", "novograd_update"])
+def test_gpu_reduction_step_captures_in_a_cuda_graph(op):
     """No host synchronisation in a reducing op's call: it is captured into a CUDA graph, and
-    the replayed graph does what the call does."""
+    each replay does what a call does, also after other allocations (the partial totals live
+    in the op's workspace, not in memory the pool hands out again)."""
     import cupy
 
-    from generated import lamb_update
+    import generated
 
-    rng = np.random.default_rng(5)
-    w, g, m, v = (cupy.asarray(rng.normal(size=4096).astype(np.float32)) for _ in range(4))
-    v = cupy.abs(v)
-    lamb_update(w, g, m, v, lr=0.01, t=1, wd=0.01, out=w)  # warm: compiled, the memory pool holds a block
-    expected = [a.copy() for a in (w, g, m, v)]
-    lamb_update(*expected, lr=0.01, t=1, wd=0.01, out=expected[0])
+    fn = getattr(generated, op)
+    info = cases.op(op)
+    params = {k: v for k, v in cases.step_params(op, cases.PARAMS[op]["defaults"]).items() if k in info.params}
     stream = cupy.cuda.Stream(non_blocking=True)
     with stream:
+        host = cases.make_case(op, cases.seed("graph", op), (4096,), np.float32, params)
+        device = [cupy.asarray(host.arrays[n]) for n in info.tensor_names]
+        expected = [a.copy() for a in device]
+        fn(*device, **params, out=device[0])  # warm: compiled, the workspace made
+        for _ in range(3):  # the warm call and the two replays below
+            fn(*expected, **params, out=expected[0])
         stream.begin_capture()
-        lamb_update(w, g, m, v, lr=0.01, t=1, wd=0.01, out=w)
+        fn(*device, **params, out=device[0])
         graph = stream.end_capture()
-    graph.launch(stream)
-    stream.synchronize()
-    for got, want in zip((w, m, v), (expected[0], expected[2], expected[3])):
+        graph.launch(stream)
+        _ = [cupy.zeros(1 << 20, cupy.float64) for _ in range(8)]  # the pool hands out memory in between
+        graph.launch(stream)
+        stream.synchronize()
+    for got, want in zip(device, expected, strict=True):
         np.testing.assert_array_equal(cupy.asnumpy(got), cupy.asnumpy(want))
 
 

@@ -234,7 +234,7 @@ class CudaBackend(Backend):
             return
         # whole-tensor reductions: each pass on its fixed grid into the partial totals, the
         # update, then the per-tensor states' store; in order on the stream, no host sync
-        args.append(cupy.empty(max(kernel.totals, 1) * cuda.TOTAL_BLOCKS, cupy.float64))
+        args.append(op.cuda.workspace(max(kernel.totals, 1) * cuda.TOTAL_BLOCKS))
         for name in kernel.passes:
             cuda.launch_fixed(op.cuda, name, cuda.TOTAL_BLOCKS, cuda.TOTAL_THREADS, args)
         if sizes[kernel.launch.work]:

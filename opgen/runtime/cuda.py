@@ -69,6 +69,21 @@ class CudaKernels:
         self._modules: dict[int, object] = {}
         self._functions: dict[tuple[int, str], object] = {}
         self._lock = threading.Lock()
+        self._workspaces: dict[tuple[int, int], object] = {}
+
+    def workspace(self, doubles: int):
+        """The reduction passes' partial totals: a device array of at least ``doubles``
+        doubles, kept per device and stream for the life of the op, so a CUDA graph that
+        captured a call keeps valid memory on every replay (calls on one stream are ordered;
+        calls on two streams get two workspaces)."""
+        import cupy
+
+        key = (cupy.cuda.Device().id, cupy.cuda.get_current_stream().ptr)
+        buffer = self._workspaces.get(key)
+        if buffer is None or buffer.size < doubles:
+            with self._lock:
+                buffer = self._workspaces[key] = cupy.empty(doubles, cupy.float64)
+        return buffer
 
     def function(self, name: str):
         import cupy

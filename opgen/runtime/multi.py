@@ -373,7 +373,8 @@ class MultiOperator:
         states = [lst[0] for t, lst in zip(op.tensors, lists) if t.role is TensorRole.STATE]
         # the kernel scalars in order: per-tensor states' values (which the condition cannot
         # read), then the parameters (the condition reads none that is per tensor)
-        values = tuple(float(lst[0].reshape(-1)[0]) for t, lst in zip(op.tensors, lists) if t.per_tensor) \
+        values = tuple(0.0 if adapter_for(lst[0]).device else float(lst[0].reshape(-1)[0])  # (not read back)
+                       for t, lst in zip(op.tensors, lists) if t.per_tensor) \
             + tuple(c[0] if isinstance(c, np.ndarray) else c for c in columns)
         return op._skipped(weight.dtype, op.states_dtype(weight, states), values)
 

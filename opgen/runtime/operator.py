@@ -362,7 +362,7 @@ class Operator:
         self._check_array(w_name, weight)
         if not self.runs_on_device and adapter_for(weight).device:
             raise self._fail(TypeError, w_name, f"is a {kind(weight)} array, but {self.name} has no CUDA kernels "
-                                                "(its whole-tensor reductions run on the CPU only); pass host arrays")
+                                                "(it runs on the host); pass host arrays")
         xp = array_module(weight)
         states, state_names, scalars, inputs, input_names = [], [], [], [], []
         per_tensor_values = []  # after the scalar inputs, as the kernels take them

@@ -352,8 +352,8 @@ class SpecOptimizer(torch.optim.Optimizer):
 
     @staticmethod
     def _check_whole(op, params: list) -> None:
-        """An op whose math reduces whole tensors: every parameter whole (no FSDP2 shard) and,
-        as its reductions have no CUDA kernels, on the CPU."""
+        """An op whose math reduces whole tensors: every parameter whole (no FSDP2 shard), and
+        on the CPU where the op has no CUDA kernels."""
         for k, p in enumerate(params):
             for what, tensor in (("parameter", p), ("gradient", p.grad)):
                 placement = sharded(tensor)
@@ -361,7 +361,7 @@ class SpecOptimizer(torch.optim.Optimizer):
                     raise TypeError(f"{op.name}: {what} {k} of the group {shard_refusal(op.name, placement)}")
             if not op.runs_on_device and p.device.type != "cpu":
                 raise TypeError(f"{op.name}: parameter {k} of the group is on {p.device}, but {op.name} has no CUDA "
-                                "kernels (its whole-tensor reductions run on the CPU only)")
+                                "kernels (it runs on the host)")
 
     def _planned_step(self, plan: "_GroupPlan", op, multi, index: int, group: dict) -> None:
         """The usual step: the same parameters with gradients as last time, their states and
