@@ -107,18 +107,43 @@ def test_out_receives_the_result_even_when_it_is_an_input():
 THREADS_SCRIPT = textwrap.dedent("""\
     import sys, numpy as np, generated
     rng = np.random.default_rng(11)
-    arrays = [rng.normal(size=n).astype(np.float32) for n in (2_000_003, 5, 0, 300_001)]
-    out = [generated.multi_sum_sq(*arrays, num_arrays=4).view(np.uint32),
+    # big tensors (every thread on each) among many small ones (a thread each, in any order)
+    sizes = [2_000_003, 5, 0, 300_001] + [int(n) for n in rng.integers(0, 20_000, 60)]
+    arrays = [rng.normal(size=n).astype(np.float32) for n in sizes]
+    out = [generated.multi_sum_sq(*arrays, num_arrays=len(arrays)).view(np.uint32),
            generated.multi_sum_sq(arrays[0]).view(np.uint32)]
+    ws = [a.copy() for a in arrays]
+    gs = [rng.normal(size=a.size).astype(np.float32) for a in arrays]
+    ms, vs = [np.zeros_like(a) for a in arrays], [np.zeros_like(a) for a in arrays]
+    generated.lamb_update_multi(ws, gs, ms, vs, lr=0.01, t=1, wd=0.01, out=ws)
+    out += [w.view(np.uint32) for w in ws] + [m.view(np.uint32) for m in ms]
     np.savez(sys.argv[1], *out)
     """)
 
 
 def test_the_bits_do_not_depend_on_the_thread_count(tmp_path):
+    """1, 2 and 3 threads, in fresh processes; and the multi-tensor call equals each tensor's
+    own call (the small tensors run a thread each, the big ones on every thread)."""
     results = cases.saved_arrays_by_thread_count(THREADS_SCRIPT, [], (1, 2, 3), tmp_path)
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
             np.testing.assert_array_equal(a, b)
+
+
+def test_a_multi_tensor_call_equals_each_tensors_own_call():
+    rng = np.random.default_rng(4)
+    sizes = [0, 3, 40_000, 17, 16_383, 16_384, 9_000] * 3
+    arrays = [rng.normal(size=n).astype(np.float32) for n in sizes]
+    together = generated.multi_sum_sq(*arrays, num_arrays=len(arrays))
+    np.testing.assert_array_equal(together, np.concatenate([generated.multi_sum_sq(a) for a in arrays]))
+    ws = [a.copy() for a in arrays]
+    gs = [rng.normal(size=a.size).astype(np.float32) for a in arrays]
+    ms, vs = [np.zeros_like(a) for a in arrays], [np.zeros_like(a) for a in arrays]
+    one = [generated.lamb_update(w.copy(), g, m.copy(), v.copy(), lr=0.01, t=1, wd=0.01)
+           for w, g, m, v in zip(ws, gs, ms, vs)]
+    generated.lamb_update_multi(ws, gs, ms, vs, lr=0.01, t=1, wd=0.01, out=ws)
+    for w, expected in zip(ws, one, strict=True):
+        np.testing.assert_array_equal(w, expected)
 
 
 # ---- multi_all_finite ------------------------------------------------------------------------------

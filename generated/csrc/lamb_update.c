@@ -75,7 +75,80 @@ void opgen_lamb_update_dense_float16(int64_t size, void *arg_weight, const void 
 }
 
 void opgen_lamb_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[2];
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_lamb_update_bstep_float16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_lamb_update_bstep_float16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_lamb_update_bstep_float16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_lamb_update_bstep_float16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[2] = {0};
         {
             const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
@@ -219,7 +292,80 @@ void opgen_lamb_update_dense_float16_with_float32_states(int64_t size, void *arg
 }
 
 void opgen_lamb_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[2];
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lamb_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lamb_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lamb_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lamb_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[2] = {0};
         {
             const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
@@ -359,7 +505,80 @@ void opgen_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, const void
 }
 
 void opgen_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[2];
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 3, opgen_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1], opgen_buffers[2]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[1], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[2], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[2] = {0};
         {
             const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
@@ -503,7 +722,80 @@ void opgen_lamb_update_dense_bfloat16_with_float32_states(int64_t size, void *ar
 }
 
 void opgen_lamb_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[2];
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 2); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lamb_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lamb_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lamb_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_lamb_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[2] = {0};
         {
             const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
@@ -611,7 +903,48 @@ void opgen_lamb_update_dense_float32(int64_t size, void *arg_weight, const void 
 }
 
 void opgen_lamb_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[2];
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4);, opgen_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[2] = {0};
         {
             const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
@@ -723,7 +1056,80 @@ void opgen_lamb_update_dense_float32_with_bfloat16_states(int64_t size, void *ar
 }
 
 void opgen_lamb_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[2];
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 4); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 2); opgen_prefetch_ahead(arg_var[t], opgen_i0, 2);, opgen_lamb_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_lamb_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[1], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_lamb_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[1], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_lamb_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[1], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_lamb_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mean[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_var[t] + opgen_block, opgen_buffers[1], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                    #endif
+                }
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[2] = {0};
         {
             const opgen_lamb_update_scalars_float scalars = opgen_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
@@ -831,7 +1237,48 @@ void opgen_lamb_update_dense_float64(int64_t size, void *arg_weight, const void 
 }
 
 void opgen_lamb_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const int64_t *arg_t, const int *arg_bias_correction, const double *arg_wd, const double *arg_rescale_grad, const double *arg_clip_gradient, const double *arg_lower_bound, const double *arg_upper_bound, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[2] = {0};
+        {
+            const opgen_lamb_update_scalars_double scalars = opgen_lamb_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[2];
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 8); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 8); opgen_prefetch_ahead(arg_var[t], opgen_i0, 8);, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 8); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 8); opgen_prefetch_ahead(arg_var[t], opgen_i0, 8);, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 8); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 8); opgen_prefetch_ahead(arg_var[t], opgen_i0, 8);, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_weight[t], opgen_i0, 8); opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 8); opgen_prefetch_ahead(arg_var[t], opgen_i0, 8);, opgen_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+                }
+            }
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_lamb_update_scalars_double scalars = opgen_lamb_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float64(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float64(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float64(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_lamb_update_step_float64(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t]));
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[2] = {0};
         {
             const opgen_lamb_update_scalars_double scalars = opgen_lamb_update_scalars_double_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_t[t], arg_bias_correction[t], arg_wd[t], arg_rescale_grad[t], arg_clip_gradient[t], arg_lower_bound[t], arg_upper_bound[t], seed, t, grad_scale, opgen_totals);

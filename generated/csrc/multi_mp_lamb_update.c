@@ -75,7 +75,80 @@ void opgen_multi_mp_lamb_update_dense_float16(int64_t size, void *arg_weight, co
 }
 
 void opgen_multi_mp_lamb_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, void *const *arg_weight32, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_lower_bound, const double *arg_upper_bound, const double *arg_clip_gradient, const int *arg_bias_correction, const int64_t *arg_t, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[2] = {0};
+        {
+            const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[2];
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            }
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_float16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_float16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    #endif
+                }
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_float16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_float16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_float16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    #endif
+                }
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[2] = {0};
         {
             const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
@@ -219,7 +292,80 @@ void opgen_multi_mp_lamb_update_dense_bfloat16(int64_t size, void *arg_weight, c
 }
 
 void opgen_multi_mp_lamb_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, void *const *arg_weight32, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_lower_bound, const double *arg_upper_bound, const double *arg_clip_gradient, const int *arg_bias_correction, const int64_t *arg_t, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[2] = {0};
+        {
+            const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[2];
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            }
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_bfloat16(s, i, gi, 0, 1, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_bfloat16(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_bfloat16(s, i, gi, 0, 1, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_bfloat16(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    #endif
+                }
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_bfloat16(s, i, gi, 0, 1, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_bfloat16(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    #endif
+                }
+            } else {
+                if (rounding) {
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_bfloat16(s, i, gi, 0, 1, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                    OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_multi_mp_lamb_update_bstep_bfloat16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                    #else
+                    OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_bfloat16(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                    #endif
+                }
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[2] = {0};
         {
             const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
@@ -331,7 +477,48 @@ void opgen_multi_mp_lamb_update_dense_float32(int64_t size, void *arg_weight, co
 }
 
 void opgen_multi_mp_lamb_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, void *const *arg_weight32, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_lower_bound, const double *arg_upper_bound, const double *arg_clip_gradient, const int *arg_bias_correction, const int64_t *arg_t, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[2] = {0};
+        {
+            const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[2];
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            }
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float32(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float32(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float32(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float32(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[2] = {0};
         {
             const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
@@ -411,7 +598,48 @@ void opgen_multi_mp_lamb_update_dense_float64(int64_t size, void *arg_weight, co
 }
 
 void opgen_multi_mp_lamb_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mean, void *const *arg_var, void *const *arg_weight32, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const double *arg_rescale_grad, const double *arg_lower_bound, const double *arg_upper_bound, const double *arg_clip_gradient, const int *arg_bias_correction, const int64_t *arg_t, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[2] = {0};
+        {
+            const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[2];
+            if (scalars.h_0) {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            } else {
+                if (scalars.s_bias_correction) {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 1, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                } else {
+                    OPGEN_TOTALS(2, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8); opgen_prefetch_ahead(arg_mean[t], opgen_i0, 4); opgen_prefetch_ahead(arg_var[t], opgen_i0, 4); opgen_prefetch_ahead(arg_weight32[t], opgen_i0, 4);, opgen_multi_mp_lamb_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, 0, arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+                }
+            }
+            opgen_totals[0] = OPGEN_FINISH_sqrt(opgen_acc[0], sizes[t]);
+            opgen_totals[1] = OPGEN_FINISH_sqrt(opgen_acc[1], sizes[t]);
+        }
+        const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);
+        if (scalars.h_0) {
+            if (scalars.s_bias_correction) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float64(s, i, gi, 0, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float64(s, i, gi, 0, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+            }
+        } else {
+            if (scalars.s_bias_correction) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float64(s, i, gi, 0, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+            } else {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_multi_mp_lamb_update_step_float64(s, i, gi, 0, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mean[t], arg_var[t], arg_weight32[t]));
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[2] = {0};
         {
             const opgen_multi_mp_lamb_update_scalars_float scalars = opgen_multi_mp_lamb_update_scalars_float_init(arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_rescale_grad[t], arg_lower_bound[t], arg_upper_bound[t], arg_clip_gradient[t], arg_bias_correction[t], arg_t[t], seed, t, grad_scale, opgen_totals);

@@ -18,7 +18,23 @@ void opgen_multi_sum_sq_dense_float16(int64_t size, const void *arg_data, void *
 }
 
 void opgen_multi_sum_sq_multi_float16(int64_t count, const int64_t *sizes, const void *const *arg_data, void *const *arg_out, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[1] = {0};
+        {
+            const opgen_multi_sum_sq_scalars_float scalars = opgen_multi_sum_sq_scalars_float_init(seed, t, grad_scale, opgen_totals);
+            double opgen_acc[1];
+            OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_data[t], opgen_i0, 2);, opgen_multi_sum_sq_total1_float16(s, i, gi, opgen_lanes, opgen_l, arg_data[t]));
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_multi_sum_sq_scalars_float scalars = opgen_multi_sum_sq_scalars_float_init(seed, t, grad_scale, opgen_totals);
+        ((float *)arg_out[t])[0] = OPGEN_STORE_float32(scalars.t_sum_sq);
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[1] = {0};
         {
             const opgen_multi_sum_sq_scalars_float scalars = opgen_multi_sum_sq_scalars_float_init(seed, t, grad_scale, opgen_totals);
@@ -44,7 +60,23 @@ void opgen_multi_sum_sq_dense_bfloat16(int64_t size, const void *arg_data, void 
 }
 
 void opgen_multi_sum_sq_multi_bfloat16(int64_t count, const int64_t *sizes, const void *const *arg_data, void *const *arg_out, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[1] = {0};
+        {
+            const opgen_multi_sum_sq_scalars_float scalars = opgen_multi_sum_sq_scalars_float_init(seed, t, grad_scale, opgen_totals);
+            double opgen_acc[1];
+            OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_data[t], opgen_i0, 2);, opgen_multi_sum_sq_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, arg_data[t]));
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_multi_sum_sq_scalars_float scalars = opgen_multi_sum_sq_scalars_float_init(seed, t, grad_scale, opgen_totals);
+        ((float *)arg_out[t])[0] = OPGEN_STORE_float32(scalars.t_sum_sq);
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[1] = {0};
         {
             const opgen_multi_sum_sq_scalars_float scalars = opgen_multi_sum_sq_scalars_float_init(seed, t, grad_scale, opgen_totals);
@@ -70,7 +102,23 @@ void opgen_multi_sum_sq_dense_float32(int64_t size, const void *arg_data, void *
 }
 
 void opgen_multi_sum_sq_multi_float32(int64_t count, const int64_t *sizes, const void *const *arg_data, void *const *arg_out, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[1] = {0};
+        {
+            const opgen_multi_sum_sq_scalars_float scalars = opgen_multi_sum_sq_scalars_float_init(seed, t, grad_scale, opgen_totals);
+            double opgen_acc[1];
+            OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_data[t], opgen_i0, 4);, opgen_multi_sum_sq_total1_float32(s, i, gi, opgen_lanes, opgen_l, arg_data[t]));
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_multi_sum_sq_scalars_float scalars = opgen_multi_sum_sq_scalars_float_init(seed, t, grad_scale, opgen_totals);
+        ((float *)arg_out[t])[0] = OPGEN_STORE_float32(scalars.t_sum_sq);
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[1] = {0};
         {
             const opgen_multi_sum_sq_scalars_float scalars = opgen_multi_sum_sq_scalars_float_init(seed, t, grad_scale, opgen_totals);
@@ -96,7 +144,23 @@ void opgen_multi_sum_sq_dense_float64(int64_t size, const void *arg_data, void *
 }
 
 void opgen_multi_sum_sq_multi_float64(int64_t count, const int64_t *sizes, const void *const *arg_data, void *const *arg_out, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[1] = {0};
+        {
+            const opgen_multi_sum_sq_scalars_double scalars = opgen_multi_sum_sq_scalars_double_init(seed, t, grad_scale, opgen_totals);
+            double opgen_acc[1];
+            OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_data[t], opgen_i0, 8);, opgen_multi_sum_sq_total1_float64(s, i, gi, opgen_lanes, opgen_l, arg_data[t]));
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_multi_sum_sq_scalars_double scalars = opgen_multi_sum_sq_scalars_double_init(seed, t, grad_scale, opgen_totals);
+        ((float *)arg_out[t])[0] = OPGEN_STORE_float32(scalars.t_sum_sq);
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[1] = {0};
         {
             const opgen_multi_sum_sq_scalars_double scalars = opgen_multi_sum_sq_scalars_double_init(seed, t, grad_scale, opgen_totals);

@@ -43,7 +43,48 @@ void opgen_novograd_update_dense_float16(int64_t size, void *arg_weight, const v
 }
 
 void opgen_novograd_update_multi_float16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[1];
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_float16(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+            }
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
+        if (scalars.s_grad_averaging) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_novograd_update_bstep_float16(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mom[t] + opgen_block, opgen_buffers[1], opgen_count););
+                #else
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_novograd_update_bstep_float16(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_float16((opgen_half *)arg_mom[t] + opgen_block, opgen_buffers[1], opgen_count););
+                #else
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[1] = {0};
         {
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
@@ -123,7 +164,48 @@ void opgen_novograd_update_dense_float16_with_float32_states(int64_t size, void 
 }
 
 void opgen_novograd_update_multi_float16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[1];
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_float16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+            }
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
+        if (scalars.s_grad_averaging) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_novograd_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                #else
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_float16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_novograd_update_bstep_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_float16((opgen_half *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                #else
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[1] = {0};
         {
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
@@ -199,7 +281,48 @@ void opgen_novograd_update_dense_bfloat16(int64_t size, void *arg_weight, const 
 }
 
 void opgen_novograd_update_multi_bfloat16(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[1];
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_bfloat16(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+            }
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
+        if (scalars.s_grad_averaging) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_novograd_update_bstep_bfloat16(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom[t] + opgen_block, opgen_buffers[1], opgen_count););
+                #else
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 2, opgen_novograd_update_bstep_bfloat16(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0], opgen_buffers[1]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count); OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom[t] + opgen_block, opgen_buffers[1], opgen_count););
+                #else
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[1] = {0};
         {
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
@@ -279,7 +402,48 @@ void opgen_novograd_update_dense_bfloat16_with_float32_states(int64_t size, void
 }
 
 void opgen_novograd_update_multi_bfloat16_with_float32_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[1];
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 2);, opgen_novograd_update_total1_bfloat16_with_float32_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+            }
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
+        if (scalars.s_grad_averaging) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_novograd_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                #else
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_novograd_update_bstep_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_weight[t] + opgen_block, opgen_buffers[0], opgen_count););
+                #else
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_bfloat16_with_float32_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[1] = {0};
         {
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
@@ -339,7 +503,32 @@ void opgen_novograd_update_dense_float32(int64_t size, void *arg_weight, const v
 }
 
 void opgen_novograd_update_multi_float32(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[1];
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4);, opgen_novograd_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4);, opgen_novograd_update_total1_float32(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+            }
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
+        if (scalars.s_grad_averaging) {
+            OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+        } else {
+            OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[1] = {0};
         {
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
@@ -403,7 +592,48 @@ void opgen_novograd_update_dense_float32_with_bfloat16_states(int64_t size, void
 }
 
 void opgen_novograd_update_multi_float32_with_bfloat16_states(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[1];
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4);, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 4);, opgen_novograd_update_total1_float32_with_bfloat16_states(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+            }
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
+        if (scalars.s_grad_averaging) {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_novograd_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom[t] + opgen_block, opgen_buffers[0], opgen_count););
+                #else
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
+            }
+        } else {
+            if (rounding) {
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 1, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+            } else {
+                #if OPGEN_NARROWS_IN_BLOCKS_bfloat16
+                OPGEN_DENSE_BLOCKS(sizes[t], flush_denormal, 1, opgen_novograd_update_bstep_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t], j, opgen_buffers[0]), OPGEN_NARROW_bfloat16((opgen_bf16 *)arg_mom[t] + opgen_block, opgen_buffers[0], opgen_count););
+                #else
+                OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float32_with_bfloat16_states(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+                #endif
+            }
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[1] = {0};
         {
             const opgen_novograd_update_scalars_float scalars = opgen_novograd_update_scalars_float_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
@@ -463,7 +693,32 @@ void opgen_novograd_update_dense_float64(int64_t size, void *arg_weight, const v
 }
 
 void opgen_novograd_update_multi_float64(int64_t count, const int64_t *sizes, void *const *arg_weight, const void *const *arg_grad, void *const *arg_mom, void *const *arg_v, const double *arg_lr, const double *arg_beta1, const double *arg_beta2, const double *arg_epsilon, const double *arg_wd, const int64_t *arg_t, const int *arg_grad_averaging, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    int64_t opgen_small = 0;
     for (int64_t t = 0; t < count; ++t) {
+        if (sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD) { opgen_small += sizes[t] + OPGEN_TENSOR_COST_ELEMENTS; continue; }
+        double opgen_totals[1] = {0};
+        {
+            const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+            double opgen_acc[1];
+            if (scalars.s_grad_averaging) {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8);, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 1, arg_grad[t]));
+            } else {
+                OPGEN_TOTALS(1, 0, sizes[t], flush_denormal, opgen_acc, opgen_prefetch_ahead(arg_grad[t], opgen_i0, 8);, opgen_novograd_update_total1_float64(s, i, gi, opgen_lanes, opgen_l, 0, arg_grad[t]));
+            }
+            opgen_totals[0] = OPGEN_FINISH_none(opgen_acc[0], sizes[t]);
+        }
+        const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);
+        ((float *)arg_v[t])[0] = OPGEN_STORE_float32(scalars.t__1v);
+        if (scalars.s_grad_averaging) {
+            OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float64(s, i, gi, 0, 0, 1, arg_weight[t], arg_grad[t], arg_mom[t]));
+        } else {
+            OPGEN_DENSE(sizes[t], flush_denormal, opgen_novograd_update_step_float64(s, i, gi, 0, 0, 0, arg_weight[t], arg_grad[t], arg_mom[t]));
+        }
+    }
+    const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    _Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")
+    for (int64_t t = 0; t < count; ++t) {
+        if (!(sizes[t] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD)) continue;
         double opgen_totals[1] = {0};
         {
             const opgen_novograd_update_scalars_double scalars = opgen_novograd_update_scalars_double_init((double)OPGEN_LOAD_float32(((const float *)arg_v[t])[0]), arg_lr[t], arg_beta1[t], arg_beta2[t], arg_epsilon[t], arg_wd[t], arg_t[t], arg_grad_averaging[t], seed, t, grad_scale, opgen_totals);

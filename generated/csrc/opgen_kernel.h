@@ -251,6 +251,8 @@ static inline void opgen_flush_denormal_exit(unsigned saved, int on) { (void)sav
  * Row kernels touch scattered rows, which are latency-bound, so they split sooner. */
 #define OPGEN_MIN_ELEMENTS_PER_THREAD 8192
 #define OPGEN_MIN_ROW_ELEMENTS_PER_THREAD 4096
+/* A small tensor's fixed cost in a reducing multi-tensor kernel, in elements of work. */
+#define OPGEN_TENSOR_COST_ELEMENTS 1024
 
 /* Threads for `work` elements, at least `min_per_thread` each. */
 static inline int opgen_threads_for(int64_t work, int64_t min_per_thread) {

@@ -22,6 +22,9 @@ from opgen.targets.element import (LOOP, TOTAL_LANES, OpCode, RowCode, StepCode,
 
 # Below this many elements per thread, a parallel region costs more than it saves.
 MIN_ELEMENTS_PER_THREAD = 1 << 13
+# A small tensor's fixed cost in a reducing multi-tensor kernel (its passes' set-up, its
+# per-call values twice), as elements of work: it weighs the small tensors' loop's threads.
+TENSOR_COST_ELEMENTS = 1 << 10
 # Row kernels touch scattered rows: latency-bound, so they go parallel much sooner.
 MIN_ROW_ELEMENTS_PER_THREAD = 1 << 12
 # Rows prefetched ahead of the one being updated, by the lazy row kernels.
@@ -83,7 +86,19 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
         body = [*passes, f"const {struct} {LOOP.scalars} = {init}({code.init_call(index, LOOP.t, step.per_tensor_loads(index))});",
                 *step.per_tensor_stores(index),
                 *(versions(step, lambda v: dense_call(step, size, flush, v, index)) if op.updates else [])]
-        return [f"for (int64_t {LOOP.t} = 0; {LOOP.t} < {n[ArgRole.COUNT]}; ++{LOOP.t}) {{",
+        count, sizes = n[ArgRole.COUNT], n[ArgRole.SIZES]
+        small = f"{sizes}[{LOOP.t}] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD"
+        # a tensor too small for two threads runs on one: such tensors go to the threads one
+        # tensor each (their nested regions inactive), the bigger ones in turn with every
+        # thread; a tensor's results do not depend on which thread or how many compute them
+        return [f"int64_t opgen_small = 0;",
+                f"for (int64_t {LOOP.t} = 0; {LOOP.t} < {count}; ++{LOOP.t}) {{",
+                f"    if ({small}) {{ opgen_small += {sizes}[{LOOP.t}] + OPGEN_TENSOR_COST_ELEMENTS; continue; }}",
+                *(f"    {line}" for line in body), "}",
+                "const int opgen_nt = opgen_threads_for(opgen_small, OPGEN_MIN_ELEMENTS_PER_THREAD);",
+                '_Pragma("omp parallel for schedule(dynamic, 4) num_threads(opgen_nt) if (opgen_nt > 1)")',
+                f"for (int64_t {LOOP.t} = 0; {LOOP.t} < {count}; ++{LOOP.t}) {{",
+                f"    if (!({small})) continue;",
                 *(f"    {line}" for line in body), "}"]
     if kernel.schedule is Schedule.MULTI:  # the struct is per tensor: switches read at run time
         setup = f"const {struct} {LOOP.s} = {init}({code.init_call(f'[{LOOP.t}]', LOOP.t)})"
@@ -192,5 +207,5 @@ def math_context(op: OpSpec) -> dict:
 def common_context() -> dict:
     return {"loop": LOOP, "min_elements_per_thread": MIN_ELEMENTS_PER_THREAD, "chunk_align": CHUNK_ALIGN,
             "narrow_block": NARROW_BLOCK, "dtype_names": DTYPE_NAMES, "fast": FAST,
-            "total_lanes": TOTAL_LANES,
+            "total_lanes": TOTAL_LANES, "tensor_cost_elements": TENSOR_COST_ELEMENTS,
             "min_row_elements_per_thread": MIN_ROW_ELEMENTS_PER_THREAD, "prefetch_rows": PREFETCH_ROWS}
