@@ -557,41 +557,55 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
 #define OPGEN_FINISH_sqrt(x, n) sqrt(x)
 #define OPGEN_FINISH_sqrt_mean(x, n) sqrt((x) / (double)(n))
 
+/* One block of a reduction pass: block opgen_b (of opgen_bs elements) in fixed lanes, the lanes
+ * pairwise, into opgen_part (OPGEN_TOTALS). */
+#define OPGEN_TOTALS_BLOCK(NSUM, NMAX, n, PREFETCH, STEP)                                  \
+    do {                                                                                   \
+        const int64_t opgen_lo = opgen_b * opgen_bs;                                       \
+        const int64_t opgen_hi = opgen_lo + opgen_bs < (n) ? opgen_lo + opgen_bs : (n);    \
+        double opgen_lanes[(NSUM) + (NMAX)][OPGEN_TOTAL_LANES];                       \
+        for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                        \
+            for (int opgen_l = 0; opgen_l < OPGEN_TOTAL_LANES; ++opgen_l) \
+                opgen_lanes[opgen_k][opgen_l] = opgen_k < (NSUM) ? 0.0 : -INFINITY; \
+        int64_t opgen_i0 = opgen_lo;                                                  \
+        for (; opgen_i0 + OPGEN_TOTAL_LANES <= opgen_hi; opgen_i0 += OPGEN_TOTAL_LANES) { \
+            PREFETCH;                                                                      \
+            _Pragma("omp simd")                                                            \
+            for (int opgen_l = 0; opgen_l < OPGEN_TOTAL_LANES; ++opgen_l) { \
+                const int64_t i = opgen_i0 + opgen_l, gi = i; \
+                STEP;                                                                      \
+            }                                                                              \
+        }                                                                                  \
+        for (int opgen_l = 0; opgen_i0 + opgen_l < opgen_hi; ++opgen_l) { \
+            const int64_t i = opgen_i0 + opgen_l, gi = i; \
+            STEP;                                                                          \
+        }                                                                                  \
+        for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                        \
+            opgen_part[opgen_b * ((NSUM) + (NMAX)) + opgen_k] = opgen_k < (NSUM)           \
+                ? opgen_sum_pairwise(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1)      \
+                : opgen_max_of(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1);           \
+    } while (0)
+
 #define OPGEN_TOTALS(NSUM, NMAX, n, flush_denormal, RESULT, PREFETCH, STEP)                \
     do {                                                                                   \
         const int64_t opgen_bs = opgen_total_block(n), opgen_nb = ((n) + opgen_bs - 1) / opgen_bs; \
         double opgen_part[OPGEN_TOTAL_BLOCKS * ((NSUM) + (NMAX))];                         \
         const int opgen_nt = opgen_threads_for((n), OPGEN_MIN_ELEMENTS_PER_THREAD);        \
-        _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
-        {                                                                                  \
+        if (opgen_nt > 1) {                                                                \
+            _Pragma("omp parallel num_threads(opgen_nt)")                                  \
+            {                                                                              \
+                const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);     \
+                OPGEN_PRIVATE_SCALARS;                                                     \
+                _Pragma("omp for schedule(static)")                                        \
+                for (int64_t opgen_b = 0; opgen_b < opgen_nb; ++opgen_b)                   \
+                    OPGEN_TOTALS_BLOCK(NSUM, NMAX, n, PREFETCH, STEP);                     \
+                opgen_flush_denormal_exit(opgen_csr, flush_denormal);                      \
+            }                                                                              \
+        } else { /* one thread: no parallel region, whose set-up a small tensor would pay */ \
             const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
             OPGEN_PRIVATE_SCALARS;                                                         \
-            _Pragma("omp for schedule(static)")                                            \
-            for (int64_t opgen_b = 0; opgen_b < opgen_nb; ++opgen_b) {                     \
-                const int64_t opgen_lo = opgen_b * opgen_bs;                               \
-                const int64_t opgen_hi = opgen_lo + opgen_bs < (n) ? opgen_lo + opgen_bs : (n); \
-                double opgen_lanes[(NSUM) + (NMAX)][OPGEN_TOTAL_LANES];                    \
-                for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                \
-                    for (int opgen_l = 0; opgen_l < OPGEN_TOTAL_LANES; ++opgen_l)          \
-                        opgen_lanes[opgen_k][opgen_l] = opgen_k < (NSUM) ? 0.0 : -INFINITY; \
-                int64_t opgen_i0 = opgen_lo;                                               \
-                for (; opgen_i0 + OPGEN_TOTAL_LANES <= opgen_hi; opgen_i0 += OPGEN_TOTAL_LANES) { \
-                    PREFETCH;                                                              \
-                    _Pragma("omp simd")                                                    \
-                    for (int opgen_l = 0; opgen_l < OPGEN_TOTAL_LANES; ++opgen_l) {        \
-                        const int64_t i = opgen_i0 + opgen_l, gi = i;              \
-                        STEP;                                                              \
-                    }                                                                      \
-                }                                                                          \
-                for (int opgen_l = 0; opgen_i0 + opgen_l < opgen_hi; ++opgen_l) {          \
-                    const int64_t i = opgen_i0 + opgen_l, gi = i;                  \
-                    STEP;                                                                  \
-                }                                                                          \
-                for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                \
-                    opgen_part[opgen_b * ((NSUM) + (NMAX)) + opgen_k] = opgen_k < (NSUM)   \
-                        ? opgen_sum_pairwise(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1)   \
-                        : opgen_max_of(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1);        \
-            }                                                                              \
+            for (int64_t opgen_b = 0; opgen_b < opgen_nb; ++opgen_b)                       \
+                OPGEN_TOTALS_BLOCK(NSUM, NMAX, n, PREFETCH, STEP);                         \
             opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
         }                                                                                  \
         for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                        \
