@@ -81,8 +81,8 @@ _OP = _ReduceOperator(
     fast_register='opgen_multi_all_finite_fast_register',
     skip_if=None,
     store_slots=(-1,),
-    across='min',
-    reset='init_output',
+    across="min",
+    reset="init_output",
 )
 
 

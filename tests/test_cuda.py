@@ -39,6 +39,17 @@ if NVRTC_MISSING and os.environ.get("OPGEN_REQUIRE_NVRTC") == "1":
 needs_nvrtc = pytest.mark.skipif(NVRTC_MISSING is not None, reason=NVRTC_MISSING or "")
 
 
+def test_the_multi_tensor_chunk_table_covers_every_element_once():
+    """The table a multi-tensor launch walks (built on the host: checked here without a GPU),
+    against the chunks written out one by one."""
+    from opgen.runtime.multi import chunk_table
+
+    for sizes, chunk in (([0, 1, 5, 0, 8, 9], 4), ([70_000, 0, 65_536, 65_537, 3], 65_536), ([], 8), ([0, 0], 8)):
+        expected = [(i, lo) for i, n in enumerate(sizes) for lo in range(0, n, chunk)]
+        got = chunk_table(np.array(sizes, np.int64), chunk)
+        assert got.dtype == np.int64 and got.reshape(-1, 2).tolist() == [list(p) for p in expected]
+
+
 def test_every_spec_has_cuda_source():
     specs = sorted(p.stem for p in (ROOT / "specs").glob("*.yaml"))
     assert [p.stem for p in CU_FILES] == specs

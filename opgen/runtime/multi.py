@@ -568,10 +568,8 @@ class MultiOperator:
                 targets.append(target)
             names = [t.name for t in op.tensors]
             state_names = [t.name for t in op.tensors if t.role is TensorRole.STATE]
-            position = {name: k for k, name in enumerate(op.kernel_scalar_names)}
             sizes = np.array([t.size for t in targets], np.int64)
-            chunks = np.array([(i, lo) for i, size in enumerate(sizes.tolist())
-                               for lo in range(0, size, cuda.MULTI_CHUNK)], np.int64).reshape(-1)
+            chunks = chunk_table(sizes, cuda.MULTI_CHUNK)
             if not chunks.size:
                 return targets
             args = []
@@ -592,7 +590,7 @@ class MultiOperator:
                         column = [c.inputs[inputs.index(a.source)] for c in calls]
                     args.append(cupy.asarray(np.array([x.data.ptr for x in column], np.uint64)))
                 elif a.role is ArgRole.SCALAR_TABLE:
-                    args.append(cupy.asarray(np.array([c.scalars[position[a.source]] for c in calls],
+                    args.append(cupy.asarray(np.array([c.scalars[op.scalar_position[a.source]] for c in calls],
                                                       np.dtype(a.numpy))))
                 elif a.role is ArgRole.GRAD_SCALE:
                     args.append(np.float64(grad_scale))
@@ -704,6 +702,15 @@ def clip_factor(max_grad_norm: float, norm: float) -> float:
     norm gives NaN, an infinite one 0, as there)."""
     factor = max_grad_norm / (norm + 1e-6)
     return 1.0 if factor >= 1.0 else factor
+
+
+def chunk_table(sizes: np.ndarray, chunk: int) -> np.ndarray:
+    """A multi-tensor CUDA launch's chunk table: for each chunk of ``chunk`` elements of each
+    tensor in turn, (its tensor, its first element), flattened to int64 pairs."""
+    counts = -(-sizes // chunk)  # (ceiling division; an empty tensor has no chunk)
+    tensors = np.repeat(np.arange(len(sizes), dtype=np.int64), counts)
+    first = np.arange(len(tensors), dtype=np.int64) - np.repeat(np.cumsum(counts) - counts, counts)
+    return np.stack([tensors, first * chunk], axis=1).reshape(-1)
 
 
 def _locks(arrays) -> tuple:

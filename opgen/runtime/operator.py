@@ -150,6 +150,8 @@ class Operator:
                                                                              for k in self.kernel_params)
         self.kernel_scalar_names = tuple(t.name for t in self.tensors if t.role is TensorRole.SCALAR) + \
             tuple(t.name for t in self.tensors if t.per_tensor) + tuple(self.params[k].name for k in self.kernel_params)
+        #: each kernel scalar's place among them (an ABI argument's ``source`` -> its index)
+        self.scalar_position = {name: k for k, name in enumerate(self.kernel_scalar_names)}
         self.numpy_kernel = numpy_kernel
         self.c_source = c_source
         self.c_cdef = c_cdef
@@ -581,7 +583,7 @@ class Operator:
             if rank != sorted(rank) or (args[-1].role is not ArgRole.FLUSH) != cuda:
                 raise RuntimeError(f"{kernel.name}: arguments not grouped as sizes, tensors, scalars, gradient factor, "
                                    "rounding, seed, flag")
-            position = {name: k for k, name in enumerate(self.kernel_scalar_names)}
+            position = self.scalar_position
             scalars = [a for a in args if a.role is ArgRole.SCALAR]
             layout = self._layouts[(kernel.name, cuda)] = (
                 tuple(a.role for a, r in zip(args, rank) if r == 0),

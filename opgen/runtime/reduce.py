@@ -29,17 +29,11 @@ from opgen.runtime.operator import FLOAT_DTYPES, Operator, check_rounding
 from opgen.runtime.rounding import Rounding
 from opgen.runtime.torch_arrays import shard_refusal, sharded
 
-def _nan_min(values: list) -> float:
-    return math.nan if any(math.isnan(v) for v in values) else min(values)
-
-
-def _nan_max(values: list) -> float:
-    return math.nan if any(math.isnan(v) for v in values) else max(values)
-
 
 # how a multi-tensor call combines its tensors' values (output.across), in double: NaN
-# propagates through min and max, as the spec language's min and max
-_ACROSS = {"min": _nan_min, "max": _nan_max, "sum": math.fsum}
+# propagates through min and max (NumPy's), as the spec language's min and max
+_ACROSS = {"min": lambda values: float(np.min(values)), "max": lambda values: float(np.max(values)),
+           "sum": math.fsum}
 
 
 class ReduceOperator(Operator):
@@ -200,7 +194,6 @@ class ReduceOperator(Operator):
         slots = np.arange(len(groups), dtype=np.uint64) * np.uint64(result.itemsize) + \
             np.uint64(int(ffi.cast("uintptr_t", ffi.from_buffer(result))))
         keep, args = [result, slots], []
-        position = {name: k for k, name in enumerate(self.kernel_scalar_names)}
         for a in kernel.args:
             if a.role is ArgRole.COUNT:
                 args.append(len(groups))
@@ -214,8 +207,8 @@ class ReduceOperator(Operator):
                 keep.append(buffers)
                 args.append(ffi.new("void *[]", buffers))
             elif a.role is ArgRole.SCALAR_TABLE:
-                args.append(ffi.from_buffer(f"{a.element_c_type}[]", np.full(len(groups), scalars[position[a.source]],
-                                                                             np.dtype(a.numpy))))
+                value = scalars[self.scalar_position[a.source]]
+                args.append(ffi.from_buffer(f"{a.element_c_type}[]", np.full(len(groups), value, np.dtype(a.numpy))))
             elif a.role is ArgRole.GRAD_SCALE:
                 args.append(1.0)
             elif a.role is ArgRole.ROUNDING:

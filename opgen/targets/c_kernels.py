@@ -90,7 +90,10 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
         small = f"{sizes}[{LOOP.t}] < 2 * OPGEN_MIN_ELEMENTS_PER_THREAD"
         # a tensor too small for two threads runs on one: such tensors go to the threads one
         # tensor each (their nested regions inactive), the bigger ones in turn with every
-        # thread; a tensor's results do not depend on which thread or how many compute them
+        # thread; a tensor's results do not depend on which thread or how many compute them.
+        # The body is written out twice on purpose: one loop under an (inactive) parallel
+        # region for both kinds makes libgomp build a new team for every nested region of a
+        # big tensor (LAMB over GPT-2's 148 tensors at 7M: 3.6 -> 13.5 ms a call)
         return [f"int64_t opgen_small = 0;",
                 f"for (int64_t {LOOP.t} = 0; {LOOP.t} < {count}; ++{LOOP.t}) {{",
                 f"    if ({small}) {{ opgen_small += {sizes}[{LOOP.t}] + OPGEN_TENSOR_COST_ELEMENTS; continue; }}",
