@@ -93,7 +93,7 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
         # thread; a tensor's results do not depend on which thread or how many compute them.
         # The body is written out twice on purpose: one loop under an (inactive) parallel
         # region for both kinds makes libgomp build a new team for every nested region of a
-        # big tensor (LAMB over GPT-2's 148 tensors at 7M: 3.6 -> 13.5 ms a call)
+        # big tensor (a trust-ratio update over GPT-2's 148 tensors at 7M: 3.6 -> 13.5 ms a call)
         return [f"int64_t opgen_small = 0;",
                 f"for (int64_t {LOOP.t} = 0; {LOOP.t} < {count}; ++{LOOP.t}) {{",
                 f"    if ({small}) {{ opgen_small += {sizes}[{LOOP.t}] + OPGEN_TENSOR_COST_ELEMENTS; continue; }}",
