@@ -17,6 +17,7 @@ from opgen.runtime import npmath as _m
 from opgen.runtime.fast import backend as _backend
 from opgen.runtime.fast import flush as _flush
 from opgen.targets.abi import Arg as _Arg
+from opgen.targets.abi import GridLayout as _GridLayout
 from opgen.targets.abi import KernelABI as _Kernel
 from opgen.targets.abi import Launch as _Launch
 
@@ -55,11 +56,11 @@ _OP = _Operator(
     name="mp_lamb_update_phase2",
     spec="specs/mp_lamb_update_phase2.yaml",
     tensors=(
-        _TensorArg("weight", "weight", dtype=None, per_row=False, per_tensor=False),
-        _TensorArg("g", "grad", dtype='float32', per_row=False, per_tensor=False),
-        _TensorArg("r1", "scalar", dtype=None, per_row=False, per_tensor=False),
-        _TensorArg("r2", "scalar", dtype=None, per_row=False, per_tensor=False),
-        _TensorArg("weight32", "state", dtype='float32', per_row=False, per_tensor=False),
+        _TensorArg("weight", "weight", dtype=None, per_row=False, per_col=False, per_tensor=False),
+        _TensorArg("g", "grad", dtype='float32', per_row=False, per_col=False, per_tensor=False),
+        _TensorArg("r1", "scalar", dtype=None, per_row=False, per_col=False, per_tensor=False),
+        _TensorArg("r2", "scalar", dtype=None, per_row=False, per_col=False, per_tensor=False),
+        _TensorArg("weight32", "state", dtype='float32', per_row=False, per_col=False, per_tensor=False),
     ),
     params=(
         _ParamArg("lr", "float", in_kernel=True, bounds=None,

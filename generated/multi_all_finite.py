@@ -18,6 +18,7 @@ from opgen.runtime import npmath as _m
 from opgen.runtime.fast import backend as _backend
 from opgen.runtime.fast import flush as _flush
 from opgen.targets.abi import Arg as _Arg
+from opgen.targets.abi import GridLayout as _GridLayout
 from opgen.targets.abi import KernelABI as _Kernel
 from opgen.targets.abi import Launch as _Launch
 
@@ -59,7 +60,7 @@ _OP = _ReduceOperator(
     name="multi_all_finite",
     spec="specs/multi_all_finite.yaml",
     tensors=(
-        _TensorArg("data", "input", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("data", "input", dtype=None, per_row=False, per_col=False, per_tensor=False),
     ),
     params=(
         _ParamArg("num_arrays", "int", in_kernel=False, bounds=None,

@@ -17,6 +17,7 @@ from opgen.runtime import npmath as _m
 from opgen.runtime.fast import backend as _backend
 from opgen.runtime.fast import flush as _flush
 from opgen.targets.abi import Arg as _Arg
+from opgen.targets.abi import GridLayout as _GridLayout
 from opgen.targets.abi import KernelABI as _Kernel
 from opgen.targets.abi import Launch as _Launch
 
@@ -76,11 +77,11 @@ _OP = _Operator(
     name="torch_amsgrad_update",
     spec="specs/torch_amsgrad_update.yaml",
     tensors=(
-        _TensorArg("param", "weight", dtype=None, per_row=False, per_tensor=False),
-        _TensorArg("grad", "grad", dtype=None, per_row=False, per_tensor=False),
-        _TensorArg("exp_avg", "state", dtype=None, per_row=False, per_tensor=False),
-        _TensorArg("exp_avg_sq", "state", dtype=None, per_row=False, per_tensor=False),
-        _TensorArg("max_exp_avg_sq", "state", dtype=None, per_row=False, per_tensor=False),
+        _TensorArg("param", "weight", dtype=None, per_row=False, per_col=False, per_tensor=False),
+        _TensorArg("grad", "grad", dtype=None, per_row=False, per_col=False, per_tensor=False),
+        _TensorArg("exp_avg", "state", dtype=None, per_row=False, per_col=False, per_tensor=False),
+        _TensorArg("exp_avg_sq", "state", dtype=None, per_row=False, per_col=False, per_tensor=False),
+        _TensorArg("max_exp_avg_sq", "state", dtype=None, per_row=False, per_col=False, per_tensor=False),
     ),
     params=(
         _ParamArg("step_size", "float", in_kernel=True, bounds=None,

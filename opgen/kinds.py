@@ -33,6 +33,9 @@ class Schedule(str, enum.Enum):
     # each gradient's sum of squares, before a multi-tensor update clipped by the global
     # gradient norm (C only; ops with a multi kernel); not an update: no spec names it
     NORMS = "norms"
+    # every element of one 2-D weight, rows by columns, with its per-row and per-column
+    # values (factored second moments) in a workspace; C only
+    GRID = "grid"
 
     def __str__(self) -> str:
         return self.value
@@ -57,6 +60,8 @@ class ArgRole(str, enum.Enum):
     ROUNDING = "rounding"  # 0: to nearest even; 1: stochastic (16-bit stores)
     SEED = "seed"  # the stochastic rounding's seed (uint64)
     FLUSH = "flush_denormal"  # the C kernels' flush-to-zero flag
+    BLOCK_ROWS = "block_rows"  # grid: rows per block of the reduction passes (fixed by the shape alone)
+    WORKSPACE = "workspace"  # grid: the per-row and per-column values and partial sums (double[])
     PARTIALS = "partials"  # CUDA: the reduction passes' per-block partial totals (double[totals][blocks])
     CHUNKS = "chunks"  # CUDA multi: per chunk of MULTI_CHUNK elements, its tensor and first element (int64 pairs)
     NCHUNKS = "nchunks"  # CUDA multi: how many chunks

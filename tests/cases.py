@@ -39,7 +39,10 @@ ROOT = Path(__file__).resolve().parent.parent
 #: multi_sum_sq, multi_all_finite) have suites of their own (tests/test_reduction_ops.py)
 ALL_OPS = sorted(p.stem for p in (ROOT / "specs").glob("*.yaml"))
 REDUCTION_OPS = [name for name in ALL_OPS if load_spec(ROOT / "specs" / f"{name}.yaml").reduction]
-OPS = [name for name in ALL_OPS if name not in REDUCTION_OPS]
+#: the grid ops: a 2-D weight with per-row and per-column values (Adafactor's factored moments);
+#: they take 2-D weights only, so they have a suite of their own too (tests/test_grid_ops.py)
+GRID_OPS = [name for name in ALL_OPS if load_spec(ROOT / "specs" / f"{name}.yaml").grid is not None]
+OPS = [name for name in ALL_OPS if name not in REDUCTION_OPS and name not in GRID_OPS]
 
 DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
 DTYPE_IDS = ["float16", "bfloat16", "float32", "float64"]
@@ -101,6 +104,8 @@ class Op:
         #: the states without a fixed dtype: they share the call's state dtype
         self.free_states = tuple(s for s in self.states if s not in self.fixed)
         self.per_row = frozenset(t.name for t in tensors if t.per_row)
+        #: states of one value per column of a 2-D weight (the grid ops)
+        self.per_col = frozenset(t.name for t in tensors if t.per_col)
         #: states of one value per tensor (NovoGrad's v): shape (1,)
         self.per_tensor = frozenset(t.name for t in tensors if t.per_tensor)
         #: (a per-tensor state's fixed dtype, one wide value, does not make an op mixed precision)
@@ -473,6 +478,9 @@ STATE_VALUES = {
     "state_sum": ("uniform", 0.0, 0.1),
     "square_avg": ("uniform", 0.05, 0.1),  # above grad_avg ** 2: centered RMSprop takes its root
     "grad_avg": ("normal", 0.05),
+    # Adafactor's factored second moment
+    "row_var": ("uniform", 0.001, 0.01),
+    "col_var": ("uniform", 0.001, 0.01),
 }
 
 #: the gradient's scale, where N(0, 1) does not fit (lamb phase 2's g is a direction)
@@ -704,6 +712,8 @@ def make_case(name: str, seed_: int, shape, dtype, params: dict | None = None, *
             sshape = (1,)
         elif state in info.per_row:
             sshape = (shape[0], 1) if per_row_column else (shape[0],)
+        elif state in info.per_col:
+            sshape = (1, shape[1]) if per_row_column else (shape[1],)
         else:
             sshape = shape
         values[state] = _draw(rng, STATE_VALUES[state], sshape)

@@ -58,3 +58,9 @@ def test_optim_step_py_measures():
     times = optim_step.measure(table, 1)
     assert all(t > 0 for ts in times.values() for t in ts)
     assert optim_step.paired(times, "torch fused", "generated.optim.Adam") > 0
+
+
+def test_factored_py_measures():
+    factored = _load("factored")
+    timings = factored.measure((8, 16), 1)
+    assert timings and all(t > 0 for t in timings.values())

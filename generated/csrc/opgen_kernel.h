@@ -630,6 +630,112 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
         }                                                                                  \
     } while (0)
 
+/* ---- Grid ops: a 2-D weight with per-row and per-column values (opgen/expr/grid.py) ----
+ * A read-only pass over a rows x cols weight, in row blocks of block_rows rows (fixed by the
+ * shape alone, at most OPGEN_GRID_MAX_BLOCKS): a block's whole-tensor totals in fixed lanes,
+ * each of its rows' means in fixed lanes, its column sums row after row into its own
+ * COL_PARTS; then the blocks' totals pairwise and each column's blocks pairwise. The same
+ * bits on any thread count. ROW_SUMS is [NROW][rows], COL_SUMS [NCOL][cols]. */
+#define OPGEN_GRID_MAX_BLOCKS 64
+#define OPGEN_GRID_TOTALS(NSUM, NMAX, NROW, NCOL, rows, cols, block_rows, flush_denormal, RESULT, ROW_SUMS, COL_PARTS, COL_SUMS, STEP) \
+    do {                                                                                   \
+        const int64_t opgen_gb = ((rows) + (block_rows) - 1) / (block_rows);               \
+        double opgen_part[OPGEN_GRID_MAX_BLOCKS * ((NSUM) + (NMAX)) + 1];                  \
+        const int opgen_nt = opgen_threads_for((rows) * (cols), OPGEN_MIN_ELEMENTS_PER_THREAD); \
+        _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
+        {                                                                                  \
+            const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
+            OPGEN_PRIVATE_SCALARS;                                                         \
+            _Pragma("omp for schedule(static)")                                            \
+            for (int64_t opgen_b = 0; opgen_b < opgen_gb; ++opgen_b) {                     \
+                double opgen_lanes[(NSUM) + (NMAX) + 1][OPGEN_TOTAL_LANES];           \
+                for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                \
+                    for (int opgen_q = 0; opgen_q < OPGEN_TOTAL_LANES; ++opgen_q)          \
+                        opgen_lanes[opgen_k][opgen_q] = opgen_k < (NSUM) ? 0.0 : -INFINITY; \
+                double *OPGEN_RESTRICT opgen_col_acc = (COL_PARTS) + opgen_b * (NCOL) * (cols); \
+                for (int64_t opgen_c = 0; opgen_c < (NCOL) * (cols); ++opgen_c) opgen_col_acc[opgen_c] = 0.0; \
+                const int64_t opgen_lo = opgen_b * (block_rows);                           \
+                const int64_t opgen_hi = opgen_lo + (block_rows) < (rows) ? opgen_lo + (block_rows) : (rows); \
+                for (int64_t row = opgen_lo; row < opgen_hi; ++row) { \
+                    double opgen_row_lanes[(NROW) + 1][OPGEN_TOTAL_LANES];            \
+                    for (int opgen_k = 0; opgen_k < (NROW); ++opgen_k)                     \
+                        for (int opgen_q = 0; opgen_q < OPGEN_TOTAL_LANES; ++opgen_q)      \
+                            opgen_row_lanes[opgen_k][opgen_q] = 0.0;                  \
+                    for (int64_t col = 0; col < (cols); ++col) { \
+                        const int64_t i = row * (cols) + col, gi = i; \
+                        const int opgen_l = (int)(col % OPGEN_TOTAL_LANES); \
+                        STEP;                                                              \
+                    }                                                                      \
+                    for (int opgen_k = 0; opgen_k < (NROW); ++opgen_k)                     \
+                        (ROW_SUMS)[opgen_k * (rows) + row] =                    \
+                            opgen_sum_pairwise(opgen_row_lanes[opgen_k], OPGEN_TOTAL_LANES, 1); \
+                }                                                                          \
+                for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                \
+                    opgen_part[opgen_b * ((NSUM) + (NMAX)) + opgen_k] = opgen_k < (NSUM)   \
+                        ? opgen_sum_pairwise(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1) \
+                        : opgen_max_of(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1);   \
+            }                                                                              \
+            opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
+        }                                                                                  \
+        for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                        \
+            (RESULT)[opgen_k] = opgen_k < (NSUM)                                           \
+                ? opgen_sum_pairwise(opgen_part + opgen_k, opgen_gb, (NSUM) + (NMAX))      \
+                : opgen_max_of(opgen_part + opgen_k, opgen_gb, (NSUM) + (NMAX));           \
+        for (int64_t opgen_c = 0; opgen_c < (NCOL) * (cols); ++opgen_c)                    \
+            (COL_SUMS)[opgen_c] = opgen_sum_pairwise((COL_PARTS) + opgen_c, opgen_gb, (NCOL) * (cols)); \
+    } while (0)
+
+/* Each row (or column) in turn, INDEX from 0 to n: a grid op's per-row statements of one
+ * level, or its states' stores (n values: cheap beside the passes over n * m elements). */
+#define OPGEN_GRID_EACH(INDEX, n, flush_denormal, STEP)                                    \
+    do {                                                                                   \
+        const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);             \
+        OPGEN_PRIVATE_SCALARS;                                                             \
+        for (int64_t INDEX = 0; INDEX < (n); ++INDEX) STEP;                                \
+        opgen_flush_denormal_exit(opgen_csr, flush_denormal);                              \
+    } while (0)
+
+/* A grid op's update: the rows shared among the threads, each row's elements in order. */
+#define OPGEN_GRID_UPDATE(rows, cols, flush_denormal, STEP)                                \
+    do {                                                                                   \
+        const int opgen_nt = opgen_threads_for((rows) * (cols), OPGEN_MIN_ELEMENTS_PER_THREAD); \
+        _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
+        {                                                                                  \
+            const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
+            OPGEN_PRIVATE_SCALARS;                                                         \
+            _Pragma("omp for schedule(static)")                                            \
+            for (int64_t row = 0; row < (rows); ++row) {  \
+                _Pragma("omp simd")                                                        \
+                for (int64_t col = 0; col < (cols); ++col) { \
+                    const int64_t i = row * (cols) + col, gi = i; \
+                    STEP;                                                                  \
+                }                                                                          \
+            }                                                                              \
+            opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
+        }                                                                                  \
+    } while (0)
+
+/* A row's (or column's) means from its sums over count elements, as values of the math type
+ * (rounded to float where it computes in float). */
+static inline void opgen_grid_means(double *values, const double *sums, int64_t n, int64_t count, int to_float) {
+    for (int64_t k = 0; k < n; ++k) {
+        const double mean = sums[k] / (double)count;
+        values[k] = to_float ? (double)(float)mean : mean;
+    }
+}
+
+/* A whole reduction of n per-row (or per-column) values in fixed lanes, then the lanes
+ * pairwise: how 0 sums, 1 sums squares, 2 takes the maximum. */
+static inline double opgen_grid_total(const double *x, int64_t n, int how) {
+    double acc[OPGEN_TOTAL_LANES];
+    for (int q = 0; q < OPGEN_TOTAL_LANES; ++q) acc[q] = how == 2 ? -INFINITY : 0.0;
+    for (int64_t k = 0; k < n; ++k) {
+        const int q = (int)(k % OPGEN_TOTAL_LANES);
+        acc[q] = how == 2 ? opgen_total_max(acc[q], x[k]) : acc[q] + (how == 1 ? x[k] * x[k] : x[k]);
+    }
+    return how == 2 ? opgen_max_of(acc, OPGEN_TOTAL_LANES, 1) : opgen_sum_pairwise(acc, OPGEN_TOTAL_LANES, 1);
+}
+
 /* ---- The per-call fast path (opgen.runtime.fast) ----
  * A plain call (NumPy arrays that own their memory, C-contiguous, writable, of one shape;
  * Python numbers; the weight updated in place) checked and run in one C function: what the

@@ -52,6 +52,8 @@ class LatexPrinter(InfixPrinter):
             return rf"\left({args[0]}\right)^{{2}}"
         if e.func == "row_mean":
             return rf"\operatorname{{mean}}_{{\text{{row}}}}\left({args[0]}\right)"
+        if e.func == "col_mean":
+            return rf"\operatorname{{mean}}_{{\text{{col}}}}\left({args[0]}\right)"
         name = {"min": r"\min", "max": r"\max", "exp": r"\exp", "log": r"\log"}.get(
             e.func, rf"\operatorname{{{e.func}}}")
         return rf"{name}\left({', '.join(args)}\right)"

@@ -25,6 +25,8 @@ class RefKind(enum.Enum):
     HOISTED = "hoisted"  # a uniform subexpression computed once per call
     REDUCED = "reduced"  # a row_mean(...) of the current row, computed once per row
     TOTAL = "total"  # a whole-tensor reduction (sum, mean, norm, amax): one value per call
+    ROWVAL = "rowval"  # grid ops: a per-row value of the call's workspace (its slot number)
+    COLVAL = "colval"  # grid ops: a per-column value of the call's workspace (its slot number)
 
 
 @dataclass(frozen=True)
@@ -50,7 +52,8 @@ FUNCTIONS: dict[str, Function] = {
         Function("min", 2, "the smaller of two values; NaN if either is NaN"),
         Function("max", 2, "the larger of two values; NaN if either is NaN"),
         Function("clip", 2, "clip(x, b): x limited to [-b, b]; NaN passes through"),
-        Function("row_mean", 1, "the mean of x over the current row (for per-row states)"),
+        Function("row_mean", 1, "the mean of x over the current row (one value per row of the weight)"),
+        Function("col_mean", 1, "the mean of x over the current column (one value per column of a 2-D weight)"),
         Function("sum", 1, "the sum of x over every element of the tensor (one value per call)", reduces="sum"),
         Function("avg", 1, "the mean of x over every element of the tensor (NaN for an empty one)", reduces="sum"),
         Function("norm", 1, "the L2 norm of x over every element of the tensor: sqrt(sum(x * x))", reduces="sum"),

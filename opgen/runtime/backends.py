@@ -23,6 +23,7 @@ import numpy as np
 
 from opgen.kinds import OUT, ArgRole, Schedule, TensorRole
 from opgen import cbuild
+from opgen.targets import abi
 from opgen.runtime import rounding
 from opgen.runtime.arrays import ArrayAdapter
 from opgen.runtime.rounding import NEAREST, Rounding
@@ -125,9 +126,11 @@ class Work:
 
     def sizes(self) -> dict:
         rows = self.target.shape[0] if self.target.ndim else 1
-        values = {ArgRole.SIZE: self.target.size, ArgRole.NROWS: rows,
-                  ArgRole.ROW_LEN: self.target.size // rows if rows else 0,
+        cols = self.target.size // rows if rows else (self.target.shape[1] if self.target.ndim == 2 else 0)
+        values = {ArgRole.SIZE: self.target.size, ArgRole.NROWS: rows, ArgRole.ROW_LEN: cols,
                   ArgRole.NNZ: len(self.grad.indices) if isinstance(self.grad, RowSparseArray) else 0}
+        if self.schedule is Schedule.GRID:
+            values[ArgRole.BLOCK_ROWS] = abi.grid_block_rows(rows, cols)
         return values
 
 
@@ -151,6 +154,18 @@ class NumpyBackend(Backend):
         grad, source = work.grad, work.source
         if work.grad_scale != 1.0:  # (multi-tensor calls: dense) in the math type, as the kernels' loads
             grad = grad.astype(acc) * acc(work.grad_scale)
+        if work.schedule is Schedule.GRID:  # 2-D: per-row values (rows, 1), per-column ones (1, cols)
+            rows, cols = source.shape
+            shapes = [(rows, cols)] + [(rows, 1) if t.per_row else (1, cols) if t.per_col else (rows, cols)
+                                       for t in op.tensors if t.role is TensorRole.STATE]
+            views = [w.reshape(shape) for w, shape in zip(writable, shapes)]
+            inputs = op.numpy_inputs(source, views[1:], grad, scalar_inputs, acc, work.inputs)
+            with np.errstate(all="ignore"):
+                results = op.numpy_kernel(acc, *inputs, *params)
+                for k, (array, view, result) in enumerate(zip(writable, views, results)):
+                    element = lambda: np.arange(array.size, dtype=np.int64).reshape(view.shape)  # noqa: E731
+                    np.copyto(view, _rounded(op, work, k, array.dtype, result, element), casting="unsafe")
+            return
         if work.schedule is Schedule.LAZY:
             rows, row_len = grad.indices, grad.row_length
             widths = [row_len] + [1 if t.per_row else row_len for t in op.tensors if t.role is TensorRole.STATE]
@@ -201,6 +216,9 @@ class CBackend(Backend):
         sizes = work.sizes() if kernel.schedule is not Schedule.DENSE else {ArgRole.SIZE: work.source.size}
         head, tensors, positions, _ = op.c_layout(kernel)
         scalars = work.scalars
+        if kernel.grid is not None:  # the grid kernel's workspace, one array per call
+            sizes[ArgRole.WORKSPACE] = from_buffer("double[]", np.empty(
+                kernel.grid.size(sizes[ArgRole.NROWS], sizes[ArgRole.ROW_LEN]), np.float64))
         function(*[from_buffer("int64_t[]", work.grad.indices) if role is ArgRole.INDICES else sizes[role]
                    for role in head], *[from_buffer(arrays[name]) for name in tensors],
                  *[scalars[k] for k in positions], work.grad_scale, *work.rounding.kernel_args, _flush_denormal[0])

@@ -22,20 +22,24 @@ _REQUIRED = {ParamType.FLOAT: 0.1, ParamType.INT: 1, ParamType.BOOL: True}
 def _inputs(operator) -> tuple[list, dict, list[str]]:
     """Arrays and required parameters for one step, built from the tensors' roles."""
     arrays, shown = [], []
+    grid = "grid" in operator.schedules  # a 2-D weight, with per-row and per-column values
+    shape = (2, 2) if grid else (4,)
     for t in operator.tensors:
         dtype = np.dtype(t.dtype) if t.dtype else np.float32
         if t.role is TensorRole.SCALAR:
             arrays.append(1.0)
         elif t.role in (TensorRole.WEIGHT, TensorRole.INPUT):  # an input: a master copy, say
-            arrays.append(np.array(_WEIGHT, dtype))
+            arrays.append(np.array(_WEIGHT, dtype).reshape(shape))
         elif t.role is TensorRole.GRAD:
-            grad = np.array(_GRAD, dtype)
+            grad = np.array(_GRAD, dtype).reshape(shape)
             # an op without a dense update gets every row as a row-sparse gradient
-            arrays.append(grad if "dense" in operator.schedules else RowSparseArray(grad, np.arange(4), (4,)))
+            arrays.append(grad if operator.schedules & {"dense", "grid"} else RowSparseArray(grad, np.arange(4), (4,)))
         elif t.per_tensor:  # one value per tensor
             arrays.append(np.zeros(1, dtype))
+        elif grid and (t.per_row or t.per_col):
+            arrays.append(np.zeros(2, dtype))
         else:
-            arrays.append(np.array(_STATE, dtype))
+            arrays.append(np.array(_STATE, dtype).reshape(shape))
         shown.append(t.name)
     params = {p.name: _REQUIRED[p.type] for p in operator.params if p.required}
     return arrays, params, shown

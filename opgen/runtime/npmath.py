@@ -31,6 +31,23 @@ def row_mean(x):
     return x.sum(axis=-1, keepdims=True) / x.shape[-1]
 
 
+def col_mean(x):
+    """The mean over each column (the first axis) of a (rows, cols) array, kept 2-D."""
+    return x.sum(axis=0, keepdims=True) / x.shape[0]
+
+
+def grid_row_mean(x):
+    """A grid op's row means: over the last axis, accumulated in double, kept 2-D (rows, 1)."""
+    x64 = np.asarray(x, np.float64)
+    return x64.sum(axis=-1, keepdims=True, dtype=np.float64) / np.float64(x64.shape[-1])
+
+
+def grid_col_mean(x):
+    """A grid op's column means: over the first axis, accumulated in double, kept 2-D (1, cols)."""
+    x64 = np.asarray(x, np.float64)
+    return x64.sum(axis=0, keepdims=True, dtype=np.float64) / np.float64(x64.shape[0])
+
+
 def total_sum(x):
     """A whole-tensor sum, accumulated in double (NumPy's pairwise summation)."""
     return np.sum(np.asarray(x, np.float64), dtype=np.float64)

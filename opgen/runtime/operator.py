@@ -46,6 +46,7 @@ class TensorArg:
     dtype: str | None = None  # a fixed dtype (e.g. float32 master weights); None: the call's
     per_row: bool = False  # one value per row of the weight: shape (rows,) or (rows, 1)
     per_tensor: bool = False  # one value per call: shape (1,) or (); read and written once
+    per_col: bool = False  # one value per column of a 2-D weight: shape (cols,) or (1, cols)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "role", TensorRole(self.role))
@@ -269,7 +270,7 @@ class Operator:
             lazy = self.always_lazy or (self.lazy_index is not None and values[self.lazy_index])
             schedule = Schedule.LAZY if lazy else Schedule.STANDARD
         else:
-            schedule = Schedule.DENSE
+            schedule = Schedule.GRID if Schedule.GRID in self.schedules else Schedule.DENSE
         return Call(weight, grad, states, tuple(scalars) + tuple(values[k] for k in self.kernel_params),
                     target, schedule, self.states_dtype(weight, states), rounding, inputs)
 
@@ -366,6 +367,9 @@ class Operator:
             raise self._fail(TypeError, w_name, f"is a {kind(weight)} array, but {self.name} has no CUDA kernels "
                                                 "(it runs on the host); pass host arrays")
         xp = array_module(weight)
+        if Schedule.GRID in self.schedules and weight.ndim != 2:
+            raise self._fail(ValueError, w_name, f"has shape {weight.shape}; {self.name} keeps one value per row "
+                                                 "and per column of its weight, which must be 2-D: (rows, cols)")
         states, state_names, scalars, inputs, input_names = [], [], [], [], []
         per_tensor_values = []  # after the scalar inputs, as the kernels take them
         free = None  # (name, dtype) of the first free state: the others must share its dtype
@@ -378,7 +382,7 @@ class Operator:
             if spec.role is TensorRole.GRAD and isinstance(value, RowSparseArray):
                 self._check_row_sparse(name, value, weight, w_name)
                 continue
-            if spec.role is TensorRole.GRAD and Schedule.DENSE not in self.schedules:
+            if spec.role is TensorRole.GRAD and not self.schedules & {Schedule.DENSE, Schedule.GRID}:
                 raise self._fail(TypeError, name, "must be a RowSparseArray: this op has no dense update")
             self._check_array(name, value, row_sparse_ok=spec.role is TensorRole.GRAD)
             self._check_same_side(name, value, weight, w_name)
@@ -397,6 +401,11 @@ class Operator:
                 if value.shape not in ((rows,), (rows, 1)):
                     raise self._fail(ValueError, name, f"has shape {value.shape}; it holds one value per row of "
                                                        f"'{w_name}': shape ({rows},) or ({rows}, 1)")
+            elif spec.per_col:
+                cols = weight.shape[1]
+                if value.shape not in ((cols,), (1, cols)):
+                    raise self._fail(ValueError, name, f"has shape {value.shape}; it holds one value per column of "
+                                                       f"'{w_name}': shape ({cols},) or (1, {cols})")
             elif value.shape != weight.shape:
                 raise self._fail(ValueError, name, f"has shape {value.shape} but '{w_name}' has "
                                                    f"shape {weight.shape}; shapes must match")

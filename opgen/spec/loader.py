@@ -13,7 +13,7 @@ from opgen.errors import Location, SpecError, did_you_mean
 from opgen.expr.latex import default_symbol
 from opgen.expr.hoist import hoist
 from opgen.expr.parser import Statement, parse_condition, parse_program
-from opgen.expr import totals
+from opgen.expr import grid, totals
 from opgen.expr.rows import RowProgram, has_reductions, split_rows
 from opgen.expr.tree import FUNCTIONS, RefKind, VType, refs
 from opgen.spec import names as n
@@ -97,15 +97,25 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         raise SpecError(root.key_location("multi"), "an op that only reduces takes each parameter as one value "
                                                     "for every tensor: no multi.per_tensor or multi.trailing")
     _check_usage(root, tensors, params, math, row_sparse, skip_if, output, multi, reset)
-    marked, reductions = totals.extract(math)
+    row_names = frozenset(t.name for t in tensors if t.per_row)
+    col_names = frozenset(t.name for t in tensors if t.per_col)
+    grid_program = None
+    if grid.is_grid(math, row_names, col_names, "row_sparse" not in root):
+        _check_grid(root, tensors, output, multi)
+        marked, funcs = grid.extract(math)
+        program, grid_program = grid.split(hoist(marked), funcs, row_names, col_names)
+        row_sparse, totals_program, reductions = RowSparseSpec(sparse=False), None, ()
+    else:
+        marked, reductions = totals.extract(math)
     if reductions:
         row_sparse = _dense_only(root, tensors, "an op with whole-tensor reductions (sum, avg, norm, rms, amax)")
-    elif any(t.role is TensorRole.INPUT for t in tensors):
+    elif grid_program is None and any(t.role is TensorRole.INPUT for t in tensors):
         row_sparse = _dense_only(root, tensors, "an op with read-only inputs")
-    elif any(t.per_tensor for t in tensors):
+    elif grid_program is None and any(t.per_tensor for t in tensors):
         row_sparse = _dense_only(root, tensors, "an op with per-tensor states")
-    program, totals_program = totals.split(hoist(marked, frozenset(t.name for t in tensors if t.per_tensor)),
-                                           reductions)
+    if grid_program is None:
+        program, totals_program = totals.split(hoist(marked, frozenset(t.name for t in tensors if t.per_tensor)),
+                                               reductions)
     output_where = None if output is None else root.location("output") \
         if isinstance(root.node("output"), yaml.ScalarNode) else root.key_location("output")
     if output is not None and not reduction and output in dict(program.finals):
@@ -115,7 +125,7 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
     if reduction and output not in dict(program.finals):
         raise SpecError(output_where, f"output '{output}' reads the inputs element by element; an op that only "
                                       "reduces returns one value per call: reduce them (sum, avg, norm, rms, amax)")
-    rows = _rows(root, tensors, program, row_sparse)
+    rows = _rows(root, tensors, program, row_sparse) if grid_program is None else None
     deviations = tuple(y.scalar_text(path, n, "each deviation") for n in root.sequence("deviations")) \
         if "deviations" in root else ()
     op = OpSpec(
@@ -129,6 +139,7 @@ def parse_spec(text: str, path: str, expected_name: str | None = None, source: s
         program=program,
         rows=rows,
         totals=totals_program,
+        grid=grid_program,
         row_sparse=row_sparse,
         deviations=deviations,
         skip_if=skip_if,
@@ -200,7 +211,7 @@ def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
     out = []
     for node in items:
         m = y.Mapping(root.path, node, "a tensor", required=("name", "role", "doc"),
-                      optional=("symbol", "dtype", "per_row", "per_tensor"))
+                      optional=("symbol", "dtype", "per_row", "per_col", "per_tensor"))
         name = _identifier(m, "name", "tensor name")
         role_text = m.string("role")
         try:
@@ -219,16 +230,20 @@ def _tensors(root: y.Mapping) -> tuple[TensorSpec, ...]:
         per_row = _bool(m, "per_row") if "per_row" in m else False
         if per_row and role is not TensorRole.STATE:
             raise SpecError(m.location("per_row"), f"only states can hold one value per row, not the {role.value} '{name}'")
+        per_col = _bool(m, "per_col") if "per_col" in m else False
+        if per_col and (role is not TensorRole.STATE or per_row):
+            raise SpecError(m.location("per_col"), f"only states can hold one value per column, not the "
+                                                   f"{'per-row state' if per_row else role.value} '{name}'")
         per_tensor = _bool(m, "per_tensor") if "per_tensor" in m else False
-        if per_tensor and (role is not TensorRole.STATE or per_row):
+        if per_tensor and (role is not TensorRole.STATE or per_row or per_col):
             raise SpecError(m.location("per_tensor"), f"only states can hold one value per tensor, not the "
-                                                      f"{'per-row state' if per_row else role.value} '{name}'")
+                                                      f"{'per-row state' if per_row else 'per-column state' if per_col else role.value} '{name}'")
         if per_tensor and dtype not in ("float32", "float64"):
             raise SpecError(m.location("per_tensor"), f"the per-tensor state '{name}' needs 'dtype: float32' or "
                                                       "'dtype: float64': one value, kept wide (a 16-bit one "
                                                       "overflows at 65504 or rounds away small updates)")
         out.append(TensorSpec(name, role, m.string("doc").strip(), symbol, y.where(root.path, node), dtype, per_row,
-                              per_tensor))
+                              per_tensor, per_col))
     if out and all(t.role is TensorRole.INPUT for t in out):
         return tuple(out)  # a reduction op: it reads its inputs and returns a per-call output
     for role in (TensorRole.WEIGHT, TensorRole.GRAD):
@@ -459,6 +474,23 @@ def _multi(root: y.Mapping, tensors, params) -> MultiSpec:
                                                       f"once each, got '{name}'")
         trailing.append(param)
     return MultiSpec(count, tuple(pairs), tuple(trailing))
+
+
+def _check_grid(root: y.Mapping, tensors, output, multi) -> None:
+    """A grid op (per-column values, or per-row ones in a dense op) updates one 2-D weight
+    per call, densely: none of the conventions that walk memory otherwise."""
+    what = "an op with per-row or per-column values of a dense 2-D weight"
+    if "row_sparse" in root:  # (per-row math with row_sparse: the lazy row kernels)
+        raise SpecError(root.key_location("row_sparse"), f"{what} takes dense gradients only: remove row_sparse")
+    for key, why in (("multi", "its calls take one weight"), ("output", "it writes the weight"),
+                     ("skip_if", "a skipped call would still have to keep its per-row values")):
+        if key in root:
+            raise SpecError(root.key_location(key), f"{what} cannot have {key}: {why}")
+    for t in tensors:
+        if t.per_tensor or t.role in (TensorRole.SCALAR, TensorRole.INPUT):
+            kind_ = "per-tensor state" if t.per_tensor else t.role.value
+            raise SpecError(t.location, f"{what} cannot have the {kind_} '{t.name}' (yet): its kernels read the "
+                                        "weight, the gradient and states")
 
 
 def _dense_only(root: y.Mapping, tensors, what: str) -> RowSparseSpec:

@@ -14,7 +14,8 @@ from opgen.dtypes import (DTYPE_BY_NAME, PARAM_KINDS, SCALAR_INPUT_KIND, DType, 
 from opgen.errors import Location
 from opgen.expr.hoist import KernelProgram
 from opgen.expr.rows import RowProgram
-from opgen.expr.totals import TotalsProgram
+from opgen.expr.grid import GridProgram
+from opgen.expr.totals import Total, TotalsProgram
 from opgen.expr.tree import Expr, Program, VType, refs
 from opgen.kinds import OUT, Schedule, TensorRole
 from opgen.spec.names import multi_name
@@ -36,6 +37,7 @@ class TensorSpec:
     dtype: str | None = None  # a fixed storage dtype (e.g. float32 master weights); None: the call's dtype
     per_row: bool = False  # one value per row of the weight (shape (rows,) or (rows, 1))
     per_tensor: bool = False  # one value per tensor (shape (1,) or ()), read and written once per call
+    per_col: bool = False  # one value per column of a 2-D weight (shape (cols,) or (1, cols))
 
 
 @dataclass(frozen=True)
@@ -101,6 +103,7 @@ class OpSpec:
     program: KernelProgram  # the math split into a per-call prologue and a per-element body
     rows: RowProgram | None = None  # the body split around its per-row statements (per-row ops)
     totals: TotalsProgram | None = None  # the read-only passes of its whole-tensor reductions
+    grid: GridProgram | None = None  # a 2-D weight's per-row and per-column values (opgen.expr.grid)
     skip_if: Expr | None = None  # a condition on the parameters: when true the call changes nothing
     output: str | None = None  # a temporary written to `out` instead of a new weight (weight read-only)
     output_dtype: str | None = None  # the output's fixed dtype; None: the weight's
@@ -136,6 +139,8 @@ class OpSpec:
         are each tensor's own."""
         if self.reduction:
             return not self.scalars
+        if self.grid is not None:
+            return False
         return self.row_sparse.dense and self.output is None and not self.scalars and not self.inputs \
             and (self.skip_if is None or not self.skip_if_names() & {p for p, _ in (self.multi.per_tensor
                                                                                     if self.multi else ())})
@@ -146,12 +151,14 @@ class OpSpec:
         states the call's state dtype) and its parameters go to the kernel as they are: no
         fixed dtypes, scalar inputs, per-tensor states, outputs, skip conditions or ranged
         parameters. Such ops get the per-call fast paths (the runtime's, and in C)."""
-        return self.output is None and self.skip_if is None and not any(t.dtype for t in self.tensors) \
+        return self.output is None and self.skip_if is None and self.grid is None and not any(t.dtype for t in self.tensors) \
             and not self.scalars and not self.per_tensor_states and not any(p.bounds for p in self.params)
 
     @property
     def schedules(self) -> tuple[Schedule, ...]:
         """The kernels the op gets, from its row-sparse behaviour."""
+        if self.grid is not None:
+            return (Schedule.GRID,)
         rs = self.row_sparse
         lazy = rs.sparse and (rs.always_lazy or rs.lazy_param is not None)
         standard = rs.sparse and not rs.always_lazy
@@ -269,6 +276,23 @@ class OpSpec:
     @property
     def row_tensors(self) -> frozenset[str]:
         return frozenset(t.name for t in self.tensors if t.per_row)
+
+    @property
+    def whole_totals(self) -> tuple[Total, ...]:
+        """Every whole-tensor reduction (one value per call), of a flat op or a grid op."""
+        source = self.totals if self.totals is not None else self.grid
+        return source.totals if source is not None else ()
+
+    @property
+    def stages(self) -> tuple[int, ...]:
+        """Per prologue statement, the pass (level) whose reductions it reads last (0: none)."""
+        source = self.totals if self.totals is not None else self.grid
+        return source.stages if source is not None else (0,) * len(self.program.prologue)
+
+    @property
+    def reduces_whole(self) -> bool:
+        """Whether a call reads whole tensors before it writes (reductions, row and column means)."""
+        return self.totals is not None or self.grid is not None
 
     @property
     def arrays(self) -> tuple[TensorSpec, ...]:

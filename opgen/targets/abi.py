@@ -38,6 +38,45 @@ TOTAL_THREADS = 256
 # block a chunk (grid-stride over the chunk table), the tensors' pointers and values in
 # device tables: one launch for the whole call
 MULTI_CHUNK = 1 << 16
+# Grid ops (a 2-D weight with per-row and per-column values): their reduction passes cut the
+# rows into blocks fixed by the shape alone (so the same bits on any thread count), of at
+# least GRID_BLOCK_ELEMENTS elements and at most GRID_MAX_BLOCKS blocks
+GRID_BLOCK_ELEMENTS = 1 << 13
+GRID_MAX_BLOCKS = 64
+
+
+def grid_block_rows(rows: int, cols: int) -> int:
+    """Rows per block of a grid op's reduction passes, from the weight's shape alone."""
+    return max(1, -(-GRID_BLOCK_ELEMENTS // max(cols, 1)), -(-rows // GRID_MAX_BLOCKS))
+
+
+@dataclass(frozen=True)
+class GridLayout:
+    """A grid kernel's workspace of doubles, one array per call: its per-row values
+    ``[row_slots][rows]``, its per-column values ``[col_slots][cols]``, one pass's row sums
+    ``[row_sums][rows]``, each row block's column sums ``[blocks][col_sums][cols]`` and their
+    totals ``[col_sums][cols]``. The C kernel's pointers and the runtime's allocation both
+    come from ``parts``."""
+
+    row_slots: int
+    col_slots: int
+    row_sums: int
+    col_sums: int
+
+    def parts(self, rows, cols, blocks) -> tuple[tuple[str, object], ...]:
+        """(part, its length in doubles), in order; ``rows``, ``cols`` and ``blocks`` are
+        numbers (the runtime) or C expressions (the kernel), and so are the lengths."""
+        def times(*factors):
+            if all(isinstance(f, int) for f in factors):
+                return math.prod(factors)
+            return " * ".join(f"({f})" for f in factors)
+        return (("row_values", times(self.row_slots, rows)), ("col_values", times(self.col_slots, cols)),
+                ("row_sums", times(self.row_sums, rows)), ("col_partials", times(blocks, self.col_sums, cols)),
+                ("col_sums", times(self.col_sums, cols)))
+
+    def size(self, rows: int, cols: int) -> int:
+        blocks = -(-rows // grid_block_rows(rows, cols))
+        return max(1, sum(length for _, length in self.parts(rows, cols, blocks)))
 
 
 @dataclass(frozen=True)
@@ -97,6 +136,7 @@ class KernelABI:
     passes: tuple[str, ...] = ()
     store: str | None = None
     totals: int = 0
+    grid: GridLayout | None = None  # a grid kernel's workspace
 
     @property
     def c_parameters(self) -> str:
@@ -120,6 +160,9 @@ def _head(schedule: Schedule) -> tuple[Arg, ...]:
         return (Arg(ArgRole.SIZE, index),)
     if schedule is Schedule.MULTI:
         return (Arg(ArgRole.COUNT, index), Arg(ArgRole.SIZES, f"const {index} *"))
+    if schedule is Schedule.GRID:
+        return (Arg(ArgRole.NROWS, index), Arg(ArgRole.ROW_LEN, index), Arg(ArgRole.BLOCK_ROWS, index),
+                Arg(ArgRole.WORKSPACE, "double *"))
     rows = (Arg(ArgRole.NNZ, index),) if schedule is Schedule.LAZY else (Arg(ArgRole.NROWS, index),)
     middle = () if schedule is Schedule.LAZY else (Arg(ArgRole.NNZ, index),)
     return rows + (Arg(ArgRole.ROW_LEN, index),) + middle + (Arg(ArgRole.INDICES, f"const {index} *"),)
@@ -171,7 +214,7 @@ def _multi_on_device(op: "OpSpec") -> bool:
 def _launch(op: "OpSpec", schedule: Schedule, variant: Variant) -> Launch | None:
     if schedule is Schedule.MULTI and _multi_on_device(op):  # a grid-stride loop over the chunks
         return Launch((DENSE_BLOCK, 1), ArgRole.NCHUNKS, 1, DENSE_BLOCKS_PER_SM)
-    if schedule in (Schedule.MULTI, Schedule.NORMS) or op.reduction:
+    if schedule in (Schedule.MULTI, Schedule.NORMS, Schedule.GRID) or op.reduction:
         return None  # (an op that only reduces runs on the host; a reducing op's tensors go one by one)
     if schedule is Schedule.DENSE:
         return Launch((DENSE_BLOCK, 1), ArgRole.SIZE, DENSE_BLOCK * lanes(op, variant), DENSE_BLOCKS_PER_SM)
@@ -190,7 +233,14 @@ def kernel(op: "OpSpec", schedule: Schedule, variant: Variant) -> KernelABI:
     store = f"{name}_store" if launch is not None and op.per_tensor_states else None
     return KernelABI(op.name, schedule, variant.dtype.name, variant.states.name, op.math_type(variant).name, name,
                      _arguments(op, schedule), launch, lanes(op, variant), passes, store,
-                     len(op.totals.totals) if op.totals is not None and launch is not None else 0)
+                     len(op.totals.totals) if op.totals is not None and launch is not None else 0,
+                     grid_layout(op) if schedule is Schedule.GRID else None)
+
+
+def grid_layout(op: "OpSpec") -> GridLayout:
+    g = op.grid
+    return GridLayout(g.row_slots, g.col_slots, max((len(p.row_means) for p in g.passes), default=0),
+                      max((len(p.col_means) for p in g.passes), default=0))
 
 
 def schedules(op: "OpSpec", variant: Variant) -> tuple[Schedule, ...]:

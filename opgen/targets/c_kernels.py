@@ -17,6 +17,7 @@ from opgen.dtypes import DTYPE_NAMES, PARAM_KINDS, ParamType
 from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen.spec.model import OpSpec
 from opgen.targets import abi
+from opgen.targets.grid_code import GridCode
 from opgen.targets.element import (LOOP, TOTAL_LANES, OpCode, RowCode, StepCode, TotalsCode, Version, math_header,
                                    shared_lines, versions)
 
@@ -77,6 +78,8 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
         grad = step.storage(op.grad.name)
         return [f"OPGEN_NORMS({n[ArgRole.COUNT]}, {n[ArgRole.SIZES]}, {abi.ARG}{op.grad.name}, {grad.c_storage}, "
                 f"{grad.load}, {n[ArgRole.SUMS]}, {flush});"]
+    if kernel.schedule is Schedule.GRID:
+        return GridCode(step.math).schedule_lines(step, n, versions)
     if kernel.schedule is Schedule.MULTI and (op.totals is not None or op.per_tensor_states):
         # whole-tensor reductions and per-tensor states are each tensor's own: each tensor in
         # turn, its passes, its per-tensor values, then its update (each a parallel region),
@@ -211,4 +214,5 @@ def common_context() -> dict:
     return {"loop": LOOP, "min_elements_per_thread": MIN_ELEMENTS_PER_THREAD, "chunk_align": CHUNK_ALIGN,
             "narrow_block": NARROW_BLOCK, "dtype_names": DTYPE_NAMES, "fast": FAST,
             "total_lanes": TOTAL_LANES, "tensor_cost_elements": TENSOR_COST_ELEMENTS,
-            "min_row_elements_per_thread": MIN_ROW_ELEMENTS_PER_THREAD, "prefetch_rows": PREFETCH_ROWS}
+            "min_row_elements_per_thread": MIN_ROW_ELEMENTS_PER_THREAD, "prefetch_rows": PREFETCH_ROWS,
+            "grid_max_blocks": abi.GRID_MAX_BLOCKS}

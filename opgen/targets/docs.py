@@ -52,7 +52,7 @@ def _per_call_text(op: OpSpec) -> str:
     """The deviation of computing per-call values in double, naming this op's."""
     printer = PseudoPrinter()
     # (the values that read a reduction's total are computed from the tensors, not from parameters alone)
-    stages = op.totals.stages if op.totals is not None else (0,) * len(op.program.prologue)
+    stages = op.stages
     alone = [s for s, stage in zip(op.program.prologue, stages) if stage == 0 and s.expr.vtype.value == "real"]
     values = [f"`{printer.expr(s.expr)}`" for s in alone if s.kind is RefKind.HOISTED] + \
         [f"`{s.target}`" for s in alone if s.kind is RefKind.TEMP]

@@ -83,6 +83,13 @@ class LoopNames:
     gvi: str = "gvi"  # CUDA: the gradient's vector
     t: str = "t"  # multi: the tensor
     row: str = "row"  # row kernels: the weight's row
+    col: str = "col"  # grid kernels: the element's column
+    rv: str = "opgen_rv"  # grid kernels: the per-row values, [slot][row], in double
+    cv: str = "opgen_cv"  # grid kernels: the per-column values, [slot][col], in double
+    nrows: str = "opgen_nrows"  # grid kernels: the weight's rows
+    ncols: str = "opgen_ncols"  # grid kernels: its columns
+    row_lanes: str = "opgen_row_lanes"  # grid passes: the row's accumulators of its row means, [mean][lane]
+    col_acc: str = "opgen_col_acc"  # grid passes: the row block's column sums, [mean][col]
     ahead: str = "ahead"  # lazy: the first element of the row prefetched
     line: str = "line"  # lazy: the cache line prefetched
     sums: str = "opgen_sums"  # two-pass rows: the row_mean sums
@@ -126,7 +133,7 @@ class OpCode:
         parameter), as the scalar struct names them, first use first; at most MAX_SWITCHES. The
         element function reads each from a copy of the struct that the step sets from its
         argument: a constant inside an unswitched loop (gcc unswitches no vectorized loop)."""
-        if self.op.rows is not None:
+        if self.op.rows is not None or self.op.grid is not None:
             return ()
         found: dict[str, None] = {}
 
@@ -164,7 +171,7 @@ class OpCode:
         """The init's arguments in a kernel: its scalars (``index`` into per-tensor tables;
         ``loads``: the per-tensor states' values, read from their arrays), the seed, and the
         tensor's number (with the seed, its stochastic-rounding key)."""
-        totals = [LOOP.totals] if self.op.totals is not None else []
+        totals = [LOOP.totals] if self.op.whole_totals else []
         loads = loads or {}
         return ", ".join([*(loads.get(name, f"{ARG}{name}{index}") for name in self.op.kernel_scalars),
                           ArgRole.SEED.value, tensor, ArgRole.GRAD_SCALE.value, *totals])
@@ -202,10 +209,10 @@ class MathCode:
             name = c_name(s.kind, s.target)
             value = name if s.expr.vtype is not VType.REAL else f"({c_type}){name}"
             out.append((name, c_type, f"OPGEN_PER_CALL({value})"))
-        if self.op.totals is not None:  # each reduction's value, once its pass has run
+        if self.op.whole_totals:  # each reduction's value, once its pass has run
             m = self.math.c_type
             out += [(c_name(RefKind.TOTAL, str(t.index)), m, f"OPGEN_PER_CALL(({m}){LOOP.totals}[{t.index}])")
-                    for t in self.op.totals.totals]
+                    for t in self.op.whole_totals]
         out.append((GRAD_SCALE, self.math.c_type, f"OPGEN_PER_CALL(({self.math.c_type}){ArgRole.GRAD_SCALE.value})"))
         # the key of the call's stochastic rounding (whether it rounds so is each kernel's `sr`)
         out.append((SR_KEY, "uint64_t", f"opgen_call_key({ArgRole.SEED.value}, tensor)"))
@@ -223,7 +230,7 @@ class MathCode:
 
     def init_lines(self) -> list[str]:
         """Per-call values in double (ints and bools as they are), each rounded once."""
-        totals = [f"const double *{LOOP.totals}"] if self.op.totals is not None else []
+        totals = [f"const double *{LOOP.totals}"] if self.op.whole_totals else []
         params = ", ".join([*(f"{k.c_arg} {ARG}{n}" for n, k in zip(self.op.kernel_scalars, self.op.kernel_scalar_kinds)),
                             f"uint64_t {ArgRole.SEED.value}", "int64_t tensor", f"double {ArgRole.GRAD_SCALE.value}",
                             *totals])
@@ -268,6 +275,10 @@ class MathCode:
 
     def lines(self) -> list[str]:
         shared = self.struct_lines() + self.init_lines()
+        if self.op.grid is not None:
+            from opgen.targets.grid_code import GridCode
+
+            return shared + GridCode(self).math_lines()
         if self.op.rows is not None:
             return shared + RowCode(self).math_lines()
         return shared + TotalsCode(self).math_lines() + (self.element_lines() if self.op.updates else [])
@@ -354,7 +365,7 @@ class StepCode:
         """The written tensors a block-narrowed loop stores through buffers: those of a type
         the header can narrow a block of float values into (``DType.block_narrowing``), in
         argument order; none where the math is not float."""
-        if self.op.rows is not None or self.math.math.c_type != "float":
+        if self.op.rows is not None or self.op.grid is not None or self.math.math.c_type != "float":
             return []
         return [n for n in self.code.element_arrays if n in self.code.written and self.storage(n).block_narrowing]
 
@@ -394,6 +405,10 @@ class StepCode:
                 *(f"    sv.{name} = sw{k};" for k, name in enumerate(self.code.switches))]
 
     def step_lines(self) -> list[str]:
+        if self.op.grid is not None:
+            from opgen.targets.grid_code import GridCode
+
+            return GridCode(self.math).step_lines(self)
         if self.op.rows is not None:
             return RowCode(self.math).step_lines(self)
         if not self.op.updates:  # an op that only reduces: its passes' steps alone
@@ -417,7 +432,7 @@ class StepCode:
         return f"opgen_vec<{self.storage(name).cuda_storage}, {self.lanes}>"
 
     def vector_step_lines(self) -> list[str]:
-        if self.op.rows is not None or not self.op.updates:
+        if self.op.rows is not None or self.op.grid is not None or not self.op.updates:
             return []
         names, written, reads = self.code.element_arrays, set(self.code.written), self.code.reads
         lines = [self.head("vstep", "int64_t vi, int64_t gvi"), *self.switch_lines()]

@@ -18,7 +18,8 @@ from opgen.targets import abi, c_kernels
 
 _PY_TYPES = {t: k.python for t, k in PARAM_KINDS.items()}
 # How the generated module spells the ABI's classes and enums (its imports say the same).
-_ALIASES = {abi.Arg: "_Arg", abi.Launch: "_Launch", abi.KernelABI: "_Kernel", ArgRole: "_R", Schedule: "_S"}
+_ALIASES = {abi.Arg: "_Arg", abi.Launch: "_Launch", abi.KernelABI: "_Kernel", abi.GridLayout: "_GridLayout",
+            ArgRole: "_R", Schedule: "_S"}
 
 
 def python_default(p: ParamSpec) -> str:
@@ -176,6 +177,7 @@ def tensor_doc(op: OpSpec, t, dense_only: bool = False) -> str:
     if t.role is TensorRole.INPUT:
         return "Read only; the weight's shape" + (f", always {t.dtype}." if t.dtype else " and dtype.")
     per_row = " One value per row (shape (rows,) or (rows, 1))." if t.per_row else \
+        " One value per column of the 2-D weight (shape (cols,) or (1, cols))." if t.per_col else \
         " One value per tensor (shape (1,) or ()), updated once per call." if t.per_tensor else ""
     free = f" Its dtype: {state_dtype_rule()}; the states share one." if t.role is TensorRole.STATE and not t.dtype \
         else ""
@@ -250,6 +252,8 @@ def numpy_lines(op: OpSpec) -> list[str]:
     to the math type ``_T``; the element math follows."""
     from opgen.expr.tree import VType
 
+    if op.grid is not None:
+        return _numpy_grid_lines(op)
     if op.totals is not None:
         return _numpy_total_lines(op)
     program = op.program
@@ -263,6 +267,71 @@ def numpy_lines(op: OpSpec) -> list[str]:
                      f"{',' if len(real) == 1 else ''}")
     printer = NumpyPrinter()
     return lines + [printer.statement(s) for s in program.body]
+
+
+def _numpy_grid_lines(op: OpSpec) -> list[str]:
+    """The NumPy kernel of a grid op (opgen.expr.grid), level by level as its C kernel runs,
+    over 2-D arrays: the weight's elements ``(rows, cols)``, per-row values ``(rows, 1)``,
+    per-column ones ``(1, cols)`` (slots ``_r<k>``, ``_c<k>``), broadcasting as the math reads
+    them. Each level: its element pass (a function, as _numpy_total_lines's), its row and
+    column means (npmath.grid_row_mean, grid_col_mean: in double, rounded to the math type),
+    its reductions of per-row and per-column values, its per-call values, then its row and
+    column statements."""
+    from opgen.expr.grid import Shape
+    from opgen.expr.tree import Assign as _Assign, VType
+
+    program, g = op.program, op.grid
+    double = NumpyPrinter("_D")
+    reals = [name for name, kind in zip(op.kernel_scalars, [ParamType.FLOAT] * len(op.scalars)
+                                        + [p.type for p in op.math_params]) if kind is ParamType.FLOAT]
+    rounded = set(reals)
+    lines: list[str] = []
+
+    def round_names(names: list[str]) -> None:
+        names = list(dict.fromkeys(names))
+        if names:
+            lines.append(f"{', '.join('_t_' + n for n in names)}{',' if len(names) == 1 else ''} = "
+                         f"{', '.join(f'_T({n})' for n in names)}{',' if len(names) == 1 else ''}")
+
+    element = NumpyPrinter(rounded=rounded)
+    arrays = ", ".join(t.name for t in op.arrays)
+    slot = {Shape.ROW: RefKind.ROWVAL, Shape.COL: RefKind.COLVAL}
+    for level in range(g.levels + 1):
+        p = g.pass_at(level)
+        if p is not None:
+            order = list(p.totals) + list(p.means)
+            lines.append(f"def _pass{level}({arrays}):")
+            for s in p.steps:  # each summand where its reduction stands in the math
+                if s.kind is RefKind.TOTAL:
+                    lines.append(f"    _s{order.index(p.marked(s))} = {element.expr(p.marked(s).arg)}")
+                else:
+                    lines.append(f"    {element.statement(s)}")
+            lines += [f"    return ({''.join(f'_s{k}, ' for k in range(len(order)))})", f"_s = _pass{level}({arrays})"]
+            for k, x in enumerate(order):
+                if k < len(p.totals):
+                    name = element.ref_name(RefKind.TOTAL, str(x.index))
+                    lines.append(f"{name} = _m.finish_{x.finish}(_m.total_{x.how}(_s[{k}]), _np.size({op.weight.name}))")
+                    rounded.add(name)
+                else:
+                    target = element.ref_name(slot[x.shape], str(x.slot))
+                    lines.append(f"{target} = _T(_m.grid_{x.func}(_s[{k}]))")
+            round_names([element.ref_name(RefKind.TOTAL, str(t.index)) for t in p.totals])
+        for v in g.vector_totals_at(level):
+            name = element.ref_name(RefKind.TOTAL, str(v.total.index))
+            arg = element.expr(v.total.arg)
+            lines.append(f"{name} = _m.finish_{v.total.finish}(_m.total_{v.total.how}({arg}), _np.size({arg}))")
+            rounded.add(name)
+        round_names([element.ref_name(RefKind.TOTAL, str(v.total.index)) for v in g.vector_totals_at(level)])
+        statements = g.prologue_of(program.prologue, level)
+        lines.extend(double.statement(s) for s in statements)
+        names = [double.statement(s).split(" = ")[0] for s in statements if s.expr.vtype is VType.REAL]
+        rounded.update(names)
+        round_names((reals if level == 0 else []) + names)
+        for shape in (Shape.ROW, Shape.COL):
+            for v in g.vectors_at(level, shape):
+                lines.append(element.statement(_Assign(str(v.slot), slot[shape], v.statement.expr,
+                                                       v.statement.source, v.statement.location)))
+    return lines + [element.statement(s) for s in g.update]
 
 
 def _numpy_total_lines(op: OpSpec) -> list[str]:
@@ -363,7 +432,7 @@ def context(op: OpSpec) -> dict:
     else:
         output = op.output
     results = [output if op.output else op.weight.name] + [
-        f"{rounded}{op.final_value(t.name)}" if t.per_tensor else t.name for t in op.states]
+        f"{rounded}{op.final_value(t.name)}" if t.per_tensor else _grid_result(op, t.name) for t in op.states]
     rs = op.row_sparse
     arg_sets, records = kernel_table(op)
     fast = c_kernels.fast_context(op)
@@ -378,7 +447,7 @@ def context(op: OpSpec) -> dict:
         "store_slots": _tuple(["-1" if op.output_per_call else str(op.store_slot(OUT if op.output else op.weight.name))]
                               + ["-1" if s.per_tensor else str(op.store_slot(s.name)) for s in op.states]),
         "tensors": [{"name": t.name, "role": t.role.value, "dtype": repr(t.dtype), "per_row": t.per_row,
-                     "per_tensor": t.per_tensor}
+                     "per_col": t.per_col, "per_tensor": t.per_tensor}
                     for t in op.tensors],
         "params": [{"name": p.name, "type": p.type.value, "in_kernel": p in op.math_params,
                     "bounds": repr(p.bounds), "required": p.required} for p in op.params],
@@ -388,7 +457,7 @@ def context(op: OpSpec) -> dict:
         "operator_class": "_ReduceOperator" if op.reduction else "_Operator",
         "across": py_string(op.across) if op.across else "None",
         "reset": py_string(op.reset) if op.reset else "None",
-        "reduces": repr(op.totals is not None),
+        "reduces": repr(op.reduces_whole),
         "plain_call": repr(op.plain_call),
         "fast_register": repr(c_kernels.fast_register(op)),
         "weight_name": op.weight.name,
@@ -420,6 +489,15 @@ def context(op: OpSpec) -> dict:
         "group_name_strings": repr(tuple(group_name(t.name) for t in op.tensors)),
         "multi_param_names": _tuple(p.name for p in op.math_params),
     }
+
+
+def _grid_result(op: OpSpec, name: str) -> str:
+    """A state's new value in the NumPy kernel: its name, or a grid op's slot of it."""
+    if op.grid is not None:
+        for state, shape, slot in op.grid.stores:
+            if state == name:
+                return NumpyPrinter().ref_name(RefKind.ROWVAL if shape.name == "ROW" else RefKind.COLVAL, str(slot))
+    return name
 
 
 def _tuple(names) -> str:

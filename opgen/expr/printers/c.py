@@ -14,7 +14,7 @@ from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKin
 # Local names never collide with each other, with C keywords or with the kernel's own
 # variables: each kind of name has its own prefix.
 _PREFIX = {RefKind.TENSOR: "v_", RefKind.PARAM: "s_", RefKind.TEMP: "t_", RefKind.HOISTED: "h_",
-           RefKind.REDUCED: "r_", RefKind.TOTAL: "q_"}
+           RefKind.REDUCED: "r_", RefKind.TOTAL: "q_", RefKind.ROWVAL: "rv_", RefKind.COLVAL: "cv_"}
 _LIBM = {"sqrt": "sqrt", "abs": "fabs", "exp": "exp", "log": "log"}
 _CLASSIFY = {"isnan": "isnan", "isinf": "isinf", "isfinite": "isfinite"}  # type-generic C99 macros
 _HELPERS = {"sign": "opgen_sign", "min": "opgen_min", "max": "opgen_max", "clip": "opgen_clip",

@@ -12,12 +12,15 @@ from opgen.expr.tree import Assign, Binary, Call, Cond, Const, Expr, Ref, RefKin
 _FUNCS = {
     "sqrt": "_np.sqrt", "abs": "_np.abs", "exp": "_np.exp", "log": "_np.log", "square": "_np.square",
     "isnan": "_np.isnan", "isinf": "_np.isinf", "isfinite": "_np.isfinite",
-    "row_mean": "_m.row_mean", "min": "_np.minimum", "max": "_np.maximum", "sign": "_m.sign", "clip": "_m.clip",
+    "row_mean": "_m.row_mean", "col_mean": "_m.col_mean", "min": "_np.minimum", "max": "_np.maximum", "sign": "_m.sign", "clip": "_m.clip",
 }
 
 
+_PY_PREFIX = {RefKind.HOISTED: "_h", RefKind.TOTAL: "_q", RefKind.ROWVAL: "_r", RefKind.COLVAL: "_c"}
+
+
 def py_name(kind: RefKind, name: str) -> str:
-    return f"_h{name}" if kind is RefKind.HOISTED else f"_q{name}" if kind is RefKind.TOTAL else name
+    return _PY_PREFIX.get(kind, "") + name
 
 
 class NumpyPrinter(InfixPrinter):

@@ -1,0 +1,318 @@
+"""The C functions of a grid op (opgen.expr.grid): a 2-D weight with per-row and per-column values.
+
+Per math type (shared by the C and the CUDA file, like the rest of opgen.targets.element):
+
+- per element pass, a function computing one element's summands from its values (the
+  element tensors', the per-row and per-column ones of its row and column);
+- per level and shape, a function computing one row's (or column's) statements of that
+  level, reading and writing the slots of the call's workspace;
+- the update's element function.
+
+Per variant, the steps that load those values from memory, call them and accumulate or
+store; the kernel body runs them through the grid schedules of the shared header
+(OPGEN_GRID_TOTALS, OPGEN_GRID_EACH, OPGEN_GRID_UPDATE), level by level.
+"""
+
+from __future__ import annotations
+
+from opgen.escape import c_comment
+from opgen.expr.grid import GridPass, Shape
+from opgen.expr.printers.c import CPrinter, c_name
+from opgen.expr.tree import Assign, Expr, Ref, RefKind, refs
+from opgen.kinds import ArgRole
+from opgen.targets.abi import ARG, GridLayout
+from opgen.targets.element import LOOP, TOTAL_LANES, MathCode, Memory, StepCode, Version, _branch
+
+SLOT_KIND = {Shape.ROW: RefKind.ROWVAL, Shape.COL: RefKind.COLVAL}
+WORD = {Shape.ROW: "rows", Shape.COL: "cols"}
+
+
+def _reads(exprs) -> list[Ref]:
+    seen: dict[tuple, Ref] = {}
+    for e in exprs:
+        for r in refs(e):
+            seen.setdefault((r.kind, r.name), r)
+    return list(seen.values())
+
+
+class GridCode:
+    def __init__(self, math: MathCode) -> None:
+        self.math, self.code, self.op = math, math.code, math.op
+        self.g = self.op.grid
+        self.printer = math.printer
+        self.m = math.math.c_type
+
+    # -- what each function reads ------------------------------------------------------------
+    def shape_of(self, name: str) -> Shape:
+        t = self.op.tensor(name)
+        return Shape.ROW if t.per_row else Shape.COL if t.per_col else Shape.ELEMENT
+
+    def inputs(self, exprs, targets: set[str] = frozenset()) -> tuple[list[Ref], list[str]]:
+        """The slots (ROWVAL/COLVAL refs) and tensors (in kernel-argument order) ``exprs``
+        read, less the names computed in the function (``targets``)."""
+        found = _reads(exprs)
+        slots = [r for r in found if r.kind in (RefKind.ROWVAL, RefKind.COLVAL)
+                 and (r.kind, r.name) not in targets]
+        tensors = self.code.touched({r.name for r in found if r.kind is RefKind.TENSOR and r.name not in targets})
+        return sorted(slots, key=lambda r: (r.kind.value, int(r.name))), tensors
+
+    def pass_exprs(self, p: GridPass) -> list[Expr]:
+        return [s.expr for s in p.steps]
+
+    def pass_order(self, p: GridPass) -> list:
+        """The summands of a pass in accumulator order: whole sums (plain, then squares), whole
+        maxima, row means, column means."""
+        summed = [t for t in p.totals if t.accumulates == "sum"]
+        return [t for t in summed if not t.squared] + [t for t in summed if t.squared] \
+            + [t for t in p.totals if t.accumulates == "max"] + list(p.row_means) + list(p.col_means)
+
+    def value_params(self, slots: list[Ref], tensors: list[str], written: set[str] = frozenset()) -> list[str]:
+        m = self.m
+        return [f"{m} {c_name(r.kind, r.name)}" for r in slots] + self.math.element_params(tensors, written)
+
+    def name(self, what: str, suffix: str) -> str:
+        return self.code.function(f"grid_{what}", suffix)
+
+    # -- per math type -------------------------------------------------------------------------
+    def math_lines(self) -> list[str]:
+        m, struct = self.m, self.code.struct(self.math.math)
+        lines: list[str] = []
+        for p in self.g.passes:
+            slots, tensors = self.inputs(self.pass_exprs(p))
+            order = self.pass_order(p)
+            params = ", ".join([f"const {struct} s", f"{m} *{LOOP.summands}", *self.value_params(slots, tensors)])
+            lines.append(f"OPGEN_INLINE void {self.name(f'pass{p.level}', m)}({params}) {{")
+            declared, pending = set(tensors), []
+            for s in p.steps:  # each summand where its reduction stands in the math
+                if s.kind is not RefKind.TOTAL:
+                    pending.append(s)
+                    continue
+                lines += self.math.statements(pending, declared)
+                pending = []
+                x = p.marked(s)
+                lines.append(f"    {LOOP.summands}[{order.index(x)}] = {self.printer.expr(x.arg)}; "
+                             f"/* {x.func}: {c_comment(x.source)} */")
+            lines += [*self.math.statements(pending, declared), "}"]
+        for level in range(self.g.levels + 1):
+            for shape in (Shape.ROW, Shape.COL):
+                lines += self.vector_math(level, shape)
+        lines += self.update_math()
+        return lines
+
+    def vector_statements(self, level: int, shape: Shape) -> list[Assign]:
+        return [Assign(str(v.slot), SLOT_KIND[shape], v.statement.expr, v.statement.source, v.statement.location)
+                for v in self.g.vectors_at(level, shape)]
+
+    def vector_math(self, level: int, shape: Shape) -> list[str]:
+        statements = self.vector_statements(level, shape)
+        if not statements:
+            return []
+        m, struct = self.m, self.code.struct(self.math.math)
+        targets = {(s.kind, s.target) for s in statements}
+        slots, tensors = self.inputs([s.expr for s in statements], targets)
+        params = ", ".join([f"const {struct} s", *self.value_params(slots, tensors), *(f"{m} *io_{c_name(s.kind, s.target)}"
+                                                                                        for s in statements)])
+        body = self.math.statements(statements, set())
+        return [f"OPGEN_INLINE void {self.name(f'{WORD[shape]}{level}', m)}({params}) {{", *body,
+                *(f"    *io_{c_name(s.kind, s.target)} = {c_name(s.kind, s.target)};" for s in statements), "}"]
+
+    def update_names(self) -> tuple[list[Ref], list[str], set[str]]:
+        written = {s.target for s in self.g.update if s.kind is RefKind.TENSOR}
+        slots, tensors = self.inputs([s.expr for s in self.g.update])
+        return slots, self.code.touched(set(tensors) | written), written
+
+    def update_math(self) -> list[str]:
+        slots, names, written = self.update_names()
+        reads = {r.name for s in self.g.update for r in refs(s.expr) if r.kind is RefKind.TENSOR}
+        params = ", ".join([f"const {self.code.struct(self.math.math)} s", *self.value_params(slots, names, written)])
+        before, after = self.math.io_lines(names, written, reads)
+        body = self.math.statements(self.g.update, set(reads))
+        return [f"OPGEN_INLINE void {self.name('update', self.m)}({params}) {{", *before, *body, *after, "}"]
+
+    # -- per variant -------------------------------------------------------------------------------
+    def slot_loads(self, slots: list[Ref]) -> list[str]:
+        m = self.m
+        return [f"({m}){LOOP.rv}[{r.name} * {LOOP.nrows} + {LOOP.row}]" if r.kind is RefKind.ROWVAL
+                else f"({m}){LOOP.cv}[{r.name} * {LOOP.ncols} + {LOOP.col}]" for r in slots]
+
+    def memory(self, step: StepCode) -> Memory:
+        index = {step.grad: "gi"}
+        for t in self.op.tensors:
+            if t.per_row or t.per_col:
+                index[t.name] = LOOP.row if t.per_row else LOOP.col
+        return Memory("p_{name}[{index}]", index)
+
+    def grid_head(self) -> list[str]:
+        return [f"int64_t {LOOP.i}", f"int64_t {LOOP.gi}", f"int64_t {LOOP.row}", f"int64_t {LOOP.col}",
+                f"const double *{LOOP.rv}", f"const double *{LOOP.cv}", f"int64_t {LOOP.nrows}", f"int64_t {LOOP.ncols}"]
+
+    def step_lines(self, step: StepCode) -> list[str]:
+        d, m = step.variant.name, self.m
+        struct = f"const {self.code.struct(self.math.math)} s"
+        memory = self.memory(step)
+        lines: list[str] = []
+        for p in self.g.passes:
+            slots, tensors = self.inputs(self.pass_exprs(p))
+            order = self.pass_order(p)
+            params = ", ".join([struct, *self.grid_head(), f"double (*{LOOP.lanes})[{TOTAL_LANES}]", f"int {LOOP.lane}",
+                                f"double (*{LOOP.row_lanes})[{TOTAL_LANES}]", f"double *OPGEN_RESTRICT {LOOP.col_acc}",
+                                *step.pointer_params(tensors)])
+            args = ", ".join([LOOP.summands, *self.slot_loads(slots), *(step.load(n, memory) for n in tensors)])
+            lines += [f"OPGEN_INLINE void {self.name(f'pass{p.level}', d)}({params}) {{",
+                      f"    {m} {LOOP.summands}[{len(order)}];", f"    {self.name(f'pass{p.level}', m)}(s, {args});"]
+            rows = len(p.totals)
+            for k, x in enumerate(order):
+                value = f"(double){LOOP.summands}[{k}]"
+                if k < rows:
+                    into = f"{LOOP.lanes}[{k}][{LOOP.lane}]"
+                    lines.append(f"    {into} = opgen_total_max({into}, {value});" if x.accumulates == "max" else
+                                 f"    {into} += {value} * {value};" if x.squared else f"    {into} += {value};")
+                elif x.shape is Shape.ROW:
+                    lines.append(f"    {LOOP.row_lanes}[{k - rows}][{LOOP.lane}] += {value};")
+                else:
+                    lines.append(f"    {LOOP.col_acc}[{k - rows - len(p.row_means)} * {LOOP.ncols} + {LOOP.col}] "
+                                 f"+= {value};")
+            lines.append("}")
+        for level in range(self.g.levels + 1):
+            for shape in (Shape.ROW, Shape.COL):
+                statements = self.vector_statements(level, shape)
+                if not statements:
+                    continue
+                targets = {(s.kind, s.target) for s in statements}
+                slots, tensors = self.inputs([s.expr for s in statements], targets)
+                index = LOOP.row if shape is Shape.ROW else LOOP.col
+                values = LOOP.rv if shape is Shape.ROW else LOOP.cv
+                count = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
+                loads = [*self.slot_loads(slots), *(step.load(n, memory) for n in tensors)]
+                lines += [f"OPGEN_INLINE void {self.name(f'{WORD[shape]}{level}', d)}({struct}, int64_t {index}, "
+                          f"double *{values}, int64_t {count}{''.join(', ' + p for p in step.pointer_params(tensors))}) {{",
+                          *(f"    {m} {c_name(s.kind, s.target)};" for s in statements),
+                          f"    {self.name(f'{WORD[shape]}{level}', m)}(s{''.join(', ' + a for a in loads)}"
+                          f"{''.join(f', &{c_name(s.kind, s.target)}' for s in statements)});",
+                          *(f"    {values}[{s.target} * {count} + {index}] = (double){c_name(s.kind, s.target)};"
+                            for s in statements), "}"]
+        slots, names, written = self.update_names()
+        reads = {r.name for s in self.g.update for r in refs(s.expr) if r.kind is RefKind.TENSOR}
+        head = ", ".join(["s", *self.slot_loads(slots)])
+        lines += [f"OPGEN_INLINE void {self.name('update', d)}({', '.join([struct, *self.grid_head(), 'int sr', *step.pointer_params(names)])}) {{",
+                  *step.load_call_store(self.name("update", m), head, names, written, reads, memory, "    ",
+                                        zero_grad=False, element=LOOP.i),
+                  "}"]
+        for shape in (Shape.ROW, Shape.COL):
+            stored = [(name, slot) for name, sh, slot in self.g.stores if sh is shape]
+            if not stored:
+                continue
+            index = LOOP.row if shape is Shape.ROW else LOOP.col
+            values = LOOP.rv if shape is Shape.ROW else LOOP.cv
+            count = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
+            pointers = step.pointer_params([name for name, _ in stored])
+            lines += [f"OPGEN_INLINE void {self.name(f'store_{WORD[shape]}', d)}({struct}, int64_t {index}, "
+                      f"const double *{values}, int64_t {count}, int sr, {', '.join(pointers)}) {{",
+                      *(f"    p_{name}[{index}] = {step.store(name, f'({m}){values}[{slot} * {count} + {index}]', index)};"
+                        for name, slot in stored), "}"]
+        return lines
+
+    # -- the kernel body ---------------------------------------------------------------------------
+    def schedule_lines(self, step: StepCode, names: dict, versions) -> list[str]:
+        """The grid kernel: its workspace's parts, then level by level its passes, per-call
+        values and row and column statements, then the update and the states' stores."""
+        d, m = step.variant.name, self.m
+        code, op, g = self.code, self.op, self.g
+        rows, cols, block_rows = names[ArgRole.NROWS], names[ArgRole.ROW_LEN], names[ArgRole.BLOCK_ROWS]
+        flush = names[ArgRole.FLUSH]
+        struct, init = code.struct(self.math.math), code.init(self.math.math)
+        layout = GridLayout(g.row_slots, g.col_slots, max((len(p.row_means) for p in g.passes), default=0),
+                            max((len(p.col_means) for p in g.passes), default=0))
+        blocks = "opgen_blocks"
+        lines = [f"const int64_t {LOOP.nrows} = {rows}, {LOOP.ncols} = {cols};",
+                 f"const int64_t {blocks} = ({rows} + {block_rows} - 1) / {block_rows};",
+                 f"(void){blocks};"]
+        if op.whole_totals:
+            lines.append(f"double {LOOP.totals}[{len(op.whole_totals)}] = {{0}};")
+        offset = names[ArgRole.WORKSPACE]
+        for part, length in layout.parts(LOOP.nrows, LOOP.ncols, blocks):
+            lines.append(f"double *const opgen_{part} = {offset}; (void)opgen_{part};")
+            offset = f"opgen_{part} + {length}"
+        lines.append(f"double *const {LOOP.rv} = opgen_row_values, *const {LOOP.cv} = opgen_col_values;")
+        scalars = f"const {struct} {LOOP.scalars} = {init}({code.init_call()});"
+        pointer = lambda n: f"({'const ' if op.is_const(n) else ''}{step.storage(n).c_storage} *){ARG}{n}"  # noqa: E731
+        casts = lambda tensors: "".join(f", {pointer(n)}" for n in tensors)  # noqa: E731
+        for level in range(g.levels + 1):
+            p = g.pass_at(level)
+            if p is not None:
+                lines += ["{", *(f"    {line}" for line in self.pass_lines(step, p, scalars, block_rows, flush, casts)), "}"]
+            for v in g.vector_totals_at(level):
+                t = v.total
+                values = LOOP.rv if v.over is Shape.ROW else LOOP.cv
+                count = LOOP.nrows if v.over is Shape.ROW else LOOP.ncols
+                how = 2 if t.accumulates == "max" else 1 if t.squared else 0
+                lines.append(f"{LOOP.totals}[{t.index}] = OPGEN_FINISH_{t.finish}(opgen_grid_total({values} + "
+                             f"{self.slot_of(t.arg)} * {count}, {count}, {how}), {count});")
+            block = []
+            for shape in (Shape.ROW, Shape.COL):
+                statements = self.vector_statements(level, shape)
+                if not statements:
+                    continue
+                targets = {(s.kind, s.target) for s in statements}
+                _, tensors = self.inputs([s.expr for s in statements], targets)
+                index = LOOP.row if shape is Shape.ROW else LOOP.col
+                values = LOOP.rv if shape is Shape.ROW else LOOP.cv
+                count = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
+                block.append(f"OPGEN_GRID_EACH({index}, {count}, {flush}, {self.name(f'{WORD[shape]}{level}', d)}"
+                             f"({LOOP.s}, {index}, {values}, {count}{casts(tensors)}));")
+            if block:
+                lines += ["{", f"    {scalars}", *(f"    {line}" for line in block), "}"]
+        slots, names_, written = self.update_names()
+
+        def update(v: Version) -> list[str]:
+            call = (f"{self.name('update', d)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.row}, {LOOP.col}, {LOOP.rv}, "
+                    f"{LOOP.cv}, {LOOP.nrows}, {LOOP.ncols}, {v.sr}{casts(names_)})")
+            out = [f"OPGEN_GRID_UPDATE({LOOP.nrows}, {LOOP.ncols}, {flush}, {call});"]
+            for shape in (Shape.ROW, Shape.COL):
+                stored = [name for name, sh, _ in g.stores if sh is shape]
+                if stored:
+                    index = LOOP.row if shape is Shape.ROW else LOOP.col
+                    values = LOOP.rv if shape is Shape.ROW else LOOP.cv
+                    count = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
+                    out.append(f"OPGEN_GRID_EACH({index}, {count}, {flush}, {self.name(f'store_{WORD[shape]}', d)}"
+                               f"({LOOP.s}, {index}, {values}, {count}, {v.sr}{casts(stored)}));")
+            return out
+
+        lines += ["{", f"    {scalars}", *(f"    {line}" for line in versions(step, update, unswitch=False)), "}"]
+        return lines
+
+    def pass_lines(self, step: StepCode, p: GridPass, scalars: str, block_rows: str, flush: str, casts) -> list[str]:
+        """One element pass: the per-call values so far, the pass, its results finished:
+        whole totals into the call's totals, row and column means into their slots."""
+        d, m = step.variant.name, self.m
+        _, tensors = self.inputs(self.pass_exprs(p))
+        order = self.pass_order(p)
+        nsum = sum(1 for t in p.totals if t.accumulates == "sum")
+        call = (f"{self.name(f'pass{p.level}', d)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.row}, {LOOP.col}, "
+                f"{LOOP.rv}, {LOOP.cv}, {LOOP.nrows}, {LOOP.ncols}, {LOOP.lanes}, {LOOP.lane}, "
+                f"{LOOP.row_lanes}, {LOOP.col_acc}{casts(tensors)})")
+        lines = [scalars, f"double {LOOP.accumulated}[{len(p.totals) + 1}];",
+                 f"OPGEN_GRID_TOTALS({nsum}, {len(p.totals) - nsum}, {len(p.row_means)}, {len(p.col_means)}, "
+                 f"{LOOP.nrows}, {LOOP.ncols}, {block_rows}, {flush}, {LOOP.accumulated}, opgen_row_sums, "
+                 f"opgen_col_partials, opgen_col_sums, {call});"]
+        rounds = int(m == "float")  # a mean is a value of the math type: rounded to float where it computes in float
+        for k, x in enumerate(order):
+            if k < len(p.totals):
+                lines.append(f"{LOOP.totals}[{x.index}] = OPGEN_FINISH_{x.finish}({LOOP.accumulated}[{k}], "
+                             f"{LOOP.nrows} * {LOOP.ncols});")
+            elif x.shape is Shape.ROW:
+                j = k - len(p.totals)
+                lines.append(f"opgen_grid_means({LOOP.rv} + {x.slot} * {LOOP.nrows}, opgen_row_sums + {j} * "
+                             f"{LOOP.nrows}, {LOOP.nrows}, {LOOP.ncols}, {rounds});")
+            else:
+                j = k - len(p.totals) - len(p.row_means)
+                lines.append(f"opgen_grid_means({LOOP.cv} + {x.slot} * {LOOP.ncols}, opgen_col_sums + {j} * "
+                             f"{LOOP.ncols}, {LOOP.ncols}, {LOOP.nrows}, {rounds});")
+        return lines
+
+    @staticmethod
+    def slot_of(e: Expr) -> str:
+        """The slot a reduction over rows or columns reads: its argument is one slot's value
+        (opgen.expr.grid keeps a vector reduction's argument a slot reference)."""
+        assert isinstance(e, Ref) and e.kind in (RefKind.ROWVAL, RefKind.COLVAL), e
+        return e.name
