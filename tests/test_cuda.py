@@ -62,10 +62,10 @@ def test_nvrtc_compiles_without_warnings(path, arch):
     log, ptx = nvrtc_check(cuda_source(path), arch, name=path.name)
     assert "warning" not in log.lower(), log
     entries = re.findall(r"\.entry\s+(\w+)\(", ptx.decode() if isinstance(ptx, bytes) else ptx)
-    # exactly the kernels the ABI gives a launch, with their reduction passes and per-tensor
-    # stores (none for an op that only reduces: it runs on the host)
+    # exactly the kernels the ABI gives a launch, with their reduction passes, a grid op's
+    # stages, and stores (none for an op that only reduces: it runs on the host)
     spec = load_spec(ROOT / "specs" / f"{path.stem}.yaml")
-    expected = {name for k in abi.kernels(spec) if k.launch for name in (*k.passes, k.name, k.store) if name}
+    expected = {name for k in abi.kernels(spec) for name in k.device_kernels}
     assert set(entries) == expected
     assert expected or spec.reduction
 
@@ -345,3 +345,64 @@ def test_nvrtc_reports_errors():
 
     with pytest.raises(CudaCompileError, match="undefined"):
         nvrtc_check('extern "C" __global__ void k(float *x) { x[0] = v_foo; }', CHECK_ARCHES[0])
+
+
+@needs_gpu
+@pytest.mark.parametrize("dtype", [np.float16, np.float32, np.float64], ids=lambda d: d.__name__)
+@pytest.mark.parametrize("shape", [(1, 1), (7, 33), (300, 129), (3, 40_000), (20_000, 3), (0, 5), (5, 0)],
+                         ids=cases.shape_id)
+@pytest.mark.parametrize("op", cases.GRID_OPS)
+def test_gpu_grid_ops_match_the_c_kernels_and_repeat_bit_for_bit(op, shape, dtype):
+    """A grid op's CUDA stages (a pass per level on a block per row block, one-block phases,
+    the update, the states' store) against the C kernel on the same inputs, three steps; the
+    same call twice gives the same bits."""
+    import cupy
+
+    import generated
+
+    fn = getattr(generated, op)
+    rng = np.random.default_rng(cases.seed("gpu-grid", op, shape))
+    w = rng.normal(size=shape).astype(dtype)
+    r, c = rng.uniform(0.001, 0.01, shape[0]).astype(dtype), rng.uniform(0.001, 0.01, shape[1]).astype(dtype)
+    grads = [rng.normal(size=shape).astype(dtype) for _ in range(3)]
+    runs = []
+    for _ in range(2):
+        dw, dr, dc = cupy.asarray(w), cupy.asarray(r), cupy.asarray(c)
+        for t, g in enumerate(grads, 1):
+            fn(dw, cupy.asarray(g), dr, dc, t=t, out=dw)
+        runs.append([cupy.asnumpy(a) for a in (dw, dr, dc)])
+    hw, hr, hc = w.copy(), r.copy(), c.copy()
+    for t, g in enumerate(grads, 1):
+        fn(hw, g, hr, hc, t=t, out=hw)
+    for got, again, want in zip(runs[0], runs[1], (hw, hr, hc), strict=True):
+        np.testing.assert_array_equal(got, again)
+        cases.check(got, want, op, dtype, f"gpu {shape}")
+
+
+@needs_gpu
+def test_gpu_grid_step_captures_in_a_cuda_graph():
+    """No host synchronisation in a grid op's call: captured into a CUDA graph, each replay
+    does what a call does."""
+    import cupy
+
+    import generated
+
+    stream = cupy.cuda.Stream(non_blocking=True)
+    rng = np.random.default_rng(1)
+    with stream:
+        arrays = [cupy.asarray(a) for a in (rng.normal(size=(64, 96)).astype(np.float32),
+                                            rng.normal(size=(64, 96)).astype(np.float32),
+                                            np.full(64, 0.01, np.float32), np.full(96, 0.01, np.float32))]
+        expected = [a.copy() for a in arrays]
+        generated.adafactor_update(*arrays, t=2, out=arrays[0])  # warm: compiled, the workspace made
+        for _ in range(3):
+            generated.adafactor_update(*expected, t=2, out=expected[0])
+        stream.begin_capture()
+        generated.adafactor_update(*arrays, t=2, out=arrays[0])
+        graph = stream.end_capture()
+        graph.launch(stream)
+        _ = [cupy.zeros(1 << 20, cupy.float64) for _ in range(8)]
+        graph.launch(stream)
+        stream.synchronize()
+    for got, want in zip(arrays, expected, strict=True):
+        np.testing.assert_array_equal(cupy.asnumpy(got), cupy.asnumpy(want))

@@ -25,7 +25,8 @@ SHAPES = [(0,), (1,), (7,), (1000,), (3, 4, 5), (65, 33), (257, 33)]
 # -- the tables cover every op ------------------------------------------------------------------
 def test_the_ops_are_the_specs_and_the_generated_functions():
     functions = sorted(n for n in generated.__all__ if hasattr(sys.modules.get(f"generated.{n}"), "_OP"))
-    assert sorted(OPS + cases.REDUCTION_OPS) == functions  # (the ops that only reduce: test_reduction_ops.py)
+    # (the ops that only reduce: test_reduction_ops.py; the grid ops: test_grid_ops.py)
+    assert sorted(OPS + cases.REDUCTION_OPS + cases.GRID_OPS) == functions
     assert sorted(PARAMS) == OPS
 
 

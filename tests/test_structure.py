@@ -133,17 +133,19 @@ def test_each_statement_is_printed_once_per_math_type(op):
     spec = load_spec(ROOT / "specs" / f"{op}.yaml")
     text = (ROOT / "generated" / "csrc" / f"{op}_math.h").read_text()
     functions = text.split("OPGEN_INLINE ")
-    elements = "".join(f for f in functions if re.match(r"void opgen_\w+_element_\w+\(", f))
+    # (a grid op's update is its grid_update function: opgen/targets/grid_code.py)
+    update = "grid_update" if spec.grid is not None else "element"
+    elements = "".join(f for f in functions if re.match(rf"void opgen_\w+_{update}_\w+\(", f))
     element_statements = spec.program.body if spec.rows is None else ()
     for s in element_statements if spec.updates else ():
         comment = f"/* {' '.join(s.source.split())} */"
         assert elements.count(comment) == len(spec.math_types), (op, s.source)
-        assert f"_element_" in text
+        assert f"_{update}_" in text
     for math in spec.math_types:
         if not spec.updates:  # an op that only reduces: its passes' functions, no element update
             assert text.count(f"opgen_{op}_total1_{math.c_type}(") >= 1 and "_element_" not in text
             continue
-        name = f"opgen_{op}_{'element' if spec.rows is None else 'pass2'}_{math.c_type}("
+        name = f"opgen_{op}_{update if spec.rows is None else 'pass2'}_{math.c_type}("
         assert text.count(name) >= 1
 
 
@@ -381,8 +383,10 @@ def test_float_element_and_step_functions_have_no_double(op):
     for path in (ROOT / "generated" / "csrc" / f"{op}_math.h", ROOT / "generated" / "cuda" / f"{op}.cu"):
         for function in path.read_text().split("OPGEN_INLINE ")[1:]:
             head = function.split("(", 1)[0]
-            per_element = re.search(r"_(element|pass1|row|pass2)_float$|_(v?step|pass1|row|row_store|pass2)_float(16|32)$",
-                                    head)
+            # (a grid op's update and its per-row and per-column statements and stores included)
+            per_element = re.search(r"_(element|pass1|row|pass2|grid_update|grid_(rows|cols)\d+)_float$|"
+                                    r"_(v?step|pass1|row|row_store|pass2|grid_update|grid_(rows|cols)\d+|"
+                                    r"grid_store_(rows|cols))_float(16|32)$", head)
             if per_element:
                 body = function[:function.index("\n}") + 2]
                 assert "double" not in body, (path.name, head)

@@ -9,31 +9,34 @@ void opgen_adafactor_update_grid_float16(int64_t nrows, int64_t row_len, int64_t
     const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
-    double opgen_totals[3] = {0};
     double *const opgen_row_values = workspace; (void)opgen_row_values;
     double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
     double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
-    double *const opgen_rv = opgen_row_values, *const opgen_cv = opgen_col_values;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3] = {0};
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass1_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight, (const opgen_half *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight, (const opgen_half *)arg_grad));
         opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols, 1);
-        opgen_grid_means(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows, 1);
+        opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+        opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
     }
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float16(s, row, opgen_rv, opgen_nrows, (opgen_half *)arg_row_var));
         OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float16(s, col, opgen_cv, opgen_ncols, (opgen_half *)arg_col_var));
     }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass3_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_half *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total3_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_half *)arg_grad));
         opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
     }
     {
@@ -54,31 +57,34 @@ void opgen_adafactor_update_grid_float16_with_float32_states(int64_t nrows, int6
     const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
-    double opgen_totals[3] = {0};
     double *const opgen_row_values = workspace; (void)opgen_row_values;
     double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
     double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
-    double *const opgen_rv = opgen_row_values, *const opgen_cv = opgen_col_values;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3] = {0};
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass1_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight, (const opgen_half *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight, (const opgen_half *)arg_grad));
         opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols, 1);
-        opgen_grid_means(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows, 1);
+        opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+        opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
     }
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var));
         OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var));
     }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass3_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_half *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total3_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_half *)arg_grad));
         opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
     }
     {
@@ -99,31 +105,34 @@ void opgen_adafactor_update_grid_bfloat16(int64_t nrows, int64_t row_len, int64_
     const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
-    double opgen_totals[3] = {0};
     double *const opgen_row_values = workspace; (void)opgen_row_values;
     double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
     double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
-    double *const opgen_rv = opgen_row_values, *const opgen_cv = opgen_col_values;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3] = {0};
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass1_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad));
         opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols, 1);
-        opgen_grid_means(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows, 1);
+        opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+        opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
     }
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_bfloat16(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var));
         OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_bfloat16(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var));
     }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass3_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_bf16 *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total3_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_bf16 *)arg_grad));
         opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
     }
     {
@@ -144,31 +153,34 @@ void opgen_adafactor_update_grid_bfloat16_with_float32_states(int64_t nrows, int
     const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
-    double opgen_totals[3] = {0};
     double *const opgen_row_values = workspace; (void)opgen_row_values;
     double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
     double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
-    double *const opgen_rv = opgen_row_values, *const opgen_cv = opgen_col_values;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3] = {0};
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass1_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad));
         opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols, 1);
-        opgen_grid_means(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows, 1);
+        opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+        opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
     }
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var));
         OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var));
     }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass3_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_bf16 *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total3_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_bf16 *)arg_grad));
         opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
     }
     {
@@ -189,31 +201,34 @@ void opgen_adafactor_update_grid_float32(int64_t nrows, int64_t row_len, int64_t
     const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
-    double opgen_totals[3] = {0};
     double *const opgen_row_values = workspace; (void)opgen_row_values;
     double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
     double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
-    double *const opgen_rv = opgen_row_values, *const opgen_cv = opgen_col_values;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3] = {0};
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass1_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight, (const float *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight, (const float *)arg_grad));
         opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols, 1);
-        opgen_grid_means(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows, 1);
+        opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+        opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
     }
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float32(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var));
         OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float32(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var));
     }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass3_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const float *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total3_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const float *)arg_grad));
         opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
     }
     {
@@ -228,31 +243,34 @@ void opgen_adafactor_update_grid_float32_with_bfloat16_states(int64_t nrows, int
     const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
-    double opgen_totals[3] = {0};
     double *const opgen_row_values = workspace; (void)opgen_row_values;
     double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
     double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
-    double *const opgen_rv = opgen_row_values, *const opgen_cv = opgen_col_values;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3] = {0};
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass1_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight, (const float *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight, (const float *)arg_grad));
         opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols, 1);
-        opgen_grid_means(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows, 1);
+        opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+        opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
     }
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var));
         OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var));
     }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
     {
         const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass3_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const float *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total3_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const float *)arg_grad));
         opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
     }
     {
@@ -273,31 +291,34 @@ void opgen_adafactor_update_grid_float64(int64_t nrows, int64_t row_len, int64_t
     const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
-    double opgen_totals[3] = {0};
     double *const opgen_row_values = workspace; (void)opgen_row_values;
     double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
     double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
-    double *const opgen_rv = opgen_row_values, *const opgen_cv = opgen_col_values;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    double *const opgen_rv = (double *)opgen_row_values, *const opgen_cv = (double *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3] = {0};
     {
         const opgen_adafactor_update_scalars_double scalars = opgen_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass1_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (double *)arg_weight, (const double *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (double *)arg_weight, (const double *)arg_grad));
         opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols, 0);
-        opgen_grid_means(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows, 0);
+        opgen_grid_means_double(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+        opgen_grid_means_double(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
     }
     {
         const opgen_adafactor_update_scalars_double scalars = opgen_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float64(s, row, opgen_rv, opgen_nrows, (double *)arg_row_var));
         OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float64(s, col, opgen_cv, opgen_ncols, (double *)arg_col_var));
     }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_double(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
     {
         const opgen_adafactor_update_scalars_double scalars = opgen_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_pass3_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const double *)arg_grad));
+        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total3_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const double *)arg_grad));
         opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
     }
     {

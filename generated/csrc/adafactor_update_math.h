@@ -23,13 +23,13 @@ OPGEN_INLINE opgen_adafactor_update_scalars_float opgen_adafactor_update_scalars
     const opgen_adafactor_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((float)arg_decay_rate), OPGEN_PER_CALL((float)arg_eps1), OPGEN_PER_CALL((float)arg_eps2), OPGEN_PER_CALL((float)arg_clip_threshold), OPGEN_PER_CALL((int)arg_relative_step), OPGEN_PER_CALL((int)arg_scale_parameter), OPGEN_PER_CALL((float)arg_wd), OPGEN_PER_CALL((float)t_beta2t), OPGEN_PER_CALL((float)h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)t_rho), OPGEN_PER_CALL((float)t_alpha), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)opgen_totals[0]), OPGEN_PER_CALL((float)opgen_totals[1]), OPGEN_PER_CALL((float)opgen_totals[2]), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass1_float(const opgen_adafactor_update_scalars_float s, float *opgen_v, float v_weight, float v_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total1_float(const opgen_adafactor_update_scalars_float s, float *opgen_v, float v_weight, float v_grad) {
     float t_g2 = v_grad * v_grad + s.s_eps1; /* g2 = grad * grad + eps1 */
     opgen_v[1] = t_g2; /* row_mean: row_var = beta2t * row_var + (1 - beta2t) * row_mean(g2) */
     opgen_v[2] = t_g2; /* col_mean: col_var = beta2t * col_var + (1 - beta2t) * col_mean(g2) */
     opgen_v[0] = v_weight; /* rms: alpha = max(eps2, rms(weight)) * rho if scale_parameter else rho */
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass3_float(const opgen_adafactor_update_scalars_float s, float *opgen_v, float cv_1, float rv_1, float v_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total3_float(const opgen_adafactor_update_scalars_float s, float *opgen_v, float cv_1, float rv_1, float v_grad) {
     float t_u = v_grad / sqrtf(rv_1 * cv_1 / s.q_0); /* u = grad / sqrt(row_var * col_var / avg(row_var)) */
     opgen_v[0] = t_u; /* rms: u = u / max(1, rms(u) / clip_threshold) */
 }
@@ -66,13 +66,13 @@ OPGEN_INLINE opgen_adafactor_update_scalars_double opgen_adafactor_update_scalar
     const opgen_adafactor_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((double)arg_decay_rate), OPGEN_PER_CALL((double)arg_eps1), OPGEN_PER_CALL((double)arg_eps2), OPGEN_PER_CALL((double)arg_clip_threshold), OPGEN_PER_CALL((int)arg_relative_step), OPGEN_PER_CALL((int)arg_scale_parameter), OPGEN_PER_CALL((double)arg_wd), OPGEN_PER_CALL((double)t_beta2t), OPGEN_PER_CALL((double)h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)t_rho), OPGEN_PER_CALL((double)t_alpha), OPGEN_PER_CALL((double)h_2), OPGEN_PER_CALL((double)opgen_totals[0]), OPGEN_PER_CALL((double)opgen_totals[1]), OPGEN_PER_CALL((double)opgen_totals[2]), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass1_double(const opgen_adafactor_update_scalars_double s, double *opgen_v, double v_weight, double v_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total1_double(const opgen_adafactor_update_scalars_double s, double *opgen_v, double v_weight, double v_grad) {
     double t_g2 = v_grad * v_grad + s.s_eps1; /* g2 = grad * grad + eps1 */
     opgen_v[1] = t_g2; /* row_mean: row_var = beta2t * row_var + (1 - beta2t) * row_mean(g2) */
     opgen_v[2] = t_g2; /* col_mean: col_var = beta2t * col_var + (1 - beta2t) * col_mean(g2) */
     opgen_v[0] = v_weight; /* rms: alpha = max(eps2, rms(weight)) * rho if scale_parameter else rho */
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass3_double(const opgen_adafactor_update_scalars_double s, double *opgen_v, double cv_1, double rv_1, double v_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total3_double(const opgen_adafactor_update_scalars_double s, double *opgen_v, double cv_1, double rv_1, double v_grad) {
     double t_u = v_grad / sqrt(rv_1 * cv_1 / s.q_0); /* u = grad / sqrt(row_var * col_var / avg(row_var)) */
     opgen_v[0] = t_u; /* rms: u = u / max(1, rms(u) / clip_threshold) */
 }
@@ -91,236 +91,236 @@ OPGEN_INLINE void opgen_adafactor_update_grid_update_double(const opgen_adafacto
     v_weight = v_weight - s.t_alpha * t_u - s.h_2 * v_weight; /* weight = weight - alpha * u - alpha * wd * weight */
     *io_weight = v_weight;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass1_float16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total1_float16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_adafactor_update_grid_pass1_float(s, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass3_float16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total3_float16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_adafactor_update_grid_pass3_float(s, opgen_v, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float16(const opgen_adafactor_update_scalars_float s, int64_t row, double *opgen_rv, int64_t opgen_nrows, opgen_half *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float16(const opgen_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, opgen_half *OPGEN_RESTRICT p_row_var) {
     float rv_1;
-    opgen_adafactor_update_grid_rows1_float(s, (float)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float16(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_adafactor_update_grid_rows1_float(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float16(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float16(const opgen_adafactor_update_scalars_float s, int64_t col, double *opgen_cv, int64_t opgen_ncols, opgen_half *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float16(const opgen_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, opgen_half *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_adafactor_update_grid_cols1_float(s, (float)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float16(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float16(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_update_float16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_update_float16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
-    opgen_adafactor_update_grid_update_float(s, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float16(const opgen_adafactor_update_scalars_float s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, opgen_half *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_ROUND_float16((float)opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float16(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, opgen_half *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_ROUND_float16(opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float16(const opgen_adafactor_update_scalars_float s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_ROUND_float16((float)opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float16(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_ROUND_float16(opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass1_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total1_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_adafactor_update_grid_pass1_float(s, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass3_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total3_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_adafactor_update_grid_pass3_float(s, opgen_v, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, double *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
     float rv_1;
-    opgen_adafactor_update_grid_rows1_float(s, (float)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float32(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_adafactor_update_grid_rows1_float(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float32(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t col, double *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_adafactor_update_grid_cols1_float(s, (float)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_update_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_update_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
-    opgen_adafactor_update_grid_update_float(s, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_STORE_float32((float)opgen_rv[1 * opgen_nrows + row]);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_STORE_float32(opgen_rv[1 * opgen_nrows + row]);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_STORE_float32((float)opgen_cv[1 * opgen_ncols + col]);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_STORE_float32(opgen_cv[1 * opgen_ncols + col]);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass1_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total1_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_adafactor_update_grid_pass1_float(s, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass3_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total3_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_adafactor_update_grid_pass3_float(s, opgen_v, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_rows1_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t row, double *opgen_rv, int64_t opgen_nrows, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_rows1_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
     float rv_1;
-    opgen_adafactor_update_grid_rows1_float(s, (float)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_bfloat16(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_adafactor_update_grid_rows1_float(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_bfloat16(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_cols1_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t col, double *opgen_cv, int64_t opgen_ncols, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_cols1_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_adafactor_update_grid_cols1_float(s, (float)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_bfloat16(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_bfloat16(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_update_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_update_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_adafactor_update_grid_update_float(s, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_ROUND_bfloat16((float)opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_ROUND_bfloat16(opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_ROUND_bfloat16((float)opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_ROUND_bfloat16(opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass1_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total1_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_adafactor_update_grid_pass1_float(s, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass3_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total3_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_adafactor_update_grid_pass3_float(s, opgen_v, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_rows1_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, double *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_rows1_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
     float rv_1;
-    opgen_adafactor_update_grid_rows1_float(s, (float)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float32(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_adafactor_update_grid_rows1_float(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float32(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_cols1_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t col, double *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_cols1_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_adafactor_update_grid_cols1_float(s, (float)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_update_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_update_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_adafactor_update_grid_update_float(s, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_STORE_float32((float)opgen_rv[1 * opgen_nrows + row]);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_STORE_float32(opgen_rv[1 * opgen_nrows + row]);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_STORE_float32((float)opgen_cv[1 * opgen_ncols + col]);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_STORE_float32(opgen_cv[1 * opgen_ncols + col]);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass1_float32(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total1_float32(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_adafactor_update_grid_pass1_float(s, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass3_float32(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total3_float32(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_adafactor_update_grid_pass3_float(s, opgen_v, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float32(const opgen_adafactor_update_scalars_float s, int64_t row, double *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float32(const opgen_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
     float rv_1;
-    opgen_adafactor_update_grid_rows1_float(s, (float)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float32(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_adafactor_update_grid_rows1_float(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float32(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float32(const opgen_adafactor_update_scalars_float s, int64_t col, double *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float32(const opgen_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_adafactor_update_grid_cols1_float(s, (float)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_update_float32(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_update_float32(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
-    opgen_adafactor_update_grid_update_float(s, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float32(const opgen_adafactor_update_scalars_float s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_STORE_float32((float)opgen_rv[1 * opgen_nrows + row]);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float32(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_STORE_float32(opgen_rv[1 * opgen_nrows + row]);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float32(const opgen_adafactor_update_scalars_float s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_STORE_float32((float)opgen_cv[1 * opgen_ncols + col]);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float32(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_STORE_float32(opgen_cv[1 * opgen_ncols + col]);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass1_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total1_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_adafactor_update_grid_pass1_float(s, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass3_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total3_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_adafactor_update_grid_pass3_float(s, opgen_v, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t row, double *opgen_rv, int64_t opgen_nrows, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
     float rv_1;
-    opgen_adafactor_update_grid_rows1_float(s, (float)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_bfloat16(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_adafactor_update_grid_rows1_float(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_bfloat16(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t col, double *opgen_cv, int64_t opgen_ncols, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_adafactor_update_grid_cols1_float(s, (float)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_bfloat16(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_bfloat16(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_update_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_update_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
-    opgen_adafactor_update_grid_update_float(s, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_ROUND_bfloat16((float)opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_ROUND_bfloat16(opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_ROUND_bfloat16((float)opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_ROUND_bfloat16(opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass1_float64(const opgen_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total1_float64(const opgen_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double opgen_v[3];
-    opgen_adafactor_update_grid_pass1_double(s, opgen_v, OPGEN_LOAD_float64(p_weight[i]), (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_double(s, opgen_v, OPGEN_LOAD_float64(p_weight[i]), (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_pass3_float64(const opgen_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_adafactor_update_grid_total3_float64(const opgen_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const double *OPGEN_RESTRICT p_grad) {
     double opgen_v[1];
-    opgen_adafactor_update_grid_pass3_double(s, opgen_v, (double)opgen_cv[1 * opgen_ncols + col], (double)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_double(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float64(const opgen_adafactor_update_scalars_double s, int64_t row, double *opgen_rv, int64_t opgen_nrows, double *OPGEN_RESTRICT p_row_var) {
     double rv_1;
-    opgen_adafactor_update_grid_rows1_double(s, (double)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float64(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_adafactor_update_grid_rows1_double(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float64(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float64(const opgen_adafactor_update_scalars_double s, int64_t col, double *opgen_cv, int64_t opgen_ncols, double *OPGEN_RESTRICT p_col_var) {
     double cv_1;
-    opgen_adafactor_update_grid_cols1_double(s, (double)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float64(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_adafactor_update_grid_cols1_double(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float64(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_update_float64(const opgen_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
-    opgen_adafactor_update_grid_update_double(s, (double)opgen_cv[1 * opgen_ncols + col], (double)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_update_double(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float64(v_weight);
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float64(const opgen_adafactor_update_scalars_double s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, double *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_STORE_float64((double)opgen_rv[1 * opgen_nrows + row]);
+    p_row_var[row] = OPGEN_STORE_float64(opgen_rv[1 * opgen_nrows + row]);
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float64(const opgen_adafactor_update_scalars_double s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, double *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_STORE_float64((double)opgen_cv[1 * opgen_ncols + col]);
+    p_col_var[col] = OPGEN_STORE_float64(opgen_cv[1 * opgen_ncols + col]);
 }
 
 #endif /* OPGEN_ADAFACTOR_UPDATE_MATH_H */

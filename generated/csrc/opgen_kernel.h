@@ -715,26 +715,25 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
         }                                                                                  \
     } while (0)
 
-/* A row's (or column's) means from its sums over count elements, as values of the math type
- * (rounded to float where it computes in float). */
-static inline void opgen_grid_means(double *values, const double *sums, int64_t n, int64_t count, int to_float) {
-    for (int64_t k = 0; k < n; ++k) {
-        const double mean = sums[k] / (double)count;
-        values[k] = to_float ? (double)(float)mean : mean;
+/* A grid op's row (or column) means from their sums over count elements, as values of the
+ * math type T; and a whole reduction of n per-row (or per-column) values of T in fixed
+ * lanes, then the lanes pairwise: how 0 sums, 1 sums squares, 2 takes the maximum. */
+#define OPGEN_DEFINE_GRID_HELPERS(T)                                                       \
+    static inline void opgen_grid_means_##T(T *values, const double *sums, int64_t n, int64_t count) { \
+        for (int64_t k = 0; k < n; ++k) values[k] = (T)(sums[k] / (double)count);          \
+    }                                                                                      \
+    static inline double opgen_grid_total_##T(const T *x, int64_t n, int how) {            \
+        double acc[OPGEN_TOTAL_LANES];                                                     \
+        for (int q = 0; q < OPGEN_TOTAL_LANES; ++q) acc[q] = how == 2 ? -INFINITY : 0.0;   \
+        for (int64_t k = 0; k < n; ++k) {                                                  \
+            const int q = (int)(k % OPGEN_TOTAL_LANES);                                    \
+            const double v = (double)x[k];                                                 \
+            acc[q] = how == 2 ? opgen_total_max(acc[q], v) : acc[q] + (how == 1 ? v * v : v); \
+        }                                                                                  \
+        return how == 2 ? opgen_max_of(acc, OPGEN_TOTAL_LANES, 1) : opgen_sum_pairwise(acc, OPGEN_TOTAL_LANES, 1); \
     }
-}
-
-/* A whole reduction of n per-row (or per-column) values in fixed lanes, then the lanes
- * pairwise: how 0 sums, 1 sums squares, 2 takes the maximum. */
-static inline double opgen_grid_total(const double *x, int64_t n, int how) {
-    double acc[OPGEN_TOTAL_LANES];
-    for (int q = 0; q < OPGEN_TOTAL_LANES; ++q) acc[q] = how == 2 ? -INFINITY : 0.0;
-    for (int64_t k = 0; k < n; ++k) {
-        const int q = (int)(k % OPGEN_TOTAL_LANES);
-        acc[q] = how == 2 ? opgen_total_max(acc[q], x[k]) : acc[q] + (how == 1 ? x[k] * x[k] : x[k]);
-    }
-    return how == 2 ? opgen_max_of(acc, OPGEN_TOTAL_LANES, 1) : opgen_sum_pairwise(acc, OPGEN_TOTAL_LANES, 1);
-}
+OPGEN_DEFINE_GRID_HELPERS(float)
+OPGEN_DEFINE_GRID_HELPERS(double)
 
 /* ---- The per-call fast path (opgen.runtime.fast) ----
  * A plain call (NumPy arrays that own their memory, C-contiguous, writable, of one shape;

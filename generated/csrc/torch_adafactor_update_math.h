@@ -23,13 +23,13 @@ OPGEN_INLINE opgen_torch_adafactor_update_scalars_float opgen_torch_adafactor_up
     const opgen_torch_adafactor_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((float)arg_beta2_decay), OPGEN_PER_CALL((float)arg_eps1), OPGEN_PER_CALL((float)arg_eps2), OPGEN_PER_CALL((float)arg_d), OPGEN_PER_CALL((float)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((float)t_w2), OPGEN_PER_CALL((float)h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)t_alpha), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)opgen_totals[0]), OPGEN_PER_CALL((float)opgen_totals[1]), OPGEN_PER_CALL((float)opgen_totals[2]), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass1_float(const opgen_torch_adafactor_update_scalars_float s, float *opgen_v, float v_weight, float v_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_float(const opgen_torch_adafactor_update_scalars_float s, float *opgen_v, float v_weight, float v_grad) {
     float t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
     opgen_v[1] = t_g * t_g; /* row_mean: row_var = row_var + w2 * (row_mean(g * g) - row_var) */
     opgen_v[2] = t_g * t_g; /* col_mean: col_var = col_var + w2 * (col_mean(g * g) - col_var) */
     opgen_v[0] = v_weight; /* rms: alpha = max(eps2, rms(weight)) * min(lr, 1 / sqrt(t)) */
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass3_float(const opgen_torch_adafactor_update_scalars_float s, float *opgen_v, float cv_1, float rv_1, float v_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float(const opgen_torch_adafactor_update_scalars_float s, float *opgen_v, float cv_1, float rv_1, float v_grad) {
     float t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
     float t_u = t_g / sqrtf(opgen_maxf(rv_1 * cv_1 / s.h_0, s.h_1)); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
     opgen_v[0] = t_u; /* rms: u = u / max(1, rms(u) / d) */
@@ -68,13 +68,13 @@ OPGEN_INLINE opgen_torch_adafactor_update_scalars_double opgen_torch_adafactor_u
     const opgen_torch_adafactor_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((double)arg_beta2_decay), OPGEN_PER_CALL((double)arg_eps1), OPGEN_PER_CALL((double)arg_eps2), OPGEN_PER_CALL((double)arg_d), OPGEN_PER_CALL((double)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((double)t_w2), OPGEN_PER_CALL((double)h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), OPGEN_PER_CALL((double)t_alpha), OPGEN_PER_CALL((double)h_3), OPGEN_PER_CALL((double)opgen_totals[0]), OPGEN_PER_CALL((double)opgen_totals[1]), OPGEN_PER_CALL((double)opgen_totals[2]), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass1_double(const opgen_torch_adafactor_update_scalars_double s, double *opgen_v, double v_weight, double v_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_double(const opgen_torch_adafactor_update_scalars_double s, double *opgen_v, double v_weight, double v_grad) {
     double t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
     opgen_v[1] = t_g * t_g; /* row_mean: row_var = row_var + w2 * (row_mean(g * g) - row_var) */
     opgen_v[2] = t_g * t_g; /* col_mean: col_var = col_var + w2 * (col_mean(g * g) - col_var) */
     opgen_v[0] = v_weight; /* rms: alpha = max(eps2, rms(weight)) * min(lr, 1 / sqrt(t)) */
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass3_double(const opgen_torch_adafactor_update_scalars_double s, double *opgen_v, double cv_1, double rv_1, double v_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_double(const opgen_torch_adafactor_update_scalars_double s, double *opgen_v, double cv_1, double rv_1, double v_grad) {
     double t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
     double t_u = t_g / sqrt(opgen_max(rv_1 * cv_1 / s.h_0, s.h_1)); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
     opgen_v[0] = t_u; /* rms: u = u / max(1, rms(u) / d) */
@@ -95,236 +95,236 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_double(const opgen_to
     v_weight = v_weight * s.h_3 - s.t_alpha * t_u; /* weight = weight * (1 - lr * weight_decay) - alpha * u */
     *io_weight = v_weight;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass1_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_torch_adafactor_update_grid_pass1_float(s, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass3_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_torch_adafactor_update_grid_pass3_float(s, opgen_v, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, double *opgen_rv, int64_t opgen_nrows, opgen_half *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, opgen_half *OPGEN_RESTRICT p_row_var) {
     float rv_1;
-    opgen_torch_adafactor_update_grid_rows1_float(s, (float)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float16(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_torch_adafactor_update_grid_rows1_float(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float16(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t col, double *opgen_cv, int64_t opgen_ncols, opgen_half *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, opgen_half *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_torch_adafactor_update_grid_cols1_float(s, (float)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float16(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float16(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_float(s, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, opgen_half *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_ROUND_float16((float)opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, opgen_half *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_ROUND_float16(opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_cols_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_ROUND_float16((float)opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_cols_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_ROUND_float16(opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass1_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_torch_adafactor_update_grid_pass1_float(s, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass3_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_torch_adafactor_update_grid_pass3_float(s, opgen_v, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, double *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
     float rv_1;
-    opgen_torch_adafactor_update_grid_rows1_float(s, (float)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float32(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_torch_adafactor_update_grid_rows1_float(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float32(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, double *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_torch_adafactor_update_grid_cols1_float(s, (float)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_float(s, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_STORE_float32((float)opgen_rv[1 * opgen_nrows + row]);
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_STORE_float32(opgen_rv[1 * opgen_nrows + row]);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_cols_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_STORE_float32((float)opgen_cv[1 * opgen_ncols + col]);
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_cols_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_STORE_float32(opgen_cv[1 * opgen_ncols + col]);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass1_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_torch_adafactor_update_grid_pass1_float(s, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass3_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_torch_adafactor_update_grid_pass3_float(s, opgen_v, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, double *opgen_rv, int64_t opgen_nrows, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
     float rv_1;
-    opgen_torch_adafactor_update_grid_rows1_float(s, (float)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_bfloat16(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_torch_adafactor_update_grid_rows1_float(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_bfloat16(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t col, double *opgen_cv, int64_t opgen_ncols, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_torch_adafactor_update_grid_cols1_float(s, (float)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_bfloat16(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_bfloat16(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_float(s, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_ROUND_bfloat16((float)opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_ROUND_bfloat16(opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_cols_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_ROUND_bfloat16((float)opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_cols_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_ROUND_bfloat16(opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass1_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_torch_adafactor_update_grid_pass1_float(s, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass3_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_torch_adafactor_update_grid_pass3_float(s, opgen_v, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, double *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
     float rv_1;
-    opgen_torch_adafactor_update_grid_rows1_float(s, (float)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float32(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_torch_adafactor_update_grid_rows1_float(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float32(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, double *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_torch_adafactor_update_grid_cols1_float(s, (float)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_float(s, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_STORE_float32((float)opgen_rv[1 * opgen_nrows + row]);
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_STORE_float32(opgen_rv[1 * opgen_nrows + row]);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_cols_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_STORE_float32((float)opgen_cv[1 * opgen_ncols + col]);
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_cols_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_STORE_float32(opgen_cv[1 * opgen_ncols + col]);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass1_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_torch_adafactor_update_grid_pass1_float(s, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass3_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_torch_adafactor_update_grid_pass3_float(s, opgen_v, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t row, double *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
     float rv_1;
-    opgen_torch_adafactor_update_grid_rows1_float(s, (float)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float32(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_torch_adafactor_update_grid_rows1_float(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float32(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t col, double *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_torch_adafactor_update_grid_cols1_float(s, (float)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_float(s, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_STORE_float32((float)opgen_rv[1 * opgen_nrows + row]);
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_STORE_float32(opgen_rv[1 * opgen_nrows + row]);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_cols_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_STORE_float32((float)opgen_cv[1 * opgen_ncols + col]);
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_cols_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_STORE_float32(opgen_cv[1 * opgen_ncols + col]);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass1_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_torch_adafactor_update_grid_pass1_float(s, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass3_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_torch_adafactor_update_grid_pass3_float(s, opgen_v, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, double *opgen_rv, int64_t opgen_nrows, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
     float rv_1;
-    opgen_torch_adafactor_update_grid_rows1_float(s, (float)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_bfloat16(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_torch_adafactor_update_grid_rows1_float(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_bfloat16(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, double *opgen_cv, int64_t opgen_ncols, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_torch_adafactor_update_grid_cols1_float(s, (float)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_bfloat16(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_bfloat16(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_float(s, (float)opgen_cv[1 * opgen_ncols + col], (float)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_ROUND_bfloat16((float)opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_ROUND_bfloat16(opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_cols_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_ROUND_bfloat16((float)opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_cols_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_ROUND_bfloat16(opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass1_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double opgen_v[3];
-    opgen_torch_adafactor_update_grid_pass1_double(s, opgen_v, OPGEN_LOAD_float64(p_weight[i]), (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total1_double(s, opgen_v, OPGEN_LOAD_float64(p_weight[i]), (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_pass3_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const double *OPGEN_RESTRICT p_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const double *OPGEN_RESTRICT p_grad) {
     double opgen_v[1];
-    opgen_torch_adafactor_update_grid_pass3_double(s, opgen_v, (double)opgen_cv[1 * opgen_ncols + col], (double)opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_double(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t row, double *opgen_rv, int64_t opgen_nrows, double *OPGEN_RESTRICT p_row_var) {
     double rv_1;
-    opgen_torch_adafactor_update_grid_rows1_double(s, (double)opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float64(p_row_var[row]), &rv_1);
-    opgen_rv[1 * opgen_nrows + row] = (double)rv_1;
+    opgen_torch_adafactor_update_grid_rows1_double(s, opgen_rv[0 * opgen_nrows + row], OPGEN_LOAD_float64(p_row_var[row]), &rv_1);
+    opgen_rv[1 * opgen_nrows + row] = rv_1;
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t col, double *opgen_cv, int64_t opgen_ncols, double *OPGEN_RESTRICT p_col_var) {
     double cv_1;
-    opgen_torch_adafactor_update_grid_cols1_double(s, (double)opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float64(p_col_var[col]), &cv_1);
-    opgen_cv[1 * opgen_ncols + col] = (double)cv_1;
+    opgen_torch_adafactor_update_grid_cols1_double(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float64(p_col_var[col]), &cv_1);
+    opgen_cv[1 * opgen_ncols + col] = cv_1;
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_double(s, (double)opgen_cv[1 * opgen_ncols + col], (double)opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_double(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float64(v_weight);
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, double *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_STORE_float64((double)opgen_rv[1 * opgen_nrows + row]);
+    p_row_var[row] = OPGEN_STORE_float64(opgen_rv[1 * opgen_nrows + row]);
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_cols_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, double *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_STORE_float64((double)opgen_cv[1 * opgen_ncols + col]);
+    p_col_var[col] = OPGEN_STORE_float64(opgen_cv[1 * opgen_ncols + col]);
 }
 
 #endif /* OPGEN_TORCH_ADAFACTOR_UPDATE_MATH_H */

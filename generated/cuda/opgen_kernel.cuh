@@ -182,6 +182,65 @@ __device__ double opgen_cuda_combine(const double *partials, double *red, int is
         }                                                                                  \
     } while (0)
 
+/* ---- Grid ops (opgen/expr/grid.py): a 2-D weight with per-row and per-column values ----
+ * A pass: block b takes the b-th row block (rows fixed by the shape, as in C), its threads
+ * striding along each row; a row's means in a fixed tree at the row's end, the block's
+ * column sums row after row (a column is one thread's), the block's whole totals in a fixed
+ * tree into BLOCK_TOTALS[total][OPGEN_GRID_MAX_BLOCKS]. The same bits on any GPU. */
+#define OPGEN_GRID_MAX_BLOCKS 64
+#define OPGEN_CUDA_GRID_PASS(NSUM, NMAX, NROW, NCOL, rows, cols, block_rows, BLOCK_TOTALS, ROW_SUMS, COL_PARTS, STEP) \
+    do {                                                                                   \
+        __shared__ double opgen_red[256];                                  \
+        const long long opgen_b = blockIdx.x;                                              \
+        double *__restrict__ opgen_col_acc = (COL_PARTS) + opgen_b * (NCOL) * (cols);  \
+        for (long long opgen_c = threadIdx.x; opgen_c < (NCOL) * (cols); opgen_c += blockDim.x) \
+            opgen_col_acc[opgen_c] = 0.0;                                             \
+        __syncthreads();                                                                   \
+        double opgen_lanes[(NSUM) + (NMAX) + 1][8];                   \
+        for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                        \
+            opgen_lanes[opgen_k][0] = opgen_k < (NSUM) ? 0.0 : OPGEN_NEG_INF;         \
+        const int opgen_l = 0;                                                     \
+        const long long opgen_lo = opgen_b * (block_rows);                                 \
+        const long long opgen_hi = opgen_lo + (block_rows) < (rows) ? opgen_lo + (block_rows) : (rows); \
+        for (long long row = opgen_lo; row < opgen_hi; ++row) { \
+            double opgen_row_lanes[(NROW) + 1][8];                    \
+            for (int opgen_k = 0; opgen_k < (NROW); ++opgen_k) opgen_row_lanes[opgen_k][0] = 0.0; \
+            for (long long col = threadIdx.x; col < (cols); col += blockDim.x) { \
+                const long long i = row * (cols) + col, gi = i; \
+                STEP;                                                                      \
+            }                                                                              \
+            for (int opgen_k = 0; opgen_k < (NROW); ++opgen_k) {                           \
+                const double opgen_r = opgen_cuda_block_total(opgen_row_lanes[opgen_k][0], opgen_red, 0); \
+                if (threadIdx.x == 0) (ROW_SUMS)[opgen_k * (rows) + row] = opgen_r; \
+            }                                                                              \
+        }                                                                                  \
+        for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k) {                      \
+            const double opgen_r = opgen_cuda_block_total(opgen_lanes[opgen_k][0], opgen_red, opgen_k >= (NSUM)); \
+            if (threadIdx.x == 0) (BLOCK_TOTALS)[opgen_k * OPGEN_GRID_MAX_BLOCKS + opgen_b] = opgen_r; \
+        }                                                                                  \
+    } while (0)
+
+/* x[0], x[stride], ... x[(n - 1) * stride] in order (a pass's blocks, at most
+ * OPGEN_GRID_MAX_BLOCKS): a sum, or with is_max a maximum. */
+__device__ double opgen_cuda_grid_combine(const double *x, long long n, long long stride, int is_max) {
+    double r = is_max ? OPGEN_NEG_INF : 0.0;
+    for (long long k = 0; k < n; ++k) r = is_max ? opgen_total_max(r, x[k * stride]) : r + x[k * stride];
+    return r;
+}
+
+/* A whole reduction of n per-row (or per-column) values by one block: each thread's strided
+ * share, then a fixed tree: how 0 sums, 1 sums squares, 2 takes the maximum. Every thread
+ * must call it; every thread gets the result. */
+template <typename T>
+__device__ double opgen_cuda_grid_total(const T *x, long long n, double *red, int how) {
+    double r = how == 2 ? OPGEN_NEG_INF : 0.0;
+    for (long long k = threadIdx.x; k < n; k += blockDim.x) {
+        const double v = (double)x[k];
+        r = how == 2 ? opgen_total_max(r, v) : r + (how == 1 ? v * v : v);
+    }
+    return opgen_cuda_block_total(r, red, how == 2);
+}
+
 /* N elements of T loaded or stored at once (16 bytes of the widest type in a kernel). */
 template <typename T, int N>
 struct alignas(sizeof(T) * N) opgen_vec {

@@ -4,3 +4,1226 @@
  * each kernel runs one schedule of opgen_kernel.cuh over them. */
 #include "opgen_kernel.cuh"
 #include "../csrc/torch_adafactor_update_math.h"
+
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_phase0(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_row_var, opgen_half *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    for (int opgen_k = threadIdx.x; opgen_k < 3; opgen_k += blockDim.x) opgen_passed_totals[opgen_k] = 0.0;
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_total1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_row_var, opgen_half *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total1_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight, (const opgen_half *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_phase1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_row_var, opgen_half *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    for (long long opgen_c = threadIdx.x; opgen_c < 1 * opgen_ncols; opgen_c += blockDim.x) opgen_col_sums[opgen_c] = opgen_cuda_grid_combine(opgen_col_partials + opgen_c, opgen_blocks, 1 * opgen_ncols, 0);
+    __syncthreads();
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_nrows; opgen_j += blockDim.x) opgen_rv[0 * opgen_nrows + opgen_j] = (float)((opgen_row_sums[0 * opgen_nrows + opgen_j]) / (double)opgen_ncols);
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_ncols; opgen_j += blockDim.x) opgen_cv[0 * opgen_ncols + opgen_j] = (float)((opgen_col_sums[0 * opgen_ncols + opgen_j]) / (double)opgen_nrows);
+    __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows1_float16(s, row, opgen_rv, opgen_nrows, (opgen_half *)arg_row_var);
+    for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_cols1_float16(s, col, opgen_cv, opgen_ncols, (opgen_half *)arg_col_var);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_phase2(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_row_var, opgen_half *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    __shared__ double opgen_red[256];
+    { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
+      if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_row_var, opgen_half *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total3_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_half *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_phase3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_row_var, opgen_half *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    __syncthreads();
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_grid_float16(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_row_var, opgen_half *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < opgen_nrows * opgen_ncols; i += (long long)gridDim.x * blockDim.x) {
+            const long long row = i / opgen_ncols, col = i - row * opgen_ncols, gi = i;
+            opgen_torch_adafactor_update_grid_update_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_half *)arg_weight, (const opgen_half *)arg_grad);
+        }
+    } else {
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < opgen_nrows * opgen_ncols; i += (long long)gridDim.x * blockDim.x) {
+            const long long row = i / opgen_ncols, col = i - row * opgen_ncols, gi = i;
+            opgen_torch_adafactor_update_grid_update_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_half *)arg_weight, (const opgen_half *)arg_grad);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_store(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_row_var, opgen_half *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_store_rows_float16(s, row, opgen_rv, opgen_nrows, 1, (opgen_half *)arg_row_var);
+        for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_store_cols_float16(s, col, opgen_cv, opgen_ncols, 1, (opgen_half *)arg_col_var);
+    } else {
+        for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_store_rows_float16(s, row, opgen_rv, opgen_nrows, 0, (opgen_half *)arg_row_var);
+        for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_store_cols_float16(s, col, opgen_cv, opgen_ncols, 0, (opgen_half *)arg_col_var);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_with_float32_states_phase0(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    for (int opgen_k = threadIdx.x; opgen_k < 3; opgen_k += blockDim.x) opgen_passed_totals[opgen_k] = 0.0;
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_with_float32_states_total1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total1_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight, (const opgen_half *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_with_float32_states_phase1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    for (long long opgen_c = threadIdx.x; opgen_c < 1 * opgen_ncols; opgen_c += blockDim.x) opgen_col_sums[opgen_c] = opgen_cuda_grid_combine(opgen_col_partials + opgen_c, opgen_blocks, 1 * opgen_ncols, 0);
+    __syncthreads();
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_nrows; opgen_j += blockDim.x) opgen_rv[0 * opgen_nrows + opgen_j] = (float)((opgen_row_sums[0 * opgen_nrows + opgen_j]) / (double)opgen_ncols);
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_ncols; opgen_j += blockDim.x) opgen_cv[0 * opgen_ncols + opgen_j] = (float)((opgen_col_sums[0 * opgen_ncols + opgen_j]) / (double)opgen_nrows);
+    __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows1_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var);
+    for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_cols1_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_with_float32_states_phase2(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    __shared__ double opgen_red[256];
+    { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
+      if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_with_float32_states_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total3_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_half *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_with_float32_states_phase3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    __syncthreads();
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_grid_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < opgen_nrows * opgen_ncols; i += (long long)gridDim.x * blockDim.x) {
+            const long long row = i / opgen_ncols, col = i - row * opgen_ncols, gi = i;
+            opgen_torch_adafactor_update_grid_update_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_half *)arg_weight, (const opgen_half *)arg_grad);
+        }
+    } else {
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < opgen_nrows * opgen_ncols; i += (long long)gridDim.x * blockDim.x) {
+            const long long row = i / opgen_ncols, col = i - row * opgen_ncols, gi = i;
+            opgen_torch_adafactor_update_grid_update_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_half *)arg_weight, (const opgen_half *)arg_grad);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_with_float32_states_store(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_store_rows_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, 1, (float *)arg_row_var);
+        for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_store_cols_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, 1, (float *)arg_col_var);
+    } else {
+        for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_store_rows_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, 0, (float *)arg_row_var);
+        for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_store_cols_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, 0, (float *)arg_col_var);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_phase0(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    for (int opgen_k = threadIdx.x; opgen_k < 3; opgen_k += blockDim.x) opgen_passed_totals[opgen_k] = 0.0;
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_total1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total1_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_phase1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    for (long long opgen_c = threadIdx.x; opgen_c < 1 * opgen_ncols; opgen_c += blockDim.x) opgen_col_sums[opgen_c] = opgen_cuda_grid_combine(opgen_col_partials + opgen_c, opgen_blocks, 1 * opgen_ncols, 0);
+    __syncthreads();
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_nrows; opgen_j += blockDim.x) opgen_rv[0 * opgen_nrows + opgen_j] = (float)((opgen_row_sums[0 * opgen_nrows + opgen_j]) / (double)opgen_ncols);
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_ncols; opgen_j += blockDim.x) opgen_cv[0 * opgen_ncols + opgen_j] = (float)((opgen_col_sums[0 * opgen_ncols + opgen_j]) / (double)opgen_nrows);
+    __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows1_bfloat16(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var);
+    for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_cols1_bfloat16(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_phase2(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    __shared__ double opgen_red[256];
+    { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
+      if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total3_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_bf16 *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_phase3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    __syncthreads();
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_grid_bfloat16(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < opgen_nrows * opgen_ncols; i += (long long)gridDim.x * blockDim.x) {
+            const long long row = i / opgen_ncols, col = i - row * opgen_ncols, gi = i;
+            opgen_torch_adafactor_update_grid_update_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad);
+        }
+    } else {
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < opgen_nrows * opgen_ncols; i += (long long)gridDim.x * blockDim.x) {
+            const long long row = i / opgen_ncols, col = i - row * opgen_ncols, gi = i;
+            opgen_torch_adafactor_update_grid_update_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_store(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_store_rows_bfloat16(s, row, opgen_rv, opgen_nrows, 1, (opgen_bf16 *)arg_row_var);
+        for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_store_cols_bfloat16(s, col, opgen_cv, opgen_ncols, 1, (opgen_bf16 *)arg_col_var);
+    } else {
+        for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_store_rows_bfloat16(s, row, opgen_rv, opgen_nrows, 0, (opgen_bf16 *)arg_row_var);
+        for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_store_cols_bfloat16(s, col, opgen_cv, opgen_ncols, 0, (opgen_bf16 *)arg_col_var);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_with_float32_states_phase0(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    for (int opgen_k = threadIdx.x; opgen_k < 3; opgen_k += blockDim.x) opgen_passed_totals[opgen_k] = 0.0;
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_with_float32_states_total1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total1_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_with_float32_states_phase1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    for (long long opgen_c = threadIdx.x; opgen_c < 1 * opgen_ncols; opgen_c += blockDim.x) opgen_col_sums[opgen_c] = opgen_cuda_grid_combine(opgen_col_partials + opgen_c, opgen_blocks, 1 * opgen_ncols, 0);
+    __syncthreads();
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_nrows; opgen_j += blockDim.x) opgen_rv[0 * opgen_nrows + opgen_j] = (float)((opgen_row_sums[0 * opgen_nrows + opgen_j]) / (double)opgen_ncols);
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_ncols; opgen_j += blockDim.x) opgen_cv[0 * opgen_ncols + opgen_j] = (float)((opgen_col_sums[0 * opgen_ncols + opgen_j]) / (double)opgen_nrows);
+    __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows1_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var);
+    for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_cols1_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_with_float32_states_phase2(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    __shared__ double opgen_red[256];
+    { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
+      if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_with_float32_states_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total3_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_bf16 *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_with_float32_states_phase3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    __syncthreads();
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_grid_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < opgen_nrows * opgen_ncols; i += (long long)gridDim.x * blockDim.x) {
+            const long long row = i / opgen_ncols, col = i - row * opgen_ncols, gi = i;
+            opgen_torch_adafactor_update_grid_update_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad);
+        }
+    } else {
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < opgen_nrows * opgen_ncols; i += (long long)gridDim.x * blockDim.x) {
+            const long long row = i / opgen_ncols, col = i - row * opgen_ncols, gi = i;
+            opgen_torch_adafactor_update_grid_update_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_with_float32_states_store(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_store_rows_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, 1, (float *)arg_row_var);
+        for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_store_cols_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, 1, (float *)arg_col_var);
+    } else {
+        for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_store_rows_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, 0, (float *)arg_row_var);
+        for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_store_cols_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, 0, (float *)arg_col_var);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_phase0(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    for (int opgen_k = threadIdx.x; opgen_k < 3; opgen_k += blockDim.x) opgen_passed_totals[opgen_k] = 0.0;
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_total1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total1_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight, (const float *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_phase1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    for (long long opgen_c = threadIdx.x; opgen_c < 1 * opgen_ncols; opgen_c += blockDim.x) opgen_col_sums[opgen_c] = opgen_cuda_grid_combine(opgen_col_partials + opgen_c, opgen_blocks, 1 * opgen_ncols, 0);
+    __syncthreads();
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_nrows; opgen_j += blockDim.x) opgen_rv[0 * opgen_nrows + opgen_j] = (float)((opgen_row_sums[0 * opgen_nrows + opgen_j]) / (double)opgen_ncols);
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_ncols; opgen_j += blockDim.x) opgen_cv[0 * opgen_ncols + opgen_j] = (float)((opgen_col_sums[0 * opgen_ncols + opgen_j]) / (double)opgen_nrows);
+    __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows1_float32(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var);
+    for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_cols1_float32(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_phase2(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    __shared__ double opgen_red[256];
+    { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
+      if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total3_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const float *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_phase3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    __syncthreads();
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_grid_float32(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < opgen_nrows * opgen_ncols; i += (long long)gridDim.x * blockDim.x) {
+        const long long row = i / opgen_ncols, col = i - row * opgen_ncols, gi = i;
+        opgen_torch_adafactor_update_grid_update_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (float *)arg_weight, (const float *)arg_grad);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_store(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_store_rows_float32(s, row, opgen_rv, opgen_nrows, 0, (float *)arg_row_var);
+    for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_store_cols_float32(s, col, opgen_cv, opgen_ncols, 0, (float *)arg_col_var);
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_with_bfloat16_states_phase0(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    for (int opgen_k = threadIdx.x; opgen_k < 3; opgen_k += blockDim.x) opgen_passed_totals[opgen_k] = 0.0;
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_with_bfloat16_states_total1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total1_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight, (const float *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_with_bfloat16_states_phase1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    for (long long opgen_c = threadIdx.x; opgen_c < 1 * opgen_ncols; opgen_c += blockDim.x) opgen_col_sums[opgen_c] = opgen_cuda_grid_combine(opgen_col_partials + opgen_c, opgen_blocks, 1 * opgen_ncols, 0);
+    __syncthreads();
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_nrows; opgen_j += blockDim.x) opgen_rv[0 * opgen_nrows + opgen_j] = (float)((opgen_row_sums[0 * opgen_nrows + opgen_j]) / (double)opgen_ncols);
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_ncols; opgen_j += blockDim.x) opgen_cv[0 * opgen_ncols + opgen_j] = (float)((opgen_col_sums[0 * opgen_ncols + opgen_j]) / (double)opgen_nrows);
+    __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows1_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var);
+    for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_cols1_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_with_bfloat16_states_phase2(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    __shared__ double opgen_red[256];
+    { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
+      if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_with_bfloat16_states_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total3_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const float *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_with_bfloat16_states_phase3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    __syncthreads();
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_grid_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < opgen_nrows * opgen_ncols; i += (long long)gridDim.x * blockDim.x) {
+            const long long row = i / opgen_ncols, col = i - row * opgen_ncols, gi = i;
+            opgen_torch_adafactor_update_grid_update_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (float *)arg_weight, (const float *)arg_grad);
+        }
+    } else {
+        for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < opgen_nrows * opgen_ncols; i += (long long)gridDim.x * blockDim.x) {
+            const long long row = i / opgen_ncols, col = i - row * opgen_ncols, gi = i;
+            opgen_torch_adafactor_update_grid_update_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (float *)arg_weight, (const float *)arg_grad);
+        }
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_with_bfloat16_states_store(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    if (rounding) {
+        for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_store_rows_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, 1, (opgen_bf16 *)arg_row_var);
+        for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_store_cols_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, 1, (opgen_bf16 *)arg_col_var);
+    } else {
+        for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_store_rows_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, 0, (opgen_bf16 *)arg_row_var);
+        for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_store_cols_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, 0, (opgen_bf16 *)arg_col_var);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float64_phase0(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_row_var, double *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    double *const opgen_rv = (double *)opgen_row_values, *const opgen_cv = (double *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    for (int opgen_k = threadIdx.x; opgen_k < 3; opgen_k += blockDim.x) opgen_passed_totals[opgen_k] = 0.0;
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float64_total1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_row_var, double *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    double *const opgen_rv = (double *)opgen_row_values, *const opgen_cv = (double *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_double s = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total1_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (double *)arg_weight, (const double *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float64_phase1(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_row_var, double *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    double *const opgen_rv = (double *)opgen_row_values, *const opgen_cv = (double *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    for (long long opgen_c = threadIdx.x; opgen_c < 1 * opgen_ncols; opgen_c += blockDim.x) opgen_col_sums[opgen_c] = opgen_cuda_grid_combine(opgen_col_partials + opgen_c, opgen_blocks, 1 * opgen_ncols, 0);
+    __syncthreads();
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_nrows; opgen_j += blockDim.x) opgen_rv[0 * opgen_nrows + opgen_j] = (double)((opgen_row_sums[0 * opgen_nrows + opgen_j]) / (double)opgen_ncols);
+    for (long long opgen_j = threadIdx.x; opgen_j < opgen_ncols; opgen_j += blockDim.x) opgen_cv[0 * opgen_ncols + opgen_j] = (double)((opgen_col_sums[0 * opgen_ncols + opgen_j]) / (double)opgen_nrows);
+    __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_double s = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows1_float64(s, row, opgen_rv, opgen_nrows, (double *)arg_row_var);
+    for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_cols1_float64(s, col, opgen_cv, opgen_ncols, (double *)arg_col_var);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float64_phase2(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_row_var, double *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    double *const opgen_rv = (double *)opgen_row_values, *const opgen_cv = (double *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    __shared__ double opgen_red[256];
+    { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
+      if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float64_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_row_var, double *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    double *const opgen_rv = (double *)opgen_row_values, *const opgen_cv = (double *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_double s = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    OPGEN_CUDA_GRID_PASS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, opgen_block_totals, opgen_row_sums, opgen_col_partials, opgen_torch_adafactor_update_grid_total3_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const double *)arg_grad));
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float64_phase3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_row_var, double *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    double *const opgen_rv = (double *)opgen_row_values, *const opgen_cv = (double *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    if (threadIdx.x == 0) opgen_passed_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_cuda_grid_combine(opgen_block_totals + 0 * OPGEN_GRID_MAX_BLOCKS, opgen_blocks, 1, 0), opgen_nrows * opgen_ncols);
+    __syncthreads();
+    __syncthreads();
+}
+
+extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_grid_float64(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_row_var, double *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    double *const opgen_rv = (double *)opgen_row_values, *const opgen_cv = (double *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_double s = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long i = (long long)blockIdx.x * blockDim.x + threadIdx.x; i < opgen_nrows * opgen_ncols; i += (long long)gridDim.x * blockDim.x) {
+        const long long row = i / opgen_ncols, col = i - row * opgen_ncols, gi = i;
+        opgen_torch_adafactor_update_grid_update_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (double *)arg_weight, (const double *)arg_grad);
+    }
+}
+
+extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float64_store(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_row_var, double *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    double *const opgen_rv = (double *)opgen_row_values, *const opgen_cv = (double *)opgen_col_values;
+    (void)opgen_rv; (void)opgen_cv;
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_double s = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_store_rows_float64(s, row, opgen_rv, opgen_nrows, 0, (double *)arg_row_var);
+    for (long long col = threadIdx.x; col < opgen_ncols; col += blockDim.x) opgen_torch_adafactor_update_grid_store_cols_float64(s, col, opgen_cv, opgen_ncols, 0, (double *)arg_col_var);
+}

@@ -242,11 +242,25 @@ class CudaBackend(Backend):
             return
         arrays = work.arrays(op, cupy.ascontiguousarray(work.grad_data))
         head, tensors, positions, types = op.c_layout(kernel, cuda=True)
-        args = [work.grad.indices if role is ArgRole.INDICES else np.int64(sizes[role]) for role in head]
+        if kernel.grid is not None:  # the stages' workspace: device memory kept per device and stream
+            sizes[ArgRole.WORKSPACE] = op.cuda.workspace(kernel.grid.size(sizes[ArgRole.NROWS], sizes[ArgRole.ROW_LEN]))
+        args = [work.grad.indices if role is ArgRole.INDICES else sizes[role] if role is ArgRole.WORKSPACE
+                else np.int64(sizes[role]) for role in head]
         args += [arrays[name] for name in tensors]
         args += [kind(work.scalars[k]) for k, kind in zip(positions, types)]
         rounding, seed = work.rounding.kernel_args
         args += [np.float64(work.grad_scale), np.int32(rounding), np.uint64(seed)]
+        if kernel.grid is not None:
+            # a grid op: per level its pass (a block per row block) and its phase (one block),
+            # the update, the states' store; in order on the stream, no host sync
+            blocks = -(-sizes[ArgRole.NROWS] // sizes[ArgRole.BLOCK_ROWS])
+            for name, per_block in kernel.grid_stages:
+                if blocks or not per_block:
+                    cuda.launch_fixed(op.cuda, name, blocks if per_block else 1, cuda.TOTAL_THREADS, args)
+            if sizes[ArgRole.SIZE]:
+                cuda.launch(op.cuda, kernel, sizes[ArgRole.SIZE], args)
+            cuda.launch_fixed(op.cuda, kernel.store, 1, cuda.TOTAL_THREADS, args)
+            return
         if not staged:
             cuda.launch(op.cuda, kernel, sizes[kernel.launch.work], args)  # on the arrays' device: see execute
             return

@@ -62,6 +62,8 @@ class GridLayout:
     col_slots: int
     row_sums: int
     col_sums: int
+    whole: int = 0  # whole totals of one pass: CUDA keeps each row block's ([whole][GRID_MAX_BLOCKS])
+    totals: int = 0  # every whole total of the op: CUDA's kernels hand them on in the workspace
 
     def parts(self, rows, cols, blocks) -> tuple[tuple[str, object], ...]:
         """(part, its length in doubles), in order; ``rows``, ``cols`` and ``blocks`` are
@@ -72,7 +74,8 @@ class GridLayout:
             return " * ".join(f"({f})" for f in factors)
         return (("row_values", times(self.row_slots, rows)), ("col_values", times(self.col_slots, cols)),
                 ("row_sums", times(self.row_sums, rows)), ("col_partials", times(blocks, self.col_sums, cols)),
-                ("col_sums", times(self.col_sums, cols)))
+                ("col_sums", times(self.col_sums, cols)), ("block_totals", self.whole * GRID_MAX_BLOCKS),
+                ("passed_totals", self.totals))
 
     def size(self, rows: int, cols: int) -> int:
         blocks = -(-rows // grid_block_rows(rows, cols))
@@ -137,6 +140,17 @@ class KernelABI:
     store: str | None = None
     totals: int = 0
     grid: GridLayout | None = None  # a grid kernel's workspace
+    # CUDA, a grid kernel: the kernels launched before it, in order, each with this kernel's
+    # CUDA arguments on TOTAL_THREADS threads: (name, one block per row block of the passes
+    # (True) or one block (False)); ``store`` then stores its per-row and per-column states
+    grid_stages: tuple[tuple[str, bool], ...] = ()
+
+    @property
+    def device_kernels(self) -> tuple[str, ...]:
+        """Every CUDA kernel a call of this one launches, in order (none without a launch)."""
+        if self.launch is None:
+            return ()
+        return (*self.passes, *(name for name, _ in self.grid_stages), self.name) + ((self.store,) if self.store else ())
 
     @property
     def c_parameters(self) -> str:
@@ -214,7 +228,9 @@ def _multi_on_device(op: "OpSpec") -> bool:
 def _launch(op: "OpSpec", schedule: Schedule, variant: Variant) -> Launch | None:
     if schedule is Schedule.MULTI and _multi_on_device(op):  # a grid-stride loop over the chunks
         return Launch((DENSE_BLOCK, 1), ArgRole.NCHUNKS, 1, DENSE_BLOCKS_PER_SM)
-    if schedule in (Schedule.MULTI, Schedule.NORMS, Schedule.GRID) or op.reduction:
+    if schedule is Schedule.GRID:  # the update: a grid-stride loop over the elements, one each
+        return Launch((DENSE_BLOCK, 1), ArgRole.SIZE, DENSE_BLOCK, DENSE_BLOCKS_PER_SM)
+    if schedule in (Schedule.MULTI, Schedule.NORMS) or op.reduction:
         return None  # (an op that only reduces runs on the host; a reducing op's tensors go one by one)
     if schedule is Schedule.DENSE:
         return Launch((DENSE_BLOCK, 1), ArgRole.SIZE, DENSE_BLOCK * lanes(op, variant), DENSE_BLOCKS_PER_SM)
@@ -230,17 +246,31 @@ def kernel(op: "OpSpec", schedule: Schedule, variant: Variant) -> KernelABI:
     name, launch = kernel_name(op, schedule, variant), _launch(op, schedule, variant)
     cuda_passes = launch is not None and op.totals is not None
     passes = tuple(f"{name}_total{p.level}" for p in op.totals.passes) if cuda_passes else ()
-    store = f"{name}_store" if launch is not None and op.per_tensor_states else None
+    store = f"{name}_store" if launch is not None and (op.per_tensor_states or schedule is Schedule.GRID) else None
+    grid = schedule is Schedule.GRID
     return KernelABI(op.name, schedule, variant.dtype.name, variant.states.name, op.math_type(variant).name, name,
                      _arguments(op, schedule), launch, lanes(op, variant), passes, store,
                      len(op.totals.totals) if op.totals is not None and launch is not None else 0,
-                     grid_layout(op) if schedule is Schedule.GRID else None)
+                     grid_layout(op) if grid else None, grid_stages(op, name) if grid else ())
 
 
 def grid_layout(op: "OpSpec") -> GridLayout:
     g = op.grid
     return GridLayout(g.row_slots, g.col_slots, max((len(p.row_means) for p in g.passes), default=0),
-                      max((len(p.col_means) for p in g.passes), default=0))
+                      max((len(p.col_means) for p in g.passes), default=0),
+                      max((len(p.totals) for p in g.passes), default=0), len(g.totals))
+
+
+def grid_stages(op: "OpSpec", name: str) -> tuple[tuple[str, bool], ...]:
+    """A grid op's CUDA kernels before its update: per level, its pass (a block per row
+    block) if it has one, then its phase (one block: the pass's results finished, the
+    reductions of per-row and per-column values, the row and column statements)."""
+    stages: list[tuple[str, bool]] = []
+    for level in range(op.grid.levels + 1):
+        if op.grid.pass_at(level) is not None:
+            stages.append((f"{name}_total{level}", True))
+        stages.append((f"{name}_phase{level}", False))
+    return tuple(stages)
 
 
 def schedules(op: "OpSpec", variant: Variant) -> tuple[Schedule, ...]:

@@ -79,7 +79,7 @@ def schedule_call(op: OpSpec, kernel: abi.KernelABI, step: StepCode) -> list[str
         return [f"OPGEN_NORMS({n[ArgRole.COUNT]}, {n[ArgRole.SIZES]}, {abi.ARG}{op.grad.name}, {grad.c_storage}, "
                 f"{grad.load}, {n[ArgRole.SUMS]}, {flush});"]
     if kernel.schedule is Schedule.GRID:
-        return GridCode(step.math).schedule_lines(step, n, versions)
+        return GridCode(step.math).schedule_lines(step, n)
     if kernel.schedule is Schedule.MULTI and (op.totals is not None or op.per_tensor_states):
         # whole-tensor reductions and per-tensor states are each tensor's own: each tensor in
         # turn, its passes, its per-tensor values, then its update (each a parallel region),

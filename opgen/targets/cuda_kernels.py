@@ -21,6 +21,7 @@ from __future__ import annotations
 from opgen.kinds import ArgRole, Schedule
 from opgen.spec.model import OpSpec
 from opgen.targets import abi
+from opgen.targets.grid_code import GridCode
 from opgen.targets.element import (LOOP, TOTAL_LANES, OpCode, RowCode, StepCode, TotalsCode, Version, math_header,
                                    versions)
 
@@ -157,6 +158,9 @@ def context(op: OpSpec) -> dict:
             if kernel.launch is None:
                 continue
             parameters = _parameters(op, kernel, step)
+            if kernel.schedule is Schedule.GRID:
+                kernels += GridCode(step.math).cuda_kernels(step, kernel, parameters)
+                continue
             for name, p in zip(kernel.passes, op.totals.passes if kernel.passes else ()):
                 kernels.append({"name": name, "parameters": parameters, "threads": abi.TOTAL_THREADS,
                                 "body": pass_kernel_body(op, kernel, step, p)})
@@ -172,4 +176,5 @@ def context(op: OpSpec) -> dict:
 
 
 def common_context() -> dict:
-    return {"warp": abi.WARP, "loop": LOOP, "total_blocks": abi.TOTAL_BLOCKS}
+    return {"warp": abi.WARP, "loop": LOOP, "total_blocks": abi.TOTAL_BLOCKS, "total_threads": abi.TOTAL_THREADS,
+            "total_lanes": TOTAL_LANES, "grid_max_blocks": abi.GRID_MAX_BLOCKS}

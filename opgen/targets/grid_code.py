@@ -20,8 +20,10 @@ from opgen.expr.grid import GridPass, Shape
 from opgen.expr.printers.c import CPrinter, c_name
 from opgen.expr.tree import Assign, Expr, Ref, RefKind, refs
 from opgen.kinds import ArgRole
-from opgen.targets.abi import ARG, GridLayout
-from opgen.targets.element import LOOP, TOTAL_LANES, MathCode, Memory, StepCode, Version, _branch
+from opgen.targets.abi import ARG, TOTAL_THREADS, grid_layout
+from opgen.targets.element import LOOP, TOTAL_LANES, MathCode, Memory, StepCode, Version, versions
+
+BLOCKS = "opgen_blocks"  # the row blocks of the passes, from the shape
 
 SLOT_KIND = {Shape.ROW: RefKind.ROWVAL, Shape.COL: RefKind.COLVAL}
 WORD = {Shape.ROW: "rows", Shape.COL: "cols"}
@@ -81,7 +83,7 @@ class GridCode:
             slots, tensors = self.inputs(self.pass_exprs(p))
             order = self.pass_order(p)
             params = ", ".join([f"const {struct} s", f"{m} *{LOOP.summands}", *self.value_params(slots, tensors)])
-            lines.append(f"OPGEN_INLINE void {self.name(f'pass{p.level}', m)}({params}) {{")
+            lines.append(f"OPGEN_INLINE void {self.name(f'total{p.level}', m)}({params}) {{")
             declared, pending = set(tensors), []
             for s in p.steps:  # each summand where its reduction stands in the math
                 if s.kind is not RefKind.TOTAL:
@@ -131,9 +133,8 @@ class GridCode:
 
     # -- per variant -------------------------------------------------------------------------------
     def slot_loads(self, slots: list[Ref]) -> list[str]:
-        m = self.m
-        return [f"({m}){LOOP.rv}[{r.name} * {LOOP.nrows} + {LOOP.row}]" if r.kind is RefKind.ROWVAL
-                else f"({m}){LOOP.cv}[{r.name} * {LOOP.ncols} + {LOOP.col}]" for r in slots]
+        return [f"{LOOP.rv}[{r.name} * {LOOP.nrows} + {LOOP.row}]" if r.kind is RefKind.ROWVAL
+                else f"{LOOP.cv}[{r.name} * {LOOP.ncols} + {LOOP.col}]" for r in slots]
 
     def memory(self, step: StepCode) -> Memory:
         index = {step.grad: "gi"}
@@ -144,7 +145,8 @@ class GridCode:
 
     def grid_head(self) -> list[str]:
         return [f"int64_t {LOOP.i}", f"int64_t {LOOP.gi}", f"int64_t {LOOP.row}", f"int64_t {LOOP.col}",
-                f"const double *{LOOP.rv}", f"const double *{LOOP.cv}", f"int64_t {LOOP.nrows}", f"int64_t {LOOP.ncols}"]
+                f"const {self.m} *{LOOP.rv}", f"const {self.m} *{LOOP.cv}", f"int64_t {LOOP.nrows}",
+                f"int64_t {LOOP.ncols}"]
 
     def step_lines(self, step: StepCode) -> list[str]:
         d, m = step.variant.name, self.m
@@ -158,8 +160,8 @@ class GridCode:
                                 f"double (*{LOOP.row_lanes})[{TOTAL_LANES}]", f"double *OPGEN_RESTRICT {LOOP.col_acc}",
                                 *step.pointer_params(tensors)])
             args = ", ".join([LOOP.summands, *self.slot_loads(slots), *(step.load(n, memory) for n in tensors)])
-            lines += [f"OPGEN_INLINE void {self.name(f'pass{p.level}', d)}({params}) {{",
-                      f"    {m} {LOOP.summands}[{len(order)}];", f"    {self.name(f'pass{p.level}', m)}(s, {args});"]
+            lines += [f"OPGEN_INLINE void {self.name(f'total{p.level}', d)}({params}) {{",
+                      f"    {m} {LOOP.summands}[{len(order)}];", f"    {self.name(f'total{p.level}', m)}(s, {args});"]
             rows = len(p.totals)
             for k, x in enumerate(order):
                 value = f"(double){LOOP.summands}[{k}]"
@@ -185,11 +187,11 @@ class GridCode:
                 count = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
                 loads = [*self.slot_loads(slots), *(step.load(n, memory) for n in tensors)]
                 lines += [f"OPGEN_INLINE void {self.name(f'{WORD[shape]}{level}', d)}({struct}, int64_t {index}, "
-                          f"double *{values}, int64_t {count}{''.join(', ' + p for p in step.pointer_params(tensors))}) {{",
+                          f"{m} *{values}, int64_t {count}{''.join(', ' + p for p in step.pointer_params(tensors))}) {{",
                           *(f"    {m} {c_name(s.kind, s.target)};" for s in statements),
                           f"    {self.name(f'{WORD[shape]}{level}', m)}(s{''.join(', ' + a for a in loads)}"
                           f"{''.join(f', &{c_name(s.kind, s.target)}' for s in statements)});",
-                          *(f"    {values}[{s.target} * {count} + {index}] = (double){c_name(s.kind, s.target)};"
+                          *(f"    {values}[{s.target} * {count} + {index}] = {c_name(s.kind, s.target)};"
                             for s in statements), "}"]
         slots, names, written = self.update_names()
         reads = {r.name for s in self.g.update for r in refs(s.expr) if r.kind is RefKind.TENSOR}
@@ -207,13 +209,13 @@ class GridCode:
             count = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
             pointers = step.pointer_params([name for name, _ in stored])
             lines += [f"OPGEN_INLINE void {self.name(f'store_{WORD[shape]}', d)}({struct}, int64_t {index}, "
-                      f"const double *{values}, int64_t {count}, int sr, {', '.join(pointers)}) {{",
-                      *(f"    p_{name}[{index}] = {step.store(name, f'({m}){values}[{slot} * {count} + {index}]', index)};"
+                      f"const {m} *{values}, int64_t {count}, int sr, {', '.join(pointers)}) {{",
+                      *(f"    p_{name}[{index}] = {step.store(name, f'{values}[{slot} * {count} + {index}]', index)};"
                         for name, slot in stored), "}"]
         return lines
 
     # -- the kernel body ---------------------------------------------------------------------------
-    def schedule_lines(self, step: StepCode, names: dict, versions) -> list[str]:
+    def schedule_lines(self, step: StepCode, names: dict) -> list[str]:
         """The grid kernel: its workspace's parts, then level by level its passes, per-call
         values and row and column statements, then the update and the states' stores."""
         d, m = step.variant.name, self.m
@@ -221,19 +223,9 @@ class GridCode:
         rows, cols, block_rows = names[ArgRole.NROWS], names[ArgRole.ROW_LEN], names[ArgRole.BLOCK_ROWS]
         flush = names[ArgRole.FLUSH]
         struct, init = code.struct(self.math.math), code.init(self.math.math)
-        layout = GridLayout(g.row_slots, g.col_slots, max((len(p.row_means) for p in g.passes), default=0),
-                            max((len(p.col_means) for p in g.passes), default=0))
-        blocks = "opgen_blocks"
-        lines = [f"const int64_t {LOOP.nrows} = {rows}, {LOOP.ncols} = {cols};",
-                 f"const int64_t {blocks} = ({rows} + {block_rows} - 1) / {block_rows};",
-                 f"(void){blocks};"]
+        lines = self.preamble(names)
         if op.whole_totals:
             lines.append(f"double {LOOP.totals}[{len(op.whole_totals)}] = {{0}};")
-        offset = names[ArgRole.WORKSPACE]
-        for part, length in layout.parts(LOOP.nrows, LOOP.ncols, blocks):
-            lines.append(f"double *const opgen_{part} = {offset}; (void)opgen_{part};")
-            offset = f"opgen_{part} + {length}"
-        lines.append(f"double *const {LOOP.rv} = opgen_row_values, *const {LOOP.cv} = opgen_col_values;")
         scalars = f"const {struct} {LOOP.scalars} = {init}({code.init_call()});"
         pointer = lambda n: f"({'const ' if op.is_const(n) else ''}{step.storage(n).c_storage} *){ARG}{n}"  # noqa: E731
         casts = lambda tensors: "".join(f", {pointer(n)}" for n in tensors)  # noqa: E731
@@ -246,7 +238,7 @@ class GridCode:
                 values = LOOP.rv if v.over is Shape.ROW else LOOP.cv
                 count = LOOP.nrows if v.over is Shape.ROW else LOOP.ncols
                 how = 2 if t.accumulates == "max" else 1 if t.squared else 0
-                lines.append(f"{LOOP.totals}[{t.index}] = OPGEN_FINISH_{t.finish}(opgen_grid_total({values} + "
+                lines.append(f"{LOOP.totals}[{t.index}] = OPGEN_FINISH_{t.finish}(opgen_grid_total_{self.m}({values} + "
                              f"{self.slot_of(t.arg)} * {count}, {count}, {how}), {count});")
             block = []
             for shape in (Shape.ROW, Shape.COL):
@@ -281,6 +273,150 @@ class GridCode:
         lines += ["{", f"    {scalars}", *(f"    {line}" for line in versions(step, update, unswitch=False)), "}"]
         return lines
 
+    def preamble(self, names: dict) -> list[str]:
+        """The kernel's sizes and its workspace's parts (abi.GridLayout: the runtime sizes it)."""
+        rows, cols, block_rows = names[ArgRole.NROWS], names[ArgRole.ROW_LEN], names[ArgRole.BLOCK_ROWS]
+        lines = [f"const int64_t {LOOP.nrows} = {rows}, {LOOP.ncols} = {cols};",
+                 f"const int64_t {BLOCKS} = ({rows} + {block_rows} - 1) / {block_rows};", f"(void){BLOCKS};"]
+        offset = names[ArgRole.WORKSPACE]
+        for part, length in grid_layout(self.op).parts(LOOP.nrows, LOOP.ncols, BLOCKS):
+            lines.append(f"double *const opgen_{part} = {offset}; (void)opgen_{part};")
+            offset = f"opgen_{part} + {length}"
+        # the slots hold values of the math type (a double's room each: the layout counts doubles)
+        m = self.m
+        return lines + [f"{m} *const {LOOP.rv} = ({m} *)opgen_row_values, *const {LOOP.cv} = ({m} *)opgen_col_values;",
+                        f"(void){LOOP.rv}; (void){LOOP.cv};"]
+
+    # -- CUDA: the same steps, a kernel per stage (abi.grid_stages) ------------------------------------
+    def cuda_kernels(self, step: StepCode, kernel, parameters: str) -> list[dict]:
+        """Per level its pass (a block per row block: OPGEN_CUDA_GRID_PASS) and its phase (one
+        block: the pass's results finished into the workspace's totals and slots, the
+        reductions of per-row and per-column values, the row and column statements), the
+        update (a grid-stride loop), the states' store (one block). Each kernel reads the
+        totals so far from the workspace."""
+        d, m, g, op = step.variant.name, self.m, self.g, self.op
+        names = {a.role: a.name for a in kernel.cuda_args if not a.source}
+        block_rows = names[ArgRole.BLOCK_ROWS]
+        pointer = lambda n: f"({'const ' if op.is_const(n) else ''}{step.storage(n).c_storage} *){ARG}{n}"  # noqa: E731
+        casts = lambda tensors: "".join(f", {pointer(n)}" for n in tensors)  # noqa: E731
+        count = len(op.whole_totals)
+        struct, init = self.code.struct(self.math.math), self.code.init(self.math.math)
+        scalars = f"const {struct} {LOOP.s} = {init}({self.code.init_call()});"
+
+        def totals_so_far() -> list[str]:
+            if not count:
+                return []
+            return [f"double {LOOP.totals}[{count}];",
+                    f"for (int opgen_k = 0; opgen_k < {count}; ++opgen_k) {LOOP.totals}[opgen_k] = opgen_passed_totals[opgen_k];"]
+
+        head = self.preamble(names)
+        kernels = []
+        threads = TOTAL_THREADS
+        for level in range(g.levels + 1):
+            p = g.pass_at(level)
+            if p is not None:
+                _, tensors = self.inputs(self.pass_exprs(p))
+                nsum = sum(1 for t in p.totals if t.accumulates == "sum")
+                call = (f"{self.name(f'total{level}', d)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.row}, {LOOP.col}, "
+                        f"{LOOP.rv}, {LOOP.cv}, {LOOP.nrows}, {LOOP.ncols}, {LOOP.lanes}, {LOOP.lane}, "
+                        f"{LOOP.row_lanes}, {LOOP.col_acc}{casts(tensors)})")
+                body = [*head, "{", *totals_so_far(), scalars,
+                        f"OPGEN_CUDA_GRID_PASS({nsum}, {len(p.totals) - nsum}, {len(p.row_means)}, {len(p.col_means)}, "
+                        f"{LOOP.nrows}, {LOOP.ncols}, {block_rows}, opgen_block_totals, opgen_row_sums, "
+                        f"opgen_col_partials, {call});", "}"]
+                kernels.append({"name": f"{kernel.name}_total{level}", "parameters": parameters, "threads": threads,
+                                "body": body})
+            kernels.append({"name": f"{kernel.name}_phase{level}", "parameters": parameters, "threads": threads,
+                            "body": [*head, *self.cuda_phase(step, level, casts, scalars, totals_so_far)]})
+
+        def update(v: Version) -> list[str]:
+            call = (f"{self.name('update', d)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.row}, {LOOP.col}, {LOOP.rv}, "
+                    f"{LOOP.cv}, {LOOP.nrows}, {LOOP.ncols}, {v.sr}{casts(self.update_names()[1])})")
+            return [f"for (long long {LOOP.i} = (long long)blockIdx.x * blockDim.x + threadIdx.x; "
+                    f"{LOOP.i} < {LOOP.nrows} * {LOOP.ncols}; {LOOP.i} += (long long)gridDim.x * blockDim.x) {{",
+                    f"    const long long {LOOP.row} = {LOOP.i} / {LOOP.ncols}, {LOOP.col} = {LOOP.i} - {LOOP.row} * "
+                    f"{LOOP.ncols}, {LOOP.gi} = {LOOP.i};", f"    {call};", "}"]
+
+        kernels.append({"name": kernel.name, "parameters": parameters,
+                        "threads": kernel.launch.block[0] * kernel.launch.block[1],
+                        "body": [*head, *totals_so_far(), scalars, *versions(step, update, unswitch=False)]})
+
+        def store(v: Version) -> list[str]:
+            out = []
+            for shape in (Shape.ROW, Shape.COL):
+                stored = [name for name, sh, _ in g.stores if sh is shape]
+                if stored:
+                    index = LOOP.row if shape is Shape.ROW else LOOP.col
+                    values = LOOP.rv if shape is Shape.ROW else LOOP.cv
+                    n = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
+                    out.append(f"for (long long {index} = threadIdx.x; {index} < {n}; {index} += blockDim.x) "
+                               f"{self.name(f'store_{WORD[shape]}', d)}({LOOP.s}, {index}, {values}, {n}, {v.sr}"
+                               f"{casts(stored)});")
+            return out
+
+        kernels.append({"name": kernel.store, "parameters": parameters, "threads": threads,
+                        "body": [*head, *totals_so_far(), scalars, *versions(step, store, unswitch=False)]})
+        return kernels
+
+    def cuda_phase(self, step: StepCode, level: int, casts, scalars: str, totals_so_far) -> list[str]:
+        """One block: the level's pass results finished, its vector reductions, its row and
+        column statements (each stage after a barrier: the next reads what it wrote)."""
+        d, m, g = step.variant.name, self.m, self.g
+        lines = [f"__shared__ double opgen_red[{TOTAL_THREADS}];"] if g.vector_totals_at(level) else []
+        if level == 0 and self.op.whole_totals:  # (a call's totals start from nothing)
+            lines += [f"for (int opgen_k = threadIdx.x; opgen_k < {len(self.op.whole_totals)}; opgen_k += blockDim.x) "
+                      f"opgen_passed_totals[opgen_k] = 0.0;", "__syncthreads();"]
+        p = g.pass_at(level)
+        if p is not None:
+            order = self.pass_order(p)
+            ncol = len(p.col_means)
+            for k, x in enumerate(order):
+                if k < len(p.totals):
+                    lines.append(f"if (threadIdx.x == 0) opgen_passed_totals[{x.index}] = OPGEN_FINISH_{x.finish}("
+                                 f"opgen_cuda_grid_combine(opgen_block_totals + {k} * OPGEN_GRID_MAX_BLOCKS, {BLOCKS}, 1, "
+                                 f"{int(x.accumulates == 'max')}), {LOOP.nrows} * {LOOP.ncols});")
+            if ncol:
+                lines.append(f"for (long long opgen_c = threadIdx.x; opgen_c < {ncol} * {LOOP.ncols}; opgen_c += blockDim.x) "
+                             f"opgen_col_sums[opgen_c] = opgen_cuda_grid_combine(opgen_col_partials + opgen_c, {BLOCKS}, "
+                             f"{ncol} * {LOOP.ncols}, 0);")
+            lines.append("__syncthreads();")
+            for k, x in enumerate(order[len(p.totals):]):
+                if x.shape is Shape.ROW:
+                    lines.append(f"for (long long opgen_j = threadIdx.x; opgen_j < {LOOP.nrows}; opgen_j += blockDim.x) "
+                                 f"{LOOP.rv}[{x.slot} * {LOOP.nrows} + opgen_j] = ({m})((opgen_row_sums"
+                                 f"[{k} * {LOOP.nrows} + opgen_j]) / (double){LOOP.ncols});")
+                else:
+                    j = k - len(p.row_means)
+                    lines.append(f"for (long long opgen_j = threadIdx.x; opgen_j < {LOOP.ncols}; opgen_j += blockDim.x) "
+                                 f"{LOOP.cv}[{x.slot} * {LOOP.ncols} + opgen_j] = ({m})((opgen_col_sums"
+                                 f"[{j} * {LOOP.ncols} + opgen_j]) / (double){LOOP.nrows});")
+            lines.append("__syncthreads();")
+        for v in g.vector_totals_at(level):
+            t = v.total
+            values = LOOP.rv if v.over is Shape.ROW else LOOP.cv
+            n = LOOP.nrows if v.over is Shape.ROW else LOOP.ncols
+            how = 2 if t.accumulates == "max" else 1 if t.squared else 0
+            lines += [f"{{ const double opgen_r = opgen_cuda_grid_total({values} + {self.slot_of(t.arg)} * {n}, {n}, "
+                      f"opgen_red, {how});",
+                      f"  if (threadIdx.x == 0) opgen_passed_totals[{t.index}] = OPGEN_FINISH_{t.finish}(opgen_r, {n}); }}"]
+        if g.vector_totals_at(level):
+            lines.append("__syncthreads();")
+        block = []
+        for shape in (Shape.ROW, Shape.COL):
+            statements = self.vector_statements(level, shape)
+            if not statements:
+                continue
+            targets = {(s.kind, s.target) for s in statements}
+            _, tensors = self.inputs([s.expr for s in statements], targets)
+            index = LOOP.row if shape is Shape.ROW else LOOP.col
+            values = LOOP.rv if shape is Shape.ROW else LOOP.cv
+            n = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
+            block.append(f"for (long long {index} = threadIdx.x; {index} < {n}; {index} += blockDim.x) "
+                         f"{self.name(f'{WORD[shape]}{level}', d)}({LOOP.s}, {index}, {values}, {n}{casts(tensors)});")
+        if block:
+            lines += ["{", *totals_so_far(), scalars, *block, "}"]
+        return lines
+
     def pass_lines(self, step: StepCode, p: GridPass, scalars: str, block_rows: str, flush: str, casts) -> list[str]:
         """One element pass: the per-call values so far, the pass, its results finished:
         whole totals into the call's totals, row and column means into their slots."""
@@ -288,26 +424,25 @@ class GridCode:
         _, tensors = self.inputs(self.pass_exprs(p))
         order = self.pass_order(p)
         nsum = sum(1 for t in p.totals if t.accumulates == "sum")
-        call = (f"{self.name(f'pass{p.level}', d)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.row}, {LOOP.col}, "
+        call = (f"{self.name(f'total{p.level}', d)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.row}, {LOOP.col}, "
                 f"{LOOP.rv}, {LOOP.cv}, {LOOP.nrows}, {LOOP.ncols}, {LOOP.lanes}, {LOOP.lane}, "
                 f"{LOOP.row_lanes}, {LOOP.col_acc}{casts(tensors)})")
         lines = [scalars, f"double {LOOP.accumulated}[{len(p.totals) + 1}];",
                  f"OPGEN_GRID_TOTALS({nsum}, {len(p.totals) - nsum}, {len(p.row_means)}, {len(p.col_means)}, "
                  f"{LOOP.nrows}, {LOOP.ncols}, {block_rows}, {flush}, {LOOP.accumulated}, opgen_row_sums, "
                  f"opgen_col_partials, opgen_col_sums, {call});"]
-        rounds = int(m == "float")  # a mean is a value of the math type: rounded to float where it computes in float
         for k, x in enumerate(order):
             if k < len(p.totals):
                 lines.append(f"{LOOP.totals}[{x.index}] = OPGEN_FINISH_{x.finish}({LOOP.accumulated}[{k}], "
                              f"{LOOP.nrows} * {LOOP.ncols});")
             elif x.shape is Shape.ROW:
                 j = k - len(p.totals)
-                lines.append(f"opgen_grid_means({LOOP.rv} + {x.slot} * {LOOP.nrows}, opgen_row_sums + {j} * "
-                             f"{LOOP.nrows}, {LOOP.nrows}, {LOOP.ncols}, {rounds});")
+                lines.append(f"opgen_grid_means_{m}({LOOP.rv} + {x.slot} * {LOOP.nrows}, opgen_row_sums + {j} * "
+                             f"{LOOP.nrows}, {LOOP.nrows}, {LOOP.ncols});")
             else:
                 j = k - len(p.totals) - len(p.row_means)
-                lines.append(f"opgen_grid_means({LOOP.cv} + {x.slot} * {LOOP.ncols}, opgen_col_sums + {j} * "
-                             f"{LOOP.ncols}, {LOOP.ncols}, {LOOP.nrows}, {rounds});")
+                lines.append(f"opgen_grid_means_{m}({LOOP.cv} + {x.slot} * {LOOP.ncols}, opgen_col_sums + {j} * "
+                             f"{LOOP.ncols}, {LOOP.ncols}, {LOOP.nrows});")
         return lines
 
     @staticmethod
