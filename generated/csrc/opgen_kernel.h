@@ -661,9 +661,19 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
                     for (int opgen_k = 0; opgen_k < (NROW); ++opgen_k)                     \
                         for (int opgen_q = 0; opgen_q < OPGEN_TOTAL_LANES; ++opgen_q)      \
                             opgen_row_lanes[opgen_k][opgen_q] = 0.0;                  \
-                    for (int64_t col = 0; col < (cols); ++col) { \
+                    /* lanes of consecutive columns (the lanes' loop vectorizes), then the tail */ \
+                    int64_t opgen_c0 = 0;                                                  \
+                    for (; opgen_c0 + OPGEN_TOTAL_LANES <= (cols); opgen_c0 += OPGEN_TOTAL_LANES) { \
+                        _Pragma("omp simd")                                                \
+                        for (int opgen_l = 0; opgen_l < OPGEN_TOTAL_LANES; ++opgen_l) { \
+                            const int64_t col = opgen_c0 + opgen_l;     \
+                            const int64_t i = row * (cols) + col, gi = i; \
+                            STEP;                                                          \
+                        }                                                                  \
+                    }                                                                      \
+                    for (int opgen_l = 0; opgen_c0 + opgen_l < (cols); ++opgen_l) { \
+                        const int64_t col = opgen_c0 + opgen_l;         \
                         const int64_t i = row * (cols) + col, gi = i; \
-                        const int opgen_l = (int)(col % OPGEN_TOTAL_LANES); \
                         STEP;                                                              \
                     }                                                                      \
                     for (int opgen_k = 0; opgen_k < (NROW); ++opgen_k)                     \
