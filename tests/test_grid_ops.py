@@ -278,7 +278,8 @@ math:
   - cs = 0.5 * cs + col_mean(abs(grad)) + amax(rs)
   - rs = rs + sum(cs) * 0.001
   - z = norm(mom / sqrt(rs * cs + 1))
-  - weight = weight - lr * (mom / (z + 1) + rs * cs)
+  - k = row_sum(grad) * col_sum(mom)
+  - weight = weight - lr * (mom / (z + 1) + rs * cs) - 0.001 * k
 """
 
 
@@ -292,7 +293,8 @@ def grid_reference(weight, grad, mom, rs, cs, lr):
     cs = 0.5 * cs + np.abs(g).mean(axis=0, keepdims=True) + rs.max()
     rs = rs + cs.sum() * 0.001
     z = np.sqrt(np.sum((m / np.sqrt(rs * cs + 1)) ** 2))
-    w = w - lr * (m / (z + 1) + rs * cs)
+    k = g.sum(axis=1, keepdims=True) * m.sum(axis=0, keepdims=True)  # (mom: its new value)
+    w = w - lr * (m / (z + 1) + rs * cs) - 0.001 * k
     return w, m, rs[:, 0], cs[0]
 
 
@@ -320,6 +322,8 @@ def test_a_grid_spec_runs_level_by_level():
     # pass 1: row_mean, col_mean; then amax(rs) over the rows; then cs; sum(cs) over the
     # columns; the second rs; then norm(...) in an element pass; then the update
     assert [p.level for p in g.passes] == [1, 4]
+    # row_sum(grad) and col_sum(mom) read no per-row value: pass 1 adds them too
+    assert [m.func for m in g.passes[0].means] == ["row_mean", "col_mean", "row_sum", "col_sum"]
     assert [(v.total.func, v.total.level, v.over.name) for v in g.vector_totals] == [("amax", 2, "ROW"),
                                                                                     ("sum", 3, "COL")]
     # q, a per-row temporary, is computed before any pass; each statement has a slot of its own
@@ -345,6 +349,11 @@ BAD_GRID_SPECS = {
                                     "row_mean\\(\\) averages an element expression over each row"),
     "col_mean of a per-column value": (_grid("rs = rs + 1", "cs = col_mean(cs * 2)", "mom = mom + grad",
                                              "weight = weight - lr * rs"), "col_mean\\(\\) averages"),
+    "row_sum of a per-column value": (_grid("rs = row_sum(cs)", "cs = cs + 1", "mom = mom + grad",
+                                            "weight = weight - lr * rs"), "row_sum\\(\\) adds an element expression"),
+    "row_sum in a row-sparse op": (_grid("rs = rs + row_sum(grad)", "cs = cs + 1", "mom = mom + grad",
+                                         "weight = weight - lr * rs * cs", extra="row_sparse: {lazy: true}\n"),
+                                   "dense gradients only"),
     "per_col on a gradient": (_grid("weight = weight - lr * grad").replace("{name: grad, role: grad,",
                                                                           "{name: grad, role: grad, per_col: true,"),
                               "only states can hold one value per column"),

@@ -78,7 +78,7 @@ CASES = [
     ("no eval of spec text", ("momentum: b2", "momentum: __import__('os').system('x')"),
      f"{P}:23:17: only the spec language's functions can be called"),
     ("a tensor function", ("momentum: b2", "momentum: row_mean(b2)"),
-     f"{P}:23:17: row_mean() reads a tensor's row; host expressions read numbers only"),
+     f"{P}:23:17: row_mean() reads a tensor's rows or columns; host expressions read numbers only"),
     ("initial host state reads t", ("init: 1, update", "init: t, update"), f"{P}:20:28: undefined name 't'"),
     ("bad state dtype", ("    init: {mom: 0}", "    init: {mom: 0}\n    state_dtype: float16"),
      f"{P}:25:18: state_dtype must be one of weight, float32, got 'float16'"),

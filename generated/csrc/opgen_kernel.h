@@ -725,8 +725,8 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
         }                                                                                  \
     } while (0)
 
-/* A grid op's row (or column) means from their sums over count elements, as values of the
- * math type T; and a whole reduction of n per-row (or per-column) values of T in fixed
+/* A grid op's row (or column) means from their sums over count elements (count 1: the sums
+ * themselves), as values of the math type T; and a whole reduction of n per-row (or per-column) values of T in fixed
  * lanes, then the lanes pairwise: how 0 sums, 1 sums squares, 2 takes the maximum. */
 #define OPGEN_DEFINE_GRID_HELPERS(T)                                                       \
     static inline void opgen_grid_means_##T(T *values, const double *sums, int64_t n, int64_t count) { \

@@ -44,12 +44,14 @@ class Shape(enum.IntFlag):
         return {Shape.CALL: "per-call", Shape.ROW: "per-row", Shape.COL: "per-column", Shape.ELEMENT: "element"}[self]
 
 
-ALONG = {"row_mean": Shape.ROW, "col_mean": Shape.COL}  # an axis mean: its result's shape
+# the means and sums along the rows or the columns: each one's result's shape
+ALONG = {"row_mean": Shape.ROW, "col_mean": Shape.COL, "row_sum": Shape.ROW, "col_sum": Shape.COL}
 
 
 @dataclass(frozen=True)
 class AxisMean:
-    """``row_mean(arg)`` or ``col_mean(arg)`` of an element expression, into a slot."""
+    """``row_mean(arg)``, ``col_mean(arg)``, ``row_sum(arg)`` or ``col_sum(arg)`` of an
+    element expression, into a slot."""
 
     func: str
     arg: Expr
@@ -61,6 +63,11 @@ class AxisMean:
     @property
     def shape(self) -> Shape:
         return ALONG[self.func]
+
+    @property
+    def divides(self) -> bool:
+        """A mean (its sum divided by the row's or column's length), not a sum."""
+        return self.func.endswith("_mean")
 
 
 @dataclass(frozen=True)
@@ -141,10 +148,11 @@ def _marker_name(x) -> str:
 
 
 def is_grid(program: Program, row_tensors: frozenset[str], col_tensors: frozenset[str], dense: bool) -> bool:
-    """Whether the math is a grid op's: per-column values, or per-row ones in a dense op."""
-    axis = any(isinstance(n, Call) and n.func in ALONG for s in program.statements for n in _nodes(s.expr))
-    cols = bool(col_tensors) or any(isinstance(n, Call) and n.func == "col_mean"
-                                    for s in program.statements for n in _nodes(s.expr))
+    """Whether the math is a grid op's: per-column values, sums along an axis, or per-row
+    values in a dense op (row_mean in a row-sparse op is the lazy row kernels')."""
+    funcs = {n.func for s in program.statements for n in _nodes(s.expr) if isinstance(n, Call)}
+    axis = bool(funcs & set(ALONG))
+    cols = bool(col_tensors) or bool(funcs & (set(ALONG) - {"row_mean"}))
     return cols or (dense and (bool(row_tensors) or axis))
 
 
@@ -269,8 +277,8 @@ def split(program: KernelProgram, func_of: dict[str, str], row_tensors: frozense
             lvl = 1 + level(expr)
             if func in ALONG:
                 if arg_shape is not Shape.ELEMENT:
-                    raise SpecError(s.location, f"{func}() averages an element expression over each "
-                                                f"{'row' if func == 'row_mean' else 'column'}; its argument is "
+                    raise SpecError(s.location, f"{func}() {'averages' if func.endswith('_mean') else 'adds'} an element expression over each "
+                                                f"{'row' if func.startswith('row') else 'column'}; its argument is "
                                                 f"a {arg_shape.word} value")
                 ref = new_slot(ALONG[func], lvl, s.location)
                 slot_ref[(True, s.target)] = ref

@@ -54,6 +54,8 @@ class LatexPrinter(InfixPrinter):
             return rf"\operatorname{{mean}}_{{\text{{row}}}}\left({args[0]}\right)"
         if e.func == "col_mean":
             return rf"\operatorname{{mean}}_{{\text{{col}}}}\left({args[0]}\right)"
+        if e.func in ("row_sum", "col_sum"):
+            return rf"\sum_{{\text{{{e.func[:3]}}}}}\left({args[0]}\right)"
         name = {"min": r"\min", "max": r"\max", "exp": r"\exp", "log": r"\log"}.get(
             e.func, rf"\operatorname{{{e.func}}}")
         return rf"{name}\left({', '.join(args)}\right)"

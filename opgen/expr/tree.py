@@ -54,6 +54,8 @@ FUNCTIONS: dict[str, Function] = {
         Function("clip", 2, "clip(x, b): x limited to [-b, b]; NaN passes through"),
         Function("row_mean", 1, "the mean of x over the current row (one value per row of the weight)"),
         Function("col_mean", 1, "the mean of x over the current column (one value per column of a 2-D weight)"),
+        Function("row_sum", 1, "the sum of x over the current row (one value per row of a 2-D weight)"),
+        Function("col_sum", 1, "the sum of x over the current column (one value per column of a 2-D weight)"),
         Function("sum", 1, "the sum of x over every element of the tensor (one value per call)", reduces="sum"),
         Function("avg", 1, "the mean of x over every element of the tensor (NaN for an empty one)", reduces="sum"),
         Function("norm", 1, "the L2 norm of x over every element of the tensor: sqrt(sum(x * x))", reduces="sum"),

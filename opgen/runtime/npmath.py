@@ -42,6 +42,16 @@ def grid_row_mean(x):
     return x64.sum(axis=-1, keepdims=True, dtype=np.float64) / np.float64(x64.shape[-1])
 
 
+def grid_row_sum(x):
+    """A grid op's row sums: over the last axis, accumulated in double, kept 2-D (rows, 1)."""
+    return np.asarray(x, np.float64).sum(axis=-1, keepdims=True, dtype=np.float64)
+
+
+def grid_col_sum(x):
+    """A grid op's column sums: over the first axis, accumulated in double, kept 2-D (1, cols)."""
+    return np.asarray(x, np.float64).sum(axis=0, keepdims=True, dtype=np.float64)
+
+
 def grid_col_mean(x):
     """A grid op's column means: over the first axis, accumulated in double, kept 2-D (1, cols)."""
     x64 = np.asarray(x, np.float64)

@@ -298,8 +298,8 @@ def _expression(path: str, m: y.Mapping, key: str, names: dict, number: bool = F
 
 def _no_tensor_functions(expr: Expr, where: Location) -> None:
     for e in walk(expr):
-        if isinstance(e, Call) and e.func == "row_mean":
-            raise SpecError(where, "row_mean() reads a tensor's row; host expressions read numbers only")
+        if isinstance(e, Call) and e.func in ("row_mean", "col_mean", "row_sum", "col_sum"):
+            raise SpecError(where, f"{e.func}() reads a tensor's rows or columns; host expressions read numbers only")
 
 
 def check_optimizers(ops) -> None:

@@ -384,12 +384,12 @@ class GridCode:
                 if x.shape is Shape.ROW:
                     lines.append(f"for (long long opgen_j = threadIdx.x; opgen_j < {LOOP.nrows}; opgen_j += blockDim.x) "
                                  f"{LOOP.rv}[{x.slot} * {LOOP.nrows} + opgen_j] = ({m})((opgen_row_sums"
-                                 f"[{k} * {LOOP.nrows} + opgen_j]) / (double){LOOP.ncols});")
+                                 f"[{k} * {LOOP.nrows} + opgen_j]) / (double){LOOP.ncols if x.divides else 1});")
                 else:
                     j = k - len(p.row_means)
                     lines.append(f"for (long long opgen_j = threadIdx.x; opgen_j < {LOOP.ncols}; opgen_j += blockDim.x) "
                                  f"{LOOP.cv}[{x.slot} * {LOOP.ncols} + opgen_j] = ({m})((opgen_col_sums"
-                                 f"[{j} * {LOOP.ncols} + opgen_j]) / (double){LOOP.nrows});")
+                                 f"[{j} * {LOOP.ncols} + opgen_j]) / (double){LOOP.nrows if x.divides else 1});")
             lines.append("__syncthreads();")
         for v in g.vector_totals_at(level):
             t = v.total
@@ -438,11 +438,11 @@ class GridCode:
             elif x.shape is Shape.ROW:
                 j = k - len(p.totals)
                 lines.append(f"opgen_grid_means_{m}({LOOP.rv} + {x.slot} * {LOOP.nrows}, opgen_row_sums + {j} * "
-                             f"{LOOP.nrows}, {LOOP.nrows}, {LOOP.ncols});")
+                             f"{LOOP.nrows}, {LOOP.nrows}, {LOOP.ncols if x.divides else 1});")
             else:
                 j = k - len(p.totals) - len(p.row_means)
                 lines.append(f"opgen_grid_means_{m}({LOOP.cv} + {x.slot} * {LOOP.ncols}, opgen_col_sums + {j} * "
-                             f"{LOOP.ncols}, {LOOP.ncols}, {LOOP.nrows});")
+                             f"{LOOP.ncols}, {LOOP.ncols}, {LOOP.nrows if x.divides else 1});")
         return lines
 
     @staticmethod
