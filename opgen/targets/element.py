@@ -597,17 +597,8 @@ class TotalsCode:
             names = self.arrays(p)
             params = ", ".join([f"const {struct} s", f"{m} *{LOOP.summands}", *self.math.element_params(names, set())])
             lines.append(f"OPGEN_INLINE void {self.name(p, m)}({params}) {{")
-            declared, pending = set(names), []
-            for s in p.steps:  # each summand where its reduction stands in the math
-                if s.kind is not RefKind.TOTAL:
-                    pending.append(s)
-                    continue
-                lines += self.math.statements(pending, declared)
-                pending = []
-                t = p.total_at(s)
-                lines.append(f"    {LOOP.summands}[{p.ordered.index(t)}] = {printer.expr(t.summand)}; "
-                             f"/* {t.func}: {c_comment(t.source)} */")
-            lines += [*self.math.statements(pending, declared), "}"]
+            lines += [*summand_lines(self.math, p.steps, set(names), p.total_at, p.ordered,
+                                     lambda t: printer.expr(t.summand)), "}"]
         return lines
 
     def step_lines(self, step: StepCode) -> list[str]:
@@ -669,6 +660,22 @@ class TotalsCode:
                       *(f"    {LOOP.totals}[{t.index}] = OPGEN_FINISH_{t.finish}({LOOP.accumulated}[{k}], {size});"
                         for k, t in enumerate(p.ordered)), "}"]
         return lines
+
+
+def summand_lines(math: MathCode, steps, declared: set[str], marked, order, summand) -> list[str]:
+    """A pass's element statements with each reduction's summand where its marker stands in
+    the math (a name reassigned after it must not change it): ``marked(marker)`` is the
+    reduction, its place in ``order`` its summand's, ``summand(reduction)`` its C expression."""
+    lines, pending = [], []
+    for s in steps:
+        if s.kind is not RefKind.TOTAL:
+            pending.append(s)
+            continue
+        lines += math.statements(pending, declared)
+        pending = []
+        x = marked(s)
+        lines.append(f"    {LOOP.summands}[{order.index(x)}] = {summand(x)}; /* {x.func}: {c_comment(x.source)} */")
+    return lines + math.statements(pending, declared)
 
 
 def _more(text: str) -> str:

@@ -15,13 +15,13 @@ store; the kernel body runs them through the grid schedules of the shared header
 
 from __future__ import annotations
 
-from opgen.escape import c_comment
 from opgen.expr.grid import GridPass, Shape
 from opgen.expr.printers.c import CPrinter, c_name
 from opgen.expr.tree import Assign, Expr, Ref, RefKind, refs
 from opgen.kinds import ArgRole
 from opgen.targets.abi import ARG, TOTAL_THREADS, grid_layout
-from opgen.targets.element import LOOP, TOTAL_LANES, MathCode, Memory, StepCode, Version, versions
+from opgen.targets.element import (LOOP, TOTAL_LANES, MathCode, Memory, StepCode, Version, summand_lines,
+                                   versions)
 
 BLOCKS = "opgen_blocks"  # the row blocks of the passes, from the shape
 
@@ -84,17 +84,8 @@ class GridCode:
             order = self.pass_order(p)
             params = ", ".join([f"const {struct} s", f"{m} *{LOOP.summands}", *self.value_params(slots, tensors)])
             lines.append(f"OPGEN_INLINE void {self.name(f'total{p.level}', m)}({params}) {{")
-            declared, pending = set(tensors), []
-            for s in p.steps:  # each summand where its reduction stands in the math
-                if s.kind is not RefKind.TOTAL:
-                    pending.append(s)
-                    continue
-                lines += self.math.statements(pending, declared)
-                pending = []
-                x = p.marked(s)
-                lines.append(f"    {LOOP.summands}[{order.index(x)}] = {self.printer.expr(x.arg)}; "
-                             f"/* {x.func}: {c_comment(x.source)} */")
-            lines += [*self.math.statements(pending, declared), "}"]
+            lines += [*summand_lines(self.math, p.steps, set(tensors), p.marked, order,
+                                     lambda x: self.printer.expr(x.arg)), "}"]
         for level in range(self.g.levels + 1):
             for shape in (Shape.ROW, Shape.COL):
                 lines += self.vector_math(level, shape)
@@ -240,18 +231,8 @@ class GridCode:
                 how = 2 if t.accumulates == "max" else 1 if t.squared else 0
                 lines.append(f"{LOOP.totals}[{t.index}] = OPGEN_FINISH_{t.finish}(opgen_grid_total_{self.m}({values} + "
                              f"{self.slot_of(t.arg)} * {count}, {count}, {how}), {count});")
-            block = []
-            for shape in (Shape.ROW, Shape.COL):
-                statements = self.vector_statements(level, shape)
-                if not statements:
-                    continue
-                targets = {(s.kind, s.target) for s in statements}
-                _, tensors = self.inputs([s.expr for s in statements], targets)
-                index = LOOP.row if shape is Shape.ROW else LOOP.col
-                values = LOOP.rv if shape is Shape.ROW else LOOP.cv
-                count = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
-                block.append(f"OPGEN_GRID_EACH({index}, {count}, {flush}, {self.name(f'{WORD[shape]}{level}', d)}"
-                             f"({LOOP.s}, {index}, {values}, {count}{casts(tensors)}));")
+            block = self.vector_calls(step, level, casts,
+                                      lambda index, count, call: f"OPGEN_GRID_EACH({index}, {count}, {flush}, {call});")
             if block:
                 lines += ["{", f"    {scalars}", *(f"    {line}" for line in block), "}"]
         slots, names_, written = self.update_names()
@@ -259,16 +240,9 @@ class GridCode:
         def update(v: Version) -> list[str]:
             call = (f"{self.name('update', d)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.row}, {LOOP.col}, {LOOP.rv}, "
                     f"{LOOP.cv}, {LOOP.nrows}, {LOOP.ncols}, {v.sr}{casts(names_)})")
-            out = [f"OPGEN_GRID_UPDATE({LOOP.nrows}, {LOOP.ncols}, {flush}, {call});"]
-            for shape in (Shape.ROW, Shape.COL):
-                stored = [name for name, sh, _ in g.stores if sh is shape]
-                if stored:
-                    index = LOOP.row if shape is Shape.ROW else LOOP.col
-                    values = LOOP.rv if shape is Shape.ROW else LOOP.cv
-                    count = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
-                    out.append(f"OPGEN_GRID_EACH({index}, {count}, {flush}, {self.name(f'store_{WORD[shape]}', d)}"
-                               f"({LOOP.s}, {index}, {values}, {count}, {v.sr}{casts(stored)}));")
-            return out
+            return [f"OPGEN_GRID_UPDATE({LOOP.nrows}, {LOOP.ncols}, {flush}, {call});",
+                    *self.store_calls(step, v, casts, lambda index, count, store: (
+                        f"OPGEN_GRID_EACH({index}, {count}, {flush}, {store});"))]
 
         lines += ["{", f"    {scalars}", *(f"    {line}" for line in versions(step, update, unswitch=False)), "}"]
         return lines
@@ -342,17 +316,8 @@ class GridCode:
                         "body": [*head, *totals_so_far(), scalars, *versions(step, update, unswitch=False)]})
 
         def store(v: Version) -> list[str]:
-            out = []
-            for shape in (Shape.ROW, Shape.COL):
-                stored = [name for name, sh, _ in g.stores if sh is shape]
-                if stored:
-                    index = LOOP.row if shape is Shape.ROW else LOOP.col
-                    values = LOOP.rv if shape is Shape.ROW else LOOP.cv
-                    n = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
-                    out.append(f"for (long long {index} = threadIdx.x; {index} < {n}; {index} += blockDim.x) "
-                               f"{self.name(f'store_{WORD[shape]}', d)}({LOOP.s}, {index}, {values}, {n}, {v.sr}"
-                               f"{casts(stored)});")
-            return out
+            return self.store_calls(step, v, casts, lambda index, count, call: (
+                f"for (long long {index} = threadIdx.x; {index} < {count}; {index} += blockDim.x) {call};"))
 
         kernels.append({"name": kernel.store, "parameters": parameters, "threads": threads,
                         "body": [*head, *totals_so_far(), scalars, *versions(step, store, unswitch=False)]})
@@ -401,21 +366,42 @@ class GridCode:
                       f"  if (threadIdx.x == 0) opgen_passed_totals[{t.index}] = OPGEN_FINISH_{t.finish}(opgen_r, {n}); }}"]
         if g.vector_totals_at(level):
             lines.append("__syncthreads();")
-        block = []
-        for shape in (Shape.ROW, Shape.COL):
-            statements = self.vector_statements(level, shape)
-            if not statements:
-                continue
-            targets = {(s.kind, s.target) for s in statements}
-            _, tensors = self.inputs([s.expr for s in statements], targets)
-            index = LOOP.row if shape is Shape.ROW else LOOP.col
-            values = LOOP.rv if shape is Shape.ROW else LOOP.cv
-            n = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
-            block.append(f"for (long long {index} = threadIdx.x; {index} < {n}; {index} += blockDim.x) "
-                         f"{self.name(f'{WORD[shape]}{level}', d)}({LOOP.s}, {index}, {values}, {n}{casts(tensors)});")
+        block = self.vector_calls(step, level, casts, lambda index, count, call: (
+            f"for (long long {index} = threadIdx.x; {index} < {count}; {index} += blockDim.x) {call};"))
         if block:
             lines += ["{", *totals_so_far(), scalars, *block, "}"]
         return lines
+
+    @staticmethod
+    def axis(shape: Shape) -> tuple[str, str, str]:
+        """A row's (or column's) index, the slots' array and the count, as the kernels name them."""
+        if shape is Shape.ROW:
+            return LOOP.row, LOOP.rv, LOOP.nrows
+        return LOOP.col, LOOP.cv, LOOP.ncols
+
+    def store_calls(self, step: StepCode, v: Version, casts, loop) -> list[str]:
+        """The per-row and per-column states' stores: per shape, ``loop(index, count, call)``."""
+        out = []
+        for shape in (Shape.ROW, Shape.COL):
+            stored = [name for name, sh, _ in self.g.stores if sh is shape]
+            if stored:
+                index, values, count = self.axis(shape)
+                out.append(loop(index, count, f"{self.name(f'store_{WORD[shape]}', step.variant.name)}({LOOP.s}, "
+                                              f"{index}, {values}, {count}, {v.sr}{casts(stored)})"))
+        return out
+
+    def vector_calls(self, step: StepCode, level: int, casts, loop) -> list[str]:
+        """The level's row and column statements: per shape, ``loop(index, count, call)`` of
+        the step that computes one row's (or column's)."""
+        out = []
+        for shape in (Shape.ROW, Shape.COL):
+            statements = self.vector_statements(level, shape)
+            if statements:
+                _, tensors = self.inputs([s.expr for s in statements], {(s.kind, s.target) for s in statements})
+                index, values, count = self.axis(shape)
+                out.append(loop(index, count, f"{self.name(f'{WORD[shape]}{level}', step.variant.name)}({LOOP.s}, "
+                                              f"{index}, {values}, {count}{casts(tensors)})"))
+        return out
 
     def pass_lines(self, step: StepCode, p: GridPass, scalars: str, block_rows: str, flush: str, casts) -> list[str]:
         """One element pass: the per-call values so far, the pass, its results finished:

@@ -269,118 +269,99 @@ def numpy_lines(op: OpSpec) -> list[str]:
     return lines + [printer.statement(s) for s in program.body]
 
 
+class _MultiPassLines:
+    """The lines of a NumPy kernel that runs in passes (whole-tensor reductions, grid ops),
+    as its C kernel does: per stage, the per-call values in double and their rounded copies
+    (``_t_`` names, which the element math reads, so later stages still read the double
+    values); per pass, a function of its own (its assignments must not rebind the update's
+    inputs) returning each reduction's summands, computed where its marker stands."""
+
+    def __init__(self, op: OpSpec) -> None:
+        self.op, self.lines = op, []
+        self.double = NumpyPrinter("_D")
+        kinds = [ParamType.FLOAT] * (len(op.scalars) + len(op.per_tensor_states)) + [p.type for p in op.math_params]
+        self.reals = [name for name, kind in zip(op.kernel_scalars, kinds) if kind is ParamType.FLOAT]
+        self.rounded = set(self.reals)
+        self.element = NumpyPrinter(rounded=self.rounded)  # (reads the rounded set as it grows)
+        self.arrays = ", ".join(t.name for t in op.arrays)
+
+    def round(self, names: list[str]) -> None:
+        names = list(dict.fromkeys(names))
+        self.rounded.update(names)
+        if names:
+            self.lines.append(f"{', '.join('_t_' + n for n in names)}{',' if len(names) == 1 else ''} = "
+                              f"{', '.join(f'_T({n})' for n in names)}{',' if len(names) == 1 else ''}")
+
+    def stage(self, k: int, statements) -> None:
+        self.lines.extend(self.double.statement(s) for s in statements)
+        self.round((self.reals if k == 0 else []) + [self.double.statement(s).split(" = ")[0] for s in statements
+                                                     if s.expr.vtype.value == "real"])
+
+    def pass_function(self, level: int, steps, marked, order, summand) -> None:
+        """``_s``: the pass's summands, by their place in ``order``."""
+        self.lines.append(f"def _pass{level}({self.arrays}):")
+        for s in steps:
+            if s.kind is RefKind.TOTAL:
+                self.lines.append(f"    _s{order.index(marked(s))} = {self.element.expr(summand(marked(s)))}")
+            else:
+                self.lines.append(f"    {self.element.statement(s)}")
+        self.lines += [f"    return ({''.join(f'_s{k}, ' for k in range(len(order)))})",
+                       f"_s = _pass{level}({self.arrays})"]
+
+    def total(self, t, summand: str, size: str) -> str:
+        """A total finished (npmath.total_<how>, finish_<how>: in double), its name."""
+        name = self.element.ref_name(RefKind.TOTAL, str(t.index))
+        self.lines.append(f"{name} = _m.finish_{t.finish}(_m.total_{t.how}({summand}), {size})")
+        return name
+
+
 def _numpy_grid_lines(op: OpSpec) -> list[str]:
     """The NumPy kernel of a grid op (opgen.expr.grid), level by level as its C kernel runs,
     over 2-D arrays: the weight's elements ``(rows, cols)``, per-row values ``(rows, 1)``,
     per-column ones ``(1, cols)`` (slots ``_r<k>``, ``_c<k>``), broadcasting as the math reads
-    them. Each level: its element pass (a function, as _numpy_total_lines's), its row and
-    column means (npmath.grid_row_mean, grid_col_mean: in double, rounded to the math type),
-    its reductions of per-row and per-column values, its per-call values, then its row and
-    column statements."""
+    them. Each level: its element pass, its row and column means and sums
+    (npmath.grid_row_mean...: in double, rounded to the math type), its reductions of
+    per-row and per-column values, its per-call values, then its row and column statements."""
     from opgen.expr.grid import Shape
-    from opgen.expr.tree import Assign as _Assign, VType
+    from opgen.expr.tree import Assign as _Assign
 
-    program, g = op.program, op.grid
-    double = NumpyPrinter("_D")
-    reals = [name for name, kind in zip(op.kernel_scalars, [ParamType.FLOAT] * len(op.scalars)
-                                        + [p.type for p in op.math_params]) if kind is ParamType.FLOAT]
-    rounded = set(reals)
-    lines: list[str] = []
-
-    def round_names(names: list[str]) -> None:
-        names = list(dict.fromkeys(names))
-        if names:
-            lines.append(f"{', '.join('_t_' + n for n in names)}{',' if len(names) == 1 else ''} = "
-                         f"{', '.join(f'_T({n})' for n in names)}{',' if len(names) == 1 else ''}")
-
-    element = NumpyPrinter(rounded=rounded)
-    arrays = ", ".join(t.name for t in op.arrays)
-    slot = {Shape.ROW: RefKind.ROWVAL, Shape.COL: RefKind.COLVAL}
+    g, out = op.grid, _MultiPassLines(op)
+    element, slot = out.element, {Shape.ROW: RefKind.ROWVAL, Shape.COL: RefKind.COLVAL}
     for level in range(g.levels + 1):
         p = g.pass_at(level)
+        totals = []
         if p is not None:
             order = list(p.totals) + list(p.means)
-            lines.append(f"def _pass{level}({arrays}):")
-            for s in p.steps:  # each summand where its reduction stands in the math
-                if s.kind is RefKind.TOTAL:
-                    lines.append(f"    _s{order.index(p.marked(s))} = {element.expr(p.marked(s).arg)}")
-                else:
-                    lines.append(f"    {element.statement(s)}")
-            lines += [f"    return ({''.join(f'_s{k}, ' for k in range(len(order)))})", f"_s = _pass{level}({arrays})"]
+            out.pass_function(level, p.steps, p.marked, order, lambda x: x.arg)
             for k, x in enumerate(order):
                 if k < len(p.totals):
-                    name = element.ref_name(RefKind.TOTAL, str(x.index))
-                    lines.append(f"{name} = _m.finish_{x.finish}(_m.total_{x.how}(_s[{k}]), _np.size({op.weight.name}))")
-                    rounded.add(name)
+                    totals.append(out.total(x, f"_s[{k}]", f"_np.size({op.weight.name})"))
                 else:
-                    target = element.ref_name(slot[x.shape], str(x.slot))
-                    lines.append(f"{target} = _T(_m.grid_{x.func}(_s[{k}]))")
-            round_names([element.ref_name(RefKind.TOTAL, str(t.index)) for t in p.totals])
+                    out.lines.append(f"{element.ref_name(slot[x.shape], str(x.slot))} = _T(_m.grid_{x.func}(_s[{k}]))")
         for v in g.vector_totals_at(level):
-            name = element.ref_name(RefKind.TOTAL, str(v.total.index))
             arg = element.expr(v.total.arg)
-            lines.append(f"{name} = _m.finish_{v.total.finish}(_m.total_{v.total.how}({arg}), _np.size({arg}))")
-            rounded.add(name)
-        round_names([element.ref_name(RefKind.TOTAL, str(v.total.index)) for v in g.vector_totals_at(level)])
-        statements = g.prologue_of(program.prologue, level)
-        lines.extend(double.statement(s) for s in statements)
-        names = [double.statement(s).split(" = ")[0] for s in statements if s.expr.vtype is VType.REAL]
-        rounded.update(names)
-        round_names((reals if level == 0 else []) + names)
+            totals.append(out.total(v.total, arg, f"_np.size({arg})"))
+        out.round(totals)
+        out.stage(level, g.prologue_of(op.program.prologue, level))
         for shape in (Shape.ROW, Shape.COL):
             for v in g.vectors_at(level, shape):
-                lines.append(element.statement(_Assign(str(v.slot), slot[shape], v.statement.expr,
-                                                       v.statement.source, v.statement.location)))
-    return lines + [element.statement(s) for s in g.update]
+                out.lines.append(element.statement(_Assign(str(v.slot), slot[shape], v.statement.expr,
+                                                           v.statement.source, v.statement.location)))
+    return out.lines + [element.statement(s) for s in g.update]
 
 
 def _numpy_total_lines(op: OpSpec) -> list[str]:
     """The NumPy kernel of an op with whole-tensor reductions, as its C kernel runs: per
-    stage, the per-call values in double and their rounded copies (``_t_`` names, which the
-    element math reads, so later stages still read the double values); per pass, its
-    element statements over the whole arrays and its totals, accumulated in double
-    (npmath.total_sum, total_max) and finished (npmath.finish_<how>)."""
-    from opgen.expr.tree import VType
-
-    program, totals = op.program, op.totals
-    double = NumpyPrinter("_D")
-    reals = [name for name, kind in zip(op.kernel_scalars, [ParamType.FLOAT] * (len(op.scalars) + len(op.per_tensor_states))
-                                        + [p.type for p in op.math_params]) if kind is ParamType.FLOAT]
-    rounded = set(reals)
-    lines: list[str] = []
-
-    def round_names(names: list[str]) -> None:
-        names = list(dict.fromkeys(names))
-        if names:
-            lines.append(f"{', '.join('_t_' + n for n in names)}{',' if len(names) == 1 else ''} = "
-                         f"{', '.join(f'_T({n})' for n in names)}{',' if len(names) == 1 else ''}")
-
-    def stage(k: int) -> None:
-        statements = totals.prologue_of(program.prologue, k)
-        lines.extend(double.statement(s) for s in statements)
-        names = [double.statement(s).split(" = ")[0] for s in statements if s.expr.vtype is VType.REAL]
-        rounded.update(names)
-        round_names((reals if k == 0 else []) + names)
-
-    stage(0)
-    element = NumpyPrinter(rounded=rounded)
-    size = f"_np.size({op.weight.name})"
-    arrays = ", ".join(t.name for t in op.arrays)
-    for p in totals.passes:  # a function of its own: its assignments must not rebind the update's inputs
-        lines.append(f"def _pass{p.level}({arrays}):")
-        for s in p.steps:  # each summand where its reduction stands in the math
-            if s.kind is RefKind.TOTAL:
-                lines.append(f"    _s{p.totals.index(p.total_at(s))} = {element.expr(p.total_at(s).summand)}")
-            else:
-                lines.append(f"    {element.statement(s)}")
-        lines += [f"    return ({''.join(f'_s{k}, ' for k in range(len(p.totals)))})", f"_s = _pass{p.level}({arrays})"]
-        for k, t in enumerate(p.totals):
-            name = element.ref_name(RefKind.TOTAL, str(t.index))
-            lines.append(f"{name} = _m.finish_{t.finish}(_m.total_{t.how}(_s[{k}]), {size})")
-            rounded.add(name)
-        round_names([element.ref_name(RefKind.TOTAL, str(t.index)) for t in p.totals])
-        stage(p.level)
-    return lines + [element.statement(s) for s in program.body]
+    pass, its element statements over the whole arrays and its totals, accumulated in double
+    (npmath.total_sum, total_max) and finished (npmath.finish_<how>); per stage, the per-call
+    values (_MultiPassLines)."""
+    totals, out = op.totals, _MultiPassLines(op)
+    out.stage(0, totals.prologue_of(op.program.prologue, 0))
+    for p in totals.passes:
+        out.pass_function(p.level, p.steps, p.total_at, list(p.totals), lambda t: t.summand)
+        out.round([out.total(t, f"_s[{k}]", f"_np.size({op.weight.name})") for k, t in enumerate(p.totals)])
+        out.stage(p.level, totals.prologue_of(op.program.prologue, p.level))
+    return out.lines + [out.element.statement(s) for s in op.program.body]
 
 
 def py_literal(value, shared: dict | None = None) -> str:
