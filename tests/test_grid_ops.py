@@ -207,6 +207,31 @@ def test_an_empty_weight_leaves_nothing_wrong(shape, backend):
     assert np.isnan(r).all() and np.isnan(c).all()
 
 
+@pytest.mark.parametrize("shape", [(64, 10_000_000), (10_000_000, 3), (4096, 4096), (1, 1), (0, 7), (7, 0)],
+                         ids=cases.shape_id)
+def test_the_row_blocks_bound_the_column_sums(shape):
+    """A pass's blocks each keep their column sums: at most abi.GRID_PARTIALS doubles in all
+    per column mean (or one block's), at most GRID_MAX_BLOCKS blocks, every row in one."""
+    from opgen.targets import abi
+
+    rows, cols = shape
+    block_rows = abi.grid_block_rows(rows, cols)
+    blocks = -(-rows // block_rows)
+    assert blocks <= abi.GRID_MAX_BLOCKS and blocks * block_rows >= rows
+    assert blocks * cols <= max(abi.GRID_PARTIALS, cols)
+
+
+def test_a_wide_weight_takes_few_blocks_and_matches_the_reference():
+    rng = np.random.default_rng(8)
+    shape = (6, 2_000_003)  # two blocks of three rows (GRID_PARTIALS // cols = 2)
+    w, g = rng.normal(size=shape).astype(np.float32), rng.normal(size=shape).astype(np.float32)
+    r, c = np.full(6, 0.01, np.float32), np.full(shape[1], 0.01, np.float32)
+    expected = reference.adafactor_update(w, g, r.copy(), c.copy(), t=3)
+    out = generated.adafactor_update(w, g, r, c, t=3)
+    for actual, e in zip((out, r, c), expected):
+        cases.check(actual, e, "adafactor_update", np.float32, "wide")
+
+
 BAD_CALLS = {
     "1-D weight": (lambda w, g, r, c: (w[0], g[0], r, c), ValueError, "'weight' has shape \\(4,\\); .* must be 2-D"),
     "3-D weight": (lambda w, g, r, c: (w[None], g[None], r, c), ValueError, "'weight' has shape \\(1, 3, 4\\)"),

@@ -27,8 +27,8 @@ from dataclasses import dataclass, replace
 from opgen.errors import SpecError
 from opgen.expr.hoist import KernelProgram
 from opgen.expr.rows import live
-from opgen.expr.totals import FINISH, MAX_TOTALS, SQUARED, Total, _live
-from opgen.expr.tree import FUNCTIONS, Assign, Call, Expr, Program, Ref, RefKind, VType, map_children, refs
+from opgen.expr.totals import MAX_TOTALS, Total, _live
+from opgen.expr.tree import FUNCTIONS, Assign, Call, Expr, Program, Ref, RefKind, VType, map_children, refs, walk
 
 MAX_SLOTS = 32  # per-row (and per-column) values of an op: its workspace holds each once per row
 
@@ -136,11 +136,6 @@ class GridProgram:
     def vectors_at(self, level: int, shape: Shape) -> tuple[VectorStatement, ...]:
         return tuple(v for v in self.vectors if v.level == level and v.shape is shape)
 
-    def means_at(self, level: int, shape: Shape) -> tuple[AxisMean, ...]:
-        return tuple(m for m in self.means if m.level == level and m.shape is shape)
-
-    def slots(self, shape: Shape) -> int:
-        return self.row_slots if shape is Shape.ROW else self.col_slots
 
 
 def _marker_name(x) -> str:
@@ -150,16 +145,10 @@ def _marker_name(x) -> str:
 def is_grid(program: Program, row_tensors: frozenset[str], col_tensors: frozenset[str], dense: bool) -> bool:
     """Whether the math is a grid op's: per-column values, sums along an axis, or per-row
     values in a dense op (row_mean in a row-sparse op is the lazy row kernels')."""
-    funcs = {n.func for s in program.statements for n in _nodes(s.expr) if isinstance(n, Call)}
+    funcs = {n.func for s in program.statements for n in walk(s.expr) if isinstance(n, Call)}
     axis = bool(funcs & set(ALONG))
     cols = bool(col_tensors) or bool(funcs & (set(ALONG) - {"row_mean"}))
     return cols or (dense and (bool(row_tensors) or axis))
-
-
-def _nodes(e: Expr):
-    from opgen.expr.tree import walk
-
-    return walk(e)
 
 
 def extract(program: Program) -> tuple[Program, dict[str, str]]:
@@ -349,5 +338,5 @@ def split(program: KernelProgram, func_of: dict[str, str], row_tensors: frozense
     return kernel_program, grid
 
 
-__all__ = ["ALONG", "AxisMean", "FINISH", "GridPass", "GridProgram", "SQUARED", "Shape", "VectorStatement",
-           "VectorTotal", "extract", "is_grid", "split"]
+__all__ = ["ALONG", "AxisMean", "GridPass", "GridProgram", "Shape", "VectorStatement", "VectorTotal", "extract",
+           "is_grid", "split"]

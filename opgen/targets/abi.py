@@ -43,11 +43,15 @@ MULTI_CHUNK = 1 << 16
 # least GRID_BLOCK_ELEMENTS elements and at most GRID_MAX_BLOCKS blocks
 GRID_BLOCK_ELEMENTS = 1 << 13
 GRID_MAX_BLOCKS = 64
+# ... and fewer where the weight is wide: each block keeps its own column sums, and the blocks
+# together at most this many doubles per column mean (32 MiB), or one block's
+GRID_PARTIALS = 1 << 22
 
 
 def grid_block_rows(rows: int, cols: int) -> int:
     """Rows per block of a grid op's reduction passes, from the weight's shape alone."""
-    return max(1, -(-GRID_BLOCK_ELEMENTS // max(cols, 1)), -(-rows // GRID_MAX_BLOCKS))
+    blocks = max(1, min(GRID_MAX_BLOCKS, GRID_PARTIALS // max(cols, 1)))
+    return max(1, -(-GRID_BLOCK_ELEMENTS // max(cols, 1)), -(-rows // blocks))
 
 
 @dataclass(frozen=True)
