@@ -89,7 +89,7 @@ def test_states_in_a_precision_of_their_own(op, combo, backend):
         case.check(actual, expected, name)
 
 
-def test_adafactor_by_hand(backend="c"):
+def test_adafactor_by_hand():
     """One step of the paper's algorithm on a 2 x 2 weight, worked out by hand: t = 1, so
     beta2 = 0 and the factors are the means of g^2 (eps1 = 0); V = R C / mean(R)."""
     w = np.array([[1.0, -2.0], [0.5, 4.0]])

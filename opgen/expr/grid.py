@@ -27,7 +27,7 @@ from dataclasses import dataclass, replace
 from opgen.errors import SpecError
 from opgen.expr.hoist import KernelProgram
 from opgen.expr.rows import live
-from opgen.expr.totals import MAX_TOTALS, Total, _live
+from opgen.expr.totals import MAX_TOTALS, Total, _live, accumulator_order
 from opgen.expr.tree import FUNCTIONS, Assign, Call, Expr, Program, Ref, RefKind, VType, map_children, refs, walk
 
 MAX_SLOTS = 32  # per-row (and per-column) values of an op: its workspace holds each once per row
@@ -97,6 +97,17 @@ class GridPass:
     @property
     def col_means(self) -> tuple[AxisMean, ...]:
         return tuple(m for m in self.means if m.shape is Shape.COL)
+
+    @property
+    def ordered(self) -> tuple:
+        """Its summands in accumulator order: whole totals (accumulator_order), then row means
+        and sums, then column ones."""
+        return accumulator_order(self.totals) + self.row_means + self.col_means
+
+    @property
+    def sums(self) -> int:
+        """How many of its whole totals are summed (the rest are maxima)."""
+        return sum(t.accumulates == "sum" for t in self.totals)
 
     def marked(self, marker: Assign) -> "Total | AxisMean":
         return next(x for x in self.totals + self.means if _marker_name(x) == marker.target)

@@ -87,8 +87,7 @@ class Pass:
     @property
     def sums(self) -> tuple[Total, ...]:
         """The summed totals: plain sums first, then sums of squares."""
-        summed = [t for t in self.totals if t.accumulates == "sum"]
-        return tuple(t for t in summed if not t.squared) + tuple(t for t in summed if t.squared)
+        return accumulator_order(self.totals)[:sum(t.accumulates == "sum" for t in self.totals)]
 
     @property
     def squares(self) -> tuple[Total, ...]:
@@ -100,7 +99,14 @@ class Pass:
 
     @property
     def ordered(self) -> tuple[Total, ...]:
-        return self.sums + self.maxima
+        return accumulator_order(self.totals)
+
+
+def accumulator_order(totals) -> tuple[Total, ...]:
+    """The order of a pass's accumulators in every kernel: plain sums, sums of squares, maxima."""
+    summed = [t for t in totals if t.accumulates == "sum"]
+    return tuple(t for t in summed if not t.squared) + tuple(t for t in summed if t.squared) \
+        + tuple(t for t in totals if t.accumulates == "max")
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ store; the kernel body runs them through the grid schedules of the shared header
 from __future__ import annotations
 
 from opgen.expr.grid import GridPass, Shape
-from opgen.expr.printers.c import CPrinter, c_name
+from opgen.expr.printers.c import c_name
 from opgen.expr.tree import Assign, Expr, Ref, RefKind, refs
 from opgen.kinds import ArgRole
 from opgen.targets.abi import ARG, TOTAL_THREADS, grid_layout
@@ -27,6 +27,8 @@ BLOCKS = "opgen_blocks"  # the row blocks of the passes, from the shape
 
 SLOT_KIND = {Shape.ROW: RefKind.ROWVAL, Shape.COL: RefKind.COLVAL}
 WORD = {Shape.ROW: "rows", Shape.COL: "cols"}
+# how the kernels' helpers reduce per-row (or per-column) values, by Total.how
+VECTOR_HOW = {"sum": 0, "sum_squares": 1, "max": 2}
 
 
 def _reads(exprs) -> list[Ref]:
@@ -45,10 +47,6 @@ class GridCode:
         self.m = math.math.c_type
 
     # -- what each function reads ------------------------------------------------------------
-    def shape_of(self, name: str) -> Shape:
-        t = self.op.tensor(name)
-        return Shape.ROW if t.per_row else Shape.COL if t.per_col else Shape.ELEMENT
-
     def inputs(self, exprs, targets: set[str] = frozenset()) -> tuple[list[Ref], list[str]]:
         """The slots (ROWVAL/COLVAL refs) and tensors (in kernel-argument order) ``exprs``
         read, less the names computed in the function (``targets``)."""
@@ -60,13 +58,6 @@ class GridCode:
 
     def pass_exprs(self, p: GridPass) -> list[Expr]:
         return [s.expr for s in p.steps]
-
-    def pass_order(self, p: GridPass) -> list:
-        """The summands of a pass in accumulator order: whole sums (plain, then squares), whole
-        maxima, row means, column means."""
-        summed = [t for t in p.totals if t.accumulates == "sum"]
-        return [t for t in summed if not t.squared] + [t for t in summed if t.squared] \
-            + [t for t in p.totals if t.accumulates == "max"] + list(p.row_means) + list(p.col_means)
 
     def value_params(self, slots: list[Ref], tensors: list[str], written: set[str] = frozenset()) -> list[str]:
         m = self.m
@@ -81,7 +72,7 @@ class GridCode:
         lines: list[str] = []
         for p in self.g.passes:
             slots, tensors = self.inputs(self.pass_exprs(p))
-            order = self.pass_order(p)
+            order = p.ordered
             params = ", ".join([f"const {struct} s", f"{m} *{LOOP.summands}", *self.value_params(slots, tensors)])
             lines.append(f"OPGEN_INLINE void {self.name(f'total{p.level}', m)}({params}) {{")
             lines += [*summand_lines(self.math, p.steps, set(tensors), p.marked, order,
@@ -146,7 +137,7 @@ class GridCode:
         lines: list[str] = []
         for p in self.g.passes:
             slots, tensors = self.inputs(self.pass_exprs(p))
-            order = self.pass_order(p)
+            order = p.ordered
             params = ", ".join([struct, *self.grid_head(), f"double (*{LOOP.lanes})[{TOTAL_LANES}]", f"int {LOOP.lane}",
                                 f"double (*{LOOP.row_lanes})[{TOTAL_LANES}]", f"double *OPGEN_RESTRICT {LOOP.col_acc}",
                                 *step.pointer_params(tensors)])
@@ -173,9 +164,7 @@ class GridCode:
                     continue
                 targets = {(s.kind, s.target) for s in statements}
                 slots, tensors = self.inputs([s.expr for s in statements], targets)
-                index = LOOP.row if shape is Shape.ROW else LOOP.col
-                values = LOOP.rv if shape is Shape.ROW else LOOP.cv
-                count = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
+                index, values, count = self.axis(shape)
                 loads = [*self.slot_loads(slots), *(step.load(n, memory) for n in tensors)]
                 lines += [f"OPGEN_INLINE void {self.name(f'{WORD[shape]}{level}', d)}({struct}, int64_t {index}, "
                           f"{m} *{values}, int64_t {count}{''.join(', ' + p for p in step.pointer_params(tensors))}) {{",
@@ -195,9 +184,7 @@ class GridCode:
             stored = [(name, slot) for name, sh, slot in self.g.stores if sh is shape]
             if not stored:
                 continue
-            index = LOOP.row if shape is Shape.ROW else LOOP.col
-            values = LOOP.rv if shape is Shape.ROW else LOOP.cv
-            count = LOOP.nrows if shape is Shape.ROW else LOOP.ncols
+            index, values, count = self.axis(shape)
             pointers = step.pointer_params([name for name, _ in stored])
             lines += [f"OPGEN_INLINE void {self.name(f'store_{WORD[shape]}', d)}({struct}, int64_t {index}, "
                       f"const {m} *{values}, int64_t {count}, int sr, {', '.join(pointers)}) {{",
@@ -209,38 +196,29 @@ class GridCode:
     def schedule_lines(self, step: StepCode, names: dict) -> list[str]:
         """The grid kernel: its workspace's parts, then level by level its passes, per-call
         values and row and column statements, then the update and the states' stores."""
-        d, m = step.variant.name, self.m
-        code, op, g = self.code, self.op, self.g
-        rows, cols, block_rows = names[ArgRole.NROWS], names[ArgRole.ROW_LEN], names[ArgRole.BLOCK_ROWS]
-        flush = names[ArgRole.FLUSH]
-        struct, init = code.struct(self.math.math), code.init(self.math.math)
+        op, g = self.op, self.g
+        block_rows, flush = names[ArgRole.BLOCK_ROWS], names[ArgRole.FLUSH]
         lines = self.preamble(names)
         if op.whole_totals:
             lines.append(f"double {LOOP.totals}[{len(op.whole_totals)}] = {{0}};")
-        scalars = f"const {struct} {LOOP.scalars} = {init}({code.init_call()});"
-        pointer = lambda n: f"({'const ' if op.is_const(n) else ''}{step.storage(n).c_storage} *){ARG}{n}"  # noqa: E731
-        casts = lambda tensors: "".join(f", {pointer(n)}" for n in tensors)  # noqa: E731
+        scalars = self.scalars(LOOP.scalars)
+        casts = lambda tensors: self.casts(step, tensors)  # noqa: E731
         for level in range(g.levels + 1):
             p = g.pass_at(level)
             if p is not None:
                 lines += ["{", *(f"    {line}" for line in self.pass_lines(step, p, scalars, block_rows, flush, casts)), "}"]
             for v in g.vector_totals_at(level):
                 t = v.total
-                values = LOOP.rv if v.over is Shape.ROW else LOOP.cv
-                count = LOOP.nrows if v.over is Shape.ROW else LOOP.ncols
-                how = 2 if t.accumulates == "max" else 1 if t.squared else 0
+                _, values, count = self.axis(v.over)
                 lines.append(f"{LOOP.totals}[{t.index}] = OPGEN_FINISH_{t.finish}(opgen_grid_total_{self.m}({values} + "
-                             f"{self.slot_of(t.arg)} * {count}, {count}, {how}), {count});")
+                             f"{self.slot_of(t.arg)} * {count}, {count}, {VECTOR_HOW[t.how]}), {count});")
             block = self.vector_calls(step, level, casts,
                                       lambda index, count, call: f"OPGEN_GRID_EACH({index}, {count}, {flush}, {call});")
             if block:
                 lines += ["{", f"    {scalars}", *(f"    {line}" for line in block), "}"]
-        slots, names_, written = self.update_names()
 
         def update(v: Version) -> list[str]:
-            call = (f"{self.name('update', d)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.row}, {LOOP.col}, {LOOP.rv}, "
-                    f"{LOOP.cv}, {LOOP.nrows}, {LOOP.ncols}, {v.sr}{casts(names_)})")
-            return [f"OPGEN_GRID_UPDATE({LOOP.nrows}, {LOOP.ncols}, {flush}, {call});",
+            return [f"OPGEN_GRID_UPDATE({LOOP.nrows}, {LOOP.ncols}, {flush}, {self.update_call(step, v, casts)});",
                     *self.store_calls(step, v, casts, lambda index, count, store: (
                         f"OPGEN_GRID_EACH({index}, {count}, {flush}, {store});"))]
 
@@ -268,14 +246,12 @@ class GridCode:
         reductions of per-row and per-column values, the row and column statements), the
         update (a grid-stride loop), the states' store (one block). Each kernel reads the
         totals so far from the workspace."""
-        d, m, g, op = step.variant.name, self.m, self.g, self.op
+        g, op = self.g, self.op
         names = {a.role: a.name for a in kernel.cuda_args if not a.source}
         block_rows = names[ArgRole.BLOCK_ROWS]
-        pointer = lambda n: f"({'const ' if op.is_const(n) else ''}{step.storage(n).c_storage} *){ARG}{n}"  # noqa: E731
-        casts = lambda tensors: "".join(f", {pointer(n)}" for n in tensors)  # noqa: E731
+        casts = lambda tensors: self.casts(step, tensors)  # noqa: E731
         count = len(op.whole_totals)
-        struct, init = self.code.struct(self.math.math), self.code.init(self.math.math)
-        scalars = f"const {struct} {LOOP.s} = {init}({self.code.init_call()});"
+        scalars = self.scalars(LOOP.s)
 
         def totals_so_far() -> list[str]:
             if not count:
@@ -289,23 +265,17 @@ class GridCode:
         for level in range(g.levels + 1):
             p = g.pass_at(level)
             if p is not None:
-                _, tensors = self.inputs(self.pass_exprs(p))
-                nsum = sum(1 for t in p.totals if t.accumulates == "sum")
-                call = (f"{self.name(f'total{level}', d)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.row}, {LOOP.col}, "
-                        f"{LOOP.rv}, {LOOP.cv}, {LOOP.nrows}, {LOOP.ncols}, {LOOP.lanes}, {LOOP.lane}, "
-                        f"{LOOP.row_lanes}, {LOOP.col_acc}{casts(tensors)})")
                 body = [*head, "{", *totals_so_far(), scalars,
-                        f"OPGEN_CUDA_GRID_PASS({nsum}, {len(p.totals) - nsum}, {len(p.row_means)}, {len(p.col_means)}, "
-                        f"{LOOP.nrows}, {LOOP.ncols}, {block_rows}, opgen_block_totals, opgen_row_sums, "
-                        f"opgen_col_partials, {call});", "}"]
+                        f"OPGEN_CUDA_GRID_PASS({p.sums}, {len(p.totals) - p.sums}, {len(p.row_means)}, "
+                        f"{len(p.col_means)}, {LOOP.nrows}, {LOOP.ncols}, {block_rows}, opgen_block_totals, "
+                        f"opgen_row_sums, opgen_col_partials, {self.pass_call(step, p, casts)});", "}"]
                 kernels.append({"name": f"{kernel.name}_total{level}", "parameters": parameters, "threads": threads,
                                 "body": body})
             kernels.append({"name": f"{kernel.name}_phase{level}", "parameters": parameters, "threads": threads,
                             "body": [*head, *self.cuda_phase(step, level, casts, scalars, totals_so_far)]})
 
         def update(v: Version) -> list[str]:
-            call = (f"{self.name('update', d)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.row}, {LOOP.col}, {LOOP.rv}, "
-                    f"{LOOP.cv}, {LOOP.nrows}, {LOOP.ncols}, {v.sr}{casts(self.update_names()[1])})")
+            call = self.update_call(step, v, casts)
             return [f"for (long long {LOOP.i} = (long long)blockIdx.x * blockDim.x + threadIdx.x; "
                     f"{LOOP.i} < {LOOP.nrows} * {LOOP.ncols}; {LOOP.i} += (long long)gridDim.x * blockDim.x) {{",
                     f"    const long long {LOOP.row} = {LOOP.i} / {LOOP.ncols}, {LOOP.col} = {LOOP.i} - {LOOP.row} * "
@@ -326,14 +296,14 @@ class GridCode:
     def cuda_phase(self, step: StepCode, level: int, casts, scalars: str, totals_so_far) -> list[str]:
         """One block: the level's pass results finished, its vector reductions, its row and
         column statements (each stage after a barrier: the next reads what it wrote)."""
-        d, m, g = step.variant.name, self.m, self.g
+        m, g = self.m, self.g
         lines = [f"__shared__ double opgen_red[{TOTAL_THREADS}];"] if g.vector_totals_at(level) else []
         if level == 0 and self.op.whole_totals:  # (a call's totals start from nothing)
             lines += [f"for (int opgen_k = threadIdx.x; opgen_k < {len(self.op.whole_totals)}; opgen_k += blockDim.x) "
                       f"opgen_passed_totals[opgen_k] = 0.0;", "__syncthreads();"]
         p = g.pass_at(level)
         if p is not None:
-            order = self.pass_order(p)
+            order = p.ordered
             ncol = len(p.col_means)
             for k, x in enumerate(order):
                 if k < len(p.totals):
@@ -358,11 +328,9 @@ class GridCode:
             lines.append("__syncthreads();")
         for v in g.vector_totals_at(level):
             t = v.total
-            values = LOOP.rv if v.over is Shape.ROW else LOOP.cv
-            n = LOOP.nrows if v.over is Shape.ROW else LOOP.ncols
-            how = 2 if t.accumulates == "max" else 1 if t.squared else 0
+            _, values, n = self.axis(v.over)
             lines += [f"{{ const double opgen_r = opgen_cuda_grid_total({values} + {self.slot_of(t.arg)} * {n}, {n}, "
-                      f"opgen_red, {how});",
+                      f"opgen_red, {VECTOR_HOW[t.how]});",
                       f"  if (threadIdx.x == 0) opgen_passed_totals[{t.index}] = OPGEN_FINISH_{t.finish}(opgen_r, {n}); }}"]
         if g.vector_totals_at(level):
             lines.append("__syncthreads();")
@@ -371,6 +339,28 @@ class GridCode:
         if block:
             lines += ["{", *totals_so_far(), scalars, *block, "}"]
         return lines
+
+    def scalars(self, name: str) -> str:
+        """The per-call struct, from the kernel's arguments and the totals so far."""
+        code = self.code
+        return f"const {code.struct(self.math.math)} {name} = {code.init(self.math.math)}({code.init_call()});"
+
+    def casts(self, step: StepCode, tensors: list[str]) -> str:
+        """The kernel's untyped tensor arguments, typed by their storage, as the steps take them."""
+        return "".join(f", ({'const ' if self.op.is_const(n) else ''}{step.storage(n).c_storage} *){ARG}{n}"
+                       for n in tensors)
+
+    def pass_call(self, step: StepCode, p: GridPass, casts) -> str:
+        """A pass's step on element (row, col), as the C and CUDA pass macros call it."""
+        _, tensors = self.inputs(self.pass_exprs(p))
+        return (f"{self.name(f'total{p.level}', step.variant.name)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.row}, "
+                f"{LOOP.col}, {LOOP.rv}, {LOOP.cv}, {LOOP.nrows}, {LOOP.ncols}, {LOOP.lanes}, {LOOP.lane}, "
+                f"{LOOP.row_lanes}, {LOOP.col_acc}{casts(tensors)})")
+
+    def update_call(self, step: StepCode, v: Version, casts) -> str:
+        """The update's step on element (row, col), in version ``v`` (its rounding)."""
+        return (f"{self.name('update', step.variant.name)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.row}, {LOOP.col}, "
+                f"{LOOP.rv}, {LOOP.cv}, {LOOP.nrows}, {LOOP.ncols}, {v.sr}{casts(self.update_names()[1])})")
 
     @staticmethod
     def axis(shape: Shape) -> tuple[str, str, str]:
@@ -406,17 +396,11 @@ class GridCode:
     def pass_lines(self, step: StepCode, p: GridPass, scalars: str, block_rows: str, flush: str, casts) -> list[str]:
         """One element pass: the per-call values so far, the pass, its results finished:
         whole totals into the call's totals, row and column means into their slots."""
-        d, m = step.variant.name, self.m
-        _, tensors = self.inputs(self.pass_exprs(p))
-        order = self.pass_order(p)
-        nsum = sum(1 for t in p.totals if t.accumulates == "sum")
-        call = (f"{self.name(f'total{p.level}', d)}({LOOP.s}, {LOOP.i}, {LOOP.gi}, {LOOP.row}, {LOOP.col}, "
-                f"{LOOP.rv}, {LOOP.cv}, {LOOP.nrows}, {LOOP.ncols}, {LOOP.lanes}, {LOOP.lane}, "
-                f"{LOOP.row_lanes}, {LOOP.col_acc}{casts(tensors)})")
+        m, order = self.m, p.ordered
         lines = [scalars, f"double {LOOP.accumulated}[{len(p.totals) + 1}];",
-                 f"OPGEN_GRID_TOTALS({nsum}, {len(p.totals) - nsum}, {len(p.row_means)}, {len(p.col_means)}, "
+                 f"OPGEN_GRID_TOTALS({p.sums}, {len(p.totals) - p.sums}, {len(p.row_means)}, {len(p.col_means)}, "
                  f"{LOOP.nrows}, {LOOP.ncols}, {block_rows}, {flush}, {LOOP.accumulated}, opgen_row_sums, "
-                 f"opgen_col_partials, opgen_col_sums, {call});"]
+                 f"opgen_col_partials, opgen_col_sums, {self.pass_call(step, p, casts)});"]
         for k, x in enumerate(order):
             if k < len(p.totals):
                 lines.append(f"{LOOP.totals}[{x.index}] = OPGEN_FINISH_{x.finish}({LOOP.accumulated}[{k}], "

@@ -474,10 +474,12 @@ def context(op: OpSpec) -> dict:
 
 def _grid_result(op: OpSpec, name: str) -> str:
     """A state's new value in the NumPy kernel: its name, or a grid op's slot of it."""
+    from opgen.expr.grid import Shape
+
     if op.grid is not None:
         for state, shape, slot in op.grid.stores:
             if state == name:
-                return NumpyPrinter().ref_name(RefKind.ROWVAL if shape.name == "ROW" else RefKind.COLVAL, str(slot))
+                return NumpyPrinter().ref_name(RefKind.ROWVAL if shape is Shape.ROW else RefKind.COLVAL, str(slot))
     return name
 
 
