@@ -1,8 +1,9 @@
 """One optimizer step over GPT-2 small's parameter set: generated.optim.Adam against the bare
 multi-tensor call it makes and against torch.optim.Adam (fused, foreach, and torch.compile of
-its step, with the compile time).
+its step, with the compile time); with --adafactor, generated.optim.Adafactor against
+torch.optim.Adafactor (its for-loop and foreach steps).
 
-    pip install -e '.[torch]' && python benchmarks/optim_step.py [--quick] [--rounds 10]
+    pip install -e '.[torch]' && python benchmarks/optim_step.py [--quick] [--rounds 10] [--adafactor]
 
 GPT-2 small: 148 tensors, 124M parameters (the embeddings, 12 blocks of 12 tensors, the final
 layer norm). --quick runs a copy scaled down to 7M parameters (width 192, vocabulary 8192,
@@ -86,6 +87,24 @@ def steps(shapes, dtype, compile_step: bool) -> dict:
     return out
 
 
+def adafactor_steps(shapes) -> dict:
+    """name -> (a step function, 0.0): Adafactor over the parameter set, float32. Ours makes
+    one grid call per matrix (its row and column means, the means' mean and two RMS norms in
+    the call) and one multi-tensor call for the vectors; torch.optim.Adafactor's for-loop step
+    (its default) and its foreach step."""
+    out = {}
+    ours = parameters(shapes, torch.float32)
+    opt = optim.Adafactor(ours)
+    opt.step()
+    out["generated.optim.Adafactor"] = (opt.step, 0.0)
+    if hasattr(torch.optim, "Adafactor"):  # (torch >= 2.5)
+        for name, foreach in (("torch for-loop", False), ("torch foreach", True)):
+            peer = torch.optim.Adafactor(parameters(shapes, torch.float32), foreach=foreach)
+            peer.step()
+            out[name] = (peer.step, 0.0)
+    return out
+
+
 def measure(table: dict, rounds: int) -> dict:
     times = {name: [] for name in table}
     for fn, _ in table.values():
@@ -133,11 +152,20 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="the scaled-down parameter set (7M)")
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile takes a while)")
+    parser.add_argument("--adafactor", action="store_true", help="Adafactor against torch.optim.Adafactor instead")
     args = parser.parse_args()
     shapes = gpt2_shapes(192, 8192, 256) if args.quick else gpt2_shapes()
     total = sum(int(np.prod(s)) for s in shapes)
     print(f"GPT-2 small{' (scaled down)' if args.quick else ''}: {len(shapes)} tensors, {total / 1e6:.1f}M "
           f"parameters; torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.rounds}")
+    if args.adafactor:
+        times = measure(adafactor_steps(shapes), args.rounds)
+        ours = statistics.median(times["generated.optim.Adafactor"])
+        print(f"\nAdafactor, float32\n  {'':26s} {'ms':>9s} {'vs opgen':>9s} {'paired':>8s}")
+        for name, ts in times.items():
+            print(f"  {name:26s} {statistics.median(ts) * 1e3:9.2f} {statistics.median(ts) / ours:9.2f}x "
+                  f"{paired(times, name, 'generated.optim.Adafactor'):7.2f}x")
+        return
     for dtype in (torch.float32, torch.bfloat16):
         table = steps(shapes, dtype, not args.no_compile)
         times = measure(table, args.rounds)

@@ -407,6 +407,10 @@ PARAMS = {
         "mixed": dict(grad_step=0.003, avg_step=0.02, beta1=0.8, beta2=0.99, eps=1e-6, bias_correction2=1 - 0.99 ** 3,
                       weight_decay=0.1, decay=0.999, maximize=True),
     },
+    "torch_adafactor_vector_update": {
+        "defaults": {},
+        "mixed": dict(lr=0.05, beta2_decay=-0.5, eps1=1e-6, eps2=1e-2, d=0.5, weight_decay=0.1, maximize=True),
+    },
     "torch_sgd_update": {
         "defaults": dict(lr=0.1),
         "mixed": dict(lr=0.05, weight_decay=0.1, maximize=True),
@@ -481,6 +485,7 @@ STATE_VALUES = {
     # Adafactor's factored second moment
     "row_var": ("uniform", 0.001, 0.01),
     "col_var": ("uniform", 0.001, 0.01),
+    "variance": ("uniform", 0.0, 0.01),  # (a second moment: never negative)
 }
 
 #: the gradient's scale, where N(0, 1) does not fit (lamb phase 2's g is a direction)

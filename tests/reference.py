@@ -59,6 +59,7 @@ import numpy as np
 __all__ = [
     "adafactor_update",
     "torch_adafactor_update",
+    "torch_adafactor_vector_update",
     "MIXED_STATE_DTYPES",
     "TOLERANCES",
     "adagrad_update",
@@ -1111,3 +1112,22 @@ def torch_adafactor_update(weight, grad, row_var, col_var, lr=0.01, *, t, beta2_
         out = w * _per_call(ct, 1 - float(lr) * float(weight_decay)) - _per_call(ct, alpha) * u
     out, r_new, c_new = _store([out, r, c], [w_dt, s_dt, s_dt])
     return out, r_new.reshape(row_var.shape), c_new.reshape(col_var.shape)
+
+
+def torch_adafactor_vector_update(weight, grad, variance, lr=0.01, *, t, beta2_decay=-0.8,
+                                  eps1=1.1920928955078125e-07, eps2=1e-3, d=1.0, weight_decay=0.0, maximize=False):
+    """One step of torch.optim.Adafactor's documented algorithm for a parameter of at most one
+    dimension (its unfactored branch): V moved toward g^2 by t^beta2_decay, the update
+    g / sqrt(max(V, eps1^2)) clipped by its RMS over d, the step alpha = max(eps2,
+    RMS(W_{t-1})) min(lr, 1/sqrt(t)), the weight first decayed by 1 - lr * weight_decay."""
+    ct, w_dt, s_dt = _call_dtypes(weight, grad, variance)
+    w, g, v = _to(ct, weight, grad, variance)
+    with np.errstate(all="ignore"):
+        g = -g if maximize else g
+        step = _per_call(ct, np.float64(t) ** np.float64(beta2_decay))
+        v = v + step * (g * g - v)
+        u = g / np.sqrt(np.maximum(v, _per_call(ct, float(eps1) ** 2)))
+        u = u / _per_call(ct, max(1.0, _rms64(u) / float(d)))
+        alpha = max(float(eps2), _rms64(w)) * min(float(lr), 1 / math.sqrt(t))
+        out = w * _per_call(ct, 1 - float(lr) * float(weight_decay)) - _per_call(ct, alpha) * u
+    return _store([out, v], [w_dt, s_dt])

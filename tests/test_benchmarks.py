@@ -58,6 +58,9 @@ def test_optim_step_py_measures():
     times = optim_step.measure(table, 1)
     assert all(t > 0 for ts in times.values() for t in ts)
     assert optim_step.paired(times, "torch fused", "generated.optim.Adam") > 0
+    table = optim_step.adafactor_steps(optim_step.gpt2_shapes(4, 8, 4))
+    times = optim_step.measure(table, 1)
+    assert all(t > 0 for ts in times.values() for t in ts) and "generated.optim.Adafactor" in times
 
 
 def test_factored_py_measures():

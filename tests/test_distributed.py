@@ -1,5 +1,6 @@
 """generated.optim.Adam inside torch.distributed's own engine (issue 11): DDP, the
-ZeroRedundancyOptimizer and FSDP2's fully_shard, each run as 2 processes with the gloo backend
+ZeroRedundancyOptimizer and FSDP2's fully_shard (and generated.optim.Adafactor under the
+ZeroRedundancyOptimizer), each run as 2 processes with the gloo backend
 on the CPU; the trajectory must equal the single-process one on the whole batch."""
 
 from __future__ import annotations
@@ -41,9 +42,9 @@ def _run(mode: str, out: Path, world: int = 2) -> list:
     return torch.load(out)
 
 
-def _single_process() -> list:
+def _single_process(cls) -> list:
     model = make_model()
-    opt = optim.Adam(model.parameters(), lr=0.01, weight_decay=0.01)
+    opt = cls(model.parameters(), lr=0.01, weight_decay=0.01)
     for step in range(STEPS):
         x, y = batch(step)
         opt.zero_grad()
@@ -54,12 +55,15 @@ def _single_process() -> list:
 
 @pytest.fixture(scope="module")
 def expected():
-    return _single_process()
+    return {"adam": _single_process(optim.Adam), "adafactor": _single_process(optim.Adafactor)}
 
 
-@pytest.mark.parametrize("mode", ["ddp", "zero", "fsdp"])
+@pytest.mark.parametrize("mode", ["ddp", "zero", "fsdp", "zero-adafactor"])
 def test_two_processes_follow_the_single_process_trajectory(mode, expected, tmp_path):
+    """(Adafactor's matrices take the grid op per tensor, its vectors a multi-tensor call, on
+    the states each rank holds.)"""
     got = _run(mode, tmp_path / "params.pt")
+    expected = expected[mode.partition("-")[2] or "adam"]
     assert len(got) == len(expected)
     for g, e in zip(got, expected):
         # the all-reduce sums in another order than one process's backward: float32 tolerance

@@ -59,8 +59,12 @@ PARITY = [
     ("RMSprop", dict(centered=True, momentum=0.5, weight_decay=0.01)), ("RMSprop", dict(alpha=0.9, maximize=True)),
     ("NAdam", {}), ("NAdam", dict(momentum_decay=0.01, weight_decay=0.01)),
     ("NAdam", dict(decoupled_weight_decay=True, weight_decay=0.1, maximize=True)),
+    # matrices factored (row_var, col_var), the biases not (variance): two ops in one group
+    ("Adafactor", {}), ("Adafactor", dict(weight_decay=0.1, d=1.5)), ("Adafactor", dict(maximize=True)),
+    ("Adafactor", dict(eps=(1e-20, 1e-2), beta2_decay=-0.5)), ("Adafactor", dict(eps=(None, 0.0))),
 ]
-LR = {"Adam": 0.01, "AdamW": 0.01, "SGD": 0.05, "Adagrad": 0.05, "RMSprop": 0.002, "NAdam": 0.002}
+LR = {"Adam": 0.01, "AdamW": 0.01, "SGD": 0.05, "Adagrad": 0.05, "RMSprop": 0.002, "NAdam": 0.002,
+      "Adafactor": 0.01}
 
 
 @pytest.mark.parametrize("name, kwargs", PARITY, ids=[f"{n}-{k}" for n, k in PARITY])

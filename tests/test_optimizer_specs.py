@@ -53,8 +53,41 @@ CASES = [
     ("unknown key", ("    init: {mom: 0}", "    init: {mom: 0}\n    inti: 1"),
      f"{P}:25:5: unknown key 'inti' in an optimizer class; did you mean 'init'?"),
     ("the step count is reserved", ("{name: lr, default: 0.1,", "{name: t, default: 0.1,"),
-     f"{P}:17:16: argument name 't' is reserved (the step count 't' and the keyword arguments params, state_dtype, "
-     "rounding, seed, max_grad_norm, foreach, fused, capturable, differentiable of every class)"),
+     f"{P}:17:16: argument name 't' is reserved (the step count 't', the parameter's 'ndim' and 'machine_eps', and "
+     "the keyword arguments params, state_dtype, rounding, seed, max_grad_norm, foreach, fused, capturable, "
+     "differentiable of every class)"),
+    ("the parameter's shape is reserved", ("names: [b1, b2]", "names: [b1, ndim]"),
+     f"{P}:18:51: element name 'ndim' is reserved (the step count 't', the parameter's 'ndim' and 'machine_eps', "
+     "and the keyword arguments params, state_dtype, rounding, seed, max_grad_norm, foreach, fused, capturable, "
+     "differentiable of every class)"),
+    # a null default: None, which reads as its none_is value, in step expressions only
+    ("null without none_is", ("default: [0.9, 0.5]", "default: [null, 0.5]"),
+     f"{P}:18:23: argument 'betas' defaults to null: 'none_is' must say what None reads as (an expression of the "
+     "other arguments and machine_eps)"),
+    ("none_is without null", ("names: [b1, b2],", "names: [b1, b2], none_is: machine_eps,"),
+     f"{P}:18:61: argument 'betas' has 'none_is' but no null default"),
+    ("a null bool", ("{name: lr, default: 0.1, min: 0,", "{name: lr, default: null, type: int,"),
+     f"{P}:17:29: only a float argument may default to null, not 'lr'"),
+    ("a null read by the host state", ("default: [0.9, 0.5], names: [b1, b2],",
+                                       "default: [null, 0.5], names: [b1, b2], none_is: machine_eps,"),
+     f"{P}:20:39: 'b1' may be None, which reads as its none_is value: only 'step' expressions read it"),
+    ("none_is reads a null", ("default: [0.9, 0.5], names: [b1, b2],",
+                              "default: [null, 0.5], names: [b1, b2], none_is: b1 + 1,"),
+     f"{P}:18:71: 'b1' may be None, which reads as its none_is value: only 'step' expressions read it"),
+    ("none_is is a condition", ("default: [0.9, 0.5], names: [b1, b2],",
+                                "default: [null, 0.5], names: [b1, b2], none_is: lr > 1,"),
+     f"{P}:18:71: 'none_is' of argument 'betas' must be a number, got a condition"),
+    ("machine_eps outside step", ("init: 1, update", "init: machine_eps, update"),
+     f"{P}:20:28: 'machine_eps' is the parameter dtype's machine epsilon: only 'step' and 'none_is' expressions "
+     "read it"),
+    ("ndim in step", ("momentum: b2", "momentum: b2 * ndim"),
+     f"{P}:23:17: 'ndim' is the parameter's number of dimensions: only the conditions of 'alternatives' read it"),
+    ("ndim in a check", ("    init: {mom: 0}", "    init: {mom: 0}\n    checks:\n      - {require: ndim > 1, message: no}"),
+     f"{P}:26:19: 'ndim' is the parameter's number of dimensions: only the conditions of 'alternatives' read it"),
+    ("machine_eps in an alternative", ("    init: {mom: 0}", "    init: {mom: 0}\n    alternatives:\n"
+                                                            "      - {when: machine_eps > 1, op: other_update}"),
+     f"{P}:26:16: 'machine_eps' is the parameter dtype's machine epsilon: only 'step' and 'none_is' expressions "
+     "read it"),
     ("a builtin", ("{name: lr, default: 0.1,", "{name: len, default: 0.1,"),
      f"{P}:17:16: argument name 'len' is a name the generated class uses itself (a Python builtin, or one of "
      "group, host, choice, self, initial, weight)"),
@@ -210,5 +243,6 @@ def test_a_users_spec_builds_a_working_class_and_hostile_text_stays_data(tmp_pat
 def test_the_repository_specs_declare_the_documented_classes():
     classes = {c.class_name: c.ops for op in load_specs(ROOT / "specs") for c in op.optimizers}
     assert set(classes) == {"Adam", "AdamW", "SparseAdam", "SGD", "Adagrad", "RMSprop", "NAdam", "MXNetAdam",
-                            "MXNetSGD", "LAMB", "LARS", "NovoGrad"}
+                            "MXNetSGD", "LAMB", "LARS", "NovoGrad", "Adafactor"}
+    assert classes["Adafactor"] == ("torch_adafactor_vector_update", "torch_adafactor_update")
     assert classes["RMSprop"][-1] == "torch_rmsprop_update" and len(classes["RMSprop"]) == 4

@@ -10,29 +10,33 @@ typedef struct {
     int64_t s_t;
     float s_beta2_decay, s_eps1, s_eps2, s_d, s_weight_decay;
     int s_maximize;
-    float t_w2, h_0, h_1, h_2, t_alpha, h_3, q_0, q_1, q_2, opgen_grad_scale;
+    float t_w2, h_0, h_1, t_clipping;
+    int h_2;
+    float t_scale, t_alpha, h_3, q_0, q_1, q_2, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_torch_adafactor_update_scalars_float;
 OPGEN_INLINE opgen_torch_adafactor_update_scalars_float opgen_torch_adafactor_update_scalars_float_init(double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, uint64_t seed, int64_t tensor, double grad_scale, const double *opgen_totals) {
     const double t_w2 = opgen_pow((double)arg_t, arg_beta2_decay); /* w2 = t ** beta2_decay */
     const double h_0 = opgen_max(opgen_totals[0], arg_eps1); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
     const double h_1 = arg_eps1 * arg_eps1; /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
-    const double h_2 = opgen_max(1.0, opgen_totals[1] / arg_d); /* u = u / max(1, rms(u) / d) */
-    const double t_alpha = opgen_max(arg_eps2, opgen_totals[2]) * opgen_min(arg_lr, 1.0 / sqrt((double)arg_t)); /* alpha = max(eps2, rms(weight)) * min(lr, 1 / sqrt(t)) */
+    const double t_clipping = opgen_totals[1] / arg_d; /* clipping = rms(u) / d */
+    const int h_2 = t_clipping > 1; /* u = u / clipping if clipping > 1 else u */
+    const double t_scale = opgen_totals[2]; /* scale = rms(weight) */
+    const double t_alpha = (t_scale > arg_eps2 ? t_scale : arg_eps2) * opgen_min(arg_lr, 1.0 / sqrt((double)arg_t)); /* alpha = (scale if scale > eps2 else eps2) * min(lr, 1 / sqrt(t)) */
     const double h_3 = 1.0 - arg_lr * arg_weight_decay; /* weight = weight * (1 - lr * weight_decay) - alpha * u */
-    const opgen_torch_adafactor_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((float)arg_beta2_decay), OPGEN_PER_CALL((float)arg_eps1), OPGEN_PER_CALL((float)arg_eps2), OPGEN_PER_CALL((float)arg_d), OPGEN_PER_CALL((float)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((float)t_w2), OPGEN_PER_CALL((float)h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)h_2), OPGEN_PER_CALL((float)t_alpha), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)opgen_totals[0]), OPGEN_PER_CALL((float)opgen_totals[1]), OPGEN_PER_CALL((float)opgen_totals[2]), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
+    const opgen_torch_adafactor_update_scalars_float s = {OPGEN_PER_CALL((float)arg_lr), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((float)arg_beta2_decay), OPGEN_PER_CALL((float)arg_eps1), OPGEN_PER_CALL((float)arg_eps2), OPGEN_PER_CALL((float)arg_d), OPGEN_PER_CALL((float)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((float)t_w2), OPGEN_PER_CALL((float)h_0), OPGEN_PER_CALL((float)h_1), OPGEN_PER_CALL((float)t_clipping), OPGEN_PER_CALL(h_2), OPGEN_PER_CALL((float)t_scale), OPGEN_PER_CALL((float)t_alpha), OPGEN_PER_CALL((float)h_3), OPGEN_PER_CALL((float)opgen_totals[0]), OPGEN_PER_CALL((float)opgen_totals[1]), OPGEN_PER_CALL((float)opgen_totals[2]), OPGEN_PER_CALL((float)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_float(const opgen_torch_adafactor_update_scalars_float s, float *opgen_v, float v_weight, float v_grad) {
     float t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
     opgen_v[1] = t_g * t_g; /* row_mean: row_var = row_var + w2 * (row_mean(g * g) - row_var) */
     opgen_v[2] = t_g * t_g; /* col_mean: col_var = col_var + w2 * (col_mean(g * g) - col_var) */
-    opgen_v[0] = v_weight; /* rms: alpha = max(eps2, rms(weight)) * min(lr, 1 / sqrt(t)) */
+    opgen_v[0] = v_weight; /* rms: scale = rms(weight) */
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float(const opgen_torch_adafactor_update_scalars_float s, float *opgen_v, float cv_1, float rv_1, float v_grad) {
     float t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
     float t_u = t_g / sqrtf(opgen_maxf(rv_1 * cv_1 / s.h_0, s.h_1)); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
-    opgen_v[0] = t_u; /* rms: u = u / max(1, rms(u) / d) */
+    opgen_v[0] = t_u; /* rms: clipping = rms(u) / d */
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float(const opgen_torch_adafactor_update_scalars_float s, float rv_0, float v_row_var, float *io_rv_1) {
     float rv_1 = v_row_var + s.t_w2 * (rv_0 - v_row_var); /* row_var = row_var + w2 * (row_mean(g * g) - row_var) */
@@ -46,7 +50,7 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float(const opgen_tor
     float v_weight = *io_weight;
     float t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
     float t_u = t_g / sqrtf(opgen_maxf(rv_1 * cv_1 / s.h_0, s.h_1)); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
-    t_u = t_u / s.h_2; /* u = u / max(1, rms(u) / d) */
+    t_u = s.h_2 ? t_u / s.t_clipping : t_u; /* u = u / clipping if clipping > 1 else u */
     v_weight = v_weight * s.h_3 - s.t_alpha * t_u; /* weight = weight * (1 - lr * weight_decay) - alpha * u */
     *io_weight = v_weight;
 }
@@ -55,29 +59,33 @@ typedef struct {
     int64_t s_t;
     double s_beta2_decay, s_eps1, s_eps2, s_d, s_weight_decay;
     int s_maximize;
-    double t_w2, h_0, h_1, h_2, t_alpha, h_3, q_0, q_1, q_2, opgen_grad_scale;
+    double t_w2, h_0, h_1, t_clipping;
+    int h_2;
+    double t_scale, t_alpha, h_3, q_0, q_1, q_2, opgen_grad_scale;
     uint64_t opgen_key;
 } opgen_torch_adafactor_update_scalars_double;
 OPGEN_INLINE opgen_torch_adafactor_update_scalars_double opgen_torch_adafactor_update_scalars_double_init(double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, uint64_t seed, int64_t tensor, double grad_scale, const double *opgen_totals) {
     const double t_w2 = opgen_pow((double)arg_t, arg_beta2_decay); /* w2 = t ** beta2_decay */
     const double h_0 = opgen_max(opgen_totals[0], arg_eps1); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
     const double h_1 = arg_eps1 * arg_eps1; /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
-    const double h_2 = opgen_max(1.0, opgen_totals[1] / arg_d); /* u = u / max(1, rms(u) / d) */
-    const double t_alpha = opgen_max(arg_eps2, opgen_totals[2]) * opgen_min(arg_lr, 1.0 / sqrt((double)arg_t)); /* alpha = max(eps2, rms(weight)) * min(lr, 1 / sqrt(t)) */
+    const double t_clipping = opgen_totals[1] / arg_d; /* clipping = rms(u) / d */
+    const int h_2 = t_clipping > 1; /* u = u / clipping if clipping > 1 else u */
+    const double t_scale = opgen_totals[2]; /* scale = rms(weight) */
+    const double t_alpha = (t_scale > arg_eps2 ? t_scale : arg_eps2) * opgen_min(arg_lr, 1.0 / sqrt((double)arg_t)); /* alpha = (scale if scale > eps2 else eps2) * min(lr, 1 / sqrt(t)) */
     const double h_3 = 1.0 - arg_lr * arg_weight_decay; /* weight = weight * (1 - lr * weight_decay) - alpha * u */
-    const opgen_torch_adafactor_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((double)arg_beta2_decay), OPGEN_PER_CALL((double)arg_eps1), OPGEN_PER_CALL((double)arg_eps2), OPGEN_PER_CALL((double)arg_d), OPGEN_PER_CALL((double)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((double)t_w2), OPGEN_PER_CALL((double)h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)h_2), OPGEN_PER_CALL((double)t_alpha), OPGEN_PER_CALL((double)h_3), OPGEN_PER_CALL((double)opgen_totals[0]), OPGEN_PER_CALL((double)opgen_totals[1]), OPGEN_PER_CALL((double)opgen_totals[2]), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
+    const opgen_torch_adafactor_update_scalars_double s = {OPGEN_PER_CALL((double)arg_lr), OPGEN_PER_CALL((int64_t)arg_t), OPGEN_PER_CALL((double)arg_beta2_decay), OPGEN_PER_CALL((double)arg_eps1), OPGEN_PER_CALL((double)arg_eps2), OPGEN_PER_CALL((double)arg_d), OPGEN_PER_CALL((double)arg_weight_decay), OPGEN_PER_CALL((int)arg_maximize), OPGEN_PER_CALL((double)t_w2), OPGEN_PER_CALL((double)h_0), OPGEN_PER_CALL((double)h_1), OPGEN_PER_CALL((double)t_clipping), OPGEN_PER_CALL(h_2), OPGEN_PER_CALL((double)t_scale), OPGEN_PER_CALL((double)t_alpha), OPGEN_PER_CALL((double)h_3), OPGEN_PER_CALL((double)opgen_totals[0]), OPGEN_PER_CALL((double)opgen_totals[1]), OPGEN_PER_CALL((double)opgen_totals[2]), OPGEN_PER_CALL((double)grad_scale), opgen_call_key(seed, tensor)};
     return s;
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_double(const opgen_torch_adafactor_update_scalars_double s, double *opgen_v, double v_weight, double v_grad) {
     double t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
     opgen_v[1] = t_g * t_g; /* row_mean: row_var = row_var + w2 * (row_mean(g * g) - row_var) */
     opgen_v[2] = t_g * t_g; /* col_mean: col_var = col_var + w2 * (col_mean(g * g) - col_var) */
-    opgen_v[0] = v_weight; /* rms: alpha = max(eps2, rms(weight)) * min(lr, 1 / sqrt(t)) */
+    opgen_v[0] = v_weight; /* rms: scale = rms(weight) */
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_double(const opgen_torch_adafactor_update_scalars_double s, double *opgen_v, double cv_1, double rv_1, double v_grad) {
     double t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
     double t_u = t_g / sqrt(opgen_max(rv_1 * cv_1 / s.h_0, s.h_1)); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
-    opgen_v[0] = t_u; /* rms: u = u / max(1, rms(u) / d) */
+    opgen_v[0] = t_u; /* rms: clipping = rms(u) / d */
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_double(const opgen_torch_adafactor_update_scalars_double s, double rv_0, double v_row_var, double *io_rv_1) {
     double rv_1 = v_row_var + s.t_w2 * (rv_0 - v_row_var); /* row_var = row_var + w2 * (row_mean(g * g) - row_var) */
@@ -91,7 +99,7 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_double(const opgen_to
     double v_weight = *io_weight;
     double t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
     double t_u = t_g / sqrt(opgen_max(rv_1 * cv_1 / s.h_0, s.h_1)); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
-    t_u = t_u / s.h_2; /* u = u / max(1, rms(u) / d) */
+    t_u = s.h_2 ? t_u / s.t_clipping : t_u; /* u = u / clipping if clipping > 1 else u */
     v_weight = v_weight * s.h_3 - s.t_alpha * t_u; /* weight = weight * (1 - lr * weight_decay) - alpha * u */
     *io_weight = v_weight;
 }

@@ -238,13 +238,15 @@ class Operator:
         return self._checked_call(tensors, params, out, rounding=check_rounding(self.name, rounding, seed))
 
     def _checked_call(self, tensors: tuple, params: tuple, out, names: tuple[str, ...] | None = None,
-                      out_name: str = "out", rounding: Rounding = NEAREST):
-        """The general path: arrays of other types as native views, every check, the run."""
+                      out_name: str = "out", rounding: Rounding = NEAREST, grad_scale: float = 1.0):
+        """The general path: arrays of other types as native views, every check, the run
+        (``grad_scale``: the gradient's factor, an optimizer's clipping by a global norm)."""
         labels = (*(names or self.names), out_name)
         if self.reduces:
             self.check_whole(tensors, labels)
         views, presented = present((*tensors, out), lambda k, exc, message: self._fail(exc, labels[k], message))
         call = self.check(views[:-1], params, views[-1], names, out_name, rounding)
+        call.grad_scale = grad_scale
         if presented is None:
             return self.execute(call)
         with presented.context():

@@ -5,7 +5,10 @@ functions printed from its spec (which op a group uses, the op's parameters for 
 host state); everything else is here, written once:
 
 - a step is one multi-tensor kernel call per (device, parameter dtype, state dtype) bucket of
-  each param group; sparse COO gradients take the op's row-sparse (lazy) kernel per tensor;
+  each param group and op (the op chosen per group, or per parameter by its number of
+  dimensions); an op without a multi-tensor kernel (a grid op: a matrix's rows and columns)
+  is called once per tensor; sparse COO gradients take the op's row-sparse (lazy) kernel per
+  tensor;
 - parameters without a gradient are skipped; ``step(closure)`` re-evaluates the loss;
 - hyperparameters are read from each group at every step, so every lr scheduler works, at
   no cost per change (no recompilation);
@@ -31,8 +34,9 @@ try:
 except ImportError:  # torch is optional: only the optimizer classes need it
     raise ImportError("the torch.optim classes (PACKAGE.optim) need torch: pip install -e '.[torch]'") from None
 
-from opgen.kinds import TensorRole
+from opgen.kinds import Schedule, TensorRole
 from opgen.runtime.multi import check_clip, clip_factor
+from opgen.runtime.operator import check_rounding
 from opgen.runtime.torch_arrays import TorchTensors, _is_distributed, bump_versions, shard_refusal, sharded
 
 _TENSORS = TorchTensors()
@@ -54,6 +58,11 @@ def _grad_view(g: torch.Tensor):
 _MASK64 = (1 << 64) - 1
 
 
+def _machine_eps(dtype: torch.dtype) -> float:
+    """The machine epsilon of a parameter's dtype (the expressions' machine_eps)."""
+    return float(torch.finfo(dtype).eps)
+
+
 @dataclass(frozen=True)
 class OptimArg:
     """A hyperparameter: its kind (float, int, bool, floats: a tuple of ``count`` floats),
@@ -66,9 +75,12 @@ class OptimArg:
     low: float | None = None
     high: float | None = None
     below: float | None = None
+    nullable: tuple[bool, ...] = ()  # per element: None allowed (it reads as the spec's none_is value)
 
     def problem(self, value) -> str | None:
         """Why ``value`` cannot be this hyperparameter, or None."""
+        if self.kind == "float" and value is None and self.nullable:
+            return None
         if self.kind == "bool":
             return None if isinstance(value, (bool, np.bool_)) else f"must be a bool, got {value!r}"
         if self.kind == "int":
@@ -78,7 +90,9 @@ class OptimArg:
         values = value if self.kind == "floats" else (value,)
         if self.kind == "floats" and (not isinstance(value, (tuple, list)) or len(value) != self.count):
             return f"must be a tuple of {self.count} floats, got {value!r}"
-        for v in values:
+        for k, v in enumerate(values):
+            if v is None and k < len(self.nullable) and self.nullable[k]:
+                continue
             number = _real(v)
             if number is None:
                 return f"must be a real number, got {type(v).__name__}" if self.kind == "float" else \
@@ -232,12 +246,16 @@ class SpecOptimizer(torch.optim.Optimizer):
                 state.setdefault(key, value)
             dtype = self._new_state_dtype(p)
             per_tensor = {t.name: getattr(torch, t.dtype) for t in op.tensors if t.per_tensor}  # (their dtype fixed)
+            rows, cols = tuple(p.shape) if p.dim() == 2 else (1, 1)  # (a grid op's parameters are 2-D)
+            per_axis = {t.name: (rows, 1) if t.per_row else (1, cols) for t in op.tensors if t.per_row or t.per_col}
             for key in missing:
                 value = initial[key]
                 with torch.no_grad():
                     if key in per_tensor:  # one value per parameter
                         state[key] = torch.full((1,), 0.0 if value is None else value, dtype=per_tensor[key],
                                                 device=p.device)
+                    elif key in per_axis:  # a grid op's: torch's (rows, 1) and (1, cols)
+                        state[key] = torch.full(per_axis[key], value, dtype=dtype, device=p.device)
                     elif value is None:
                         state[key] = p.detach().clone(memory_format=torch.preserve_format).to(dtype)
                     elif value == 0.0:
@@ -277,18 +295,47 @@ class SpecOptimizer(torch.optim.Optimizer):
         return loss
 
     def _group_step(self, index: int, group: dict) -> None:
-        choice = self._choice(group)
-        op, multi = self._OPS[choice], self._MULTIS[choice]
         params = [p for p in group["params"] if p.grad is not None]
-        if not params:
+        if not self._PER_PARAMETER:
+            parts = {self._choice(group, None): params} if params else {}
+        else:  # the op by each parameter's shape (a vector's op beside a matrix's)
+            parts, by_ndim = {}, {}
+            for p in params:
+                ndim = p.dim()
+                choice = by_ndim.get(ndim)
+                if choice is None:
+                    choice = by_ndim[ndim] = self._choice(group, ndim)
+                parts.setdefault(choice, []).append(p)
+        for key in [k for k in self._plans if k[0] == index and k[1] not in parts]:
+            del self._plans[key]  # (an op no longer chosen: its plan would keep its tensors alive)
+        for choice, members in sorted(parts.items()):  # refused before any part is written
+            self._check_part(self._OPS[choice], group, members)
+        for choice, members in sorted(parts.items()):
+            self._part_step(index, group, choice, members)
+
+    def _check_part(self, op, group: dict, params: list) -> None:
+        """A grid op's parameters are 2-D with dense gradients (its one value per row and per
+        column): anything else is refused before any state is made or any tensor written."""
+        if Schedule.GRID not in op.schedules:
             return
-        plan = self._plans.get(index)
+        for p in params:
+            if p.dim() != 2 or p.grad.layout is not torch.strided:
+                k = next(k for k, q in enumerate(group["params"]) if q is p)
+                index = next(i for i, g in enumerate(self.param_groups) if g is group)
+                what = f"has shape {tuple(p.shape)}" if p.dim() != 2 else f"has a {p.grad.layout} gradient"
+                raise ValueError(f"{type(self).__name__}: parameter {k} of param group {index} {what}; {op.name} "
+                                 "keeps one value per row and per column of a 2-D weight with a dense gradient")
+
+    def _part_step(self, index: int, group: dict, choice: int, params: list) -> None:
+        """The step of a group's parameters that feed one op."""
+        op, multi = self._OPS[choice], self._MULTIS[choice]
+        plan = self._plans.get((index, choice))
         if plan is not None and plan.fits(choice, params, self.state):
             try:
                 return self._planned_step(plan, op, multi, index, group)
             except (TypeError, ValueError):
-                del self._plans[index]  # refused: the counters are back; the full path says why
-        self._plans.pop(index, None)
+                del self._plans[(index, choice)]  # refused: the counters are back; the full path says why
+        self._plans.pop((index, choice), None)
         state_names = op._state_names
         states, created = [], []
         for p in params:
@@ -333,10 +380,10 @@ class SpecOptimizer(torch.optim.Optimizer):
                 host = self._advance(t, host, group)
                 for key, value in zip(self._HOST_STATE, host):
                     state[key] = value
-            key = (t, host, fresh)
+            key = (t, host, fresh, p.dtype)
             values = values_for.get(key)
             if values is None:
-                values = values_for[key] = self._values(choice, t, host, group, fresh)
+                values = values_for[key] = self._values(choice, t, host, group, fresh, _machine_eps(p.dtype))
             grad = p.grad
             tensors = (p, grad, *(state[name] for name in state_names))
             if grad.layout is not torch.strided:
@@ -348,7 +395,7 @@ class SpecOptimizer(torch.optim.Optimizer):
         for members in buckets.values():
             self._multi_call(op, multi, index, members)
         if not sparse and not self._HOST_STATE:
-            self._plans[index] = _GroupPlan.make(choice, params, states, buckets)
+            self._plans[(index, choice)] = _GroupPlan.make(choice, params, states, buckets)
 
     @staticmethod
     def _check_whole(op, params: list) -> None:
@@ -370,20 +417,24 @@ class SpecOptimizer(torch.optim.Optimizer):
         plan.counter.add_(1)
         try:
             counts = [int(c) for c in plan.counter.tolist()]
-            values_for: dict[int, tuple] = {}
+            values_for: dict[tuple, tuple] = {}
             state_names, params, states = op._state_names, plan.params, plan.states
             for positions, host in zip(plan.buckets, plan.host):
                 ts = [counts[k] for k in positions]
+                dtype = plan.kinds[positions[0]][1]
                 for t in set(ts):
-                    if t not in values_for:
-                        values_for[t] = self._values(plan.choice, t, (), group, False)
+                    if (t, dtype) not in values_for:
+                        values_for[(t, dtype)] = self._values(plan.choice, t, (), group, False, _machine_eps(dtype))
                 bucket = [params[k] for k in positions]
                 lists = (bucket, [p.grad for p in bucket],
                          *([states[k][name] for k in positions] for name in state_names))
-                if len(values_for) == 1 or len(set(ts)) == 1:
-                    columns = [values_for[ts[0]][k] for k in op.kernel_params]
+                if multi is None:
+                    self._each_call(op, index, lists, [values_for[(t, dtype)] for t in ts], ts, host)
+                    continue
+                if len(set(ts)) == 1:
+                    columns = [values_for[(ts[0], dtype)][k] for k in op.kernel_params]
                 else:
-                    columns = [np.array([values_for[t][k] for t in ts]) for k in op.kernel_params]
+                    columns = [np.array([values_for[(t, dtype)][k] for t in ts]) for k in op.kernel_params]
                 self._bucket_call(op, multi, index, lists, columns, max(ts), host)
         except BaseException:
             plan.counter.sub_(1)
@@ -395,9 +446,8 @@ class SpecOptimizer(torch.optim.Optimizer):
         count), clip_grad_norm_'s factor from it. Refused before anything is written where
         the norm would be one rank's part of it (a sharded parameter) or a sparse gradient's."""
         sums = []
+        multi = next((m for m in self._MULTIS if m is not None), None)  # (its sums of squares: the op's own)
         for group in self.param_groups:
-            choice = self._choice(group)
-            multi = self._MULTIS[choice]
             by_kind: dict[tuple, list] = {}
             for p in group["params"]:
                 if p.grad is None:
@@ -412,7 +462,7 @@ class SpecOptimizer(torch.optim.Optimizer):
                                     f"{p.grad.layout} gradient")
                 by_kind.setdefault((p.grad.device, p.grad.dtype), []).append(p.grad)
             for (device, _), grads in by_kind.items():
-                if device.type == "cpu" and not any(map(_is_distributed, grads)):
+                if multi is not None and device.type == "cpu" and not any(map(_is_distributed, grads)):
                     sums += multi.grad_sums_of_squares([_grad_view(g) for g in grads])
                 else:
                     sums += [float(torch.sum(g.detach().double() ** 2)) for g in grads]
@@ -436,8 +486,28 @@ class SpecOptimizer(torch.optim.Optimizer):
 
     def _multi_call(self, op, multi, index: int, members: list) -> None:
         lists = tuple(list(group) for group in zip(*(tensors for tensors, _, _ in members)))
+        if multi is None:
+            self._each_call(op, index, lists, [values for _, values, _ in members], [t for _, _, t in members],
+                            _on_host(lists[0]))
+            return
         self._bucket_call(op, multi, index, lists, self._columns(op, members), max(t for _, _, t in members),
                           _on_host(lists[0]))
+
+    def _each_call(self, op, index: int, lists: tuple, values: list, ts: list, host: bool) -> None:
+        """An op without a multi-tensor kernel (a grid op): one call per tensor, in place, its
+        stochastic-rounding stream from the group, the step count and its place in the bucket."""
+        if host:
+            views = self._host_views(op, index, lists)
+            views = tuple(lst if k != op.grad_index else [_grad_view(g) for g in lst] for k, lst in enumerate(views))
+        else:
+            views = lists
+        weight = op.weight_index
+        for k, (tensors, vals, t) in enumerate(zip(zip(*views), values, ts)):
+            rounding, seed = self._rounding_args(index, t)
+            op._checked_call(tensors, vals, tensors[weight], rounding=check_rounding(
+                op.name, rounding, None if seed is None else _mix(seed, k)), grad_scale=self._grad_scale)
+        if host:
+            bump_versions([x for k, lst in enumerate(lists) if k != op.grad_index for x in lst])
 
     def _bucket_call(self, op, multi, index: int, lists: tuple, columns: list, t: int, host: bool) -> None:
         """One multi-tensor call over a bucket's lists (the op's tensors in order; ``host``:

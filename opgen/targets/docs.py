@@ -142,6 +142,7 @@ def context(op: OpSpec) -> dict:
 
 def _class_doc(cls) -> dict:
     """A torch.optim class of the op's optimizer section, as its page shows it."""
+    from opgen.spec.optimizer import DTYPE_EPS, SHAPE_NAME
     from opgen.targets.optim_api import arg_doc, default_source
 
     host = PseudoPrinter()
@@ -157,6 +158,12 @@ def _class_doc(cls) -> dict:
         "step": [md_code(f"{name} = {host.expr(e)}") for name, e, _ in cls.step],
         "init": [md_code(f"{i.state} = " + ("a copy of the parameter" if i.value is None else host.expr(i.value)))
                  for i in cls.init],
+        # the per-parameter names the expressions read besides t
+        "where": ([f"{md_code(SHAPE_NAME)} its number of dimensions"] if cls.per_parameter else [])
+        + [f"{md_code(name)} is {md_code(host.expr(a.none_is))} when None" for a in cls.args if a.none_is is not None
+           for name in a.nullable_names]
+        + ([f"{md_code(DTYPE_EPS)} the machine epsilon of its dtype"] if any(a.none_is is not None for a in cls.args)
+           else []),
     }
 
 

@@ -15,7 +15,7 @@ from opgen.dtypes import BOOL_LITERALS
 from opgen.escape import py_docstring, py_string
 from opgen.expr.printers.numpy import NumpyPrinter
 from opgen.spec.model import OpSpec
-from opgen.spec.optimizer import CLASS_KEYWORDS, INITIAL, STEP_COUNT, OptimArg, OptimizerSpec
+from opgen.spec.optimizer import CLASS_KEYWORDS, DTYPE_EPS, INITIAL, SHAPE_NAME, STEP_COUNT, OptimArg, OptimizerSpec
 from opgen.targets.python_api import python_default
 
 _PRINT = NumpyPrinter("_D")  # host values in double, as the kernels' per-call prologue
@@ -31,26 +31,36 @@ def _literal(kind: str, text: str) -> str:
 
 
 def default_source(arg: OptimArg) -> str:
-    """The default as Python source: 0.001, (0.9, 0.999), False."""
+    """The default as Python source: 0.001, (0.9, 0.999), False, (None, 0.001)."""
+    kinds = ("float",) * len(arg.default) if arg.kind == "floats" else (arg.kind,)
+    texts = ["None" if null else _literal(kind, text) for kind, text, null in zip(kinds, arg.default, arg.nullable or
+                                                                                   (False,) * len(arg.default))]
     if arg.kind == "floats":
-        return "(" + ", ".join(_literal("float", t) for t in arg.default) + ("," if len(arg.default) == 1 else "") + ")"
-    return _literal(arg.kind, arg.default[0])
+        return "(" + ", ".join(texts) + ("," if len(texts) == 1 else "") + ")"
+    return texts[0]
 
 
-def _reads(cls: OptimizerSpec) -> list[str]:
+def _reads(cls: OptimizerSpec, step: bool = False) -> list[str]:
     """The prologue of every generated function: each hyperparameter of the group, as the
-    expressions name it (validated by the runtime before any function runs)."""
-    lines = []
+    expressions name it (validated by the runtime before any function runs). A None (an
+    argument with a null default) stays None, except in a step's values (``step``), where it
+    reads as its none_is expression, after every other hyperparameter is read."""
+    lines, nones = [], []
     for arg in cls.args:
         key = py_string(arg.name)
         if arg.kind == "floats":
+            read = "(None if v is None else _D(v) for v in" if any(arg.nullable) else "(_D(v) for v in"
             lines.append(f"{', '.join(arg.element_names)}{',' if len(arg.element_names) == 1 else ''} = "
-                         f"(_D(v) for v in group[{key}])")
+                         f"{read} group[{key}])")
         elif arg.kind == "float":
-            lines.append(f"{arg.name} = _D(group[{key}])")
+            lines.append(f"{arg.name} = None if group[{key}] is None else _D(group[{key}])" if any(arg.nullable) else
+                         f"{arg.name} = _D(group[{key}])")
         else:
             lines.append(f"{arg.name} = {arg.kind}(group[{key}])")
-    return lines
+        if step and arg.none_is is not None:
+            nones += [f"{name} = _D({_PRINT.expr(arg.none_is)}) if {name} is None else {name}"
+                      for name in arg.nullable_names]
+    return lines + nones
 
 
 def _class_context(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> dict:
@@ -67,8 +77,9 @@ def _class_context(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> dict:
             else:
                 values.append(python_default(p) if p.default is not None else "None")
         choices.append({"index": k, "op": op.name, "when": None if choice.when is None else _PRINT.expr(choice.when),
-                        "params": values})
+                        "params": values, "multi": op.has_multi})
     args = [{"name": a.name, "key": py_string(a.name), "kind": a.kind, "default": default_source(a), "count": len(a.default),
+             "nullable": tuple(a.nullable) if any(a.nullable) else (),
              "low": a.low, "high": a.high, "below": a.below,
              "doc": arg_doc(a)} for a in cls.args]
     signature = ", ".join(["params"] + [f"{a.name}={default_source(a)}" for a in cls.args] +
@@ -83,6 +94,8 @@ def _class_context(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> dict:
         "signature": signature,
         "choices": choices,
         "reads": _reads(cls),
+        "step_reads": _reads(cls, step=True),
+        "per_parameter": cls.per_parameter,
         "host": [{"name": h.name, "key": py_string(h.name), "init": _PRINT.expr(h.init), "next": _PRINT.expr(h.update)}
                  for h in cls.host_state],
         "init": [{"state": py_string(i.state), "value": None if i.value is None else _PRINT.expr(i.value)}
@@ -91,6 +104,8 @@ def _class_context(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> dict:
                    for c, m, _ in cls.checks],
         "state_dtype": py_string(cls.state_dtype),
         "step_count": STEP_COUNT,
+        "shape": SHAPE_NAME,
+        "dtype_eps": DTYPE_EPS,
         "initial": INITIAL,
     }
 
@@ -112,8 +127,11 @@ def arg_doc(a: OptimArg) -> str:
 def _docstring(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> list[str]:
     ops = ", ".join(f"`{o}`" for o in cls.ops)
     pages = "its page" if len(cls.ops) == 1 else "their pages"
+    grid = [f"`{o}`" for o in cls.ops if by_name[o].grid is not None]
+    how = ["per device and dtype of each parameter group" + (";" if grid else ".")] + \
+        ([f"{' and '.join(grid)} one call per parameter (a 2-D weight's rows and columns)."] if grid else [])
     lines = cls.doc.splitlines() + ["", f"A step calls {ops} (see {pages}): one multi-tensor kernel call",
-                                    "per device and dtype of each parameter group.", "",
+                                    *how, "",
                                     "Parameters", "----------",
                                     "params : iterable of torch.Tensor or of dicts",
                                     "    The parameters, or parameter groups with their own hyperparameters."]
@@ -136,7 +154,7 @@ def _docstring(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> list[str]:
               "    are). The norm is this optimizer's parameters': refused for sharded (FSDP2)",
               "    parameters; under ZeroRedundancyOptimizer, clip with torch before the step.",
               "foreach, fused : optional",
-              "    Accepted for compatibility with torch.optim: every step is one fused multi-tensor call.",
+              "    Accepted for compatibility with torch.optim: every step makes the fused calls above.",
               "capturable, differentiable : bool, optional",
               "    Must be False: CUDA-graph capture of the step and autograd through it are not supported."]
     return lines
@@ -146,4 +164,5 @@ def context(ops: list[OpSpec]) -> dict:
     by_name = {op.name: op for op in ops}
     classes = [_class_context(cls, by_name) for op in ops for cls in op.optimizers]
     used = sorted({c for op in ops for cls in op.optimizers for c in cls.ops})
-    return {"classes": classes, "modules": used, "class_names": [c["name"] for c in classes]}
+    modules = [{"name": name, "multi": by_name[name].has_multi} for name in used]
+    return {"classes": classes, "modules": modules, "class_names": [c["name"] for c in classes]}

@@ -1,6 +1,7 @@
 """One rank of a 2-process gloo run (tests/test_distributed.py): trains the test model with
-generated.optim.Adam under DDP, ZeroRedundancyOptimizer or FSDP2's fully_shard, and saves
-the final parameters (full tensors) to OUT on rank 0.
+generated.optim.Adam under DDP, ZeroRedundancyOptimizer or FSDP2's fully_shard (MODE ddp,
+zero, fsdp; zero-adafactor: generated.optim.Adafactor under ZeroRedundancyOptimizer), and
+saves the final parameters (full tensors) to OUT on rank 0.
 
     python worker.py MODE OUT   (MASTER_ADDR, MASTER_PORT, RANK, WORLD_SIZE in the environment)
 """
@@ -22,6 +23,8 @@ import generated.optim as optim  # noqa: E402
 def main(mode: str, out: str) -> None:
     dist.init_process_group("gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
+    mode, _, name = mode.partition("-")
+    cls = optim.Adafactor if name == "adafactor" else optim.Adam
     model = make_model()
     if mode == "ddp":
         trained = torch.nn.parallel.DistributedDataParallel(model)
@@ -30,7 +33,7 @@ def main(mode: str, out: str) -> None:
         from torch.distributed.optim import ZeroRedundancyOptimizer
 
         trained = torch.nn.parallel.DistributedDataParallel(model)
-        opt = ZeroRedundancyOptimizer(trained.parameters(), optimizer_class=optim.Adam, lr=0.01, weight_decay=0.01)
+        opt = ZeroRedundancyOptimizer(trained.parameters(), optimizer_class=cls, lr=0.01, weight_decay=0.01)
     elif mode == "fsdp":
         from torch.distributed.fsdp import fully_shard
 
@@ -52,7 +55,8 @@ def main(mode: str, out: str) -> None:
         opt.consolidate_state_dict(to=0)
         if rank == 0:
             state = opt.state_dict()
-            assert all("exp_avg" in s for s in state["state"].values()), state["state"].keys()
+            names = ("row_var", "variance") if cls is optim.Adafactor else ("exp_avg",)
+            assert all(any(k in s for k in names) for s in state["state"].values()), state["state"].keys()
     if rank == 0:
         torch.save([p.detach().clone() for p in params], out)
     dist.barrier()
