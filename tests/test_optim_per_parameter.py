@@ -169,28 +169,73 @@ def test_max_grad_norm_follows_clip_grad_norm_then_torch():
 
 
 def test_one_multi_call_for_the_vectors_and_one_call_per_matrix(monkeypatch):
+    """A multi-tensor call a step for the vectors, one grid kernel call a step per matrix:
+    checked on the first step, then kept ready (Operator.prepare) and only run."""
     multi_calls, grid_calls = [], []
     vector_multi = optim.Adafactor._MULTIS[0]
     matrix_op = optim.Adafactor._OPS[1]
-    original = type(matrix_op)._checked_call
+    execute, prepare = type(matrix_op).execute, type(matrix_op).prepare
 
     def counting_multi(groups, *args, **kwargs):
         multi_calls.append(len(groups[0]))
         return vector_multi(groups, *args, **kwargs)
 
-    def counting_call(self, tensors, *args, **kwargs):
+    def counting_execute(self, call):
         if self is matrix_op:
-            grid_calls.append(tuple(tensors[0].shape))
-        return original(self, tensors, *args, **kwargs)
+            grid_calls.append(("checked", call.weight.shape))
+        return execute(self, call)
+
+    def counting_prepare(self, call):
+        run = prepare(self, call)
+        shape = call.weight.shape
+
+        def counted(*args):
+            grid_calls.append(("kept", shape))
+            return run(*args)
+        return None if run is None else counted
 
     monkeypatch.setattr(optim.Adafactor, "_MULTIS", (counting_multi, None))
-    monkeypatch.setattr(type(matrix_op), "_checked_call", counting_call)
+    monkeypatch.setattr(type(matrix_op), "execute", counting_execute)
+    monkeypatch.setattr(type(matrix_op), "prepare", counting_prepare)
     model = _Mixed()
     opt = optim.Adafactor(model.parameters())
-    for _ in range(2):  # the full path, then the planned one
+    for _ in range(3):  # the full path, the planned one, and again
         _train(model, opt, 1, _data())
-    assert multi_calls == [3, 3]  # two biases and the scale, one call a step
-    assert sorted(grid_calls) == [(3, 12), (3, 12), (12, 6), (12, 6)]
+    assert multi_calls == [3, 3, 3]  # two biases and the scale, one call a step
+    assert sorted(grid_calls) == sorted([("checked", (12, 6)), ("checked", (3, 12))]
+                                        + [("kept", (12, 6)), ("kept", (3, 12))] * 2)
+
+
+def test_kept_calls_take_the_checked_path_for_other_gradients_and_new_memory():
+    """After the calls are kept: a transposed (non-contiguous) gradient, a gradient inside the
+    parameter's own state, and a parameter moved to new memory each take the checked path,
+    and the trajectory stays torch's."""
+    ours_model, theirs_model = _Mixed(), _Mixed()
+    ours = optim.Adafactor(ours_model.parameters())
+    theirs = torch.optim.Adafactor(theirs_model.parameters())
+    x, y = _data()
+    for step in range(8):
+        for model, opt in ((ours_model, ours), (theirs_model, theirs)):
+            opt.zero_grad()
+            ((model(x) - y) ** 2).mean().backward()
+            if step == 3:  # the same values, another layout
+                model.first.weight.grad = model.first.weight.grad.t().contiguous().t()
+            if step == 5:  # new memory for a parameter (its state stays)
+                with torch.no_grad():
+                    model.second.weight.set_(model.second.weight.detach().clone())
+            opt.step()
+    _assert_same(ours_model, theirs_model)
+    w = ours_model.first.weight
+    w.grad = torch.ones_like(w)
+    row_var = ours.state[w]["row_var"]
+    before = w.detach().clone()
+    w.grad = row_var.expand(12, 6)  # not contiguous and inside a state: refused by the full checks
+    others = [p.detach().clone() for p in ours_model.parameters()]
+    with pytest.raises((TypeError, ValueError)):
+        ours.step()
+    assert torch.equal(w.detach(), before)
+    # nothing else was written either (the vectors' call comes after the matrices' checks)
+    assert all(torch.equal(p, q) for p, q in zip(ours_model.parameters(), others))
 
 
 @pytest.mark.parametrize("bad, message", [

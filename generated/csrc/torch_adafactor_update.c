@@ -10,8 +10,8 @@ void opgen_torch_adafactor_update_grid_float16(int64_t nrows, int64_t row_len, i
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -33,6 +33,10 @@ void opgen_torch_adafactor_update_grid_float16(int64_t nrows, int64_t row_len, i
         OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float16(s, col, opgen_cv, opgen_ncols, (opgen_half *)arg_col_var));
     }
     opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+    {
+        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float16(s, row, opgen_rv, opgen_nrows));
+    }
     {
         const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
@@ -58,8 +62,8 @@ void opgen_torch_adafactor_update_grid_float16_with_float32_states(int64_t nrows
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -81,6 +85,10 @@ void opgen_torch_adafactor_update_grid_float16_with_float32_states(int64_t nrows
         OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var));
     }
     opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+    {
+        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float16_with_float32_states(s, row, opgen_rv, opgen_nrows));
+    }
     {
         const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
@@ -106,8 +114,8 @@ void opgen_torch_adafactor_update_grid_bfloat16(int64_t nrows, int64_t row_len, 
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -129,6 +137,10 @@ void opgen_torch_adafactor_update_grid_bfloat16(int64_t nrows, int64_t row_len, 
         OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_bfloat16(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var));
     }
     opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+    {
+        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_bfloat16(s, row, opgen_rv, opgen_nrows));
+    }
     {
         const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
@@ -154,8 +166,8 @@ void opgen_torch_adafactor_update_grid_bfloat16_with_float32_states(int64_t nrow
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -177,6 +189,10 @@ void opgen_torch_adafactor_update_grid_bfloat16_with_float32_states(int64_t nrow
         OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var));
     }
     opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+    {
+        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows));
+    }
     {
         const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
@@ -202,8 +218,8 @@ void opgen_torch_adafactor_update_grid_float32(int64_t nrows, int64_t row_len, i
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -227,6 +243,10 @@ void opgen_torch_adafactor_update_grid_float32(int64_t nrows, int64_t row_len, i
     opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
     {
         const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float32(s, row, opgen_rv, opgen_nrows));
+    }
+    {
+        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
         OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const float *)arg_grad));
         opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
@@ -244,8 +264,8 @@ void opgen_torch_adafactor_update_grid_float32_with_bfloat16_states(int64_t nrow
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -267,6 +287,10 @@ void opgen_torch_adafactor_update_grid_float32_with_bfloat16_states(int64_t nrow
         OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var));
     }
     opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+    {
+        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows));
+    }
     {
         const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];
@@ -292,8 +316,8 @@ void opgen_torch_adafactor_update_grid_float64(int64_t nrows, int64_t row_len, i
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -315,6 +339,10 @@ void opgen_torch_adafactor_update_grid_float64(int64_t nrows, int64_t row_len, i
         OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float64(s, col, opgen_cv, opgen_ncols, (double *)arg_col_var));
     }
     opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_double(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+    {
+        const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float64(s, row, opgen_rv, opgen_nrows));
+    }
     {
         const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
         double opgen_acc[2];

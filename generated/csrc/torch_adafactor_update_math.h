@@ -17,8 +17,8 @@ typedef struct {
 } opgen_torch_adafactor_update_scalars_float;
 OPGEN_INLINE opgen_torch_adafactor_update_scalars_float opgen_torch_adafactor_update_scalars_float_init(double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, uint64_t seed, int64_t tensor, double grad_scale, const double *opgen_totals) {
     const double t_w2 = opgen_pow((double)arg_t, arg_beta2_decay); /* w2 = t ** beta2_decay */
-    const double h_0 = opgen_max(opgen_totals[0], arg_eps1); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
-    const double h_1 = arg_eps1 * arg_eps1; /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
+    const double h_0 = opgen_max(opgen_totals[0], arg_eps1); /* row_inverse = 1 / sqrt(row_var / max(avg(row_var), eps1)) */
+    const double h_1 = 1.0 / arg_eps1; /* u = g * min(row_inverse * col_inverse, 1 / eps1) */
     const double t_clipping = opgen_totals[1] / arg_d; /* clipping = rms(u) / d */
     const int h_2 = t_clipping > 1; /* u = u / clipping if clipping > 1 else u */
     const double t_scale = opgen_totals[2]; /* scale = rms(weight) */
@@ -33,23 +33,29 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_float(const opgen_tor
     opgen_v[2] = t_g * t_g; /* col_mean: col_var = col_var + w2 * (col_mean(g * g) - col_var) */
     opgen_v[0] = v_weight; /* rms: scale = rms(weight) */
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float(const opgen_torch_adafactor_update_scalars_float s, float *opgen_v, float cv_1, float rv_1, float v_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float(const opgen_torch_adafactor_update_scalars_float s, float *opgen_v, float cv_2, float rv_2, float v_grad) {
     float t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
-    float t_u = t_g / sqrtf(opgen_maxf(rv_1 * cv_1 / s.h_0, s.h_1)); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
+    float t_u = t_g * opgen_minf(rv_2 * cv_2, s.h_1); /* u = g * min(row_inverse * col_inverse, 1 / eps1) */
     opgen_v[0] = t_u; /* rms: clipping = rms(u) / d */
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float(const opgen_torch_adafactor_update_scalars_float s, float rv_0, float v_row_var, float *io_rv_1) {
     float rv_1 = v_row_var + s.t_w2 * (rv_0 - v_row_var); /* row_var = row_var + w2 * (row_mean(g * g) - row_var) */
     *io_rv_1 = rv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float(const opgen_torch_adafactor_update_scalars_float s, float cv_0, float v_col_var, float *io_cv_1) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float(const opgen_torch_adafactor_update_scalars_float s, float cv_0, float v_col_var, float *io_cv_1, float *io_cv_2) {
     float cv_1 = v_col_var + s.t_w2 * (cv_0 - v_col_var); /* col_var = col_var + w2 * (col_mean(g * g) - col_var) */
+    float cv_2 = 1.0f / sqrtf(cv_1); /* col_inverse = 1 / sqrt(col_var) */
     *io_cv_1 = cv_1;
+    *io_cv_2 = cv_2;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float(const opgen_torch_adafactor_update_scalars_float s, float cv_1, float rv_1, float *io_weight, float v_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows2_float(const opgen_torch_adafactor_update_scalars_float s, float rv_1, float *io_rv_2) {
+    float rv_2 = 1.0f / sqrtf(rv_1 / s.h_0); /* row_inverse = 1 / sqrt(row_var / max(avg(row_var), eps1)) */
+    *io_rv_2 = rv_2;
+}
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float(const opgen_torch_adafactor_update_scalars_float s, float cv_2, float rv_2, float *io_weight, float v_grad) {
     float v_weight = *io_weight;
     float t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
-    float t_u = t_g / sqrtf(opgen_maxf(rv_1 * cv_1 / s.h_0, s.h_1)); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
+    float t_u = t_g * opgen_minf(rv_2 * cv_2, s.h_1); /* u = g * min(row_inverse * col_inverse, 1 / eps1) */
     t_u = s.h_2 ? t_u / s.t_clipping : t_u; /* u = u / clipping if clipping > 1 else u */
     v_weight = v_weight * s.h_3 - s.t_alpha * t_u; /* weight = weight * (1 - lr * weight_decay) - alpha * u */
     *io_weight = v_weight;
@@ -66,8 +72,8 @@ typedef struct {
 } opgen_torch_adafactor_update_scalars_double;
 OPGEN_INLINE opgen_torch_adafactor_update_scalars_double opgen_torch_adafactor_update_scalars_double_init(double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, uint64_t seed, int64_t tensor, double grad_scale, const double *opgen_totals) {
     const double t_w2 = opgen_pow((double)arg_t, arg_beta2_decay); /* w2 = t ** beta2_decay */
-    const double h_0 = opgen_max(opgen_totals[0], arg_eps1); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
-    const double h_1 = arg_eps1 * arg_eps1; /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
+    const double h_0 = opgen_max(opgen_totals[0], arg_eps1); /* row_inverse = 1 / sqrt(row_var / max(avg(row_var), eps1)) */
+    const double h_1 = 1.0 / arg_eps1; /* u = g * min(row_inverse * col_inverse, 1 / eps1) */
     const double t_clipping = opgen_totals[1] / arg_d; /* clipping = rms(u) / d */
     const int h_2 = t_clipping > 1; /* u = u / clipping if clipping > 1 else u */
     const double t_scale = opgen_totals[2]; /* scale = rms(weight) */
@@ -82,23 +88,29 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_double(const opgen_to
     opgen_v[2] = t_g * t_g; /* col_mean: col_var = col_var + w2 * (col_mean(g * g) - col_var) */
     opgen_v[0] = v_weight; /* rms: scale = rms(weight) */
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_double(const opgen_torch_adafactor_update_scalars_double s, double *opgen_v, double cv_1, double rv_1, double v_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_double(const opgen_torch_adafactor_update_scalars_double s, double *opgen_v, double cv_2, double rv_2, double v_grad) {
     double t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
-    double t_u = t_g / sqrt(opgen_max(rv_1 * cv_1 / s.h_0, s.h_1)); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
+    double t_u = t_g * opgen_min(rv_2 * cv_2, s.h_1); /* u = g * min(row_inverse * col_inverse, 1 / eps1) */
     opgen_v[0] = t_u; /* rms: clipping = rms(u) / d */
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_double(const opgen_torch_adafactor_update_scalars_double s, double rv_0, double v_row_var, double *io_rv_1) {
     double rv_1 = v_row_var + s.t_w2 * (rv_0 - v_row_var); /* row_var = row_var + w2 * (row_mean(g * g) - row_var) */
     *io_rv_1 = rv_1;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_double(const opgen_torch_adafactor_update_scalars_double s, double cv_0, double v_col_var, double *io_cv_1) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_double(const opgen_torch_adafactor_update_scalars_double s, double cv_0, double v_col_var, double *io_cv_1, double *io_cv_2) {
     double cv_1 = v_col_var + s.t_w2 * (cv_0 - v_col_var); /* col_var = col_var + w2 * (col_mean(g * g) - col_var) */
+    double cv_2 = 1.0 / sqrt(cv_1); /* col_inverse = 1 / sqrt(col_var) */
     *io_cv_1 = cv_1;
+    *io_cv_2 = cv_2;
 }
-OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_double(const opgen_torch_adafactor_update_scalars_double s, double cv_1, double rv_1, double *io_weight, double v_grad) {
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows2_double(const opgen_torch_adafactor_update_scalars_double s, double rv_1, double *io_rv_2) {
+    double rv_2 = 1.0 / sqrt(rv_1 / s.h_0); /* row_inverse = 1 / sqrt(row_var / max(avg(row_var), eps1)) */
+    *io_rv_2 = rv_2;
+}
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_double(const opgen_torch_adafactor_update_scalars_double s, double cv_2, double rv_2, double *io_weight, double v_grad) {
     double v_weight = *io_weight;
     double t_g = s.s_maximize ? -v_grad : v_grad; /* g = -grad if maximize else grad */
-    double t_u = t_g / sqrt(opgen_max(rv_1 * cv_1 / s.h_0, s.h_1)); /* u = g / sqrt(max(row_var * col_var / max(avg(row_var), eps1), eps1 * eps1)) */
+    double t_u = t_g * opgen_min(rv_2 * cv_2, s.h_1); /* u = g * min(row_inverse * col_inverse, 1 / eps1) */
     t_u = s.h_2 ? t_u / s.t_clipping : t_u; /* u = u / clipping if clipping > 1 else u */
     v_weight = v_weight * s.h_3 - s.t_alpha * t_u; /* weight = weight * (1 - lr * weight_decay) - alpha * u */
     *io_weight = v_weight;
@@ -112,7 +124,7 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_float16(const opgen_t
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, opgen_half *OPGEN_RESTRICT p_row_var) {
@@ -122,12 +134,19 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float16(const opgen_to
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, opgen_half *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float16(p_col_var[col]), &cv_1);
+    float cv_2;
+    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float16(p_col_var[col]), &cv_1, &cv_2);
     opgen_cv[1 * opgen_ncols + col] = cv_1;
+    opgen_cv[2 * opgen_ncols + col] = cv_2;
+}
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows2_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows) {
+    float rv_2;
+    opgen_torch_adafactor_update_grid_rows2_float(s, opgen_rv[1 * opgen_nrows + row], &rv_2);
+    opgen_rv[2 * opgen_nrows + row] = rv_2;
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, opgen_half *OPGEN_RESTRICT p_row_var) {
@@ -145,7 +164,7 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_float16_with_float32_
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
@@ -155,12 +174,19 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float16_with_float32_s
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
+    float cv_2;
+    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1, &cv_2);
     opgen_cv[1 * opgen_ncols + col] = cv_1;
+    opgen_cv[2 * opgen_ncols + col] = cv_2;
+}
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows2_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows) {
+    float rv_2;
+    opgen_torch_adafactor_update_grid_rows2_float(s, opgen_rv[1 * opgen_nrows + row], &rv_2);
+    opgen_rv[2 * opgen_nrows + row] = rv_2;
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
@@ -178,7 +204,7 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_bfloat16(const opgen_
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
@@ -188,12 +214,19 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_bfloat16(const opgen_t
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_bfloat16(p_col_var[col]), &cv_1);
+    float cv_2;
+    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_bfloat16(p_col_var[col]), &cv_1, &cv_2);
     opgen_cv[1 * opgen_ncols + col] = cv_1;
+    opgen_cv[2 * opgen_ncols + col] = cv_2;
+}
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows2_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows) {
+    float rv_2;
+    opgen_torch_adafactor_update_grid_rows2_float(s, opgen_rv[1 * opgen_nrows + row], &rv_2);
+    opgen_rv[2 * opgen_nrows + row] = rv_2;
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_bfloat16(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
@@ -211,7 +244,7 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_bfloat16_with_float32
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
@@ -221,12 +254,19 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_bfloat16_with_float32_
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
+    float cv_2;
+    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1, &cv_2);
     opgen_cv[1 * opgen_ncols + col] = cv_1;
+    opgen_cv[2 * opgen_ncols + col] = cv_2;
+}
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows2_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows) {
+    float rv_2;
+    opgen_torch_adafactor_update_grid_rows2_float(s, opgen_rv[1 * opgen_nrows + row], &rv_2);
+    opgen_rv[2 * opgen_nrows + row] = rv_2;
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_bfloat16_with_float32_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
@@ -244,7 +284,7 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_float32(const opgen_t
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
@@ -254,12 +294,19 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float32(const opgen_to
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, float *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1);
+    float cv_2;
+    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float32(p_col_var[col]), &cv_1, &cv_2);
     opgen_cv[1 * opgen_ncols + col] = cv_1;
+    opgen_cv[2 * opgen_ncols + col] = cv_2;
+}
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows2_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows) {
+    float rv_2;
+    opgen_torch_adafactor_update_grid_rows2_float(s, opgen_rv[1 * opgen_nrows + row], &rv_2);
+    opgen_rv[2 * opgen_nrows + row] = rv_2;
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float32(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
@@ -277,7 +324,7 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_float32_with_bfloat16
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
@@ -287,12 +334,19 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float32_with_bfloat16_
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t col, float *opgen_cv, int64_t opgen_ncols, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
     float cv_1;
-    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_bfloat16(p_col_var[col]), &cv_1);
+    float cv_2;
+    opgen_torch_adafactor_update_grid_cols1_float(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_bfloat16(p_col_var[col]), &cv_1, &cv_2);
     opgen_cv[1 * opgen_ncols + col] = cv_1;
+    opgen_cv[2 * opgen_ncols + col] = cv_2;
+}
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows2_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows) {
+    float rv_2;
+    opgen_torch_adafactor_update_grid_rows2_float(s, opgen_rv[1 * opgen_nrows + row], &rv_2);
+    opgen_rv[2 * opgen_nrows + row] = rv_2;
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_float(s, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float32_with_bfloat16_states(const opgen_torch_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
@@ -310,7 +364,7 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_total1_float64(const opgen_t
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_total3_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const double *OPGEN_RESTRICT p_grad) {
     double opgen_v[1];
-    opgen_torch_adafactor_update_grid_total3_double(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_total3_double(s, opgen_v, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t row, double *opgen_rv, int64_t opgen_nrows, double *OPGEN_RESTRICT p_row_var) {
@@ -320,12 +374,19 @@ OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows1_float64(const opgen_to
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_cols1_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t col, double *opgen_cv, int64_t opgen_ncols, double *OPGEN_RESTRICT p_col_var) {
     double cv_1;
-    opgen_torch_adafactor_update_grid_cols1_double(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float64(p_col_var[col]), &cv_1);
+    double cv_2;
+    opgen_torch_adafactor_update_grid_cols1_double(s, opgen_cv[0 * opgen_ncols + col], OPGEN_LOAD_float64(p_col_var[col]), &cv_1, &cv_2);
     opgen_cv[1 * opgen_ncols + col] = cv_1;
+    opgen_cv[2 * opgen_ncols + col] = cv_2;
+}
+OPGEN_INLINE void opgen_torch_adafactor_update_grid_rows2_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t row, double *opgen_rv, int64_t opgen_nrows) {
+    double rv_2;
+    opgen_torch_adafactor_update_grid_rows2_double(s, opgen_rv[1 * opgen_nrows + row], &rv_2);
+    opgen_rv[2 * opgen_nrows + row] = rv_2;
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_update_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
-    opgen_torch_adafactor_update_grid_update_double(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_torch_adafactor_update_grid_update_double(s, opgen_cv[2 * opgen_ncols + col], opgen_rv[2 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float64(v_weight);
 }
 OPGEN_INLINE void opgen_torch_adafactor_update_grid_store_rows_float64(const opgen_torch_adafactor_update_scalars_double s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, double *OPGEN_RESTRICT p_row_var) {

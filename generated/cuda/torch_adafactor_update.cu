@@ -11,8 +11,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -28,8 +28,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -49,8 +49,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -77,8 +77,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -89,6 +89,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
       if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
     __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows2_float16(s, row, opgen_rv, opgen_nrows);
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, opgen_half *__restrict__ arg_row_var, opgen_half *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
@@ -96,8 +102,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -117,8 +123,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -135,8 +141,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -164,8 +170,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -189,8 +195,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -206,8 +212,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -227,8 +233,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -255,8 +261,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -267,6 +273,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
       if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
     __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows2_float16_with_float32_states(s, row, opgen_rv, opgen_nrows);
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float16_with_float32_states_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_half *__restrict__ arg_weight, const opgen_half *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
@@ -274,8 +286,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -295,8 +307,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -313,8 +325,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -342,8 +354,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -367,8 +379,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -384,8 +396,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -405,8 +417,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -433,8 +445,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -445,6 +457,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
       if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
     __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows2_bfloat16(s, row, opgen_rv, opgen_nrows);
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
@@ -452,8 +470,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -473,8 +491,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -491,8 +509,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -520,8 +538,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -545,8 +563,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -562,8 +580,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -583,8 +601,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -611,8 +629,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -623,6 +641,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
       if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
     __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows2_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows);
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_bfloat16_with_float32_states_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, opgen_bf16 *__restrict__ arg_weight, const opgen_bf16 *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
@@ -630,8 +654,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -651,8 +675,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -669,8 +693,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -698,8 +722,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -723,8 +747,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -740,8 +764,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -761,8 +785,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -789,8 +813,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -801,6 +825,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
       if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
     __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows2_float32(s, row, opgen_rv, opgen_nrows);
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, float *__restrict__ arg_row_var, float *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
@@ -808,8 +838,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -829,8 +859,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -847,8 +877,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -869,8 +899,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -889,8 +919,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -906,8 +936,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -927,8 +957,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -955,8 +985,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -967,6 +997,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
       if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
     __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_float s = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows2_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows);
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float32_with_bfloat16_states_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, float *__restrict__ arg_weight, const float *__restrict__ arg_grad, opgen_bf16 *__restrict__ arg_row_var, opgen_bf16 *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
@@ -974,8 +1010,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -995,8 +1031,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -1013,8 +1049,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -1042,8 +1078,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -1067,8 +1103,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -1084,8 +1120,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -1105,8 +1141,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -1133,8 +1169,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -1145,6 +1181,12 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     { const double opgen_r = opgen_cuda_grid_total(opgen_rv + 1 * opgen_nrows, opgen_nrows, opgen_red, 0);
       if (threadIdx.x == 0) opgen_passed_totals[0] = OPGEN_FINISH_mean(opgen_r, opgen_nrows); }
     __syncthreads();
+    {
+    double opgen_totals[3];
+    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_passed_totals[opgen_k];
+    const opgen_torch_adafactor_update_scalars_double s = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+    for (long long row = threadIdx.x; row < opgen_nrows; row += blockDim.x) opgen_torch_adafactor_update_grid_rows2_float64(s, row, opgen_rv, opgen_nrows);
+    }
 }
 
 extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_grid_float64_total3(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, double *__restrict__ arg_weight, const double *__restrict__ arg_grad, double *__restrict__ arg_row_var, double *__restrict__ arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, double *__restrict__ partials) {
@@ -1152,8 +1194,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -1173,8 +1215,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -1191,8 +1233,8 @@ extern "C" __global__ void __launch_bounds__(512) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
@@ -1213,8 +1255,8 @@ extern "C" __global__ void __launch_bounds__(256) opgen_torch_adafactor_update_g
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (2) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (2) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;

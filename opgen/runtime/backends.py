@@ -224,6 +224,37 @@ class CBackend(Backend):
                  *[scalars[k] for k in positions], work.grad_scale, *work.rounding.kernel_args, _flush_denormal[0])
 
 
+    def prepare(self, op, work: Work):
+        """``work``'s kernel call with every argument but the gradient's converted once, for a
+        call repeated on the same arrays (an optimizer's per-tensor step): a function of the
+        gradient (C-contiguous, of the call's dtype and shape: the caller vouches for it), the
+        kernel's scalars, the gradient factor and the rounding. Its workspace lives with it."""
+        module = op.c_module()
+        kernel = op.kernel(work.schedule, work.dtype, work.states_dtype)
+        function = op.c_function(module, kernel)
+        from_buffer = module.ffi.from_buffer
+        grad_name = next(t.name for t in op.tensors if t.role is TensorRole.GRAD)
+        arrays = work.arrays(op, None)
+        sizes = work.sizes() if kernel.schedule is not Schedule.DENSE else {ArgRole.SIZE: work.source.size}
+        head, tensors, positions, _ = op.c_layout(kernel)
+        keep = [arrays]  # (the arrays and the workspace the pointers point into)
+        if kernel.grid is not None:
+            keep.append(np.empty(kernel.grid.size(sizes[ArgRole.NROWS], sizes[ArgRole.ROW_LEN]), np.float64))
+            sizes[ArgRole.WORKSPACE] = from_buffer("double[]", keep[-1])
+        head_args = [sizes[role] for role in head]
+        tensor_args = [None if name == grad_name else from_buffer(arrays[name]) for name in tensors]
+        slot = tensors.index(grad_name)
+
+        def run(grad, scalars: tuple, grad_scale: float, rounding: Rounding) -> None:
+            args = list(tensor_args)
+            args[slot] = from_buffer(grad)
+            function(*head_args, *args, *[scalars[k] for k in positions], grad_scale, *rounding.kernel_args,
+                     _flush_denormal[0])
+
+        run.keep = keep
+        return run
+
+
 class CudaBackend(Backend):
     """The CUDA kernels through CuPy, on the arrays' device, in the ABI's argument order and
     launch shape."""

@@ -254,6 +254,24 @@ class Operator:
         presented.written(self._state_positions + ((len(tensors),) if out is not None else ()))
         return presented.result(result)
 
+    def prepare(self, call: Call):
+        """A checked call made ready to repeat on the same arrays with new gradients, scalars
+        and rounding (an optimizer's per-tensor step on the C backend): a function of (grad,
+        kernel scalars, grad_scale, rounding), or None where the call is not in place on
+        C-contiguous host arrays, or has scalar inputs, per-tensor values, an output, a skip
+        condition or a row-sparse gradient (those take the checked call every time)."""
+        weight = call.weight
+        if call.target is not weight or self.output or self.skip_if is not None or call.inputs \
+                or isinstance(call.grad, RowSparseArray) or len(call.scalars) != len(self.kernel_params):
+            return None
+        arrays = (weight, *call.states)
+        if not all(type(a) is np.ndarray and a.flags.c_contiguous for a in arrays):
+            return None
+        if backends.backend_for(self, adapter_for(weight)) is not backends.C:
+            return None
+        return backends.C.prepare(self, Work(call.schedule, weight.dtype, call.states_dtype, weight, weight,
+                                             call.grad, list(call.states), call.scalars, call.rounding))
+
     def check_whole(self, tensors, labels) -> None:
         """An op whose math reduces whole tensors refuses a shard of one (an FSDP2 parameter):
         its norms would be this rank's shard's, silently."""

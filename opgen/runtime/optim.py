@@ -58,6 +58,20 @@ def _grad_view(g: torch.Tensor):
 _MASK64 = (1 << 64) - 1
 
 
+def _plain_grad(g, p) -> bool:
+    """A gradient the kept call takes as it is: an exact CPU tensor, strided, C-contiguous,
+    without a negation or conjugation bit, of its parameter's dtype and shape."""
+    return (type(g) is torch.Tensor and g.layout is torch.strided and g.device.type == "cpu" and g.dtype is p.dtype
+            and g.shape == p.shape and g.is_contiguous() and not g.is_neg() and not g.is_conj())
+
+
+def _overlaps(g: torch.Tensor, spans: list) -> bool:
+    """Whether the gradient's bytes meet any of the (start, end) byte ranges a call writes."""
+    start = g.data_ptr()
+    end = start + g.numel() * g.element_size()
+    return any(start < e and s < end for s, e in spans)
+
+
 def _machine_eps(dtype: torch.dtype) -> float:
     """The machine epsilon of a parameter's dtype (the expressions' machine_eps)."""
     return float(torch.finfo(dtype).eps)
@@ -308,10 +322,13 @@ class SpecOptimizer(torch.optim.Optimizer):
                 parts.setdefault(choice, []).append(p)
         for key in [k for k in self._plans if k[0] == index and k[1] not in parts]:
             del self._plans[key]  # (an op no longer chosen: its plan would keep its tensors alive)
-        for choice, members in sorted(parts.items()):  # refused before any part is written
-            self._check_part(self._OPS[choice], group, members)
-        for choice, members in sorted(parts.items()):
-            self._part_step(index, group, choice, members)
+        # the ops called per tensor first: each checks all its tensors before it writes any, so
+        # a refused gradient there leaves the whole group as it was
+        order = sorted(parts, key=lambda c: (self._MULTIS[c] is not None, c))
+        for choice in order:  # refused before any part is written
+            self._check_part(self._OPS[choice], group, parts[choice])
+        for choice in order:
+            self._part_step(index, group, choice, parts[choice])
 
     def _check_part(self, op, group: dict, params: list) -> None:
         """A grid op's parameters are 2-D with dense gradients (its one value per row and per
@@ -495,17 +512,44 @@ class SpecOptimizer(torch.optim.Optimizer):
 
     def _each_call(self, op, index: int, lists: tuple, values: list, ts: list, host: bool) -> None:
         """An op without a multi-tensor kernel (a grid op): one call per tensor, in place, its
-        stochastic-rounding stream from the group, the step count and its place in the bucket."""
-        if host:
-            views = self._host_views(op, index, lists)
-            views = tuple(lst if k != op.grad_index else [_grad_view(g) for g in lst] for k, lst in enumerate(views))
-        else:
-            views = lists
-        weight = op.weight_index
+        stochastic-rounding stream from the group, the step count and its place in the bucket.
+
+        On the host, each tensor's call is checked once and kept ready (``Operator.prepare``)
+        while its parameter's and states' views are the same: later steps vouch for the new
+        gradient (a plain C-contiguous CPU tensor of the parameter's dtype and shape, sharing
+        no byte with what the call writes) and run the kernel; any other gradient takes the
+        checked call, which names what is wrong."""
+        weight, grad = op.weight_index, op.grad_index
+        views = self._host_views(op, index, lists) if host else lists
+        # the calls kept with the views (made again with them when a tensor or its memory changed)
+        kept = self._views[(index, op.name, tuple(id(t) for k, lst in enumerate(lists) if k != grad for t in lst))][3] \
+            if host else None
+        ready = kept if kept else None
+        made, runs = [], []  # every tensor's call checked (or vouched for) before any runs
         for k, (tensors, vals, t) in enumerate(zip(zip(*views), values, ts)):
             rounding, seed = self._rounding_args(index, t)
-            op._checked_call(tensors, vals, tensors[weight], rounding=check_rounding(
-                op.name, rounding, None if seed is None else _mix(seed, k)), grad_scale=self._grad_scale)
+            rounding = check_rounding(op.name, rounding, None if seed is None else _mix(seed, k))
+            if ready is not None:
+                g = tensors[grad]
+                run, spans = ready[k]
+                if run is not None and _plain_grad(g, lists[weight][k]) and not _overlaps(g, spans):
+                    runs.append((run, (_grad_view(g), tuple(vals[j] for j in op.kernel_params), self._grad_scale,
+                                       rounding)))
+                    continue
+            if not host:  # (device tensors: checked as each call runs)
+                runs.append((op._checked_call, (tensors, vals, tensors[weight], None, "out", rounding,
+                                                self._grad_scale)))
+                continue
+            tensors = tuple(_grad_view(x) if j == grad else x for j, x in enumerate(tensors))
+            call = op.check(tensors, vals, tensors[weight], rounding=rounding)
+            call.grad_scale = self._grad_scale
+            runs.append((op.execute, (call,)))
+            written = [x for j, x in enumerate(tensors) if j != grad]
+            made.append((call, [(x.ctypes.data, x.ctypes.data + x.nbytes) for x in written]))
+        for run, args in runs:
+            run(*args)
+        if host and ready is None and len(made) == len(values):
+            kept[:] = [(op.prepare(call), spans) for call, spans in made]
         if host:
             bump_versions([x for k, lst in enumerate(lists) if k != op.grad_index for x in lst])
 
@@ -533,7 +577,7 @@ class SpecOptimizer(torch.optim.Optimizer):
         pointers = [(t.data_ptr(), t.shape, t.stride(), t.dtype) for t in fixed]  # memory and layout
         if cached is None or cached[0] != pointers or any(a is not b for a, b in zip(cached[1], fixed)):
             views = [[_TENSORS.view(t) for t in lst] if k != grad else None for k, lst in enumerate(lists)]
-            cached = self._views[key] = (pointers, fixed, views)
+            cached = self._views[key] = (pointers, fixed, views, [])  # (and _each_call's kept calls)
         views = list(cached[2])
         # the gradients as they are: a cached plan takes plain CPU tensors by their pointers
         # (new ones every step), and the full checks view any other
