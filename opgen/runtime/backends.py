@@ -206,49 +206,49 @@ class CBackend(Backend):
 
     name = "c"
 
-    def run(self, op, work: Work) -> None:
+    def _arguments(self, op, work: Work, grad_array):
+        """The kernel and its arguments in the ABI's order (the scalars aside), every array as
+        a cffi buffer: (function, head, tensors by name, scalar positions, what they point into)."""
         module = op.c_module()
         kernel = op.kernel(work.schedule, work.dtype, work.states_dtype)
         function = op.c_function(module, kernel)
         from_buffer = module.ffi.from_buffer
-        arrays = work.arrays(op, None if work.grad is None else np.ascontiguousarray(work.grad_data))
+        arrays = work.arrays(op, grad_array)
         # (the elements read: the weight's, or an op that only reduces its first input's)
         sizes = work.sizes() if kernel.schedule is not Schedule.DENSE else {ArgRole.SIZE: work.source.size}
         head, tensors, positions, _ = op.c_layout(kernel)
-        scalars = work.scalars
-        if kernel.grid is not None:  # the grid kernel's workspace, one array per call
-            sizes[ArgRole.WORKSPACE] = from_buffer("double[]", np.empty(
-                kernel.grid.size(sizes[ArgRole.NROWS], sizes[ArgRole.ROW_LEN]), np.float64))
-        function(*[from_buffer("int64_t[]", work.grad.indices) if role is ArgRole.INDICES else sizes[role]
-                   for role in head], *[from_buffer(arrays[name]) for name in tensors],
-                 *[scalars[k] for k in positions], work.grad_scale, *work.rounding.kernel_args, _flush_denormal[0])
+        keep = [arrays]
+        if kernel.grid is not None:  # the grid kernel's workspace, one array per call (or prepared call)
+            keep.append(np.empty(kernel.grid.size(sizes[ArgRole.NROWS], sizes[ArgRole.ROW_LEN]), np.float64))
+            sizes[ArgRole.WORKSPACE] = from_buffer("double[]", keep[-1])
+        head_args = [from_buffer("int64_t[]", work.grad.indices) if role is ArgRole.INDICES else sizes[role]
+                     for role in head]
+        named = {name: None if arrays[name] is None else from_buffer(arrays[name]) for name in tensors}
+        return function, head_args, tensors, named, positions, keep
 
+    def run(self, op, work: Work) -> None:
+        function, head, tensors, named, positions, _ = self._arguments(
+            op, work, None if work.grad is None else np.ascontiguousarray(work.grad_data))
+        scalars = work.scalars
+        function(*head, *[named[name] for name in tensors], *[scalars[k] for k in positions], work.grad_scale,
+                 *work.rounding.kernel_args, _flush_denormal[0])
 
     def prepare(self, op, work: Work):
         """``work``'s kernel call with every argument but the gradient's converted once, for a
         call repeated on the same arrays (an optimizer's per-tensor step): a function of the
-        gradient (C-contiguous, of the call's dtype and shape: the caller vouches for it), the
-        kernel's scalars, the gradient factor and the rounding. Its workspace lives with it."""
-        module = op.c_module()
-        kernel = op.kernel(work.schedule, work.dtype, work.states_dtype)
-        function = op.c_function(module, kernel)
-        from_buffer = module.ffi.from_buffer
+        gradient's data pointer (C-contiguous memory of the call's dtype and shape: the caller
+        vouches for it), the kernel's scalars, the gradient factor and the rounding. What its
+        arguments point into (the arrays, the workspace) lives with it."""
         grad_name = next(t.name for t in op.tensors if t.role is TensorRole.GRAD)
-        arrays = work.arrays(op, None)
-        sizes = work.sizes() if kernel.schedule is not Schedule.DENSE else {ArgRole.SIZE: work.source.size}
-        head, tensors, positions, _ = op.c_layout(kernel)
-        keep = [arrays]  # (the arrays and the workspace the pointers point into)
-        if kernel.grid is not None:
-            keep.append(np.empty(kernel.grid.size(sizes[ArgRole.NROWS], sizes[ArgRole.ROW_LEN]), np.float64))
-            sizes[ArgRole.WORKSPACE] = from_buffer("double[]", keep[-1])
-        head_args = [sizes[role] for role in head]
-        tensor_args = [None if name == grad_name else from_buffer(arrays[name]) for name in tensors]
+        function, head, tensors, named, positions, keep = self._arguments(op, work, None)
+        cast = op.c_module().ffi.cast
+        args = [named[name] for name in tensors]
         slot = tensors.index(grad_name)
 
-        def run(grad, scalars: tuple, grad_scale: float, rounding: Rounding) -> None:
-            args = list(tensor_args)
-            args[slot] = from_buffer(grad)
-            function(*head_args, *args, *[scalars[k] for k in positions], grad_scale, *rounding.kernel_args,
+        def run(grad_pointer: int, scalars: tuple, grad_scale: float, rounding: Rounding) -> None:
+            call = list(args)
+            call[slot] = cast("void *", grad_pointer)
+            function(*head, *call, *[scalars[k] for k in positions], grad_scale, *rounding.kernel_args,
                      _flush_denormal[0])
 
         run.keep = keep

@@ -58,17 +58,9 @@ def _grad_view(g: torch.Tensor):
 _MASK64 = (1 << 64) - 1
 
 
-def _plain_grad(g, p) -> bool:
-    """A gradient the kept call takes as it is: an exact CPU tensor, strided, C-contiguous,
-    without a negation or conjugation bit, of its parameter's dtype and shape."""
-    return (type(g) is torch.Tensor and g.layout is torch.strided and g.device.type == "cpu" and g.dtype is p.dtype
-            and g.shape == p.shape and g.is_contiguous() and not g.is_neg() and not g.is_conj())
-
-
-def _overlaps(g: torch.Tensor, spans: list) -> bool:
-    """Whether the gradient's bytes meet any of the (start, end) byte ranges a call writes."""
-    start = g.data_ptr()
-    end = start + g.numel() * g.element_size()
+def _overlaps(start: int, size: int, spans: list) -> bool:
+    """Whether the bytes [start, start + size) meet any of the (start, end) ranges a call writes."""
+    end = start + size
     return any(start < e and s < end for s, e in spans)
 
 
@@ -326,11 +318,11 @@ class SpecOptimizer(torch.optim.Optimizer):
         # a refused gradient there leaves the whole group as it was
         order = sorted(parts, key=lambda c: (self._MULTIS[c] is not None, c))
         for choice in order:  # refused before any part is written
-            self._check_part(self._OPS[choice], group, parts[choice])
+            self._check_part(self._OPS[choice], index, group, parts[choice])
         for choice in order:
             self._part_step(index, group, choice, parts[choice])
 
-    def _check_part(self, op, group: dict, params: list) -> None:
+    def _check_part(self, op, index: int, group: dict, params: list) -> None:
         """A grid op's parameters are 2-D with dense gradients (its one value per row and per
         column): anything else is refused before any state is made or any tensor written."""
         if Schedule.GRID not in op.schedules:
@@ -338,7 +330,6 @@ class SpecOptimizer(torch.optim.Optimizer):
         for p in params:
             if p.dim() != 2 or p.grad.layout is not torch.strided:
                 k = next(k for k, q in enumerate(group["params"]) if q is p)
-                index = next(i for i, g in enumerate(self.param_groups) if g is group)
                 what = f"has shape {tuple(p.shape)}" if p.dim() != 2 else f"has a {p.grad.layout} gradient"
                 raise ValueError(f"{type(self).__name__}: parameter {k} of param group {index} {what}; {op.name} "
                                  "keeps one value per row and per column of a 2-D weight with a dense gradient")
@@ -530,10 +521,11 @@ class SpecOptimizer(torch.optim.Optimizer):
             rounding, seed = self._rounding_args(index, t)
             rounding = check_rounding(op.name, rounding, None if seed is None else _mix(seed, k))
             if ready is not None:
-                g = tensors[grad]
                 run, spans = ready[k]
-                if run is not None and _plain_grad(g, lists[weight][k]) and not _overlaps(g, spans):
-                    runs.append((run, (_grad_view(g), tuple(vals[j] for j in op.kernel_params), self._grad_scale,
+                w = tensors[weight]  # (its NumPy view: the gradient must match it)
+                pointer = None if run is None else _TENSORS.host_pointers([tensors[grad]], [w])
+                if pointer is not None and not _overlaps(pointer[0], w.nbytes, spans):
+                    runs.append((run, (pointer[0], tuple(vals[j] for j in op.kernel_params), self._grad_scale,
                                        rounding)))
                     continue
             if not host:  # (device tensors: checked as each call runs)
