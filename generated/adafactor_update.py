@@ -31,7 +31,7 @@ def _numpy_kernel(_T, weight, grad, row_var, col_var, lr, t, decay_rate, eps1, e
     """The math in NumPy (the reference backend): returns the new weight, _r1, _c1."""
     beta2t = _D(1) - _m.power(_D(t), decay_rate)
     _h0 = _D(1) - beta2t
-    rho = _np.minimum(lr, _D(1) / _np.sqrt(_D(t))) if relative_step else lr
+    rho = _np.where(relative_step, _np.minimum(lr, _D(1) / _np.sqrt(_D(t))), lr)
     _t_lr, _t_decay_rate, _t_eps1, _t_eps2, _t_clip_threshold, _t_wd, _t_beta2t, _t__h0, _t_rho = _T(lr), _T(decay_rate), _T(eps1), _T(eps2), _T(clip_threshold), _T(wd), _T(beta2t), _T(_h0), _T(rho)
     def _pass1(weight, grad, row_var, col_var):
         g2 = grad * grad + _t_eps1
@@ -44,12 +44,12 @@ def _numpy_kernel(_T, weight, grad, row_var, col_var, lr, t, decay_rate, eps1, e
     _r0 = _T(_m.grid_row_mean(_s[1]))
     _c0 = _T(_m.grid_col_mean(_s[2]))
     _t__q2, = _T(_q2),
-    alpha = _np.maximum(eps2, _q2) * rho if scale_parameter else rho
+    alpha = _np.where(scale_parameter, _np.maximum(eps2, _q2) * rho, rho)
     _h2 = alpha * wd
     _t_alpha, _t__h2 = _T(alpha), _T(_h2)
     _r1 = _t_beta2t * row_var + _t__h0 * _r0
     _c1 = _t_beta2t * col_var + _t__h0 * _c0
-    _q0 = _m.finish_mean(_m.total_sum(_r1), _np.size(_r1))
+    _q0 = _m.finish_mean(_m.grid_total_sum(_r1), _m.grid_count(_r1))
     _t__q0, = _T(_q0),
     def _pass3(weight, grad, row_var, col_var):
         u = grad / _np.sqrt(_r1 * _c1 / _t__q0)
@@ -67,7 +67,7 @@ def _numpy_kernel(_T, weight, grad, row_var, col_var, lr, t, decay_rate, eps1, e
 
 
 # The kernels' ABI (opgen.targets.abi): names, argument order and launch shapes.
-_ARGS_GRID = (_Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.BLOCK_ROWS, 'int64_t'), _Arg(_R.WORKSPACE, 'double *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='row_var'), _Arg(_R.TENSOR, 'void *', source='col_var'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'double', source='decay_rate', numpy='float64'), _Arg(_R.SCALAR, 'double', source='eps1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='eps2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_threshold', numpy='float64'), _Arg(_R.SCALAR, 'int', source='relative_step', numpy='int32'), _Arg(_R.SCALAR, 'int', source='scale_parameter', numpy='int32'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
+_ARGS_GRID = (_Arg(_R.NSLICES, 'int64_t', cuda=False), _Arg(_R.NROWS, 'int64_t'), _Arg(_R.ROW_LEN, 'int64_t'), _Arg(_R.BLOCK_ROWS, 'int64_t'), _Arg(_R.WORKSPACE, 'double *'), _Arg(_R.TENSOR, 'void *', source='weight'), _Arg(_R.TENSOR, 'const void *', source='grad', const=True), _Arg(_R.TENSOR, 'void *', source='row_var'), _Arg(_R.TENSOR, 'void *', source='col_var'), _Arg(_R.SCALAR, 'double', source='lr', numpy='float64'), _Arg(_R.SCALAR, 'int64_t', source='t', numpy='int64'), _Arg(_R.SCALAR, 'double', source='decay_rate', numpy='float64'), _Arg(_R.SCALAR, 'double', source='eps1', numpy='float64'), _Arg(_R.SCALAR, 'double', source='eps2', numpy='float64'), _Arg(_R.SCALAR, 'double', source='clip_threshold', numpy='float64'), _Arg(_R.SCALAR, 'int', source='relative_step', numpy='int32'), _Arg(_R.SCALAR, 'int', source='scale_parameter', numpy='int32'), _Arg(_R.SCALAR, 'double', source='wd', numpy='float64'), _Arg(_R.GRAD_SCALE, 'double', numpy='float64'), _Arg(_R.ROUNDING, 'int', numpy='int32'), _Arg(_R.SEED, 'uint64_t', numpy='uint64'), _Arg(_R.FLUSH, 'int', cuda=False))
 _KERNELS = (
     _Kernel('adafactor_update', _S.GRID, 'float16', 'float16', 'float32', 'opgen_adafactor_update_grid_float16', _ARGS_GRID, _Launch((512, 1), _R.SIZE, 512, 8), lanes=8, store='opgen_adafactor_update_grid_float16_store', grid=_GridLayout(2, 2, 1, 1, whole=1, totals=3), grid_stages=(('opgen_adafactor_update_grid_float16_phase0', False), ('opgen_adafactor_update_grid_float16_total1', True), ('opgen_adafactor_update_grid_float16_phase1', False), ('opgen_adafactor_update_grid_float16_phase2', False), ('opgen_adafactor_update_grid_float16_total3', True), ('opgen_adafactor_update_grid_float16_phase3', False))),
     _Kernel('adafactor_update', _S.GRID, 'float16', 'float32', 'float32', 'opgen_adafactor_update_grid_float16_with_float32_states', _ARGS_GRID, _Launch((512, 1), _R.SIZE, 512, 8), lanes=4, store='opgen_adafactor_update_grid_float16_with_float32_states_store', grid=_GridLayout(2, 2, 1, 1, whole=1, totals=3), grid_stages=(('opgen_adafactor_update_grid_float16_with_float32_states_phase0', False), ('opgen_adafactor_update_grid_float16_with_float32_states_total1', True), ('opgen_adafactor_update_grid_float16_with_float32_states_phase1', False), ('opgen_adafactor_update_grid_float16_with_float32_states_phase2', False), ('opgen_adafactor_update_grid_float16_with_float32_states_total3', True), ('opgen_adafactor_update_grid_float16_with_float32_states_phase3', False))),
@@ -142,8 +142,10 @@ def adafactor_update(weight, grad, row_var, col_var, *, lr=0.01, t, decay_rate=-
     \end{aligned}
     $$
 
-    The weight must be 2-D, `(rows, cols)`; `row_var` holds one value per row (shape `(rows,)`
-    or `(rows, 1)`), `col_var` one per column (shape `(cols,)` or `(1, cols)`). The row and
+    The weight is `(rows, cols)`, or `(..., rows, cols)`: slices, each factored on its own;
+    `row_var` holds one value per row (shape `(..., rows)` or `(..., rows, 1)`), `col_var` one
+    per column (shape `(..., cols)` or `(..., 1, cols)`); `mean(R_t)` is each slice's, the RMS
+    norms the whole weight's. The row and
     column means are the paper's sums divided by the row's and the column's length, which
     leaves `R_t C_t / mean(R_t)` the paper's `R_t C_t / (1^T R_t)`. The means and the RMS
     norms are reductions inside the op: read-only passes before the update, deterministic
@@ -154,19 +156,19 @@ def adafactor_update(weight, grad, row_var, col_var, *, lr=0.01, t, decay_rate=-
     Parameters
     ----------
     weight : numpy.ndarray
-        Weight, 2-D: (rows, cols). Its new value is written into `out`.
+        Weight: (rows, cols), or (..., rows, cols). Its new value is written into `out`.
     grad : numpy.ndarray
         Gradient. Dense.
     row_var : numpy.ndarray
         Row factor of the second moment: one value per row. Updated in place. One value per
-        row (shape (rows,) or (rows, 1)). Its dtype: the weight's, or float32 beside a
-        float16 or bfloat16 weight, or bfloat16 beside a float32 weight; the states share
-        one.
-    col_var : numpy.ndarray
-        Column factor of the second moment: one value per column. Updated in place. One
-        value per column of the 2-D weight (shape (cols,) or (1, cols)). Its dtype: the
+        row of each (rows, cols) slice (shape (..., rows) or (..., rows, 1)). Its dtype: the
         weight's, or float32 beside a float16 or bfloat16 weight, or bfloat16 beside a
         float32 weight; the states share one.
+    col_var : numpy.ndarray
+        Column factor of the second moment: one value per column. Updated in place. One
+        value per column of each (rows, cols) slice (shape (..., cols) or (..., 1, cols)).
+        Its dtype: the weight's, or float32 beside a float16 or bfloat16 weight, or bfloat16
+        beside a float32 weight; the states share one.
     lr : float, optional
         The step size; with relative_step, its cap: rho = min(lr, 1 / sqrt(t)). Default:
         0.01.

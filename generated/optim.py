@@ -754,12 +754,13 @@ class Adafactor(_SpecOptimizer):
     reductions inside the call, deterministic for any thread count. Vectors take one
     multi-tensor call per group. `eps=(None, 1e-3)` reads None as the machine epsilon of
     each parameter's dtype (torch takes the first parameter's for the whole group).
-    Parameters of three or more dimensions are refused with an error (torch factors their
-    last two dimensions, slice by slice).
+    A parameter of three or more dimensions is factored over its last two, as torch does:
+    `row_var` of shape `(..., rows, 1)`, `col_var` `(..., 1, cols)`, the RMS norms over the
+    whole parameter (on the CPU: the CUDA kernels take matrices).
 
     A step calls `torch_adafactor_vector_update`, `torch_adafactor_update` (see their pages): one multi-tensor kernel call
     per device and dtype of each parameter group;
-    `torch_adafactor_update` one call per parameter (a 2-D weight's rows and columns).
+    `torch_adafactor_update` one call per parameter (each (rows, cols) slice's rows and columns).
 
     Parameters
     ----------

@@ -45,7 +45,8 @@ class ArgRole(str, enum.Enum):
     """What a kernel argument carries: the runtime fills each from the call."""
 
     SIZE = "size"  # elements of the tensor
-    NROWS = "nrows"  # rows of the weight
+    NSLICES = "nslices"  # grid: the weight's (rows, cols) slices, the product of its leading dimensions
+    NROWS = "nrows"  # rows of the weight (a grid op's: of each slice)
     ROW_LEN = "row_len"  # elements per row
     NNZ = "nnz"  # rows of the row-sparse gradient
     INDICES = "indices"  # its row indices (int64)

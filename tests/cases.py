@@ -702,7 +702,8 @@ class Case:
 def make_case(name: str, seed_: int, shape, dtype, params: dict | None = None, *,
               per_row_column: bool = False, grad_rows=None, state_dtype=None) -> Case:
     """Deterministic inputs: a N(0, 1) weight, plausible states (STATE_VALUES; per-row states
-    of shape (rows,), or (rows, 1) with ``per_row_column``), a gradient (Case.new_grad) and the
+    of shape (rows,), or (rows, 1) with ``per_row_column``; a grid op's weight (..., rows,
+    cols): (..., rows) or (..., rows, 1), its per-column ones (..., cols) or (..., 1, cols)), a gradient (Case.new_grad) and the
     scalar inputs. An mp op's weight is its weight32 cast to the weight's dtype.
 
     The states without a fixed dtype are stored as ``state_dtype`` (default: ``dtype``; it is
@@ -715,10 +716,12 @@ def make_case(name: str, seed_: int, shape, dtype, params: dict | None = None, *
     for state in info.states + info.inputs:
         if state in info.per_tensor:
             sshape = (1,)
+        elif state in info.per_row and name in GRID_OPS:  # (..., rows, cols): each slice's rows
+            sshape = (*shape[:-1], 1) if per_row_column else tuple(shape[:-1])
         elif state in info.per_row:
             sshape = (shape[0], 1) if per_row_column else (shape[0],)
-        elif state in info.per_col:
-            sshape = (1, shape[1]) if per_row_column else (shape[1],)
+        elif state in info.per_col:  # (a grid op's: each slice's columns)
+            sshape = (*shape[:-2], 1, shape[-1]) if per_row_column else (*shape[:-2], shape[-1])
         else:
             sshape = shape
         values[state] = _draw(rng, STATE_VALUES[state], sshape)

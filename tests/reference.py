@@ -1046,18 +1046,27 @@ preloaded_multi_mp_sgd_mom_update = multi_mp_sgd_mom_update
 
 # -- Adafactor (Shazeer & Stern 2018), factored: a 2-D weight, per-row and per-column states --
 def _mean64(x, axis=None):
-    """A mean accumulated in float64 (the reductions of the grid ops are in double)."""
-    return np.mean(np.asarray(x, np.float64), axis=axis)
+    """A mean accumulated in float64 (the reductions of the grid ops are in double); over
+    ``axis``, kept (keepdims: broadcasts against the slices)."""
+    return np.mean(np.asarray(x, np.float64), axis=axis, keepdims=axis is not None)
 
 
 def _rms64(x):
     return math.sqrt(_mean64(np.square(np.asarray(x, np.float64)))) if np.size(x) else float("nan")
 
 
-def _factored_states(row_var, col_var, rows, cols):
-    assert row_var.shape in ((rows,), (rows, 1)), f"reference: row_var shape {row_var.shape}"
-    assert col_var.shape in ((cols,), (1, cols)), f"reference: col_var shape {col_var.shape}"
-    return row_var.reshape(rows, 1), col_var.reshape(1, cols)
+def _factored_states(row_var, col_var, shape):
+    """A weight (..., rows, cols)'s factors as (..., rows, 1) and (..., 1, cols): each
+    (rows, cols) slice factored on its own (torch: the last two dimensions)."""
+    *lead, rows, cols = shape
+    assert row_var.shape in ((*lead, rows), (*lead, rows, 1)), f"reference: row_var shape {row_var.shape}"
+    assert col_var.shape in ((*lead, cols), (*lead, 1, cols)), f"reference: col_var shape {col_var.shape}"
+    return row_var.reshape(*lead, rows, 1), col_var.reshape(*lead, 1, cols)
+
+
+def _slice_mean(r):
+    """Each slice's mean of its per-row values (..., rows, 1), kept (..., 1, 1)."""
+    return _mean64(r, axis=(-2, -1))
 
 
 def adafactor_update(weight, grad, row_var, col_var, lr=0.01, *, t, decay_rate=-0.8, eps1=1e-30, eps2=1e-3,
@@ -1069,16 +1078,15 @@ def adafactor_update(weight, grad, row_var, col_var, lr=0.01, *, t, decay_rate=-
     Element math in the compute dtype; the means and RMS norms accumulate in float64, and
     every per-call value is computed in double and rounded once, as opgen computes them."""
     ct, w_dt, s_dt = _call_dtypes(weight, grad, row_var, col_var)
-    rows, cols = weight.shape
-    r0, c0 = _factored_states(row_var, col_var, rows, cols)
+    r0, c0 = _factored_states(row_var, col_var, weight.shape)
     w, g, r, c = _to(ct, weight, grad, r0, c0)
     with np.errstate(all="ignore"):
         beta2 = np.float64(1) - np.float64(t) ** np.float64(decay_rate)  # paper: 1 - t^-0.8
         b, one_b = _per_call(ct, beta2), _per_call(ct, 1 - beta2)
         g2 = g * g + ct(eps1)  # G^2 + eps1
-        r = b * r + one_b * ct(_mean64(g2, axis=1)).reshape(rows, 1).astype(ct)
-        c = b * c + one_b * ct(_mean64(g2, axis=0)).reshape(1, cols).astype(ct)
-        mean_r = _per_call(ct, _mean64(r))
+        r = b * r + one_b * _mean64(g2, axis=-1).astype(ct)
+        c = b * c + one_b * _mean64(g2, axis=-2).astype(ct)
+        mean_r = _slice_mean(r).astype(ct)  # (each slice's: a per-call value per slice)
         u = g / np.sqrt(r * c / mean_r)
         u = u / _per_call(ct, max(1.0, _rms64(u) / float(clip_threshold)))  # update clipping
         rho = min(float(lr), 1 / math.sqrt(t)) if relative_step else float(lr)
@@ -1090,22 +1098,22 @@ def adafactor_update(weight, grad, row_var, col_var, lr=0.01, *, t, decay_rate=-
 
 def torch_adafactor_update(weight, grad, row_var, col_var, lr=0.01, *, t, beta2_decay=-0.8,
                            eps1=1.1920928955078125e-07, eps2=1e-3, d=1.0, weight_decay=0.0, maximize=False):
-    """One step of torch.optim.Adafactor's documented algorithm for a 2-D parameter
+    """One step of torch.optim.Adafactor's documented algorithm for a parameter (..., rows, cols)
     (https://pytorch.org/docs/stable/generated/torch.optim.Adafactor.html): the running row
     and column means of g^2 moved by t^beta2_decay, the estimate R C / max(mean(R), eps1)
     floored at eps1^2 before its root, the update clipped by its RMS over d, the step
     alpha = max(eps2, RMS(W_{t-1})) min(lr, 1/sqrt(t)), and the weight first decayed by
     1 - lr * weight_decay."""
     ct, w_dt, s_dt = _call_dtypes(weight, grad, row_var, col_var)
-    rows, cols = weight.shape
-    r0, c0 = _factored_states(row_var, col_var, rows, cols)
+    r0, c0 = _factored_states(row_var, col_var, weight.shape)
     w, g, r, c = _to(ct, weight, grad, r0, c0)
     with np.errstate(all="ignore"):
         g = -g if maximize else g
         step = _per_call(ct, np.float64(t) ** np.float64(beta2_decay))
-        r = r + step * (ct(_mean64(g * g, axis=1)).reshape(rows, 1).astype(ct) - r)
-        c = c + step * (ct(_mean64(g * g, axis=0)).reshape(1, cols).astype(ct) - c)
-        floor = _per_call(ct, max(_mean64(r), float(eps1)))
+        r = r + step * (_mean64(g * g, axis=-1).astype(ct) - r)
+        c = c + step * (_mean64(g * g, axis=-2).astype(ct) - c)
+        # torch: row_var.mean(dim=-2, keepdim=True).clamp_(min=eps1), each slice's
+        floor = np.maximum(_slice_mean(r), np.float64(eps1)).astype(ct)
         u = g / np.sqrt(np.maximum(r * c / floor, _per_call(ct, float(eps1) ** 2)))
         u = u / _per_call(ct, max(1.0, _rms64(u) / float(d)))
         alpha = max(float(eps2), _rms64(w)) * min(float(lr), 1 / math.sqrt(t))

@@ -1,4 +1,4 @@
-"""Grid ops: a 2-D weight with per-row and per-column values (opgen/expr/grid.py).
+"""Grid ops: a weight's (rows, cols) slices with per-row and per-column values (opgen/expr/grid.py).
 
 The Adafactor specs against their independent references (tests/reference.py: the paper's
 algorithm and torch.optim.Adafactor's documented one) and against torch.optim.Adafactor
@@ -152,13 +152,20 @@ THREADS_SCRIPT = textwrap.dedent("""\
         for op in (generated.adafactor_update, generated.torch_adafactor_update):
             rr, cc = r.copy(), c.copy()
             out += [op(w, g, rr, cc, t=4).view(np.uint32), rr.view(np.uint32), cc.view(np.uint32)]
+    for shape in ((3, 300, 513), (50, 40, 30), (2, 3, 40_000)):
+        w, g = rng.normal(size=shape).astype(np.float32), rng.normal(size=shape).astype(np.float32)
+        r, c = rng.uniform(0.001, 0.01, shape[:-1]).astype(np.float32), rng.uniform(0.001, 0.01, (shape[0], shape[2])).astype(np.float32)
+        for op in (generated.adafactor_update, generated.torch_adafactor_update):
+            rr, cc = r.copy(), c.copy()
+            out += [op(w, g, rr, cc, t=4).view(np.uint32), rr.view(np.uint32), cc.view(np.uint32)]
     np.savez(sys.argv[1], *out)
     """)
 
 
 def test_the_bits_do_not_depend_on_the_thread_count(tmp_path):
     """1, 2, 3 and 8 OpenMP threads, in fresh processes: the row blocks of the passes are
-    fixed by the shape, the blocks' sums combined in a fixed order."""
+    fixed by the shape, the blocks' sums combined in a fixed order, and a sliced weight's
+    slices' sums in slice order."""
     results = cases.saved_arrays_by_thread_count(THREADS_SCRIPT, [], (1, 2, 3, 8), tmp_path)
     for other in results[1:]:
         for a, b in zip(results[0], other, strict=True):
@@ -232,9 +239,108 @@ def test_a_wide_weight_takes_few_blocks_and_matches_the_reference():
         cases.check(actual, e, "adafactor_update", np.float32, "wide")
 
 
+# -- weights of three or more dimensions: (..., rows, cols), each slice factored on its own ---------
+SLICED_SHAPES = [(2, 7, 33), (3, 1, 5), (4, 3, 3, 3), (2, 65, 17), (5, 1, 1), (2, 300, 5)]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
+@pytest.mark.parametrize("shape", SLICED_SHAPES, ids=[cases.shape_id(s) for s in SLICED_SHAPES])
+@pytest.mark.parametrize("op,pset", PSETS, ids=[f"{o}-{p}" for o, p in PSETS])
+def test_sliced_weights_follow_their_references(op, pset, shape, dtype, backend):
+    """Each (rows, cols) slice's row and column means and mean of its row factors its own,
+    the RMS norms over the whole weight (the references: torch's last-two-dimension
+    factoring, over NumPy axes -1 and -2)."""
+    case, weight, states, expected_w, expected_states = _steps(op, pset, shape, dtype, backend,
+                                                               column=pset == "mixed")
+    case.check(weight, expected_w, "weight")
+    for name, actual, expected in zip(case.op.states, states, expected_states):
+        case.check(actual, expected, name)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_sliced_weight_by_hand(backend):
+    """torch_adafactor_update at t = 1 (the factors become the means of g^2) on two 1 x 2
+    slices, worked out by hand. Slice 0: g = [1, 1], R = [1], C = [1, 1], mean(R) = 1, so
+    U = [1, 1]. Slice 1: g = [2, 0], R = [2], C = [4, 0], mean(R) = 2 (its own: the whole
+    weight's 1.5 would give other values), V = R C / 2 = [4, 0], U = [2 / 2, 0] = [1, 0]. The
+    clipping reads the whole update: RMS(U) = sqrt(3 / 4), over d = 0.5 that is sqrt(3)
+    (each slice's own would divide slice 0 by 2 and slice 1 by sqrt(2)). RMS(W) = 1, so
+    alpha = min(lr, 1) = 0.01."""
+    w = np.ones((2, 1, 2))
+    g = np.array([[[1.0, 1.0]], [[2.0, 0.0]]])
+    r, c = np.zeros((2, 1, 1)), np.zeros((2, 1, 2))
+    with use_backend(backend):
+        out = generated.torch_adafactor_update(w, g, r, c, t=1, d=0.5)
+    np.testing.assert_allclose(r.ravel(), [1.0, 2.0], rtol=1e-15)
+    np.testing.assert_allclose(c.reshape(2, 2), [[1.0, 1.0], [4.0, 0.0]], rtol=1e-15)
+    u = np.array([[[1.0, 1.0]], [[1.0, 0.0]]]) / np.sqrt(3.0)
+    np.testing.assert_allclose(out, 1.0 - 0.01 * u, rtol=1e-14)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("shape", [(0, 3, 4), (2, 0, 4), (2, 3, 0), (0, 0, 0)], ids=cases.shape_id)
+def test_an_empty_sliced_weight_leaves_nothing_wrong(shape, backend):
+    """No element: the weight stays empty; a slice's mean over no element is NaN."""
+    w = np.zeros(shape, np.float32)
+    r, c = np.zeros(shape[:-1], np.float32), np.zeros((*shape[:-2], shape[-1]), np.float32)
+    with use_backend(backend):
+        out = generated.torch_adafactor_update(w, w.copy(), r, c, t=1)
+    assert out.shape == shape
+    assert np.isnan(r).all() and np.isnan(c).all()
+
+
+def test_sliced_stochastic_rounding_keys_each_element_of_the_whole_weight():
+    """bfloat16 with stochastic rounding: the C kernel and the NumPy reference draw the same
+    bits for every element, row and column of a sliced weight (keyed by their place in the
+    whole weight), so two equal slices, equal under rounding to nearest, round apart."""
+    rng = np.random.default_rng(12)
+    one_w = rng.normal(size=(1, 9, 40)).astype(ml_dtypes.bfloat16)
+    one_g = rng.normal(size=(1, 9, 40)).astype(ml_dtypes.bfloat16)
+    w, g = np.concatenate([one_w, one_w]), np.concatenate([one_g, one_g])
+    results = {}
+    for rounding in ("nearest", "stochastic"):
+        for backend in BACKENDS:
+            r, c = np.full((2, 9, 1), 0.5, ml_dtypes.bfloat16), np.full((2, 1, 40), 0.5, ml_dtypes.bfloat16)
+            with use_backend(backend):
+                out = generated.torch_adafactor_update(w, g, r, c, t=3, rounding=rounding, seed=7)
+            results[rounding, backend] = [a.view(np.uint16) for a in (out, r, c)]
+        for a, b in zip(results[rounding, "c"], results[rounding, "numpy"]):
+            np.testing.assert_array_equal(a, b)
+    nearest, stochastic = results["nearest", "c"], results["stochastic", "c"]
+    for a in nearest:
+        np.testing.assert_array_equal(a[0], a[1])
+    assert not np.array_equal(stochastic[0][0], stochastic[0][1])
+    assert not np.array_equal(stochastic[1][0], stochastic[1][1]) or not np.array_equal(stochastic[2][0],
+                                                                                        stochastic[2][1])
+
+
+def test_sliced_weights_refuse_device_arrays_clearly():
+    """The CUDA kernels take one (rows, cols) slice: a sliced device weight is a ValueError
+    naming it, before anything is written."""
+    cupy = pytest.importorskip("cupy")
+    try:
+        w = cupy.ones((2, 3, 4), cupy.float32)
+    except Exception as exc:  # (no device here)
+        pytest.skip(f"no CUDA device: {type(exc).__name__}")
+    r, c = cupy.zeros((2, 3), cupy.float32), cupy.zeros((2, 4), cupy.float32)
+    with pytest.raises(ValueError, match="'weight' has shape \\(2, 3, 4\\); .* CUDA kernels take 2-D weights"):
+        generated.torch_adafactor_update(w, w.copy(), r, c, t=1)
+    assert float(r.sum()) == 0.0
+
+
 BAD_CALLS = {
-    "1-D weight": (lambda w, g, r, c: (w[0], g[0], r, c), ValueError, "'weight' has shape \\(4,\\); .* must be 2-D"),
-    "3-D weight": (lambda w, g, r, c: (w[None], g[None], r, c), ValueError, "'weight' has shape \\(1, 3, 4\\)"),
+    "1-D weight": (lambda w, g, r, c: (w[0], g[0], r, c), ValueError,
+                   "'weight' has shape \\(4,\\); .* must be \\(rows, cols\\), or \\(\\.\\.\\., rows, cols\\)"),
+    "0-d weight": (lambda w, g, r, c: (w[0, 0, ...], g[0, 0, ...], r, c), ValueError, "'weight' has shape \\(\\)"),
+    "3-D weight, 2-D states": (lambda w, g, r, c: (w[None], g[None], r, c), ValueError,
+                               "'row_var' has shape \\(3,\\); .* shape \\(1, 3\\) or \\(1, 3, 1\\)"),
+    "3-D weight, col_var of another slice count": (
+        lambda w, g, r, c: (np.stack([w, w]), np.stack([g, g]), np.stack([r, r]), c[None]), ValueError,
+        "'col_var' has shape \\(1, 4\\); .* shape \\(2, 4\\) or \\(2, 1, 4\\)"),
+    "3-D weight, grad of another slice count": (
+        lambda w, g, r, c: (np.stack([w, w]), g[None], np.stack([r, r]), np.stack([c, c])), ValueError,
+        "'grad' has shape \\(1, 3, 4\\)"),
     "row_var of the columns": (lambda w, g, r, c: (w, g, c, c), ValueError, "'row_var' has shape \\(4,\\); it holds "
                                                                           "one value per row"),
     "col_var of the rows": (lambda w, g, r, c: (w, g, r, r), ValueError, "'col_var' has shape \\(3,\\); it holds "

@@ -93,14 +93,14 @@ OPGEN_INLINE void opgen_adafactor_update_grid_update_double(const opgen_adafacto
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total1_float16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total3_float16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float16(const opgen_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, opgen_half *OPGEN_RESTRICT p_row_var) {
@@ -115,25 +115,25 @@ OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float16(const opgen_adafacto
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_update_float16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
-    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
-    p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
+    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[i]) * s.opgen_grad_scale));
+    p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), gi);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float16(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, opgen_half *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_ROUND_float16(opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float16(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int64_t key_base, int sr, opgen_half *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_ROUND_float16(opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), key_base + row);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float16(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_ROUND_float16(opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float16(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int64_t key_base, int sr, opgen_half *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_ROUND_float16(opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), key_base + col);
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total1_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float16(p_weight[i]), (OPGEN_LOAD_float16(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total3_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_half *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float16(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
@@ -148,25 +148,25 @@ OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float16_with_float32_states(
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_update_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_half *OPGEN_RESTRICT p_weight, const opgen_half *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float16(p_weight[i]);
-    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[gi]) * s.opgen_grad_scale));
-    p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
+    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float16(p_grad[i]) * s.opgen_grad_scale));
+    p_weight[i] = OPGEN_ROUND_float16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), gi);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int64_t key_base, int sr, float *OPGEN_RESTRICT p_row_var) {
     p_row_var[row] = OPGEN_STORE_float32(opgen_rv[1 * opgen_nrows + row]);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int64_t key_base, int sr, float *OPGEN_RESTRICT p_col_var) {
     p_col_var[col] = OPGEN_STORE_float32(opgen_cv[1 * opgen_ncols + col]);
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total1_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total3_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_rows1_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
@@ -181,25 +181,25 @@ OPGEN_INLINE void opgen_adafactor_update_grid_cols1_bfloat16(const opgen_adafact
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_update_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
-    p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
+    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[i]) * s.opgen_grad_scale));
+    p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), gi);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_ROUND_bfloat16(opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int64_t key_base, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_ROUND_bfloat16(opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), key_base + row);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_ROUND_bfloat16(opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_bfloat16(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int64_t key_base, int sr, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_ROUND_bfloat16(opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), key_base + col);
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total1_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_bfloat16(p_weight[i]), (OPGEN_LOAD_bfloat16(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total3_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_bfloat16(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_rows1_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
@@ -214,25 +214,25 @@ OPGEN_INLINE void opgen_adafactor_update_grid_cols1_bfloat16_with_float32_states
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_update_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_weight, const opgen_bf16 *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_bfloat16(p_weight[i]);
-    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[gi]) * s.opgen_grad_scale));
-    p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), i);
+    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_bfloat16(p_grad[i]) * s.opgen_grad_scale));
+    p_weight[i] = OPGEN_ROUND_bfloat16(v_weight, sr, opgen_slot_key(s.opgen_key, 0), gi);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int64_t key_base, int sr, float *OPGEN_RESTRICT p_row_var) {
     p_row_var[row] = OPGEN_STORE_float32(opgen_rv[1 * opgen_nrows + row]);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_bfloat16_with_float32_states(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int64_t key_base, int sr, float *OPGEN_RESTRICT p_col_var) {
     p_col_var[col] = OPGEN_STORE_float32(opgen_cv[1 * opgen_ncols + col]);
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total1_float32(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total3_float32(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float32(const opgen_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, float *OPGEN_RESTRICT p_row_var) {
@@ -247,25 +247,25 @@ OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float32(const opgen_adafacto
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_update_float32(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
-    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[i]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float32(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, float *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float32(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int64_t key_base, int sr, float *OPGEN_RESTRICT p_row_var) {
     p_row_var[row] = OPGEN_STORE_float32(opgen_rv[1 * opgen_nrows + row]);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float32(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float32(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int64_t key_base, int sr, float *OPGEN_RESTRICT p_col_var) {
     p_col_var[col] = OPGEN_STORE_float32(opgen_cv[1 * opgen_ncols + col]);
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total1_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[3];
-    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_float(s, opgen_v, OPGEN_LOAD_float32(p_weight[i]), (OPGEN_LOAD_float32(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total3_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const float *OPGEN_RESTRICT p_grad) {
     float opgen_v[1];
-    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_float(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float32(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t row, float *opgen_rv, int64_t opgen_nrows, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
@@ -280,25 +280,25 @@ OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float32_with_bfloat16_states
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_update_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t i, int64_t gi, int64_t row, int64_t col, const float *opgen_rv, const float *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, float *OPGEN_RESTRICT p_weight, const float *OPGEN_RESTRICT p_grad) {
     float v_weight = OPGEN_LOAD_float32(p_weight[i]);
-    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_update_float(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float32(p_grad[i]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float32(v_weight);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
-    p_row_var[row] = OPGEN_ROUND_bfloat16(opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), row);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t row, const float *opgen_rv, int64_t opgen_nrows, int64_t key_base, int sr, opgen_bf16 *OPGEN_RESTRICT p_row_var) {
+    p_row_var[row] = OPGEN_ROUND_bfloat16(opgen_rv[1 * opgen_nrows + row], sr, opgen_slot_key(s.opgen_key, 1), key_base + row);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int sr, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
-    p_col_var[col] = OPGEN_ROUND_bfloat16(opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), col);
+OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float32_with_bfloat16_states(const opgen_adafactor_update_scalars_float s, int64_t col, const float *opgen_cv, int64_t opgen_ncols, int64_t key_base, int sr, opgen_bf16 *OPGEN_RESTRICT p_col_var) {
+    p_col_var[col] = OPGEN_ROUND_bfloat16(opgen_cv[1 * opgen_ncols + col], sr, opgen_slot_key(s.opgen_key, 2), key_base + col);
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total1_float64(const opgen_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double opgen_v[3];
-    opgen_adafactor_update_grid_total1_double(s, opgen_v, OPGEN_LOAD_float64(p_weight[i]), (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total1_double(s, opgen_v, OPGEN_LOAD_float64(p_weight[i]), (OPGEN_LOAD_float64(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
     opgen_row_lanes[0][opgen_l] += (double)opgen_v[1];
     opgen_col_acc[0 * opgen_ncols + col] += (double)opgen_v[2];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_total3_float64(const opgen_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, double (*opgen_lanes)[8], int opgen_l, double (*opgen_row_lanes)[8], double *OPGEN_RESTRICT opgen_col_acc, const double *OPGEN_RESTRICT p_grad) {
     double opgen_v[1];
-    opgen_adafactor_update_grid_total3_double(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_total3_double(s, opgen_v, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], (OPGEN_LOAD_float64(p_grad[i]) * s.opgen_grad_scale));
     opgen_lanes[0][opgen_l] += (double)opgen_v[0] * (double)opgen_v[0];
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_rows1_float64(const opgen_adafactor_update_scalars_double s, int64_t row, double *opgen_rv, int64_t opgen_nrows, double *OPGEN_RESTRICT p_row_var) {
@@ -313,13 +313,13 @@ OPGEN_INLINE void opgen_adafactor_update_grid_cols1_float64(const opgen_adafacto
 }
 OPGEN_INLINE void opgen_adafactor_update_grid_update_float64(const opgen_adafactor_update_scalars_double s, int64_t i, int64_t gi, int64_t row, int64_t col, const double *opgen_rv, const double *opgen_cv, int64_t opgen_nrows, int64_t opgen_ncols, int sr, double *OPGEN_RESTRICT p_weight, const double *OPGEN_RESTRICT p_grad) {
     double v_weight = OPGEN_LOAD_float64(p_weight[i]);
-    opgen_adafactor_update_grid_update_double(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float64(p_grad[gi]) * s.opgen_grad_scale));
+    opgen_adafactor_update_grid_update_double(s, opgen_cv[1 * opgen_ncols + col], opgen_rv[1 * opgen_nrows + row], &v_weight, (OPGEN_LOAD_float64(p_grad[i]) * s.opgen_grad_scale));
     p_weight[i] = OPGEN_STORE_float64(v_weight);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float64(const opgen_adafactor_update_scalars_double s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int sr, double *OPGEN_RESTRICT p_row_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_store_rows_float64(const opgen_adafactor_update_scalars_double s, int64_t row, const double *opgen_rv, int64_t opgen_nrows, int64_t key_base, int sr, double *OPGEN_RESTRICT p_row_var) {
     p_row_var[row] = OPGEN_STORE_float64(opgen_rv[1 * opgen_nrows + row]);
 }
-OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float64(const opgen_adafactor_update_scalars_double s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int sr, double *OPGEN_RESTRICT p_col_var) {
+OPGEN_INLINE void opgen_adafactor_update_grid_store_cols_float64(const opgen_adafactor_update_scalars_double s, int64_t col, const double *opgen_cv, int64_t opgen_ncols, int64_t key_base, int sr, double *OPGEN_RESTRICT p_col_var) {
     p_col_var[col] = OPGEN_STORE_float64(opgen_cv[1 * opgen_ncols + col]);
 }
 

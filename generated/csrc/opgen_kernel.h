@@ -235,8 +235,9 @@ static inline double opgen_pow(double a, double b) { return pow(a, b); }
 #if defined(__x86_64__) || defined(_M_X64) || defined(__i386__)
 #include <xmmintrin.h>
 static inline unsigned opgen_flush_denormal_enter(int on) {
-    unsigned saved = _mm_getcsr();
-    if (on) _mm_setcsr(saved | 0x8040u); /* FTZ (bit 15) and DAZ (bit 6) */
+    if (!on) return 0; /* (reading the control register costs as much as a small slice's pass) */
+    const unsigned saved = _mm_getcsr();
+    _mm_setcsr(saved | 0x8040u); /* FTZ (bit 15) and DAZ (bit 6) */
     return saved;
 }
 static inline void opgen_flush_denormal_exit(unsigned saved, int on) {
@@ -531,8 +532,13 @@ static inline void opgen_prefetch_ahead(const void *p, int64_t i, int64_t itemsi
 
 /* x[0], x[stride], ... x[(count - 1) * stride] summed pairwise (count is at most a few hundred). */
 static inline double opgen_sum_pairwise(const double *x, int64_t count, int64_t stride) {
-    if (count <= 0) return 0.0;
-    if (count == 1) return x[0];
+    /* (the recursion's own tree, written out for the short counts: a block's lanes) */
+    if (count <= 3) return count <= 0 ? 0.0 : count == 1 ? x[0] : count == 2 ? x[0] + x[stride]
+                                                                            : x[0] + (x[stride] + x[2 * stride]);
+    if (count == 4) return (x[0] + x[stride]) + (x[2 * stride] + x[3 * stride]);
+    if (count == 8)
+        return ((x[0] + x[stride]) + (x[2 * stride] + x[3 * stride]))
+             + ((x[4 * stride] + x[5 * stride]) + (x[6 * stride] + x[7 * stride]));
     const int64_t half = count / 2;
     return opgen_sum_pairwise(x, half, stride) + opgen_sum_pairwise(x + half * stride, count - half, stride);
 }
@@ -630,61 +636,76 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
         }                                                                                  \
     } while (0)
 
-/* ---- Grid ops: a 2-D weight with per-row and per-column values (opgen/expr/grid.py) ----
- * A read-only pass over a rows x cols weight, in row blocks of block_rows rows (fixed by the
- * shape alone, at most OPGEN_GRID_MAX_BLOCKS): a block's whole-tensor totals in fixed lanes,
+/* ---- Grid ops: a weight's (rows, cols) slices with per-row and per-column values (opgen/expr/grid.py) ----
+ * A read-only pass over a rows x cols slice, in row blocks of block_rows rows (fixed by the
+ * shape alone, at most OPGEN_GRID_MAX_BLOCKS): a block's totals (of the slice) in fixed lanes,
  * each of its rows' means in fixed lanes, its column sums row after row into its own
  * COL_PARTS; then the blocks' totals pairwise and each column's blocks pairwise. The same
  * bits on any thread count. ROW_SUMS is [NROW][rows], COL_SUMS [NCOL][cols]. */
 #define OPGEN_GRID_MAX_BLOCKS 64
+/* One row block's share of a pass (OPGEN_GRID_TOTALS), block opgen_b: no pragma of its own. */
+#define OPGEN_GRID_TOTALS_BLOCK(NSUM, NMAX, NROW, NCOL, rows, cols, block_rows, ROW_SUMS, COL_PARTS, STEP) \
+    do {                                                                                   \
+        double opgen_lanes[(NSUM) + (NMAX) + 1][OPGEN_TOTAL_LANES];                   \
+        for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                        \
+            for (int opgen_q = 0; opgen_q < OPGEN_TOTAL_LANES; ++opgen_q)                  \
+                opgen_lanes[opgen_k][opgen_q] = opgen_k < (NSUM) ? 0.0 : -INFINITY;   \
+        double *OPGEN_RESTRICT opgen_col_acc = (COL_PARTS) + opgen_b * (NCOL) * (cols); \
+        for (int64_t opgen_c = 0; opgen_c < (NCOL) * (cols); ++opgen_c) opgen_col_acc[opgen_c] = 0.0; \
+        const int64_t opgen_lo = opgen_b * (block_rows);                                   \
+        const int64_t opgen_hi = opgen_lo + (block_rows) < (rows) ? opgen_lo + (block_rows) : (rows); \
+        for (int64_t row = opgen_lo; row < opgen_hi; ++row) { \
+            double opgen_row_lanes[(NROW) + 1][OPGEN_TOTAL_LANES];                    \
+            for (int opgen_k = 0; opgen_k < (NROW); ++opgen_k)                             \
+                for (int opgen_q = 0; opgen_q < OPGEN_TOTAL_LANES; ++opgen_q)              \
+                    opgen_row_lanes[opgen_k][opgen_q] = 0.0;                          \
+            /* lanes of consecutive columns (the lanes' loop vectorizes), then the tail */ \
+            int64_t opgen_c0 = 0;                                                          \
+            for (; opgen_c0 + OPGEN_TOTAL_LANES <= (cols); opgen_c0 += OPGEN_TOTAL_LANES) { \
+                _Pragma("omp simd")                                                        \
+                for (int opgen_l = 0; opgen_l < OPGEN_TOTAL_LANES; ++opgen_l) { \
+                    const int64_t col = opgen_c0 + opgen_l;             \
+                    const int64_t i = row * (cols) + col, gi = i; \
+                    STEP;                                                                  \
+                }                                                                          \
+            }                                                                              \
+            for (int opgen_l = 0; opgen_c0 + opgen_l < (cols); ++opgen_l) { \
+                const int64_t col = opgen_c0 + opgen_l;                 \
+                const int64_t i = row * (cols) + col, gi = i; \
+                STEP;                                                                      \
+            }                                                                              \
+            for (int opgen_k = 0; opgen_k < (NROW); ++opgen_k)                             \
+                (ROW_SUMS)[opgen_k * (rows) + row] =                            \
+                    opgen_sum_pairwise(opgen_row_lanes[opgen_k], OPGEN_TOTAL_LANES, 1); \
+        }                                                                                  \
+        for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                        \
+            opgen_part[opgen_b * ((NSUM) + (NMAX)) + opgen_k] = opgen_k < (NSUM)           \
+                ? opgen_sum_pairwise(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1)      \
+                : opgen_max_of(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1);           \
+    } while (0)
+
+/* A pass: its blocks shared among the threads, or in turn on this thread alone (no parallel
+ * region to enter: a small slice's pass, or one of many slices run side by side). */
 #define OPGEN_GRID_TOTALS(NSUM, NMAX, NROW, NCOL, rows, cols, block_rows, flush_denormal, RESULT, ROW_SUMS, COL_PARTS, COL_SUMS, STEP) \
     do {                                                                                   \
         const int64_t opgen_gb = ((rows) + (block_rows) - 1) / (block_rows);               \
         double opgen_part[OPGEN_GRID_MAX_BLOCKS * ((NSUM) + (NMAX)) + 1];                  \
         const int opgen_nt = opgen_threads_for((rows) * (cols), OPGEN_MIN_ELEMENTS_PER_THREAD); \
-        _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
-        {                                                                                  \
+        if (opgen_nt > 1) {                                                                \
+            _Pragma("omp parallel num_threads(opgen_nt)")                                  \
+            {                                                                              \
+                const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);     \
+                OPGEN_PRIVATE_SCALARS;                                                     \
+                _Pragma("omp for schedule(static)")                                        \
+                for (int64_t opgen_b = 0; opgen_b < opgen_gb; ++opgen_b)                   \
+                    OPGEN_GRID_TOTALS_BLOCK(NSUM, NMAX, NROW, NCOL, rows, cols, block_rows, ROW_SUMS, COL_PARTS, STEP); \
+                opgen_flush_denormal_exit(opgen_csr, flush_denormal);                      \
+            }                                                                              \
+        } else {                                                                           \
             const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
             OPGEN_PRIVATE_SCALARS;                                                         \
-            _Pragma("omp for schedule(static)")                                            \
-            for (int64_t opgen_b = 0; opgen_b < opgen_gb; ++opgen_b) {                     \
-                double opgen_lanes[(NSUM) + (NMAX) + 1][OPGEN_TOTAL_LANES];           \
-                for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                \
-                    for (int opgen_q = 0; opgen_q < OPGEN_TOTAL_LANES; ++opgen_q)          \
-                        opgen_lanes[opgen_k][opgen_q] = opgen_k < (NSUM) ? 0.0 : -INFINITY; \
-                double *OPGEN_RESTRICT opgen_col_acc = (COL_PARTS) + opgen_b * (NCOL) * (cols); \
-                for (int64_t opgen_c = 0; opgen_c < (NCOL) * (cols); ++opgen_c) opgen_col_acc[opgen_c] = 0.0; \
-                const int64_t opgen_lo = opgen_b * (block_rows);                           \
-                const int64_t opgen_hi = opgen_lo + (block_rows) < (rows) ? opgen_lo + (block_rows) : (rows); \
-                for (int64_t row = opgen_lo; row < opgen_hi; ++row) { \
-                    double opgen_row_lanes[(NROW) + 1][OPGEN_TOTAL_LANES];            \
-                    for (int opgen_k = 0; opgen_k < (NROW); ++opgen_k)                     \
-                        for (int opgen_q = 0; opgen_q < OPGEN_TOTAL_LANES; ++opgen_q)      \
-                            opgen_row_lanes[opgen_k][opgen_q] = 0.0;                  \
-                    /* lanes of consecutive columns (the lanes' loop vectorizes), then the tail */ \
-                    int64_t opgen_c0 = 0;                                                  \
-                    for (; opgen_c0 + OPGEN_TOTAL_LANES <= (cols); opgen_c0 += OPGEN_TOTAL_LANES) { \
-                        _Pragma("omp simd")                                                \
-                        for (int opgen_l = 0; opgen_l < OPGEN_TOTAL_LANES; ++opgen_l) { \
-                            const int64_t col = opgen_c0 + opgen_l;     \
-                            const int64_t i = row * (cols) + col, gi = i; \
-                            STEP;                                                          \
-                        }                                                                  \
-                    }                                                                      \
-                    for (int opgen_l = 0; opgen_c0 + opgen_l < (cols); ++opgen_l) { \
-                        const int64_t col = opgen_c0 + opgen_l;         \
-                        const int64_t i = row * (cols) + col, gi = i; \
-                        STEP;                                                              \
-                    }                                                                      \
-                    for (int opgen_k = 0; opgen_k < (NROW); ++opgen_k)                     \
-                        (ROW_SUMS)[opgen_k * (rows) + row] =                    \
-                            opgen_sum_pairwise(opgen_row_lanes[opgen_k], OPGEN_TOTAL_LANES, 1); \
-                }                                                                          \
-                for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                \
-                    opgen_part[opgen_b * ((NSUM) + (NMAX)) + opgen_k] = opgen_k < (NSUM)   \
-                        ? opgen_sum_pairwise(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1) \
-                        : opgen_max_of(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1);   \
-            }                                                                              \
+            for (int64_t opgen_b = 0; opgen_b < opgen_gb; ++opgen_b)                       \
+                OPGEN_GRID_TOTALS_BLOCK(NSUM, NMAX, NROW, NCOL, rows, cols, block_rows, ROW_SUMS, COL_PARTS, STEP); \
             opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
         }                                                                                  \
         for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                        \
@@ -694,6 +715,20 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
         for (int64_t opgen_c = 0; opgen_c < (NCOL) * (cols); ++opgen_c)                    \
             (COL_SUMS)[opgen_c] = opgen_sum_pairwise((COL_PARTS) + opgen_c, opgen_gb, (NCOL) * (cols)); \
     } while (0)
+
+/* Threads for the slices of a weight (..., rows, cols) side by side, each slice on one
+ * thread with its passes' sums in a scratch of its own (at most OPGEN_GRID_SLICE_SCRATCH
+ * doubles, on its stack): only where one slice would take one thread and there are many;
+ * otherwise 1, and each slice's passes share the threads. The slices' results do not depend
+ * on which thread ran them. */
+#define OPGEN_GRID_SLICE_SCRATCH 4096
+static inline int opgen_grid_slice_threads(int64_t slices, int64_t slice_elements, int64_t scratch) {
+    if (slices < 2 || scratch > OPGEN_GRID_SLICE_SCRATCH
+        || opgen_threads_for(slice_elements, OPGEN_MIN_ELEMENTS_PER_THREAD) > 1)
+        return 1;
+    const int nt = opgen_threads_for(slices * slice_elements, OPGEN_MIN_ELEMENTS_PER_THREAD);
+    return nt > slices ? (int)slices : nt;
+}
 
 /* Each row (or column) in turn, INDEX from 0 to n: a grid op's per-row statements of one
  * level, or its states' stores (n values: cheap beside the passes over n * m elements). */
@@ -705,22 +740,37 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
         opgen_flush_denormal_exit(opgen_csr, flush_denormal);                              \
     } while (0)
 
-/* A grid op's update: the rows shared among the threads, each row's elements in order. */
-#define OPGEN_GRID_UPDATE(rows, cols, flush_denormal, STEP)                                \
+/* One row of a grid op's update (OPGEN_GRID_UPDATE). */
+#define OPGEN_GRID_UPDATE_ROW(cols, first, STEP)                                           \
+    do {                                                                                   \
+        _Pragma("omp simd")                                                                \
+        for (int64_t col = 0; col < (cols); ++col) {      \
+            const int64_t i = row * (cols) + col, gi = (first) + i; \
+            STEP;                                                                          \
+        }                                                                                  \
+    } while (0)
+
+/* A grid op's update: the rows shared among the threads (or in turn on this one), each row's
+ * elements in order; an element's place in the whole weight (its slice's first element plus
+ * its own: the key of its stochastic rounding) as gi. */
+#define OPGEN_GRID_UPDATE(rows, cols, first, flush_denormal, STEP)                         \
     do {                                                                                   \
         const int opgen_nt = opgen_threads_for((rows) * (cols), OPGEN_MIN_ELEMENTS_PER_THREAD); \
-        _Pragma("omp parallel num_threads(opgen_nt) if (opgen_nt > 1)")                    \
-        {                                                                                  \
+        if (opgen_nt > 1) {                                                                \
+            _Pragma("omp parallel num_threads(opgen_nt)")                                  \
+            {                                                                              \
+                const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);     \
+                OPGEN_PRIVATE_SCALARS;                                                     \
+                _Pragma("omp for schedule(static)")                                        \
+                for (int64_t row = 0; row < (rows); ++row) \
+                    OPGEN_GRID_UPDATE_ROW(cols, first, STEP);                              \
+                opgen_flush_denormal_exit(opgen_csr, flush_denormal);                      \
+            }                                                                              \
+        } else {                                                                           \
             const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
             OPGEN_PRIVATE_SCALARS;                                                         \
-            _Pragma("omp for schedule(static)")                                            \
-            for (int64_t row = 0; row < (rows); ++row) {  \
-                _Pragma("omp simd")                                                        \
-                for (int64_t col = 0; col < (cols); ++col) { \
-                    const int64_t i = row * (cols) + col, gi = i; \
-                    STEP;                                                                  \
-                }                                                                          \
-            }                                                                              \
+            for (int64_t row = 0; row < (rows); ++row)    \
+                OPGEN_GRID_UPDATE_ROW(cols, first, STEP);                                  \
             opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
         }                                                                                  \
     } while (0)

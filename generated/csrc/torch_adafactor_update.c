@@ -5,355 +5,1820 @@
 #include "opgen_kernel.h"
 #include "torch_adafactor_update_math.h"
 
-void opgen_torch_adafactor_update_grid_float16(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_adafactor_update_grid_float16(int64_t nslices, int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
+    const int64_t opgen_nslices = nslices;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (opgen_nslices) * (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (opgen_nslices) * (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
     double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
-    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
-    (void)opgen_rv; (void)opgen_cv;
-    double opgen_totals[3] = {0};
+    double *const opgen_slice_parts = opgen_passed_totals + 3; (void)opgen_slice_parts;
+    double *const opgen_slice_totals = opgen_slice_parts + (opgen_nslices) * (3); (void)opgen_slice_totals;
+    float *const opgen_rv_all = (float *)opgen_row_values, *const opgen_cv_all = (float *)opgen_col_values;
+    (void)opgen_rv_all; (void)opgen_cv_all;
+    double opgen_whole_totals[3] = {0};
     {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight, (const opgen_half *)arg_grad));
-        opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
-        opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float16(s, row, opgen_rv, opgen_nrows, (opgen_half *)arg_row_var));
-        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float16(s, col, opgen_cv, opgen_ncols, (opgen_half *)arg_col_var));
-    }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float16(s, row, opgen_rv, opgen_nrows));
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_half *)arg_grad));
-        opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        if (rounding) {
-            OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_update_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_half *)arg_weight, (const opgen_half *)arg_grad));
-            OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float16(s, row, opgen_rv, opgen_nrows, 1, (opgen_half *)arg_row_var));
-            OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float16(s, col, opgen_cv, opgen_ncols, 1, (opgen_half *)arg_col_var));
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                    opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                    opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+                }
+            }
         } else {
-            OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_update_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_half *)arg_weight, (const opgen_half *)arg_grad));
-            OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float16(s, row, opgen_rv, opgen_nrows, 0, (opgen_half *)arg_row_var));
-            OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float16(s, col, opgen_cv, opgen_ncols, 0, (opgen_half *)arg_col_var));
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+            }
+        }
+    }
+    opgen_whole_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float16(s, row, opgen_rv, opgen_nrows, (opgen_half *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float16(s, col, opgen_cv, opgen_ncols, (opgen_half *)arg_col_var + opgen_first_col));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float16(s, row, opgen_rv, opgen_nrows, (opgen_half *)arg_row_var + opgen_first_row));
+                OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float16(s, col, opgen_cv, opgen_ncols, (opgen_half *)arg_col_var + opgen_first_col));
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float16(s, row, opgen_rv, opgen_nrows));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float16(s, row, opgen_rv, opgen_nrows));
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_half *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_half *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+            }
+        }
+    }
+    opgen_whole_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    if (rounding) {
+                        OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
+                        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float16(s, row, opgen_rv, opgen_nrows, opgen_first_row, 1, (opgen_half *)arg_row_var + opgen_first_row));
+                        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float16(s, col, opgen_cv, opgen_ncols, opgen_first_col, 1, (opgen_half *)arg_col_var + opgen_first_col));
+                    } else {
+                        OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
+                        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float16(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (opgen_half *)arg_row_var + opgen_first_row));
+                        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float16(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (opgen_half *)arg_col_var + opgen_first_col));
+                    }
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                if (rounding) {
+                    OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float16(s, row, opgen_rv, opgen_nrows, opgen_first_row, 1, (opgen_half *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float16(s, col, opgen_cv, opgen_ncols, opgen_first_col, 1, (opgen_half *)arg_col_var + opgen_first_col));
+                } else {
+                    OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float16(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (opgen_half *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float16(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (opgen_half *)arg_col_var + opgen_first_col));
+                }
+            }
         }
     }
 }
 
-void opgen_torch_adafactor_update_grid_float16_with_float32_states(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_adafactor_update_grid_float16_with_float32_states(int64_t nslices, int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
+    const int64_t opgen_nslices = nslices;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (opgen_nslices) * (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (opgen_nslices) * (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
     double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
-    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
-    (void)opgen_rv; (void)opgen_cv;
-    double opgen_totals[3] = {0};
+    double *const opgen_slice_parts = opgen_passed_totals + 3; (void)opgen_slice_parts;
+    double *const opgen_slice_totals = opgen_slice_parts + (opgen_nslices) * (3); (void)opgen_slice_totals;
+    float *const opgen_rv_all = (float *)opgen_row_values, *const opgen_cv_all = (float *)opgen_col_values;
+    (void)opgen_rv_all; (void)opgen_cv_all;
+    double opgen_whole_totals[3] = {0};
     {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight, (const opgen_half *)arg_grad));
-        opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
-        opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var));
-        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var));
-    }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float16_with_float32_states(s, row, opgen_rv, opgen_nrows));
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_half *)arg_grad));
-        opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        if (rounding) {
-            OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_update_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_half *)arg_weight, (const opgen_half *)arg_grad));
-            OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, 1, (float *)arg_row_var));
-            OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, 1, (float *)arg_col_var));
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                    opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                    opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+                }
+            }
         } else {
-            OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_update_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_half *)arg_weight, (const opgen_half *)arg_grad));
-            OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, 0, (float *)arg_row_var));
-            OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, 0, (float *)arg_col_var));
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+            }
+        }
+    }
+    opgen_whole_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
+                OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float16_with_float32_states(s, row, opgen_rv, opgen_nrows));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float16_with_float32_states(s, row, opgen_rv, opgen_nrows));
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_half *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_half *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+            }
+        }
+    }
+    opgen_whole_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    if (rounding) {
+                        OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
+                        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, opgen_first_row, 1, (float *)arg_row_var + opgen_first_row));
+                        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, opgen_first_col, 1, (float *)arg_col_var + opgen_first_col));
+                    } else {
+                        OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
+                        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (float *)arg_row_var + opgen_first_row));
+                        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (float *)arg_col_var + opgen_first_col));
+                    }
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                if (rounding) {
+                    OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, opgen_first_row, 1, (float *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, opgen_first_col, 1, (float *)arg_col_var + opgen_first_col));
+                } else {
+                    OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (float *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (float *)arg_col_var + opgen_first_col));
+                }
+            }
         }
     }
 }
 
-void opgen_torch_adafactor_update_grid_bfloat16(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_adafactor_update_grid_bfloat16(int64_t nslices, int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
+    const int64_t opgen_nslices = nslices;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (opgen_nslices) * (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (opgen_nslices) * (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
     double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
-    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
-    (void)opgen_rv; (void)opgen_cv;
-    double opgen_totals[3] = {0};
+    double *const opgen_slice_parts = opgen_passed_totals + 3; (void)opgen_slice_parts;
+    double *const opgen_slice_totals = opgen_slice_parts + (opgen_nslices) * (3); (void)opgen_slice_totals;
+    float *const opgen_rv_all = (float *)opgen_row_values, *const opgen_cv_all = (float *)opgen_col_values;
+    (void)opgen_rv_all; (void)opgen_cv_all;
+    double opgen_whole_totals[3] = {0};
     {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad));
-        opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
-        opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_bfloat16(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var));
-        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_bfloat16(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var));
-    }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_bfloat16(s, row, opgen_rv, opgen_nrows));
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_bf16 *)arg_grad));
-        opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        if (rounding) {
-            OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_update_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad));
-            OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_bfloat16(s, row, opgen_rv, opgen_nrows, 1, (opgen_bf16 *)arg_row_var));
-            OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_bfloat16(s, col, opgen_cv, opgen_ncols, 1, (opgen_bf16 *)arg_col_var));
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                    opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                    opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+                }
+            }
         } else {
-            OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_update_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad));
-            OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_bfloat16(s, row, opgen_rv, opgen_nrows, 0, (opgen_bf16 *)arg_row_var));
-            OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_bfloat16(s, col, opgen_cv, opgen_ncols, 0, (opgen_bf16 *)arg_col_var));
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+            }
+        }
+    }
+    opgen_whole_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_bfloat16(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_bfloat16(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var + opgen_first_col));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_bfloat16(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var + opgen_first_row));
+                OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_bfloat16(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var + opgen_first_col));
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_bfloat16(s, row, opgen_rv, opgen_nrows));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_bfloat16(s, row, opgen_rv, opgen_nrows));
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+            }
+        }
+    }
+    opgen_whole_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    if (rounding) {
+                        OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_bfloat16(s, row, opgen_rv, opgen_nrows, opgen_first_row, 1, (opgen_bf16 *)arg_row_var + opgen_first_row));
+                        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_bfloat16(s, col, opgen_cv, opgen_ncols, opgen_first_col, 1, (opgen_bf16 *)arg_col_var + opgen_first_col));
+                    } else {
+                        OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_bfloat16(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (opgen_bf16 *)arg_row_var + opgen_first_row));
+                        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_bfloat16(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (opgen_bf16 *)arg_col_var + opgen_first_col));
+                    }
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                if (rounding) {
+                    OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_bfloat16(s, row, opgen_rv, opgen_nrows, opgen_first_row, 1, (opgen_bf16 *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_bfloat16(s, col, opgen_cv, opgen_ncols, opgen_first_col, 1, (opgen_bf16 *)arg_col_var + opgen_first_col));
+                } else {
+                    OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_bfloat16(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (opgen_bf16 *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_bfloat16(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (opgen_bf16 *)arg_col_var + opgen_first_col));
+                }
+            }
         }
     }
 }
 
-void opgen_torch_adafactor_update_grid_bfloat16_with_float32_states(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_adafactor_update_grid_bfloat16_with_float32_states(int64_t nslices, int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
+    const int64_t opgen_nslices = nslices;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (opgen_nslices) * (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (opgen_nslices) * (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
     double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
-    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
-    (void)opgen_rv; (void)opgen_cv;
-    double opgen_totals[3] = {0};
+    double *const opgen_slice_parts = opgen_passed_totals + 3; (void)opgen_slice_parts;
+    double *const opgen_slice_totals = opgen_slice_parts + (opgen_nslices) * (3); (void)opgen_slice_totals;
+    float *const opgen_rv_all = (float *)opgen_row_values, *const opgen_cv_all = (float *)opgen_col_values;
+    (void)opgen_rv_all; (void)opgen_cv_all;
+    double opgen_whole_totals[3] = {0};
     {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad));
-        opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
-        opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var));
-        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var));
-    }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows));
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_bf16 *)arg_grad));
-        opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        if (rounding) {
-            OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_update_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad));
-            OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, 1, (float *)arg_row_var));
-            OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, 1, (float *)arg_col_var));
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                    opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                    opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+                }
+            }
         } else {
-            OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_update_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_bf16 *)arg_weight, (const opgen_bf16 *)arg_grad));
-            OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, 0, (float *)arg_row_var));
-            OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, 0, (float *)arg_col_var));
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+            }
+        }
+    }
+    opgen_whole_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
+                OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows));
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+            }
+        }
+    }
+    opgen_whole_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    if (rounding) {
+                        OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, opgen_first_row, 1, (float *)arg_row_var + opgen_first_row));
+                        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, opgen_first_col, 1, (float *)arg_col_var + opgen_first_col));
+                    } else {
+                        OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (float *)arg_row_var + opgen_first_row));
+                        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (float *)arg_col_var + opgen_first_col));
+                    }
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                if (rounding) {
+                    OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, opgen_first_row, 1, (float *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, opgen_first_col, 1, (float *)arg_col_var + opgen_first_col));
+                } else {
+                    OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (float *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (float *)arg_col_var + opgen_first_col));
+                }
+            }
         }
     }
 }
 
-void opgen_torch_adafactor_update_grid_float32(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_adafactor_update_grid_float32(int64_t nslices, int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
+    const int64_t opgen_nslices = nslices;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (opgen_nslices) * (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (opgen_nslices) * (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
     double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
-    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
-    (void)opgen_rv; (void)opgen_cv;
-    double opgen_totals[3] = {0};
+    double *const opgen_slice_parts = opgen_passed_totals + 3; (void)opgen_slice_parts;
+    double *const opgen_slice_totals = opgen_slice_parts + (opgen_nslices) * (3); (void)opgen_slice_totals;
+    float *const opgen_rv_all = (float *)opgen_row_values, *const opgen_cv_all = (float *)opgen_col_values;
+    (void)opgen_rv_all; (void)opgen_cv_all;
+    double opgen_whole_totals[3] = {0};
     {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight, (const float *)arg_grad));
-        opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
-        opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float32(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var));
-        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float32(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var));
-    }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float32(s, row, opgen_rv, opgen_nrows));
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const float *)arg_grad));
-        opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_update_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (float *)arg_weight, (const float *)arg_grad));
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float32(s, row, opgen_rv, opgen_nrows, 0, (float *)arg_row_var));
-        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float32(s, col, opgen_cv, opgen_ncols, 0, (float *)arg_col_var));
-    }
-}
-
-void opgen_torch_adafactor_update_grid_float32_with_bfloat16_states(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
-    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
-    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
-    (void)opgen_blocks;
-    double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
-    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
-    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
-    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
-    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
-    float *const opgen_rv = (float *)opgen_row_values, *const opgen_cv = (float *)opgen_col_values;
-    (void)opgen_rv; (void)opgen_cv;
-    double opgen_totals[3] = {0};
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight, (const float *)arg_grad));
-        opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
-        opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var));
-        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var));
-    }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows));
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const float *)arg_grad));
-        opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-    }
-    {
-        const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        if (rounding) {
-            OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_update_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (float *)arg_weight, (const float *)arg_grad));
-            OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, 1, (opgen_bf16 *)arg_row_var));
-            OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, 1, (opgen_bf16 *)arg_col_var));
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                    opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                    opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+                }
+            }
         } else {
-            OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_update_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (float *)arg_weight, (const float *)arg_grad));
-            OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, 0, (opgen_bf16 *)arg_row_var));
-            OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, 0, (opgen_bf16 *)arg_col_var));
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+            }
+        }
+    }
+    opgen_whole_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float32(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float32(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float32(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
+                OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float32(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float32(s, row, opgen_rv, opgen_nrows));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float32(s, row, opgen_rv, opgen_nrows));
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const float *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const float *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+            }
+        }
+    }
+    opgen_whole_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float32(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (float *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float32(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (float *)arg_col_var + opgen_first_col));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float32(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (float *)arg_row_var + opgen_first_row));
+                OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float32(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (float *)arg_col_var + opgen_first_col));
+            }
         }
     }
 }
 
-void opgen_torch_adafactor_update_grid_float64(int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+void opgen_torch_adafactor_update_grid_float32_with_bfloat16_states(int64_t nslices, int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
     const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
     const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
     (void)opgen_blocks;
+    const int64_t opgen_nslices = nslices;
     double *const opgen_row_values = workspace; (void)opgen_row_values;
-    double *const opgen_col_values = opgen_row_values + (3) * (opgen_nrows); (void)opgen_col_values;
-    double *const opgen_row_sums = opgen_col_values + (3) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_values = opgen_row_values + (opgen_nslices) * (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (opgen_nslices) * (3) * (opgen_ncols); (void)opgen_row_sums;
     double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
     double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
     double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
     double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
-    double *const opgen_rv = (double *)opgen_row_values, *const opgen_cv = (double *)opgen_col_values;
-    (void)opgen_rv; (void)opgen_cv;
-    double opgen_totals[3] = {0};
+    double *const opgen_slice_parts = opgen_passed_totals + 3; (void)opgen_slice_parts;
+    double *const opgen_slice_totals = opgen_slice_parts + (opgen_nslices) * (3); (void)opgen_slice_totals;
+    float *const opgen_rv_all = (float *)opgen_row_values, *const opgen_cv_all = (float *)opgen_col_values;
+    (void)opgen_rv_all; (void)opgen_cv_all;
+    double opgen_whole_totals[3] = {0};
     {
-        const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (double *)arg_weight, (const double *)arg_grad));
-        opgen_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
-        opgen_grid_means_double(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
-        opgen_grid_means_double(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                    opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                    opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                opgen_grid_means_float(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                opgen_grid_means_float(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+            }
+        }
+    }
+    opgen_whole_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var + opgen_first_col));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var + opgen_first_row));
+                OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var + opgen_first_col));
+            }
+        }
     }
     {
-        const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float64(s, row, opgen_rv, opgen_nrows, (double *)arg_row_var));
-        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float64(s, col, opgen_cv, opgen_ncols, (double *)arg_col_var));
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+            }
+        }
     }
-    opgen_totals[0] = OPGEN_FINISH_mean(opgen_grid_total_double(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
     {
-        const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float64(s, row, opgen_rv, opgen_nrows));
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows));
+            }
+        }
     }
     {
-        const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        double opgen_acc[2];
-        OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const double *)arg_grad));
-        opgen_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_acc[0], opgen_nrows * opgen_ncols);
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const float *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const float *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+            }
+        }
+    }
+    opgen_whole_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    if (rounding) {
+                        OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
+                        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, opgen_first_row, 1, (opgen_bf16 *)arg_row_var + opgen_first_row));
+                        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, opgen_first_col, 1, (opgen_bf16 *)arg_col_var + opgen_first_col));
+                    } else {
+                        OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
+                        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (opgen_bf16 *)arg_row_var + opgen_first_row));
+                        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (opgen_bf16 *)arg_col_var + opgen_first_col));
+                    }
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                float *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                if (rounding) {
+                    OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 1, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, opgen_first_row, 1, (opgen_bf16 *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, opgen_first_col, 1, (opgen_bf16 *)arg_col_var + opgen_first_col));
+                } else {
+                    OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (opgen_bf16 *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (opgen_bf16 *)arg_col_var + opgen_first_col));
+                }
+            }
+        }
+    }
+}
+
+void opgen_torch_adafactor_update_grid_float64(int64_t nslices, int64_t nrows, int64_t row_len, int64_t block_rows, double *workspace, void *arg_weight, const void *arg_grad, void *arg_row_var, void *arg_col_var, double arg_lr, int64_t arg_t, double arg_beta2_decay, double arg_eps1, double arg_eps2, double arg_d, double arg_weight_decay, int arg_maximize, double grad_scale, int rounding, uint64_t seed, int flush_denormal) {
+    const int64_t opgen_nrows = nrows, opgen_ncols = row_len;
+    const int64_t opgen_blocks = (nrows + block_rows - 1) / block_rows;
+    (void)opgen_blocks;
+    const int64_t opgen_nslices = nslices;
+    double *const opgen_row_values = workspace; (void)opgen_row_values;
+    double *const opgen_col_values = opgen_row_values + (opgen_nslices) * (3) * (opgen_nrows); (void)opgen_col_values;
+    double *const opgen_row_sums = opgen_col_values + (opgen_nslices) * (3) * (opgen_ncols); (void)opgen_row_sums;
+    double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+    double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+    double *const opgen_block_totals = opgen_col_sums + (1) * (opgen_ncols); (void)opgen_block_totals;
+    double *const opgen_passed_totals = opgen_block_totals + 64; (void)opgen_passed_totals;
+    double *const opgen_slice_parts = opgen_passed_totals + 3; (void)opgen_slice_parts;
+    double *const opgen_slice_totals = opgen_slice_parts + (opgen_nslices) * (3); (void)opgen_slice_totals;
+    double *const opgen_rv_all = (double *)opgen_row_values, *const opgen_cv_all = (double *)opgen_col_values;
+    (void)opgen_rv_all; (void)opgen_cv_all;
+    double opgen_whole_totals[3] = {0};
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    double *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (double *)arg_weight + opgen_first_element, (const double *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                    opgen_grid_means_double(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                    opgen_grid_means_double(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                double *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (double *)arg_weight + opgen_first_element, (const double *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                opgen_grid_means_double(opgen_rv + 0 * opgen_nrows, opgen_row_sums + 0 * opgen_nrows, opgen_nrows, opgen_ncols);
+                opgen_grid_means_double(opgen_cv + 0 * opgen_ncols, opgen_col_sums + 0 * opgen_ncols, opgen_ncols, opgen_nrows);
+            }
+        }
+    }
+    opgen_whole_totals[2] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    double *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float64(s, row, opgen_rv, opgen_nrows, (double *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float64(s, col, opgen_cv, opgen_ncols, (double *)arg_col_var + opgen_first_col));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                double *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float64(s, row, opgen_rv, opgen_nrows, (double *)arg_row_var + opgen_first_row));
+                OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float64(s, col, opgen_cv, opgen_ncols, (double *)arg_col_var + opgen_first_col));
+            }
+        }
     }
     {
-        const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
-        OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_update_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (double *)arg_weight, (const double *)arg_grad));
-        OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float64(s, row, opgen_rv, opgen_nrows, 0, (double *)arg_row_var));
-        OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float64(s, col, opgen_cv, opgen_ncols, 0, (double *)arg_col_var));
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    double *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_double(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                double *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_double(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    double *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float64(s, row, opgen_rv, opgen_nrows));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                double *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows2_float64(s, row, opgen_rv, opgen_nrows));
+            }
+        }
+    }
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    double *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    double opgen_acc[2];
+                    OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const double *)arg_grad + opgen_first_element));
+                    opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                double *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                double opgen_acc[2];
+                OPGEN_GRID_TOTALS(1, 0, 0, 0, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total3_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (const double *)arg_grad + opgen_first_element));
+                opgen_slice_parts[opgen_slice * 3 + 0] = opgen_acc[0];
+            }
+        }
+    }
+    opgen_whole_totals[1] = OPGEN_FINISH_sqrt_mean(opgen_sum_pairwise(opgen_slice_parts + 0, opgen_nslices, 3), opgen_nslices * opgen_nrows * opgen_ncols);
+    {
+        const int opgen_st = opgen_grid_slice_threads(opgen_nslices, opgen_nrows * opgen_ncols, (1) * (opgen_nrows) + (opgen_blocks) * (1) * (opgen_ncols) + (1) * (opgen_ncols));
+        if (opgen_st > 1) {
+            #pragma omp parallel num_threads(opgen_st)
+            {
+                double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];
+                double *const opgen_row_sums = opgen_scratch; (void)opgen_row_sums;
+                double *const opgen_col_partials = opgen_row_sums + (1) * (opgen_nrows); (void)opgen_col_partials;
+                double *const opgen_col_sums = opgen_col_partials + (opgen_blocks) * (1) * (opgen_ncols); (void)opgen_col_sums;
+                #pragma omp for schedule(static)
+                for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                    double *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                    double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                    const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                    (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                    double opgen_totals[3];
+                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                    const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                    OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (double *)arg_weight + opgen_first_element, (const double *)arg_grad + opgen_first_element));
+                    OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float64(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (double *)arg_row_var + opgen_first_row));
+                    OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float64(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (double *)arg_col_var + opgen_first_col));
+                }
+            }
+        } else {
+            for (int64_t opgen_slice = 0; opgen_slice < opgen_nslices; ++opgen_slice) {
+                double *const opgen_rv = opgen_rv_all + opgen_slice * 3 * opgen_nrows;
+                double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
+                const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
+                (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
+                double opgen_totals[3];
+                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
+                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
+                const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
+                OPGEN_GRID_UPDATE(opgen_nrows, opgen_ncols, opgen_first_element, flush_denormal, opgen_torch_adafactor_update_grid_update_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, 0, (double *)arg_weight + opgen_first_element, (const double *)arg_grad + opgen_first_element));
+                OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_store_rows_float64(s, row, opgen_rv, opgen_nrows, opgen_first_row, 0, (double *)arg_row_var + opgen_first_row));
+                OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_store_cols_float64(s, col, opgen_cv, opgen_ncols, opgen_first_col, 0, (double *)arg_col_var + opgen_first_col));
+            }
+        }
     }
 }
 

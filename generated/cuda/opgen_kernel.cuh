@@ -182,7 +182,7 @@ __device__ double opgen_cuda_combine(const double *partials, double *red, int is
         }                                                                                  \
     } while (0)
 
-/* ---- Grid ops (opgen/expr/grid.py): a 2-D weight with per-row and per-column values ----
+/* ---- Grid ops (opgen/expr/grid.py): a 2-D weight with per-row and per-column values (CUDA: one slice) ----
  * A pass: block b takes the b-th row block (rows fixed by the shape, as in C), its threads
  * striding along each row; a row's means in a fixed tree at the row's end, the block's
  * column sums row after row (a column is one thread's), the block's whole totals in a fixed

@@ -1,14 +1,18 @@
-"""Factored math over a 2-D weight: per-row and per-column values beside the elements.
+"""Factored math over a weight's (rows, cols) slices: per-row and per-column values beside the elements.
 
 An op with per-row or per-column states (``per_row``, ``per_col``: one value per row or
 column of a (rows, cols) weight, a factored second moment) or with ``row_mean``
-/ ``col_mean`` in a dense op is a *grid* op. Every value of its math has a shape:
+/ ``col_mean`` in a dense op is a *grid* op. Its weight is (rows, cols), or (..., rows,
+cols): slices of rows x cols, each factored on its own (as torch factors a parameter's last
+two dimensions). Every value of its math has a shape:
 
 - *element*: one per element (the weight, the gradient, element states, what reads them);
-- *row* / *col*: one per row or column (per-row and per-column states, ``row_mean(x)`` and
-  ``col_mean(x)`` of an element expression, and what reads only those and per-call values);
-- *call*: one per call (parameters, whole-tensor reductions such as ``avg(r)`` of a per-row
-  value ``r`` or ``rms(u)`` of an element one, and what reads only those).
+- *row* / *col*: one per row or column of a slice (per-row and per-column states,
+  ``row_mean(x)`` and ``col_mean(x)`` of an element expression, and what reads only those
+  and per-call values);
+- *call*: one per call (parameters, whole-tensor reductions such as ``rms(u)`` of an
+  element value, and what reads only those), or per slice where it reads a reduction of
+  per-row or per-column values such as ``avg(r)`` of a per-row ``r``: over its slice's rows.
 
 A value's *level* counts the reductions it waits for. The kernel runs level by level:
 level L's reductions (an element pass reading every input, then the reductions of row and

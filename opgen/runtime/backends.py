@@ -10,6 +10,7 @@ go to CUDA.
 from __future__ import annotations
 
 import contextlib
+import math
 import contextvars
 import os
 import sys
@@ -125,13 +126,19 @@ class Work:
         return out
 
     def sizes(self) -> dict:
+        if self.schedule is Schedule.GRID:  # (..., rows, cols): slices of rows x cols
+            *lead, rows, cols = self.target.shape
+            return {ArgRole.SIZE: self.target.size, ArgRole.NSLICES: math.prod(lead), ArgRole.NROWS: rows,
+                    ArgRole.ROW_LEN: cols, ArgRole.NNZ: 0, ArgRole.BLOCK_ROWS: abi.grid_block_rows(rows, cols)}
         rows = self.target.shape[0] if self.target.ndim else 1
         cols = self.target.size // rows if rows else (self.target.shape[1] if self.target.ndim == 2 else 0)
-        values = {ArgRole.SIZE: self.target.size, ArgRole.NROWS: rows, ArgRole.ROW_LEN: cols,
-                  ArgRole.NNZ: len(self.grad.indices) if isinstance(self.grad, RowSparseArray) else 0}
-        if self.schedule is Schedule.GRID:
-            values[ArgRole.BLOCK_ROWS] = abi.grid_block_rows(rows, cols)
-        return values
+        return {ArgRole.SIZE: self.target.size, ArgRole.NROWS: rows, ArgRole.ROW_LEN: cols,
+                ArgRole.NNZ: len(self.grad.indices) if isinstance(self.grad, RowSparseArray) else 0}
+
+    def grid_workspace(self, kernel) -> int:
+        """A grid kernel's workspace, in doubles (abi.GridLayout)."""
+        sizes = self.sizes()
+        return kernel.grid.size(sizes[ArgRole.NROWS], sizes[ArgRole.ROW_LEN], sizes[ArgRole.NSLICES])
 
 
 class Backend:
@@ -154,10 +161,11 @@ class NumpyBackend(Backend):
         grad, source = work.grad, work.source
         if work.grad_scale != 1.0:  # (multi-tensor calls: dense) in the math type, as the kernels' loads
             grad = grad.astype(acc) * acc(work.grad_scale)
-        if work.schedule is Schedule.GRID:  # 2-D: per-row values (rows, 1), per-column ones (1, cols)
-            rows, cols = source.shape
-            shapes = [(rows, cols)] + [(rows, 1) if t.per_row else (1, cols) if t.per_col else (rows, cols)
-                                       for t in op.tensors if t.role is TensorRole.STATE]
+        if work.schedule is Schedule.GRID:  # slices (..., rows, cols): per-row values (..., rows, 1), per-column (..., 1, cols)
+            *lead, rows, cols = source.shape
+            lead = tuple(lead)
+            shapes = [(*lead, rows, cols)] + [(*lead, rows, 1) if t.per_row else (*lead, 1, cols) if t.per_col
+                                              else (*lead, rows, cols) for t in op.tensors if t.role is TensorRole.STATE]
             views = [w.reshape(shape) for w, shape in zip(writable, shapes)]
             inputs = op.numpy_inputs(source, views[1:], grad, scalar_inputs, acc, work.inputs)
             with np.errstate(all="ignore"):
@@ -219,7 +227,7 @@ class CBackend(Backend):
         head, tensors, positions, _ = op.c_layout(kernel)
         keep = [arrays]
         if kernel.grid is not None:  # the grid kernel's workspace, one array per call (or prepared call)
-            keep.append(np.empty(kernel.grid.size(sizes[ArgRole.NROWS], sizes[ArgRole.ROW_LEN]), np.float64))
+            keep.append(np.empty(work.grid_workspace(kernel), np.float64))
             sizes[ArgRole.WORKSPACE] = from_buffer("double[]", keep[-1])
         head_args = [from_buffer("int64_t[]", work.grad.indices) if role is ArgRole.INDICES else sizes[role]
                      for role in head]
@@ -274,7 +282,7 @@ class CudaBackend(Backend):
         arrays = work.arrays(op, cupy.ascontiguousarray(work.grad_data))
         head, tensors, positions, types = op.c_layout(kernel, cuda=True)
         if kernel.grid is not None:  # the stages' workspace: device memory kept per device and stream
-            sizes[ArgRole.WORKSPACE] = op.cuda.workspace(kernel.grid.size(sizes[ArgRole.NROWS], sizes[ArgRole.ROW_LEN]))
+            sizes[ArgRole.WORKSPACE] = op.cuda.workspace(work.grid_workspace(kernel))
         args = [work.grad.indices if role is ArgRole.INDICES else sizes[role] if role is ArgRole.WORKSPACE
                 else np.int64(sizes[role]) for role in head]
         args += [arrays[name] for name in tensors]

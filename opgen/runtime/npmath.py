@@ -37,25 +37,51 @@ def col_mean(x):
 
 
 def grid_row_mean(x):
-    """A grid op's row means: over the last axis, accumulated in double, kept 2-D (rows, 1)."""
+    """A grid op's row means: over the last axis, accumulated in double, kept (..., rows, 1)."""
     x64 = np.asarray(x, np.float64)
     return x64.sum(axis=-1, keepdims=True, dtype=np.float64) / np.float64(x64.shape[-1])
 
 
 def grid_row_sum(x):
-    """A grid op's row sums: over the last axis, accumulated in double, kept 2-D (rows, 1)."""
+    """A grid op's row sums: over the last axis, accumulated in double, kept (..., rows, 1)."""
     return np.asarray(x, np.float64).sum(axis=-1, keepdims=True, dtype=np.float64)
 
 
 def grid_col_sum(x):
-    """A grid op's column sums: over the first axis, accumulated in double, kept 2-D (1, cols)."""
-    return np.asarray(x, np.float64).sum(axis=0, keepdims=True, dtype=np.float64)
+    """A grid op's column sums: over each slice's rows (axis -2), accumulated in double, kept
+    (..., 1, cols)."""
+    return np.asarray(x, np.float64).sum(axis=-2, keepdims=True, dtype=np.float64)
 
 
 def grid_col_mean(x):
-    """A grid op's column means: over the first axis, accumulated in double, kept 2-D (1, cols)."""
+    """A grid op's column means: over each slice's rows (axis -2), accumulated in double, kept
+    (..., 1, cols)."""
     x64 = np.asarray(x, np.float64)
-    return x64.sum(axis=0, keepdims=True, dtype=np.float64) / np.float64(x64.shape[0])
+    return x64.sum(axis=-2, keepdims=True, dtype=np.float64) / np.float64(x64.shape[-2])
+
+
+# A grid op's reductions of per-row (or per-column) values (..., rows, 1): one per slice, kept
+# (..., 1, 1) to broadcast against the slice's values, over grid_count(x) values each.
+def grid_total_sum(x):
+    return np.sum(np.asarray(x, np.float64), axis=(-2, -1), keepdims=True, dtype=np.float64)
+
+
+def grid_total_sum_squares(x):
+    x64 = np.asarray(x, np.float64)
+    return np.sum(x64 * x64, axis=(-2, -1), keepdims=True, dtype=np.float64)
+
+
+def grid_total_max(x):
+    """Per slice, as total_max: NaN if any is NaN, of zeros +0 if any is +0."""
+    x64 = np.asarray(x, np.float64)
+    m = np.max(x64, axis=(-2, -1), keepdims=True, initial=-np.inf)
+    positive_zero = np.any((x64 == 0) & ~np.signbit(x64), axis=(-2, -1), keepdims=True)
+    return np.where(m == 0, np.where(positive_zero, 0.0, -0.0), m)
+
+
+def grid_count(x):
+    """The values of one slice of ``x`` (..., rows, 1) or (..., 1, cols)."""
+    return x.shape[-2] * x.shape[-1]
 
 
 def total_sum(x):

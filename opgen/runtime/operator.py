@@ -44,9 +44,9 @@ class TensorArg:
     name: str
     role: TensorRole
     dtype: str | None = None  # a fixed dtype (e.g. float32 master weights); None: the call's
-    per_row: bool = False  # one value per row of the weight: shape (rows,) or (rows, 1)
+    per_row: bool = False  # one value per row of the weight: shape (rows,) or (rows, 1) (a grid op's: (..., rows[, 1]))
     per_tensor: bool = False  # one value per call: shape (1,) or (); read and written once
-    per_col: bool = False  # one value per column of a 2-D weight: shape (cols,) or (1, cols)
+    per_col: bool = False  # one value per column of a grid op's weight: (..., cols) or (..., 1, cols)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "role", TensorRole(self.role))
@@ -387,9 +387,14 @@ class Operator:
             raise self._fail(TypeError, w_name, f"is a {kind(weight)} array, but {self.name} has no CUDA kernels "
                                                 "(it runs on the host); pass host arrays")
         xp = array_module(weight)
-        if Schedule.GRID in self.schedules and weight.ndim != 2:
+        grid = Schedule.GRID in self.schedules
+        if grid and weight.ndim < 2:
             raise self._fail(ValueError, w_name, f"has shape {weight.shape}; {self.name} keeps one value per row "
-                                                 "and per column of its weight, which must be 2-D: (rows, cols)")
+                                                 "and per column of its weight, which must be (rows, cols), or "
+                                                 "(..., rows, cols): slices of rows x cols")
+        if grid and weight.ndim > 2 and adapter_for(weight).device:
+            raise self._fail(ValueError, w_name, f"has shape {weight.shape}; {self.name}'s CUDA kernels take "
+                                                 "2-D weights (rows, cols): slices (..., rows, cols) run on the host")
         states, state_names, scalars, inputs, input_names = [], [], [], [], []
         per_tensor_values = []  # after the scalar inputs, as the kernels take them
         free = None  # (name, dtype) of the first free state: the others must share its dtype
@@ -417,15 +422,17 @@ class Operator:
                 # themselves: a device array is not read back, which would wait for the device)
                 per_tensor_values.append(0.0 if adapter_for(value).device else float(value.reshape(-1)[0]))
             elif spec.per_row:
-                rows = weight.shape[0] if weight.ndim else 1
-                if value.shape not in ((rows,), (rows, 1)):
+                lead, rows = (weight.shape[:-2], weight.shape[-2]) if grid else ((), weight.shape[0] if weight.ndim else 1)
+                shapes = ((*lead, rows), (*lead, rows, 1))
+                if value.shape not in shapes:
                     raise self._fail(ValueError, name, f"has shape {value.shape}; it holds one value per row of "
-                                                       f"'{w_name}': shape ({rows},) or ({rows}, 1)")
+                                                       f"'{w_name}': shape {shapes[0]} or {shapes[1]}")
             elif spec.per_col:
-                cols = weight.shape[1]
-                if value.shape not in ((cols,), (1, cols)):
+                lead, cols = weight.shape[:-2], weight.shape[-1]
+                shapes = ((*lead, cols), (*lead, 1, cols))
+                if value.shape not in shapes:
                     raise self._fail(ValueError, name, f"has shape {value.shape}; it holds one value per column of "
-                                                       f"'{w_name}': shape ({cols},) or (1, {cols})")
+                                                       f"'{w_name}': shape {shapes[0]} or {shapes[1]}")
             elif value.shape != weight.shape:
                 raise self._fail(ValueError, name, f"has shape {value.shape} but '{w_name}' has "
                                                    f"shape {weight.shape}; shapes must match")

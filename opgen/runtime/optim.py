@@ -252,15 +252,17 @@ class SpecOptimizer(torch.optim.Optimizer):
                 state.setdefault(key, value)
             dtype = self._new_state_dtype(p)
             per_tensor = {t.name: getattr(torch, t.dtype) for t in op.tensors if t.per_tensor}  # (their dtype fixed)
-            rows, cols = tuple(p.shape) if p.dim() == 2 else (1, 1)  # (a grid op's parameters are 2-D)
-            per_axis = {t.name: (rows, 1) if t.per_row else (1, cols) for t in op.tensors if t.per_row or t.per_col}
+            # a grid op's (its parameters are (..., rows, cols)): torch's (..., rows, 1) and (..., 1, cols)
+            shape = tuple(p.shape) if p.dim() >= 2 else (1, 1)
+            per_axis = {t.name: (*shape[:-1], 1) if t.per_row else (*shape[:-2], 1, shape[-1])
+                        for t in op.tensors if t.per_row or t.per_col}
             for key in missing:
                 value = initial[key]
                 with torch.no_grad():
                     if key in per_tensor:  # one value per parameter
                         state[key] = torch.full((1,), 0.0 if value is None else value, dtype=per_tensor[key],
                                                 device=p.device)
-                    elif key in per_axis:  # a grid op's: torch's (rows, 1) and (1, cols)
+                    elif key in per_axis:
                         state[key] = torch.full(per_axis[key], value, dtype=dtype, device=p.device)
                     elif value is None:
                         state[key] = p.detach().clone(memory_format=torch.preserve_format).to(dtype)
@@ -323,16 +325,18 @@ class SpecOptimizer(torch.optim.Optimizer):
             self._part_step(index, group, choice, parts[choice])
 
     def _check_part(self, op, index: int, group: dict, params: list) -> None:
-        """A grid op's parameters are 2-D with dense gradients (its one value per row and per
-        column): anything else is refused before any state is made or any tensor written."""
+        """A grid op's parameters have at least two dimensions (its (rows, cols) slices: one
+        value per row and per column of each) and dense gradients: anything else is refused
+        before any state is made or any tensor written."""
         if Schedule.GRID not in op.schedules:
             return
         for p in params:
-            if p.dim() != 2 or p.grad.layout is not torch.strided:
+            if p.dim() < 2 or p.grad.layout is not torch.strided:
                 k = next(k for k, q in enumerate(group["params"]) if q is p)
-                what = f"has shape {tuple(p.shape)}" if p.dim() != 2 else f"has a {p.grad.layout} gradient"
+                what = f"has shape {tuple(p.shape)}" if p.dim() < 2 else f"has a {p.grad.layout} gradient"
                 raise ValueError(f"{type(self).__name__}: parameter {k} of param group {index} {what}; {op.name} "
-                                 "keeps one value per row and per column of a 2-D weight with a dense gradient")
+                                 "keeps one value per row and per column of each (rows, cols) slice of a weight "
+                                 "(..., rows, cols) with a dense gradient")
 
     def _part_step(self, index: int, group: dict, choice: int, params: list) -> None:
         """The step of a group's parameters that feed one op."""

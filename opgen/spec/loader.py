@@ -477,9 +477,9 @@ def _multi(root: y.Mapping, tensors, params) -> MultiSpec:
 
 
 def _check_grid(root: y.Mapping, tensors, output, multi) -> None:
-    """A grid op (per-column values, or per-row ones in a dense op) updates one 2-D weight
+    """A grid op (per-column values, or per-row ones in a dense op) updates one weight
     per call, densely: none of the conventions that walk memory otherwise."""
-    what = "an op with per-row or per-column values of a dense 2-D weight"
+    what = "an op with per-row or per-column values of a dense weight"
     if "row_sparse" in root:  # (per-row math with row_sparse: the lazy row kernels)
         raise SpecError(root.key_location("row_sparse"), f"{what} takes dense gradients only: remove row_sparse")
     for key, why in (("multi", "its calls take one weight"), ("output", "it writes the weight"),

@@ -427,7 +427,7 @@ def _check_choice(cls: OptimizerSpec, op, where: Location) -> None:
                                "gradients only")
     if not op.has_multi and op.grid is None:  # (the model's one answer: read-only inputs, for one)
         raise SpecError(where, f"class '{cls.class_name}' cannot drive op '{op.name}', which has no multi-tensor "
-                               "kernel (a step calls one per group of tensors; a grid op, one per 2-D tensor)")
+                               "kernel (a step calls one per group of tensors; a grid op, one per tensor)")
     params = {p.name: p for p in op.params}
     for name, expr, at in cls.step:
         p = params.get(name)

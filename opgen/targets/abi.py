@@ -38,7 +38,7 @@ TOTAL_THREADS = 256
 # block a chunk (grid-stride over the chunk table), the tensors' pointers and values in
 # device tables: one launch for the whole call
 MULTI_CHUNK = 1 << 16
-# Grid ops (a 2-D weight with per-row and per-column values): their reduction passes cut the
+# Grid ops (a weight's (rows, cols) slices with per-row and per-column values): their reduction passes cut the
 # rows into blocks fixed by the shape alone (so the same bits on any thread count), of at
 # least GRID_BLOCK_ELEMENTS elements and at most GRID_MAX_BLOCKS blocks
 GRID_BLOCK_ELEMENTS = 1 << 13
@@ -46,6 +46,10 @@ GRID_MAX_BLOCKS = 64
 # ... and fewer where the weight is wide: each block keeps its own column sums, and the blocks
 # together at most this many doubles per column mean (32 MiB), or one block's
 GRID_PARTIALS = 1 << 22
+# ... and a weight's small slices (..., rows, cols) run side by side, one per thread, each with
+# its passes' row and column sums in a scratch of at most this many doubles (32 KiB, on the
+# thread's stack)
+GRID_SLICE_SCRATCH = 1 << 12
 
 
 def grid_block_rows(rows: int, cols: int) -> int:
@@ -56,11 +60,14 @@ def grid_block_rows(rows: int, cols: int) -> int:
 
 @dataclass(frozen=True)
 class GridLayout:
-    """A grid kernel's workspace of doubles, one array per call: its per-row values
-    ``[row_slots][rows]``, its per-column values ``[col_slots][cols]``, one pass's row sums
-    ``[row_sums][rows]``, each row block's column sums ``[blocks][col_sums][cols]`` and their
-    totals ``[col_sums][cols]``. The C kernel's pointers and the runtime's allocation both
-    come from ``parts``."""
+    """A grid kernel's workspace of doubles, one array per call, for ``slices`` slices of
+    ``rows`` x ``cols`` (a weight of shape (..., rows, cols)): each slice's per-row values
+    ``[slices][row_slots][rows]`` and per-column values ``[slices][col_slots][cols]``; one
+    slice's pass at a time: its row sums ``[row_sums][rows]``, each row block's column sums
+    ``[blocks][col_sums][cols]`` and their totals ``[col_sums][cols]``; per slice, its pass's
+    whole totals ``[slices][totals]`` (then summed over the slices in order) and the totals
+    over its rows and columns ``[slices][totals]``. The C kernel's pointers and the runtime's
+    allocation both come from ``parts``."""
 
     row_slots: int
     col_slots: int
@@ -69,21 +76,23 @@ class GridLayout:
     whole: int = 0  # whole totals of one pass: CUDA keeps each row block's ([whole][GRID_MAX_BLOCKS])
     totals: int = 0  # every whole total of the op: CUDA's kernels hand them on in the workspace
 
-    def parts(self, rows, cols, blocks) -> tuple[tuple[str, object], ...]:
-        """(part, its length in doubles), in order; ``rows``, ``cols`` and ``blocks`` are
-        numbers (the runtime) or C expressions (the kernel), and so are the lengths."""
+    def parts(self, rows, cols, blocks, slices=1) -> tuple[tuple[str, object], ...]:
+        """(part, its length in doubles), in order; ``rows``, ``cols``, ``blocks`` and
+        ``slices`` are numbers (the runtime) or C expressions (the kernel), and so are the
+        lengths."""
         def times(*factors):
             if all(isinstance(f, int) for f in factors):
                 return math.prod(factors)
             return " * ".join(f"({f})" for f in factors)
-        return (("row_values", times(self.row_slots, rows)), ("col_values", times(self.col_slots, cols)),
+        return (("row_values", times(slices, self.row_slots, rows)), ("col_values", times(slices, self.col_slots, cols)),
                 ("row_sums", times(self.row_sums, rows)), ("col_partials", times(blocks, self.col_sums, cols)),
                 ("col_sums", times(self.col_sums, cols)), ("block_totals", self.whole * GRID_MAX_BLOCKS),
-                ("passed_totals", self.totals))
+                ("passed_totals", self.totals), ("slice_parts", times(slices, self.totals)),
+                ("slice_totals", times(slices, self.totals)))
 
-    def size(self, rows: int, cols: int) -> int:
+    def size(self, rows: int, cols: int, slices: int = 1) -> int:
         blocks = -(-rows // grid_block_rows(rows, cols))
-        return max(1, sum(length for _, length in self.parts(rows, cols, blocks)))
+        return max(1, sum(length for _, length in self.parts(rows, cols, blocks, slices)))
 
 
 @dataclass(frozen=True)
@@ -179,8 +188,9 @@ def _head(schedule: Schedule) -> tuple[Arg, ...]:
     if schedule is Schedule.MULTI:
         return (Arg(ArgRole.COUNT, index), Arg(ArgRole.SIZES, f"const {index} *"))
     if schedule is Schedule.GRID:
-        return (Arg(ArgRole.NROWS, index), Arg(ArgRole.ROW_LEN, index), Arg(ArgRole.BLOCK_ROWS, index),
-                Arg(ArgRole.WORKSPACE, "double *"))
+        # (CUDA takes 2-D weights only: its stages keep one slice's values)
+        return (Arg(ArgRole.NSLICES, index, cuda=False), Arg(ArgRole.NROWS, index), Arg(ArgRole.ROW_LEN, index),
+                Arg(ArgRole.BLOCK_ROWS, index), Arg(ArgRole.WORKSPACE, "double *"))
     rows = (Arg(ArgRole.NNZ, index),) if schedule is Schedule.LAZY else (Arg(ArgRole.NROWS, index),)
     middle = () if schedule is Schedule.LAZY else (Arg(ArgRole.NNZ, index),)
     return rows + (Arg(ArgRole.ROW_LEN, index),) + middle + (Arg(ArgRole.INDICES, f"const {index} *"),)

@@ -215,4 +215,5 @@ def common_context() -> dict:
             "narrow_block": NARROW_BLOCK, "dtype_names": DTYPE_NAMES, "fast": FAST,
             "total_lanes": TOTAL_LANES, "tensor_cost_elements": TENSOR_COST_ELEMENTS,
             "min_row_elements_per_thread": MIN_ROW_ELEMENTS_PER_THREAD, "prefetch_rows": PREFETCH_ROWS,
-            "grid_max_blocks": abi.GRID_MAX_BLOCKS}
+            "grid_max_blocks": abi.GRID_MAX_BLOCKS,
+            "grid_slice_scratch": abi.GRID_SLICE_SCRATCH}

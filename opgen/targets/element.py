@@ -86,8 +86,13 @@ class LoopNames:
     col: str = "col"  # grid kernels: the element's column
     rv: str = "opgen_rv"  # grid kernels: the per-row values, [slot][row], in double
     cv: str = "opgen_cv"  # grid kernels: the per-column values, [slot][col], in double
-    nrows: str = "opgen_nrows"  # grid kernels: the weight's rows
+    nrows: str = "opgen_nrows"  # grid kernels: the weight's rows (per slice)
     ncols: str = "opgen_ncols"  # grid kernels: its columns
+    slice: str = "opgen_slice"  # grid kernels: the (rows, cols) slice of a weight (..., rows, cols)
+    nslices: str = "opgen_nslices"  # grid kernels: how many
+    first_element: str = "opgen_first_element"  # grid kernels: the slice's first element, row and column
+    first_row: str = "opgen_first_row"  # (in the weight, the per-row states and the per-column ones)
+    first_col: str = "opgen_first_col"
     row_lanes: str = "opgen_row_lanes"  # grid passes: the row's accumulators of its row means, [mean][lane]
     col_acc: str = "opgen_col_acc"  # grid passes: the row block's column sums, [mean][col]
     ahead: str = "ahead"  # lazy: the first element of the row prefetched

@@ -1,4 +1,5 @@
-"""The C functions of a grid op (opgen.expr.grid): a 2-D weight with per-row and per-column values.
+"""The C functions of a grid op (opgen.expr.grid): a weight's (rows, cols) slices with per-row and
+per-column values.
 
 Per math type (shared by the C and the CUDA file, like the rest of opgen.targets.element):
 
@@ -24,6 +25,8 @@ from opgen.targets.element import (LOOP, TOTAL_LANES, MathCode, Memory, StepCode
                                    versions)
 
 BLOCKS = "opgen_blocks"  # the row blocks of the passes, from the shape
+WHOLE = "opgen_whole_totals"  # the C kernel's totals over the whole weight (each slice's view: LOOP.totals)
+SCRATCH = ("row_sums", "col_partials", "col_sums")  # the workspace's parts one slice's passes use in turn
 
 SLOT_KIND = {Shape.ROW: RefKind.ROWVAL, Shape.COL: RefKind.COLVAL}
 WORD = {Shape.ROW: "rows", Shape.COL: "cols"}
@@ -119,7 +122,7 @@ class GridCode:
                 else f"{LOOP.cv}[{r.name} * {LOOP.ncols} + {LOOP.col}]" for r in slots]
 
     def memory(self, step: StepCode) -> Memory:
-        index = {step.grad: "gi"}
+        index = {step.grad: LOOP.i}  # (dense, laid out as the weight; gi: the element's key)
         for t in self.op.tensors:
             if t.per_row or t.per_col:
                 index[t.name] = LOOP.row if t.per_row else LOOP.col
@@ -178,7 +181,7 @@ class GridCode:
         head = ", ".join(["s", *self.slot_loads(slots)])
         lines += [f"OPGEN_INLINE void {self.name('update', d)}({', '.join([struct, *self.grid_head(), 'int sr', *step.pointer_params(names)])}) {{",
                   *step.load_call_store(self.name("update", m), head, names, written, reads, memory, "    ",
-                                        zero_grad=False, element=LOOP.i),
+                                        zero_grad=False, element=LOOP.gi),
                   "}"]
         for shape in (Shape.ROW, Shape.COL):
             stored = [(name, slot) for name, sh, slot in self.g.stores if sh is shape]
@@ -186,58 +189,125 @@ class GridCode:
                 continue
             index, values, count = self.axis(shape)
             pointers = step.pointer_params([name for name, _ in stored])
+            # (a row's rounding key: its place among the whole weight's rows, key_base + index)
             lines += [f"OPGEN_INLINE void {self.name(f'store_{WORD[shape]}', d)}({struct}, int64_t {index}, "
-                      f"const {m} *{values}, int64_t {count}, int sr, {', '.join(pointers)}) {{",
-                      *(f"    p_{name}[{index}] = {step.store(name, f'{values}[{slot} * {count} + {index}]', index)};"
+                      f"const {m} *{values}, int64_t {count}, int64_t key_base, int sr, {', '.join(pointers)}) {{",
+                      *(f"    p_{name}[{index}] = "
+                        f"{step.store(name, f'{values}[{slot} * {count} + {index}]', f'key_base + {index}')};"
                         for name, slot in stored), "}"]
         return lines
 
     # -- the kernel body ---------------------------------------------------------------------------
     def schedule_lines(self, step: StepCode, names: dict) -> list[str]:
-        """The grid kernel: its workspace's parts, then level by level its passes, per-call
-        values and row and column statements, then the update and the states' stores."""
+        """The grid kernel: its workspace's parts, then level by level, each slice in turn, its
+        passes, per-call values and row and column statements, then the update and the
+        states' stores. A slice's totals over its rows (or columns) are its own; a total over
+        elements is the whole weight's, its slices' partial totals combined in slice order."""
         op, g = self.op, self.g
         block_rows, flush = names[ArgRole.BLOCK_ROWS], names[ArgRole.FLUSH]
-        lines = self.preamble(names)
+        lines = self.preamble(names, sliced=True)
         if op.whole_totals:
-            lines.append(f"double {LOOP.totals}[{len(op.whole_totals)}] = {{0}};")
+            lines.append(f"double {WHOLE}[{len(op.whole_totals)}] = {{0}};")
         scalars = self.scalars(LOOP.scalars)
-        casts = lambda tensors: self.casts(step, tensors)  # noqa: E731
+        casts = lambda tensors: self.casts(step, tensors, sliced=True)  # noqa: E731
         for level in range(g.levels + 1):
             p = g.pass_at(level)
             if p is not None:
-                lines += ["{", *(f"    {line}" for line in self.pass_lines(step, p, scalars, block_rows, flush, casts)), "}"]
+                lines += self.each_slice(self.pass_lines(step, p, scalars, block_rows, flush, casts))
+                lines += self.pass_totals(p)
             for v in g.vector_totals_at(level):
                 t = v.total
                 _, values, count = self.axis(v.over)
-                lines.append(f"{LOOP.totals}[{t.index}] = OPGEN_FINISH_{t.finish}(opgen_grid_total_{self.m}({values} + "
-                             f"{self.slot_of(t.arg)} * {count}, {count}, {VECTOR_HOW[t.how]}), {count});")
+                lines += self.each_slice([
+                    f"opgen_slice_totals[{LOOP.slice} * {self.total_count} + {t.index}] = OPGEN_FINISH_{t.finish}("
+                    f"opgen_grid_total_{self.m}({values} + {self.slot_of(t.arg)} * {count}, {count}, "
+                    f"{VECTOR_HOW[t.how]}), {count});"], load_totals=False)
             block = self.vector_calls(step, level, casts,
                                       lambda index, count, call: f"OPGEN_GRID_EACH({index}, {count}, {flush}, {call});")
             if block:
-                lines += ["{", f"    {scalars}", *(f"    {line}" for line in block), "}"]
+                lines += self.each_slice([scalars, *block])
 
         def update(v: Version) -> list[str]:
-            return [f"OPGEN_GRID_UPDATE({LOOP.nrows}, {LOOP.ncols}, {flush}, {self.update_call(step, v, casts)});",
+            return [f"OPGEN_GRID_UPDATE({LOOP.nrows}, {LOOP.ncols}, {LOOP.first_element}, {flush}, "
+                    f"{self.update_call(step, v, casts)});",
                     *self.store_calls(step, v, casts, lambda index, count, store: (
-                        f"OPGEN_GRID_EACH({index}, {count}, {flush}, {store});"))]
+                        f"OPGEN_GRID_EACH({index}, {count}, {flush}, {store});"), sliced=True)]
 
-        lines += ["{", f"    {scalars}", *(f"    {line}" for line in versions(step, update, unswitch=False)), "}"]
+        lines += self.each_slice([scalars, *versions(step, update, unswitch=False)])
         return lines
 
-    def preamble(self, names: dict) -> list[str]:
-        """The kernel's sizes and its workspace's parts (abi.GridLayout: the runtime sizes it)."""
+    @property
+    def total_count(self) -> int:
+        """A slice's room in the workspace's per-slice totals (abi.GridLayout.totals)."""
+        return grid_layout(self.op).totals
+
+    def each_slice(self, body: list[str], load_totals: bool = True) -> list[str]:
+        """``body`` once per slice, with its per-row and per-column values and its first
+        element, row and column in scope, and its own copy of the call's totals (with
+        ``load_totals``, its totals over rows and columns among them). Many small slices run
+        side by side (opgen_grid_slice_threads), each with its passes' scratch on its
+        thread's stack; otherwise in turn, each slice's passes sharing the threads."""
+        m, layout = self.m, grid_layout(self.op)
+        count = len(self.op.whole_totals)
+        own = [v.total.index for level in range(self.g.levels + 1) for v in self.g.vector_totals_at(level)]
+        head = [f"{m} *const {LOOP.rv} = opgen_rv_all + {LOOP.slice} * {layout.row_slots} * {LOOP.nrows};",
+                f"{m} *const {LOOP.cv} = opgen_cv_all + {LOOP.slice} * {layout.col_slots} * {LOOP.ncols};",
+                f"const int64_t {LOOP.first_element} = {LOOP.slice} * {LOOP.nrows} * {LOOP.ncols}, "
+                f"{LOOP.first_row} = {LOOP.slice} * {LOOP.nrows}, {LOOP.first_col} = {LOOP.slice} * {LOOP.ncols};",
+                f"(void){LOOP.rv}; (void){LOOP.cv}; (void){LOOP.first_element}; (void){LOOP.first_row}; "
+                f"(void){LOOP.first_col};"]
+        if count:
+            head += [f"double {LOOP.totals}[{count}];",
+                     f"for (int opgen_k = 0; opgen_k < {count}; ++opgen_k) {LOOP.totals}[opgen_k] = {WHOLE}[opgen_k];",
+                     *(f"{LOOP.totals}[{k}] = opgen_slice_totals[{LOOP.slice} * {self.total_count} + {k}];"
+                       for k in own if load_totals)]
+        loop = [f"for (int64_t {LOOP.slice} = 0; {LOOP.slice} < {LOOP.nslices}; ++{LOOP.slice}) {{",
+                *(f"    {line}" for line in head + body), "}"]
+        parts = dict(layout.parts(LOOP.nrows, LOOP.ncols, BLOCKS, LOOP.nslices))
+        scratch, offset = [], "opgen_scratch"
+        for part in SCRATCH:
+            scratch.append(f"double *const opgen_{part} = {offset}; (void)opgen_{part};")
+            offset = f"opgen_{part} + {parts[part]}"
+        need = " + ".join(f"{parts[part]}" for part in SCRATCH)
+        return ["{", f"    const int opgen_st = opgen_grid_slice_threads({LOOP.nslices}, {LOOP.nrows} * {LOOP.ncols}, "
+                     f"{need});",
+                "    if (opgen_st > 1) {",
+                "        #pragma omp parallel num_threads(opgen_st)",
+                "        {",
+                "            double opgen_scratch[OPGEN_GRID_SLICE_SCRATCH];",
+                *(f"            {line}" for line in scratch),
+                "            #pragma omp for schedule(static)",
+                *(f"            {line}" for line in loop),
+                "        }",
+                "    } else {", *(f"        {line}" for line in loop), "    }", "}"]
+
+    def pass_totals(self, p: GridPass) -> list[str]:
+        """A pass's whole totals: its slices' partial totals combined in slice order (the same
+        bits on any thread count), finished over the whole weight's elements."""
+        lines = []
+        for k, x in enumerate(p.ordered[:len(p.totals)]):
+            combine = "opgen_max_of" if x.accumulates == "max" else "opgen_sum_pairwise"
+            lines.append(f"{WHOLE}[{x.index}] = OPGEN_FINISH_{x.finish}({combine}(opgen_slice_parts + {k}, "
+                         f"{LOOP.nslices}, {self.total_count}), {LOOP.nslices} * {LOOP.nrows} * {LOOP.ncols});")
+        return lines
+
+    def preamble(self, names: dict, sliced: bool = False) -> list[str]:
+        """The kernel's sizes and its workspace's parts (abi.GridLayout: the runtime sizes it);
+        ``sliced``: the C kernel's, over every slice (CUDA's kernels take one)."""
         rows, cols, block_rows = names[ArgRole.NROWS], names[ArgRole.ROW_LEN], names[ArgRole.BLOCK_ROWS]
         lines = [f"const int64_t {LOOP.nrows} = {rows}, {LOOP.ncols} = {cols};",
                  f"const int64_t {BLOCKS} = ({rows} + {block_rows} - 1) / {block_rows};", f"(void){BLOCKS};"]
+        if sliced:
+            lines.append(f"const int64_t {LOOP.nslices} = {names[ArgRole.NSLICES]};")
         offset = names[ArgRole.WORKSPACE]
-        for part, length in grid_layout(self.op).parts(LOOP.nrows, LOOP.ncols, BLOCKS):
+        for part, length in grid_layout(self.op).parts(LOOP.nrows, LOOP.ncols, BLOCKS, LOOP.nslices if sliced else 1):
             lines.append(f"double *const opgen_{part} = {offset}; (void)opgen_{part};")
             offset = f"opgen_{part} + {length}"
         # the slots hold values of the math type (a double's room each: the layout counts doubles)
         m = self.m
-        return lines + [f"{m} *const {LOOP.rv} = ({m} *)opgen_row_values, *const {LOOP.cv} = ({m} *)opgen_col_values;",
-                        f"(void){LOOP.rv}; (void){LOOP.cv};"]
+        rv, cv = ("opgen_rv_all", "opgen_cv_all") if sliced else (LOOP.rv, LOOP.cv)
+        return lines + [f"{m} *const {rv} = ({m} *)opgen_row_values, *const {cv} = ({m} *)opgen_col_values;",
+                        f"(void){rv}; (void){cv};"]
 
     # -- CUDA: the same steps, a kernel per stage (abi.grid_stages) ------------------------------------
     def cuda_kernels(self, step: StepCode, kernel, parameters: str) -> list[dict]:
@@ -345,10 +415,13 @@ class GridCode:
         code = self.code
         return f"const {code.struct(self.math.math)} {name} = {code.init(self.math.math)}({code.init_call()});"
 
-    def casts(self, step: StepCode, tensors: list[str]) -> str:
-        """The kernel's untyped tensor arguments, typed by their storage, as the steps take them."""
+    def casts(self, step: StepCode, tensors: list[str], sliced: bool = False) -> str:
+        """The kernel's untyped tensor arguments, typed by their storage, as the steps take them
+        (``sliced``: at the slice's first element, row or column)."""
+        first = {t.name: LOOP.first_row if t.per_row else LOOP.first_col if t.per_col else LOOP.first_element
+                 for t in self.op.tensors}
         return "".join(f", ({'const ' if self.op.is_const(n) else ''}{step.storage(n).c_storage} *){ARG}{n}"
-                       for n in tensors)
+                       f"{f' + {first[n]}' if sliced else ''}" for n in tensors)
 
     def pass_call(self, step: StepCode, p: GridPass, casts) -> str:
         """A pass's step on element (row, col), as the C and CUDA pass macros call it."""
@@ -369,15 +442,17 @@ class GridCode:
             return LOOP.row, LOOP.rv, LOOP.nrows
         return LOOP.col, LOOP.cv, LOOP.ncols
 
-    def store_calls(self, step: StepCode, v: Version, casts, loop) -> list[str]:
-        """The per-row and per-column states' stores: per shape, ``loop(index, count, call)``."""
+    def store_calls(self, step: StepCode, v: Version, casts, loop, sliced: bool = False) -> list[str]:
+        """The per-row and per-column states' stores: per shape, ``loop(index, count, call)``
+        (``sliced``: the slice's rows and columns, keyed by their place in the whole weight)."""
         out = []
         for shape in (Shape.ROW, Shape.COL):
             stored = [name for name, sh, _ in self.g.stores if sh is shape]
             if stored:
                 index, values, count = self.axis(shape)
+                first = (LOOP.first_row if shape is Shape.ROW else LOOP.first_col) if sliced else "0"
                 out.append(loop(index, count, f"{self.name(f'store_{WORD[shape]}', step.variant.name)}({LOOP.s}, "
-                                              f"{index}, {values}, {count}, {v.sr}{casts(stored)})"))
+                                              f"{index}, {values}, {count}, {first}, {v.sr}{casts(stored)})"))
         return out
 
     def vector_calls(self, step: StepCode, level: int, casts, loop) -> list[str]:
@@ -394,17 +469,16 @@ class GridCode:
         return out
 
     def pass_lines(self, step: StepCode, p: GridPass, scalars: str, block_rows: str, flush: str, casts) -> list[str]:
-        """One element pass: the per-call values so far, the pass, its results finished:
-        whole totals into the call's totals, row and column means into their slots."""
+        """One slice's element pass: the per-call values so far, the pass, its results: its
+        partial whole totals into the slice's, its row and column means into their slots."""
         m, order = self.m, p.ordered
         lines = [scalars, f"double {LOOP.accumulated}[{len(p.totals) + 1}];",
                  f"OPGEN_GRID_TOTALS({p.sums}, {len(p.totals) - p.sums}, {len(p.row_means)}, {len(p.col_means)}, "
                  f"{LOOP.nrows}, {LOOP.ncols}, {block_rows}, {flush}, {LOOP.accumulated}, opgen_row_sums, "
                  f"opgen_col_partials, opgen_col_sums, {self.pass_call(step, p, casts)});"]
         for k, x in enumerate(order):
-            if k < len(p.totals):
-                lines.append(f"{LOOP.totals}[{x.index}] = OPGEN_FINISH_{x.finish}({LOOP.accumulated}[{k}], "
-                             f"{LOOP.nrows} * {LOOP.ncols});")
+            if k < len(p.totals):  # (finished over the whole weight after the last slice: pass_totals)
+                lines.append(f"opgen_slice_parts[{LOOP.slice} * {self.total_count} + {k}] = {LOOP.accumulated}[{k}];")
             elif x.shape is Shape.ROW:
                 j = k - len(p.totals)
                 lines.append(f"opgen_grid_means_{m}({LOOP.rv} + {x.slot} * {LOOP.nrows}, opgen_row_sums + {j} * "

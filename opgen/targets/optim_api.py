@@ -129,7 +129,7 @@ def _docstring(cls: OptimizerSpec, by_name: dict[str, OpSpec]) -> list[str]:
     pages = "its page" if len(cls.ops) == 1 else "their pages"
     grid = [f"`{o}`" for o in cls.ops if by_name[o].grid is not None]
     how = ["per device and dtype of each parameter group" + (";" if grid else ".")] + \
-        ([f"{' and '.join(grid)} one call per parameter (a 2-D weight's rows and columns)."] if grid else [])
+        ([f"{' and '.join(grid)} one call per parameter (each (rows, cols) slice's rows and columns)."] if grid else [])
     lines = cls.doc.splitlines() + ["", f"A step calls {ops} (see {pages}): one multi-tensor kernel call",
                                     *how, "",
                                     "Parameters", "----------",

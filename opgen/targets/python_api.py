@@ -176,8 +176,9 @@ def tensor_doc(op: OpSpec, t, dense_only: bool = False) -> str:
         return "Read only." if first else f"Read only; the shape and dtype of `{op.weight.name}`."
     if t.role is TensorRole.INPUT:
         return "Read only; the weight's shape" + (f", always {t.dtype}." if t.dtype else " and dtype.")
-    per_row = " One value per row (shape (rows,) or (rows, 1))." if t.per_row else \
-        " One value per column of the 2-D weight (shape (cols,) or (1, cols))." if t.per_col else \
+    per_row = (" One value per row of each (rows, cols) slice (shape (..., rows) or (..., rows, 1))." if op.grid
+               else " One value per row (shape (rows,) or (rows, 1)).") if t.per_row else \
+        " One value per column of each (rows, cols) slice (shape (..., cols) or (..., 1, cols))." if t.per_col else \
         " One value per tensor (shape (1,) or ()), updated once per call." if t.per_tensor else ""
     free = f" Its dtype: {state_dtype_rule()}; the states share one." if t.role is TensorRole.STATE and not t.dtype \
         else ""
@@ -278,11 +279,12 @@ class _MultiPassLines:
 
     def __init__(self, op: OpSpec) -> None:
         self.op, self.lines = op, []
-        self.double = NumpyPrinter("_D")
+        arrays = op.grid is not None  # (per-slice values: arrays)
+        self.double = NumpyPrinter("_D", arrays=arrays)
         kinds = [ParamType.FLOAT] * (len(op.scalars) + len(op.per_tensor_states)) + [p.type for p in op.math_params]
         self.reals = [name for name, kind in zip(op.kernel_scalars, kinds) if kind is ParamType.FLOAT]
         self.rounded = set(self.reals)
-        self.element = NumpyPrinter(rounded=self.rounded)  # (reads the rounded set as it grows)
+        self.element = NumpyPrinter(rounded=self.rounded, arrays=arrays)  # (reads the rounded set as it grows)
         self.arrays = ", ".join(t.name for t in op.arrays)
 
     def round(self, names: list[str]) -> None:
@@ -308,18 +310,18 @@ class _MultiPassLines:
         self.lines += [f"    return ({''.join(f'_s{k}, ' for k in range(len(order)))})",
                        f"_s = _pass{level}({self.arrays})"]
 
-    def total(self, t, summand: str, size: str) -> str:
-        """A total finished (npmath.total_<how>, finish_<how>: in double), its name."""
+    def total(self, t, summand: str, size: str, reduce: str = "total") -> str:
+        """A total finished (npmath.<reduce>_<how>, finish_<how>: in double), its name."""
         name = self.element.ref_name(RefKind.TOTAL, str(t.index))
-        self.lines.append(f"{name} = _m.finish_{t.finish}(_m.total_{t.how}({summand}), {size})")
+        self.lines.append(f"{name} = _m.finish_{t.finish}(_m.{reduce}_{t.how}({summand}), {size})")
         return name
 
 
 def _numpy_grid_lines(op: OpSpec) -> list[str]:
     """The NumPy kernel of a grid op (opgen.expr.grid), level by level as its C kernel runs,
-    over 2-D arrays: the weight's elements ``(rows, cols)``, per-row values ``(rows, 1)``,
-    per-column ones ``(1, cols)`` (slots ``_r<k>``, ``_c<k>``), broadcasting as the math reads
-    them. Each level: its element pass, its row and column means and sums
+    over the weight's elements ``(..., rows, cols)``, per-row values ``(..., rows, 1)``,
+    per-column ones ``(..., 1, cols)`` (slots ``_r<k>``, ``_c<k>``) and per-slice totals of
+    them ``(..., 1, 1)``, broadcasting as the math reads them. Each level: its element pass, its row and column means and sums
     (npmath.grid_row_mean...: in double, rounded to the math type), its reductions of
     per-row and per-column values, its per-call values, then its row and column statements."""
     from opgen.expr.grid import Shape
@@ -338,9 +340,9 @@ def _numpy_grid_lines(op: OpSpec) -> list[str]:
                     totals.append(out.total(x, f"_s[{k}]", f"_np.size({op.weight.name})"))
                 else:
                     out.lines.append(f"{element.ref_name(slot[x.shape], str(x.slot))} = _T(_m.grid_{x.func}(_s[{k}]))")
-        for v in g.vector_totals_at(level):
+        for v in g.vector_totals_at(level):  # (one per slice)
             arg = element.expr(v.total.arg)
-            totals.append(out.total(v.total, arg, f"_np.size({arg})"))
+            totals.append(out.total(v.total, arg, f"_m.grid_count({arg})", reduce="grid_total"))
         out.round(totals)
         out.stage(level, g.prologue_of(op.program.prologue, level))
         for shape in (Shape.ROW, Shape.COL):

@@ -25,10 +25,12 @@ def py_name(kind: RefKind, name: str) -> str:
 
 class NumpyPrinter(InfixPrinter):
     """``real`` names the real type integers widen to: the math type ``_T`` in the element
-    math, float64 ``_D`` in the per-call prologue (computed in double, as the kernels)."""
+    math, float64 ``_D`` in the per-call prologue (computed in double, as the kernels).
+    ``arrays``: even a per-call value may be an array (a grid op's per-slice values: one
+    per slice of a weight (..., rows, cols)), so every choice is ``where``."""
 
-    def __init__(self, real: str = "_T", rounded: set[str] | None = None) -> None:
-        self.real = real
+    def __init__(self, real: str = "_T", rounded: set[str] | None = None, arrays: bool = False) -> None:
+        self.real, self.arrays = real, arrays
         self.rounded = rounded if rounded is not None else set()  # read through their rounded copies, _t_NAME
 
     def ref_name(self, kind: RefKind, name: str) -> str:
@@ -55,7 +57,7 @@ class NumpyPrinter(InfixPrinter):
         return f"_m.power({base[0]}, {exponent[0]})", ATOM
 
     def cond(self, e: Cond, test: Part, then: Part, orelse: Part) -> Part:
-        if e.test.uniform:
+        if e.test.uniform and not self.arrays:
             return super().cond(e, test, then, orelse)
         return f"_np.where({test[0]}, {then[0]}, {orelse[0]})", ATOM
 
