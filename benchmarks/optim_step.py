@@ -3,7 +3,7 @@ multi-tensor call it makes and against torch.optim.Adam (fused, foreach, and tor
 its step, with the compile time); with --adafactor, generated.optim.Adafactor against
 torch.optim.Adafactor (its for-loop and foreach steps).
 
-    pip install -e '.[torch]' && python benchmarks/optim_step.py [--quick] [--rounds 10] [--adafactor]
+    pip install -e '.[torch]' && python benchmarks/optim_step.py [--quick] [--rounds 10] [--adafactor [--resnet]]
 
 GPT-2 small: 148 tensors, 124M parameters (the embeddings, 12 blocks of 12 tensors, the final
 layer norm). --quick runs a copy scaled down to 7M parameters (width 192, vocabulary 8192,
@@ -13,7 +13,8 @@ gives medians, and each ratio to opgen also as the median of the rounds' ratios 
 the ratios hold on a noisy machine. The step's own work (Python, per tensor) is measured apart,
 on a copy of the tensors with a few elements each. float32, then bfloat16 parameters with
 float32 states (22 bytes an element) and with bfloat16 states (14 bytes, what torch.optim
-keeps: states in the parameter's dtype).
+keeps: states in the parameter's dtype). With --resnet (and --adafactor), ResNet-18's parameter
+set instead: convolution weights that Adafactor factors over their last two dimensions.
 """
 
 from __future__ import annotations
@@ -39,6 +40,25 @@ def gpt2_shapes(width: int = 768, vocab: int = 50257, context: int = 1024, layer
         shapes += [(width,), (width,), (width, 3 * width), (3 * width,), (width, width), (width,), (width,), (width,),
                    (width, 4 * width), (4 * width,), (4 * width, width), (width,)]
     return shapes + [(width,), (width,)]
+
+
+def resnet18_shapes(width: int = 64, classes: int = 1000) -> list[tuple]:
+    """ResNet-18's 62 tensors (11.7M parameters at width 64): 4-D convolution weights (3 x 3,
+    the 7 x 7 stem and 1 x 1 shortcuts), batch-norm vectors, the classifier."""
+    def bn(c):
+        return [(c,), (c,)]
+
+    shapes = [(width, 3, 7, 7), *bn(width)]
+    cin = width
+    for stage in range(4):
+        cout = width * 2 ** stage
+        for block in range(2):
+            first = block == 0 and stage > 0
+            shapes += [(cout, cin if block == 0 else cout, 3, 3), *bn(cout), (cout, cout, 3, 3), *bn(cout)]
+            if first:
+                shapes += [(cout, cin, 1, 1), *bn(cout)]
+        cin = cout
+    return shapes + [(classes, cin), (classes,)]
 
 
 def parameters(shapes, dtype) -> list:
@@ -153,10 +173,16 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=10)
     parser.add_argument("--no-compile", action="store_true", help="skip torch.compile (its compile takes a while)")
     parser.add_argument("--adafactor", action="store_true", help="Adafactor against torch.optim.Adafactor instead")
+    parser.add_argument("--resnet", action="store_true",
+                        help="with --adafactor: ResNet-18's parameter set (4-D convolution weights) instead")
     args = parser.parse_args()
-    shapes = gpt2_shapes(192, 8192, 256) if args.quick else gpt2_shapes()
+    if args.resnet:
+        shapes, name = (resnet18_shapes(16, 100), "ResNet-18 (width 16)") if args.quick else (resnet18_shapes(), "ResNet-18")
+    else:
+        shapes = gpt2_shapes(192, 8192, 256) if args.quick else gpt2_shapes()
+        name = f"GPT-2 small{' (scaled down)' if args.quick else ''}"
     total = sum(int(np.prod(s)) for s in shapes)
-    print(f"GPT-2 small{' (scaled down)' if args.quick else ''}: {len(shapes)} tensors, {total / 1e6:.1f}M "
+    print(f"{name}: {len(shapes)} tensors, {total / 1e6:.1f}M "
           f"parameters; torch {torch.__version__}, {torch.get_num_threads()} threads; medians of {args.rounds}")
     if args.adafactor:
         times = measure(adafactor_steps(shapes), args.rounds)

@@ -39,10 +39,25 @@ void NAME(int64_t n, T *w, const T *g, T *m, T *v, int threads) {               
 }
 ROOF(roof32, uint32_t)
 ROOF(roof16, uint16_t)
+
+/* A grid op's traffic (factored.py): a read-only pass over weight and grad, one over grad,
+ * then the update reading both and writing the weight, 24 bytes per float32 element. */
+void roof_grid32(int64_t n, uint32_t *w, const uint32_t *g, int threads, uint32_t *sink) {
+    uint32_t a = 0, b = 0;
+    _Pragma("omp parallel for schedule(static) reduction(^:a) num_threads(threads) if(threads > 1)")
+    for (int64_t i = 0; i < n; i++) a ^= w[i] ^ g[i];
+    _Pragma("omp parallel for schedule(static) reduction(+:b) num_threads(threads) if(threads > 1)")
+    for (int64_t i = 0; i < n; i++) b += g[i];
+    const uint32_t k = a ^ b;
+    _Pragma("omp parallel for schedule(static) num_threads(threads) if(threads > 1)")
+    for (int64_t i = 0; i < n; i++) w[i] = w[i] - (g[i] ^ k);
+    *sink = k;
+}
 """
 _CDEF = """
 void roof32(int64_t n, uint32_t *w, const uint32_t *g, uint32_t *m, uint32_t *v, int threads);
 void roof16(int64_t n, uint16_t *w, const uint16_t *g, uint16_t *m, uint16_t *v, int threads);
+void roof_grid32(int64_t n, uint32_t *w, const uint32_t *g, int threads, uint32_t *sink);
 """
 DTYPES = {"float32": np.float32, "bfloat16": ml_dtypes.bfloat16, "float16": np.float16}
 
@@ -89,6 +104,15 @@ def roofline(lib, n: int, dtype, repeat: int) -> float:
     fn = lib.lib.roof32 if wide else lib.lib.roof16
     ptrs = [lib.ffi.from_buffer("uint32_t[]" if wide else "uint16_t[]", a) for a in (w, g, m, v)]
     return min(seconds(lambda: fn(n, *ptrs, threads), repeat) for threads in (1, 2))
+
+
+def grid_roofline(lib, n: int, repeat: int) -> float:
+    """The best of 1 and 2 threads: the grid op's same-bytes kernel (three passes, float32)."""
+    rng = np.random.default_rng(0)
+    w, g = (rng.standard_normal(n).astype(np.float32).view(np.uint32) for _ in range(2))
+    sink = lib.ffi.new("uint32_t *")
+    pw, pg = (lib.ffi.from_buffer("uint32_t[]", a) for a in (w, g))
+    return min(seconds(lambda: lib.lib.roof_grid32(n, pw, pg, threads, sink), repeat) for threads in (1, 2))
 
 
 def opgen_dense(n: int, dtype, repeat: int) -> float:

@@ -8,6 +8,7 @@ failed, unnoticed, until the suite was next run by hand.)
 from __future__ import annotations
 
 import importlib.util
+import math
 import sys
 from pathlib import Path
 
@@ -58,6 +59,11 @@ def test_optim_step_py_measures():
     times = optim_step.measure(table, 1)
     assert all(t > 0 for ts in times.values() for t in ts)
     assert optim_step.paired(times, "torch fused", "generated.optim.Adam") > 0
+    assert len(optim_step.resnet18_shapes()) == 62
+    assert sum(math.prod(s) for s in optim_step.resnet18_shapes()) == 11_689_512  # torchvision's resnet18
+    table = optim_step.adafactor_steps(optim_step.resnet18_shapes(2, 3))
+    times = optim_step.measure(table, 1)
+    assert all(t > 0 for ts in times.values() for t in ts)
     table = optim_step.adafactor_steps(optim_step.gpt2_shapes(4, 8, 4))
     times = optim_step.measure(table, 1)
     assert all(t > 0 for ts in times.values() for t in ts) and "generated.optim.Adafactor" in times
@@ -65,5 +71,7 @@ def test_optim_step_py_measures():
 
 def test_factored_py_measures():
     factored = _load("factored")
-    timings = factored.measure((8, 16), 1)
-    assert timings and all(t > 0 for t in timings.values())
+    lib = factored.roofline_module().build_roofline()
+    for shape in ((8, 16), (3, 4, 5)):
+        timings = factored.measure(shape, 1, lib)
+        assert "roofline (same bytes)" in timings and all(t > 0 for t in timings.values())
