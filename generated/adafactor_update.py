@@ -31,7 +31,7 @@ def _numpy_kernel(_T, weight, grad, row_var, col_var, lr, t, decay_rate, eps1, e
     """The math in NumPy (the reference backend): returns the new weight, _r1, _c1."""
     beta2t = _D(1) - _m.power(_D(t), decay_rate)
     _h0 = _D(1) - beta2t
-    rho = _np.where(relative_step, _np.minimum(lr, _D(1) / _np.sqrt(_D(t))), lr)
+    rho = _m.choose(relative_step, _np.minimum(lr, _D(1) / _np.sqrt(_D(t))), lr)
     _t_lr, _t_decay_rate, _t_eps1, _t_eps2, _t_clip_threshold, _t_wd, _t_beta2t, _t__h0, _t_rho = _T(lr), _T(decay_rate), _T(eps1), _T(eps2), _T(clip_threshold), _T(wd), _T(beta2t), _T(_h0), _T(rho)
     def _pass1(weight, grad, row_var, col_var):
         g2 = grad * grad + _t_eps1
@@ -44,7 +44,7 @@ def _numpy_kernel(_T, weight, grad, row_var, col_var, lr, t, decay_rate, eps1, e
     _r0 = _T(_m.grid_row_mean(_s[1]))
     _c0 = _T(_m.grid_col_mean(_s[2]))
     _t__q2, = _T(_q2),
-    alpha = _np.where(scale_parameter, _np.maximum(eps2, _q2) * rho, rho)
+    alpha = _m.choose(scale_parameter, _np.maximum(eps2, _q2) * rho, rho)
     _h2 = alpha * wd
     _t_alpha, _t__h2 = _T(alpha), _T(_h2)
     _r1 = _t_beta2t * row_var + _t__h0 * _r0

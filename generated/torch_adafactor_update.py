@@ -34,7 +34,7 @@ def _numpy_kernel(_T, weight, grad, row_var, col_var, lr, t, beta2_decay, eps1, 
     _h3 = _D(1) - lr * weight_decay
     _t_lr, _t_beta2_decay, _t_eps1, _t_eps2, _t_d, _t_weight_decay, _t_w2, _t__h1, _t__h3 = _T(lr), _T(beta2_decay), _T(eps1), _T(eps2), _T(d), _T(weight_decay), _T(w2), _T(_h1), _T(_h3)
     def _pass1(weight, grad, row_var, col_var):
-        g = _np.where(maximize, -grad, grad)
+        g = _m.choose(maximize, -grad, grad)
         _s1 = g * g
         _s2 = g * g
         _s0 = weight
@@ -45,7 +45,7 @@ def _numpy_kernel(_T, weight, grad, row_var, col_var, lr, t, beta2_decay, eps1, 
     _c0 = _T(_m.grid_col_mean(_s[2]))
     _t__q2, = _T(_q2),
     scale = _q2
-    alpha = _np.where(scale > eps2, scale, eps2) * _np.minimum(lr, _D(1) / _np.sqrt(_D(t)))
+    alpha = _m.choose(scale > eps2, scale, eps2) * _np.minimum(lr, _D(1) / _np.sqrt(_D(t)))
     _t_scale, _t_alpha = _T(scale), _T(alpha)
     _r1 = row_var + _t_w2 * (_r0 - row_var)
     _c1 = col_var + _t_w2 * (_c0 - col_var)
@@ -56,7 +56,7 @@ def _numpy_kernel(_T, weight, grad, row_var, col_var, lr, t, beta2_decay, eps1, 
     _t__h0, = _T(_h0),
     _r2 = _T(1) / _np.sqrt(_r1 / _t__h0)
     def _pass3(weight, grad, row_var, col_var):
-        g = _np.where(maximize, -grad, grad)
+        g = _m.choose(maximize, -grad, grad)
         u = g * _np.minimum(_r2 * _c2, _t__h1)
         _s0 = u
         return (_s0, )
@@ -66,9 +66,9 @@ def _numpy_kernel(_T, weight, grad, row_var, col_var, lr, t, beta2_decay, eps1, 
     clipping = _q1 / d
     _h2 = clipping > 1
     _t_clipping, = _T(clipping),
-    g = _np.where(maximize, -grad, grad)
+    g = _m.choose(maximize, -grad, grad)
     u = g * _np.minimum(_r2 * _c2, _t__h1)
-    u = _np.where(_h2, u / _t_clipping, u)
+    u = _m.choose(_h2, u / _t_clipping, u)
     weight = weight * _t__h3 - _t_alpha * u
     return (weight, _r1, _c1,)
 

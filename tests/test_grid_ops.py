@@ -152,7 +152,7 @@ THREADS_SCRIPT = textwrap.dedent("""\
         for op in (generated.adafactor_update, generated.torch_adafactor_update):
             rr, cc = r.copy(), c.copy()
             out += [op(w, g, rr, cc, t=4).view(np.uint32), rr.view(np.uint32), cc.view(np.uint32)]
-    for shape in ((3, 300, 513), (50, 40, 30), (2, 3, 40_000)):
+    for shape in ((3, 300, 513), (50, 40, 30), (2, 3, 40_000), (4, 600, 20), (8, 1, 5000)):
         w, g = rng.normal(size=shape).astype(np.float32), rng.normal(size=shape).astype(np.float32)
         r, c = rng.uniform(0.001, 0.01, shape[:-1]).astype(np.float32), rng.uniform(0.001, 0.01, (shape[0], shape[2])).astype(np.float32)
         for op in (generated.adafactor_update, generated.torch_adafactor_update):
@@ -240,7 +240,9 @@ def test_a_wide_weight_takes_few_blocks_and_matches_the_reference():
 
 
 # -- weights of three or more dimensions: (..., rows, cols), each slice factored on its own ---------
-SLICED_SHAPES = [(2, 7, 33), (3, 1, 5), (4, 3, 3, 3), (2, 65, 17), (5, 1, 1), (2, 300, 5)]
+# (side by side: (4, 3, 3, 3), (2, 65, 17), (4, 600, 20), two row blocks each; in turn: (2, 1, 5000),
+# too wide for a thread's scratch)
+SLICED_SHAPES = [(2, 7, 33), (3, 1, 5), (4, 3, 3, 3), (2, 65, 17), (5, 1, 1), (2, 300, 5), (4, 600, 20), (2, 1, 5000)]
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -293,7 +295,8 @@ def test_an_empty_sliced_weight_leaves_nothing_wrong(shape, backend):
 def test_sliced_stochastic_rounding_keys_each_element_of_the_whole_weight():
     """bfloat16 with stochastic rounding: the C kernel and the NumPy reference draw the same
     bits for every element, row and column of a sliced weight (keyed by their place in the
-    whole weight), so two equal slices, equal under rounding to nearest, round apart."""
+    whole weight), so two equal slices, equal under rounding to nearest, round apart; and the
+    same bits in both backends where many small slices run side by side."""
     rng = np.random.default_rng(12)
     one_w = rng.normal(size=(1, 9, 40)).astype(ml_dtypes.bfloat16)
     one_g = rng.normal(size=(1, 9, 40)).astype(ml_dtypes.bfloat16)
@@ -313,6 +316,15 @@ def test_sliced_stochastic_rounding_keys_each_element_of_the_whole_weight():
     assert not np.array_equal(stochastic[0][0], stochastic[0][1])
     assert not np.array_equal(stochastic[1][0], stochastic[1][1]) or not np.array_equal(stochastic[2][0],
                                                                                         stochastic[2][1])
+    w, g = (rng.normal(size=(24, 30, 40)).astype(ml_dtypes.bfloat16) for _ in range(2))
+    side_by_side = []
+    for backend in BACKENDS:
+        r, c = np.full((24, 30), 0.5, ml_dtypes.bfloat16), np.full((24, 40), 0.5, ml_dtypes.bfloat16)
+        with use_backend(backend):
+            out = generated.torch_adafactor_update(w, g, r, c, t=3, rounding="stochastic", seed=9)
+        side_by_side.append([a.view(np.uint16) for a in (out, r, c)])
+    for a, b in zip(*side_by_side):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_sliced_weights_refuse_device_arrays_clearly():

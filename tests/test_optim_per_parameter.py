@@ -82,6 +82,21 @@ def test_every_kind_of_parameter_follows_torch_optim_adafactor(kwargs):
     assert ours.state[ours_model.scale]["variance"].shape == ()
 
 
+def test_a_sliced_parameter_off_the_cpu_is_refused_before_anything_changes():
+    """The CUDA kernels take one (rows, cols) slice: a parameter of three dimensions on another
+    device (here torch's meta device, which needs no GPU) is refused by name in the checks
+    that run before any tensor is written or any state made, not halfway through the step."""
+    matrix = torch.nn.Parameter(torch.ones(4, 5))
+    cube = torch.nn.Parameter(torch.ones(2, 3, 4, device="meta"))
+    opt = optim.Adafactor([matrix, cube])
+    matrix.grad, cube.grad = torch.full_like(matrix, 0.5), torch.ones(2, 3, 4, device="meta")
+    with pytest.raises(ValueError, match=r"parameter 1 of param group 0 has shape \(2, 3, 4\) on meta; .* CUDA "
+                                         r"kernels take matrices"):
+        opt.step()
+    assert torch.equal(matrix.detach(), torch.ones(4, 5))
+    assert not opt.state[matrix] and not opt.state[cube]
+
+
 class _Convolutional(torch.nn.Module):
     """Parameters of three and four dimensions beside matrices and vectors: a Conv2d's
     (out, in, kh, kw) weight, a stack of per-head projections (heads, in, out), a Linear."""

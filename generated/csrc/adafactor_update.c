@@ -39,7 +39,6 @@ void opgen_adafactor_update_grid_float16(int64_t nslices, int64_t nrows, int64_t
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
@@ -56,7 +55,6 @@ void opgen_adafactor_update_grid_float16(int64_t nslices, int64_t nrows, int64_t
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
@@ -84,7 +82,6 @@ void opgen_adafactor_update_grid_float16(int64_t nslices, int64_t nrows, int64_t
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float16(s, row, opgen_rv, opgen_nrows, (opgen_half *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float16(s, col, opgen_cv, opgen_ncols, (opgen_half *)arg_col_var + opgen_first_col));
@@ -98,7 +95,6 @@ void opgen_adafactor_update_grid_float16(int64_t nslices, int64_t nrows, int64_t
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float16(s, row, opgen_rv, opgen_nrows, (opgen_half *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float16(s, col, opgen_cv, opgen_ncols, (opgen_half *)arg_col_var + opgen_first_col));
@@ -120,8 +116,6 @@ void opgen_adafactor_update_grid_float16(int64_t nslices, int64_t nrows, int64_t
                     float *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -131,8 +125,6 @@ void opgen_adafactor_update_grid_float16(int64_t nslices, int64_t nrows, int64_t
                 float *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }
@@ -266,7 +258,6 @@ void opgen_adafactor_update_grid_float16_with_float32_states(int64_t nslices, in
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
@@ -283,7 +274,6 @@ void opgen_adafactor_update_grid_float16_with_float32_states(int64_t nslices, in
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
@@ -311,7 +301,6 @@ void opgen_adafactor_update_grid_float16_with_float32_states(int64_t nslices, in
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
@@ -325,7 +314,6 @@ void opgen_adafactor_update_grid_float16_with_float32_states(int64_t nslices, in
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
@@ -347,8 +335,6 @@ void opgen_adafactor_update_grid_float16_with_float32_states(int64_t nslices, in
                     float *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -358,8 +344,6 @@ void opgen_adafactor_update_grid_float16_with_float32_states(int64_t nslices, in
                 float *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }
@@ -493,7 +477,6 @@ void opgen_adafactor_update_grid_bfloat16(int64_t nslices, int64_t nrows, int64_
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
@@ -510,7 +493,6 @@ void opgen_adafactor_update_grid_bfloat16(int64_t nslices, int64_t nrows, int64_
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
@@ -538,7 +520,6 @@ void opgen_adafactor_update_grid_bfloat16(int64_t nslices, int64_t nrows, int64_
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_bfloat16(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_bfloat16(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var + opgen_first_col));
@@ -552,7 +533,6 @@ void opgen_adafactor_update_grid_bfloat16(int64_t nslices, int64_t nrows, int64_
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_bfloat16(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_bfloat16(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var + opgen_first_col));
@@ -574,8 +554,6 @@ void opgen_adafactor_update_grid_bfloat16(int64_t nslices, int64_t nrows, int64_
                     float *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -585,8 +563,6 @@ void opgen_adafactor_update_grid_bfloat16(int64_t nslices, int64_t nrows, int64_
                 float *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }
@@ -720,7 +696,6 @@ void opgen_adafactor_update_grid_bfloat16_with_float32_states(int64_t nslices, i
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
@@ -737,7 +712,6 @@ void opgen_adafactor_update_grid_bfloat16_with_float32_states(int64_t nslices, i
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
@@ -765,7 +739,6 @@ void opgen_adafactor_update_grid_bfloat16_with_float32_states(int64_t nslices, i
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
@@ -779,7 +752,6 @@ void opgen_adafactor_update_grid_bfloat16_with_float32_states(int64_t nslices, i
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
@@ -801,8 +773,6 @@ void opgen_adafactor_update_grid_bfloat16_with_float32_states(int64_t nslices, i
                     float *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -812,8 +782,6 @@ void opgen_adafactor_update_grid_bfloat16_with_float32_states(int64_t nslices, i
                 float *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }
@@ -947,7 +915,6 @@ void opgen_adafactor_update_grid_float32(int64_t nslices, int64_t nrows, int64_t
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
@@ -964,7 +931,6 @@ void opgen_adafactor_update_grid_float32(int64_t nslices, int64_t nrows, int64_t
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
@@ -992,7 +958,6 @@ void opgen_adafactor_update_grid_float32(int64_t nslices, int64_t nrows, int64_t
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float32(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float32(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
@@ -1006,7 +971,6 @@ void opgen_adafactor_update_grid_float32(int64_t nslices, int64_t nrows, int64_t
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float32(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float32(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
@@ -1028,8 +992,6 @@ void opgen_adafactor_update_grid_float32(int64_t nslices, int64_t nrows, int64_t
                     float *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -1039,8 +1001,6 @@ void opgen_adafactor_update_grid_float32(int64_t nslices, int64_t nrows, int64_t
                 float *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }
@@ -1162,7 +1122,6 @@ void opgen_adafactor_update_grid_float32_with_bfloat16_states(int64_t nslices, i
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
@@ -1179,7 +1138,6 @@ void opgen_adafactor_update_grid_float32_with_bfloat16_states(int64_t nslices, i
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
@@ -1207,7 +1165,6 @@ void opgen_adafactor_update_grid_float32_with_bfloat16_states(int64_t nslices, i
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var + opgen_first_col));
@@ -1221,7 +1178,6 @@ void opgen_adafactor_update_grid_float32_with_bfloat16_states(int64_t nslices, i
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_float scalars = opgen_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var + opgen_first_col));
@@ -1243,8 +1199,6 @@ void opgen_adafactor_update_grid_float32_with_bfloat16_states(int64_t nslices, i
                     float *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -1254,8 +1208,6 @@ void opgen_adafactor_update_grid_float32_with_bfloat16_states(int64_t nslices, i
                 float *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }
@@ -1389,7 +1341,6 @@ void opgen_adafactor_update_grid_float64(int64_t nslices, int64_t nrows, int64_t
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_double scalars = opgen_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (double *)arg_weight + opgen_first_element, (const double *)arg_grad + opgen_first_element));
@@ -1406,7 +1357,6 @@ void opgen_adafactor_update_grid_float64(int64_t nslices, int64_t nrows, int64_t
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_double scalars = opgen_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_adafactor_update_grid_total1_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (double *)arg_weight + opgen_first_element, (const double *)arg_grad + opgen_first_element));
@@ -1434,7 +1384,6 @@ void opgen_adafactor_update_grid_float64(int64_t nslices, int64_t nrows, int64_t
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_adafactor_update_scalars_double scalars = opgen_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float64(s, row, opgen_rv, opgen_nrows, (double *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float64(s, col, opgen_cv, opgen_ncols, (double *)arg_col_var + opgen_first_col));
@@ -1448,7 +1397,6 @@ void opgen_adafactor_update_grid_float64(int64_t nslices, int64_t nrows, int64_t
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_adafactor_update_scalars_double scalars = opgen_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_decay_rate, arg_eps1, arg_eps2, arg_clip_threshold, arg_relative_step, arg_scale_parameter, arg_wd, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_adafactor_update_grid_rows1_float64(s, row, opgen_rv, opgen_nrows, (double *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_adafactor_update_grid_cols1_float64(s, col, opgen_cv, opgen_ncols, (double *)arg_col_var + opgen_first_col));
@@ -1470,8 +1418,6 @@ void opgen_adafactor_update_grid_float64(int64_t nslices, int64_t nrows, int64_t
                     double *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_double(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -1481,8 +1427,6 @@ void opgen_adafactor_update_grid_float64(int64_t nslices, int64_t nrows, int64_t
                 double *const opgen_cv = opgen_cv_all + opgen_slice * 2 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_double(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }

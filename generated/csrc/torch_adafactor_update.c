@@ -39,7 +39,6 @@ void opgen_torch_adafactor_update_grid_float16(int64_t nslices, int64_t nrows, i
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
@@ -56,7 +55,6 @@ void opgen_torch_adafactor_update_grid_float16(int64_t nslices, int64_t nrows, i
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
@@ -84,7 +82,6 @@ void opgen_torch_adafactor_update_grid_float16(int64_t nslices, int64_t nrows, i
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float16(s, row, opgen_rv, opgen_nrows, (opgen_half *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float16(s, col, opgen_cv, opgen_ncols, (opgen_half *)arg_col_var + opgen_first_col));
@@ -98,7 +95,6 @@ void opgen_torch_adafactor_update_grid_float16(int64_t nslices, int64_t nrows, i
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float16(s, row, opgen_rv, opgen_nrows, (opgen_half *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float16(s, col, opgen_cv, opgen_ncols, (opgen_half *)arg_col_var + opgen_first_col));
@@ -120,8 +116,6 @@ void opgen_torch_adafactor_update_grid_float16(int64_t nslices, int64_t nrows, i
                     float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -131,8 +125,6 @@ void opgen_torch_adafactor_update_grid_float16(int64_t nslices, int64_t nrows, i
                 float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }
@@ -302,7 +294,6 @@ void opgen_torch_adafactor_update_grid_float16_with_float32_states(int64_t nslic
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
@@ -319,7 +310,6 @@ void opgen_torch_adafactor_update_grid_float16_with_float32_states(int64_t nslic
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_half *)arg_weight + opgen_first_element, (const opgen_half *)arg_grad + opgen_first_element));
@@ -347,7 +337,6 @@ void opgen_torch_adafactor_update_grid_float16_with_float32_states(int64_t nslic
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
@@ -361,7 +350,6 @@ void opgen_torch_adafactor_update_grid_float16_with_float32_states(int64_t nslic
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
@@ -383,8 +371,6 @@ void opgen_torch_adafactor_update_grid_float16_with_float32_states(int64_t nslic
                     float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -394,8 +380,6 @@ void opgen_torch_adafactor_update_grid_float16_with_float32_states(int64_t nslic
                 float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }
@@ -565,7 +549,6 @@ void opgen_torch_adafactor_update_grid_bfloat16(int64_t nslices, int64_t nrows, 
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
@@ -582,7 +565,6 @@ void opgen_torch_adafactor_update_grid_bfloat16(int64_t nslices, int64_t nrows, 
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_bfloat16(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
@@ -610,7 +592,6 @@ void opgen_torch_adafactor_update_grid_bfloat16(int64_t nslices, int64_t nrows, 
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_bfloat16(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_bfloat16(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var + opgen_first_col));
@@ -624,7 +605,6 @@ void opgen_torch_adafactor_update_grid_bfloat16(int64_t nslices, int64_t nrows, 
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_bfloat16(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_bfloat16(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var + opgen_first_col));
@@ -646,8 +626,6 @@ void opgen_torch_adafactor_update_grid_bfloat16(int64_t nslices, int64_t nrows, 
                     float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -657,8 +635,6 @@ void opgen_torch_adafactor_update_grid_bfloat16(int64_t nslices, int64_t nrows, 
                 float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }
@@ -828,7 +804,6 @@ void opgen_torch_adafactor_update_grid_bfloat16_with_float32_states(int64_t nsli
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
@@ -845,7 +820,6 @@ void opgen_torch_adafactor_update_grid_bfloat16_with_float32_states(int64_t nsli
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_bfloat16_with_float32_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (opgen_bf16 *)arg_weight + opgen_first_element, (const opgen_bf16 *)arg_grad + opgen_first_element));
@@ -873,7 +847,6 @@ void opgen_torch_adafactor_update_grid_bfloat16_with_float32_states(int64_t nsli
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
@@ -887,7 +860,6 @@ void opgen_torch_adafactor_update_grid_bfloat16_with_float32_states(int64_t nsli
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_bfloat16_with_float32_states(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_bfloat16_with_float32_states(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
@@ -909,8 +881,6 @@ void opgen_torch_adafactor_update_grid_bfloat16_with_float32_states(int64_t nsli
                     float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -920,8 +890,6 @@ void opgen_torch_adafactor_update_grid_bfloat16_with_float32_states(int64_t nsli
                 float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }
@@ -1091,7 +1059,6 @@ void opgen_torch_adafactor_update_grid_float32(int64_t nslices, int64_t nrows, i
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
@@ -1108,7 +1075,6 @@ void opgen_torch_adafactor_update_grid_float32(int64_t nslices, int64_t nrows, i
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float32(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
@@ -1136,7 +1102,6 @@ void opgen_torch_adafactor_update_grid_float32(int64_t nslices, int64_t nrows, i
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float32(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float32(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
@@ -1150,7 +1115,6 @@ void opgen_torch_adafactor_update_grid_float32(int64_t nslices, int64_t nrows, i
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float32(s, row, opgen_rv, opgen_nrows, (float *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float32(s, col, opgen_cv, opgen_ncols, (float *)arg_col_var + opgen_first_col));
@@ -1172,8 +1136,6 @@ void opgen_torch_adafactor_update_grid_float32(int64_t nslices, int64_t nrows, i
                     float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -1183,8 +1145,6 @@ void opgen_torch_adafactor_update_grid_float32(int64_t nslices, int64_t nrows, i
                 float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }
@@ -1342,7 +1302,6 @@ void opgen_torch_adafactor_update_grid_float32_with_bfloat16_states(int64_t nsli
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
@@ -1359,7 +1318,6 @@ void opgen_torch_adafactor_update_grid_float32_with_bfloat16_states(int64_t nsli
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float32_with_bfloat16_states(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (float *)arg_weight + opgen_first_element, (const float *)arg_grad + opgen_first_element));
@@ -1387,7 +1345,6 @@ void opgen_torch_adafactor_update_grid_float32_with_bfloat16_states(int64_t nsli
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var + opgen_first_col));
@@ -1401,7 +1358,6 @@ void opgen_torch_adafactor_update_grid_float32_with_bfloat16_states(int64_t nsli
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_float scalars = opgen_torch_adafactor_update_scalars_float_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float32_with_bfloat16_states(s, row, opgen_rv, opgen_nrows, (opgen_bf16 *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float32_with_bfloat16_states(s, col, opgen_cv, opgen_ncols, (opgen_bf16 *)arg_col_var + opgen_first_col));
@@ -1423,8 +1379,6 @@ void opgen_torch_adafactor_update_grid_float32_with_bfloat16_states(int64_t nsli
                     float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -1434,8 +1388,6 @@ void opgen_torch_adafactor_update_grid_float32_with_bfloat16_states(int64_t nsli
                 float *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_float(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }
@@ -1605,7 +1557,6 @@ void opgen_torch_adafactor_update_grid_float64(int64_t nslices, int64_t nrows, i
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     double opgen_acc[2];
                     OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (double *)arg_weight + opgen_first_element, (const double *)arg_grad + opgen_first_element));
@@ -1622,7 +1573,6 @@ void opgen_torch_adafactor_update_grid_float64(int64_t nslices, int64_t nrows, i
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 double opgen_acc[2];
                 OPGEN_GRID_TOTALS(1, 0, 1, 1, opgen_nrows, opgen_ncols, block_rows, flush_denormal, opgen_acc, opgen_row_sums, opgen_col_partials, opgen_col_sums, opgen_torch_adafactor_update_grid_total1_float64(s, i, gi, row, col, opgen_rv, opgen_cv, opgen_nrows, opgen_ncols, opgen_lanes, opgen_l, opgen_row_lanes, opgen_col_acc, (double *)arg_weight + opgen_first_element, (const double *)arg_grad + opgen_first_element));
@@ -1650,7 +1600,6 @@ void opgen_torch_adafactor_update_grid_float64(int64_t nslices, int64_t nrows, i
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                     double opgen_totals[3];
                     for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                    opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                     const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                     OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float64(s, row, opgen_rv, opgen_nrows, (double *)arg_row_var + opgen_first_row));
                     OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float64(s, col, opgen_cv, opgen_ncols, (double *)arg_col_var + opgen_first_col));
@@ -1664,7 +1613,6 @@ void opgen_torch_adafactor_update_grid_float64(int64_t nslices, int64_t nrows, i
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
                 double opgen_totals[3];
                 for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
-                opgen_totals[0] = opgen_slice_totals[opgen_slice * 3 + 0];
                 const opgen_torch_adafactor_update_scalars_double scalars = opgen_torch_adafactor_update_scalars_double_init(arg_lr, arg_t, arg_beta2_decay, arg_eps1, arg_eps2, arg_d, arg_weight_decay, arg_maximize, seed, 0, grad_scale, opgen_totals);
                 OPGEN_GRID_EACH(row, opgen_nrows, flush_denormal, opgen_torch_adafactor_update_grid_rows1_float64(s, row, opgen_rv, opgen_nrows, (double *)arg_row_var + opgen_first_row));
                 OPGEN_GRID_EACH(col, opgen_ncols, flush_denormal, opgen_torch_adafactor_update_grid_cols1_float64(s, col, opgen_cv, opgen_ncols, (double *)arg_col_var + opgen_first_col));
@@ -1686,8 +1634,6 @@ void opgen_torch_adafactor_update_grid_float64(int64_t nslices, int64_t nrows, i
                     double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                     const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                     (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                    double opgen_totals[3];
-                    for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                     opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_double(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
                 }
             }
@@ -1697,8 +1643,6 @@ void opgen_torch_adafactor_update_grid_float64(int64_t nslices, int64_t nrows, i
                 double *const opgen_cv = opgen_cv_all + opgen_slice * 3 * opgen_ncols;
                 const int64_t opgen_first_element = opgen_slice * opgen_nrows * opgen_ncols, opgen_first_row = opgen_slice * opgen_nrows, opgen_first_col = opgen_slice * opgen_ncols;
                 (void)opgen_rv; (void)opgen_cv; (void)opgen_first_element; (void)opgen_first_row; (void)opgen_first_col;
-                double opgen_totals[3];
-                for (int opgen_k = 0; opgen_k < 3; ++opgen_k) opgen_totals[opgen_k] = opgen_whole_totals[opgen_k];
                 opgen_slice_totals[opgen_slice * 3 + 0] = OPGEN_FINISH_mean(opgen_grid_total_double(opgen_rv + 1 * opgen_nrows, opgen_nrows, 0), opgen_nrows);
             }
         }

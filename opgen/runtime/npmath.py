@@ -15,6 +15,14 @@ def clip(x, bound):
     return np.where(x > bound, bound, np.where(x < -bound, -bound, x))
 
 
+def choose(test, then, orelse):
+    """A per-call choice: Python's ``then if test else orelse`` for one value (each keeps its
+    type), ``where`` for a grid op's per-slice values (arrays)."""
+    if np.ndim(test) == 0:
+        return then if test else orelse
+    return np.where(test, then, orelse)
+
+
 def power(base, exponent):
     """``base ** exponent``; in float math computed in double and rounded once, as the C
     kernels' opgen_powf does, so both give the same bits (each type's own power differs by

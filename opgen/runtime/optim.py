@@ -326,17 +326,21 @@ class SpecOptimizer(torch.optim.Optimizer):
 
     def _check_part(self, op, index: int, group: dict, params: list) -> None:
         """A grid op's parameters have at least two dimensions (its (rows, cols) slices: one
-        value per row and per column of each) and dense gradients: anything else is refused
-        before any state is made or any tensor written."""
+        value per row and per column of each), dense gradients, and on a device two
+        dimensions exactly (its CUDA kernels take one slice): anything else is refused before
+        any state is made or any tensor written."""
         if Schedule.GRID not in op.schedules:
             return
         for p in params:
-            if p.dim() < 2 or p.grad.layout is not torch.strided:
+            device_slices = p.dim() > 2 and p.device.type != "cpu"
+            if p.dim() < 2 or p.grad.layout is not torch.strided or device_slices:
                 k = next(k for k, q in enumerate(group["params"]) if q is p)
-                what = f"has shape {tuple(p.shape)}" if p.dim() < 2 else f"has a {p.grad.layout} gradient"
+                what = f"has shape {tuple(p.shape)}" if p.dim() < 2 else f"has a {p.grad.layout} gradient" \
+                    if p.grad.layout is not torch.strided else f"has shape {tuple(p.shape)} on {p.device}"
+                where = "; its CUDA kernels take matrices (rows, cols): slices run on the CPU" if device_slices else ""
                 raise ValueError(f"{type(self).__name__}: parameter {k} of param group {index} {what}; {op.name} "
                                  "keeps one value per row and per column of each (rows, cols) slice of a weight "
-                                 "(..., rows, cols) with a dense gradient")
+                                 f"(..., rows, cols) with a dense gradient{where}")
 
     def _part_step(self, index: int, group: dict, choice: int, params: list) -> None:
         """The step of a group's parameters that feed one op."""

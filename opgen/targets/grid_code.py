@@ -210,10 +210,11 @@ class GridCode:
             lines.append(f"double {WHOLE}[{len(op.whole_totals)}] = {{0}};")
         scalars = self.scalars(LOOP.scalars)
         casts = lambda tensors: self.casts(step, tensors, sliced=True)  # noqa: E731
+        own: list[int] = []  # the slices' own totals computed so far (the levels before, then this one's)
         for level in range(g.levels + 1):
             p = g.pass_at(level)
             if p is not None:
-                lines += self.each_slice(self.pass_lines(step, p, scalars, block_rows, flush, casts))
+                lines += self.each_slice(self.pass_lines(step, p, scalars, block_rows, flush, casts), own)
                 lines += self.pass_totals(p)
             for v in g.vector_totals_at(level):
                 t = v.total
@@ -221,11 +222,12 @@ class GridCode:
                 lines += self.each_slice([
                     f"opgen_slice_totals[{LOOP.slice} * {self.total_count} + {t.index}] = OPGEN_FINISH_{t.finish}("
                     f"opgen_grid_total_{self.m}({values} + {self.slot_of(t.arg)} * {count}, {count}, "
-                    f"{VECTOR_HOW[t.how]}), {count});"], load_totals=False)
+                    f"{VECTOR_HOW[t.how]}), {count});"], None)
+            own += [v.total.index for v in g.vector_totals_at(level)]
             block = self.vector_calls(step, level, casts,
                                       lambda index, count, call: f"OPGEN_GRID_EACH({index}, {count}, {flush}, {call});")
             if block:
-                lines += self.each_slice([scalars, *block])
+                lines += self.each_slice([scalars, *block], own)
 
         def update(v: Version) -> list[str]:
             return [f"OPGEN_GRID_UPDATE({LOOP.nrows}, {LOOP.ncols}, {LOOP.first_element}, {flush}, "
@@ -233,7 +235,7 @@ class GridCode:
                     *self.store_calls(step, v, casts, lambda index, count, store: (
                         f"OPGEN_GRID_EACH({index}, {count}, {flush}, {store});"), sliced=True)]
 
-        lines += self.each_slice([scalars, *versions(step, update, unswitch=False)])
+        lines += self.each_slice([scalars, *versions(step, update, unswitch=False)], own)
         return lines
 
     @property
@@ -241,26 +243,26 @@ class GridCode:
         """A slice's room in the workspace's per-slice totals (abi.GridLayout.totals)."""
         return grid_layout(self.op).totals
 
-    def each_slice(self, body: list[str], load_totals: bool = True) -> list[str]:
+    def each_slice(self, body: list[str], own: list[int] | None) -> list[str]:
         """``body`` once per slice, with its per-row and per-column values and its first
-        element, row and column in scope, and its own copy of the call's totals (with
-        ``load_totals``, its totals over rows and columns among them). Many small slices run
-        side by side (opgen_grid_slice_threads), each with its passes' scratch on its
-        thread's stack; otherwise in turn, each slice's passes sharing the threads."""
+        element, row and column in scope, and its own copy of the call's totals, the slice's
+        own totals ``own`` (over its rows or columns, computed so far) among them (None: no
+        copy). Many small slices run side by side (opgen_grid_slice_threads), each with its
+        passes' scratch on its thread's stack; otherwise in turn, each slice's passes sharing
+        the threads."""
         m, layout = self.m, grid_layout(self.op)
         count = len(self.op.whole_totals)
-        own = [v.total.index for level in range(self.g.levels + 1) for v in self.g.vector_totals_at(level)]
         head = [f"{m} *const {LOOP.rv} = opgen_rv_all + {LOOP.slice} * {layout.row_slots} * {LOOP.nrows};",
                 f"{m} *const {LOOP.cv} = opgen_cv_all + {LOOP.slice} * {layout.col_slots} * {LOOP.ncols};",
                 f"const int64_t {LOOP.first_element} = {LOOP.slice} * {LOOP.nrows} * {LOOP.ncols}, "
                 f"{LOOP.first_row} = {LOOP.slice} * {LOOP.nrows}, {LOOP.first_col} = {LOOP.slice} * {LOOP.ncols};",
                 f"(void){LOOP.rv}; (void){LOOP.cv}; (void){LOOP.first_element}; (void){LOOP.first_row}; "
                 f"(void){LOOP.first_col};"]
-        if count:
+        if count and own is not None:
             head += [f"double {LOOP.totals}[{count}];",
                      f"for (int opgen_k = 0; opgen_k < {count}; ++opgen_k) {LOOP.totals}[opgen_k] = {WHOLE}[opgen_k];",
                      *(f"{LOOP.totals}[{k}] = opgen_slice_totals[{LOOP.slice} * {self.total_count} + {k}];"
-                       for k in own if load_totals)]
+                       for k in own)]
         loop = [f"for (int64_t {LOOP.slice} = 0; {LOOP.slice} < {LOOP.nslices}; ++{LOOP.slice}) {{",
                 *(f"    {line}" for line in head + body), "}"]
         parts = dict(layout.parts(LOOP.nrows, LOOP.ncols, BLOCKS, LOOP.nslices))

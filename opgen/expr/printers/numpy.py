@@ -27,7 +27,7 @@ class NumpyPrinter(InfixPrinter):
     """``real`` names the real type integers widen to: the math type ``_T`` in the element
     math, float64 ``_D`` in the per-call prologue (computed in double, as the kernels).
     ``arrays``: even a per-call value may be an array (a grid op's per-slice values: one
-    per slice of a weight (..., rows, cols)), so every choice is ``where``."""
+    per slice of a weight (..., rows, cols)), so a per-call choice is npmath.choose."""
 
     def __init__(self, real: str = "_T", rounded: set[str] | None = None, arrays: bool = False) -> None:
         self.real, self.arrays = real, arrays
@@ -57,7 +57,9 @@ class NumpyPrinter(InfixPrinter):
         return f"_m.power({base[0]}, {exponent[0]})", ATOM
 
     def cond(self, e: Cond, test: Part, then: Part, orelse: Part) -> Part:
-        if e.test.uniform and not self.arrays:
+        if e.test.uniform and self.arrays:  # (a Python choice for one value, where for a slice's each)
+            return f"_m.choose({test[0]}, {then[0]}, {orelse[0]})", ATOM
+        if e.test.uniform:
             return super().cond(e, test, then, orelse)
         return f"_np.where({test[0]}, {then[0]}, {orelse[0]})", ATOM
 
