@@ -20,7 +20,7 @@ static inline float opgen_half_bits_to_float(uint16_t h) {
     uint32_t o = (uint32_t)(h & 0x7fffu) << 13, bits;
     const uint32_t exp = o & 0x0f800000u, sign = (uint32_t)(h & 0x8000u) << 16;
     const uint32_t normal = o + ((127u - 15u) << 23);
-    const uint32_t special = (normal + ((128u - 16u) << 23)) | ((h & 0x3ffu) ? 0x400000u : 0u); /* inf, quiet NaN */
+    const uint32_t special = (normal + ((128u - 16u) << 23)) | ((0u - (uint32_t)((h & 0x3ffu) != 0)) & 0x400000u); /* inf, quiet NaN */
     const uint32_t magic = 113u << 23, scaled = o + magic; /* a subnormal: (o + 2^-14) - 2^-14 in float */
     float sub, m;
     memcpy(&sub, &scaled, 4);
@@ -28,7 +28,9 @@ static inline float opgen_half_bits_to_float(uint16_t h) {
     sub -= m;
     uint32_t sub_bits;
     memcpy(&sub_bits, &sub, 4);
-    bits = (exp == 0x0f800000u ? special : exp == 0 ? sub_bits : normal) | sign;
+    /* (chosen by masks: as ternaries gcc keeps branches, and without AVX-512 the loops scalar) */
+    const uint32_t is_special = 0u - (uint32_t)(exp == 0x0f800000u), is_sub = 0u - (uint32_t)(exp == 0);
+    bits = (special & is_special) | (sub_bits & is_sub) | (normal & ~(is_special | is_sub)) | sign;
     float out;
     memcpy(&out, &bits, 4);
     return out;
@@ -37,7 +39,8 @@ static inline uint16_t opgen_float_to_half_bits(float f) {
     uint32_t x;
     memcpy(&x, &f, 4);
     const uint32_t sign = (x >> 16) & 0x8000u, ax = x & 0x7fffffffu;
-    const uint32_t big = ax > 0x7f800000u ? 0x7e00u | ((ax >> 13) & 0x3ffu) : 0x7c00u; /* NaN, or inf */
+    const uint32_t is_nan = 0u - (uint32_t)(ax > 0x7f800000u);
+    const uint32_t big = ((0x7e00u | ((ax >> 13) & 0x3ffu)) & is_nan) | (0x7c00u & ~is_nan); /* NaN, or inf */
     float a, half_up; /* below 2^-14: adding 0.5 rounds |f| to a multiple of 2^-24, ties to even */
     memcpy(&a, &ax, 4);
     half_up = a + 0.5f;
@@ -45,7 +48,8 @@ static inline uint16_t opgen_float_to_half_bits(float f) {
     memcpy(&sub, &half_up, 4);
     sub -= 0x3f000000u;
     const uint32_t normal = (ax + ((uint32_t)(15 - 127) << 23) + 0xfffu + ((ax >> 13) & 1u)) >> 13;
-    return (uint16_t)((ax >= 0x47800000u ? big : ax < 0x38800000u ? sub : normal) | sign);
+    const uint32_t is_big = 0u - (uint32_t)(ax >= 0x47800000u), is_sub = 0u - (uint32_t)(ax < 0x38800000u);
+    return (uint16_t)((big & is_big) | (sub & is_sub & ~is_big) | (normal & ~(is_big | is_sub)) | sign); /* (masks, as above) */
 }
 /* A double rounds to float by round-to-odd first (truncated, the last bit set when inexact),
  * so the one rounding to half that follows is the correct rounding of the double. */
