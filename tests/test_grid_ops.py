@@ -26,6 +26,10 @@ from packages import build_package
 BACKENDS = ["c", "numpy"]
 GRID_OPS = cases.GRID_OPS
 SHAPES = [(1, 1), (7, 33), (65, 17), (300, 5), (1, 100), (100, 1)]
+# weights (..., rows, cols), each slice factored on its own: (4, 600, 20) runs its slices side by
+# side (two row blocks each, on two threads or more), (2, 1, 5000) in turn (too wide for a
+# thread's scratch), the others in turn (too few elements for a second thread)
+SLICED_SHAPES = [(2, 7, 33), (3, 1, 5), (4, 3, 3, 3), (2, 65, 17), (5, 1, 1), (2, 300, 5), (4, 600, 20), (2, 1, 5000)]
 DTYPES = [np.float16, ml_dtypes.bfloat16, np.float32, np.float64]
 DTYPE_IDS = ["float16", "bfloat16", "float32", "float64"]
 
@@ -66,9 +70,12 @@ def _steps(op, pset, shape, dtype, backend, steps=3, state_dtype=None, column=Fa
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("shape", SHAPES, ids=[cases.shape_id(s) for s in SHAPES])
+@pytest.mark.parametrize("shape", SHAPES + SLICED_SHAPES, ids=[cases.shape_id(s) for s in SHAPES + SLICED_SHAPES])
 @pytest.mark.parametrize("op,pset", PSETS, ids=[f"{o}-{p}" for o, p in PSETS])
 def test_grid_ops_follow_their_references(op, pset, shape, dtype, backend):
+    """Matrices, and weights (..., rows, cols): each slice's row and column means and mean of
+    its row factors its own, the RMS norms over the whole weight (the references: torch's
+    last-two-dimension factoring, over NumPy axes -1 and -2)."""
     case, weight, states, expected_w, expected_states = _steps(op, pset, shape, dtype, backend,
                                                                column=pset == "mixed")
     case.check(weight, expected_w, "weight")
@@ -240,24 +247,6 @@ def test_a_wide_weight_takes_few_blocks_and_matches_the_reference():
 
 
 # -- weights of three or more dimensions: (..., rows, cols), each slice factored on its own ---------
-# (side by side: (4, 3, 3, 3), (2, 65, 17), (4, 600, 20), two row blocks each; in turn: (2, 1, 5000),
-# too wide for a thread's scratch)
-SLICED_SHAPES = [(2, 7, 33), (3, 1, 5), (4, 3, 3, 3), (2, 65, 17), (5, 1, 1), (2, 300, 5), (4, 600, 20), (2, 1, 5000)]
-
-
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("dtype", DTYPES, ids=DTYPE_IDS)
-@pytest.mark.parametrize("shape", SLICED_SHAPES, ids=[cases.shape_id(s) for s in SLICED_SHAPES])
-@pytest.mark.parametrize("op,pset", PSETS, ids=[f"{o}-{p}" for o, p in PSETS])
-def test_sliced_weights_follow_their_references(op, pset, shape, dtype, backend):
-    """Each (rows, cols) slice's row and column means and mean of its row factors its own,
-    the RMS norms over the whole weight (the references: torch's last-two-dimension
-    factoring, over NumPy axes -1 and -2)."""
-    case, weight, states, expected_w, expected_states = _steps(op, pset, shape, dtype, backend,
-                                                               column=pset == "mixed")
-    case.check(weight, expected_w, "weight")
-    for name, actual, expected in zip(case.op.states, states, expected_states):
-        case.check(actual, expected, name)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
