@@ -567,6 +567,44 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
 #define OPGEN_FINISH_sqrt(x, n) sqrt(x)
 #define OPGEN_FINISH_sqrt_mean(x, n) sqrt((x) / (double)(n))
 
+/* Block opgen_b's totals into its slots of opgen_part: its sums' lanes pairwise, its maxima's
+ * greatest (the blocks are then combined in block order). */
+#define OPGEN_BLOCK_PARTS(NSUM, NMAX)                                                      \
+    for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                            \
+        opgen_part[opgen_b * ((NSUM) + (NMAX)) + opgen_k] = opgen_k < (NSUM)               \
+            ? opgen_sum_pairwise(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1)          \
+            : opgen_max_of(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1)
+
+/* BODY ARGS (a macro and its arguments) for each INDEX from 0 to n: shared among opgen_nt
+ * threads, or in turn on this thread alone (no parallel region, whose set-up a small tensor
+ * would pay: a small tensor's pass, a small slice's, or one of many slices run side by side), each thread with its flush mode and its
+ * copy of the per-call values. */
+#define OPGEN_SHARED_FOR(flush_denormal, INDEX, n, BODY, ARGS)                               \
+    do {                                                                                   \
+        if (opgen_nt > 1) {                                                                \
+            _Pragma("omp parallel num_threads(opgen_nt)")                                  \
+            {                                                                              \
+                const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);     \
+                OPGEN_PRIVATE_SCALARS;                                                     \
+                _Pragma("omp for schedule(static)")                                        \
+                for (int64_t INDEX = 0; INDEX < (n); ++INDEX) BODY ARGS;                   \
+                opgen_flush_denormal_exit(opgen_csr, flush_denormal);                      \
+            }                                                                              \
+        } else {                                                                           \
+            const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
+            OPGEN_PRIVATE_SCALARS;                                                         \
+            for (int64_t INDEX = 0; INDEX < (n); ++INDEX) BODY ARGS;                       \
+            opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
+        }                                                                                  \
+    } while (0)
+
+/* RESULT's NSUM sums and NMAX maxima from nb blocks' opgen_part, combined in block order. */
+#define OPGEN_COMBINE_PARTS(NSUM, NMAX, RESULT, nb)                                        \
+    for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                            \
+        (RESULT)[opgen_k] = opgen_k < (NSUM)                                               \
+            ? opgen_sum_pairwise(opgen_part + opgen_k, (nb), (NSUM) + (NMAX))              \
+            : opgen_max_of(opgen_part + opgen_k, (nb), (NSUM) + (NMAX))
+
 /* One block of a reduction pass: block opgen_b (of opgen_bs elements) in fixed lanes, the lanes
  * pairwise, into opgen_part (OPGEN_TOTALS). */
 #define OPGEN_TOTALS_BLOCK(NSUM, NMAX, n, PREFETCH, STEP)                                  \
@@ -590,10 +628,7 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
             const int64_t i = opgen_i0 + opgen_l, gi = i; \
             STEP;                                                                          \
         }                                                                                  \
-        for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                        \
-            opgen_part[opgen_b * ((NSUM) + (NMAX)) + opgen_k] = opgen_k < (NSUM)           \
-                ? opgen_sum_pairwise(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1)      \
-                : opgen_max_of(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1);           \
+        OPGEN_BLOCK_PARTS(NSUM, NMAX);                                                     \
     } while (0)
 
 #define OPGEN_TOTALS(NSUM, NMAX, n, flush_denormal, RESULT, PREFETCH, STEP)                \
@@ -601,27 +636,8 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
         const int64_t opgen_bs = opgen_total_block(n), opgen_nb = ((n) + opgen_bs - 1) / opgen_bs; \
         double opgen_part[OPGEN_TOTAL_BLOCKS * ((NSUM) + (NMAX))];                         \
         const int opgen_nt = opgen_threads_for((n), OPGEN_MIN_ELEMENTS_PER_THREAD);        \
-        if (opgen_nt > 1) {                                                                \
-            _Pragma("omp parallel num_threads(opgen_nt)")                                  \
-            {                                                                              \
-                const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);     \
-                OPGEN_PRIVATE_SCALARS;                                                     \
-                _Pragma("omp for schedule(static)")                                        \
-                for (int64_t opgen_b = 0; opgen_b < opgen_nb; ++opgen_b)                   \
-                    OPGEN_TOTALS_BLOCK(NSUM, NMAX, n, PREFETCH, STEP);                     \
-                opgen_flush_denormal_exit(opgen_csr, flush_denormal);                      \
-            }                                                                              \
-        } else { /* one thread: no parallel region, whose set-up a small tensor would pay */ \
-            const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
-            OPGEN_PRIVATE_SCALARS;                                                         \
-            for (int64_t opgen_b = 0; opgen_b < opgen_nb; ++opgen_b)                       \
-                OPGEN_TOTALS_BLOCK(NSUM, NMAX, n, PREFETCH, STEP);                         \
-            opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
-        }                                                                                  \
-        for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                        \
-            (RESULT)[opgen_k] = opgen_k < (NSUM)                                           \
-                ? opgen_sum_pairwise(opgen_part + opgen_k, opgen_nb, (NSUM) + (NMAX))      \
-                : opgen_max_of(opgen_part + opgen_k, opgen_nb, (NSUM) + (NMAX));           \
+        OPGEN_SHARED_FOR(flush_denormal, opgen_b, opgen_nb, OPGEN_TOTALS_BLOCK, (NSUM, NMAX, n, PREFETCH, STEP)); \
+        OPGEN_COMBINE_PARTS(NSUM, NMAX, RESULT, opgen_nb);                                 \
     } while (0)
 
 /* Each gradient's sum of squares, in double (squares taken in double), blocked and pairwise
@@ -682,40 +698,19 @@ static inline double opgen_max_of(const double *x, int64_t count, int64_t stride
                 (ROW_SUMS)[opgen_k * (rows) + row] =                            \
                     opgen_sum_pairwise(opgen_row_lanes[opgen_k], OPGEN_TOTAL_LANES, 1); \
         }                                                                                  \
-        for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                        \
-            opgen_part[opgen_b * ((NSUM) + (NMAX)) + opgen_k] = opgen_k < (NSUM)           \
-                ? opgen_sum_pairwise(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1)      \
-                : opgen_max_of(opgen_lanes[opgen_k], OPGEN_TOTAL_LANES, 1);           \
+        OPGEN_BLOCK_PARTS(NSUM, NMAX);                                                     \
     } while (0)
 
-/* A pass: its blocks shared among the threads, or in turn on this thread alone (no parallel
- * region to enter: a small slice's pass, or one of many slices run side by side). */
+/* A pass: its row blocks through OPGEN_SHARED_FOR, then their totals and column sums combined
+ * in block order. */
 #define OPGEN_GRID_TOTALS(NSUM, NMAX, NROW, NCOL, rows, cols, block_rows, flush_denormal, RESULT, ROW_SUMS, COL_PARTS, COL_SUMS, STEP) \
     do {                                                                                   \
         const int64_t opgen_gb = ((rows) + (block_rows) - 1) / (block_rows);               \
         double opgen_part[OPGEN_GRID_MAX_BLOCKS * ((NSUM) + (NMAX)) + 1];                  \
         const int opgen_nt = opgen_threads_for((rows) * (cols), OPGEN_MIN_ELEMENTS_PER_THREAD); \
-        if (opgen_nt > 1) {                                                                \
-            _Pragma("omp parallel num_threads(opgen_nt)")                                  \
-            {                                                                              \
-                const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);     \
-                OPGEN_PRIVATE_SCALARS;                                                     \
-                _Pragma("omp for schedule(static)")                                        \
-                for (int64_t opgen_b = 0; opgen_b < opgen_gb; ++opgen_b)                   \
-                    OPGEN_GRID_TOTALS_BLOCK(NSUM, NMAX, NROW, NCOL, rows, cols, block_rows, ROW_SUMS, COL_PARTS, STEP); \
-                opgen_flush_denormal_exit(opgen_csr, flush_denormal);                      \
-            }                                                                              \
-        } else {                                                                           \
-            const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
-            OPGEN_PRIVATE_SCALARS;                                                         \
-            for (int64_t opgen_b = 0; opgen_b < opgen_gb; ++opgen_b)                       \
-                OPGEN_GRID_TOTALS_BLOCK(NSUM, NMAX, NROW, NCOL, rows, cols, block_rows, ROW_SUMS, COL_PARTS, STEP); \
-            opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
-        }                                                                                  \
-        for (int opgen_k = 0; opgen_k < (NSUM) + (NMAX); ++opgen_k)                        \
-            (RESULT)[opgen_k] = opgen_k < (NSUM)                                           \
-                ? opgen_sum_pairwise(opgen_part + opgen_k, opgen_gb, (NSUM) + (NMAX))      \
-                : opgen_max_of(opgen_part + opgen_k, opgen_gb, (NSUM) + (NMAX));           \
+        OPGEN_SHARED_FOR(flush_denormal, opgen_b, opgen_gb, OPGEN_GRID_TOTALS_BLOCK,       \
+                         (NSUM, NMAX, NROW, NCOL, rows, cols, block_rows, ROW_SUMS, COL_PARTS, STEP)); \
+        OPGEN_COMBINE_PARTS(NSUM, NMAX, RESULT, opgen_gb);                                 \
         for (int64_t opgen_c = 0; opgen_c < (NCOL) * (cols); ++opgen_c)                    \
             (COL_SUMS)[opgen_c] = opgen_sum_pairwise((COL_PARTS) + opgen_c, opgen_gb, (NCOL) * (cols)); \
     } while (0)
@@ -760,23 +755,7 @@ static inline int opgen_grid_slice_threads(int64_t slices, int64_t slice_element
 #define OPGEN_GRID_UPDATE(rows, cols, first, flush_denormal, STEP)                         \
     do {                                                                                   \
         const int opgen_nt = opgen_threads_for((rows) * (cols), OPGEN_MIN_ELEMENTS_PER_THREAD); \
-        if (opgen_nt > 1) {                                                                \
-            _Pragma("omp parallel num_threads(opgen_nt)")                                  \
-            {                                                                              \
-                const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);     \
-                OPGEN_PRIVATE_SCALARS;                                                     \
-                _Pragma("omp for schedule(static)")                                        \
-                for (int64_t row = 0; row < (rows); ++row) \
-                    OPGEN_GRID_UPDATE_ROW(cols, first, STEP);                              \
-                opgen_flush_denormal_exit(opgen_csr, flush_denormal);                      \
-            }                                                                              \
-        } else {                                                                           \
-            const unsigned opgen_csr = opgen_flush_denormal_enter(flush_denormal);         \
-            OPGEN_PRIVATE_SCALARS;                                                         \
-            for (int64_t row = 0; row < (rows); ++row)    \
-                OPGEN_GRID_UPDATE_ROW(cols, first, STEP);                                  \
-            opgen_flush_denormal_exit(opgen_csr, flush_denormal);                          \
-        }                                                                                  \
+        OPGEN_SHARED_FOR(flush_denormal, row, rows, OPGEN_GRID_UPDATE_ROW, (cols, first, STEP)); \
     } while (0)
 
 /* A grid op's row (or column) means from their sums over count elements (count 1: the sums
