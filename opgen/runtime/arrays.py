@@ -365,3 +365,10 @@ def _builtin_foreign_adapters() -> None:
 
 
 _builtin_foreign_adapters()
+
+
+def grid_axis_shapes(shape) -> tuple[tuple, tuple]:
+    """A grid op's per-row and per-column values for a weight (..., rows, cols), as torch keeps
+    them: (..., rows, 1) and (..., 1, cols) (each (rows, cols) slice's own)."""
+    *lead, rows, cols = shape
+    return (*lead, rows, 1), (*lead, 1, cols)

@@ -10,8 +10,8 @@ go to CUDA.
 from __future__ import annotations
 
 import contextlib
-import math
 import contextvars
+import math
 import os
 import sys
 import threading
@@ -26,7 +26,7 @@ from opgen.kinds import OUT, ArgRole, Schedule, TensorRole
 from opgen import cbuild
 from opgen.targets import abi
 from opgen.runtime import rounding
-from opgen.runtime.arrays import ArrayAdapter
+from opgen.runtime.arrays import ArrayAdapter, grid_axis_shapes
 from opgen.runtime.rounding import NEAREST, Rounding
 from opgen.runtime.rowsparse import RowSparseArray
 
@@ -135,9 +135,9 @@ class Work:
         return {ArgRole.SIZE: self.target.size, ArgRole.NROWS: rows, ArgRole.ROW_LEN: cols,
                 ArgRole.NNZ: len(self.grad.indices) if isinstance(self.grad, RowSparseArray) else 0}
 
-    def grid_workspace(self, kernel) -> int:
-        """A grid kernel's workspace, in doubles (abi.GridLayout)."""
-        sizes = self.sizes()
+    @staticmethod
+    def grid_workspace(kernel, sizes: dict) -> int:
+        """A grid kernel's workspace, in doubles (abi.GridLayout), from the call's sizes."""
         return kernel.grid.size(sizes[ArgRole.NROWS], sizes[ArgRole.ROW_LEN], sizes[ArgRole.NSLICES])
 
 
@@ -162,10 +162,9 @@ class NumpyBackend(Backend):
         if work.grad_scale != 1.0:  # (multi-tensor calls: dense) in the math type, as the kernels' loads
             grad = grad.astype(acc) * acc(work.grad_scale)
         if work.schedule is Schedule.GRID:  # slices (..., rows, cols): per-row values (..., rows, 1), per-column (..., 1, cols)
-            *lead, rows, cols = source.shape
-            lead = tuple(lead)
-            shapes = [(*lead, rows, cols)] + [(*lead, rows, 1) if t.per_row else (*lead, 1, cols) if t.per_col
-                                              else (*lead, rows, cols) for t in op.tensors if t.role is TensorRole.STATE]
+            row, col = grid_axis_shapes(source.shape)
+            shapes = [source.shape] + [row if t.per_row else col if t.per_col else source.shape
+                                       for t in op.tensors if t.role is TensorRole.STATE]
             views = [w.reshape(shape) for w, shape in zip(writable, shapes)]
             inputs = op.numpy_inputs(source, views[1:], grad, scalar_inputs, acc, work.inputs)
             with np.errstate(all="ignore"):
@@ -227,7 +226,7 @@ class CBackend(Backend):
         head, tensors, positions, _ = op.c_layout(kernel)
         keep = [arrays]
         if kernel.grid is not None:  # the grid kernel's workspace, one array per call (or prepared call)
-            keep.append(np.empty(work.grid_workspace(kernel), np.float64))
+            keep.append(np.empty(work.grid_workspace(kernel, sizes), np.float64))
             sizes[ArgRole.WORKSPACE] = from_buffer("double[]", keep[-1])
         head_args = [from_buffer("int64_t[]", work.grad.indices) if role is ArgRole.INDICES else sizes[role]
                      for role in head]
@@ -282,7 +281,7 @@ class CudaBackend(Backend):
         arrays = work.arrays(op, cupy.ascontiguousarray(work.grad_data))
         head, tensors, positions, types = op.c_layout(kernel, cuda=True)
         if kernel.grid is not None:  # the stages' workspace: device memory kept per device and stream
-            sizes[ArgRole.WORKSPACE] = op.cuda.workspace(work.grid_workspace(kernel))
+            sizes[ArgRole.WORKSPACE] = op.cuda.workspace(work.grid_workspace(kernel, sizes))
         args = [work.grad.indices if role is ArgRole.INDICES else sizes[role] if role is ArgRole.WORKSPACE
                 else np.int64(sizes[role]) for role in head]
         args += [arrays[name] for name in tensors]

@@ -23,8 +23,8 @@ from opgen.dtypes import DTYPE_NAMES, PARAM_KINDS, ParamType, dtype_list
 from opgen.kinds import ArgRole, Schedule, TensorRole
 from opgen import cbuild
 from opgen.runtime import backends, cuda, fast
-from opgen.runtime.arrays import (accepted_types, adapter_for, array_module, kind, may_overlap_itself, number, present,
-                                  refused_subclass, same_view)
+from opgen.runtime.arrays import (accepted_types, adapter_for, array_module, grid_axis_shapes, kind, may_overlap_itself,
+                                  number, present, refused_subclass, same_view)
 from opgen.runtime.backends import Work
 from opgen.runtime.rounding import NEAREST, Rounding
 from opgen.runtime.rowsparse import RowSparseArray
@@ -422,14 +422,14 @@ class Operator:
                 # themselves: a device array is not read back, which would wait for the device)
                 per_tensor_values.append(0.0 if adapter_for(value).device else float(value.reshape(-1)[0]))
             elif spec.per_row:
-                lead, rows = (weight.shape[:-2], weight.shape[-2]) if grid else ((), weight.shape[0] if weight.ndim else 1)
-                shapes = ((*lead, rows), (*lead, rows, 1))
+                kept = grid_axis_shapes(weight.shape)[0] if grid else (weight.shape[0] if weight.ndim else 1, 1)
+                shapes = (kept[:-1], kept)
                 if value.shape not in shapes:
                     raise self._fail(ValueError, name, f"has shape {value.shape}; it holds one value per row of "
                                                        f"'{w_name}': shape {shapes[0]} or {shapes[1]}")
             elif spec.per_col:
-                lead, cols = weight.shape[:-2], weight.shape[-1]
-                shapes = ((*lead, cols), (*lead, 1, cols))
+                kept = grid_axis_shapes(weight.shape)[1]
+                shapes = ((*kept[:-2], kept[-1]), kept)
                 if value.shape not in shapes:
                     raise self._fail(ValueError, name, f"has shape {value.shape}; it holds one value per column of "
                                                        f"'{w_name}': shape {shapes[0]} or {shapes[1]}")

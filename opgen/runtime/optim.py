@@ -35,6 +35,7 @@ except ImportError:  # torch is optional: only the optimizer classes need it
     raise ImportError("the torch.optim classes (PACKAGE.optim) need torch: pip install -e '.[torch]'") from None
 
 from opgen.kinds import Schedule, TensorRole
+from opgen.runtime.arrays import grid_axis_shapes
 from opgen.runtime.multi import check_clip, clip_factor
 from opgen.runtime.operator import check_rounding
 from opgen.runtime.torch_arrays import TorchTensors, _is_distributed, bump_versions, shard_refusal, sharded
@@ -253,9 +254,8 @@ class SpecOptimizer(torch.optim.Optimizer):
             dtype = self._new_state_dtype(p)
             per_tensor = {t.name: getattr(torch, t.dtype) for t in op.tensors if t.per_tensor}  # (their dtype fixed)
             # a grid op's (its parameters are (..., rows, cols)): torch's (..., rows, 1) and (..., 1, cols)
-            shape = tuple(p.shape) if p.dim() >= 2 else (1, 1)
-            per_axis = {t.name: (*shape[:-1], 1) if t.per_row else (*shape[:-2], 1, shape[-1])
-                        for t in op.tensors if t.per_row or t.per_col}
+            row, col = grid_axis_shapes(tuple(p.shape) if p.dim() >= 2 else (1, 1))
+            per_axis = {t.name: row if t.per_row else col for t in op.tensors if t.per_row or t.per_col}
             for key in missing:
                 value = initial[key]
                 with torch.no_grad():
